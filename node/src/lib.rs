@@ -1,0 +1,3 @@
+//! kura-node: the replicated card token vault. See ARCHITECTURE.md for the code map.
+
+pub mod vault;

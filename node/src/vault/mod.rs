@@ -1,0 +1,15 @@
+//! The vault domain: cards, tokens, commands and the replicated state.
+//!
+//! Pure by construction: nothing here reads a clock, draws randomness, does IO or
+//! knows about tokio, redb, hyper or openraft. The leader decides every
+//! nondeterministic value and puts it in the [`Command`].
+
+pub mod card;
+pub mod command;
+pub mod state;
+pub mod token;
+
+pub use card::{Brand, CardError, Expiry, Pan};
+pub use command::{Command, MerchantInfo, Refusal, Response, SealedCard, TokenMeta};
+pub use state::VaultState;
+pub use token::TokenKind;
