@@ -1,3 +1,4 @@
 //! kura-node: the replicated card token vault. See ARCHITECTURE.md for the code map.
 
+pub mod crypto;
 pub mod vault;
