@@ -1,0 +1,135 @@
+//! openraft's log storage on top of [`Store`].
+
+use super::writer::{Done, Op};
+use super::{decode, encode, io_err, Store, KEY_COMMITTED, KEY_PURGED, KEY_VOTE, LOG};
+use crate::raft_types::{Entry, LogId, TypeConfig, Vote};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+use redb::{ReadableDatabase, ReadableTable};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+/// The Raft log, vote and committed index, durable in redb.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+}
+
+impl LogStore {
+    /// The log view of `store`.
+    pub fn new(store: Store) -> LogStore {
+        LogStore { store }
+    }
+
+    fn db_entries(&self, range: impl RangeBounds<u64>) -> io::Result<BTreeMap<u64, Entry>> {
+        let txn = self.store.db.begin_read().map_err(io_err)?;
+        let log = txn.open_table(LOG).map_err(io_err)?;
+        let mut out = BTreeMap::new();
+        let rows = log.range::<u64>(owned_range(&range)).map_err(io_err)?;
+        for row in rows {
+            let (k, v) = row.map_err(io_err)?;
+            out.insert(k.value(), decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn last_db_entry(&self) -> io::Result<Option<Entry>> {
+        let txn = self.store.db.begin_read().map_err(io_err)?;
+        let log = txn.open_table(LOG).map_err(io_err)?;
+        let last = log.last().map_err(io_err)?;
+        last.map(|(_, v)| decode(v.value())).transpose()
+    }
+}
+
+fn owned_range(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
+    (range.start_bound().cloned(), range.end_bound().cloned())
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        // Pending first, then the database: an entry retired from pending between the
+        // two reads is already committed, so the later read transaction sees it.
+        let pending: Vec<(u64, Entry)> = {
+            let p = self.store.pending.lock().expect("pending lock");
+            p.range(owned_range(&range)).map(|(k, v)| (*k, v.clone())).collect()
+        };
+        let mut all = self.db_entries(range)?;
+        all.extend(pending);
+        Ok(all.into_values().collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.store.read_meta(KEY_VOTE)?.map(|b| decode(&b)).transpose()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.store.read_meta(KEY_PURGED)?.map(|b| decode(&b)).transpose()?;
+        let pending_last = self.store.pending.lock().expect("pending lock").values().next_back().map(|e| e.log_id);
+        let db_last = self.last_db_entry()?.map(|e| e.log_id);
+        let last_log_id = pending_last.or(db_last).or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.store.put_meta(vec![(KEY_VOTE, encode(vote))]).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not awaited: a lost committed marker only means replaying a little more after a crash.
+        if let Some(c) = committed {
+            self.store.writer.submit(Op::PutMeta { pairs: vec![(KEY_COMMITTED, encode(&c))], done: Done::None });
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        self.store.read_meta(KEY_COMMITTED)?.map(|b| decode(&b)).transpose()
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let rows = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
+        let ids = entries.iter().map(|e| e.log_id).collect();
+        {
+            let mut p = self.store.pending.lock().expect("pending lock");
+            for e in entries {
+                p.insert(e.log_id.index, e);
+            }
+        }
+        let pending = self.store.pending.clone();
+        self.store.writer.submit(Op::Append { rows, ids, pending, done: Done::Flushed(callback) });
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.store.pending.lock().expect("pending lock").retain(|k, _| *k < from);
+        let (done, rx) = Done::oneshot();
+        self.store.writer.submit(Op::TruncateFrom { from, done });
+        rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.store.pending.lock().expect("pending lock").retain(|k, _| *k > log_id.index);
+        let (done, rx) = Done::oneshot();
+        self.store.writer.submit(Op::PurgeUpto { upto: log_id.index, purged: encode(&log_id), done });
+        rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+    }
+}

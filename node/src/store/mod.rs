@@ -1,0 +1,124 @@
+//! Durable storage on redb: the Raft log, the vote, node metadata and state machine
+//! snapshots, all in one database file per node.
+//!
+//! Only this module imports redb. Writes go through one [`writer`] that batches
+//! everything queued into a single durable transaction (group commit) and only then
+//! tells openraft the IO is flushed.
+
+mod log;
+mod sm;
+mod writer;
+
+pub use log::LogStore;
+pub use sm::{SharedVault, StateMachine};
+pub use writer::{FsyncObserver, WriterMode};
+
+use crate::raft_types::Entry;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use writer::{Done, Op, Writer};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "purged";
+const KEY_CLUSTER_ID: &str = "cluster_id";
+const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+
+/// The node's database: cheap to clone, shared by the log store and state machine.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    writer: Writer,
+    /// Entries handed to the writer but not yet durable; readers see them too.
+    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+}
+
+fn io_err(e: impl Into<redb::Error>) -> io::Error {
+    io::Error::other(e.into())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("raft types serialize")
+}
+
+impl Store {
+    /// Opens (or creates) the database file at `path`.
+    pub fn open(path: &Path, mode: WriterMode, fsync: FsyncObserver) -> io::Result<Store> {
+        let db = Database::create(path).map_err(io_err)?;
+        Store::with_database(db, mode, fsync)
+    }
+
+    /// Opens a database on any redb storage backend (simulated disks use this).
+    pub fn open_backend(backend: impl redb::StorageBackend, mode: WriterMode, fsync: FsyncObserver) -> io::Result<Store> {
+        let db = Database::builder().create_with_backend(backend).map_err(io_err)?;
+        Store::with_database(db, mode, fsync)
+    }
+
+    fn with_database(db: Database, mode: WriterMode, fsync: FsyncObserver) -> io::Result<Store> {
+        let txn = db.begin_write().map_err(io_err)?;
+        txn.open_table(LOG).map_err(io_err)?;
+        txn.open_table(META).map_err(io_err)?;
+        txn.commit().map_err(io_err)?;
+        let db = Arc::new(db);
+        let writer = Writer::start(db.clone(), mode, fsync)?;
+        Ok(Store { db, writer, pending: Arc::new(Mutex::new(BTreeMap::new())) })
+    }
+
+    fn read_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(META).map_err(io_err)?;
+        Ok(table.get(key).map_err(io_err)?.map(|v| v.value().to_vec()))
+    }
+
+    async fn put_meta(&self, pairs: Vec<(&'static str, Vec<u8>)>) -> io::Result<()> {
+        let (done, rx) = Done::oneshot();
+        self.writer.submit(Op::PutMeta { pairs, done });
+        rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+    }
+
+    /// The cluster id this node belongs to, once it has formed or joined one.
+    pub fn cluster_id(&self) -> io::Result<Option<String>> {
+        self.read_meta(KEY_CLUSTER_ID)?.map(|b| String::from_utf8(b).map_err(io::Error::other)).transpose()
+    }
+
+    /// Durably records the cluster id. Refuses to replace a different one.
+    pub async fn set_cluster_id(&self, id: &str) -> io::Result<()> {
+        match self.cluster_id()? {
+            Some(existing) if existing == id => Ok(()),
+            Some(existing) => Err(io::Error::other(format!("node already belongs to cluster {existing}"))),
+            None => self.put_meta(vec![(KEY_CLUSTER_ID, id.as_bytes().to_vec())]).await,
+        }
+    }
+
+    /// True when this node has any Raft state (a vote or a log entry).
+    pub fn has_raft_state(&self) -> io::Result<bool> {
+        if self.read_meta(KEY_VOTE)?.is_some() {
+            return Ok(true);
+        }
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let log = txn.open_table(LOG).map_err(io_err)?;
+        let first = log.first().map_err(io_err)?;
+        Ok(first.is_some())
+    }
+
+    /// A small durable write through the same path as log appends; returns when synced.
+    pub async fn canary(&self) -> io::Result<()> {
+        let (done, rx) = Done::oneshot();
+        self.writer.submit(Op::Canary { done });
+        rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! The state machine: the vault in memory, snapshots durable in redb.
+//!
+//! Applying does no IO: the log is the durability point. After a crash the vault is
+//! rebuilt from the last snapshot plus the committed log entries after it.
+
+use super::writer::{Done, Op};
+use super::{decode, encode, Store, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META};
+use crate::raft_types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::vault::{Response, VaultState};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use std::io;
+use std::sync::{Arc, RwLock};
+
+/// The vault as the API reads it: shared between the state machine and request handlers.
+#[derive(Debug, Default)]
+pub struct SharedVault {
+    state: RwLock<Applied>,
+}
+
+#[derive(Debug, Default)]
+struct Applied {
+    vault: VaultState,
+    last_applied: Option<LogId>,
+}
+
+impl SharedVault {
+    /// Runs `f` on the current vault state.
+    pub fn read<T>(&self, f: impl FnOnce(&VaultState) -> T) -> T {
+        f(&self.state.read().expect("vault lock").vault)
+    }
+
+    /// Index of the last applied log entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.state.read().expect("vault lock").last_applied.map_or(0, |l| l.index)
+    }
+}
+
+/// openraft's state machine for kura.
+pub struct StateMachine {
+    shared: Arc<SharedVault>,
+    membership: StoredMembership,
+    store: Store,
+    snapshot_seq: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotBody {
+    vault: VaultState,
+}
+
+impl StateMachine {
+    /// Loads the last snapshot, if any, from `store`.
+    pub fn open(store: Store) -> io::Result<StateMachine> {
+        let shared = Arc::new(SharedVault::default());
+        let mut sm = StateMachine { shared, membership: StoredMembership::default(), store, snapshot_seq: 0 };
+        if let Some(snap) = sm.read_snapshot()? {
+            sm.restore(&snap.meta, snap.snapshot.get_ref())?;
+        }
+        Ok(sm)
+    }
+
+    /// The vault handle request handlers read.
+    pub fn shared(&self) -> Arc<SharedVault> {
+        self.shared.clone()
+    }
+
+    fn read_snapshot(&self) -> io::Result<Option<Snapshot>> {
+        let Some(meta) = self.store.read_meta(KEY_SNAPSHOT_META)? else { return Ok(None) };
+        let meta: SnapshotMeta = decode(&meta)?;
+        let data = self.store.read_meta(KEY_SNAPSHOT_DATA)?.unwrap_or_default();
+        Ok(Some(Snapshot { meta, snapshot: SnapshotData::new(data) }))
+    }
+
+    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        let body: SnapshotBody = decode(data)?;
+        body.vault.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut st = self.shared.state.write().expect("vault lock");
+        st.vault = body.vault;
+        st.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+}
+
+async fn persist_snapshot(store: &Store, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+    let (done, rx) = Done::oneshot();
+    let pairs = vec![(KEY_SNAPSHOT_META, encode(meta)), (KEY_SNAPSHOT_DATA, data.to_vec())];
+    store.writer.submit(Op::PutMeta { pairs, done });
+    rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+}
+
+/// Builds a snapshot of the vault as it was when the builder was made.
+pub struct SnapshotBuilder {
+    vault: VaultState,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    store: Store,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let data = encode(&SnapshotBody { vault: std::mem::take(&mut self.vault) });
+        let meta = SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone() };
+        persist_snapshot(&self.store, &meta, &data).await?;
+        tracing::info!(seq = self.seq, last_log_id = ?self.last_applied, bytes = data.len(), "snapshot built");
+        Ok(Snapshot { meta, snapshot: SnapshotData::new(data) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let last = self.shared.state.read().expect("vault lock").last_applied;
+        Ok((last, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = {
+                let mut st = self.shared.state.write().expect("vault lock");
+                st.last_applied = Some(entry.log_id);
+                match &entry.payload {
+                    EntryPayload::Blank => Response::None,
+                    EntryPayload::Normal(cmd) => st.vault.apply(cmd),
+                    EntryPayload::Membership(m) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        Response::None
+                    }
+                }
+            };
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let st = self.shared.state.read().expect("vault lock");
+        SnapshotBuilder {
+            vault: st.vault.clone(),
+            last_applied: st.last_applied,
+            membership: self.membership.clone(),
+            store: self.store.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        self.restore(meta, &data)?;
+        persist_snapshot(&self.store, meta, &data).await?;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        self.read_snapshot()
+    }
+}

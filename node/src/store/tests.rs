@@ -1,0 +1,102 @@
+use super::*;
+use crate::raft_types::{Entry, LogId, TypeConfig};
+use crate::vault::Command;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::{EntryPayload, Vote};
+
+fn noop_fsync() -> FsyncObserver {
+    Arc::new(|_| {})
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    openraft::LogId::new(openraft::vote::leader_id_adv::LeaderId { term, node_id: 1 }, index)
+}
+
+fn entry(term: u64, index: u64) -> Entry {
+    let cmd = Command::InstallDataKey { version: index as u32, wrapped: vec![1], at_ms: index };
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(cmd) }
+}
+
+async fn append(log: &mut LogStore, entries: Vec<Entry>) {
+    let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+    log.append(entries, IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
+    rx.await.unwrap().unwrap();
+}
+
+async fn roundtrip(mode: WriterMode) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kura.redb");
+    {
+        let store = Store::open(&path, mode, noop_fsync()).unwrap();
+        let mut log = LogStore::new(store.clone());
+        append(&mut log, (1..=10).map(|i| entry(1, i)).collect()).await;
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        log.truncate_after(Some(log_id(1, 8))).await.unwrap();
+        append(&mut log, vec![entry(2, 9)]).await;
+        log.purge(log_id(1, 3)).await.unwrap();
+        store.set_cluster_id("c-1").await.unwrap();
+        assert!(store.set_cluster_id("c-2").await.is_err(), "a node never changes cluster");
+    }
+    let store = Store::open(&path, mode, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 9)));
+    let got: Vec<_> = log.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.log_id).collect();
+    let want: Vec<_> = (4..=8).map(|i| log_id(1, i)).chain([log_id(2, 9)]).collect();
+    assert_eq!(got, want);
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+    assert_eq!(store.cluster_id().unwrap().as_deref(), Some("c-1"));
+    assert!(store.has_raft_state().unwrap());
+}
+
+#[tokio::test]
+async fn log_vote_truncate_purge_survive_reopen_threaded() {
+    roundtrip(WriterMode::Threaded).await;
+}
+
+#[tokio::test]
+async fn log_vote_truncate_purge_survive_reopen_inline() {
+    roundtrip(WriterMode::Inline).await;
+}
+
+#[tokio::test]
+async fn fresh_store_has_no_raft_state_and_canary_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = count.clone();
+    let store = Store::open(&dir.path().join("k.redb"), WriterMode::Threaded, Arc::new(move |_| {
+        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }))
+    .unwrap();
+    assert!(!store.has_raft_state().unwrap());
+    assert_eq!(store.cluster_id().unwrap(), None);
+    store.canary().await.unwrap();
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1, "the canary is one durable commit");
+}
+
+#[tokio::test]
+async fn concurrent_appends_are_group_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = commits.clone();
+    let store = Store::open(&dir.path().join("k.redb"), WriterMode::Threaded, Arc::new(move |_| {
+        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }))
+    .unwrap();
+    let mut log = LogStore::new(store);
+    let mut waits = Vec::new();
+    for i in 1..=200 {
+        let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+        log.append(vec![entry(1, i)], IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
+        waits.push(rx);
+    }
+    // Every entry is readable as soon as append returns, durable or not.
+    assert_eq!(log.try_get_log_entries(1..=200).await.unwrap().len(), 200);
+    for w in waits {
+        w.await.unwrap().unwrap();
+    }
+    let n = commits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n < 200, "200 queued appends took {n} commits; expected batching");
+    assert_eq!(log.try_get_log_entries(1..=200).await.unwrap().len(), 200);
+}
