@@ -70,3 +70,8 @@ where
 {
     <Rt as openraft::AsyncRuntime>::spawn(fut)
 }
+
+/// Sleeps on the Raft runtime's clock (simulated time on simulated hosts).
+pub fn sleep(d: std::time::Duration) -> impl std::future::Future<Output = ()> {
+    <Rt as openraft::AsyncRuntime>::sleep(d)
+}

@@ -1,0 +1,237 @@
+//! kura-sdk: the Rust client for kura's API.
+//!
+//! Give it every node's address. It sends to the node that answered last (or the
+//! leader a node pointed at), moves on when a node is down, and retries only what
+//! cannot have acted twice: requests that never reached a node, requests a node
+//! refused with `503 not_leader`/`no_leader` before doing anything, and reads.
+
+pub mod wire;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wire::{Connector, HttpPool, Spawner, TcpConnector, WireError};
+
+/// Response header naming the leader's API address, set by every node that knows it.
+pub const LEADER_HEADER: &str = "kura-leader";
+
+/// Problem codes that guarantee the request had no effect and may be sent again.
+const RETRYABLE_CODES: &[&str] = &["not_leader", "no_leader", "shutting_down"];
+
+/// A card as the merchant sends it for tokenization.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CardInput {
+    pub number: String,
+    pub exp_month: u32,
+    pub exp_year: u32,
+}
+
+/// `POST /v1/tokens` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenizeRequest {
+    pub card: CardInput,
+    /// `one_time` or `card_on_file`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<String>,
+}
+
+/// A token's metadata as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub token: String,
+    pub kind: String,
+    pub member_id: Option<String>,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: u32,
+    pub exp_year: u32,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The API answered with a problem (4xx/5xx): a stable `code` and a sentence.
+    #[error("{status} {code}: {detail}")]
+    Api { status: u16, code: String, detail: String },
+    /// No node could take the request; it was not acted on.
+    #[error("no kura node could serve the request after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+    /// The request may or may not have been acted on (timeout or broken connection after sending).
+    #[error("outcome unknown: {0}")]
+    Ambiguous(WireError),
+    /// The response was not what the API documents.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+/// Client settings.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Every node's API address, `host:port`.
+    pub endpoints: Vec<String>,
+    /// The merchant's secret key (or the admin token for admin calls).
+    pub bearer: String,
+    /// Deadline for one attempt.
+    pub attempt_timeout: Duration,
+    /// Upper bound on attempts for one call.
+    pub attempts_max: u32,
+    /// Pause between attempts after `no_leader` (doubles, up to 8x).
+    pub backoff: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults suited to a three-node cluster: 5 s per attempt, 12 attempts.
+    pub fn new(endpoints: Vec<String>, bearer: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            endpoints,
+            bearer: bearer.into(),
+            attempt_timeout: Duration::from_secs(5),
+            attempts_max: 12,
+            backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A kura API client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    pool: HttpPool,
+    preferred: AtomicUsize,
+}
+
+/// A decoded API answer.
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Client {
+    /// A client over plain TCP on the ambient tokio runtime.
+    pub fn new(cfg: ClientConfig) -> Client {
+        Client::with_connector(cfg, Arc::new(TcpConnector), wire::tokio_spawner())
+    }
+
+    /// A client over any transport (simulations pass a turmoil connector).
+    pub fn with_connector(cfg: ClientConfig, connector: Arc<dyn Connector>, spawn: Spawner) -> Client {
+        assert!(!cfg.endpoints.is_empty(), "kura client needs at least one endpoint");
+        let pool = HttpPool::new(connector, spawn, 16 << 20);
+        Client { inner: Arc::new(Inner { cfg, pool, preferred: AtomicUsize::new(0) }) }
+    }
+
+    /// Tokenizes a card. Not retried once sent: a retry could create a second token.
+    pub async fn tokenize(&self, req: &TokenizeRequest) -> Result<Token, Error> {
+        let body = serde_json::to_value(req).map_err(|e| Error::Decode(e.to_string()))?;
+        let resp = self.call(Method::POST, "/v1/tokens", Some(body)).await?;
+        decode(resp)
+    }
+
+    /// Reads a token's metadata (linearizable). Retried freely.
+    pub async fn get_token(&self, token: &str) -> Result<Token, Error> {
+        let resp = self.call(Method::GET, &format!("/v1/tokens/{token}"), None).await?;
+        decode(resp)
+    }
+
+    /// Sends any API call with the retry rules above; returns 2xx answers, maps the rest to errors.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<ApiResponse, Error> {
+        let idempotent = method == Method::GET || method == Method::HEAD;
+        let body = body.map(|b| Bytes::from(serde_json::to_vec(&b).expect("json")));
+        let n = self.inner.cfg.endpoints.len();
+        let mut backoff = self.inner.cfg.backoff;
+        let mut last = String::from("no attempt made");
+        for attempt in 1..=self.inner.cfg.attempts_max {
+            let idx = self.inner.preferred.load(Ordering::Relaxed) % n;
+            let addr = self.inner.cfg.endpoints[idx].clone();
+            match self.attempt(&addr, &method, path, body.clone()).await {
+                Ok(resp) => {
+                    self.follow_leader_hint(&resp);
+                    let (status, body) = (resp.status(), parse_body(resp.body()));
+                    if status.is_success() {
+                        return Ok(ApiResponse { status, body });
+                    }
+                    let err = problem(status, &body);
+                    let retry = matches!(&err, Error::Api { code, .. } if RETRYABLE_CODES.contains(&code.as_str()));
+                    if !retry {
+                        return Err(err);
+                    }
+                    last = err.to_string();
+                    if !self.moved_to_hinted_leader(idx) {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
+                        self.rotate(idx);
+                    }
+                }
+                Err(e) if e.never_sent() || idempotent => {
+                    tracing::debug!(%addr, attempt, error = %e, "kura node unavailable, trying the next");
+                    self.inner.pool.forget(&addr);
+                    last = e.to_string();
+                    self.rotate(idx);
+                    if attempt % n as u32 == 0 {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
+                    }
+                }
+                Err(e) => return Err(Error::Ambiguous(e)),
+            }
+        }
+        Err(Error::Unavailable { attempts: self.inner.cfg.attempts_max, last })
+    }
+
+    async fn attempt(&self, addr: &str, method: &Method, path: &str, body: Option<Bytes>) -> Result<http::Response<Bytes>, WireError> {
+        let mut b = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(http::header::HOST, addr)
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.inner.cfg.bearer));
+        if body.is_some() {
+            b = b.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = b.body(Full::new(body.unwrap_or_default())).expect("valid request");
+        self.inner.pool.send(addr, req, self.inner.cfg.attempt_timeout).await
+    }
+
+    fn rotate(&self, from: usize) {
+        let _ = self.inner.preferred.compare_exchange(from, from + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn follow_leader_hint(&self, resp: &http::Response<Bytes>) {
+        let Some(leader) = resp.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else { return };
+        if let Some(i) = self.inner.cfg.endpoints.iter().position(|e| e == leader) {
+            self.inner.preferred.store(i, Ordering::Relaxed);
+        }
+    }
+
+    fn moved_to_hinted_leader(&self, tried: usize) -> bool {
+        self.inner.preferred.load(Ordering::Relaxed) % self.inner.cfg.endpoints.len() != tried
+    }
+}
+
+fn parse_body(bytes: &Bytes) -> Value {
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn problem(status: StatusCode, body: &Value) -> Error {
+    let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    Error::Api { status: status.as_u16(), code: field("code"), detail: field("detail") }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(resp: ApiResponse) -> Result<T, Error> {
+    serde_json::from_value(resp.body).map_err(|e| Error::Decode(e.to_string()))
+}

@@ -1,0 +1,344 @@
+//! Replication: the openraft node, its network, membership and the cluster id guard.
+//!
+//! This module and `store/` are the only ones that see openraft types. The rest of
+//! kura talks to [`Cluster`]: write a command, make a read linearizable, ask who
+//! leads, form the cluster once.
+
+mod network;
+mod server;
+
+pub use server::router as raft_router;
+
+use crate::net::HttpPool;
+use crate::raft_types::{Member, NodeId, Raft, Role};
+use crate::store::{LogStore, SharedVault, StateMachine, Store};
+use crate::vault::{Command, Response};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{ReadPolicy, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Header carrying the sender's cluster id on every Raft RPC.
+pub const CLUSTER_ID_HEADER: &str = "kura-cluster-id";
+
+/// Raft timing and log retention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot, for followers that lag a little.
+    pub log_entries_kept_after_snapshot: u64,
+    /// Deadline for one snapshot upload.
+    pub snapshot_send_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_every_entries: 10_000,
+            log_entries_kept_after_snapshot: 1_000,
+            snapshot_send_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl RaftSettings {
+    /// Checks the settings; the error names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval_ms == 0 {
+            return Err("raft.heartbeat_interval_ms must be greater than 0".into());
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return Err("raft.election_timeout_min_ms must be greater than raft.heartbeat_interval_ms".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err("raft.election_timeout_max_ms must be greater than raft.election_timeout_min_ms".into());
+        }
+        if self.snapshot_every_entries == 0 {
+            return Err("raft.snapshot_every_entries must be greater than 0".into());
+        }
+        Ok(())
+    }
+
+    fn to_openraft(&self) -> Result<openraft::Config, String> {
+        let cfg = openraft::Config {
+            cluster_name: "kura".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
+            install_snapshot_timeout: self.snapshot_send_timeout_ms,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        cfg.validate().map_err(|e| format!("raft settings rejected: {e}"))
+    }
+}
+
+/// Why a replicated write did not produce a result.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// This node is not the leader; nothing was proposed. Safe to retry elsewhere.
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<Member> },
+    /// The entry was proposed but leadership changed: it may or may not commit.
+    #[error("leadership changed while the write was in flight; its outcome is unknown")]
+    Unknown,
+    /// No quorum, or the node is shutting down.
+    #[error("replication unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The outcome of `init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitOutcome {
+    pub cluster_id: String,
+    pub already_initialized: bool,
+}
+
+/// A kura node's replication handle.
+pub struct Cluster {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) store: Store,
+    vault: Arc<SharedVault>,
+    members: BTreeMap<NodeId, Member>,
+    cluster_id: Arc<RwLock<Option<String>>>,
+    pool: Arc<HttpPool>,
+}
+
+/// One member's view in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub name: String,
+    pub role: Role,
+    pub api_addr: String,
+    pub raft_addr: String,
+    /// Last log index known replicated to this member (leader's view only).
+    pub matched_index: Option<u64>,
+    /// Entries this member is behind the leader's last log (leader's view only).
+    pub lag_entries: Option<u64>,
+}
+
+/// This node's view of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub name: String,
+    pub role: Role,
+    pub cluster_id: Option<String>,
+    pub state: String,
+    pub leader_id: Option<NodeId>,
+    pub leader_name: Option<String>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+impl Cluster {
+    /// Opens the Raft node over `store`, talking to peers through `pool`.
+    /// `members` is every voter, this node included.
+    pub async fn start(
+        id: NodeId,
+        members: BTreeMap<NodeId, Member>,
+        settings: &RaftSettings,
+        store: Store,
+        pool: Arc<HttpPool>,
+    ) -> io::Result<Arc<Cluster>> {
+        let config = Arc::new(settings.to_openraft().map_err(io::Error::other)?);
+        let cluster_id = Arc::new(RwLock::new(store.cluster_id()?));
+        let sm = StateMachine::open(store.clone())?;
+        let vault = sm.shared();
+        let factory = network::NetworkFactory { self_id: id, pool: pool.clone(), cluster_id: cluster_id.clone() };
+        let raft = Raft::new(id, config, factory, LogStore::new(store.clone()), sm)
+            .await
+            .map_err(|e| io::Error::other(format!("raft failed to start: {e}")))?;
+        Ok(Arc::new(Cluster { id, raft, store, vault, members, cluster_id, pool }))
+    }
+
+    /// The replicated vault, as applied on this node.
+    pub fn vault(&self) -> &Arc<SharedVault> {
+        &self.vault
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's configured member record.
+    pub fn me(&self) -> &Member {
+        &self.members[&self.id]
+    }
+
+    /// The cluster id, once formed or joined.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster_id.read().expect("cluster id lock").clone()
+    }
+
+    async fn adopt_cluster_id(&self, id: &str) -> Result<(), String> {
+        if self.store.has_raft_state().map_err(|e| e.to_string())? {
+            return Err("this node has Raft data but no cluster id; refusing to join".into());
+        }
+        self.store.set_cluster_id(id).await.map_err(|e| e.to_string())?;
+        *self.cluster_id.write().expect("cluster id lock") = Some(id.to_owned());
+        tracing::info!(cluster_id = id, "joined cluster");
+        Ok(())
+    }
+
+    /// The leader this node knows of, with its member record.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let member = m.membership_config.membership().get_node(&id).cloned().or_else(|| self.members.get(&id).cloned())?;
+        Some((id, member))
+    }
+
+    /// True when this node currently believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied here.
+    pub async fn write(&self, cmd: Command) -> Result<Response, WriteError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(WriteError::NotLeader { leader: f.leader_node })
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(WriteError::Unknown),
+            Err(e) => Err(WriteError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Returns once this node's state machine reflects every write committed before the
+    /// call (read-index through the leader's quorum). Only the leader can do this.
+    pub async fn linearize(&self) -> Result<(), WriteError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => Err(WriteError::NotLeader { leader: f.leader_node.clone() }),
+                None => Err(WriteError::Unavailable(e.to_string())),
+            },
+        }
+    }
+
+    /// Forms the cluster from the configured members, once.
+    ///
+    /// Idempotent: a node that already has a cluster id answers with it. Refuses if any
+    /// peer already belongs to a cluster or holds Raft data, so that two clusters are
+    /// never silently merged or formed twice.
+    pub async fn init(&self, id_if_new: String) -> Result<InitOutcome, String> {
+        if let Some(id) = self.cluster_id() {
+            return Ok(InitOutcome { cluster_id: id, already_initialized: true });
+        }
+        if self.store.has_raft_state().map_err(|e| e.to_string())? {
+            return Err("this node has Raft data but no cluster id; refusing to form a cluster".into());
+        }
+        for (peer_id, m) in self.members.iter().filter(|(i, _)| **i != self.id) {
+            let ident = self.peer_identity(m).await.map_err(|e| format!("peer {} ({}) unreachable: {e}", m.name, m.raft_addr))?;
+            if ident.node_id != *peer_id {
+                return Err(format!("peer at {} says it is node {}, config says {peer_id}", m.raft_addr, ident.node_id));
+            }
+            if let Some(theirs) = ident.cluster_id {
+                return Err(format!("peer {} already belongs to cluster {theirs}", m.name));
+            }
+            if ident.has_data {
+                return Err(format!("peer {} has Raft data but no cluster id", m.name));
+            }
+        }
+        self.store.set_cluster_id(&id_if_new).await.map_err(|e| e.to_string())?;
+        *self.cluster_id.write().expect("cluster id lock") = Some(id_if_new.clone());
+        self.raft.initialize(self.members.clone()).await.map_err(|e| format!("raft initialize failed: {e}"))?;
+        tracing::info!(cluster_id = %id_if_new, members = self.members.len(), "cluster formed");
+        Ok(InitOutcome { cluster_id: id_if_new, already_initialized: false })
+    }
+
+    async fn peer_identity(&self, m: &Member) -> Result<server::Identity, String> {
+        let req = http::Request::get("/raft/identity")
+            .header(http::header::HOST, &m.raft_addr)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("valid request");
+        let resp = self.pool.send(&m.raft_addr, req, Duration::from_secs(3)).await.map_err(|e| e.to_string())?;
+        serde_json::from_slice(resp.body()).map_err(|e| e.to_string())
+    }
+
+    /// Asks the Raft core to hand leadership to `to` (the caller checks it is sensible).
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), String> {
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())
+    }
+
+    /// A snapshot of this node's Raft view, for status and metrics.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let last = m.last_log_index.unwrap_or(0);
+        let nodes: BTreeMap<NodeId, Member> = if membership.nodes().next().is_some() {
+            membership.nodes().map(|(i, n)| (*i, n.clone())).collect()
+        } else {
+            self.members.clone()
+        };
+        let members = nodes
+            .into_iter()
+            .map(|(id, n)| {
+                let matched = m.replication.as_ref().and_then(|r| r.get(&id)).map(|l| l.map_or(0, |l| l.index));
+                let matched = if id == self.id && m.state == ServerState::Leader { Some(last) } else { matched };
+                MemberStatus {
+                    id,
+                    name: n.name,
+                    role: n.role,
+                    api_addr: n.api_addr,
+                    raft_addr: n.raft_addr,
+                    matched_index: matched,
+                    lag_entries: matched.map(|x| last.saturating_sub(x)),
+                }
+            })
+            .collect();
+        let leader_name = m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.name.clone()));
+        ClusterStatus {
+            node_id: self.id,
+            name: self.me().name.clone(),
+            role: self.me().role,
+            cluster_id: self.cluster_id(),
+            state: format!("{:?}", m.state).to_lowercase(),
+            leader_id: m.current_leader,
+            leader_name,
+            term: m.current_term,
+            last_log_index: last,
+            committed_index: m.local_committed.map_or(0, |l| l.index),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Waits until the Raft status changes (for the metrics updater).
+    pub async fn changed(&self) -> bool {
+        let mut rx = self.raft.metrics();
+        rx.changed().await.is_ok()
+    }
+
+    /// Stops the Raft node.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

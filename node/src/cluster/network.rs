@@ -1,0 +1,180 @@
+//! The Raft network client: each RPC is one HTTP POST to the peer's Raft listener,
+//! carrying this cluster's id and bounded by openraft's hard TTL.
+
+use super::CLUSTER_ID_HEADER;
+use crate::net::{HttpPool, WireError};
+use crate::raft_types::{Member, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use bytes::Bytes;
+use futures::FutureExt;
+use http_body_util::Full;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Creates one [`PeerClient`] per target node.
+pub struct NetworkFactory {
+    pub(super) self_id: NodeId,
+    pub(super) pool: Arc<HttpPool>,
+    pub(super) cluster_id: Arc<RwLock<Option<String>>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient {
+            self_id: self.self_id,
+            target,
+            addr: node.raft_addr.clone(),
+            pool: self.pool.clone(),
+            cluster_id: self.cluster_id.clone(),
+        }
+    }
+}
+
+/// Sends Raft RPCs to one peer.
+pub struct PeerClient {
+    self_id: NodeId,
+    target: NodeId,
+    addr: String,
+    pool: Arc<HttpPool>,
+    cluster_id: Arc<RwLock<Option<String>>>,
+}
+
+enum Fail {
+    Timeout(Duration),
+    Unreachable(String),
+}
+
+impl PeerClient {
+    async fn post(&self, path: &str, body: Bytes, ttl: Duration) -> Result<Bytes, Fail> {
+        let cluster = self.cluster_id.read().expect("cluster id lock").clone().unwrap_or_default();
+        let req = http::Request::post(path)
+            .header(http::header::HOST, &self.addr)
+            .header(CLUSTER_ID_HEADER, cluster)
+            .body(Full::new(body))
+            .expect("valid raft request");
+        match self.pool.send(&self.addr, req, ttl).await {
+            Ok(resp) if resp.status().is_success() => Ok(resp.into_body()),
+            Ok(resp) => Err(Fail::Unreachable(format!(
+                "{} answered {}: {}",
+                self.addr,
+                resp.status(),
+                String::from_utf8_lossy(resp.body())
+            ))),
+            Err(WireError::Timeout { timeout, .. }) => Err(Fail::Timeout(timeout)),
+            Err(e) => {
+                self.pool.forget(&self.addr);
+                Err(Fail::Unreachable(e.to_string()))
+            }
+        }
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        action: RPCTypes,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let body = Bytes::from(serde_json::to_vec(req).expect("raft messages serialize"));
+        match self.post(path, body, option.hard_ttl()).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| RPCError::Network(NetworkError::from_string(format!("bad {action:?} response: {e}")))),
+            Err(f) => Err(self.rpc_error(action, f)),
+        }
+    }
+
+    fn rpc_error(&self, action: RPCTypes, f: Fail) -> RPCError<TypeConfig> {
+        match f {
+            Fail::Timeout(timeout) => RPCError::Timeout(Timeout { action, id: self.self_id, target: self.target, timeout }),
+            Fail::Unreachable(msg) => RPCError::Unreachable(Unreachable::from_string(msg)),
+        }
+    }
+}
+
+/// Snapshot upload framing: `u32 BE length || JSON (vote, meta) || snapshot bytes`.
+pub(super) fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> Bytes {
+    let head = serde_json::to_vec(&(vote, &snapshot.meta)).expect("snapshot meta serializes");
+    let data = snapshot.snapshot.get_ref();
+    let mut out = Vec::with_capacity(4 + head.len() + data.len());
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(data);
+    Bytes::from(out)
+}
+
+/// Inverse of [`encode_snapshot`].
+pub(super) fn decode_snapshot(body: &[u8]) -> Result<(Vote, Snapshot), String> {
+    let len = body.get(..4).ok_or("snapshot frame too short")?;
+    let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+    let head = body.get(4..4 + len).ok_or("snapshot frame truncated")?;
+    let (vote, meta) = serde_json::from_slice(head).map_err(|e| format!("snapshot header: {e}"))?;
+    let data = body[4 + len..].to_vec();
+    Ok((vote, Snapshot { meta, snapshot: SnapshotData::new(data) }))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RPCTypes::AppendEntries, "/raft/append", &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RPCTypes::Vote, "/raft/vote", &rpc, &option).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RPCTypes::Vote, "/raft/pre-vote", &rpc, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let body = encode_snapshot(&vote, &snapshot);
+        let send = self.post("/raft/snapshot", body, option.hard_ttl());
+        futures::pin_mut!(send);
+        let cancel = cancel.fuse();
+        futures::pin_mut!(cancel);
+        let res = futures::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = send.fuse() => r,
+        };
+        match res {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("bad snapshot response: {e}")))),
+            Err(Fail::Timeout(timeout)) => Err(StreamingError::Timeout(Timeout {
+                action: RPCTypes::InstallSnapshot,
+                id: self.self_id,
+                target: self.target,
+                timeout,
+            })),
+            Err(Fail::Unreachable(msg)) => Err(StreamingError::Unreachable(Unreachable::from_string(msg))),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RPCTypes::TransferLeader, "/raft/transfer-leader", &req, &option).await
+    }
+}

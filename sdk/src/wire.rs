@@ -1,0 +1,176 @@
+//! HTTP/1 over any byte stream, with a small connection pool and a deadline on every
+//! request. The same code runs over tokio TCP and over simulated (turmoil) TCP: the
+//! caller supplies a [`Connector`] and a [`Spawner`].
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A bidirectional byte stream.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A boxed byte stream.
+pub type BoxIo = Box<dyn Io>;
+/// A boxed, sendable future.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Opens byte streams to `host:port` addresses.
+pub trait Connector: Send + Sync + 'static {
+    /// Connects to `addr`.
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFut<'a, io::Result<BoxIo>>;
+}
+
+/// Plain TCP through tokio, with `TCP_NODELAY`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpConnector;
+
+impl Connector for TcpConnector {
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFut<'a, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s) as BoxIo)
+        })
+    }
+}
+
+/// Runs background futures (the connection drivers).
+pub type Spawner = Arc<dyn Fn(BoxFut<'static, ()>) + Send + Sync>;
+
+/// A spawner on the ambient tokio runtime.
+pub fn tokio_spawner() -> Spawner {
+    Arc::new(|f| {
+        tokio::spawn(f);
+    })
+}
+
+/// Why a request failed, and whether the server can have acted on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// No connection could be made: the request was never sent.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    /// The deadline passed; the server may or may not have acted.
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    /// The connection failed after the request was sent; the server may have acted.
+    #[error("connection to {addr} failed: {source}")]
+    Http { addr: String, source: hyper::Error },
+    /// The response body exceeded the limit.
+    #[error("response from {addr} exceeds {limit_bytes} bytes")]
+    TooLarge { addr: String, limit_bytes: usize },
+}
+
+impl WireError {
+    /// True when the request certainly never reached the server (safe to retry anything).
+    pub fn never_sent(&self) -> bool {
+        matches!(self, WireError::Connect { .. })
+    }
+}
+
+/// A pool of idle HTTP/1 connections per address.
+pub struct HttpPool {
+    connector: Arc<dyn Connector>,
+    spawn: Spawner,
+    idle: Mutex<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
+    idle_per_addr_max: usize,
+    body_bytes_max: usize,
+}
+
+impl HttpPool {
+    /// A pool that connects with `connector` and drives connections with `spawn`.
+    pub fn new(connector: Arc<dyn Connector>, spawn: Spawner, body_bytes_max: usize) -> HttpPool {
+        HttpPool { connector, spawn, idle: Mutex::new(HashMap::new()), idle_per_addr_max: 32, body_bytes_max }
+    }
+
+    /// Sends `req` to `addr` and reads the whole response, all within `timeout`.
+    pub async fn send(&self, addr: &str, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Response<Bytes>, WireError> {
+        match tokio::time::timeout(timeout, self.send_inner(addr, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(WireError::Timeout { addr: addr.to_owned(), timeout }),
+        }
+    }
+
+    async fn send_inner(&self, addr: &str, mut req: Request<Full<Bytes>>) -> Result<Response<Bytes>, WireError> {
+        // Try idle connections first; a stale one hands the request back unsent.
+        while let Some(mut conn) = self.take_idle(addr) {
+            if conn.ready().await.is_err() {
+                continue;
+            }
+            match conn.try_send_request(req).await {
+                Ok(resp) => return self.finish(addr, conn, resp).await,
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(WireError::Http { addr: addr.to_owned(), source: e.into_error() }),
+                },
+            }
+        }
+        let mut conn = self.connect(addr).await?;
+        let resp = conn.send_request(req).await.map_err(|source| WireError::Http { addr: addr.to_owned(), source })?;
+        self.finish(addr, conn, resp).await
+    }
+
+    async fn finish(
+        &self,
+        addr: &str,
+        conn: SendRequest<Full<Bytes>>,
+        resp: Response<hyper::body::Incoming>,
+    ) -> Result<Response<Bytes>, WireError> {
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, self.body_bytes_max).collect().await.map_err(|e| match e.downcast::<hyper::Error>() {
+            Ok(source) => WireError::Http { addr: addr.to_owned(), source: *source },
+            Err(_) => WireError::TooLarge { addr: addr.to_owned(), limit_bytes: self.body_bytes_max },
+        })?;
+        self.put_idle(addr, conn);
+        Ok(Response::from_parts(parts, body.to_bytes()))
+    }
+
+    async fn connect(&self, addr: &str) -> Result<SendRequest<Full<Bytes>>, WireError> {
+        let io = self.connector.connect(addr).await.map_err(|source| WireError::Connect { addr: addr.to_owned(), source })?;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| WireError::Connect { addr: addr.to_owned(), source: io::Error::other(e) })?;
+        (self.spawn)(Box::pin(async move {
+            let _ = conn.await;
+        }));
+        Ok(send)
+    }
+
+    fn take_idle(&self, addr: &str) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.get_mut(addr)?;
+        while let Some(c) = list.pop() {
+            if !c.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, addr: &str, conn: SendRequest<Full<Bytes>>) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.entry(addr.to_owned()).or_default();
+        if list.len() < self.idle_per_addr_max {
+            list.push(conn);
+        }
+    }
+
+    /// Drops every idle connection to `addr` (after it failed).
+    pub fn forget(&self, addr: &str) {
+        self.idle.lock().expect("pool lock").remove(addr);
+    }
+}
