@@ -1,8 +1,14 @@
 //! kura-node: the replicated card token vault. See ARCHITECTURE.md for the code map.
 
+pub mod api;
+pub mod cli;
 pub mod cluster;
 pub mod crypto;
+pub mod metrics;
+pub mod config;
 pub mod net;
+pub mod node;
 pub mod raft_types;
 pub mod store;
+pub mod up;
 pub mod vault;

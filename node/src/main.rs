@@ -1,1 +1,68 @@
-fn main(){}
+//! The `kura` binary.
+
+use clap::Parser;
+use kura_node::cli::{self, Cli, Cmd};
+use kura_node::config::{LogFormat, NodeConfig};
+use kura_node::crypto::Entropy;
+use kura_node::raft_types::Rt;
+use std::process::ExitCode;
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run_node(config: std::path::PathBuf, log_format: Option<LogFormat>) -> Result<(), String> {
+    let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+    init_logging(log_format.unwrap_or(cfg.log.format), &cfg.log.level);
+    let env = kura_node::node::production_env(&cfg).map_err(|e| e.to_string())?;
+    // Each node draws its Raft randomness from the OS: equal seeds would split votes forever.
+    let seed = Entropy::Os.u64();
+    Rt::scope(seed, async move {
+        let node = kura_node::node::start(&cfg, env).await.map_err(|e| e.to_string())?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Node { config, log_format } => run_node(config, log_format).await,
+            Cmd::Init { config } => cli::init(&config).await,
+            Cmd::Status { config, endpoints, json } => match cli::status(config.as_deref(), endpoints, json).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("no leader found".into()),
+                Err(e) => Err(e),
+            },
+            Cmd::Up { data_dir, base_port } => kura_node::up::up(&data_dir, base_port).await,
+            Cmd::Merchant { config, cmd } => cli::merchant(&config, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kura: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

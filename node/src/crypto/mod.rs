@@ -10,7 +10,7 @@ mod entropy;
 mod kek;
 
 pub use entropy::Entropy;
-pub use kek::{DataKey, Kek, KeyError, KeyRing};
+pub use kek::{write_private, DataKey, Kek, KeyError, KeyRing};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};

@@ -1,0 +1,174 @@
+//! The HTTP API: client routes, admin routes, health and metrics.
+//!
+//! Any node answers any request. Routes that need the leader are forwarded to it
+//! transparently ([`forward`]); every error is `application/problem+json` with a stable
+//! code ([`problem`]). This module never touches redb: it reads the vault through
+//! [`Cluster`] and changes it only by proposing commands.
+
+mod admin;
+mod forward;
+mod health;
+pub mod problem;
+mod tokens;
+
+use crate::cluster::{Cluster, WriteError};
+use crate::crypto::{api_key_hash, Entropy, KeyRing};
+use crate::metrics::Metrics;
+use crate::net::HttpPool;
+use crate::vault::{Command, Response};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::routing::{get, post};
+use axum::Router;
+pub use problem::Problem;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Unix time in milliseconds: the wall clock in production, simulated time in simulations.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// API limits and defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Largest request body accepted.
+    pub request_body_bytes_max: usize,
+    /// Lifetime of a one-time token.
+    pub one_time_token_ttl_s: u64,
+    /// How long a write may wait for commit before the answer is `504 outcome_unknown`.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings { request_body_bytes_max: 64 * 1024, one_time_token_ttl_s: 1800, write_timeout_ms: 10_000 }
+    }
+}
+
+impl ApiSettings {
+    /// Checks the settings; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.request_body_bytes_max < 1024 {
+            return Err("api.request_body_bytes_max must be at least 1024".into());
+        }
+        if self.one_time_token_ttl_s == 0 || self.one_time_token_ttl_s > 86_400 {
+            return Err("api.one_time_token_ttl_s must be between 1 and 86400".into());
+        }
+        if self.write_timeout_ms < 100 {
+            return Err("api.write_timeout_ms must be at least 100".into());
+        }
+        Ok(())
+    }
+}
+
+/// Everything a handler needs.
+pub struct AppState {
+    pub cluster: Arc<Cluster>,
+    pub keys: Arc<KeyRing>,
+    pub entropy: Arc<Entropy>,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    pub settings: ApiSettings,
+    /// SHA-256 of the admin token.
+    pub admin_token_sha256: String,
+    /// Connections to other nodes (forwarding).
+    pub pool: Arc<HttpPool>,
+}
+
+type St = State<Arc<AppState>>;
+
+/// The full API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let leader_routes = Router::new()
+        .route("/v1/tokens", post(tokens::create))
+        .route("/v1/tokens/{token}", get(tokens::get))
+        .route("/admin/v1/merchants", post(admin::create_merchant).get(admin::list_merchants))
+        .route("/admin/v1/merchants/{id}/rotate-key", post(admin::rotate_key))
+        .layer(middleware::from_fn_with_state(state.clone(), forward::to_leader));
+    Router::new()
+        .merge(leader_routes)
+        .route("/admin/v1/init", post(admin::init))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/v1/cluster/status", get(health::cluster_status))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { Problem::not_found("route_not_found", "no such route; see the API reference in README.md") })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and times every request by route template.
+async fn observe(State(st): St, req: Request, next: Next) -> axum::response::Response {
+    let endpoint = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.metrics.observe_request(&endpoint, &method, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl AppState {
+    /// The merchant whose secret key is in the `Authorization` header.
+    fn merchant(&self, headers: &HeaderMap) -> Result<String, Problem> {
+        let key = bearer(headers).ok_or_else(Problem::unauthorized)?;
+        let hash = api_key_hash(key);
+        self.cluster.vault().read(|v| v.merchant_by_key_hash(&hash).map(str::to_owned)).ok_or_else(Problem::unauthorized)
+    }
+
+    /// Checks the admin token in the `Authorization` header.
+    fn admin(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        let key = bearer(headers).ok_or_else(Problem::unauthorized)?;
+        let given = api_key_hash(key);
+        // Compare digests in constant time.
+        let same = given.len() == self.admin_token_sha256.len()
+            && given.bytes().zip(self.admin_token_sha256.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(Problem::unauthorized())
+        }
+    }
+
+    /// Leader-stamped time for a new command.
+    fn now_ms(&self) -> u64 {
+        // Never behind the replicated clock, so time in the log never goes back.
+        (self.clock)().max(self.cluster.vault().read(|v| v.clock_ms()))
+    }
+
+    /// Proposes `cmd`, bounded by the write timeout, mapping failures to problems.
+    async fn write(&self, cmd: Command) -> Result<Response, Problem> {
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        match tokio::time::timeout(timeout, self.cluster.write(cmd)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(WriteError::NotLeader { .. })) => Err(Problem::not_leader("leadership moved before the write was proposed; nothing was done; retry")),
+            Ok(Err(WriteError::Unknown)) => Err(Problem::outcome_unknown("leadership changed while the write was in flight; it may or may not have been applied")),
+            Ok(Err(WriteError::Unavailable(e))) => Err(Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "replication_unavailable",
+                format!("replication is unavailable ({e}); the write may or may not have been applied"),
+            )),
+            Err(_) => Err(Problem::outcome_unknown(format!(
+                "the write was not committed within {} ms; it may still be applied",
+                self.settings.write_timeout_ms
+            ))),
+        }
+    }
+
+    /// Makes the next local read reflect every write committed before this call.
+    async fn linearize(&self) -> Result<(), Problem> {
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        match tokio::time::timeout(timeout, self.cluster.linearize()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(WriteError::NotLeader { .. })) => Err(Problem::not_leader("leadership moved; retry")),
+            Ok(Err(e)) => Err(Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "replication_unavailable", e.to_string())),
+            Err(_) => Err(Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "replication_unavailable", "could not confirm leadership in time")),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `POST /v1/tokens` and `GET /v1/tokens/{token}`.
+
+use super::{AppState, Problem, St};
+use crate::crypto::{seal_pan, DataKey};
+use crate::vault::card::year_month_of_ms;
+use crate::vault::token::{looks_like_token_id, opaque_token_id};
+use crate::vault::{Command, Expiry, Pan, Refusal, Response, SealedCard, TokenKind, TokenMeta};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Longest member id accepted.
+pub const MEMBER_ID_CHARS_MAX: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardIn {
+    number: Zeroizing<String>,
+    exp_month: u32,
+    exp_year: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeIn {
+    card: CardIn,
+    kind: TokenKind,
+    #[serde(default)]
+    member_id: Option<String>,
+}
+
+/// A token as the API shows it. Times are Unix seconds.
+#[derive(Serialize)]
+pub struct TokenOut {
+    token: String,
+    kind: TokenKind,
+    member_id: Option<String>,
+    brand: crate::vault::Brand,
+    last4: String,
+    exp_month: u8,
+    exp_year: u16,
+    created_at: u64,
+    expires_at: Option<u64>,
+}
+
+impl From<TokenMeta> for TokenOut {
+    fn from(m: TokenMeta) -> Self {
+        TokenOut {
+            token: m.token,
+            kind: m.kind,
+            member_id: m.member_id,
+            brand: m.brand,
+            last4: m.last4,
+            exp_month: m.exp_month,
+            exp_year: m.exp_year,
+            created_at: m.created_at_ms / 1000,
+            expires_at: m.expires_at_ms.map(|t| t / 1000),
+        }
+    }
+}
+
+pub(super) fn body_or_problem(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "the request body is too large")
+        } else {
+            Problem::bad_request("invalid_body", "the request body could not be read")
+        }
+    })
+}
+
+fn check_member_id(kind: TokenKind, member_id: &Option<String>) -> Result<(), Problem> {
+    match (kind, member_id) {
+        (TokenKind::CardOnFile, None) => Err(Problem::unprocessable("member_id_required", "card_on_file tokens need a member_id")),
+        (TokenKind::OneTime, Some(_)) => Err(Problem::unprocessable(
+            "member_id_not_allowed",
+            "one_time tokens do not take a member_id; register the card to a member instead",
+        )),
+        (_, Some(m)) if m.is_empty() || m.len() > MEMBER_ID_CHARS_MAX || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) => {
+            Err(Problem::bad_request("member_id_invalid", "member_id must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `POST /v1/tokens`: validates and seals the card, then stores it under a new token.
+pub async fn create(State(st): St, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> HttpResponse {
+    match tokenize(&st, &headers, body).await {
+        Ok(meta) => (StatusCode::CREATED, axum::Json(TokenOut::from(meta))).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn tokenize(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<TokenMeta, Problem> {
+    let merchant_id = st.merchant(headers)?;
+    let body = body_or_problem(body)?;
+    if body.len() > st.settings.request_body_bytes_max {
+        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "the request body is too large"));
+    }
+    let input: TokenizeIn = super::problem::parse_json(&body)?;
+    check_member_id(input.kind, &input.member_id)?;
+    let now_ms = st.now_ms();
+    let pan = Pan::parse(&input.card.number).map_err(|e| Problem::unprocessable(e.code(), e.message()))?;
+    let expiry = Expiry::new(input.card.exp_month, input.card.exp_year, year_month_of_ms(now_ms))
+        .map_err(|e| Problem::unprocessable(e.code(), e.message()))?;
+    let (key_version, key) = active_data_key(st).await?;
+    let token = opaque_token_id(st.entropy.bytes());
+    let nonce = st.entropy.nonce();
+    let card = SealedCard {
+        brand: pan.brand(),
+        last4: pan.last4(),
+        exp_month: expiry.month,
+        exp_year: expiry.year,
+        key_version,
+        nonce: nonce.to_vec(),
+        ciphertext: seal_pan(&key, key_version, &merchant_id, &token, pan.digits(), &nonce),
+    };
+    drop(pan);
+    let expires_at_ms = match input.kind {
+        TokenKind::OneTime => Some(now_ms + st.settings.one_time_token_ttl_s * 1000),
+        TokenKind::CardOnFile => None,
+    };
+    let cmd = Command::Tokenize { merchant_id, token, kind: input.kind, member_id: input.member_id, card, at_ms: now_ms, expires_at_ms };
+    match st.write(cmd).await? {
+        Response::Tokenized(meta) => Ok(meta),
+        Response::Refused(Refusal::UnknownMerchant) => Err(Problem::unauthorized()),
+        other => Err(Problem::internal(format!("unexpected vault response {}", response_kind(&other)))),
+    }
+}
+
+fn response_kind(r: &Response) -> &'static str {
+    match r {
+        Response::None => "none",
+        Response::DataKeyInstalled { .. } => "data_key_installed",
+        Response::Merchant(_) => "merchant",
+        Response::Tokenized(_) => "tokenized",
+        Response::Refused(r) => r.code(),
+    }
+}
+
+/// The newest data key, creating version 1 through the log if the vault has none yet.
+async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
+    for _ in 0..2 {
+        let active = st.cluster.vault().read(|v| v.active_data_key().map(|(ver, w)| (ver, w.to_vec())));
+        if let Some((version, wrapped)) = active {
+            let key = st.keys.data_key(version, &wrapped).map_err(|e| {
+                tracing::error!(version, error = %e, "cannot unwrap data key");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "key_unavailable", "the data key cannot be unwrapped with this node's key-encryption key")
+            })?;
+            return Ok((version, key));
+        }
+        let fresh = DataKey::generate(&st.entropy);
+        let wrapped = st.keys.kek().wrap(&fresh, 1, &st.entropy);
+        match st.write(Command::InstallDataKey { version: 1, wrapped, at_ms: st.now_ms() }).await? {
+            Response::DataKeyInstalled { .. } | Response::Refused(Refusal::DataKeyExists { .. }) => continue,
+            other => return Err(Problem::internal(format!("unexpected vault response {}", response_kind(&other)))),
+        }
+    }
+    Err(Problem::internal("no data key after installing one"))
+}
+
+/// `GET /v1/tokens/{token}`: the token's metadata, to its owner only (404 to anyone else).
+pub async fn get(State(st): St, headers: HeaderMap, Path(token): Path<String>) -> HttpResponse {
+    let result = async {
+        let merchant_id = st.merchant(&headers)?;
+        let not_found = || Problem::not_found("token_not_found", "no such token for this merchant");
+        if !looks_like_token_id(&token) {
+            return Err(not_found());
+        }
+        st.linearize().await?;
+        st.cluster.vault().read(|v| v.token_for(&merchant_id, &token)).ok_or_else(not_found)
+    }
+    .await;
+    match result {
+        Ok(meta) => axum::Json(TokenOut::from(meta)).into_response(),
+        Err(p) => p.into_response(),
+    }
+}

@@ -1,0 +1,202 @@
+//! The `kura` command line.
+
+use crate::config::{LogFormat, NodeConfig};
+use clap::{Parser, Subcommand};
+use kura_sdk::wire::{HttpPool, TcpConnector};
+use kura_sdk::{Client, ClientConfig};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// kura: a replicated payment-card token vault.
+#[derive(Debug, Parser)]
+#[command(name = "kura", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run one node from its TOML config file (see ops/main.toml, ops/dr.toml, ops/bk.toml).
+    Node {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override the log format from the config (`text` or `json`).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Form the cluster from the config's peers, once. Idempotent; refuses if any peer
+    /// already belongs to a cluster or holds data.
+    Init {
+        /// Any member's config file (the node it names forms the cluster).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show members, roles, the leader, term, log indices and per-follower lag.
+    Status {
+        /// A config file whose peers to ask.
+        #[arg(long, conflicts_with = "endpoints")]
+        config: Option<PathBuf>,
+        /// API addresses to ask, comma-separated (default: the local `kura up` cluster).
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a local three-node cluster (main, dr, bk) on loopback and print how to use it.
+    Up {
+        /// Where configs, keys, databases and logs go.
+        #[arg(long, default_value = "kura-data")]
+        data_dir: PathBuf,
+        /// API ports are base..base+2, Raft ports base+100..base+102.
+        #[arg(long, default_value_t = 7001)]
+        base_port: u16,
+    },
+    /// Manage merchants through the admin API.
+    Merchant {
+        /// Any member's config file (for the endpoints and the admin token).
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: MerchantCmd,
+    },
+}
+
+/// Merchant subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MerchantCmd {
+    /// Create a merchant and print its secret key (shown once).
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// List merchants.
+    List,
+    /// Issue a new secret key; the old one stops working at once.
+    RotateKey {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// Default API endpoints of `kura up`.
+pub fn local_endpoints(base_port: u16) -> Vec<String> {
+    (0..3).map(|i| format!("127.0.0.1:{}", base_port + i)).collect()
+}
+
+/// An admin client for the cluster `cfg` belongs to.
+pub fn admin_client(cfg: &NodeConfig) -> Result<Client, String> {
+    let token = std::fs::read_to_string(&cfg.admin_token_file)
+        .map_err(|e| format!("cannot read admin_token_file {}: {e}", cfg.admin_token_file.display()))?;
+    Ok(Client::new(ClientConfig::new(cfg.api_endpoints(), token.trim())))
+}
+
+/// `kura init`: asks the config's own node to form the cluster.
+pub async fn init(config: &Path) -> Result<(), String> {
+    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let token = std::fs::read_to_string(&cfg.admin_token_file)
+        .map_err(|e| format!("cannot read admin_token_file {}: {e}", cfg.admin_token_file.display()))?;
+    let client = Client::new(ClientConfig::new(vec![cfg.me().api_addr.clone()], token.trim()));
+    let r = client.call(http::Method::POST, "/admin/v1/init", None).await.map_err(|e| e.to_string())?;
+    let id = r.body["cluster_id"].as_str().unwrap_or("?");
+    if r.body["already_initialized"].as_bool() == Some(true) {
+        println!("cluster {id} was already initialized; nothing to do");
+    } else {
+        println!("cluster {id} formed with {} members", cfg.peers.len());
+    }
+    Ok(())
+}
+
+/// `kura merchant ...`.
+pub async fn merchant(config: &Path, cmd: MerchantCmd) -> Result<(), String> {
+    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let client = admin_client(&cfg)?;
+    let r = match cmd {
+        MerchantCmd::Create { id, name } => {
+            client.call(http::Method::POST, "/admin/v1/merchants", Some(json!({ "merchant_id": id, "name": name }))).await
+        }
+        MerchantCmd::List => client.call(http::Method::GET, "/admin/v1/merchants", None).await,
+        MerchantCmd::RotateKey { id } => client.call(http::Method::POST, &format!("/admin/v1/merchants/{id}/rotate-key"), None).await,
+    }
+    .map_err(|e| e.to_string())?;
+    println!("{}", serde_json::to_string_pretty(&r.body).expect("json"));
+    Ok(())
+}
+
+/// Fetches `/v1/cluster/status` from every endpoint (unreachable ones are `None`).
+pub async fn fetch_statuses(endpoints: &[String]) -> Vec<(String, Option<Value>)> {
+    let pool = HttpPool::new(Arc::new(TcpConnector), kura_sdk::wire::tokio_spawner(), 1 << 20);
+    let mut out = Vec::new();
+    for ep in endpoints {
+        let req = http::Request::get("/v1/cluster/status")
+            .header(http::header::HOST, ep.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("valid request");
+        let v = match pool.send(ep, req, Duration::from_secs(2)).await {
+            Ok(r) if r.status().is_success() => serde_json::from_slice(r.body()).ok(),
+            _ => None,
+        };
+        out.push((ep.clone(), v));
+    }
+    out
+}
+
+/// `kura status`.
+pub async fn status(config: Option<&Path>, endpoints: Vec<String>, as_json: bool) -> Result<bool, String> {
+    let endpoints = match (config, endpoints.is_empty()) {
+        (Some(c), _) => NodeConfig::load(c).map_err(|e| e.to_string())?.api_endpoints(),
+        (None, false) => endpoints,
+        (None, true) => local_endpoints(7001),
+    };
+    let statuses = fetch_statuses(&endpoints).await;
+    if as_json {
+        let v: Vec<Value> = statuses.iter().map(|(ep, s)| json!({ "endpoint": ep, "status": s })).collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        print!("{}", render_status(&statuses));
+    }
+    Ok(statuses.iter().any(|(_, s)| s.as_ref().is_some_and(|s| s["state"] == "leader")))
+}
+
+fn render_status(statuses: &[(String, Option<Value>)]) -> String {
+    let leader = statuses.iter().filter_map(|(_, s)| s.as_ref()).find(|s| s["state"] == "leader");
+    let any = statuses.iter().find_map(|(_, s)| s.as_ref());
+    let mut out = String::new();
+    let cluster = any.and_then(|s| s["cluster_id"].as_str()).unwrap_or("(not initialized)");
+    match leader {
+        Some(l) => out += &format!("cluster {cluster}  leader {} (id {})  term {}\n", l["name"].as_str().unwrap_or("?"), l["node_id"], l["term"]),
+        None => out += &format!("cluster {cluster}  NO LEADER\n"),
+    }
+    out += &format!("{:<6} {:>3}  {:<5} {:<10} {:<22} {:>9} {:>9} {:>9} {:>6}\n", "NAME", "ID", "ROLE", "STATE", "API", "LAST_LOG", "COMMITTED", "APPLIED", "LAG");
+    for (ep, s) in statuses {
+        let Some(s) = s else {
+            out += &format!("{:<6} {:>3}  {:<5} {:<10} {:<22}\n", "?", "?", "?", "unreachable", ep);
+            continue;
+        };
+        let lag = leader
+            .and_then(|l| l["members"].as_array())
+            .and_then(|ms| ms.iter().find(|m| m["id"] == s["node_id"]))
+            .and_then(|m| m["lag_entries"].as_u64())
+            .map_or("-".to_string(), |x| x.to_string());
+        out += &format!(
+            "{:<6} {:>3}  {:<5} {:<10} {:<22} {:>9} {:>9} {:>9} {:>6}\n",
+            s["name"].as_str().unwrap_or("?"),
+            s["node_id"].to_string(),
+            s["role"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            ep,
+            s["last_log_index"].to_string(),
+            s["committed_index"].to_string(),
+            s["applied_index"].to_string(),
+            lag
+        );
+    }
+    out
+}

@@ -1,0 +1,141 @@
+//! Prometheus metrics, registered with help text on kura's own registry.
+//!
+//! Naming: `kura_<subsystem>_<name>_<unit>`, `_total` on counters. Labels are bounded:
+//! `endpoint` is the route template, never a raw path.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use std::time::Duration;
+
+/// Labels of API request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub method: String,
+    pub status_class: String,
+}
+
+/// Labels of API latency histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// Every metric a node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub raft_term: Gauge,
+    pub raft_is_leader: Gauge,
+    pub raft_has_leader: Gauge,
+    pub raft_last_log_index: Gauge,
+    pub raft_committed_index: Gauge,
+    pub raft_applied_index: Gauge,
+    pub raft_leader_changes: Counter,
+    pub store_log_fsync: Histogram,
+    pub vault_tokens: Gauge,
+    pub api_requests: Family<RequestLabels, Counter>,
+    pub api_request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every kura metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kura");
+        let m = Metrics {
+            registry: Registry::default(),
+            raft_term: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            raft_has_leader: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_committed_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            raft_leader_changes: Counter::default(),
+            store_log_fsync: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            vault_tokens: Gauge::default(),
+            api_requests: Family::default(),
+            api_request_duration: Family::new_with_constructor(latency_histogram),
+        };
+        registry.register("raft_term", "Current Raft term seen by this node", m.raft_term.clone());
+        registry.register("raft_is_leader", "1 if this node is the Raft leader, else 0", m.raft_is_leader.clone());
+        registry.register("raft_has_leader", "1 if this node knows a leader, else 0", m.raft_has_leader.clone());
+        registry.register("raft_last_log_index", "Index of the last entry in this node's log", m.raft_last_log_index.clone());
+        registry.register("raft_committed_index", "Index of the last entry known committed", m.raft_committed_index.clone());
+        registry.register("raft_applied_index", "Index of the last entry applied to the vault", m.raft_applied_index.clone());
+        registry.register("raft_leader_changes", "Leader changes this node has observed", m.raft_leader_changes.clone());
+        registry.register_with_unit(
+            "store_log_fsync_duration",
+            "Duration of durable storage commits (log appends, votes, snapshots): one fsync each",
+            Unit::Seconds,
+            m.store_log_fsync.clone(),
+        );
+        registry.register("vault_tokens", "Tokens held in the vault", m.vault_tokens.clone());
+        registry.register("api_requests", "API requests by route, method and status class", m.api_requests.clone());
+        registry.register_with_unit(
+            "api_request_duration",
+            "API request latency by route, including forwarding to the leader",
+            Unit::Seconds,
+            m.api_request_duration.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
+        out
+    }
+
+    /// Records one API request.
+    pub fn observe_request(&self, endpoint: &str, method: &str, status: u16, elapsed: Duration) {
+        let labels = RequestLabels {
+            endpoint: endpoint.to_owned(),
+            method: method.to_owned(),
+            status_class: format!("{}xx", status / 100),
+        };
+        self.api_requests.get_or_create(&labels).inc();
+        self.api_request_duration
+            .get_or_create(&EndpointLabels { endpoint: endpoint.to_owned() })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_prefixed_names_units_and_help() {
+        let m = Metrics::new();
+        m.raft_term.set(3);
+        m.store_log_fsync.observe(0.002);
+        m.observe_request("/v1/tokens", "POST", 201, Duration::from_millis(3));
+        let text = m.encode();
+        for needle in [
+            "# HELP kura_raft_term Current Raft term",
+            "kura_raft_term 3",
+            "kura_raft_leader_changes_total",
+            "# UNIT kura_store_log_fsync_duration_seconds seconds",
+            "kura_store_log_fsync_duration_seconds_count 1",
+            "kura_api_requests_total{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"} 1",
+            "kura_api_request_duration_seconds_count{endpoint=\"/v1/tokens\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}

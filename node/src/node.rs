@@ -1,0 +1,126 @@
+//! Assembles a node: store, Raft, API and Raft listeners, metrics.
+//!
+//! The same [`run`] serves production (tokio network, redb file, writer thread, OS
+//! entropy, wall clock) and simulation (turmoil network, in-memory disk, inline
+//! commits, seeded entropy, simulated clock): only [`NodeEnv`] differs.
+
+use crate::api::{self, AppState, Clock};
+use crate::cluster::{self, Cluster};
+use crate::config::NodeConfig;
+use crate::crypto::{api_key_hash, Entropy, Kek, KeyRing};
+use crate::metrics::Metrics;
+use crate::net::{self, HttpPool, Net};
+use crate::store::{FsyncObserver, Store, WriterMode};
+use std::io;
+use std::sync::Arc;
+
+/// Largest response body a node reads from a peer (snapshots are the biggest).
+const PEER_BODY_BYTES_MAX: usize = 1 << 30;
+
+/// What differs between production and simulation.
+pub struct NodeEnv {
+    pub net: Net,
+    pub store: Store,
+    pub clock: Clock,
+    pub entropy: Arc<Entropy>,
+    pub kek: Kek,
+    pub admin_token: String,
+    pub metrics: Arc<Metrics>,
+}
+
+/// An fsync observer feeding the node's histogram.
+pub fn fsync_observer(metrics: &Arc<Metrics>) -> FsyncObserver {
+    let m = metrics.clone();
+    Arc::new(move |d| m.store_log_fsync.observe(d.as_secs_f64()))
+}
+
+/// The production environment for `cfg`: files under its data dir, real network.
+pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create data_dir {}: {e}", cfg.data_dir.display())))?;
+    let kek = Kek::from_file(&cfg.kek_file).map_err(io::Error::other)?;
+    let admin_token = std::fs::read_to_string(&cfg.admin_token_file)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read admin_token_file {}: {e}", cfg.admin_token_file.display())))?
+        .trim()
+        .to_owned();
+    if admin_token.len() < 16 {
+        return Err(io::Error::other(format!("admin_token_file {} must hold a token of at least 16 characters", cfg.admin_token_file.display())));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let db = cfg.data_dir.join("kura.redb");
+    let store = Store::open(&db, WriterMode::Threaded, fsync_observer(&metrics))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open database {}: {e}", db.display())))?;
+    let clock: Clock = Arc::new(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    });
+    Ok(NodeEnv { net: Net::tokio(), store, clock, entropy: Arc::new(Entropy::Os), kek, admin_token, metrics })
+}
+
+/// A started node.
+pub struct Node {
+    pub cluster: Arc<Cluster>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Starts Raft and both listeners. Returns once the listeners are bound; serving
+/// continues in background tasks until the runtime stops.
+pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
+    let me = cfg.me().clone();
+    let pool = Arc::new(HttpPool::new(env.net.connector.clone(), net::spawner(), PEER_BODY_BYTES_MAX));
+    let raft_listener = env.net.binder.bind(&me.raft_addr).await.map_err(|e| bind_err("raft_addr", &me.raft_addr, e))?;
+    let api_listener = env.net.binder.bind(&me.api_addr).await.map_err(|e| bind_err("api_addr", &me.api_addr, e))?;
+    let cluster = Cluster::start(cfg.node_id, cfg.members(), &cfg.raft, env.store, pool.clone()).await?;
+    let state = Arc::new(AppState {
+        cluster: cluster.clone(),
+        keys: Arc::new(KeyRing::new(env.kek)),
+        entropy: env.entropy,
+        clock: env.clock,
+        metrics: env.metrics.clone(),
+        settings: cfg.api.clone(),
+        admin_token_sha256: api_key_hash(&env.admin_token),
+        pool,
+    });
+    let raft_routes = cluster::raft_router(cluster.clone());
+    crate::raft_types::spawn(async move {
+        if let Err(e) = net::serve(raft_listener, raft_routes).await {
+            tracing::error!(error = %e, "raft listener stopped");
+        }
+    });
+    let api_routes = api::router(state);
+    crate::raft_types::spawn(async move {
+        if let Err(e) = net::serve(api_listener, api_routes).await {
+            tracing::error!(error = %e, "api listener stopped");
+        }
+    });
+    crate::raft_types::spawn(update_metrics(cluster.clone(), env.metrics.clone()));
+    tracing::info!(node = %me.name, id = cfg.node_id, role = %me.role, api = %me.api_addr, raft = %me.raft_addr, "node started");
+    Ok(Node { cluster, metrics: env.metrics })
+}
+
+fn bind_err(key: &str, addr: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot listen on {key} {addr}: {e}"))
+}
+
+/// Mirrors Raft state into gauges and counts leader changes.
+async fn update_metrics(cluster: Arc<Cluster>, m: Arc<Metrics>) {
+    let mut last_leader = None;
+    loop {
+        let s = cluster.status();
+        m.raft_term.set(s.term as i64);
+        m.raft_is_leader.set((s.state == "leader") as i64);
+        m.raft_has_leader.set(s.leader_id.is_some() as i64);
+        m.raft_last_log_index.set(s.last_log_index as i64);
+        m.raft_committed_index.set(s.committed_index as i64);
+        m.raft_applied_index.set(s.applied_index as i64);
+        if s.leader_id.is_some() && s.leader_id != last_leader {
+            if last_leader.is_some() {
+                tracing::info!(from = ?last_leader, to = ?s.leader_id, term = s.term, "leader changed");
+            }
+            m.raft_leader_changes.inc();
+            last_leader = s.leader_id;
+        }
+        if !cluster.changed().await {
+            return;
+        }
+    }
+}
