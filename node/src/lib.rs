@@ -9,6 +9,8 @@ pub mod config;
 pub mod net;
 pub mod node;
 pub mod raft_types;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
 pub mod up;
 pub mod vault;

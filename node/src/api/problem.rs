@@ -80,7 +80,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "the body is not valid JSON".to_string(),
             _ => redact_serde_message(&inner.to_string()),
         };
-        let at = if path == "." || path.is_empty() { String::new() } else { format!(" at `{path}`") };
+        let at = if path == "." || path == "?" || path.is_empty() { String::new() } else { format!(" at `{path}`") };
         Problem::bad_request("invalid_json", format!("{what}{at}"))
     })
 }

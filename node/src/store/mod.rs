@@ -6,10 +6,12 @@
 //! tells openraft the IO is flushed.
 
 mod log;
+mod sim_disk;
 mod sm;
 mod writer;
 
 pub use log::LogStore;
+pub use sim_disk::SimDisk;
 pub use sm::{SharedVault, StateMachine};
 pub use writer::{FsyncObserver, WriterMode};
 
@@ -63,6 +65,11 @@ impl Store {
     pub fn open_backend(backend: impl redb::StorageBackend, mode: WriterMode, fsync: FsyncObserver) -> io::Result<Store> {
         let db = Database::builder().create_with_backend(backend).map_err(io_err)?;
         Store::with_database(db, mode, fsync)
+    }
+
+    /// Opens the database on a simulated disk, committing inline (no threads).
+    pub fn open_sim(disk: &SimDisk, fsync: FsyncObserver) -> io::Result<Store> {
+        Store::open_backend(disk.backend(), WriterMode::Inline, fsync)
     }
 
     fn with_database(db: Database, mode: WriterMode, fsync: FsyncObserver) -> io::Result<Store> {
