@@ -110,6 +110,8 @@ pub struct Client {
 struct Inner {
     cfg: ClientConfig,
     pool: HttpPool,
+    /// Index into `cfg.endpoints` of the node to try first; always in range.
+    /// Index into `cfg.endpoints` of the node to try first; always in range.
     preferred: AtomicUsize,
 }
 
@@ -154,7 +156,7 @@ impl Client {
         let mut backoff = self.inner.cfg.backoff;
         let mut last = String::from("no attempt made");
         for attempt in 1..=self.inner.cfg.attempts_max {
-            let idx = self.inner.preferred.load(Ordering::Relaxed) % n;
+            let idx = self.inner.preferred.load(Ordering::Relaxed);
             let addr = self.inner.cfg.endpoints[idx].clone();
             match self.attempt(&addr, &method, path, body.clone()).await {
                 Ok(resp) => {
@@ -169,6 +171,7 @@ impl Client {
                         return Err(err);
                     }
                     last = err.to_string();
+                    tracing::debug!(%addr, attempt, error = %last, "kura node refused; will retry");
                     if !self.moved_to_hinted_leader(idx) {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
@@ -204,8 +207,10 @@ impl Client {
         self.inner.pool.send(addr, req, self.inner.cfg.attempt_timeout).await
     }
 
+    /// Moves on from endpoint `from`, unless another call already moved the preference.
     fn rotate(&self, from: usize) {
-        let _ = self.inner.preferred.compare_exchange(from, from + 1, Ordering::Relaxed, Ordering::Relaxed);
+        let next = (from + 1) % self.inner.cfg.endpoints.len();
+        let _ = self.inner.preferred.compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     fn follow_leader_hint(&self, resp: &http::Response<Bytes>) {
@@ -216,7 +221,7 @@ impl Client {
     }
 
     fn moved_to_hinted_leader(&self, tried: usize) -> bool {
-        self.inner.preferred.load(Ordering::Relaxed) % self.inner.cfg.endpoints.len() != tried
+        self.inner.preferred.load(Ordering::Relaxed) != tried
     }
 }
 
@@ -234,4 +239,81 @@ fn problem(status: StatusCode, body: &Value) -> Error {
 
 fn decode<T: serde::de::DeserializeOwned>(resp: ApiResponse) -> Result<T, Error> {
     serde_json::from_value(resp.body).map_err(|e| Error::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-endpoint fake node: answers `503 not_leader` `refusals` times, then 201.
+    async fn fake_node(refusals: u32) -> (String, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(AtomicU32::new(0));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        let k = seen.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) = if k < refusals {
+                            ("503 Service Unavailable", r#"{"code":"not_leader","detail":"x"}"#)
+                        } else {
+                            ("201 Created", r#"{"ok":true}"#)
+                        };
+                        let resp = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        s.write_all(resp.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn dead_addr() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string() // closed when `l` drops: connections are refused
+    }
+
+    fn config(endpoints: Vec<String>, attempts: u32) -> ClientConfig {
+        let mut c = ClientConfig::new(endpoints, "k");
+        c.backoff = Duration::from_millis(1);
+        c.attempts_max = attempts;
+        c
+    }
+
+    #[tokio::test]
+    async fn retries_cycle_through_every_endpoint_for_many_laps() {
+        let (live, seen) = fake_node(4).await;
+        let client = Client::new(config(vec![dead_addr(), dead_addr(), live], 30));
+        let r = client.call(Method::POST, "/v1/tokens", Some(serde_json::json!({}))).await.unwrap();
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(seen.load(Ordering::SeqCst), 5, "four refusals, then success, on the only live node");
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_the_attempt_bound_with_the_last_error() {
+        let client = Client::new(config(vec![dead_addr(), dead_addr()], 5));
+        match client.call(Method::GET, "/v1/tokens/x", None).await {
+            Err(Error::Unavailable { attempts: 5, last }) => assert!(last.contains("cannot connect"), "{last}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn api_errors_other_than_not_leader_are_returned_at_once() {
+        let (live, seen) = fake_node(0).await;
+        let client = Client::new(config(vec![live], 5));
+        let ok = client.call(Method::GET, "/", None).await.unwrap();
+        assert_eq!(ok.body["ok"], true);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
 }

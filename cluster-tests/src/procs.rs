@@ -1,0 +1,216 @@
+//! Three real `kura` processes on loopback, each with its own data directory.
+
+use kura_sdk::{Client, ClientConfig};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Names of the three nodes, in id order.
+pub const NAMES: [&str; 3] = ["main", "dr", "bk"];
+
+/// The `kura` binary: `$KURA_BIN`, or the one next to this test's target directory
+/// (built on demand with the same profile).
+pub fn kura_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("KURA_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test exe path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = dir.join("kura");
+    if !bin.exists() {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "kura-node", "--bin", "kura"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().expect("cargo build").success(), "building the kura binary failed");
+    }
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running three-node cluster. Dropping it kills every node.
+pub struct ProcCluster {
+    pub dir: tempfile::TempDir,
+    pub api: Vec<String>,
+    children: Vec<Option<Child>>,
+    configs: Vec<PathBuf>,
+    admin_token: String,
+}
+
+impl ProcCluster {
+    /// Writes configs (with `extra_toml` appended to each, e.g. a `[raft]` table) and starts all three.
+    pub fn start(extra_toml: &str) -> ProcCluster {
+        // Client-side logs for debugging: RUST_LOG=kura_sdk=debug.
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        let mut c = ProcCluster::prepare(extra_toml);
+        for i in 0..3 {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// The data directory of node `i`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(NAMES[i])
+    }
+
+    /// Writes configs and keys without starting any node.
+    pub fn prepare(raft_toml: &str) -> ProcCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let api: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let raft: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        std::fs::write(dir.path().join("kek.key"), format!("{}\n", "ab".repeat(32))).unwrap();
+        let admin_token = "adm_cluster_test_token_0001".to_string();
+        std::fs::write(dir.path().join("admin.token"), &admin_token).unwrap();
+        let mut configs = Vec::new();
+        for (i, name) in NAMES.iter().enumerate() {
+            let mut text = format!(
+                "node_id = {}\ndata_dir = \"{name}\"\nkek_file = \"kek.key\"\nadmin_token_file = \"admin.token\"\n",
+                i + 1
+            );
+            for (j, peer) in NAMES.iter().enumerate() {
+                text += &format!(
+                    "[[peers]]\nid = {}\nname = \"{peer}\"\nrole = \"{peer}\"\napi_addr = \"{}\"\nraft_addr = \"{}\"\n",
+                    j + 1,
+                    api[j],
+                    raft[j]
+                );
+            }
+            text += raft_toml;
+            let path = dir.path().join(format!("{name}.toml"));
+            std::fs::write(&path, text).unwrap();
+            configs.push(path);
+        }
+        ProcCluster { dir, api, children: vec![None, None, None], configs, admin_token }
+    }
+
+    /// The log file of node `i`.
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.log", NAMES[i]))
+    }
+
+    /// Starts node `i` (again).
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.children[i].is_none(), "node {i} is running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
+        let child = Command::new(kura_bin())
+            .args(["node", "--config"])
+            .arg(&self.configs[i])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kura node");
+        self.children[i] = Some(child);
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// An admin client over all three nodes.
+    pub fn admin(&self) -> Client {
+        Client::new(ClientConfig::new(self.api.clone(), &self.admin_token))
+    }
+
+    /// A merchant client over the given nodes.
+    pub fn client(&self, nodes: &[usize], key: &str) -> Client {
+        Client::new(ClientConfig::new(nodes.iter().map(|&i| self.api[i].clone()).collect(), key))
+    }
+
+    /// `/v1/cluster/status` of node `i`, if it answers.
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        let mut cfg = ClientConfig::new(vec![self.api[i].clone()], "");
+        cfg.attempts_max = 1;
+        cfg.attempt_timeout = Duration::from_secs(2);
+        Client::new(cfg).call(http::Method::GET, "/v1/cluster/status", None).await.ok().map(|r| r.body)
+    }
+
+    /// Waits until node `i` answers.
+    pub async fn wait_live(&self, i: usize) {
+        wait_for("node to answer", Duration::from_secs(30), || async { self.status(i).await.is_some() }).await;
+    }
+
+    /// Forms the cluster through node 0.
+    pub async fn init(&self) {
+        for i in 0..3 {
+            self.wait_live(i).await;
+        }
+        let mut cfg = ClientConfig::new(vec![self.api[0].clone()], &self.admin_token);
+        cfg.attempts_max = 3;
+        let r = Client::new(cfg).call(http::Method::POST, "/admin/v1/init", None).await.expect("init");
+        assert_eq!(r.status.as_u16(), 201, "{:?}", r.body);
+    }
+
+    /// Waits for a leader among the running nodes and returns its index.
+    pub async fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for i in 0..3 {
+                if self.children[i].is_some() && self.status(i).await.is_some_and(|s| s["state"] == "leader") {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader within 30 s");
+    }
+
+    /// Waits until node `i` has adopted the cluster id (it has joined).
+    pub async fn wait_for_replicated_cluster_id(&self, i: usize) {
+        wait_for("cluster id on node", Duration::from_secs(30), || async {
+            self.status(i).await.is_some_and(|s| s["cluster_id"].is_string())
+        })
+        .await;
+    }
+
+    /// Creates merchant `id` and returns its secret key.
+    pub async fn merchant(&self, id: &str) -> String {
+        let r = self
+            .admin()
+            .call(http::Method::POST, "/admin/v1/merchants", Some(json!({ "merchant_id": id, "name": id })))
+            .await
+            .expect("create merchant");
+        r.body["secret_key"].as_str().expect("secret key").to_owned()
+    }
+}
+
+impl Drop for ProcCluster {
+    /// Kills every node. With `KURA_KEEP_TEST_DIRS=1` the data and logs stay on disk.
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+        if std::env::var_os("KURA_KEEP_TEST_DIRS").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+            eprintln!("kept test cluster files in {}", kept.display());
+        }
+    }
+}
+
+/// Polls `probe` every 50 ms until it holds; panics after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if probe().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
