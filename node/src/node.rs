@@ -104,6 +104,7 @@ fn bind_err(key: &str, addr: &str, e: io::Error) -> io::Error {
 /// Mirrors Raft state into gauges and counts leader changes.
 async fn update_metrics(cluster: Arc<Cluster>, m: Arc<Metrics>) {
     let mut last_leader = None;
+    let mut watch = cluster.watch();
     loop {
         let s = cluster.status();
         m.raft_term.set(s.term as i64);
@@ -119,7 +120,7 @@ async fn update_metrics(cluster: Arc<Cluster>, m: Arc<Metrics>) {
             m.raft_leader_changes.inc();
             last_leader = s.leader_id;
         }
-        if !cluster.changed().await {
+        if !watch.changed().await {
             return;
         }
     }

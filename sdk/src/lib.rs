@@ -82,6 +82,8 @@ pub struct ClientConfig {
     pub bearer: String,
     /// Deadline for one attempt.
     pub attempt_timeout: Duration,
+    /// Deadline for opening a connection (a dead host drops packets rather than refusing).
+    pub connect_timeout: Duration,
     /// Upper bound on attempts for one call.
     pub attempts_max: u32,
     /// Pause between attempts after `no_leader` (doubles, up to 8x).
@@ -95,6 +97,7 @@ impl ClientConfig {
             endpoints,
             bearer: bearer.into(),
             attempt_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_millis(500),
             attempts_max: 12,
             backoff: Duration::from_millis(50),
         }
@@ -131,7 +134,7 @@ impl Client {
     /// A client over any transport (simulations pass a turmoil connector).
     pub fn with_connector(cfg: ClientConfig, connector: Arc<dyn Connector>, spawn: Spawner) -> Client {
         assert!(!cfg.endpoints.is_empty(), "kura client needs at least one endpoint");
-        let pool = HttpPool::new(connector, spawn, 16 << 20);
+        let pool = HttpPool::new(connector, spawn, 16 << 20).with_connect_timeout(cfg.connect_timeout);
         Client { inner: Arc::new(Inner { cfg, pool, preferred: AtomicUsize::new(0) }) }
     }
 
@@ -188,7 +191,10 @@ impl Client {
                         backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
                     }
                 }
-                Err(e) => return Err(Error::Ambiguous(e)),
+                Err(e) => {
+                    self.inner.pool.forget(&addr);
+                    return Err(Error::Ambiguous(e));
+                }
             }
         }
         Err(Error::Unavailable { attempts: self.inner.cfg.attempts_max, last })

@@ -86,12 +86,30 @@ pub struct HttpPool {
     idle: Mutex<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
     idle_per_addr_max: usize,
     body_bytes_max: usize,
+    connect_timeout: Duration,
 }
+
+/// Default bound on establishing one connection.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 
 impl HttpPool {
     /// A pool that connects with `connector` and drives connections with `spawn`.
     pub fn new(connector: Arc<dyn Connector>, spawn: Spawner, body_bytes_max: usize) -> HttpPool {
-        HttpPool { connector, spawn, idle: Mutex::new(HashMap::new()), idle_per_addr_max: 32, body_bytes_max }
+        HttpPool {
+            connector,
+            spawn,
+            idle: Mutex::new(HashMap::new()),
+            idle_per_addr_max: 32,
+            body_bytes_max,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+        }
+    }
+
+    /// Bounds connection establishment separately: a connect that times out sent nothing,
+    /// so it is reported as [`WireError::Connect`] (safe to retry), not as a timeout.
+    pub fn with_connect_timeout(mut self, t: Duration) -> HttpPool {
+        self.connect_timeout = t;
+        self
     }
 
     /// Sends `req` to `addr` and reads the whole response, all within `timeout`.
@@ -137,7 +155,11 @@ impl HttpPool {
     }
 
     async fn connect(&self, addr: &str) -> Result<SendRequest<Full<Bytes>>, WireError> {
-        let io = self.connector.connect(addr).await.map_err(|source| WireError::Connect { addr: addr.to_owned(), source })?;
+        let connect_err = |source| WireError::Connect { addr: addr.to_owned(), source };
+        let io = match tokio::time::timeout(self.connect_timeout, self.connector.connect(addr)).await {
+            Ok(r) => r.map_err(connect_err)?,
+            Err(_) => return Err(connect_err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))),
+        };
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| WireError::Connect { addr: addr.to_owned(), source: io::Error::other(e) })?;

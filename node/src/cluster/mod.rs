@@ -109,6 +109,18 @@ pub struct InitOutcome {
     pub already_initialized: bool,
 }
 
+/// Wakes when this node's Raft status changes. Hold one; do not create one per wait.
+pub struct StatusWatch {
+    rx: openraft::type_config::alias::WatchReceiverOf<crate::raft_types::TypeConfig, openraft::RaftMetrics<crate::raft_types::TypeConfig>>,
+}
+
+impl StatusWatch {
+    /// Waits for the next change; false once the Raft node has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+}
+
 /// A kura node's replication handle.
 pub struct Cluster {
     pub(crate) id: NodeId,
@@ -331,10 +343,13 @@ impl Cluster {
         }
     }
 
-    /// Waits until the Raft status changes (for the metrics updater).
-    pub async fn changed(&self) -> bool {
+    /// A watcher that wakes when the Raft status changes (for the metrics updater).
+    pub fn watch(&self) -> StatusWatch {
         let mut rx = self.raft.metrics();
-        rx.changed().await.is_ok()
+        // A clone of openraft's receiver has seen no version yet: mark the current one seen,
+        // or the first `changed()` — and every one after — would return at once.
+        let _ = rx.borrow_and_update();
+        StatusWatch { rx }
     }
 
     /// Stops the Raft node.

@@ -62,7 +62,13 @@ impl PeerClient {
             .header(CLUSTER_ID_HEADER, cluster)
             .body(Full::new(body))
             .expect("valid raft request");
-        match self.pool.send(&self.addr, req, ttl).await {
+        let result = self.pool.send(&self.addr, req, ttl).await;
+        if result.is_err() {
+            // A peer that crashed without closing its sockets leaves idle connections that
+            // would each swallow a request until its deadline: start afresh.
+            self.pool.forget(&self.addr);
+        }
+        match result {
             Ok(resp) if resp.status().is_success() => Ok(resp.into_body()),
             Ok(resp) => Err(Fail::Unreachable(format!(
                 "{} answered {}: {}",
@@ -71,10 +77,7 @@ impl PeerClient {
                 String::from_utf8_lossy(resp.body())
             ))),
             Err(WireError::Timeout { timeout, .. }) => Err(Fail::Timeout(timeout)),
-            Err(e) => {
-                self.pool.forget(&self.addr);
-                Err(Fail::Unreachable(e.to_string()))
-            }
+            Err(e) => Err(Fail::Unreachable(e.to_string())),
         }
     }
 
