@@ -16,7 +16,10 @@ pub fn kura_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let bin = dir.join("kura");
     if !bin.exists() {
         let release = dir.file_name().is_some_and(|n| n == "release");
@@ -25,13 +28,20 @@ pub fn kura_bin() -> PathBuf {
         if release {
             cmd.arg("--release");
         }
-        assert!(cmd.status().expect("cargo build").success(), "building the kura binary failed");
+        assert!(
+            cmd.status().expect("cargo build").success(),
+            "building the kura binary failed"
+        );
     }
     bin
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running three-node cluster. Dropping it kills every node.
@@ -47,7 +57,10 @@ impl ProcCluster {
     /// Writes configs (with `extra_toml` appended to each, e.g. a `[raft]` table) and starts all three.
     pub fn start(extra_toml: &str) -> ProcCluster {
         // Client-side logs for debugging: RUST_LOG=kura_sdk=debug.
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let mut c = ProcCluster::prepare(extra_toml);
         for i in 0..3 {
             c.restart(i);
@@ -63,8 +76,12 @@ impl ProcCluster {
     /// Writes configs and keys without starting any node.
     pub fn prepare(raft_toml: &str) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
-        let api: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let raft: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let api: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let raft: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         std::fs::write(dir.path().join("kek.key"), format!("{}\n", "ab".repeat(32))).unwrap();
         let admin_token = "adm_cluster_test_token_0001".to_string();
         std::fs::write(dir.path().join("admin.token"), &admin_token).unwrap();
@@ -87,7 +104,13 @@ impl ProcCluster {
             std::fs::write(&path, text).unwrap();
             configs.push(path);
         }
-        ProcCluster { dir, api, children: vec![None, None, None], configs, admin_token }
+        ProcCluster {
+            dir,
+            api,
+            children: vec![None, None, None],
+            configs,
+            admin_token,
+        }
     }
 
     /// The log file of node `i`.
@@ -98,7 +121,11 @@ impl ProcCluster {
     /// Starts node `i` (again).
     pub fn restart(&mut self, i: usize) {
         assert!(self.children[i].is_none(), "node {i} is running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
         let child = Command::new(kura_bin())
             .args(["node", "--config"])
             .arg(&self.configs[i])
@@ -126,7 +153,10 @@ impl ProcCluster {
 
     /// A merchant client over the given nodes.
     pub fn client(&self, nodes: &[usize], key: &str) -> Client {
-        Client::new(ClientConfig::new(nodes.iter().map(|&i| self.api[i].clone()).collect(), key))
+        Client::new(ClientConfig::new(
+            nodes.iter().map(|&i| self.api[i].clone()).collect(),
+            key,
+        ))
     }
 
     /// `/v1/cluster/status` of node `i`, if it answers.
@@ -134,12 +164,19 @@ impl ProcCluster {
         let mut cfg = ClientConfig::new(vec![self.api[i].clone()], "");
         cfg.attempts_max = 1;
         cfg.attempt_timeout = Duration::from_secs(2);
-        Client::new(cfg).call(http::Method::GET, "/v1/cluster/status", None).await.ok().map(|r| r.body)
+        Client::new(cfg)
+            .call(http::Method::GET, "/v1/cluster/status", None)
+            .await
+            .ok()
+            .map(|r| r.body)
     }
 
     /// Waits until node `i` answers.
     pub async fn wait_live(&self, i: usize) {
-        wait_for("node to answer", Duration::from_secs(30), || async { self.status(i).await.is_some() }).await;
+        wait_for("node to answer", Duration::from_secs(30), || async {
+            self.status(i).await.is_some()
+        })
+        .await;
     }
 
     /// Forms the cluster through node 0.
@@ -149,7 +186,10 @@ impl ProcCluster {
         }
         let mut cfg = ClientConfig::new(vec![self.api[0].clone()], &self.admin_token);
         cfg.attempts_max = 3;
-        let r = Client::new(cfg).call(http::Method::POST, "/admin/v1/init", None).await.expect("init");
+        let r = Client::new(cfg)
+            .call(http::Method::POST, "/admin/v1/init", None)
+            .await
+            .expect("init");
         assert_eq!(r.status.as_u16(), 201, "{:?}", r.body);
     }
 
@@ -158,7 +198,9 @@ impl ProcCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             for i in 0..3 {
-                if self.children[i].is_some() && self.status(i).await.is_some_and(|s| s["state"] == "leader") {
+                if self.children[i].is_some()
+                    && self.status(i).await.is_some_and(|s| s["state"] == "leader")
+                {
                     return i;
                 }
             }
@@ -170,7 +212,9 @@ impl ProcCluster {
     /// Waits until node `i` has adopted the cluster id (it has joined).
     pub async fn wait_for_replicated_cluster_id(&self, i: usize) {
         wait_for("cluster id on node", Duration::from_secs(30), || async {
-            self.status(i).await.is_some_and(|s| s["cluster_id"].is_string())
+            self.status(i)
+                .await
+                .is_some_and(|s| s["cluster_id"].is_string())
         })
         .await;
     }
@@ -179,10 +223,17 @@ impl ProcCluster {
     pub async fn merchant(&self, id: &str) -> String {
         let r = self
             .admin()
-            .call(http::Method::POST, "/admin/v1/merchants", Some(json!({ "merchant_id": id, "name": id })))
+            .call(
+                http::Method::POST,
+                "/admin/v1/merchants",
+                Some(json!({ "merchant_id": id, "name": id })),
+            )
             .await
             .expect("create merchant");
-        r.body["secret_key"].as_str().expect("secret key").to_owned()
+        r.body["secret_key"]
+            .as_str()
+            .expect("secret key")
+            .to_owned()
     }
 }
 

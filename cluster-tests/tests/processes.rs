@@ -16,7 +16,11 @@ fn pan(i: u32) -> String {
 
 fn tokenize_req(i: u32) -> TokenizeRequest {
     TokenizeRequest {
-        card: CardInput { number: pan(i), exp_month: 12, exp_year: 2031 },
+        card: CardInput {
+            number: pan(i),
+            exp_month: 12,
+            exp_year: 2031,
+        },
         kind: "card_on_file".into(),
         member_id: Some(format!("member-{i}")),
     }
@@ -38,16 +42,25 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 fn assert_no_pan_on_disk(c: &ProcCluster, pans: &[String]) {
     let all = files(c.dir.path());
-    assert!(all.iter().any(|p| p.ends_with("kura.redb")), "expected databases under {:?}", c.dir.path());
+    assert!(
+        all.iter().any(|p| p.ends_with("kura.redb")),
+        "expected databases under {:?}",
+        c.dir.path()
+    );
     for f in &all {
         let bytes = std::fs::read(f).unwrap();
         for p in pans {
-            assert!(!bytes.windows(p.len()).any(|w| w == p.as_bytes()), "PAN found in {}", f.display());
+            assert!(
+                !bytes.windows(p.len()).any(|w| w == p.as_bytes()),
+                "PAN found in {}",
+                f.display()
+            );
         }
     }
 }
 
-const SMALL_SNAPSHOTS: &str = "[raft]\nsnapshot_every_entries = 20\nlog_entries_kept_after_snapshot = 5\n";
+const SMALL_SNAPSHOTS: &str =
+    "[raft]\nsnapshot_every_entries = 20\nlog_entries_kept_after_snapshot = 5\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_forwards_leader_sigkill_fails_over_and_old_leader_catches_up_by_snapshot() {
@@ -64,22 +77,41 @@ async fn follower_forwards_leader_sigkill_fails_over_and_old_leader_catches_up_b
     let mut tokens = Vec::new();
     let mut pans = Vec::new();
     for i in 0..10 {
-        let t = via_follower.tokenize(&tokenize_req(i)).await.expect("tokenize via follower");
+        let t = via_follower
+            .tokenize(&tokenize_req(i))
+            .await
+            .expect("tokenize via follower");
         assert_eq!(t.last4, pan(i)[12..]);
-        assert_eq!(via_other.get_token(&t.token).await.expect("read via other follower"), t);
+        assert_eq!(
+            via_other
+                .get_token(&t.token)
+                .await
+                .expect("read via other follower"),
+            t
+        );
         tokens.push(t.token);
         pans.push(pan(i));
     }
     // A token is invisible to another merchant.
     let stranger = c.client(&[0, 1, 2], &c.merchant("other-shop").await);
-    assert!(matches!(stranger.get_token(&tokens[0]).await, Err(Error::Api { status: 404, .. })));
+    assert!(matches!(
+        stranger.get_token(&tokens[0]).await,
+        Err(Error::Api { status: 404, .. })
+    ));
 
     // SIGKILL the leader; the survivors elect a new one and serve writes.
     c.kill(leader);
     let killed_at = Instant::now();
     let everyone = c.client(&[0, 1, 2], &key);
-    let t = everyone.tokenize(&tokenize_req(100)).await.expect("write after leader crash");
-    println!("first write after SIGKILL of {} took {:?}", NAMES[leader], killed_at.elapsed());
+    let t = everyone
+        .tokenize(&tokenize_req(100))
+        .await
+        .expect("write after leader crash");
+    println!(
+        "first write after SIGKILL of {} took {:?}",
+        NAMES[leader],
+        killed_at.elapsed()
+    );
     tokens.push(t.token);
     pans.push(pan(100));
     let new_leader = c.wait_leader().await;
@@ -87,26 +119,52 @@ async fn follower_forwards_leader_sigkill_fails_over_and_old_leader_catches_up_b
 
     // Enough writes while it is down that the new leader snapshots and purges its log.
     for i in 101..161 {
-        tokens.push(everyone.tokenize(&tokenize_req(i)).await.expect("write").token);
+        tokens.push(
+            everyone
+                .tokenize(&tokenize_req(i))
+                .await
+                .expect("write")
+                .token,
+        );
         pans.push(pan(i));
     }
     let old_last = 14; // blank + membership + data key + 2 merchants + 10 tokens, at most
-    wait_for("the new leader to snapshot and purge past the old leader's log", Duration::from_secs(30), || async {
-        c.status(new_leader).await.is_some_and(|s| s["purged_index"].as_u64().unwrap_or(0) > old_last)
-    })
+    wait_for(
+        "the new leader to snapshot and purge past the old leader's log",
+        Duration::from_secs(30),
+        || async {
+            c.status(new_leader)
+                .await
+                .is_some_and(|s| s["purged_index"].as_u64().unwrap_or(0) > old_last)
+        },
+    )
     .await;
-    let target = c.status(new_leader).await.unwrap()["applied_index"].as_u64().unwrap();
+    let target = c.status(new_leader).await.unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
 
     c.restart(leader);
-    wait_for("old leader to catch up", Duration::from_secs(30), || async {
-        c.status(leader).await.is_some_and(|s| s["applied_index"].as_u64().unwrap_or(0) >= target)
-    })
+    wait_for(
+        "old leader to catch up",
+        Duration::from_secs(30),
+        || async {
+            c.status(leader)
+                .await
+                .is_some_and(|s| s["applied_index"].as_u64().unwrap_or(0) >= target)
+        },
+    )
     .await;
     let s = c.status(leader).await.unwrap();
-    assert!(s["snapshot_index"].as_u64().unwrap_or(0) > old_last, "caught up without a snapshot: {s}");
+    assert!(
+        s["snapshot_index"].as_u64().unwrap_or(0) > old_last,
+        "caught up without a snapshot: {s}"
+    );
     let via_old = c.client(&[leader], &key);
     for t in &tokens {
-        via_old.get_token(t).await.expect("every acknowledged token is readable");
+        via_old
+            .get_token(t)
+            .await
+            .expect("every acknowledged token is readable");
     }
 
     for i in 0..3 {
@@ -134,7 +192,10 @@ async fn sigkill_of_all_nodes_mid_load_loses_no_acknowledged_write() {
             }
         }));
     }
-    wait_for("some writes", Duration::from_secs(30), || async { acked.lock().unwrap().len() >= 100 }).await;
+    wait_for("some writes", Duration::from_secs(30), || async {
+        acked.lock().unwrap().len() >= 100
+    })
+    .await;
     for i in 0..3 {
         c.kill(i);
     }
@@ -150,9 +211,15 @@ async fn sigkill_of_all_nodes_mid_load_loses_no_acknowledged_write() {
     c.wait_leader().await;
     let client = c.client(&[0, 1, 2], &key);
     for t in &acked {
-        client.get_token(t).await.unwrap_or_else(|e| panic!("acknowledged token {t} lost: {e}"));
+        client
+            .get_token(t)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged token {t} lost: {e}"));
     }
-    client.tokenize(&tokenize_req(99_999)).await.expect("the cluster serves writes again");
+    client
+        .tokenize(&tokenize_req(99_999))
+        .await
+        .expect("the cluster serves writes again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,10 +227,17 @@ async fn init_is_idempotent_and_a_node_with_data_never_joins_another_cluster() {
     let mut a = ProcCluster::start("");
     a.init().await;
     a.wait_leader().await;
-    let again = a.admin().call(http::Method::POST, "/admin/v1/init", None).await.expect("second init");
+    let again = a
+        .admin()
+        .call(http::Method::POST, "/admin/v1/init", None)
+        .await
+        .expect("second init");
     assert_eq!(again.status.as_u16(), 200);
     assert_eq!(again.body["already_initialized"], true);
-    assert_eq!(again.body["cluster_id"], a.status(0).await.unwrap()["cluster_id"]);
+    assert_eq!(
+        again.body["cluster_id"],
+        a.status(0).await.unwrap()["cluster_id"]
+    );
 
     // Cluster B's bk starts from a copy of cluster A's bk: it holds A's data and id.
     a.wait_for_replicated_cluster_id(2).await;
@@ -176,14 +250,26 @@ async fn init_is_idempotent_and_a_node_with_data_never_joins_another_cluster() {
     for i in 0..3 {
         b.wait_live(i).await;
     }
-    match b.admin().call(http::Method::POST, "/admin/v1/init", None).await {
-        Err(Error::Api { status: 409, code, detail }) => {
+    match b
+        .admin()
+        .call(http::Method::POST, "/admin/v1/init", None)
+        .await
+    {
+        Err(Error::Api {
+            status: 409,
+            code,
+            detail,
+        }) => {
             assert_eq!(code, "init_refused");
             assert!(detail.contains("already belongs to cluster"), "{detail}");
         }
         other => panic!("init with a member of another cluster must be refused, got {other:?}"),
     }
-    assert_eq!(b.status(0).await.unwrap()["cluster_id"], serde_json::Value::Null, "B formed nothing");
+    assert_eq!(
+        b.status(0).await.unwrap()["cluster_id"],
+        serde_json::Value::Null,
+        "B formed nothing"
+    );
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

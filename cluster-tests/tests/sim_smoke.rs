@@ -36,12 +36,20 @@ fn client_with_attempts(endpoints: Vec<String>, bearer: &str, attempts: u32) -> 
     let mut cfg = ClientConfig::new(endpoints, bearer);
     cfg.attempt_timeout = Duration::from_secs(2);
     cfg.attempts_max = attempts;
-    Client::with_connector(cfg, kura_node::net::Net::turmoil().connector, kura_node::net::spawner())
+    Client::with_connector(
+        cfg,
+        kura_node::net::Net::turmoil().connector,
+        kura_node::net::spawner(),
+    )
 }
 
 fn card(i: u32) -> TokenizeRequest {
     TokenizeRequest {
-        card: CardInput { number: "4242424242424242".into(), exp_month: 1 + i % 12, exp_year: 2030 },
+        card: CardInput {
+            number: "4242424242424242".into(),
+            exp_month: 1 + i % 12,
+            exp_year: 2030,
+        },
         kind: "card_on_file".into(),
         member_id: Some(format!("member-{i}")),
     }
@@ -49,7 +57,10 @@ fn card(i: u32) -> TokenizeRequest {
 
 async fn status_of(name: &str) -> Option<Value> {
     let c = client_with_attempts(vec![format!("{name}:{}", sim::API_PORT)], "", 1);
-    c.call(http::Method::GET, "/v1/cluster/status", None).await.ok().map(|r| r.body)
+    c.call(http::Method::GET, "/v1/cluster/status", None)
+        .await
+        .ok()
+        .map(|r| r.body)
 }
 
 async fn leader_id() -> u64 {
@@ -66,14 +77,26 @@ async fn leader_id() -> u64 {
 }
 
 async fn scenario(shared: Arc<Shared>) -> turmoil::Result {
-    let admin = client(NAMES.iter().map(|n| format!("{n}:{}", sim::API_PORT)).collect(), sim::ADMIN_TOKEN);
+    let admin = client(
+        NAMES
+            .iter()
+            .map(|n| format!("{n}:{}", sim::API_PORT))
+            .collect(),
+        sim::ADMIN_TOKEN,
+    );
     let init = client(vec![format!("main:{}", sim::API_PORT)], sim::ADMIN_TOKEN);
-    let r = init.call(http::Method::POST, "/admin/v1/init", None).await?;
+    let r = init
+        .call(http::Method::POST, "/admin/v1/init", None)
+        .await?;
     shared.log(format!("init {}", r.status));
     let leader = leader_id().await;
     shared.log(format!("leader {leader}"));
     let m = admin
-        .call(http::Method::POST, "/admin/v1/merchants", Some(serde_json::json!({"merchant_id": "m1", "name": "M1"})))
+        .call(
+            http::Method::POST,
+            "/admin/v1/merchants",
+            Some(serde_json::json!({"merchant_id": "m1", "name": "M1"})),
+        )
         .await?;
     let key = m.body["secret_key"].as_str().unwrap().to_owned();
 
@@ -90,10 +113,20 @@ async fn scenario(shared: Arc<Shared>) -> turmoil::Result {
     // Crash the leader; a new one must serve writes.
     shared.request.store(leader, Ordering::SeqCst);
     let crashed_at = turmoil::sim_elapsed().unwrap();
-    let everyone = client(NAMES.iter().map(|n| format!("{n}:{}", sim::API_PORT)).collect(), &key);
+    let everyone = client(
+        NAMES
+            .iter()
+            .map(|n| format!("{n}:{}", sim::API_PORT))
+            .collect(),
+        &key,
+    );
     let t = everyone.tokenize(&card(100)).await?;
     let gap = turmoil::sim_elapsed().unwrap() - crashed_at;
-    shared.log(format!("first write after crash {} after {} ms", t.token, gap.as_millis()));
+    shared.log(format!(
+        "first write after crash {} after {} ms",
+        t.token,
+        gap.as_millis()
+    ));
     tokens.push(t.token);
     let new_leader = leader_id().await;
     assert_ne!(new_leader, leader, "a new leader was elected");
@@ -106,7 +139,9 @@ async fn scenario(shared: Arc<Shared>) -> turmoil::Result {
 
     // Restart the old leader; it catches up to the new leader's applied index.
     shared.request.store(100 + leader, Ordering::SeqCst);
-    let target = status_of(NAMES[(new_leader - 1) as usize]).await.unwrap()["applied_index"].as_u64().unwrap();
+    let target = status_of(NAMES[(new_leader - 1) as usize]).await.unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
     loop {
         if let Some(s) = status_of(NAMES[(leader - 1) as usize]).await {
             if s["applied_index"].as_u64().unwrap_or(0) >= target {
@@ -120,7 +155,10 @@ async fn scenario(shared: Arc<Shared>) -> turmoil::Result {
 }
 
 fn run(seed: u64) -> Vec<String> {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_795_392_000)) // 2026-11-22
@@ -138,12 +176,19 @@ fn run(seed: u64) -> Vec<String> {
             if boot > 0 {
                 disk.crash();
             }
-            sim::run_node(sim::config(id), disk.clone(), sim::node_seed(seed, id, boot))
+            sim::run_node(
+                sim::config(id),
+                disk.clone(),
+                sim::node_seed(seed, id, boot),
+            )
         });
     }
     let shared = Arc::new(Shared::default());
     let s2 = shared.clone();
-    sim.client("client", Rt::scope(sim::node_seed(seed, 99, 0), scenario(s2)));
+    sim.client(
+        "client",
+        Rt::scope(sim::node_seed(seed, 99, 0), scenario(s2)),
+    );
     loop {
         match shared.request.swap(0, Ordering::SeqCst) {
             0 => {}
@@ -166,8 +211,14 @@ fn real_nodes_on_simulated_hosts_fail_over_and_catch_up() {
     for line in &trace {
         println!("TRACE {line}");
     }
-    let first_write = trace.iter().find(|l| l.contains("first write after crash")).expect("a write after the crash");
-    assert!(trace.iter().any(|l| l.contains("old leader caught up")), "{trace:?}");
+    let first_write = trace
+        .iter()
+        .find(|l| l.contains("first write after crash"))
+        .expect("a write after the crash");
+    assert!(
+        trace.iter().any(|l| l.contains("old leader caught up")),
+        "{trace:?}"
+    );
     println!("{first_write}");
 }
 
@@ -183,15 +234,30 @@ fn the_same_seed_replays_the_same_trace() {
     let traces: Vec<Vec<String>> = (0..2)
         .map(|_| {
             let out = std::process::Command::new(&exe)
-                .args(["--exact", "real_nodes_on_simulated_hosts_fail_over_and_catch_up", "--nocapture"])
+                .args([
+                    "--exact",
+                    "real_nodes_on_simulated_hosts_fail_over_and_catch_up",
+                    "--nocapture",
+                ])
                 .env("KURA_SIM_CHILD", "1")
                 .env_remove("RUST_LOG")
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "child run failed:\n{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("TRACE ")).map(str::to_owned).collect()
+            assert!(
+                out.status.success(),
+                "child run failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("TRACE "))
+                .map(str::to_owned)
+                .collect()
         })
         .collect();
     assert!(traces[0].len() > 5, "{:?}", traces[0]);
-    assert_eq!(traces[0], traces[1], "seed {SEED} must replay the same trace");
+    assert_eq!(
+        traces[0], traces[1],
+        "seed {SEED} must replay the same trace"
+    );
 }

@@ -88,23 +88,42 @@ pub enum MerchantCmd {
 
 /// Default API endpoints of `kura up`.
 pub fn local_endpoints(base_port: u16) -> Vec<String> {
-    (0..3).map(|i| format!("127.0.0.1:{}", base_port + i)).collect()
+    (0..3)
+        .map(|i| format!("127.0.0.1:{}", base_port + i))
+        .collect()
 }
 
 /// An admin client for the cluster `cfg` belongs to.
 pub fn admin_client(cfg: &NodeConfig) -> Result<Client, String> {
-    let token = std::fs::read_to_string(&cfg.admin_token_file)
-        .map_err(|e| format!("cannot read admin_token_file {}: {e}", cfg.admin_token_file.display()))?;
-    Ok(Client::new(ClientConfig::new(cfg.api_endpoints(), token.trim())))
+    let token = std::fs::read_to_string(&cfg.admin_token_file).map_err(|e| {
+        format!(
+            "cannot read admin_token_file {}: {e}",
+            cfg.admin_token_file.display()
+        )
+    })?;
+    Ok(Client::new(ClientConfig::new(
+        cfg.api_endpoints(),
+        token.trim(),
+    )))
 }
 
 /// `kura init`: asks the config's own node to form the cluster.
 pub async fn init(config: &Path) -> Result<(), String> {
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
-    let token = std::fs::read_to_string(&cfg.admin_token_file)
-        .map_err(|e| format!("cannot read admin_token_file {}: {e}", cfg.admin_token_file.display()))?;
-    let client = Client::new(ClientConfig::new(vec![cfg.me().api_addr.clone()], token.trim()));
-    let r = client.call(http::Method::POST, "/admin/v1/init", None).await.map_err(|e| e.to_string())?;
+    let token = std::fs::read_to_string(&cfg.admin_token_file).map_err(|e| {
+        format!(
+            "cannot read admin_token_file {}: {e}",
+            cfg.admin_token_file.display()
+        )
+    })?;
+    let client = Client::new(ClientConfig::new(
+        vec![cfg.me().api_addr.clone()],
+        token.trim(),
+    ));
+    let r = client
+        .call(http::Method::POST, "/admin/v1/init", None)
+        .await
+        .map_err(|e| e.to_string())?;
     let id = r.body["cluster_id"].as_str().unwrap_or("?");
     if r.body["already_initialized"].as_bool() == Some(true) {
         println!("cluster {id} was already initialized; nothing to do");
@@ -120,10 +139,28 @@ pub async fn merchant(config: &Path, cmd: MerchantCmd) -> Result<(), String> {
     let client = admin_client(&cfg)?;
     let r = match cmd {
         MerchantCmd::Create { id, name } => {
-            client.call(http::Method::POST, "/admin/v1/merchants", Some(json!({ "merchant_id": id, "name": name }))).await
+            client
+                .call(
+                    http::Method::POST,
+                    "/admin/v1/merchants",
+                    Some(json!({ "merchant_id": id, "name": name })),
+                )
+                .await
         }
-        MerchantCmd::List => client.call(http::Method::GET, "/admin/v1/merchants", None).await,
-        MerchantCmd::RotateKey { id } => client.call(http::Method::POST, &format!("/admin/v1/merchants/{id}/rotate-key"), None).await,
+        MerchantCmd::List => {
+            client
+                .call(http::Method::GET, "/admin/v1/merchants", None)
+                .await
+        }
+        MerchantCmd::RotateKey { id } => {
+            client
+                .call(
+                    http::Method::POST,
+                    &format!("/admin/v1/merchants/{id}/rotate-key"),
+                    None,
+                )
+                .await
+        }
     }
     .map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string_pretty(&r.body).expect("json"));
@@ -132,7 +169,11 @@ pub async fn merchant(config: &Path, cmd: MerchantCmd) -> Result<(), String> {
 
 /// Fetches `/v1/cluster/status` from every endpoint (unreachable ones are `None`).
 pub async fn fetch_statuses(endpoints: &[String]) -> Vec<(String, Option<Value>)> {
-    let pool = HttpPool::new(Arc::new(TcpConnector), kura_sdk::wire::tokio_spawner(), 1 << 20);
+    let pool = HttpPool::new(
+        Arc::new(TcpConnector),
+        kura_sdk::wire::tokio_spawner(),
+        1 << 20,
+    );
     let mut out = Vec::new();
     for ep in endpoints {
         let req = http::Request::get("/v1/cluster/status")
@@ -149,35 +190,64 @@ pub async fn fetch_statuses(endpoints: &[String]) -> Vec<(String, Option<Value>)
 }
 
 /// `kura status`.
-pub async fn status(config: Option<&Path>, endpoints: Vec<String>, as_json: bool) -> Result<bool, String> {
+pub async fn status(
+    config: Option<&Path>,
+    endpoints: Vec<String>,
+    as_json: bool,
+) -> Result<bool, String> {
     let endpoints = match (config, endpoints.is_empty()) {
-        (Some(c), _) => NodeConfig::load(c).map_err(|e| e.to_string())?.api_endpoints(),
+        (Some(c), _) => NodeConfig::load(c)
+            .map_err(|e| e.to_string())?
+            .api_endpoints(),
         (None, false) => endpoints,
         (None, true) => local_endpoints(7001),
     };
     let statuses = fetch_statuses(&endpoints).await;
     if as_json {
-        let v: Vec<Value> = statuses.iter().map(|(ep, s)| json!({ "endpoint": ep, "status": s })).collect();
+        let v: Vec<Value> = statuses
+            .iter()
+            .map(|(ep, s)| json!({ "endpoint": ep, "status": s }))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
         print!("{}", render_status(&statuses));
     }
-    Ok(statuses.iter().any(|(_, s)| s.as_ref().is_some_and(|s| s["state"] == "leader")))
+    Ok(statuses
+        .iter()
+        .any(|(_, s)| s.as_ref().is_some_and(|s| s["state"] == "leader")))
 }
 
 fn render_status(statuses: &[(String, Option<Value>)]) -> String {
-    let leader = statuses.iter().filter_map(|(_, s)| s.as_ref()).find(|s| s["state"] == "leader");
+    let leader = statuses
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .find(|s| s["state"] == "leader");
     let any = statuses.iter().find_map(|(_, s)| s.as_ref());
     let mut out = String::new();
-    let cluster = any.and_then(|s| s["cluster_id"].as_str()).unwrap_or("(not initialized)");
+    let cluster = any
+        .and_then(|s| s["cluster_id"].as_str())
+        .unwrap_or("(not initialized)");
     match leader {
-        Some(l) => out += &format!("cluster {cluster}  leader {} (id {})  term {}\n", l["name"].as_str().unwrap_or("?"), l["node_id"], l["term"]),
+        Some(l) => {
+            out += &format!(
+                "cluster {cluster}  leader {} (id {})  term {}\n",
+                l["name"].as_str().unwrap_or("?"),
+                l["node_id"],
+                l["term"]
+            )
+        }
         None => out += &format!("cluster {cluster}  NO LEADER\n"),
     }
-    out += &format!("{:<6} {:>3}  {:<5} {:<10} {:<22} {:>9} {:>9} {:>9} {:>6}\n", "NAME", "ID", "ROLE", "STATE", "API", "LAST_LOG", "COMMITTED", "APPLIED", "LAG");
+    out += &format!(
+        "{:<6} {:>3}  {:<5} {:<10} {:<22} {:>9} {:>9} {:>9} {:>6}\n",
+        "NAME", "ID", "ROLE", "STATE", "API", "LAST_LOG", "COMMITTED", "APPLIED", "LAG"
+    );
     for (ep, s) in statuses {
         let Some(s) = s else {
-            out += &format!("{:<6} {:>3}  {:<5} {:<10} {:<22}\n", "?", "?", "?", "unreachable", ep);
+            out += &format!(
+                "{:<6} {:>3}  {:<5} {:<10} {:<22}\n",
+                "?", "?", "?", "unreachable", ep
+            );
             continue;
         };
         let lag = leader

@@ -30,7 +30,10 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings { format: LogFormat::Text, level: "info".into() }
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -72,10 +75,16 @@ pub struct ConfigError(pub String);
 impl NodeConfig {
     /// Reads, parses and validates `path`; relative paths inside are relative to the file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        let mut cfg = NodeConfig::parse(&text).map_err(|ConfigError(m)| ConfigError(format!("{}: {m}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let mut cfg = NodeConfig::parse(&text)
+            .map_err(|ConfigError(m)| ConfigError(format!("{}: {m}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.data_dir, &mut cfg.kek_file, &mut cfg.admin_token_file] {
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.kek_file,
+            &mut cfg.admin_token_file,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -103,7 +112,10 @@ impl NodeConfig {
             return Err("peers[].name must be unique".into());
         }
         if !ids.contains(&self.node_id) {
-            return Err(format!("node_id {} does not appear in peers[].id", self.node_id));
+            return Err(format!(
+                "node_id {} does not appear in peers[].id",
+                self.node_id
+            ));
         }
         for (i, p) in self.peers.iter().enumerate() {
             check_addr(&format!("peers[{i}].api_addr"), &p.api_addr)?;
@@ -118,7 +130,10 @@ impl NodeConfig {
 
     /// This node's own peer entry.
     pub fn me(&self) -> &PeerConfig {
-        self.peers.iter().find(|p| p.id == self.node_id).expect("validated")
+        self.peers
+            .iter()
+            .find(|p| p.id == self.node_id)
+            .expect("validated")
     }
 
     /// Members as the cluster layer wants them.
@@ -126,7 +141,15 @@ impl NodeConfig {
         self.peers
             .iter()
             .map(|p| {
-                (p.id, Member { name: p.name.clone(), role: p.role, api_addr: p.api_addr.clone(), raft_addr: p.raft_addr.clone() })
+                (
+                    p.id,
+                    Member {
+                        name: p.name.clone(),
+                        role: p.role,
+                        api_addr: p.api_addr.clone(),
+                        raft_addr: p.raft_addr.clone(),
+                    },
+                )
             })
             .collect()
     }
@@ -138,7 +161,9 @@ impl NodeConfig {
 }
 
 fn check_addr(key: &str, addr: &str) -> Result<(), String> {
-    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if ok {
         Ok(())
     } else {
@@ -198,9 +223,15 @@ raft_addr = "127.0.0.1:7102"
         let unknown = err(&GOOD.replace("node_id = 1", "node_id = 1\nnode_idd = 2"));
         assert!(unknown.contains("node_idd"), "{unknown}");
         let wrong_type = err(&GOOD.replace("node_id = 1", "node_id = \"one\""));
-        assert!(wrong_type.contains("integer") || wrong_type.contains("u64"), "{wrong_type}");
+        assert!(
+            wrong_type.contains("integer") || wrong_type.contains("u64"),
+            "{wrong_type}"
+        );
         let role = err(&GOOD.replace("role = \"dr\"", "role = \"backup\""));
-        assert!(role.contains("backup") || role.contains("variant"), "{role}");
+        assert!(
+            role.contains("backup") || role.contains("variant"),
+            "{role}"
+        );
         let addr = err(&GOOD.replace("127.0.0.1:7102", "nowhere"));
         assert!(addr.contains("peers[1].raft_addr"), "{addr}");
         let absent = err(&GOOD.replace("node_id = 1", "node_id = 9"));

@@ -3,9 +3,9 @@
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod config;
 pub mod crypto;
 pub mod metrics;
-pub mod config;
 pub mod net;
 pub mod node;
 pub mod raft_types;

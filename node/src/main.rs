@@ -8,8 +8,11 @@ use kura_node::raft_types::Rt;
 use std::process::ExitCode;
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false)
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
@@ -25,7 +28,9 @@ async fn run_node(config: std::path::PathBuf, log_format: Option<LogFormat>) -> 
     // Each node draws its Raft randomness from the OS: equal seeds would split votes forever.
     let seed = Entropy::Os.u64();
     Rt::scope(seed, async move {
-        let node = kura_node::node::start(&cfg, env).await.map_err(|e| e.to_string())?;
+        let node = kura_node::node::start(&cfg, env)
+            .await
+            .map_err(|e| e.to_string())?;
         shutdown_signal().await;
         tracing::info!("shutting down");
         node.cluster.shutdown().await;
@@ -35,7 +40,8 @@ async fn run_node(config: std::path::PathBuf, log_format: Option<LogFormat>) -> 
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -44,17 +50,27 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = rt.block_on(async {
         match cli.cmd {
             Cmd::Node { config, log_format } => run_node(config, log_format).await,
             Cmd::Init { config } => cli::init(&config).await,
-            Cmd::Status { config, endpoints, json } => match cli::status(config.as_deref(), endpoints, json).await {
+            Cmd::Status {
+                config,
+                endpoints,
+                json,
+            } => match cli::status(config.as_deref(), endpoints, json).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err("no leader found".into()),
                 Err(e) => Err(e),
             },
-            Cmd::Up { data_dir, base_port } => kura_node::up::up(&data_dir, base_port).await,
+            Cmd::Up {
+                data_dir,
+                base_port,
+            } => kura_node::up::up(&data_dir, base_port).await,
             Cmd::Merchant { config, cmd } => cli::merchant(&config, cmd).await,
         }
     });

@@ -70,21 +70,57 @@ impl Metrics {
             api_requests: Family::default(),
             api_request_duration: Family::new_with_constructor(latency_histogram),
         };
-        registry.register("raft_term", "Current Raft term seen by this node", m.raft_term.clone());
-        registry.register("raft_is_leader", "1 if this node is the Raft leader, else 0", m.raft_is_leader.clone());
-        registry.register("raft_has_leader", "1 if this node knows a leader, else 0", m.raft_has_leader.clone());
-        registry.register("raft_last_log_index", "Index of the last entry in this node's log", m.raft_last_log_index.clone());
-        registry.register("raft_committed_index", "Index of the last entry known committed", m.raft_committed_index.clone());
-        registry.register("raft_applied_index", "Index of the last entry applied to the vault", m.raft_applied_index.clone());
-        registry.register("raft_leader_changes", "Leader changes this node has observed", m.raft_leader_changes.clone());
+        registry.register(
+            "raft_term",
+            "Current Raft term seen by this node",
+            m.raft_term.clone(),
+        );
+        registry.register(
+            "raft_is_leader",
+            "1 if this node is the Raft leader, else 0",
+            m.raft_is_leader.clone(),
+        );
+        registry.register(
+            "raft_has_leader",
+            "1 if this node knows a leader, else 0",
+            m.raft_has_leader.clone(),
+        );
+        registry.register(
+            "raft_last_log_index",
+            "Index of the last entry in this node's log",
+            m.raft_last_log_index.clone(),
+        );
+        registry.register(
+            "raft_committed_index",
+            "Index of the last entry known committed",
+            m.raft_committed_index.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Index of the last entry applied to the vault",
+            m.raft_applied_index.clone(),
+        );
+        registry.register(
+            "raft_leader_changes",
+            "Leader changes this node has observed",
+            m.raft_leader_changes.clone(),
+        );
         registry.register_with_unit(
             "store_log_fsync_duration",
             "Duration of durable storage commits (log appends, votes, snapshots): one fsync each",
             Unit::Seconds,
             m.store_log_fsync.clone(),
         );
-        registry.register("vault_tokens", "Tokens held in the vault", m.vault_tokens.clone());
-        registry.register("api_requests", "API requests by route, method and status class", m.api_requests.clone());
+        registry.register(
+            "vault_tokens",
+            "Tokens held in the vault",
+            m.vault_tokens.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "API requests by route, method and status class",
+            m.api_requests.clone(),
+        );
         registry.register_with_unit(
             "api_request_duration",
             "API request latency by route, including forwarding to the leader",
@@ -97,7 +133,8 @@ impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding to a String cannot fail");
         out
     }
 
@@ -110,7 +147,9 @@ impl Metrics {
         };
         self.api_requests.get_or_create(&labels).inc();
         self.api_request_duration
-            .get_or_create(&EndpointLabels { endpoint: endpoint.to_owned() })
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_owned(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 }

@@ -36,24 +36,53 @@ pub fn fsync_observer(metrics: &Arc<Metrics>) -> FsyncObserver {
 
 /// The production environment for `cfg`: files under its data dir, real network.
 pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create data_dir {}: {e}", cfg.data_dir.display())))?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot create data_dir {}: {e}", cfg.data_dir.display()),
+        )
+    })?;
     let kek = Kek::from_file(&cfg.kek_file).map_err(io::Error::other)?;
     let admin_token = std::fs::read_to_string(&cfg.admin_token_file)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot read admin_token_file {}: {e}", cfg.admin_token_file.display())))?
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read admin_token_file {}: {e}",
+                    cfg.admin_token_file.display()
+                ),
+            )
+        })?
         .trim()
         .to_owned();
     if admin_token.len() < 16 {
-        return Err(io::Error::other(format!("admin_token_file {} must hold a token of at least 16 characters", cfg.admin_token_file.display())));
+        return Err(io::Error::other(format!(
+            "admin_token_file {} must hold a token of at least 16 characters",
+            cfg.admin_token_file.display()
+        )));
     }
     let metrics = Arc::new(Metrics::new());
     let db = cfg.data_dir.join("kura.redb");
-    let store = Store::open(&db, WriterMode::Threaded, fsync_observer(&metrics))
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open database {}: {e}", db.display())))?;
+    let store = Store::open(&db, WriterMode::Threaded, fsync_observer(&metrics)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot open database {}: {e}", db.display()),
+        )
+    })?;
     let clock: Clock = Arc::new(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     });
-    Ok(NodeEnv { net: Net::tokio(), store, clock, entropy: Arc::new(Entropy::Os), kek, admin_token, metrics })
+    Ok(NodeEnv {
+        net: Net::tokio(),
+        store,
+        clock,
+        entropy: Arc::new(Entropy::Os),
+        kek,
+        admin_token,
+        metrics,
+    })
 }
 
 /// A started node.
@@ -66,10 +95,31 @@ pub struct Node {
 /// continues in background tasks until the runtime stops.
 pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     let me = cfg.me().clone();
-    let pool = Arc::new(HttpPool::new(env.net.connector.clone(), net::spawner(), PEER_BODY_BYTES_MAX));
-    let raft_listener = env.net.binder.bind(&me.raft_addr).await.map_err(|e| bind_err("raft_addr", &me.raft_addr, e))?;
-    let api_listener = env.net.binder.bind(&me.api_addr).await.map_err(|e| bind_err("api_addr", &me.api_addr, e))?;
-    let cluster = Cluster::start(cfg.node_id, cfg.members(), &cfg.raft, env.store, pool.clone()).await?;
+    let pool = Arc::new(HttpPool::new(
+        env.net.connector.clone(),
+        net::spawner(),
+        PEER_BODY_BYTES_MAX,
+    ));
+    let raft_listener = env
+        .net
+        .binder
+        .bind(&me.raft_addr)
+        .await
+        .map_err(|e| bind_err("raft_addr", &me.raft_addr, e))?;
+    let api_listener = env
+        .net
+        .binder
+        .bind(&me.api_addr)
+        .await
+        .map_err(|e| bind_err("api_addr", &me.api_addr, e))?;
+    let cluster = Cluster::start(
+        cfg.node_id,
+        cfg.members(),
+        &cfg.raft,
+        env.store,
+        pool.clone(),
+    )
+    .await?;
     let state = Arc::new(AppState {
         cluster: cluster.clone(),
         keys: Arc::new(KeyRing::new(env.kek)),
@@ -94,7 +144,10 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     });
     crate::raft_types::spawn(update_metrics(cluster.clone(), env.metrics.clone()));
     tracing::info!(node = %me.name, id = cfg.node_id, role = %me.role, api = %me.api_addr, raft = %me.raft_addr, "node started");
-    Ok(Node { cluster, metrics: env.metrics })
+    Ok(Node {
+        cluster,
+        metrics: env.metrics,
+    })
 }
 
 fn bind_err(key: &str, addr: &str, e: io::Error) -> io::Error {

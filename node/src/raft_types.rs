@@ -13,7 +13,9 @@ pub type NodeId = u64;
 pub type Rt = openraft_rt::deterministic_rng::DeterministicRng<openraft::TokioRuntime>;
 
 /// A data centre role. Leadership prefers `main`, then `dr`; `bk` keeps a copy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     #[default]

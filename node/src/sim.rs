@@ -20,16 +20,20 @@ pub const ADMIN_TOKEN: &str = "adm_simulation_token_0000";
 
 /// The three simulated members: main, dr, bk on hosts of the same names.
 pub fn members() -> Vec<PeerConfig> {
-    [(1, "main", Role::Main), (2, "dr", Role::Dr), (3, "bk", Role::Bk)]
-        .into_iter()
-        .map(|(id, name, role)| PeerConfig {
-            id,
-            name: name.into(),
-            role,
-            api_addr: format!("{name}:{API_PORT}"),
-            raft_addr: format!("{name}:{RAFT_PORT}"),
-        })
-        .collect()
+    [
+        (1, "main", Role::Main),
+        (2, "dr", Role::Dr),
+        (3, "bk", Role::Bk),
+    ]
+    .into_iter()
+    .map(|(id, name, role)| PeerConfig {
+        id,
+        name: name.into(),
+        role,
+        api_addr: format!("{name}:{API_PORT}"),
+        raft_addr: format!("{name}:{RAFT_PORT}"),
+    })
+    .collect()
 }
 
 /// A node config for simulated host `id` (1 = main, 2 = dr, 3 = bk).
@@ -48,7 +52,9 @@ pub fn config(id: u64) -> NodeConfig {
 
 /// Derives a per-node, per-boot seed from the run seed.
 pub fn node_seed(run_seed: u64, node_id: u64, boot: u64) -> u64 {
-    let mut z = run_seed ^ node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ boot.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut z = run_seed
+        ^ node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ boot.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

@@ -28,19 +28,22 @@ pub fn local_config(id: u64, base_port: u16) -> String {
 }
 
 fn prepare(data_dir: &Path, base_port: u16) -> Result<Vec<PathBuf>, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let entropy = Entropy::Os;
     Kek::create_file_if_missing(&data_dir.join("kek.key"), &entropy).map_err(|e| e.to_string())?;
     let token_path = data_dir.join("admin.token");
     if !token_path.exists() {
         let token = format!("adm_{}", base62_u128(u128::from_be_bytes(entropy.bytes())));
-        write_private(&token_path, token.as_bytes()).map_err(|e| format!("cannot write {}: {e}", token_path.display()))?;
+        write_private(&token_path, token.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", token_path.display()))?;
     }
     let mut configs = Vec::new();
     for (id, name, _) in NODES {
         let path = data_dir.join(format!("{name}.toml"));
         if !path.exists() {
-            std::fs::write(&path, local_config(id, base_port)).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            std::fs::write(&path, local_config(id, base_port))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
         std::fs::create_dir_all(data_dir.join(name)).map_err(|e| e.to_string())?;
         configs.push(path);
@@ -50,7 +53,11 @@ fn prepare(data_dir: &Path, base_port: u16) -> Result<Vec<PathBuf>, String> {
 
 fn spawn_node(config: &Path, log: &Path) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the kura binary: {e}"))?;
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     Command::new(exe)
         .arg("node")
@@ -105,7 +112,10 @@ pub async fn up(data_dir: &Path, base_port: u16) -> Result<(), String> {
     }
     let result = bring_up(data_dir, &configs).await;
     if let Err(e) = &result {
-        eprintln!("kura up failed: {e}\nnode logs are in {}/{{main,dr,bk}}/kura.log", data_dir.display());
+        eprintln!(
+            "kura up failed: {e}\nnode logs are in {}/{{main,dr,bk}}/kura.log",
+            data_dir.display()
+        );
         stop(&mut children);
         return result.map(|_| ());
     }
@@ -118,23 +128,41 @@ pub async fn up(data_dir: &Path, base_port: u16) -> Result<(), String> {
 async fn bring_up(data_dir: &Path, configs: &[PathBuf]) -> Result<String, String> {
     let main_cfg = NodeConfig::load(&configs[0]).map_err(|e| e.to_string())?;
     let endpoints = main_cfg.api_endpoints();
-    wait_until("all three nodes to listen", Duration::from_secs(20), || async {
-        fetch_statuses(&endpoints).await.iter().all(|(_, s)| s.is_some())
-    })
+    wait_until(
+        "all three nodes to listen",
+        Duration::from_secs(20),
+        || async {
+            fetch_statuses(&endpoints)
+                .await
+                .iter()
+                .all(|(_, s)| s.is_some())
+        },
+    )
     .await?;
     crate::cli::init(&configs[0]).await?;
     wait_until("a leader", Duration::from_secs(20), || async {
-        fetch_statuses(&endpoints).await.iter().any(|(_, s)| s.as_ref().is_some_and(|s| s["state"] == "leader"))
+        fetch_statuses(&endpoints)
+            .await
+            .iter()
+            .any(|(_, s)| s.as_ref().is_some_and(|s| s["state"] == "leader"))
     })
     .await?;
     let admin = admin_client(&main_cfg)?;
     let created = admin
-        .call(http::Method::POST, "/admin/v1/merchants", Some(json!({ "merchant_id": "demo", "name": "Demo merchant" })))
+        .call(
+            http::Method::POST,
+            "/admin/v1/merchants",
+            Some(json!({ "merchant_id": "demo", "name": "Demo merchant" })),
+        )
         .await;
     let key = match created {
         Ok(r) => r.body["secret_key"].as_str().unwrap_or_default().to_owned(),
         Err(kura_sdk::Error::Api { code, .. }) if code == "merchant_exists" => admin
-            .call(http::Method::POST, "/admin/v1/merchants/demo/rotate-key", None)
+            .call(
+                http::Method::POST,
+                "/admin/v1/merchants/demo/rotate-key",
+                None,
+            )
             .await
             .map_err(|e| e.to_string())?
             .body["secret_key"]

@@ -61,7 +61,11 @@ pub struct Token {
 pub enum Error {
     /// The API answered with a problem (4xx/5xx): a stable `code` and a sentence.
     #[error("{status} {code}: {detail}")]
-    Api { status: u16, code: String, detail: String },
+    Api {
+        status: u16,
+        code: String,
+        detail: String,
+    },
     /// No node could take the request; it was not acted on.
     #[error("no kura node could serve the request after {attempts} attempts: {last}")]
     Unavailable { attempts: u32, last: String },
@@ -132,10 +136,24 @@ impl Client {
     }
 
     /// A client over any transport (simulations pass a turmoil connector).
-    pub fn with_connector(cfg: ClientConfig, connector: Arc<dyn Connector>, spawn: Spawner) -> Client {
-        assert!(!cfg.endpoints.is_empty(), "kura client needs at least one endpoint");
-        let pool = HttpPool::new(connector, spawn, 16 << 20).with_connect_timeout(cfg.connect_timeout);
-        Client { inner: Arc::new(Inner { cfg, pool, preferred: AtomicUsize::new(0) }) }
+    pub fn with_connector(
+        cfg: ClientConfig,
+        connector: Arc<dyn Connector>,
+        spawn: Spawner,
+    ) -> Client {
+        assert!(
+            !cfg.endpoints.is_empty(),
+            "kura client needs at least one endpoint"
+        );
+        let pool =
+            HttpPool::new(connector, spawn, 16 << 20).with_connect_timeout(cfg.connect_timeout);
+        Client {
+            inner: Arc::new(Inner {
+                cfg,
+                pool,
+                preferred: AtomicUsize::new(0),
+            }),
+        }
     }
 
     /// Tokenizes a card. Not retried once sent: a retry could create a second token.
@@ -147,12 +165,19 @@ impl Client {
 
     /// Reads a token's metadata (linearizable). Retried freely.
     pub async fn get_token(&self, token: &str) -> Result<Token, Error> {
-        let resp = self.call(Method::GET, &format!("/v1/tokens/{token}"), None).await?;
+        let resp = self
+            .call(Method::GET, &format!("/v1/tokens/{token}"), None)
+            .await?;
         decode(resp)
     }
 
     /// Sends any API call with the retry rules above; returns 2xx answers, maps the rest to errors.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<ApiResponse, Error> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<ApiResponse, Error> {
         let idempotent = method == Method::GET || method == Method::HEAD;
         let body = body.map(|b| Bytes::from(serde_json::to_vec(&b).expect("json")));
         let n = self.inner.cfg.endpoints.len();
@@ -197,30 +222,56 @@ impl Client {
                 }
             }
         }
-        Err(Error::Unavailable { attempts: self.inner.cfg.attempts_max, last })
+        Err(Error::Unavailable {
+            attempts: self.inner.cfg.attempts_max,
+            last,
+        })
     }
 
-    async fn attempt(&self, addr: &str, method: &Method, path: &str, body: Option<Bytes>) -> Result<http::Response<Bytes>, WireError> {
+    async fn attempt(
+        &self,
+        addr: &str,
+        method: &Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<http::Response<Bytes>, WireError> {
         let mut b = Request::builder()
             .method(method.clone())
             .uri(path)
             .header(http::header::HOST, addr)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.inner.cfg.bearer));
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.inner.cfg.bearer),
+            );
         if body.is_some() {
             b = b.header(http::header::CONTENT_TYPE, "application/json");
         }
-        let req = b.body(Full::new(body.unwrap_or_default())).expect("valid request");
-        self.inner.pool.send(addr, req, self.inner.cfg.attempt_timeout).await
+        let req = b
+            .body(Full::new(body.unwrap_or_default()))
+            .expect("valid request");
+        self.inner
+            .pool
+            .send(addr, req, self.inner.cfg.attempt_timeout)
+            .await
     }
 
     /// Moves on from endpoint `from`, unless another call already moved the preference.
     fn rotate(&self, from: usize) {
         let next = (from + 1) % self.inner.cfg.endpoints.len();
-        let _ = self.inner.preferred.compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
+        let _ =
+            self.inner
+                .preferred
+                .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     fn follow_leader_hint(&self, resp: &http::Response<Bytes>) {
-        let Some(leader) = resp.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else { return };
+        let Some(leader) = resp
+            .headers()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
         if let Some(i) = self.inner.cfg.endpoints.iter().position(|e| e == leader) {
             self.inner.preferred.store(i, Ordering::Relaxed);
         }
@@ -235,12 +286,22 @@ fn parse_body(bytes: &Bytes) -> Value {
     if bytes.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 fn problem(status: StatusCode, body: &Value) -> Error {
-    let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-    Error::Api { status: status.as_u16(), code: field("code"), detail: field("detail") }
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Error::Api {
+        status: status.as_u16(),
+        code: field("code"),
+        detail: field("detail"),
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(resp: ApiResponse) -> Result<T, Error> {
@@ -271,11 +332,17 @@ mod tests {
                         }
                         let k = seen.fetch_add(1, Ordering::SeqCst);
                         let (status, body) = if k < refusals {
-                            ("503 Service Unavailable", r#"{"code":"not_leader","detail":"x"}"#)
+                            (
+                                "503 Service Unavailable",
+                                r#"{"code":"not_leader","detail":"x"}"#,
+                            )
                         } else {
                             ("201 Created", r#"{"ok":true}"#)
                         };
-                        let resp = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        let resp = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
                         s.write_all(resp.as_bytes()).await.unwrap();
                     }
                 });
@@ -300,16 +367,25 @@ mod tests {
     async fn retries_cycle_through_every_endpoint_for_many_laps() {
         let (live, seen) = fake_node(4).await;
         let client = Client::new(config(vec![dead_addr(), dead_addr(), live], 30));
-        let r = client.call(Method::POST, "/v1/tokens", Some(serde_json::json!({}))).await.unwrap();
+        let r = client
+            .call(Method::POST, "/v1/tokens", Some(serde_json::json!({})))
+            .await
+            .unwrap();
         assert_eq!(r.status, StatusCode::CREATED);
-        assert_eq!(seen.load(Ordering::SeqCst), 5, "four refusals, then success, on the only live node");
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            5,
+            "four refusals, then success, on the only live node"
+        );
     }
 
     #[tokio::test]
     async fn gives_up_after_the_attempt_bound_with_the_last_error() {
         let client = Client::new(config(vec![dead_addr(), dead_addr()], 5));
         match client.call(Method::GET, "/v1/tokens/x", None).await {
-            Err(Error::Unavailable { attempts: 5, last }) => assert!(last.contains("cannot connect"), "{last}"),
+            Err(Error::Unavailable { attempts: 5, last }) => {
+                assert!(last.contains("cannot connect"), "{last}")
+            }
             other => panic!("expected Unavailable, got {other:?}"),
         }
     }

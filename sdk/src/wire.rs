@@ -113,14 +113,26 @@ impl HttpPool {
     }
 
     /// Sends `req` to `addr` and reads the whole response, all within `timeout`.
-    pub async fn send(&self, addr: &str, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Response<Bytes>, WireError> {
+    pub async fn send(
+        &self,
+        addr: &str,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<Bytes>, WireError> {
         match tokio::time::timeout(timeout, self.send_inner(addr, req)).await {
             Ok(r) => r,
-            Err(_) => Err(WireError::Timeout { addr: addr.to_owned(), timeout }),
+            Err(_) => Err(WireError::Timeout {
+                addr: addr.to_owned(),
+                timeout,
+            }),
         }
     }
 
-    async fn send_inner(&self, addr: &str, mut req: Request<Full<Bytes>>) -> Result<Response<Bytes>, WireError> {
+    async fn send_inner(
+        &self,
+        addr: &str,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<Bytes>, WireError> {
         // Try idle connections first; a stale one hands the request back unsent.
         while let Some(mut conn) = self.take_idle(addr) {
             if conn.ready().await.is_err() {
@@ -130,12 +142,23 @@ impl HttpPool {
                 Ok(resp) => return self.finish(addr, conn, resp).await,
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
-                    None => return Err(WireError::Http { addr: addr.to_owned(), source: e.into_error() }),
+                    None => {
+                        return Err(WireError::Http {
+                            addr: addr.to_owned(),
+                            source: e.into_error(),
+                        })
+                    }
                 },
             }
         }
         let mut conn = self.connect(addr).await?;
-        let resp = conn.send_request(req).await.map_err(|source| WireError::Http { addr: addr.to_owned(), source })?;
+        let resp = conn
+            .send_request(req)
+            .await
+            .map_err(|source| WireError::Http {
+                addr: addr.to_owned(),
+                source,
+            })?;
         self.finish(addr, conn, resp).await
     }
 
@@ -146,23 +169,44 @@ impl HttpPool {
         resp: Response<hyper::body::Incoming>,
     ) -> Result<Response<Bytes>, WireError> {
         let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, self.body_bytes_max).collect().await.map_err(|e| match e.downcast::<hyper::Error>() {
-            Ok(source) => WireError::Http { addr: addr.to_owned(), source: *source },
-            Err(_) => WireError::TooLarge { addr: addr.to_owned(), limit_bytes: self.body_bytes_max },
-        })?;
+        let body = Limited::new(body, self.body_bytes_max)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(source) => WireError::Http {
+                    addr: addr.to_owned(),
+                    source: *source,
+                },
+                Err(_) => WireError::TooLarge {
+                    addr: addr.to_owned(),
+                    limit_bytes: self.body_bytes_max,
+                },
+            })?;
         self.put_idle(addr, conn);
         Ok(Response::from_parts(parts, body.to_bytes()))
     }
 
     async fn connect(&self, addr: &str) -> Result<SendRequest<Full<Bytes>>, WireError> {
-        let connect_err = |source| WireError::Connect { addr: addr.to_owned(), source };
-        let io = match tokio::time::timeout(self.connect_timeout, self.connector.connect(addr)).await {
-            Ok(r) => r.map_err(connect_err)?,
-            Err(_) => return Err(connect_err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))),
+        let connect_err = |source| WireError::Connect {
+            addr: addr.to_owned(),
+            source,
         };
+        let io =
+            match tokio::time::timeout(self.connect_timeout, self.connector.connect(addr)).await {
+                Ok(r) => r.map_err(connect_err)?,
+                Err(_) => {
+                    return Err(connect_err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    )))
+                }
+            };
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|e| WireError::Connect { addr: addr.to_owned(), source: io::Error::other(e) })?;
+            .map_err(|e| WireError::Connect {
+                addr: addr.to_owned(),
+                source: io::Error::other(e),
+            })?;
         (self.spawn)(Box::pin(async move {
             let _ = conn.await;
         }));

@@ -23,13 +23,27 @@ fn result(r: Result<HttpResponse, Problem>) -> HttpResponse {
 
 /// `POST /admin/v1/init`: form the cluster from the configured members, once.
 pub async fn init(State(st): St, headers: HeaderMap) -> HttpResponse {
-    result(async {
-        st.admin(&headers)?;
-        let new_id = format!("kc_{}", base62_u128(u128::from_be_bytes(st.entropy.bytes())));
-        let outcome = st.cluster.init(new_id).await.map_err(|e| Problem::new(StatusCode::CONFLICT, "init_refused", e))?;
-        let status = if outcome.already_initialized { StatusCode::OK } else { StatusCode::CREATED };
-        Ok((status, axum::Json(outcome)).into_response())
-    }.await)
+    result(
+        async {
+            st.admin(&headers)?;
+            let new_id = format!(
+                "kc_{}",
+                base62_u128(u128::from_be_bytes(st.entropy.bytes()))
+            );
+            let outcome = st
+                .cluster
+                .init(new_id)
+                .await
+                .map_err(|e| Problem::new(StatusCode::CONFLICT, "init_refused", e))?;
+            let status = if outcome.already_initialized {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((status, axum::Json(outcome)).into_response())
+        }
+        .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -46,14 +60,26 @@ fn new_secret_key(st: &super::AppState) -> String {
 }
 
 fn check_merchant_id(id: &str) -> Result<(), Problem> {
-    if id.is_empty() || id.len() > MERCHANT_ID_CHARS_MAX || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
-        return Err(Problem::bad_request("merchant_id_invalid", "merchant_id must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_'"));
+    if id.is_empty()
+        || id.len() > MERCHANT_ID_CHARS_MAX
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
+        return Err(Problem::bad_request(
+            "merchant_id_invalid",
+            "merchant_id must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_'",
+        ));
     }
     Ok(())
 }
 
 /// `POST /admin/v1/merchants`: creates a merchant and returns its secret key once.
-pub async fn create_merchant(State(st): St, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> HttpResponse {
+pub async fn create_merchant(
+    State(st): St,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
     result(async {
         st.admin(&headers)?;
         let input: CreateMerchant = super::problem::parse_json(&body_or_problem(body)?)?;
@@ -97,10 +123,13 @@ pub async fn rotate_key(State(st): St, headers: HeaderMap, Path(id): Path<String
 
 /// `GET /admin/v1/merchants`: every merchant (never their keys).
 pub async fn list_merchants(State(st): St, headers: HeaderMap) -> HttpResponse {
-    result(async {
-        st.admin(&headers)?;
-        st.linearize().await?;
-        let list = st.cluster.vault().read(|v| v.merchants());
-        Ok(axum::Json(json!({ "merchants": list })).into_response())
-    }.await)
+    result(
+        async {
+            st.admin(&headers)?;
+            st.linearize().await?;
+            let list = st.cluster.vault().read(|v| v.merchants());
+            Ok(axum::Json(json!({ "merchants": list })).into_response())
+        }
+        .await,
+    )
 }

@@ -22,7 +22,8 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
         return resp;
     }
     if req.headers().contains_key(FORWARDED_HEADER) {
-        return Problem::not_leader("this node is no longer the leader; nothing was done; retry").into_response();
+        return Problem::not_leader("this node is no longer the leader; nothing was done; retry")
+            .into_response();
     }
     let Some((_, leader)) = st.cluster.leader() else {
         return Problem::no_leader().into_response();
@@ -47,10 +48,18 @@ async fn proxy(st: &AppState, req: Request, leader_addr: &str) -> Result<Respons
     let body: Bytes = Limited::new(body, st.settings.request_body_bytes_max)
         .collect()
         .await
-        .map_err(|_| Problem::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "the request body is too large"))?
+        .map_err(|_| {
+            Problem::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "the request body is too large",
+            )
+        })?
         .to_bytes();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = http::Request::builder().method(parts.method.clone()).uri(path);
+    let mut out = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(path);
     for (k, v) in parts.headers.iter() {
         if k != http::header::HOST && k != http::header::CONNECTION {
             out = out.header(k, v);
@@ -69,11 +78,15 @@ async fn proxy(st: &AppState, req: Request, leader_addr: &str) -> Result<Respons
         }
         Err(e) if e.never_sent() => {
             st.pool.forget(leader_addr);
-            Err(Problem::not_leader("the leader could not be reached; nothing was done; retry"))
+            Err(Problem::not_leader(
+                "the leader could not be reached; nothing was done; retry",
+            ))
         }
         Err(e) => {
             st.pool.forget(leader_addr);
-            Err(Problem::outcome_unknown(format!("the leader did not answer ({e}); the request may or may not have been applied")))
+            Err(Problem::outcome_unknown(format!(
+                "the leader did not answer ({e}); the request may or may not have been applied"
+            )))
         }
     }
 }

@@ -20,8 +20,18 @@ pub async fn ready(State(st): St) -> Response {
         "status": if has_leader { "pass" } else { "fail" },
         "message": match &s.leader_name { Some(l) => format!("leader is {l}, term {}", s.term), None => "no leader known".into() },
     }]);
-    let code = if has_leader { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, axum::Json(json!({ "status": if has_leader { "ready" } else { "not_ready" }, "checks": checks }))).into_response()
+    let code = if has_leader {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(
+            json!({ "status": if has_leader { "ready" } else { "not_ready" }, "checks": checks }),
+        ),
+    )
+        .into_response()
 }
 
 /// `GET /v1/cluster/status`: this node's view of the cluster.
@@ -31,9 +41,14 @@ pub async fn cluster_status(State(st): St) -> Response {
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(st): St) -> Response {
-    st.metrics.vault_tokens.set(st.cluster.vault().read(|v| v.token_count()) as i64);
+    st.metrics
+        .vault_tokens
+        .set(st.cluster.vault().read(|v| v.token_count()) as i64);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         st.metrics.encode(),
     )
         .into_response()

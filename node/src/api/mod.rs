@@ -43,7 +43,11 @@ pub struct ApiSettings {
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        ApiSettings { request_body_bytes_max: 64 * 1024, one_time_token_ttl_s: 1800, write_timeout_ms: 10_000 }
+        ApiSettings {
+            request_body_bytes_max: 64 * 1024,
+            one_time_token_ttl_s: 1800,
+            write_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -84,9 +88,18 @@ pub fn router(state: Arc<AppState>) -> Router {
     let leader_routes = Router::new()
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/{token}", get(tokens::get))
-        .route("/admin/v1/merchants", post(admin::create_merchant).get(admin::list_merchants))
-        .route("/admin/v1/merchants/{id}/rotate-key", post(admin::rotate_key))
-        .layer(middleware::from_fn_with_state(state.clone(), forward::to_leader));
+        .route(
+            "/admin/v1/merchants",
+            post(admin::create_merchant).get(admin::list_merchants),
+        )
+        .route(
+            "/admin/v1/merchants/{id}/rotate-key",
+            post(admin::rotate_key),
+        )
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_leader,
+        ));
     Router::new()
         .merge(leader_routes)
         .route("/admin/v1/init", post(admin::init))
@@ -94,24 +107,43 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/v1/cluster/status", get(health::cluster_status))
         .route("/metrics", get(health::metrics))
-        .fallback(|| async { Problem::not_found("route_not_found", "no such route; see the API reference in README.md") })
+        .fallback(|| async {
+            Problem::not_found(
+                "route_not_found",
+                "no such route; see the API reference in README.md",
+            )
+        })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
 /// Counts and times every request by route template.
 async fn observe(State(st): St, req: Request, next: Next) -> axum::response::Response {
-    let endpoint = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
     let method = req.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    st.metrics.observe_request(&endpoint, &method, resp.status().as_u16(), started.elapsed());
+    st.metrics.observe_request(
+        &endpoint,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     resp
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ").map(str::trim).filter(|s| !s.is_empty())
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    v.strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 impl AppState {
@@ -119,7 +151,10 @@ impl AppState {
     fn merchant(&self, headers: &HeaderMap) -> Result<String, Problem> {
         let key = bearer(headers).ok_or_else(Problem::unauthorized)?;
         let hash = api_key_hash(key);
-        self.cluster.vault().read(|v| v.merchant_by_key_hash(&hash).map(str::to_owned)).ok_or_else(Problem::unauthorized)
+        self.cluster
+            .vault()
+            .read(|v| v.merchant_by_key_hash(&hash).map(str::to_owned))
+            .ok_or_else(Problem::unauthorized)
     }
 
     /// Checks the admin token in the `Authorization` header.
@@ -128,7 +163,11 @@ impl AppState {
         let given = api_key_hash(key);
         // Compare digests in constant time.
         let same = given.len() == self.admin_token_sha256.len()
-            && given.bytes().zip(self.admin_token_sha256.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            && given
+                .bytes()
+                .zip(self.admin_token_sha256.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         if same {
             Ok(())
         } else {
@@ -166,9 +205,19 @@ impl AppState {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         match tokio::time::timeout(timeout, self.cluster.linearize()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(WriteError::NotLeader { .. })) => Err(Problem::not_leader("leadership moved; retry")),
-            Ok(Err(e)) => Err(Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "replication_unavailable", e.to_string())),
-            Err(_) => Err(Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "replication_unavailable", "could not confirm leadership in time")),
+            Ok(Err(WriteError::NotLeader { .. })) => {
+                Err(Problem::not_leader("leadership moved; retry"))
+            }
+            Ok(Err(e)) => Err(Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "replication_unavailable",
+                e.to_string(),
+            )),
+            Err(_) => Err(Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "replication_unavailable",
+                "could not confirm leadership in time",
+            )),
         }
     }
 }

@@ -15,7 +15,11 @@ pub struct Problem {
 impl Problem {
     /// A problem with any status.
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, code, detail: detail.into() }
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Problem {
@@ -27,7 +31,11 @@ impl Problem {
     }
 
     pub fn unauthorized() -> Problem {
-        Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "send a valid key as `Authorization: Bearer <key>`")
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid key as `Authorization: Bearer <key>`",
+        )
     }
 
     pub fn not_found(code: &'static str, detail: impl Into<String>) -> Problem {
@@ -41,7 +49,11 @@ impl Problem {
 
     /// No leader is known; nothing was done; retry shortly.
     pub fn no_leader() -> Problem {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "the cluster has no leader right now; nothing was done; retry shortly")
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "the cluster has no leader right now; nothing was done; retry shortly",
+        )
     }
 
     /// The write may or may not have been applied.
@@ -64,7 +76,10 @@ impl IntoResponse for Problem {
             "detail": self.detail,
         });
         let mut resp = (self.status, axum::Json(body)).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         resp
     }
 }
@@ -77,10 +92,16 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
         let path = e.path().to_string();
         let inner = e.into_inner();
         let what = match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "the body is not valid JSON".to_string(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "the body is not valid JSON".to_string()
+            }
             _ => redact_serde_message(&inner.to_string()),
         };
-        let at = if path == "." || path == "?" || path.is_empty() { String::new() } else { format!(" at `{path}`") };
+        let at = if path == "." || path == "?" || path.is_empty() {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
         Problem::bad_request("invalid_json", format!("{what}{at}"))
     })
 }
@@ -106,11 +127,15 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field_but_never_echo_values() {
-        let err = parse_json::<Card>(br#"{"number": 4242424242424242, "exp_month": 1}"#).unwrap_err();
+        let err =
+            parse_json::<Card>(br#"{"number": 4242424242424242, "exp_month": 1}"#).unwrap_err();
         assert_eq!(err.code, "invalid_json");
         assert!(err.detail.contains("`number`"), "{}", err.detail);
         assert!(!err.detail.contains("4242"), "{}", err.detail);
-        let err = parse_json::<Card>(br#"{"number": "4242424242424242", "exp_month": "4242424242424242"}"#).unwrap_err();
+        let err = parse_json::<Card>(
+            br#"{"number": "4242424242424242", "exp_month": "4242424242424242"}"#,
+        )
+        .unwrap_err();
         assert!(!err.detail.contains("4242"), "{}", err.detail);
         let err = parse_json::<Card>(b"{not json").unwrap_err();
         assert_eq!(err.detail, "the body is not valid JSON");
@@ -120,6 +145,9 @@ mod tests {
     fn problem_responses_use_problem_json() {
         let r = Problem::no_leader().into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
     }
 }

@@ -66,7 +66,11 @@ impl From<TokenMeta> for TokenOut {
 pub(super) fn body_or_problem(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "the request body is too large")
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "the request body is too large",
+            )
         } else {
             Problem::bad_request("invalid_body", "the request body could not be read")
         }
@@ -75,38 +79,67 @@ pub(super) fn body_or_problem(body: Result<Bytes, BytesRejection>) -> Result<Byt
 
 fn check_member_id(kind: TokenKind, member_id: &Option<String>) -> Result<(), Problem> {
     match (kind, member_id) {
-        (TokenKind::CardOnFile, None) => Err(Problem::unprocessable("member_id_required", "card_on_file tokens need a member_id")),
+        (TokenKind::CardOnFile, None) => Err(Problem::unprocessable(
+            "member_id_required",
+            "card_on_file tokens need a member_id",
+        )),
         (TokenKind::OneTime, Some(_)) => Err(Problem::unprocessable(
             "member_id_not_allowed",
             "one_time tokens do not take a member_id; register the card to a member instead",
         )),
-        (_, Some(m)) if m.is_empty() || m.len() > MEMBER_ID_CHARS_MAX || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) => {
-            Err(Problem::bad_request("member_id_invalid", "member_id must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'"))
+        (_, Some(m))
+            if m.is_empty()
+                || m.len() > MEMBER_ID_CHARS_MAX
+                || !m
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+        {
+            Err(Problem::bad_request(
+                "member_id_invalid",
+                "member_id must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'",
+            ))
         }
         _ => Ok(()),
     }
 }
 
 /// `POST /v1/tokens`: validates and seals the card, then stores it under a new token.
-pub async fn create(State(st): St, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> HttpResponse {
+pub async fn create(
+    State(st): St,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
     match tokenize(&st, &headers, body).await {
         Ok(meta) => (StatusCode::CREATED, axum::Json(TokenOut::from(meta))).into_response(),
         Err(p) => p.into_response(),
     }
 }
 
-async fn tokenize(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<TokenMeta, Problem> {
+async fn tokenize(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<TokenMeta, Problem> {
     let merchant_id = st.merchant(headers)?;
     let body = body_or_problem(body)?;
     if body.len() > st.settings.request_body_bytes_max {
-        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "the request body is too large"));
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            "the request body is too large",
+        ));
     }
     let input: TokenizeIn = super::problem::parse_json(&body)?;
     check_member_id(input.kind, &input.member_id)?;
     let now_ms = st.now_ms();
-    let pan = Pan::parse(&input.card.number).map_err(|e| Problem::unprocessable(e.code(), e.message()))?;
-    let expiry = Expiry::new(input.card.exp_month, input.card.exp_year, year_month_of_ms(now_ms))
+    let pan = Pan::parse(&input.card.number)
         .map_err(|e| Problem::unprocessable(e.code(), e.message()))?;
+    let expiry = Expiry::new(
+        input.card.exp_month,
+        input.card.exp_year,
+        year_month_of_ms(now_ms),
+    )
+    .map_err(|e| Problem::unprocessable(e.code(), e.message()))?;
     let (key_version, key) = active_data_key(st).await?;
     let token = opaque_token_id(st.entropy.bytes());
     let nonce = st.entropy.nonce();
@@ -117,18 +150,36 @@ async fn tokenize(st: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesR
         exp_year: expiry.year,
         key_version,
         nonce: nonce.to_vec(),
-        ciphertext: seal_pan(&key, key_version, &merchant_id, &token, pan.digits(), &nonce),
+        ciphertext: seal_pan(
+            &key,
+            key_version,
+            &merchant_id,
+            &token,
+            pan.digits(),
+            &nonce,
+        ),
     };
     drop(pan);
     let expires_at_ms = match input.kind {
         TokenKind::OneTime => Some(now_ms + st.settings.one_time_token_ttl_s * 1000),
         TokenKind::CardOnFile => None,
     };
-    let cmd = Command::Tokenize { merchant_id, token, kind: input.kind, member_id: input.member_id, card, at_ms: now_ms, expires_at_ms };
+    let cmd = Command::Tokenize {
+        merchant_id,
+        token,
+        kind: input.kind,
+        member_id: input.member_id,
+        card,
+        at_ms: now_ms,
+        expires_at_ms,
+    };
     match st.write(cmd).await? {
         Response::Tokenized(meta) => Ok(meta),
         Response::Refused(Refusal::UnknownMerchant) => Err(Problem::unauthorized()),
-        other => Err(Problem::internal(format!("unexpected vault response {}", response_kind(&other)))),
+        other => Err(Problem::internal(format!(
+            "unexpected vault response {}",
+            response_kind(&other)
+        ))),
     }
 }
 
@@ -145,19 +196,39 @@ fn response_kind(r: &Response) -> &'static str {
 /// The newest data key, creating version 1 through the log if the vault has none yet.
 async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
     for _ in 0..2 {
-        let active = st.cluster.vault().read(|v| v.active_data_key().map(|(ver, w)| (ver, w.to_vec())));
+        let active = st
+            .cluster
+            .vault()
+            .read(|v| v.active_data_key().map(|(ver, w)| (ver, w.to_vec())));
         if let Some((version, wrapped)) = active {
             let key = st.keys.data_key(version, &wrapped).map_err(|e| {
                 tracing::error!(version, error = %e, "cannot unwrap data key");
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "key_unavailable", "the data key cannot be unwrapped with this node's key-encryption key")
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "key_unavailable",
+                    "the data key cannot be unwrapped with this node's key-encryption key",
+                )
             })?;
             return Ok((version, key));
         }
         let fresh = DataKey::generate(&st.entropy);
         let wrapped = st.keys.kek().wrap(&fresh, 1, &st.entropy);
-        match st.write(Command::InstallDataKey { version: 1, wrapped, at_ms: st.now_ms() }).await? {
-            Response::DataKeyInstalled { .. } | Response::Refused(Refusal::DataKeyExists { .. }) => continue,
-            other => return Err(Problem::internal(format!("unexpected vault response {}", response_kind(&other)))),
+        match st
+            .write(Command::InstallDataKey {
+                version: 1,
+                wrapped,
+                at_ms: st.now_ms(),
+            })
+            .await?
+        {
+            Response::DataKeyInstalled { .. }
+            | Response::Refused(Refusal::DataKeyExists { .. }) => continue,
+            other => {
+                return Err(Problem::internal(format!(
+                    "unexpected vault response {}",
+                    response_kind(&other)
+                )))
+            }
         }
     }
     Err(Problem::internal("no data key after installing one"))
@@ -172,7 +243,10 @@ pub async fn get(State(st): St, headers: HeaderMap, Path(token): Path<String>) -
             return Err(not_found());
         }
         st.linearize().await?;
-        st.cluster.vault().read(|v| v.token_for(&merchant_id, &token)).ok_or_else(not_found)
+        st.cluster
+            .vault()
+            .read(|v| v.token_for(&merchant_id, &token))
+            .ok_or_else(not_found)
     }
     .await;
     match result {

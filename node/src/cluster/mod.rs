@@ -13,8 +13,8 @@ use crate::net::HttpPool;
 use crate::raft_types::{Member, NodeId, Raft, Role};
 use crate::store::{LogStore, SharedVault, StateMachine, Store};
 use crate::vault::{Command, Response};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -60,10 +60,16 @@ impl RaftSettings {
             return Err("raft.heartbeat_interval_ms must be greater than 0".into());
         }
         if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
-            return Err("raft.election_timeout_min_ms must be greater than raft.heartbeat_interval_ms".into());
+            return Err(
+                "raft.election_timeout_min_ms must be greater than raft.heartbeat_interval_ms"
+                    .into(),
+            );
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return Err("raft.election_timeout_max_ms must be greater than raft.election_timeout_min_ms".into());
+            return Err(
+                "raft.election_timeout_max_ms must be greater than raft.election_timeout_min_ms"
+                    .into(),
+            );
         }
         if self.snapshot_every_entries == 0 {
             return Err("raft.snapshot_every_entries must be greater than 0".into());
@@ -83,7 +89,8 @@ impl RaftSettings {
             enable_pre_vote: Some(true),
             ..Default::default()
         };
-        cfg.validate().map_err(|e| format!("raft settings rejected: {e}"))
+        cfg.validate()
+            .map_err(|e| format!("raft settings rejected: {e}"))
     }
 }
 
@@ -111,7 +118,10 @@ pub struct InitOutcome {
 
 /// Wakes when this node's Raft status changes. Hold one; do not create one per wait.
 pub struct StatusWatch {
-    rx: openraft::type_config::alias::WatchReceiverOf<crate::raft_types::TypeConfig, openraft::RaftMetrics<crate::raft_types::TypeConfig>>,
+    rx: openraft::type_config::alias::WatchReceiverOf<
+        crate::raft_types::TypeConfig,
+        openraft::RaftMetrics<crate::raft_types::TypeConfig>,
+    >,
 }
 
 impl StatusWatch {
@@ -179,11 +189,23 @@ impl Cluster {
         let cluster_id = Arc::new(RwLock::new(store.cluster_id()?));
         let sm = StateMachine::open(store.clone())?;
         let vault = sm.shared();
-        let factory = network::NetworkFactory { self_id: id, pool: pool.clone(), cluster_id: cluster_id.clone() };
+        let factory = network::NetworkFactory {
+            self_id: id,
+            pool: pool.clone(),
+            cluster_id: cluster_id.clone(),
+        };
         let raft = Raft::new(id, config, factory, LogStore::new(store.clone()), sm)
             .await
             .map_err(|e| io::Error::other(format!("raft failed to start: {e}")))?;
-        Ok(Arc::new(Cluster { id, raft, store, vault, members, cluster_id, pool }))
+        Ok(Arc::new(Cluster {
+            id,
+            raft,
+            store,
+            vault,
+            members,
+            cluster_id,
+            pool,
+        }))
     }
 
     /// The replicated vault, as applied on this node.
@@ -210,7 +232,10 @@ impl Cluster {
         if self.store.has_raft_state().map_err(|e| e.to_string())? {
             return Err("this node has Raft data but no cluster id; refusing to join".into());
         }
-        self.store.set_cluster_id(id).await.map_err(|e| e.to_string())?;
+        self.store
+            .set_cluster_id(id)
+            .await
+            .map_err(|e| e.to_string())?;
         *self.cluster_id.write().expect("cluster id lock") = Some(id.to_owned());
         tracing::info!(cluster_id = id, "joined cluster");
         Ok(())
@@ -220,7 +245,12 @@ impl Cluster {
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         let m = self.raft.metrics().borrow_watched().clone();
         let id = m.current_leader?;
-        let member = m.membership_config.membership().get_node(&id).cloned().or_else(|| self.members.get(&id).cloned())?;
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+            .or_else(|| self.members.get(&id).cloned())?;
         Some((id, member))
     }
 
@@ -234,9 +264,13 @@ impl Cluster {
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(WriteError::NotLeader { leader: f.leader_node })
+                Err(WriteError::NotLeader {
+                    leader: f.leader_node,
+                })
             }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(WriteError::Unknown),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(WriteError::Unknown)
+            }
             Err(e) => Err(WriteError::Unavailable(e.to_string())),
         }
     }
@@ -247,7 +281,9 @@ impl Cluster {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
             Err(e) => match e.forward_to_leader() {
-                Some(f) => Err(WriteError::NotLeader { leader: f.leader_node.clone() }),
+                Some(f) => Err(WriteError::NotLeader {
+                    leader: f.leader_node.clone(),
+                }),
                 None => Err(WriteError::Unavailable(e.to_string())),
             },
         }
@@ -260,28 +296,51 @@ impl Cluster {
     /// never silently merged or formed twice.
     pub async fn init(&self, id_if_new: String) -> Result<InitOutcome, String> {
         if let Some(id) = self.cluster_id() {
-            return Ok(InitOutcome { cluster_id: id, already_initialized: true });
+            return Ok(InitOutcome {
+                cluster_id: id,
+                already_initialized: true,
+            });
         }
         if self.store.has_raft_state().map_err(|e| e.to_string())? {
-            return Err("this node has Raft data but no cluster id; refusing to form a cluster".into());
+            return Err(
+                "this node has Raft data but no cluster id; refusing to form a cluster".into(),
+            );
         }
         for (peer_id, m) in self.members.iter().filter(|(i, _)| **i != self.id) {
-            let ident = self.peer_identity(m).await.map_err(|e| format!("peer {} ({}) unreachable: {e}", m.name, m.raft_addr))?;
+            let ident = self
+                .peer_identity(m)
+                .await
+                .map_err(|e| format!("peer {} ({}) unreachable: {e}", m.name, m.raft_addr))?;
             if ident.node_id != *peer_id {
-                return Err(format!("peer at {} says it is node {}, config says {peer_id}", m.raft_addr, ident.node_id));
+                return Err(format!(
+                    "peer at {} says it is node {}, config says {peer_id}",
+                    m.raft_addr, ident.node_id
+                ));
             }
             if let Some(theirs) = ident.cluster_id {
-                return Err(format!("peer {} already belongs to cluster {theirs}", m.name));
+                return Err(format!(
+                    "peer {} already belongs to cluster {theirs}",
+                    m.name
+                ));
             }
             if ident.has_data {
                 return Err(format!("peer {} has Raft data but no cluster id", m.name));
             }
         }
-        self.store.set_cluster_id(&id_if_new).await.map_err(|e| e.to_string())?;
+        self.store
+            .set_cluster_id(&id_if_new)
+            .await
+            .map_err(|e| e.to_string())?;
         *self.cluster_id.write().expect("cluster id lock") = Some(id_if_new.clone());
-        self.raft.initialize(self.members.clone()).await.map_err(|e| format!("raft initialize failed: {e}"))?;
+        self.raft
+            .initialize(self.members.clone())
+            .await
+            .map_err(|e| format!("raft initialize failed: {e}"))?;
         tracing::info!(cluster_id = %id_if_new, members = self.members.len(), "cluster formed");
-        Ok(InitOutcome { cluster_id: id_if_new, already_initialized: false })
+        Ok(InitOutcome {
+            cluster_id: id_if_new,
+            already_initialized: false,
+        })
     }
 
     async fn peer_identity(&self, m: &Member) -> Result<server::Identity, String> {
@@ -289,13 +348,21 @@ impl Cluster {
             .header(http::header::HOST, &m.raft_addr)
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .expect("valid request");
-        let resp = self.pool.send(&m.raft_addr, req, Duration::from_secs(3)).await.map_err(|e| e.to_string())?;
+        let resp = self
+            .pool
+            .send(&m.raft_addr, req, Duration::from_secs(3))
+            .await
+            .map_err(|e| e.to_string())?;
         serde_json::from_slice(resp.body()).map_err(|e| e.to_string())
     }
 
     /// Asks the Raft core to hand leadership to `to` (the caller checks it is sensible).
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), String> {
-        self.raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// A snapshot of this node's Raft view, for status and metrics.
@@ -311,8 +378,16 @@ impl Cluster {
         let members = nodes
             .into_iter()
             .map(|(id, n)| {
-                let matched = m.replication.as_ref().and_then(|r| r.get(&id)).map(|l| l.map_or(0, |l| l.index));
-                let matched = if id == self.id && m.state == ServerState::Leader { Some(last) } else { matched };
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id))
+                    .map(|l| l.map_or(0, |l| l.index));
+                let matched = if id == self.id && m.state == ServerState::Leader {
+                    Some(last)
+                } else {
+                    matched
+                };
                 MemberStatus {
                     id,
                     name: n.name,
@@ -324,7 +399,9 @@ impl Cluster {
                 }
             })
             .collect();
-        let leader_name = m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.name.clone()));
+        let leader_name = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.name.clone()));
         ClusterStatus {
             node_id: self.id,
             name: self.me().name.clone(),

@@ -7,11 +7,13 @@ use crate::raft_types::{Member, NodeId, Snapshot, SnapshotData, TypeConfig, Vote
 use bytes::Bytes;
 use futures::FutureExt;
 use http_body_util::Full;
-use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::error::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -56,7 +58,12 @@ enum Fail {
 
 impl PeerClient {
     async fn post(&self, path: &str, body: Bytes, ttl: Duration) -> Result<Bytes, Fail> {
-        let cluster = self.cluster_id.read().expect("cluster id lock").clone().unwrap_or_default();
+        let cluster = self
+            .cluster_id
+            .read()
+            .expect("cluster id lock")
+            .clone()
+            .unwrap_or_default();
         let req = http::Request::post(path)
             .header(http::header::HOST, &self.addr)
             .header(CLUSTER_ID_HEADER, cluster)
@@ -90,15 +97,23 @@ impl PeerClient {
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let body = Bytes::from(serde_json::to_vec(req).expect("raft messages serialize"));
         match self.post(path, body, option.hard_ttl()).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| RPCError::Network(NetworkError::from_string(format!("bad {action:?} response: {e}")))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                RPCError::Network(NetworkError::from_string(format!(
+                    "bad {action:?} response: {e}"
+                )))
+            }),
             Err(f) => Err(self.rpc_error(action, f)),
         }
     }
 
     fn rpc_error(&self, action: RPCTypes, f: Fail) -> RPCError<TypeConfig> {
         match f {
-            Fail::Timeout(timeout) => RPCError::Timeout(Timeout { action, id: self.self_id, target: self.target, timeout }),
+            Fail::Timeout(timeout) => RPCError::Timeout(Timeout {
+                action,
+                id: self.self_id,
+                target: self.target,
+                timeout,
+            }),
             Fail::Unreachable(msg) => RPCError::Unreachable(Unreachable::from_string(msg)),
         }
     }
@@ -122,7 +137,13 @@ pub(super) fn decode_snapshot(body: &[u8]) -> Result<(Vote, Snapshot), String> {
     let head = body.get(4..4 + len).ok_or("snapshot frame truncated")?;
     let (vote, meta) = serde_json::from_slice(head).map_err(|e| format!("snapshot header: {e}"))?;
     let data = body[4 + len..].to_vec();
-    Ok((vote, Snapshot { meta, snapshot: SnapshotData::new(data) }))
+    Ok((
+        vote,
+        Snapshot {
+            meta,
+            snapshot: SnapshotData::new(data),
+        },
+    ))
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
@@ -133,15 +154,25 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::AppendEntries, "/raft/append", &rpc, &option).await
+        self.call(RPCTypes::AppendEntries, "/raft/append", &rpc, &option)
+            .await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(RPCTypes::Vote, "/raft/vote", &rpc, &option).await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::Vote, "/raft/pre-vote", &rpc, &option).await
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RPCTypes::Vote, "/raft/pre-vote", &rpc, &option)
+            .await
     }
 
     async fn full_snapshot(
@@ -161,15 +192,20 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             r = send.fuse() => r,
         };
         match res {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("bad snapshot response: {e}")))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                StreamingError::Network(NetworkError::from_string(format!(
+                    "bad snapshot response: {e}"
+                )))
+            }),
             Err(Fail::Timeout(timeout)) => Err(StreamingError::Timeout(Timeout {
                 action: RPCTypes::InstallSnapshot,
                 id: self.self_id,
                 target: self.target,
                 timeout,
             })),
-            Err(Fail::Unreachable(msg)) => Err(StreamingError::Unreachable(Unreachable::from_string(msg))),
+            Err(Fail::Unreachable(msg)) => {
+                Err(StreamingError::Unreachable(Unreachable::from_string(msg)))
+            }
         }
     }
 
@@ -178,6 +214,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::TransferLeader, "/raft/transfer-leader", &req, &option).await
+        self.call(
+            RPCTypes::TransferLeader,
+            "/raft/transfer-leader",
+            &req,
+            &option,
+        )
+        .await
     }
 }

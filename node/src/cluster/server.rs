@@ -38,13 +38,25 @@ fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Response {
 /// state adopts the sender's (that is how members join at `init`); a node with data
 /// never adopts another.
 async fn admit(c: &Cluster, headers: &HeaderMap) -> Result<(), Response> {
-    let theirs = headers.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let theirs = headers
+        .get(CLUSTER_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let ours = c.cluster_id();
     match ours.as_deref() {
         Some(ours) if ours == theirs => Ok(()),
-        Some(ours) => Err((StatusCode::CONFLICT, format!("cluster id mismatch: this node is in {ours}, sender in {theirs:?}")).into_response()),
-        None if theirs.is_empty() => Err((StatusCode::CONFLICT, "sender has no cluster id").into_response()),
-        None => c.adopt_cluster_id(theirs).await.map_err(|e| (StatusCode::CONFLICT, e).into_response()),
+        Some(ours) => Err((
+            StatusCode::CONFLICT,
+            format!("cluster id mismatch: this node is in {ours}, sender in {theirs:?}"),
+        )
+            .into_response()),
+        None if theirs.is_empty() => {
+            Err((StatusCode::CONFLICT, "sender has no cluster id").into_response())
+        }
+        None => c
+            .adopt_cluster_id(theirs)
+            .await
+            .map_err(|e| (StatusCode::CONFLICT, e).into_response()),
     }
 }
 
@@ -56,7 +68,9 @@ macro_rules! rpc_handler {
             }
             match serde_json::from_slice(&body) {
                 Ok(req) => reply(c.raft.$method(req).await),
-                Err(e) => (StatusCode::BAD_REQUEST, format!("bad raft request: {e}")).into_response(),
+                Err(e) => {
+                    (StatusCode::BAD_REQUEST, format!("bad raft request: {e}")).into_response()
+                }
             }
         }
     };
@@ -86,5 +100,10 @@ pub(super) struct Identity {
 
 async fn identity(State(c): State<Arc<Cluster>>) -> Response {
     let has_data = c.store.has_raft_state().unwrap_or(true);
-    axum::Json(Identity { node_id: c.id, cluster_id: c.cluster_id(), has_data }).into_response()
+    axum::Json(Identity {
+        node_id: c.id,
+        cluster_id: c.cluster_id(),
+        has_data,
+    })
+    .into_response()
 }

@@ -13,13 +13,13 @@ pub enum Entropy {
     /// The operating system's CSPRNG.
     Os,
     /// A deterministic generator (simulation and tests only).
-    Seeded(Mutex<StdRng>),
+    Seeded(Box<Mutex<StdRng>>),
 }
 
 impl Entropy {
     /// A deterministic source for simulations and tests.
     pub fn seeded(seed: u64) -> Entropy {
-        Entropy::Seeded(Mutex::new(StdRng::seed_from_u64(seed)))
+        Entropy::Seeded(Box::new(Mutex::new(StdRng::seed_from_u64(seed))))
     }
 
     /// Fills `buf` with random bytes.

@@ -16,9 +16,15 @@ const KEY_BYTES: usize = 32;
 #[non_exhaustive]
 pub enum KeyError {
     #[error("cannot read the key-encryption key file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write the key-encryption key file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the key-encryption key file {path} must hold exactly 64 hex characters (32 bytes)")]
     Format { path: PathBuf },
     #[error("ciphertext or wrapped key failed authentication (wrong key, or corrupted data)")]
@@ -62,11 +68,16 @@ impl fmt::Debug for Kek {
 impl Kek {
     /// Reads a KEK file holding 64 hex characters (surrounding whitespace ignored).
     pub fn from_file(path: &Path) -> Result<Kek, KeyError> {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.into(), source })?,
-        );
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+                    path: path.into(),
+                    source,
+                })?,
+            );
         let mut k = Zeroizing::new([0u8; KEY_BYTES]);
-        hex::decode_to_slice(text.trim(), k.as_mut()).map_err(|_| KeyError::Format { path: path.into() })?;
+        hex::decode_to_slice(text.trim(), k.as_mut())
+            .map_err(|_| KeyError::Format { path: path.into() })?;
         Ok(Kek(k))
     }
 
@@ -77,7 +88,10 @@ impl Kek {
         }
         let k = Zeroizing::new(entropy.bytes::<KEY_BYTES>());
         let text = Zeroizing::new(hex::encode(k.as_ref()) + "\n");
-        write_private(path, text.as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
+        write_private(path, text.as_bytes()).map_err(|source| KeyError::Write {
+            path: path.into(),
+            source,
+        })
     }
 
     /// A KEK from raw bytes (tests and simulations).
@@ -96,7 +110,13 @@ impl Kek {
         let mut out = nonce.to_vec();
         let ct = self
             .cipher()
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: key.0.as_ref(), aad: aad.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: key.0.as_ref(),
+                    aad: aad.as_bytes(),
+                },
+            )
             .expect("AES-GCM encryption of a key cannot fail");
         out.extend_from_slice(&ct);
         out
@@ -111,7 +131,13 @@ impl Kek {
         let aad = format!("kura:dek:v{version}");
         let plain = Zeroizing::new(
             self.cipher()
-                .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: aad.as_bytes() })
+                .decrypt(
+                    Nonce::from_slice(nonce),
+                    Payload {
+                        msg: ct,
+                        aad: aad.as_bytes(),
+                    },
+                )
                 .map_err(|_| KeyError::Corrupt)?,
         );
         let mut k = Zeroizing::new([0u8; KEY_BYTES]);
@@ -148,7 +174,10 @@ pub struct KeyRing {
 impl KeyRing {
     /// A ring around `kek` with an empty cache.
     pub fn new(kek: Kek) -> KeyRing {
-        KeyRing { kek, cache: Mutex::new(HashMap::new()) }
+        KeyRing {
+            kek,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The KEK, to wrap new data keys.
@@ -193,24 +222,37 @@ mod tests {
         Kek::create_file_if_missing(&path, &e).unwrap();
         let first = std::fs::read(&path).unwrap();
         Kek::create_file_if_missing(&path, &e).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), first, "an existing KEK is never replaced");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            first,
+            "an existing KEK is never replaced"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let kek = Kek::from_file(&path).unwrap();
         let dek = DataKey::generate(&e);
         assert!(kek.unwrap_key(&kek.wrap(&dek, 1, &e), 1).is_ok());
         std::fs::write(dir.path().join("bad"), "zz").unwrap();
-        let err = Kek::from_file(&dir.path().join("bad")).unwrap_err().to_string();
+        let err = Kek::from_file(&dir.path().join("bad"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("64 hex characters"), "{err}");
     }
 
     #[test]
     fn debug_output_redacts_key_material() {
         let e = Entropy::seeded(3);
-        let shown = format!("{:?} {:?}", Kek::from_bytes(e.bytes()), DataKey::generate(&e));
+        let shown = format!(
+            "{:?} {:?}",
+            Kek::from_bytes(e.bytes()),
+            DataKey::generate(&e)
+        );
         assert_eq!(shown, "Kek(redacted) DataKey(redacted)");
     }
 }

@@ -24,10 +24,23 @@ fn pan_aad(merchant_id: &str, token: &str, key_version: u32) -> Vec<u8> {
 }
 
 /// Seals PAN digits for one merchant's token under `key`.
-pub fn seal_pan(key: &DataKey, key_version: u32, merchant_id: &str, token: &str, digits: &str, nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
+pub fn seal_pan(
+    key: &DataKey,
+    key_version: u32,
+    merchant_id: &str,
+    token: &str,
+    digits: &str,
+    nonce: &[u8; NONCE_BYTES],
+) -> Vec<u8> {
     let aad = pan_aad(merchant_id, token, key_version);
     Aes256Gcm::new(key.as_aes_key())
-        .encrypt(Nonce::from_slice(nonce), Payload { msg: digits.as_bytes(), aad: &aad })
+        .encrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: digits.as_bytes(),
+                aad: &aad,
+            },
+        )
         .expect("AES-GCM encryption of a short message cannot fail")
 }
 
@@ -45,9 +58,17 @@ pub fn open_pan(
     }
     let aad = pan_aad(merchant_id, token, key_version);
     let plain = Aes256Gcm::new(key.as_aes_key())
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: &aad,
+            },
+        )
         .map_err(|_| KeyError::Corrupt)?;
-    String::from_utf8(plain).map(Zeroizing::new).map_err(|_| KeyError::Corrupt)
+    String::from_utf8(plain)
+        .map(Zeroizing::new)
+        .map_err(|_| KeyError::Corrupt)
 }
 
 /// SHA-256 of a high-entropy API secret, hex-encoded: how merchant keys are stored.
@@ -69,11 +90,23 @@ mod tests {
         assert!(!ct.windows(16).any(|w| w == b"4242424242424242"));
         let opened = open_pan(&key, 1, "m1", "tok_a", &nonce, &ct).unwrap();
         assert_eq!(opened.as_str(), "4242424242424242");
-        assert!(open_pan(&key, 1, "m2", "tok_a", &nonce, &ct).is_err(), "other merchant");
-        assert!(open_pan(&key, 1, "m1", "tok_b", &nonce, &ct).is_err(), "other token");
-        assert!(open_pan(&key, 2, "m1", "tok_a", &nonce, &ct).is_err(), "other key version");
+        assert!(
+            open_pan(&key, 1, "m2", "tok_a", &nonce, &ct).is_err(),
+            "other merchant"
+        );
+        assert!(
+            open_pan(&key, 1, "m1", "tok_b", &nonce, &ct).is_err(),
+            "other token"
+        );
+        assert!(
+            open_pan(&key, 2, "m1", "tok_a", &nonce, &ct).is_err(),
+            "other key version"
+        );
         let other = DataKey::generate(&e);
-        assert!(open_pan(&other, 1, "m1", "tok_a", &nonce, &ct).is_err(), "other key");
+        assert!(
+            open_pan(&other, 1, "m1", "tok_a", &nonce, &ct).is_err(),
+            "other key"
+        );
     }
 
     #[test]

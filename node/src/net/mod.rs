@@ -38,13 +38,19 @@ pub struct Net {
 impl Net {
     /// The real network through tokio.
     pub fn tokio() -> Net {
-        Net { connector: Arc::new(TcpConnector), binder: Arc::new(TokioBinder) }
+        Net {
+            connector: Arc::new(TcpConnector),
+            binder: Arc::new(TokioBinder),
+        }
     }
 
     /// The simulated network of the current turmoil host.
     #[cfg(feature = "sim")]
     pub fn turmoil() -> Net {
-        Net { connector: Arc::new(sim::TurmoilConnector), binder: Arc::new(sim::TurmoilBinder) }
+        Net {
+            connector: Arc::new(sim::TurmoilConnector),
+            binder: Arc::new(sim::TurmoilBinder),
+        }
     }
 }
 
@@ -54,7 +60,12 @@ struct TokioListener(tokio::net::TcpListener);
 
 impl Binder for TokioBinder {
     fn bind<'a>(&'a self, addr: &'a str) -> BoxFut<'a, io::Result<Box<dyn Listener>>> {
-        Box::pin(async move { Ok(Box::new(TokioListener(tokio::net::TcpListener::bind(addr).await?)) as Box<dyn Listener>) })
+        Box::pin(async move {
+            Ok(
+                Box::new(TokioListener(tokio::net::TcpListener::bind(addr).await?))
+                    as Box<dyn Listener>,
+            )
+        })
     }
 }
 
@@ -89,7 +100,9 @@ pub async fn serve(mut listener: Box<dyn Listener>, router: axum::Router) -> io:
         };
         let svc = TowerToHyperService::new(router.clone());
         crate::raft_types::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(io), svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(io), svc);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection closed with error");
             }
@@ -100,7 +113,10 @@ pub async fn serve(mut listener: Box<dyn Listener>, router: axum::Router) -> io:
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
     ) || e.raw_os_error() == Some(24) // EMFILE: too many open files; back off and retry
 }
 

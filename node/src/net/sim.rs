@@ -9,7 +9,9 @@ struct TurmoilListener(turmoil::net::TcpListener);
 
 impl Connector for TurmoilConnector {
     fn connect<'a>(&'a self, addr: &'a str) -> BoxFut<'a, io::Result<BoxIo>> {
-        Box::pin(async move { Ok(Box::new(turmoil::net::TcpStream::connect(addr).await?) as BoxIo) })
+        Box::pin(
+            async move { Ok(Box::new(turmoil::net::TcpStream::connect(addr).await?) as BoxIo) },
+        )
     }
 }
 
@@ -17,9 +19,16 @@ impl Binder for TurmoilBinder {
     fn bind<'a>(&'a self, addr: &'a str) -> BoxFut<'a, io::Result<Box<dyn Listener>>> {
         Box::pin(async move {
             // Simulated hosts listen on all of their addresses; only the port matters.
-            let port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("listen address {addr} has no port"))
-            })?;
+            let port = addr
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("listen address {addr} has no port"),
+                    )
+                })?;
             let l = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
             Ok(Box::new(TurmoilListener(l)) as Box<dyn Listener>)
         })

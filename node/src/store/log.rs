@@ -56,7 +56,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // two reads is already committed, so the later read transaction sees it.
         let pending: Vec<(u64, Entry)> = {
             let p = self.store.pending.lock().expect("pending lock");
-            p.range(owned_range(&range)).map(|(k, v)| (*k, v.clone())).collect()
+            p.range(owned_range(&range))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect()
         };
         let mut all = self.db_entries(range)?;
         all.extend(pending);
@@ -64,7 +66,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        self.store.read_meta(KEY_VOTE)?.map(|b| decode(&b)).transpose()
+        self.store
+            .read_meta(KEY_VOTE)?
+            .map(|b| decode(&b))
+            .transpose()
     }
 }
 
@@ -72,11 +77,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged_log_id: Option<LogId> = self.store.read_meta(KEY_PURGED)?.map(|b| decode(&b)).transpose()?;
-        let pending_last = self.store.pending.lock().expect("pending lock").values().next_back().map(|e| e.log_id);
+        let last_purged_log_id: Option<LogId> = self
+            .store
+            .read_meta(KEY_PURGED)?
+            .map(|b| decode(&b))
+            .transpose()?;
+        let pending_last = self
+            .store
+            .pending
+            .lock()
+            .expect("pending lock")
+            .values()
+            .next_back()
+            .map(|e| e.log_id);
         let db_last = self.last_db_entry()?.map(|e| e.log_id);
         let last_log_id = pending_last.or(db_last).or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -90,22 +109,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not awaited: a lost committed marker only means replaying a little more after a crash.
         if let Some(c) = committed {
-            self.store.writer.submit(Op::PutMeta { pairs: vec![(KEY_COMMITTED, encode(&c))], done: Done::None });
+            self.store.writer.submit(Op::PutMeta {
+                pairs: vec![(KEY_COMMITTED, encode(&c))],
+                done: Done::None,
+            });
         }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        self.store.read_meta(KEY_COMMITTED)?.map(|b| decode(&b)).transpose()
+        self.store
+            .read_meta(KEY_COMMITTED)?
+            .map(|b| decode(&b))
+            .transpose()
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let rows = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
+        let rows = entries
+            .iter()
+            .map(|e| (e.log_id.index, encode(e)))
+            .collect();
         let ids = entries.iter().map(|e| e.log_id).collect();
         {
             let mut p = self.store.pending.lock().expect("pending lock");
@@ -114,22 +146,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let pending = self.store.pending.clone();
-        self.store.writer.submit(Op::Append { rows, ids, pending, done: Done::Flushed(callback) });
+        self.store.writer.submit(Op::Append {
+            rows,
+            ids,
+            pending,
+            done: Done::Flushed(callback),
+        });
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        self.store.pending.lock().expect("pending lock").retain(|k, _| *k < from);
+        self.store
+            .pending
+            .lock()
+            .expect("pending lock")
+            .retain(|k, _| *k < from);
         let (done, rx) = Done::oneshot();
         self.store.writer.submit(Op::TruncateFrom { from, done });
-        rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+        rx.await
+            .map_err(|_| io::Error::other("storage writer stopped"))?
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.store.pending.lock().expect("pending lock").retain(|k, _| *k > log_id.index);
+        self.store
+            .pending
+            .lock()
+            .expect("pending lock")
+            .retain(|k, _| *k > log_id.index);
         let (done, rx) = Done::oneshot();
-        self.store.writer.submit(Op::PurgeUpto { upto: log_id.index, purged: encode(&log_id), done });
-        rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+        self.store.writer.submit(Op::PurgeUpto {
+            upto: log_id.index,
+            purged: encode(&log_id),
+            done,
+        });
+        rx.await
+            .map_err(|_| io::Error::other("storage writer stopped"))?
     }
 }

@@ -62,8 +62,14 @@ impl Store {
     }
 
     /// Opens a database on any redb storage backend (simulated disks use this).
-    pub fn open_backend(backend: impl redb::StorageBackend, mode: WriterMode, fsync: FsyncObserver) -> io::Result<Store> {
-        let db = Database::builder().create_with_backend(backend).map_err(io_err)?;
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        mode: WriterMode,
+        fsync: FsyncObserver,
+    ) -> io::Result<Store> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(io_err)?;
         Store::with_database(db, mode, fsync)
     }
 
@@ -79,7 +85,11 @@ impl Store {
         txn.commit().map_err(io_err)?;
         let db = Arc::new(db);
         let writer = Writer::start(db.clone(), mode, fsync)?;
-        Ok(Store { db, writer, pending: Arc::new(Mutex::new(BTreeMap::new())) })
+        Ok(Store {
+            db,
+            writer,
+            pending: Arc::new(Mutex::new(BTreeMap::new())),
+        })
     }
 
     fn read_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
@@ -91,20 +101,28 @@ impl Store {
     async fn put_meta(&self, pairs: Vec<(&'static str, Vec<u8>)>) -> io::Result<()> {
         let (done, rx) = Done::oneshot();
         self.writer.submit(Op::PutMeta { pairs, done });
-        rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+        rx.await
+            .map_err(|_| io::Error::other("storage writer stopped"))?
     }
 
     /// The cluster id this node belongs to, once it has formed or joined one.
     pub fn cluster_id(&self) -> io::Result<Option<String>> {
-        self.read_meta(KEY_CLUSTER_ID)?.map(|b| String::from_utf8(b).map_err(io::Error::other)).transpose()
+        self.read_meta(KEY_CLUSTER_ID)?
+            .map(|b| String::from_utf8(b).map_err(io::Error::other))
+            .transpose()
     }
 
     /// Durably records the cluster id. Refuses to replace a different one.
     pub async fn set_cluster_id(&self, id: &str) -> io::Result<()> {
         match self.cluster_id()? {
             Some(existing) if existing == id => Ok(()),
-            Some(existing) => Err(io::Error::other(format!("node already belongs to cluster {existing}"))),
-            None => self.put_meta(vec![(KEY_CLUSTER_ID, id.as_bytes().to_vec())]).await,
+            Some(existing) => Err(io::Error::other(format!(
+                "node already belongs to cluster {existing}"
+            ))),
+            None => {
+                self.put_meta(vec![(KEY_CLUSTER_ID, id.as_bytes().to_vec())])
+                    .await
+            }
         }
     }
 
@@ -123,7 +141,8 @@ impl Store {
     pub async fn canary(&self) -> io::Result<()> {
         let (done, rx) = Done::oneshot();
         self.writer.submit(Op::Canary { done });
-        rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+        rx.await
+            .map_err(|_| io::Error::other("storage writer stopped"))?
     }
 }
 

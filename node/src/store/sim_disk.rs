@@ -23,7 +23,8 @@ impl SimDisk {
     /// An empty disk with fsync working.
     pub fn new() -> SimDisk {
         let d = SimDisk::default();
-        d.fsync_enabled.store(true, std::sync::atomic::Ordering::SeqCst);
+        d.fsync_enabled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         d
     }
 
@@ -35,7 +36,8 @@ impl SimDisk {
 
     /// Makes `sync_data` a no-op, so acknowledged writes can be lost (tests prove the oracle bites).
     pub fn disable_fsync(&self) {
-        self.fsync_enabled.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.fsync_enabled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Number of syncs so far.
@@ -46,7 +48,8 @@ impl SimDisk {
     /// True when `needle` occurs anywhere on the disk (secret scans in tests).
     pub fn contains(&self, needle: &[u8]) -> bool {
         let b = self.inner.lock().expect("disk lock");
-        b.current.windows(needle.len()).any(|w| w == needle) || b.durable.windows(needle.len()).any(|w| w == needle)
+        b.current.windows(needle.len()).any(|w| w == needle)
+            || b.durable.windows(needle.len()).any(|w| w == needle)
     }
 
     /// A backend handle over this disk for one open of the database.
@@ -60,7 +63,10 @@ impl SimDisk {
 pub struct SimBackend(SimDisk);
 
 fn range_err() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the simulated disk")
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "read past the end of the simulated disk",
+    )
 }
 
 impl StorageBackend for SimBackend {
@@ -71,20 +77,32 @@ impl StorageBackend for SimBackend {
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
         let b = self.0.inner.lock().expect("disk lock");
         let start = offset as usize;
-        let src = b.current.get(start..start + out.len()).ok_or_else(range_err)?;
+        let src = b
+            .current
+            .get(start..start + out.len())
+            .ok_or_else(range_err)?;
         out.copy_from_slice(src);
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.inner.lock().expect("disk lock").current.resize(len as usize, 0);
+        self.0
+            .inner
+            .lock()
+            .expect("disk lock")
+            .current
+            .resize(len as usize, 0);
         Ok(())
     }
 
     fn sync_data(&self) -> Result<(), std::io::Error> {
         let mut b = self.0.inner.lock().expect("disk lock");
         b.syncs += 1;
-        if self.0.fsync_enabled.load(std::sync::atomic::Ordering::SeqCst) {
+        if self
+            .0
+            .fsync_enabled
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
             b.durable = b.current.clone();
         }
         Ok(())

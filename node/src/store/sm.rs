@@ -5,7 +5,9 @@
 
 use super::writer::{Done, Op};
 use super::{decode, encode, Store, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META};
-use crate::raft_types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::raft_types::{
+    LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
 use crate::vault::{Response, VaultState};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -33,7 +35,11 @@ impl SharedVault {
 
     /// Index of the last applied log entry (0 before any).
     pub fn applied_index(&self) -> u64 {
-        self.state.read().expect("vault lock").last_applied.map_or(0, |l| l.index)
+        self.state
+            .read()
+            .expect("vault lock")
+            .last_applied
+            .map_or(0, |l| l.index)
     }
 }
 
@@ -54,7 +60,12 @@ impl StateMachine {
     /// Loads the last snapshot, if any, from `store`.
     pub fn open(store: Store) -> io::Result<StateMachine> {
         let shared = Arc::new(SharedVault::default());
-        let mut sm = StateMachine { shared, membership: StoredMembership::default(), store, snapshot_seq: 0 };
+        let mut sm = StateMachine {
+            shared,
+            membership: StoredMembership::default(),
+            store,
+            snapshot_seq: 0,
+        };
         if let Some(snap) = sm.read_snapshot()? {
             sm.restore(&snap.meta, snap.snapshot.get_ref())?;
         }
@@ -67,15 +78,22 @@ impl StateMachine {
     }
 
     fn read_snapshot(&self) -> io::Result<Option<Snapshot>> {
-        let Some(meta) = self.store.read_meta(KEY_SNAPSHOT_META)? else { return Ok(None) };
+        let Some(meta) = self.store.read_meta(KEY_SNAPSHOT_META)? else {
+            return Ok(None);
+        };
         let meta: SnapshotMeta = decode(&meta)?;
         let data = self.store.read_meta(KEY_SNAPSHOT_DATA)?.unwrap_or_default();
-        Ok(Some(Snapshot { meta, snapshot: SnapshotData::new(data) }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotData::new(data),
+        }))
     }
 
     fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let body: SnapshotBody = decode(data)?;
-        body.vault.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        body.vault
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let mut st = self.shared.state.write().expect("vault lock");
         st.vault = body.vault;
         st.last_applied = meta.last_log_id;
@@ -86,9 +104,13 @@ impl StateMachine {
 
 async fn persist_snapshot(store: &Store, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
     let (done, rx) = Done::oneshot();
-    let pairs = vec![(KEY_SNAPSHOT_META, encode(meta)), (KEY_SNAPSHOT_DATA, data.to_vec())];
+    let pairs = vec![
+        (KEY_SNAPSHOT_META, encode(meta)),
+        (KEY_SNAPSHOT_DATA, data.to_vec()),
+    ];
     store.writer.submit(Op::PutMeta { pairs, done });
-    rx.await.map_err(|_| io::Error::other("storage writer stopped"))?
+    rx.await
+        .map_err(|_| io::Error::other("storage writer stopped"))?
 }
 
 /// Builds a snapshot of the vault as it was when the builder was made.
@@ -104,11 +126,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let data = encode(&SnapshotBody { vault: std::mem::take(&mut self.vault) });
-        let meta = SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone() };
+        let data = encode(&SnapshotBody {
+            vault: std::mem::take(&mut self.vault),
+        });
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+        };
         persist_snapshot(&self.store, &meta, &data).await?;
         tracing::info!(seq = self.seq, last_log_id = ?self.last_applied, bytes = data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: SnapshotData::new(data) })
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotData::new(data),
+        })
     }
 }
 
@@ -157,7 +187,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
         self.restore(meta, &data)?;
         persist_snapshot(&self.store, meta, &data).await?;

@@ -9,17 +9,29 @@ fn noop_fsync() -> FsyncObserver {
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
-    openraft::LogId::new(openraft::vote::leader_id_adv::LeaderId { term, node_id: 1 }, index)
+    openraft::LogId::new(
+        openraft::vote::leader_id_adv::LeaderId { term, node_id: 1 },
+        index,
+    )
 }
 
 fn entry(term: u64, index: u64) -> Entry {
-    let cmd = Command::InstallDataKey { version: index as u32, wrapped: vec![1], at_ms: index };
-    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(cmd) }
+    let cmd = Command::InstallDataKey {
+        version: index as u32,
+        wrapped: vec![1],
+        at_ms: index,
+    };
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(cmd),
+    }
 }
 
 async fn append(log: &mut LogStore, entries: Vec<Entry>) {
     let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
-    log.append(entries, IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
+    log.append(entries, IOFlushed::<TypeConfig>::signal(tx))
+        .await
+        .unwrap();
     rx.await.unwrap().unwrap();
 }
 
@@ -35,15 +47,27 @@ async fn roundtrip(mode: WriterMode) {
         append(&mut log, vec![entry(2, 9)]).await;
         log.purge(log_id(1, 3)).await.unwrap();
         store.set_cluster_id("c-1").await.unwrap();
-        assert!(store.set_cluster_id("c-2").await.is_err(), "a node never changes cluster");
+        assert!(
+            store.set_cluster_id("c-2").await.is_err(),
+            "a node never changes cluster"
+        );
     }
     let store = Store::open(&path, mode, noop_fsync()).unwrap();
     let mut log = LogStore::new(store.clone());
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
     assert_eq!(state.last_log_id, Some(log_id(2, 9)));
-    let got: Vec<_> = log.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.log_id).collect();
-    let want: Vec<_> = (4..=8).map(|i| log_id(1, i)).chain([log_id(2, 9)]).collect();
+    let got: Vec<_> = log
+        .try_get_log_entries(0..100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id)
+        .collect();
+    let want: Vec<_> = (4..=8)
+        .map(|i| log_id(1, i))
+        .chain([log_id(2, 9)])
+        .collect();
     assert_eq!(got, want);
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
     assert_eq!(store.cluster_id().unwrap().as_deref(), Some("c-1"));
@@ -65,14 +89,22 @@ async fn fresh_store_has_no_raft_state_and_canary_commits() {
     let dir = tempfile::tempdir().unwrap();
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c2 = count.clone();
-    let store = Store::open(&dir.path().join("k.redb"), WriterMode::Threaded, Arc::new(move |_| {
-        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }))
+    let store = Store::open(
+        &dir.path().join("k.redb"),
+        WriterMode::Threaded,
+        Arc::new(move |_| {
+            c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }),
+    )
     .unwrap();
     assert!(!store.has_raft_state().unwrap());
     assert_eq!(store.cluster_id().unwrap(), None);
     store.canary().await.unwrap();
-    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1, "the canary is one durable commit");
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the canary is one durable commit"
+    );
 }
 
 #[tokio::test]
@@ -80,15 +112,21 @@ async fn concurrent_appends_are_group_committed() {
     let dir = tempfile::tempdir().unwrap();
     let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c2 = commits.clone();
-    let store = Store::open(&dir.path().join("k.redb"), WriterMode::Threaded, Arc::new(move |_| {
-        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }))
+    let store = Store::open(
+        &dir.path().join("k.redb"),
+        WriterMode::Threaded,
+        Arc::new(move |_| {
+            c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }),
+    )
     .unwrap();
     let mut log = LogStore::new(store);
     let mut waits = Vec::new();
     for i in 1..=200 {
         let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
-        log.append(vec![entry(1, i)], IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
+        log.append(vec![entry(1, i)], IOFlushed::<TypeConfig>::signal(tx))
+            .await
+            .unwrap();
         waits.push(rx);
     }
     // Every entry is readable as soon as append returns, durable or not.
@@ -97,6 +135,9 @@ async fn concurrent_appends_are_group_committed() {
         w.await.unwrap().unwrap();
     }
     let n = commits.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(n < 200, "200 queued appends took {n} commits; expected batching");
+    assert!(
+        n < 200,
+        "200 queued appends took {n} commits; expected batching"
+    );
     assert_eq!(log.try_get_log_entries(1..=200).await.unwrap().len(), 200);
 }

@@ -61,13 +61,25 @@ impl Done {
 /// One durable change.
 pub(crate) enum Op {
     /// Appends serialized entries; `ids` lets the writer retire them from `pending`.
-    Append { rows: Vec<(u64, Vec<u8>)>, ids: Vec<LogId>, pending: Arc<Mutex<BTreeMap<u64, Entry>>>, done: Done },
+    Append {
+        rows: Vec<(u64, Vec<u8>)>,
+        ids: Vec<LogId>,
+        pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+        done: Done,
+    },
     /// Deletes every log entry with index `>= from`.
     TruncateFrom { from: u64, done: Done },
     /// Deletes every log entry with index `<= upto` and records the purge point.
-    PurgeUpto { upto: u64, purged: Vec<u8>, done: Done },
+    PurgeUpto {
+        upto: u64,
+        purged: Vec<u8>,
+        done: Done,
+    },
     /// Sets metadata keys.
-    PutMeta { pairs: Vec<(&'static str, Vec<u8>)>, done: Done },
+    PutMeta {
+        pairs: Vec<(&'static str, Vec<u8>)>,
+        done: Done,
+    },
     /// A tiny durable write that exercises the commit path (storage health check).
     Canary { done: Done },
 }
@@ -75,7 +87,9 @@ pub(crate) enum Op {
 impl Op {
     fn into_done(self) -> Done {
         match self {
-            Op::Append { ids, pending, done, .. } => {
+            Op::Append {
+                ids, pending, done, ..
+            } => {
                 let mut p = pending.lock().expect("pending lock");
                 for id in ids {
                     if p.get(&id.index).is_some_and(|e| e.log_id == id) {
@@ -84,7 +98,10 @@ impl Op {
                 }
                 done
             }
-            Op::TruncateFrom { done, .. } | Op::PurgeUpto { done, .. } | Op::PutMeta { done, .. } | Op::Canary { done } => done,
+            Op::TruncateFrom { done, .. }
+            | Op::PurgeUpto { done, .. }
+            | Op::PutMeta { done, .. }
+            | Op::Canary { done } => done,
         }
     }
 }
@@ -114,7 +131,11 @@ impl Drop for WriterInner {
 }
 
 impl Writer {
-    pub(crate) fn start(db: Arc<Database>, mode: WriterMode, fsync: FsyncObserver) -> io::Result<Writer> {
+    pub(crate) fn start(
+        db: Arc<Database>,
+        mode: WriterMode,
+        fsync: FsyncObserver,
+    ) -> io::Result<Writer> {
         let (tx, thread) = match mode {
             WriterMode::Inline => (None, None),
             WriterMode::Threaded => {
@@ -126,7 +147,14 @@ impl Writer {
                 (Some(Mutex::new(tx)), Some(thread))
             }
         };
-        Ok(Writer { inner: Arc::new(WriterInner { tx, thread, db, fsync }) })
+        Ok(Writer {
+            inner: Arc::new(WriterInner {
+                tx,
+                thread,
+                db,
+                fsync,
+            }),
+        })
     }
 
     /// Queues an operation (threaded) or commits it now (inline).
@@ -134,7 +162,8 @@ impl Writer {
         match &self.inner.tx {
             Some(tx) => {
                 if let Err(mpsc::SendError(op)) = tx.lock().expect("writer queue lock").send(op) {
-                    op.into_done().complete(&Err("storage writer stopped".into()));
+                    op.into_done()
+                        .complete(&Err("storage writer stopped".into()));
                 }
             }
             None => commit_batch(&self.inner.db, vec![op], &self.inner.fsync),
@@ -171,7 +200,8 @@ fn commit_batch(db: &Database, batch: Vec<Op>, fsync: &FsyncObserver) {
 
 fn write_all(db: &Database, batch: &[Op]) -> io::Result<()> {
     let mut txn = db.begin_write().map_err(io_err)?;
-    txn.set_durability(Durability::Immediate).map_err(|e| io::Error::other(e.to_string()))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     {
         let mut log = txn.open_table(LOG).map_err(io_err)?;
         let mut meta = txn.open_table(META).map_err(io_err)?;
@@ -187,7 +217,8 @@ fn write_all(db: &Database, batch: &[Op]) -> io::Result<()> {
                 }
                 Op::PurgeUpto { upto, purged, .. } => {
                     log.retain_in(..=*upto, |_, _| false).map_err(io_err)?;
-                    meta.insert(super::KEY_PURGED, purged.as_slice()).map_err(io_err)?;
+                    meta.insert(super::KEY_PURGED, purged.as_slice())
+                        .map_err(io_err)?;
                 }
                 Op::PutMeta { pairs, .. } => {
                     for (k, v) in pairs {
@@ -195,7 +226,8 @@ fn write_all(db: &Database, batch: &[Op]) -> io::Result<()> {
                     }
                 }
                 Op::Canary { .. } => {
-                    meta.insert("canary", encode(&started_marker()).as_slice()).map_err(io_err)?;
+                    meta.insert("canary", encode(&started_marker()).as_slice())
+                        .map_err(io_err)?;
                 }
             }
         }

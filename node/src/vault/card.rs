@@ -50,7 +50,9 @@ impl CardError {
             CardError::NotDigits => "card.number must contain digits only (no spaces or dashes)",
             CardError::BadLength => "card.number must be 12 to 19 digits long",
             CardError::LuhnFailed => "card.number fails the Luhn check; check for a mistyped digit",
-            CardError::BadExpiry => "card.exp_month must be 1-12 and card.exp_year a four-digit year",
+            CardError::BadExpiry => {
+                "card.exp_month must be 1-12 and card.exp_year a four-digit year"
+            }
             CardError::Expired => "the card's expiry date has passed",
         }
     }
@@ -149,7 +151,12 @@ pub enum Brand {
 impl Brand {
     /// Brand by issuer identification number prefix ranges.
     pub fn from_iin(digits: &str) -> Brand {
-        let prefix = |n: usize| digits.get(..n).and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+        let prefix = |n: usize| {
+            digits
+                .get(..n)
+                .and_then(|p| p.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
         let (p1, p2, p3, p4, p6) = (prefix(1), prefix(2), prefix(3), prefix(4), prefix(6));
         if p2 == 34 || p2 == 37 {
             Brand::Amex
@@ -159,7 +166,10 @@ impl Brand {
             Brand::Diners
         } else if (51..=55).contains(&p2) || (222100..=272099).contains(&p6) {
             Brand::Mastercard
-        } else if p4 == 6011 || p2 == 65 || (644..=649).contains(&p3) || (622126..=622925).contains(&p6)
+        } else if p4 == 6011
+            || p2 == 65
+            || (644..=649).contains(&p3)
+            || (622126..=622925).contains(&p6)
         {
             Brand::Discover
         } else if p1 == 4 {
@@ -189,7 +199,10 @@ impl Expiry {
         if (year, month) < now_ym {
             return Err(CardError::Expired);
         }
-        Ok(Expiry { month: month as u8, year: year as u16 })
+        Ok(Expiry {
+            month: month as u8,
+            year: year as u16,
+        })
     }
 }
 
@@ -237,10 +250,19 @@ mod tests {
         assert_eq!(Pan::parse("4242 4242 4242 4242"), Err(CardError::NotDigits));
         assert_eq!(Pan::parse(""), Err(CardError::NotDigits));
         assert_eq!(Pan::parse("42424242424"), Err(CardError::BadLength));
-        assert_eq!(Pan::parse("42424242424242424242"), Err(CardError::BadLength));
+        assert_eq!(
+            Pan::parse("42424242424242424242"),
+            Err(CardError::BadLength)
+        );
         assert_eq!(Pan::parse("4242424242424241"), Err(CardError::LuhnFailed));
-        let codes: std::collections::BTreeSet<_> =
-            [CardError::NotDigits, CardError::BadLength, CardError::LuhnFailed].iter().map(|e| e.code()).collect();
+        let codes: std::collections::BTreeSet<_> = [
+            CardError::NotDigits,
+            CardError::BadLength,
+            CardError::LuhnFailed,
+        ]
+        .iter()
+        .map(|e| e.code())
+        .collect();
         assert_eq!(codes.len(), 3);
     }
 

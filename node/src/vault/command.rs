@@ -25,7 +25,11 @@ pub struct SealedCard {
 
 impl fmt::Debug for SealedCard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SealedCard({:?} ****{} k{})", self.brand, self.last4, self.key_version)
+        write!(
+            f,
+            "SealedCard({:?} ****{} k{})",
+            self.brand, self.last4, self.key_version
+        )
     }
 }
 
@@ -34,11 +38,24 @@ impl fmt::Debug for SealedCard {
 #[non_exhaustive]
 pub enum Command {
     /// Adds a data key, wrapped by the key-encryption key, and makes it the active one.
-    InstallDataKey { version: u32, wrapped: Vec<u8>, at_ms: u64 },
+    InstallDataKey {
+        version: u32,
+        wrapped: Vec<u8>,
+        at_ms: u64,
+    },
     /// Creates a merchant with the hash of its secret key.
-    CreateMerchant { merchant_id: String, name: String, secret_key_sha256: String, at_ms: u64 },
+    CreateMerchant {
+        merchant_id: String,
+        name: String,
+        secret_key_sha256: String,
+        at_ms: u64,
+    },
     /// Replaces a merchant's secret key hash; the old key stops working at once.
-    RotateMerchantKey { merchant_id: String, secret_key_sha256: String, at_ms: u64 },
+    RotateMerchantKey {
+        merchant_id: String,
+        secret_key_sha256: String,
+        at_ms: u64,
+    },
     /// Stores a sealed card under a new token.
     Tokenize {
         merchant_id: String,
@@ -55,9 +72,15 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::InstallDataKey { version, .. } => write!(f, "install_data_key(v{version})"),
-            Command::CreateMerchant { merchant_id, .. } => write!(f, "create_merchant({merchant_id})"),
-            Command::RotateMerchantKey { merchant_id, .. } => write!(f, "rotate_merchant_key({merchant_id})"),
-            Command::Tokenize { merchant_id, token, .. } => write!(f, "tokenize({merchant_id}, {token})"),
+            Command::CreateMerchant { merchant_id, .. } => {
+                write!(f, "create_merchant({merchant_id})")
+            }
+            Command::RotateMerchantKey { merchant_id, .. } => {
+                write!(f, "rotate_merchant_key({merchant_id})")
+            }
+            Command::Tokenize {
+                merchant_id, token, ..
+            } => write!(f, "tokenize({merchant_id}, {token})"),
         }
     }
 }
@@ -113,7 +136,9 @@ impl Refusal {
 pub enum Response {
     /// A blank or membership entry: nothing for a client.
     None,
-    DataKeyInstalled { version: u32 },
+    DataKeyInstalled {
+        version: u32,
+    },
     Merchant(MerchantInfo),
     Tokenized(TokenMeta),
     Refused(Refusal),

@@ -48,14 +48,31 @@ impl VaultState {
     /// Applies one command. Pure: the result depends only on `self` and `cmd`.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         let response = match cmd {
-            Command::InstallDataKey { version, wrapped, at_ms } => self.install_data_key(*version, wrapped, *at_ms),
-            Command::CreateMerchant { merchant_id, name, secret_key_sha256, at_ms } => {
-                self.create_merchant(merchant_id, name, secret_key_sha256, *at_ms)
-            }
-            Command::RotateMerchantKey { merchant_id, secret_key_sha256, at_ms } => {
-                self.rotate_merchant_key(merchant_id, secret_key_sha256, *at_ms)
-            }
-            Command::Tokenize { merchant_id, token, kind, member_id, card, at_ms, expires_at_ms } => {
+            Command::InstallDataKey {
+                version,
+                wrapped,
+                at_ms,
+            } => self.install_data_key(*version, wrapped, *at_ms),
+            Command::CreateMerchant {
+                merchant_id,
+                name,
+                secret_key_sha256,
+                at_ms,
+            } => self.create_merchant(merchant_id, name, secret_key_sha256, *at_ms),
+            Command::RotateMerchantKey {
+                merchant_id,
+                secret_key_sha256,
+                at_ms,
+            } => self.rotate_merchant_key(merchant_id, secret_key_sha256, *at_ms),
+            Command::Tokenize {
+                merchant_id,
+                token,
+                kind,
+                member_id,
+                card,
+                at_ms,
+                expires_at_ms,
+            } => {
                 let record = TokenRecord {
                     merchant_id: merchant_id.clone(),
                     kind: *kind,
@@ -77,7 +94,13 @@ impl VaultState {
         if self.data_keys.contains_key(&version) {
             return Response::Refused(Refusal::DataKeyExists { version });
         }
-        self.data_keys.insert(version, WrappedDataKey { wrapped: wrapped.to_vec(), installed_at_ms: at_ms });
+        self.data_keys.insert(
+            version,
+            WrappedDataKey {
+                wrapped: wrapped.to_vec(),
+                installed_at_ms: at_ms,
+            },
+        );
         Response::DataKeyInstalled { version }
     }
 
@@ -136,13 +159,19 @@ impl VaultState {
 
     /// All merchants, by id.
     pub fn merchants(&self) -> Vec<MerchantInfo> {
-        self.merchants.keys().filter_map(|id| self.merchant_info(id)).collect()
+        self.merchants
+            .keys()
+            .filter_map(|id| self.merchant_info(id))
+            .collect()
     }
 
     /// The token's metadata, only when `merchant_id` owns it: to any other merchant a
     /// token does not exist.
     pub fn token_for(&self, merchant_id: &str, token: &str) -> Option<TokenMeta> {
-        self.tokens.get(token).filter(|r| r.merchant_id == merchant_id).map(|r| token_meta(token, r))
+        self.tokens
+            .get(token)
+            .filter(|r| r.merchant_id == merchant_id)
+            .map(|r| token_meta(token, r))
     }
 
     /// Number of tokens stored.
@@ -152,7 +181,10 @@ impl VaultState {
 
     /// The newest data key: its version and wrapped bytes.
     pub fn active_data_key(&self) -> Option<(u32, &[u8])> {
-        self.data_keys.iter().next_back().map(|(v, k)| (*v, k.wrapped.as_slice()))
+        self.data_keys
+            .iter()
+            .next_back()
+            .map(|(v, k)| (*v, k.wrapped.as_slice()))
     }
 
     /// A data key by version.
@@ -168,7 +200,11 @@ impl VaultState {
     /// Checks the invariants that every reachable state satisfies. Returns the first violation.
     pub fn validate(&self) -> Result<(), String> {
         if self.key_index.len() != self.merchants.len() {
-            return Err(format!("{} key hashes for {} merchants", self.key_index.len(), self.merchants.len()));
+            return Err(format!(
+                "{} key hashes for {} merchants",
+                self.key_index.len(),
+                self.merchants.len()
+            ));
         }
         for (hash, id) in &self.key_index {
             match self.merchants.get(id) {
@@ -178,13 +214,21 @@ impl VaultState {
         }
         for (token, r) in &self.tokens {
             if !self.merchants.contains_key(&r.merchant_id) {
-                return Err(format!("token {token} belongs to unknown merchant {}", r.merchant_id));
+                return Err(format!(
+                    "token {token} belongs to unknown merchant {}",
+                    r.merchant_id
+                ));
             }
             if !self.data_keys.contains_key(&r.card.key_version) {
-                return Err(format!("token {token} sealed under missing data key v{}", r.card.key_version));
+                return Err(format!(
+                    "token {token} sealed under missing data key v{}",
+                    r.card.key_version
+                ));
             }
             if (r.kind == TokenKind::CardOnFile) != r.member_id.is_some() {
-                return Err(format!("token {token}: member id must be set exactly for card-on-file tokens"));
+                return Err(format!(
+                    "token {token}: member id must be set exactly for card-on-file tokens"
+                ));
             }
             if r.created_at_ms > self.clock_ms {
                 return Err(format!("token {token} created after the state clock"));
@@ -249,9 +293,23 @@ mod tests {
     fn seeded() -> VaultState {
         let mut s = VaultState::default();
         let steps = [
-            Command::InstallDataKey { version: 1, wrapped: vec![9; 60], at_ms: 1 },
-            Command::CreateMerchant { merchant_id: "a".into(), name: "A".into(), secret_key_sha256: "ha".into(), at_ms: 2 },
-            Command::CreateMerchant { merchant_id: "b".into(), name: "B".into(), secret_key_sha256: "hb".into(), at_ms: 3 },
+            Command::InstallDataKey {
+                version: 1,
+                wrapped: vec![9; 60],
+                at_ms: 1,
+            },
+            Command::CreateMerchant {
+                merchant_id: "a".into(),
+                name: "A".into(),
+                secret_key_sha256: "ha".into(),
+                at_ms: 2,
+            },
+            Command::CreateMerchant {
+                merchant_id: "b".into(),
+                name: "B".into(),
+                secret_key_sha256: "hb".into(),
+                at_ms: 3,
+            },
         ];
         for c in &steps {
             assert!(!matches!(s.apply(c), Response::Refused(_)), "{c}");
@@ -276,11 +334,22 @@ mod tests {
         let mut s = seeded();
         s.apply(&tokenize("a", "tok_1", 10));
         let before = s.clone();
-        assert_eq!(s.apply(&tokenize("b", "tok_1", 11)), Response::Refused(Refusal::TokenIdTaken));
+        assert_eq!(
+            s.apply(&tokenize("b", "tok_1", 11)),
+            Response::Refused(Refusal::TokenIdTaken)
+        );
         assert_eq!(s.token_for("a", "tok_1"), before.token_for("a", "tok_1"));
-        assert_eq!(s.apply(&tokenize("zz", "tok_9", 12)), Response::Refused(Refusal::UnknownMerchant));
+        assert_eq!(
+            s.apply(&tokenize("zz", "tok_9", 12)),
+            Response::Refused(Refusal::UnknownMerchant)
+        );
         assert_eq!(s.token_count(), 1);
-        let dup = Command::CreateMerchant { merchant_id: "a".into(), name: "again".into(), secret_key_sha256: "x".into(), at_ms: 13 };
+        let dup = Command::CreateMerchant {
+            merchant_id: "a".into(),
+            name: "again".into(),
+            secret_key_sha256: "x".into(),
+            at_ms: 13,
+        };
         assert_eq!(s.apply(&dup), Response::Refused(Refusal::MerchantExists));
         assert_eq!(s.merchant_by_key_hash("ha"), Some("a"));
         assert_eq!(s.merchant_by_key_hash("x"), None);
@@ -290,7 +359,11 @@ mod tests {
     #[test]
     fn rotating_a_key_retires_the_old_one() {
         let mut s = seeded();
-        let rot = Command::RotateMerchantKey { merchant_id: "a".into(), secret_key_sha256: "ha2".into(), at_ms: 20 };
+        let rot = Command::RotateMerchantKey {
+            merchant_id: "a".into(),
+            secret_key_sha256: "ha2".into(),
+            at_ms: 20,
+        };
         assert!(matches!(s.apply(&rot), Response::Merchant(ref m) if m.key_rotated_at_ms == 20));
         assert_eq!(s.merchant_by_key_hash("ha"), None);
         assert_eq!(s.merchant_by_key_hash("ha2"), Some("a"));
@@ -299,7 +372,15 @@ mod tests {
 
     #[test]
     fn apply_is_deterministic_and_snapshot_round_trips() {
-        let cmds: Vec<Command> = (0..50).map(|i| tokenize(if i % 2 == 0 { "a" } else { "b" }, &format!("tok_{i}"), 100 + i)).collect();
+        let cmds: Vec<Command> = (0..50)
+            .map(|i| {
+                tokenize(
+                    if i % 2 == 0 { "a" } else { "b" },
+                    &format!("tok_{i}"),
+                    100 + i,
+                )
+            })
+            .collect();
         let (mut x, mut y) = (seeded(), seeded());
         let rx: Vec<_> = cmds.iter().map(|c| x.apply(c)).collect();
         let ry: Vec<_> = cmds.iter().map(|c| y.apply(c)).collect();

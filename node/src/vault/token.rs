@@ -25,8 +25,9 @@ pub fn opaque_token_id(random: [u8; 16]) -> String {
 
 /// True when `s` has the shape of a token id kura issues (used to answer 404 early).
 pub fn looks_like_token_id(s: &str) -> bool {
-    s.strip_prefix("tok_")
-        .is_some_and(|rest| rest.len() == BASE62_U128_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+    s.strip_prefix("tok_").is_some_and(|rest| {
+        rest.len() == BASE62_U128_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
 }
 
 /// The two kinds of token a merchant can hold.
