@@ -11,7 +11,7 @@ test:
 
 # Only the turmoil simulations.
 sim:
-    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target-sim cargo test -p kura-cluster-tests --features sim -- --nocapture
+    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target-sim cargo test -p kura-cluster-tests --features sim --test sim_smoke -- --nocapture
 
 # Cluster status of the local cluster.
 status:

@@ -9,31 +9,43 @@ use std::time::{Duration, Instant};
 /// Names of the three nodes, in id order.
 pub const NAMES: [&str; 3] = ["main", "dr", "bk"];
 
-/// The `kura` binary: `$KURA_BIN`, or the one next to this test's target directory
-/// (built on demand with the same profile).
+/// The `kura` binary: `$KURA_BIN`, or the one in this test's target directory
+/// (built once per test process, with the same profile, if it is missing).
 pub fn kura_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("KURA_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir");
-    let bin = dir.join("kura");
-    if !bin.exists() {
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "kura-node", "--bin", "kura"]);
-        if release {
-            cmd.arg("--release");
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("KURA_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("test exe path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir")
+            .to_path_buf();
+        let bin = dir.join("kura");
+        if !bin.exists() {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-p", "kura-node", "--bin", "kura"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            if let Some(target) = dir.parent() {
+                cmd.env("CARGO_TARGET_DIR", target);
+            }
+            assert!(
+                cmd.status().expect("cargo build").success(),
+                "building the kura binary failed"
+            );
         }
         assert!(
-            cmd.status().expect("cargo build").success(),
-            "building the kura binary failed"
+            bin.exists(),
+            "no kura binary at {}; set KURA_BIN",
+            bin.display()
         );
-    }
-    bin
+        bin
+    })
+    .clone()
 }
 
 fn free_port() -> u16 {
