@@ -283,3 +283,46 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_transfer_moves_leadership_to_the_named_node_and_writes_continue() {
+    let c = ProcCluster::start("");
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let key = c.merchant("shop").await;
+    let client = c.client(&[0, 1, 2], &key);
+    for target in [(leader + 1) % 3, (leader + 2) % 3, leader] {
+        let r = c
+            .admin()
+            .call(
+                http::Method::POST,
+                "/admin/v1/leader/transfer",
+                Some(serde_json::json!({ "to": NAMES[target] })),
+            )
+            .await
+            .expect("transfer");
+        assert_eq!(r.body["leader"], NAMES[target]);
+        let s = c.status(target).await.unwrap();
+        assert_eq!(
+            s["state"], "leader",
+            "{} should lead after the transfer: {s}",
+            NAMES[target]
+        );
+        client
+            .tokenize(&tokenize_req(target as u32))
+            .await
+            .expect("writes continue after a transfer");
+    }
+    let unknown = c
+        .admin()
+        .call(
+            http::Method::POST,
+            "/admin/v1/leader/transfer",
+            Some(serde_json::json!({ "to": "nowhere" })),
+        )
+        .await;
+    assert!(
+        matches!(unknown, Err(Error::Api { status: 404, .. })),
+        "{unknown:?}"
+    );
+}

@@ -11,18 +11,12 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 
-/// Labels of API request counters.
+/// Labels of API request counters and latency histograms.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub endpoint: String,
     pub method: String,
     pub status_class: String,
-}
-
-/// Labels of API latency histograms.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
-    pub endpoint: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -43,7 +37,7 @@ pub struct Metrics {
     pub store_log_fsync: Histogram,
     pub vault_tokens: Gauge,
     pub api_requests: Family<RequestLabels, Counter>,
-    pub api_request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    pub api_request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -123,7 +117,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "api_request_duration",
-            "API request latency by route, including forwarding to the leader",
+            "API request latency by route, method and status class, including forwarding to the leader",
             Unit::Seconds,
             m.api_request_duration.clone(),
         );
@@ -147,9 +141,7 @@ impl Metrics {
         };
         self.api_requests.get_or_create(&labels).inc();
         self.api_request_duration
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.to_owned(),
-            })
+            .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
     }
 }
@@ -172,7 +164,7 @@ mod tests {
             "# UNIT kura_store_log_fsync_duration_seconds seconds",
             "kura_store_log_fsync_duration_seconds_count 1",
             "kura_api_requests_total{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"} 1",
-            "kura_api_request_duration_seconds_count{endpoint=\"/v1/tokens\"} 1",
+            "kura_api_request_duration_seconds_count{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -133,3 +133,36 @@ pub async fn list_merchants(State(st): St, headers: HeaderMap) -> HttpResponse {
         .await,
     )
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Transfer {
+    to: String,
+}
+
+/// `POST /admin/v1/leader/transfer`: `{"to": "<member name>"}` moves leadership there and
+/// answers once that node leads.
+pub async fn transfer_leader(
+    State(st): St,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    result(
+        async {
+            st.admin(&headers)?;
+            let input: Transfer = super::problem::parse_json(&body_or_problem(body)?)?;
+            let to = st.cluster.member_id(&input.to).ok_or_else(|| {
+                Problem::not_found("member_not_found", "no member with this name")
+            })?;
+            if to != st.cluster.id() {
+                let timeout = std::time::Duration::from_millis(st.settings.write_timeout_ms);
+                st.cluster.transfer_leader(to, timeout).await.map_err(|e| {
+                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "transfer_failed", e)
+                })?;
+                tracing::info!(to = %input.to, cause = "operator", "leadership transferred");
+            }
+            Ok(axum::Json(json!({ "leader": input.to })).into_response())
+        }
+        .await,
+    )
+}

@@ -96,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/v1/merchants/{id}/rotate-key",
             post(admin::rotate_key),
         )
+        .route("/admin/v1/leader/transfer", post(admin::transfer_leader))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             forward::to_leader,

@@ -356,13 +356,41 @@ impl Cluster {
         serde_json::from_slice(resp.body()).map_err(|e| e.to_string())
     }
 
-    /// Asks the Raft core to hand leadership to `to` (the caller checks it is sensible).
-    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), String> {
+    /// The member id of the voter named `name`.
+    pub fn member_id(&self, name: &str) -> Option<NodeId> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.name == name)
+            .map(|(id, _)| *id)
+    }
+
+    /// Hands leadership to `to` and waits until this node sees `to` lead, up to `timeout`.
+    /// Only the leader can do this.
+    pub async fn transfer_leader(&self, to: NodeId, timeout: Duration) -> Result<(), String> {
+        if !self.is_leader() {
+            return Err("this node is not the leader".into());
+        }
+        let mut watch = self.watch();
         self.raft
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let wait = async {
+            while self.status().leader_id != Some(to) {
+                if !watch.changed().await {
+                    return false;
+                }
+            }
+            true
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the Raft node stopped".into()),
+            Err(_) => Err(format!(
+                "node {to} did not take leadership within {timeout:?}"
+            )),
+        }
     }
 
     /// A snapshot of this node's Raft view, for status and metrics.
