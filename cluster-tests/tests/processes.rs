@@ -313,6 +313,36 @@ async fn operator_transfer_moves_leadership_to_the_named_node_and_writes_continu
             .await
             .expect("writes continue after a transfer");
     }
+    // The leader's metrics reflect what just happened.
+    let metrics = c
+        .client(&[leader], "")
+        .call(http::Method::GET, "/metrics", None)
+        .await
+        .expect("metrics");
+    let text = metrics.body.as_str().expect("text exposition").to_owned();
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+        line.and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(value("kura_raft_is_leader"), 1.0);
+    assert_eq!(value("kura_raft_has_leader"), 1.0);
+    assert!(
+        value("kura_raft_leader_changes_total") >= 3.0,
+        "three transfers were seen"
+    );
+    assert!(value("kura_raft_applied_index") >= 5.0);
+    assert!(value("kura_store_log_fsync_duration_seconds_count") > 0.0);
+    assert!(
+        text.contains(
+            "kura_api_requests_total{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"}"
+        ),
+        "{text}"
+    );
+
     let unknown = c
         .admin()
         .call(
