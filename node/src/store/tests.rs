@@ -84,19 +84,25 @@ async fn log_vote_truncate_purge_survive_reopen_inline() {
     roundtrip(WriterMode::Inline).await;
 }
 
+/// A threaded store in a temporary directory that counts its durable commits.
+fn counting_store() -> (
+    tempfile::TempDir,
+    Store,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = commits.clone();
+    let observer: FsyncObserver = Arc::new(move |_| {
+        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let store = Store::open(&dir.path().join("k.redb"), WriterMode::Threaded, observer).unwrap();
+    (dir, store, commits)
+}
+
 #[tokio::test]
 async fn fresh_store_has_no_raft_state_and_canary_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c2 = count.clone();
-    let store = Store::open(
-        &dir.path().join("k.redb"),
-        WriterMode::Threaded,
-        Arc::new(move |_| {
-            c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }),
-    )
-    .unwrap();
+    let (_dir, store, count) = counting_store();
     assert!(!store.has_raft_state().unwrap());
     assert_eq!(store.cluster_id().unwrap(), None);
     store.canary().await.unwrap();
@@ -109,17 +115,7 @@ async fn fresh_store_has_no_raft_state_and_canary_commits() {
 
 #[tokio::test]
 async fn concurrent_appends_are_group_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c2 = commits.clone();
-    let store = Store::open(
-        &dir.path().join("k.redb"),
-        WriterMode::Threaded,
-        Arc::new(move |_| {
-            c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }),
-    )
-    .unwrap();
+    let (_dir, store, commits) = counting_store();
     let mut log = LogStore::new(store);
     let mut waits = Vec::new();
     for i in 1..=200 {
