@@ -356,3 +356,84 @@ async fn operator_transfer_moves_leadership_to_the_named_node_and_writes_continu
         "{unknown:?}"
     );
 }
+
+/// Sends raw bytes to `/v1/tokens` on `addr` and returns (status, content type, body).
+async fn raw_tokenize(addr: &str, key: &str, body: Vec<u8>) -> (u16, String, serde_json::Value) {
+    use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector};
+    let pool = HttpPool::new(Arc::new(TcpConnector), tokio_spawner(), 1 << 20);
+    let req = http::Request::post("/v1/tokens")
+        .header(http::header::HOST, addr)
+        .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = pool
+        .send(addr, req, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    let ct = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (
+        resp.status().as_u16(),
+        ct,
+        serde_json::from_slice(resp.body()).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_problem_with_a_stable_code_and_writes_nothing() {
+    let c = ProcCluster::start("");
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let key = c.merchant("shop").await;
+    let follower = (leader + 1) % 3;
+    c.client(&[follower], &key)
+        .tokenize(&tokenize_req(1))
+        .await
+        .expect("a good write first");
+    let before = c.status(leader).await.unwrap()["last_log_index"].clone();
+
+    let good = |number: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "card": {"number": number, "exp_month": 12, "exp_year": 2031}, "kind": "card_on_file", "member_id": "m"
+        }))
+        .unwrap()
+    };
+    let cases: Vec<(Vec<u8>, &str, u16, &str)> = vec![
+        (vec![b' '; 200 * 1024], key.as_str(), 413, "request_too_large"),
+        (b"{not json".to_vec(), key.as_str(), 400, "invalid_json"),
+        (br#"{"card":{"number":"4242424242424242","exp_month":12,"exp_year":2031},"kind":"gift"}"#.to_vec(), key.as_str(), 400, "invalid_json"),
+        (good("4242424242424241"), key.as_str(), 422, "card_number_luhn"),
+        (good("4242-4242-4242-4242"), key.as_str(), 422, "card_number_not_digits"),
+        (good("42424242"), key.as_str(), 422, "card_number_length"),
+        (good("4242424242424242"), "sk_not_a_key", 401, "unauthorized"),
+    ];
+    for node in [leader, follower] {
+        for (body, bearer, status, code) in &cases {
+            let (got, ct, problem) = raw_tokenize(&c.api[node], bearer, body.clone()).await;
+            assert_eq!(
+                (got, problem["code"].as_str().unwrap_or_default()),
+                (*status, *code),
+                "node {node}: {problem}"
+            );
+            assert_eq!(ct, "application/problem+json");
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(
+                !detail.contains("4242"),
+                "the detail must not echo the card: {detail}"
+            );
+        }
+    }
+    assert_eq!(
+        c.status(leader).await.unwrap()["last_log_index"],
+        before,
+        "refused requests wrote nothing"
+    );
+    c.client(&[leader], &key)
+        .tokenize(&tokenize_req(2))
+        .await
+        .expect("the node still serves");
+}

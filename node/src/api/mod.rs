@@ -16,7 +16,7 @@ use crate::crypto::{api_key_hash, Entropy, KeyRing};
 use crate::metrics::Metrics;
 use crate::net::HttpPool;
 use crate::vault::{Command, Response};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::routing::{get, post};
@@ -114,6 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "no such route; see the API reference in README.md",
             )
         })
+        .layer(DefaultBodyLimit::max(state.settings.request_body_bytes_max))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

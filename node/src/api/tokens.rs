@@ -122,13 +122,6 @@ async fn tokenize(
 ) -> Result<TokenMeta, Problem> {
     let merchant_id = st.merchant(headers)?;
     let body = body_or_problem(body)?;
-    if body.len() > st.settings.request_body_bytes_max {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            "the request body is too large",
-        ));
-    }
     let input: TokenizeIn = super::problem::parse_json(&body)?;
     check_member_id(input.kind, &input.member_id)?;
     let now_ms = st.now_ms();

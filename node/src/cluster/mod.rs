@@ -295,17 +295,49 @@ impl Cluster {
     /// peer already belongs to a cluster or holds Raft data, so that two clusters are
     /// never silently merged or formed twice.
     pub async fn init(&self, id_if_new: String) -> Result<InitOutcome, String> {
-        if let Some(id) = self.cluster_id() {
-            return Ok(InitOutcome {
-                cluster_id: id,
-                already_initialized: true,
-            });
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| e.to_string())?;
+        let existing = self.cluster_id();
+        match (&existing, initialized) {
+            (Some(id), true) => {
+                return Ok(InitOutcome {
+                    cluster_id: id.clone(),
+                    already_initialized: true,
+                });
+            }
+            // An earlier init recorded the id but did not finish: finish it with that id.
+            (Some(_), false) => {}
+            (None, _) if self.store.has_raft_state().map_err(|e| e.to_string())? => {
+                return Err(
+                    "this node has Raft data but no cluster id; refusing to form a cluster".into(),
+                );
+            }
+            (None, _) => {}
         }
-        if self.store.has_raft_state().map_err(|e| e.to_string())? {
-            return Err(
-                "this node has Raft data but no cluster id; refusing to form a cluster".into(),
-            );
-        }
+        let id = existing.unwrap_or(id_if_new);
+        self.check_peers_can_join(&id).await?;
+        self.store
+            .set_cluster_id(&id)
+            .await
+            .map_err(|e| e.to_string())?;
+        *self.cluster_id.write().expect("cluster id lock") = Some(id.clone());
+        self.raft
+            .initialize(self.members.clone())
+            .await
+            .map_err(|e| format!("raft initialize failed: {e}"))?;
+        tracing::info!(cluster_id = %id, members = self.members.len(), "cluster formed");
+        Ok(InitOutcome {
+            cluster_id: id,
+            already_initialized: false,
+        })
+    }
+
+    /// Every peer must answer, be the node the config says, and belong to no cluster
+    /// other than `id` (a peer may already carry `id` from an unfinished init).
+    async fn check_peers_can_join(&self, id: &str) -> Result<(), String> {
         for (peer_id, m) in self.members.iter().filter(|(i, _)| **i != self.id) {
             let ident = self
                 .peer_identity(m)
@@ -317,30 +349,20 @@ impl Cluster {
                     m.raft_addr, ident.node_id
                 ));
             }
-            if let Some(theirs) = ident.cluster_id {
-                return Err(format!(
-                    "peer {} already belongs to cluster {theirs}",
-                    m.name
-                ));
-            }
-            if ident.has_data {
-                return Err(format!("peer {} has Raft data but no cluster id", m.name));
+            match ident.cluster_id {
+                Some(theirs) if theirs != id => {
+                    return Err(format!(
+                        "peer {} already belongs to cluster {theirs}",
+                        m.name
+                    ));
+                }
+                None if ident.has_data => {
+                    return Err(format!("peer {} has Raft data but no cluster id", m.name))
+                }
+                _ => {}
             }
         }
-        self.store
-            .set_cluster_id(&id_if_new)
-            .await
-            .map_err(|e| e.to_string())?;
-        *self.cluster_id.write().expect("cluster id lock") = Some(id_if_new.clone());
-        self.raft
-            .initialize(self.members.clone())
-            .await
-            .map_err(|e| format!("raft initialize failed: {e}"))?;
-        tracing::info!(cluster_id = %id_if_new, members = self.members.len(), "cluster formed");
-        Ok(InitOutcome {
-            cluster_id: id_if_new,
-            already_initialized: false,
-        })
+        Ok(())
     }
 
     async fn peer_identity(&self, m: &Member) -> Result<server::Identity, String> {
