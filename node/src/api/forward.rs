@@ -1,6 +1,7 @@
 //! Transparent forwarding of leader-only requests from followers to the leader.
 
 use super::{AppState, Problem, St};
+use crate::cluster::WriteError;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
@@ -17,9 +18,19 @@ pub const FORWARDED_HEADER: &str = "kura-forwarded-by";
 /// Runs the request here when this node leads; otherwise proxies it to the leader.
 pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
     if st.cluster.is_leader() {
-        let mut resp = next.run(req).await;
-        set_leader_header(&mut resp, &st.cluster.me().api_addr);
-        return resp;
+        let timeout = Duration::from_millis(st.settings.write_timeout_ms);
+        return match st.cluster.leader_caught_up(timeout).await {
+            Ok(()) => {
+                let mut resp = next.run(req).await;
+                set_leader_header(&mut resp, &st.cluster.me().api_addr);
+                resp
+            }
+            Err(WriteError::NotLeader { .. }) => Problem::not_leader(
+                "leadership moved before the request ran; nothing was done; retry",
+            )
+            .into_response(),
+            Err(_) => Problem::no_leader().into_response(),
+        };
     }
     if req.headers().contains_key(FORWARDED_HEADER) {
         return Problem::not_leader("this node is no longer the leader; nothing was done; retry")

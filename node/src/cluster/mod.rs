@@ -259,6 +259,44 @@ impl Cluster {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
+    /// Waits until this leader has applied an entry of its own term — its term-start
+    /// blank entry — so that its vault reflects every write acknowledged before it led.
+    /// Until then its local state may lag: a merchant created a moment ago would not
+    /// authenticate. Fails at once if this node is not the leader.
+    pub async fn leader_caught_up(&self, timeout: Duration) -> Result<(), WriteError> {
+        let mut watch = self.watch();
+        let wait = async {
+            loop {
+                let (state, term, applied_term) = {
+                    let m = self.raft.metrics().borrow_watched().clone();
+                    (
+                        m.state,
+                        m.current_term,
+                        m.last_applied.map(|l| l.leader_id.term),
+                    )
+                };
+                if state != ServerState::Leader {
+                    return Err(WriteError::NotLeader {
+                        leader: self.leader().map(|(_, m)| m),
+                    });
+                }
+                if applied_term == Some(term) {
+                    return Ok(());
+                }
+                if !watch.changed().await {
+                    return Err(WriteError::Unavailable("the Raft node stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(WriteError::Unavailable(
+                    "the new leader did not catch up in time".into(),
+                ))
+            })
+    }
+
     /// Proposes `cmd` and waits until it is committed and applied here.
     pub async fn write(&self, cmd: Command) -> Result<Response, WriteError> {
         match self.raft.client_write(cmd).await {
