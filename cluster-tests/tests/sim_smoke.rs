@@ -203,11 +203,20 @@ fn run(seed: u64) -> Vec<String> {
     trace
 }
 
-const SEED: u64 = 7;
+/// The run seed: `KURA_SIM_SEED` or 7. A failure prints it; rerun with
+/// `KURA_SIM_SEED=<seed> just sim` to replay.
+fn seed() -> u64 {
+    std::env::var("KURA_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7)
+}
 
 #[test]
 fn real_nodes_on_simulated_hosts_fail_over_and_catch_up() {
-    let trace = run(SEED);
+    let seed = seed();
+    println!("seed {seed} (replay: KURA_SIM_SEED={seed} just sim)");
+    let trace = run(seed);
     for line in &trace {
         println!("TRACE {line}");
     }
@@ -241,6 +250,7 @@ fn the_same_seed_replays_the_same_trace() {
                 ])
                 .env("KURA_SIM_CHILD", "1")
                 .env_remove("RUST_LOG")
+                .env("KURA_SIM_SEED", seed().to_string())
                 .output()
                 .unwrap();
             assert!(
@@ -257,7 +267,9 @@ fn the_same_seed_replays_the_same_trace() {
         .collect();
     assert!(traces[0].len() > 5, "{:?}", traces[0]);
     assert_eq!(
-        traces[0], traces[1],
-        "seed {SEED} must replay the same trace"
+        traces[0],
+        traces[1],
+        "seed {} must replay the same trace",
+        seed()
     );
 }

@@ -95,11 +95,17 @@ pub struct Node {
 /// continues in background tasks until the runtime stops.
 pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     let me = cfg.me().clone();
-    let pool = Arc::new(HttpPool::new(
-        env.net.connector.clone(),
-        net::spawner(),
-        PEER_BODY_BYTES_MAX,
-    ));
+    // A peer that cannot complete a TCP handshake within an election timeout is treated
+    // as gone: forwarding to a dead leader must not outlast the election replacing it.
+    let connect_timeout = std::time::Duration::from_millis(cfg.raft.election_timeout_max_ms);
+    let pool = Arc::new(
+        HttpPool::new(
+            env.net.connector.clone(),
+            net::spawner(),
+            PEER_BODY_BYTES_MAX,
+        )
+        .with_connect_timeout(connect_timeout),
+    );
     let raft_listener = env
         .net
         .binder

@@ -88,6 +88,8 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Deadline for opening a connection (a dead host drops packets rather than refusing).
     pub connect_timeout: Duration,
+    /// How long an endpoint that could not be connected to is skipped (unless all are).
+    pub down_cooldown: Duration,
     /// Upper bound on attempts for one call.
     pub attempts_max: u32,
     /// Pause between attempts after `no_leader` (doubles, up to 8x).
@@ -102,6 +104,7 @@ impl ClientConfig {
             bearer: bearer.into(),
             attempt_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_millis(500),
+            down_cooldown: Duration::from_secs(2),
             attempts_max: 12,
             backoff: Duration::from_millis(50),
         }
@@ -120,6 +123,8 @@ struct Inner {
     /// Index into `cfg.endpoints` of the node to try first; always in range.
     /// Index into `cfg.endpoints` of the node to try first; always in range.
     preferred: AtomicUsize,
+    /// Per endpoint: until when to skip it after a failed connect (a dead host).
+    down_until: std::sync::Mutex<Vec<Option<tokio::time::Instant>>>,
 }
 
 /// A decoded API answer.
@@ -147,11 +152,13 @@ impl Client {
         );
         let pool =
             HttpPool::new(connector, spawn, 16 << 20).with_connect_timeout(cfg.connect_timeout);
+        let down_until = std::sync::Mutex::new(vec![None; cfg.endpoints.len()]);
         Client {
             inner: Arc::new(Inner {
                 cfg,
                 pool,
                 preferred: AtomicUsize::new(0),
+                down_until,
             }),
         }
     }
@@ -184,10 +191,11 @@ impl Client {
         let mut backoff = self.inner.cfg.backoff;
         let mut last = String::from("no attempt made");
         for attempt in 1..=self.inner.cfg.attempts_max {
-            let idx = self.inner.preferred.load(Ordering::Relaxed);
+            let idx = self.pick();
             let addr = self.inner.cfg.endpoints[idx].clone();
             match self.attempt(&addr, &method, path, body.clone()).await {
                 Ok(resp) => {
+                    self.mark(idx, None);
                     self.follow_leader_hint(&resp);
                     let (status, body) = (resp.status(), parse_body(resp.body()));
                     if status.is_success() {
@@ -209,6 +217,12 @@ impl Client {
                 Err(e) if e.never_sent() || idempotent => {
                     tracing::debug!(%addr, attempt, error = %e, "kura node unavailable, trying the next");
                     self.inner.pool.forget(&addr);
+                    if e.never_sent() {
+                        self.mark(
+                            idx,
+                            Some(tokio::time::Instant::now() + self.inner.cfg.down_cooldown),
+                        );
+                    }
                     last = e.to_string();
                     self.rotate(idx);
                     if attempt % n as u32 == 0 {
@@ -253,6 +267,32 @@ impl Client {
             .pool
             .send(addr, req, self.inner.cfg.attempt_timeout)
             .await
+    }
+
+    /// The preferred endpoint, or the next one not in its cooldown (the preferred one if
+    /// every endpoint is cooling down). Makes the choice the new preference.
+    fn pick(&self) -> usize {
+        let n = self.inner.cfg.endpoints.len();
+        let preferred = self.inner.preferred.load(Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let down = self.inner.down_until.lock().expect("down lock");
+        let up = (0..n)
+            .map(|k| (preferred + k) % n)
+            .find(|&i| down[i].is_none_or(|t| t <= now));
+        let chosen = up.unwrap_or(preferred);
+        if chosen != preferred {
+            let _ = self.inner.preferred.compare_exchange(
+                preferred,
+                chosen,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        chosen
+    }
+
+    fn mark(&self, idx: usize, until: Option<tokio::time::Instant>) {
+        self.inner.down_until.lock().expect("down lock")[idx] = until;
     }
 
     /// Moves on from endpoint `from`, unless another call already moved the preference.
@@ -397,5 +437,39 @@ mod tests {
         let ok = client.call(Method::GET, "/", None).await.unwrap();
         assert_eq!(ok.body["ok"], true);
         assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    /// Counts connection attempts per address, then connects over TCP.
+    #[derive(Default)]
+    struct CountingConnector(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+    impl Connector for CountingConnector {
+        fn connect<'a>(&'a self, addr: &'a str) -> wire::BoxFut<'a, std::io::Result<wire::BoxIo>> {
+            *self.0.lock().unwrap().entry(addr.to_owned()).or_default() += 1;
+            TcpConnector.connect(addr)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_failed_to_connect_is_skipped_during_its_cooldown() {
+        let (live, seen) = fake_node(4).await;
+        let dead = dead_addr();
+        let counter = Arc::new(CountingConnector::default());
+        let client = Client::with_connector(
+            config(vec![dead.clone(), live], 30),
+            counter.clone(),
+            wire::tokio_spawner(),
+        );
+        let r = client
+            .call(Method::POST, "/v1/tokens", Some(serde_json::json!({})))
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(seen.load(Ordering::SeqCst), 5);
+        assert_eq!(
+            counter.0.lock().unwrap()[&dead],
+            1,
+            "the dead endpoint is tried once, then skipped"
+        );
     }
 }
