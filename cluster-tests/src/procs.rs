@@ -48,12 +48,21 @@ pub fn kura_bin() -> PathBuf {
     .clone()
 }
 
+/// A port for a node to listen on. Ports come from a per-process counter below the
+/// kernel's ephemeral range (32768 and up), so neither a parallel test nor any outgoing
+/// connection can be handed the same port before the node binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 400) * 30;
+    loop {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running three-node cluster. Dropping it kills every node.
