@@ -272,17 +272,12 @@ impl Drop for ProcCluster {
 }
 
 /// Polls `probe` every 50 ms until it holds; panics after `timeout`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut probe: F)
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, probe: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if probe().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Err(e) = kura_node::up::wait_until(what, timeout, probe).await {
+        panic!("{e}");
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }

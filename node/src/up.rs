@@ -70,7 +70,8 @@ fn spawn_node(config: &Path, log: &Path) -> Result<Child, String> {
         .map_err(|e| format!("cannot start node {}: {e}", config.display()))
 }
 
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<(), String>
+/// Polls `probe` every 50 ms until it holds; an error naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -80,7 +81,7 @@ where
         if probe().await {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(format!("timed out after {timeout:?} waiting for {what}"))
 }
