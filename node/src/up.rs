@@ -59,8 +59,25 @@ fn spawn_node(config: &Path, log: &Path) -> Result<Child, String> {
         .open(log)
         .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    Command::new(exe)
-        .arg("node")
+    let mut cmd = Command::new(exe);
+    // If `kura up` dies, even by SIGKILL, the kernel sends its nodes SIGTERM. (The signal
+    // follows the spawning thread: `up` runs on main's `block_on` thread, which lives as
+    // long as the process.)
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    cmd.arg("node")
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null())
@@ -192,13 +209,13 @@ async fn bring_up(data_dir: &Path, configs: &[PathBuf]) -> Result<String, String
 }
 
 async fn wait_for_stop(children: &mut [Child]) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
-                println!("\nstopping kura...");
-                return;
-            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             _ = tick.tick() => {
                 for (c, (_, name, _)) in children.iter_mut().zip(NODES) {
                     if let Ok(Some(status)) = c.try_wait() {
@@ -208,4 +225,5 @@ async fn wait_for_stop(children: &mut [Child]) {
             }
         }
     }
+    println!("\nstopping kura...");
 }
