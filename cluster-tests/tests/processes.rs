@@ -437,3 +437,87 @@ async fn bad_input_gets_a_problem_with_a_stable_code_and_writes_nothing() {
         .await
         .expect("the node still serves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_on_file_is_registered_once_per_member_listed_and_deleted_by_its_merchant_only() {
+    let c = ProcCluster::start("");
+    c.init().await;
+    c.wait_leader().await;
+    let key = c.merchant("shop").await;
+    let other = c.client(&[0, 1, 2], &c.merchant("other-shop").await);
+    let via = |i: usize| c.client(&[i], &key);
+
+    // The same card for the same member, sent to three different nodes: one token.
+    let first = via(0).tokenize(&tokenize_req(7)).await.expect("register");
+    for i in 1..3 {
+        let again = via(i)
+            .tokenize(&tokenize_req(7))
+            .await
+            .expect("register again");
+        assert_eq!(
+            again.token, first.token,
+            "registering the same card again returns the existing token"
+        );
+    }
+    let mut second_card = tokenize_req(8);
+    second_card.member_id = Some("member-7".into());
+    let second = via(1).tokenize(&second_card).await.expect("second card");
+    assert_ne!(second.token, first.token);
+
+    let list = |client: kura_sdk::Client| async move {
+        let r = client
+            .call(http::Method::GET, "/v1/members/member-7/cards", None)
+            .await
+            .expect("list");
+        let mut tokens: Vec<String> = r.body["cards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["token"].as_str().unwrap().to_owned())
+            .collect();
+        tokens.sort();
+        tokens
+    };
+    let mut both = vec![first.token.clone(), second.token.clone()];
+    both.sort();
+    assert_eq!(list(via(2)).await, both);
+    assert!(
+        list(other.clone()).await.is_empty(),
+        "another merchant sees no cards for this member"
+    );
+
+    // Another merchant cannot delete it; the owner can, once.
+    let path = format!("/v1/members/member-7/cards/{}", first.token);
+    assert!(matches!(
+        other.call(http::Method::DELETE, &path, None).await,
+        Err(Error::Api { status: 404, .. })
+    ));
+    assert_eq!(
+        via(2)
+            .call(http::Method::DELETE, &path, None)
+            .await
+            .expect("delete")
+            .status
+            .as_u16(),
+        204
+    );
+    assert!(matches!(
+        via(0).call(http::Method::DELETE, &path, None).await,
+        Err(Error::Api { status: 404, .. })
+    ));
+    assert!(
+        matches!(
+            via(0).get_token(&first.token).await,
+            Err(Error::Api { status: 404, .. })
+        ),
+        "gone for good"
+    );
+    assert_eq!(list(via(0)).await, vec![second.token.clone()]);
+
+    // Registering the deleted card again makes a new token.
+    let fresh = via(0)
+        .tokenize(&tokenize_req(7))
+        .await
+        .expect("re-register");
+    assert_ne!(fresh.token, first.token);
+}

@@ -8,6 +8,7 @@
 mod admin;
 mod forward;
 mod health;
+mod members;
 pub mod problem;
 mod tokens;
 
@@ -88,6 +89,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let leader_routes = Router::new()
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/{token}", get(tokens::get))
+        .route("/v1/members/{member_id}/cards", get(members::list))
+        .route(
+            "/v1/members/{member_id}/cards/{token}",
+            axum::routing::delete(members::delete),
+        )
         .route(
             "/admin/v1/merchants",
             post(admin::create_merchant).get(admin::list_merchants),

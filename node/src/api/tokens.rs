@@ -1,7 +1,7 @@
 //! `POST /v1/tokens` and `GET /v1/tokens/{token}`.
 
 use super::{AppState, Problem, St};
-use crate::crypto::{seal_pan, DataKey};
+use crate::crypto::{card_fingerprint, seal_pan, DataKey};
 use crate::vault::card::year_month_of_ms;
 use crate::vault::token::{looks_like_token_id, opaque_token_id};
 use crate::vault::{Command, Expiry, Pan, Refusal, Response, SealedCard, TokenKind, TokenMeta};
@@ -35,7 +35,7 @@ struct TokenizeIn {
 
 /// A token as the API shows it. Times are Unix seconds.
 #[derive(Serialize)]
-pub struct TokenOut {
+pub(super) struct TokenOut {
     token: String,
     kind: TokenKind,
     member_id: Option<String>,
@@ -77,7 +77,7 @@ pub(super) fn body_or_problem(body: Result<Bytes, BytesRejection>) -> Result<Byt
     })
 }
 
-fn check_member_id(kind: TokenKind, member_id: &Option<String>) -> Result<(), Problem> {
+pub(super) fn check_member_id(kind: TokenKind, member_id: &Option<String>) -> Result<(), Problem> {
     match (kind, member_id) {
         (TokenKind::CardOnFile, None) => Err(Problem::unprocessable(
             "member_id_required",
@@ -110,16 +110,29 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResponse {
     match tokenize(&st, &headers, body).await {
-        Ok(meta) => (StatusCode::CREATED, axum::Json(TokenOut::from(meta))).into_response(),
+        Ok(Stored::New(meta)) => {
+            (StatusCode::CREATED, axum::Json(TokenOut::from(meta))).into_response()
+        }
+        Ok(Stored::AlreadyOnFile(meta)) => {
+            (StatusCode::OK, axum::Json(TokenOut::from(meta))).into_response()
+        }
         Err(p) => p.into_response(),
     }
+}
+
+/// What a tokenization stored.
+enum Stored {
+    /// A new token (201).
+    New(TokenMeta),
+    /// The card was already on file for this member: the existing token (200).
+    AlreadyOnFile(TokenMeta),
 }
 
 async fn tokenize(
     st: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<TokenMeta, Problem> {
+) -> Result<Stored, Problem> {
     let merchant_id = st.merchant(headers)?;
     let body = body_or_problem(body)?;
     let input: TokenizeIn = super::problem::parse_json(&body)?;
@@ -134,6 +147,14 @@ async fn tokenize(
     )
     .map_err(|e| Problem::unprocessable(e.code(), e.message()))?;
     let (key_version, key) = active_data_key(st).await?;
+    let fingerprint = match input.kind {
+        TokenKind::CardOnFile => Some(card_fingerprint(
+            &fingerprint_key(st).await?,
+            &merchant_id,
+            pan.digits(),
+        )),
+        TokenKind::OneTime => None,
+    };
     let token = opaque_token_id(st.entropy.bytes());
     let nonce = st.entropy.nonce();
     let card = SealedCard {
@@ -165,9 +186,11 @@ async fn tokenize(
         card,
         at_ms: now_ms,
         expires_at_ms,
+        fingerprint,
     };
     match st.write(cmd).await? {
-        Response::Tokenized(meta) => Ok(meta),
+        Response::Tokenized(meta) => Ok(Stored::New(meta)),
+        Response::AlreadyOnFile(meta) => Ok(Stored::AlreadyOnFile(meta)),
         Response::Refused(Refusal::UnknownMerchant) => Err(Problem::unauthorized()),
         other => Err(Problem::internal(format!(
             "unexpected vault response {}",
@@ -176,12 +199,15 @@ async fn tokenize(
     }
 }
 
-fn response_kind(r: &Response) -> &'static str {
+pub(super) fn response_kind(r: &Response) -> &'static str {
     match r {
         Response::None => "none",
         Response::DataKeyInstalled { .. } => "data_key_installed",
         Response::Merchant(_) => "merchant",
         Response::Tokenized(_) => "tokenized",
+        Response::AlreadyOnFile(_) => "already_on_file",
+        Response::FingerprintKeyInstalled => "fingerprint_key_installed",
+        Response::CardDeleted => "card_deleted",
         Response::Refused(r) => r.code(),
     }
 }
@@ -194,14 +220,10 @@ async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
             .vault()
             .read(|v| v.active_data_key().map(|(ver, w)| (ver, w.to_vec())));
         if let Some((version, wrapped)) = active {
-            let key = st.keys.data_key(version, &wrapped).map_err(|e| {
-                tracing::error!(version, error = %e, "cannot unwrap data key");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "key_unavailable",
-                    "the data key cannot be unwrapped with this node's key-encryption key",
-                )
-            })?;
+            let key = st
+                .keys
+                .data_key(version, &wrapped)
+                .map_err(|e| key_unavailable("data key", e))?;
             return Ok((version, key));
         }
         let fresh = DataKey::generate(&st.entropy);
@@ -225,6 +247,52 @@ async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
         }
     }
     Err(Problem::internal("no data key after installing one"))
+}
+
+fn key_unavailable(what: &str, e: crate::crypto::KeyError) -> Problem {
+    tracing::error!(error = %e, "cannot unwrap the {what}");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "key_unavailable",
+        format!("the {what} cannot be unwrapped with this node's key-encryption key"),
+    )
+}
+
+/// The card fingerprint key, installing one through the log if the vault has none yet.
+async fn fingerprint_key(st: &AppState) -> Result<DataKey, Problem> {
+    for _ in 0..2 {
+        if let Some(wrapped) = st
+            .cluster
+            .vault()
+            .read(|v| v.fingerprint_key().map(<[u8]>::to_vec))
+        {
+            return st
+                .keys
+                .fingerprint_key(&wrapped)
+                .map_err(|e| key_unavailable("fingerprint key", e));
+        }
+        let wrapped = st
+            .keys
+            .kek()
+            .wrap_fingerprint_key(&DataKey::generate(&st.entropy), &st.entropy);
+        match st
+            .write(Command::InstallFingerprintKey {
+                wrapped,
+                at_ms: st.now_ms(),
+            })
+            .await?
+        {
+            Response::FingerprintKeyInstalled
+            | Response::Refused(Refusal::FingerprintKeyExists) => continue,
+            other => {
+                return Err(Problem::internal(format!(
+                    "unexpected vault response {}",
+                    response_kind(&other)
+                )))
+            }
+        }
+    }
+    Err(Problem::internal("no fingerprint key after installing one"))
 }
 
 /// `GET /v1/tokens/{token}`: the token's metadata, to its owner only (404 to anyone else).

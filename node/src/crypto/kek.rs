@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use zeroize::Zeroizing;
 
 const KEY_BYTES: usize = 32;
+const FINGERPRINT_KEY_AAD: &str = "kura:fpk:v1";
 
 /// Why a key could not be loaded or used. Never contains key material.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,10 @@ impl DataKey {
         let mut k = Zeroizing::new([0u8; KEY_BYTES]);
         entropy.fill(k.as_mut());
         DataKey(k)
+    }
+
+    pub(super) fn bytes(&self) -> &[u8] {
+        self.0.as_ref()
     }
 
     pub(super) fn as_aes_key(&self) -> &Key<Aes256Gcm> {
@@ -105,8 +110,26 @@ impl Kek {
 
     /// Wraps a data key: `nonce || AES-256-GCM(kek, dek)`, bound to its version.
     pub fn wrap(&self, key: &DataKey, version: u32, entropy: &Entropy) -> Vec<u8> {
+        self.wrap_bound(key, &format!("kura:dek:v{version}"), entropy)
+    }
+
+    /// Unwraps a data key wrapped by [`Kek::wrap`] for the same version.
+    pub fn unwrap_key(&self, wrapped: &[u8], version: u32) -> Result<DataKey, KeyError> {
+        self.unwrap_bound(wrapped, &format!("kura:dek:v{version}"))
+    }
+
+    /// Wraps the card fingerprint key (a different binding than any data key).
+    pub fn wrap_fingerprint_key(&self, key: &DataKey, entropy: &Entropy) -> Vec<u8> {
+        self.wrap_bound(key, FINGERPRINT_KEY_AAD, entropy)
+    }
+
+    /// Unwraps the card fingerprint key.
+    pub fn unwrap_fingerprint_key(&self, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+        self.unwrap_bound(wrapped, FINGERPRINT_KEY_AAD)
+    }
+
+    fn wrap_bound(&self, key: &DataKey, aad: &str, entropy: &Entropy) -> Vec<u8> {
         let nonce = entropy.nonce();
-        let aad = format!("kura:dek:v{version}");
         let mut out = nonce.to_vec();
         let ct = self
             .cipher()
@@ -122,13 +145,11 @@ impl Kek {
         out
     }
 
-    /// Unwraps a data key wrapped by [`Kek::wrap`] for the same version.
-    pub fn unwrap_key(&self, wrapped: &[u8], version: u32) -> Result<DataKey, KeyError> {
+    fn unwrap_bound(&self, wrapped: &[u8], aad: &str) -> Result<DataKey, KeyError> {
         if wrapped.len() <= NONCE_BYTES {
             return Err(KeyError::Corrupt);
         }
         let (nonce, ct) = wrapped.split_at(NONCE_BYTES);
-        let aad = format!("kura:dek:v{version}");
         let plain = Zeroizing::new(
             self.cipher()
                 .decrypt(
@@ -169,6 +190,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct KeyRing {
     kek: Kek,
     cache: Mutex<HashMap<u32, DataKey>>,
+    fingerprint: Mutex<Option<DataKey>>,
 }
 
 impl KeyRing {
@@ -177,12 +199,24 @@ impl KeyRing {
         KeyRing {
             kek,
             cache: Mutex::new(HashMap::new()),
+            fingerprint: Mutex::new(None),
         }
     }
 
     /// The KEK, to wrap new data keys.
     pub fn kek(&self) -> &Kek {
         &self.kek
+    }
+
+    /// The fingerprint key, unwrapping `wrapped` on first use.
+    pub fn fingerprint_key(&self, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+        let mut slot = self.fingerprint.lock().expect("key ring lock");
+        if let Some(k) = slot.as_ref() {
+            return Ok(k.clone());
+        }
+        let k = self.kek.unwrap_fingerprint_key(wrapped)?;
+        *slot = Some(k.clone());
+        Ok(k)
     }
 
     /// The data key of `version`, unwrapping `wrapped` on first use.

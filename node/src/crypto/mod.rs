@@ -71,6 +71,20 @@ pub fn open_pan(
         .map_err(|_| KeyError::Corrupt)
 }
 
+/// The card's fingerprint for one merchant: HMAC-SHA256 under the fingerprint key of
+/// merchant id and PAN, hex. Equal for the same card at the same merchant; useless without
+/// the key, and different across merchants.
+pub fn card_fingerprint(key: &DataKey, merchant_id: &str, digits: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key.bytes())
+        .expect("HMAC takes any key length");
+    mac.update(b"kura:card-fp:v1|");
+    mac.update(merchant_id.as_bytes());
+    mac.update(b"|");
+    mac.update(digits.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// SHA-256 of a high-entropy API secret, hex-encoded: how merchant keys are stored.
 pub fn api_key_hash(secret: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -106,6 +120,37 @@ mod tests {
         assert!(
             open_pan(&other, 1, "m1", "tok_a", &nonce, &ct).is_err(),
             "other key"
+        );
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_and_merchant_scoped() {
+        let e = Entropy::seeded(9);
+        let (k1, k2) = (DataKey::generate(&e), DataKey::generate(&e));
+        let fp = card_fingerprint(&k1, "m1", "4242424242424242");
+        assert_eq!(fp, card_fingerprint(&k1, "m1", "4242424242424242"));
+        assert_ne!(
+            fp,
+            card_fingerprint(&k1, "m2", "4242424242424242"),
+            "other merchant"
+        );
+        assert_ne!(
+            fp,
+            card_fingerprint(&k1, "m1", "4111111111111111"),
+            "other card"
+        );
+        assert_ne!(
+            fp,
+            card_fingerprint(&k2, "m1", "4242424242424242"),
+            "other key"
+        );
+        assert!(!fp.contains("4242"));
+        let kek = Kek::from_bytes(e.bytes());
+        let wrapped = kek.wrap_fingerprint_key(&k1, &e);
+        assert!(kek.unwrap_fingerprint_key(&wrapped).is_ok());
+        assert!(
+            kek.unwrap_key(&wrapped, 1).is_err(),
+            "a fingerprint key never unwraps as a data key"
         );
     }
 

@@ -65,6 +65,19 @@ pub enum Command {
         card: SealedCard,
         at_ms: u64,
         expires_at_ms: Option<u64>,
+        /// Keyed HMAC of merchant and PAN; set for card-on-file tokens, so the same card
+        /// registered again for the same member finds its existing token.
+        #[serde(default)]
+        fingerprint: Option<String>,
+    },
+    /// Installs the fingerprint key, wrapped by the key-encryption key. Set once.
+    InstallFingerprintKey { wrapped: Vec<u8>, at_ms: u64 },
+    /// Deletes a member's card-on-file token for good.
+    DeleteCard {
+        merchant_id: String,
+        member_id: String,
+        token: String,
+        at_ms: u64,
     },
 }
 
@@ -81,6 +94,10 @@ impl fmt::Display for Command {
             Command::Tokenize {
                 merchant_id, token, ..
             } => write!(f, "tokenize({merchant_id}, {token})"),
+            Command::InstallFingerprintKey { .. } => write!(f, "install_fingerprint_key"),
+            Command::DeleteCard {
+                merchant_id, token, ..
+            } => write!(f, "delete_card({merchant_id}, {token})"),
         }
     }
 }
@@ -113,9 +130,11 @@ pub struct MerchantInfo {
 #[non_exhaustive]
 pub enum Refusal {
     DataKeyExists { version: u32 },
+    FingerprintKeyExists,
     MerchantExists,
     UnknownMerchant,
     TokenIdTaken,
+    TokenNotFound,
 }
 
 impl Refusal {
@@ -126,6 +145,8 @@ impl Refusal {
             Refusal::MerchantExists => "merchant_exists",
             Refusal::UnknownMerchant => "merchant_not_found",
             Refusal::TokenIdTaken => "token_id_taken",
+            Refusal::FingerprintKeyExists => "fingerprint_key_exists",
+            Refusal::TokenNotFound => "token_not_found",
         }
     }
 }
@@ -141,5 +162,9 @@ pub enum Response {
     },
     Merchant(MerchantInfo),
     Tokenized(TokenMeta),
+    /// The card was already on file for this member: its existing token, unchanged.
+    AlreadyOnFile(TokenMeta),
+    FingerprintKeyInstalled,
+    CardDeleted,
     Refused(Refusal),
 }

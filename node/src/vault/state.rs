@@ -23,7 +23,13 @@ pub struct TokenRecord {
     pub card: SealedCard,
     pub created_at_ms: u64,
     pub expires_at_ms: Option<u64>,
+    /// Keyed HMAC fingerprint of merchant and PAN (card-on-file tokens).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
+
+/// (merchant id, member id, fingerprint): the key of the card-on-file index.
+type CardKey = (String, String, String);
 
 /// A data key wrapped by the key-encryption key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +46,12 @@ pub struct VaultState {
     key_index: BTreeMap<String, String>,
     tokens: BTreeMap<String, TokenRecord>,
     data_keys: BTreeMap<u32, WrappedDataKey>,
+    /// The fingerprint key, wrapped by the KEK; set once.
+    #[serde(default)]
+    fingerprint_key: Option<WrappedDataKey>,
+    /// (merchant, member, fingerprint) -> card-on-file token.
+    #[serde(default, with = "card_index_serde")]
+    cards: BTreeMap<CardKey, String>,
     /// Leader-stamped time of the newest applied command; never goes back.
     clock_ms: u64,
 }
@@ -72,6 +84,7 @@ impl VaultState {
                 card,
                 at_ms,
                 expires_at_ms,
+                fingerprint,
             } => {
                 let record = TokenRecord {
                     merchant_id: merchant_id.clone(),
@@ -80,9 +93,28 @@ impl VaultState {
                     card: card.clone(),
                     created_at_ms: *at_ms,
                     expires_at_ms: *expires_at_ms,
+                    fingerprint: fingerprint.clone(),
                 };
                 self.tokenize(token, record)
             }
+            Command::InstallFingerprintKey { wrapped, at_ms } => {
+                if self.fingerprint_key.is_some() {
+                    Response::Refused(Refusal::FingerprintKeyExists)
+                } else {
+                    let key = WrappedDataKey {
+                        wrapped: wrapped.clone(),
+                        installed_at_ms: *at_ms,
+                    };
+                    self.fingerprint_key = Some(key);
+                    Response::FingerprintKeyInstalled
+                }
+            }
+            Command::DeleteCard {
+                merchant_id,
+                member_id,
+                token,
+                ..
+            } => self.delete_card(merchant_id, member_id, token),
         };
         if let Some(at) = cmd_time(cmd) {
             self.clock_ms = self.clock_ms.max(at);
@@ -134,12 +166,36 @@ impl VaultState {
         if !self.merchants.contains_key(&record.merchant_id) {
             return Response::Refused(Refusal::UnknownMerchant);
         }
+        let card_key = card_key(&record);
+        if let Some(existing) = card_key.as_ref().and_then(|k| self.cards.get(k)) {
+            let meta = token_meta(existing, &self.tokens[existing]);
+            return Response::AlreadyOnFile(meta);
+        }
         if self.tokens.contains_key(token) {
             return Response::Refused(Refusal::TokenIdTaken);
         }
         let meta = token_meta(token, &record);
         self.tokens.insert(token.to_owned(), record);
+        if let Some(k) = card_key {
+            self.cards.insert(k, token.to_owned());
+        }
         Response::Tokenized(meta)
+    }
+
+    fn delete_card(&mut self, merchant_id: &str, member_id: &str, token: &str) -> Response {
+        let owned = self.tokens.get(token).is_some_and(|r| {
+            r.merchant_id == merchant_id
+                && r.kind == TokenKind::CardOnFile
+                && r.member_id.as_deref() == Some(member_id)
+        });
+        if !owned {
+            return Response::Refused(Refusal::TokenNotFound);
+        }
+        let record = self.tokens.remove(token).expect("checked");
+        if let Some(k) = card_key(&record) {
+            self.cards.remove(&k);
+        }
+        Response::CardDeleted
     }
 
     /// The merchant whose secret key hashes to `key_sha256`, if any.
@@ -172,6 +228,21 @@ impl VaultState {
             .get(token)
             .filter(|r| r.merchant_id == merchant_id)
             .map(|r| token_meta(token, r))
+    }
+
+    /// A member's card-on-file tokens at `merchant_id`, by token id.
+    pub fn member_cards(&self, merchant_id: &str, member_id: &str) -> Vec<TokenMeta> {
+        let from = (merchant_id.to_owned(), member_id.to_owned(), String::new());
+        self.cards
+            .range(from..)
+            .take_while(|((m, mem, _), _)| m == merchant_id && mem == member_id)
+            .map(|(_, t)| token_meta(t, &self.tokens[t]))
+            .collect()
+    }
+
+    /// The wrapped fingerprint key, once installed.
+    pub fn fingerprint_key(&self) -> Option<&[u8]> {
+        self.fingerprint_key.as_ref().map(|k| k.wrapped.as_slice())
     }
 
     /// Number of tokens stored.
@@ -233,8 +304,56 @@ impl VaultState {
             if r.created_at_ms > self.clock_ms {
                 return Err(format!("token {token} created after the state clock"));
             }
+            if let Some(k) = card_key(r) {
+                if self.cards.get(&k) != Some(token) {
+                    return Err(format!(
+                        "card-on-file token {token} is missing from the card index"
+                    ));
+                }
+            }
+        }
+        for (k, token) in &self.cards {
+            if self.tokens.get(token).and_then(card_key).as_ref() != Some(k) {
+                return Err(format!(
+                    "card index entry for {token} points at no matching card"
+                ));
+            }
+        }
+        if !self.cards.is_empty() && self.fingerprint_key.is_none() {
+            return Err("fingerprints exist but no fingerprint key".into());
         }
         Ok(())
+    }
+}
+
+fn card_key(r: &TokenRecord) -> Option<CardKey> {
+    match (r.kind, &r.member_id, &r.fingerprint) {
+        (TokenKind::CardOnFile, Some(member), Some(fp)) => {
+            Some((r.merchant_id.clone(), member.clone(), fp.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// JSON maps need string keys: the card index is stored as a list of entries.
+mod card_index_serde {
+    use super::CardKey;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<CardKey, String>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<CardKey, String>, D::Error> {
+        Ok(Vec::<(CardKey, String)>::deserialize(d)?
+            .into_iter()
+            .collect())
     }
 }
 
@@ -243,7 +362,9 @@ fn cmd_time(cmd: &Command) -> Option<u64> {
         Command::InstallDataKey { at_ms, .. }
         | Command::CreateMerchant { at_ms, .. }
         | Command::RotateMerchantKey { at_ms, .. }
-        | Command::Tokenize { at_ms, .. } => Some(*at_ms),
+        | Command::Tokenize { at_ms, .. }
+        | Command::InstallFingerprintKey { at_ms, .. }
+        | Command::DeleteCard { at_ms, .. } => Some(*at_ms),
     }
 }
 
@@ -287,6 +408,7 @@ mod tests {
             card: card(1),
             at_ms,
             expires_at_ms: None,
+            fingerprint: None,
         }
     }
 
@@ -402,5 +524,151 @@ mod tests {
         }
         s.apply(&cmd);
         assert!(s.validate().unwrap_err().contains("missing data key"));
+    }
+
+    fn on_file(merchant: &str, member: &str, token: &str, fp: &str, at_ms: u64) -> Command {
+        Command::Tokenize {
+            merchant_id: merchant.into(),
+            token: token.into(),
+            kind: TokenKind::CardOnFile,
+            member_id: Some(member.into()),
+            card: card(1),
+            at_ms,
+            expires_at_ms: None,
+            fingerprint: Some(fp.into()),
+        }
+    }
+
+    fn with_fingerprint_key() -> VaultState {
+        let mut s = seeded();
+        let install = Command::InstallFingerprintKey {
+            wrapped: vec![5; 60],
+            at_ms: 4,
+        };
+        assert_eq!(s.apply(&install), Response::FingerprintKeyInstalled);
+        assert_eq!(
+            s.apply(&install),
+            Response::Refused(Refusal::FingerprintKeyExists),
+            "set once"
+        );
+        s
+    }
+
+    #[test]
+    fn the_same_card_for_the_same_member_returns_the_existing_token() {
+        let mut s = with_fingerprint_key();
+        assert!(matches!(
+            s.apply(&on_file("a", "m1", "tok_1", "fp1", 10)),
+            Response::Tokenized(_)
+        ));
+        match s.apply(&on_file("a", "m1", "tok_2", "fp1", 11)) {
+            Response::AlreadyOnFile(meta) => assert_eq!(meta.token, "tok_1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(
+                s.apply(&on_file("a", "m2", "tok_3", "fp1", 12)),
+                Response::Tokenized(_)
+            ),
+            "other member"
+        );
+        assert!(
+            matches!(
+                s.apply(&on_file("b", "m1", "tok_4", "fp1", 13)),
+                Response::Tokenized(_)
+            ),
+            "other merchant"
+        );
+        assert_eq!(s.token_count(), 3);
+        let listed: Vec<_> = s
+            .member_cards("a", "m1")
+            .into_iter()
+            .map(|m| m.token)
+            .collect();
+        assert_eq!(listed, vec!["tok_1"]);
+        assert!(s.member_cards("b", "m2").is_empty());
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_deleted_card_is_gone_for_good_and_only_its_owner_can_delete_it() {
+        let mut s = with_fingerprint_key();
+        s.apply(&on_file("a", "m1", "tok_1", "fp1", 10));
+        let del = |merchant: &str, member: &str| Command::DeleteCard {
+            merchant_id: merchant.into(),
+            member_id: member.into(),
+            token: "tok_1".into(),
+            at_ms: 20,
+        };
+        assert_eq!(
+            s.apply(&del("b", "m1")),
+            Response::Refused(Refusal::TokenNotFound),
+            "other merchant"
+        );
+        assert_eq!(
+            s.apply(&del("a", "m2")),
+            Response::Refused(Refusal::TokenNotFound),
+            "other member"
+        );
+        assert_eq!(s.apply(&del("a", "m1")), Response::CardDeleted);
+        assert_eq!(
+            s.apply(&del("a", "m1")),
+            Response::Refused(Refusal::TokenNotFound),
+            "deleted once"
+        );
+        assert_eq!(s.token_for("a", "tok_1"), None);
+        assert!(s.member_cards("a", "m1").is_empty());
+        assert!(
+            matches!(s.apply(&on_file("a", "m1", "tok_5", "fp1", 30)), Response::Tokenized(ref m) if m.token == "tok_5")
+        );
+        s.validate().unwrap();
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn command() -> impl Strategy<Value = Command> {
+            let ids = || prop_oneof![Just("a"), Just("b"), Just("zz")];
+            let members = || prop_oneof![Just("m1"), Just("m2")];
+            let fps = || prop_oneof![Just("f1"), Just("f2"), Just("f3")];
+            let tok = 0u8..12;
+            prop_oneof![
+                (ids(), members(), tok.clone(), fps()).prop_map(|(m, mem, t, fp)| on_file(
+                    m,
+                    mem,
+                    &format!("tok_{t}"),
+                    fp,
+                    100
+                )),
+                (ids(), members(), tok).prop_map(|(m, mem, t)| Command::DeleteCard {
+                    merchant_id: m.into(),
+                    member_id: mem.into(),
+                    token: format!("tok_{t}"),
+                    at_ms: 100,
+                }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn validate_holds_after_every_step_and_deleted_cards_stay_gone(cmds in proptest::collection::vec(command(), 1..60)) {
+                let mut s = with_fingerprint_key();
+                let mut deleted = std::collections::BTreeSet::new();
+                for c in &cmds {
+                    let r = s.apply(c);
+                    prop_assert!(s.validate().is_ok(), "{c} -> {r:?}: {:?}", s.validate());
+                    if let (Command::DeleteCard { token, .. }, Response::CardDeleted) = (c, &r) {
+                        deleted.insert(token.clone());
+                    }
+                    if let Response::Tokenized(m) = &r {
+                        deleted.remove(&m.token);
+                    }
+                    for t in &deleted {
+                        prop_assert!(s.token_for("a", t).is_none() && s.token_for("b", t).is_none(), "{t} came back");
+                    }
+                }
+            }
+        }
     }
 }
