@@ -521,3 +521,101 @@ async fn a_card_on_file_is_registered_once_per_member_listed_and_deleted_by_its_
         .expect("re-register");
     assert_ne!(fresh.token, first.token);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_token_used_concurrently_through_two_nodes_succeeds_exactly_once() {
+    let c = ProcCluster::start("[api]\none_time_token_ttl_s = 2\n");
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let key = c.merchant("shop").await;
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    let one_time = |i: u32| TokenizeRequest {
+        card: CardInput {
+            number: pan(i),
+            exp_month: 12,
+            exp_year: 2031,
+        },
+        kind: "one_time".into(),
+        member_id: None,
+    };
+    let use_body = |t: &str| Some(serde_json::json!({ "token": t }));
+    for round in 0..5u32 {
+        let t = c
+            .client(&[leader], &key)
+            .tokenize(&one_time(round))
+            .await
+            .expect("one-time token")
+            .token;
+        let (ca, cb) = (c.client(&[a], &key), c.client(&[b], &key));
+        let (ta, tb) = (t.clone(), t.clone());
+        let path = format!("/v1/members/member-{round}/cards");
+        let (pa, pb) = (path.clone(), path.clone());
+        let ra = tokio::spawn(async move {
+            ca.call(
+                http::Method::POST,
+                &pa,
+                Some(serde_json::json!({ "token": ta })),
+            )
+            .await
+        });
+        let rb = tokio::spawn(async move {
+            cb.call(
+                http::Method::POST,
+                &pb,
+                Some(serde_json::json!({ "token": tb })),
+            )
+            .await
+        });
+        let results = [ra.await.unwrap(), rb.await.unwrap()];
+        let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let used = results.iter().filter(|r| matches!(r, Err(Error::Api { status: 409, code, .. }) if code == "token_already_used")).count();
+        assert_eq!((ok.len(), used), (1, 1), "round {round}: {results:?}");
+        assert_eq!(ok[0].status.as_u16(), 201);
+        let card = ok[0].body["token"].as_str().unwrap();
+        assert_ne!(card, t, "a new card-on-file token");
+        let on_file = c
+            .client(&[0, 1, 2], &key)
+            .get_token(card)
+            .await
+            .expect("the card is on file");
+        assert_eq!(
+            (on_file.kind.as_str(), on_file.last4.as_str()),
+            ("card_on_file", &pan(round)[12..])
+        );
+        // And never again, on any node.
+        for i in 0..3 {
+            let again = c
+                .client(&[i], &key)
+                .call(http::Method::POST, &path, use_body(&t))
+                .await;
+            assert!(
+                matches!(again, Err(Error::Api { status: 409, .. })),
+                "{again:?}"
+            );
+        }
+    }
+    // Expired tokens are refused; another merchant's token does not exist.
+    let t = c
+        .client(&[leader], &key)
+        .tokenize(&one_time(99))
+        .await
+        .expect("one-time token")
+        .token;
+    let stranger = c.client(&[0, 1, 2], &c.merchant("other-shop").await);
+    let foreign = stranger
+        .call(http::Method::POST, "/v1/members/m/cards", use_body(&t))
+        .await;
+    assert!(
+        matches!(foreign, Err(Error::Api { status: 404, .. })),
+        "{foreign:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let late = c
+        .client(&[a], &key)
+        .call(http::Method::POST, "/v1/members/m/cards", use_body(&t))
+        .await;
+    assert!(
+        matches!(late, Err(Error::Api { status: 410, ref code, .. }) if code == "token_expired"),
+        "{late:?}"
+    );
+}

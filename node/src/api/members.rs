@@ -1,9 +1,17 @@
-//! A member's cards on file: `GET /v1/members/{member_id}/cards` and
+//! A member's cards on file: `POST /v1/members/{member_id}/cards` (use a one-time
+//! token to register its card), `GET /v1/members/{member_id}/cards` and
 //! `DELETE /v1/members/{member_id}/cards/{token}`.
 
-use super::tokens::{check_member_id, response_kind, TokenOut};
-use super::{Problem, St};
-use crate::vault::{Command, Refusal, Response, TokenKind};
+use super::tokens::{
+    active_data_key, body_or_problem, check_member_id, fingerprint_key, response_kind, TokenOut,
+};
+use super::{AppState, Problem, St};
+use crate::crypto::{card_fingerprint, open_pan, seal_pan};
+use crate::vault::state::TokenRecord;
+use crate::vault::token::{looks_like_token_id, opaque_token_id};
+use crate::vault::{Command, Refusal, Response, SealedCard, TokenKind};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -68,4 +76,142 @@ pub async fn delete(
         }
         .await,
     )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterIn {
+    /// A one-time token of this merchant.
+    token: String,
+}
+
+fn refusal_problem(r: &Refusal) -> Problem {
+    match r {
+        Refusal::TokenNotFound => Problem::not_found(
+            "token_not_found",
+            "no such one-time token for this merchant",
+        ),
+        Refusal::TokenAlreadyUsed => Problem::new(
+            StatusCode::CONFLICT,
+            "token_already_used",
+            "this one-time token has already been used",
+        ),
+        Refusal::TokenExpired => Problem::new(
+            StatusCode::GONE,
+            "token_expired",
+            "this one-time token has expired",
+        ),
+        other => Problem::internal(format!("unexpected refusal {}", other.code())),
+    }
+}
+
+/// Uses a one-time token, exactly once, to put its card on file for the member: `201`
+/// with a new card-on-file token, or `200` with the one already on file for this card.
+pub async fn register(
+    State(st): St,
+    headers: HeaderMap,
+    Path(member_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    result(
+        async {
+            let merchant_id = st.merchant(&headers)?;
+            check_member_id(TokenKind::CardOnFile, &Some(member_id.clone()))?;
+            let input: RegisterIn = super::problem::parse_json(&body_or_problem(body)?)?;
+            let record = one_time_record(&st, &merchant_id, &input.token)?;
+            let now_ms = st.now_ms();
+            // Fast answers; `apply` makes the authoritative check atomically.
+            if record.used_at_ms.is_some() {
+                return Err(refusal_problem(&Refusal::TokenAlreadyUsed));
+            }
+            if record.expires_at_ms.is_some_and(|e| now_ms >= e) {
+                return Err(refusal_problem(&Refusal::TokenExpired));
+            }
+            let cmd =
+                reseal_for_member(&st, &merchant_id, &input.token, &record, member_id, now_ms)
+                    .await?;
+            match st.write(cmd).await? {
+                Response::Tokenized(meta) => {
+                    Ok((StatusCode::CREATED, axum::Json(TokenOut::from(meta))).into_response())
+                }
+                Response::AlreadyOnFile(meta) => {
+                    Ok(axum::Json(TokenOut::from(meta)).into_response())
+                }
+                Response::Refused(r) => Err(refusal_problem(&r)),
+                other => Err(Problem::internal(format!(
+                    "unexpected vault response {}",
+                    response_kind(&other)
+                ))),
+            }
+        }
+        .await,
+    )
+}
+
+fn one_time_record(st: &AppState, merchant_id: &str, token: &str) -> Result<TokenRecord, Problem> {
+    let not_found = || refusal_problem(&Refusal::TokenNotFound);
+    if !looks_like_token_id(token) {
+        return Err(not_found());
+    }
+    st.cluster
+        .vault()
+        .read(|v| v.record_for(merchant_id, token).cloned())
+        .filter(|r| r.kind == TokenKind::OneTime)
+        .ok_or_else(not_found)
+}
+
+/// Opens the one-time token's PAN and seals it again under the current data key for a new
+/// card-on-file token (the associated data binds the token id, so it cannot be reused).
+async fn reseal_for_member(
+    st: &AppState,
+    merchant_id: &str,
+    one_time_token: &str,
+    record: &TokenRecord,
+    member_id: String,
+    now_ms: u64,
+) -> Result<Command, Problem> {
+    let sealed = &record.card;
+    let wrapped = st
+        .cluster
+        .vault()
+        .read(|v| v.data_key(sealed.key_version).map(<[u8]>::to_vec))
+        .ok_or_else(|| Problem::internal("the token's data key version is missing"))?;
+    let old_key = st
+        .keys
+        .data_key(sealed.key_version, &wrapped)
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_unavailable",
+                "the token's data key cannot be unwrapped",
+            )
+        })?;
+    let pan = open_pan(
+        &old_key,
+        sealed.key_version,
+        merchant_id,
+        one_time_token,
+        &sealed.nonce,
+        &sealed.ciphertext,
+    )
+    .map_err(|_| Problem::internal("the stored card failed authentication"))?;
+    let (version, key) = active_data_key(st).await?;
+    let fingerprint = card_fingerprint(&fingerprint_key(st).await?, merchant_id, &pan);
+    let new_token = opaque_token_id(st.entropy.bytes());
+    let nonce = st.entropy.nonce();
+    let card = SealedCard {
+        key_version: version,
+        nonce: nonce.to_vec(),
+        ciphertext: seal_pan(&key, version, merchant_id, &new_token, &pan, &nonce),
+        ..sealed.clone()
+    };
+    Ok(Command::UseOneTimeForCard {
+        merchant_id: merchant_id.to_owned(),
+        one_time_token: one_time_token.to_owned(),
+        member_id,
+        new_token,
+        card,
+        fingerprint,
+        at_ms: now_ms,
+    })
 }

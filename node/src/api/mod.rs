@@ -89,7 +89,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let leader_routes = Router::new()
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/{token}", get(tokens::get))
-        .route("/v1/members/{member_id}/cards", get(members::list))
+        .route(
+            "/v1/members/{member_id}/cards",
+            get(members::list).post(members::register),
+        )
         .route(
             "/v1/members/{member_id}/cards/{token}",
             axum::routing::delete(members::delete),

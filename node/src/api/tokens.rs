@@ -45,6 +45,9 @@ pub(super) struct TokenOut {
     exp_year: u16,
     created_at: u64,
     expires_at: Option<u64>,
+    /// When a one-time token was used (absent while unused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used_at: Option<u64>,
 }
 
 impl From<TokenMeta> for TokenOut {
@@ -59,6 +62,7 @@ impl From<TokenMeta> for TokenOut {
             exp_year: m.exp_year,
             created_at: m.created_at_ms / 1000,
             expires_at: m.expires_at_ms.map(|t| t / 1000),
+            used_at: m.used_at_ms.map(|t| t / 1000),
         }
     }
 }
@@ -213,7 +217,7 @@ pub(super) fn response_kind(r: &Response) -> &'static str {
 }
 
 /// The newest data key, creating version 1 through the log if the vault has none yet.
-async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
+pub(super) async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
     for _ in 0..2 {
         let active = st
             .cluster
@@ -259,7 +263,7 @@ fn key_unavailable(what: &str, e: crate::crypto::KeyError) -> Problem {
 }
 
 /// The card fingerprint key, installing one through the log if the vault has none yet.
-async fn fingerprint_key(st: &AppState) -> Result<DataKey, Problem> {
+pub(super) async fn fingerprint_key(st: &AppState) -> Result<DataKey, Problem> {
     for _ in 0..2 {
         if let Some(wrapped) = st
             .cluster

@@ -72,6 +72,18 @@ pub enum Command {
     },
     /// Installs the fingerprint key, wrapped by the key-encryption key. Set once.
     InstallFingerprintKey { wrapped: Vec<u8>, at_ms: u64 },
+    /// Uses a one-time token, exactly once: converts its card into a card-on-file token
+    /// for `member_id` (or finds the one already on file). The card was re-sealed by the
+    /// leader for `new_token`; `apply` refuses a used, expired or foreign token.
+    UseOneTimeForCard {
+        merchant_id: String,
+        one_time_token: String,
+        member_id: String,
+        new_token: String,
+        card: SealedCard,
+        fingerprint: String,
+        at_ms: u64,
+    },
     /// Deletes a member's card-on-file token for good.
     DeleteCard {
         merchant_id: String,
@@ -95,6 +107,11 @@ impl fmt::Display for Command {
                 merchant_id, token, ..
             } => write!(f, "tokenize({merchant_id}, {token})"),
             Command::InstallFingerprintKey { .. } => write!(f, "install_fingerprint_key"),
+            Command::UseOneTimeForCard {
+                merchant_id,
+                one_time_token,
+                ..
+            } => write!(f, "use_one_time_for_card({merchant_id}, {one_time_token})"),
             Command::DeleteCard {
                 merchant_id, token, ..
             } => write!(f, "delete_card({merchant_id}, {token})"),
@@ -114,6 +131,9 @@ pub struct TokenMeta {
     pub exp_year: u16,
     pub created_at_ms: u64,
     pub expires_at_ms: Option<u64>,
+    /// When a one-time token was used (it can never be used again).
+    #[serde(default)]
+    pub used_at_ms: Option<u64>,
 }
 
 /// A merchant as the admin API shows it.
@@ -135,6 +155,8 @@ pub enum Refusal {
     UnknownMerchant,
     TokenIdTaken,
     TokenNotFound,
+    TokenAlreadyUsed,
+    TokenExpired,
 }
 
 impl Refusal {
@@ -147,6 +169,8 @@ impl Refusal {
             Refusal::TokenIdTaken => "token_id_taken",
             Refusal::FingerprintKeyExists => "fingerprint_key_exists",
             Refusal::TokenNotFound => "token_not_found",
+            Refusal::TokenAlreadyUsed => "token_already_used",
+            Refusal::TokenExpired => "token_expired",
         }
     }
 }

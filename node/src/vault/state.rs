@@ -26,6 +26,9 @@ pub struct TokenRecord {
     /// Keyed HMAC fingerprint of merchant and PAN (card-on-file tokens).
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// When a one-time token was used; a used token is never usable again.
+    #[serde(default)]
+    pub used_at_ms: Option<u64>,
 }
 
 /// (merchant id, member id, fingerprint): the key of the card-on-file index.
@@ -94,9 +97,37 @@ impl VaultState {
                     created_at_ms: *at_ms,
                     expires_at_ms: *expires_at_ms,
                     fingerprint: fingerprint.clone(),
+                    used_at_ms: None,
                 };
                 self.tokenize(token, record)
             }
+            Command::UseOneTimeForCard {
+                merchant_id,
+                one_time_token,
+                member_id,
+                new_token,
+                card,
+                fingerprint,
+                at_ms,
+            } => match self
+                .new_card_id_free(merchant_id, member_id, fingerprint, new_token)
+                .and_then(|()| self.use_one_time(merchant_id, one_time_token, *at_ms))
+            {
+                Err(refusal) => Response::Refused(refusal),
+                Ok(()) => {
+                    let record = TokenRecord {
+                        merchant_id: merchant_id.clone(),
+                        kind: TokenKind::CardOnFile,
+                        member_id: Some(member_id.clone()),
+                        card: card.clone(),
+                        created_at_ms: *at_ms,
+                        expires_at_ms: None,
+                        fingerprint: Some(fingerprint.clone()),
+                        used_at_ms: None,
+                    };
+                    self.tokenize(new_token, record)
+                }
+            },
             Command::InstallFingerprintKey { wrapped, at_ms } => {
                 if self.fingerprint_key.is_some() {
                     Response::Refused(Refusal::FingerprintKeyExists)
@@ -182,6 +213,39 @@ impl VaultState {
         Response::Tokenized(meta)
     }
 
+    /// All-or-nothing: refuse before marking anything if the new token id is taken (and
+    /// the card is not already on file, in which case the new id is not needed).
+    fn new_card_id_free(
+        &self,
+        merchant: &str,
+        member: &str,
+        fp: &str,
+        new_token: &str,
+    ) -> Result<(), Refusal> {
+        let key = (merchant.to_owned(), member.to_owned(), fp.to_owned());
+        if !self.cards.contains_key(&key) && self.tokens.contains_key(new_token) {
+            return Err(Refusal::TokenIdTaken);
+        }
+        Ok(())
+    }
+
+    /// Marks a one-time token used, if `merchant_id` owns it and it is unused and unexpired.
+    fn use_one_time(&mut self, merchant_id: &str, token: &str, at_ms: u64) -> Result<(), Refusal> {
+        let r = self
+            .tokens
+            .get_mut(token)
+            .filter(|r| r.merchant_id == merchant_id && r.kind == TokenKind::OneTime);
+        let r = r.ok_or(Refusal::TokenNotFound)?;
+        if r.used_at_ms.is_some() {
+            return Err(Refusal::TokenAlreadyUsed);
+        }
+        if r.expires_at_ms.is_some_and(|e| at_ms >= e) {
+            return Err(Refusal::TokenExpired);
+        }
+        r.used_at_ms = Some(at_ms);
+        Ok(())
+    }
+
     fn delete_card(&mut self, merchant_id: &str, member_id: &str, token: &str) -> Response {
         let owned = self.tokens.get(token).is_some_and(|r| {
             r.merchant_id == merchant_id
@@ -238,6 +302,13 @@ impl VaultState {
             .take_while(|((m, mem, _), _)| m == merchant_id && mem == member_id)
             .map(|(_, t)| token_meta(t, &self.tokens[t]))
             .collect()
+    }
+
+    /// A token's record, only when `merchant_id` owns it (the leader reads it to re-seal).
+    pub fn record_for(&self, merchant_id: &str, token: &str) -> Option<&TokenRecord> {
+        self.tokens
+            .get(token)
+            .filter(|r| r.merchant_id == merchant_id)
     }
 
     /// The wrapped fingerprint key, once installed.
@@ -304,6 +375,13 @@ impl VaultState {
             if r.created_at_ms > self.clock_ms {
                 return Err(format!("token {token} created after the state clock"));
             }
+            if r.used_at_ms
+                .is_some_and(|u| r.kind != TokenKind::OneTime || u > self.clock_ms)
+            {
+                return Err(format!(
+                    "token {token}: only one-time tokens are used, and not in the future"
+                ));
+            }
             if let Some(k) = card_key(r) {
                 if self.cards.get(&k) != Some(token) {
                     return Err(format!(
@@ -364,6 +442,7 @@ fn cmd_time(cmd: &Command) -> Option<u64> {
         | Command::RotateMerchantKey { at_ms, .. }
         | Command::Tokenize { at_ms, .. }
         | Command::InstallFingerprintKey { at_ms, .. }
+        | Command::UseOneTimeForCard { at_ms, .. }
         | Command::DeleteCard { at_ms, .. } => Some(*at_ms),
     }
 }
@@ -379,6 +458,7 @@ fn token_meta(token: &str, r: &TokenRecord) -> TokenMeta {
         exp_year: r.card.exp_year,
         created_at_ms: r.created_at_ms,
         expires_at_ms: r.expires_at_ms,
+        used_at_ms: r.used_at_ms,
     }
 }
 
@@ -624,6 +704,95 @@ mod tests {
         s.validate().unwrap();
     }
 
+    /// `s` with its clock set to `clock_ms`: every applied command advances the clock,
+    /// refused or not, so "nothing changed" means "nothing but the clock".
+    fn at_clock(s: &VaultState, clock_ms: u64) -> VaultState {
+        VaultState {
+            clock_ms,
+            ..s.clone()
+        }
+    }
+
+    fn one_time(merchant: &str, token: &str, at_ms: u64, expires_at_ms: u64) -> Command {
+        Command::Tokenize {
+            merchant_id: merchant.into(),
+            token: token.into(),
+            kind: TokenKind::OneTime,
+            member_id: None,
+            card: card(1),
+            at_ms,
+            expires_at_ms: Some(expires_at_ms),
+            fingerprint: None,
+        }
+    }
+
+    fn use_it(merchant: &str, token: &str, new_token: &str, fp: &str, at_ms: u64) -> Command {
+        Command::UseOneTimeForCard {
+            merchant_id: merchant.into(),
+            one_time_token: token.into(),
+            member_id: "m1".into(),
+            new_token: new_token.into(),
+            card: card(1),
+            fingerprint: fp.into(),
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn a_one_time_token_is_used_exactly_once_and_never_after_expiry() {
+        let mut s = with_fingerprint_key();
+        s.apply(&one_time("a", "ott_1", 10, 1_000));
+        s.apply(&one_time("a", "ott_2", 10, 1_000));
+        let before = s.clone();
+        assert_eq!(
+            s.apply(&use_it("b", "ott_1", "tok_x", "f1", 20)),
+            Response::Refused(Refusal::TokenNotFound)
+        );
+        assert_eq!(
+            s,
+            at_clock(&before, s.clock_ms),
+            "a refused use changes nothing but the clock"
+        );
+        match s.apply(&use_it("a", "ott_1", "tok_c1", "f1", 20)) {
+            Response::Tokenized(m) => assert_eq!(
+                (m.token.as_str(), m.kind),
+                ("tok_c1", TokenKind::CardOnFile)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.token_for("a", "ott_1").unwrap().used_at_ms, Some(20));
+        let used = s.clone();
+        assert_eq!(
+            s.apply(&use_it("a", "ott_1", "tok_c2", "f1", 21)),
+            Response::Refused(Refusal::TokenAlreadyUsed)
+        );
+        assert_eq!(
+            s,
+            at_clock(&used, s.clock_ms),
+            "a second use changes nothing but the clock"
+        );
+        assert_eq!(
+            s.apply(&use_it("a", "ott_2", "tok_c3", "f2", 1_000)),
+            Response::Refused(Refusal::TokenExpired)
+        );
+        assert_eq!(s.token_for("a", "ott_2").unwrap().used_at_ms, None);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn using_a_one_time_token_for_a_card_already_on_file_returns_it_and_uses_the_token() {
+        let mut s = with_fingerprint_key();
+        s.apply(&on_file("a", "m1", "tok_1", "f1", 10));
+        s.apply(&one_time("a", "ott_1", 10, 1_000));
+        match s.apply(&use_it("a", "ott_1", "tok_new", "f1", 20)) {
+            Response::AlreadyOnFile(m) => assert_eq!(m.token, "tok_1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.token_for("a", "tok_new").is_none());
+        assert_eq!(s.token_for("a", "ott_1").unwrap().used_at_ms, Some(20));
+        s.validate().unwrap();
+    }
+
     mod prop {
         use super::*;
         use proptest::prelude::*;
@@ -656,7 +825,20 @@ mod tests {
                 let mut s = with_fingerprint_key();
                 let mut deleted = std::collections::BTreeSet::new();
                 for c in &cmds {
+                    let was_used = match c {
+                        Command::UseOneTimeForCard { merchant_id, one_time_token, .. } => {
+                            s.token_for(merchant_id, one_time_token).and_then(|m| m.used_at_ms.map(|_| ()).or(None))
+                        }
+                        _ => None,
+                    };
                     let r = s.apply(c);
+                    if let Command::UseOneTimeForCard { at_ms, merchant_id, one_time_token, .. } = c {
+                        let ok = matches!(r, Response::Tokenized(_) | Response::AlreadyOnFile(_));
+                        prop_assert!(!(ok && was_used.is_some()), "a used one-time token was used again");
+                        if let Some(m) = s.token_for(merchant_id, one_time_token) {
+                            prop_assert!(!(ok && m.expires_at_ms.is_some_and(|e| *at_ms >= e)), "an expired token was used");
+                        }
+                    }
                     prop_assert!(s.validate().is_ok(), "{c} -> {r:?}: {:?}", s.validate());
                     if let (Command::DeleteCard { token, .. }, Response::CardDeleted) = (c, &r) {
                         deleted.insert(token.clone());
