@@ -2,7 +2,7 @@
 //! Every route requires the admin token; no merchant key is accepted here.
 
 use super::tokens::body_or_problem;
-use super::{Problem, St};
+use super::{result, Problem, St};
 use crate::crypto::api_key_hash;
 use crate::vault::token::base62_u128;
 use crate::vault::{Command, Refusal, Response};
@@ -16,10 +16,6 @@ use serde_json::json;
 
 /// Longest merchant id accepted.
 pub const MERCHANT_ID_CHARS_MAX: usize = 64;
-
-fn result(r: Result<HttpResponse, Problem>) -> HttpResponse {
-    r.unwrap_or_else(IntoResponse::into_response)
-}
 
 /// `POST /admin/v1/init`: form the cluster from the configured members, once.
 pub async fn init(State(st): St, headers: HeaderMap) -> HttpResponse {

@@ -5,7 +5,7 @@
 use super::tokens::{
     active_data_key, body_or_problem, check_member_id, fingerprint_key, response_kind, TokenOut,
 };
-use super::{AppState, Problem, St};
+use super::{result, AppState, Problem, St};
 use crate::crypto::{card_fingerprint, open_pan, seal_pan};
 use crate::vault::state::TokenRecord;
 use crate::vault::token::{looks_like_token_id, opaque_token_id};
@@ -16,10 +16,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde_json::json;
-
-fn result(r: Result<HttpResponse, Problem>) -> HttpResponse {
-    r.unwrap_or_else(IntoResponse::into_response)
-}
 
 /// Lists the member's card-on-file tokens (linearizable). Unknown members have none.
 pub async fn list(

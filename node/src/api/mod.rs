@@ -147,6 +147,11 @@ async fn observe(State(st): St, req: Request, next: Next) -> axum::response::Res
     resp
 }
 
+/// A handler's outcome as a response: the value, or its problem.
+fn result(r: Result<axum::response::Response, Problem>) -> axum::response::Response {
+    r.unwrap_or_else(axum::response::IntoResponse::into_response)
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers
         .get(axum::http::header::AUTHORIZATION)?
