@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 struct Bytes {
     current: Vec<u8>,
     durable: Vec<u8>,
-    syncs: u64,
 }
 
 /// A simulated disk shared across restarts of one simulated host. Cheap to clone.
@@ -38,18 +37,6 @@ impl SimDisk {
     pub fn disable_fsync(&self) {
         self.fsync_enabled
             .store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Number of syncs so far.
-    pub fn syncs(&self) -> u64 {
-        self.inner.lock().expect("disk lock").syncs
-    }
-
-    /// True when `needle` occurs anywhere on the disk (secret scans in tests).
-    pub fn contains(&self, needle: &[u8]) -> bool {
-        let b = self.inner.lock().expect("disk lock");
-        b.current.windows(needle.len()).any(|w| w == needle)
-            || b.durable.windows(needle.len()).any(|w| w == needle)
     }
 
     /// A backend handle over this disk for one open of the database.
@@ -97,7 +84,6 @@ impl StorageBackend for SimBackend {
 
     fn sync_data(&self) -> Result<(), std::io::Error> {
         let mut b = self.0.inner.lock().expect("disk lock");
-        b.syncs += 1;
         if self
             .0
             .fsync_enabled
