@@ -3,12 +3,12 @@
 //! `DELETE /v1/members/{member_id}/cards/{token}`.
 
 use super::tokens::{
-    active_data_key, body_or_problem, check_member_id, fingerprint_key, response_kind, TokenOut,
+    body_or_problem, check_member_id, fingerprint_key, response_kind, seal_for_new_token, TokenOut,
 };
 use super::{result, AppState, Problem, St};
-use crate::crypto::{card_fingerprint, open_pan, seal_pan};
+use crate::crypto::{card_fingerprint, open_pan};
 use crate::vault::state::TokenRecord;
-use crate::vault::token::{looks_like_token_id, opaque_token_id};
+use crate::vault::token::looks_like_token_id;
 use crate::vault::{Command, Refusal, Response, SealedCard, TokenKind};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -191,21 +191,19 @@ async fn reseal_for_member(
         &sealed.ciphertext,
     )
     .map_err(|_| Problem::internal("the stored card failed authentication"))?;
-    let (version, key) = active_data_key(st).await?;
     let fingerprint = card_fingerprint(&fingerprint_key(st).await?, merchant_id, &pan);
-    let new_token = opaque_token_id(st.entropy.bytes());
-    let nonce = st.entropy.nonce();
+    let seal = seal_for_new_token(st, merchant_id, &pan).await?;
     let card = SealedCard {
-        key_version: version,
-        nonce: nonce.to_vec(),
-        ciphertext: seal_pan(&key, version, merchant_id, &new_token, &pan, &nonce),
+        key_version: seal.key_version,
+        nonce: seal.nonce,
+        ciphertext: seal.ciphertext,
         ..sealed.clone()
     };
     Ok(Command::UseOneTimeForCard {
         merchant_id: merchant_id.to_owned(),
         one_time_token: one_time_token.to_owned(),
         member_id,
-        new_token,
+        new_token: seal.token,
         card,
         fingerprint,
         at_ms: now_ms,

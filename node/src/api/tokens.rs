@@ -150,7 +150,6 @@ async fn tokenize(
         year_month_of_ms(now_ms),
     )
     .map_err(|e| Problem::unprocessable(e.code(), e.message()))?;
-    let (key_version, key) = active_data_key(st).await?;
     let fingerprint = match input.kind {
         TokenKind::CardOnFile => Some(card_fingerprint(
             &fingerprint_key(st).await?,
@@ -159,24 +158,17 @@ async fn tokenize(
         )),
         TokenKind::OneTime => None,
     };
-    let token = opaque_token_id(st.entropy.bytes());
-    let nonce = st.entropy.nonce();
+    let seal = seal_for_new_token(st, &merchant_id, pan.digits()).await?;
     let card = SealedCard {
         brand: pan.brand(),
         last4: pan.last4(),
         exp_month: expiry.month,
         exp_year: expiry.year,
-        key_version,
-        nonce: nonce.to_vec(),
-        ciphertext: seal_pan(
-            &key,
-            key_version,
-            &merchant_id,
-            &token,
-            pan.digits(),
-            &nonce,
-        ),
+        key_version: seal.key_version,
+        nonce: seal.nonce,
+        ciphertext: seal.ciphertext,
     };
+    let token = seal.token;
     drop(pan);
     let expires_at_ms = match input.kind {
         TokenKind::OneTime => Some(now_ms + st.settings.one_time_token_ttl_s * 1000),
@@ -216,8 +208,35 @@ pub(super) fn response_kind(r: &Response) -> &'static str {
     }
 }
 
+/// A new token id and the PAN digits sealed for it under the current data key.
+pub(super) struct NewSeal {
+    pub token: String,
+    pub key_version: u32,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+/// Draws a new token id and seals `digits` for it (the associated data binds merchant,
+/// token and key version), creating the first data key if the vault has none.
+pub(super) async fn seal_for_new_token(
+    st: &AppState,
+    merchant_id: &str,
+    digits: &str,
+) -> Result<NewSeal, Problem> {
+    let (key_version, key) = active_data_key(st).await?;
+    let token = opaque_token_id(st.entropy.bytes());
+    let nonce = st.entropy.nonce();
+    let ciphertext = seal_pan(&key, key_version, merchant_id, &token, digits, &nonce);
+    Ok(NewSeal {
+        token,
+        key_version,
+        nonce: nonce.to_vec(),
+        ciphertext,
+    })
+}
+
 /// The newest data key, creating version 1 through the log if the vault has none yet.
-pub(super) async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
+async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
     for _ in 0..2 {
         let active = st
             .cluster
