@@ -264,24 +264,15 @@ impl Cluster {
     /// Until then its local state may lag: a merchant created a moment ago would not
     /// authenticate. Fails at once if this node is not the leader.
     pub async fn leader_caught_up(&self, timeout: Duration) -> Result<(), WriteError> {
+        // The common case costs one read of three fields; a watch is made only to wait.
+        if let Some(done) = self.caught_up_now() {
+            return done;
+        }
         let mut watch = self.watch();
         let wait = async {
             loop {
-                let (state, term, applied_term) = {
-                    let m = self.raft.metrics().borrow_watched().clone();
-                    (
-                        m.state,
-                        m.current_term,
-                        m.last_applied.map(|l| l.leader_id.term),
-                    )
-                };
-                if state != ServerState::Leader {
-                    return Err(WriteError::NotLeader {
-                        leader: self.leader().map(|(_, m)| m),
-                    });
-                }
-                if applied_term == Some(term) {
-                    return Ok(());
+                if let Some(done) = self.caught_up_now() {
+                    return done;
                 }
                 if !watch.changed().await {
                     return Err(WriteError::Unavailable("the Raft node stopped".into()));
@@ -295,6 +286,25 @@ impl Cluster {
                     "the new leader did not catch up in time".into(),
                 ))
             })
+    }
+
+    /// `Some(Ok)` once this leader applied an entry of its term, `Some(Err)` if it is not
+    /// the leader, `None` while it still has to wait.
+    fn caught_up_now(&self) -> Option<Result<(), WriteError>> {
+        let (is_leader, caught_up) = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow_watched();
+            (
+                m.state == ServerState::Leader,
+                m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term),
+            )
+        };
+        if !is_leader {
+            return Some(Err(WriteError::NotLeader {
+                leader: self.leader().map(|(_, m)| m),
+            }));
+        }
+        caught_up.then_some(Ok(()))
     }
 
     /// Proposes `cmd` and waits until it is committed and applied here.
