@@ -54,6 +54,7 @@ async fn client_loop(client: Client, id: u32, until: Instant) -> Outcome {
                 number: "4242424242424242".into(),
                 exp_month: 12,
                 exp_year: 2035,
+                cvc: None,
             },
             kind: "card_on_file".into(),
             member_id: Some(format!("bench-{id}-{i}")),

@@ -49,6 +49,7 @@ fn card(i: u32) -> TokenizeRequest {
             number: "4242424242424242".into(),
             exp_month: 1 + i % 12,
             exp_year: 2030,
+            cvc: None,
         },
         kind: "card_on_file".into(),
         member_id: Some(format!("member-{i}")),

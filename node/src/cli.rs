@@ -60,29 +60,106 @@ pub enum Cmd {
     /// Manage merchants through the admin API.
     Merchant {
         /// Any member's config file (for the endpoints and the admin token).
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         #[command(subcommand)]
         cmd: MerchantCmd,
+    },
+    /// Manage data keys: status, rotation, retirement.
+    Keys {
+        /// Any member's config file (for the endpoints and the admin token).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Read and verify the hash-chained audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+/// The main node's config written by `kura up`.
+pub const DEFAULT_CONFIG: &str = "kura-data/main.toml";
+
+/// Data key subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Show every data key version, its state and card count, and the re-wrap progress.
+    Status,
+    /// Make a new data key version current; a background re-wrap moves cards to it.
+    Rotate,
+    /// Destroy an old data key version once no card uses it.
+    Retire {
+        #[arg(long)]
+        version: u32,
+    },
+}
+
+/// Audit subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Print audit records as JSON lines.
+    List {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// First sequence number.
+        #[arg(long, default_value_t = 0)]
+        from_seq: u64,
+        /// How many records (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Recompute the chain and name the first broken record. With `--data-dir`, reads a
+    /// stopped node's database (or a copy) directly; otherwise asks the leader.
+    Verify {
+        /// A node's data directory (holding kura.redb), read offline.
+        #[arg(long, conflicts_with = "config")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
 /// Merchant subcommands.
 #[derive(Debug, Subcommand)]
 pub enum MerchantCmd {
-    /// Create a merchant and print its secret key (shown once).
+    /// Create a merchant and print its secret and publishable keys (shown once).
     Create {
         #[arg(long)]
         id: String,
         #[arg(long)]
         name: String,
+        /// Browser origins allowed to tokenize with the publishable key (repeatable).
+        #[arg(long = "allowed-origin")]
+        allowed_origins: Vec<String>,
+        /// `opaque` (tok_...) or `numeric` (as long as the card number, keeps its last four).
+        #[arg(long, default_value = "opaque")]
+        token_format: String,
     },
     /// List merchants.
     List,
-    /// Issue a new secret key; the old one stops working at once.
+    /// Change a merchant's allowed origins or token format.
+    Update {
+        #[arg(long)]
+        id: String,
+        /// Replaces the allowed origins (repeatable; give none with --clear-origins).
+        #[arg(long = "allowed-origin")]
+        allowed_origins: Vec<String>,
+        /// Removes every allowed origin.
+        #[arg(long, conflicts_with = "allowed_origins")]
+        clear_origins: bool,
+        #[arg(long)]
+        token_format: Option<String>,
+    },
+    /// Issue a new key; the old one stops working at once.
     RotateKey {
         #[arg(long)]
         id: String,
+        /// Rotate the publishable key instead of the secret key.
+        #[arg(long)]
+        publishable: bool,
     },
 }
 
@@ -137,34 +214,143 @@ pub async fn init(config: &Path) -> Result<(), String> {
 pub async fn merchant(config: &Path, cmd: MerchantCmd) -> Result<(), String> {
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
     let client = admin_client(&cfg)?;
-    let r = match cmd {
-        MerchantCmd::Create { id, name } => {
-            client
-                .call(
-                    http::Method::POST,
-                    "/admin/v1/merchants",
-                    Some(json!({ "merchant_id": id, "name": name })),
-                )
-                .await
+    let (method, path, body) = match cmd {
+        MerchantCmd::Create {
+            id,
+            name,
+            allowed_origins,
+            token_format,
+        } => (
+            http::Method::POST,
+            "/admin/v1/merchants".to_owned(),
+            Some(
+                json!({ "merchant_id": id, "name": name, "allowed_origins": allowed_origins, "token_format": token_format }),
+            ),
+        ),
+        MerchantCmd::List => (http::Method::GET, "/admin/v1/merchants".to_owned(), None),
+        MerchantCmd::Update {
+            id,
+            allowed_origins,
+            clear_origins,
+            token_format,
+        } => {
+            let mut body = json!({});
+            if clear_origins || !allowed_origins.is_empty() {
+                body["allowed_origins"] = json!(allowed_origins);
+            }
+            if let Some(f) = token_format {
+                body["token_format"] = json!(f);
+            }
+            (
+                http::Method::PATCH,
+                format!("/admin/v1/merchants/{id}"),
+                Some(body),
+            )
         }
-        MerchantCmd::List => {
-            client
-                .call(http::Method::GET, "/admin/v1/merchants", None)
-                .await
-        }
-        MerchantCmd::RotateKey { id } => {
-            client
+        MerchantCmd::RotateKey { id, publishable } => (
+            http::Method::POST,
+            format!("/admin/v1/merchants/{id}/rotate-key"),
+            Some(json!({ "key": if publishable { "publishable" } else { "secret" } })),
+        ),
+    };
+    print_call(&client, method, &path, body).await
+}
+
+async fn print_call(
+    client: &Client,
+    method: http::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(), String> {
+    let r = client
+        .call(method, path, body)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{}", serde_json::to_string_pretty(&r.body).expect("json"));
+    Ok(())
+}
+
+/// `kura keys ...`.
+pub async fn keys(config: &Path, cmd: KeysCmd) -> Result<(), String> {
+    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let client = admin_client(&cfg)?;
+    let (method, path) = match cmd {
+        KeysCmd::Status => (http::Method::GET, "/admin/v1/keys".to_owned()),
+        KeysCmd::Rotate => (http::Method::POST, "/admin/v1/keys/rotate".to_owned()),
+        KeysCmd::Retire { version } => (
+            http::Method::POST,
+            format!("/admin/v1/keys/{version}/retire"),
+        ),
+    };
+    print_call(&client, method, &path, None).await
+}
+
+/// `kura audit ...`. Returns `Ok(false)` when verification found a broken chain.
+pub async fn audit(cmd: AuditCmd) -> Result<bool, String> {
+    match cmd {
+        AuditCmd::List {
+            config,
+            from_seq,
+            limit,
+        } => {
+            let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+            let r = admin_client(&cfg)?
                 .call(
-                    http::Method::POST,
-                    &format!("/admin/v1/merchants/{id}/rotate-key"),
+                    http::Method::GET,
+                    &format!("/admin/v1/audit?from_seq={from_seq}&limit={limit}"),
                     None,
                 )
                 .await
+                .map_err(|e| e.to_string())?;
+            for rec in r.body["records"].as_array().into_iter().flatten() {
+                println!("{rec}");
+            }
+            Ok(true)
+        }
+        AuditCmd::Verify {
+            data_dir: Some(dir),
+            ..
+        } => verify_offline(&dir),
+        AuditCmd::Verify {
+            data_dir: None,
+            config,
+        } => {
+            let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+            let r = admin_client(&cfg)?
+                .call(http::Method::POST, "/admin/v1/audit/verify", None)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&r.body).expect("json"));
+            Ok(r.body["ok"] == true)
         }
     }
-    .map_err(|e| e.to_string())?;
-    println!("{}", serde_json::to_string_pretty(&r.body).expect("json"));
-    Ok(())
+}
+
+fn verify_offline(dir: &Path) -> Result<bool, String> {
+    let db = dir.join("kura.redb");
+    let offline = crate::store::offline::read_vault(&db).map_err(|e| e.to_string())?;
+    let audit = offline.vault.audit();
+    match audit.verify() {
+        Ok(n) => {
+            println!(
+                "audit trail OK: {n} records (snapshot at log index {}, {} entries replayed), head {}",
+                offline.snapshot_index,
+                offline.replayed_entries,
+                audit.head()
+            );
+            Ok(true)
+        }
+        Err(b) => {
+            println!(
+                "audit trail BROKEN at record {}: {} ({} records in all)",
+                b.seq,
+                b.reason,
+                audit.len()
+            );
+            Ok(false)
+        }
+    }
 }
 
 /// Fetches `/v1/cluster/status` from every endpoint (unreachable ones are `None`).

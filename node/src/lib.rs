@@ -5,6 +5,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod crypto;
+pub mod cvc;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -72,6 +72,12 @@ fn main() -> ExitCode {
                 base_port,
             } => kura_node::up::up(&data_dir, base_port).await,
             Cmd::Merchant { config, cmd } => cli::merchant(&config, cmd).await,
+            Cmd::Keys { config, cmd } => cli::keys(&config, cmd).await,
+            Cmd::Audit { cmd } => match cli::audit(cmd).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the audit trail does not verify".into()),
+                Err(e) => Err(e),
+            },
         }
     });
     match result {

@@ -38,6 +38,16 @@ pub struct Metrics {
     pub vault_tokens: Gauge,
     pub api_requests: Family<RequestLabels, Counter>,
     pub api_request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub cvc_held: Gauge,
+    pub cvc_replications: Family<OutcomeLabels, Counter>,
+    pub rewrap_cards: Counter,
+    pub audit_records: Gauge,
+}
+
+/// Labels of outcome counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
 }
 
 impl Default for Metrics {
@@ -63,6 +73,10 @@ impl Metrics {
             vault_tokens: Gauge::default(),
             api_requests: Family::default(),
             api_request_duration: Family::new_with_constructor(latency_histogram),
+            cvc_held: Gauge::default(),
+            cvc_replications: Family::default(),
+            rewrap_cards: Counter::default(),
+            audit_records: Gauge::default(),
         };
         registry.register(
             "raft_term",
@@ -121,6 +135,26 @@ impl Metrics {
             Unit::Seconds,
             m.api_request_duration.clone(),
         );
+        registry.register(
+            "cvc_held",
+            "CVCs held in this node's memory (never on disk)",
+            m.cvc_held.clone(),
+        );
+        registry.register(
+            "cvc_replications",
+            "CVC copies the leader sent to other nodes' memory, by outcome (copied: at least one node took it; not_copied: none did)",
+            m.cvc_replications.clone(),
+        );
+        registry.register(
+            "keys_rewrap_cards",
+            "Cards moved to the current data key by the background re-wrap",
+            m.rewrap_cards.clone(),
+        );
+        registry.register(
+            "audit_records",
+            "Records in the replicated audit trail",
+            m.audit_records.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -130,6 +164,16 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding to a String cannot fail");
         out
+    }
+
+    /// Records how many other nodes took a copy of one CVC.
+    pub fn cvc_copies(&self, copies: usize) {
+        let outcome = if copies > 0 { "copied" } else { "not_copied" };
+        self.cvc_replications
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// Records one API request.

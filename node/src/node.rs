@@ -8,6 +8,7 @@ use crate::api::{self, AppState, Clock};
 use crate::cluster::{self, Cluster};
 use crate::config::NodeConfig;
 use crate::crypto::{api_key_hash, Entropy, Kek, KeyRing};
+use crate::cvc::CvcStore;
 use crate::metrics::Metrics;
 use crate::net::{self, HttpPool, Net};
 use crate::store::{FsyncObserver, Store, WriterMode};
@@ -128,21 +129,24 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     .await?;
     let state = Arc::new(AppState {
         cluster: cluster.clone(),
-        keys: Arc::new(KeyRing::new(env.kek)),
+        keys: Arc::new(KeyRing::new(Arc::new(env.kek))),
         entropy: env.entropy,
         clock: env.clock,
         metrics: env.metrics.clone(),
         settings: cfg.api.clone(),
         admin_token_sha256: api_key_hash(&env.admin_token),
         pool,
+        cvc: Arc::new(CvcStore::new(cfg.api.cvc_entries_max)),
     });
-    let raft_routes = cluster::raft_router(cluster.clone());
+    let raft_routes = cluster::raft_router(cluster.clone()).merge(api::peer::router(state.clone()));
+    crate::raft_types::spawn(api::rewrap_loop(state.clone()));
+    crate::raft_types::spawn(sweep_cvcs(state.clone()));
     crate::raft_types::spawn(async move {
         if let Err(e) = net::serve(raft_listener, raft_routes).await {
             tracing::error!(error = %e, "raft listener stopped");
         }
     });
-    let api_routes = api::router(state);
+    let api_routes = api::router(state.clone());
     crate::raft_types::spawn(async move {
         if let Err(e) = net::serve(api_listener, api_routes).await {
             tracing::error!(error = %e, "api listener stopped");
@@ -158,6 +162,27 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
 
 fn bind_err(key: &str, addr: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot listen on {key} {addr}: {e}"))
+}
+
+/// How often each node wipes expired and used CVCs.
+const CVC_SWEEP_MS: u64 = 1_000;
+
+/// Wipes CVCs whose one-time token expired or was used (on this node, as applied here).
+async fn sweep_cvcs(st: Arc<AppState>) {
+    loop {
+        crate::raft_types::sleep(std::time::Duration::from_millis(CVC_SWEEP_MS)).await;
+        let now = (st.clock)();
+        st.cluster.vault().read(|v| {
+            st.cvc.sweep(now, |token| {
+                v.any_token(token)
+                    .map(|r| r.used_at_ms.is_none() && r.expires_at_ms.is_some_and(|e| now < e))
+            })
+        });
+        st.metrics.cvc_held.set(st.cvc.len() as i64);
+        st.metrics
+            .audit_records
+            .set(st.cluster.vault().read(|v| v.audit().len()) as i64);
+    }
 }
 
 /// Mirrors Raft state into gauges and counts leader changes.

@@ -173,20 +173,34 @@ async fn bring_up(data_dir: &Path, configs: &[PathBuf]) -> Result<String, String
             Some(json!({ "merchant_id": "demo", "name": "Demo merchant" })),
         )
         .await;
-    let key = match created {
-        Ok(r) => r.body["secret_key"].as_str().unwrap_or_default().to_owned(),
-        Err(kura_sdk::Error::Api { code, .. }) if code == "merchant_exists" => admin
-            .call(
-                http::Method::POST,
-                "/admin/v1/merchants/demo/rotate-key",
-                None,
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .body["secret_key"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+    let (key, publishable) = match created {
+        Ok(r) => (
+            r.body["secret_key"].as_str().unwrap_or_default().to_owned(),
+            r.body["publishable_key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        Err(kura_sdk::Error::Api { code, .. }) if code == "merchant_exists" => {
+            let mut keys = Vec::new();
+            for kind in ["secret", "publishable"] {
+                let r = admin
+                    .call(
+                        http::Method::POST,
+                        "/admin/v1/merchants/demo/rotate-key",
+                        Some(json!({ "key": kind })),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                keys.push(
+                    r.body[format!("{kind}_key")]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            (keys[0].clone(), keys[1].clone())
+        }
         Err(e) => return Err(e.to_string()),
     };
     let mut out = String::from("kura is up: three nodes on loopback\n");
@@ -195,7 +209,9 @@ async fn bring_up(data_dir: &Path, configs: &[PathBuf]) -> Result<String, String
     }
     out += &format!(
         "  data, keys and logs: {d}/  (logs: {d}/{{main,dr,bk}}/kura.log)\n\n\
-         demo merchant secret key (new on every `kura up`): {key}\n\n\
+         demo merchant keys (new on every `kura up`):\n  \
+         secret      {key}\n  \
+         publishable {publishable}  (one-time tokens only, e.g. from a browser)\n\n\
          tokenize a card through any node (followers forward to the leader):\n  \
          curl -s http://{ep}/v1/tokens -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"card\":{{\"number\":\"4242424242424242\",\"exp_month\":12,\"exp_year\":2030}},\"kind\":\"card_on_file\",\"member_id\":\"member-1\"}}'\n\n\

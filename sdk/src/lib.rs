@@ -29,6 +29,9 @@ pub struct CardInput {
     pub number: String,
     pub exp_month: u32,
     pub exp_year: u32,
+    /// The security code; one-time tokens only. kura holds it in memory, never on disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cvc: Option<String>,
 }
 
 /// `POST /v1/tokens` body.
@@ -53,6 +56,12 @@ pub struct Token {
     pub exp_year: u32,
     pub created_at: u64,
     pub expires_at: Option<u64>,
+    /// When a one-time token was used.
+    #[serde(default)]
+    pub used_at: Option<u64>,
+    /// One-time tokens: `not_supplied`, `available` or `unavailable`.
+    #[serde(default)]
+    pub cvc: Option<String>,
 }
 
 /// Why a call failed.

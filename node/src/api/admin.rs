@@ -1,11 +1,14 @@
-//! Admin routes: form the cluster, create, list and rotate merchants.
+//! Admin routes: form the cluster; create, list, update merchants and rotate their keys;
+//! move leadership.
 //! Every route requires the admin token; no merchant key is accepted here.
 
-use super::tokens::body_or_problem;
+use super::tokens::{body_or_problem, unexpected};
 use super::{result, Problem, St};
 use crate::crypto::api_key_hash;
 use crate::vault::token::base62_u128;
-use crate::vault::{Command, Refusal, Response};
+use crate::vault::{
+    Command, KeyRole, MerchantInfo, MerchantSettings, Refusal, Response, TokenFormat,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -47,12 +50,21 @@ pub async fn init(State(st): St, headers: HeaderMap) -> HttpResponse {
 struct CreateMerchant {
     merchant_id: String,
     name: String,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    token_format: TokenFormat,
 }
 
-fn new_secret_key(st: &super::AppState) -> String {
+/// Most browser origins a merchant may allow.
+pub const ALLOWED_ORIGINS_MAX: usize = 20;
+/// Longest origin accepted.
+pub const ORIGIN_CHARS_MAX: usize = 200;
+
+fn new_key(st: &super::AppState, prefix: &str) -> String {
     let a = base62_u128(u128::from_be_bytes(st.entropy.bytes()));
     let b = base62_u128(u128::from_be_bytes(st.entropy.bytes()));
-    format!("sk_{a}{b}")
+    format!("{prefix}_{a}{b}")
 }
 
 fn check_merchant_id(id: &str) -> Result<(), Problem> {
@@ -70,51 +82,225 @@ fn check_merchant_id(id: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-/// `POST /admin/v1/merchants`: creates a merchant and returns its secret key once.
+/// An origin is `https://host[:port]`, or `http://` for localhost and 127.0.0.1 (local
+/// development), with no path, as browsers send it.
+fn check_origins(origins: &[String]) -> Result<(), Problem> {
+    let bad = |detail: String| Problem::bad_request("allowed_origin_invalid", detail);
+    if origins.len() > ALLOWED_ORIGINS_MAX {
+        return Err(bad(format!(
+            "at most {ALLOWED_ORIGINS_MAX} allowed_origins per merchant"
+        )));
+    }
+    for o in origins {
+        let host_port = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://").filter(|h| is_local(h)));
+        let ok = o.len() <= ORIGIN_CHARS_MAX
+            && host_port.is_some_and(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            });
+        if !ok {
+            return Err(bad(
+                "each allowed origin must look like https://shop.example or https://shop.example:8443 (http:// only for localhost or 127.0.0.1), without a path".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_local(host_port: &str) -> bool {
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    host == "localhost" || host == "127.0.0.1"
+}
+
+/// A merchant as the admin API shows it (never its keys).
+fn merchant_json(m: &MerchantInfo) -> serde_json::Value {
+    json!({
+        "merchant_id": m.merchant_id,
+        "name": m.name,
+        "created_at": m.created_at_ms / 1000,
+        "key_rotated_at": m.key_rotated_at_ms / 1000,
+        "allowed_origins": m.settings.allowed_origins,
+        "token_format": m.settings.token_format,
+    })
+}
+
+/// `POST /admin/v1/merchants`: creates a merchant and returns its secret and publishable
+/// keys, once.
 pub async fn create_merchant(
     State(st): St,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResponse {
-    result(async {
-        st.admin(&headers)?;
-        let input: CreateMerchant = super::problem::parse_json(&body_or_problem(body)?)?;
-        check_merchant_id(&input.merchant_id)?;
-        if input.name.is_empty() || input.name.len() > 200 {
-            return Err(Problem::bad_request("merchant_name_invalid", "name must be 1-200 characters"));
+    result(
+        async {
+            st.admin(&headers)?;
+            let input: CreateMerchant = super::problem::parse_json(&body_or_problem(body)?)?;
+            check_merchant_id(&input.merchant_id)?;
+            if input.name.is_empty() || input.name.len() > 200 {
+                return Err(Problem::bad_request(
+                    "merchant_name_invalid",
+                    "name must be 1-200 characters",
+                ));
+            }
+            check_origins(&input.allowed_origins)?;
+            let (secret, publishable) = (new_key(&st, "sk"), new_key(&st, "pk"));
+            let cmd = Command::CreateMerchant {
+                merchant_id: input.merchant_id,
+                name: input.name,
+                secret_key_sha256: api_key_hash(&secret),
+                publishable_key_sha256: api_key_hash(&publishable),
+                settings: MerchantSettings {
+                    allowed_origins: input.allowed_origins,
+                    token_format: input.token_format,
+                },
+                at_ms: st.now_ms(),
+            };
+            match st.write(cmd).await? {
+                Response::Merchant(m) => {
+                    let mut out = merchant_json(&m);
+                    out["secret_key"] = json!(secret);
+                    out["publishable_key"] = json!(publishable);
+                    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+                }
+                Response::Refused(Refusal::MerchantExists) => Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "merchant_exists",
+                    "a merchant with this id exists; rotate its keys instead",
+                )),
+                other => Err(unexpected(&other)),
+            }
         }
-        let secret = new_secret_key(&st);
-        let cmd = Command::CreateMerchant {
-            merchant_id: input.merchant_id,
-            name: input.name,
-            secret_key_sha256: api_key_hash(&secret),
-            at_ms: st.now_ms(),
-        };
-        match st.write(cmd).await? {
-            Response::Merchant(m) => Ok((StatusCode::CREATED, axum::Json(json!({
-                "merchant_id": m.merchant_id, "name": m.name, "created_at": m.created_at_ms / 1000, "secret_key": secret,
-            }))).into_response()),
-            Response::Refused(Refusal::MerchantExists) => Err(Problem::new(StatusCode::CONFLICT, "merchant_exists", "a merchant with this id exists; rotate its key instead")),
-            _ => Err(Problem::internal("unexpected vault response")),
-        }
-    }.await)
+        .await,
+    )
 }
 
-/// `POST /admin/v1/merchants/{id}/rotate-key`: issues a new secret key; the old one stops working.
-pub async fn rotate_key(State(st): St, headers: HeaderMap, Path(id): Path<String>) -> HttpResponse {
-    result(async {
-        st.admin(&headers)?;
-        check_merchant_id(&id)?;
-        let secret = new_secret_key(&st);
-        let cmd = Command::RotateMerchantKey { merchant_id: id, secret_key_sha256: api_key_hash(&secret), at_ms: st.now_ms() };
-        match st.write(cmd).await? {
-            Response::Merchant(m) => Ok(axum::Json(json!({
-                "merchant_id": m.merchant_id, "name": m.name, "key_rotated_at": m.key_rotated_at_ms / 1000, "secret_key": secret,
-            })).into_response()),
-            Response::Refused(Refusal::UnknownMerchant) => Err(Problem::not_found("merchant_not_found", "no merchant with this id")),
-            _ => Err(Problem::internal("unexpected vault response")),
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateKey {
+    #[serde(default)]
+    key: KeyRole,
+}
+
+/// `POST /admin/v1/merchants/{id}/rotate-key` with `{"key": "secret"|"publishable"}`
+/// (default secret): issues a new key of that kind; the old one stops working at once.
+pub async fn rotate_key(
+    State(st): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    result(
+        async {
+            st.admin(&headers)?;
+            check_merchant_id(&id)?;
+            let body = body_or_problem(body)?;
+            let input: RotateKey = if body.is_empty() {
+                RotateKey::default()
+            } else {
+                super::problem::parse_json(&body)?
+            };
+            let prefix = match input.key {
+                KeyRole::Secret => "sk",
+                KeyRole::Publishable => "pk",
+            };
+            let key = new_key(&st, prefix);
+            let cmd = Command::RotateMerchantKey {
+                merchant_id: id,
+                role: input.key,
+                key_sha256: api_key_hash(&key),
+                at_ms: st.now_ms(),
+            };
+            match st.write(cmd).await? {
+                Response::Merchant(m) => {
+                    let mut out = merchant_json(&m);
+                    out[format!("{}_key", input.key.as_str())] = json!(key);
+                    Ok(axum::Json(out).into_response())
+                }
+                Response::Refused(Refusal::UnknownMerchant) => Err(Problem::not_found(
+                    "merchant_not_found",
+                    "no merchant with this id",
+                )),
+                other => Err(unexpected(&other)),
+            }
         }
-    }.await)
+        .await,
+    )
+}
+
+/// `GET /admin/v1/merchants/{id}`.
+pub async fn get_merchant(
+    State(st): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> HttpResponse {
+    result(
+        async {
+            st.admin(&headers)?;
+            st.linearize().await?;
+            st.cluster
+                .vault()
+                .read(|v| v.merchant_info(&id))
+                .map(|m| axum::Json(merchant_json(&m)).into_response())
+                .ok_or_else(|| Problem::not_found("merchant_not_found", "no merchant with this id"))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateMerchant {
+    allowed_origins: Option<Vec<String>>,
+    token_format: Option<TokenFormat>,
+}
+
+/// `PATCH /admin/v1/merchants/{id}`: changes `allowed_origins` and/or `token_format`
+/// (new tokens only; existing tokens keep their ids).
+pub async fn update_merchant(
+    State(st): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    result(
+        async {
+            st.admin(&headers)?;
+            let input: UpdateMerchant = super::problem::parse_json(&body_or_problem(body)?)?;
+            st.linearize().await?;
+            let mut settings = st
+                .cluster
+                .vault()
+                .read(|v| v.merchant_info(&id))
+                .ok_or_else(|| {
+                    Problem::not_found("merchant_not_found", "no merchant with this id")
+                })?
+                .settings;
+            if let Some(o) = input.allowed_origins {
+                check_origins(&o)?;
+                settings.allowed_origins = o;
+            }
+            if let Some(f) = input.token_format {
+                settings.token_format = f;
+            }
+            let cmd = Command::UpdateMerchant {
+                merchant_id: id,
+                settings,
+                at_ms: st.now_ms(),
+            };
+            match st.write(cmd).await? {
+                Response::Merchant(m) => Ok(axum::Json(merchant_json(&m)).into_response()),
+                Response::Refused(Refusal::UnknownMerchant) => Err(Problem::not_found(
+                    "merchant_not_found",
+                    "no merchant with this id",
+                )),
+                other => Err(unexpected(&other)),
+            }
+        }
+        .await,
+    )
 }
 
 /// `GET /admin/v1/merchants`: every merchant (never their keys).
@@ -123,7 +309,13 @@ pub async fn list_merchants(State(st): St, headers: HeaderMap) -> HttpResponse {
         async {
             st.admin(&headers)?;
             st.linearize().await?;
-            let list = st.cluster.vault().read(|v| v.merchants());
+            let list: Vec<_> = st
+                .cluster
+                .vault()
+                .read(|v| v.merchants())
+                .iter()
+                .map(merchant_json)
+                .collect();
             Ok(axum::Json(json!({ "merchants": list })).into_response())
         }
         .await,
@@ -156,6 +348,18 @@ pub async fn transfer_leader(
                     Problem::new(StatusCode::SERVICE_UNAVAILABLE, "transfer_failed", e)
                 })?;
                 tracing::info!(to = %input.to, cause = "operator", "leadership transferred");
+                let record = Command::RecordAdminAction {
+                    action: "leader.transfer".into(),
+                    detail: format!("to {}", input.to),
+                    at_ms: st.now_ms(),
+                };
+                // The transfer happened; failing to record it is logged, not reported.
+                if let Err(p) = st.write(record).await {
+                    tracing::warn!(
+                        code = p.code,
+                        "leader transfer not recorded in the audit trail"
+                    );
+                }
             }
             Ok(axum::Json(json!({ "leader": input.to })).into_response())
         }

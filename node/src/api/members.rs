@@ -3,19 +3,21 @@
 //! `DELETE /v1/members/{member_id}/cards/{token}`.
 
 use super::tokens::{
-    body_or_problem, check_member_id, fingerprint_key, response_kind, seal_for_new_token, TokenOut,
+    body_or_problem, check_member_id, fingerprint_key, key_unavailable, seal_for_new_token,
+    unexpected, TokenOut, TOKEN_ID_ATTEMPTS,
 };
 use super::{result, AppState, Problem, St};
 use crate::crypto::{card_fingerprint, open_pan};
 use crate::vault::state::TokenRecord;
 use crate::vault::token::looks_like_token_id;
-use crate::vault::{Command, Refusal, Response, SealedCard, TokenKind};
+use crate::vault::{Command, Expiry, Refusal, Response, SealedCard, TokenKind};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde_json::json;
+use zeroize::Zeroizing;
 
 /// Lists the member's card-on-file tokens (linearizable). Unknown members have none.
 pub async fn list(
@@ -33,7 +35,7 @@ pub async fn list(
                 .vault()
                 .read(|v| v.member_cards(&merchant_id, &member_id))
                 .into_iter()
-                .map(TokenOut::from)
+                .map(|m| TokenOut::new(&st, m))
                 .collect();
             Ok(axum::Json(json!({ "member_id": member_id, "cards": cards })).into_response())
         }
@@ -64,10 +66,7 @@ pub async fn delete(
                     "token_not_found",
                     "no such card for this member",
                 )),
-                other => Err(Problem::internal(format!(
-                    "unexpected vault response {}",
-                    response_kind(&other)
-                ))),
+                other => Err(unexpected(&other)),
             }
         }
         .await,
@@ -123,22 +122,35 @@ pub async fn register(
             if record.expires_at_ms.is_some_and(|e| now_ms >= e) {
                 return Err(refusal_problem(&Refusal::TokenExpired));
             }
-            let cmd =
-                reseal_for_member(&st, &merchant_id, &input.token, &record, member_id, now_ms)
-                    .await?;
-            match st.write(cmd).await? {
-                Response::Tokenized(meta) => {
-                    Ok((StatusCode::CREATED, axum::Json(TokenOut::from(meta))).into_response())
+            for _ in 0..TOKEN_ID_ATTEMPTS {
+                let cmd = reseal_for_member(
+                    &st,
+                    &merchant_id,
+                    &input.token,
+                    &record,
+                    member_id.clone(),
+                    now_ms,
+                )
+                .await?;
+                let written = st.write(cmd).await?;
+                if matches!(written, Response::Tokenized(_) | Response::AlreadyOnFile(_)) {
+                    // Used: its CVC is wiped here now, and on other nodes by their sweep.
+                    st.cvc.take(&input.token, 0);
                 }
-                Response::AlreadyOnFile(meta) => {
-                    Ok(axum::Json(TokenOut::from(meta)).into_response())
-                }
-                Response::Refused(r) => Err(refusal_problem(&r)),
-                other => Err(Problem::internal(format!(
-                    "unexpected vault response {}",
-                    response_kind(&other)
-                ))),
+                return match written {
+                    Response::Tokenized(meta) => {
+                        Ok((StatusCode::CREATED, axum::Json(TokenOut::new(&st, meta)))
+                            .into_response())
+                    }
+                    Response::AlreadyOnFile(meta) => {
+                        Ok(axum::Json(TokenOut::new(&st, meta)).into_response())
+                    }
+                    Response::Refused(Refusal::TokenIdTaken | Refusal::UnknownDataKey) => continue,
+                    Response::Refused(r) => Err(refusal_problem(&r)),
+                    other => Err(unexpected(&other)),
+                };
             }
+            Err(Problem::internal("no free token id after several attempts"))
         }
         .await,
     )
@@ -167,45 +179,49 @@ async fn reseal_for_member(
     now_ms: u64,
 ) -> Result<Command, Problem> {
     let sealed = &record.card;
-    let wrapped = st
-        .cluster
-        .vault()
-        .read(|v| v.data_key(sealed.key_version).map(<[u8]>::to_vec))
-        .ok_or_else(|| Problem::internal("the token's data key version is missing"))?;
-    let old_key = st
-        .keys
-        .data_key(sealed.key_version, &wrapped)
-        .map_err(|_| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "key_unavailable",
-                "the token's data key cannot be unwrapped",
-            )
-        })?;
-    let pan = open_pan(
-        &old_key,
-        sealed.key_version,
-        merchant_id,
-        one_time_token,
-        &sealed.nonce,
-        &sealed.ciphertext,
-    )
-    .map_err(|_| Problem::internal("the stored card failed authentication"))?;
+    let pan = open_card(st, merchant_id, one_time_token, sealed)?;
     let fingerprint = card_fingerprint(&fingerprint_key(st).await?, merchant_id, &pan);
     let seal = seal_for_new_token(st, merchant_id, &pan).await?;
-    let card = SealedCard {
-        key_version: seal.key_version,
-        nonce: seal.nonce,
-        ciphertext: seal.ciphertext,
-        ..sealed.clone()
+    let new_token = seal.token.clone();
+    let expiry = Expiry {
+        month: sealed.exp_month,
+        year: sealed.exp_year,
     };
+    let card = seal.card(sealed.brand, sealed.last4.clone(), expiry);
     Ok(Command::UseOneTimeForCard {
         merchant_id: merchant_id.to_owned(),
         one_time_token: one_time_token.to_owned(),
         member_id,
-        new_token: seal.token,
+        new_token,
         card,
         fingerprint,
         at_ms: now_ms,
     })
+}
+
+/// Opens a stored card's PAN (for re-sealing under another token or key).
+pub(super) fn open_card(
+    st: &AppState,
+    merchant_id: &str,
+    token: &str,
+    sealed: &SealedCard,
+) -> Result<Zeroizing<String>, Problem> {
+    let wrapped = st
+        .cluster
+        .vault()
+        .read(|v| v.data_key(sealed.key_version).map(<[u8]>::to_vec))
+        .ok_or_else(|| Problem::internal("the card's data key version is missing or retired"))?;
+    let key = st
+        .keys
+        .data_key(sealed.key_version, &wrapped)
+        .map_err(|e| key_unavailable("card's data key", e))?;
+    open_pan(
+        &key,
+        sealed.key_version,
+        merchant_id,
+        token,
+        &sealed.nonce,
+        &sealed.ciphertext,
+    )
+    .map_err(|_| Problem::internal("a stored card failed authentication"))
 }

@@ -6,22 +6,28 @@
 //! [`Cluster`] and changes it only by proposing commands.
 
 mod admin;
+mod audit;
+mod cors;
 mod forward;
 mod health;
+mod keys;
 mod members;
+pub mod peer;
 pub mod problem;
 mod tokens;
 
 use crate::cluster::{Cluster, WriteError};
 use crate::crypto::{api_key_hash, Entropy, KeyRing};
+use crate::cvc::CvcStore;
 use crate::metrics::Metrics;
 use crate::net::HttpPool;
-use crate::vault::{Command, Response};
+use crate::vault::{Command, KeyRole, Response};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::routing::{get, post};
 use axum::Router;
+pub use keys::rewrap_loop;
 pub use problem::Problem;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -40,6 +46,12 @@ pub struct ApiSettings {
     pub one_time_token_ttl_s: u64,
     /// How long a write may wait for commit before the answer is `504 outcome_unknown`.
     pub write_timeout_ms: u64,
+    /// Most CVCs held in memory at once (each lives at most a one-time token's TTL).
+    pub cvc_entries_max: usize,
+    /// How long the leader waits for other nodes to take a copy of a CVC.
+    pub cvc_replication_timeout_ms: u64,
+    /// Cards moved to the current data key per re-wrap log entry.
+    pub rewrap_batch_cards: usize,
 }
 
 impl Default for ApiSettings {
@@ -48,6 +60,9 @@ impl Default for ApiSettings {
             request_body_bytes_max: 64 * 1024,
             one_time_token_ttl_s: 1800,
             write_timeout_ms: 10_000,
+            cvc_entries_max: 100_000,
+            cvc_replication_timeout_ms: 250,
+            rewrap_batch_cards: 256,
         }
     }
 }
@@ -63,6 +78,15 @@ impl ApiSettings {
         }
         if self.write_timeout_ms < 100 {
             return Err("api.write_timeout_ms must be at least 100".into());
+        }
+        if !(1..=10_000_000).contains(&self.cvc_entries_max) {
+            return Err("api.cvc_entries_max must be between 1 and 10000000".into());
+        }
+        if !(10..=5_000).contains(&self.cvc_replication_timeout_ms) {
+            return Err("api.cvc_replication_timeout_ms must be between 10 and 5000".into());
+        }
+        if !(1..=4_096).contains(&self.rewrap_batch_cards) {
+            return Err("api.rewrap_batch_cards must be between 1 and 4096".into());
         }
         Ok(())
     }
@@ -80,6 +104,14 @@ pub struct AppState {
     pub admin_token_sha256: String,
     /// Connections to other nodes (forwarding).
     pub pool: Arc<HttpPool>,
+    /// CVCs of one-time tokens, in memory only.
+    pub cvc: Arc<CvcStore>,
+}
+
+/// A merchant and which of its keys authenticated the request.
+pub(crate) struct Caller {
+    pub merchant_id: String,
+    pub role: KeyRole,
 }
 
 type St = State<Arc<AppState>>;
@@ -105,11 +137,22 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/v1/merchants/{id}/rotate-key",
             post(admin::rotate_key),
         )
+        .route(
+            "/admin/v1/merchants/{id}",
+            get(admin::get_merchant).patch(admin::update_merchant),
+        )
         .route("/admin/v1/leader/transfer", post(admin::transfer_leader))
+        .route("/admin/v1/keys", get(keys::status))
+        .route("/admin/v1/keys/rotate", post(keys::rotate))
+        .route("/admin/v1/keys/{version}/retire", post(keys::retire))
+        .route("/admin/v1/audit", get(audit::page))
+        .route("/v1/admin/audit", get(audit::page))
+        .route("/admin/v1/audit/verify", post(audit::verify))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             forward::to_leader,
-        ));
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), cors::layer));
     Router::new()
         .merge(leader_routes)
         .route("/admin/v1/init", post(admin::init))
@@ -163,14 +206,32 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl AppState {
-    /// The merchant whose secret key is in the `Authorization` header.
-    fn merchant(&self, headers: &HeaderMap) -> Result<String, Problem> {
+    /// The merchant whose secret or publishable key is in the `Authorization` header.
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, Problem> {
         let key = bearer(headers).ok_or_else(Problem::unauthorized)?;
         let hash = api_key_hash(key);
         self.cluster
             .vault()
-            .read(|v| v.merchant_by_key_hash(&hash).map(str::to_owned))
+            .read(|v| {
+                v.key_owner(&hash).map(|o| Caller {
+                    merchant_id: o.merchant_id.clone(),
+                    role: o.role,
+                })
+            })
             .ok_or_else(Problem::unauthorized)
+    }
+
+    /// The merchant whose secret key is in the `Authorization` header; a publishable key
+    /// is refused with `403 secret_key_required`.
+    fn merchant(&self, headers: &HeaderMap) -> Result<String, Problem> {
+        let c = self.caller(headers)?;
+        match c.role {
+            KeyRole::Secret => Ok(c.merchant_id),
+            KeyRole::Publishable => Err(Problem::forbidden(
+                "secret_key_required",
+                "this endpoint needs the merchant's secret key; a publishable key may only create one-time tokens",
+            )),
+        }
     }
 
     /// Checks the admin token in the `Authorization` header.

@@ -38,6 +38,10 @@ impl Problem {
         )
     }
 
+    pub fn forbidden(code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::FORBIDDEN, code, detail)
+    }
+
     pub fn not_found(code: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, code, detail)
     }

@@ -1,14 +1,18 @@
 //! `POST /v1/tokens` and `GET /v1/tokens/{token}`.
 
-use super::{AppState, Problem, St};
+use super::{AppState, Caller, Problem, St};
 use crate::crypto::{card_fingerprint, seal_pan, DataKey};
+use crate::cvc::CvcState;
 use crate::vault::card::year_month_of_ms;
-use crate::vault::token::{looks_like_token_id, opaque_token_id};
-use crate::vault::{Command, Expiry, Pan, Refusal, Response, SealedCard, TokenKind, TokenMeta};
+use crate::vault::token::{looks_like_token_id, numeric_token_id, opaque_token_id};
+use crate::vault::{
+    Brand, CardError, Command, Cvc, Expiry, KeyRole, Pan, Refusal, Response, SealedCard,
+    TokenFormat, TokenKind, TokenMeta,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -22,6 +26,9 @@ struct CardIn {
     number: Zeroizing<String>,
     exp_month: u32,
     exp_year: u32,
+    /// One-time tokens only; held in memory, never stored.
+    #[serde(default)]
+    cvc: Option<Zeroizing<String>>,
 }
 
 #[derive(Deserialize)]
@@ -48,10 +55,16 @@ pub(super) struct TokenOut {
     /// When a one-time token was used (absent while unused).
     #[serde(skip_serializing_if = "Option::is_none")]
     used_at: Option<u64>,
+    /// One-time tokens: whether the leader holds the CVC given with the card.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cvc: Option<CvcState>,
 }
 
-impl From<TokenMeta> for TokenOut {
-    fn from(m: TokenMeta) -> Self {
+impl TokenOut {
+    /// The token as shown by this node, with its CVC state for one-time tokens.
+    pub(super) fn new(st: &AppState, m: TokenMeta) -> TokenOut {
+        let cvc = (m.kind == TokenKind::OneTime)
+            .then(|| st.cvc.state(&m.token, m.cvc_supplied, (st.clock)()));
         TokenOut {
             token: m.token,
             kind: m.kind,
@@ -63,6 +76,7 @@ impl From<TokenMeta> for TokenOut {
             created_at: m.created_at_ms / 1000,
             expires_at: m.expires_at_ms.map(|t| t / 1000),
             used_at: m.used_at_ms.map(|t| t / 1000),
+            cvc,
         }
     }
 }
@@ -115,10 +129,10 @@ pub async fn create(
 ) -> HttpResponse {
     match tokenize(&st, &headers, body).await {
         Ok(Stored::New(meta)) => {
-            (StatusCode::CREATED, axum::Json(TokenOut::from(meta))).into_response()
+            (StatusCode::CREATED, axum::Json(TokenOut::new(&st, meta))).into_response()
         }
         Ok(Stored::AlreadyOnFile(meta)) => {
-            (StatusCode::OK, axum::Json(TokenOut::from(meta))).into_response()
+            (StatusCode::OK, axum::Json(TokenOut::new(&st, meta))).into_response()
         }
         Err(p) => p.into_response(),
     }
@@ -132,24 +146,77 @@ enum Stored {
     AlreadyOnFile(TokenMeta),
 }
 
+/// A publishable key may only create one-time tokens, and from a browser only from one of
+/// the merchant's allowed origins.
+fn check_publishable(
+    st: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    kind: TokenKind,
+) -> Result<(), Problem> {
+    if caller.role != KeyRole::Publishable {
+        return Ok(());
+    }
+    if kind != TokenKind::OneTime {
+        return Err(Problem::forbidden(
+            "publishable_key_not_allowed",
+            "a publishable key may only create one_time tokens; use the secret key from your server",
+        ));
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let allowed = st.cluster.vault().read(|v| {
+        v.merchant_info(&caller.merchant_id).is_some_and(|m| {
+            m.settings
+                .allowed_origins
+                .iter()
+                .any(|o| o.as_bytes() == origin.as_bytes())
+        })
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(
+            "origin_not_allowed",
+            "this merchant does not allow browser requests from this origin; add it to the merchant's allowed_origins",
+        ))
+    }
+}
+
+/// Attempts at a fresh token id when one is taken (numeric ids can collide).
+pub(super) const TOKEN_ID_ATTEMPTS: usize = 4;
+
 async fn tokenize(
     st: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Stored, Problem> {
-    let merchant_id = st.merchant(headers)?;
+    let caller = st.caller(headers)?;
     let body = body_or_problem(body)?;
     let input: TokenizeIn = super::problem::parse_json(&body)?;
+    check_publishable(st, &caller, headers, input.kind)?;
     check_member_id(input.kind, &input.member_id)?;
     let now_ms = st.now_ms();
-    let pan = Pan::parse(&input.card.number)
-        .map_err(|e| Problem::unprocessable(e.code(), e.message()))?;
+    let card_problem = |e: CardError| Problem::unprocessable(e.code(), e.message());
+    let pan = Pan::parse(&input.card.number).map_err(card_problem)?;
     let expiry = Expiry::new(
         input.card.exp_month,
         input.card.exp_year,
         year_month_of_ms(now_ms),
     )
-    .map_err(|e| Problem::unprocessable(e.code(), e.message()))?;
+    .map_err(card_problem)?;
+    let cvc = match (&input.card.cvc, input.kind) {
+        (None, _) => None,
+        (Some(c), TokenKind::OneTime) => Some(Cvc::parse(c, pan.brand()).map_err(card_problem)?),
+        (Some(_), TokenKind::CardOnFile) => {
+            return Err(Problem::unprocessable(
+                "cvc_not_allowed",
+                "card_on_file tokens never keep a CVC; create a one_time token with the CVC and register it to the member",
+            ))
+        }
+    };
+    let merchant_id = caller.merchant_id;
     let fingerprint = match input.kind {
         TokenKind::CardOnFile => Some(card_fingerprint(
             &fingerprint_key(st).await?,
@@ -158,41 +225,71 @@ async fn tokenize(
         )),
         TokenKind::OneTime => None,
     };
-    let seal = seal_for_new_token(st, &merchant_id, pan.digits()).await?;
-    let card = SealedCard {
-        brand: pan.brand(),
-        last4: pan.last4(),
-        exp_month: expiry.month,
-        exp_year: expiry.year,
-        key_version: seal.key_version,
-        nonce: seal.nonce,
-        ciphertext: seal.ciphertext,
-    };
-    let token = seal.token;
-    drop(pan);
     let expires_at_ms = match input.kind {
         TokenKind::OneTime => Some(now_ms + st.settings.one_time_token_ttl_s * 1000),
         TokenKind::CardOnFile => None,
     };
-    let cmd = Command::Tokenize {
-        merchant_id,
-        token,
-        kind: input.kind,
-        member_id: input.member_id,
-        card,
-        at_ms: now_ms,
-        expires_at_ms,
-        fingerprint,
-    };
-    match st.write(cmd).await? {
-        Response::Tokenized(meta) => Ok(Stored::New(meta)),
-        Response::AlreadyOnFile(meta) => Ok(Stored::AlreadyOnFile(meta)),
-        Response::Refused(Refusal::UnknownMerchant) => Err(Problem::unauthorized()),
-        other => Err(Problem::internal(format!(
-            "unexpected vault response {}",
-            response_kind(&other)
-        ))),
+    for _ in 0..TOKEN_ID_ATTEMPTS {
+        let seal = seal_for_new_token(st, &merchant_id, pan.digits()).await?;
+        let token = seal.token.clone();
+        let cmd = Command::Tokenize {
+            merchant_id: merchant_id.clone(),
+            token: token.clone(),
+            kind: input.kind,
+            member_id: input.member_id.clone(),
+            card: seal.card(pan.brand(), pan.last4(), expiry),
+            at_ms: now_ms,
+            expires_at_ms,
+            fingerprint: fingerprint.clone(),
+            key_role: caller.role,
+            cvc_supplied: cvc.is_some(),
+        };
+        let written = match (&cvc, expires_at_ms) {
+            (Some(cvc), Some(expires)) => write_with_cvc(st, cmd, &token, cvc, expires).await,
+            _ => st.write(cmd).await,
+        };
+        match written? {
+            Response::Tokenized(meta) => return Ok(Stored::New(meta)),
+            Response::AlreadyOnFile(meta) => return Ok(Stored::AlreadyOnFile(meta)),
+            // A taken id, or a data key retired while this request sealed under it: seal again.
+            Response::Refused(Refusal::TokenIdTaken | Refusal::UnknownDataKey) => continue,
+            Response::Refused(Refusal::UnknownMerchant) => return Err(Problem::unauthorized()),
+            other => return Err(unexpected(&other)),
+        }
     }
+    Err(Problem::internal("no free token id after several attempts"))
+}
+
+/// Holds the CVC here, copies it to the other nodes while the token is written, and
+/// wipes the local copy if the token was not created.
+async fn write_with_cvc(
+    st: &AppState,
+    cmd: Command,
+    token: &str,
+    cvc: &Cvc,
+    expires_at_ms: u64,
+) -> Result<Response, Problem> {
+    st.cvc.put(token, cvc.clone(), expires_at_ms).map_err(|e| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cvc_store_full",
+            format!("{e}; retry later or without the CVC"),
+        )
+    })?;
+    let (written, copies) = futures::join!(
+        st.write(cmd),
+        super::peer::replicate_cvc(st, token, cvc, expires_at_ms)
+    );
+    st.metrics.cvc_copies(copies);
+    if !matches!(written, Ok(Response::Tokenized(_))) {
+        st.cvc.take(token, 0);
+    }
+    written
+}
+
+/// A problem for a vault response the handler did not expect.
+pub(super) fn unexpected(r: &Response) -> Problem {
+    Problem::internal(format!("unexpected vault response {}", response_kind(r)))
 }
 
 pub(super) fn response_kind(r: &Response) -> &'static str {
@@ -204,6 +301,9 @@ pub(super) fn response_kind(r: &Response) -> &'static str {
         Response::AlreadyOnFile(_) => "already_on_file",
         Response::FingerprintKeyInstalled => "fingerprint_key_installed",
         Response::CardDeleted => "card_deleted",
+        Response::Resealed { .. } => "resealed",
+        Response::DataKeyRetired { .. } => "data_key_retired",
+        Response::Recorded => "recorded",
         Response::Refused(r) => r.code(),
     }
 }
@@ -216,15 +316,43 @@ pub(super) struct NewSeal {
     pub ciphertext: Vec<u8>,
 }
 
-/// Draws a new token id and seals `digits` for it (the associated data binds merchant,
-/// token and key version), creating the first data key if the vault has none.
+impl NewSeal {
+    /// The sealed card with the fields shown in clear.
+    pub fn card(self, brand: Brand, last4: String, expiry: Expiry) -> SealedCard {
+        SealedCard {
+            brand,
+            last4,
+            exp_month: expiry.month,
+            exp_year: expiry.year,
+            key_version: self.key_version,
+            nonce: self.nonce,
+            ciphertext: self.ciphertext,
+        }
+    }
+}
+
+/// Draws a new token id in the merchant's format and seals `digits` for it under the
+/// current data key (the associated data binds merchant, token and key version), creating
+/// the first data key if the vault has none.
 pub(super) async fn seal_for_new_token(
     st: &AppState,
     merchant_id: &str,
     digits: &str,
 ) -> Result<NewSeal, Problem> {
-    let (key_version, key) = active_data_key(st).await?;
-    let token = opaque_token_id(st.entropy.bytes());
+    let (key_version, key) = current_data_key(st).await?;
+    let format = st.cluster.vault().read(|v| {
+        v.merchant_info(merchant_id)
+            .map(|m| m.settings.token_format)
+            .unwrap_or_default()
+    });
+    let token = match format {
+        TokenFormat::Opaque => opaque_token_id(st.entropy.bytes()),
+        TokenFormat::Numeric => numeric_token_id(
+            st.entropy.bytes(),
+            digits.len(),
+            &digits[digits.len() - 4..],
+        ),
+    };
     let nonce = st.entropy.nonce();
     let ciphertext = seal_pan(&key, key_version, merchant_id, &token, digits, &nonce);
     Ok(NewSeal {
@@ -235,14 +363,14 @@ pub(super) async fn seal_for_new_token(
     })
 }
 
-/// The newest data key, creating version 1 through the log if the vault has none yet.
-async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
+/// The current data key, creating version 1 through the log if the vault has none yet.
+pub(super) async fn current_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
     for _ in 0..2 {
-        let active = st
+        let current = st
             .cluster
             .vault()
-            .read(|v| v.active_data_key().map(|(ver, w)| (ver, w.to_vec())));
-        if let Some((version, wrapped)) = active {
+            .read(|v| v.current_data_key().map(|(ver, w)| (ver, w.to_vec())));
+        if let Some((version, wrapped)) = current {
             let key = st
                 .keys
                 .data_key(version, &wrapped)
@@ -250,29 +378,29 @@ async fn active_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
             return Ok((version, key));
         }
         let fresh = DataKey::generate(&st.entropy);
-        let wrapped = st.keys.kek().wrap(&fresh, 1, &st.entropy);
+        let wrapped = st
+            .keys
+            .kek()
+            .wrap(&fresh, 1, &st.entropy)
+            .map_err(|e| key_unavailable("data key", e))?;
         match st
             .write(Command::InstallDataKey {
                 version: 1,
                 wrapped,
                 at_ms: st.now_ms(),
+                by_admin: false,
             })
             .await?
         {
             Response::DataKeyInstalled { .. }
             | Response::Refused(Refusal::DataKeyExists { .. }) => continue,
-            other => {
-                return Err(Problem::internal(format!(
-                    "unexpected vault response {}",
-                    response_kind(&other)
-                )))
-            }
+            other => return Err(unexpected(&other)),
         }
     }
     Err(Problem::internal("no data key after installing one"))
 }
 
-fn key_unavailable(what: &str, e: crate::crypto::KeyError) -> Problem {
+pub(super) fn key_unavailable(what: &str, e: crate::crypto::KeyError) -> Problem {
     tracing::error!(error = %e, "cannot unwrap the {what}");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -297,7 +425,8 @@ pub(super) async fn fingerprint_key(st: &AppState) -> Result<DataKey, Problem> {
         let wrapped = st
             .keys
             .kek()
-            .wrap_fingerprint_key(&DataKey::generate(&st.entropy), &st.entropy);
+            .wrap_fingerprint_key(&DataKey::generate(&st.entropy), &st.entropy)
+            .map_err(|e| key_unavailable("fingerprint key", e))?;
         match st
             .write(Command::InstallFingerprintKey {
                 wrapped,
@@ -307,12 +436,7 @@ pub(super) async fn fingerprint_key(st: &AppState) -> Result<DataKey, Problem> {
         {
             Response::FingerprintKeyInstalled
             | Response::Refused(Refusal::FingerprintKeyExists) => continue,
-            other => {
-                return Err(Problem::internal(format!(
-                    "unexpected vault response {}",
-                    response_kind(&other)
-                )))
-            }
+            other => return Err(unexpected(&other)),
         }
     }
     Err(Problem::internal("no fingerprint key after installing one"))
@@ -334,7 +458,7 @@ pub async fn get(State(st): St, headers: HeaderMap, Path(token): Path<String>) -
     }
     .await;
     match result {
-        Ok(meta) => axum::Json(TokenOut::from(meta)).into_response(),
+        Ok(meta) => axum::Json(TokenOut::new(&st, meta)).into_response(),
         Err(p) => p.into_response(),
     }
 }

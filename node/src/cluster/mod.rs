@@ -241,6 +241,48 @@ impl Cluster {
         Ok(())
     }
 
+    /// Admits a peer request only from this node's own cluster (the `kura-cluster-id`
+    /// header); the error is the response to send.
+    pub async fn admit_peer(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<(), axum::response::Response> {
+        server::admit(self, headers).await
+    }
+
+    /// POSTs `body` to `path` on every other member's peer listener in parallel, each
+    /// bounded by `timeout`. Returns how many answered with success. Best effort: a
+    /// failure is logged at debug level and counted out, never retried.
+    pub async fn post_to_peers(&self, path: &str, body: bytes::Bytes, timeout: Duration) -> usize {
+        let cluster = self.cluster_id().unwrap_or_default();
+        let sends = self
+            .members
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, m)| {
+                let req = http::Request::post(path)
+                    .header(http::header::HOST, &m.raft_addr)
+                    .header(CLUSTER_ID_HEADER, &cluster)
+                    .body(http_body_util::Full::new(body.clone()))
+                    .expect("valid peer request");
+                let addr = m.raft_addr.clone();
+                async move {
+                    match self.pool.send(&addr, req, timeout).await {
+                        Ok(r) if r.status().is_success() => true,
+                        other => {
+                            tracing::debug!(peer = %addr, path, outcome = ?other.map(|r| r.status()), "peer post failed");
+                            false
+                        }
+                    }
+                }
+            });
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
     /// The leader this node knows of, with its member record.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         let m = self.raft.metrics().borrow_watched().clone();

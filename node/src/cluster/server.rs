@@ -37,7 +37,7 @@ fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Response {
 /// Admits an RPC only from this node's cluster. A node with no cluster id and no Raft
 /// state adopts the sender's (that is how members join at `init`); a node with data
 /// never adopts another.
-async fn admit(c: &Cluster, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) async fn admit(c: &Cluster, headers: &HeaderMap) -> Result<(), Response> {
     let theirs = headers
         .get(CLUSTER_ID_HEADER)
         .and_then(|v| v.to_str().ok())

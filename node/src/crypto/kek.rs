@@ -32,6 +32,8 @@ pub enum KeyError {
     Corrupt,
     #[error("data key version {0} is not in the replicated state")]
     UnknownVersion(u32),
+    #[error("the key-encryption key provider is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A 256-bit data key that seals PANs. Wiped from memory on drop; never printed.
@@ -44,6 +46,15 @@ impl DataKey {
         let mut k = Zeroizing::new([0u8; KEY_BYTES]);
         entropy.fill(k.as_mut());
         DataKey(k)
+    }
+
+    fn from_plain(plain: &[u8]) -> Result<DataKey, KeyError> {
+        if plain.len() != KEY_BYTES {
+            return Err(KeyError::Corrupt);
+        }
+        let mut k = Zeroizing::new([0u8; KEY_BYTES]);
+        k.copy_from_slice(plain);
+        Ok(DataKey(k))
     }
 
     pub(super) fn bytes(&self) -> &[u8] {
@@ -108,27 +119,9 @@ impl Kek {
         Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.0.as_ref()))
     }
 
-    /// Wraps a data key: `nonce || AES-256-GCM(kek, dek)`, bound to its version.
-    pub fn wrap(&self, key: &DataKey, version: u32, entropy: &Entropy) -> Vec<u8> {
-        self.wrap_bound(key, &format!("kura:dek:v{version}"), entropy)
-    }
-
-    /// Unwraps a data key wrapped by [`Kek::wrap`] for the same version.
-    pub fn unwrap_key(&self, wrapped: &[u8], version: u32) -> Result<DataKey, KeyError> {
-        self.unwrap_bound(wrapped, &format!("kura:dek:v{version}"))
-    }
-
-    /// Wraps the card fingerprint key (a different binding than any data key).
-    pub fn wrap_fingerprint_key(&self, key: &DataKey, entropy: &Entropy) -> Vec<u8> {
-        self.wrap_bound(key, FINGERPRINT_KEY_AAD, entropy)
-    }
-
-    /// Unwraps the card fingerprint key.
-    pub fn unwrap_fingerprint_key(&self, wrapped: &[u8]) -> Result<DataKey, KeyError> {
-        self.unwrap_bound(wrapped, FINGERPRINT_KEY_AAD)
-    }
-
-    fn wrap_bound(&self, key: &DataKey, aad: &str, entropy: &Entropy) -> Vec<u8> {
+    /// Seals a short secret for another node of this cluster (all members share the KEK):
+    /// `nonce || AES-256-GCM(kek, msg)` bound to `aad`.
+    pub fn seal(&self, msg: &[u8], aad: &str, entropy: &Entropy) -> Vec<u8> {
         let nonce = entropy.nonce();
         let mut out = nonce.to_vec();
         let ct = self
@@ -136,37 +129,79 @@ impl Kek {
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
-                    msg: key.0.as_ref(),
+                    msg,
                     aad: aad.as_bytes(),
                 },
             )
-            .expect("AES-GCM encryption of a key cannot fail");
+            .expect("AES-GCM encryption of a short message cannot fail");
         out.extend_from_slice(&ct);
         out
     }
 
-    fn unwrap_bound(&self, wrapped: &[u8], aad: &str) -> Result<DataKey, KeyError> {
-        if wrapped.len() <= NONCE_BYTES {
+    /// Opens what [`Kek::seal`] sealed with the same `aad`.
+    pub fn open(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        if sealed.len() <= NONCE_BYTES {
             return Err(KeyError::Corrupt);
         }
-        let (nonce, ct) = wrapped.split_at(NONCE_BYTES);
-        let plain = Zeroizing::new(
-            self.cipher()
-                .decrypt(
-                    Nonce::from_slice(nonce),
-                    Payload {
-                        msg: ct,
-                        aad: aad.as_bytes(),
-                    },
-                )
-                .map_err(|_| KeyError::Corrupt)?,
-        );
-        let mut k = Zeroizing::new([0u8; KEY_BYTES]);
-        if plain.len() != KEY_BYTES {
-            return Err(KeyError::Corrupt);
-        }
-        k.copy_from_slice(&plain);
-        Ok(DataKey(k))
+        let (nonce, ct) = sealed.split_at(NONCE_BYTES);
+        self.cipher()
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| KeyError::Corrupt)
+    }
+}
+
+/// Where the key-encryption key lives. The KEK never leaves its provider: kura hands it
+/// data keys to wrap and wrapped keys to unwrap. [`Kek`] (a key file) is the default; a
+/// PKCS#11 HSM provider implements the same two operations.
+pub trait KekProvider: Send + Sync + fmt::Debug {
+    /// A short name for status output, e.g. `file`.
+    fn kind(&self) -> &'static str;
+
+    /// Encrypts and authenticates `msg`, bound to `aad`.
+    fn seal(&self, msg: &[u8], aad: &str, entropy: &Entropy) -> Result<Vec<u8>, KeyError>;
+
+    /// Opens what [`KekProvider::seal`] sealed with the same `aad`.
+    fn open(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, KeyError>;
+
+    /// Wraps a data key, bound to its version.
+    fn wrap(&self, key: &DataKey, version: u32, entropy: &Entropy) -> Result<Vec<u8>, KeyError> {
+        self.seal(key.bytes(), &format!("kura:dek:v{version}"), entropy)
+    }
+
+    /// Unwraps a data key wrapped by [`KekProvider::wrap`] for the same version.
+    fn unwrap_key(&self, wrapped: &[u8], version: u32) -> Result<DataKey, KeyError> {
+        DataKey::from_plain(&self.open(wrapped, &format!("kura:dek:v{version}"))?)
+    }
+
+    /// Wraps the card fingerprint key (a different binding than any data key).
+    fn wrap_fingerprint_key(&self, key: &DataKey, entropy: &Entropy) -> Result<Vec<u8>, KeyError> {
+        self.seal(key.bytes(), FINGERPRINT_KEY_AAD, entropy)
+    }
+
+    /// Unwraps the card fingerprint key.
+    fn unwrap_fingerprint_key(&self, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+        DataKey::from_plain(&self.open(wrapped, FINGERPRINT_KEY_AAD)?)
+    }
+}
+
+impl KekProvider for Kek {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn seal(&self, msg: &[u8], aad: &str, entropy: &Entropy) -> Result<Vec<u8>, KeyError> {
+        Ok(Kek::seal(self, msg, aad, entropy))
+    }
+
+    fn open(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        Kek::open(self, sealed, aad)
     }
 }
 
@@ -185,17 +220,17 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// The KEK and a cache of unwrapped data keys by version.
+/// The KEK provider and a cache of unwrapped data keys by version.
 #[derive(Debug)]
 pub struct KeyRing {
-    kek: Kek,
+    kek: std::sync::Arc<dyn KekProvider>,
     cache: Mutex<HashMap<u32, DataKey>>,
     fingerprint: Mutex<Option<DataKey>>,
 }
 
 impl KeyRing {
     /// A ring around `kek` with an empty cache.
-    pub fn new(kek: Kek) -> KeyRing {
+    pub fn new(kek: std::sync::Arc<dyn KekProvider>) -> KeyRing {
         KeyRing {
             kek,
             cache: Mutex::new(HashMap::new()),
@@ -203,9 +238,14 @@ impl KeyRing {
         }
     }
 
-    /// The KEK, to wrap new data keys.
-    pub fn kek(&self) -> &Kek {
-        &self.kek
+    /// The KEK provider, to wrap new data keys.
+    pub fn kek(&self) -> &dyn KekProvider {
+        self.kek.as_ref()
+    }
+
+    /// Forgets a retired data key (its bytes are zeroized as the last copy drops).
+    pub fn forget(&self, version: u32) {
+        self.cache.lock().expect("key ring lock").remove(&version);
     }
 
     /// The fingerprint key, unwrapping `wrapped` on first use.
@@ -240,7 +280,7 @@ mod tests {
         let e = Entropy::seeded(1);
         let kek = Kek::from_bytes(e.bytes());
         let dek = DataKey::generate(&e);
-        let wrapped = kek.wrap(&dek, 3, &e);
+        let wrapped = kek.wrap(&dek, 3, &e).unwrap();
         let back = kek.unwrap_key(&wrapped, 3).unwrap();
         assert_eq!(back.0.as_ref(), dek.0.as_ref());
         assert!(kek.unwrap_key(&wrapped, 4).is_err());
@@ -271,7 +311,7 @@ mod tests {
         }
         let kek = Kek::from_file(&path).unwrap();
         let dek = DataKey::generate(&e);
-        assert!(kek.unwrap_key(&kek.wrap(&dek, 1, &e), 1).is_ok());
+        assert!(kek.unwrap_key(&kek.wrap(&dek, 1, &e).unwrap(), 1).is_ok());
         std::fs::write(dir.path().join("bad"), "zz").unwrap();
         let err = Kek::from_file(&dir.path().join("bad"))
             .unwrap_err()

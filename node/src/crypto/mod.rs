@@ -10,7 +10,7 @@ mod entropy;
 mod kek;
 
 pub use entropy::Entropy;
-pub use kek::{write_private, DataKey, Kek, KeyError, KeyRing};
+pub use kek::{write_private, DataKey, Kek, KekProvider, KeyError, KeyRing};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -146,7 +146,7 @@ mod tests {
         );
         assert!(!fp.contains("4242"));
         let kek = Kek::from_bytes(e.bytes());
-        let wrapped = kek.wrap_fingerprint_key(&k1, &e);
+        let wrapped = kek.wrap_fingerprint_key(&k1, &e).unwrap();
         assert!(kek.unwrap_fingerprint_key(&wrapped).is_ok());
         assert!(
             kek.unwrap_key(&wrapped, 1).is_err(),

@@ -6,6 +6,7 @@
 //! tells openraft the IO is flushed.
 
 mod log;
+pub mod offline;
 mod sim_disk;
 mod sm;
 mod writer;

@@ -52,8 +52,8 @@ pub struct StateMachine {
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotBody {
-    vault: VaultState,
+pub(super) struct SnapshotBody {
+    pub vault: VaultState,
 }
 
 impl StateMachine {

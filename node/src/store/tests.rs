@@ -20,6 +20,7 @@ fn entry(term: u64, index: u64) -> Entry {
         version: index as u32,
         wrapped: vec![1],
         at_ms: index,
+        by_admin: false,
     };
     Entry {
         log_id: log_id(term, index),

@@ -30,6 +30,8 @@ pub enum CardError {
     BadExpiry,
     /// The card expired before the current month.
     Expired,
+    /// The card security code is not 3 digits (4 for American Express).
+    CvcInvalid,
 }
 
 impl CardError {
@@ -41,6 +43,7 @@ impl CardError {
             CardError::LuhnFailed => "card_number_luhn",
             CardError::BadExpiry => "card_expiry_invalid",
             CardError::Expired => "card_expired",
+            CardError::CvcInvalid => "card_cvc_invalid",
         }
     }
 
@@ -54,6 +57,9 @@ impl CardError {
                 "card.exp_month must be 1-12 and card.exp_year a four-digit year"
             }
             CardError::Expired => "the card's expiry date has passed",
+            CardError::CvcInvalid => {
+                "card.cvc must be 3 digits (4 digits for American Express cards)"
+            }
         }
     }
 }
@@ -106,6 +112,33 @@ impl fmt::Debug for Pan {
 impl fmt::Display for Pan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "****{}", self.last4())
+    }
+}
+
+/// A card security code (CVC/CVV), validated for its brand. Never printed, wiped on drop,
+/// and never written to disk: kura keeps it only in memory (see `cvc` in the node).
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct Cvc(String);
+
+impl Cvc {
+    /// Checks the code: 3 ASCII digits, or 4 for American Express.
+    pub fn parse(input: &str, brand: Brand) -> Result<Cvc, CardError> {
+        let want = if brand == Brand::Amex { 4 } else { 3 };
+        if input.len() != want || !input.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(CardError::CvcInvalid);
+        }
+        Ok(Cvc(input.to_owned()))
+    }
+
+    /// The digits, to send to an acquirer.
+    pub fn digits(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Cvc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cvc(***)")
     }
 }
 
@@ -225,6 +258,27 @@ pub fn year_month_of_ms(unix_ms: u64) -> (u32, u32) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn cvc_length_follows_the_brand_and_never_prints() {
+        assert!(Cvc::parse("123", Brand::Visa).is_ok());
+        assert!(Cvc::parse("1234", Brand::Amex).is_ok());
+        for (bad, brand) in [
+            ("1234", Brand::Visa),
+            ("123", Brand::Amex),
+            ("12a", Brand::Jcb),
+            ("", Brand::Visa),
+            ("12", Brand::Mastercard),
+        ] {
+            assert_eq!(
+                Cvc::parse(bad, brand),
+                Err(CardError::CvcInvalid),
+                "{bad} {brand:?}"
+            );
+        }
+        let c = Cvc::parse("987", Brand::Visa).unwrap();
+        assert_eq!(format!("{c:?}"), "Cvc(***)");
+    }
 
     #[test]
     fn accepts_well_known_test_numbers_with_their_brands() {

@@ -4,7 +4,7 @@
 //! carried inside the command, so every node's `apply` reaches the same result.
 
 use super::card::Brand;
-use super::token::TokenKind;
+use super::token::{TokenFormat, TokenKind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -33,27 +33,81 @@ impl fmt::Debug for SealedCard {
     }
 }
 
+/// Which of a merchant's two API keys a request used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRole {
+    /// Server-side key: every merchant operation.
+    #[default]
+    Secret,
+    /// Browser-safe key: may only create one-time tokens.
+    Publishable,
+}
+
+impl KeyRole {
+    /// `secret` or `publishable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRole::Secret => "secret",
+            KeyRole::Publishable => "publishable",
+        }
+    }
+}
+
+/// A merchant's settings, chosen by the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MerchantSettings {
+    /// Browser origins (`https://shop.example`) allowed to tokenize with the publishable key.
+    pub allowed_origins: Vec<String>,
+    /// How this merchant's new tokens look.
+    pub token_format: TokenFormat,
+}
+
+/// One card moved to another data key by the background re-wrap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reseal {
+    pub token: String,
+    /// The version the leader opened; `apply` skips the card if it has changed since.
+    pub from_version: u32,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
 /// A state change proposed by the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Command {
-    /// Adds a data key, wrapped by the key-encryption key, and makes it the active one.
+    /// Adds data key `version`, wrapped by the key-encryption key, and makes it current.
+    /// Versions only grow: an existing or older version is refused.
     InstallDataKey {
         version: u32,
         wrapped: Vec<u8>,
         at_ms: u64,
+        /// True when an operator rotated keys (false: the first key, made on first use).
+        #[serde(default)]
+        by_admin: bool,
     },
-    /// Creates a merchant with the hash of its secret key.
+    /// Creates a merchant with the hashes of its secret and publishable keys.
     CreateMerchant {
         merchant_id: String,
         name: String,
         secret_key_sha256: String,
+        publishable_key_sha256: String,
+        settings: MerchantSettings,
         at_ms: u64,
     },
-    /// Replaces a merchant's secret key hash; the old key stops working at once.
+    /// Replaces one of a merchant's key hashes; the old key stops working at once.
     RotateMerchantKey {
         merchant_id: String,
-        secret_key_sha256: String,
+        role: KeyRole,
+        key_sha256: String,
+        at_ms: u64,
+    },
+    /// Replaces a merchant's settings.
+    UpdateMerchant {
+        merchant_id: String,
+        settings: MerchantSettings,
         at_ms: u64,
     },
     /// Stores a sealed card under a new token.
@@ -67,8 +121,11 @@ pub enum Command {
         expires_at_ms: Option<u64>,
         /// Keyed HMAC of merchant and PAN; set for card-on-file tokens, so the same card
         /// registered again for the same member finds its existing token.
-        #[serde(default)]
         fingerprint: Option<String>,
+        /// The key the merchant used (for the audit trail).
+        key_role: KeyRole,
+        /// A CVC was given with the card; it is held in memory only, never here.
+        cvc_supplied: bool,
     },
     /// Installs the fingerprint key, wrapped by the key-encryption key. Set once.
     InstallFingerprintKey { wrapped: Vec<u8>, at_ms: u64 },
@@ -91,17 +148,67 @@ pub enum Command {
         token: String,
         at_ms: u64,
     },
+    /// Moves cards to data key `to_version` (the background re-wrap); cards changed or
+    /// deleted since the leader read them are skipped.
+    ResealCards {
+        to_version: u32,
+        cards: Vec<Reseal>,
+        at_ms: u64,
+    },
+    /// Destroys an old data key's wrapped bytes once no card uses it.
+    RetireDataKey { version: u32, at_ms: u64 },
+    /// Records an admin action that changes no vault state (e.g. a leader transfer).
+    RecordAdminAction {
+        action: String,
+        detail: String,
+        at_ms: u64,
+    },
+}
+
+impl Command {
+    /// The leader-stamped time of the command.
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Command::InstallDataKey { at_ms, .. }
+            | Command::CreateMerchant { at_ms, .. }
+            | Command::RotateMerchantKey { at_ms, .. }
+            | Command::UpdateMerchant { at_ms, .. }
+            | Command::Tokenize { at_ms, .. }
+            | Command::InstallFingerprintKey { at_ms, .. }
+            | Command::UseOneTimeForCard { at_ms, .. }
+            | Command::DeleteCard { at_ms, .. }
+            | Command::ResealCards { at_ms, .. }
+            | Command::RetireDataKey { at_ms, .. }
+            | Command::RecordAdminAction { at_ms, .. } => *at_ms,
+        }
+    }
+
+    /// A short name of the action, as the audit trail records it.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::InstallDataKey { .. } => "data_key.install",
+            Command::CreateMerchant { .. } => "merchant.create",
+            Command::RotateMerchantKey { .. } => "merchant.rotate_key",
+            Command::UpdateMerchant { .. } => "merchant.update",
+            Command::Tokenize { .. } => "token.create",
+            Command::InstallFingerprintKey { .. } => "fingerprint_key.install",
+            Command::UseOneTimeForCard { .. } => "token.use_for_card_on_file",
+            Command::DeleteCard { .. } => "card_on_file.delete",
+            Command::ResealCards { .. } => "data_key.rewrap",
+            Command::RetireDataKey { .. } => "data_key.retire",
+            Command::RecordAdminAction { .. } => "admin.action",
+        }
+    }
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::InstallDataKey { version, .. } => write!(f, "install_data_key(v{version})"),
-            Command::CreateMerchant { merchant_id, .. } => {
-                write!(f, "create_merchant({merchant_id})")
-            }
-            Command::RotateMerchantKey { merchant_id, .. } => {
-                write!(f, "rotate_merchant_key({merchant_id})")
+            Command::CreateMerchant { merchant_id, .. }
+            | Command::RotateMerchantKey { merchant_id, .. }
+            | Command::UpdateMerchant { merchant_id, .. } => {
+                write!(f, "{}({merchant_id})", self.action())
             }
             Command::Tokenize {
                 merchant_id, token, ..
@@ -115,6 +222,11 @@ impl fmt::Display for Command {
             Command::DeleteCard {
                 merchant_id, token, ..
             } => write!(f, "delete_card({merchant_id}, {token})"),
+            Command::ResealCards {
+                to_version, cards, ..
+            } => write!(f, "reseal_cards({} to v{to_version})", cards.len()),
+            Command::RetireDataKey { version, .. } => write!(f, "retire_data_key(v{version})"),
+            Command::RecordAdminAction { action, .. } => write!(f, "admin_action({action})"),
         }
     }
 }
@@ -132,8 +244,9 @@ pub struct TokenMeta {
     pub created_at_ms: u64,
     pub expires_at_ms: Option<u64>,
     /// When a one-time token was used (it can never be used again).
-    #[serde(default)]
     pub used_at_ms: Option<u64>,
+    /// A CVC was given when the token was created (kept in memory only).
+    pub cvc_supplied: bool,
 }
 
 /// A merchant as the admin API shows it.
@@ -143,6 +256,7 @@ pub struct MerchantInfo {
     pub name: String,
     pub created_at_ms: u64,
     pub key_rotated_at_ms: u64,
+    pub settings: MerchantSettings,
 }
 
 /// Why `apply` refused a command. Refusals are deterministic, so every node refuses alike.
@@ -157,6 +271,9 @@ pub enum Refusal {
     TokenNotFound,
     TokenAlreadyUsed,
     TokenExpired,
+    UnknownDataKey,
+    DataKeyCurrent,
+    DataKeyInUse { cards: u64 },
 }
 
 impl Refusal {
@@ -171,6 +288,9 @@ impl Refusal {
             Refusal::TokenNotFound => "token_not_found",
             Refusal::TokenAlreadyUsed => "token_already_used",
             Refusal::TokenExpired => "token_expired",
+            Refusal::UnknownDataKey => "data_key_not_found",
+            Refusal::DataKeyCurrent => "data_key_current",
+            Refusal::DataKeyInUse { .. } => "data_key_in_use",
         }
     }
 }
@@ -190,5 +310,25 @@ pub enum Response {
     AlreadyOnFile(TokenMeta),
     FingerprintKeyInstalled,
     CardDeleted,
+    /// Cards moved to a new data key; `skipped` had changed since the leader read them.
+    Resealed {
+        moved: u64,
+        skipped: u64,
+    },
+    DataKeyRetired {
+        version: u32,
+    },
+    Recorded,
     Refused(Refusal),
+}
+
+impl Response {
+    /// `ok`, or the refusal's code: the outcome the audit trail records.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Response::Refused(r) => r.code(),
+            Response::AlreadyOnFile(_) => "already_on_file",
+            _ => "ok",
+        }
+    }
 }

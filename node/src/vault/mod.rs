@@ -4,12 +4,16 @@
 //! knows about tokio, redb, hyper or openraft. The leader decides every
 //! nondeterministic value and puts it in the [`Command`].
 
+pub mod audit;
 pub mod card;
 pub mod command;
 pub mod state;
 pub mod token;
 
-pub use card::{Brand, CardError, Expiry, Pan};
-pub use command::{Command, MerchantInfo, Refusal, Response, SealedCard, TokenMeta};
+pub use card::{Brand, CardError, Cvc, Expiry, Pan};
+pub use command::{
+    Command, KeyRole, MerchantInfo, MerchantSettings, Refusal, Reseal, Response, SealedCard,
+    TokenMeta,
+};
 pub use state::VaultState;
-pub use token::TokenKind;
+pub use token::{TokenFormat, TokenKind};

@@ -1,17 +1,32 @@
 //! The replicated vault state and its deterministic `apply`.
 
-use super::command::{Command, MerchantInfo, Refusal, Response, SealedCard, TokenMeta};
+use super::audit::{AuditEntry, AuditLog};
+use super::command::{
+    Command, KeyRole, MerchantInfo, MerchantSettings, Refusal, Reseal, Response, SealedCard,
+    TokenMeta,
+};
 use super::token::TokenKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A merchant's record. Its secret key is present only as a SHA-256 hash.
+/// A merchant's record. Its keys are present only as SHA-256 hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Merchant {
     pub name: String,
     pub secret_key_sha256: String,
+    pub publishable_key_sha256: String,
+    pub settings: MerchantSettings,
     pub created_at_ms: u64,
     pub key_rotated_at_ms: u64,
+}
+
+impl Merchant {
+    fn key_hash(&self, role: KeyRole) -> &str {
+        match role {
+            KeyRole::Secret => &self.secret_key_sha256,
+            KeyRole::Publishable => &self.publishable_key_sha256,
+        }
+    }
 }
 
 /// A stored token: who owns it and the sealed card behind it.
@@ -24,19 +39,47 @@ pub struct TokenRecord {
     pub created_at_ms: u64,
     pub expires_at_ms: Option<u64>,
     /// Keyed HMAC fingerprint of merchant and PAN (card-on-file tokens).
-    #[serde(default)]
     pub fingerprint: Option<String>,
     /// When a one-time token was used; a used token is never usable again.
-    #[serde(default)]
     pub used_at_ms: Option<u64>,
+    /// A CVC was given at creation (held in memory only, never here).
+    pub cvc_supplied: bool,
 }
 
 /// (merchant id, member id, fingerprint): the key of the card-on-file index.
 type CardKey = (String, String, String);
 
-/// A data key wrapped by the key-encryption key.
+/// Whose key a hash is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WrappedDataKey {
+pub struct KeyOwner {
+    pub merchant_id: String,
+    pub role: KeyRole,
+}
+
+/// A data key: wrapped by the key-encryption key until retired, then destroyed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKeyEntry {
+    /// `None` once retired: the key is gone for good.
+    pub wrapped: Option<Vec<u8>>,
+    pub installed_at_ms: u64,
+    pub retired_at_ms: Option<u64>,
+}
+
+/// A data key version as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKeyInfo {
+    pub version: u32,
+    /// `current`, `active` (still decrypts cards) or `retired`.
+    pub state: &'static str,
+    pub installed_at_ms: u64,
+    pub retired_at_ms: Option<u64>,
+    /// Cards sealed under this version.
+    pub cards: u64,
+}
+
+/// A wrapped key with the time it was installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedKey {
     pub wrapped: Vec<u8>,
     pub installed_at_ms: u64,
 }
@@ -45,40 +88,70 @@ pub struct WrappedDataKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultState {
     merchants: BTreeMap<String, Merchant>,
-    /// secret key hash -> merchant id
-    key_index: BTreeMap<String, String>,
+    /// key hash -> whose key it is
+    key_index: BTreeMap<String, KeyOwner>,
     tokens: BTreeMap<String, TokenRecord>,
-    data_keys: BTreeMap<u32, WrappedDataKey>,
+    data_keys: BTreeMap<u32, DataKeyEntry>,
+    /// Cards sealed under each data key version.
+    key_usage: BTreeMap<u32, u64>,
     /// The fingerprint key, wrapped by the KEK; set once.
-    #[serde(default)]
-    fingerprint_key: Option<WrappedDataKey>,
+    fingerprint_key: Option<WrappedKey>,
     /// (merchant, member, fingerprint) -> card-on-file token.
-    #[serde(default, with = "card_index_serde")]
+    #[serde(with = "card_index_serde")]
     cards: BTreeMap<CardKey, String>,
+    /// One record per applied command.
+    audit: AuditLog,
     /// Leader-stamped time of the newest applied command; never goes back.
     clock_ms: u64,
 }
 
 impl VaultState {
-    /// Applies one command. Pure: the result depends only on `self` and `cmd`.
+    /// Applies one command and records it in the audit trail. Pure: the result depends
+    /// only on `self` and `cmd`.
     pub fn apply(&mut self, cmd: &Command) -> Response {
-        let response = match cmd {
+        let response = self.apply_inner(cmd);
+        self.audit.append(audit_entry(cmd, &response));
+        self.clock_ms = self.clock_ms.max(cmd.at_ms());
+        response
+    }
+
+    fn apply_inner(&mut self, cmd: &Command) -> Response {
+        let result = match cmd {
             Command::InstallDataKey {
                 version,
                 wrapped,
                 at_ms,
+                ..
             } => self.install_data_key(*version, wrapped, *at_ms),
             Command::CreateMerchant {
                 merchant_id,
                 name,
                 secret_key_sha256,
+                publishable_key_sha256,
+                settings,
                 at_ms,
-            } => self.create_merchant(merchant_id, name, secret_key_sha256, *at_ms),
+            } => {
+                let m = Merchant {
+                    name: name.clone(),
+                    secret_key_sha256: secret_key_sha256.clone(),
+                    publishable_key_sha256: publishable_key_sha256.clone(),
+                    settings: settings.clone(),
+                    created_at_ms: *at_ms,
+                    key_rotated_at_ms: *at_ms,
+                };
+                self.create_merchant(merchant_id, m)
+            }
             Command::RotateMerchantKey {
                 merchant_id,
-                secret_key_sha256,
+                role,
+                key_sha256,
                 at_ms,
-            } => self.rotate_merchant_key(merchant_id, secret_key_sha256, *at_ms),
+            } => self.rotate_merchant_key(merchant_id, *role, key_sha256, *at_ms),
+            Command::UpdateMerchant {
+                merchant_id,
+                settings,
+                ..
+            } => self.update_merchant(merchant_id, settings),
             Command::Tokenize {
                 merchant_id,
                 token,
@@ -88,6 +161,8 @@ impl VaultState {
                 at_ms,
                 expires_at_ms,
                 fingerprint,
+                cvc_supplied,
+                ..
             } => {
                 let record = TokenRecord {
                     merchant_id: merchant_id.clone(),
@@ -98,6 +173,7 @@ impl VaultState {
                     expires_at_ms: *expires_at_ms,
                     fingerprint: fingerprint.clone(),
                     used_at_ms: None,
+                    cvc_supplied: *cvc_supplied,
                 };
                 self.tokenize(token, record)
             }
@@ -109,12 +185,10 @@ impl VaultState {
                 card,
                 fingerprint,
                 at_ms,
-            } => match self
+            } => self
                 .new_card_id_free(merchant_id, member_id, fingerprint, new_token)
                 .and_then(|()| self.use_one_time(merchant_id, one_time_token, *at_ms))
-            {
-                Err(refusal) => Response::Refused(refusal),
-                Ok(()) => {
+                .and_then(|()| {
                     let record = TokenRecord {
                         merchant_id: merchant_id.clone(),
                         kind: TokenKind::CardOnFile,
@@ -124,20 +198,19 @@ impl VaultState {
                         expires_at_ms: None,
                         fingerprint: Some(fingerprint.clone()),
                         used_at_ms: None,
+                        cvc_supplied: false,
                     };
                     self.tokenize(new_token, record)
-                }
-            },
+                }),
             Command::InstallFingerprintKey { wrapped, at_ms } => {
                 if self.fingerprint_key.is_some() {
-                    Response::Refused(Refusal::FingerprintKeyExists)
+                    Err(Refusal::FingerprintKeyExists)
                 } else {
-                    let key = WrappedDataKey {
+                    self.fingerprint_key = Some(WrappedKey {
                         wrapped: wrapped.clone(),
                         installed_at_ms: *at_ms,
-                    };
-                    self.fingerprint_key = Some(key);
-                    Response::FingerprintKeyInstalled
+                    });
+                    Ok(Response::FingerprintKeyInstalled)
                 }
             }
             Command::DeleteCard {
@@ -146,71 +219,163 @@ impl VaultState {
                 token,
                 ..
             } => self.delete_card(merchant_id, member_id, token),
+            Command::ResealCards {
+                to_version, cards, ..
+            } => self.reseal(*to_version, cards),
+            Command::RetireDataKey { version, at_ms } => self.retire_data_key(*version, *at_ms),
+            Command::RecordAdminAction { .. } => Ok(Response::Recorded),
         };
-        if let Some(at) = cmd_time(cmd) {
-            self.clock_ms = self.clock_ms.max(at);
-        }
-        response
+        result.unwrap_or_else(Response::Refused)
     }
 
-    fn install_data_key(&mut self, version: u32, wrapped: &[u8], at_ms: u64) -> Response {
-        if self.data_keys.contains_key(&version) {
-            return Response::Refused(Refusal::DataKeyExists { version });
+    fn install_data_key(
+        &mut self,
+        version: u32,
+        wrapped: &[u8],
+        at_ms: u64,
+    ) -> Result<Response, Refusal> {
+        if self
+            .data_keys
+            .keys()
+            .next_back()
+            .is_some_and(|&v| v >= version)
+            || version == 0
+        {
+            return Err(Refusal::DataKeyExists { version });
         }
         self.data_keys.insert(
             version,
-            WrappedDataKey {
-                wrapped: wrapped.to_vec(),
+            DataKeyEntry {
+                wrapped: Some(wrapped.to_vec()),
                 installed_at_ms: at_ms,
+                retired_at_ms: None,
             },
         );
-        Response::DataKeyInstalled { version }
+        Ok(Response::DataKeyInstalled { version })
     }
 
-    fn create_merchant(&mut self, id: &str, name: &str, key_hash: &str, at_ms: u64) -> Response {
-        if self.merchants.contains_key(id) {
-            return Response::Refused(Refusal::MerchantExists);
+    fn retire_data_key(&mut self, version: u32, at_ms: u64) -> Result<Response, Refusal> {
+        let current = self.data_keys.keys().next_back().copied();
+        let entry = self
+            .data_keys
+            .get_mut(&version)
+            .filter(|e| e.retired_at_ms.is_none())
+            .ok_or(Refusal::UnknownDataKey)?;
+        if current == Some(version) {
+            return Err(Refusal::DataKeyCurrent);
         }
-        let m = Merchant {
-            name: name.to_owned(),
-            secret_key_sha256: key_hash.to_owned(),
-            created_at_ms: at_ms,
-            key_rotated_at_ms: at_ms,
-        };
-        self.key_index.insert(key_hash.to_owned(), id.to_owned());
+        let cards = self.key_usage.get(&version).copied().unwrap_or(0);
+        if cards > 0 {
+            return Err(Refusal::DataKeyInUse { cards });
+        }
+        entry.wrapped = None;
+        entry.retired_at_ms = Some(at_ms);
+        self.key_usage.remove(&version);
+        Ok(Response::DataKeyRetired { version })
+    }
+
+    fn reseal(&mut self, to_version: u32, cards: &[Reseal]) -> Result<Response, Refusal> {
+        if self.current_data_key().map(|(v, _)| v) != Some(to_version) {
+            return Err(Refusal::UnknownDataKey);
+        }
+        let (mut moved, mut skipped) = (0, 0);
+        for c in cards {
+            let Some(r) = self
+                .tokens
+                .get_mut(&c.token)
+                .filter(|r| r.card.key_version == c.from_version)
+            else {
+                skipped += 1;
+                continue;
+            };
+            r.card.key_version = to_version;
+            r.card.nonce = c.nonce.clone();
+            r.card.ciphertext = c.ciphertext.clone();
+            count_down(&mut self.key_usage, c.from_version);
+            *self.key_usage.entry(to_version).or_default() += 1;
+            moved += 1;
+        }
+        Ok(Response::Resealed { moved, skipped })
+    }
+
+    fn create_merchant(&mut self, id: &str, m: Merchant) -> Result<Response, Refusal> {
+        if self.merchants.contains_key(id)
+            || self.key_index.contains_key(&m.secret_key_sha256)
+            || self.key_index.contains_key(&m.publishable_key_sha256)
+            || m.secret_key_sha256 == m.publishable_key_sha256
+        {
+            return Err(Refusal::MerchantExists);
+        }
+        for role in [KeyRole::Secret, KeyRole::Publishable] {
+            let owner = KeyOwner {
+                merchant_id: id.to_owned(),
+                role,
+            };
+            self.key_index.insert(m.key_hash(role).to_owned(), owner);
+        }
         self.merchants.insert(id.to_owned(), m);
-        Response::Merchant(self.merchant_info(id).expect("just inserted"))
+        Ok(Response::Merchant(
+            self.merchant_info(id).expect("inserted"),
+        ))
     }
 
-    fn rotate_merchant_key(&mut self, id: &str, key_hash: &str, at_ms: u64) -> Response {
-        let Some(m) = self.merchants.get_mut(id) else {
-            return Response::Refused(Refusal::UnknownMerchant);
-        };
-        self.key_index.remove(&m.secret_key_sha256);
-        m.secret_key_sha256 = key_hash.to_owned();
+    fn rotate_merchant_key(
+        &mut self,
+        id: &str,
+        role: KeyRole,
+        key_hash: &str,
+        at_ms: u64,
+    ) -> Result<Response, Refusal> {
+        if self.key_index.contains_key(key_hash) {
+            return Err(Refusal::MerchantExists);
+        }
+        let m = self.merchants.get_mut(id).ok_or(Refusal::UnknownMerchant)?;
+        self.key_index.remove(m.key_hash(role));
+        match role {
+            KeyRole::Secret => m.secret_key_sha256 = key_hash.to_owned(),
+            KeyRole::Publishable => m.publishable_key_sha256 = key_hash.to_owned(),
+        }
         m.key_rotated_at_ms = at_ms;
-        self.key_index.insert(key_hash.to_owned(), id.to_owned());
-        Response::Merchant(self.merchant_info(id).expect("exists"))
+        let owner = KeyOwner {
+            merchant_id: id.to_owned(),
+            role,
+        };
+        self.key_index.insert(key_hash.to_owned(), owner);
+        Ok(Response::Merchant(self.merchant_info(id).expect("exists")))
     }
 
-    fn tokenize(&mut self, token: &str, record: TokenRecord) -> Response {
+    fn update_merchant(
+        &mut self,
+        id: &str,
+        settings: &MerchantSettings,
+    ) -> Result<Response, Refusal> {
+        let m = self.merchants.get_mut(id).ok_or(Refusal::UnknownMerchant)?;
+        m.settings = settings.clone();
+        Ok(Response::Merchant(self.merchant_info(id).expect("exists")))
+    }
+
+    fn tokenize(&mut self, token: &str, record: TokenRecord) -> Result<Response, Refusal> {
         if !self.merchants.contains_key(&record.merchant_id) {
-            return Response::Refused(Refusal::UnknownMerchant);
+            return Err(Refusal::UnknownMerchant);
+        }
+        if self.data_key(record.card.key_version).is_none() {
+            return Err(Refusal::UnknownDataKey);
         }
         let card_key = card_key(&record);
         if let Some(existing) = card_key.as_ref().and_then(|k| self.cards.get(k)) {
             let meta = token_meta(existing, &self.tokens[existing]);
-            return Response::AlreadyOnFile(meta);
+            return Ok(Response::AlreadyOnFile(meta));
         }
         if self.tokens.contains_key(token) {
-            return Response::Refused(Refusal::TokenIdTaken);
+            return Err(Refusal::TokenIdTaken);
         }
         let meta = token_meta(token, &record);
+        *self.key_usage.entry(record.card.key_version).or_default() += 1;
         self.tokens.insert(token.to_owned(), record);
         if let Some(k) = card_key {
             self.cards.insert(k, token.to_owned());
         }
-        Response::Tokenized(meta)
+        Ok(Response::Tokenized(meta))
     }
 
     /// All-or-nothing: refuse before marking anything if the new token id is taken (and
@@ -246,25 +411,31 @@ impl VaultState {
         Ok(())
     }
 
-    fn delete_card(&mut self, merchant_id: &str, member_id: &str, token: &str) -> Response {
+    fn delete_card(
+        &mut self,
+        merchant_id: &str,
+        member_id: &str,
+        token: &str,
+    ) -> Result<Response, Refusal> {
         let owned = self.tokens.get(token).is_some_and(|r| {
             r.merchant_id == merchant_id
                 && r.kind == TokenKind::CardOnFile
                 && r.member_id.as_deref() == Some(member_id)
         });
         if !owned {
-            return Response::Refused(Refusal::TokenNotFound);
+            return Err(Refusal::TokenNotFound);
         }
         let record = self.tokens.remove(token).expect("checked");
+        count_down(&mut self.key_usage, record.card.key_version);
         if let Some(k) = card_key(&record) {
             self.cards.remove(&k);
         }
-        Response::CardDeleted
+        Ok(Response::CardDeleted)
     }
 
-    /// The merchant whose secret key hashes to `key_sha256`, if any.
-    pub fn merchant_by_key_hash(&self, key_sha256: &str) -> Option<&str> {
-        self.key_index.get(key_sha256).map(String::as_str)
+    /// Whose key hashes to `key_sha256`, if anyone's.
+    pub fn key_owner(&self, key_sha256: &str) -> Option<&KeyOwner> {
+        self.key_index.get(key_sha256)
     }
 
     /// A merchant's public description.
@@ -274,6 +445,7 @@ impl VaultState {
             name: m.name.clone(),
             created_at_ms: m.created_at_ms,
             key_rotated_at_ms: m.key_rotated_at_ms,
+            settings: m.settings.clone(),
         })
     }
 
@@ -285,12 +457,17 @@ impl VaultState {
             .collect()
     }
 
+    /// True when any merchant allows browser requests from `origin`.
+    pub fn origin_allowed_by_any(&self, origin: &str) -> bool {
+        self.merchants
+            .values()
+            .any(|m| m.settings.allowed_origins.iter().any(|o| o == origin))
+    }
+
     /// The token's metadata, only when `merchant_id` owns it: to any other merchant a
     /// token does not exist.
     pub fn token_for(&self, merchant_id: &str, token: &str) -> Option<TokenMeta> {
-        self.tokens
-            .get(token)
-            .filter(|r| r.merchant_id == merchant_id)
+        self.record_for(merchant_id, token)
             .map(|r| token_meta(token, r))
     }
 
@@ -311,6 +488,29 @@ impl VaultState {
             .filter(|r| r.merchant_id == merchant_id)
     }
 
+    /// Any merchant's token record (node-internal housekeeping; never for a request).
+    pub fn any_token(&self, token: &str) -> Option<&TokenRecord> {
+        self.tokens.get(token)
+    }
+
+    /// Up to `limit` cards after token id `after` (exclusive) sealed under a version older
+    /// than `current`: the next batch of the background re-wrap, in token order.
+    pub fn stale_cards(
+        &self,
+        after: Option<&str>,
+        current: u32,
+        limit: usize,
+    ) -> Vec<(String, TokenRecord)> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        self.tokens
+            .range((from, Bound::Unbounded))
+            .filter(|(_, r)| r.card.key_version < current)
+            .take(limit)
+            .map(|(t, r)| (t.clone(), r.clone()))
+            .collect()
+    }
+
     /// The wrapped fingerprint key, once installed.
     pub fn fingerprint_key(&self) -> Option<&[u8]> {
         self.fingerprint_key.as_ref().map(|k| k.wrapped.as_slice())
@@ -321,17 +521,41 @@ impl VaultState {
         self.tokens.len()
     }
 
-    /// The newest data key: its version and wrapped bytes.
-    pub fn active_data_key(&self) -> Option<(u32, &[u8])> {
-        self.data_keys
-            .iter()
-            .next_back()
-            .map(|(v, k)| (*v, k.wrapped.as_slice()))
+    /// The current data key (new cards are sealed under it): its version and wrapped bytes.
+    pub fn current_data_key(&self) -> Option<(u32, &[u8])> {
+        let (v, e) = self.data_keys.iter().next_back()?;
+        Some((*v, e.wrapped.as_deref()?))
     }
 
-    /// A data key by version.
+    /// A data key by version, unless unknown or retired.
     pub fn data_key(&self, version: u32) -> Option<&[u8]> {
-        self.data_keys.get(&version).map(|k| k.wrapped.as_slice())
+        self.data_keys.get(&version)?.wrapped.as_deref()
+    }
+
+    /// Every data key version with its state and how many cards it seals.
+    pub fn data_keys(&self) -> Vec<DataKeyInfo> {
+        let current = self.data_keys.keys().next_back().copied();
+        self.data_keys
+            .iter()
+            .map(|(v, e)| DataKeyInfo {
+                version: *v,
+                state: if e.retired_at_ms.is_some() {
+                    "retired"
+                } else if Some(*v) == current {
+                    "current"
+                } else {
+                    "active"
+                },
+                installed_at_ms: e.installed_at_ms,
+                retired_at_ms: e.retired_at_ms,
+                cards: self.key_usage.get(v).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Leader-stamped time of the newest applied command.
@@ -341,54 +565,10 @@ impl VaultState {
 
     /// Checks the invariants that every reachable state satisfies. Returns the first violation.
     pub fn validate(&self) -> Result<(), String> {
-        if self.key_index.len() != self.merchants.len() {
-            return Err(format!(
-                "{} key hashes for {} merchants",
-                self.key_index.len(),
-                self.merchants.len()
-            ));
-        }
-        for (hash, id) in &self.key_index {
-            match self.merchants.get(id) {
-                Some(m) if &m.secret_key_sha256 == hash => {}
-                _ => return Err(format!("key index entry for merchant {id} is stale")),
-            }
-        }
+        self.validate_merchants()?;
+        self.validate_keys()?;
         for (token, r) in &self.tokens {
-            if !self.merchants.contains_key(&r.merchant_id) {
-                return Err(format!(
-                    "token {token} belongs to unknown merchant {}",
-                    r.merchant_id
-                ));
-            }
-            if !self.data_keys.contains_key(&r.card.key_version) {
-                return Err(format!(
-                    "token {token} sealed under missing data key v{}",
-                    r.card.key_version
-                ));
-            }
-            if (r.kind == TokenKind::CardOnFile) != r.member_id.is_some() {
-                return Err(format!(
-                    "token {token}: member id must be set exactly for card-on-file tokens"
-                ));
-            }
-            if r.created_at_ms > self.clock_ms {
-                return Err(format!("token {token} created after the state clock"));
-            }
-            if r.used_at_ms
-                .is_some_and(|u| r.kind != TokenKind::OneTime || u > self.clock_ms)
-            {
-                return Err(format!(
-                    "token {token}: only one-time tokens are used, and not in the future"
-                ));
-            }
-            if let Some(k) = card_key(r) {
-                if self.cards.get(&k) != Some(token) {
-                    return Err(format!(
-                        "card-on-file token {token} is missing from the card index"
-                    ));
-                }
-            }
+            self.validate_token(token, r)?;
         }
         for (k, token) in &self.cards {
             if self.tokens.get(token).and_then(card_key).as_ref() != Some(k) {
@@ -400,7 +580,215 @@ impl VaultState {
         if !self.cards.is_empty() && self.fingerprint_key.is_none() {
             return Err("fingerprints exist but no fingerprint key".into());
         }
+        self.audit
+            .verify()
+            .map_err(|b| format!("audit record {} breaks the chain: {}", b.seq, b.reason))?;
         Ok(())
+    }
+
+    fn validate_merchants(&self) -> Result<(), String> {
+        if self.key_index.len() != 2 * self.merchants.len() {
+            return Err(format!(
+                "{} key hashes for {} merchants",
+                self.key_index.len(),
+                self.merchants.len()
+            ));
+        }
+        for (hash, owner) in &self.key_index {
+            match self.merchants.get(&owner.merchant_id) {
+                Some(m) if m.key_hash(owner.role) == hash => {}
+                _ => {
+                    return Err(format!(
+                        "key index entry for merchant {} is stale",
+                        owner.merchant_id
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_keys(&self) -> Result<(), String> {
+        let mut usage: BTreeMap<u32, u64> = BTreeMap::new();
+        for r in self.tokens.values() {
+            *usage.entry(r.card.key_version).or_default() += 1;
+        }
+        let counted: BTreeMap<u32, u64> = self
+            .key_usage
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(v, n)| (*v, *n))
+            .collect();
+        if usage != counted {
+            return Err(format!(
+                "key usage counts {counted:?} differ from the cards {usage:?}"
+            ));
+        }
+        if let Some((_, e)) = self.data_keys.iter().next_back() {
+            if e.retired_at_ms.is_some() {
+                return Err("the current data key is retired".into());
+            }
+        }
+        for (v, e) in &self.data_keys {
+            if e.retired_at_ms.is_some() == e.wrapped.is_some() {
+                return Err(format!(
+                    "data key v{v}: a retired key must have no bytes, a live one must"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_token(&self, token: &str, r: &TokenRecord) -> Result<(), String> {
+        if !self.merchants.contains_key(&r.merchant_id) {
+            return Err(format!(
+                "token {token} belongs to unknown merchant {}",
+                r.merchant_id
+            ));
+        }
+        if self.data_key(r.card.key_version).is_none() {
+            return Err(format!(
+                "token {token} sealed under missing or retired data key v{}",
+                r.card.key_version
+            ));
+        }
+        if (r.kind == TokenKind::CardOnFile) != r.member_id.is_some() {
+            return Err(format!(
+                "token {token}: member id must be set exactly for card-on-file tokens"
+            ));
+        }
+        if r.created_at_ms > self.clock_ms {
+            return Err(format!("token {token} created after the state clock"));
+        }
+        if r.used_at_ms
+            .is_some_and(|u| r.kind != TokenKind::OneTime || u > self.clock_ms)
+        {
+            return Err(format!(
+                "token {token}: only one-time tokens are used, and not in the future"
+            ));
+        }
+        if r.used_at_ms
+            .is_some_and(|u| r.expires_at_ms.is_some_and(|e| u >= e))
+        {
+            return Err(format!("token {token} was used after it expired"));
+        }
+        if let Some(k) = card_key(r) {
+            if self.cards.get(&k).map(String::as_str) != Some(token) {
+                return Err(format!(
+                    "card-on-file token {token} is missing from the card index"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn count_down(usage: &mut BTreeMap<u32, u64>, version: u32) {
+    if let Some(n) = usage.get_mut(&version) {
+        *n -= 1;
+        if *n == 0 {
+            usage.remove(&version);
+        }
+    }
+}
+
+/// The audit record of `cmd` and its response. Never includes card data or keys.
+fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
+    let admin = || "admin".to_owned();
+    let system = || "system".to_owned();
+    let merchant = |id: &str, role: KeyRole| format!("merchant:{id}:{}", role.as_str());
+    let (actor, merchant_id, token, detail): (String, Option<&str>, Option<&str>, String) =
+        match cmd {
+            Command::InstallDataKey {
+                version, by_admin, ..
+            } => (
+                if *by_admin { admin() } else { system() },
+                None,
+                None,
+                format!("version {version}"),
+            ),
+            Command::CreateMerchant { merchant_id, .. }
+            | Command::UpdateMerchant { merchant_id, .. } => {
+                (admin(), Some(merchant_id), None, String::new())
+            }
+            Command::RotateMerchantKey {
+                merchant_id, role, ..
+            } => (
+                admin(),
+                Some(merchant_id),
+                None,
+                format!("{} key", role.as_str()),
+            ),
+            Command::Tokenize {
+                merchant_id,
+                token,
+                kind,
+                member_id,
+                key_role,
+                ..
+            } => (
+                merchant(merchant_id, *key_role),
+                Some(merchant_id),
+                Some(token),
+                match member_id {
+                    Some(m) => format!("{kind:?} for member {m}"),
+                    None => format!("{kind:?}"),
+                },
+            ),
+            Command::InstallFingerprintKey { .. } => (system(), None, None, String::new()),
+            Command::UseOneTimeForCard {
+                merchant_id,
+                one_time_token,
+                member_id,
+                ..
+            } => (
+                merchant(merchant_id, KeyRole::Secret),
+                Some(merchant_id),
+                Some(one_time_token),
+                match response {
+                    Response::Tokenized(m) | Response::AlreadyOnFile(m) => {
+                        format!("card on file {} for member {member_id}", m.token)
+                    }
+                    _ => format!("for member {member_id}"),
+                },
+            ),
+            Command::DeleteCard {
+                merchant_id,
+                member_id,
+                token,
+                ..
+            } => (
+                merchant(merchant_id, KeyRole::Secret),
+                Some(merchant_id),
+                Some(token),
+                format!("member {member_id}"),
+            ),
+            Command::ResealCards { to_version, .. } => (
+                system(),
+                None,
+                None,
+                match response {
+                    Response::Resealed { moved, skipped } => {
+                        format!("{moved} cards to version {to_version}, {skipped} skipped")
+                    }
+                    _ => format!("to version {to_version}"),
+                },
+            ),
+            Command::RetireDataKey { version, .. } => {
+                (admin(), None, None, format!("version {version}"))
+            }
+            Command::RecordAdminAction { action, detail, .. } => {
+                (admin(), None, None, format!("{action}: {detail}"))
+            }
+        };
+    AuditEntry {
+        at_ms: cmd.at_ms(),
+        actor,
+        merchant_id: merchant_id.map(str::to_owned),
+        action: cmd.action().to_owned(),
+        token: token.map(str::to_owned),
+        outcome: response.outcome().to_owned(),
+        detail,
     }
 }
 
@@ -435,18 +823,6 @@ mod card_index_serde {
     }
 }
 
-fn cmd_time(cmd: &Command) -> Option<u64> {
-    match cmd {
-        Command::InstallDataKey { at_ms, .. }
-        | Command::CreateMerchant { at_ms, .. }
-        | Command::RotateMerchantKey { at_ms, .. }
-        | Command::Tokenize { at_ms, .. }
-        | Command::InstallFingerprintKey { at_ms, .. }
-        | Command::UseOneTimeForCard { at_ms, .. }
-        | Command::DeleteCard { at_ms, .. } => Some(*at_ms),
-    }
-}
-
 fn token_meta(token: &str, r: &TokenRecord) -> TokenMeta {
     TokenMeta {
         token: token.to_owned(),
@@ -459,6 +835,7 @@ fn token_meta(token: &str, r: &TokenRecord) -> TokenMeta {
         created_at_ms: r.created_at_ms,
         expires_at_ms: r.expires_at_ms,
         used_at_ms: r.used_at_ms,
+        cvc_supplied: r.cvc_supplied,
     }
 }
 
@@ -489,6 +866,19 @@ mod tests {
             at_ms,
             expires_at_ms: None,
             fingerprint: None,
+            key_role: KeyRole::Secret,
+            cvc_supplied: false,
+        }
+    }
+
+    fn create(id: &str, at_ms: u64) -> Command {
+        Command::CreateMerchant {
+            merchant_id: id.into(),
+            name: id.to_uppercase(),
+            secret_key_sha256: format!("h{id}"),
+            publishable_key_sha256: format!("p{id}"),
+            settings: MerchantSettings::default(),
+            at_ms,
         }
     }
 
@@ -499,19 +889,10 @@ mod tests {
                 version: 1,
                 wrapped: vec![9; 60],
                 at_ms: 1,
+                by_admin: false,
             },
-            Command::CreateMerchant {
-                merchant_id: "a".into(),
-                name: "A".into(),
-                secret_key_sha256: "ha".into(),
-                at_ms: 2,
-            },
-            Command::CreateMerchant {
-                merchant_id: "b".into(),
-                name: "B".into(),
-                secret_key_sha256: "hb".into(),
-                at_ms: 3,
-            },
+            create("a", 2),
+            create("b", 3),
         ];
         for c in &steps {
             assert!(!matches!(s.apply(c), Response::Refused(_)), "{c}");
@@ -546,29 +927,45 @@ mod tests {
             Response::Refused(Refusal::UnknownMerchant)
         );
         assert_eq!(s.token_count(), 1);
-        let dup = Command::CreateMerchant {
-            merchant_id: "a".into(),
-            name: "again".into(),
-            secret_key_sha256: "x".into(),
-            at_ms: 13,
-        };
-        assert_eq!(s.apply(&dup), Response::Refused(Refusal::MerchantExists));
-        assert_eq!(s.merchant_by_key_hash("ha"), Some("a"));
-        assert_eq!(s.merchant_by_key_hash("x"), None);
+        assert_eq!(
+            s.apply(&create("a", 13)),
+            Response::Refused(Refusal::MerchantExists)
+        );
+        let owner =
+            |s: &VaultState, h: &str| s.key_owner(h).map(|o| (o.merchant_id.clone(), o.role));
+        assert_eq!(owner(&s, "ha"), Some(("a".into(), KeyRole::Secret)));
+        assert_eq!(owner(&s, "pa"), Some(("a".into(), KeyRole::Publishable)));
+        assert_eq!(owner(&s, "x"), None);
         s.validate().unwrap();
     }
 
     #[test]
     fn rotating_a_key_retires_the_old_one() {
         let mut s = seeded();
-        let rot = Command::RotateMerchantKey {
+        let rot = |role, hash: &str| Command::RotateMerchantKey {
             merchant_id: "a".into(),
-            secret_key_sha256: "ha2".into(),
+            role,
+            key_sha256: hash.into(),
             at_ms: 20,
         };
-        assert!(matches!(s.apply(&rot), Response::Merchant(ref m) if m.key_rotated_at_ms == 20));
-        assert_eq!(s.merchant_by_key_hash("ha"), None);
-        assert_eq!(s.merchant_by_key_hash("ha2"), Some("a"));
+        assert!(
+            matches!(s.apply(&rot(KeyRole::Secret, "ha2")), Response::Merchant(ref m) if m.key_rotated_at_ms == 20)
+        );
+        assert!(s.key_owner("ha").is_none());
+        assert_eq!(s.key_owner("ha2").unwrap().role, KeyRole::Secret);
+        assert_eq!(
+            s.key_owner("pa").unwrap().role,
+            KeyRole::Publishable,
+            "untouched"
+        );
+        s.apply(&rot(KeyRole::Publishable, "pa2"));
+        assert!(s.key_owner("pa").is_none());
+        assert_eq!(s.key_owner("pa2").unwrap().merchant_id, "a");
+        assert_eq!(
+            s.apply(&rot(KeyRole::Secret, "hb")),
+            Response::Refused(Refusal::MerchantExists),
+            "another merchant's key hash is never taken over"
+        );
         s.validate().unwrap();
     }
 
@@ -593,17 +990,26 @@ mod tests {
         let back: VaultState = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, x);
         assert_eq!(back.clock_ms(), 149);
+        assert_eq!(back.audit().len(), 53);
     }
 
     #[test]
-    fn validate_catches_a_token_sealed_under_a_missing_key() {
+    fn a_card_for_a_missing_key_is_refused_and_validate_would_catch_it() {
         let mut s = seeded();
         let mut cmd = tokenize("a", "tok_1", 10);
         if let Command::Tokenize { card, .. } = &mut cmd {
             card.key_version = 7;
         }
-        s.apply(&cmd);
-        assert!(s.validate().unwrap_err().contains("missing data key"));
+        assert_eq!(s.apply(&cmd), Response::Refused(Refusal::UnknownDataKey));
+        assert_eq!(s.token_count(), 0);
+        let mut broken = s.clone();
+        broken.apply(&tokenize("a", "tok_2", 11));
+        broken.tokens.get_mut("tok_2").unwrap().card.key_version = 7;
+        let err = broken.validate().unwrap_err();
+        assert!(err.contains("key usage counts"), "{err}");
+        broken.key_usage = BTreeMap::from([(7, 1)]);
+        let err = broken.validate().unwrap_err();
+        assert!(err.contains("missing or retired data key"), "{err}");
     }
 
     fn on_file(merchant: &str, member: &str, token: &str, fp: &str, at_ms: u64) -> Command {
@@ -616,6 +1022,8 @@ mod tests {
             at_ms,
             expires_at_ms: None,
             fingerprint: Some(fp.into()),
+            key_role: KeyRole::Secret,
+            cvc_supplied: false,
         }
     }
 
@@ -704,11 +1112,12 @@ mod tests {
         s.validate().unwrap();
     }
 
-    /// `s` with its clock set to `clock_ms`: every applied command advances the clock,
-    /// refused or not, so "nothing changed" means "nothing but the clock".
-    fn at_clock(s: &VaultState, clock_ms: u64) -> VaultState {
+    /// `s` with the clock and audit trail of `now`: every applied command advances the
+    /// clock and is audited, refused or not, so "nothing changed" means "nothing else".
+    fn at_clock(s: &VaultState, now: &VaultState) -> VaultState {
         VaultState {
-            clock_ms,
+            clock_ms: now.clock_ms,
+            audit: now.audit.clone(),
             ..s.clone()
         }
     }
@@ -723,6 +1132,8 @@ mod tests {
             at_ms,
             expires_at_ms: Some(expires_at_ms),
             fingerprint: None,
+            key_role: KeyRole::Publishable,
+            cvc_supplied: true,
         }
     }
 
@@ -750,7 +1161,7 @@ mod tests {
         );
         assert_eq!(
             s,
-            at_clock(&before, s.clock_ms),
+            at_clock(&before, &s),
             "a refused use changes nothing but the clock"
         );
         match s.apply(&use_it("a", "ott_1", "tok_c1", "f1", 20)) {
@@ -768,7 +1179,7 @@ mod tests {
         );
         assert_eq!(
             s,
-            at_clock(&used, s.clock_ms),
+            at_clock(&used, &s),
             "a second use changes nothing but the clock"
         );
         assert_eq!(
@@ -793,50 +1204,238 @@ mod tests {
         s.validate().unwrap();
     }
 
+    fn install(version: u32, at_ms: u64) -> Command {
+        Command::InstallDataKey {
+            version,
+            wrapped: vec![version as u8; 60],
+            at_ms,
+            by_admin: true,
+        }
+    }
+
+    fn reseal(token: &str, from: u32, to: u32, at_ms: u64) -> Command {
+        Command::ResealCards {
+            to_version: to,
+            cards: vec![Reseal {
+                token: token.into(),
+                from_version: from,
+                nonce: vec![to as u8; 12],
+                ciphertext: vec![to as u8; 20],
+            }],
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn keys_rotate_rewrap_and_retire_only_when_unused() {
+        let mut s = seeded();
+        s.apply(&tokenize("a", "tok_1", 10));
+        s.apply(&tokenize("b", "tok_2", 11));
+        assert_eq!(
+            s.apply(&install(1, 12)),
+            Response::Refused(Refusal::DataKeyExists { version: 1 }),
+            "versions only grow"
+        );
+        assert_eq!(
+            s.apply(&install(2, 13)),
+            Response::DataKeyInstalled { version: 2 }
+        );
+        assert_eq!(s.current_data_key().unwrap().0, 2);
+        assert_eq!(s.stale_cards(None, 2, 10).len(), 2);
+        assert_eq!(s.stale_cards(Some("tok_1"), 2, 10).len(), 1, "cursor");
+        assert_eq!(
+            s.apply(&Command::RetireDataKey {
+                version: 1,
+                at_ms: 14
+            }),
+            Response::Refused(Refusal::DataKeyInUse { cards: 2 })
+        );
+        assert_eq!(
+            s.apply(&Command::RetireDataKey {
+                version: 2,
+                at_ms: 14
+            }),
+            Response::Refused(Refusal::DataKeyCurrent)
+        );
+        assert_eq!(
+            s.apply(&reseal("tok_1", 1, 2, 15)),
+            Response::Resealed {
+                moved: 1,
+                skipped: 0
+            }
+        );
+        assert_eq!(
+            s.apply(&reseal("tok_1", 1, 2, 16)),
+            Response::Resealed {
+                moved: 0,
+                skipped: 1
+            },
+            "a card that changed since it was read is skipped"
+        );
+        assert_eq!(
+            s.apply(&reseal("tok_2", 1, 3, 16)),
+            Response::Refused(Refusal::UnknownDataKey),
+            "only to the current key"
+        );
+        s.apply(&reseal("tok_2", 1, 2, 17));
+        assert!(s.stale_cards(None, 2, 10).is_empty());
+        let retire = Command::RetireDataKey {
+            version: 1,
+            at_ms: 18,
+        };
+        assert_eq!(s.apply(&retire), Response::DataKeyRetired { version: 1 });
+        assert_eq!(s.data_key(1), None, "a retired key's bytes are gone");
+        assert_eq!(s.apply(&retire), Response::Refused(Refusal::UnknownDataKey));
+        let states: Vec<_> = s.data_keys().iter().map(|k| (k.state, k.cards)).collect();
+        assert_eq!(states, vec![("retired", 0), ("current", 2)]);
+        assert_eq!(
+            s.apply(&install(2, 19)),
+            Response::Refused(Refusal::DataKeyExists { version: 2 })
+        );
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn merchant_settings_and_origins_change_through_the_log() {
+        let mut s = seeded();
+        assert!(!s.origin_allowed_by_any("https://shop.example"));
+        let settings = MerchantSettings {
+            allowed_origins: vec!["https://shop.example".into()],
+            token_format: crate::vault::TokenFormat::Numeric,
+        };
+        let update = |id: &str| Command::UpdateMerchant {
+            merchant_id: id.into(),
+            settings: settings.clone(),
+            at_ms: 20,
+        };
+        assert!(
+            matches!(s.apply(&update("a")), Response::Merchant(ref m) if m.settings == settings)
+        );
+        assert!(s.origin_allowed_by_any("https://shop.example"));
+        assert!(!s.origin_allowed_by_any("https://evil.example"));
+        assert_eq!(
+            s.apply(&update("zz")),
+            Response::Refused(Refusal::UnknownMerchant)
+        );
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn every_command_is_audited_with_actor_and_outcome_and_no_card_data() {
+        let mut s = with_fingerprint_key();
+        s.apply(&one_time("a", "ott_1", 10, 1_000));
+        s.apply(&use_it("b", "ott_1", "tok_x", "f1", 20));
+        s.apply(&use_it("a", "ott_1", "tok_c1", "f1", 21));
+        let a = s.audit();
+        let last: Vec<_> = a
+            .page(a.len() - 3, 3)
+            .iter()
+            .map(|r| {
+                (
+                    r.actor.as_str(),
+                    r.action.as_str(),
+                    r.token.as_deref(),
+                    r.outcome.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            last,
+            vec![
+                (
+                    "merchant:a:publishable",
+                    "token.create",
+                    Some("ott_1"),
+                    "ok"
+                ),
+                (
+                    "merchant:b:secret",
+                    "token.use_for_card_on_file",
+                    Some("ott_1"),
+                    "token_not_found"
+                ),
+                (
+                    "merchant:a:secret",
+                    "token.use_for_card_on_file",
+                    Some("ott_1"),
+                    "ok"
+                ),
+            ]
+        );
+        assert!(a.page(a.len() - 1, 1)[0].detail.contains("tok_c1"));
+        let json = serde_json::to_string(a.page(0, 1000)).unwrap();
+        assert!(!json.contains("ciphertext") && !json.contains("nonce"));
+        assert_eq!(a.verify(), Ok(a.len()));
+    }
+
+    #[test]
+    fn a_tampered_audit_record_fails_validate() {
+        let mut s = with_fingerprint_key();
+        s.apply(&tokenize("a", "tok_1", 10));
+        s.validate().unwrap();
+        s.audit.records_mut()[2].outcome = "token_not_found".into();
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("audit record 2"), "{err}");
+    }
+
     mod prop {
         use super::*;
         use proptest::prelude::*;
 
         fn command() -> impl Strategy<Value = Command> {
-            let ids = || prop_oneof![Just("a"), Just("b"), Just("zz")];
+            let ids = || prop_oneof![Just("a"), Just("a"), Just("b"), Just("zz")];
             let members = || prop_oneof![Just("m1"), Just("m2")];
             let fps = || prop_oneof![Just("f1"), Just("f2"), Just("f3")];
-            let tok = 0u8..12;
+            let tok = || 0u8..12;
+            let at = || 100u64..400;
             prop_oneof![
-                (ids(), members(), tok.clone(), fps()).prop_map(|(m, mem, t, fp)| on_file(
-                    m,
-                    mem,
-                    &format!("tok_{t}"),
-                    fp,
-                    100
-                )),
-                (ids(), members(), tok).prop_map(|(m, mem, t)| Command::DeleteCard {
+                (ids(), members(), tok(), fps(), at()).prop_map(|(m, mem, t, fp, at)| {
+                    on_file(m, mem, &format!("tok_{t}"), fp, at)
+                }),
+                (ids(), members(), tok(), at()).prop_map(|(m, mem, t, at)| Command::DeleteCard {
                     merchant_id: m.into(),
                     member_id: mem.into(),
                     token: format!("tok_{t}"),
-                    at_ms: 100,
+                    at_ms: at,
+                }),
+                (ids(), tok(), at(), 1u64..200)
+                    .prop_map(|(m, t, at, ttl)| { one_time(m, &format!("tok_{t}"), at, at + ttl) }),
+                (ids(), tok(), tok(), fps(), at()).prop_map(|(m, t, n, fp, at)| {
+                    use_it(m, &format!("tok_{t}"), &format!("tok_{n}"), fp, at)
+                }),
+                (1u32..5, at()).prop_map(|(v, at)| install(v, at)),
+                (tok(), 1u32..5, 1u32..5, at())
+                    .prop_map(|(t, from, to, at)| { reseal(&format!("tok_{t}"), from, to, at) }),
+                (1u32..5, at()).prop_map(|(v, at)| Command::RetireDataKey {
+                    version: v,
+                    at_ms: at
                 }),
             ]
         }
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
             #[test]
-            fn validate_holds_after_every_step_and_deleted_cards_stay_gone(cmds in proptest::collection::vec(command(), 1..60)) {
+            fn validate_holds_after_every_step_and_used_expired_or_deleted_tokens_stay_unusable(
+                cmds in proptest::collection::vec(command(), 1..80)
+            ) {
                 let mut s = with_fingerprint_key();
+                let audited_before = s.audit().len();
                 let mut deleted = std::collections::BTreeSet::new();
                 for c in &cmds {
-                    let was_used = match c {
+                    let before = match c {
                         Command::UseOneTimeForCard { merchant_id, one_time_token, .. } => {
-                            s.token_for(merchant_id, one_time_token).and_then(|m| m.used_at_ms.map(|_| ()).or(None))
+                            s.token_for(merchant_id, one_time_token)
                         }
                         _ => None,
                     };
                     let r = s.apply(c);
-                    if let Command::UseOneTimeForCard { at_ms, merchant_id, one_time_token, .. } = c {
+                    if let Command::UseOneTimeForCard { at_ms, .. } = c {
                         let ok = matches!(r, Response::Tokenized(_) | Response::AlreadyOnFile(_));
-                        prop_assert!(!(ok && was_used.is_some()), "a used one-time token was used again");
-                        if let Some(m) = s.token_for(merchant_id, one_time_token) {
-                            prop_assert!(!(ok && m.expires_at_ms.is_some_and(|e| *at_ms >= e)), "an expired token was used");
+                        if ok {
+                            let m = before.expect("a use succeeded on a token its merchant could not see");
+                            prop_assert!(m.used_at_ms.is_none(), "a used one-time token was used again");
+                            prop_assert!(m.expires_at_ms.is_some_and(|e| *at_ms < e), "an expired token was used");
                         }
                     }
                     prop_assert!(s.validate().is_ok(), "{c} -> {r:?}: {:?}", s.validate());
@@ -850,6 +1449,7 @@ mod tests {
                         prop_assert!(s.token_for("a", t).is_none() && s.token_for("b", t).is_none(), "{t} came back");
                     }
                 }
+                prop_assert_eq!(s.audit().len(), audited_before + cmds.len() as u64, "one audit record per command");
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Token identifiers and kinds. Ids are drawn by the leader from random bytes it
 //! passes in; this module only formats them.
 
+use super::card::luhn_valid;
 use serde::{Deserialize, Serialize};
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -23,11 +24,57 @@ pub fn opaque_token_id(random: [u8; 16]) -> String {
     format!("tok_{}", base62_u128(u128::from_be_bytes(random)))
 }
 
+/// A numeric token id for a PAN of `pan_len` digits ending in `last4`: as long as the PAN,
+/// keeping its last four digits, the rest drawn from `random`, and always failing the Luhn
+/// check, so it can never be mistaken for (or accepted as) a card number.
+///
+/// `pan_len` must be 12..=19 and `last4` four ASCII digits.
+pub fn numeric_token_id(random: [u8; 16], pan_len: usize, last4: &str) -> String {
+    assert!(
+        (12..=19).contains(&pan_len) && last4.len() == 4,
+        "a PAN's shape"
+    );
+    let mut v = u128::from_be_bytes(random);
+    let mut out = String::with_capacity(pan_len);
+    // The first digit is never 0, so the id keeps its length wherever digits are parsed.
+    out.push(char::from(b'1' + (v % 9) as u8));
+    v /= 9;
+    for _ in 1..pan_len - 5 {
+        out.push(char::from(b'0' + (v % 10) as u8));
+        v /= 10;
+    }
+    // The digit before the last four is chosen so the whole id fails the Luhn check.
+    let mut d = (v % 10) as u8;
+    loop {
+        let candidate = format!("{out}{}{last4}", char::from(b'0' + d));
+        if !luhn_valid(&candidate) {
+            return candidate;
+        }
+        d = (d + 1) % 10;
+    }
+}
+
 /// True when `s` has the shape of a token id kura issues (used to answer 404 early).
 pub fn looks_like_token_id(s: &str) -> bool {
-    s.strip_prefix("tok_").is_some_and(|rest| {
+    let opaque = s.strip_prefix("tok_").is_some_and(|rest| {
         rest.len() == BASE62_U128_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
+    });
+    let numeric = (12..=19).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && !s.starts_with('0')
+        && !luhn_valid(s);
+    opaque || numeric
+}
+
+/// How a merchant's tokens look. Chosen per merchant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenFormat {
+    /// `tok_` and 128 random bits in base62.
+    #[default]
+    Opaque,
+    /// Digits, as long as the card number, keeping its last four, failing the Luhn check.
+    Numeric,
 }
 
 /// The two kinds of token a merchant can hold.
@@ -57,6 +104,32 @@ mod tests {
         assert_ne!(b, c);
         assert!(!looks_like_token_id("tok_short"));
         assert!(!looks_like_token_id("pm_0000000000000000000000"));
+    }
+
+    #[test]
+    fn numeric_ids_keep_length_and_last4_and_always_fail_luhn() {
+        for len in 12..=19 {
+            for seed in 0u8..=255 {
+                let id = numeric_token_id([seed; 16], len, "4242");
+                assert_eq!(id.len(), len, "{id}");
+                assert!(id.ends_with("4242"), "{id}");
+                assert!(!luhn_valid(&id), "{id} passes Luhn");
+                assert!(looks_like_token_id(&id), "{id}");
+                assert!(
+                    crate::vault::Pan::parse(&id).is_err(),
+                    "{id} parses as a card"
+                );
+            }
+        }
+        assert_ne!(
+            numeric_token_id([1; 16], 16, "1111"),
+            numeric_token_id([2; 16], 16, "1111")
+        );
+        assert!(
+            !looks_like_token_id("4242424242424242"),
+            "a valid PAN is no token"
+        );
+        assert!(!looks_like_token_id("12345"));
     }
 
     #[test]

@@ -1,0 +1,233 @@
+//! Data key management: `GET /admin/v1/keys`, `POST /admin/v1/keys/rotate`,
+//! `POST /admin/v1/keys/{version}/retire`, and the background re-wrap that moves every
+//! card to the current key.
+
+use super::members::open_card;
+use super::tokens::{key_unavailable, unexpected};
+use super::{result, AppState, Problem, St};
+use crate::crypto::{seal_pan, DataKey};
+use crate::vault::{Command, Refusal, Reseal, Response};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often an idle node looks for cards to re-wrap and retired keys to forget.
+const REWRAP_IDLE_MS: u64 = 1_000;
+/// Pause between re-wrap batches, so foreground writes keep most of the log.
+const REWRAP_PAUSE_MS: u64 = 20;
+
+fn keys_json(st: &AppState) -> serde_json::Value {
+    let (versions, current) = st
+        .cluster
+        .vault()
+        .read(|v| (v.data_keys(), v.current_data_key().map(|(ver, _)| ver)));
+    let pending: u64 = versions
+        .iter()
+        .filter(|k| Some(k.version) != current)
+        .map(|k| k.cards)
+        .sum();
+    let versions: Vec<_> = versions
+        .iter()
+        .map(|k| {
+            json!({
+                "version": k.version,
+                "state": k.state,
+                "installed_at": k.installed_at_ms / 1000,
+                "retired_at": k.retired_at_ms.map(|t| t / 1000),
+                "cards": k.cards,
+            })
+        })
+        .collect();
+    json!({
+        "provider": st.keys.kek().kind(),
+        "current_version": current,
+        "versions": versions,
+        "rewrap": { "pending_cards": pending, "done": pending == 0 },
+    })
+}
+
+/// `GET /admin/v1/keys`: every data key version, its state and card count, and the
+/// re-wrap's progress.
+pub async fn status(State(st): St, headers: HeaderMap) -> HttpResponse {
+    result(
+        async {
+            st.admin(&headers)?;
+            st.linearize().await?;
+            Ok(axum::Json(keys_json(&st)).into_response())
+        }
+        .await,
+    )
+}
+
+/// `POST /admin/v1/keys/rotate`: makes a new data key version current. Old versions keep
+/// decrypting; the background re-wrap moves cards to the new one.
+pub async fn rotate(State(st): St, headers: HeaderMap) -> HttpResponse {
+    result(
+        async {
+            st.admin(&headers)?;
+            st.linearize().await?;
+            let next = st
+                .cluster
+                .vault()
+                .read(|v| v.data_keys().last().map_or(1, |k| k.version + 1));
+            let wrapped = st
+                .keys
+                .kek()
+                .wrap(&DataKey::generate(&st.entropy), next, &st.entropy)
+                .map_err(|e| key_unavailable("new data key", e))?;
+            let cmd = Command::InstallDataKey {
+                version: next,
+                wrapped,
+                at_ms: st.now_ms(),
+                by_admin: true,
+            };
+            match st.write(cmd).await? {
+                Response::DataKeyInstalled { version } => {
+                    tracing::info!(version, "data key rotated");
+                    Ok((StatusCode::CREATED, axum::Json(keys_json(&st))).into_response())
+                }
+                Response::Refused(Refusal::DataKeyExists { .. }) => Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "rotation_conflict",
+                    "another rotation made this version first; check GET /admin/v1/keys",
+                )),
+                other => Err(unexpected(&other)),
+            }
+        }
+        .await,
+    )
+}
+
+/// `POST /admin/v1/keys/{version}/retire`: destroys an old version once no card uses it.
+pub async fn retire(
+    State(st): St,
+    headers: HeaderMap,
+    Path(version): Path<String>,
+) -> HttpResponse {
+    result(
+        async {
+            st.admin(&headers)?;
+            let version: u32 = version.parse().map_err(|_| {
+                Problem::not_found("data_key_not_found", "no data key with this version")
+            })?;
+            let cmd = Command::RetireDataKey {
+                version,
+                at_ms: st.now_ms(),
+            };
+            match st.write(cmd).await? {
+                Response::DataKeyRetired { version } => {
+                    st.keys.forget(version);
+                    tracing::info!(version, "data key retired");
+                    Ok(axum::Json(keys_json(&st)).into_response())
+                }
+                Response::Refused(Refusal::DataKeyInUse { cards }) => Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "data_key_in_use",
+                    format!("{cards} cards are still sealed under this version; wait for the re-wrap (GET /admin/v1/keys)"),
+                )),
+                Response::Refused(Refusal::DataKeyCurrent) => Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "data_key_current",
+                    "the current data key cannot be retired; rotate first",
+                )),
+                Response::Refused(Refusal::UnknownDataKey) => Err(Problem::not_found(
+                    "data_key_not_found",
+                    "no live data key with this version (unknown or already retired)",
+                )),
+                other => Err(unexpected(&other)),
+            }
+        }
+        .await,
+    )
+}
+
+/// Runs for the node's lifetime: on the leader, moves cards sealed under old data keys to
+/// the current one in bounded batches through the log; on every node, drops retired keys
+/// from the key cache.
+pub async fn rewrap_loop(st: Arc<AppState>) {
+    loop {
+        forget_retired(&st);
+        let moved = if st.cluster.is_leader() {
+            match rewrap_pass(&st).await {
+                Ok(n) => n,
+                Err(p) => {
+                    tracing::warn!(code = p.code, detail = %p.detail, "re-wrap pass stopped; retrying");
+                    0
+                }
+            }
+        } else {
+            0
+        };
+        if moved > 0 {
+            tracing::info!(cards = moved, "re-wrap pass finished");
+        }
+        crate::raft_types::sleep(Duration::from_millis(REWRAP_IDLE_MS)).await;
+    }
+}
+
+fn forget_retired(st: &AppState) {
+    let retired: Vec<u32> = st.cluster.vault().read(|v| {
+        v.data_keys()
+            .into_iter()
+            .filter(|k| k.retired_at_ms.is_some())
+            .map(|k| k.version)
+            .collect()
+    });
+    for v in retired {
+        st.keys.forget(v);
+    }
+}
+
+/// One pass over the cards in token order; returns how many moved.
+async fn rewrap_pass(st: &AppState) -> Result<u64, Problem> {
+    let Some(current) = st
+        .cluster
+        .vault()
+        .read(|v| v.current_data_key().map(|(ver, _)| ver))
+    else {
+        return Ok(0);
+    };
+    let (_, key) = super::tokens::current_data_key(st).await?;
+    let mut cursor: Option<String> = None;
+    let mut moved = 0;
+    loop {
+        let batch = st
+            .cluster
+            .vault()
+            .read(|v| v.stale_cards(cursor.as_deref(), current, st.settings.rewrap_batch_cards));
+        let Some((last, _)) = batch.last() else {
+            return Ok(moved);
+        };
+        cursor = Some(last.clone());
+        let mut cards = Vec::with_capacity(batch.len());
+        for (token, r) in &batch {
+            let pan = open_card(st, &r.merchant_id, token, &r.card)?;
+            let nonce = st.entropy.nonce();
+            let ciphertext = seal_pan(&key, current, &r.merchant_id, token, &pan, &nonce);
+            cards.push(Reseal {
+                token: token.clone(),
+                from_version: r.card.key_version,
+                nonce: nonce.to_vec(),
+                ciphertext,
+            });
+        }
+        let cmd = Command::ResealCards {
+            to_version: current,
+            cards,
+            at_ms: st.now_ms(),
+        };
+        match st.write(cmd).await? {
+            Response::Resealed { moved: m, .. } => {
+                moved += m;
+                st.metrics.rewrap_cards.inc_by(m);
+            }
+            // Rotated again meanwhile: the next pass uses the newer key.
+            Response::Refused(Refusal::UnknownDataKey) => return Ok(moved),
+            other => return Err(unexpected(&other)),
+        }
+        crate::raft_types::sleep(Duration::from_millis(REWRAP_PAUSE_MS)).await;
+    }
+}
