@@ -240,6 +240,41 @@ impl ProcCluster {
         .await;
     }
 
+    /// Runs the `kura` binary with `args` in the cluster's directory.
+    pub fn kura(&self, args: &[&str]) -> std::process::Output {
+        Command::new(kura_bin())
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run kura")
+    }
+
+    /// The config file of node `i`.
+    pub fn config(&self, i: usize) -> &std::path::Path {
+        &self.configs[i]
+    }
+
+    /// True when node `i` is running.
+    pub fn running(&self, i: usize) -> bool {
+        self.children[i].is_some()
+    }
+
+    /// An admin call that must succeed; returns the body.
+    pub async fn admin_call(&self, method: http::Method, path: &str, body: Option<Value>) -> Value {
+        self.admin()
+            .call(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("admin call {path}: {e}"))
+            .body
+    }
+
+    /// Creates a merchant from `body` (merchant_id, name, options) and returns the answer,
+    /// keys included.
+    pub async fn merchant_with(&self, body: Value) -> Value {
+        self.admin_call(http::Method::POST, "/admin/v1/merchants", Some(body))
+            .await
+    }
+
     /// Creates merchant `id` and returns its secret key.
     pub async fn merchant(&self, id: &str) -> String {
         let r = self
@@ -279,5 +314,58 @@ where
 {
     if let Err(e) = kura_node::up::wait_until(what, timeout, probe).await {
         panic!("{e}");
+    }
+}
+
+/// A response as raw parts.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Value,
+}
+
+impl RawResponse {
+    /// A header's value as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Sends one request to `addr` with exactly the given headers (no retries, no redirects).
+pub async fn raw(
+    addr: &str,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> RawResponse {
+    use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector};
+    let pool = HttpPool::new(std::sync::Arc::new(TcpConnector), tokio_spawner(), 1 << 20);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let bytes = body.map_or_else(Vec::new, |b| serde_json::to_vec(&b).unwrap());
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
+        .unwrap();
+    let resp = pool
+        .send(addr, req, Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    RawResponse {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: serde_json::from_slice(resp.body()).unwrap_or(Value::Null),
     }
 }

@@ -90,6 +90,8 @@ pub enum KeysCmd {
     Status,
     /// Make a new data key version current; a background re-wrap moves cards to it.
     Rotate,
+    /// Open every stored card under its data key on the leader and report failures.
+    Verify,
     /// Destroy an old data key version once no card uses it.
     Retire {
         #[arg(long)]
@@ -277,6 +279,7 @@ pub async fn keys(config: &Path, cmd: KeysCmd) -> Result<(), String> {
     let (method, path) = match cmd {
         KeysCmd::Status => (http::Method::GET, "/admin/v1/keys".to_owned()),
         KeysCmd::Rotate => (http::Method::POST, "/admin/v1/keys/rotate".to_owned()),
+        KeysCmd::Verify => (http::Method::POST, "/admin/v1/keys/verify".to_owned()),
         KeysCmd::Retire { version } => (
             http::Method::POST,
             format!("/admin/v1/keys/{version}/retire"),

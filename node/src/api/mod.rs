@@ -144,6 +144,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/v1/leader/transfer", post(admin::transfer_leader))
         .route("/admin/v1/keys", get(keys::status))
         .route("/admin/v1/keys/rotate", post(keys::rotate))
+        .route("/admin/v1/keys/verify", post(keys::verify))
         .route("/admin/v1/keys/{version}/retire", post(keys::retire))
         .route("/admin/v1/audit", get(audit::page))
         .route("/v1/admin/audit", get(audit::page))

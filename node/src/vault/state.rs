@@ -493,6 +493,17 @@ impl VaultState {
         self.tokens.get(token)
     }
 
+    /// Up to `limit` token records after token id `after` (exclusive), in token order.
+    pub fn cards_after(&self, after: Option<&str>, limit: usize) -> Vec<(String, TokenRecord)> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        self.tokens
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(t, r)| (t.clone(), r.clone()))
+            .collect()
+    }
+
     /// Up to `limit` cards after token id `after` (exclusive) sealed under a version older
     /// than `current`: the next batch of the background re-wrap, in token order.
     pub fn stale_cards(
