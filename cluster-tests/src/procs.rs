@@ -72,6 +72,8 @@ pub struct ProcCluster {
     children: Vec<Option<Child>>,
     configs: Vec<PathBuf>,
     admin_token: String,
+    /// Extra arguments to `kura node` (e.g. `--enable-fault-injection`).
+    pub node_args: Vec<String>,
 }
 
 impl ProcCluster {
@@ -96,6 +98,11 @@ impl ProcCluster {
 
     /// Writes configs and keys without starting any node.
     pub fn prepare(raft_toml: &str) -> ProcCluster {
+        ProcCluster::prepare_opts(raft_toml, &[])
+    }
+
+    /// Like [`ProcCluster::prepare`], with `never_lead = true` on the given nodes.
+    pub fn prepare_opts(raft_toml: &str, never_lead: &[usize]) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let api: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -114,10 +121,11 @@ impl ProcCluster {
             );
             for (j, peer) in NAMES.iter().enumerate() {
                 text += &format!(
-                    "[[peers]]\nid = {}\nname = \"{peer}\"\nrole = \"{peer}\"\napi_addr = \"{}\"\nraft_addr = \"{}\"\n",
+                    "[[peers]]\nid = {}\nname = \"{peer}\"\nrole = \"{peer}\"\napi_addr = \"{}\"\nraft_addr = \"{}\"\nnever_lead = {}\n",
                     j + 1,
                     api[j],
-                    raft[j]
+                    raft[j],
+                    never_lead.contains(&j)
                 );
             }
             text += raft_toml;
@@ -131,7 +139,40 @@ impl ProcCluster {
             children: vec![None, None, None],
             configs,
             admin_token,
+            node_args: Vec::new(),
         }
+    }
+
+    /// Starts three nodes with fault injection enabled (flag and config), `extra_toml`
+    /// appended to each config.
+    pub fn start_with_faults(extra_toml: &str, never_lead: &[usize]) -> ProcCluster {
+        let mut c = ProcCluster::prepare_opts(
+            &format!("{extra_toml}\n[faults]\nenabled = true\n"),
+            never_lead,
+        );
+        c.node_args = vec!["--enable-fault-injection".into()];
+        for i in 0..3 {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// Sets node `i`'s fault switches (see `kura_node::faults::FaultState`).
+    pub async fn faults(&self, i: usize, state: Value) {
+        let mut cfg = ClientConfig::new(vec![self.api[i].clone()], &self.admin_token);
+        cfg.attempts_max = 1;
+        Client::new(cfg)
+            .call(http::Method::POST, "/admin/v1/faults", Some(state))
+            .await
+            .unwrap_or_else(|e| panic!("set faults on node {i}: {e}"));
+    }
+
+    /// Sends SIGSTOP (`stop = true`) or SIGCONT to node `i`.
+    pub fn pause(&self, i: usize, stop: bool) {
+        let pid = self.children[i].as_ref().expect("running").id() as i32;
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling a child process we spawned and still own.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     }
 
     /// The log file of node `i`.
@@ -150,6 +191,7 @@ impl ProcCluster {
         let child = Command::new(kura_bin())
             .args(["node", "--config"])
             .arg(&self.configs[i])
+            .args(&self.node_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -28,6 +28,10 @@ pub enum Cmd {
         /// Override the log format from the config (`text` or `json`).
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// Allow the fault-injection admin endpoint (tests only; the config must also set
+        /// `[faults] enabled = true`).
+        #[arg(long)]
+        enable_fault_injection: bool,
     },
     /// Form the cluster from the config's peers, once. Idempotent; refuses if any peer
     /// already belongs to a cluster or holds data.
@@ -72,6 +76,20 @@ pub enum Cmd {
         config: PathBuf,
         #[command(subcommand)]
         cmd: KeysCmd,
+    },
+    /// Move leadership away from a node, mark it not ready and keep it from standing
+    /// for election; returns when it is safe to stop.
+    Drain {
+        /// The member's name (main, dr, bk).
+        name: String,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Undo `kura drain`.
+    Undrain {
+        name: String,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Read and verify the hash-chained audit trail.
     Audit {
@@ -269,6 +287,51 @@ async fn print_call(
         .await
         .map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string_pretty(&r.body).expect("json"));
+    Ok(())
+}
+
+/// How long `kura drain` waits for the node to give up leadership.
+const DRAIN_WAIT_S: u64 = 60;
+
+/// `kura drain NAME` / `kura undrain NAME`.
+pub async fn drain(config: &Path, name: &str, drained: bool) -> Result<(), String> {
+    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let client = admin_client(&cfg)?;
+    let verb = if drained { "drain" } else { "undrain" };
+    client
+        .call(
+            http::Method::POST,
+            &format!("/admin/v1/nodes/{name}/{verb}"),
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !drained {
+        println!("{name} is undrained: it reports ready once caught up and may lead again");
+        return Ok(());
+    }
+    let endpoints = cfg.api_endpoints();
+    crate::up::wait_until(
+        "the drained node to give up leadership and report not ready",
+        Duration::from_secs(DRAIN_WAIT_S),
+        || async {
+            let statuses = fetch_statuses(&endpoints).await;
+            let node = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref())
+                .find(|s| s["name"] == name);
+            let others_lead = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref())
+                .any(|s| s["state"] == "leader" && s["name"] != name);
+            node.is_none_or(|s| s["state"] != "leader" && s["health"]["ready"] == false)
+                && others_lead
+        },
+    )
+    .await?;
+    println!(
+        "{name} is drained: another node leads and {name} reports not ready; it is safe to stop it"
+    );
     Ok(())
 }
 

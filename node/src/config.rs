@@ -16,6 +16,9 @@ pub struct PeerConfig {
     pub role: Role,
     pub api_addr: String,
     pub raft_addr: String,
+    /// Never stand for election (a `bk` node that only keeps a copy and votes).
+    #[serde(default)]
+    pub never_lead: bool,
 }
 
 /// Log output.
@@ -65,6 +68,20 @@ pub struct NodeConfig {
     pub api: ApiSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub health: crate::health::HealthSettings,
+    #[serde(default)]
+    pub failover: crate::health::FailoverSettings,
+    #[serde(default)]
+    pub faults: FaultSettings,
+}
+
+/// Fault injection (tests only). Takes effect only if the node is also started with
+/// `--enable-fault-injection`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultSettings {
+    pub enabled: bool,
 }
 
 /// A configuration problem, as one sentence.
@@ -124,7 +141,14 @@ impl NodeConfig {
                 return Err(format!("peers[{i}].name must not be empty"));
             }
         }
+        if self.peers.iter().all(|p| p.never_lead) {
+            return Err(
+                "at least one of peers[] must be allowed to lead (never_lead = false)".into(),
+            );
+        }
         self.raft.validate()?;
+        self.health
+            .validate(&self.failover, self.raft.election_timeout_max_ms)?;
         self.api.validate()
     }
 
@@ -148,6 +172,7 @@ impl NodeConfig {
                         role: p.role,
                         api_addr: p.api_addr.clone(),
                         raft_addr: p.raft_addr.clone(),
+                        never_lead: p.never_lead,
                     },
                 )
             })

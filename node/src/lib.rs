@@ -6,6 +6,8 @@ pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod cvc;
+pub mod faults;
+pub mod health;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -21,10 +21,15 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-async fn run_node(config: std::path::PathBuf, log_format: Option<LogFormat>) -> Result<(), String> {
+async fn run_node(
+    config: std::path::PathBuf,
+    log_format: Option<LogFormat>,
+    enable_fault_injection: bool,
+) -> Result<(), String> {
     let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
     init_logging(log_format.unwrap_or(cfg.log.format), &cfg.log.level);
-    let env = kura_node::node::production_env(&cfg).map_err(|e| e.to_string())?;
+    let mut env = kura_node::node::production_env(&cfg).map_err(|e| e.to_string())?;
+    env.fault_injection = enable_fault_injection;
     // Each node draws its Raft randomness from the OS: equal seeds would split votes forever.
     let seed = Entropy::Os.u64();
     Rt::scope(seed, async move {
@@ -56,7 +61,11 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = rt.block_on(async {
         match cli.cmd {
-            Cmd::Node { config, log_format } => run_node(config, log_format).await,
+            Cmd::Node {
+                config,
+                log_format,
+                enable_fault_injection,
+            } => run_node(config, log_format, enable_fault_injection).await,
             Cmd::Init { config } => cli::init(&config).await,
             Cmd::Status {
                 config,
@@ -73,6 +82,8 @@ fn main() -> ExitCode {
             } => kura_node::up::up(&data_dir, base_port).await,
             Cmd::Merchant { config, cmd } => cli::merchant(&config, cmd).await,
             Cmd::Keys { config, cmd } => cli::keys(&config, cmd).await,
+            Cmd::Drain { name, config } => cli::drain(&config, &name, true).await,
+            Cmd::Undrain { name, config } => cli::drain(&config, &name, false).await,
             Cmd::Audit { cmd } => match cli::audit(cmd).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err("the audit trail does not verify".into()),

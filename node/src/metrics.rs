@@ -33,7 +33,7 @@ pub struct Metrics {
     pub raft_last_log_index: Gauge,
     pub raft_committed_index: Gauge,
     pub raft_applied_index: Gauge,
-    pub raft_leader_changes: Counter,
+    pub raft_leader_changes: Family<CauseLabels, Counter>,
     pub store_log_fsync: Histogram,
     pub vault_tokens: Gauge,
     pub api_requests: Family<RequestLabels, Counter>,
@@ -42,6 +42,20 @@ pub struct Metrics {
     pub cvc_replications: Family<OutcomeLabels, Counter>,
     pub rewrap_cards: Counter,
     pub audit_records: Gauge,
+    pub health_storage_canary: Histogram,
+    pub health_check_passing: Family<CheckLabels, Gauge>,
+}
+
+/// Labels of leader change counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: String,
+}
+
+/// Labels of health check gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
 }
 
 /// Labels of outcome counters.
@@ -68,7 +82,7 @@ impl Metrics {
             raft_last_log_index: Gauge::default(),
             raft_committed_index: Gauge::default(),
             raft_applied_index: Gauge::default(),
-            raft_leader_changes: Counter::default(),
+            raft_leader_changes: Family::default(),
             store_log_fsync: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             vault_tokens: Gauge::default(),
             api_requests: Family::default(),
@@ -77,6 +91,8 @@ impl Metrics {
             cvc_replications: Family::default(),
             rewrap_cards: Counter::default(),
             audit_records: Gauge::default(),
+            health_storage_canary: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            health_check_passing: Family::default(),
         };
         registry.register(
             "raft_term",
@@ -110,7 +126,7 @@ impl Metrics {
         );
         registry.register(
             "raft_leader_changes",
-            "Leader changes this node has observed",
+            "Leader changes this node has observed, by cause (crash_or_partition, unhealthy_storage, unhealthy_keys, unhealthy_routes, failback, operator)",
             m.raft_leader_changes.clone(),
         );
         registry.register_with_unit(
@@ -155,6 +171,17 @@ impl Metrics {
             "Records in the replicated audit trail",
             m.audit_records.clone(),
         );
+        registry.register_with_unit(
+            "health_storage_canary_duration",
+            "Latency of the storage canary: a small durable write through the log's write path",
+            Unit::Seconds,
+            m.health_storage_canary.clone(),
+        );
+        registry.register(
+            "health_check_passing",
+            "1 if the named health check passed its last run, else 0",
+            m.health_check_passing.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -164,6 +191,24 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding to a String cannot fail");
         out
+    }
+
+    /// Counts one leader change with its cause.
+    pub fn leader_changed(&self, cause: &str) {
+        self.raft_leader_changes
+            .get_or_create(&CauseLabels {
+                cause: cause.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a health check's last result.
+    pub fn set_check(&self, check: &str, passing: bool) {
+        self.health_check_passing
+            .get_or_create(&CheckLabels {
+                check: check.to_owned(),
+            })
+            .set(passing as i64);
     }
 
     /// Records how many other nodes took a copy of one CVC.
@@ -204,7 +249,7 @@ mod tests {
         for needle in [
             "# HELP kura_raft_term Current Raft term",
             "kura_raft_term 3",
-            "kura_raft_leader_changes_total",
+            "# HELP kura_raft_leader_changes Leader changes",
             "# UNIT kura_store_log_fsync_duration_seconds seconds",
             "kura_store_log_fsync_duration_seconds_count 1",
             "kura_api_requests_total{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"} 1",

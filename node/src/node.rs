@@ -27,6 +27,8 @@ pub struct NodeEnv {
     pub kek: Kek,
     pub admin_token: String,
     pub metrics: Arc<Metrics>,
+    /// `--enable-fault-injection` was given (it also needs `[faults] enabled = true`).
+    pub fault_injection: bool,
 }
 
 /// An fsync observer feeding the node's histogram.
@@ -83,6 +85,7 @@ pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
         kek,
         admin_token,
         metrics,
+        fault_injection: false,
     })
 }
 
@@ -96,6 +99,15 @@ pub struct Node {
 /// continues in background tasks until the runtime stops.
 pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     let me = cfg.me().clone();
+    if env.fault_injection && !cfg.faults.enabled {
+        return Err(io::Error::other(
+            "--enable-fault-injection is refused: the config must also set [faults] enabled = true",
+        ));
+    }
+    let faults_on = env.fault_injection && cfg.faults.enabled;
+    if faults_on {
+        tracing::warn!("FAULT INJECTION IS ENABLED on this node: for tests only");
+    }
     // A peer that cannot complete a TCP handshake within an election timeout is treated
     // as gone: forwarding to a dead leader must not outlast the election replacing it.
     let connect_timeout = std::time::Duration::from_millis(cfg.raft.election_timeout_max_ms);
@@ -119,6 +131,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         .bind(&me.api_addr)
         .await
         .map_err(|e| bind_err("api_addr", &me.api_addr, e))?;
+    let faults = env.store.faults();
     let cluster = Cluster::start(
         cfg.node_id,
         cfg.members(),
@@ -127,9 +140,17 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         pool.clone(),
     )
     .await?;
+    let kek: Arc<dyn crate::crypto::KekProvider> = if faults_on {
+        Arc::new(crate::faults::FaultyKek {
+            inner: env.kek,
+            faults: faults.clone(),
+        })
+    } else {
+        Arc::new(env.kek)
+    };
     let state = Arc::new(AppState {
         cluster: cluster.clone(),
-        keys: Arc::new(KeyRing::new(Arc::new(env.kek))),
+        keys: Arc::new(KeyRing::new(kek)),
         entropy: env.entropy,
         clock: env.clock,
         metrics: env.metrics.clone(),
@@ -137,10 +158,16 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         admin_token_sha256: api_key_hash(&env.admin_token),
         pool,
         cvc: Arc::new(CvcStore::new(cfg.api.cvc_entries_max)),
+        health: Arc::new(crate::health::Health::new(
+            cfg.health.clone(),
+            cfg.failover.clone(),
+        )),
+        faults: faults_on.then_some(faults),
     });
     let raft_routes = cluster::raft_router(cluster.clone()).merge(api::peer::router(state.clone()));
     crate::raft_types::spawn(api::rewrap_loop(state.clone()));
     crate::raft_types::spawn(sweep_cvcs(state.clone()));
+    crate::raft_types::spawn(crate::health::run(state.clone()));
     crate::raft_types::spawn(async move {
         if let Err(e) = net::serve(raft_listener, raft_routes).await {
             tracing::error!(error = %e, "raft listener stopped");
@@ -152,7 +179,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
             tracing::error!(error = %e, "api listener stopped");
         }
     });
-    crate::raft_types::spawn(update_metrics(cluster.clone(), env.metrics.clone()));
+    crate::raft_types::spawn(update_metrics(state.clone()));
     tracing::info!(node = %me.name, id = cfg.node_id, role = %me.role, api = %me.api_addr, raft = %me.raft_addr, "node started");
     Ok(Node {
         cluster,
@@ -186,8 +213,9 @@ async fn sweep_cvcs(st: Arc<AppState>) {
 }
 
 /// Mirrors Raft state into gauges and counts leader changes.
-async fn update_metrics(cluster: Arc<Cluster>, m: Arc<Metrics>) {
-    let mut last_leader = None;
+async fn update_metrics(st: Arc<AppState>) {
+    let (cluster, m) = (st.cluster.clone(), st.metrics.clone());
+    let (mut recorded_term, mut counted_term) = (0, 0);
     let mut watch = cluster.watch();
     loop {
         let s = cluster.status();
@@ -197,15 +225,59 @@ async fn update_metrics(cluster: Arc<Cluster>, m: Arc<Metrics>) {
         m.raft_last_log_index.set(s.last_log_index as i64);
         m.raft_committed_index.set(s.committed_index as i64);
         m.raft_applied_index.set(s.applied_index as i64);
-        if s.leader_id.is_some() && s.leader_id != last_leader {
-            if last_leader.is_some() {
-                tracing::info!(from = ?last_leader, to = ?s.leader_id, term = s.term, "leader changed");
-            }
-            m.raft_leader_changes.inc();
-            last_leader = s.leader_id;
+        if s.state == "leader" && s.term > recorded_term {
+            recorded_term = s.term;
+            let cause = cluster
+                .take_incoming_cause()
+                .unwrap_or_else(|| "crash_or_partition".into());
+            crate::raft_types::spawn(record_leader_change(st.clone(), s.term, cause));
+        }
+        let change = cluster
+            .vault()
+            .read(|v| v.last_leader_change().cloned())
+            .filter(|c| c.term > counted_term);
+        if let Some(c) = change {
+            counted_term = c.term;
+            tracing::info!(leader = %c.leader_name, term = c.term, cause = %c.cause, "leader changed");
+            m.leader_changed(&c.cause);
         }
         if !watch.changed().await {
             return;
         }
     }
 }
+
+/// The new leader records its term's leadership change and its cause in the log.
+async fn record_leader_change(st: Arc<AppState>, term: u64, cause: String) {
+    let me = st.cluster.me();
+    let cmd = crate::vault::Command::RecordLeaderChange {
+        leader_node: st.cluster.id(),
+        leader_name: me.name.clone(),
+        term,
+        cause,
+        at_ms: st.now_ms(),
+    };
+    // A new leader accepts writes only once it has committed an entry of its term.
+    let mut last_err = String::new();
+    for _ in 0..RECORD_CHANGE_ATTEMPTS {
+        if st.cluster.status().term != term || !st.cluster.is_leader() {
+            return;
+        }
+        let ready = st
+            .cluster
+            .leader_caught_up(std::time::Duration::from_millis(500))
+            .await;
+        match ready {
+            Ok(()) => match st.cluster.write(cmd.clone()).await {
+                Ok(_) => return,
+                Err(e) => last_err = e.to_string(),
+            },
+            Err(e) => last_err = e.to_string(),
+        }
+        crate::raft_types::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tracing::warn!(term, error = %last_err, "could not record the leadership change");
+}
+
+/// Attempts at recording a leadership change while this node still leads that term.
+const RECORD_CHANGE_ATTEMPTS: usize = 20;

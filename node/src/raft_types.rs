@@ -43,6 +43,9 @@ pub struct Member {
     pub api_addr: String,
     /// `host:port` of the Raft peer listener.
     pub raft_addr: String,
+    /// Never stands for election (it still votes and keeps a full copy).
+    #[serde(default)]
+    pub never_lead: bool,
 }
 
 openraft::declare_raft_types!(

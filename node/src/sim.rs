@@ -32,6 +32,7 @@ pub fn members() -> Vec<PeerConfig> {
         role,
         api_addr: format!("{name}:{API_PORT}"),
         raft_addr: format!("{name}:{RAFT_PORT}"),
+        never_lead: false,
     })
     .collect()
 }
@@ -47,6 +48,9 @@ pub fn config(id: u64) -> NodeConfig {
         raft: Default::default(),
         api: Default::default(),
         log: Default::default(),
+        health: Default::default(),
+        failover: Default::default(),
+        faults: Default::default(),
     }
 }
 
@@ -73,6 +77,7 @@ pub async fn run_node(cfg: NodeConfig, disk: SimDisk, seed: u64) -> turmoil::Res
             clock,
             entropy: Arc::new(Entropy::seeded(seed)),
             kek: Kek::from_bytes([7u8; 32]),
+            fault_injection: false,
             admin_token: ADMIN_TOKEN.into(),
             metrics,
         };

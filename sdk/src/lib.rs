@@ -240,7 +240,14 @@ impl Client {
                     }
                 }
                 Err(e) => {
+                    // A node that took the request and never answered is hung or cut off:
+                    // later calls go elsewhere for a while.
                     self.inner.pool.forget(&addr);
+                    self.mark(
+                        idx,
+                        Some(tokio::time::Instant::now() + self.inner.cfg.down_cooldown),
+                    );
+                    self.rotate(idx);
                     return Err(Error::Ambiguous(e));
                 }
             }
@@ -480,5 +487,38 @@ mod tests {
             1,
             "the dead endpoint is tried once, then skipped"
         );
+    }
+
+    /// Accepts connections and reads requests but never answers (a SIGSTOPped process).
+    async fn hung_node() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                held.push(s);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_node_that_never_answers_is_skipped_by_the_next_call() {
+        let hung = hung_node().await;
+        let (live, seen) = fake_node(0).await;
+        let mut cfg = config(vec![hung, live], 5);
+        cfg.attempt_timeout = Duration::from_millis(200);
+        let client = Client::new(cfg);
+        let first = client
+            .call(Method::POST, "/v1/tokens", Some(serde_json::json!({})))
+            .await;
+        assert!(matches!(first, Err(Error::Ambiguous(_))), "{first:?}");
+        let second = client
+            .call(Method::POST, "/v1/tokens", Some(serde_json::json!({})))
+            .await
+            .unwrap();
+        assert_eq!(second.status, StatusCode::CREATED);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 }

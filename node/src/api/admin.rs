@@ -344,9 +344,12 @@ pub async fn transfer_leader(
             })?;
             if to != st.cluster.id() {
                 let timeout = std::time::Duration::from_millis(st.settings.write_timeout_ms);
-                st.cluster.transfer_leader(to, timeout).await.map_err(|e| {
-                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "transfer_failed", e)
-                })?;
+                st.cluster
+                    .transfer_leader(to, "operator", timeout)
+                    .await
+                    .map_err(|e| {
+                        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "transfer_failed", e)
+                    })?;
                 tracing::info!(to = %input.to, cause = "operator", "leadership transferred");
                 let record = Command::RecordAdminAction {
                     action: "leader.transfer".into(),
@@ -362,6 +365,87 @@ pub async fn transfer_leader(
                 }
             }
             Ok(axum::Json(json!({ "leader": input.to })).into_response())
+        }
+        .await,
+    )
+}
+
+async fn set_drained(
+    st: &super::AppState,
+    headers: &HeaderMap,
+    name: String,
+    drained: bool,
+) -> Result<HttpResponse, Problem> {
+    st.admin(headers)?;
+    if st.cluster.member_id(&name).is_none() {
+        return Err(Problem::not_found(
+            "member_not_found",
+            "no member with this name",
+        ));
+    }
+    let cmd = Command::SetDrained {
+        node: name.clone(),
+        drained,
+        at_ms: st.now_ms(),
+    };
+    match st.write(cmd).await? {
+        Response::Recorded => {
+            Ok(axum::Json(json!({ "node": name, "drained": drained })).into_response())
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `POST /admin/v1/nodes/{name}/drain`: the node gives up leadership (to the healthiest
+/// caught-up node), reports not ready and stops standing for election. Poll
+/// `/v1/cluster/status` (or use `kura drain`) to see when it is safe to stop.
+pub async fn drain(State(st): St, headers: HeaderMap, Path(name): Path<String>) -> HttpResponse {
+    result(set_drained(&st, &headers, name, true).await)
+}
+
+/// `POST /admin/v1/nodes/{name}/undrain`: reverses `drain`.
+pub async fn undrain(State(st): St, headers: HeaderMap, Path(name): Path<String>) -> HttpResponse {
+    result(set_drained(&st, &headers, name, false).await)
+}
+
+fn faults_enabled(
+    st: &super::AppState,
+) -> Result<&std::sync::Arc<crate::faults::FaultSwitches>, Problem> {
+    st.faults.as_ref().ok_or_else(|| {
+        Problem::forbidden(
+            "fault_injection_disabled",
+            "fault injection is off on this node; start it with --enable-fault-injection and [faults] enabled = true",
+        )
+    })
+}
+
+/// `GET /admin/v1/faults`: this node's fault switches (node-local, never forwarded).
+pub async fn get_faults(State(st): St, headers: HeaderMap) -> HttpResponse {
+    result(
+        async {
+            st.admin(&headers)?;
+            Ok(axum::Json(faults_enabled(&st)?.get()).into_response())
+        }
+        .await,
+    )
+}
+
+/// `POST /admin/v1/faults` `{storage_stalled, storage_delay_ms, kek_failing,
+/// routes_blocked}`: sets this node's fault switches (omitted ones are cleared).
+pub async fn set_faults(
+    State(st): St,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    result(
+        async {
+            st.admin(&headers)?;
+            let switches = faults_enabled(&st)?;
+            let state: crate::faults::FaultState =
+                super::problem::parse_json(&body_or_problem(body)?)?;
+            switches.set(&state);
+            tracing::warn!(?state, "fault switches set");
+            Ok(axum::Json(switches.get()).into_response())
         }
         .await,
     )

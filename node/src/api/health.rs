@@ -1,6 +1,7 @@
 //! Liveness, readiness, cluster status and the metrics endpoint.
 
-use super::St;
+use super::{AppState, St};
+use crate::health::NodeHealth;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,32 +12,45 @@ pub async fn live() -> Response {
     axum::Json(json!({ "status": "live" })).into_response()
 }
 
-/// `GET /health/ready`: 200 when this node can serve client requests now.
+/// This node's health report.
+pub fn own_report(st: &AppState) -> NodeHealth {
+    let drained = st
+        .cluster
+        .vault()
+        .read(|v| v.is_drained(&st.cluster.me().name));
+    st.health.report(drained)
+}
+
+/// `GET /health/ready`: 200 when this node can serve client requests now (knows a
+/// leader, caught up, storage and keys healthy, not drained), else 503; lists each check.
 pub async fn ready(State(st): St) -> Response {
-    let s = st.cluster.status();
-    let has_leader = s.leader_id.is_some();
-    let checks = json!([{
-        "name": "raft",
-        "status": if has_leader { "pass" } else { "fail" },
-        "message": match &s.leader_name { Some(l) => format!("leader is {l}, term {}", s.term), None => "no leader known".into() },
-    }]);
-    let code = if has_leader {
+    let r = own_report(&st);
+    let code = if r.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        axum::Json(
-            json!({ "status": if has_leader { "ready" } else { "not_ready" }, "checks": checks }),
-        ),
-    )
-        .into_response()
+    let status = if r.ready { "ready" } else { "not_ready" };
+    (code, axum::Json(json!({ "status": status, "health": r }))).into_response()
 }
 
-/// `GET /v1/cluster/status`: this node's view of the cluster.
+/// `GET /v1/cluster/status`: this node's view of the cluster, with every node's health
+/// (its own checks, and the last report of each other node; `null` if it did not answer).
 pub async fn cluster_status(State(st): St) -> Response {
-    axum::Json(st.cluster.status()).into_response()
+    let mut v = serde_json::to_value(st.cluster.status()).expect("status serializes");
+    let peers = st.health.peer_reports();
+    v["health"] = json!(own_report(&st));
+    if let Some(members) = v["members"].as_array_mut() {
+        for m in members {
+            let id = m["id"].as_u64().unwrap_or_default();
+            m["health"] = if id == st.cluster.id() {
+                json!(own_report(&st))
+            } else {
+                json!(peers.get(&id).cloned().flatten())
+            };
+        }
+    }
+    axum::Json(v).into_response()
 }
 
 /// `GET /metrics`: Prometheus text exposition.

@@ -106,6 +106,10 @@ pub struct AppState {
     pub pool: Arc<HttpPool>,
     /// CVCs of one-time tokens, in memory only.
     pub cvc: Arc<CvcStore>,
+    /// Health checks and the view of the other nodes.
+    pub health: Arc<crate::health::Health>,
+    /// Fault switches, when fault injection is enabled on this node.
+    pub faults: Option<Arc<crate::faults::FaultSwitches>>,
 }
 
 /// A merchant and which of its keys authenticated the request.
@@ -142,6 +146,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::get_merchant).patch(admin::update_merchant),
         )
         .route("/admin/v1/leader/transfer", post(admin::transfer_leader))
+        .route("/admin/v1/nodes/{name}/drain", post(admin::drain))
+        .route("/admin/v1/nodes/{name}/undrain", post(admin::undrain))
         .route("/admin/v1/keys", get(keys::status))
         .route("/admin/v1/keys/rotate", post(keys::rotate))
         .route("/admin/v1/keys/verify", post(keys::verify))
@@ -157,6 +163,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(leader_routes)
         .route("/admin/v1/init", post(admin::init))
+        .route(
+            "/admin/v1/faults",
+            get(admin::get_faults).post(admin::set_faults),
+        )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/v1/cluster/status", get(health::cluster_status))
@@ -254,7 +264,7 @@ impl AppState {
     }
 
     /// Leader-stamped time for a new command.
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         // Never behind the replicated clock, so time in the log never goes back.
         (self.clock)().max(self.cluster.vault().read(|v| v.clock_ms()))
     }

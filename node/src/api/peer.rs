@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CVC_PATH: &str = "/peer/v1/cvc";
+/// Where other nodes read this node's health.
+pub const HEALTH_PATH: &str = "/peer/v1/health";
 /// A sealed CVC copy is tiny; anything bigger is not one.
 const CVC_BODY_BYTES_MAX: usize = 4096;
 
@@ -63,6 +65,7 @@ pub async fn replicate_cvc(st: &AppState, token: &str, cvc: &Cvc, expires_at_ms:
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(CVC_PATH, post(take_copy))
+        .route(HEALTH_PATH, axum::routing::get(health))
         .layer(axum::extract::DefaultBodyLimit::max(CVC_BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -95,4 +98,11 @@ async fn take_copy(State(st): State<Arc<AppState>>, headers: HeaderMap, body: By
             (StatusCode::SERVICE_UNAVAILABLE, "CVC store full").into_response()
         }
     }
+}
+
+async fn health(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = st.cluster.admit_peer(&headers).await {
+        return r;
+    }
+    axum::Json(super::health::own_report(&st)).into_response()
 }

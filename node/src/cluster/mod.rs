@@ -140,7 +140,14 @@ pub struct Cluster {
     members: BTreeMap<NodeId, Member>,
     cluster_id: Arc<RwLock<Option<String>>>,
     pool: Arc<HttpPool>,
+    /// Why a leader is about to hand leadership to this node, and when it said so.
+    incoming_cause: std::sync::Mutex<Option<(String, tokio::time::Instant)>>,
 }
+
+/// How long a handoff cause sent ahead of a transfer stays valid.
+const HANDOFF_CAUSE_TTL: Duration = Duration::from_secs(10);
+/// Longest handoff cause accepted.
+const HANDOFF_CAUSE_CHARS_MAX: usize = 64;
 
 /// One member's view in [`ClusterStatus`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,7 +192,10 @@ impl Cluster {
         store: Store,
         pool: Arc<HttpPool>,
     ) -> io::Result<Arc<Cluster>> {
-        let config = Arc::new(settings.to_openraft().map_err(io::Error::other)?);
+        let mut config = settings.to_openraft().map_err(io::Error::other)?;
+        // A never-lead member never starts an election; it still votes.
+        config.enable_elect = !members.get(&id).is_some_and(|m| m.never_lead);
+        let config = Arc::new(config);
         let cluster_id = Arc::new(RwLock::new(store.cluster_id()?));
         let sm = StateMachine::open(store.clone())?;
         let vault = sm.shared();
@@ -205,6 +215,7 @@ impl Cluster {
             members,
             cluster_id,
             pool,
+            incoming_cause: std::sync::Mutex::new(None),
         }))
     }
 
@@ -281,6 +292,74 @@ impl Cluster {
             .into_iter()
             .filter(|ok| *ok)
             .count()
+    }
+
+    /// GETs `path` from every other member's peer listener in parallel, each bounded by
+    /// `timeout`: the body of each success, `None` for each failure.
+    pub async fn get_from_peers(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Vec<(NodeId, Option<bytes::Bytes>)> {
+        let cluster = self.cluster_id().unwrap_or_default();
+        let gets = self
+            .members
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, m)| {
+                let req = http::Request::get(path)
+                    .header(http::header::HOST, &m.raft_addr)
+                    .header(CLUSTER_ID_HEADER, &cluster)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .expect("valid peer request");
+                let addr = m.raft_addr.clone();
+                async move {
+                    let body = match self.pool.send(&addr, req, timeout).await {
+                        Ok(r) if r.status().is_success() => Some(r.into_body()),
+                        Ok(_) => None,
+                        Err(_) => {
+                            self.pool.forget(&addr);
+                            None
+                        }
+                    };
+                    (*id, body)
+                }
+            });
+        futures::future::join_all(gets).await
+    }
+
+    /// Remembers why a leader is about to hand leadership to this node.
+    pub(crate) fn note_incoming_cause(&self, cause: &str) -> Result<(), String> {
+        let ok = !cause.is_empty()
+            && cause.len() <= HANDOFF_CAUSE_CHARS_MAX
+            && cause.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        if !ok {
+            return Err("a handoff cause is 1-64 characters of a-z and '_'".into());
+        }
+        *self.incoming_cause.lock().expect("cause lock") =
+            Some((cause.to_owned(), tokio::time::Instant::now()));
+        Ok(())
+    }
+
+    /// The cause of the handoff this node just received, if one arrived recently (once).
+    pub fn take_incoming_cause(&self) -> Option<String> {
+        self.incoming_cause
+            .lock()
+            .expect("cause lock")
+            .take()
+            .filter(|(_, at)| at.elapsed() <= HANDOFF_CAUSE_TTL)
+            .map(|(c, _)| c)
+    }
+
+    /// Every configured member.
+    pub fn members(&self) -> &BTreeMap<NodeId, Member> {
+        &self.members
+    }
+
+    /// Lets this node stand for election on timeouts, or stops it (it still votes, and a
+    /// leader transfer to it still works).
+    pub fn set_elect(&self, enabled: bool) {
+        self.raft.runtime_config().elect(enabled);
     }
 
     /// The leader this node knows of, with its member record.
@@ -476,11 +555,36 @@ impl Cluster {
             .map(|(id, _)| *id)
     }
 
-    /// Hands leadership to `to` and waits until this node sees `to` lead, up to `timeout`.
-    /// Only the leader can do this.
-    pub async fn transfer_leader(&self, to: NodeId, timeout: Duration) -> Result<(), String> {
+    /// Hands leadership to `to` for `cause` (which `to` records when it takes over) and
+    /// waits until this node sees `to` lead, up to `timeout`. Only the leader can do this.
+    pub async fn transfer_leader(
+        &self,
+        to: NodeId,
+        cause: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
         if !self.is_leader() {
             return Err("this node is not the leader".into());
+        }
+        let target = self
+            .members
+            .get(&to)
+            .ok_or_else(|| format!("node {to} is not a member"))?;
+        let req = http::Request::post("/raft/handoff-cause")
+            .header(http::header::HOST, &target.raft_addr)
+            .header(CLUSTER_ID_HEADER, self.cluster_id().unwrap_or_default())
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                cause.to_owned(),
+            )))
+            .expect("valid peer request");
+        match self.pool.send(&target.raft_addr, req, timeout).await {
+            Ok(r) if r.status().is_success() => {}
+            other => {
+                return Err(format!(
+                    "node {to} did not take the handoff notice: {:?}",
+                    other.map(|r| r.status())
+                ))
+            }
         }
         let mut watch = self.watch();
         self.raft

@@ -23,6 +23,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/transfer-leader", post(transfer_leader))
         .route("/raft/identity", get(identity))
+        .route("/raft/handoff-cause", post(handoff_cause))
         .layer(DefaultBodyLimit::max(RAFT_BODY_BYTES_MAX))
         .with_state(cluster)
 }
@@ -106,4 +107,16 @@ async fn identity(State(c): State<Arc<Cluster>>) -> Response {
         has_data,
     })
     .into_response()
+}
+
+/// A leader says why it is about to hand leadership to this node.
+async fn handoff_cause(State(c): State<Arc<Cluster>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = admit(&c, &headers).await {
+        return r;
+    }
+    let cause = String::from_utf8_lossy(&body);
+    match c.note_incoming_cause(&cause) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
 }

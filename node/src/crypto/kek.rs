@@ -243,6 +243,17 @@ impl KeyRing {
         self.kek.as_ref()
     }
 
+    /// Seals and opens a probe through the KEK provider: the health check.
+    pub fn probe(&self, entropy: &Entropy) -> Result<(), KeyError> {
+        let sealed = self.kek.seal(b"probe", "kura:probe:v1", entropy)?;
+        let opened = self.kek.open(&sealed, "kura:probe:v1")?;
+        if opened.as_slice() == b"probe" {
+            Ok(())
+        } else {
+            Err(KeyError::Corrupt)
+        }
+    }
+
     /// Forgets a retired data key (its bytes are zeroized as the last copy drops).
     pub fn forget(&self, version: u32) {
         self.cache.lock().expect("key ring lock").remove(&version);

@@ -138,6 +138,11 @@ impl Store {
         Ok(first.is_some())
     }
 
+    /// The switches that stall or slow this store's commits (fault injection).
+    pub fn faults(&self) -> Arc<crate::faults::FaultSwitches> {
+        self.writer.faults()
+    }
+
     /// A small durable write through the same path as log appends; returns when synced.
     pub async fn canary(&self) -> io::Result<()> {
         let (done, rx) = Done::oneshot();

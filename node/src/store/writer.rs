@@ -6,6 +6,7 @@
 //! hosts, which must not run real threads — the caller commits each operation itself.
 
 use super::{encode, io_err, Entry, LOG, META};
+use crate::faults::FaultSwitches;
 use crate::raft_types::{LogId, TypeConfig};
 use openraft::storage::IOFlushed;
 use redb::{Database, Durability};
@@ -117,6 +118,7 @@ struct WriterInner {
     thread: Option<std::thread::JoinHandle<()>>,
     db: Arc<Database>,
     fsync: FsyncObserver,
+    faults: Arc<FaultSwitches>,
 }
 
 impl Drop for WriterInner {
@@ -136,14 +138,15 @@ impl Writer {
         mode: WriterMode,
         fsync: FsyncObserver,
     ) -> io::Result<Writer> {
+        let faults = Arc::new(FaultSwitches::default());
         let (tx, thread) = match mode {
             WriterMode::Inline => (None, None),
             WriterMode::Threaded => {
                 let (tx, rx) = mpsc::channel::<Op>();
-                let (db2, fsync2) = (db.clone(), fsync.clone());
+                let (db2, fsync2, faults2) = (db.clone(), fsync.clone(), faults.clone());
                 let thread = std::thread::Builder::new()
                     .name("kura-store-writer".into())
-                    .spawn(move || run(db2, rx, fsync2))?;
+                    .spawn(move || run(db2, rx, fsync2, faults2))?;
                 (Some(Mutex::new(tx)), Some(thread))
             }
         };
@@ -153,8 +156,14 @@ impl Writer {
                 thread,
                 db,
                 fsync,
+                faults,
             }),
         })
+    }
+
+    /// The fault switches the writer thread consults before each commit (threaded mode).
+    pub(crate) fn faults(&self) -> Arc<FaultSwitches> {
+        self.inner.faults.clone()
     }
 
     /// Queues an operation (threaded) or commits it now (inline).
@@ -171,8 +180,14 @@ impl Writer {
     }
 }
 
-fn run(db: Arc<Database>, rx: mpsc::Receiver<Op>, fsync: FsyncObserver) {
+fn run(
+    db: Arc<Database>,
+    rx: mpsc::Receiver<Op>,
+    fsync: FsyncObserver,
+    faults: Arc<FaultSwitches>,
+) {
     while let Ok(first) = rx.recv() {
+        faults.before_storage_commit();
         let mut batch = vec![first];
         while batch.len() < BATCH_OPS_MAX {
             match rx.try_recv() {

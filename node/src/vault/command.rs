@@ -157,7 +157,25 @@ pub enum Command {
     },
     /// Destroys an old data key's wrapped bytes once no card uses it.
     RetireDataKey { version: u32, at_ms: u64 },
-    /// Records an admin action that changes no vault state (e.g. a leader transfer).
+    /// Written by a new leader at the start of its term: who leads, and why leadership
+    /// changed (`crash_or_partition`, `operator`, `failback`, `unhealthy_storage`,
+    /// `unhealthy_keys`, `unhealthy_routes`), so every node logs and counts the change
+    /// with the same cause.
+    RecordLeaderChange {
+        leader_node: u64,
+        leader_name: String,
+        term: u64,
+        cause: String,
+        at_ms: u64,
+    },
+    /// Marks a node drained (it gives up leadership, reports not ready and does not stand
+    /// for election) or undrained.
+    SetDrained {
+        node: String,
+        drained: bool,
+        at_ms: u64,
+    },
+    /// Records an admin action that changes no vault state.
     RecordAdminAction {
         action: String,
         detail: String,
@@ -179,6 +197,8 @@ impl Command {
             | Command::DeleteCard { at_ms, .. }
             | Command::ResealCards { at_ms, .. }
             | Command::RetireDataKey { at_ms, .. }
+            | Command::RecordLeaderChange { at_ms, .. }
+            | Command::SetDrained { at_ms, .. }
             | Command::RecordAdminAction { at_ms, .. } => *at_ms,
         }
     }
@@ -196,6 +216,9 @@ impl Command {
             Command::DeleteCard { .. } => "card_on_file.delete",
             Command::ResealCards { .. } => "data_key.rewrap",
             Command::RetireDataKey { .. } => "data_key.retire",
+            Command::RecordLeaderChange { .. } => "leader.change",
+            Command::SetDrained { drained: true, .. } => "node.drain",
+            Command::SetDrained { drained: false, .. } => "node.undrain",
             Command::RecordAdminAction { .. } => "admin.action",
         }
     }
@@ -226,6 +249,15 @@ impl fmt::Display for Command {
                 to_version, cards, ..
             } => write!(f, "reseal_cards({} to v{to_version})", cards.len()),
             Command::RetireDataKey { version, .. } => write!(f, "retire_data_key(v{version})"),
+            Command::RecordLeaderChange {
+                leader_name,
+                term,
+                cause,
+                ..
+            } => write!(f, "leader_change({leader_name}, term {term}, {cause})"),
+            Command::SetDrained { node, drained, .. } => {
+                write!(f, "set_drained({node}, {drained})")
+            }
             Command::RecordAdminAction { action, .. } => write!(f, "admin_action({action})"),
         }
     }

@@ -77,6 +77,16 @@ pub struct DataKeyInfo {
     pub cards: u64,
 }
 
+/// A leadership change as its new leader recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderChange {
+    pub leader_node: u64,
+    pub leader_name: String,
+    pub term: u64,
+    pub cause: String,
+    pub at_ms: u64,
+}
+
 /// A wrapped key with the time it was installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedKey {
@@ -101,6 +111,10 @@ pub struct VaultState {
     cards: BTreeMap<CardKey, String>,
     /// One record per applied command.
     audit: AuditLog,
+    /// The newest leadership change a new leader recorded.
+    last_leader_change: Option<LeaderChange>,
+    /// Names of drained nodes.
+    drained: std::collections::BTreeSet<String>,
     /// Leader-stamped time of the newest applied command; never goes back.
     clock_ms: u64,
 }
@@ -223,6 +237,30 @@ impl VaultState {
                 to_version, cards, ..
             } => self.reseal(*to_version, cards),
             Command::RetireDataKey { version, at_ms } => self.retire_data_key(*version, *at_ms),
+            Command::RecordLeaderChange {
+                leader_node,
+                leader_name,
+                term,
+                cause,
+                at_ms,
+            } => {
+                self.last_leader_change = Some(LeaderChange {
+                    leader_node: *leader_node,
+                    leader_name: leader_name.clone(),
+                    term: *term,
+                    cause: cause.clone(),
+                    at_ms: *at_ms,
+                });
+                Ok(Response::Recorded)
+            }
+            Command::SetDrained { node, drained, .. } => {
+                if *drained {
+                    self.drained.insert(node.clone());
+                } else {
+                    self.drained.remove(node);
+                }
+                Ok(Response::Recorded)
+            }
             Command::RecordAdminAction { .. } => Ok(Response::Recorded),
         };
         result.unwrap_or_else(Response::Refused)
@@ -564,6 +602,16 @@ impl VaultState {
             .collect()
     }
 
+    /// The newest recorded leadership change.
+    pub fn last_leader_change(&self) -> Option<&LeaderChange> {
+        self.last_leader_change.as_ref()
+    }
+
+    /// True when the node named `name` is drained.
+    pub fn is_drained(&self, name: &str) -> bool {
+        self.drained.contains(name)
+    }
+
     /// The audit trail.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -788,6 +836,22 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
             Command::RetireDataKey { version, .. } => {
                 (admin(), None, None, format!("version {version}"))
             }
+            Command::RecordLeaderChange {
+                leader_name,
+                term,
+                cause,
+                ..
+            } => (
+                if cause == "operator" {
+                    admin()
+                } else {
+                    system()
+                },
+                None,
+                None,
+                format!("{leader_name} leads term {term}, cause {cause}"),
+            ),
+            Command::SetDrained { node, .. } => (admin(), None, None, format!("node {node}")),
             Command::RecordAdminAction { action, detail, .. } => {
                 (admin(), None, None, format!("{action}: {detail}"))
             }

@@ -1,0 +1,380 @@
+//! Health checks and failover through three real `kura` processes: a leader whose
+//! storage stalls or whose KEK provider fails hands leadership over and does not take it
+//! back until healthy, after which main gets it back (failback); a SIGSTOPped leader is
+//! replaced (never by a `never_lead` node) and rejoins as a follower without serving a
+//! stale read; a rolling restart with drain loses nothing. Each records how long the
+//! failover took and the longest gap between successful writes a client saw.
+
+use kura_cluster_tests::procs::{wait_for, ProcCluster};
+use kura_node::vault::card::luhn_check_digit;
+use kura_sdk::{CardInput, TokenizeRequest};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn pan(i: u32) -> String {
+    let body = format!("4{:08}284{:03}", 61_000_000 + i, i % 1000);
+    format!("{body}{}", luhn_check_digit(&body))
+}
+
+/// Failback after 2 s of stable health, so tests see it quickly.
+const FAST_FAILBACK: &str = "[failover]\nfailback_stabilization_s = 2\n";
+
+/// Background writers that record every acknowledged token and when it was acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(Instant, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(c: &ProcCluster, key: &str, writers: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let next = Arc::new(AtomicU32::new(0));
+        let tasks = (0..writers)
+            .map(|w| {
+                let client = c.client(&[0, 1, 2], key);
+                let (stop, acked, next) = (stop.clone(), acked.clone(), next.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let req = TokenizeRequest {
+                            card: CardInput {
+                                number: pan(i),
+                                exp_month: 12,
+                                exp_year: 2031,
+                                cvc: None,
+                            },
+                            kind: "card_on_file".into(),
+                            member_id: Some(format!("w{w}-{i}")),
+                        };
+                        if let Ok(t) = client.tokenize(&req).await {
+                            acked.lock().unwrap().push((Instant::now(), t.token));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, acked, tasks }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_for_more(&self, n: usize) {
+        let target = self.count() + n;
+        wait_for(
+            "more acknowledged writes",
+            Duration::from_secs(30),
+            || async { self.count() >= target },
+        )
+        .await;
+    }
+
+    /// Stops the writers; returns the acknowledged tokens and the longest gap between
+    /// two consecutive acknowledgements.
+    async fn finish(self) -> (Vec<String>, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let mut acked = self.acked.lock().unwrap().clone();
+        acked.sort();
+        let gap = acked
+            .windows(2)
+            .map(|w| w[1].0 - w[0].0)
+            .max()
+            .unwrap_or_default();
+        (acked.into_iter().map(|(_, t)| t).collect(), gap)
+    }
+}
+
+/// Every acknowledged token is readable through every node.
+async fn assert_all_readable(c: &ProcCluster, key: &str, tokens: &[String]) {
+    for node in 0..3 {
+        if !c.running(node) {
+            continue;
+        }
+        let client = c.client(&[node], key);
+        for t in tokens {
+            client
+                .get_token(t)
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged {t} not readable via node {node}: {e}"));
+        }
+    }
+}
+
+/// The index of the leader according to node `asked`, if it knows one.
+async fn leader_seen_by(c: &ProcCluster, asked: usize) -> Option<usize> {
+    let s = c.status(asked).await?;
+    let name = s["leader_name"].as_str()?.to_owned();
+    kura_cluster_tests::procs::NAMES
+        .iter()
+        .position(|n| *n == name)
+}
+
+async fn wait_for_leader(c: &ProcCluster, want: usize, asked: usize, within: Duration) {
+    wait_for(&format!("node {want} to lead"), within, || async {
+        leader_seen_by(c, asked).await == Some(want)
+            && c.status(want).await.is_some_and(|s| s["state"] == "leader")
+    })
+    .await;
+}
+
+/// Sum of a metric's samples whose line starts with `prefix`, from node `i`.
+async fn metric(c: &ProcCluster, i: usize, prefix: &str) -> f64 {
+    let text = c
+        .client(&[i], "")
+        .call(http::Method::GET, "/metrics", None)
+        .await
+        .expect("metrics")
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn ready(c: &ProcCluster, i: usize) -> Value {
+    c.client(&[i], "")
+        .call(http::Method::GET, "/health/ready", None)
+        .await
+        .map(|r| r.body)
+        .unwrap_or_else(|e| match e {
+            kura_sdk::Error::Api { status, .. } => json!({ "status_code": status }),
+            other => panic!("{other}"),
+        })
+}
+
+/// Stalls (or fails the keys of) the leader, main; checks it hands over, stays off while
+/// unhealthy, and gets leadership back by failback once healthy.
+async fn gray_failure_hands_over_and_fails_back(fault: Value, cause: &str) {
+    let c = ProcCluster::start_with_faults(FAST_FAILBACK, &[]);
+    c.init().await;
+    let key = c.merchant("gray").await;
+    // Whoever won the first election, leadership settles on main (preference).
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let load = Load::start(&c, &key, 3);
+    load.wait_for_more(30).await;
+
+    let faulted = Instant::now();
+    c.faults(0, fault).await;
+    wait_for("another node to lead", Duration::from_secs(20), || async {
+        matches!(leader_seen_by(&c, 1).await, Some(l) if l != 0)
+    })
+    .await;
+    let took = faulted.elapsed();
+    eprintln!("{cause}: leadership left the faulty leader {took:?} after the fault");
+    let r = c
+        .client(&[0], "")
+        .call(http::Method::GET, "/health/ready", None)
+        .await;
+    assert!(
+        matches!(r, Err(kura_sdk::Error::Api { status: 503, .. })),
+        "the faulty node is not ready: {r:?}"
+    );
+    load.wait_for_more(30).await;
+    // While unhealthy it does not take leadership back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_ne!(
+        leader_seen_by(&c, 1).await,
+        Some(0),
+        "an unhealthy node led again"
+    );
+
+    c.faults(0, json!({})).await;
+    let healed = Instant::now();
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    eprintln!(
+        "{cause}: failback to main {:?} after healing",
+        healed.elapsed()
+    );
+    load.wait_for_more(20).await;
+    let (acked, gap) = load.finish().await;
+    eprintln!(
+        "{cause}: {} writes acknowledged; longest gap {gap:?}",
+        acked.len()
+    );
+    assert_all_readable(&c, &key, &acked).await;
+    let by_cause = |cause: &'static str| {
+        let c = &c;
+        async move {
+            metric(
+                c,
+                1,
+                &format!("kura_raft_leader_changes_total{{cause=\"{cause}\"}}"),
+            )
+            .await
+        }
+    };
+    assert!(
+        by_cause(cause_label(cause)).await >= 1.0,
+        "leader change labelled {cause}"
+    );
+    assert!(
+        by_cause("failback").await >= 1.0,
+        "leader change labelled failback"
+    );
+    assert!(ready(&c, 0).await["status"] == "ready");
+}
+
+fn cause_label(cause: &str) -> &'static str {
+    match cause {
+        "unhealthy_storage" => "unhealthy_storage",
+        _ => "unhealthy_keys",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_storage_stalls_hands_over_and_gets_it_back_once_healthy() {
+    gray_failure_hands_over_and_fails_back(json!({ "storage_stalled": true }), "unhealthy_storage")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_kek_provider_fails_hands_over_and_gets_it_back_once_healthy() {
+    gray_failure_hands_over_and_fails_back(json!({ "kek_failing": true }), "unhealthy_keys").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_leader_is_replaced_by_dr_never_bk_and_rejoins_without_stale_reads() {
+    // bk never leads; a long failback window keeps dr leading while we look.
+    let c = ProcCluster::start_with_faults("[failover]\nfailback_stabilization_s = 30\n", &[2]);
+    c.init().await;
+    let key = c.merchant("stop").await;
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let load = Load::start(&c, &key, 3);
+    load.wait_for_more(30).await;
+
+    let stopped = Instant::now();
+    let term_at_stop = c.status(0).await.unwrap()["term"].as_u64().unwrap();
+    c.pause(0, true);
+    wait_for_leader(&c, 1, 2, Duration::from_secs(20)).await;
+    eprintln!("SIGSTOP: dr leads {:?} after the stop", stopped.elapsed());
+    load.wait_for_more(30).await;
+    assert_eq!(
+        c.status(2).await.unwrap()["state"],
+        "follower",
+        "bk (never_lead) stays a follower"
+    );
+    // A token written while main was stopped...
+    let written = c
+        .client(&[1], &key)
+        .tokenize(&TokenizeRequest {
+            card: CardInput {
+                number: pan(900_000),
+                exp_month: 12,
+                exp_year: 2031,
+                cvc: None,
+            },
+            kind: "one_time".into(),
+            member_id: None,
+        })
+        .await
+        .expect("write through dr");
+    c.pause(0, false);
+    // ...is never reported missing by the old leader, from the first request on.
+    let via_main = c.client(&[0], &key);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match via_main.get_token(&written.token).await {
+            Ok(t) => {
+                assert_eq!(t.token, written.token);
+                break;
+            }
+            Err(kura_sdk::Error::Api { status: 404, .. }) => {
+                panic!("the resumed old leader served a stale read")
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "main never answered: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // It learns the new term and stops acting as the old term's leader (it may lead
+    // again later, by failback, in a newer term).
+    wait_for(
+        "main to learn the new term",
+        Duration::from_secs(20),
+        || async {
+            c.status(0).await.is_some_and(|s| {
+                s["term"].as_u64().unwrap() > term_at_stop
+                    && (s["state"] == "follower" || s["state"] == "leader")
+            })
+        },
+    )
+    .await;
+    let takeovers = metric(
+        &c,
+        1,
+        "kura_raft_leader_changes_total{cause=\"crash_or_partition\"}",
+    )
+    .await;
+    assert!(
+        takeovers >= 2.0,
+        "first election and the takeover after SIGSTOP"
+    );
+    let (acked, gap) = load.finish().await;
+    eprintln!(
+        "SIGSTOP: {} writes acknowledged; longest gap {gap:?}",
+        acked.len()
+    );
+    assert_all_readable(&c, &key, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_drain_loses_no_acknowledged_write() {
+    let mut c = ProcCluster::start(FAST_FAILBACK);
+    c.init().await;
+    let key = c.merchant("roll").await;
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let load = Load::start(&c, &key, 3);
+    load.wait_for_more(30).await;
+    for node in [2, 1, 0] {
+        let name = kura_cluster_tests::procs::NAMES[node];
+        let config = c.config((node + 1) % 3).to_str().unwrap().to_owned();
+        let out = c.kura(&["drain", name, "--config", &config]);
+        assert!(
+            out.status.success(),
+            "kura drain {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("safe to stop"));
+        assert_ne!(c.status(node).await.unwrap()["state"], "leader");
+        c.kill(node);
+        load.wait_for_more(20).await;
+        c.restart(node);
+        c.wait_live(node).await;
+        let out = c.kura(&["undrain", name, "--config", &config]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(
+            "the restarted node to be ready",
+            Duration::from_secs(30),
+            || async { ready(&c, node).await["status"] == "ready" },
+        )
+        .await;
+        load.wait_for_more(20).await;
+    }
+    // After undrain, main is preferred again.
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let (acked, gap) = load.finish().await;
+    eprintln!(
+        "rolling restart: {} writes acknowledged; longest gap {gap:?}",
+        acked.len()
+    );
+    assert_all_readable(&c, &key, &acked).await;
+    let causes = metric(&c, 0, "kura_raft_leader_changes_total{cause=\"operator\"}").await;
+    assert!(causes >= 1.0, "drain handoffs are labelled operator");
+}

@@ -1,0 +1,117 @@
+//! Fault switches for tests: stall or slow storage writes, fail the KEK provider, block
+//! the acquirer routes on one node. Off unless the node was started with
+//! `--enable-fault-injection` *and* its config sets `[faults] enabled = true`; the admin
+//! endpoint that flips them answers `403 fault_injection_disabled` otherwise.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How often a stalled writer looks whether the stall was lifted.
+pub const STALL_POLL_MS: u64 = 10;
+
+/// The switches one node's components consult. All off by default.
+#[derive(Debug, Default)]
+pub struct FaultSwitches {
+    storage_stalled: AtomicBool,
+    storage_delay_ms: AtomicU64,
+    kek_failing: AtomicBool,
+    routes_blocked: AtomicBool,
+}
+
+/// The switches as the admin endpoint shows and sets them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultState {
+    /// Storage commits wait until this is cleared.
+    pub storage_stalled: bool,
+    /// Every storage commit is delayed this long.
+    pub storage_delay_ms: u64,
+    /// The KEK provider fails every operation.
+    pub kek_failing: bool,
+    /// Calls to the acquirer routes fail as unreachable.
+    pub routes_blocked: bool,
+}
+
+impl FaultSwitches {
+    /// Sets every switch.
+    pub fn set(&self, s: &FaultState) {
+        self.storage_stalled
+            .store(s.storage_stalled, Ordering::Relaxed);
+        self.storage_delay_ms
+            .store(s.storage_delay_ms, Ordering::Relaxed);
+        self.kek_failing.store(s.kek_failing, Ordering::Relaxed);
+        self.routes_blocked
+            .store(s.routes_blocked, Ordering::Relaxed);
+    }
+
+    /// The current switches.
+    pub fn get(&self) -> FaultState {
+        FaultState {
+            storage_stalled: self.storage_stalled.load(Ordering::Relaxed),
+            storage_delay_ms: self.storage_delay_ms.load(Ordering::Relaxed),
+            kek_failing: self.kek_failing.load(Ordering::Relaxed),
+            routes_blocked: self.routes_blocked.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Blocks the calling (writer) thread as the storage switches say.
+    pub fn before_storage_commit(&self) {
+        let delay = self.storage_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        while self.storage_stalled.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(STALL_POLL_MS));
+        }
+    }
+
+    /// True while the KEK provider should fail.
+    pub fn kek_failing(&self) -> bool {
+        self.kek_failing.load(Ordering::Relaxed)
+    }
+
+    /// True while the acquirer routes should be unreachable.
+    pub fn routes_blocked(&self) -> bool {
+        self.routes_blocked.load(Ordering::Relaxed)
+    }
+}
+
+/// A KEK provider that fails while `kek_failing` is set, and otherwise defers to `inner`.
+#[derive(Debug)]
+pub struct FaultyKek<P> {
+    pub inner: P,
+    pub faults: std::sync::Arc<FaultSwitches>,
+}
+
+impl<P: crate::crypto::KekProvider> crate::crypto::KekProvider for FaultyKek<P> {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn seal(
+        &self,
+        msg: &[u8],
+        aad: &str,
+        entropy: &crate::crypto::Entropy,
+    ) -> Result<Vec<u8>, crate::crypto::KeyError> {
+        if self.faults.kek_failing() {
+            return Err(crate::crypto::KeyError::Unavailable(
+                "fault injected".into(),
+            ));
+        }
+        self.inner.seal(msg, aad, entropy)
+    }
+
+    fn open(
+        &self,
+        sealed: &[u8],
+        aad: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::crypto::KeyError> {
+        if self.faults.kek_failing() {
+            return Err(crate::crypto::KeyError::Unavailable(
+                "fault injected".into(),
+            ));
+        }
+        self.inner.open(sealed, aad)
+    }
+}
