@@ -21,11 +21,42 @@ fn pan(i: u32) -> String {
 /// Failback after 2 s of stable health, so tests see it quickly.
 const FAST_FAILBACK: &str = "[failover]\nfailback_stabilization_s = 2\n";
 
-/// Background writers that record every acknowledged token and when it was acknowledged.
+/// Background writers that record every acknowledged token and when it was acknowledged,
+/// and a watcher that records which node each node says leads each term.
 struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(Instant, String)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    leaders: tokio::task::JoinHandle<Vec<(u64, String)>>,
+}
+
+/// Polls every node's status until `stop`; returns the (term, node) pairs of every node
+/// that said it was the leader.
+fn watch_leaders(
+    api: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u64, String)>> {
+    tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            for addr in &api {
+                let mut cfg = kura_sdk::ClientConfig::new(vec![addr.clone()], "");
+                cfg.attempts_max = 1;
+                cfg.attempt_timeout = Duration::from_millis(300);
+                let s = kura_sdk::Client::new(cfg)
+                    .call(http::Method::GET, "/v1/cluster/status", None)
+                    .await;
+                if let Ok(r) = s {
+                    if r.body["state"] == "leader" {
+                        let term = r.body["term"].as_u64().unwrap_or_default();
+                        seen.insert((term, r.body["name"].as_str().unwrap_or("?").to_owned()));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen.into_iter().collect()
+    })
 }
 
 impl Load {
@@ -57,7 +88,13 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, acked, tasks }
+        let leaders = watch_leaders(c.api.clone(), stop.clone());
+        Load {
+            stop,
+            acked,
+            tasks,
+            leaders,
+        }
     }
 
     fn count(&self) -> usize {
@@ -80,6 +117,17 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             t.await.unwrap();
+        }
+        // Raft's election safety, as seen from outside: one leader per term.
+        let leaders = self.leaders.await.unwrap();
+        for w in leaders.windows(2) {
+            assert!(
+                w[0].0 != w[1].0,
+                "two leaders in term {}: {} and {}",
+                w[0].0,
+                w[0].1,
+                w[1].1
+            );
         }
         let mut acked = self.acked.lock().unwrap().clone();
         acked.sort();

@@ -469,6 +469,31 @@ pub async fn status(
         .any(|(_, s)| s.as_ref().is_some_and(|s| s["state"] == "leader")))
 }
 
+/// `ready`, `not ready`, or why not: `unhealthy_storage`, `drained`, `no leader`.
+fn health_cell(h: &Value) -> String {
+    if h["ready"] == true {
+        return "ready".into();
+    }
+    if let Some(cause) = h["unhealthy_cause"].as_str() {
+        return cause.into();
+    }
+    if h["drained"] == true {
+        return "drained".into();
+    }
+    let failing: Vec<&str> = h["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] == "fail")
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    if failing.is_empty() {
+        "not ready".into()
+    } else {
+        format!("not ready ({})", failing.join(", "))
+    }
+}
+
 fn render_status(statuses: &[(String, Option<Value>)]) -> String {
     let leader = statuses
         .iter()
@@ -491,8 +516,8 @@ fn render_status(statuses: &[(String, Option<Value>)]) -> String {
         None => out += &format!("cluster {cluster}  NO LEADER\n"),
     }
     out += &format!(
-        "{:<6} {:>3}  {:<5} {:<10} {:<22} {:>9} {:>9} {:>9} {:>6}\n",
-        "NAME", "ID", "ROLE", "STATE", "API", "LAST_LOG", "COMMITTED", "APPLIED", "LAG"
+        "{:<6} {:>3}  {:<5} {:<10} {:<22} {:>9} {:>9} {:>9} {:>6}  {}\n",
+        "NAME", "ID", "ROLE", "STATE", "API", "LAST_LOG", "COMMITTED", "APPLIED", "LAG", "HEALTH"
     );
     for (ep, s) in statuses {
         let Some(s) = s else {
@@ -508,7 +533,7 @@ fn render_status(statuses: &[(String, Option<Value>)]) -> String {
             .and_then(|m| m["lag_entries"].as_u64())
             .map_or("-".to_string(), |x| x.to_string());
         out += &format!(
-            "{:<6} {:>3}  {:<5} {:<10} {:<22} {:>9} {:>9} {:>9} {:>6}\n",
+            "{:<6} {:>3}  {:<5} {:<10} {:<22} {:>9} {:>9} {:>9} {:>6}  {}\n",
             s["name"].as_str().unwrap_or("?"),
             s["node_id"].to_string(),
             s["role"].as_str().unwrap_or("?"),
@@ -517,7 +542,8 @@ fn render_status(statuses: &[(String, Option<Value>)]) -> String {
             s["last_log_index"].to_string(),
             s["committed_index"].to_string(),
             s["applied_index"].to_string(),
-            lag
+            lag,
+            health_cell(&s["health"])
         );
     }
     out

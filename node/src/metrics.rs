@@ -244,12 +244,13 @@ mod tests {
         let m = Metrics::new();
         m.raft_term.set(3);
         m.store_log_fsync.observe(0.002);
+        m.leader_changed("failback");
         m.observe_request("/v1/tokens", "POST", 201, Duration::from_millis(3));
         let text = m.encode();
         for needle in [
             "# HELP kura_raft_term Current Raft term",
             "kura_raft_term 3",
-            "# HELP kura_raft_leader_changes Leader changes",
+            "kura_raft_leader_changes_total{cause=\"failback\"} 1",
             "# UNIT kura_store_log_fsync_duration_seconds seconds",
             "kura_store_log_fsync_duration_seconds_count 1",
             "kura_api_requests_total{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"} 1",
