@@ -304,6 +304,7 @@ pub(super) fn response_kind(r: &Response) -> &'static str {
         Response::Resealed { .. } => "resealed",
         Response::DataKeyRetired { .. } => "data_key_retired",
         Response::Recorded => "recorded",
+        Response::Payment(_) => "payment",
         Response::Refused(r) => r.code(),
     }
 }

@@ -4,6 +4,7 @@
 //! carried inside the command, so every node's `apply` reaches the same result.
 
 use super::card::Brand;
+use super::payment::{AuthOutcome, Payment, PaymentRefusal};
 use super::token::{TokenFormat, TokenKind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -62,6 +63,15 @@ pub struct MerchantSettings {
     pub allowed_origins: Vec<String>,
     /// How this merchant's new tokens look.
     pub token_format: TokenFormat,
+}
+
+/// A merchant's change to an open payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum PaymentChange {
+    Capture { amount: u64 },
+    Void,
+    Refund { amount: u64 },
 }
 
 /// One card moved to another data key by the background re-wrap.
@@ -175,6 +185,33 @@ pub enum Command {
         drained: bool,
         at_ms: u64,
     },
+    /// Opens a payment before the acquirer is called (the intent). A one-time token is
+    /// consumed here, atomically; `order_id` must be new for the merchant.
+    OpenPayment {
+        payment_id: String,
+        merchant_id: String,
+        order_id: String,
+        token: String,
+        amount: u64,
+        currency: String,
+        capture: bool,
+        gateway_txn_id: String,
+        route: String,
+        at_ms: u64,
+    },
+    /// Records the acquirer's answer to a pending payment.
+    SettlePayment {
+        payment_id: String,
+        outcome: AuthOutcome,
+        at_ms: u64,
+    },
+    /// Captures, voids or refunds a payment of `merchant_id`.
+    ChangePayment {
+        merchant_id: String,
+        payment_id: String,
+        change: PaymentChange,
+        at_ms: u64,
+    },
     /// Records an admin action that changes no vault state.
     RecordAdminAction {
         action: String,
@@ -199,6 +236,9 @@ impl Command {
             | Command::RetireDataKey { at_ms, .. }
             | Command::RecordLeaderChange { at_ms, .. }
             | Command::SetDrained { at_ms, .. }
+            | Command::OpenPayment { at_ms, .. }
+            | Command::SettlePayment { at_ms, .. }
+            | Command::ChangePayment { at_ms, .. }
             | Command::RecordAdminAction { at_ms, .. } => *at_ms,
         }
     }
@@ -219,6 +259,20 @@ impl Command {
             Command::RecordLeaderChange { .. } => "leader.change",
             Command::SetDrained { drained: true, .. } => "node.drain",
             Command::SetDrained { drained: false, .. } => "node.undrain",
+            Command::OpenPayment { .. } => "payment.open",
+            Command::SettlePayment { .. } => "payment.settle",
+            Command::ChangePayment {
+                change: PaymentChange::Capture { .. },
+                ..
+            } => "payment.capture",
+            Command::ChangePayment {
+                change: PaymentChange::Void,
+                ..
+            } => "payment.void",
+            Command::ChangePayment {
+                change: PaymentChange::Refund { .. },
+                ..
+            } => "payment.refund",
             Command::RecordAdminAction { .. } => "admin.action",
         }
     }
@@ -257,6 +311,11 @@ impl fmt::Display for Command {
             } => write!(f, "leader_change({leader_name}, term {term}, {cause})"),
             Command::SetDrained { node, drained, .. } => {
                 write!(f, "set_drained({node}, {drained})")
+            }
+            Command::OpenPayment { payment_id, .. }
+            | Command::SettlePayment { payment_id, .. }
+            | Command::ChangePayment { payment_id, .. } => {
+                write!(f, "{}({payment_id})", self.action())
             }
             Command::RecordAdminAction { action, .. } => write!(f, "admin_action({action})"),
         }
@@ -306,6 +365,10 @@ pub enum Refusal {
     UnknownDataKey,
     DataKeyCurrent,
     DataKeyInUse { cards: u64 },
+    OrderIdTaken,
+    PaymentIdTaken,
+    PaymentNotFound,
+    Payment(PaymentRefusal),
 }
 
 impl Refusal {
@@ -323,6 +386,10 @@ impl Refusal {
             Refusal::UnknownDataKey => "data_key_not_found",
             Refusal::DataKeyCurrent => "data_key_current",
             Refusal::DataKeyInUse { .. } => "data_key_in_use",
+            Refusal::OrderIdTaken => "order_id_taken",
+            Refusal::PaymentIdTaken => "payment_id_taken",
+            Refusal::PaymentNotFound => "payment_not_found",
+            Refusal::Payment(r) => r.code(),
         }
     }
 }
@@ -351,6 +418,7 @@ pub enum Response {
         version: u32,
     },
     Recorded,
+    Payment(Box<Payment>),
     Refused(Refusal),
 }
 

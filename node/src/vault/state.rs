@@ -2,9 +2,10 @@
 
 use super::audit::{AuditEntry, AuditLog};
 use super::command::{
-    Command, KeyRole, MerchantInfo, MerchantSettings, Refusal, Reseal, Response, SealedCard,
-    TokenMeta,
+    Command, KeyRole, MerchantInfo, MerchantSettings, PaymentChange, Refusal, Reseal, Response,
+    SealedCard, TokenMeta,
 };
+use super::payment::{AuthOutcome, Payment, PaymentRefusal, PaymentState};
 use super::token::TokenKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -115,6 +116,11 @@ pub struct VaultState {
     last_leader_change: Option<LeaderChange>,
     /// Names of drained nodes.
     drained: std::collections::BTreeSet<String>,
+    /// Payments by id.
+    payments: BTreeMap<String, Payment>,
+    /// (merchant, order id) -> payment id: an order has exactly one payment.
+    #[serde(with = "order_index_serde")]
+    orders: BTreeMap<(String, String), String>,
     /// Leader-stamped time of the newest applied command; never goes back.
     clock_ms: u64,
 }
@@ -261,9 +267,94 @@ impl VaultState {
                 }
                 Ok(Response::Recorded)
             }
+            Command::OpenPayment {
+                payment_id,
+                merchant_id,
+                order_id,
+                token,
+                amount,
+                currency,
+                capture,
+                gateway_txn_id,
+                route,
+                at_ms,
+            } => {
+                let p = Payment::open(
+                    payment_id,
+                    merchant_id,
+                    order_id,
+                    token,
+                    *amount,
+                    currency,
+                    *capture,
+                    gateway_txn_id,
+                    route,
+                    *at_ms,
+                );
+                self.open_payment(p)
+            }
+            Command::SettlePayment {
+                payment_id,
+                outcome,
+                at_ms,
+            } => self.change_payment(None, payment_id, |p| p.settle(outcome, *at_ms)),
+            Command::ChangePayment {
+                merchant_id,
+                payment_id,
+                change,
+                at_ms,
+            } => self.change_payment(Some(merchant_id), payment_id, |p| match change {
+                PaymentChange::Capture { amount } => p.capture(*amount, *at_ms),
+                PaymentChange::Void => p.void(*at_ms),
+                PaymentChange::Refund { amount } => p.refund(*amount, *at_ms),
+            }),
             Command::RecordAdminAction { .. } => Ok(Response::Recorded),
         };
         result.unwrap_or_else(Response::Refused)
+    }
+
+    /// Applies `f` to a payment (of `merchant_id`, when given); a refusal changes nothing.
+    fn change_payment(
+        &mut self,
+        merchant_id: Option<&String>,
+        payment_id: &str,
+        f: impl FnOnce(&mut Payment) -> Result<(), PaymentRefusal>,
+    ) -> Result<Response, Refusal> {
+        let p = self
+            .payments
+            .get_mut(payment_id)
+            .filter(|p| merchant_id.is_none_or(|m| &p.merchant_id == m))
+            .ok_or(Refusal::PaymentNotFound)?;
+        f(p).map_err(Refusal::Payment)?;
+        Ok(Response::Payment(Box::new(p.clone())))
+    }
+
+    /// Opens a payment, consuming a one-time token in the same step. All-or-nothing.
+    fn open_payment(&mut self, p: Payment) -> Result<Response, Refusal> {
+        if !self.merchants.contains_key(&p.merchant_id) {
+            return Err(Refusal::UnknownMerchant);
+        }
+        if self.payments.contains_key(&p.id) {
+            return Err(Refusal::PaymentIdTaken);
+        }
+        let order = (p.merchant_id.clone(), p.order_id.clone());
+        if self.orders.contains_key(&order) {
+            return Err(Refusal::OrderIdTaken);
+        }
+        if p.amount == 0 {
+            return Err(Refusal::Payment(PaymentRefusal::BadAmount));
+        }
+        let kind = self
+            .record_for(&p.merchant_id, &p.token)
+            .map(|r| r.kind)
+            .ok_or(Refusal::TokenNotFound)?;
+        if kind == TokenKind::OneTime {
+            self.use_one_time(&p.merchant_id, &p.token, p.created_at_ms)?;
+        }
+        self.orders.insert(order, p.id.clone());
+        let response = Response::Payment(Box::new(p.clone()));
+        self.payments.insert(p.id.clone(), p);
+        Ok(response)
     }
 
     fn install_data_key(
@@ -612,6 +703,29 @@ impl VaultState {
         self.drained.contains(name)
     }
 
+    /// A payment, only when `merchant_id` owns it.
+    pub fn payment_for(&self, merchant_id: &str, payment_id: &str) -> Option<&Payment> {
+        self.payments
+            .get(payment_id)
+            .filter(|p| p.merchant_id == merchant_id)
+    }
+
+    /// The payment for a merchant's order, if any.
+    pub fn payment_by_order(&self, merchant_id: &str, order_id: &str) -> Option<&Payment> {
+        let id = self
+            .orders
+            .get(&(merchant_id.to_owned(), order_id.to_owned()))?;
+        self.payments.get(id)
+    }
+
+    /// Payments still pending at the acquirer (a new leader resolves them).
+    pub fn pending_payments(&self) -> Vec<&Payment> {
+        self.payments
+            .values()
+            .filter(|p| p.state == PaymentState::Pending)
+            .collect()
+    }
+
     /// The audit trail.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -639,9 +753,31 @@ impl VaultState {
         if !self.cards.is_empty() && self.fingerprint_key.is_none() {
             return Err("fingerprints exist but no fingerprint key".into());
         }
+        self.validate_payments()?;
         self.audit
             .verify()
             .map_err(|b| format!("audit record {} breaks the chain: {}", b.seq, b.reason))?;
+        Ok(())
+    }
+
+    fn validate_payments(&self) -> Result<(), String> {
+        if self.orders.len() != self.payments.len() {
+            return Err(format!(
+                "{} orders for {} payments",
+                self.orders.len(),
+                self.payments.len()
+            ));
+        }
+        for (id, p) in &self.payments {
+            p.validate()?;
+            let order = (p.merchant_id.clone(), p.order_id.clone());
+            if self.orders.get(&order) != Some(id) {
+                return Err(format!("payment {id} is missing from the order index"));
+            }
+            if !self.merchants.contains_key(&p.merchant_id) {
+                return Err(format!("payment {id} belongs to an unknown merchant"));
+            }
+        }
         Ok(())
     }
 
@@ -852,6 +988,48 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
                 format!("{leader_name} leads term {term}, cause {cause}"),
             ),
             Command::SetDrained { node, .. } => (admin(), None, None, format!("node {node}")),
+            Command::OpenPayment {
+                merchant_id,
+                payment_id,
+                token,
+                amount,
+                currency,
+                order_id,
+                ..
+            } => (
+                merchant(merchant_id, KeyRole::Secret),
+                Some(merchant_id),
+                Some(token),
+                format!("payment {payment_id} order {order_id} {amount} {currency}"),
+            ),
+            Command::SettlePayment {
+                payment_id,
+                outcome,
+                ..
+            } => (
+                system(),
+                None,
+                None,
+                format!(
+                    "payment {payment_id} {}",
+                    match outcome {
+                        AuthOutcome::Approved { .. } => "approved",
+                        AuthOutcome::Declined { .. } => "declined",
+                        AuthOutcome::Reversed => "reversed",
+                    }
+                ),
+            ),
+            Command::ChangePayment {
+                merchant_id,
+                payment_id,
+                change,
+                ..
+            } => (
+                merchant(merchant_id, KeyRole::Secret),
+                Some(merchant_id),
+                None,
+                format!("payment {payment_id} {change:?}"),
+            ),
             Command::RecordAdminAction { action, detail, .. } => {
                 (admin(), None, None, format!("{action}: {detail}"))
             }
@@ -873,6 +1051,24 @@ fn card_key(r: &TokenRecord) -> Option<CardKey> {
             Some((r.merchant_id.clone(), member.clone(), fp.clone()))
         }
         _ => None,
+    }
+}
+
+/// JSON maps need string keys: the order index is stored as a list of entries.
+mod order_index_serde {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    type Index = BTreeMap<(String, String), String>;
+
+    pub fn serialize<S: Serializer>(m: &Index, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Index, D::Error> {
+        Ok(Vec::<((String, String), String)>::deserialize(d)?
+            .into_iter()
+            .collect())
     }
 }
 
@@ -1301,6 +1497,84 @@ mod tests {
         }
     }
 
+    fn open_payment(
+        m: &str,
+        id: &str,
+        order: &str,
+        token: &str,
+        amount: u64,
+        at_ms: u64,
+    ) -> Command {
+        Command::OpenPayment {
+            payment_id: id.into(),
+            merchant_id: m.into(),
+            order_id: order.into(),
+            token: token.into(),
+            amount,
+            currency: "JPY".into(),
+            capture: false,
+            gateway_txn_id: format!("gw_{id}"),
+            route: "cafis".into(),
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn a_payment_consumes_its_one_time_token_and_owns_its_order() {
+        let mut s = with_fingerprint_key();
+        s.apply(&one_time("a", "ott_1", 10, 1_000));
+        let open = |id: &str, order: &str, at| open_payment("a", id, order, "ott_1", 1_000, at);
+        assert!(
+            matches!(s.apply(&open("pay_1", "o1", 20)), Response::Payment(ref p) if p.state == PaymentState::Pending)
+        );
+        assert_eq!(s.token_for("a", "ott_1").unwrap().used_at_ms, Some(20));
+        assert_eq!(
+            s.apply(&open("pay_2", "o2", 21)),
+            Response::Refused(Refusal::TokenAlreadyUsed),
+            "a one-time token pays once"
+        );
+        s.apply(&on_file("a", "m1", "tok_c", "f1", 22));
+        assert_eq!(
+            s.apply(&open_payment("a", "pay_3", "o1", "tok_c", 500, 23)),
+            Response::Refused(Refusal::OrderIdTaken),
+            "one payment per order"
+        );
+        assert!(
+            matches!(
+                s.apply(&open_payment("b", "pay_4", "o1", "tok_c", 500, 24)),
+                Response::Refused(Refusal::TokenNotFound)
+            ),
+            "another merchant's token"
+        );
+        let settle = Command::SettlePayment {
+            payment_id: "pay_1".into(),
+            outcome: AuthOutcome::Approved {
+                auth_code: "x".into(),
+            },
+            at_ms: 25,
+        };
+        assert!(
+            matches!(s.apply(&settle), Response::Payment(ref p) if p.state == PaymentState::Authorized)
+        );
+        let capture = |m: &str| Command::ChangePayment {
+            merchant_id: m.into(),
+            payment_id: "pay_1".into(),
+            change: PaymentChange::Capture { amount: 1_000 },
+            at_ms: 26,
+        };
+        assert_eq!(
+            s.apply(&capture("b")),
+            Response::Refused(Refusal::PaymentNotFound)
+        );
+        assert!(
+            matches!(s.apply(&capture("a")), Response::Payment(ref p) if p.state == PaymentState::Captured)
+        );
+        assert_eq!(s.payment_by_order("a", "o1").unwrap().id, "pay_1");
+        assert!(s.payment_for("b", "pay_1").is_none());
+        assert!(s.pending_payments().is_empty());
+        s.validate().unwrap();
+    }
+
     #[test]
     fn keys_rotate_rewrap_and_retire_only_when_unused() {
         let mut s = seeded();
@@ -1499,12 +1773,18 @@ mod tests {
                 let mut deleted = std::collections::BTreeSet::new();
                 for c in &cmds {
                     let before = match c {
-                        Command::UseOneTimeForCard { merchant_id, one_time_token, .. } => {
-                            s.token_for(merchant_id, one_time_token)
-                        }
+                        Command::UseOneTimeForCard { merchant_id, one_time_token: token, .. }
+                        | Command::OpenPayment { merchant_id, token, .. } => s.token_for(merchant_id, token),
                         _ => None,
                     };
                     let r = s.apply(c);
+                    if let (Command::OpenPayment { merchant_id, token, .. }, Response::Payment(_)) = (c, &r) {
+                        let m = s.token_for(merchant_id, token).expect("a payment's token exists");
+                        if m.kind == TokenKind::OneTime {
+                            prop_assert!(before.is_none() || before.as_ref().is_some_and(|b| b.used_at_ms.is_none()));
+                            prop_assert!(m.used_at_ms.is_some(), "a one-time token paid with is used");
+                        }
+                    }
                     if let Command::UseOneTimeForCard { at_ms, .. } = c {
                         let ok = matches!(r, Response::Tokenized(_) | Response::AlreadyOnFile(_));
                         if ok {
