@@ -1,5 +1,6 @@
 //! kura-node: the replicated card token vault. See ARCHITECTURE.md for the code map.
 
+pub mod acquirer;
 pub mod api;
 pub mod cli;
 pub mod cluster;

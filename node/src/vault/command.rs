@@ -197,6 +197,15 @@ pub enum Command {
         capture: bool,
         gateway_txn_id: String,
         route: String,
+        /// The request's idempotency key and body hash.
+        idempotency: Option<Idempotency>,
+        at_ms: u64,
+    },
+    /// Moves a pending payment to another route, after the first one settled that the
+    /// acquirer there never authorised it.
+    ReroutePayment {
+        payment_id: String,
+        route: String,
         at_ms: u64,
     },
     /// Records the acquirer's answer to a pending payment.
@@ -210,6 +219,7 @@ pub enum Command {
         merchant_id: String,
         payment_id: String,
         change: PaymentChange,
+        idempotency: Option<Idempotency>,
         at_ms: u64,
     },
     /// Records an admin action that changes no vault state.
@@ -238,6 +248,7 @@ impl Command {
             | Command::SetDrained { at_ms, .. }
             | Command::OpenPayment { at_ms, .. }
             | Command::SettlePayment { at_ms, .. }
+            | Command::ReroutePayment { at_ms, .. }
             | Command::ChangePayment { at_ms, .. }
             | Command::RecordAdminAction { at_ms, .. } => *at_ms,
         }
@@ -261,6 +272,8 @@ impl Command {
             Command::SetDrained { drained: false, .. } => "node.undrain",
             Command::OpenPayment { .. } => "payment.open",
             Command::SettlePayment { .. } => "payment.settle",
+            Command::ReroutePayment { .. } => "payment.reroute",
+
             Command::ChangePayment {
                 change: PaymentChange::Capture { .. },
                 ..
@@ -313,6 +326,7 @@ impl fmt::Display for Command {
                 write!(f, "set_drained({node}, {drained})")
             }
             Command::OpenPayment { payment_id, .. }
+            | Command::ReroutePayment { payment_id, .. }
             | Command::SettlePayment { payment_id, .. }
             | Command::ChangePayment { payment_id, .. } => {
                 write!(f, "{}({payment_id})", self.action())
@@ -354,7 +368,9 @@ pub struct MerchantInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Refusal {
-    DataKeyExists { version: u32 },
+    DataKeyExists {
+        version: u32,
+    },
     FingerprintKeyExists,
     MerchantExists,
     UnknownMerchant,
@@ -364,11 +380,44 @@ pub enum Refusal {
     TokenExpired,
     UnknownDataKey,
     DataKeyCurrent,
-    DataKeyInUse { cards: u64 },
+    DataKeyInUse {
+        cards: u64,
+    },
     OrderIdTaken,
     PaymentIdTaken,
     PaymentNotFound,
     Payment(PaymentRefusal),
+    /// The idempotency key is taken; the record tells the caller what to do.
+    IdempotencyKeyTaken(Box<IdempotencyRecord>),
+}
+
+/// A request's idempotency key and the hash of its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Idempotency {
+    pub key: String,
+    pub body_sha256: String,
+}
+
+/// What a keyed request came to, kept to answer its retries the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredOutcome {
+    /// The payment as the request left it (for an authorisation: as settled, or still
+    /// pending while the acquirer's answer is not recorded).
+    Payment(Box<Payment>),
+    /// The vault refused the request with this code.
+    Refused(String),
+}
+
+/// What the vault remembers of an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub body_sha256: String,
+    /// The operation the key was used for (`payment.open`, `payment.capture`, ...).
+    pub action: String,
+    pub payment_id: Option<String>,
+    pub outcome: StoredOutcome,
+    pub created_at_ms: u64,
 }
 
 impl Refusal {
@@ -390,6 +439,7 @@ impl Refusal {
             Refusal::PaymentIdTaken => "payment_id_taken",
             Refusal::PaymentNotFound => "payment_not_found",
             Refusal::Payment(r) => r.code(),
+            Refusal::IdempotencyKeyTaken(_) => "idempotency_key_taken",
         }
     }
 }

@@ -90,6 +90,9 @@ pub struct Payment {
     pub refunded_amount: u64,
     pub created_at_ms: u64,
     pub history: Vec<PaymentEvent>,
+    /// The idempotency key of the request that opened it.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// Why a payment transition was refused.
@@ -155,6 +158,7 @@ impl Payment {
             refunded_amount: 0,
             created_at_ms: at_ms,
             history: Vec::new(),
+            idempotency_key: None,
         };
         p.event(at_ms, "opened", amount, format!("route {route}"));
         p
@@ -188,6 +192,16 @@ impl Payment {
                 self.event(at_ms, "reversed", 0, "not settled at the acquirer".into());
             }
         }
+        Ok(())
+    }
+
+    /// Moves a pending payment to another route.
+    pub fn reroute(&mut self, route: &str, at_ms: u64) -> Result<(), PaymentRefusal> {
+        if self.state != PaymentState::Pending {
+            return Err(PaymentRefusal::WrongState);
+        }
+        self.route = route.into();
+        self.event(at_ms, "rerouted", 0, format!("route {route}"));
         Ok(())
     }
 

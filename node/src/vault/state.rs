@@ -2,13 +2,18 @@
 
 use super::audit::{AuditEntry, AuditLog};
 use super::command::{
-    Command, KeyRole, MerchantInfo, MerchantSettings, PaymentChange, Refusal, Reseal, Response,
-    SealedCard, TokenMeta,
+    Command, Idempotency, IdempotencyRecord, KeyRole, MerchantInfo, MerchantSettings,
+    PaymentChange, Refusal, Reseal, Response, SealedCard, StoredOutcome, TokenMeta,
 };
 use super::payment::{AuthOutcome, Payment, PaymentRefusal, PaymentState};
 use super::token::TokenKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Idempotency keys are kept at least this long (24 hours) by leader-stamped time.
+pub const IDEMPOTENCY_KEEP_MS: u64 = 24 * 3600 * 1000;
+/// Expired idempotency keys dropped per applied command, so expiry never stalls apply.
+const IDEMPOTENCY_EXPIRE_PER_APPLY: usize = 16;
 
 /// A merchant's record. Its keys are present only as SHA-256 hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +126,9 @@ pub struct VaultState {
     /// (merchant, order id) -> payment id: an order has exactly one payment.
     #[serde(with = "order_index_serde")]
     orders: BTreeMap<(String, String), String>,
+    /// (merchant, idempotency key) -> record; kept at least `IDEMPOTENCY_KEEP_MS`.
+    #[serde(with = "idempotency_serde")]
+    idempotency: BTreeMap<(String, String), IdempotencyRecord>,
     /// Leader-stamped time of the newest applied command; never goes back.
     clock_ms: u64,
 }
@@ -129,10 +137,84 @@ impl VaultState {
     /// Applies one command and records it in the audit trail. Pure: the result depends
     /// only on `self` and `cmd`.
     pub fn apply(&mut self, cmd: &Command) -> Response {
+        if let Some(taken) = self.idempotency_taken(cmd) {
+            let response = Response::Refused(Refusal::IdempotencyKeyTaken(Box::new(taken)));
+            self.audit.append(audit_entry(cmd, &response));
+            self.clock_ms = self.clock_ms.max(cmd.at_ms());
+            return response;
+        }
         let response = self.apply_inner(cmd);
+        self.remember_idempotent(cmd, &response);
         self.audit.append(audit_entry(cmd, &response));
         self.clock_ms = self.clock_ms.max(cmd.at_ms());
+        self.expire_idempotency_keys();
         response
+    }
+
+    /// The existing record, if `cmd` carries an idempotency key that is taken.
+    fn idempotency_taken(&self, cmd: &Command) -> Option<IdempotencyRecord> {
+        let (merchant_id, idem) = keyed(cmd)?;
+        self.idempotency
+            .get(&(merchant_id.to_owned(), idem.key.clone()))
+            .cloned()
+    }
+
+    /// Records what a keyed command came to, and keeps a keyed authorisation's record up
+    /// to date when its payment is settled or rerouted.
+    fn remember_idempotent(&mut self, cmd: &Command, response: &Response) {
+        let outcome = match response {
+            Response::Payment(p) => StoredOutcome::Payment(p.clone()),
+            Response::Refused(r) => StoredOutcome::Refused(r.code().to_owned()),
+            _ => return,
+        };
+        if let Some((merchant_id, idem)) = keyed(cmd) {
+            let payment_id = match cmd {
+                Command::OpenPayment { payment_id, .. }
+                | Command::ChangePayment { payment_id, .. } => Some(payment_id.clone()),
+                _ => None,
+            };
+            let record = IdempotencyRecord {
+                body_sha256: idem.body_sha256.clone(),
+                action: cmd.action().to_owned(),
+                payment_id,
+                outcome,
+                created_at_ms: cmd.at_ms(),
+            };
+            self.idempotency
+                .insert((merchant_id.to_owned(), idem.key.clone()), record);
+            return;
+        }
+        if let (
+            Command::SettlePayment { .. } | Command::ReroutePayment { .. },
+            Response::Payment(p),
+        ) = (cmd, response)
+        {
+            if let Some(key) = &p.idempotency_key {
+                if let Some(r) = self
+                    .idempotency
+                    .get_mut(&(p.merchant_id.clone(), key.clone()))
+                {
+                    r.outcome = StoredOutcome::Payment(p.clone());
+                }
+            }
+        }
+    }
+
+    /// Drops a bounded number of idempotency keys older than the retention.
+    fn expire_idempotency_keys(&mut self) {
+        let Some(cutoff) = self.clock_ms.checked_sub(IDEMPOTENCY_KEEP_MS) else {
+            return;
+        };
+        let old: Vec<(String, String)> = self
+            .idempotency
+            .iter()
+            .filter(|(_, r)| r.created_at_ms < cutoff)
+            .take(IDEMPOTENCY_EXPIRE_PER_APPLY)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.idempotency.remove(&k);
+        }
     }
 
     fn apply_inner(&mut self, cmd: &Command) -> Response {
@@ -277,9 +359,10 @@ impl VaultState {
                 capture,
                 gateway_txn_id,
                 route,
+                idempotency,
                 at_ms,
             } => {
-                let p = Payment::open(
+                let mut p = Payment::open(
                     payment_id,
                     merchant_id,
                     order_id,
@@ -291,6 +374,7 @@ impl VaultState {
                     route,
                     *at_ms,
                 );
+                p.idempotency_key = idempotency.as_ref().map(|i| i.key.clone());
                 self.open_payment(p)
             }
             Command::SettlePayment {
@@ -303,11 +387,17 @@ impl VaultState {
                 payment_id,
                 change,
                 at_ms,
+                ..
             } => self.change_payment(Some(merchant_id), payment_id, |p| match change {
                 PaymentChange::Capture { amount } => p.capture(*amount, *at_ms),
                 PaymentChange::Void => p.void(*at_ms),
                 PaymentChange::Refund { amount } => p.refund(*amount, *at_ms),
             }),
+            Command::ReroutePayment {
+                payment_id,
+                route,
+                at_ms,
+            } => self.change_payment(None, payment_id, |p| p.reroute(route, *at_ms)),
             Command::RecordAdminAction { .. } => Ok(Response::Recorded),
         };
         result.unwrap_or_else(Response::Refused)
@@ -718,6 +808,31 @@ impl VaultState {
         self.payments.get(id)
     }
 
+    /// A merchant's idempotency record for `key`.
+    pub fn idempotency(&self, merchant_id: &str, key: &str) -> Option<&IdempotencyRecord> {
+        self.idempotency
+            .get(&(merchant_id.to_owned(), key.to_owned()))
+    }
+
+    /// A merchant's payments created in `[from_ms, to_ms)`, by id (bounded by `limit`).
+    pub fn payments_between(
+        &self,
+        merchant_id: &str,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Vec<&Payment> {
+        self.payments
+            .values()
+            .filter(|p| {
+                p.merchant_id == merchant_id
+                    && p.created_at_ms >= from_ms
+                    && p.created_at_ms < to_ms
+            })
+            .take(limit)
+            .collect()
+    }
+
     /// Payments still pending at the acquirer (a new leader resolves them).
     pub fn pending_payments(&self) -> Vec<&Payment> {
         self.payments
@@ -878,6 +993,23 @@ impl VaultState {
     }
 }
 
+/// The merchant and idempotency key of a keyed command.
+fn keyed(cmd: &Command) -> Option<(&str, &Idempotency)> {
+    match cmd {
+        Command::OpenPayment {
+            merchant_id,
+            idempotency: Some(i),
+            ..
+        }
+        | Command::ChangePayment {
+            merchant_id,
+            idempotency: Some(i),
+            ..
+        } => Some((merchant_id, i)),
+        _ => None,
+    }
+}
+
 fn count_down(usage: &mut BTreeMap<u32, u64>, version: u32) {
     if let Some(n) = usage.get_mut(&version) {
         *n -= 1;
@@ -1002,6 +1134,14 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
                 Some(token),
                 format!("payment {payment_id} order {order_id} {amount} {currency}"),
             ),
+            Command::ReroutePayment {
+                payment_id, route, ..
+            } => (
+                system(),
+                None,
+                None,
+                format!("payment {payment_id} to route {route}"),
+            ),
             Command::SettlePayment {
                 payment_id,
                 outcome,
@@ -1051,6 +1191,27 @@ fn card_key(r: &TokenRecord) -> Option<CardKey> {
             Some((r.merchant_id.clone(), member.clone(), fp.clone()))
         }
         _ => None,
+    }
+}
+
+/// JSON maps need string keys: idempotency records are stored as a list of entries.
+mod idempotency_serde {
+    use super::IdempotencyRecord;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    type Index = BTreeMap<(String, String), IdempotencyRecord>;
+
+    pub fn serialize<S: Serializer>(m: &Index, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Index, D::Error> {
+        Ok(
+            Vec::<((String, String), IdempotencyRecord)>::deserialize(d)?
+                .into_iter()
+                .collect(),
+        )
     }
 }
 
@@ -1515,6 +1676,7 @@ mod tests {
             capture: false,
             gateway_txn_id: format!("gw_{id}"),
             route: "cafis".into(),
+            idempotency: None,
             at_ms,
         }
     }
@@ -1560,6 +1722,7 @@ mod tests {
             merchant_id: m.into(),
             payment_id: "pay_1".into(),
             change: PaymentChange::Capture { amount: 1_000 },
+            idempotency: None,
             at_ms: 26,
         };
         assert_eq!(
@@ -1572,6 +1735,74 @@ mod tests {
         assert_eq!(s.payment_by_order("a", "o1").unwrap().id, "pay_1");
         assert!(s.payment_for("b", "pay_1").is_none());
         assert!(s.pending_payments().is_empty());
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn an_idempotency_key_acts_once_and_its_record_follows_the_payment() {
+        let mut s = with_fingerprint_key();
+        s.apply(&on_file("a", "m1", "tok_c", "f1", 10));
+        let idem = |key: &str, hash: &str| {
+            Some(Idempotency {
+                key: key.into(),
+                body_sha256: hash.into(),
+            })
+        };
+        let mut open = open_payment("a", "pay_1", "o1", "tok_c", 1_000, 20);
+        if let Command::OpenPayment { idempotency, .. } = &mut open {
+            *idempotency = idem("k1", "h1");
+        }
+        assert!(matches!(s.apply(&open), Response::Payment(_)));
+        let mut again = open.clone();
+        if let Command::OpenPayment {
+            payment_id,
+            order_id,
+            ..
+        } = &mut again
+        {
+            *payment_id = "pay_2".into();
+            *order_id = "o2".into();
+        }
+        let taken = match s.apply(&again) {
+            Response::Refused(Refusal::IdempotencyKeyTaken(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(taken.body_sha256, "h1");
+        assert!(
+            matches!(&taken.outcome, StoredOutcome::Payment(p) if p.state == PaymentState::Pending)
+        );
+        assert!(
+            s.payment_for("a", "pay_2").is_none(),
+            "the retry opened nothing"
+        );
+        s.apply(&Command::SettlePayment {
+            payment_id: "pay_1".into(),
+            outcome: AuthOutcome::Approved {
+                auth_code: "x".into(),
+            },
+            at_ms: 21,
+        });
+        let r = s.idempotency("a", "k1").unwrap();
+        assert!(
+            matches!(&r.outcome, StoredOutcome::Payment(p) if p.state == PaymentState::Authorized)
+        );
+        let refund = Command::ChangePayment {
+            merchant_id: "a".into(),
+            payment_id: "pay_1".into(),
+            change: PaymentChange::Refund { amount: 5 },
+            idempotency: idem("k2", "h2"),
+            at_ms: 22,
+        };
+        assert!(matches!(
+            s.apply(&refund),
+            Response::Refused(Refusal::Payment(_))
+        ));
+        let r = s.idempotency("a", "k2").unwrap();
+        assert_eq!(
+            r.outcome,
+            StoredOutcome::Refused("payment_state_conflict".into())
+        );
+        assert!(s.idempotency("b", "k1").is_none(), "keys are per merchant");
         s.validate().unwrap();
     }
 
