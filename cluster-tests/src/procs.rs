@@ -51,7 +51,7 @@ pub fn kura_bin() -> PathBuf {
 /// A port for a node to listen on. Ports come from a per-process counter below the
 /// kernel's ephemeral range (32768 and up), so neither a parallel test nor any outgoing
 /// connection can be handed the same port before the node binds it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;
@@ -385,6 +385,19 @@ pub async fn raw(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> RawResponse {
+    try_raw(addr, method, path, headers, body)
+        .await
+        .expect("an answer")
+}
+
+/// Like [`raw`], but `None` when no answer came.
+pub async fn try_raw(
+    addr: &str,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Option<RawResponse> {
     use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector};
     let pool = HttpPool::new(std::sync::Arc::new(TcpConnector), tokio_spawner(), 1 << 20);
     let mut req = http::Request::builder()
@@ -401,13 +414,105 @@ pub async fn raw(
     let req = req
         .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
         .unwrap();
-    let resp = pool
-        .send(addr, req, Duration::from_secs(10))
-        .await
-        .expect("an answer");
-    RawResponse {
+    let resp = pool.send(addr, req, Duration::from_secs(10)).await.ok()?;
+    Some(RawResponse {
         status: resp.status().as_u16(),
         headers: resp.headers().clone(),
         body: serde_json::from_slice(resp.body()).unwrap_or(Value::Null),
+    })
+}
+
+/// A `kura acquirer-sim` process. Dropping it kills it.
+pub struct AcquirerSim {
+    pub addr: String,
+    child: Option<Child>,
+}
+
+impl AcquirerSim {
+    /// Starts a simulator on a fresh loopback port and waits until it answers.
+    pub async fn start() -> AcquirerSim {
+        let mut s = AcquirerSim {
+            addr: format!("127.0.0.1:{}", free_port()),
+            child: None,
+        };
+        s.restart().await;
+        s
     }
+
+    /// Starts it again on the same address (its memory starts empty).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new(kura_bin())
+            .args(["acquirer-sim", "--listen", &self.addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn acquirer-sim");
+        self.child = Some(child);
+        let addr = self.addr.clone();
+        wait_for("the acquirer simulator", Duration::from_secs(20), || {
+            let addr = addr.clone();
+            async move {
+                try_raw(&addr, http::Method::GET, "/health", &[], None)
+                    .await
+                    .is_some_and(|r| r.status == 200)
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILLs it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sets its latency and failure mode.
+    pub async fn control(&self, latency_ms: u64, fail: &str) {
+        let r = raw(
+            &self.addr,
+            http::Method::POST,
+            "/control",
+            &[],
+            Some(json!({ "latency_ms": latency_ms, "fail": fail })),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+
+    /// Its counters: `authorizations` per transaction id, totals.
+    pub async fn counters(&self) -> Value {
+        raw(
+            &self.addr,
+            http::Method::GET,
+            "/control/counters",
+            &[],
+            None,
+        )
+        .await
+        .body
+    }
+}
+
+impl Drop for AcquirerSim {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `[acquirer]` config table for two routes.
+pub fn acquirer_toml(
+    cafis: &AcquirerSim,
+    cardnet: &AcquirerSim,
+    request_timeout_ms: u64,
+) -> String {
+    format!(
+        "[acquirer]\nrequest_timeout_ms = {request_timeout_ms}\nhealth_interval_ms = 200\n\
+         [[acquirer.routes]]\nname = \"cafis\"\naddr = \"{}\"\n\
+         [[acquirer.routes]]\nname = \"cardnet\"\naddr = \"{}\"\n",
+        cafis.addr, cardnet.addr
+    )
 }

@@ -91,6 +91,13 @@ pub enum Cmd {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Run a standalone acquirer simulator (test cards, latency and failure injection;
+    /// see the README).
+    AcquirerSim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: String,
+    },
     /// Read and verify the hash-chained audit trail.
     Audit {
         #[command(subcommand)]

@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub failover: crate::health::FailoverSettings,
     #[serde(default)]
     pub faults: FaultSettings,
+    #[serde(default)]
+    pub acquirer: crate::acquirer::router::AcquirerSettings,
 }
 
 /// Fault injection (tests only). Takes effect only if the node is also started with
@@ -149,6 +151,7 @@ impl NodeConfig {
         self.raft.validate()?;
         self.health
             .validate(&self.failover, self.raft.election_timeout_max_ms)?;
+        self.acquirer.validate()?;
         self.api.validate()
     }
 

@@ -295,12 +295,31 @@ async fn run_checks(st: &AppState) {
             e.to_string(),
         ),
     }
-    h.record(
-        ROUTES,
-        CheckStatus::NotConfigured,
-        None,
-        "no acquirer routes are configured".into(),
-    );
+    if st.router.configured() {
+        let up: Vec<String> = st
+            .router
+            .statuses()
+            .into_iter()
+            .filter(|r| r.up)
+            .map(|r| r.name)
+            .collect();
+        let (status, message) = if up.is_empty() {
+            (
+                CheckStatus::Fail,
+                "no acquirer route answers from this node".to_owned(),
+            )
+        } else {
+            (CheckStatus::Pass, format!("up: {}", up.join(", ")))
+        };
+        h.record(ROUTES, status, None, message);
+    } else {
+        h.record(
+            ROUTES,
+            CheckStatus::NotConfigured,
+            None,
+            "no acquirer routes are configured".into(),
+        );
+    }
     let s = st.cluster.status();
     let lag = s.committed_index.saturating_sub(s.applied_index);
     let (status, message) = match (&s.leader_name, lag <= h.settings.ready_lag_entries_max) {
@@ -389,7 +408,7 @@ async fn control(st: &AppState) {
     let cause = match (&report.unhealthy_cause, drained) {
         (Some(c), _) => Some(c.clone()),
         (None, true) => Some("operator".to_owned()),
-        (None, false) => None,
+        (None, false) => routes_cut_off_here(st, &report).then(|| "unhealthy_routes".to_owned()),
     };
     if let Some(cause) = cause {
         if let Some(to) = pick_target(st, None) {
@@ -408,6 +427,22 @@ async fn control(st: &AppState) {
             handoff(st, to, "failback").await;
         }
     }
+}
+
+/// True when every route has failed from this node `unhealthy_threshold` times in a row
+/// while another node reports a route up: the fault is this site's, so another leads.
+fn routes_cut_off_here(st: &AppState, me: &NodeHealth) -> bool {
+    let threshold = st.health.settings.unhealthy_threshold;
+    let failed_here = me
+        .checks
+        .iter()
+        .any(|c| c.name == ROUTES && c.consecutive_failures >= threshold);
+    failed_here
+        && st.health.peer_reports().values().flatten().any(|r| {
+            r.checks
+                .iter()
+                .any(|c| c.name == ROUTES && c.status == CheckStatus::Pass)
+        })
 }
 
 /// The best node to lead instead of this one: eligible (healthy, not drained, caught up,

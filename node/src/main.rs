@@ -83,6 +83,12 @@ fn main() -> ExitCode {
             Cmd::Merchant { config, cmd } => cli::merchant(&config, cmd).await,
             Cmd::Keys { config, cmd } => cli::keys(&config, cmd).await,
             Cmd::Drain { name, config } => cli::drain(&config, &name, true).await,
+            Cmd::AcquirerSim { listen } => {
+                init_logging(LogFormat::Text, "info");
+                kura_node::acquirer::sim::run(&listen)
+                    .await
+                    .map_err(|e| format!("acquirer simulator on {listen}: {e}"))
+            }
             Cmd::Undrain { name, config } => cli::drain(&config, &name, false).await,
             Cmd::Audit { cmd } => match cli::audit(cmd).await {
                 Ok(true) => Ok(()),

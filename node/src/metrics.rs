@@ -44,6 +44,16 @@ pub struct Metrics {
     pub audit_records: Gauge,
     pub health_storage_canary: Histogram,
     pub health_check_passing: Family<CheckLabels, Gauge>,
+    pub route_up: Family<RouteLabels, Gauge>,
+    pub route_requests: Family<RouteLabels, Gauge>,
+    pub route_errors: Family<RouteLabels, Gauge>,
+    pub route_latency_ms: Family<RouteLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// Labels of acquirer route metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
 }
 
 /// Labels of leader change counters.
@@ -93,6 +103,10 @@ impl Metrics {
             audit_records: Gauge::default(),
             health_storage_canary: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             health_check_passing: Family::default(),
+            route_up: Family::default(),
+            route_requests: Family::default(),
+            route_errors: Family::default(),
+            route_latency_ms: Family::default(),
         };
         registry.register(
             "raft_term",
@@ -182,6 +196,26 @@ impl Metrics {
             "1 if the named health check passed its last run, else 0",
             m.health_check_passing.clone(),
         );
+        registry.register(
+            "acquirer_route_up",
+            "1 if the acquirer route answered its last health check, else 0",
+            m.route_up.clone(),
+        );
+        registry.register(
+            "acquirer_route_requests",
+            "Requests this node sent over the acquirer route (authorisations, queries, reversals, health checks)",
+            m.route_requests.clone(),
+        );
+        registry.register(
+            "acquirer_route_errors",
+            "Requests over the acquirer route that failed or timed out",
+            m.route_errors.clone(),
+        );
+        registry.register(
+            "acquirer_route_last_latency_milliseconds",
+            "Latency of the last successful request over the acquirer route",
+            m.route_latency_ms.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -200,6 +234,19 @@ impl Metrics {
                 cause: cause.to_owned(),
             })
             .inc();
+    }
+
+    /// Mirrors one acquirer route's state.
+    pub fn set_route(&self, r: &crate::acquirer::router::RouteStatus) {
+        let l = RouteLabels {
+            route: r.name.clone(),
+        };
+        self.route_up.get_or_create(&l).set(r.up as i64);
+        self.route_requests.get_or_create(&l).set(r.requests as i64);
+        self.route_errors.get_or_create(&l).set(r.errors as i64);
+        if let Some(ms) = r.last_latency_ms {
+            self.route_latency_ms.get_or_create(&l).set(ms);
+        }
     }
 
     /// Records a health check's last result.

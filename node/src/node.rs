@@ -156,18 +156,26 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         metrics: env.metrics.clone(),
         settings: cfg.api.clone(),
         admin_token_sha256: api_key_hash(&env.admin_token),
-        pool,
+        pool: pool.clone(),
         cvc: Arc::new(CvcStore::new(cfg.api.cvc_entries_max)),
         health: Arc::new(crate::health::Health::new(
             cfg.health.clone(),
             cfg.failover.clone(),
         )),
-        faults: faults_on.then_some(faults),
+        faults: faults_on.then_some(faults.clone()),
+        router: Arc::new(crate::acquirer::router::Router::new(
+            cfg.acquirer.clone(),
+            pool.clone(),
+            faults_on.then_some(faults),
+        )),
+        payments_in_flight: Default::default(),
     });
     let raft_routes = cluster::raft_router(cluster.clone()).merge(api::peer::router(state.clone()));
     crate::raft_types::spawn(api::rewrap_loop(state.clone()));
     crate::raft_types::spawn(sweep_cvcs(state.clone()));
     crate::raft_types::spawn(crate::health::run(state.clone()));
+    crate::raft_types::spawn(api::payments::resolver_loop(state.clone()));
+    crate::raft_types::spawn(check_routes(state.clone()));
     crate::raft_types::spawn(async move {
         if let Err(e) = net::serve(raft_listener, raft_routes).await {
             tracing::error!(error = %e, "raft listener stopped");
@@ -189,6 +197,20 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
 
 fn bind_err(key: &str, addr: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot listen on {key} {addr}: {e}"))
+}
+
+/// Checks the acquirer routes' health for the node's lifetime.
+async fn check_routes(st: Arc<AppState>) {
+    if !st.router.configured() {
+        return;
+    }
+    loop {
+        st.router.check_health().await;
+        for r in st.router.statuses() {
+            st.metrics.set_route(&r);
+        }
+        crate::raft_types::sleep(st.router.health_interval()).await;
+    }
 }
 
 /// How often each node wipes expired and used CVCs.

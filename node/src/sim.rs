@@ -51,6 +51,7 @@ pub fn config(id: u64) -> NodeConfig {
         health: Default::default(),
         failover: Default::default(),
         faults: Default::default(),
+        acquirer: Default::default(),
     }
 }
 

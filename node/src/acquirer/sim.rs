@@ -85,7 +85,15 @@ fn decide(pan: &str) -> Option<(TxnState, Option<&'static str>)> {
     }
 }
 
+/// Processes an authorisation to the end even if the caller goes away mid-request, as a
+/// real acquirer does: that is what leaves a gateway in doubt.
 async fn authorize(State(sim): St, body: Bytes) -> Response {
+    tokio::spawn(process(sim, body))
+        .await
+        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+async fn process(sim: Arc<Mutex<Sim>>, body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<AuthRequest>(&body) else {
         return (StatusCode::BAD_REQUEST, "not an authorisation request").into_response();
     };

@@ -54,6 +54,8 @@ struct CreateMerchant {
     allowed_origins: Vec<String>,
     #[serde(default)]
     token_format: TokenFormat,
+    #[serde(default)]
+    require_three_d_secure: bool,
 }
 
 /// Most browser origins a merchant may allow.
@@ -124,6 +126,7 @@ fn merchant_json(m: &MerchantInfo) -> serde_json::Value {
         "key_rotated_at": m.key_rotated_at_ms / 1000,
         "allowed_origins": m.settings.allowed_origins,
         "token_format": m.settings.token_format,
+        "require_three_d_secure": m.settings.require_three_d_secure,
     })
 }
 
@@ -155,6 +158,7 @@ pub async fn create_merchant(
                 settings: MerchantSettings {
                     allowed_origins: input.allowed_origins,
                     token_format: input.token_format,
+                    require_three_d_secure: input.require_three_d_secure,
                 },
                 at_ms: st.now_ms(),
             };
@@ -255,6 +259,7 @@ pub async fn get_merchant(
 struct UpdateMerchant {
     allowed_origins: Option<Vec<String>>,
     token_format: Option<TokenFormat>,
+    require_three_d_secure: Option<bool>,
 }
 
 /// `PATCH /admin/v1/merchants/{id}`: changes `allowed_origins` and/or `token_format`
@@ -284,6 +289,9 @@ pub async fn update_merchant(
             }
             if let Some(f) = input.token_format {
                 settings.token_format = f;
+            }
+            if let Some(r) = input.require_three_d_secure {
+                settings.require_three_d_secure = r;
             }
             let cmd = Command::UpdateMerchant {
                 merchant_id: id,

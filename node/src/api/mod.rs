@@ -12,6 +12,7 @@ mod forward;
 mod health;
 mod keys;
 mod members;
+pub mod payments;
 pub mod peer;
 pub mod problem;
 mod tokens;
@@ -110,6 +111,10 @@ pub struct AppState {
     pub health: Arc<crate::health::Health>,
     /// Fault switches, when fault injection is enabled on this node.
     pub faults: Option<Arc<crate::faults::FaultSwitches>>,
+    /// The acquirer routes.
+    pub router: Arc<crate::acquirer::router::Router>,
+    /// Payments this node is authorising right now (a retry of one answers 409).
+    pub payments_in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A merchant and which of its keys authenticated the request.
@@ -125,6 +130,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     let leader_routes = Router::new()
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/{token}", get(tokens::get))
+        .route(
+            "/v1/payments",
+            post(payments::create).get(payments::by_order),
+        )
+        .route("/v1/payments/{id}", get(payments::get))
+        .route("/v1/payments/{id}/capture", post(payments::capture))
+        .route("/v1/payments/{id}/void", post(payments::void))
+        .route("/v1/payments/{id}/refund", post(payments::refund))
+        .route("/v1/reports/payments", get(payments::report))
         .route(
             "/v1/members/{member_id}/cards",
             get(members::list).post(members::register),

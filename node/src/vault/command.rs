@@ -63,6 +63,8 @@ pub struct MerchantSettings {
     pub allowed_origins: Vec<String>,
     /// How this merchant's new tokens look.
     pub token_format: TokenFormat,
+    /// Refuse authorisations without an EMV 3-D Secure result.
+    pub require_three_d_secure: bool,
 }
 
 /// A merchant's change to an open payment.

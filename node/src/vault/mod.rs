@@ -13,8 +13,8 @@ pub mod token;
 
 pub use card::{Brand, CardError, Cvc, Expiry, Pan};
 pub use command::{
-    Command, KeyRole, MerchantInfo, MerchantSettings, Refusal, Reseal, Response, SealedCard,
-    TokenMeta,
+    Command, Idempotency, IdempotencyRecord, KeyRole, MerchantInfo, MerchantSettings,
+    PaymentChange, Refusal, Reseal, Response, SealedCard, StoredOutcome, TokenMeta,
 };
 pub use state::VaultState;
 pub use token::{TokenFormat, TokenKind};

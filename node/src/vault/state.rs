@@ -800,6 +800,11 @@ impl VaultState {
             .filter(|p| p.merchant_id == merchant_id)
     }
 
+    /// Any merchant's payment (the leader's own bookkeeping; never for a request).
+    pub fn any_payment(&self, payment_id: &str) -> Option<&Payment> {
+        self.payments.get(payment_id)
+    }
+
     /// The payment for a merchant's order, if any.
     pub fn payment_by_order(&self, merchant_id: &str, order_id: &str) -> Option<&Payment> {
         let id = self
@@ -1882,6 +1887,7 @@ mod tests {
         let settings = MerchantSettings {
             allowed_origins: vec!["https://shop.example".into()],
             token_format: crate::vault::TokenFormat::Numeric,
+            require_three_d_secure: true,
         };
         let update = |id: &str| Command::UpdateMerchant {
             merchant_id: id.into(),
