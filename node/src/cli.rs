@@ -469,7 +469,7 @@ pub async fn status(
             .collect();
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
-        print!("{}", render_status(&statuses));
+        print!("{}{}", render_status(&statuses), render_routes(&statuses));
     }
     Ok(statuses
         .iter()
@@ -499,6 +499,38 @@ fn health_cell(h: &Value) -> String {
     } else {
         format!("not ready ({})", failing.join(", "))
     }
+}
+
+/// One line per node with its view of the acquirer routes, if any are configured.
+fn render_routes(statuses: &[(String, Option<Value>)]) -> String {
+    let mut out = String::new();
+    for s in statuses.iter().filter_map(|(_, s)| s.as_ref()) {
+        let routes = s["acquirer_routes"].as_array().cloned().unwrap_or_default();
+        if routes.is_empty() {
+            continue;
+        }
+        let cells: Vec<String> = routes
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} ({} requests, {} errors, last {} ms)",
+                    r["name"].as_str().unwrap_or("?"),
+                    if r["up"] == true { "up" } else { "DOWN" },
+                    r["requests"],
+                    r["errors"],
+                    r["last_latency_ms"]
+                        .as_f64()
+                        .map_or("-".to_string(), |ms| format!("{ms:.1}"))
+                )
+            })
+            .collect();
+        out += &format!(
+            "routes from {:<6} {}\n",
+            s["name"].as_str().unwrap_or("?"),
+            cells.join("; ")
+        );
+    }
+    out
 }
 
 fn render_status(statuses: &[(String, Option<Value>)]) -> String {

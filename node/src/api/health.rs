@@ -40,6 +40,7 @@ pub async fn cluster_status(State(st): St) -> Response {
     let mut v = serde_json::to_value(st.cluster.status()).expect("status serializes");
     let peers = st.health.peer_reports();
     v["health"] = json!(own_report(&st));
+    v["acquirer_routes"] = json!(st.router.statuses());
     if let Some(members) = v["members"].as_array_mut() {
         for m in members {
             let id = m["id"].as_u64().unwrap_or_default();

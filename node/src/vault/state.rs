@@ -1812,6 +1812,34 @@ mod tests {
     }
 
     #[test]
+    fn idempotency_keys_are_kept_24_hours_by_leader_time_then_dropped() {
+        let mut s = with_fingerprint_key();
+        s.apply(&on_file("a", "m1", "tok_c", "f1", 10));
+        let mut open = open_payment("a", "pay_1", "o1", "tok_c", 1_000, 1_000);
+        if let Command::OpenPayment { idempotency, .. } = &mut open {
+            *idempotency = Some(Idempotency {
+                key: "k1".into(),
+                body_sha256: "h".into(),
+            });
+        }
+        s.apply(&open);
+        let tick = |at_ms| Command::RecordAdminAction {
+            action: "tick".into(),
+            detail: String::new(),
+            at_ms,
+        };
+        s.apply(&tick(1_000 + IDEMPOTENCY_KEEP_MS));
+        assert!(
+            s.idempotency("a", "k1").is_some(),
+            "kept for the full 24 hours"
+        );
+        s.apply(&tick(1_001 + IDEMPOTENCY_KEEP_MS));
+        assert!(s.idempotency("a", "k1").is_none(), "dropped after 24 hours");
+        assert!(s.payment_for("a", "pay_1").is_some(), "the payment stays");
+        s.validate().unwrap();
+    }
+
+    #[test]
     fn keys_rotate_rewrap_and_retire_only_when_unused() {
         let mut s = seeded();
         s.apply(&tokenize("a", "tok_1", 10));
