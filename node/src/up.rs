@@ -24,8 +24,18 @@ pub fn local_config(id: u64, base_port: u16) -> String {
             base_port + 100 + i as u16
         );
     }
+    s += "\n# Two acquirer simulators started by `kura up` (`kura acquirer-sim`).\n[acquirer]\n";
+    for (i, route) in ROUTES.iter().enumerate() {
+        s += &format!(
+            "[[acquirer.routes]]\nname = \"{route}\"\naddr = \"127.0.0.1:{}\"\n",
+            base_port + 200 + i as u16
+        );
+    }
     s
 }
+
+/// The two acquirer routes `kura up` simulates.
+const ROUTES: [&str; 2] = ["cafis", "cardnet"];
 
 fn prepare(data_dir: &Path, base_port: u16) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(data_dir)
@@ -52,6 +62,15 @@ fn prepare(data_dir: &Path, base_port: u16) -> Result<Vec<PathBuf>, String> {
 }
 
 fn spawn_node(config: &Path, log: &Path) -> Result<Child, String> {
+    let args = [
+        "node".into(),
+        "--config".into(),
+        config.as_os_str().to_owned(),
+    ];
+    spawn_child(&args, log).map_err(|e| format!("cannot start node {}: {e}", config.display()))
+}
+
+fn spawn_child(args: &[std::ffi::OsString], log: &Path) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the kura binary: {e}"))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -77,14 +96,12 @@ fn spawn_node(config: &Path, log: &Path) -> Result<Child, String> {
             });
         }
     }
-    cmd.arg("node")
-        .arg("--config")
-        .arg(config)
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|e| format!("cannot start node {}: {e}", config.display()))
+        .map_err(|e| e.to_string())
 }
 
 /// Polls `probe` every 50 ms until it holds; an error naming `what` after `timeout`.
@@ -125,6 +142,20 @@ pub async fn up(data_dir: &Path, base_port: u16) -> Result<(), String> {
             Err(e) => {
                 stop(&mut children);
                 return Err(e);
+            }
+        }
+    }
+    for (i, route) in ROUTES.iter().enumerate() {
+        let args = [
+            "acquirer-sim".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", base_port + 200 + i as u16).into(),
+        ];
+        match spawn_child(&args, &data_dir.join(format!("acquirer-{route}.log"))) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                stop(&mut children);
+                return Err(format!("cannot start the {route} acquirer simulator: {e}"));
             }
         }
     }
@@ -215,6 +246,9 @@ async fn bring_up(data_dir: &Path, configs: &[PathBuf]) -> Result<String, String
          tokenize a card through any node (followers forward to the leader):\n  \
          curl -s http://{ep}/v1/tokens -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"card\":{{\"number\":\"4242424242424242\",\"exp_month\":12,\"exp_year\":2030}},\"kind\":\"card_on_file\",\"member_id\":\"member-1\"}}'\n\n\
+         pay with the token (two simulated acquirer routes, cafis and cardnet, run alongside):\n  \
+         curl -s http://{ep}/v1/payments -H 'Authorization: Bearer {key}' -H 'Idempotency-Key: order-1' -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"token\":\"<token>\",\"amount\":1000,\"currency\":\"JPY\",\"order_id\":\"order-1\",\"capture\":true}}'\n\n\
          cluster status:  {exe} status\n\
          Ctrl-C stops all three nodes.",
         d = data_dir.display(),
