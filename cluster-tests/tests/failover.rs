@@ -5,7 +5,7 @@
 //! stale read; a rolling restart with drain loses nothing. Each records how long the
 //! failover took and the longest gap between successful writes a client saw.
 
-use kura_cluster_tests::procs::{wait_for, ProcCluster};
+use kura_cluster_tests::procs::{acquirer_toml, wait_for, AcquirerSim, ProcCluster};
 use kura_node::vault::card::luhn_check_digit;
 use kura_sdk::{CardInput, TokenizeRequest};
 use serde_json::{json, Value};
@@ -203,8 +203,8 @@ async fn ready(c: &ProcCluster, i: usize) -> Value {
 
 /// Stalls (or fails the keys of) the leader, main; checks it hands over, stays off while
 /// unhealthy, and gets leadership back by failback once healthy.
-async fn gray_failure_hands_over_and_fails_back(fault: Value, cause: &str) {
-    let c = ProcCluster::start_with_faults(FAST_FAILBACK, &[]);
+async fn gray_failure_hands_over_and_fails_back(fault: Value, cause: &str, extra_toml: &str) {
+    let c = ProcCluster::start_with_faults(&format!("{FAST_FAILBACK}{extra_toml}"), &[]);
     c.init().await;
     let key = c.merchant("gray").await;
     // Whoever won the first election, leadership settles on main (preference).
@@ -224,10 +224,16 @@ async fn gray_failure_hands_over_and_fails_back(fault: Value, cause: &str) {
         .client(&[0], "")
         .call(http::Method::GET, "/health/ready", None)
         .await;
-    assert!(
-        matches!(r, Err(kura_sdk::Error::Api { status: 503, .. })),
-        "the faulty node is not ready: {r:?}"
-    );
+    if cause == "unhealthy_routes" {
+        // It still serves (it forwards to the leader) but says its routes are cut.
+        let body = r.expect("ready").body;
+        assert_eq!(body["health"]["routes_cut"], true, "{body}");
+    } else {
+        assert!(
+            matches!(r, Err(kura_sdk::Error::Api { status: 503, .. })),
+            "the faulty node is not ready: {r:?}"
+        );
+    }
     load.wait_for_more(30).await;
     // While unhealthy it does not take leadership back.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -276,19 +282,36 @@ async fn gray_failure_hands_over_and_fails_back(fault: Value, cause: &str) {
 fn cause_label(cause: &str) -> &'static str {
     match cause {
         "unhealthy_storage" => "unhealthy_storage",
+        "unhealthy_routes" => "unhealthy_routes",
         _ => "unhealthy_keys",
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_storage_stalls_hands_over_and_gets_it_back_once_healthy() {
-    gray_failure_hands_over_and_fails_back(json!({ "storage_stalled": true }), "unhealthy_storage")
-        .await;
+    gray_failure_hands_over_and_fails_back(
+        json!({ "storage_stalled": true }),
+        "unhealthy_storage",
+        "",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_kek_provider_fails_hands_over_and_gets_it_back_once_healthy() {
-    gray_failure_hands_over_and_fails_back(json!({ "kek_failing": true }), "unhealthy_keys").await;
+    gray_failure_hands_over_and_fails_back(json!({ "kek_failing": true }), "unhealthy_keys", "")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_both_routes_hands_over_and_gets_it_back_once_healthy() {
+    let (cafis, cardnet) = (AcquirerSim::start().await, AcquirerSim::start().await);
+    gray_failure_hands_over_and_fails_back(
+        json!({ "routes_blocked": true }),
+        "unhealthy_routes",
+        &acquirer_toml(&cafis, &cardnet, 2_000),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

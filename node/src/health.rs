@@ -138,7 +138,18 @@ pub struct NodeHealth {
     pub drained: bool,
     /// Why the node is unhealthy (`unhealthy_storage`, `unhealthy_keys`).
     pub unhealthy_cause: Option<String>,
+    /// Every acquirer route has failed from this node `unhealthy_threshold` times in a row.
+    #[serde(default)]
+    pub routes_cut: bool,
     pub checks: Vec<Check>,
+}
+
+impl NodeHealth {
+    fn routes_up(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| c.name == ROUTES && c.status == CheckStatus::Pass)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -218,11 +229,15 @@ impl Health {
         let raft_ok = checks
             .get(RAFT)
             .is_some_and(|c| c.status == CheckStatus::Pass);
+        let routes_cut = checks
+            .get(ROUTES)
+            .is_some_and(|c| c.consecutive_failures >= self.settings.unhealthy_threshold);
         NodeHealth {
             healthy: unhealthy_cause.is_none(),
             ready: unhealthy_cause.is_none() && raft_ok && !drained,
             drained,
             unhealthy_cause,
+            routes_cut,
             checks: checks.values().cloned().collect(),
         }
     }
@@ -356,15 +371,27 @@ async fn poll_peers(st: &AppState, timeout: Duration) {
         .iter()
         .map(|m| (m.id, m.lag_entries))
         .collect();
+    let reports: Vec<(NodeId, Option<NodeHealth>)> = reports
+        .into_iter()
+        .map(|(id, body)| (id, body.and_then(|b| serde_json::from_slice(&b).ok())))
+        .collect();
+    // A node cut off from every route is not eligible while some node reaches one.
+    let routes_up_somewhere = st.health.report(false).routes_up()
+        || reports
+            .iter()
+            .filter_map(|(_, r)| r.as_ref())
+            .any(NodeHealth::routes_up);
     let mut peers = st.health.peers.lock().expect("health lock");
-    for (id, body) in reports {
-        let report: Option<NodeHealth> = body.and_then(|b| serde_json::from_slice(&b).ok());
+    for (id, report) in reports {
         let caught_up = lags
             .get(&id)
             .copied()
             .flatten()
             .is_none_or(|lag| lag <= st.health.settings.ready_lag_entries_max);
-        let eligible = report.as_ref().is_some_and(|r| r.healthy && !r.drained) && caught_up;
+        let eligible = report
+            .as_ref()
+            .is_some_and(|r| r.healthy && !r.drained && !(r.routes_cut && routes_up_somewhere))
+            && caught_up;
         let view = peers.entry(id).or_default();
         view.eligible_since_ms = match (eligible, view.eligible_since_ms) {
             (true, Some(t)) => Some(t),
@@ -387,7 +414,8 @@ async fn control(st: &AppState) {
     let me = st.cluster.me().clone();
     let drained = st.cluster.vault().read(|v| v.is_drained(&me.name));
     let report = st.health.report(drained);
-    let elect = !me.never_lead && report.healthy && !drained;
+    let cut_off = routes_cut_off_here(st, &report);
+    let elect = !me.never_lead && report.healthy && !drained && !cut_off;
     {
         let mut last = st.health.elect_enabled.lock().expect("health lock");
         if *last != Some(elect) {
@@ -408,7 +436,7 @@ async fn control(st: &AppState) {
     let cause = match (&report.unhealthy_cause, drained) {
         (Some(c), _) => Some(c.clone()),
         (None, true) => Some("operator".to_owned()),
-        (None, false) => routes_cut_off_here(st, &report).then(|| "unhealthy_routes".to_owned()),
+        (None, false) => cut_off.then(|| "unhealthy_routes".to_owned()),
     };
     if let Some(cause) = cause {
         if let Some(to) = pick_target(st, None) {
@@ -432,17 +460,13 @@ async fn control(st: &AppState) {
 /// True when every route has failed from this node `unhealthy_threshold` times in a row
 /// while another node reports a route up: the fault is this site's, so another leads.
 fn routes_cut_off_here(st: &AppState, me: &NodeHealth) -> bool {
-    let threshold = st.health.settings.unhealthy_threshold;
-    let failed_here = me
-        .checks
-        .iter()
-        .any(|c| c.name == ROUTES && c.consecutive_failures >= threshold);
-    failed_here
-        && st.health.peer_reports().values().flatten().any(|r| {
-            r.checks
-                .iter()
-                .any(|c| c.name == ROUTES && c.status == CheckStatus::Pass)
-        })
+    me.routes_cut
+        && st
+            .health
+            .peer_reports()
+            .values()
+            .flatten()
+            .any(NodeHealth::routes_up)
 }
 
 /// The best node to lead instead of this one: eligible (healthy, not drained, caught up,
@@ -452,11 +476,20 @@ fn pick_target(st: &AppState, better_than: Option<(u8, u64)>) -> Option<NodeId> 
     let now = (st.clock)();
     let members = st.cluster.members();
     let peers = st.health.peers.lock().expect("health lock");
+    // A node cut off from every route is passed over while some node reaches one.
+    let routes_up_somewhere = peers
+        .values()
+        .filter_map(|v| v.report.as_ref())
+        .any(NodeHealth::routes_up);
     members
         .iter()
         .filter(|(id, m)| **id != st.cluster.id() && !m.never_lead)
         .filter_map(|(id, m)| {
-            let since = peers.get(id)?.eligible_since_ms?;
+            let view = peers.get(id)?;
+            if routes_up_somewhere && view.report.as_ref().is_some_and(|r| r.routes_cut) {
+                return None;
+            }
+            let since = view.eligible_since_ms?;
             match better_than {
                 Some((my_rank, stable_ms)) => (rank(m.role) < my_rank
                     && now.saturating_sub(since) >= stable_ms)
