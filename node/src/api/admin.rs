@@ -69,6 +69,10 @@ fn new_key(st: &super::AppState, prefix: &str) -> String {
     format!("{prefix}_{a}{b}")
 }
 
+fn merchant_not_found() -> Problem {
+    Problem::not_found("merchant_not_found", "no merchant with this id")
+}
+
 fn check_merchant_id(id: &str) -> Result<(), Problem> {
     if id.is_empty()
         || id.len() > MERCHANT_ID_CHARS_MAX
@@ -223,10 +227,7 @@ pub async fn rotate_key(
                     out[format!("{}_key", input.key.as_str())] = json!(key);
                     Ok(axum::Json(out).into_response())
                 }
-                Response::Refused(Refusal::UnknownMerchant) => Err(Problem::not_found(
-                    "merchant_not_found",
-                    "no merchant with this id",
-                )),
+                Response::Refused(Refusal::UnknownMerchant) => Err(merchant_not_found()),
                 other => Err(unexpected(&other)),
             }
         }
@@ -248,7 +249,7 @@ pub async fn get_merchant(
                 .vault()
                 .read(|v| v.merchant_info(&id))
                 .map(|m| axum::Json(merchant_json(&m)).into_response())
-                .ok_or_else(|| Problem::not_found("merchant_not_found", "no merchant with this id"))
+                .ok_or_else(merchant_not_found)
         }
         .await,
     )
@@ -279,9 +280,7 @@ pub async fn update_merchant(
                 .cluster
                 .vault()
                 .read(|v| v.merchant_info(&id))
-                .ok_or_else(|| {
-                    Problem::not_found("merchant_not_found", "no merchant with this id")
-                })?
+                .ok_or_else(merchant_not_found)?
                 .settings;
             if let Some(o) = input.allowed_origins {
                 check_origins(&o)?;
@@ -300,10 +299,7 @@ pub async fn update_merchant(
             };
             match st.write(cmd).await? {
                 Response::Merchant(m) => Ok(axum::Json(merchant_json(&m)).into_response()),
-                Response::Refused(Refusal::UnknownMerchant) => Err(Problem::not_found(
-                    "merchant_not_found",
-                    "no merchant with this id",
-                )),
+                Response::Refused(Refusal::UnknownMerchant) => Err(merchant_not_found()),
                 other => Err(unexpected(&other)),
             }
         }

@@ -113,7 +113,7 @@ pub struct VaultState {
     /// The fingerprint key, wrapped by the KEK; set once.
     fingerprint_key: Option<WrappedKey>,
     /// (merchant, member, fingerprint) -> card-on-file token.
-    #[serde(with = "card_index_serde")]
+    #[serde(with = "map_as_entries")]
     cards: BTreeMap<CardKey, String>,
     /// One record per applied command.
     audit: AuditLog,
@@ -124,10 +124,10 @@ pub struct VaultState {
     /// Payments by id.
     payments: BTreeMap<String, Payment>,
     /// (merchant, order id) -> payment id: an order has exactly one payment.
-    #[serde(with = "order_index_serde")]
+    #[serde(with = "map_as_entries")]
     orders: BTreeMap<(String, String), String>,
     /// (merchant, idempotency key) -> record; kept at least `IDEMPOTENCY_KEEP_MS`.
-    #[serde(with = "idempotency_serde")]
+    #[serde(with = "map_as_entries")]
     idempotency: BTreeMap<(String, String), IdempotencyRecord>,
     /// Leader-stamped time of the newest applied command; never goes back.
     clock_ms: u64,
@@ -1199,64 +1199,27 @@ fn card_key(r: &TokenRecord) -> Option<CardKey> {
     }
 }
 
-/// JSON maps need string keys: idempotency records are stored as a list of entries.
-mod idempotency_serde {
-    use super::IdempotencyRecord;
+/// JSON maps need string keys: maps keyed by tuples (the card, order and idempotency
+/// indexes) are stored as lists of entries.
+mod map_as_entries {
+    use serde::de::DeserializeOwned;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::collections::BTreeMap;
 
-    type Index = BTreeMap<(String, String), IdempotencyRecord>;
-
-    pub fn serialize<S: Serializer>(m: &Index, s: S) -> Result<S::Ok, S::Error> {
-        m.iter().collect::<Vec<_>>().serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Index, D::Error> {
-        Ok(
-            Vec::<((String, String), IdempotencyRecord)>::deserialize(d)?
-                .into_iter()
-                .collect(),
-        )
-    }
-}
-
-/// JSON maps need string keys: the order index is stored as a list of entries.
-mod order_index_serde {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use std::collections::BTreeMap;
-
-    type Index = BTreeMap<(String, String), String>;
-
-    pub fn serialize<S: Serializer>(m: &Index, s: S) -> Result<S::Ok, S::Error> {
-        m.iter().collect::<Vec<_>>().serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Index, D::Error> {
-        Ok(Vec::<((String, String), String)>::deserialize(d)?
-            .into_iter()
-            .collect())
-    }
-}
-
-/// JSON maps need string keys: the card index is stored as a list of entries.
-mod card_index_serde {
-    use super::CardKey;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use std::collections::BTreeMap;
-
-    pub fn serialize<S: Serializer>(
-        m: &BTreeMap<CardKey, String>,
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         m.iter().collect::<Vec<_>>().serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<CardKey, String>, D::Error> {
-        Ok(Vec::<(CardKey, String)>::deserialize(d)?
-            .into_iter()
-            .collect())
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: DeserializeOwned + Ord,
+        V: DeserializeOwned,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
     }
 }
 
