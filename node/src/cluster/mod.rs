@@ -144,6 +144,23 @@ pub struct Cluster {
     incoming_cause: std::sync::Mutex<Option<(String, tokio::time::Instant)>>,
 }
 
+/// A request to a peer's listener, carrying this node's cluster id.
+pub(crate) fn peer_request(
+    method: http::Method,
+    path: &str,
+    addr: &str,
+    cluster_id: &str,
+    body: bytes::Bytes,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr)
+        .header(CLUSTER_ID_HEADER, cluster_id)
+        .body(http_body_util::Full::new(body))
+        .expect("valid peer request")
+}
+
 /// How long a handoff cause sent ahead of a transfer stays valid.
 const HANDOFF_CAUSE_TTL: Duration = Duration::from_secs(10);
 /// Longest handoff cause accepted.
@@ -271,11 +288,8 @@ impl Cluster {
             .iter()
             .filter(|(id, _)| **id != self.id)
             .map(|(_, m)| {
-                let req = http::Request::post(path)
-                    .header(http::header::HOST, &m.raft_addr)
-                    .header(CLUSTER_ID_HEADER, &cluster)
-                    .body(http_body_util::Full::new(body.clone()))
-                    .expect("valid peer request");
+                let req =
+                    peer_request(http::Method::POST, path, &m.raft_addr, &cluster, body.clone());
                 let addr = m.raft_addr.clone();
                 async move {
                     match self.pool.send(&addr, req, timeout).await {
@@ -307,11 +321,13 @@ impl Cluster {
             .iter()
             .filter(|(id, _)| **id != self.id)
             .map(|(id, m)| {
-                let req = http::Request::get(path)
-                    .header(http::header::HOST, &m.raft_addr)
-                    .header(CLUSTER_ID_HEADER, &cluster)
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .expect("valid peer request");
+                let req = peer_request(
+                    http::Method::GET,
+                    path,
+                    &m.raft_addr,
+                    &cluster,
+                    bytes::Bytes::new(),
+                );
                 let addr = m.raft_addr.clone();
                 async move {
                     let body = match self.pool.send(&addr, req, timeout).await {
@@ -570,13 +586,13 @@ impl Cluster {
             .members
             .get(&to)
             .ok_or_else(|| format!("node {to} is not a member"))?;
-        let req = http::Request::post("/raft/handoff-cause")
-            .header(http::header::HOST, &target.raft_addr)
-            .header(CLUSTER_ID_HEADER, self.cluster_id().unwrap_or_default())
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                cause.to_owned(),
-            )))
-            .expect("valid peer request");
+        let req = peer_request(
+            http::Method::POST,
+            "/raft/handoff-cause",
+            &target.raft_addr,
+            &self.cluster_id().unwrap_or_default(),
+            bytes::Bytes::from(cause.to_owned()),
+        );
         match self.pool.send(&target.raft_addr, req, timeout).await {
             Ok(r) if r.status().is_success() => {}
             other => {

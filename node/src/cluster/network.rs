@@ -1,12 +1,10 @@
 //! The Raft network client: each RPC is one HTTP POST to the peer's Raft listener,
 //! carrying this cluster's id and bounded by openraft's hard TTL.
 
-use super::CLUSTER_ID_HEADER;
 use crate::net::{HttpPool, WireError};
 use crate::raft_types::{Member, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use bytes::Bytes;
 use futures::FutureExt;
-use http_body_util::Full;
 use openraft::error::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
@@ -64,11 +62,7 @@ impl PeerClient {
             .expect("cluster id lock")
             .clone()
             .unwrap_or_default();
-        let req = http::Request::post(path)
-            .header(http::header::HOST, &self.addr)
-            .header(CLUSTER_ID_HEADER, cluster)
-            .body(Full::new(body))
-            .expect("valid raft request");
+        let req = super::peer_request(http::Method::POST, path, &self.addr, &cluster, body);
         let result = self.pool.send(&self.addr, req, ttl).await;
         if result.is_err() {
             // A peer that crashed without closing its sockets leaves idle connections that
