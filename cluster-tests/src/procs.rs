@@ -516,3 +516,37 @@ pub fn acquirer_toml(
         cafis.addr, cardnet.addr
     )
 }
+
+/// Every file under `dir`, recursively.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A tokenization of `number` (expiring 12/2031): card-on-file for `member`, or a
+/// one-time token without one.
+pub fn tokenize_request(number: &str, member: Option<&str>) -> kura_sdk::TokenizeRequest {
+    kura_sdk::TokenizeRequest {
+        card: kura_sdk::CardInput {
+            number: number.into(),
+            exp_month: 12,
+            exp_year: 2031,
+            cvc: None,
+        },
+        kind: if member.is_some() {
+            "card_on_file"
+        } else {
+            "one_time"
+        }
+        .into(),
+        member_id: member.map(str::to_owned),
+    }
+}

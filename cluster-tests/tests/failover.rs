@@ -5,9 +5,10 @@
 //! stale read; a rolling restart with drain loses nothing. Each records how long the
 //! failover took and the longest gap between successful writes a client saw.
 
-use kura_cluster_tests::procs::{acquirer_toml, wait_for, AcquirerSim, ProcCluster};
+use kura_cluster_tests::procs::{
+    acquirer_toml, tokenize_request, wait_for, AcquirerSim, ProcCluster,
+};
 use kura_node::vault::card::luhn_check_digit;
-use kura_sdk::{CardInput, TokenizeRequest};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,16 +72,7 @@ impl Load {
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let req = TokenizeRequest {
-                            card: CardInput {
-                                number: pan(i),
-                                exp_month: 12,
-                                exp_year: 2031,
-                                cvc: None,
-                            },
-                            kind: "card_on_file".into(),
-                            member_id: Some(format!("w{w}-{i}")),
-                        };
+                        let req = tokenize_request(&pan(i), Some(&format!("w{w}-{i}")));
                         if let Ok(t) = client.tokenize(&req).await {
                             acked.lock().unwrap().push((Instant::now(), t.token));
                         }
@@ -338,16 +330,7 @@ async fn a_sigstopped_leader_is_replaced_by_dr_never_bk_and_rejoins_without_stal
     // A token written while main was stopped...
     let written = c
         .client(&[1], &key)
-        .tokenize(&TokenizeRequest {
-            card: CardInput {
-                number: pan(900_000),
-                exp_month: 12,
-                exp_year: 2031,
-                cvc: None,
-            },
-            kind: "one_time".into(),
-            member_id: None,
-        })
+        .tokenize(&tokenize_request(&pan(900_000), None))
         .await
         .expect("write through dr");
     c.pause(0, false);

@@ -5,7 +5,7 @@
 
 use http::Method;
 use kura_cluster_tests::procs::{
-    acquirer_toml, raw, try_raw, wait_for, AcquirerSim, ProcCluster, RawResponse,
+    acquirer_toml, raw, tokenize_request, try_raw, wait_for, AcquirerSim, ProcCluster, RawResponse,
 };
 use kura_node::vault::card::luhn_check_digit;
 use serde_json::{json, Value};
@@ -61,16 +61,7 @@ async fn get(c: &ProcCluster, node: usize, key: &str, path: &str) -> RawResponse
 }
 
 async fn token(c: &ProcCluster, key: &str, number: &str, kind: &str) -> String {
-    let req = kura_sdk::TokenizeRequest {
-        card: kura_sdk::CardInput {
-            number: number.into(),
-            exp_month: 12,
-            exp_year: 2031,
-            cvc: None,
-        },
-        kind: kind.into(),
-        member_id: (kind == "card_on_file").then(|| "m1".to_owned()),
-    };
+    let req = tokenize_request(number, (kind == "card_on_file").then_some("m1"));
     c.client(&[0, 1, 2], key)
         .tokenize(&req)
         .await

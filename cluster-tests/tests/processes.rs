@@ -2,9 +2,9 @@
 //! snapshot, whole-cluster crash with no acknowledged write lost, the init guard, and
 //! no card number anywhere on disk or in the logs.
 
-use kura_cluster_tests::procs::{wait_for, ProcCluster, NAMES};
+use kura_cluster_tests::procs::{files, tokenize_request, wait_for, ProcCluster, NAMES};
 use kura_node::vault::card::luhn_check_digit;
-use kura_sdk::{CardInput, Error, TokenizeRequest};
+use kura_sdk::{Error, TokenizeRequest};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,30 +15,7 @@ fn pan(i: u32) -> String {
 }
 
 fn tokenize_req(i: u32) -> TokenizeRequest {
-    TokenizeRequest {
-        card: CardInput {
-            number: pan(i),
-            exp_month: 12,
-            exp_year: 2031,
-            cvc: None,
-        },
-        kind: "card_on_file".into(),
-        member_id: Some(format!("member-{i}")),
-    }
-}
-
-/// Every file under `dir`, recursively.
-fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+    tokenize_request(&pan(i), Some(&format!("member-{i}")))
 }
 
 fn assert_no_pan_on_disk(c: &ProcCluster, pans: &[String]) {
@@ -535,16 +512,7 @@ async fn a_one_time_token_used_concurrently_through_two_nodes_succeeds_exactly_o
     let leader = c.wait_leader().await;
     let key = c.merchant("shop").await;
     let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
-    let one_time = |i: u32| TokenizeRequest {
-        card: CardInput {
-            number: pan(i),
-            exp_month: 12,
-            exp_year: 2031,
-            cvc: None,
-        },
-        kind: "one_time".into(),
-        member_id: None,
-    };
+    let one_time = |i: u32| tokenize_request(&pan(i), None);
     let use_body = |t: &str| Some(serde_json::json!({ "token": t }));
     for round in 0..5u32 {
         let t = c

@@ -4,7 +4,7 @@
 //! audit trail's tamper check on a copy of the store.
 
 use http::Method;
-use kura_cluster_tests::procs::{raw, wait_for, ProcCluster, RawResponse};
+use kura_cluster_tests::procs::{files, raw, tokenize_request, wait_for, ProcCluster, RawResponse};
 use kura_node::vault::card::{luhn_check_digit, luhn_valid};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -66,19 +66,6 @@ async fn tokenize(c: &ProcCluster, node: usize, key: &str, body: Value) -> Strin
     let r = call(c, node, key, Method::POST, "/v1/tokens", Some(body)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     r.body["token"].as_str().unwrap().to_owned()
-}
-
-fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Asserts none of `needles` occurs in any file under the cluster's directory (data
@@ -535,16 +522,7 @@ async fn keys_rotate_under_load_through_a_leader_kill_and_every_card_still_decry
         writers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let req = kura_sdk::TokenizeRequest {
-                    card: kura_sdk::CardInput {
-                        number: pan(1000 + i),
-                        exp_month: 12,
-                        exp_year: 2031,
-                        cvc: None,
-                    },
-                    kind: "card_on_file".into(),
-                    member_id: Some(format!("w{w}-{i}")),
-                };
+                let req = tokenize_request(&pan(1000 + i), Some(&format!("w{w}-{i}")));
                 if let Ok(t) = client.tokenize(&req).await {
                     acked.lock().unwrap().push(t.token);
                 }
