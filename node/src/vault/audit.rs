@@ -10,11 +10,20 @@ use sha2::{Digest, Sha256};
 /// Largest page [`AuditLog::page`] returns.
 pub const AUDIT_PAGE_RECORDS_MAX: usize = 1000;
 
-/// One audited action.
+/// One audited action, as it sits in the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Position in the chain, from 0.
     pub seq: u64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    /// Hex SHA-256 chaining this record to the one before.
+    pub hash: String,
+}
+
+/// What was done, by whom, to what, with what outcome. Never card data or keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
     /// Leader-stamped time of the command.
     pub at_ms: u64,
     /// `admin`, `system`, or `merchant:<id>:<secret|publishable>`.
@@ -26,20 +35,6 @@ pub struct AuditRecord {
     /// `ok`, `already_on_file`, or the refusal code.
     pub outcome: String,
     /// Free text without secrets (key versions, counts, member ids).
-    pub detail: String,
-    /// Hex SHA-256 chaining this record to the one before.
-    pub hash: String,
-}
-
-/// The fields of a record before it is chained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    pub at_ms: u64,
-    pub actor: String,
-    pub merchant_id: Option<String>,
-    pub action: String,
-    pub token: Option<String>,
-    pub outcome: String,
     pub detail: String,
 }
 
@@ -82,20 +77,6 @@ fn chain(prev: &[u8; 32], seq: u64, e: &AuditEntry) -> [u8; 32] {
     h.finalize().into()
 }
 
-impl AuditRecord {
-    fn entry(&self) -> AuditEntry {
-        AuditEntry {
-            at_ms: self.at_ms,
-            actor: self.actor.clone(),
-            merchant_id: self.merchant_id.clone(),
-            action: self.action.clone(),
-            token: self.token.clone(),
-            outcome: self.outcome.clone(),
-            detail: self.detail.clone(),
-        }
-    }
-}
-
 impl AuditLog {
     /// Appends `e`, chained to the newest record.
     pub fn append(&mut self, e: AuditEntry) {
@@ -104,13 +85,7 @@ impl AuditLog {
         let hash = hex::encode(chain(&prev, seq, &e));
         self.records.push(AuditRecord {
             seq,
-            at_ms: e.at_ms,
-            actor: e.actor,
-            merchant_id: e.merchant_id,
-            action: e.action,
-            token: e.token,
-            outcome: e.outcome,
-            detail: e.detail,
+            entry: e,
             hash,
         });
     }
@@ -162,7 +137,7 @@ impl AuditLog {
                     reason: format!("record at position {seq} says seq {}", r.seq),
                 });
             }
-            let want = chain(&prev, seq, &r.entry());
+            let want = chain(&prev, seq, &r.entry);
             if r.hash != hex::encode(want) {
                 return Err(AuditBreak {
                     seq,
@@ -221,9 +196,9 @@ mod tests {
         let base = log(10);
         type Tamper = fn(&mut Vec<AuditRecord>);
         let cases: [(Tamper, u64); 5] = [
-            (|r| r[4].outcome = "token_not_found".into(), 4),
-            (|r| r[6].token = Some("tok_x".into()), 6),
-            (|r| r[2].merchant_id = None, 2),
+            (|r| r[4].entry.outcome = "token_not_found".into(), 4),
+            (|r| r[6].entry.token = Some("tok_x".into()), 6),
+            (|r| r[2].entry.merchant_id = None, 2),
             (
                 |r| {
                     r.remove(5);
@@ -240,9 +215,9 @@ mod tests {
         // Recomputing one record's hash after changing it still breaks the next record.
         let mut l = base.clone();
         let recs = l.records_mut();
-        recs[3].detail = "forged".into();
+        recs[3].entry.detail = "forged".into();
         let prev = hex::decode(&recs[2].hash).unwrap().try_into().unwrap();
-        recs[3].hash = hex::encode(chain(&prev, 3, &recs[3].entry()));
+        recs[3].hash = hex::encode(chain(&prev, 3, &recs[3].entry));
         assert_eq!(l.verify().map_err(|b| b.seq), Err(4));
     }
 }

@@ -1909,10 +1909,10 @@ mod tests {
             .iter()
             .map(|r| {
                 (
-                    r.actor.as_str(),
-                    r.action.as_str(),
-                    r.token.as_deref(),
-                    r.outcome.as_str(),
+                    r.entry.actor.as_str(),
+                    r.entry.action.as_str(),
+                    r.entry.token.as_deref(),
+                    r.entry.outcome.as_str(),
                 )
             })
             .collect();
@@ -1939,7 +1939,7 @@ mod tests {
                 ),
             ]
         );
-        assert!(a.page(a.len() - 1, 1)[0].detail.contains("tok_c1"));
+        assert!(a.page(a.len() - 1, 1)[0].entry.detail.contains("tok_c1"));
         let json = serde_json::to_string(a.page(0, 1000)).unwrap();
         assert!(!json.contains("ciphertext") && !json.contains("nonce"));
         assert_eq!(a.verify(), Ok(a.len()));
@@ -1950,7 +1950,7 @@ mod tests {
         let mut s = with_fingerprint_key();
         s.apply(&tokenize("a", "tok_1", 10));
         s.validate().unwrap();
-        s.audit.records_mut()[2].outcome = "token_not_found".into();
+        s.audit.records_mut()[2].entry.outcome = "token_not_found".into();
         let err = s.validate().unwrap_err();
         assert!(err.contains("audit record 2"), "{err}");
     }
