@@ -181,6 +181,7 @@ fn run(seed: u64) -> Vec<String> {
                 sim::config(id),
                 disk.clone(),
                 sim::node_seed(seed, id, boot),
+                sim::Probe::default(),
             )
         });
     }

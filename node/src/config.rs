@@ -75,6 +75,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub faults: FaultSettings,
     #[serde(default)]
+    pub storage: StorageSettings,
+    #[serde(default)]
     pub acquirer: crate::acquirer::router::AcquirerSettings,
 }
 
@@ -84,6 +86,27 @@ pub struct NodeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct FaultSettings {
     pub enabled: bool,
+}
+
+/// How the database writes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Acknowledge writes without syncing them to disk (like etcd's
+    /// `--unsafe-no-fsync`). A crash then loses acknowledged writes: for benchmarks
+    /// that want to see the cost of fsync, never for data you keep.
+    pub unsafe_no_fsync: bool,
+}
+
+impl StorageSettings {
+    /// The store's sync policy.
+    pub fn sync_policy(&self) -> crate::store::SyncPolicy {
+        if self.unsafe_no_fsync {
+            crate::store::SyncPolicy::UnsafeNoFsync
+        } else {
+            crate::store::SyncPolicy::Fsync
+        }
+    }
 }
 
 /// A configuration problem, as one sentence.

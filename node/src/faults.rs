@@ -65,6 +65,18 @@ impl FaultSwitches {
         }
     }
 
+    /// As [`Self::before_storage_commit`], waiting on the runtime's clock (simulated
+    /// time on simulated hosts) instead of blocking a thread.
+    pub async fn before_storage_commit_async(&self) {
+        let delay = self.storage_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            crate::raft_types::sleep(Duration::from_millis(delay)).await;
+        }
+        while self.storage_stalled.load(Ordering::Relaxed) {
+            crate::raft_types::sleep(Duration::from_millis(STALL_POLL_MS)).await;
+        }
+    }
+
     /// True while the KEK provider should fail.
     pub fn kek_failing(&self) -> bool {
         self.kek_failing.load(Ordering::Relaxed)

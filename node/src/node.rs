@@ -66,7 +66,13 @@ pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
     }
     let metrics = Arc::new(Metrics::new());
     let db = cfg.data_dir.join("kura.redb");
-    let store = Store::open(&db, WriterMode::Threaded, fsync_observer(&metrics)).map_err(|e| {
+    let store = Store::open(
+        &db,
+        WriterMode::Threaded,
+        cfg.storage.sync_policy(),
+        fsync_observer(&metrics),
+    )
+    .map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot open database {}: {e}", db.display()),
@@ -107,6 +113,12 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     let faults_on = env.fault_injection && cfg.faults.enabled;
     if faults_on {
         tracing::warn!("FAULT INJECTION IS ENABLED on this node: for tests only");
+    }
+    if cfg.storage.unsafe_no_fsync {
+        tracing::warn!(
+            "storage.unsafe_no_fsync is set: writes are acknowledged before they are on disk, \
+             and a crash loses them"
+        );
     }
     // A peer that cannot complete a TCP handshake within an election timeout is treated
     // as gone: forwarding to a dead leader must not outlast the election replacing it.

@@ -1,15 +1,20 @@
 //! Running real kura nodes on turmoil hosts (feature `sim`): the same `node::start`
 //! with a simulated network, disk, clock and entropy.
 
+use crate::acquirer::sim::Ledger;
 use crate::api::Clock;
+use crate::cluster::{Cluster, ClusterStatus};
 use crate::config::{NodeConfig, PeerConfig};
 use crate::crypto::{Entropy, Kek};
+use crate::faults::FaultSwitches;
 use crate::metrics::Metrics;
 use crate::net::Net;
 use crate::node::{fsync_observer, NodeEnv};
 use crate::raft_types::{Role, Rt};
 use crate::store::{SimDisk, Store};
-use std::sync::Arc;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// API port of simulated nodes.
 pub const API_PORT: u16 = 7001;
@@ -17,6 +22,10 @@ pub const API_PORT: u16 = 7001;
 pub const RAFT_PORT: u16 = 7101;
 /// The admin token simulated nodes accept.
 pub const ADMIN_TOKEN: &str = "adm_simulation_token_0000";
+/// Port of the simulated acquirers (hosts `cafis` and `cardnet`).
+pub const ACQUIRER_PORT: u16 = 7201;
+/// The two acquirer routes' names, which are also their hosts' names.
+pub const ROUTES: [&str; 2] = ["cafis", "cardnet"];
 
 /// The three simulated members: main, dr, bk on hosts of the same names.
 pub fn members() -> Vec<PeerConfig> {
@@ -50,8 +59,18 @@ pub fn config(id: u64) -> NodeConfig {
         log: Default::default(),
         health: Default::default(),
         failover: Default::default(),
-        faults: Default::default(),
-        acquirer: Default::default(),
+        faults: crate::config::FaultSettings { enabled: true },
+        storage: Default::default(),
+        acquirer: crate::acquirer::router::AcquirerSettings {
+            routes: ROUTES
+                .iter()
+                .map(|r| crate::acquirer::router::RouteConfig {
+                    name: (*r).into(),
+                    addr: format!("{r}:{ACQUIRER_PORT}"),
+                })
+                .collect(),
+            ..Default::default()
+        },
     }
 }
 
@@ -65,12 +84,98 @@ pub fn node_seed(run_seed: u64, node_id: u64, boot: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// What a simulation can see of its nodes from outside the hosts: each running node's
+/// Raft view, applied vault and fault switches, and every invariant violation the
+/// nodes' state machines found after applying a command. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Probe {
+    inner: Arc<Mutex<ProbeInner>>,
+}
+
+#[derive(Default)]
+struct ProbeInner {
+    nodes: BTreeMap<u64, (Arc<Cluster>, Arc<FaultSwitches>)>,
+    violations: Vec<String>,
+}
+
+/// One node's applied state, for comparing replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedDigest {
+    pub applied_index: u64,
+    /// SHA-256 of the applied vault's canonical JSON.
+    pub sha256: String,
+}
+
+impl Probe {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProbeInner> {
+        self.inner.lock().expect("probe lock")
+    }
+
+    /// Forgets node `id` (call when its host crashes: the node is gone).
+    pub fn forget(&self, id: u64) {
+        self.lock().nodes.remove(&id);
+    }
+
+    /// The Raft view of node `id`, if it is running.
+    pub fn status(&self, id: u64) -> Option<ClusterStatus> {
+        let c = self.lock().nodes.get(&id)?.0.clone();
+        Some(c.status())
+    }
+
+    /// The applied state of node `id`, if it is running.
+    pub fn digest(&self, id: u64) -> Option<AppliedDigest> {
+        let c = self.lock().nodes.get(&id)?.0.clone();
+        let vault = c.vault();
+        let applied_index = vault.applied_index();
+        let json = vault.read(|v| serde_json::to_vec(v).expect("vault serializes"));
+        Some(AppliedDigest {
+            applied_index,
+            sha256: hex::encode(Sha256::digest(&json)),
+        })
+    }
+
+    /// The full invariant check of node `id`'s applied vault, if it is running.
+    pub fn validate(&self, id: u64) -> Option<Result<(), String>> {
+        let c = self.lock().nodes.get(&id)?.0.clone();
+        Some(c.vault().read(|v| v.validate()))
+    }
+
+    /// The fault switches of node `id` (storage stall, KEK failure, routes blocked).
+    pub fn faults(&self, id: u64) -> Option<Arc<FaultSwitches>> {
+        Some(self.lock().nodes.get(&id)?.1.clone())
+    }
+
+    /// Every invariant violation found so far, as `node <id> index <i>: <what>`.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    fn register(&self, id: u64, cluster: Arc<Cluster>, faults: Arc<FaultSwitches>) {
+        self.lock().nodes.insert(id, (cluster, faults));
+    }
+
+    fn report(&self, id: u64, index: u64, what: String) {
+        self.lock()
+            .violations
+            .push(format!("node {id} index {index}: {what}"));
+    }
+}
+
 /// Runs node `cfg` on the current turmoil host until the host crashes. `disk` must be
-/// created outside the host closure so that it survives restarts.
-pub async fn run_node(cfg: NodeConfig, disk: SimDisk, seed: u64) -> turmoil::Result {
+/// created outside the host closure so that it survives restarts. The node registers
+/// with `probe`, and checks the payment invariants after every command it applies.
+pub async fn run_node(cfg: NodeConfig, disk: SimDisk, seed: u64, probe: Probe) -> turmoil::Result {
     Rt::scope(seed, async move {
+        let id = cfg.node_id;
         let metrics = Arc::new(Metrics::new());
-        let store = Store::open_sim(&disk, fsync_observer(&metrics))?;
+        let p2 = probe.clone();
+        let store = Store::open_sim(&disk, cfg.storage.sync_policy(), fsync_observer(&metrics))?
+            .with_apply_check(Arc::new(move |index, vault| {
+                if let Err(e) = vault.validate_payments() {
+                    p2.report(id, index, e);
+                }
+            }));
+        let faults = store.faults();
         let clock: Clock = Arc::new(|| turmoil::since_epoch().map_or(0, |d| d.as_millis() as u64));
         let env = NodeEnv {
             net: Net::turmoil(),
@@ -78,12 +183,27 @@ pub async fn run_node(cfg: NodeConfig, disk: SimDisk, seed: u64) -> turmoil::Res
             clock,
             entropy: Arc::new(Entropy::seeded(seed)),
             kek: Kek::from_bytes([7u8; 32]),
-            fault_injection: false,
+            fault_injection: cfg.faults.enabled,
             admin_token: ADMIN_TOKEN.into(),
             metrics,
         };
-        let _node = crate::node::start(&cfg, env).await?;
+        let node = crate::node::start(&cfg, env).await?;
+        probe.register(id, node.cluster.clone(), faults);
         std::future::pending::<()>().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Runs an acquirer simulator on the current turmoil host over `ledger`, which must be
+/// created outside the host closure so that its books survive the host's crashes.
+pub async fn run_acquirer(ledger: Ledger, seed: u64) -> turmoil::Result {
+    Rt::scope(seed, async move {
+        let listener = Net::turmoil()
+            .binder
+            .bind(&format!("0.0.0.0:{ACQUIRER_PORT}"))
+            .await?;
+        crate::net::serve(listener, crate::acquirer::sim::router_with(ledger)).await?;
         Ok(())
     })
     .await

@@ -51,6 +51,29 @@ pub struct Control {
     pub fail: FailMode,
 }
 
+/// The simulator's books: every transaction and authorisation it made. Kept outside the
+/// server so that it outlives a restart, as a real acquirer's records do (simulations
+/// crash the simulator's host and read the books as the oracle's evidence).
+#[derive(Clone, Default)]
+pub struct Ledger(Arc<Mutex<Sim>>);
+
+impl Ledger {
+    /// Authorisations made, per transaction id.
+    pub fn authorizations(&self) -> BTreeMap<String, u64> {
+        self.0.lock().expect("sim lock").authorizations.clone()
+    }
+
+    /// The state of every transaction the simulator has seen.
+    pub fn transactions(&self) -> BTreeMap<String, TxnStatus> {
+        self.0.lock().expect("sim lock").txns.clone()
+    }
+
+    /// Sets latency and failure injection (as `POST /control` does).
+    pub fn set_control(&self, c: Control) {
+        self.0.lock().expect("sim lock").control = c;
+    }
+}
+
 #[derive(Default)]
 struct Sim {
     control: Control,
@@ -64,8 +87,13 @@ struct Sim {
 
 type St = State<Arc<Mutex<Sim>>>;
 
-/// The simulator's routes.
+/// The simulator's routes over fresh books.
 pub fn router() -> Router {
+    router_with(Ledger::default())
+}
+
+/// The simulator's routes over `ledger`.
+pub fn router_with(ledger: Ledger) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/v1/authorize", post(authorize))
@@ -73,7 +101,7 @@ pub fn router() -> Router {
         .route("/v1/transactions/{txn_id}/reverse", post(reverse))
         .route("/control", post(set_control).get(get_control))
         .route("/control/counters", get(counters))
-        .with_state(Arc::new(Mutex::new(Sim::default())))
+        .with_state(ledger.0)
 }
 
 fn decide(pan: &str) -> Option<(TxnState, Option<&'static str>)> {
@@ -88,7 +116,7 @@ fn decide(pan: &str) -> Option<(TxnState, Option<&'static str>)> {
 /// Processes an authorisation to the end even if the caller goes away mid-request, as a
 /// real acquirer does: that is what leaves a gateway in doubt.
 async fn authorize(State(sim): St, body: Bytes) -> Response {
-    tokio::spawn(process(sim, body))
+    crate::raft_types::spawn(process(sim, body))
         .await
         .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }

@@ -14,7 +14,7 @@ mod writer;
 pub use log::LogStore;
 pub use sim_disk::SimDisk;
 pub use sm::{SharedVault, StateMachine};
-pub use writer::{FsyncObserver, WriterMode};
+pub use writer::{FsyncObserver, SyncPolicy, WriterMode};
 
 use crate::raft_types::Entry;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -41,7 +41,12 @@ pub struct Store {
     writer: Writer,
     /// Entries handed to the writer but not yet durable; readers see them too.
     pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// Called after every applied command (simulations check invariants here).
+    apply_check: Option<ApplyCheck>,
 }
+
+/// A check run on the vault after every applied command, with the entry's index.
+pub type ApplyCheck = Arc<dyn Fn(u64, &crate::vault::VaultState) + Send + Sync>;
 
 fn io_err(e: impl Into<redb::Error>) -> io::Error {
     io::Error::other(e.into())
@@ -57,40 +62,58 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 impl Store {
     /// Opens (or creates) the database file at `path`.
-    pub fn open(path: &Path, mode: WriterMode, fsync: FsyncObserver) -> io::Result<Store> {
+    pub fn open(
+        path: &Path,
+        mode: WriterMode,
+        sync: SyncPolicy,
+        fsync: FsyncObserver,
+    ) -> io::Result<Store> {
         let db = Database::create(path).map_err(io_err)?;
-        Store::with_database(db, mode, fsync)
+        Store::with_database(db, mode, sync, fsync)
     }
 
     /// Opens a database on any redb storage backend (simulated disks use this).
     pub fn open_backend(
         backend: impl redb::StorageBackend,
         mode: WriterMode,
+        sync: SyncPolicy,
         fsync: FsyncObserver,
     ) -> io::Result<Store> {
         let db = Database::builder()
             .create_with_backend(backend)
             .map_err(io_err)?;
-        Store::with_database(db, mode, fsync)
+        Store::with_database(db, mode, sync, fsync)
     }
 
-    /// Opens the database on a simulated disk, committing inline (no threads).
-    pub fn open_sim(disk: &SimDisk, fsync: FsyncObserver) -> io::Result<Store> {
-        Store::open_backend(disk.backend(), WriterMode::Inline, fsync)
+    /// Opens the database on a simulated disk, committing from a task (no threads).
+    pub fn open_sim(disk: &SimDisk, sync: SyncPolicy, fsync: FsyncObserver) -> io::Result<Store> {
+        Store::open_backend(disk.backend(), WriterMode::Task, sync, fsync)
     }
 
-    fn with_database(db: Database, mode: WriterMode, fsync: FsyncObserver) -> io::Result<Store> {
+    fn with_database(
+        db: Database,
+        mode: WriterMode,
+        sync: SyncPolicy,
+        fsync: FsyncObserver,
+    ) -> io::Result<Store> {
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
         let db = Arc::new(db);
-        let writer = Writer::start(db.clone(), mode, fsync)?;
+        let writer = Writer::start(db.clone(), mode, sync, fsync)?;
         Ok(Store {
             db,
             writer,
             pending: Arc::new(Mutex::new(BTreeMap::new())),
+            apply_check: None,
         })
+    }
+
+    /// Runs `check` after every command the state machine applies.
+    pub fn with_apply_check(mut self, check: ApplyCheck) -> Store {
+        self.apply_check = Some(check);
+        self
     }
 
     fn read_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {

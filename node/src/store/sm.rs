@@ -161,7 +161,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 st.last_applied = Some(entry.log_id);
                 match &entry.payload {
                     EntryPayload::Blank => Response::None,
-                    EntryPayload::Normal(cmd) => st.vault.apply(cmd),
+                    EntryPayload::Normal(cmd) => {
+                        let r = st.vault.apply(cmd);
+                        if let Some(check) = &self.store.apply_check {
+                            check(entry.log_id.index, &st.vault);
+                        }
+                        r
+                    }
                     EntryPayload::Membership(m) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         Response::None

@@ -40,7 +40,7 @@ async fn roundtrip(mode: WriterMode) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kura.redb");
     {
-        let store = Store::open(&path, mode, noop_fsync()).unwrap();
+        let store = Store::open(&path, mode, SyncPolicy::Fsync, noop_fsync()).unwrap();
         let mut log = LogStore::new(store.clone());
         append(&mut log, (1..=10).map(|i| entry(1, i)).collect()).await;
         log.save_vote(&Vote::new(2, 1)).await.unwrap();
@@ -53,7 +53,7 @@ async fn roundtrip(mode: WriterMode) {
             "a node never changes cluster"
         );
     }
-    let store = Store::open(&path, mode, noop_fsync()).unwrap();
+    let store = Store::open(&path, mode, SyncPolicy::Fsync, noop_fsync()).unwrap();
     let mut log = LogStore::new(store.clone());
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
@@ -81,8 +81,8 @@ async fn log_vote_truncate_purge_survive_reopen_threaded() {
 }
 
 #[tokio::test]
-async fn log_vote_truncate_purge_survive_reopen_inline() {
-    roundtrip(WriterMode::Inline).await;
+async fn log_vote_truncate_purge_survive_reopen_task() {
+    roundtrip(WriterMode::Task).await;
 }
 
 /// A threaded store in a temporary directory that counts its durable commits.
@@ -97,7 +97,13 @@ fn counting_store() -> (
     let observer: FsyncObserver = Arc::new(move |_| {
         c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     });
-    let store = Store::open(&dir.path().join("k.redb"), WriterMode::Threaded, observer).unwrap();
+    let store = Store::open(
+        &dir.path().join("k.redb"),
+        WriterMode::Threaded,
+        SyncPolicy::Fsync,
+        observer,
+    )
+    .unwrap();
     (dir, store, commits)
 }
 

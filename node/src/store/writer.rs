@@ -2,8 +2,13 @@
 //!
 //! In `Threaded` mode a dedicated OS thread drains its queue, applies everything it
 //! found in one redb transaction with `Durability::Immediate` (group commit: one
-//! fsync per batch), then completes each operation. In `Inline` mode — simulated
-//! hosts, which must not run real threads — the caller commits each operation itself.
+//! fsync per batch), then completes each operation. In `Task` mode — simulated
+//! hosts, which must not run real threads — an async task on the host's runtime does
+//! the same, and the storage fault switches stall it on simulated time.
+//!
+//! [`SyncPolicy::UnsafeNoFsync`] commits with `Durability::None`: nothing is synced, so
+//! a crash loses acknowledged writes. It exists for benchmarks and to prove that the
+//! chaos oracle notices lost writes; never use it for data you keep.
 
 use super::{encode, io_err, Entry, LOG, META};
 use crate::faults::FaultSwitches;
@@ -24,8 +29,28 @@ const BATCH_OPS_MAX: usize = 4096;
 pub enum WriterMode {
     /// A dedicated writer thread with group commit (production).
     Threaded,
-    /// Commit in the calling task (simulated hosts, which must not start threads).
-    Inline,
+    /// An async writer task on the current runtime (simulated hosts, which must not
+    /// start threads).
+    Task,
+}
+
+/// Whether commits are synced to disk before they are acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every commit is durable before any operation in it completes (the default).
+    #[default]
+    Fsync,
+    /// Commits are never synced: fast, and a crash loses acknowledged writes.
+    UnsafeNoFsync,
+}
+
+impl SyncPolicy {
+    fn durability(self) -> Durability {
+        match self {
+            SyncPolicy::Fsync => Durability::Immediate,
+            SyncPolicy::UnsafeNoFsync => Durability::None,
+        }
+    }
 }
 
 /// Called with the duration of every durable commit (for the fsync histogram).
@@ -114,18 +139,24 @@ pub(crate) struct Writer {
 }
 
 struct WriterInner {
-    tx: Option<Mutex<mpsc::Sender<Op>>>,
+    tx: Queue,
     thread: Option<std::thread::JoinHandle<()>>,
-    db: Arc<Database>,
-    fsync: FsyncObserver,
     faults: Arc<FaultSwitches>,
+}
+
+/// The writer's queue: to its thread or to its task.
+enum Queue {
+    Thread(Option<Mutex<mpsc::Sender<Op>>>),
+    Task(tokio::sync::mpsc::UnboundedSender<Op>),
 }
 
 impl Drop for WriterInner {
     /// Closes the queue and waits for the thread, so the database file is released
     /// when the last handle goes.
     fn drop(&mut self) {
-        drop(self.tx.take());
+        if let Queue::Thread(tx) = &mut self.tx {
+            drop(tx.take());
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -136,28 +167,32 @@ impl Writer {
     pub(crate) fn start(
         db: Arc<Database>,
         mode: WriterMode,
+        sync: SyncPolicy,
         fsync: FsyncObserver,
     ) -> io::Result<Writer> {
         let faults = Arc::new(FaultSwitches::default());
+        let committer = Committer {
+            db,
+            durability: sync.durability(),
+            fsync,
+        };
         let (tx, thread) = match mode {
-            WriterMode::Inline => (None, None),
+            WriterMode::Task => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
+                crate::raft_types::spawn(run_task(committer, rx, faults.clone()));
+                (Queue::Task(tx), None)
+            }
             WriterMode::Threaded => {
                 let (tx, rx) = mpsc::channel::<Op>();
-                let (db2, fsync2, faults2) = (db.clone(), fsync.clone(), faults.clone());
+                let faults2 = faults.clone();
                 let thread = std::thread::Builder::new()
                     .name("kura-store-writer".into())
-                    .spawn(move || run(db2, rx, fsync2, faults2))?;
-                (Some(Mutex::new(tx)), Some(thread))
+                    .spawn(move || run_thread(committer, rx, faults2))?;
+                (Queue::Thread(Some(Mutex::new(tx))), Some(thread))
             }
         };
         Ok(Writer {
-            inner: Arc::new(WriterInner {
-                tx,
-                thread,
-                db,
-                fsync,
-                faults,
-            }),
+            inner: Arc::new(WriterInner { tx, thread, faults }),
         })
     }
 
@@ -166,26 +201,33 @@ impl Writer {
         self.inner.faults.clone()
     }
 
-    /// Queues an operation (threaded) or commits it now (inline).
+    /// Queues an operation for the writer thread or task.
     pub(crate) fn submit(&self, op: Op) {
-        match &self.inner.tx {
-            Some(tx) => {
-                if let Err(mpsc::SendError(op)) = tx.lock().expect("writer queue lock").send(op) {
-                    op.into_done()
-                        .complete(&Err("storage writer stopped".into()));
-                }
-            }
-            None => commit_batch(&self.inner.db, vec![op], &self.inner.fsync),
+        let refused = match &self.inner.tx {
+            Queue::Thread(tx) => tx
+                .as_ref()
+                .and_then(|tx| tx.lock().expect("writer queue lock").send(op).err())
+                .map(|mpsc::SendError(op)| op),
+            Queue::Task(tx) => tx
+                .send(op)
+                .err()
+                .map(|tokio::sync::mpsc::error::SendError(op)| op),
+        };
+        if let Some(op) = refused {
+            op.into_done()
+                .complete(&Err("storage writer stopped".into()));
         }
     }
 }
 
-fn run(
+/// What commits a batch: the database, how durably, and who hears of each commit.
+struct Committer {
     db: Arc<Database>,
-    rx: mpsc::Receiver<Op>,
+    durability: Durability,
     fsync: FsyncObserver,
-    faults: Arc<FaultSwitches>,
-) {
+}
+
+fn run_thread(committer: Committer, rx: mpsc::Receiver<Op>, faults: Arc<FaultSwitches>) {
     while let Ok(first) = rx.recv() {
         faults.before_storage_commit();
         let mut batch = vec![first];
@@ -195,27 +237,47 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(&db, batch, &fsync);
+        committer.commit(batch);
     }
 }
 
-/// Applies `batch` in one durable transaction, then completes every operation.
-fn commit_batch(db: &Database, batch: Vec<Op>, fsync: &FsyncObserver) {
-    let started = Instant::now();
-    let result = write_all(db, &batch).map_err(|e| e.to_string());
-    if result.is_ok() {
-        fsync(started.elapsed());
-    } else if let Err(e) = &result {
-        tracing::error!(error = %e, "storage commit failed");
-    }
-    for op in batch {
-        op.into_done().complete(&result);
+async fn run_task(
+    committer: Committer,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Op>,
+    faults: Arc<FaultSwitches>,
+) {
+    while let Some(first) = rx.recv().await {
+        faults.before_storage_commit_async().await;
+        let mut batch = vec![first];
+        while batch.len() < BATCH_OPS_MAX {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        committer.commit(batch);
     }
 }
 
-fn write_all(db: &Database, batch: &[Op]) -> io::Result<()> {
+impl Committer {
+    /// Applies `batch` in one transaction, then completes every operation.
+    fn commit(&self, batch: Vec<Op>) {
+        let started = Instant::now();
+        let result = write_all(&self.db, self.durability, &batch).map_err(|e| e.to_string());
+        if result.is_ok() {
+            (self.fsync)(started.elapsed());
+        } else if let Err(e) = &result {
+            tracing::error!(error = %e, "storage commit failed");
+        }
+        for op in batch {
+            op.into_done().complete(&result);
+        }
+    }
+}
+
+fn write_all(db: &Database, durability: Durability, batch: &[Op]) -> io::Result<()> {
     let mut txn = db.begin_write().map_err(io_err)?;
-    txn.set_durability(Durability::Immediate)
+    txn.set_durability(durability)
         .map_err(|e| io::Error::other(e.to_string()))?;
     {
         let mut log = txn.open_table(LOG).map_err(io_err)?;

@@ -880,7 +880,8 @@ impl VaultState {
         Ok(())
     }
 
-    fn validate_payments(&self) -> Result<(), String> {
+    /// The payment part of [`Self::validate`]: cheap enough to run after every command.
+    pub fn validate_payments(&self) -> Result<(), String> {
         if self.orders.len() != self.payments.len() {
             return Err(format!(
                 "{} orders for {} payments",
