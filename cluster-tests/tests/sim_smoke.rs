@@ -174,9 +174,6 @@ fn run(seed: u64) -> Vec<String> {
         let boots = Arc::new(AtomicU64::new(0));
         sim.host(NAMES[(id - 1) as usize], move || {
             let boot = boots.fetch_add(1, Ordering::SeqCst);
-            if boot > 0 {
-                disk.crash();
-            }
             sim::run_node(
                 sim::config(id),
                 disk.clone(),
@@ -194,7 +191,10 @@ fn run(seed: u64) -> Vec<String> {
     loop {
         match shared.request.swap(0, Ordering::SeqCst) {
             0 => {}
-            id @ 1..=3 => sim.crash(NAMES[(id - 1) as usize]),
+            id @ 1..=3 => {
+                disks[(id - 1) as usize].crash();
+                sim.crash(NAMES[(id - 1) as usize]);
+            }
             id => sim.bounce(NAMES[(id - 101) as usize]),
         }
         if sim.step().expect("simulation failed") {

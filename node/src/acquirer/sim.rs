@@ -116,7 +116,7 @@ fn decide(pan: &str) -> Option<(TxnState, Option<&'static str>)> {
 /// Processes an authorisation to the end even if the caller goes away mid-request, as a
 /// real acquirer does: that is what leaves a gateway in doubt.
 async fn authorize(State(sim): St, body: Bytes) -> Response {
-    crate::raft_types::spawn(process(sim, body))
+    tokio::spawn(process(sim, body))
         .await
         .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }

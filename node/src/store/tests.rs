@@ -53,6 +53,8 @@ async fn roundtrip(mode: WriterMode) {
             "a node never changes cluster"
         );
     }
+    // A task writer lets go of the database once its task has seen the queue close.
+    tokio::task::yield_now().await;
     let store = Store::open(&path, mode, SyncPolicy::Fsync, noop_fsync()).unwrap();
     let mut log = LogStore::new(store.clone());
     let state = log.get_log_state().await.unwrap();
@@ -143,4 +145,30 @@ async fn concurrent_appends_are_group_committed() {
         "200 queued appends took {n} commits; expected batching"
     );
     assert_eq!(log.try_get_log_entries(1..=200).await.unwrap().len(), 200);
+}
+
+/// Appends ten entries to a store on a simulated disk, crashes the disk, and returns
+/// the last log index the reopened store finds.
+async fn last_index_after_crash(sync: SyncPolicy) -> Option<u64> {
+    let disk = SimDisk::new();
+    {
+        let store = Store::open_sim(&disk, sync, noop_fsync()).unwrap();
+        let mut log = LogStore::new(store);
+        append(&mut log, (1..=10).map(|i| entry(1, i)).collect()).await;
+        // The power goes before the process lets go of its database.
+        disk.crash();
+    }
+    tokio::task::yield_now().await;
+    let store = Store::open_sim(&disk, sync, noop_fsync()).unwrap();
+    let state = LogStore::new(store).get_log_state().await.unwrap();
+    state.last_log_id.map(|l| l.index)
+}
+
+#[tokio::test]
+async fn acknowledged_appends_survive_a_crash_only_with_fsync() {
+    assert_eq!(last_index_after_crash(SyncPolicy::Fsync).await, Some(10));
+    assert_eq!(
+        last_index_after_crash(SyncPolicy::UnsafeNoFsync).await,
+        None
+    );
 }

@@ -179,7 +179,9 @@ impl Writer {
         let (tx, thread) = match mode {
             WriterMode::Task => {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
-                crate::raft_types::spawn(run_task(committer, rx, faults.clone()));
+                // Bare tokio: the writer draws no randomness, so it needs no Raft RNG
+                // scope, and a simulated host's runtime is seeded by turmoil.
+                tokio::spawn(run_task(committer, rx, faults.clone()));
                 (Queue::Task(tx), None)
             }
             WriterMode::Threaded => {
