@@ -3,7 +3,9 @@
 //! Give it every node's address. It sends to the node that answered last (or the
 //! leader a node pointed at), moves on when a node is down, and retries only what
 //! cannot have acted twice: requests that never reached a node, requests a node
-//! refused with `503 not_leader`/`no_leader` before doing anything, and reads.
+//! refused with `503 not_leader`/`no_leader` before doing anything, reads, and calls
+//! sent with an `Idempotency-Key` (payments), which the cluster answers once however
+//! often they arrive.
 
 pub mod wire;
 
@@ -22,6 +24,10 @@ pub const LEADER_HEADER: &str = "kura-leader";
 
 /// Problem codes that guarantee the request had no effect and may be sent again.
 const RETRYABLE_CODES: &[&str] = &["not_leader", "no_leader", "shutting_down"];
+/// Request header carrying the caller's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// With an idempotency key, also: the first request with this key is still running.
+const RETRYABLE_KEYED_CODES: &[&str] = &["idempotency_key_in_flight"];
 
 /// A card as the merchant sends it for tokenization.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,15 +200,42 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<ApiResponse, Error> {
-        let idempotent = method == Method::GET || method == Method::HEAD;
+        self.send(method, path, body, None).await
+    }
+
+    /// Sends a call with an `Idempotency-Key` (payment, capture, void, refund). The
+    /// cluster acts on a key once, so a call whose outcome is unknown is sent again with
+    /// the same key — to another node if need be — until it gets an answer or runs out
+    /// of attempts. Reuse the key only for the same request.
+    pub async fn call_idempotent(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        key: &str,
+    ) -> Result<ApiResponse, Error> {
+        self.send(method, path, body, Some(key)).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Result<ApiResponse, Error> {
+        let idempotent = method == Method::GET || method == Method::HEAD || key.is_some();
         let body = body.map(|b| Bytes::from(serde_json::to_vec(&b).expect("json")));
         let n = self.inner.cfg.endpoints.len();
         let mut backoff = self.inner.cfg.backoff;
         let mut last = String::from("no attempt made");
+        // A keyed call whose attempt may have reached a node, and which never got an
+        // answer, ends in doubt rather than as "not acted on".
+        let mut in_doubt: Option<WireError> = None;
         for attempt in 1..=self.inner.cfg.attempts_max {
             let idx = self.pick();
             let addr = self.inner.cfg.endpoints[idx].clone();
-            match self.attempt(&addr, &method, path, body.clone()).await {
+            match self.attempt(&addr, &method, path, body.clone(), key).await {
                 Ok(resp) => {
                     self.mark(idx, None);
                     self.follow_leader_hint(&resp);
@@ -211,7 +244,9 @@ impl Client {
                         return Ok(ApiResponse { status, body });
                     }
                     let err = problem(status, &body);
-                    let retry = matches!(&err, Error::Api { code, .. } if RETRYABLE_CODES.contains(&code.as_str()));
+                    let retry = matches!(&err, Error::Api { code, .. }
+                        if RETRYABLE_CODES.contains(&code.as_str())
+                            || (key.is_some() && RETRYABLE_KEYED_CODES.contains(&code.as_str())));
                     if !retry {
                         return Err(err);
                     }
@@ -226,13 +261,16 @@ impl Client {
                 Err(e) if e.never_sent() || idempotent => {
                     tracing::debug!(%addr, attempt, error = %e, "kura node unavailable, trying the next");
                     self.inner.pool.forget(&addr);
-                    if e.never_sent() {
+                    if e.never_sent() || key.is_some() {
                         self.mark(
                             idx,
                             Some(tokio::time::Instant::now() + self.inner.cfg.down_cooldown),
                         );
                     }
                     last = e.to_string();
+                    if key.is_some() && !e.never_sent() {
+                        in_doubt = Some(e);
+                    }
                     self.rotate(idx);
                     if attempt % n as u32 == 0 {
                         tokio::time::sleep(backoff).await;
@@ -252,10 +290,13 @@ impl Client {
                 }
             }
         }
-        Err(Error::Unavailable {
-            attempts: self.inner.cfg.attempts_max,
-            last,
-        })
+        match in_doubt {
+            Some(e) => Err(Error::Ambiguous(e)),
+            None => Err(Error::Unavailable {
+                attempts: self.inner.cfg.attempts_max,
+                last,
+            }),
+        }
     }
 
     async fn attempt(
@@ -264,6 +305,7 @@ impl Client {
         method: &Method,
         path: &str,
         body: Option<Bytes>,
+        key: Option<&str>,
     ) -> Result<http::Response<Bytes>, WireError> {
         let mut b = Request::builder()
             .method(method.clone())
@@ -273,6 +315,9 @@ impl Client {
                 http::header::AUTHORIZATION,
                 format!("Bearer {}", self.inner.cfg.bearer),
             );
+        if let Some(key) = key {
+            b = b.header(IDEMPOTENCY_HEADER, key);
+        }
         if body.is_some() {
             b = b.header(http::header::CONTENT_TYPE, "application/json");
         }
@@ -520,5 +565,40 @@ mod tests {
             .unwrap();
         assert_eq!(second.status, StatusCode::CREATED);
         assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_keyed_call_in_doubt_is_sent_again_with_its_key() {
+        let hung = hung_node().await;
+        let (live, seen) = fake_node(0).await;
+        let mut cfg = config(vec![hung, live], 5);
+        cfg.attempt_timeout = Duration::from_millis(200);
+        let client = Client::new(cfg);
+        let r = client
+            .call_idempotent(
+                Method::POST,
+                "/v1/payments",
+                Some(serde_json::json!({})),
+                "k-1",
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_keyed_call_that_never_got_an_answer_ends_in_doubt() {
+        let mut cfg = config(vec![hung_node().await], 2);
+        cfg.attempt_timeout = Duration::from_millis(100);
+        let r = Client::new(cfg)
+            .call_idempotent(
+                Method::POST,
+                "/v1/payments",
+                Some(serde_json::json!({})),
+                "k-2",
+            )
+            .await;
+        assert!(matches!(r, Err(Error::Ambiguous(_))), "{r:?}");
     }
 }
