@@ -1,5 +1,7 @@
 //! Shared helpers for kura's cluster tests: real `kura` processes on loopback, and
 //! (feature `sim`) turmoil simulations of the real node code.
 
+#[cfg(feature = "sim")]
+pub mod chaos;
 pub mod oracle;
 pub mod procs;

@@ -14,7 +14,8 @@ use crate::raft_types::{NodeId, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Check intervals, thresholds and bounds.
 #[derive(Debug, Clone, Serialize, Deserialize)]

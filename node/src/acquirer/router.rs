@@ -11,7 +11,8 @@ use crate::faults::FaultSwitches;
 use crate::net::{HttpPool, WireError};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// One route to an acquirer.
 #[derive(Debug, Clone, Serialize, Deserialize)]

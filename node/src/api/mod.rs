@@ -204,7 +204,7 @@ async fn observe(State(st): St, req: Request, next: Next) -> axum::response::Res
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let method = req.method().as_str().to_owned();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let resp = next.run(req).await;
     st.metrics.observe_request(
         &endpoint,

@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Upper bound on operations folded into one transaction.
 const BATCH_OPS_MAX: usize = 4096;

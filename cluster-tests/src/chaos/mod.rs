@@ -1,0 +1,596 @@
+//! Deterministic chaos: the real node code (openraft, redb on a simulated disk, the
+//! HTTP API, the failover controller) on turmoil hosts, with two acquirer hosts, a
+//! workload, a fault schedule and the oracle. Everything in a run derives from its
+//! seed, so a seed replays byte for byte (compare [`Report::trace_hash`]).
+
+mod params;
+mod schedule;
+mod workload;
+
+pub use params::{Params, Rng};
+pub use schedule::{Fault, Scheduled, Target, NODES};
+
+use crate::oracle::{self, AcquirerTxn, Evidence, LeaderSample, Recovery, Violation};
+use kura_node::acquirer::protocol::TxnState;
+use kura_node::acquirer::sim::Ledger;
+use kura_node::faults::FaultState;
+use kura_node::raft_types::Rt;
+use kura_node::sim::{self, Probe};
+use kura_node::store::SimDisk;
+use schedule::name;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// What the workload knows of a token it created.
+#[derive(Debug, Clone)]
+struct TokenInfo {
+    member: Option<String>,
+    one_time: bool,
+    /// A client asked to delete it (whatever the answer): a `404` may be legitimate.
+    delete_asked: bool,
+}
+
+/// State shared by the driver and the client hosts (all on one thread).
+#[derive(Default)]
+struct Shared {
+    trace: Vec<String>,
+    events: Vec<oracle::Event>,
+    secret_key: Option<String>,
+    ready_at_ms: Option<u64>,
+    /// Workers stop; the checker starts its recovery write.
+    stop: bool,
+    converged_at_ms: Option<u64>,
+    /// The recovery deadline passed: the checker reads back what it can.
+    give_up: bool,
+    first_write_at_ms: Option<u64>,
+    done: bool,
+    tokens: BTreeMap<String, TokenInfo>,
+    card_on_file: Vec<String>,
+    payments: Vec<String>,
+    orders: Vec<String>,
+    payments_seen: Vec<oracle::PaymentSeen>,
+}
+
+#[derive(Clone, Default)]
+struct World(Arc<Mutex<Shared>>);
+
+impl World {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.0.lock().expect("world lock")
+    }
+
+    fn trace(&self, line: String) {
+        let t = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+        self.lock().trace.push(format!("{t} {line}"));
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub params: Params,
+    pub violations: Vec<Violation>,
+    /// SHA-256 of the trace (simulated times, faults, every client answer).
+    pub trace_hash: String,
+    pub trace: Vec<String>,
+    /// For every crash of the leader: simulated ms until a client write was acknowledged.
+    pub failover_ms: Vec<u64>,
+    /// Operations the clients completed, and how many were acknowledged writes.
+    pub ops: usize,
+    pub acked_writes: usize,
+    pub sim_ms: u64,
+}
+
+impl Report {
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let fsync = if self.params.unsafe_no_fsync {
+            " --unsafe-no-fsync"
+        } else {
+            ""
+        };
+        format!("just chaos-replay {}{fsync}", self.seed)
+    }
+
+    /// A failure report: seed, schedule, violations, replay command.
+    pub fn describe_failure(&self) -> String {
+        format!(
+            "seed {} violated {} propert{}:\n{}\nfault schedule:\n{}\nreplay: {}",
+            self.seed,
+            self.violations.len(),
+            if self.violations.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            self.violations
+                .iter()
+                .take(20)
+                .map(|v| format!("  - {v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            self.params.describe_schedule(),
+            self.replay_command()
+        )
+    }
+}
+
+/// Something the driver will undo when a fault's time is up (or at healing).
+#[derive(Debug, Clone, Copy)]
+enum Undo {
+    Restart(u64),
+    RestartAcquirer(usize),
+    Repair(u64, u64),
+    RepairOneway(u64, u64),
+    Release(u64, u64),
+    Latency(u64, u64),
+    Loss(u64, u64),
+    ClearFaults(u64),
+}
+
+struct Driver {
+    params: Params,
+    probe: Probe,
+    disks: Vec<SimDisk>,
+    world: World,
+    phase_start: Option<u64>,
+    next_fault: usize,
+    undo: Vec<(u64, Undo)>,
+    healed_at: Option<u64>,
+    next_sample: u64,
+    next_converge_check: u64,
+    leaders: Vec<LeaderSample>,
+    last_leader: BTreeMap<u64, u64>,
+    leader_crashes: Vec<u64>,
+    invariant_reports: Vec<String>,
+    converge_detail: String,
+}
+
+impl Driver {
+    fn trace(&self, now: u64, line: String) {
+        self.world.lock().trace.push(format!("{now} driver {line}"));
+    }
+
+    /// The node leading now (highest term), if any.
+    fn leader(&self) -> Option<u64> {
+        (1..=3u64)
+            .filter_map(|id| self.probe.status(id).map(|s| (id, s)))
+            .filter(|(_, s)| s.state == "leader")
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| id)
+    }
+
+    fn resolve(&self, t: Target) -> u64 {
+        match t {
+            Target::Node(id) => id,
+            Target::Leader => self.leader().unwrap_or(1),
+        }
+    }
+
+    fn crash(&mut self, sim: &mut turmoil::Sim<'_>, now: u64, id: u64) {
+        if !sim.is_host_running(name(id)) {
+            return;
+        }
+        if self.leader() == Some(id) {
+            self.leader_crashes.push(now);
+        }
+        // The power goes before the process lets go of its database.
+        self.disks[(id - 1) as usize].crash();
+        self.probe.forget(id);
+        sim.crash(name(id));
+    }
+
+    fn set_fault(&self, id: u64, f: impl FnOnce(&mut FaultState)) {
+        if let Some(sw) = self.probe.faults(id) {
+            let mut s = sw.get();
+            f(&mut s);
+            sw.set(&s);
+        }
+    }
+
+    fn apply(&mut self, sim: &mut turmoil::Sim<'_>, now: u64, fault: Fault) {
+        let until = |ms: u64| now + ms;
+        let text = fault.to_string();
+        match fault {
+            Fault::Crash { node, down_ms } => {
+                let id = self.resolve(node);
+                self.crash(sim, now, id);
+                self.undo.push((until(down_ms), Undo::Restart(id)));
+            }
+            Fault::CrashTwo { a, b, down_ms } => {
+                for id in [a, b] {
+                    self.crash(sim, now, id);
+                    self.undo.push((until(down_ms), Undo::Restart(id)));
+                }
+            }
+            Fault::PowerLoss { down_ms } => {
+                for id in 1..=3 {
+                    self.crash(sim, now, id);
+                    self.undo.push((until(down_ms), Undo::Restart(id)));
+                }
+            }
+            Fault::Isolate { node, ms } => {
+                let id = self.resolve(node);
+                for other in (1..=3).filter(|o| *o != id) {
+                    sim.partition(name(id), name(other));
+                    self.undo.push((until(ms), Undo::Repair(id, other)));
+                }
+            }
+            Fault::OneWay { from, to, ms } => {
+                sim.partition_oneway(name(from), name(to));
+                self.undo.push((until(ms), Undo::RepairOneway(from, to)));
+            }
+            Fault::Hold { a, b, ms } => {
+                sim.hold(name(a), name(b));
+                self.undo.push((until(ms), Undo::Release(a, b)));
+            }
+            Fault::Latency {
+                a,
+                b,
+                latency_ms,
+                ms,
+            } => {
+                sim.set_link_max_message_latency(
+                    name(a),
+                    name(b),
+                    Duration::from_millis(latency_ms),
+                );
+                self.undo.push((until(ms), Undo::Latency(a, b)));
+            }
+            Fault::Loss {
+                a,
+                b,
+                per_mille,
+                ms,
+            } => {
+                sim.set_link_fail_rate(name(a), name(b), per_mille as f64 / 1000.0);
+                self.undo.push((until(ms), Undo::Loss(a, b)));
+            }
+            Fault::StallStorage { node, ms } => {
+                let id = self.resolve(node);
+                self.set_fault(id, |s| s.storage_stalled = true);
+                self.undo.push((until(ms), Undo::ClearFaults(id)));
+            }
+            Fault::KekFail { node, ms } => {
+                let id = self.resolve(node);
+                self.set_fault(id, |s| s.kek_failing = true);
+                self.undo.push((until(ms), Undo::ClearFaults(id)));
+            }
+            Fault::BlockRoutes { node, ms } => {
+                let id = self.resolve(node);
+                self.set_fault(id, |s| s.routes_blocked = true);
+                self.undo.push((until(ms), Undo::ClearFaults(id)));
+            }
+            Fault::AcquirerCrash { route, down_ms } => {
+                let host = sim::ROUTES[route];
+                if sim.is_host_running(host) {
+                    sim.crash(host);
+                }
+                self.undo
+                    .push((until(down_ms), Undo::RestartAcquirer(route)));
+            }
+        }
+        self.trace(now, format!("fault: {text}"));
+    }
+
+    fn revert(&mut self, sim: &mut turmoil::Sim<'_>, now: u64, u: Undo) {
+        match u {
+            Undo::Restart(id) => {
+                if !sim.is_host_running(name(id)) {
+                    sim.bounce(name(id));
+                }
+            }
+            Undo::RestartAcquirer(r) => {
+                if !sim.is_host_running(sim::ROUTES[r]) {
+                    sim.bounce(sim::ROUTES[r]);
+                }
+            }
+            Undo::Repair(a, b) => sim.repair(name(a), name(b)),
+            Undo::RepairOneway(a, b) => sim.repair_oneway(name(a), name(b)),
+            Undo::Release(a, b) => sim.release(name(a), name(b)),
+            Undo::Latency(a, b) => sim.set_link_max_message_latency(
+                name(a),
+                name(b),
+                Duration::from_millis(self.params.latency_max_ms),
+            ),
+            Undo::Loss(a, b) => sim.set_link_fail_rate(name(a), name(b), 0.0),
+            Undo::ClearFaults(id) => self.set_fault(id, |s| *s = FaultState::default()),
+        }
+        self.trace(now, format!("heal: {u:?}"));
+    }
+
+    fn sample_leaders(&mut self, now: u64) {
+        for id in 1..=3u64 {
+            if let Some(s) = self.probe.status(id) {
+                if s.state == "leader" {
+                    self.leaders.push(LeaderSample {
+                        at_ms: now,
+                        node: id,
+                        term: s.term,
+                    });
+                    if self.last_leader.insert(s.term, id) != Some(id) {
+                        self.trace(now, format!("leader {} term {}", name(id), s.term));
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when every node runs, exactly one leads (and all agree), and every node has
+    /// applied the same entries to the same state.
+    fn converged(&mut self) -> bool {
+        let statuses: Vec<_> = (1..=3u64).map(|id| self.probe.status(id)).collect();
+        if statuses.iter().any(Option::is_none) {
+            self.converge_detail = "a node is not running".into();
+            return false;
+        }
+        let statuses: Vec<_> = statuses.into_iter().flatten().collect();
+        let leaders = statuses.iter().filter(|s| s.state == "leader").count();
+        let agreed = statuses
+            .windows(2)
+            .all(|w| w[0].leader_id == w[1].leader_id && w[0].term == w[1].term);
+        if leaders != 1 || !agreed {
+            self.converge_detail = format!(
+                "leaders {leaders}, views {:?}",
+                statuses
+                    .iter()
+                    .map(|s| (s.state.clone(), s.term, s.leader_id))
+                    .collect::<Vec<_>>()
+            );
+            return false;
+        }
+        let digests: Vec<_> = (1..=3u64).filter_map(|id| self.probe.digest(id)).collect();
+        if digests.len() != 3 || digests.windows(2).any(|w| w[0] != w[1]) {
+            self.converge_detail = format!(
+                "applied {:?}",
+                digests.iter().map(|d| d.applied_index).collect::<Vec<_>>()
+            );
+            return false;
+        }
+        true
+    }
+
+    /// One driver step at simulated time `now`.
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, now: u64) {
+        if now >= self.next_sample {
+            self.next_sample = now + 5;
+            self.sample_leaders(now);
+        }
+        let Some(start) = self.phase_start.or_else(|| {
+            let ready = self.world.lock().ready_at_ms?;
+            self.phase_start = Some(ready);
+            self.trace(now, "fault phase starts".into());
+            Some(ready)
+        }) else {
+            return;
+        };
+        if self.healed_at.is_none() {
+            while let Some(s) = self.params.schedule.get(self.next_fault) {
+                if start + s.at_ms > now {
+                    break;
+                }
+                let fault = s.fault;
+                self.next_fault += 1;
+                self.apply(sim, now, fault);
+            }
+            let due: Vec<Undo> = {
+                let (due, keep): (Vec<_>, Vec<_>) =
+                    self.undo.drain(..).partition(|(t, _)| *t <= now);
+                self.undo = keep;
+                due.into_iter().map(|(_, u)| u).collect()
+            };
+            for u in due {
+                self.revert(sim, now, u);
+            }
+            if now >= start + self.params.fault_phase_ms {
+                for (_, u) in std::mem::take(&mut self.undo) {
+                    self.revert(sim, now, u);
+                }
+                self.healed_at = Some(now);
+                self.next_converge_check = now;
+                self.world.lock().stop = true;
+                self.trace(now, "healed".into());
+            }
+            return;
+        }
+        let healed = self.healed_at.expect("healed");
+        let converged = self.world.lock().converged_at_ms.is_some();
+        if !converged && now >= self.next_converge_check {
+            self.next_converge_check = now + 50;
+            if self.converged() {
+                for id in 1..=3u64 {
+                    if let Some(Err(e)) = self.probe.validate(id) {
+                        self.invariant_reports
+                            .push(format!("node {}: validate: {e}", name(id)));
+                    }
+                }
+                self.world.lock().converged_at_ms = Some(now);
+                self.trace(now, "converged".into());
+            } else if now > healed + self.params.recovery_bound_ms {
+                self.world.lock().give_up = true;
+            }
+        }
+    }
+}
+
+fn node_config(p: &Params, id: u64) -> kura_node::config::NodeConfig {
+    let mut cfg = sim::config(id);
+    cfg.raft.heartbeat_interval_ms = p.heartbeat_ms;
+    cfg.raft.election_timeout_min_ms = p.election_min_ms;
+    cfg.raft.election_timeout_max_ms = p.election_max_ms;
+    cfg.raft.snapshot_every_entries = p.snapshot_every_entries;
+    cfg.raft.log_entries_kept_after_snapshot = p.log_kept_after_snapshot;
+    cfg.storage.unsafe_no_fsync = p.unsafe_no_fsync;
+    cfg.failover.failback_stabilization_s = 2;
+    cfg
+}
+
+/// Runs one simulation and checks it. Never panics on a violation: the report says.
+pub fn run(params: Params) -> Report {
+    let seed = params.seed;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_795_392_000)) // 2026-11-22
+        .simulation_duration(Duration::from_millis(
+            params.fault_phase_ms + params.recovery_bound_ms + 60_000,
+        ))
+        .min_message_latency(Duration::from_millis(params.latency_min_ms))
+        .max_message_latency(Duration::from_millis(params.latency_max_ms))
+        .tcp_capacity(1 << 16)
+        .build();
+    let probe = Probe::default();
+    let disks: Vec<SimDisk> = (0..3).map(|_| SimDisk::new()).collect();
+    for id in 1..=3u64 {
+        let (disk, probe, cfg) = (
+            disks[(id - 1) as usize].clone(),
+            probe.clone(),
+            node_config(&params, id),
+        );
+        let boots = Arc::new(AtomicU64::new(0));
+        sim.host(name(id), move || {
+            let boot = boots.fetch_add(1, Ordering::SeqCst);
+            sim::run_node(
+                cfg.clone(),
+                disk.clone(),
+                sim::node_seed(seed, id, boot),
+                probe.clone(),
+            )
+        });
+    }
+    let ledgers: Vec<Ledger> = (0..2).map(|_| Ledger::default()).collect();
+    for (r, ledger) in ledgers.iter().enumerate() {
+        let ledger = ledger.clone();
+        let boots = Arc::new(AtomicU64::new(0));
+        sim.host(sim::ROUTES[r], move || {
+            let boot = boots.fetch_add(1, Ordering::SeqCst);
+            sim::run_acquirer(ledger.clone(), sim::node_seed(seed, 10 + r as u64, boot))
+        });
+    }
+    let world = World::default();
+    // Clients spawn connection tasks through the Raft runtime, which wants a seed.
+    let client_seed = |k: u64| sim::node_seed(seed, 100 + k, 0);
+    sim.client(
+        "checker",
+        Rt::scope(client_seed(0), workload::checker(seed, world.clone())),
+    );
+    for c in 1..=params.clients {
+        sim.client(
+            format!("client{c}"),
+            Rt::scope(
+                client_seed(u64::from(c)),
+                workload::worker(c, seed, params.think_ms, world.clone()),
+            ),
+        );
+    }
+    let mut driver = Driver {
+        params: params.clone(),
+        probe,
+        disks,
+        world: world.clone(),
+        phase_start: None,
+        next_fault: 0,
+        undo: Vec::new(),
+        healed_at: None,
+        next_sample: 0,
+        next_converge_check: 0,
+        leaders: Vec::new(),
+        last_leader: BTreeMap::new(),
+        leader_crashes: Vec::new(),
+        invariant_reports: Vec::new(),
+        converge_detail: String::new(),
+    };
+    let mut harness_error = None;
+    loop {
+        let now = sim.elapsed().as_millis() as u64;
+        driver.tick(&mut sim, now);
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                harness_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let sim_ms = sim.elapsed().as_millis() as u64;
+    drop(sim);
+    let mut w = world.lock();
+    let mut invariant_reports = driver.probe.violations();
+    invariant_reports.append(&mut driver.invariant_reports);
+    let acquirer = ledgers
+        .iter()
+        .enumerate()
+        .flat_map(|(r, l)| {
+            let auths = l.authorizations();
+            l.transactions()
+                .into_values()
+                .map(|t| AcquirerTxn {
+                    route: sim::ROUTES[r].into(),
+                    authorizations: auths.get(&t.txn_id).copied().unwrap_or(0),
+                    approved_now: t.state == TxnState::Approved,
+                    txn_id: t.txn_id,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let evidence = Evidence {
+        events: std::mem::take(&mut w.events),
+        payments: std::mem::take(&mut w.payments_seen),
+        acquirer,
+        leaders: std::mem::take(&mut driver.leaders),
+        invariant_reports,
+        recovery: Recovery {
+            healed_at_ms: driver.healed_at.unwrap_or(sim_ms),
+            converged_at_ms: w.converged_at_ms,
+            first_write_at_ms: w.first_write_at_ms,
+            bound_ms: params.recovery_bound_ms,
+            detail: driver.converge_detail.clone(),
+        },
+    };
+    let mut violations = oracle::check(&evidence);
+    if let Some(e) = harness_error {
+        violations.push(Violation {
+            property: "harness",
+            detail: format!("the simulation stopped: {e}"),
+        });
+    }
+    let failover_ms = driver
+        .leader_crashes
+        .iter()
+        .filter_map(|t0| {
+            evidence
+                .events
+                .iter()
+                .filter(|e| matches!(e.kind, oracle::EventKind::Ack { .. }))
+                .map(|e| e.completed_ms)
+                .filter(|t| t > t0)
+                .min()
+                .map(|t| t - t0)
+        })
+        .collect();
+    let trace = std::mem::take(&mut w.trace);
+    let mut h = Sha256::new();
+    for line in &trace {
+        h.update(line.as_bytes());
+        h.update(b"\n");
+    }
+    Report {
+        seed,
+        params,
+        violations,
+        trace_hash: hex::encode(h.finalize()),
+        ops: evidence.events.len(),
+        acked_writes: evidence
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, oracle::EventKind::Ack { .. }))
+            .count(),
+        trace,
+        failover_ms,
+        sim_ms,
+    }
+}

@@ -1,0 +1,158 @@
+//! Everything a run varies, derived from its seed: Raft timeouts, network latency, the
+//! workload's shape and the fault schedule.
+
+use super::schedule::{self, Fault, Scheduled};
+
+/// SplitMix64: small, fast, and the same on every platform and version.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x6b75_7261_6368_616f) // "kurachao"
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn percent(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+
+    /// One of `items`.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(self.next_u64() % items.len() as u64) as usize]
+    }
+}
+
+/// The parameters of one run.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub seed: u64,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Small, so that a node down for a while must catch up from a snapshot.
+    pub snapshot_every_entries: u64,
+    pub log_kept_after_snapshot: u64,
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+    /// Concurrent workload clients.
+    pub clients: u32,
+    /// Pause between one client's operations.
+    pub think_ms: (u64, u64),
+    /// How long faults are injected (the workload runs meanwhile).
+    pub fault_phase_ms: u64,
+    pub schedule: Vec<Scheduled>,
+    /// Nodes acknowledge before fsync (`storage.unsafe_no_fsync`): the oracle must notice.
+    pub unsafe_no_fsync: bool,
+    /// Convergence and the first write after healing must come within this.
+    pub recovery_bound_ms: u64,
+}
+
+impl Params {
+    /// A run with a random fault schedule.
+    pub fn from_seed(seed: u64) -> Params {
+        let mut p = Params::base(seed);
+        let mut rng = Rng::new(seed).fork(1);
+        p.schedule = schedule::random(&mut rng, p.fault_phase_ms);
+        p
+    }
+
+    /// A run with the given faults and the seed's timings and workload.
+    pub fn with_faults(seed: u64, fault_phase_ms: u64, faults: Vec<Scheduled>) -> Params {
+        let mut p = Params::base(seed);
+        p.fault_phase_ms = fault_phase_ms;
+        p.schedule = faults;
+        p
+    }
+
+    fn base(seed: u64) -> Params {
+        let mut rng = Rng::new(seed);
+        let election_min_ms = rng.range(150, 300);
+        let latency_max_ms = rng.range(2, 20);
+        Params {
+            seed,
+            heartbeat_ms: 50,
+            election_min_ms,
+            election_max_ms: election_min_ms + rng.range(100, 250),
+            snapshot_every_entries: rng.range(40, 150),
+            log_kept_after_snapshot: rng.range(5, 30),
+            latency_min_ms: 1,
+            latency_max_ms,
+            clients: rng.range(2, 4) as u32,
+            think_ms: (5, rng.range(30, 120)),
+            fault_phase_ms: rng.range(12, 20) * 1000,
+            schedule: Vec::new(),
+            unsafe_no_fsync: false,
+            recovery_bound_ms: 30_000,
+        }
+    }
+
+    /// One line per fault, for failure reports.
+    pub fn describe_schedule(&self) -> String {
+        if self.schedule.is_empty() {
+            return "  (no faults)".into();
+        }
+        self.schedule
+            .iter()
+            .map(|s| format!("  +{:>6} ms  {}", s.at_ms, s.fault))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// True if the schedule crashes a node (the run can measure failover).
+    pub fn crashes(&self) -> bool {
+        self.schedule.iter().any(|s| {
+            matches!(
+                s.fault,
+                Fault::Crash { .. } | Fault::CrashTwo { .. } | Fault::PowerLoss { .. }
+            )
+        })
+    }
+}
+
+impl Rng {
+    /// An independent stream for one purpose of the same seed.
+    pub fn fork(&self, purpose: u64) -> Rng {
+        let mut r = Rng(self.0 ^ purpose.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        r.next_u64();
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_parameters_and_schedule() {
+        let (a, b) = (Params::from_seed(42), Params::from_seed(42));
+        assert_eq!(a.describe_schedule(), b.describe_schedule());
+        assert_eq!(a.election_min_ms, b.election_min_ms);
+        assert_eq!(a.clients, b.clients);
+        let differs =
+            (0..20u64).any(|s| Params::from_seed(s).describe_schedule() != a.describe_schedule());
+        assert!(differs);
+    }
+
+    #[test]
+    fn timeouts_stay_valid() {
+        for seed in 0..500 {
+            let p = Params::from_seed(seed);
+            assert!(p.heartbeat_ms < p.election_min_ms && p.election_min_ms < p.election_max_ms);
+            assert!(p.schedule.iter().all(|s| s.at_ms < p.fault_phase_ms));
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! The clients: workers that tokenize, pay, capture, refund, void, delete and read
+//! while faults fly, and a checker that sets the cluster up, writes once after healing
+//! and reads everything back once the replicas have converged. Every answer becomes an
+//! oracle event and a trace line.
+
+use super::params::Rng;
+use super::{Shared, World};
+use crate::oracle::{Event, EventKind, Level, PaymentSeen};
+use http::Method;
+use kura_node::sim;
+use kura_sdk::{Client, ClientConfig, Error};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn now_ms() -> u64 {
+    turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
+}
+
+fn client(bearer: &str, attempts: u32) -> Client {
+    let endpoints = super::schedule::NODES
+        .iter()
+        .map(|n| format!("{n}:{}", sim::API_PORT))
+        .collect();
+    let mut cfg = ClientConfig::new(endpoints, bearer);
+    cfg.attempt_timeout = Duration::from_secs(2);
+    cfg.attempts_max = attempts;
+    Client::with_connector(
+        cfg,
+        kura_node::net::Net::turmoil().connector,
+        kura_node::net::spawner(),
+    )
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// A short outcome for the trace.
+fn outcome(r: &Result<kura_sdk::ApiResponse, Error>) -> String {
+    match r {
+        Ok(resp) => resp.status.as_u16().to_string(),
+        Err(Error::Api { status, code, .. }) => format!("{status} {code}"),
+        Err(Error::Ambiguous(_)) => "in-doubt".into(),
+        Err(Error::Unavailable { .. }) => "unavailable".into(),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+fn payment_level(body: &Value) -> Option<Level> {
+    Level::payment(
+        body["state"].as_str()?,
+        body["captured_amount"].as_u64().unwrap_or(0),
+        body["refunded_amount"].as_u64().unwrap_or(0),
+    )
+}
+
+/// One worker or the checker: a client id, its SDK client and the shared world.
+struct Actor {
+    id: u32,
+    api: Client,
+    world: World,
+    rng: Rng,
+}
+
+impl Actor {
+    fn record(&self, invoked_ms: u64, kind: EventKind) {
+        let event = Event {
+            client: self.id,
+            invoked_ms,
+            completed_ms: now_ms(),
+            kind,
+        };
+        self.world.lock().events.push(event);
+    }
+
+    fn ack(&self, invoked_ms: u64, op: &str, object: &str, level: Level) {
+        self.record(
+            invoked_ms,
+            EventKind::Ack {
+                op: op.into(),
+                object: object.into(),
+                level,
+            },
+        );
+    }
+
+    fn read(&self, invoked_ms: u64, object: &str, level: Level, settled: bool) {
+        self.record(
+            invoked_ms,
+            EventKind::Read {
+                object: object.into(),
+                level,
+                settled,
+            },
+        );
+    }
+
+    fn trace(&self, line: String) {
+        self.world.trace(format!("c{} {line}", self.id));
+    }
+
+    async fn tokenize(&mut self, n: u64, one_time: bool) -> Option<String> {
+        let decline = self.rng.percent(10);
+        let number = if decline {
+            "4000000000000002"
+        } else {
+            "4242424242424242"
+        };
+        let member = (!one_time).then(|| format!("m{}-{n}", self.id));
+        let body = json!({
+            "card": {"number": number, "exp_month": 1 + n % 12, "exp_year": 2031},
+            "kind": if one_time { "one_time" } else { "card_on_file" },
+            "member_id": member,
+        });
+        let t0 = now_ms();
+        let r = self.api.call(Method::POST, "/v1/tokens", Some(body)).await;
+        let token = r
+            .as_ref()
+            .ok()
+            .and_then(|r| r.body["token"].as_str())
+            .map(str::to_owned);
+        self.trace(format!(
+            "tokenize {} {} -> {} {}",
+            if one_time { "one_time" } else { "card_on_file" },
+            n,
+            outcome(&r),
+            token.as_deref().unwrap_or("-")
+        ));
+        let token = token?;
+        self.ack(t0, "tokenize", &token, Level::TOKEN_ACTIVE);
+        self.world.lock().tokens.insert(
+            token.clone(),
+            super::TokenInfo {
+                member,
+                one_time,
+                delete_asked: false,
+            },
+        );
+        if !one_time {
+            self.world.lock().card_on_file.push(token.clone());
+        }
+        Some(token)
+    }
+
+    async fn pay(&mut self, n: u64, token: &str, one_time: bool, attempt: &str) -> Option<Value> {
+        let order = format!("o{}-{n}{attempt}", self.id);
+        let key = format!("k{}-{n}{attempt}", self.id);
+        let capture = self.rng.percent(40);
+        let amount = self.rng.range(100, 9_000);
+        let body = json!({"token": token, "amount": amount, "currency": "JPY",
+                          "order_id": order, "capture": capture});
+        self.world.lock().orders.push(order.clone());
+        let t0 = now_ms();
+        let r = self
+            .api
+            .call_idempotent(Method::POST, "/v1/payments", Some(body), &key)
+            .await;
+        let paid = r.as_ref().ok().map(|r| r.body.clone());
+        self.trace(format!(
+            "pay {order} with {token} -> {} {}",
+            outcome(&r),
+            paid.as_ref()
+                .and_then(|b| b["state"].as_str())
+                .unwrap_or("-")
+        ));
+        let body = paid?;
+        let id = body["id"].as_str()?.to_owned();
+        if let Some(level) = payment_level(&body) {
+            self.ack(t0, "pay", &id, level);
+        }
+        if one_time {
+            self.ack(t0, "pay", token, Level::TOKEN_USED);
+        }
+        self.world.lock().payments.push(id);
+        Some(body)
+    }
+
+    async fn change(&mut self, n: u64) {
+        let Some(id) = self.world.lock().pick_payment(&mut self.rng) else {
+            return;
+        };
+        let (op, body) = match self.rng.range(0, 2) {
+            0 => ("capture", json!({})),
+            1 => ("refund", json!({"amount": self.rng.range(1, 3_000)})),
+            _ => ("void", json!({})),
+        };
+        let key = format!("k{}-{n}-{op}", self.id);
+        let t0 = now_ms();
+        let r = self
+            .api
+            .call_idempotent(
+                Method::POST,
+                &format!("/v1/payments/{id}/{op}"),
+                Some(body),
+                &key,
+            )
+            .await;
+        self.trace(format!("{op} {id} -> {}", outcome(&r)));
+        if let Some(level) = r.ok().and_then(|r| payment_level(&r.body)) {
+            self.ack(t0, op, &id, level);
+        }
+    }
+
+    async fn delete(&mut self) {
+        let picked = {
+            let mut w = self.world.lock();
+            let own: Vec<String> = w
+                .card_on_file
+                .iter()
+                .filter(|t| {
+                    w.tokens[*t]
+                        .member
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with(&format!("m{}-", self.id)))
+                })
+                .cloned()
+                .collect();
+            if own.is_empty() {
+                None
+            } else {
+                let t = own[(self.rng.next_u64() % own.len() as u64) as usize].clone();
+                let info = w.tokens.get_mut(&t).expect("known token");
+                info.delete_asked = true;
+                Some((t, info.member.clone().expect("card on file")))
+            }
+        };
+        let Some((token, member)) = picked else {
+            return;
+        };
+        let t0 = now_ms();
+        let r = self
+            .api
+            .call(
+                Method::DELETE,
+                &format!("/v1/members/{member}/cards/{token}"),
+                None,
+            )
+            .await;
+        self.trace(format!("delete {token} -> {}", outcome(&r)));
+        if r.is_ok() {
+            self.ack(t0, "delete", &token, Level::TOKEN_GONE);
+        }
+    }
+
+    /// Reads a token or a payment; `settled` reads are the final read-back.
+    async fn read_token(&mut self, token: &str, settled: bool) {
+        let t0 = now_ms();
+        let r = self
+            .api
+            .call(Method::GET, &format!("/v1/tokens/{token}"), None)
+            .await;
+        let level = match &r {
+            Ok(resp) if resp.body["used_at"].is_u64() => Some(Level::TOKEN_USED),
+            Ok(_) => Some(Level::TOKEN_ACTIVE),
+            Err(Error::Api { status: 404, .. }) => {
+                let asked = self
+                    .world
+                    .lock()
+                    .tokens
+                    .get(token)
+                    .is_some_and(|t| t.delete_asked);
+                Some(if asked {
+                    Level::TOKEN_GONE
+                } else {
+                    Level::TOKEN_MISSING
+                })
+            }
+            Err(_) => None,
+        };
+        self.trace(format!("read {token} -> {} {level:?}", outcome(&r)));
+        if let Some(level) = level {
+            self.read(t0, token, level, settled);
+        }
+    }
+
+    async fn read_payment(&mut self, id: &str, settled: bool) {
+        let t0 = now_ms();
+        let r = self
+            .api
+            .call(Method::GET, &format!("/v1/payments/{id}"), None)
+            .await;
+        let level = match &r {
+            Ok(resp) => payment_level(&resp.body),
+            Err(Error::Api { status: 404, .. }) => Level::payment("pending", 0, 0),
+            Err(_) => None,
+        };
+        self.trace(format!("read {id} -> {} {level:?}", outcome(&r)));
+        if let Some(level) = level {
+            self.read(t0, id, level, settled);
+        }
+    }
+
+    async fn read_something(&mut self) {
+        let pick = {
+            let w = self.world.lock();
+            let n_tok = w.tokens.len() as u64;
+            let n_pay = w.payments.len() as u64;
+            if n_tok + n_pay == 0 {
+                None
+            } else {
+                let i = self.rng.next_u64() % (n_tok + n_pay);
+                if i < n_tok {
+                    w.tokens.keys().nth(i as usize).cloned().map(|t| (t, true))
+                } else {
+                    Some((w.payments[(i - n_tok) as usize].clone(), false))
+                }
+            }
+        };
+        match pick {
+            Some((t, true)) => self.read_token(&t, false).await,
+            Some((p, false)) => self.read_payment(&p, false).await,
+            None => {}
+        }
+    }
+
+    async fn one_op(&mut self, n: u64) {
+        match self.rng.range(0, 99) {
+            0..=29 => {
+                self.tokenize(n, false).await;
+            }
+            30..=54 => {
+                if let Some(tok) = self.tokenize(n, true).await {
+                    let first = self.pay(n, &tok, true, "").await;
+                    // Now and then, try to spend the same one-time token again.
+                    if first.is_some() && self.rng.percent(25) {
+                        self.pay(n, &tok, true, "-again").await;
+                    }
+                }
+            }
+            55..=59 => {
+                let cof = {
+                    let w = self.world.lock();
+                    (!w.card_on_file.is_empty()).then(|| {
+                        w.card_on_file[(self.rng.next_u64() % w.card_on_file.len() as u64) as usize]
+                            .clone()
+                    })
+                };
+                if let Some(tok) = cof {
+                    self.pay(n, &tok, false, "-cof").await;
+                }
+            }
+            60..=71 => self.change(n).await,
+            72..=77 => self.delete().await,
+            _ => self.read_something().await,
+        }
+    }
+}
+
+/// A workload client: runs operations until the driver stops the fault phase.
+pub(super) async fn worker(
+    id: u32,
+    seed: u64,
+    think_ms: (u64, u64),
+    world: World,
+) -> turmoil::Result {
+    let key = loop {
+        if let Some(k) = world.lock().secret_key.clone() {
+            break k;
+        }
+        sleep_ms(20).await;
+    };
+    let mut a = Actor {
+        id,
+        api: client(&key, 8),
+        world,
+        rng: Rng::new(seed).fork(100 + u64::from(id)),
+    };
+    let mut n = 0;
+    while !a.world.lock().stop {
+        n += 1;
+        a.one_op(n).await;
+        let pause = a.rng.range(think_ms.0, think_ms.1);
+        sleep_ms(pause).await;
+    }
+    Ok(())
+}
+
+/// The checker: forms the cluster and creates the merchant, then after healing writes
+/// once (timing the recovery) and, once the replicas have converged, reads back every
+/// token, payment and order any client touched.
+pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
+    let admin = client(sim::ADMIN_TOKEN, 40);
+    let init = client(sim::ADMIN_TOKEN, 40);
+    let r = init.call(Method::POST, "/admin/v1/init", None).await;
+    world.trace(format!("c0 init -> {}", outcome(&r)));
+    let m = admin
+        .call(
+            Method::POST,
+            "/admin/v1/merchants",
+            Some(json!({"merchant_id": "m1", "name": "Chaos Shop"})),
+        )
+        .await?;
+    let key = m.body["secret_key"]
+        .as_str()
+        .ok_or("merchant creation returned no secret key")?
+        .to_owned();
+    world.trace("c0 merchant m1 created".into());
+    world.lock().secret_key = Some(key.clone());
+    world.lock().ready_at_ms = Some(now_ms());
+
+    let mut a = Actor {
+        id: 0,
+        api: client(&key, 4),
+        world: world.clone(),
+        rng: Rng::new(seed).fork(99),
+    };
+    while !a.world.lock().stop {
+        sleep_ms(20).await;
+    }
+    // The first write after healing.
+    let mut n = 1_000_000;
+    loop {
+        if a.world.lock().give_up {
+            break;
+        }
+        n += 1;
+        if a.tokenize(n, false).await.is_some() {
+            a.world.lock().first_write_at_ms = Some(now_ms());
+            break;
+        }
+        sleep_ms(50).await;
+    }
+    loop {
+        let w = a.world.lock();
+        if w.converged_at_ms.is_some() || w.give_up {
+            break;
+        }
+        drop(w);
+        sleep_ms(20).await;
+    }
+    // Read everything back, once.
+    a.api = client(&key, 40);
+    let (tokens, payments, orders) = {
+        let w = a.world.lock();
+        (
+            w.tokens.keys().cloned().collect::<Vec<_>>(),
+            w.payments.clone(),
+            w.orders.clone(),
+        )
+    };
+    for t in &tokens {
+        a.read_token(t, true).await;
+    }
+    for p in &payments {
+        a.read_payment(p, true).await;
+    }
+    for o in &orders {
+        let r = a
+            .api
+            .call(Method::GET, &format!("/v1/payments?order_id={o}"), None)
+            .await;
+        let Ok(resp) = r else {
+            a.trace(format!("order {o} -> {}", outcome(&r)));
+            continue;
+        };
+        for p in resp.body["payments"].as_array().into_iter().flatten() {
+            let token = p["token"].as_str().unwrap_or_default().to_owned();
+            let one_time = a
+                .world
+                .lock()
+                .tokens
+                .get(&token)
+                .is_some_and(|t| t.one_time);
+            let seen = PaymentSeen {
+                payment_id: p["id"].as_str().unwrap_or_default().into(),
+                token,
+                one_time,
+                gateway_txn_id: p["gateway_txn_id"].as_str().unwrap_or_default().into(),
+                state: p["state"].as_str().unwrap_or_default().into(),
+            };
+            a.trace(format!("order {o} -> {} {}", seen.payment_id, seen.state));
+            a.world.lock().payments_seen.push(seen);
+        }
+    }
+    a.world.lock().done = true;
+    Ok(())
+}
+
+impl Shared {
+    fn pick_payment(&self, rng: &mut Rng) -> Option<String> {
+        (!self.payments.is_empty())
+            .then(|| self.payments[(rng.next_u64() % self.payments.len() as u64) as usize].clone())
+    }
+}

@@ -1,0 +1,253 @@
+//! The chaos sweep: many seeds of [`kura_cluster_tests::chaos`], each in its own child
+//! process (a fresh process per seed is what makes a failing seed replay exactly), a
+//! few of them twice to prove that a seed replays byte for byte.
+//!
+//! ```text
+//! chaos                      # CI: replay check, then KURA_CHAOS_SEEDS (500) seeds
+//! chaos --seeds N [--from S] [--jobs J] [--unsafe-no-fsync]
+//! chaos --seed S [--trace]   # one seed, in this process, with its report
+//! ```
+
+use kura_cluster_tests::chaos::{self, Params, Report};
+use serde_json::{json, Value};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    seeds: u64,
+    from: u64,
+    jobs: u64,
+    unsafe_no_fsync: bool,
+    replay_check: u64,
+}
+
+fn arg_value(args: &[String], name: &str) -> Option<u64> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+fn params(seed: u64, unsafe_no_fsync: bool) -> Params {
+    let mut p = Params::from_seed(seed);
+    p.unsafe_no_fsync = unsafe_no_fsync;
+    p
+}
+
+/// Runs one seed here and prints its result as one JSON line (the child's side).
+fn child(seed: u64, unsafe_no_fsync: bool) -> ExitCode {
+    let r = chaos::run(params(seed, unsafe_no_fsync));
+    let line = json!({
+        "seed": seed,
+        "hash": r.trace_hash,
+        "violations": r.violations.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "failure": if r.violations.is_empty() { String::new() } else { r.describe_failure() },
+        "failover_ms": r.failover_ms,
+        "ops": r.ops,
+        "sim_ms": r.sim_ms,
+    });
+    println!("RESULT {line}");
+    ExitCode::SUCCESS
+}
+
+/// Runs `seed` in a child process and returns its result line.
+fn spawn(seed: u64, unsafe_no_fsync: bool) -> Value {
+    let exe = std::env::current_exe().expect("own path");
+    let mut cmd = Command::new(exe);
+    cmd.args(["--child", &seed.to_string()])
+        .env_remove("RUST_LOG");
+    if unsafe_no_fsync {
+        cmd.arg("--unsafe-no-fsync");
+    }
+    let failed = |why: String| {
+        json!({"seed": seed, "hash": "", "violations": [why.clone()],
+               "failure": format!("seed {seed}: {why}\nreplay: just chaos-replay {seed}"),
+               "failover_ms": [], "ops": 0, "sim_ms": 0})
+    };
+    match cmd.output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let tail: Vec<&str> = err.lines().rev().take(15).collect();
+                failed(format!(
+                    "the run crashed ({}): {}",
+                    out.status,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ))
+            }),
+        Err(e) => failed(format!("could not start the run: {e}")),
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn failover_line(gaps: &[u64]) -> String {
+    let mut s = gaps.to_vec();
+    s.sort_unstable();
+    if s.is_empty() {
+        return "no leader crashes yet".into();
+    }
+    format!(
+        "leader crash -> first acknowledged write: p50 {} ms, p99 {} ms, max {} ms ({} crashes)",
+        percentile(&s, 0.50),
+        percentile(&s, 0.99),
+        s[s.len() - 1],
+        s.len()
+    )
+}
+
+/// Runs the first `n` seeds twice each in fresh processes and compares trace hashes.
+fn replay_check(opts: &Opts) -> bool {
+    let mut ok = true;
+    for seed in opts.from..opts.from + opts.replay_check {
+        let (a, b) = (
+            spawn(seed, opts.unsafe_no_fsync),
+            spawn(seed, opts.unsafe_no_fsync),
+        );
+        let same = a["hash"] == b["hash"] && a["hash"] != "";
+        println!(
+            "replay seed {seed}: {} {}",
+            a["hash"].as_str().unwrap_or("-"),
+            if same {
+                "== (replays byte for byte)"
+            } else {
+                "!= DIFFERENT"
+            }
+        );
+        ok &= same;
+    }
+    ok
+}
+
+fn sweep(opts: &Opts) -> bool {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(opts.from));
+    let end = opts.from + opts.seeds;
+    let (tx, rx) = mpsc::channel::<Value>();
+    let workers: Vec<_> = (0..opts.jobs)
+        .map(|_| {
+            let (next, tx, fsync_off) = (next.clone(), tx.clone(), opts.unsafe_no_fsync);
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= end || tx.send(spawn(seed, fsync_off)).is_err() {
+                    return;
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let (mut done, mut gaps, mut failures, mut ops) = (0u64, Vec::new(), Vec::new(), 0u64);
+    let mut last_print = Instant::now();
+    for r in rx {
+        done += 1;
+        ops += r["ops"].as_u64().unwrap_or(0);
+        gaps.extend(
+            r["failover_ms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64),
+        );
+        if r["violations"].as_array().is_some_and(|v| !v.is_empty()) {
+            eprintln!("\n{}\n", r["failure"].as_str().unwrap_or_default());
+            failures.push(r["seed"].as_u64().unwrap_or(0));
+        }
+        if done == opts.seeds || done % 25 == 0 || last_print.elapsed() > Duration::from_secs(30) {
+            last_print = Instant::now();
+            println!(
+                "chaos: {done}/{} seeds, {} with violations, {ops} client operations, {:.1} s/seed; {}",
+                opts.seeds,
+                failures.len(),
+                started.elapsed().as_secs_f64() * opts.jobs as f64 / done as f64,
+                failover_line(&gaps)
+            );
+        }
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    failures.sort_unstable();
+    println!(
+        "\nchaos sweep: seeds {}..{} ({} seeds) in {:.0} s on {} jobs, {} with violations{}",
+        opts.from,
+        end - 1,
+        opts.seeds,
+        started.elapsed().as_secs_f64(),
+        opts.jobs,
+        failures.len(),
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!(": {failures:?}")
+        }
+    );
+    println!("{}", failover_line(&gaps));
+    failures.is_empty()
+}
+
+fn single(seed: u64, unsafe_no_fsync: bool, show_trace: bool) -> ExitCode {
+    let r: Report = chaos::run(params(seed, unsafe_no_fsync));
+    if show_trace {
+        for line in &r.trace {
+            println!("{line}");
+        }
+    }
+    println!(
+        "seed {seed}: {} operations ({} acknowledged writes), {} ms simulated, trace {}",
+        r.ops, r.acked_writes, r.sim_ms, r.trace_hash
+    );
+    println!("fault schedule:\n{}", r.params.describe_schedule());
+    println!("{}", failover_line(&r.failover_ms));
+    if r.violations.is_empty() {
+        println!("no violations");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{}", r.describe_failure());
+        ExitCode::FAILURE
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let unsafe_no_fsync = args.iter().any(|a| a == "--unsafe-no-fsync");
+    if let Some(seed) = arg_value(&args, "--child") {
+        return child(seed, unsafe_no_fsync);
+    }
+    if let Some(seed) = arg_value(&args, "--seed") {
+        return single(seed, unsafe_no_fsync, args.iter().any(|a| a == "--trace"));
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
+    let opts = Opts {
+        seeds: arg_value(&args, "--seeds")
+            .or_else(|| env_u64("KURA_CHAOS_SEEDS"))
+            .unwrap_or(500),
+        from: arg_value(&args, "--from")
+            .or_else(|| env_u64("KURA_CHAOS_FROM"))
+            .unwrap_or(1),
+        jobs: arg_value(&args, "--jobs")
+            .or_else(|| env_u64("KURA_CHAOS_JOBS"))
+            .unwrap_or(cores),
+        unsafe_no_fsync,
+        replay_check: arg_value(&args, "--replay-check").unwrap_or(3),
+    };
+    let replays = replay_check(&opts);
+    let clean = sweep(&opts);
+    if replays && clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
