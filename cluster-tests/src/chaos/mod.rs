@@ -83,6 +83,14 @@ pub struct Report {
     pub ops: usize,
     pub acked_writes: usize,
     pub sim_ms: u64,
+    /// Every fault as it fired: (simulated ms, fault, the node it hit if it hit one).
+    pub fired: Vec<(u64, Fault, Option<u64>)>,
+    /// Each term's leader when first seen: (simulated ms, node id, term).
+    pub terms: Vec<(u64, u64, u64)>,
+    /// Every crashed node with the last log index it held when it went down.
+    pub crashed_at_index: Vec<(u64, u64)>,
+    /// Per node (1..=3) at the end: the index up to which its log was purged.
+    pub final_purged: Vec<Option<u64>>,
 }
 
 impl Report {
@@ -146,6 +154,9 @@ struct Driver {
     leaders: Vec<LeaderSample>,
     last_leader: BTreeMap<u64, u64>,
     leader_crashes: Vec<u64>,
+    terms: Vec<(u64, u64, u64)>,
+    crashed_at_index: Vec<(u64, u64)>,
+    fired: Vec<(u64, Fault, Option<u64>)>,
     invariant_reports: Vec<String>,
     converge_detail: String,
 }
@@ -178,6 +189,9 @@ impl Driver {
         if self.leader() == Some(id) {
             self.leader_crashes.push(now);
         }
+        if let Some(s) = self.probe.status(id) {
+            self.crashed_at_index.push((id, s.last_log_index));
+        }
         // The power goes before the process lets go of its database.
         self.disks[(id - 1) as usize].crash();
         self.probe.forget(id);
@@ -194,7 +208,19 @@ impl Driver {
 
     fn apply(&mut self, sim: &mut turmoil::Sim<'_>, now: u64, fault: Fault) {
         let until = |ms: u64| now + ms;
-        let text = fault.to_string();
+        let hit = match fault {
+            Fault::Crash { node, .. }
+            | Fault::Isolate { node, .. }
+            | Fault::StallStorage { node, .. }
+            | Fault::KekFail { node, .. }
+            | Fault::BlockRoutes { node, .. } => Some(self.resolve(node)),
+            _ => None,
+        };
+        self.fired.push((now, fault, hit));
+        let text = match hit {
+            Some(id) => format!("{fault} ({})", name(id)),
+            None => fault.to_string(),
+        };
         match fault {
             Fault::Crash { node, down_ms } => {
                 let id = self.resolve(node);
@@ -313,6 +339,7 @@ impl Driver {
                         term: s.term,
                     });
                     if self.last_leader.insert(s.term, id) != Some(id) {
+                        self.terms.push((now, id, s.term));
                         self.trace(now, format!("leader {} term {}", name(id), s.term));
                     }
                 }
@@ -357,7 +384,7 @@ impl Driver {
     /// One driver step at simulated time `now`.
     fn tick(&mut self, sim: &mut turmoil::Sim<'_>, now: u64) {
         if now >= self.next_sample {
-            self.next_sample = now + 5;
+            self.next_sample = now + 10;
             self.sample_leaders(now);
         }
         let Some(start) = self.phase_start.or_else(|| {
@@ -500,6 +527,9 @@ pub fn run(params: Params) -> Report {
         leaders: Vec::new(),
         last_leader: BTreeMap::new(),
         leader_crashes: Vec::new(),
+        terms: Vec::new(),
+        crashed_at_index: Vec::new(),
+        fired: Vec::new(),
         invariant_reports: Vec::new(),
         converge_detail: String::new(),
     };
@@ -517,6 +547,9 @@ pub fn run(params: Params) -> Report {
         }
     }
     let sim_ms = sim.elapsed().as_millis() as u64;
+    let final_purged = (1..=3u64)
+        .map(|id| driver.probe.status(id).and_then(|s| s.purged_index))
+        .collect();
     drop(sim);
     let mut w = world.lock();
     let mut invariant_reports = driver.probe.violations();
@@ -592,5 +625,9 @@ pub fn run(params: Params) -> Report {
         trace,
         failover_ms,
         sim_ms,
+        fired: driver.fired,
+        terms: driver.terms,
+        crashed_at_index: driver.crashed_at_index,
+        final_purged,
     }
 }

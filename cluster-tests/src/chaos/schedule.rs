@@ -133,7 +133,7 @@ impl fmt::Display for Fault {
 /// A random schedule for a fault phase of `phase_ms`: a handful of faults of every
 /// kind, overlapping at times, none starting in the phase's last second.
 pub fn random(rng: &mut Rng, phase_ms: u64) -> Vec<Scheduled> {
-    let n = rng.range(3, 8);
+    let n = rng.range(3, 7);
     let mut out: Vec<Scheduled> = (0..n)
         .map(|_| Scheduled {
             at_ms: rng.range(0, phase_ms - 1_000),

@@ -87,6 +87,12 @@ impl RaftSettings {
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             install_snapshot_timeout: self.snapshot_send_timeout_ms,
             enable_pre_vote: Some(true),
+            // A restarted leader must win a new election. openraft 0.10 restores it as
+            // leader of its old term by default; but a leader whose own disk fell behind
+            // (entries committed by the two followers while its commits stalled) then
+            // comes back with a shorter log and overwrites committed entries. The chaos
+            // sweep found this (storage stall on the leader, then a crash).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         cfg.validate()

@@ -1,0 +1,255 @@
+//! One named scenario per kind of fault: the fault on its own, under the chaos
+//! workload, checked by the whole oracle, plus what the fault must visibly have done
+//! (a new leader, a handover, a snapshot catch-up). And the run that proves the oracle
+//! bites: with `storage.unsafe_no_fsync`, a power loss loses acknowledged writes, and the
+//! oracle says so.
+#![cfg(feature = "sim")]
+
+use kura_cluster_tests::chaos::{self, Fault, Params, Report, Scheduled, Target};
+
+const SEED: u64 = 11;
+
+fn run_with(fault_phase_ms: u64, faults: Vec<(u64, Fault)>, fsync: bool) -> Report {
+    let schedule = faults
+        .into_iter()
+        .map(|(at_ms, fault)| Scheduled { at_ms, fault })
+        .collect();
+    let mut p = Params::with_faults(SEED, fault_phase_ms, schedule);
+    p.unsafe_no_fsync = !fsync;
+    chaos::run(p)
+}
+
+/// Runs the faults and requires a clean oracle.
+fn clean(fault_phase_ms: u64, faults: Vec<(u64, Fault)>) -> Report {
+    let r = run_with(fault_phase_ms, faults, true);
+    assert!(r.violations.is_empty(), "{}", r.describe_failure());
+    assert!(r.acked_writes > 20, "the workload ran: {}", r.acked_writes);
+    r
+}
+
+/// The node the first fault hit, and when.
+fn hit(r: &Report) -> (u64, u64) {
+    let (at, _, node) = r.fired[0];
+    (at, node.expect("the fault hit a node"))
+}
+
+/// True if a node other than `node` became leader in `from..to`.
+fn another_leader_between(r: &Report, node: u64, from: u64, to: u64) -> bool {
+    r.terms
+        .iter()
+        .any(|&(at, n, _)| n != node && at >= from && at < to)
+}
+
+#[test]
+fn leader_crash_elects_a_new_leader_and_loses_nothing() {
+    let r = clean(
+        8_000,
+        vec![(
+            2_000,
+            Fault::Crash {
+                node: Target::Leader,
+                down_ms: 3_000,
+            },
+        )],
+    );
+    let (at, old) = hit(&r);
+    assert!(
+        another_leader_between(&r, old, at, at + 3_000),
+        "{:?}",
+        r.terms
+    );
+    assert_eq!(r.failover_ms.len(), 1);
+    println!("failover after a leader crash: {} ms", r.failover_ms[0]);
+}
+
+#[test]
+fn a_long_outage_is_caught_up_by_snapshot() {
+    let r = clean(
+        14_000,
+        vec![(
+            1_000,
+            Fault::Crash {
+                node: Target::Node(3),
+                down_ms: 10_000,
+            },
+        )],
+    );
+    let (_, at_index) = r.crashed_at_index[0];
+    let purged = r.final_purged.iter().flatten().max().copied().unwrap_or(0);
+    assert!(
+        purged > at_index,
+        "the leader purged its log past bk's last entry ({purged} > {at_index}), so bk could only catch up from a snapshot"
+    );
+}
+
+#[test]
+fn isolating_main_moves_leadership_to_the_majority() {
+    let r = clean(
+        8_000,
+        vec![(
+            2_000,
+            Fault::Isolate {
+                node: Target::Leader,
+                ms: 4_000,
+            },
+        )],
+    );
+    let (at, old) = hit(&r);
+    assert!(
+        another_leader_between(&r, old, at, at + 4_000),
+        "{:?}",
+        r.terms
+    );
+    clean(
+        8_000,
+        vec![(
+            2_000,
+            Fault::Isolate {
+                node: Target::Node(1),
+                ms: 4_000,
+            },
+        )],
+    );
+}
+
+#[test]
+fn one_way_partitions_holds_latency_and_loss_lose_nothing() {
+    clean(
+        8_000,
+        vec![
+            (
+                1_000,
+                Fault::OneWay {
+                    from: 1,
+                    to: 2,
+                    ms: 3_000,
+                },
+            ),
+            (
+                1_500,
+                Fault::OneWay {
+                    from: 3,
+                    to: 1,
+                    ms: 2_000,
+                },
+            ),
+        ],
+    );
+    clean(
+        8_000,
+        vec![(
+            1_000,
+            Fault::Hold {
+                a: 1,
+                b: 2,
+                ms: 1_500,
+            },
+        )],
+    );
+    clean(
+        8_000,
+        vec![(
+            1_000,
+            Fault::Latency {
+                a: 1,
+                b: 2,
+                latency_ms: 300,
+                ms: 4_000,
+            },
+        )],
+    );
+    clean(
+        8_000,
+        vec![(
+            1_000,
+            Fault::Loss {
+                a: 1,
+                b: 3,
+                per_mille: 50,
+                ms: 4_000,
+            },
+        )],
+    );
+}
+
+#[test]
+fn gray_failures_on_the_leader_hand_leadership_over() {
+    for fault in [
+        Fault::StallStorage {
+            node: Target::Leader,
+            ms: 5_000,
+        },
+        Fault::KekFail {
+            node: Target::Leader,
+            ms: 5_000,
+        },
+        Fault::BlockRoutes {
+            node: Target::Leader,
+            ms: 5_000,
+        },
+    ] {
+        let r = clean(9_000, vec![(2_000, fault)]);
+        let (at, old) = hit(&r);
+        assert!(
+            another_leader_between(&r, old, at, at + 5_000),
+            "{fault}: leadership stayed with {old}: {:?}",
+            r.terms
+        );
+    }
+}
+
+#[test]
+fn an_acquirer_crash_moves_payments_to_the_other_route() {
+    clean(
+        8_000,
+        vec![
+            (
+                1_000,
+                Fault::AcquirerCrash {
+                    route: 0,
+                    down_ms: 4_000,
+                },
+            ),
+            (
+                6_000,
+                Fault::AcquirerCrash {
+                    route: 1,
+                    down_ms: 1_000,
+                },
+            ),
+        ],
+    );
+}
+
+#[test]
+fn quorum_loss_and_power_loss_lose_nothing_with_fsync() {
+    clean(
+        8_000,
+        vec![(
+            2_000,
+            Fault::CrashTwo {
+                a: 1,
+                b: 2,
+                down_ms: 1_500,
+            },
+        )],
+    );
+    clean(8_000, vec![(3_000, Fault::PowerLoss { down_ms: 1_000 })]);
+}
+
+/// The oracle bites: the same power loss with `storage.unsafe_no_fsync` loses writes
+/// the cluster acknowledged, and the oracle reports them.
+#[test]
+fn without_fsync_a_power_loss_loses_acknowledged_writes_and_the_oracle_sees_it() {
+    let r = run_with(
+        8_000,
+        vec![(3_000, Fault::PowerLoss { down_ms: 1_000 })],
+        false,
+    );
+    println!("{}", r.describe_failure());
+    assert!(
+        r.violations.iter().any(|v| v.property == "no_lost_writes"),
+        "the oracle missed the lost writes: {:?}",
+        r.violations
+    );
+}
