@@ -42,6 +42,8 @@ struct Shared {
     ready_at_ms: Option<u64>,
     /// Workers stop; the checker starts its recovery write.
     stop: bool,
+    /// Workers whose last operation has completed.
+    workers_done: u32,
     converged_at_ms: Option<u64>,
     /// The recovery deadline passed: the checker reads back what it can.
     give_up: bool,
@@ -372,10 +374,22 @@ impl Driver {
         }
         let digests: Vec<_> = (1..=3u64).filter_map(|id| self.probe.digest(id)).collect();
         if digests.len() != 3 || digests.windows(2).any(|w| w[0] != w[1]) {
-            self.converge_detail = format!(
-                "applied {:?}",
-                digests.iter().map(|d| d.applied_index).collect::<Vec<_>>()
-            );
+            self.converge_detail = statuses
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} term {} log {} applied {} snapshot {:?} purged {:?}",
+                        s.name,
+                        s.state,
+                        s.term,
+                        s.last_log_index,
+                        s.applied_index,
+                        s.snapshot_index,
+                        s.purged_index
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
             return false;
         }
         true
@@ -425,8 +439,20 @@ impl Driver {
             return;
         }
         let healed = self.healed_at.expect("healed");
-        let converged = self.world.lock().converged_at_ms.is_some();
-        if !converged && now >= self.next_converge_check {
+        let (converged, quiet) = {
+            let w = self.world.lock();
+            (
+                w.converged_at_ms.is_some(),
+                // Replicas can only agree once nobody writes: every worker has finished
+                // and the checker's recovery write is done.
+                w.workers_done == self.params.clients && w.first_write_at_ms.is_some(),
+            )
+        };
+        if !quiet && now > healed + self.params.recovery_bound_ms {
+            self.converge_detail = "clients still writing".into();
+            self.world.lock().give_up = true;
+        }
+        if quiet && !converged && now >= self.next_converge_check {
             self.next_converge_check = now + 50;
             if self.converged() {
                 for id in 1..=3u64 {
@@ -451,6 +477,7 @@ fn node_config(p: &Params, id: u64) -> kura_node::config::NodeConfig {
     cfg.raft.election_timeout_max_ms = p.election_max_ms;
     cfg.raft.snapshot_every_entries = p.snapshot_every_entries;
     cfg.raft.log_entries_kept_after_snapshot = p.log_kept_after_snapshot;
+    cfg.raft.snapshot_send_timeout_ms = p.snapshot_send_timeout_ms;
     cfg.storage.unsafe_no_fsync = p.unsafe_no_fsync;
     cfg.failover.failback_stabilization_s = 2;
     cfg

@@ -46,6 +46,10 @@ pub struct Params {
     /// Small, so that a node down for a while must catch up from a snapshot.
     pub snapshot_every_entries: u64,
     pub log_kept_after_snapshot: u64,
+    /// Deadline for one snapshot upload. Short: turmoil's TCP never retransmits, so a
+    /// lost segment wedges a stream for good (real TCP would resume), and simulated
+    /// snapshots are small.
+    pub snapshot_send_timeout_ms: u64,
     pub latency_min_ms: u64,
     pub latency_max_ms: u64,
     /// Concurrent workload clients.
@@ -89,6 +93,7 @@ impl Params {
             election_max_ms: election_min_ms + rng.range(100, 250),
             snapshot_every_entries: rng.range(40, 150),
             log_kept_after_snapshot: rng.range(5, 30),
+            snapshot_send_timeout_ms: rng.range(2_000, 6_000),
             latency_min_ms: 1,
             latency_max_ms,
             clients: rng.range(2, 3) as u32,

@@ -372,6 +372,7 @@ pub(super) async fn worker(
         let pause = a.rng.range(think_ms.0, think_ms.1);
         sleep_ms(pause).await;
     }
+    a.world.lock().workers_done += 1;
     Ok(())
 }
 
