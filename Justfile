@@ -1,5 +1,5 @@
-# Developer and operator entry points. `just` is optional: every recipe is one
-# plain command you can run without it.
+# Developer and operator entry points. `just` is optional (`cargo install just`):
+# every recipe is one plain command you can run without it.
 
 # Start a local three-node cluster (main, dr, bk) on loopback.
 up:
@@ -9,10 +9,18 @@ up:
 test:
     ./scripts/test
 
-# Only the turmoil simulations.
+# The named fault scenarios of the turmoil simulation (each fault alone, and fsync off).
 sim:
-    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target-sim cargo test -p kura-cluster-tests --features sim --test sim_smoke -- --nocapture
+    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target-sim cargo test --profile sim -p kura-cluster-tests --features sim --lib --test chaos_scenarios -- --nocapture
 
-# Cluster status of the local cluster.
-status:
-    cargo run --release --bin kura -- status
+# The chaos sweep. `just chaos SEEDS=2000 FROM=1` (defaults 500 and 1), one process
+# per seed on every core; prints progress (seeds done, violations, failover
+# p50/p99/max) and every failing seed with its fault schedule and replay command.
+# Add --unsafe-no-fsync to watch the oracle catch lost writes.
+# Chaos sweep: just chaos SEEDS=N [FROM=S] [--unsafe-no-fsync]
+chaos *ARGS:
+    ./scripts/chaos {{ARGS}}
+
+# Replay one chaos seed byte for byte, printing its trace: just chaos-replay 42
+chaos-replay SEED *ARGS:
+    ./scripts/chaos replay {{SEED}} {{ARGS}}

@@ -65,7 +65,8 @@ fn spawn(seed: u64, unsafe_no_fsync: bool) -> Value {
     }
     let failed = |why: String| {
         json!({"seed": seed, "hash": "", "violations": [why.clone()],
-               "failure": format!("seed {seed}: {why}\nreplay: just chaos-replay {seed}"),
+               "failure": format!("seed {seed}: {why}\nreplay: {}",
+                                  chaos::replay_command(seed, unsafe_no_fsync)),
                "failover_ms": [], "ops": 0, "sim_ms": 0})
     };
     match cmd.output() {

@@ -55,6 +55,10 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = Member,
+        // Standard Raft: at most one leader per term. (openraft's default lets two nodes
+        // lead the same term, ordered by node id; kura's terms, leader-change records
+        // and the chaos oracle's one-leader-per-term property mean a term has one leader.)
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
         AsyncRuntime = Rt,
 );
 

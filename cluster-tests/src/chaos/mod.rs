@@ -98,12 +98,7 @@ pub struct Report {
 impl Report {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        let fsync = if self.params.unsafe_no_fsync {
-            " --unsafe-no-fsync"
-        } else {
-            ""
-        };
-        format!("just chaos-replay {}{fsync}", self.seed)
+        replay_command(self.seed, self.params.unsafe_no_fsync)
     }
 
     /// A failure report: seed, schedule, violations, replay command.
@@ -126,6 +121,15 @@ impl Report {
             self.params.describe_schedule(),
             self.replay_command()
         )
+    }
+}
+
+/// The command that replays `seed` (in a fresh process, as sweeps run it).
+pub fn replay_command(seed: u64, unsafe_no_fsync: bool) -> String {
+    if unsafe_no_fsync {
+        format!("scripts/chaos replay {seed} --unsafe-no-fsync")
+    } else {
+        format!("just chaos-replay {seed}   (or: scripts/chaos replay {seed})")
     }
 }
 

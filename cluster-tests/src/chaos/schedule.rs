@@ -253,6 +253,6 @@ mod tests {
                 assert!(s.at_ms < 14_000);
             }
         }
-        assert_eq!(kinds.len(), 13);
+        assert_eq!(kinds.len(), 12);
     }
 }

@@ -422,11 +422,13 @@ pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
         sleep_ms(50).await;
     }
     loop {
-        let w = a.world.lock();
-        if w.converged_at_ms.is_some() || w.give_up {
+        let settled = {
+            let w = a.world.lock();
+            w.converged_at_ms.is_some() || w.give_up
+        };
+        if settled {
             break;
         }
-        drop(w);
         sleep_ms(20).await;
     }
     // Read everything back, once.

@@ -10,7 +10,7 @@ fn noop_fsync() -> FsyncObserver {
 
 fn log_id(term: u64, index: u64) -> LogId {
     openraft::LogId::new(
-        openraft::vote::leader_id_adv::LeaderId { term, node_id: 1 },
+        openraft::vote::leader_id_std::CommittedLeaderId::new(term),
         index,
     )
 }
