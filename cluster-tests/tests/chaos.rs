@@ -151,17 +151,21 @@ fn sweep(opts: &Opts) -> bool {
         .collect();
     drop(tx);
     let (mut done, mut gaps, mut failures, mut ops) = (0u64, Vec::new(), Vec::new(), 0u64);
+    let mut slowest: Vec<(u64, u64)> = Vec::new();
     let mut last_print = Instant::now();
     for r in rx {
         done += 1;
         ops += r["ops"].as_u64().unwrap_or(0);
-        gaps.extend(
-            r["failover_ms"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_u64),
-        );
+        let seed = r["seed"].as_u64().unwrap_or(0);
+        for g in r["failover_ms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+        {
+            gaps.push(g);
+            slowest.push((g, seed));
+        }
         if r["violations"].as_array().is_some_and(|v| !v.is_empty()) {
             eprintln!("\n{}\n", r["failure"].as_str().unwrap_or_default());
             failures.push(r["seed"].as_u64().unwrap_or(0));
@@ -196,6 +200,18 @@ fn sweep(opts: &Opts) -> bool {
         }
     );
     println!("{}", failover_line(&gaps));
+    slowest.sort_unstable_by(|a, b| b.cmp(a));
+    if !slowest.is_empty() {
+        println!(
+            "slowest failovers (replay to see why): {}",
+            slowest
+                .iter()
+                .take(5)
+                .map(|(g, s)| format!("seed {s} {g} ms"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     failures.is_empty()
 }
 
