@@ -228,6 +228,12 @@ fn single(seed: u64, unsafe_no_fsync: bool, show_trace: bool) -> ExitCode {
     );
     println!("fault schedule:\n{}", r.params.describe_schedule());
     println!("{}", failover_line(&r.failover_ms));
+    if let Some(f) = &r.final_leadership {
+        println!(
+            "at the end: node {} leads term {} (since {} ms); leader changes recorded per node: {:?}",
+            f.leader, f.term, f.since_ms, f.recorded
+        );
+    }
     if r.violations.is_empty() {
         println!("no violations");
         ExitCode::SUCCESS

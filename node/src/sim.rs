@@ -140,6 +140,13 @@ impl Probe {
         Some(c.vault().read(|v| v.validate()))
     }
 
+    /// The last leader change node `id` has applied: (term, leader node id).
+    pub fn last_leader_change(&self, id: u64) -> Option<(u64, u64)> {
+        let c = self.lock().nodes.get(&id)?.0.clone();
+        c.vault()
+            .read(|v| v.last_leader_change().map(|l| (l.term, l.leader_node)))
+    }
+
     /// The fault switches of node `id` (storage stall, KEK failure, routes blocked).
     pub fn faults(&self, id: u64) -> Option<Arc<FaultSwitches>> {
         Some(self.lock().nodes.get(&id)?.1.clone())

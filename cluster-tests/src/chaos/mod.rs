@@ -92,6 +92,8 @@ pub struct Report {
     pub terms: Vec<(u64, u64, u64)>,
     /// Every crashed node with the last log index it held when it went down.
     pub crashed_at_index: Vec<(u64, u64)>,
+    /// Who led at the end, and the leader change each node recorded.
+    pub final_leadership: Option<oracle::FinalLeadership>,
     /// Per node (1..=3) at the end: the index up to which its log was purged.
     pub final_purged: Vec<Option<u64>>,
 }
@@ -584,6 +586,24 @@ pub fn run(params: Params) -> Report {
     let final_purged = (1..=3u64)
         .map(|id| driver.probe.status(id).and_then(|s| s.purged_index))
         .collect();
+    let final_leadership = driver.leader().and_then(|leader| {
+        let term = driver.probe.status(leader)?.term;
+        let since_ms = driver
+            .terms
+            .iter()
+            .find(|&&(_, n, t)| t == term && n == leader)
+            .map_or(sim_ms, |&(at, ..)| at);
+        Some(oracle::FinalLeadership {
+            term,
+            leader,
+            since_ms,
+            end_ms: sim_ms,
+            recorded: (1..=3u64)
+                .filter(|id| driver.probe.status(*id).is_some())
+                .map(|id| (id, driver.probe.last_leader_change(id)))
+                .collect(),
+        })
+    });
     drop(sim);
     let mut w = world.lock();
     let mut invariant_reports = driver.probe.violations();
@@ -617,6 +637,7 @@ pub fn run(params: Params) -> Report {
             bound_ms: params.recovery_bound_ms,
             detail: driver.converge_detail.clone(),
         },
+        final_leadership: final_leadership.clone(),
     };
     let mut violations = oracle::check(&evidence);
     if let Some(e) = harness_error {
@@ -662,6 +683,7 @@ pub fn run(params: Params) -> Report {
         fired: driver.fired,
         terms: driver.terms,
         crashed_at_index: driver.crashed_at_index,
+        final_leadership,
         final_purged,
     }
 }

@@ -4,6 +4,7 @@
 
 mod authorised_once;
 mod invariants;
+mod leader_changes;
 mod liveness;
 mod lost_writes;
 mod one_leader;
@@ -134,6 +135,18 @@ pub struct Recovery {
     pub detail: String,
 }
 
+/// Who led at the end of a run, and the leader change each node has recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalLeadership {
+    pub term: u64,
+    pub leader: u64,
+    /// When this term's leader was first seen.
+    pub since_ms: u64,
+    pub end_ms: u64,
+    /// Per running node: the last `(term, leader)` its vault recorded.
+    pub recorded: Vec<(u64, Option<(u64, u64)>)>,
+}
+
 /// Everything a run leaves for the oracle.
 #[derive(Debug, Clone, Default)]
 pub struct Evidence {
@@ -145,6 +158,8 @@ pub struct Evidence {
     /// check of every node's vault at the end.
     pub invariant_reports: Vec<String>,
     pub recovery: Recovery,
+    /// `None` if no node led at the end.
+    pub final_leadership: Option<FinalLeadership>,
 }
 
 /// A property that did not hold.
@@ -180,6 +195,10 @@ pub fn check(e: &Evidence) -> Vec<Violation> {
         .chain(tag("one_leader_per_term", one_leader::check(&e.leaders)))
         .chain(tag("invariants", invariants::check(&e.invariant_reports)))
         .chain(tag("liveness", liveness::check(&e.recovery)))
+        .chain(tag(
+            "leader_change_recorded",
+            leader_changes::check(e.final_leadership.as_ref()),
+        ))
         .collect()
 }
 
