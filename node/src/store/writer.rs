@@ -233,14 +233,7 @@ struct Committer {
 fn run_thread(committer: Committer, rx: mpsc::Receiver<Op>, faults: Arc<FaultSwitches>) {
     while let Ok(first) = rx.recv() {
         faults.before_storage_commit();
-        let mut batch = vec![first];
-        while batch.len() < BATCH_OPS_MAX {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        committer.commit(batch);
+        committer.commit(batch(first, || rx.try_recv().ok()));
     }
 }
 
@@ -251,15 +244,20 @@ async fn run_task(
 ) {
     while let Some(first) = rx.recv().await {
         faults.before_storage_commit_async().await;
-        let mut batch = vec![first];
-        while batch.len() < BATCH_OPS_MAX {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        committer.commit(batch);
+        committer.commit(batch(first, || rx.try_recv().ok()));
     }
+}
+
+/// `first` and whatever else is queued already, up to [`BATCH_OPS_MAX`] operations.
+fn batch(first: Op, mut queued: impl FnMut() -> Option<Op>) -> Vec<Op> {
+    let mut batch = vec![first];
+    while batch.len() < BATCH_OPS_MAX {
+        match queued() {
+            Some(op) => batch.push(op),
+            None => break,
+        }
+    }
+    batch
 }
 
 impl Committer {
