@@ -33,11 +33,18 @@ fn hit(r: &Report) -> (u64, u64) {
     (at, node.expect("the fault hit a node"))
 }
 
-/// True if a node other than `node` became leader in `from..to`.
-fn another_leader_between(r: &Report, node: u64, from: u64, to: u64) -> bool {
-    r.terms
-        .iter()
-        .any(|&(at, n, _)| n != node && at >= from && at < to)
+/// Asserts that within `within_ms` of the first fault, a node other than the one it
+/// hit became leader.
+fn assert_leadership_left_the_node_hit(r: &Report, within_ms: u64) {
+    let (at, old) = hit(r);
+    assert!(
+        r.terms
+            .iter()
+            .any(|&(t, n, _)| n != old && t >= at && t < at + within_ms),
+        "{}: leadership stayed with node {old}: {:?}",
+        r.fired[0].1,
+        r.terms
+    );
 }
 
 #[test]
@@ -52,12 +59,7 @@ fn leader_crash_elects_a_new_leader_and_loses_nothing() {
             },
         )],
     );
-    let (at, old) = hit(&r);
-    assert!(
-        another_leader_between(&r, old, at, at + 3_000),
-        "{:?}",
-        r.terms
-    );
+    assert_leadership_left_the_node_hit(&r, 3_000);
     assert_eq!(r.failover_ms.len(), 1);
     println!("failover after a leader crash: {} ms", r.failover_ms[0]);
 }
@@ -94,12 +96,7 @@ fn isolating_main_moves_leadership_to_the_majority() {
             },
         )],
     );
-    let (at, old) = hit(&r);
-    assert!(
-        another_leader_between(&r, old, at, at + 4_000),
-        "{:?}",
-        r.terms
-    );
+    assert_leadership_left_the_node_hit(&r, 4_000);
     clean(
         8_000,
         vec![(
@@ -189,12 +186,7 @@ fn gray_failures_on_the_leader_hand_leadership_over() {
         },
     ] {
         let r = clean(9_000, vec![(2_000, fault)]);
-        let (at, old) = hit(&r);
-        assert!(
-            another_leader_between(&r, old, at, at + 5_000),
-            "{fault}: leadership stayed with {old}: {:?}",
-            r.terms
-        );
+        assert_leadership_left_the_node_hit(&r, 5_000);
     }
 }
 

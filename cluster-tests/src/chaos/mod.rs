@@ -233,8 +233,8 @@ impl Driver {
             None => fault.to_string(),
         };
         match fault {
-            Fault::Crash { node, down_ms } => {
-                let id = self.resolve(node);
+            Fault::Crash { down_ms, .. } => {
+                let id = hit.expect("a crash hits a node");
                 self.crash(sim, now, id, true);
                 self.undo.push((until(down_ms), Undo::Restart(id)));
             }
@@ -250,8 +250,8 @@ impl Driver {
                     self.undo.push((until(down_ms), Undo::Restart(id)));
                 }
             }
-            Fault::Isolate { node, ms } => {
-                let id = self.resolve(node);
+            Fault::Isolate { ms, .. } => {
+                let id = hit.expect("an isolation hits a node");
                 for other in (1..=3).filter(|o| *o != id) {
                     sim.partition(name(id), name(other));
                     self.undo.push((until(ms), Undo::Repair(id, other)));
@@ -287,18 +287,18 @@ impl Driver {
                 sim.set_link_fail_rate(name(a), name(b), per_mille as f64 / 1000.0);
                 self.undo.push((until(ms), Undo::Loss(a, b)));
             }
-            Fault::StallStorage { node, ms } => {
-                let id = self.resolve(node);
+            Fault::StallStorage { ms, .. } => {
+                let id = hit.expect("a stall hits a node");
                 self.set_fault(id, |s| s.storage_stalled = true);
                 self.undo.push((until(ms), Undo::ClearFaults(id)));
             }
-            Fault::KekFail { node, ms } => {
-                let id = self.resolve(node);
+            Fault::KekFail { ms, .. } => {
+                let id = hit.expect("a KEK failure hits a node");
                 self.set_fault(id, |s| s.kek_failing = true);
                 self.undo.push((until(ms), Undo::ClearFaults(id)));
             }
-            Fault::BlockRoutes { node, ms } => {
-                let id = self.resolve(node);
+            Fault::BlockRoutes { ms, .. } => {
+                let id = hit.expect("a route block hits a node");
                 self.set_fault(id, |s| s.routes_blocked = true);
                 self.undo.push((until(ms), Undo::ClearFaults(id)));
             }
