@@ -170,6 +170,58 @@ fn one_way_partitions_holds_latency_and_loss_lose_nothing() {
 }
 
 #[test]
+fn a_never_lead_node_holding_the_only_complete_log_stands_then_hands_over() {
+    // main and dr cannot talk, so main commits with bk alone; then main dies. dr's log is
+    // behind bk's, so bk refuses dr its vote, and bk is configured never_lead: without
+    // bk standing, no node could lead until main came back.
+    let (crash_at, down_ms) = (2_500, 7_000);
+    let mut p = Params::with_faults(
+        SEED,
+        12_000,
+        vec![
+            Scheduled {
+                at_ms: 500,
+                fault: Fault::Hold {
+                    a: 1,
+                    b: 2,
+                    ms: 3_000,
+                },
+            },
+            Scheduled {
+                at_ms: crash_at,
+                fault: Fault::Crash {
+                    node: Target::Node(1),
+                    down_ms,
+                },
+            },
+        ],
+    );
+    p.never_lead = Some(3);
+    let r = chaos::run(p);
+    assert!(r.violations.is_empty(), "{}", r.describe_failure());
+    let (crashed, _, _) = r.fired[1];
+    let led = |node: u64| {
+        r.terms
+            .iter()
+            .filter(|&&(t, n, _)| n == node && t > crashed && t < crashed + down_ms)
+            .map(|&(t, _, _)| t - crashed)
+            .min()
+    };
+    let (bk, dr) = (led(3), led(2));
+    println!("after main's crash: bk led at {bk:?} ms, dr at {dr:?} ms");
+    assert!(
+        dr.is_some(),
+        "dr never led while main was down: {:?}",
+        r.terms
+    );
+    assert!(
+        bk.is_some_and(|b| b < dr.unwrap()),
+        "bk had to stand first (else the hold did not leave dr behind): {:?}",
+        r.terms
+    );
+}
+
+#[test]
 fn gray_failures_on_the_leader_hand_leadership_over() {
     for fault in [
         Fault::StallStorage {

@@ -7,7 +7,9 @@
 //! caught-up follower when its own checks fail `unhealthy_threshold` times in a row or
 //! it is drained, and hands it back to a more preferred node (main, then dr) once that
 //! node has been healthy and caught up for `failback_stabilization_s`. A node that is
-//! unhealthy, drained or `never_lead` does not stand for election.
+//! unhealthy, drained or `never_lead` does not stand for election — unless the cluster
+//! has had no reachable leader for three election timeouts, because it may hold the
+//! only complete log; it then leads only until an electable node has caught up.
 
 use crate::api::AppState;
 use crate::raft_types::{NodeId, Role};
@@ -168,6 +170,11 @@ pub struct Health {
     checks: Mutex<BTreeMap<&'static str, Check>>,
     peers: Mutex<BTreeMap<NodeId, PeerView>>,
     elect_enabled: Mutex<Option<bool>>,
+    /// Since when (ms) this node has known no leader that answers its health polls.
+    leaderless_since_ms: Mutex<Option<u64>>,
+    /// How long a node that may not lead waits without a reachable leader before it
+    /// stands anyway (see `control`).
+    standby_after_ms: u64,
 }
 
 const STORAGE: &str = "storage";
@@ -177,13 +184,21 @@ const RAFT: &str = "raft";
 
 impl Health {
     /// No checks run yet: unhealthy and not ready until the first round.
-    pub fn new(settings: HealthSettings, failover: FailoverSettings) -> Health {
+    /// `election_timeout_max_ms` sets how long a node that may not lead waits for an
+    /// electable node to win before it stands itself.
+    pub fn new(
+        settings: HealthSettings,
+        failover: FailoverSettings,
+        election_timeout_max_ms: u64,
+    ) -> Health {
         Health {
             settings,
             failover,
             checks: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(BTreeMap::new()),
             elect_enabled: Mutex::new(None),
+            leaderless_since_ms: Mutex::new(None),
+            standby_after_ms: 3 * election_timeout_max_ms,
         }
     }
 
@@ -419,7 +434,14 @@ async fn control(st: &AppState) {
     // An unhealthy node stays out of elections only while a healthy one can lead: a
     // cluster whose every electable node is degraded still needs a leader.
     let fit = report.healthy && !cut_off;
-    let elect = !me.never_lead && !drained && (fit || pick_target(st, None).is_none());
+    let may_lead = !me.never_lead && !drained;
+    // A node that may not lead (never_lead, drained) can still hold the only complete
+    // log: the leader dies after an entry reached it but not the electable node, which
+    // then cannot win a vote. So when no reachable leader has been known for a few
+    // election timeouts, it stands; once it leads, it hands over below as soon as an
+    // electable node has caught up.
+    let standby = !may_lead && leaderless_for(st) >= st.health.standby_after_ms;
+    let elect = (may_lead && (fit || pick_target(st, None).is_none())) || standby;
     {
         let mut last = st.health.elect_enabled.lock().expect("health lock");
         if *last != Some(elect) {
@@ -429,6 +451,7 @@ async fn control(st: &AppState) {
                 healthy = report.healthy,
                 drained,
                 never_lead = me.never_lead,
+                standby,
                 "election participation set"
             );
             *last = Some(elect);
@@ -440,6 +463,7 @@ async fn control(st: &AppState) {
     let cause = match (&report.unhealthy_cause, drained) {
         (Some(c), _) => Some(c.clone()),
         (None, true) => Some("operator".to_owned()),
+        (None, false) if me.never_lead => Some("never_lead".to_owned()),
         (None, false) => cut_off.then(|| "unhealthy_routes".to_owned()),
     };
     if let Some(cause) = cause {
@@ -459,6 +483,29 @@ async fn control(st: &AppState) {
             handoff(st, to, "failback").await;
         }
     }
+}
+
+/// How long (ms) this node has known no leader that answers its health polls; 0 while
+/// it leads or its leader answers.
+fn leaderless_for(st: &AppState) -> u64 {
+    let now = (st.clock)();
+    let reachable = match st.cluster.leader() {
+        Some((id, _)) if id == st.cluster.id() => true,
+        Some((id, _)) => st
+            .health
+            .peers
+            .lock()
+            .expect("health lock")
+            .get(&id)
+            .is_some_and(|v| v.report.is_some()),
+        None => false,
+    };
+    let mut since = st.health.leaderless_since_ms.lock().expect("health lock");
+    if reachable {
+        *since = None;
+        return 0;
+    }
+    now.saturating_sub(*since.get_or_insert(now))
 }
 
 /// True when every route has failed from this node `unhealthy_threshold` times in a row
@@ -546,7 +593,7 @@ mod tests {
 
     #[test]
     fn a_check_becomes_unhealthy_only_after_the_threshold() {
-        let h = Health::new(HealthSettings::default(), FailoverSettings::default());
+        let h = Health::new(HealthSettings::default(), FailoverSettings::default(), 300);
         assert!(!h.report(false).healthy, "unknown until checked");
         h.record(STORAGE, CheckStatus::Pass, None, String::new());
         h.record(KEYS, CheckStatus::Pass, None, String::new());

@@ -173,6 +173,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         health: Arc::new(crate::health::Health::new(
             cfg.health.clone(),
             cfg.failover.clone(),
+            cfg.raft.election_timeout_max_ms,
         )),
         faults: faults_on.then_some(faults.clone()),
         router: Arc::new(crate::acquirer::router::Router::new(

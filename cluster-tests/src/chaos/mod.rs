@@ -489,6 +489,9 @@ fn node_config(p: &Params, id: u64) -> kura_node::config::NodeConfig {
     cfg.raft.snapshot_send_timeout_ms = p.snapshot_send_timeout_ms;
     cfg.storage.unsafe_no_fsync = p.unsafe_no_fsync;
     cfg.failover.failback_stabilization_s = 2;
+    for peer in &mut cfg.peers {
+        peer.never_lead = p.never_lead == Some(peer.id);
+    }
     cfg
 }
 

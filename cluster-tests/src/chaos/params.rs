@@ -63,6 +63,8 @@ pub struct Params {
     pub unsafe_no_fsync: bool,
     /// Convergence and the first write after healing must come within this.
     pub recovery_bound_ms: u64,
+    /// A node configured `never_lead` (bk, as in production), or none.
+    pub never_lead: Option<u64>,
 }
 
 impl Params {
@@ -71,6 +73,8 @@ impl Params {
         let mut p = Params::base(seed);
         let mut rng = Rng::new(seed).fork(1);
         p.schedule = schedule::random(&mut rng, p.fault_phase_ms);
+        // A stream of its own, so the draws above stay what they were before it existed.
+        p.never_lead = Rng::new(seed).fork(2).percent(40).then_some(3);
         p
     }
 
@@ -102,19 +106,26 @@ impl Params {
             schedule: Vec::new(),
             unsafe_no_fsync: false,
             recovery_bound_ms: 30_000,
+            never_lead: None,
         }
     }
 
     /// One line per fault, for failure reports.
     pub fn describe_schedule(&self) -> String {
+        let mut lines: Vec<String> = self
+            .never_lead
+            .map(|n| format!("  (node {n} is configured never_lead)"))
+            .into_iter()
+            .collect();
         if self.schedule.is_empty() {
-            return "  (no faults)".into();
+            lines.push("  (no faults)".into());
         }
-        self.schedule
-            .iter()
-            .map(|s| format!("  +{:>6} ms  {}", s.at_ms, s.fault))
-            .collect::<Vec<_>>()
-            .join("\n")
+        lines.extend(
+            self.schedule
+                .iter()
+                .map(|s| format!("  +{:>6} ms  {}", s.at_ms, s.fault)),
+        );
+        lines.join("\n")
     }
 
     /// True if the schedule crashes a node (the run can measure failover).
