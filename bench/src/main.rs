@@ -1,16 +1,20 @@
-//! kura-bench: drives a kura cluster with concurrent closed-loop clients and reports
-//! throughput and latency percentiles (HDR histograms).
-//!
-//! Example, against `kura up`:
-//! `kura-bench tokenize --key sk_... --clients 16 --duration-s 10`
+//! kura-bench: load generator and benchmark reports for kura (and etcd, for comparison).
+//! `scripts/bench <command>` builds everything in release and runs it; see
+//! `kura-bench --help`.
 
-use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
-use kura_sdk::{CardInput, Client, ClientConfig, TokenizeRequest};
-use std::time::{Duration, Instant};
+mod harness;
+mod report;
+mod systems;
+mod vs_etcd;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use harness::Plan;
+use kura_sdk::{Client, ClientConfig};
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "kura-bench", about = "Load generator for kura")]
+#[command(name = "kura-bench", about = "Load generator and benchmarks for kura")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -18,8 +22,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Closed loop: each client tokenizes a card-on-file card, waits for the answer, repeats.
-    Tokenize {
+    /// kura and etcd one after the other on this machine: throughput at each client
+    /// count, latency at 50% of etcd's saturation, fsync floor; writes a Markdown report.
+    VsEtcd {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<u32>,
+        #[arg(long, default_value_t = 2)]
+        warmup_s: u64,
+        #[arg(long, default_value_t = 8)]
+        measure_s: u64,
+        /// Connections of the open-loop (fixed-rate) runs.
+        #[arg(long, default_value_t = 64)]
+        open_clients: u32,
+        #[arg(long, default_value = "bench/results")]
+        results: PathBuf,
+    },
+    /// Load against a running cluster (for example `kura up`).
+    Load {
+        #[arg(value_enum)]
+        workload: Workload,
         /// API addresses, comma-separated.
         #[arg(
             long,
@@ -28,85 +49,80 @@ enum Cmd {
         )]
         endpoints: Vec<String>,
         /// A merchant secret key.
-        #[arg(long)]
+        #[arg(long, env = "KURA_BENCH_KEY")]
         key: String,
-        /// Concurrent clients.
         #[arg(long, default_value_t = 16)]
         clients: u32,
-        /// How long to run.
         #[arg(long, default_value_t = 10)]
         duration_s: u64,
+        /// Open loop at this many requests per second (default: closed loop).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// The fsync latency of the disk holding DIR: the floor of one durable write.
+    Fsync {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }
 
-struct Outcome {
-    latencies_us: Histogram<u64>,
-    errors: u64,
-}
-
-async fn client_loop(client: Client, id: u32, until: Instant) -> Outcome {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-    let mut errors = 0;
-    let mut i = 0u64;
-    while Instant::now() < until {
-        let req = TokenizeRequest {
-            card: CardInput {
-                number: "4242424242424242".into(),
-                exp_month: 12,
-                exp_year: 2035,
-                cvc: None,
-            },
-            kind: "card_on_file".into(),
-            member_id: Some(format!("bench-{id}-{i}")),
-        };
-        let started = Instant::now();
-        match client.tokenize(&req).await {
-            Ok(_) => h
-                .record(started.elapsed().as_micros().max(1) as u64)
-                .expect("latency within bounds"),
-            Err(_) => errors += 1,
-        }
-        i += 1;
-    }
-    Outcome {
-        latencies_us: h,
-        errors,
-    }
+#[derive(Clone, Copy, ValueEnum)]
+enum Workload {
+    /// Tokenize a card on file.
+    Tokenize,
+    /// Tokenize, authorise, capture.
+    Pay,
 }
 
 #[tokio::main]
 async fn main() {
-    let Cmd::Tokenize {
-        endpoints,
-        key,
-        clients,
-        duration_s,
-    } = Cli::parse().cmd;
-    let until = Instant::now() + Duration::from_secs(duration_s);
-    let client = Client::new(ClientConfig::new(endpoints, key));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|id| tokio::spawn(client_loop(client.clone(), id, until)))
-        .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-    let mut errors = 0;
-    for t in tasks {
-        let o = t.await.expect("client task");
-        all.add(&o.latencies_us).expect("same bounds");
-        errors += o.errors;
+    let result = match Cli::parse().cmd {
+        Cmd::VsEtcd {
+            clients,
+            warmup_s,
+            measure_s,
+            open_clients,
+            results,
+        } => vs_etcd::run(vs_etcd::Args {
+            clients,
+            warmup: Duration::from_secs(warmup_s),
+            measure: Duration::from_secs(measure_s),
+            open_clients,
+            results,
+        })
+        .await
+        .map(|p| eprintln!("report written to {}", p.display())),
+        Cmd::Load {
+            workload,
+            endpoints,
+            key,
+            clients,
+            duration_s,
+            rate,
+        } => {
+            let client = Client::new(ClientConfig::new(endpoints, key));
+            let plan = Plan {
+                clients,
+                warmup: Duration::from_secs(1),
+                measure: Duration::from_secs(duration_s),
+                rate,
+            };
+            let s = match workload {
+                Workload::Tokenize => harness::run(systems::KuraTokenize(client), plan).await,
+                Workload::Pay => {
+                    let run = format!("load{}", std::process::id());
+                    harness::run(systems::KuraPay { client, run }, plan).await
+                }
+            };
+            println!("{}", s.line());
+            Ok(())
+        }
+        Cmd::Fsync { dir } => report::fsync_floor(&dir)
+            .map(|f| println!("{}", f.line()))
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = result {
+        eprintln!("kura-bench: {e}");
+        std::process::exit(1);
     }
-    let secs = started.elapsed().as_secs_f64();
-    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "tokenize, {clients} clients, {secs:.1} s: {} ok, {errors} errors",
-        all.len()
-    );
-    println!("throughput {:.0} req/s", all.len() as f64 / secs);
-    println!(
-        "latency ms  p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        all.max() as f64 / 1000.0
-    );
 }

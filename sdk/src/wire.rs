@@ -89,6 +89,10 @@ pub struct HttpPool {
     connect_timeout: Duration,
 }
 
+/// Idle connections kept per address: enough for one client shared by a few hundred
+/// concurrent callers, so that a busy client does not reconnect for every request.
+const IDLE_PER_ADDR_MAX: usize = 256;
+
 /// Default bound on establishing one connection.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 
@@ -99,7 +103,7 @@ impl HttpPool {
             connector,
             spawn,
             idle: Mutex::new(HashMap::new()),
-            idle_per_addr_max: 32,
+            idle_per_addr_max: IDLE_PER_ADDR_MAX,
             body_bytes_max,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
         }

@@ -1,0 +1,278 @@
+//! The load harness every system shares: N concurrent clients, closed loop (each sends
+//! its next request when the last is answered: maximum throughput) or open loop (each
+//! request has a scheduled start at a fixed aggregate rate and its latency counts from
+//! that schedule, so a slow answer cannot hide the requests it delayed — no coordinated
+//! omission). Latencies go into HDR histograms (1 µs to 60 s, 3 significant digits).
+
+use hdrhistogram::Histogram;
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One kind of request against one system.
+pub trait Op: Clone + Send + Sync + 'static {
+    /// Client `client`'s `seq`-th request. `Err` is a failed request: counted, not timed.
+    fn call(&self, client: u32, seq: u64) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// How to drive the clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub clients: u32,
+    /// Requests before this much time are sent but not recorded.
+    pub warmup: Duration,
+    pub measure: Duration,
+    /// `Some(rate)`: open loop at `rate` requests per second across all clients.
+    pub rate: Option<f64>,
+}
+
+/// What a run measured.
+pub struct Summary {
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub seconds: f64,
+    pub latency_us: Histogram<u64>,
+}
+
+impl Summary {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+
+    /// Latency at quantile `q` in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        self.latency_us.max() as f64 / 1000.0
+    }
+
+    /// One human line.
+    pub fn line(&self) -> String {
+        format!(
+            "{:>9.0} ok/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>7.2} ms  ({} ok, {} errors{})",
+            self.throughput(),
+            self.ms(0.5),
+            self.ms(0.99),
+            self.ms(0.999),
+            self.max_ms(),
+            self.ok,
+            self.errors,
+            self.first_error
+                .as_ref()
+                .map(|e| format!("; first: {e}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    h.saturating_record(d.as_micros().clamp(1, 60_000_000) as u64);
+}
+
+/// Runs `op` with `plan` and merges every client's histogram.
+pub async fn run<O: Op>(op: O, plan: Plan) -> Summary {
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + plan.warmup;
+    let until = measure_from + plan.measure;
+    let tasks: Vec<_> = (0..plan.clients)
+        .map(|client| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                match plan.rate {
+                    None => closed(op, client, start, measure_from, until).await,
+                    Some(rate) => {
+                        // Client i sends at start + (i / N + k) * N / rate: together, the
+                        // rate, evenly spread.
+                        let every = Duration::from_secs_f64(plan.clients as f64 / rate);
+                        let offset = every.mul_f64(client as f64 / plan.clients as f64);
+                        open(op, client, start + offset, every, measure_from, until).await
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Summary {
+        ok: 0,
+        errors: 0,
+        first_error: None,
+        seconds: plan.measure.as_secs_f64(),
+        latency_us: histogram(),
+    };
+    for t in tasks {
+        let part = t.await.expect("client task");
+        all.ok += part.ok;
+        all.errors += part.errors;
+        all.first_error = all.first_error.or(part.first_error);
+        all.latency_us.add(&part.latency_us).expect("same bounds");
+    }
+    all
+}
+
+fn empty() -> Summary {
+    Summary {
+        ok: 0,
+        errors: 0,
+        first_error: None,
+        seconds: 0.0,
+        latency_us: histogram(),
+    }
+}
+
+impl Summary {
+    fn count(&mut self, started: Instant, measure_from: Instant, r: Result<(), String>) {
+        if started < measure_from {
+            return;
+        }
+        match r {
+            Ok(()) => {
+                self.ok += 1;
+                record(&mut self.latency_us, started.elapsed());
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+async fn closed<O: Op>(
+    op: O,
+    client: u32,
+    start: Instant,
+    measure_from: Instant,
+    until: Instant,
+) -> Summary {
+    let mut s = empty();
+    tokio::time::sleep_until(start).await;
+    let mut seq = 0;
+    loop {
+        let started = Instant::now();
+        if started >= until {
+            return s;
+        }
+        let r = op.call(client, seq).await;
+        // Only requests answered inside the window count: the throughput is what the
+        // window saw.
+        if Instant::now() <= until {
+            s.count(started, measure_from, r);
+        }
+        seq += 1;
+    }
+}
+
+async fn open<O: Op>(
+    op: O,
+    client: u32,
+    first: Instant,
+    every: Duration,
+    measure_from: Instant,
+    until: Instant,
+) -> Summary {
+    let mut s = empty();
+    let mut seq = 0u64;
+    loop {
+        let scheduled = first + every.mul_f64(seq as f64);
+        if scheduled >= until {
+            return s;
+        }
+        // Late (the last answer was slow): send at once, and the wait counts.
+        tokio::time::sleep_until(scheduled).await;
+        let r = op.call(client, seq).await;
+        s.count(scheduled, measure_from, r);
+        seq += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers after `delay`; every `stall_every`-th request after `stall` instead.
+    #[derive(Clone)]
+    struct Sleepy {
+        delay: Duration,
+        stall: Duration,
+        stall_every: u64,
+    }
+
+    impl Op for Sleepy {
+        async fn call(&self, _client: u32, seq: u64) -> Result<(), String> {
+            let d = if seq > 0 && seq % self.stall_every == 0 {
+                self.stall
+            } else {
+                self.delay
+            };
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
+    }
+
+    fn plan(rate: Option<f64>) -> Plan {
+        Plan {
+            clients: 1,
+            warmup: Duration::ZERO,
+            measure: Duration::from_secs(10),
+            rate,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_open_loop_charges_a_stall_to_every_request_it_delayed() {
+        let op = Sleepy {
+            delay: Duration::from_millis(1),
+            stall: Duration::from_millis(1000),
+            stall_every: 500,
+        };
+        // Closed loop: one slow request per stall, the rest fast.
+        let closed = run(op.clone(), plan(None)).await;
+        assert!(closed.ms(0.99) < 2.0, "closed p99 {}", closed.ms(0.99));
+        // Open loop at 100/s: the requests scheduled during each 1 s stall wait for it,
+        // so about a tenth of all requests see hundreds of milliseconds.
+        let open = run(op, plan(Some(100.0))).await;
+        assert!(open.ms(0.95) > 100.0, "open p95 {}", open.ms(0.95));
+        assert!(open.ok >= 900 && open.ok <= 1000, "{}", open.ok);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_open_loop_keeps_its_rate_and_the_closed_loop_saturates() {
+        let op = Sleepy {
+            delay: Duration::from_millis(10),
+            stall: Duration::from_millis(10),
+            stall_every: u64::MAX,
+        };
+        let open = run(
+            op.clone(),
+            Plan {
+                clients: 4,
+                ..plan(Some(50.0))
+            },
+        )
+        .await;
+        assert!(
+            (open.throughput() - 50.0).abs() < 2.0,
+            "{}",
+            open.throughput()
+        );
+        let closed = run(
+            op,
+            Plan {
+                clients: 4,
+                ..plan(None)
+            },
+        )
+        .await;
+        assert!(
+            (closed.throughput() - 400.0).abs() < 10.0,
+            "{}",
+            closed.throughput()
+        );
+    }
+}

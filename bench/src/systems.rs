@@ -1,0 +1,336 @@
+//! The systems under test and their requests: kura through its SDK, etcd through its
+//! JSON gateway (`/v3/kv/put`, `/v3/kv/range`) over the SDK's own HTTP/1.1 connection
+//! pool, so both see the same client transport.
+
+use crate::harness::Op;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use kura_cluster_tests::procs::free_port;
+use kura_node::vault::card::luhn_check_digit;
+use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector};
+use kura_sdk::{CardInput, Client, TokenizeRequest};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Per-request deadline for both systems.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A valid (Luhn) 16-digit test card number for `n`.
+pub fn pan(n: u64) -> String {
+    let body = format!("424242{:09}", n % 1_000_000_000);
+    format!("{body}{}", luhn_check_digit(&body))
+}
+
+/// The card-on-file tokenization of client `client`'s `seq`-th card. The member id is
+/// padded to its 64-character maximum so that the request is a realistic size.
+pub fn tokenize_request(client: u32, seq: u64) -> TokenizeRequest {
+    let member = format!("bench-{client:04}-{seq:012}-");
+    TokenizeRequest {
+        card: CardInput {
+            number: pan(u64::from(client) * 10_000_000 + seq),
+            exp_month: 12,
+            exp_year: 2035,
+            cvc: None,
+        },
+        kind: "card_on_file".into(),
+        member_id: Some(format!("{member:x<64}")),
+    }
+}
+
+/// Bytes of one tokenize request body (etcd's values are made this size).
+pub fn tokenize_body_bytes() -> usize {
+    serde_json::to_vec(&tokenize_request(0, 0))
+        .expect("json")
+        .len()
+}
+
+/// kura: tokenize a card on file.
+#[derive(Clone)]
+pub struct KuraTokenize(pub Client);
+
+impl Op for KuraTokenize {
+    async fn call(&self, client: u32, seq: u64) -> Result<(), String> {
+        self.0
+            .tokenize(&tokenize_request(client, seq))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// kura: read one of `tokens`' metadata (linearizable).
+#[derive(Clone)]
+pub struct KuraRead {
+    pub client: Client,
+    pub tokens: Arc<Vec<String>>,
+}
+
+impl Op for KuraRead {
+    async fn call(&self, client: u32, seq: u64) -> Result<(), String> {
+        let i = spread(client, seq, self.tokens.len());
+        self.client
+            .get_token(&self.tokens[i])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// kura: tokenize, authorise through an acquirer simulator, capture.
+#[derive(Clone)]
+pub struct KuraPay {
+    pub client: Client,
+    /// Makes order ids and idempotency keys unique across runs on one cluster.
+    pub run: String,
+}
+
+impl Op for KuraPay {
+    async fn call(&self, client: u32, seq: u64) -> Result<(), String> {
+        let err = |e: kura_sdk::Error| e.to_string();
+        let token = self
+            .client
+            .tokenize(&tokenize_request(client, seq))
+            .await
+            .map_err(err)?
+            .token;
+        let order = format!("{}-{client}-{seq}", self.run);
+        let body = json!({ "token": token, "amount": 1200, "currency": "JPY", "order_id": order, "capture": false });
+        let paid = self
+            .client
+            .call_idempotent(
+                Method::POST,
+                "/v1/payments",
+                Some(body),
+                &format!("{order}-a"),
+            )
+            .await
+            .map_err(err)?;
+        let id = paid.body["id"].as_str().ok_or("payment without id")?;
+        self.client
+            .call_idempotent(
+                Method::POST,
+                &format!("/v1/payments/{id}/capture"),
+                Some(json!({ "amount": 1200 })),
+                &format!("{order}-c"),
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+/// Spreads reads over `len` items, differently per client.
+fn spread(client: u32, seq: u64, len: usize) -> usize {
+    ((u64::from(client).wrapping_mul(7_919) + seq.wrapping_mul(104_729)) % len as u64) as usize
+}
+
+/// An etcd client over the JSON gateway of one member.
+#[derive(Clone)]
+pub struct Etcd {
+    pool: Arc<HttpPool>,
+    pub addr: String,
+}
+
+impl Etcd {
+    pub fn new(addr: String) -> Etcd {
+        Etcd {
+            pool: Arc::new(HttpPool::new(
+                Arc::new(TcpConnector),
+                tokio_spawner(),
+                16 << 20,
+            )),
+            addr,
+        }
+    }
+
+    /// POSTs `body` to a `/v3/...` path; the JSON answer of a 200.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", &self.addr)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        let resp = self
+            .pool
+            .send(&self.addr, req, TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != 200 {
+            return Err(format!(
+                "etcd {path}: {} {}",
+                resp.status(),
+                String::from_utf8_lossy(resp.body())
+            ));
+        }
+        serde_json::from_slice(resp.body()).map_err(|e| format!("etcd {path}: {e}"))
+    }
+
+    pub async fn put(&self, key: &str, value: &str) -> Result<(), String> {
+        self.post(
+            "/v3/kv/put",
+            &json!({ "key": B64.encode(key), "value": value }),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// etcd: put a value the size of a kura tokenize request (base64 in the JSON body).
+#[derive(Clone)]
+pub struct EtcdPut {
+    pub etcd: Etcd,
+    pub value_b64: Arc<String>,
+}
+
+impl EtcdPut {
+    pub fn new(etcd: Etcd, value_bytes: usize) -> EtcdPut {
+        let value: Vec<u8> = (0..value_bytes).map(|i| b'a' + (i % 26) as u8).collect();
+        EtcdPut {
+            etcd,
+            value_b64: Arc::new(B64.encode(value)),
+        }
+    }
+}
+
+impl Op for EtcdPut {
+    async fn call(&self, client: u32, seq: u64) -> Result<(), String> {
+        self.etcd
+            .put(&format!("bench/{client:04}/{seq:012}"), &self.value_b64)
+            .await
+    }
+}
+
+/// etcd: a linearizable range read of one of `keys` (etcd's default consistency).
+#[derive(Clone)]
+pub struct EtcdRange {
+    pub etcd: Etcd,
+    pub keys: Arc<Vec<String>>,
+}
+
+impl Op for EtcdRange {
+    async fn call(&self, client: u32, seq: u64) -> Result<(), String> {
+        let key = &self.keys[spread(client, seq, self.keys.len())];
+        let r = self
+            .etcd
+            .post("/v3/kv/range", &json!({ "key": B64.encode(key) }))
+            .await?;
+        if r["kvs"].as_array().is_some_and(|k| k.len() == 1) {
+            Ok(())
+        } else {
+            Err(format!("etcd range {key}: no value: {r}"))
+        }
+    }
+}
+
+/// Three etcd members on loopback, each with its own data directory under `dir`.
+/// Dropping it kills them.
+pub struct EtcdCluster {
+    pub client_addrs: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl EtcdCluster {
+    pub async fn start(dir: &Path) -> Result<EtcdCluster, String> {
+        let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let initial = (0..3)
+            .map(|i| format!("m{i}=http://127.0.0.1:{}", peer[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut children = Vec::new();
+        for i in 0..3 {
+            let data: PathBuf = dir.join(format!("etcd-m{i}"));
+            let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log")))
+                .map_err(|e| e.to_string())?;
+            let child = Command::new("etcd")
+                .arg(format!("--name=m{i}"))
+                .arg(format!("--data-dir={}", data.display()))
+                .arg(format!(
+                    "--listen-client-urls=http://127.0.0.1:{}",
+                    client[i]
+                ))
+                .arg(format!(
+                    "--advertise-client-urls=http://127.0.0.1:{}",
+                    client[i]
+                ))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", peer[i]))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                    peer[i]
+                ))
+                .arg(format!("--initial-cluster={initial}"))
+                .arg("--initial-cluster-state=new")
+                .arg("--initial-cluster-token=kura-bench")
+                .arg("--logger=zap")
+                .arg("--log-outputs=stderr")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("cannot start etcd (is etcd-server installed?): {e}"))?;
+            children.push(child);
+        }
+        let c = EtcdCluster {
+            client_addrs: client.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            children,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while c.leader().await.is_none() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "etcd formed no cluster within 30 s; logs in {}",
+                    dir.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(c)
+    }
+
+    /// The client address of the member that leads, once every member agrees on one.
+    pub async fn leader(&self) -> Option<String> {
+        let mut leader = None;
+        for addr in &self.client_addrs {
+            let s = Etcd::new(addr.clone())
+                .post("/v3/maintenance/status", &json!({}))
+                .await
+                .ok()?;
+            let (me, lead) = (s["header"]["member_id"].as_str()?, s["leader"].as_str()?);
+            if lead == "0" {
+                return None;
+            }
+            if me == lead {
+                leader = Some(addr.clone());
+            }
+        }
+        leader
+    }
+
+    /// etcd's version, as `etcd --version` prints it.
+    pub fn version() -> String {
+        Command::new("etcd")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| "etcd (version unknown)".into())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
