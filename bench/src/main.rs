@@ -2,6 +2,7 @@
 //! `scripts/bench <command>` builds everything in release and runs it; see
 //! `kura-bench --help`.
 
+mod failover;
 mod harness;
 mod report;
 mod systems;
@@ -34,6 +35,19 @@ enum Cmd {
         /// Connections of the open-loop (fixed-rate) runs.
         #[arg(long, default_value_t = 64)]
         open_clients: u32,
+        #[arg(long, default_value = "bench/results")]
+        results: PathBuf,
+    },
+    /// Failover under a steady write load: SIGKILL the leader, stall its storage, drain
+    /// it, ROUNDS times each; client-observed write gaps, and no acknowledged write lost.
+    Failover {
+        #[arg(long, default_value_t = 30)]
+        rounds: u32,
+        #[arg(long, default_value_t = 16)]
+        writers: u32,
+        /// Pause of each writer between writes.
+        #[arg(long, default_value_t = 10)]
+        think_ms: u64,
         #[arg(long, default_value = "bench/results")]
         results: PathBuf,
     },
@@ -88,6 +102,19 @@ async fn main() {
             warmup: Duration::from_secs(warmup_s),
             measure: Duration::from_secs(measure_s),
             open_clients,
+            results,
+        })
+        .await
+        .map(|p| eprintln!("report written to {}", p.display())),
+        Cmd::Failover {
+            rounds,
+            writers,
+            think_ms,
+            results,
+        } => failover::run(failover::Args {
+            rounds,
+            writers,
+            think: Duration::from_millis(think_ms),
             results,
         })
         .await
