@@ -5,6 +5,7 @@
 mod failover;
 mod harness;
 mod report;
+mod scale;
 mod systems;
 mod vs_etcd;
 
@@ -48,6 +49,19 @@ enum Cmd {
         /// Pause of each writer between writes.
         #[arg(long, default_value_t = 10)]
         think_ms: u64,
+        #[arg(long, default_value = "bench/results")]
+        results: PathBuf,
+    },
+    /// Load TOKENS cards on file; database size and memory per node, tokenize latency
+    /// against the empty vault, and a wiped follower's catch-up by snapshot.
+    Scale {
+        #[arg(long, default_value_t = 1_000_000)]
+        tokens: u64,
+        #[arg(long, default_value_t = 64)]
+        clients: u32,
+        /// Open-loop rate of the latency probes.
+        #[arg(long, default_value_t = 500.0)]
+        probe_rate: f64,
         #[arg(long, default_value = "bench/results")]
         results: PathBuf,
     },
@@ -115,6 +129,19 @@ async fn main() {
             rounds,
             writers,
             think: Duration::from_millis(think_ms),
+            results,
+        })
+        .await
+        .map(|p| eprintln!("report written to {}", p.display())),
+        Cmd::Scale {
+            tokens,
+            clients,
+            probe_rate,
+            results,
+        } => scale::run(scale::Args {
+            tokens,
+            clients,
+            probe_rate,
             results,
         })
         .await

@@ -192,7 +192,10 @@ impl ProcCluster {
             .args(["node", "--config"])
             .arg(&self.configs[i])
             .args(&self.node_args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("KURA_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -294,6 +297,11 @@ impl ProcCluster {
     /// The config file of node `i`.
     pub fn config(&self, i: usize) -> &std::path::Path {
         &self.configs[i]
+    }
+
+    /// The process id of node `i`, if it is running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(Child::id)
     }
 
     /// True when node `i` is running.

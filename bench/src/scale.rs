@@ -1,0 +1,209 @@
+//! `kura-bench scale`: load a large number of card-on-file tokens, then report what they
+//! cost — database size and resident memory per node, tokenize latency against the empty
+//! vault — and how long a wiped follower takes to catch up by snapshot.
+
+use crate::harness::{self, Plan, Summary};
+use crate::report;
+use crate::systems::{tokenize_request, KuraTokenize};
+use kura_cluster_tests::procs::{files, ProcCluster, NAMES};
+use kura_sdk::Client;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub tokens: u64,
+    /// Concurrent loaders.
+    pub clients: u32,
+    /// Open-loop rate of the latency probes before and after loading.
+    pub probe_rate: f64,
+    pub results: PathBuf,
+}
+
+/// Tokenizes `n` cards on file with `clients` loaders; returns (acknowledged, failed).
+async fn load(client: &Client, n: u64, clients: u32) -> (u64, u64) {
+    let next = Arc::new(AtomicU64::new(0));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|w| {
+            let (client, next, ok, failed) =
+                (client.clone(), next.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= n {
+                        return;
+                    }
+                    match client.tokenize(&tokenize_request(w, seq)).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    if seq > 0 && seq % 50_000 == 0 {
+                        eprintln!(
+                            "  {seq} tokens in {:.0} s ({:.0}/s)",
+                            started.elapsed().as_secs_f64(),
+                            seq as f64 / started.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("loader");
+    }
+    (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+}
+
+async fn probe(client: &Client, rate: f64) -> Summary {
+    let s = harness::run(
+        KuraTokenize(client.clone()),
+        Plan {
+            clients: 16,
+            warmup: Duration::from_secs(2),
+            measure: Duration::from_secs(10),
+            rate: Some(rate),
+        },
+    )
+    .await;
+    eprintln!("  tokenize probe at {rate:.0}/s: {}", s.line());
+    s
+}
+
+fn dir_bytes(c: &ProcCluster, i: usize) -> u64 {
+    files(&c.data_dir(i))
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn rss_bytes(c: &ProcCluster, i: usize) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid(i)?)).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0} MiB", b as f64 / 1048576.0)
+}
+
+async fn applied(c: &ProcCluster, i: usize) -> Option<u64> {
+    c.status(i).await.and_then(|s| s["applied_index"].as_u64())
+}
+
+pub async fn run(args: Args) -> Result<PathBuf, String> {
+    let mut c = ProcCluster::start("");
+    c.init().await;
+    c.wait_leader().await;
+    let key = c.merchant("scale").await;
+    let client = c.client(&[0, 1, 2], &key);
+    eprintln!("empty vault:");
+    let empty = probe(&client, args.probe_rate).await;
+    let empty_sizes: Vec<u64> = (0..3).map(|i| dir_bytes(&c, i)).collect();
+    let empty_rss: Vec<Option<u64>> = (0..3).map(|i| rss_bytes(&c, i)).collect();
+
+    eprintln!(
+        "loading {} tokens with {} clients:",
+        args.tokens, args.clients
+    );
+    let started = Instant::now();
+    let (ok, failed) = load(&client, args.tokens, args.clients).await;
+    let load_secs = started.elapsed().as_secs_f64();
+    eprintln!("  {ok} acknowledged, {failed} failed, {load_secs:.0} s");
+    eprintln!("full vault:");
+    let full = probe(&client, args.probe_rate).await;
+    let sizes: Vec<u64> = (0..3).map(|i| dir_bytes(&c, i)).collect();
+    let rss: Vec<Option<u64>> = (0..3).map(|i| rss_bytes(&c, i)).collect();
+
+    // Wipe a follower and time its catch-up: the leader's log is purged far past its
+    // (empty) log, so it can only catch up from a snapshot.
+    let leader = c.wait_leader().await;
+    let f = (0..3).find(|&i| i != leader).expect("a follower");
+    let target = applied(&c, leader).await.ok_or("leader status")?;
+    c.kill(f);
+    std::fs::remove_dir_all(c.data_dir(f)).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(c.data_dir(f)).map_err(|e| e.to_string())?;
+    let wiped = Instant::now();
+    c.restart(f);
+    // A light write load meanwhile, as in service: the leader learns that the follower
+    // lost its log when an append is refused (heartbeats carry no entries to refuse).
+    let deadline = wiped + Duration::from_secs(600);
+    let mut seq = 0;
+    while applied(&c, f).await.is_none_or(|a| a < target) {
+        if Instant::now() > deadline {
+            return Err(format!("{} did not catch up within 600 s", NAMES[f]));
+        }
+        let _ = client.tokenize(&tokenize_request(9_998, seq)).await;
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let catch_up = wiped.elapsed();
+    let caught_up_size = dir_bytes(&c, f);
+    eprintln!(
+        "wiped {} caught up to index {target} in {:.1} s",
+        NAMES[f],
+        catch_up.as_secs_f64()
+    );
+
+    let mut t = report::header("kura at scale", c.dir.path());
+    let _ = writeln!(
+        t,
+        "- Three `kura` processes on loopback (release build, defaults, fsync on). {ok} card-on-file tokens acknowledged ({failed} failed) by {} clients in {load_secs:.0} s ({:.0}/s on average).\n\
+         - Latency probe: tokenize, open loop at {:.0}/s over 16 connections, 2 s warm-up, 10 s measured.\n\n\
+         | node | data dir empty | data dir full | per token | RSS empty | RSS full |\n|---|---:|---:|---:|---:|---:|",
+        args.clients,
+        ok as f64 / load_secs,
+        args.probe_rate
+    );
+    for i in 0..3 {
+        let _ = writeln!(
+            t,
+            "| {}{} | {} | {} | {} B | {} | {} |",
+            NAMES[i],
+            if i == leader { " (leader)" } else { "" },
+            mib(empty_sizes[i]),
+            mib(sizes[i]),
+            sizes[i].saturating_sub(empty_sizes[i]) / ok.max(1),
+            empty_rss[i].map_or_else(|| "?".into(), mib),
+            rss[i].map_or_else(|| "?".into(), mib)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n| tokenize at {:.0}/s | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---:|---:|---:|---:|\n\
+         | empty vault | {:.2} | {:.2} | {:.2} | {:.2} |\n\
+         | {ok} tokens | {:.2} | {:.2} | {:.2} | {:.2} |\n\
+         | full / empty | {} | {} | {} | |\n\n\
+         Wiped follower ({}): data directory deleted, node restarted; it reached the leader's applied index ({target}) by snapshot in **{:.1} s**; its data directory is then {}.",
+        args.probe_rate,
+        empty.ms(0.5),
+        empty.ms(0.99),
+        empty.ms(0.999),
+        empty.max_ms(),
+        full.ms(0.5),
+        full.ms(0.99),
+        full.ms(0.999),
+        full.max_ms(),
+        report::ratio(full.ms(0.5), empty.ms(0.5)),
+        report::ratio(full.ms(0.99), empty.ms(0.99)),
+        report::ratio(full.ms(0.999), empty.ms(0.999)),
+        NAMES[f],
+        catch_up.as_secs_f64(),
+        mib(caught_up_size)
+    );
+    let path = report::save(&args.results, "scale", &t).map_err(|e| e.to_string())?;
+    println!("{t}");
+    Ok(path)
+}
