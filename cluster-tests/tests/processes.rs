@@ -152,6 +152,50 @@ async fn follower_forwards_leader_sigkill_fails_over_and_old_leader_catches_up_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
+    let mut c = ProcCluster::start(SMALL_SNAPSHOTS);
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let key = c.merchant("wipe").await;
+    let everyone = c.client(&[0, 1, 2], &key);
+    let mut tokens = Vec::new();
+    for i in 0..60 {
+        let t = everyone.tokenize(&tokenize_req(2_000 + i)).await;
+        tokens.push(t.expect("write").token);
+    }
+    let target = c.status(leader).await.unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    // The disk of a follower is replaced: same id, same config, no data.
+    let f = (leader + 1) % 3;
+    c.kill(f);
+    std::fs::remove_dir_all(c.data_dir(f)).unwrap();
+    std::fs::create_dir_all(c.data_dir(f)).unwrap();
+    c.restart(f);
+    // No write from here on: the cluster must notice the empty log by itself (openraft
+    // alone keeps sending from where it believes the follower is, forever).
+    wait_for(
+        "the wiped follower to catch up",
+        Duration::from_secs(30),
+        || async {
+            c.status(f)
+                .await
+                .is_some_and(|s| s["applied_index"].as_u64().unwrap_or(0) >= target)
+        },
+    )
+    .await;
+    let s = c.status(f).await.unwrap();
+    assert!(
+        s["snapshot_index"].as_u64().unwrap_or(0) > 0,
+        "caught up without a snapshot: {s}"
+    );
+    let via_wiped = c.client(&[f], &key);
+    for t in &tokens {
+        via_wiped.get_token(t).await.expect("readable through it");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_all_nodes_mid_load_loses_no_acknowledged_write() {
     let mut c = ProcCluster::start(SMALL_SNAPSHOTS);
     c.init().await;

@@ -145,6 +145,9 @@ pub struct NodeHealth {
     #[serde(default)]
     pub routes_cut: bool,
     pub checks: Vec<Check>,
+    /// The index of the last entry in this node's log (or its snapshot), when known.
+    #[serde(default)]
+    pub last_log_index: Option<u64>,
 }
 
 impl NodeHealth {
@@ -160,6 +163,9 @@ struct PeerView {
     report: Option<NodeHealth>,
     /// Simulated or wall time (ms) since when the peer has been eligible to lead.
     eligible_since_ms: Option<u64>,
+    /// Polls in a row in which the peer reported an empty log although this leader had
+    /// replicated entries to it: it lost its data (a wiped disk).
+    lost_log_polls: u32,
 }
 
 /// This node's checks and its view of the other nodes.
@@ -255,6 +261,7 @@ impl Health {
             unhealthy_cause,
             routes_cut,
             checks: checks.values().cloned().collect(),
+            last_log_index: None,
         }
     }
 
@@ -380,12 +387,16 @@ async fn poll_peers(st: &AppState, timeout: Duration) {
         .get_from_peers(crate::api::peer::HEALTH_PATH, timeout)
         .await;
     let now = (st.clock)();
-    let lags: BTreeMap<NodeId, Option<u64>> = st
-        .cluster
-        .status()
+    let status = st.cluster.status();
+    let lags: BTreeMap<NodeId, Option<u64>> = status
         .members
         .iter()
         .map(|m| (m.id, m.lag_entries))
+        .collect();
+    let matched: BTreeMap<NodeId, u64> = status
+        .members
+        .iter()
+        .filter_map(|m| Some((m.id, m.matched_index?)))
         .collect();
     let reports: Vec<(NodeId, Option<NodeHealth>)> = reports
         .into_iter()
@@ -408,7 +419,18 @@ async fn poll_peers(st: &AppState, timeout: Duration) {
             .as_ref()
             .is_some_and(|r| r.healthy && !r.drained && !(r.routes_cut && routes_up_somewhere))
             && caught_up;
+        // Raft assumes a node never loses what it acknowledged; one that comes back with
+        // an empty log under the same id is refused nothing by openraft, which keeps
+        // sending from where it believes the node is. Counted here, handled in `control`.
+        let lost_log = report.as_ref().and_then(|r| r.last_log_index) == Some(0)
+            && matched.get(&id).is_some_and(|&m| m > 0);
         let view = peers.entry(id).or_default();
+        view.lost_log_polls = if lost_log {
+            view.lost_log_polls.saturating_add(1)
+        } else {
+            0
+        };
+        let eligible = eligible && view.lost_log_polls == 0;
         view.eligible_since_ms = match (eligible, view.eligible_since_ms) {
             (true, Some(t)) => Some(t),
             (true, None) => Some(now),
@@ -461,6 +483,7 @@ async fn control(st: &AppState) {
         return;
     }
     let cause = match (&report.unhealthy_cause, drained) {
+        _ if follower_lost_its_log(st) => Some("follower_lost_log".to_owned()),
         (Some(c), _) => Some(c.clone()),
         (None, true) => Some("operator".to_owned()),
         (None, false) if me.never_lead => Some("never_lead".to_owned()),
@@ -483,6 +506,18 @@ async fn control(st: &AppState) {
             handoff(st, to, "failback").await;
         }
     }
+}
+
+/// True when a follower has reported an empty log for two polls in a row although this
+/// leader replicated entries to it. A new leader starts its replication to every
+/// follower afresh (probing back to a snapshot), so the remedy is to hand over.
+fn follower_lost_its_log(st: &AppState) -> bool {
+    st.health
+        .peers
+        .lock()
+        .expect("health lock")
+        .values()
+        .any(|v| v.lost_log_polls >= 2)
 }
 
 /// How long (ms) this node has known no leader that answers its health polls; 0 while

@@ -18,7 +18,10 @@ pub fn own_report(st: &AppState) -> NodeHealth {
         .cluster
         .vault()
         .read(|v| v.is_drained(&st.cluster.me().name));
-    st.health.report(drained)
+    NodeHealth {
+        last_log_index: Some(st.cluster.status().last_log_index),
+        ..st.health.report(drained)
+    }
 }
 
 /// `GET /health/ready`: 200 when this node can serve client requests now (knows a
