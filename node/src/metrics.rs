@@ -140,7 +140,7 @@ impl Metrics {
         );
         registry.register(
             "raft_leader_changes",
-            "Leader changes this node has observed, by cause (crash_or_partition, unhealthy_storage, unhealthy_keys, unhealthy_routes, failback, operator)",
+            "Leader changes this node has observed, by cause (crash_or_partition, unhealthy_storage, unhealthy_keys, unhealthy_routes, failback, operator, never_lead, follower_lost_log)",
             m.raft_leader_changes.clone(),
         );
         registry.register_with_unit(
@@ -228,12 +228,13 @@ impl Metrics {
     }
 
     /// Counts one leader change with its cause.
-    pub fn leader_changed(&self, cause: &str) {
+    /// Counts `n` more leadership changes with `cause`.
+    pub fn leader_changed(&self, cause: &str, n: u64) {
         self.raft_leader_changes
             .get_or_create(&CauseLabels {
                 cause: cause.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Mirrors one acquirer route's state.
@@ -291,7 +292,7 @@ mod tests {
         let m = Metrics::new();
         m.raft_term.set(3);
         m.store_log_fsync.observe(0.002);
-        m.leader_changed("failback");
+        m.leader_changed("failback", 1);
         m.observe_request("/v1/tokens", "POST", 201, Duration::from_millis(3));
         let text = m.encode();
         for needle in [

@@ -201,6 +201,12 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         }
     });
     crate::raft_types::spawn(update_metrics(state.clone()));
+    if cfg.raft.snapshot_grows_with_vault {
+        crate::raft_types::spawn(snapshot_when_due(
+            cluster.clone(),
+            cfg.raft.snapshot_every_entries,
+        ));
+    }
     tracing::info!(node = %me.name, id = cfg.node_id, role = %me.role, api = %me.api_addr, raft = %me.raft_addr, "node started");
     Ok(Node {
         cluster,
@@ -250,7 +256,8 @@ async fn sweep_cvcs(st: Arc<AppState>) {
 /// Mirrors Raft state into gauges and counts leader changes.
 async fn update_metrics(st: Arc<AppState>) {
     let (cluster, m) = (st.cluster.clone(), st.metrics.clone());
-    let (mut recorded_term, mut counted_term) = (0, 0);
+    let (mut recorded_term, mut logged_term) = (0, 0);
+    let mut counted: std::collections::BTreeMap<String, u64> = Default::default();
     let mut watch = cluster.watch();
     loop {
         let s = cluster.status();
@@ -267,17 +274,39 @@ async fn update_metrics(st: Arc<AppState>) {
                 .unwrap_or_else(|| "crash_or_partition".into());
             crate::raft_types::spawn(record_leader_change(st.clone(), s.term, cause));
         }
-        let change = cluster
+        let (change, totals) = cluster
             .vault()
-            .read(|v| v.last_leader_change().cloned())
-            .filter(|c| c.term > counted_term);
-        if let Some(c) = change {
-            counted_term = c.term;
+            .read(|v| (v.last_leader_change().cloned(), v.leader_changes().clone()));
+        if let Some(c) = change.filter(|c| c.term > logged_term) {
+            logged_term = c.term;
             tracing::info!(leader = %c.leader_name, term = c.term, cause = %c.cause, "leader changed");
-            m.leader_changed(&c.cause);
+        }
+        for (cause, total) in totals {
+            let seen = counted.entry(cause.clone()).or_default();
+            m.leader_changed(&cause, total.saturating_sub(*seen));
+            *seen = total;
         }
         if !watch.changed().await {
             return;
+        }
+    }
+}
+
+/// Starts snapshots as the vault-sized interval comes due (see
+/// `RaftSettings::snapshot_grows_with_vault`), one at a time.
+async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
+    let second = std::time::Duration::from_secs(1);
+    loop {
+        crate::raft_types::sleep(second).await;
+        let before = cluster.status().snapshot_index;
+        if cluster.snapshot_if_due(every_entries).await {
+            // Let it finish (the snapshot index moves) before judging again.
+            for _ in 0..300 {
+                crate::raft_types::sleep(second).await;
+                if cluster.status().snapshot_index != before {
+                    break;
+                }
+            }
         }
     }
 }

@@ -34,6 +34,11 @@ pub struct RaftSettings {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_every_entries: u64,
+    /// Wait instead for at least as many entries as the vault holds tokens, when that is
+    /// more. A snapshot serialises the whole vault, so this keeps its cost per write
+    /// bounded as the vault grows (a fixed interval makes it grow with the vault), at
+    /// the price of a log as long as the vault is large.
+    pub snapshot_grows_with_vault: bool,
     /// Entries kept in the log behind a snapshot, for followers that lag a little.
     pub log_entries_kept_after_snapshot: u64,
     /// Deadline for one snapshot upload.
@@ -47,6 +52,7 @@ impl Default for RaftSettings {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
             snapshot_every_entries: 10_000,
+            snapshot_grows_with_vault: true,
             log_entries_kept_after_snapshot: 1_000,
             snapshot_send_timeout_ms: 60_000,
         }
@@ -83,7 +89,13 @@ impl RaftSettings {
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            // With a vault-sized interval, kura triggers snapshots itself
+            // (`Cluster::snapshot_if_due`).
+            snapshot_policy: if self.snapshot_grows_with_vault {
+                SnapshotPolicy::Never
+            } else {
+                SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries)
+            },
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             install_snapshot_timeout: self.snapshot_send_timeout_ms,
             enable_pre_vote: Some(true),
@@ -384,6 +396,21 @@ impl Cluster {
         self.raft.runtime_config().elect(enabled);
     }
 
+    /// With `snapshot_grows_with_vault`, starts a snapshot once the entries applied since
+    /// the last one reach `snapshot_every_entries` or the vault's token count, whichever
+    /// is more. Returns true when it started one.
+    pub async fn snapshot_if_due(&self, every_entries: u64) -> bool {
+        let s = self.status();
+        let since = s
+            .applied_index
+            .saturating_sub(s.snapshot_index.unwrap_or(0));
+        let tokens = self.vault().read(|v| v.token_count()) as u64;
+        if since < every_entries.max(tokens) {
+            return false;
+        }
+        self.raft.trigger().snapshot().await.is_ok()
+    }
+
     /// The leader this node knows of, with its member record.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         let m = self.raft.metrics().borrow_watched().clone();
@@ -578,7 +605,8 @@ impl Cluster {
     }
 
     /// Hands leadership to `to` for `cause` (which `to` records when it takes over) and
-    /// waits until this node sees `to` lead, up to `timeout`. Only the leader can do this.
+    /// waits until this node has applied `to`'s record of the change, up to `timeout`.
+    /// Only the leader can do this.
     pub async fn transfer_leader(
         &self,
         to: NodeId,
@@ -614,8 +642,19 @@ impl Cluster {
             .transfer_leader(to)
             .await
             .map_err(|e| e.to_string())?;
+        // Done once `to` leads and its record of the change (with the cause) has reached
+        // this node: leadership moved again too soon would otherwise leave a term whose
+        // change was never recorded.
+        let recorded = || {
+            let s = self.status();
+            s.leader_id == Some(to)
+                && self.vault().read(|v| {
+                    v.last_leader_change()
+                        .is_some_and(|c| c.term >= s.term && c.leader_node == to)
+                })
+        };
         let wait = async {
-            while self.status().leader_id != Some(to) {
+            while !recorded() {
                 if !watch.changed().await {
                     return false;
                 }

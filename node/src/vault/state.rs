@@ -119,6 +119,10 @@ pub struct VaultState {
     audit: AuditLog,
     /// The newest leadership change a new leader recorded.
     last_leader_change: Option<LeaderChange>,
+    /// Recorded leadership changes by cause, all of them: a node that applies several
+    /// at once still counts each.
+    #[serde(default)]
+    leader_changes: BTreeMap<String, u64>,
     /// Names of drained nodes.
     drained: std::collections::BTreeSet<String>,
     /// Payments by id.
@@ -332,6 +336,7 @@ impl VaultState {
                 cause,
                 at_ms,
             } => {
+                *self.leader_changes.entry(cause.clone()).or_default() += 1;
                 self.last_leader_change = Some(LeaderChange {
                     leader_node: *leader_node,
                     leader_name: leader_name.clone(),
@@ -784,6 +789,11 @@ impl VaultState {
     }
 
     /// The newest recorded leadership change.
+    /// How many leadership changes were recorded, by cause.
+    pub fn leader_changes(&self) -> &BTreeMap<String, u64> {
+        &self.leader_changes
+    }
+
     pub fn last_leader_change(&self) -> Option<&LeaderChange> {
         self.last_leader_change.as_ref()
     }
