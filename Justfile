@@ -24,3 +24,19 @@ chaos *ARGS:
 # Replay one chaos seed byte for byte, printing its trace: just chaos-replay 42
 chaos-replay SEED *ARGS:
     ./scripts/chaos replay {{SEED}} {{ARGS}}
+
+# kura against etcd 3.4 (installed from Debian when missing) on this machine: throughput
+# at 1/16/64/256 clients, latency at 50% of etcd's saturation, the fsync floor. Writes
+# bench/results/vs-etcd-<date>.md. About 6 minutes.
+bench-vs-etcd *ARGS:
+    ./scripts/bench vs-etcd {{ARGS}}
+
+# Failover under a steady write load: 30 leader SIGKILLs, 30 stalled leader storages, 30
+# drains; client-observed write gaps; every acknowledged write read back. About 10 minutes.
+bench-failover *ARGS:
+    ./scripts/bench failover {{ARGS}}
+
+# One million cards on file: size and memory per node, tokenize latency full vs empty,
+# a wiped follower's catch-up by snapshot.
+bench-scale *ARGS:
+    ./scripts/bench scale {{ARGS}}

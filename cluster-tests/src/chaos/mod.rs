@@ -485,6 +485,7 @@ fn node_config(p: &Params, id: u64) -> kura_node::config::NodeConfig {
     cfg.raft.election_timeout_min_ms = p.election_min_ms;
     cfg.raft.election_timeout_max_ms = p.election_max_ms;
     cfg.raft.snapshot_every_entries = p.snapshot_every_entries;
+    cfg.raft.snapshot_grows_with_vault = false;
     cfg.raft.log_entries_kept_after_snapshot = p.log_kept_after_snapshot;
     cfg.raft.snapshot_send_timeout_ms = p.snapshot_send_timeout_ms;
     cfg.storage.unsafe_no_fsync = p.unsafe_no_fsync;
