@@ -205,7 +205,7 @@ mod tests {
 
     impl Op for Sleepy {
         async fn call(&self, _client: u32, seq: u64) -> Result<(), String> {
-            let d = if seq > 0 && seq % self.stall_every == 0 {
+            let d = if seq > 0 && seq.is_multiple_of(self.stall_every) {
                 self.stall
             } else {
                 self.delay

@@ -43,7 +43,7 @@ async fn load(client: &Client, n: u64, clients: u32) -> (u64, u64) {
                         Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                         Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                     };
-                    if seq > 0 && seq % 50_000 == 0 {
+                    if seq > 0 && seq.is_multiple_of(50_000) {
                         eprintln!(
                             "  {seq} tokens in {:.0} s ({:.0}/s)",
                             started.elapsed().as_secs_f64(),
