@@ -112,6 +112,25 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    fn nobody_waits(&self) -> bool {
+        matches!(
+            self,
+            Op::Append {
+                done: Done::None,
+                ..
+            } | Op::TruncateFrom {
+                done: Done::None,
+                ..
+            } | Op::PurgeUpto {
+                done: Done::None,
+                ..
+            } | Op::PutMeta {
+                done: Done::None,
+                ..
+            } | Op::Canary { done: Done::None }
+        )
+    }
+
     fn into_done(self) -> Done {
         match self {
             Op::Append {
@@ -261,12 +280,23 @@ fn batch(first: Op, mut queued: impl FnMut() -> Option<Op>) -> Vec<Op> {
 }
 
 impl Committer {
-    /// Applies `batch` in one transaction, then completes every operation.
+    /// Applies `batch` in one transaction, then completes every operation. A batch that
+    /// nobody waits for (only the lazily kept commit marker) is committed without a
+    /// sync: the next durable commit makes it durable too, and until then nothing relies
+    /// on it. Syncing it would put a whole fsync between one write and the next.
     fn commit(&self, batch: Vec<Op>) {
         let started = Instant::now();
-        let result = write_all(&self.db, self.durability, &batch).map_err(|e| e.to_string());
+        let lazy = batch.iter().all(Op::nobody_waits);
+        let durability = if lazy {
+            Durability::None
+        } else {
+            self.durability
+        };
+        let result = write_all(&self.db, durability, &batch).map_err(|e| e.to_string());
         if result.is_ok() {
-            (self.fsync)(started.elapsed());
+            if !lazy {
+                (self.fsync)(started.elapsed());
+            }
         } else if let Err(e) = &result {
             tracing::error!(error = %e, "storage commit failed");
         }
