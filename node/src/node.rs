@@ -296,10 +296,13 @@ async fn update_metrics(st: Arc<AppState>) {
 /// `RaftSettings::snapshot_grows_with_vault`), one at a time.
 async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
     let second = std::time::Duration::from_secs(1);
+    // After a restart the vault's size stands in for the last snapshot's.
+    let mut last_tokens = cluster.vault().read(|v| v.token_count()) as u64;
     loop {
         crate::raft_types::sleep(second).await;
         let before = cluster.status().snapshot_index;
-        if cluster.snapshot_if_due(every_entries).await {
+        if let Some(tokens) = cluster.snapshot_if_due(every_entries, last_tokens).await {
+            last_tokens = tokens;
             // Let it finish (the snapshot index moves) before judging again.
             for _ in 0..300 {
                 crate::raft_types::sleep(second).await;

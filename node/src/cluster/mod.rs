@@ -34,10 +34,10 @@ pub struct RaftSettings {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_every_entries: u64,
-    /// Wait instead for at least as many entries as the vault holds tokens, when that is
-    /// more. A snapshot serialises the whole vault, so this keeps its cost per write
-    /// bounded as the vault grows (a fixed interval makes it grow with the vault), at
-    /// the price of a log as long as the vault is large.
+    /// Wait instead for at least as many entries as the vault held tokens at the last
+    /// snapshot, when that is more. A snapshot serialises the whole vault, so this keeps
+    /// its cost per write bounded as the vault grows (a fixed interval makes it grow
+    /// with the vault), at the price of a log about as long as the vault is large.
     pub snapshot_grows_with_vault: bool,
     /// Entries kept in the log behind a snapshot, for followers that lag a little.
     pub log_entries_kept_after_snapshot: u64,
@@ -397,18 +397,20 @@ impl Cluster {
     }
 
     /// With `snapshot_grows_with_vault`, starts a snapshot once the entries applied since
-    /// the last one reach `snapshot_every_entries` or the vault's token count, whichever
-    /// is more. Returns true when it started one.
-    pub async fn snapshot_if_due(&self, every_entries: u64) -> bool {
+    /// the last one reach `snapshot_every_entries` or `last_tokens` (the vault's token
+    /// count at the last snapshot), whichever is more: the interval doubles as long as
+    /// the vault does, so snapshot work per write stays bounded. Returns the token count
+    /// at this snapshot when it started one.
+    pub async fn snapshot_if_due(&self, every_entries: u64, last_tokens: u64) -> Option<u64> {
         let s = self.status();
         let since = s
             .applied_index
             .saturating_sub(s.snapshot_index.unwrap_or(0));
-        let tokens = self.vault().read(|v| v.token_count()) as u64;
-        if since < every_entries.max(tokens) {
-            return false;
+        if since < every_entries.max(last_tokens) {
+            return None;
         }
-        self.raft.trigger().snapshot().await.is_ok()
+        let tokens = self.vault().read(|v| v.token_count()) as u64;
+        self.raft.trigger().snapshot().await.ok().map(|()| tokens)
     }
 
     /// The leader this node knows of, with its member record.
