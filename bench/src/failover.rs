@@ -250,7 +250,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank - 1]
 }
 
-pub async fn run(args: Args) -> Result<PathBuf, String> {
+pub async fn run(args: Args) -> Result<(), String> {
     let mut c = ProcCluster::start_with_faults("[failover]\nfailback_stabilization_s = 2\n", &[]);
     c.init().await;
     c.wait_leader().await;
@@ -324,8 +324,7 @@ pub async fn run(args: Args) -> Result<PathBuf, String> {
         lost.len(),
         verdict(lost.is_empty())
     );
-    let path = report::save(&args.results, "failover", &t).map_err(|e| e.to_string())?;
-    println!("{t}");
+    report::publish(&args.results, "failover", &t)?;
     if !lost.is_empty() {
         return Err(format!(
             "{} acknowledged writes were lost, e.g. {:?}",
@@ -333,5 +332,5 @@ pub async fn run(args: Args) -> Result<PathBuf, String> {
             &lost[..lost.len().min(5)]
         ));
     }
-    Ok(path)
+    Ok(())
 }

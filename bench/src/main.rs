@@ -111,41 +111,44 @@ async fn main() {
             measure_s,
             open_clients,
             results,
-        } => vs_etcd::run(vs_etcd::Args {
-            clients,
-            warmup: Duration::from_secs(warmup_s),
-            measure: Duration::from_secs(measure_s),
-            open_clients,
-            results,
-        })
-        .await
-        .map(|p| eprintln!("report written to {}", p.display())),
+        } => {
+            vs_etcd::run(vs_etcd::Args {
+                clients,
+                warmup: Duration::from_secs(warmup_s),
+                measure: Duration::from_secs(measure_s),
+                open_clients,
+                results,
+            })
+            .await
+        }
         Cmd::Failover {
             rounds,
             writers,
             think_ms,
             results,
-        } => failover::run(failover::Args {
-            rounds,
-            writers,
-            think: Duration::from_millis(think_ms),
-            results,
-        })
-        .await
-        .map(|p| eprintln!("report written to {}", p.display())),
+        } => {
+            failover::run(failover::Args {
+                rounds,
+                writers,
+                think: Duration::from_millis(think_ms),
+                results,
+            })
+            .await
+        }
         Cmd::Scale {
             tokens,
             clients,
             probe_rate,
             results,
-        } => scale::run(scale::Args {
-            tokens,
-            clients,
-            probe_rate,
-            results,
-        })
-        .await
-        .map(|p| eprintln!("report written to {}", p.display())),
+        } => {
+            scale::run(scale::Args {
+                tokens,
+                clients,
+                probe_rate,
+                results,
+            })
+            .await
+        }
         Cmd::Load {
             workload,
             endpoints,

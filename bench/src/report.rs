@@ -86,15 +86,21 @@ impl Fsync {
     }
 }
 
-/// Writes `text` to `bench/results/<name>-<date>.md` and `<name>-latest.md`; returns
-/// the dated path.
-pub fn save(results_dir: &Path, name: &str, text: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(results_dir)?;
-    let date = run("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "undated".into());
-    let dated = results_dir.join(format!("{name}-{date}.md"));
-    std::fs::write(&dated, text)?;
-    std::fs::write(results_dir.join(format!("{name}-latest.md")), text)?;
-    Ok(dated)
+/// Writes `text` to `<results_dir>/<name>-<date>.md` and `<name>-latest.md`, prints it,
+/// and says where it went.
+pub fn publish(results_dir: &Path, name: &str, text: &str) -> Result<(), String> {
+    let save = || -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(results_dir)?;
+        let date = run("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "undated".into());
+        let dated = results_dir.join(format!("{name}-{date}.md"));
+        std::fs::write(&dated, text)?;
+        std::fs::write(results_dir.join(format!("{name}-latest.md")), text)?;
+        Ok(dated)
+    };
+    let path = save().map_err(|e| format!("writing the {name} report: {e}"))?;
+    println!("{text}");
+    eprintln!("report written to {}", path.display());
+    Ok(())
 }
 
 /// `a / b` as "1.23×", or "–" when b is zero.

@@ -103,7 +103,7 @@ async fn applied(c: &ProcCluster, i: usize) -> Option<u64> {
     c.status(i).await.and_then(|s| s["applied_index"].as_u64())
 }
 
-pub async fn run(args: Args) -> Result<PathBuf, String> {
+pub async fn run(args: Args) -> Result<(), String> {
     let mut c = ProcCluster::start("");
     c.init().await;
     c.wait_leader().await;
@@ -203,7 +203,5 @@ pub async fn run(args: Args) -> Result<PathBuf, String> {
         catch_up.as_secs_f64(),
         mib(caught_up_size)
     );
-    let path = report::save(&args.results, "scale", &t).map_err(|e| e.to_string())?;
-    println!("{t}");
-    Ok(path)
+    report::publish(&args.results, "scale", &t)
 }

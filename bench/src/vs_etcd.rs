@@ -62,7 +62,7 @@ async fn measure<O: Op>(
     s
 }
 
-pub async fn run(args: Args) -> Result<PathBuf, String> {
+pub async fn run(args: Args) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let fsync = report::fsync_floor(dir.path()).map_err(|e| format!("fsync probe: {e}"))?;
     eprintln!("{}", fsync.line());
@@ -179,9 +179,7 @@ pub async fn run(args: Args) -> Result<PathBuf, String> {
     }
 
     let text = render(&args, &fsync, value_bytes, &etcd, &kura, &pays, dir.path());
-    let path = report::save(&args.results, "vs-etcd", &text).map_err(|e| e.to_string())?;
-    println!("{text}");
-    Ok(path)
+    report::publish(&args.results, "vs-etcd", &text)
 }
 
 fn render(
