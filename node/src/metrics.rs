@@ -227,7 +227,6 @@ impl Metrics {
         out
     }
 
-    /// Counts one leader change with its cause.
     /// Counts `n` more leadership changes with `cause`.
     pub fn leader_changed(&self, cause: &str, n: u64) {
         self.raft_leader_changes

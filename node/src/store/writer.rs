@@ -293,10 +293,8 @@ impl Committer {
             self.durability
         };
         let result = write_all(&self.db, durability, &batch).map_err(|e| e.to_string());
-        if result.is_ok() {
-            if !lazy {
-                (self.fsync)(started.elapsed());
-            }
+        if result.is_ok() && !lazy {
+            (self.fsync)(started.elapsed());
         } else if let Err(e) = &result {
             tracing::error!(error = %e, "storage commit failed");
         }

@@ -788,12 +788,12 @@ impl VaultState {
             .collect()
     }
 
-    /// The newest recorded leadership change.
     /// How many leadership changes were recorded, by cause.
     pub fn leader_changes(&self) -> &BTreeMap<String, u64> {
         &self.leader_changes
     }
 
+    /// The newest recorded leadership change.
     pub fn last_leader_change(&self) -> Option<&LeaderChange> {
         self.last_leader_change.as_ref()
     }
