@@ -462,7 +462,9 @@ async fn control(st: &AppState) {
     // then cannot win a vote. So when no reachable leader has been known for a few
     // election timeouts, it stands; once it leads, it hands over below as soon as an
     // electable node has caught up.
-    let standby = !may_lead && leaderless_for(st) >= st.health.standby_after_ms;
+    // Measured every round, so that a node drained later starts from a current clock.
+    let leaderless_ms = leaderless_for(st);
+    let standby = !may_lead && leaderless_ms >= st.health.standby_after_ms;
     let elect = (may_lead && (fit || pick_target(st, None).is_none())) || standby;
     {
         let mut last = st.health.elect_enabled.lock().expect("health lock");
