@@ -643,8 +643,10 @@ async fn keys_rotate_under_load_through_a_leader_kill_and_every_card_still_decry
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_names_the_first_tampered_record_in_a_copy_of_the_store() {
+    // The tampering below edits the snapshot in the file, so snapshots must come every
+    // 10 entries as configured, not on the vault-sized interval kura picks by default.
     let mut c = ProcCluster::start(
-        "[raft]\nsnapshot_every_entries = 10\nlog_entries_kept_after_snapshot = 2\n",
+        "[raft]\nsnapshot_every_entries = 10\nsnapshot_grows_with_vault = false\nlog_entries_kept_after_snapshot = 2\n",
     );
     c.init().await;
     let sk = c.merchant("aud").await;
