@@ -181,6 +181,8 @@ pub struct Health {
     /// How long a node that may not lead waits without a reachable leader before it
     /// stands anyway (see `control`).
     standby_after_ms: u64,
+    /// A handoff is under way (it runs beside the checks, which must go on meanwhile).
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 const STORAGE: &str = "storage";
@@ -205,6 +207,7 @@ impl Health {
             elect_enabled: Mutex::new(None),
             leaderless_since_ms: Mutex::new(None),
             standby_after_ms: 3 * election_timeout_max_ms,
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -448,7 +451,7 @@ fn rank(role: Role) -> u8 {
     }
 }
 
-async fn control(st: &AppState) {
+async fn control(st: &Arc<AppState>) {
     let me = st.cluster.me().clone();
     let drained = st.cluster.vault().read(|v| v.is_drained(&me.name));
     let report = st.health.report(drained);
@@ -493,7 +496,7 @@ async fn control(st: &AppState) {
     };
     if let Some(cause) = cause {
         if let Some(to) = pick_target(st, None) {
-            handoff(st, to, &cause).await;
+            spawn_handoff(st, to, cause);
         } else {
             tracing::warn!(
                 cause,
@@ -505,7 +508,7 @@ async fn control(st: &AppState) {
     if st.health.failover.failback == Failback::Auto {
         let stable_ms = st.health.failover.failback_stabilization_s * 1000;
         if let Some(to) = pick_target(st, Some((rank(me.role), stable_ms))) {
-            handoff(st, to, "failback").await;
+            spawn_handoff(st, to, "failback".to_owned());
         }
     }
 }
@@ -589,8 +592,23 @@ fn pick_target(st: &AppState, better_than: Option<(u8, u64)>) -> Option<NodeId> 
         .map(|(_, id)| id)
 }
 
+/// Starts a handoff to `to` unless one is under way. It runs on its own: the old leader
+/// waits for the new leader's record of the change, which a leader whose storage stalls
+/// cannot apply until the stall ends, and its checks must go on meanwhile.
+fn spawn_handoff(st: &Arc<AppState>, to: NodeId, cause: String) {
+    use std::sync::atomic::Ordering;
+    if st.health.handing_over.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let st = st.clone();
+    crate::raft_types::spawn(async move {
+        handoff(&st, to, &cause).await;
+        st.health.handing_over.store(false, Ordering::Release);
+    });
+}
+
 /// Transfers leadership to `to`, telling it the cause so it records the change as such.
-pub async fn handoff(st: &AppState, to: NodeId, cause: &str) {
+async fn handoff(st: &AppState, to: NodeId, cause: &str) {
     let to_name = st
         .cluster
         .members()

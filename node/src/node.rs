@@ -256,7 +256,7 @@ async fn sweep_cvcs(st: Arc<AppState>) {
 /// Mirrors Raft state into gauges and counts leader changes.
 async fn update_metrics(st: Arc<AppState>) {
     let (cluster, m) = (st.cluster.clone(), st.metrics.clone());
-    let (mut recorded_term, mut logged_term) = (0, 0);
+    let (mut seen_leader_term, mut logged_term) = (0, 0);
     let mut counted: std::collections::BTreeMap<String, u64> = Default::default();
     let mut watch = cluster.watch();
     loop {
@@ -267,12 +267,15 @@ async fn update_metrics(st: Arc<AppState>) {
         m.raft_last_log_index.set(s.last_log_index as i64);
         m.raft_committed_index.set(s.committed_index as i64);
         m.raft_applied_index.set(s.applied_index as i64);
-        if s.state == "leader" && s.term > recorded_term {
-            recorded_term = s.term;
-            let cause = cluster
-                .take_incoming_cause()
-                .unwrap_or_else(|| "crash_or_partition".into());
-            crate::raft_types::spawn(record_leader_change(st.clone(), s.term, cause));
+        if s.leader_id.is_some() && s.term > seen_leader_term {
+            seen_leader_term = s.term;
+            // Spent on every new leader seen, so that a handoff notice labels only the
+            // change it caused.
+            let cause = cluster.take_incoming_cause(s.term);
+            if s.state == "leader" {
+                let cause = cause.unwrap_or_else(|| "crash_or_partition".into());
+                crate::raft_types::spawn(record_leader_change(st.clone(), s.term, cause));
+            }
         }
         let (change, totals) = cluster
             .vault()

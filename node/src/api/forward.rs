@@ -18,6 +18,12 @@ pub const FORWARDED_HEADER: &str = "kura-forwarded-by";
 /// Runs the request here when this node leads; otherwise proxies it to the leader.
 pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
     if st.cluster.is_leader() {
+        if st.cluster.quorum_silent() {
+            return Problem::not_leader(
+                "this node has not heard from the other nodes lately and may no longer lead; nothing was done; retry",
+            )
+            .into_response();
+        }
         let timeout = Duration::from_millis(st.settings.write_timeout_ms);
         return match st.cluster.leader_caught_up(timeout).await {
             Ok(()) => {

@@ -283,10 +283,21 @@ impl AppState {
         (self.clock)().max(self.cluster.vault().read(|v| v.clock_ms()))
     }
 
-    /// Proposes `cmd`, bounded by the write timeout, mapping failures to problems.
+    /// Proposes `cmd`, bounded by the write timeout, mapping failures to problems. Gives
+    /// up early, outcome unknown, if this node stops hearing from a quorum meanwhile.
     async fn write(&self, cmd: Command) -> Result<Response, Problem> {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
-        match tokio::time::timeout(timeout, self.cluster.write(cmd)).await {
+        let write = tokio::time::timeout(timeout, self.cluster.write(cmd));
+        let outcome = tokio::select! {
+            biased;
+            r = write => r,
+            () = self.cluster.until_quorum_silent() => {
+                return Err(Problem::outcome_unknown(
+                    "this node stopped hearing from the other nodes while the write was in flight; it may or may not have been applied",
+                ))
+            }
+        };
+        match outcome {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(WriteError::NotLeader { .. })) => Err(Problem::not_leader("leadership moved before the write was proposed; nothing was done; retry")),
             Ok(Err(WriteError::Unknown)) => Err(Problem::outcome_unknown("leadership changed while the write was in flight; it may or may not have been applied")),
@@ -305,7 +316,15 @@ impl AppState {
     /// Makes the next local read reflect every write committed before this call.
     async fn linearize(&self) -> Result<(), Problem> {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
-        match tokio::time::timeout(timeout, self.cluster.linearize()).await {
+        let linearize = tokio::time::timeout(timeout, self.cluster.linearize());
+        let outcome = tokio::select! {
+            biased;
+            r = linearize => r,
+            () = self.cluster.until_quorum_silent() => return Err(Problem::not_leader(
+                "this node stopped hearing from the other nodes; nothing was done; retry",
+            )),
+        };
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(WriteError::NotLeader { .. })) => {
                 Err(Problem::not_leader("leadership moved; retry"))

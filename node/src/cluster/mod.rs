@@ -4,6 +4,7 @@
 //! kura talks to [`Cluster`]: write a command, make a read linearizable, ask who
 //! leads, form the cluster once.
 
+mod handoff;
 mod network;
 mod server;
 
@@ -13,6 +14,7 @@ use crate::net::HttpPool;
 use crate::raft_types::{Member, NodeId, Raft, Role};
 use crate::store::{LogStore, SharedVault, StateMachine, Store};
 use crate::vault::{Command, Response};
+use handoff::HandoffNotice;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ReadPolicy, ServerState, SnapshotPolicy};
@@ -158,8 +160,11 @@ pub struct Cluster {
     members: BTreeMap<NodeId, Member>,
     cluster_id: Arc<RwLock<Option<String>>>,
     pool: Arc<HttpPool>,
-    /// Why a leader is about to hand leadership to this node, and when it said so.
-    incoming_cause: std::sync::Mutex<Option<(String, tokio::time::Instant)>>,
+    /// Why the leader is about to hand leadership over (see `handoff`).
+    incoming_cause: std::sync::Mutex<Option<HandoffNotice>>,
+    /// How long a leader may go without a quorum's acknowledgement before its API stops
+    /// waiting on its Raft core (see [`Cluster::quorum_silent`]).
+    quorum_silence_max: Duration,
 }
 
 /// A request to a peer's listener, carrying this node's cluster id.
@@ -178,11 +183,6 @@ pub(crate) fn peer_request(
         .body(http_body_util::Full::new(body))
         .expect("valid peer request")
 }
-
-/// How long a handoff cause sent ahead of a transfer stays valid.
-const HANDOFF_CAUSE_TTL: Duration = Duration::from_secs(10);
-/// Longest handoff cause accepted.
-const HANDOFF_CAUSE_CHARS_MAX: usize = 64;
 
 /// One member's view in [`ClusterStatus`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,6 +251,7 @@ impl Cluster {
             cluster_id,
             pool,
             incoming_cause: std::sync::Mutex::new(None),
+            quorum_silence_max: Duration::from_millis(2 * settings.election_timeout_max_ms),
         }))
     }
 
@@ -362,27 +363,18 @@ impl Cluster {
         futures::future::join_all(gets).await
     }
 
-    /// Remembers why a leader is about to hand leadership to this node.
-    pub(crate) fn note_incoming_cause(&self, cause: &str) -> Result<(), String> {
-        let ok = !cause.is_empty()
-            && cause.len() <= HANDOFF_CAUSE_CHARS_MAX
-            && cause.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-        if !ok {
-            return Err("a handoff cause is 1-64 characters of a-z and '_'".into());
-        }
-        *self.incoming_cause.lock().expect("cause lock") =
-            Some((cause.to_owned(), tokio::time::Instant::now()));
+    /// Holds a leader's handoff notice (`cause term`) until the next leader is seen.
+    pub(crate) fn note_incoming_cause(&self, body: &str) -> Result<(), String> {
+        let notice = HandoffNotice::parse(body, self.status().term, tokio::time::Instant::now())?;
+        *self.incoming_cause.lock().expect("cause lock") = Some(notice);
         Ok(())
     }
 
-    /// The cause of the handoff this node just received, if one arrived recently (once).
-    pub fn take_incoming_cause(&self) -> Option<String> {
-        self.incoming_cause
-            .lock()
-            .expect("cause lock")
-            .take()
-            .filter(|(_, at)| at.elapsed() <= HANDOFF_CAUSE_TTL)
-            .map(|(c, _)| c)
+    /// Called when this node first sees a leader of `term`: the cause of the handoff
+    /// that made it leader, if a notice speaks for it (see `handoff::spend`).
+    pub fn take_incoming_cause(&self, term: u64) -> Option<String> {
+        let mut held = self.incoming_cause.lock().expect("cause lock");
+        handoff::spend(&mut held, term, tokio::time::Instant::now())
     }
 
     /// Every configured member.
@@ -429,6 +421,30 @@ impl Cluster {
     /// True when this node currently believes it leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// True when this node believes it leads but no quorum has acknowledged it for twice
+    /// the longest election timeout. Either it is cut off, and the others have elected
+    /// a leader by now; or its Raft core is stuck — openraft saves a vote inline, so a
+    /// leader that steps down while its storage stalls freezes, still reporting itself
+    /// the leader. Requests should go elsewhere rather than wait on it.
+    pub fn quorum_silent(&self) -> bool {
+        use openraft::Instant as _;
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        m.state == ServerState::Leader
+            && m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|acked| acked.elapsed() > self.quorum_silence_max)
+    }
+
+    /// Returns once [`Self::quorum_silent`] holds (polled: a stuck core publishes nothing
+    /// to watch). For racing a request that waits on this node's Raft core.
+    pub async fn until_quorum_silent(&self) {
+        let poll = self.quorum_silence_max / 4;
+        while !self.quorum_silent() {
+            crate::raft_types::sleep(poll).await;
+        }
     }
 
     /// Waits until this leader has applied an entry of its own term — its term-start
@@ -606,9 +622,11 @@ impl Cluster {
             .map(|(id, _)| *id)
     }
 
-    /// Hands leadership to `to` for `cause` (which `to` records when it takes over) and
-    /// waits until this node has applied `to`'s record of the change, up to `timeout`.
-    /// Only the leader can do this.
+    /// Hands leadership to `to` for `cause` and waits until this node has applied the
+    /// next leader's record of the change, up to `timeout`. Every peer is told the cause
+    /// first (see `handoff`); `to` must have taken the notice. Only the leader
+    /// can do this. Fails if another node took over instead (the transfer's election
+    /// went to it), although leadership has then still moved.
     pub async fn transfer_leader(
         &self,
         to: NodeId,
@@ -618,24 +636,40 @@ impl Cluster {
         if !self.is_leader() {
             return Err("this node is not the leader".into());
         }
-        let target = self
+        if !self.members.contains_key(&to) {
+            return Err(format!("node {to} is not a member"));
+        }
+        let from_term = self.status().term;
+        let notice = bytes::Bytes::from(HandoffNotice::body(cause, from_term));
+        let cluster_id = self.cluster_id().unwrap_or_default();
+        let sends = self
             .members
-            .get(&to)
-            .ok_or_else(|| format!("node {to} is not a member"))?;
-        let req = peer_request(
-            http::Method::POST,
-            "/raft/handoff-cause",
-            &target.raft_addr,
-            &self.cluster_id().unwrap_or_default(),
-            bytes::Bytes::from(cause.to_owned()),
-        );
-        match self.pool.send(&target.raft_addr, req, timeout).await {
-            Ok(r) if r.status().is_success() => {}
-            other => {
-                return Err(format!(
-                    "node {to} did not take the handoff notice: {:?}",
-                    other.map(|r| r.status())
-                ))
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, m)| {
+                let req = peer_request(
+                    http::Method::POST,
+                    "/raft/handoff-cause",
+                    &m.raft_addr,
+                    &cluster_id,
+                    notice.clone(),
+                );
+                async move { (*id, self.pool.send(&m.raft_addr, req, timeout).await) }
+            });
+        for (id, answer) in futures::future::join_all(sends).await {
+            match answer {
+                Ok(r) if r.status().is_success() => {}
+                other if id == to => {
+                    return Err(format!(
+                        "node {to} did not take the handoff notice: {:?}",
+                        other.map(|r| r.status())
+                    ))
+                }
+                // Another peer that missed the notice would record a takeover of its
+                // own as crash_or_partition; the transfer itself does not need it.
+                other => {
+                    tracing::debug!(peer = id, answer = ?other.map(|r| r.status()), "handoff notice not taken")
+                }
             }
         }
         let mut watch = self.watch();
@@ -644,28 +678,32 @@ impl Cluster {
             .transfer_leader(to)
             .await
             .map_err(|e| e.to_string())?;
-        // Done once `to` leads and its record of the change (with the cause) has reached
+        // Done once the next leader's record of the change (with the cause) has reached
         // this node: leadership moved again too soon would otherwise leave a term whose
         // change was never recorded.
         let recorded = || {
-            let s = self.status();
-            s.leader_id == Some(to)
-                && self.vault().read(|v| {
-                    v.last_leader_change()
-                        .is_some_and(|c| c.term >= s.term && c.leader_node == to)
-                })
+            self.vault().read(|v| {
+                v.last_leader_change()
+                    .filter(|c| c.term > from_term)
+                    .map(|c| c.leader_node)
+            })
         };
         let wait = async {
-            while !recorded() {
+            loop {
+                if let Some(leader) = recorded() {
+                    return Ok(leader);
+                }
                 if !watch.changed().await {
-                    return false;
+                    return Err("the Raft node stopped".to_owned());
                 }
             }
-            true
         };
         match tokio::time::timeout(timeout, wait).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err("the Raft node stopped".into()),
+            Ok(Ok(leader)) if leader == to => Ok(()),
+            Ok(Ok(leader)) => Err(format!(
+                "node {leader} took leadership instead of node {to}"
+            )),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(format!(
                 "node {to} did not take leadership within {timeout:?}"
             )),
