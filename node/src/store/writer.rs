@@ -112,23 +112,19 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// How this operation's completion is reported.
+    fn done(&self) -> &Done {
+        match self {
+            Op::Append { done, .. }
+            | Op::TruncateFrom { done, .. }
+            | Op::PurgeUpto { done, .. }
+            | Op::PutMeta { done, .. }
+            | Op::Canary { done } => done,
+        }
+    }
+
     fn nobody_waits(&self) -> bool {
-        matches!(
-            self,
-            Op::Append {
-                done: Done::None,
-                ..
-            } | Op::TruncateFrom {
-                done: Done::None,
-                ..
-            } | Op::PurgeUpto {
-                done: Done::None,
-                ..
-            } | Op::PutMeta {
-                done: Done::None,
-                ..
-            } | Op::Canary { done: Done::None }
-        )
+        matches!(self.done(), Done::None)
     }
 
     fn into_done(self) -> Done {
