@@ -15,44 +15,95 @@ use std::time::Duration;
 /// Header set on forwarded requests; a node never forwards a request twice.
 pub const FORWARDED_HEADER: &str = "kura-forwarded-by";
 
-/// Runs the request here when this node leads; otherwise proxies it to the leader.
+/// Runs the request here when this node leads; otherwise proxies it to the leader. With
+/// no leader known, or the known one unreachable (it crashed, and the election has not
+/// ended yet), it waits for the election rather than bouncing the client, which would
+/// back off and come later than the new leader.
 pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
     if st.cluster.is_leader() {
-        if st.cluster.quorum_silent() {
-            return Problem::not_leader(
-                "this node has not heard from the other nodes lately and may no longer lead; nothing was done; retry",
-            )
-            .into_response();
-        }
-        let timeout = Duration::from_millis(st.settings.write_timeout_ms);
-        return match st.cluster.leader_caught_up(timeout).await {
-            Ok(()) => {
-                let mut resp = next.run(req).await;
-                set_leader_header(&mut resp, &st.cluster.me().api_addr);
-                resp
-            }
-            Err(WriteError::NotLeader { .. }) => Problem::not_leader(
-                "leadership moved before the request ran; nothing was done; retry",
-            )
-            .into_response(),
-            Err(_) => Problem::no_leader().into_response(),
-        };
+        return serve_here(&st, req, next).await;
     }
     if req.headers().contains_key(FORWARDED_HEADER) {
         return Problem::not_leader("this node is no longer the leader; nothing was done; retry")
             .into_response();
     }
-    let Some((_, leader)) = st.cluster.leader() else {
-        return Problem::no_leader().into_response();
+    let leader = match st.cluster.leader() {
+        Some(l) => l,
+        None => match st.cluster.wait_for_leader(None).await {
+            Some(l) => l,
+            None => return Problem::no_leader().into_response(),
+        },
     };
-    match proxy(&st, req, &leader.api_addr).await {
-        Ok(mut resp) => {
-            set_leader_header(&mut resp, &leader.api_addr);
-            resp
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, st.settings.request_body_bytes_max)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Problem::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "the request body is too large",
+            )
+            .into_response()
         }
-        Err(p) => p.into_response(),
+    };
+    // One more try if the leader could not be reached: the election then under way
+    // names the next one.
+    let (mut target, mut retried) = (leader, false);
+    loop {
+        if target.0 == st.cluster.id() {
+            let req = Request::from_parts(parts, Body::from(body));
+            return serve_here(&st, req, next).await;
+        }
+        match proxy(&st, &parts, body.clone(), &target.1.api_addr).await {
+            Ok(mut resp) => {
+                set_leader_header(&mut resp, &target.1.api_addr);
+                return resp;
+            }
+            Err(Unsent(p)) if !retried => {
+                retried = true;
+                match st.cluster.wait_for_leader(Some(target.0)).await {
+                    Some(next_leader) => target = next_leader,
+                    None => return p.into_response(),
+                }
+            }
+            Err(Unsent(p) | Sent(p)) => return p.into_response(),
+        }
     }
 }
+
+/// Runs a leader-only request on this node, the leader, once it has caught up.
+async fn serve_here(st: &AppState, req: Request, next: Next) -> Response {
+    if st.cluster.quorum_silent() {
+        return Problem::not_leader(
+            "this node has not heard from the other nodes lately and may no longer lead; nothing was done; retry",
+        )
+        .into_response();
+    }
+    let timeout = Duration::from_millis(st.settings.write_timeout_ms);
+    match st.cluster.leader_caught_up(timeout).await {
+        Ok(()) => {
+            let mut resp = next.run(req).await;
+            set_leader_header(&mut resp, &st.cluster.me().api_addr);
+            resp
+        }
+        Err(WriteError::NotLeader { .. }) => {
+            Problem::not_leader("leadership moved before the request ran; nothing was done; retry")
+                .into_response()
+        }
+        Err(_) => Problem::no_leader().into_response(),
+    }
+}
+
+/// Why a forwarded request failed: it never reached the leader (nothing was done), or
+/// it may have.
+enum Failed {
+    Unsent(Problem),
+    Sent(Problem),
+}
+use Failed::{Sent, Unsent};
 
 fn set_leader_header(resp: &mut Response, addr: &str) {
     if let Ok(v) = HeaderValue::from_str(addr) {
@@ -60,19 +111,12 @@ fn set_leader_header(resp: &mut Response, addr: &str) {
     }
 }
 
-async fn proxy(st: &AppState, req: Request, leader_addr: &str) -> Result<Response, Problem> {
-    let (parts, body) = req.into_parts();
-    let body: Bytes = Limited::new(body, st.settings.request_body_bytes_max)
-        .collect()
-        .await
-        .map_err(|_| {
-            Problem::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                "the request body is too large",
-            )
-        })?
-        .to_bytes();
+async fn proxy(
+    st: &AppState,
+    parts: &http::request::Parts,
+    body: Bytes,
+    leader_addr: &str,
+) -> Result<Response, Failed> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = http::Request::builder()
         .method(parts.method.clone())
@@ -86,7 +130,11 @@ async fn proxy(st: &AppState, req: Request, leader_addr: &str) -> Result<Respons
         .header(http::header::HOST, leader_addr)
         .header(FORWARDED_HEADER, st.cluster.me().name.as_str())
         .body(Full::new(body))
-        .map_err(|e| Problem::internal(format!("cannot build forwarded request: {e}")))?;
+        .map_err(|e| {
+            Unsent(Problem::internal(format!(
+                "cannot build forwarded request: {e}"
+            )))
+        })?;
     let timeout = Duration::from_millis(st.settings.write_timeout_ms + 1_000);
     match st.pool.send(leader_addr, out, timeout).await {
         Ok(resp) => {
@@ -95,15 +143,15 @@ async fn proxy(st: &AppState, req: Request, leader_addr: &str) -> Result<Respons
         }
         Err(e) if e.never_sent() => {
             st.pool.forget(leader_addr);
-            Err(Problem::not_leader(
+            Err(Unsent(Problem::not_leader(
                 "the leader could not be reached; nothing was done; retry",
-            ))
+            )))
         }
         Err(e) => {
             st.pool.forget(leader_addr);
-            Err(Problem::outcome_unknown(format!(
+            Err(Sent(Problem::outcome_unknown(format!(
                 "the leader did not answer ({e}); the request may or may not have been applied"
-            )))
+            ))))
         }
     }
 }

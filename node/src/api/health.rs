@@ -19,7 +19,7 @@ pub fn own_report(st: &AppState) -> NodeHealth {
         .vault()
         .read(|v| v.is_drained(&st.cluster.me().name));
     NodeHealth {
-        last_log_index: Some(st.cluster.status().last_log_index),
+        last_log_index: Some(st.cluster.last_log_index()),
         ..st.health.report(drained)
     }
 }

@@ -162,9 +162,9 @@ pub struct Cluster {
     pool: Arc<HttpPool>,
     /// Why the leader is about to hand leadership over (see `handoff`).
     incoming_cause: std::sync::Mutex<Option<HandoffNotice>>,
-    /// How long a leader may go without a quorum's acknowledgement before its API stops
-    /// waiting on its Raft core (see [`Cluster::quorum_silent`]).
-    quorum_silence_max: Duration,
+    /// Twice the longest election timeout: by then a cluster whose majority can talk has
+    /// a leader (see [`Cluster::quorum_silent`], [`Cluster::wait_for_leader`]).
+    election_window: Duration,
 }
 
 /// A request to a peer's listener, carrying this node's cluster id.
@@ -251,7 +251,7 @@ impl Cluster {
             cluster_id,
             pool,
             incoming_cause: std::sync::Mutex::new(None),
-            quorum_silence_max: Duration::from_millis(2 * settings.election_timeout_max_ms),
+            election_window: Duration::from_millis(2 * settings.election_timeout_max_ms),
         }))
     }
 
@@ -405,6 +405,26 @@ impl Cluster {
         self.raft.trigger().snapshot().await.ok().map(|()| tokens)
     }
 
+    /// The leader this node knows of, other than `not`, waiting for an election to bring
+    /// one for up to twice the longest election timeout. `None` if none came.
+    pub async fn wait_for_leader(&self, not: Option<NodeId>) -> Option<(NodeId, Member)> {
+        let mut watch = self.watch();
+        let wait = async {
+            loop {
+                if let Some(l) = self.leader().filter(|(id, _)| Some(*id) != not) {
+                    return Some(l);
+                }
+                if !watch.changed().await {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(self.election_window, wait)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The leader this node knows of, with its member record.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         let m = self.raft.metrics().borrow_watched().clone();
@@ -423,6 +443,15 @@ impl Cluster {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
+    /// The index of the last entry in this node's log (0 when empty).
+    pub fn last_log_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0)
+    }
+
     /// True when this node believes it leads but no quorum has acknowledged it for twice
     /// the longest election timeout. Either it is cut off, and the others have elected
     /// a leader by now; or its Raft core is stuck — openraft saves a vote inline, so a
@@ -435,13 +464,13 @@ impl Cluster {
         m.state == ServerState::Leader
             && m.last_quorum_acked
                 .as_ref()
-                .is_some_and(|acked| acked.elapsed() > self.quorum_silence_max)
+                .is_some_and(|acked| acked.elapsed() > self.election_window)
     }
 
     /// Returns once [`Self::quorum_silent`] holds (polled: a stuck core publishes nothing
     /// to watch). For racing a request that waits on this node's Raft core.
     pub async fn until_quorum_silent(&self) {
-        let poll = self.quorum_silence_max / 4;
+        let poll = self.election_window / 4;
         while !self.quorum_silent() {
             crate::raft_types::sleep(poll).await;
         }
