@@ -5,13 +5,11 @@
 
 use crate::report;
 use crate::systems::tokenize_request;
+use kura_cluster_tests::load::{missing, Writers};
 use kura_cluster_tests::procs::{ProcCluster, NAMES};
-use kura_sdk::Client;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -39,79 +37,6 @@ impl Event {
             Event::Stall => "leader's storage stalled (fault injection; cleared after the gap)",
             Event::Drain => "leader drained by the operator (undrained after the gap)",
         }
-    }
-}
-
-/// Background writers recording when each acknowledged token was acknowledged.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(Instant, String)>>>,
-    errors: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Writers {
-    fn start(client: &Client, n: u32, think: Duration) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let errors = Arc::new(AtomicU64::new(0));
-        let tasks = (0..n)
-            .map(|w| {
-                let (client, stop, acked, errors) =
-                    (client.clone(), stop.clone(), acked.clone(), errors.clone());
-                tokio::spawn(async move {
-                    let mut seq = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        match client.tokenize(&tokenize_request(w, seq)).await {
-                            Ok(t) => acked.lock().expect("acked").push((Instant::now(), t.token)),
-                            Err(_) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        seq += 1;
-                        tokio::time::sleep(think).await;
-                    }
-                })
-            })
-            .collect();
-        Writers {
-            stop,
-            acked,
-            errors,
-            tasks,
-        }
-    }
-
-    fn last_ack(&self) -> Option<Instant> {
-        self.acked.lock().expect("acked").last().map(|(t, _)| *t)
-    }
-
-    /// The longest stretch without an acknowledgement from the last one before `at`
-    /// to `until`: the write gap clients saw around an event.
-    fn longest_gap(&self, at: Instant, until: Instant) -> Option<Duration> {
-        let mut times: Vec<Instant> = self
-            .acked
-            .lock()
-            .expect("acked")
-            .iter()
-            .map(|(t, _)| *t)
-            .filter(|t| *t <= until)
-            .collect();
-        times.sort();
-        let first = times.iter().rposition(|t| *t <= at)?;
-        times[first..].windows(2).map(|w| w[1] - w[0]).max()
-    }
-
-    async fn finish(self) -> (Vec<String>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let acked = std::mem::take(&mut *self.acked.lock().expect("acked"));
-        (
-            acked.into_iter().map(|(_, t)| t).collect(),
-            self.errors.load(Ordering::Relaxed),
-        )
     }
 }
 
@@ -205,45 +130,6 @@ async fn one(c: &mut ProcCluster, w: &Writers, event: Event) -> Result<Duration,
     Ok(gap)
 }
 
-/// Reads every token back (linearizable); returns those missing.
-async fn missing(client: &Client, tokens: Vec<String>) -> Vec<String> {
-    let tokens = Arc::new(tokens);
-    let next = Arc::new(AtomicU64::new(0));
-    let lost = Arc::new(Mutex::new(Vec::new()));
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let (client, tokens, next, lost) =
-                (client.clone(), tokens.clone(), next.clone(), lost.clone());
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(t) = tokens.get(i) else { return };
-                    let mut tries = 0;
-                    loop {
-                        match client.get_token(t).await {
-                            Ok(_) => break,
-                            Err(kura_sdk::Error::Api { status: 404, .. }) => {
-                                lost.lock().expect("lost").push(t.clone());
-                                break;
-                            }
-                            Err(_) if tries < 20 => {
-                                tries += 1;
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                            Err(e) => panic!("reading {t} back: {e}"),
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("reader");
-    }
-    let lost = lost.lock().expect("lost").clone();
-    lost
-}
-
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     // Nearest rank: with 30 events p99 is the largest, as it should be.
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
@@ -256,7 +142,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     c.wait_leader().await;
     let key = c.merchant("failover").await;
     let client = c.client(&[0, 1, 2], &key);
-    let w = Writers::start(&client, args.writers, args.think);
+    let w = Writers::start(&client, args.writers, args.think, tokenize_request);
     let started = Instant::now();
     let mut results = Vec::new();
     for event in [Event::Kill, Event::Stall, Event::Drain] {
@@ -275,7 +161,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         results.push((event, gaps));
     }
     let elapsed = started.elapsed();
-    let (acked, errors) = w.finish().await;
+    let done = w.finish().await;
+    let (acked, errors) = (done.tokens, done.failed);
     eprintln!("reading back {} acknowledged tokens", acked.len());
     let lost = missing(&client, acked.clone()).await;
 

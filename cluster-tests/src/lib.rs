@@ -3,5 +3,6 @@
 
 #[cfg(feature = "sim")]
 pub mod chaos;
+pub mod load;
 pub mod oracle;
 pub mod procs;

@@ -5,13 +5,14 @@
 //! stale read; a rolling restart with drain loses nothing. Each records how long the
 //! failover took and the longest gap between successful writes a client saw.
 
+use kura_cluster_tests::load::Writers;
 use kura_cluster_tests::procs::{
     acquirer_toml, tokenize_request, wait_for, AcquirerSim, ProcCluster,
 };
 use kura_node::vault::card::luhn_check_digit;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn pan(i: u32) -> String {
@@ -22,12 +23,11 @@ fn pan(i: u32) -> String {
 /// Failback after 2 s of stable health, so tests see it quickly.
 const FAST_FAILBACK: &str = "[failover]\nfailback_stabilization_s = 2\n";
 
-/// Background writers that record every acknowledged token and when it was acknowledged,
-/// and a watcher that records which node each node says leads each term.
+/// Background writers (three, through every node), and a watcher that records which
+/// node each node says leads each term.
 struct Load {
+    writers: Writers,
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(Instant, String)>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
     leaders: tokio::task::JoinHandle<Vec<(u64, String)>>,
 }
 
@@ -60,45 +60,28 @@ fn watch_leaders(
     })
 }
 
+/// Writer `w`'s `seq`-th card on file.
+fn request(w: u32, seq: u64) -> kura_sdk::TokenizeRequest {
+    let i = w * 1_000_000 + seq as u32;
+    tokenize_request(&pan(i), Some(&format!("w{w}-{seq}")))
+}
+
 impl Load {
     fn start(c: &ProcCluster, key: &str, writers: u32) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let next = Arc::new(AtomicU32::new(0));
-        let tasks = (0..writers)
-            .map(|w| {
-                let client = c.client(&[0, 1, 2], key);
-                let (stop, acked, next) = (stop.clone(), acked.clone(), next.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let req = tokenize_request(&pan(i), Some(&format!("w{w}-{i}")));
-                        if let Ok(t) = client.tokenize(&req).await {
-                            acked.lock().unwrap().push((Instant::now(), t.token));
-                        }
-                    }
-                })
-            })
-            .collect();
-        let leaders = watch_leaders(c.api.clone(), stop.clone());
         Load {
+            writers: Writers::start(&c.client(&[0, 1, 2], key), writers, Duration::ZERO, request),
+            leaders: watch_leaders(c.api.clone(), stop.clone()),
             stop,
-            acked,
-            tasks,
-            leaders,
         }
     }
 
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
     async fn wait_for_more(&self, n: usize) {
-        let target = self.count() + n;
+        let target = self.writers.count() + n;
         wait_for(
             "more acknowledged writes",
             Duration::from_secs(30),
-            || async { self.count() >= target },
+            || async { self.writers.count() >= target },
         )
         .await;
     }
@@ -107,9 +90,7 @@ impl Load {
     /// two consecutive acknowledgements.
     async fn finish(self) -> (Vec<String>, Duration) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
+        let done = self.writers.finish().await;
         // Raft's election safety, as seen from outside: one leader per term.
         let leaders = self.leaders.await.unwrap();
         for w in leaders.windows(2) {
@@ -121,14 +102,7 @@ impl Load {
                 w[1].1
             );
         }
-        let mut acked = self.acked.lock().unwrap().clone();
-        acked.sort();
-        let gap = acked
-            .windows(2)
-            .map(|w| w[1].0 - w[0].0)
-            .max()
-            .unwrap_or_default();
-        (acked.into_iter().map(|(_, t)| t).collect(), gap)
+        (done.tokens, done.longest_gap)
     }
 }
 
