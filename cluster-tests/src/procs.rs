@@ -237,6 +237,31 @@ impl ProcCluster {
             .map(|r| r.body)
     }
 
+    /// Waits up to 30 s until node `i` has applied `target`; returns its status then.
+    pub async fn wait_applied(&self, i: usize, target: u64, what: &str) -> Value {
+        wait_for(what, Duration::from_secs(30), || async {
+            self.status(i)
+                .await
+                .is_some_and(|s| s["applied_index"].as_u64().unwrap_or(0) >= target)
+        })
+        .await;
+        self.status(i).await.expect("status")
+    }
+
+    /// Waits until every running node has applied everything the leader had committed
+    /// when called: what a node answers from its own state then reflects every write
+    /// acknowledged before.
+    pub async fn wait_all_applied(&self) {
+        let leader = self.wait_leader().await;
+        let committed = self.status(leader).await.expect("leader status")["committed_index"]
+            .as_u64()
+            .unwrap_or(0);
+        for i in (0..3).filter(|&i| self.running(i)) {
+            self.wait_applied(i, committed, &format!("node {i} to apply {committed}"))
+                .await;
+        }
+    }
+
     /// Waits until node `i` answers.
     pub async fn wait_live(&self, i: usize) {
         wait_for("node to answer", Duration::from_secs(30), || async {

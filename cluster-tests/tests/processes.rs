@@ -37,17 +37,6 @@ fn assert_no_pan_on_disk(c: &ProcCluster, pans: &[String]) {
     }
 }
 
-/// Waits up to 30 s until node `i` has applied `target`; returns its status then.
-async fn wait_applied(c: &ProcCluster, i: usize, target: u64, what: &str) -> serde_json::Value {
-    wait_for(what, Duration::from_secs(30), || async {
-        c.status(i)
-            .await
-            .is_some_and(|s| s["applied_index"].as_u64().unwrap_or(0) >= target)
-    })
-    .await;
-    c.status(i).await.unwrap()
-}
-
 const SMALL_SNAPSHOTS: &str =
     "[raft]\nsnapshot_every_entries = 20\nlog_entries_kept_after_snapshot = 5\n";
 
@@ -133,7 +122,9 @@ async fn follower_forwards_leader_sigkill_fails_over_and_old_leader_catches_up_b
         .unwrap();
 
     c.restart(leader);
-    let s = wait_applied(&c, leader, target, "old leader to catch up").await;
+    let s = c
+        .wait_applied(leader, target, "old leader to catch up")
+        .await;
     assert!(
         s["snapshot_index"].as_u64().unwrap_or(0) > old_last,
         "caught up without a snapshot: {s}"
@@ -175,7 +166,9 @@ async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
     c.restart(f);
     // No write from here on: the cluster must notice the empty log by itself (openraft
     // alone keeps sending from where it believes the follower is, forever).
-    let s = wait_applied(&c, f, target, "the wiped follower to catch up").await;
+    let s = c
+        .wait_applied(f, target, "the wiped follower to catch up")
+        .await;
     assert!(
         s["snapshot_index"].as_u64().unwrap_or(0) > 0,
         "caught up without a snapshot: {s}"

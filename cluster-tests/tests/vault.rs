@@ -182,6 +182,9 @@ async fn a_publishable_key_makes_only_one_time_tokens_and_only_from_allowed_orig
         m["publishable_key"].as_str().unwrap(),
     );
     assert!(sk.starts_with("sk_") && pk.starts_with("pk_"));
+    // A preflight is answered from the node's own state (it carries no credentials to
+    // forward), so it sees the merchant once that node has applied it.
+    c.wait_all_applied().await;
     for node in 0..3 {
         let api = c.api[node].clone();
         let pre = |origin: &'static str| {
