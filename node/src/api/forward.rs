@@ -76,9 +76,9 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
 
 /// Runs a leader-only request on this node, the leader, once it has caught up.
 async fn serve_here(st: &AppState, req: Request, next: Next) -> Response {
-    if st.cluster.quorum_silent() {
+    if st.cluster.core_frozen() {
         return Problem::not_leader(
-            "this node has not heard from the other nodes lately and may no longer lead; nothing was done; retry",
+            "this node's Raft core is stuck on its storage and may no longer lead; nothing was done; retry",
         )
         .into_response();
     }

@@ -284,16 +284,16 @@ impl AppState {
     }
 
     /// Proposes `cmd`, bounded by the write timeout, mapping failures to problems. Gives
-    /// up early, outcome unknown, if this node stops hearing from a quorum meanwhile.
+    /// up early, outcome unknown, if this node's Raft core gets stuck meanwhile.
     async fn write(&self, cmd: Command) -> Result<Response, Problem> {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         let write = tokio::time::timeout(timeout, self.cluster.write(cmd));
         let outcome = tokio::select! {
             biased;
             r = write => r,
-            () = self.cluster.until_quorum_silent() => {
+            () = self.cluster.until_core_frozen() => {
                 return Err(Problem::outcome_unknown(
-                    "this node stopped hearing from the other nodes while the write was in flight; it may or may not have been applied",
+                    "this node's Raft core got stuck on its storage while the write was in flight; it may or may not have been applied",
                 ))
             }
         };
@@ -320,8 +320,8 @@ impl AppState {
         let outcome = tokio::select! {
             biased;
             r = linearize => r,
-            () = self.cluster.until_quorum_silent() => return Err(Problem::not_leader(
-                "this node stopped hearing from the other nodes; nothing was done; retry",
+            () = self.cluster.until_core_frozen() => return Err(Problem::not_leader(
+                "this node's Raft core is stuck on its storage; nothing was done; retry",
             )),
         };
         match outcome {

@@ -163,8 +163,28 @@ pub struct Cluster {
     /// Why the leader is about to hand leadership over (see `handoff`).
     incoming_cause: std::sync::Mutex<Option<HandoffNotice>>,
     /// Twice the longest election timeout: by then a cluster whose majority can talk has
-    /// a leader (see [`Cluster::quorum_silent`], [`Cluster::wait_for_leader`]).
+    /// a leader (see [`Cluster::core_frozen`], [`Cluster::wait_for_leader`]).
     election_window: Duration,
+    /// Since when the running liveness probe of the Raft core has waited, if one has.
+    core_probe_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+/// How often the Raft core's liveness is probed.
+const CORE_PROBE_EVERY: Duration = Duration::from_millis(100);
+
+/// Probes the Raft core with a no-op request every [`CORE_PROBE_EVERY`], keeping in
+/// `since` when the probe in flight was sent; stops with the core.
+fn probe_core(raft: Raft, since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>) {
+    crate::raft_types::spawn(async move {
+        loop {
+            crate::raft_types::sleep(CORE_PROBE_EVERY).await;
+            *since.lock().expect("probe lock") = Some(tokio::time::Instant::now());
+            if raft.with_raft_state(|_| ()).await.is_err() {
+                return;
+            }
+            *since.lock().expect("probe lock") = None;
+        }
+    });
 }
 
 /// A request to a peer's listener, carrying this node's cluster id.
@@ -242,6 +262,8 @@ impl Cluster {
         let raft = Raft::new(id, config, factory, LogStore::new(store.clone()), sm)
             .await
             .map_err(|e| io::Error::other(format!("raft failed to start: {e}")))?;
+        let core_probe_since = Arc::new(std::sync::Mutex::new(None));
+        probe_core(raft.clone(), core_probe_since.clone());
         Ok(Arc::new(Cluster {
             id,
             raft,
@@ -252,6 +274,7 @@ impl Cluster {
             pool,
             incoming_cause: std::sync::Mutex::new(None),
             election_window: Duration::from_millis(2 * settings.election_timeout_max_ms),
+            core_probe_since,
         }))
     }
 
@@ -452,26 +475,24 @@ impl Cluster {
             .unwrap_or(0)
     }
 
-    /// True when this node believes it leads but no quorum has acknowledged it for twice
-    /// the longest election timeout. Either it is cut off, and the others have elected
-    /// a leader by now; or its Raft core is stuck — openraft saves a vote inline, so a
-    /// leader that steps down while its storage stalls freezes, still reporting itself
-    /// the leader. Requests should go elsewhere rather than wait on it.
-    pub fn quorum_silent(&self) -> bool {
-        use openraft::Instant as _;
-        let rx = self.raft.metrics();
-        let m = rx.borrow_watched();
-        m.state == ServerState::Leader
-            && m.last_quorum_acked
-                .as_ref()
-                .is_some_and(|acked| acked.elapsed() > self.election_window)
+    /// True when this node's Raft core has not answered a liveness probe for twice the
+    /// longest election timeout: it is stuck on its own storage. openraft saves a vote
+    /// inline, so a leader that steps down while its storage stalls freezes — with its
+    /// published state still saying "leader" — until the stall ends. Requests should go
+    /// elsewhere rather than wait on it. (A core that is merely busy, or a leader whose
+    /// followers answer slowly, still answers the probe.)
+    pub fn core_frozen(&self) -> bool {
+        self.core_probe_since
+            .lock()
+            .expect("probe lock")
+            .is_some_and(|since| since.elapsed() > self.election_window)
     }
 
-    /// Returns once [`Self::quorum_silent`] holds (polled: a stuck core publishes nothing
+    /// Returns once [`Self::core_frozen`] holds (polled: a stuck core publishes nothing
     /// to watch). For racing a request that waits on this node's Raft core.
-    pub async fn until_quorum_silent(&self) {
+    pub async fn until_core_frozen(&self) {
         let poll = self.election_window / 4;
-        while !self.quorum_silent() {
+        while !self.core_frozen() {
             crate::raft_types::sleep(poll).await;
         }
     }
