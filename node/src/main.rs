@@ -7,6 +7,12 @@ use kura_node::crypto::Entropy;
 use kura_node::raft_types::Rt;
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's allocator: under a 256-client write load glibc's malloc
+/// and free took about 17% of the leader's CPU (`perf`), and mimalloc raised that
+/// load's throughput by about 15% (README, Benchmarks).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
