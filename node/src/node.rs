@@ -253,13 +253,15 @@ async fn sweep_cvcs(st: Arc<AppState>) {
     }
 }
 
-/// Mirrors Raft state into gauges and counts leader changes.
+/// Mirrors Raft state into gauges, counts leader changes, and tells the cluster its
+/// Raft core is alive (every change it publishes).
 async fn update_metrics(st: Arc<AppState>) {
     let (cluster, m) = (st.cluster.clone(), st.metrics.clone());
     let (mut seen_leader_term, mut logged_term) = (0, 0);
     let mut counted: std::collections::BTreeMap<String, u64> = Default::default();
     let mut watch = cluster.watch();
     loop {
+        cluster.core_seen();
         let s = cluster.status();
         m.raft_term.set(s.term as i64);
         m.raft_is_leader.set((s.state == "leader") as i64);

@@ -165,26 +165,8 @@ pub struct Cluster {
     /// Twice the longest election timeout: by then a cluster whose majority can talk has
     /// a leader (see [`Cluster::core_frozen`], [`Cluster::wait_for_leader`]).
     election_window: Duration,
-    /// Since when the running liveness probe of the Raft core has waited, if one has.
-    core_probe_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
-}
-
-/// How often the Raft core's liveness is probed.
-const CORE_PROBE_EVERY: Duration = Duration::from_millis(100);
-
-/// Probes the Raft core with a no-op request every [`CORE_PROBE_EVERY`], keeping in
-/// `since` when the probe in flight was sent; stops with the core.
-fn probe_core(raft: Raft, since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>) {
-    crate::raft_types::spawn(async move {
-        loop {
-            crate::raft_types::sleep(CORE_PROBE_EVERY).await;
-            *since.lock().expect("probe lock") = Some(tokio::time::Instant::now());
-            if raft.with_raft_state(|_| ()).await.is_err() {
-                return;
-            }
-            *since.lock().expect("probe lock") = None;
-        }
-    });
+    /// When the Raft core last published its state (see [`Cluster::core_frozen`]).
+    core_seen_at: std::sync::Mutex<tokio::time::Instant>,
 }
 
 /// A request to a peer's listener, carrying this node's cluster id.
@@ -262,8 +244,7 @@ impl Cluster {
         let raft = Raft::new(id, config, factory, LogStore::new(store.clone()), sm)
             .await
             .map_err(|e| io::Error::other(format!("raft failed to start: {e}")))?;
-        let core_probe_since = Arc::new(std::sync::Mutex::new(None));
-        probe_core(raft.clone(), core_probe_since.clone());
+        let election_window = Duration::from_millis(2 * settings.election_timeout_max_ms);
         Ok(Arc::new(Cluster {
             id,
             raft,
@@ -273,8 +254,8 @@ impl Cluster {
             cluster_id,
             pool,
             incoming_cause: std::sync::Mutex::new(None),
-            election_window: Duration::from_millis(2 * settings.election_timeout_max_ms),
-            core_probe_since,
+            election_window,
+            core_seen_at: std::sync::Mutex::new(tokio::time::Instant::now()),
         }))
     }
 
@@ -475,17 +456,19 @@ impl Cluster {
             .unwrap_or(0)
     }
 
-    /// True when this node's Raft core has not answered a liveness probe for twice the
-    /// longest election timeout: it is stuck on its own storage. openraft saves a vote
-    /// inline, so a leader that steps down while its storage stalls freezes — with its
-    /// published state still saying "leader" — until the stall ends. Requests should go
-    /// elsewhere rather than wait on it. (A core that is merely busy, or a leader whose
-    /// followers answer slowly, still answers the probe.)
+    /// True when this node's Raft core has published nothing for twice the longest
+    /// election timeout: it is stuck on its own storage. A live core publishes its state
+    /// at least every tick (a heartbeat interval). openraft saves a vote inline, so a
+    /// leader that steps down while its storage stalls freezes — with its published
+    /// state still saying "leader" — until the stall ends. Requests should go elsewhere
+    /// rather than wait on it. Needs [`Self::core_seen`] called on every change.
     pub fn core_frozen(&self) -> bool {
-        self.core_probe_since
-            .lock()
-            .expect("probe lock")
-            .is_some_and(|since| since.elapsed() > self.election_window)
+        self.core_seen_at.lock().expect("core lock").elapsed() > self.election_window
+    }
+
+    /// Notes that the Raft core just published its state (see [`Self::core_frozen`]).
+    pub fn core_seen(&self) {
+        *self.core_seen_at.lock().expect("core lock") = tokio::time::Instant::now();
     }
 
     /// Returns once [`Self::core_frozen`] holds (polled: a stuck core publishes nothing
