@@ -687,7 +687,14 @@ impl Cluster {
                     &cluster_id,
                     notice.clone(),
                 );
-                async move { (*id, self.pool.send(&m.raft_addr, req, timeout).await) }
+                // Only the target's answer is waited for in full: a peer that is down
+                // or cut off must not hold the handoff up.
+                let bound = if *id == to {
+                    timeout
+                } else {
+                    self.election_window.min(timeout)
+                };
+                async move { (*id, self.pool.send(&m.raft_addr, req, bound).await) }
             });
         for (id, answer) in futures::future::join_all(sends).await {
             match answer {
