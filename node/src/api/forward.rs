@@ -147,6 +147,14 @@ async fn proxy(
                 "the leader could not be reached; nothing was done; retry",
             )))
         }
+        // A read changes nothing, so whether it reached the leader does not matter: it
+        // is retried like one that never left.
+        Err(e) if parts.method == http::Method::GET || parts.method == http::Method::HEAD => {
+            st.pool.forget(leader_addr);
+            Err(Unsent(Problem::not_leader(format!(
+                "the leader did not answer ({e}); a read changes nothing; retry"
+            ))))
+        }
         Err(e) => {
             st.pool.forget(leader_addr);
             Err(Sent(Problem::outcome_unknown(format!(
