@@ -80,22 +80,17 @@ impl Writers {
     /// The longest stretch without an acknowledgement from the last one at or before
     /// `at` to `until`: the write gap clients saw around an event.
     pub fn longest_gap(&self, at: Instant, until: Instant) -> Option<Duration> {
-        let times = self.times();
-        let times: Vec<Instant> = times.into_iter().filter(|t| *t <= until).collect();
-        let first = times.iter().rposition(|t| *t <= at)?;
-        times[first..].windows(2).map(|w| w[1] - w[0]).max()
-    }
-
-    fn times(&self) -> Vec<Instant> {
         let mut times: Vec<Instant> = self
             .acked
             .lock()
             .expect("acked")
             .iter()
             .map(|(t, _)| *t)
+            .filter(|t| *t <= until)
             .collect();
         times.sort();
-        times
+        let first = times.iter().rposition(|t| *t <= at)?;
+        widest(&times[first..])
     }
 
     /// Stops the writers and waits for them.
@@ -106,17 +101,19 @@ impl Writers {
         }
         let mut acked = std::mem::take(&mut *self.acked.lock().expect("acked"));
         acked.sort();
-        let longest_gap = acked
-            .windows(2)
-            .map(|w| w[1].0 - w[0].0)
-            .max()
-            .unwrap_or_default();
+        let times: Vec<Instant> = acked.iter().map(|(t, _)| *t).collect();
+        let longest_gap = widest(&times).unwrap_or_default();
         Finished {
             tokens: acked.into_iter().map(|(_, t)| t).collect(),
             failed: self.failed.load(Ordering::Relaxed),
             longest_gap,
         }
     }
+}
+
+/// The widest gap between consecutive `times` (sorted); `None` with fewer than two.
+fn widest(times: &[Instant]) -> Option<Duration> {
+    times.windows(2).map(|w| w[1] - w[0]).max()
 }
 
 /// The acknowledged `tokens` that the cluster no longer has (a linearizable read through

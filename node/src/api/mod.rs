@@ -288,14 +288,10 @@ impl AppState {
     async fn write(&self, cmd: Command) -> Result<Response, Problem> {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         let write = tokio::time::timeout(timeout, self.cluster.write(cmd));
-        let outcome = tokio::select! {
-            biased;
-            r = write => r,
-            () = self.cluster.until_core_frozen() => {
-                return Err(Problem::outcome_unknown(
-                    "this node's Raft core got stuck on its storage while the write was in flight; it may or may not have been applied",
-                ))
-            }
+        let Some(outcome) = self.cluster.unless_core_freezes(write).await else {
+            return Err(Problem::outcome_unknown(
+                "this node's Raft core got stuck on its storage while the write was in flight; it may or may not have been applied",
+            ));
         };
         match outcome {
             Ok(Ok(r)) => Ok(r),
@@ -317,12 +313,10 @@ impl AppState {
     async fn linearize(&self) -> Result<(), Problem> {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         let linearize = tokio::time::timeout(timeout, self.cluster.linearize());
-        let outcome = tokio::select! {
-            biased;
-            r = linearize => r,
-            () = self.cluster.until_core_frozen() => return Err(Problem::not_leader(
+        let Some(outcome) = self.cluster.unless_core_freezes(linearize).await else {
+            return Err(Problem::not_leader(
                 "this node's Raft core is stuck on its storage; nothing was done; retry",
-            )),
+            ));
         };
         match outcome {
             Ok(Ok(())) => Ok(()),

@@ -471,12 +471,20 @@ impl Cluster {
         *self.core_seen_at.lock().expect("core lock") = tokio::time::Instant::now();
     }
 
-    /// Returns once [`Self::core_frozen`] holds (polled: a stuck core publishes nothing
-    /// to watch). For racing a request that waits on this node's Raft core.
-    pub async fn until_core_frozen(&self) {
-        let poll = self.election_window / 4;
-        while !self.core_frozen() {
-            crate::raft_types::sleep(poll).await;
+    /// Runs `fut`, a wait on this node's Raft core, unless the core freezes first
+    /// ([`Self::core_frozen`], polled: a stuck core publishes nothing to watch); `None`
+    /// then.
+    pub async fn unless_core_freezes<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
+        let frozen = async {
+            let poll = self.election_window / 4;
+            while !self.core_frozen() {
+                crate::raft_types::sleep(poll).await;
+            }
+        };
+        tokio::select! {
+            biased;
+            r = fut => Some(r),
+            () = frozen => None,
         }
     }
 
