@@ -168,8 +168,16 @@ async fn ready(c: &ProcCluster, i: usize) -> Value {
 }
 
 /// Stalls (or fails the keys of) the leader, main; checks it hands over, stays off while
-/// unhealthy, and gets leadership back by failback once healthy.
-async fn gray_failure_hands_over_and_fails_back(fault: Value, cause: &str, extra_toml: &str) {
+/// unhealthy, and gets leadership back by failback once healthy. With `slow_disks`, dr's
+/// and bk's disk commits take longer than a transfer target waits for its log (openraft:
+/// the shortest election timeout), so the handoff to dr is declined, an election follows,
+/// and whoever wins takes a while to record the change.
+async fn gray_failure_hands_over_and_fails_back(
+    fault: Value,
+    cause: &str,
+    extra_toml: &str,
+    slow_disks: bool,
+) {
     let c = ProcCluster::start_with_faults(&format!("{FAST_FAILBACK}{extra_toml}"), &[]);
     c.init().await;
     let key = c.merchant("gray").await;
@@ -177,6 +185,11 @@ async fn gray_failure_hands_over_and_fails_back(fault: Value, cause: &str, extra
     wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
     let load = Load::start(&c, &key, 3);
     load.wait_for_more(30).await;
+    if slow_disks {
+        c.faults(1, json!({ "storage_delay_ms": 200 })).await;
+        c.faults(2, json!({ "storage_delay_ms": 200 })).await;
+        load.wait_for_more(10).await;
+    }
 
     let faulted = Instant::now();
     c.faults(0, fault).await;
@@ -259,14 +272,33 @@ async fn a_leader_whose_storage_stalls_hands_over_and_gets_it_back_once_healthy(
         json!({ "storage_stalled": true }),
         "unhealthy_storage",
         "",
+        false,
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_kek_provider_fails_hands_over_and_gets_it_back_once_healthy() {
-    gray_failure_hands_over_and_fails_back(json!({ "kek_failing": true }), "unhealthy_keys", "")
-        .await;
+    gray_failure_hands_over_and_fails_back(
+        json!({ "kek_failing": true }),
+        "unhealthy_keys",
+        "",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_declined_by_a_slow_target_still_records_its_cause() {
+    // Whichever node wins the election that follows holds the leader's notice, and
+    // records the change with its cause before it fails back to anyone.
+    gray_failure_hands_over_and_fails_back(
+        json!({ "kek_failing": true }),
+        "unhealthy_keys",
+        "",
+        true,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +308,7 @@ async fn a_leader_cut_off_from_both_routes_hands_over_and_gets_it_back_once_heal
         json!({ "routes_blocked": true }),
         "unhealthy_routes",
         &acquirer_toml(&cafis, &cardnet, 2_000),
+        false,
     )
     .await;
 }
@@ -413,4 +446,49 @@ async fn a_rolling_restart_with_drain_loses_no_acknowledged_write() {
         acked.len()
     );
     assert_all_readable(&c, &key, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_under_write_load_land_on_the_named_node_every_time() {
+    // Under load the leader's last entries are still on their way to the target when it
+    // hands over; the target must wait for them rather than ignore the transfer (after
+    // which any node could win the election that follows).
+    let c = ProcCluster::start("[failover]\nfailback = \"manual\"\n");
+    c.init().await;
+    let key = c.merchant("moves").await;
+    let load = Load::start(&c, &key, 8);
+    load.wait_for_more(50).await;
+    let names = kura_cluster_tests::procs::NAMES;
+    let mut leader = c.wait_leader().await;
+    for round in 0..12 {
+        let to = (leader + 1) % 3;
+        let r = c
+            .admin()
+            .call(
+                http::Method::POST,
+                "/admin/v1/leader/transfer",
+                Some(json!({ "to": names[to] })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("transfer {round} to {}: {e}", names[to]));
+        assert_eq!(r.body["leader"], names[to], "transfer {round}");
+        leader = to;
+        load.wait_for_more(20).await;
+    }
+    let (acked, gap) = load.finish().await;
+    eprintln!(
+        "12 transfers under load: {} writes acknowledged; longest gap {gap:?}",
+        acked.len()
+    );
+    assert_all_readable(&c, &key, &acked).await;
+    let operator = metric(
+        &c,
+        leader,
+        "kura_raft_leader_changes_total{cause=\"operator\"}",
+    )
+    .await;
+    assert!(
+        operator >= 12.0,
+        "12 operator changes recorded, saw {operator}"
+    );
 }

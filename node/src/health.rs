@@ -494,6 +494,20 @@ async fn control(st: &Arc<AppState>) {
         (None, false) if me.never_lead => Some("never_lead".to_owned()),
         (None, false) => cut_off.then(|| "unhealthy_routes".to_owned()),
     };
+    // A leader hands over only once its own term's change is on record: moved on sooner
+    // (the record is refused while a transfer is under way), that change and its cause
+    // would never be recorded — a failback right after a handoff's election went to an
+    // unintended node erased the handoff's cause. A leader whose storage fails cannot
+    // record anything and goes at once.
+    let term = st.cluster.status().term;
+    let on_record = st
+        .cluster
+        .vault()
+        .read(|v| v.last_leader_change().is_some_and(|c| c.term >= term));
+    let urgent = cause.as_deref() == Some("unhealthy_storage");
+    if !on_record && !urgent {
+        return;
+    }
     if let Some(cause) = cause {
         if let Some(to) = pick_target(st, None) {
             spawn_handoff(st, to, cause);

@@ -1,10 +1,11 @@
 //! Handoff notices: why a leader is giving leadership away, for the next leader's record.
 //!
 //! Just before a leader transfers leadership it tells every peer the cause, bound to its
-//! own term. The node that leads next records the change with that cause, whichever node
-//! it is: the old leader stops heartbeats for the transfer, so if the chosen node cannot
-//! take over in time (openraft's target waits only an election timeout for its log), the
-//! election that follows is still the handoff's doing. Any later leader spends or voids
+//! own term, and keeps the notice itself. The node that leads next records the change
+//! with that cause, whichever node it is, the old leader included: the old leader stops
+//! heartbeats for the transfer, so if the chosen node cannot take over in time (openraft's
+//! target waits only an election timeout for its log), the election that follows is
+//! still the handoff's doing. Any later leader spends or voids
 //! the notice, so it never labels a change it did not cause.
 
 use std::time::Duration;

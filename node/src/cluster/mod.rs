@@ -240,6 +240,7 @@ impl Cluster {
             self_id: id,
             pool: pool.clone(),
             cluster_id: cluster_id.clone(),
+            append_ttl_min: Duration::from_millis(settings.election_timeout_max_ms),
         };
         let raft = Raft::new(id, config, factory, LogStore::new(store.clone()), sm)
             .await
@@ -720,6 +721,9 @@ impl Cluster {
                 }
             }
         }
+        // This node holds the notice too: should the transfer's election come back to it,
+        // that change is still the handoff's doing.
+        self.note_incoming_cause(&String::from_utf8_lossy(&notice))?;
         let mut watch = self.watch();
         self.raft
             .trigger()

@@ -24,6 +24,8 @@ pub struct NetworkFactory {
     pub(super) self_id: NodeId,
     pub(super) pool: Arc<HttpPool>,
     pub(super) cluster_id: Arc<RwLock<Option<String>>>,
+    /// The least time an AppendEntries is given (see [`PeerClient::append_entries`]).
+    pub(super) append_ttl_min: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -36,6 +38,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.raft_addr.clone(),
             pool: self.pool.clone(),
             cluster_id: self.cluster_id.clone(),
+            append_ttl_min: self.append_ttl_min,
         }
     }
 }
@@ -47,6 +50,7 @@ pub struct PeerClient {
     addr: String,
     pool: Arc<HttpPool>,
     cluster_id: Arc<RwLock<Option<String>>>,
+    append_ttl_min: Duration,
 }
 
 enum Fail {
@@ -87,10 +91,10 @@ impl PeerClient {
         action: RPCTypes,
         path: &str,
         req: &Req,
-        option: &RPCOption,
+        ttl: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let body = Bytes::from(serde_json::to_vec(req).expect("raft messages serialize"));
-        match self.post(path, body, option.hard_ttl()).await {
+        match self.post(path, body, ttl).await {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 RPCError::Network(NetworkError::from_string(format!(
                     "bad {action:?} response: {e}"
@@ -143,12 +147,19 @@ pub(super) fn decode_snapshot(body: &[u8]) -> Result<(Vote, Snapshot), String> {
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotData;
 
+    /// A follower answers an AppendEntries once the entries are on its disk. openraft
+    /// bounds it by the heartbeat interval (50 ms by default), which a busy disk's fsync
+    /// overruns now and then: the leader then drops its connections, backs off and sends
+    /// the entries again, and a follower with a slow disk falls behind for good. Entries
+    /// get at least `append_ttl_min` (the longest election timeout); heartbeats stay
+    /// bounded by openraft's own timer.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::AppendEntries, "/raft/append", &rpc, &option)
+        let ttl = option.hard_ttl().max(self.append_ttl_min);
+        self.call(RPCTypes::AppendEntries, "/raft/append", &rpc, ttl)
             .await
     }
 
@@ -157,7 +168,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::Vote, "/raft/vote", &rpc, &option).await
+        self.call(RPCTypes::Vote, "/raft/vote", &rpc, option.hard_ttl())
+            .await
     }
 
     async fn pre_vote(
@@ -165,7 +177,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::Vote, "/raft/pre-vote", &rpc, &option)
+        self.call(RPCTypes::Vote, "/raft/pre-vote", &rpc, option.hard_ttl())
             .await
     }
 
@@ -212,7 +224,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             RPCTypes::TransferLeader,
             "/raft/transfer-leader",
             &req,
-            &option,
+            option.hard_ttl(),
         )
         .await
     }
