@@ -329,9 +329,11 @@ async fn record_leader_change(st: Arc<AppState>, term: u64, cause: String) {
         cause,
         at_ms: st.now_ms(),
     };
-    // A new leader accepts writes only once it has committed an entry of its term.
-    let mut last_err = String::new();
-    for _ in 0..RECORD_CHANGE_ATTEMPTS {
+    // A new leader accepts writes only once it has committed an entry of its term. It
+    // keeps trying for as long as it leads that term: it hands leadership on only once
+    // the record is in (see `health::control`).
+    let mut attempts = 0;
+    loop {
         if st.cluster.status().term != term || !st.cluster.is_leader() {
             return;
         }
@@ -339,17 +341,20 @@ async fn record_leader_change(st: Arc<AppState>, term: u64, cause: String) {
             .cluster
             .leader_caught_up(std::time::Duration::from_millis(500))
             .await;
-        match ready {
+        let err = match ready {
             Ok(()) => match st.cluster.write(cmd.clone()).await {
                 Ok(_) => return,
-                Err(e) => last_err = e.to_string(),
+                Err(e) => e.to_string(),
             },
-            Err(e) => last_err = e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        attempts += 1;
+        if attempts == RECORD_CHANGE_ATTEMPTS_WARN {
+            tracing::warn!(term, attempts, error = %err, "still cannot record the leadership change; retrying");
         }
         crate::raft_types::sleep(std::time::Duration::from_millis(50)).await;
     }
-    tracing::warn!(term, error = %last_err, "could not record the leadership change");
 }
 
-/// Attempts at recording a leadership change while this node still leads that term.
-const RECORD_CHANGE_ATTEMPTS: usize = 20;
+/// Failed attempts at recording a leadership change before a warning is logged.
+const RECORD_CHANGE_ATTEMPTS_WARN: usize = 20;
