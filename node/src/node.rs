@@ -271,17 +271,20 @@ async fn update_metrics(st: Arc<AppState>) {
         m.raft_applied_index.set(s.applied_index as i64);
         if s.leader_id.is_some() && s.term > seen_leader_term {
             seen_leader_term = s.term;
-            // Spent on every new leader seen, so that a handoff notice labels only the
-            // change it caused.
-            let cause = cluster.take_incoming_cause(s.term);
             if s.state == "leader" {
-                let cause = cause.unwrap_or_else(|| "crash_or_partition".into());
+                let cause = cluster
+                    .incoming_cause_for(s.term)
+                    .unwrap_or_else(|| "crash_or_partition".into());
                 crate::raft_types::spawn(record_leader_change(st.clone(), s.term, cause));
             }
         }
         let (change, totals) = cluster
             .vault()
             .read(|v| (v.last_leader_change().cloned(), v.leader_changes().clone()));
+        // A handoff notice labels only the first recorded change after it.
+        if let Some(c) = &change {
+            cluster.settle_incoming_cause(c.term);
+        }
         if let Some(c) = change.filter(|c| c.term > logged_term) {
             logged_term = c.term;
             tracing::info!(leader = %c.leader_name, term = c.term, cause = %c.cause, "leader changed");

@@ -1,12 +1,14 @@
 //! Handoff notices: why a leader is giving leadership away, for the next leader's record.
 //!
 //! Just before a leader transfers leadership it tells every peer the cause, bound to its
-//! own term, and keeps the notice itself. The node that leads next records the change
-//! with that cause, whichever node it is, the old leader included: the old leader stops
-//! heartbeats for the transfer, so if the chosen node cannot take over in time (openraft's
-//! target waits only an election timeout for its log), the election that follows is
-//! still the handoff's doing. Any later leader spends or voids
-//! the notice, so it never labels a change it did not cause.
+//! own term, and keeps the notice itself. The node that next leads and records the
+//! change uses that cause, whichever node it is, the old leader included: the old leader
+//! stops heartbeats for the transfer, so if the chosen node cannot take over in time
+//! (openraft's target waits only an election timeout for its log), the election that
+//! follows is still the handoff's doing; and a leader that loses its term before its
+//! record commits (slow disks make elections churn) leaves the notice to the next. Once
+//! a record of a later term is applied the notice is settled, so it never labels a
+//! change it did not cause.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -56,16 +58,20 @@ impl HandoffNotice {
     }
 }
 
-/// Called when this node first sees a leader of `term`: returns the held notice's cause
-/// when it speaks for that leader (it came from an earlier term, within the TTL), and
-/// spends it either way. A leader of the notice's own term or earlier leaves it held.
-pub(crate) fn spend(held: &mut Option<HandoffNotice>, term: u64, now: Instant) -> Option<String> {
-    if held.as_ref().is_some_and(|n| term <= n.from_term) {
-        return None;
+/// The cause a leader of `term` records: the held notice's, when it came from an
+/// earlier term within the TTL. The notice stays held until [`settle`].
+pub(crate) fn cause_for(held: &Option<HandoffNotice>, term: u64, now: Instant) -> Option<String> {
+    held.as_ref()
+        .filter(|n| n.from_term < term && now.saturating_duration_since(n.at) <= TTL)
+        .map(|n| n.cause.clone())
+}
+
+/// Called with the term of the latest leader change on record: a notice from an earlier
+/// term has been used (or its chance has passed) and is dropped.
+pub(crate) fn settle(held: &mut Option<HandoffNotice>, recorded_term: u64) {
+    if held.as_ref().is_some_and(|n| n.from_term < recorded_term) {
+        *held = None;
     }
-    held.take()
-        .filter(|n| now.saturating_duration_since(n.at) <= TTL)
-        .map(|n| n.cause)
 }
 
 #[cfg(test)]
@@ -77,34 +83,40 @@ mod tests {
     }
 
     #[test]
-    fn a_notice_labels_the_next_leader_whoever_it_is_and_only_once() {
+    fn a_notice_labels_the_next_recorded_leader_whoever_it_is_and_only_once() {
         let now = Instant::now();
         let mut held = notice(&HandoffNotice::body("unhealthy_storage", 4), 4);
-        // The old leader's own term (seen late) neither labels nor spends it.
-        assert_eq!(spend(&mut held, 4, now), None);
-        assert!(held.is_some());
+        // The old leader's own term (seen late) is not the handoff's doing.
+        assert_eq!(cause_for(&held, 4, now), None);
         assert_eq!(
-            spend(&mut held, 5, now).as_deref(),
+            cause_for(&held, 5, now).as_deref(),
             Some("unhealthy_storage")
         );
-        // Spent: a crash after the handoff is a crash.
-        assert_eq!(spend(&mut held, 6, now), None);
+        // Term 5's leader lost its term before its record committed: term 6's uses it.
+        settle(&mut held, 4);
+        assert_eq!(
+            cause_for(&held, 6, now).as_deref(),
+            Some("unhealthy_storage")
+        );
+        // Recorded: a crash after the handoff is a crash.
+        settle(&mut held, 6);
+        assert!(held.is_none());
+        assert_eq!(cause_for(&held, 7, now), None);
     }
 
     #[test]
-    fn a_stale_notice_is_voided_not_used() {
-        let mut held = notice("failback 2", 2);
+    fn a_stale_notice_is_not_used() {
+        let held = notice("failback 2", 2);
         let later = Instant::now() + TTL + Duration::from_secs(1);
-        assert_eq!(spend(&mut held, 3, later), None);
-        assert!(held.is_none());
+        assert_eq!(cause_for(&held, 3, later), None);
     }
 
     #[test]
     fn a_bare_cause_binds_to_the_current_term() {
-        let mut held = notice("operator", 7);
-        assert_eq!(spend(&mut held, 7, Instant::now()), None);
+        let held = notice("operator", 7);
+        assert_eq!(cause_for(&held, 7, Instant::now()), None);
         assert_eq!(
-            spend(&mut held, 8, Instant::now()).as_deref(),
+            cause_for(&held, 8, Instant::now()).as_deref(),
             Some("operator")
         );
     }

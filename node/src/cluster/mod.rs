@@ -375,11 +375,20 @@ impl Cluster {
         Ok(())
     }
 
-    /// Called when this node first sees a leader of `term`: the cause of the handoff
-    /// that made it leader, if a notice speaks for it (see `handoff::spend`).
-    pub fn take_incoming_cause(&self, term: u64) -> Option<String> {
-        let mut held = self.incoming_cause.lock().expect("cause lock");
-        handoff::spend(&mut held, term, tokio::time::Instant::now())
+    /// The cause this node records on becoming leader of `term`, if a handoff notice
+    /// speaks for it (see `handoff::cause_for`).
+    pub fn incoming_cause_for(&self, term: u64) -> Option<String> {
+        let held = self.incoming_cause.lock().expect("cause lock");
+        handoff::cause_for(&held, term, tokio::time::Instant::now())
+    }
+
+    /// Drops a notice that a recorded leader change of `recorded_term` has used or
+    /// passed (see `handoff::settle`).
+    pub fn settle_incoming_cause(&self, recorded_term: u64) {
+        handoff::settle(
+            &mut self.incoming_cause.lock().expect("cause lock"),
+            recorded_term,
+        );
     }
 
     /// Every configured member.
