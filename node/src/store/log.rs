@@ -1,17 +1,16 @@
 //! openraft's log storage on top of [`Store`].
 
 use super::writer::{Done, Op};
-use super::{decode, encode, io_err, Store, KEY_COMMITTED, KEY_PURGED, KEY_VOTE, LOG};
+use super::{decode, encode, Store, KEY_COMMITTED, KEY_PURGED, KEY_VOTE};
 use crate::raft_types::{Entry, LogId, TypeConfig, Vote};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use redb::{ReadableDatabase, ReadableTable};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 
-/// The Raft log, vote and committed index, durable in redb.
+/// The Raft log (in the log's own files), vote and committed index (in redb).
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
@@ -24,22 +23,19 @@ impl LogStore {
     }
 
     fn db_entries(&self, range: impl RangeBounds<u64>) -> io::Result<BTreeMap<u64, Entry>> {
-        let txn = self.store.db.begin_read().map_err(io_err)?;
-        let log = txn.open_table(LOG).map_err(io_err)?;
-        let mut out = BTreeMap::new();
-        let rows = log.range::<u64>(owned_range(&range)).map_err(io_err)?;
-        for row in rows {
-            let (k, v) = row.map_err(io_err)?;
-            out.insert(k.value(), decode(v.value())?);
-        }
-        Ok(out)
+        let rows = self.store.wal.lock().expect("log lock").read(range)?;
+        rows.into_iter()
+            .map(|(i, bytes)| Ok((i, decode(&bytes)?)))
+            .collect()
     }
 
     fn last_db_entry(&self) -> io::Result<Option<Entry>> {
-        let txn = self.store.db.begin_read().map_err(io_err)?;
-        let log = txn.open_table(LOG).map_err(io_err)?;
-        let last = log.last().map_err(io_err)?;
-        last.map(|(_, v)| decode(v.value())).transpose()
+        let wal = self.store.wal.lock().expect("log lock");
+        let Some(last) = wal.last_index() else {
+            return Ok(None);
+        };
+        let rows = wal.read(last..=last)?;
+        rows.first().map(|(_, bytes)| decode(bytes)).transpose()
     }
 }
 

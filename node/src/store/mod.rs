@@ -1,14 +1,17 @@
-//! Durable storage on redb: the Raft log, the vote, node metadata and state machine
-//! snapshots, all in one database file per node.
+//! Durable storage: the Raft log in an append-only segmented log ([`wal`], the
+//! `kura.wal/` directory), and the vote, purge point, node metadata and state machine
+//! snapshots in one redb database file (`kura.redb`).
 //!
 //! Only this module imports redb. Writes go through one [`writer`] that batches
-//! everything queued into a single durable transaction (group commit) and only then
-//! tells openraft the IO is flushed.
+//! everything queued (group commit), makes it durable — one sequential append and
+//! fdatasync for log entries, one redb transaction for the rest — and only then tells
+//! openraft the IO is flushed.
 
 mod log;
 pub mod offline;
 mod sim_disk;
 mod sm;
+mod wal;
 mod writer;
 
 pub use log::LogStore;
@@ -20,10 +23,12 @@ use crate::raft_types::Entry;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use wal::{FsDir, SegmentDir, Wal};
 use writer::{Done, Op, Writer};
 
+/// Where the Raft log lived before it moved to [`wal`]; emptied into it on open.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -38,6 +43,8 @@ const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// The Raft log's entries.
+    wal: Arc<Mutex<Wal>>,
     writer: Writer,
     /// Entries handed to the writer but not yet durable; readers see them too.
     pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
@@ -60,6 +67,11 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("raft types serialize")
 }
 
+/// The Raft log's directory beside the database file at `db_path`.
+fn wal_path(db_path: &Path) -> PathBuf {
+    db_path.with_extension("wal")
+}
+
 impl Store {
     /// Opens (or creates) the database file at `path`.
     pub fn open(
@@ -69,29 +81,22 @@ impl Store {
         fsync: FsyncObserver,
     ) -> io::Result<Store> {
         let db = Database::create(path).map_err(io_err)?;
-        Store::with_database(db, mode, sync, fsync)
+        let dir = Arc::new(FsDir::create(wal_path(path))?);
+        Store::with_database(db, dir, mode, sync, fsync)
     }
 
-    /// Opens a database on any redb storage backend (simulated disks use this).
-    pub fn open_backend(
-        backend: impl redb::StorageBackend,
-        mode: WriterMode,
-        sync: SyncPolicy,
-        fsync: FsyncObserver,
-    ) -> io::Result<Store> {
-        let db = Database::builder()
-            .create_with_backend(backend)
-            .map_err(io_err)?;
-        Store::with_database(db, mode, sync, fsync)
-    }
-
-    /// Opens the database on a simulated disk, committing from a task (no threads).
+    /// Opens the database and log on a simulated disk, committing from a task (no
+    /// threads).
     pub fn open_sim(disk: &SimDisk, sync: SyncPolicy, fsync: FsyncObserver) -> io::Result<Store> {
-        Store::open_backend(disk.backend(), WriterMode::Task, sync, fsync)
+        let db = Database::builder()
+            .create_with_backend(disk.backend())
+            .map_err(io_err)?;
+        Store::with_database(db, disk.wal_dir(), WriterMode::Task, sync, fsync)
     }
 
     fn with_database(
         db: Database,
+        dir: Arc<dyn SegmentDir>,
         mode: WriterMode,
         sync: SyncPolicy,
         fsync: FsyncObserver,
@@ -100,10 +105,27 @@ impl Store {
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
+        let mut wal = Wal::open(dir, true)?;
+        move_log_table_into(&db, &mut wal)?;
+        // Segments a purge had not yet deleted when the node stopped.
+        let purged = {
+            let txn = db.begin_read().map_err(io_err)?;
+            let meta = txn.open_table(META).map_err(io_err)?;
+            let purged = meta.get(KEY_PURGED).map_err(io_err)?;
+            purged
+                .map(|v| decode::<crate::raft_types::LogId>(v.value()))
+                .transpose()?
+        };
+        if let Some(p) = purged {
+            wal.purge_upto(p.index)?;
+            wal.take_sync().sync()?;
+        }
         let db = Arc::new(db);
-        let writer = Writer::start(db.clone(), mode, sync, fsync)?;
+        let wal = Arc::new(Mutex::new(wal));
+        let writer = Writer::start(db.clone(), wal.clone(), mode, sync, fsync)?;
         Ok(Store {
             db,
+            wal,
             writer,
             pending: Arc::new(Mutex::new(BTreeMap::new())),
             apply_check: None,
@@ -155,10 +177,7 @@ impl Store {
         if self.read_meta(KEY_VOTE)?.is_some() {
             return Ok(true);
         }
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let log = txn.open_table(LOG).map_err(io_err)?;
-        let first = log.first().map_err(io_err)?;
-        Ok(first.is_some())
+        Ok(self.wal.lock().expect("log lock").last_index().is_some())
     }
 
     /// The switches that stall or slow this store's commits (fault injection).
@@ -173,6 +192,39 @@ impl Store {
         rx.await
             .map_err(|_| io::Error::other("storage writer stopped"))?
     }
+}
+
+/// Moves the entries of a database written before the log had its own files into
+/// `wal`, then empties the old table. Crash-safe: the old table is emptied only once
+/// the log is durable, and a log that already holds entries is the one that counts.
+fn move_log_table_into(db: &Database, wal: &mut Wal) -> io::Result<()> {
+    let rows: Vec<(u64, Vec<u8>)> = {
+        let txn = db.begin_read().map_err(io_err)?;
+        let log = txn.open_table(LOG).map_err(io_err)?;
+        if log.first().map_err(io_err)?.is_none() {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for row in log.iter().map_err(io_err)? {
+            let (k, v) = row.map_err(io_err)?;
+            rows.push((k.value(), v.value().to_vec()));
+        }
+        rows
+    };
+    if wal.last_index().is_none() {
+        wal.append(&rows)?;
+        wal.take_sync().sync()?;
+        tracing::info!(
+            entries = rows.len(),
+            "raft log moved out of the database into its own files"
+        );
+    }
+    let txn = db.begin_write().map_err(io_err)?;
+    txn.open_table(LOG)
+        .map_err(io_err)?
+        .retain(|_, _| false)
+        .map_err(io_err)?;
+    txn.commit().map_err(io_err)
 }
 
 #[cfg(test)]

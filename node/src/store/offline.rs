@@ -2,13 +2,17 @@
 //! `kura audit verify --data-dir` uses.
 
 use super::sm::SnapshotBody;
-use super::{decode, io_err, KEY_COMMITTED, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, LOG, META};
+use super::wal::{FsDir, Wal};
+use super::{
+    decode, io_err, wal_path, KEY_COMMITTED, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, LOG, META,
+};
 use crate::raft_types::{Entry, LogId, SnapshotMeta};
 use crate::vault::VaultState;
 use openraft::EntryPayload;
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The vault as a database file holds it.
 pub struct OfflineVault {
@@ -22,7 +26,10 @@ pub struct OfflineVault {
 
 /// Rebuilds the vault from the database at `path`: the snapshot as stored (not
 /// validated, so a tampered one can be examined), then the committed log entries after
-/// it. The node must be stopped, or `path` a copy: the file is opened exclusively.
+/// it, from the log's files beside it (or, for a database from before the log had its
+/// own files, from the database). The node must be stopped, or `path` a copy of its
+/// data directory: the file is opened exclusively. Nothing is changed, not even a torn
+/// log tail.
 pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
     let db = Database::open(path).map_err(|e| {
         io::Error::other(format!(
@@ -48,11 +55,21 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
         .map(|b| decode::<LogId>(&b))
         .transpose()?
         .map_or(0, |l| l.index);
-    let log = txn.open_table(LOG).map_err(io_err)?;
+    let range = snapshot_index + 1..=committed;
+    let old_table = txn.open_table(LOG).map_err(io_err)?;
+    let rows: Vec<Vec<u8>> = if old_table.first().map_err(io_err)?.is_some() {
+        let mut rows = Vec::new();
+        for row in old_table.range(range).map_err(io_err)? {
+            rows.push(row.map_err(io_err)?.1.value().to_vec());
+        }
+        rows
+    } else {
+        let wal = Wal::open(Arc::new(FsDir::existing(wal_path(path))), false)?;
+        wal.read(range)?.into_iter().map(|(_, b)| b).collect()
+    };
     let mut replayed_entries = 0;
-    for row in log.range(snapshot_index + 1..=committed).map_err(io_err)? {
-        let (_, bytes) = row.map_err(io_err)?;
-        let entry: Entry = decode(bytes.value())?;
+    for bytes in rows {
+        let entry: Entry = decode(&bytes)?;
         if let EntryPayload::Normal(cmd) = &entry.payload {
             vault.apply(cmd);
         }

@@ -1,12 +1,35 @@
-//! A redb storage backend for simulation: bytes live in memory, and a crash forgets
-//! every write that was not followed by `sync_data` — as a real disk's page cache would.
+//! A simulated disk: the redb file (through a redb storage backend) and the Raft log's
+//! segment files live in memory, and a crash forgets every write that was not followed
+//! by a sync — as a real disk's page cache would. A segment file created or removed
+//! counts only once its directory is synced.
 //!
-//! A crash also cuts off every backend opened before it: the crashed process's
-//! database handle may still be dropped afterwards (redb flushes and syncs on drop),
-//! and those last writes must go nowhere, as they would after a power cut.
+//! A crash also cuts off every handle opened before it: the crashed process's database
+//! handle may still be dropped afterwards (redb flushes and syncs on drop), and those
+//! last writes must go nowhere, as they would after a power cut.
 
+use super::wal::{SegmentDir, SegmentFile};
 use redb::StorageBackend;
+use std::collections::BTreeMap;
+use std::io;
 use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Default)]
+struct Disk {
+    db: Bytes,
+    segments: BTreeMap<u64, SimSegment>,
+    /// Bumped by every crash; handles of an earlier generation are cut off.
+    generation: u64,
+}
+
+/// One Raft log segment file.
+#[derive(Debug, Default)]
+struct SimSegment {
+    bytes: Bytes,
+    /// Listed now.
+    exists: bool,
+    /// Listed after a crash (the state at the last directory sync).
+    durable_exists: bool,
+}
 
 #[derive(Debug, Default)]
 struct Bytes {
@@ -17,8 +40,34 @@ struct Bytes {
     /// Changes since the last sync, replayed onto `durable` by the next one (copying
     /// only what changed keeps long simulations cheap).
     unsynced: Vec<Change>,
-    /// Bumped by every crash; backends of an earlier generation are cut off.
-    generation: u64,
+}
+
+impl Bytes {
+    fn write(&mut self, change: Change) {
+        apply(&mut self.current, &change);
+        self.unsynced.push(change);
+    }
+
+    fn sync(&mut self) {
+        for change in self.unsynced.drain(..) {
+            apply(&mut self.durable, &change);
+        }
+    }
+
+    fn crash(&mut self) {
+        self.current = self.durable.clone();
+        self.unsynced.clear();
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let start = offset as usize;
+        let src = self
+            .current
+            .get(start..start + out.len())
+            .ok_or_else(range_err)?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -44,7 +93,7 @@ fn apply(bytes: &mut Vec<u8>, change: &Change) {
 /// A simulated disk shared across restarts of one simulated host. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
-    inner: Arc<Mutex<Bytes>>,
+    inner: Arc<Mutex<Disk>>,
 }
 
 impl SimDisk {
@@ -56,10 +105,14 @@ impl SimDisk {
     /// Forgets everything written since the last sync and cuts off every open backend.
     /// Call it when the host crashes, before the host's runtime is dropped.
     pub fn crash(&self) {
-        let mut b = self.inner.lock().expect("disk lock");
-        b.current = b.durable.clone();
-        b.unsynced.clear();
-        b.generation += 1;
+        let mut d = self.inner.lock().expect("disk lock");
+        d.db.crash();
+        d.segments.retain(|_, s| s.durable_exists);
+        for s in d.segments.values_mut() {
+            s.bytes.crash();
+            s.exists = true;
+        }
+        d.generation += 1;
     }
 
     /// A backend handle over this disk for one open of the database.
@@ -69,6 +122,11 @@ impl SimDisk {
             disk: self.clone(),
             generation,
         }
+    }
+
+    /// The Raft log's segment directory on this disk, valid until its next crash.
+    pub(crate) fn wal_dir(&self) -> Arc<dyn SegmentDir> {
+        Arc::new(self.backend())
     }
 }
 
@@ -80,16 +138,16 @@ pub struct SimBackend {
 }
 
 impl SimBackend {
-    /// The disk's bytes, unless a crash has cut this backend off.
-    fn bytes(&self) -> Result<std::sync::MutexGuard<'_, Bytes>, std::io::Error> {
-        let b = self.disk.inner.lock().expect("disk lock");
-        if b.generation != self.generation {
+    /// The disk, unless a crash has cut this handle off.
+    fn disk(&self) -> Result<std::sync::MutexGuard<'_, Disk>, std::io::Error> {
+        let d = self.disk.inner.lock().expect("disk lock");
+        if d.generation != self.generation {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
                 "the simulated host crashed",
             ));
         }
-        Ok(b)
+        Ok(d)
     }
 }
 
@@ -102,43 +160,126 @@ fn range_err() -> std::io::Error {
 
 impl StorageBackend for SimBackend {
     fn len(&self) -> Result<u64, std::io::Error> {
-        Ok(self.bytes()?.current.len() as u64)
+        Ok(self.disk()?.db.current.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        let b = self.bytes()?;
-        let start = offset as usize;
-        let src = b
-            .current
-            .get(start..start + out.len())
-            .ok_or_else(range_err)?;
-        out.copy_from_slice(src);
-        Ok(())
+        self.disk()?.db.read(offset, out)
     }
 
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        let mut b = self.bytes()?;
-        let change = Change::SetLen(len);
-        apply(&mut b.current, &change);
-        b.unsynced.push(change);
+        self.disk()?.db.write(Change::SetLen(len));
         Ok(())
     }
 
     fn sync_data(&self) -> Result<(), std::io::Error> {
-        let mut guard = self.bytes()?;
-        let b = &mut *guard;
-        for change in b.unsynced.drain(..) {
-            apply(&mut b.durable, &change);
-        }
+        self.disk()?.db.sync();
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        let mut b = self.bytes()?;
-        let change = Change::Write(offset, data.to_vec());
-        apply(&mut b.current, &change);
-        b.unsynced.push(change);
+        self.disk()?.db.write(Change::Write(offset, data.to_vec()));
         Ok(())
+    }
+}
+
+impl SegmentDir for SimBackend {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        Ok(self
+            .disk()?
+            .segments
+            .iter()
+            .filter(|(_, s)| s.exists)
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    fn open(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        let mut d = self.disk()?;
+        let s = d.segments.entry(id).or_default();
+        if !s.exists {
+            // New, or back after a removal: empty.
+            s.exists = true;
+            s.bytes.write(Change::SetLen(0));
+        }
+        Ok(Arc::new(SimSegmentFile {
+            handle: SimBackend {
+                disk: self.disk.clone(),
+                generation: self.generation,
+            },
+            id,
+        }))
+    }
+
+    fn remove(&self, id: u64) -> io::Result<()> {
+        let mut d = self.disk()?;
+        if let Some(s) = d.segments.get_mut(&id) {
+            s.exists = false;
+            s.bytes.current.clear();
+            if !s.durable_exists {
+                d.segments.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut d = self.disk()?;
+        d.segments.retain(|_, s| s.exists);
+        for s in d.segments.values_mut() {
+            s.durable_exists = true;
+        }
+        Ok(())
+    }
+}
+
+/// One segment file on a [`SimDisk`].
+struct SimSegmentFile {
+    handle: SimBackend,
+    id: u64,
+}
+
+impl SimSegmentFile {
+    fn with<T>(&self, f: impl FnOnce(&mut Bytes) -> io::Result<T>) -> io::Result<T> {
+        let mut d = self.handle.disk()?;
+        match d.segments.get_mut(&self.id) {
+            Some(s) if s.exists => f(&mut s.bytes),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the segment file was removed",
+            )),
+        }
+    }
+}
+
+impl SegmentFile for SimSegmentFile {
+    fn len(&self) -> io::Result<u64> {
+        self.with(|b| Ok(b.current.len() as u64))
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.with(|b| b.read(offset, out))
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.with(|b| {
+            b.write(Change::Write(offset, data.to_vec()));
+            Ok(())
+        })
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.with(|b| {
+            b.write(Change::SetLen(len));
+            Ok(())
+        })
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.with(|b| {
+            b.sync();
+            Ok(())
+        })
     }
 }
 
@@ -177,5 +318,30 @@ mod tests {
         let mut out = [9u8; 5];
         be.read(0, &mut out).unwrap();
         assert_eq!(&out, b"abc\0z");
+    }
+
+    #[test]
+    fn segment_files_come_and_go_with_their_directory_sync() {
+        let disk = SimDisk::new();
+        let dir = disk.wal_dir();
+        let kept = dir.open(1).unwrap();
+        kept.write_at(0, b"kept").unwrap();
+        kept.sync().unwrap();
+        dir.sync().unwrap();
+        // Created and written, synced, but its directory never was.
+        let lost = dir.open(2).unwrap();
+        lost.write_at(0, b"lost").unwrap();
+        lost.sync().unwrap();
+        // Removed without a directory sync: back after the crash.
+        dir.remove(1).unwrap();
+        assert_eq!(dir.list().unwrap(), vec![2]);
+        disk.crash();
+        assert!(dir.list().is_err(), "a crash cuts off the old handle");
+        let dir = disk.wal_dir();
+        assert_eq!(dir.list().unwrap(), vec![1]);
+        let f = dir.open(1).unwrap();
+        let mut out = [0u8; 4];
+        f.read_at(0, &mut out).unwrap();
+        assert_eq!(&out, b"kept");
     }
 }

@@ -172,3 +172,59 @@ async fn acknowledged_appends_survive_a_crash_only_with_fsync() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_database_with_the_log_inside_moves_it_into_the_log_files_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kura.redb");
+    {
+        // As a node before the log had its own files left it.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            for i in 1..=5 {
+                log.insert(i, encode(&entry(1, i)).as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, WriterMode::Task, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    let got: Vec<_> = log
+        .try_get_log_entries(0..100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id)
+        .collect();
+    assert_eq!(got, (1..=5).map(|i| log_id(1, i)).collect::<Vec<_>>());
+    let old_rows = {
+        let txn = store.db.begin_read().unwrap();
+        let table = txn.open_table(LOG).unwrap();
+        table.iter().unwrap().count()
+    };
+    assert_eq!(old_rows, 0, "the old table is emptied");
+    append(&mut log, vec![entry(1, 6)]).await;
+    drop((log, store));
+    tokio::task::yield_now().await;
+    let store = Store::open(&path, WriterMode::Task, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let state = LogStore::new(store).get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 6)));
+}
+
+#[tokio::test]
+async fn appends_are_durable_in_the_log_files_not_the_database() {
+    // One fsync'd commit per append batch, and the entries are in `kura.wal/`.
+    let (dir, store, commits) = counting_store();
+    let mut log = LogStore::new(store.clone());
+    append(&mut log, (1..=3).map(|i| entry(1, i)).collect()).await;
+    assert_eq!(commits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("k.wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, vec![format!("{:020}.wal", 1)]);
+    let txn = store.db.begin_read().unwrap();
+    assert_eq!(txn.open_table(LOG).unwrap().iter().unwrap().count(), 0);
+}

@@ -1,8 +1,10 @@
-//! The single writer: every durable change to the database goes through here.
+//! The single writer: every durable change to the log and the database goes through
+//! here.
 //!
-//! In `Threaded` mode a dedicated OS thread drains its queue, applies everything it
-//! found in one redb transaction with `Durability::Immediate` (group commit: one
-//! fsync per batch), then completes each operation. In `Task` mode — simulated
+//! In `Threaded` mode a dedicated OS thread drains its queue and makes everything it
+//! found durable at once (group commit): log entries appended to the log's segment
+//! files and one fdatasync; other changes in one redb transaction with
+//! `Durability::Immediate`. Only then does it complete each operation. In `Task` mode — simulated
 //! hosts, which must not run real threads — an async task on the host's runtime does
 //! the same, and the storage fault switches stall it on simulated time.
 //!
@@ -10,7 +12,8 @@
 //! a crash loses acknowledged writes. It exists for benchmarks and to prove that the
 //! chaos oracle notices lost writes; never use it for data you keep.
 
-use super::{encode, io_err, Entry, LOG, META};
+use super::wal::Wal;
+use super::{encode, io_err, Entry, META};
 use crate::faults::FaultSwitches;
 use crate::raft_types::{LogId, TypeConfig};
 use openraft::storage::IOFlushed;
@@ -182,6 +185,7 @@ impl Drop for WriterInner {
 impl Writer {
     pub(crate) fn start(
         db: Arc<Database>,
+        wal: Arc<Mutex<Wal>>,
         mode: WriterMode,
         sync: SyncPolicy,
         fsync: FsyncObserver,
@@ -189,6 +193,8 @@ impl Writer {
         let faults = Arc::new(FaultSwitches::default());
         let committer = Committer {
             db,
+            wal,
+            sync,
             durability: sync.durability(),
             fsync,
         };
@@ -241,6 +247,8 @@ impl Writer {
 /// What commits a batch: the database, how durably, and who hears of each commit.
 struct Committer {
     db: Arc<Database>,
+    wal: Arc<Mutex<Wal>>,
+    sync: SyncPolicy,
     durability: Durability,
     fsync: FsyncObserver,
 }
@@ -288,7 +296,9 @@ impl Committer {
         } else {
             self.durability
         };
-        let result = write_all(&self.db, durability, &batch).map_err(|e| e.to_string());
+        let result = self
+            .write_all(durability, &batch)
+            .map_err(|e| e.to_string());
         if result.is_ok() && !lazy {
             (self.fsync)(started.elapsed());
         } else if let Err(e) = &result {
@@ -300,25 +310,52 @@ impl Committer {
     }
 }
 
-fn write_all(db: &Database, durability: Durability, batch: &[Op]) -> io::Result<()> {
+impl Committer {
+    /// Log changes go to the log's files (synced unless syncing is off), the rest to one
+    /// redb transaction. A purge deletes segments only after the purge point is durable,
+    /// so that a crash in between never leaves a gap below the log's first entry.
+    fn write_all(&self, durability: Durability, batch: &[Op]) -> io::Result<()> {
+        let mut purge_upto = None;
+        let mut meta = false;
+        let to_sync = {
+            let mut wal = self.wal.lock().expect("log lock");
+            for op in batch {
+                match op {
+                    Op::Append { rows, .. } => wal.append(rows)?,
+                    Op::TruncateFrom { from, .. } => wal.truncate_from(*from)?,
+                    Op::PurgeUpto { upto, .. } => {
+                        purge_upto = purge_upto.max(Some(*upto));
+                        meta = true;
+                    }
+                    Op::PutMeta { .. } | Op::Canary { .. } => meta = true,
+                }
+            }
+            wal.take_sync()
+        };
+        if self.sync == SyncPolicy::Fsync {
+            to_sync.sync()?;
+        }
+        if meta {
+            write_meta(&self.db, durability, batch)?;
+        }
+        if let Some(upto) = purge_upto {
+            self.wal.lock().expect("log lock").purge_upto(upto)?;
+        }
+        Ok(())
+    }
+}
+
+/// The batch's non-log changes in one redb transaction.
+fn write_meta(db: &Database, durability: Durability, batch: &[Op]) -> io::Result<()> {
     let mut txn = db.begin_write().map_err(io_err)?;
     txn.set_durability(durability)
         .map_err(|e| io::Error::other(e.to_string()))?;
     {
-        let mut log = txn.open_table(LOG).map_err(io_err)?;
         let mut meta = txn.open_table(META).map_err(io_err)?;
         for op in batch {
             match op {
-                Op::Append { rows, .. } => {
-                    for (index, bytes) in rows {
-                        log.insert(*index, bytes.as_slice()).map_err(io_err)?;
-                    }
-                }
-                Op::TruncateFrom { from, .. } => {
-                    log.retain_in(*from.., |_, _| false).map_err(io_err)?;
-                }
-                Op::PurgeUpto { upto, purged, .. } => {
-                    log.retain_in(..=*upto, |_, _| false).map_err(io_err)?;
+                Op::Append { .. } | Op::TruncateFrom { .. } => {}
+                Op::PurgeUpto { purged, .. } => {
                     meta.insert(super::KEY_PURGED, purged.as_slice())
                         .map_err(io_err)?;
                 }

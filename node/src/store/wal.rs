@@ -1,0 +1,643 @@
+//! The Raft log as an append-only, segmented write-ahead log beside the redb file.
+//!
+//! redb commits a copy-on-write B-tree: one appended entry rewrites several pages spread
+//! over the file before its fsync (about 1.6 ms a commit here, against 0.23 ms for a
+//! 4 KiB append and fdatasync). The log is written sequentially instead, and only the
+//! vote, the purge point, metadata and snapshots stay in redb.
+//!
+//! A segment is named by the index of its first entry and holds records
+//! `len u32 LE | crc32 u32 LE | index u64 LE | payload (len bytes)`; the CRC covers the
+//! index and the payload. Indexes run on without a gap across segments. Opening keeps
+//! the longest valid run and cuts off the rest (a torn tail from a crash mid-write).
+//! A segment is dropped whole once a purge passes its last entry.
+//!
+//! Files go through [`SegmentDir`]: a directory on disk, or a simulated disk with the
+//! same crash semantics (`SimDisk`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Bytes before a record's payload.
+const HEADER_BYTES: usize = 16;
+/// A record longer than this is corrupt (a bad length must not allocate gigabytes).
+const PAYLOAD_BYTES_MAX: usize = 256 << 20;
+/// A new segment starts once the last one has grown past this.
+pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Where segment files live.
+pub(crate) trait SegmentDir: Send + Sync {
+    /// The first indexes of the segments present, in any order.
+    fn list(&self) -> io::Result<Vec<u64>>;
+    /// Opens segment `id`, creating it empty when missing.
+    fn open(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>>;
+    /// Deletes segment `id`.
+    fn remove(&self, id: u64) -> io::Result<()>;
+    /// Makes every creation and removal so far durable.
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// One segment file.
+pub(crate) trait SegmentFile: Send + Sync {
+    fn len(&self) -> io::Result<u64>;
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the file's contents durable.
+    fn sync(&self) -> io::Result<()>;
+}
+
+struct Segment {
+    file: Arc<dyn SegmentFile>,
+    /// Where each record starts; record `i` holds entry `first + i`.
+    offsets: Vec<u64>,
+    /// Where the last record ends.
+    end: u64,
+}
+
+/// What a sync must cover; taken under the lock, synced outside it.
+pub(crate) struct SyncSet {
+    files: Vec<Arc<dyn SegmentFile>>,
+    dir: Option<Arc<dyn SegmentDir>>,
+}
+
+impl SyncSet {
+    /// Syncs the touched segments, then the directory if segments came or went.
+    pub(crate) fn sync(self) -> io::Result<()> {
+        for f in &self.files {
+            f.sync()?;
+        }
+        if let Some(d) = self.dir {
+            d.sync()?;
+        }
+        Ok(())
+    }
+}
+
+/// The log's segments and where every record is.
+pub(crate) struct Wal {
+    dir: Arc<dyn SegmentDir>,
+    segment_bytes: u64,
+    /// By first index.
+    segments: BTreeMap<u64, Segment>,
+    /// Segments written since the last [`Wal::take_sync`].
+    dirty: BTreeSet<u64>,
+    dir_dirty: bool,
+    /// Entries below this are purged (their segment may still hold later ones).
+    floor: u64,
+}
+
+fn corrupt(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Appends one record for `index` to `out`.
+fn encode_record(out: &mut Vec<u8>, index: u64, payload: &[u8]) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&index.to_le_bytes());
+    crc.update(payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Reads the record at the start of `bytes`: its index, payload and length in bytes, or
+/// `None` if it is cut short or fails its check.
+fn decode_record(bytes: &[u8]) -> Option<(u64, &[u8], usize)> {
+    let head = bytes.get(..HEADER_BYTES)?;
+    let len = u32::from_le_bytes(head[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(head[4..8].try_into().ok()?);
+    let index = u64::from_le_bytes(head[8..16].try_into().ok()?);
+    if len > PAYLOAD_BYTES_MAX {
+        return None;
+    }
+    let payload = bytes.get(HEADER_BYTES..HEADER_BYTES + len)?;
+    let mut check = crc32fast::Hasher::new();
+    check.update(&index.to_le_bytes());
+    check.update(payload);
+    (check.finalize() == crc).then_some((index, payload, HEADER_BYTES + len))
+}
+
+impl Wal {
+    /// Opens the log in `dir`. With `repair`, a torn or corrupt tail is cut off and
+    /// whatever follows a gap is deleted; without, they are only left unread (for
+    /// reading a stopped node's files).
+    pub(crate) fn open(dir: Arc<dyn SegmentDir>, repair: bool) -> io::Result<Wal> {
+        Wal::open_with(dir, repair, SEGMENT_BYTES)
+    }
+
+    pub(crate) fn open_with(
+        dir: Arc<dyn SegmentDir>,
+        repair: bool,
+        segment_bytes: u64,
+    ) -> io::Result<Wal> {
+        let mut ids = dir.list()?;
+        ids.sort_unstable();
+        let mut wal = Wal {
+            dir,
+            segment_bytes,
+            segments: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            dir_dirty: false,
+            floor: 0,
+        };
+        let mut cut = false;
+        for id in ids {
+            // Past a cut, or after a gap, nothing more belongs to the log.
+            if cut || wal.next_index().is_some_and(|n| n != id) {
+                cut = true;
+                if repair {
+                    wal.dir.remove(id)?;
+                    wal.dir_dirty = true;
+                }
+                continue;
+            }
+            let file = wal.dir.open(id)?;
+            let len = file.len()?;
+            let mut bytes = vec![0; len as usize];
+            file.read_at(0, &mut bytes)?;
+            let (mut offsets, mut pos) = (Vec::new(), 0usize);
+            while let Some((index, _, n)) = decode_record(&bytes[pos..]) {
+                if index != id + offsets.len() as u64 {
+                    break;
+                }
+                offsets.push(pos as u64);
+                pos += n;
+            }
+            if pos as u64 != len {
+                cut = true;
+                if repair {
+                    tracing::warn!(
+                        segment = id,
+                        kept_entries = offsets.len(),
+                        cut_bytes = len - pos as u64,
+                        "raft log: cutting a torn or corrupt tail"
+                    );
+                    file.set_len(pos as u64)?;
+                    file.sync()?;
+                }
+            }
+            if offsets.is_empty() {
+                if repair {
+                    wal.dir.remove(id)?;
+                    wal.dir_dirty = true;
+                }
+                continue;
+            }
+            wal.segments.insert(
+                id,
+                Segment {
+                    file,
+                    offsets,
+                    end: pos as u64,
+                },
+            );
+        }
+        if wal.dir_dirty {
+            wal.dir.sync()?;
+            wal.dir_dirty = false;
+        }
+        Ok(wal)
+    }
+
+    /// The first entry's index, if any.
+    pub(crate) fn first_index(&self) -> Option<u64> {
+        self.segments.keys().next().copied()
+    }
+
+    /// The last entry's index, if any.
+    pub(crate) fn last_index(&self) -> Option<u64> {
+        let (first, s) = self.segments.iter().next_back()?;
+        Some(first + s.offsets.len() as u64 - 1)
+    }
+
+    fn next_index(&self) -> Option<u64> {
+        self.last_index().map(|l| l + 1)
+    }
+
+    /// Writes `entries` (index, payload), which must follow the last entry without a gap
+    /// (any index starts an empty log). Not durable until the next sync.
+    pub(crate) fn append(&mut self, entries: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < entries.len() {
+            let index = entries[i].0;
+            if let Some(next) = self.next_index() {
+                if index != next {
+                    return Err(io::Error::other(format!(
+                        "raft log: entry {index} appended after {}",
+                        next - 1
+                    )));
+                }
+            }
+            let rollover = self
+                .segments
+                .values()
+                .next_back()
+                .is_none_or(|s| s.end >= self.segment_bytes);
+            if rollover {
+                let file = self.dir.open(index)?;
+                // A leftover file of that name (a segment removed without a directory
+                // sync and back after a crash) starts over.
+                file.set_len(0)?;
+                self.segments.insert(
+                    index,
+                    Segment {
+                        file,
+                        offsets: Vec::new(),
+                        end: 0,
+                    },
+                );
+                self.dir_dirty = true;
+            }
+            let (&first, seg) = self.segments.iter_mut().next_back().expect("a segment");
+            buf.clear();
+            let start = seg.end;
+            // Fill this segment up to its size, then roll over.
+            while i < entries.len() && start + (buf.len() as u64) < self.segment_bytes {
+                let (index, payload) = &entries[i];
+                if *index != first + seg.offsets.len() as u64 {
+                    return Err(io::Error::other(format!(
+                        "raft log: entries out of order at {index}"
+                    )));
+                }
+                seg.offsets.push(start + buf.len() as u64);
+                encode_record(&mut buf, *index, payload);
+                i += 1;
+            }
+            if let Err(e) = seg.file.write_at(start, &buf) {
+                // Forget what did not land, so the index matches the file.
+                seg.offsets.retain(|o| *o < start);
+                if seg.offsets.is_empty() {
+                    self.segments.remove(&first);
+                }
+                return Err(e);
+            }
+            seg.end = start + buf.len() as u64;
+            self.dirty.insert(first);
+        }
+        Ok(())
+    }
+
+    /// Deletes every entry with index `>= from`. Not durable until the next sync.
+    pub(crate) fn truncate_from(&mut self, from: u64) -> io::Result<()> {
+        let doomed: Vec<u64> = self.segments.range(from..).map(|(k, _)| *k).collect();
+        for id in doomed.into_iter().rev() {
+            self.segments.remove(&id);
+            self.dirty.remove(&id);
+            self.dir.remove(id)?;
+            self.dir_dirty = true;
+        }
+        if let Some((&first, seg)) = self.segments.iter_mut().next_back() {
+            let keep = (from - first) as usize;
+            if keep < seg.offsets.len() {
+                seg.end = seg.offsets[keep];
+                seg.offsets.truncate(keep);
+                seg.file.set_len(seg.end)?;
+                self.dirty.insert(first);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every entry `<= upto`, deleting each segment that held only such
+    /// entries. The caller records the purge point durably first (and again on every
+    /// open): entries up to it are never asked for again.
+    pub(crate) fn purge_upto(&mut self, upto: u64) -> io::Result<()> {
+        self.floor = self.floor.max(upto.saturating_add(1));
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        for (i, first) in firsts.iter().enumerate() {
+            let last = match firsts.get(i + 1) {
+                Some(next) => next - 1,
+                None => first + self.segments[first].offsets.len() as u64 - 1,
+            };
+            if last > upto {
+                break;
+            }
+            self.segments.remove(first);
+            self.dirty.remove(first);
+            self.dir.remove(*first)?;
+            self.dir_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// What the next sync must cover; clears it.
+    pub(crate) fn take_sync(&mut self) -> SyncSet {
+        let files = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|id| self.segments.get(&id).map(|s| s.file.clone()))
+            .collect();
+        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
+        SyncSet { files, dir }
+    }
+
+    /// The payloads of the entries in `range` that the log holds (not purged), by
+    /// index.
+    pub(crate) fn read(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        let (Some(first), Some(last)) = (self.first_index(), self.last_index()) else {
+            return Ok(Vec::new());
+        };
+        let first = first.max(self.floor);
+        let lo = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        }
+        .max(first);
+        let hi = match range.end_bound() {
+            Bound::Included(e) => *e,
+            Bound::Excluded(e) => match e.checked_sub(1) {
+                Some(e) => e,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => u64::MAX,
+        }
+        .min(last);
+        let mut out = Vec::new();
+        if lo > hi {
+            return Ok(out);
+        }
+        // The segment holding `lo`, and every later one up to `hi`.
+        let start = *self
+            .segments
+            .range(..=lo)
+            .next_back()
+            .expect("lo >= first")
+            .0;
+        for (&seg_first, seg) in self.segments.range(start..=hi) {
+            let seg_last = seg_first + seg.offsets.len() as u64 - 1;
+            let (a, b) = (lo.max(seg_first), hi.min(seg_last));
+            let from = seg.offsets[(a - seg_first) as usize];
+            let to = seg
+                .offsets
+                .get((b - seg_first) as usize + 1)
+                .copied()
+                .unwrap_or(seg.end);
+            let mut bytes = vec![0; (to - from) as usize];
+            seg.file.read_at(from, &mut bytes)?;
+            let mut pos = 0;
+            for index in a..=b {
+                let (got, payload, n) = decode_record(&bytes[pos..])
+                    .ok_or_else(|| corrupt(format!("raft log: entry {index} fails its check")))?;
+                if got != index {
+                    return Err(corrupt(format!(
+                        "raft log: entry {index} found where {got} should be"
+                    )));
+                }
+                out.push((index, payload.to_vec()));
+                pos += n;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Segment files in a directory on disk: `<first index, 20 digits>.wal`.
+pub(crate) struct FsDir {
+    path: PathBuf,
+}
+
+impl FsDir {
+    /// The directory at `path`, created when missing.
+    pub(crate) fn create(path: PathBuf) -> io::Result<FsDir> {
+        if !path.is_dir() {
+            std::fs::create_dir_all(&path)?;
+            // The new directory's own entry, in the data directory.
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+        }
+        Ok(FsDir { path })
+    }
+
+    /// The directory at `path`; an absent one reads as empty.
+    pub(crate) fn existing(path: PathBuf) -> FsDir {
+        FsDir { path }
+    }
+
+    fn file(&self, id: u64) -> PathBuf {
+        self.path.join(format!("{id:020}.wal"))
+    }
+}
+
+impl SegmentDir for FsDir {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut ids = Vec::new();
+        for e in entries {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name.strip_suffix(".wal").and_then(|s| s.parse().ok()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn open(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.file(id))?;
+        Ok(Arc::new(FsFile(file)))
+    }
+
+    fn remove(&self, id: u64) -> io::Result<()> {
+        match std::fs::remove_file(self.file(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        std::fs::File::open(&self.path)?.sync_all()
+    }
+}
+
+struct FsFile(std::fs::File);
+
+impl SegmentFile for FsFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, out, offset)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, data, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SimDisk;
+
+    fn payload(i: u64) -> Vec<u8> {
+        format!("entry-{i}-{}", "x".repeat((i % 7) as usize)).into_bytes()
+    }
+
+    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+        range.map(|i| (i, payload(i))).collect()
+    }
+
+    fn indexes(wal: &Wal, range: impl RangeBounds<u64>) -> Vec<u64> {
+        wal.read(range)
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Small segments, so a few entries span several.
+    fn open(disk: &SimDisk) -> Wal {
+        Wal::open_with(disk.wal_dir(), true, 100).unwrap()
+    }
+
+    #[test]
+    fn entries_read_back_across_segments_and_reopens() {
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(5..=40)).unwrap();
+        wal.take_sync().sync().unwrap();
+        assert!(wal.segments.len() > 3, "{} segments", wal.segments.len());
+        assert_eq!(wal.read(12..=14).unwrap(), entries(12..=14));
+        assert_eq!(indexes(&wal, ..), (5..=40).collect::<Vec<_>>());
+        assert_eq!(indexes(&wal, 39..100), vec![39, 40]);
+        assert!(wal.read(41..).unwrap().is_empty());
+        assert!(wal.read(..0).unwrap().is_empty());
+        let wal = open(&disk);
+        assert_eq!((wal.first_index(), wal.last_index()), (Some(5), Some(40)));
+        assert_eq!(wal.read(..).unwrap(), entries(5..=40));
+    }
+
+    #[test]
+    fn a_gap_or_a_repeat_is_refused() {
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(1..=3)).unwrap();
+        assert!(wal.append(&entries(5..=5)).is_err());
+        assert!(wal.append(&entries(3..=3)).is_err());
+        assert_eq!(wal.last_index(), Some(3));
+    }
+
+    #[test]
+    fn unsynced_entries_are_lost_in_a_crash_and_synced_ones_kept() {
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(1..=20)).unwrap();
+        wal.take_sync().sync().unwrap();
+        wal.append(&entries(21..=30)).unwrap();
+        disk.crash();
+        let mut wal = open(&disk);
+        assert_eq!(wal.last_index(), Some(20));
+        assert_eq!(wal.read(..).unwrap(), entries(1..=20));
+        // And it goes on from there.
+        wal.append(&entries(21..=22)).unwrap();
+        assert_eq!(wal.last_index(), Some(22));
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_cut_off() {
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(1..=10)).unwrap();
+        let (&last_first, seg) = wal.segments.iter().next_back().unwrap();
+        let end = seg.end;
+        // Half a record, as a crash mid-write leaves it.
+        let mut rec = Vec::new();
+        encode_record(&mut rec, 11, &payload(11));
+        seg.file.write_at(end, &rec[..rec.len() / 2]).unwrap();
+        wal.take_sync().sync().unwrap();
+        let mut wal = open(&disk);
+        assert_eq!(wal.last_index(), Some(10));
+        wal.append(&entries(11..=12)).unwrap();
+        wal.take_sync().sync().unwrap();
+        // A flipped byte in the last record's payload.
+        let seg = &wal.segments[&wal.segments.keys().next_back().copied().unwrap()];
+        seg.file.write_at(seg.end - 1, b"?").unwrap();
+        wal.take_sync().sync().unwrap();
+        let wal = open(&disk);
+        assert_eq!(wal.last_index(), Some(11));
+        assert!(last_first <= 11);
+        // Without repair a reader sees the same entries and changes nothing.
+        let ro = Wal::open_with(disk.wal_dir(), false, 100).unwrap();
+        assert_eq!(ro.read(..).unwrap(), wal.read(..).unwrap());
+    }
+
+    #[test]
+    fn truncation_cuts_within_and_across_segments() {
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(1..=30)).unwrap();
+        wal.truncate_from(25).unwrap();
+        assert_eq!(wal.last_index(), Some(24));
+        let first_of_last = *wal.segments.keys().next_back().unwrap();
+        wal.truncate_from(first_of_last).unwrap();
+        assert_eq!(wal.last_index(), Some(first_of_last - 1));
+        wal.truncate_from(3).unwrap();
+        assert_eq!(wal.last_index(), Some(2));
+        wal.append(&entries(3..=4)).unwrap();
+        wal.take_sync().sync().unwrap();
+        let mut wal = open(&disk);
+        assert_eq!(wal.read(..).unwrap(), entries(1..=4));
+        wal.truncate_from(1).unwrap();
+        assert_eq!(wal.last_index(), None);
+        wal.append(&entries(9..=9)).unwrap();
+        assert_eq!(wal.first_index(), Some(9));
+    }
+
+    #[test]
+    fn a_purge_drops_whole_segments_only() {
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(1..=40)).unwrap();
+        let second = *wal.segments.keys().nth(1).unwrap();
+        wal.purge_upto(second).unwrap();
+        // The segment holding `second` stays, as it has later entries, but reads skip it.
+        assert_eq!(wal.first_index(), Some(second));
+        assert_eq!(indexes(&wal, ..=second + 1), vec![second + 1]);
+        wal.purge_upto(40).unwrap();
+        assert_eq!(wal.first_index(), None);
+        wal.append(&entries(41..=41)).unwrap();
+        wal.take_sync().sync().unwrap();
+        assert_eq!(open(&disk).read(..).unwrap(), entries(41..=41));
+    }
+
+    #[test]
+    fn files_on_disk_behave_as_the_simulated_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs =
+            || -> Arc<dyn SegmentDir> { Arc::new(FsDir::create(dir.path().join("log")).unwrap()) };
+        let mut wal = Wal::open_with(fs(), true, 100).unwrap();
+        wal.append(&entries(1..=30)).unwrap();
+        wal.truncate_from(28).unwrap();
+        wal.take_sync().sync().unwrap();
+        drop(wal);
+        let mut wal = Wal::open_with(fs(), true, 100).unwrap();
+        assert_eq!(wal.read(..).unwrap(), entries(1..=27));
+        wal.purge_upto(27).unwrap();
+        wal.take_sync().sync().unwrap();
+        assert!(fs().list().unwrap().is_empty());
+    }
+}
