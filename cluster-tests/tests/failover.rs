@@ -451,8 +451,9 @@ async fn a_rolling_restart_with_drain_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_under_write_load_land_on_the_named_node_every_time() {
     // Under load the leader's last entries are still on their way to the target when it
-    // hands over; the target must wait for them rather than ignore the transfer (after
-    // which any node could win the election that follows).
+    // hands over; the target waits for them (openraft: up to an election timeout) rather
+    // than ignore the transfer, after which any node could win the election that follows.
+    // Each transfer must land on the named node and be recorded as the operator's.
     let c = ProcCluster::start("[failover]\nfailback = \"manual\"\n");
     c.init().await;
     let key = c.merchant("moves").await;

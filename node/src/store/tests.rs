@@ -36,6 +36,12 @@ async fn append(log: &mut LogStore, entries: Vec<Entry>) {
     rx.await.unwrap().unwrap();
 }
 
+/// The ids of every entry the log holds.
+async fn log_ids(log: &mut LogStore) -> Vec<LogId> {
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    entries.iter().map(|e| e.log_id).collect()
+}
+
 async fn roundtrip(mode: WriterMode) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kura.redb");
@@ -60,13 +66,7 @@ async fn roundtrip(mode: WriterMode) {
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
     assert_eq!(state.last_log_id, Some(log_id(2, 9)));
-    let got: Vec<_> = log
-        .try_get_log_entries(0..100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.log_id)
-        .collect();
+    let got = log_ids(&mut log).await;
     let want: Vec<_> = (4..=8)
         .map(|i| log_id(1, i))
         .chain([log_id(2, 9)])
@@ -191,13 +191,7 @@ async fn a_database_with_the_log_inside_moves_it_into_the_log_files_on_open() {
     }
     let store = Store::open(&path, WriterMode::Task, SyncPolicy::Fsync, noop_fsync()).unwrap();
     let mut log = LogStore::new(store.clone());
-    let got: Vec<_> = log
-        .try_get_log_entries(0..100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.log_id)
-        .collect();
+    let got = log_ids(&mut log).await;
     assert_eq!(got, (1..=5).map(|i| log_id(1, i)).collect::<Vec<_>>());
     let old_rows = {
         let txn = store.db.begin_read().unwrap();

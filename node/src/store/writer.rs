@@ -195,7 +195,6 @@ impl Writer {
             db,
             wal,
             sync,
-            durability: sync.durability(),
             fsync,
         };
         let (tx, thread) = match mode {
@@ -249,7 +248,6 @@ struct Committer {
     db: Arc<Database>,
     wal: Arc<Mutex<Wal>>,
     sync: SyncPolicy,
-    durability: Durability,
     fsync: FsyncObserver,
 }
 
@@ -294,7 +292,7 @@ impl Committer {
         let durability = if lazy {
             Durability::None
         } else {
-            self.durability
+            self.sync.durability()
         };
         let result = self
             .write_all(durability, &batch)
