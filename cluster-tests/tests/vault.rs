@@ -61,6 +61,19 @@ async fn call(
     .await
 }
 
+/// Copies the directory tree at `from` to `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
 /// Creates a token through `node` and returns its id.
 async fn tokenize(c: &ProcCluster, node: usize, key: &str, body: Value) -> String {
     let r = call(c, node, key, Method::POST, "/v1/tokens", Some(body)).await;
@@ -697,8 +710,7 @@ async fn audit_verify_names_the_first_tampered_record_in_a_copy_of_the_store() {
     .await;
     c.kill(node);
     let copy = c.dir.path().join("copy");
-    std::fs::create_dir(&copy).unwrap();
-    std::fs::copy(c.data_dir(node).join("kura.redb"), copy.join("kura.redb")).unwrap();
+    copy_dir(&c.data_dir(node), &copy);
     let verify =
         |c: &ProcCluster| c.kura(&["audit", "verify", "--data-dir", copy.to_str().unwrap()]);
     let clean = verify(&c);
@@ -709,8 +721,9 @@ async fn audit_verify_names_the_first_tampered_record_in_a_copy_of_the_store() {
         String::from_utf8_lossy(&clean.stderr)
     );
 
-    // Change the outcome of one token's creation record in the snapshot, keeping its
-    // length: every copy of it in the file, since redb may keep an older page too.
+    // Change the outcome of one token's creation record in the snapshot file, keeping
+    // its length, and fix the file's checksum as anyone who knows the format could:
+    // the checksum catches torn writes, the audit chain must catch this.
     let victim = &tokens[3];
     let record = c
         .admin_call(Method::GET, "/admin/v1/audit?limit=1000", None)
@@ -722,20 +735,18 @@ async fn audit_verify_names_the_first_tampered_record_in_a_copy_of_the_store() {
         .cloned()
         .expect("the token's audit record");
     let seq = record["seq"].as_u64().unwrap();
-    let db = copy.join("kura.redb");
-    let mut bytes = std::fs::read(&db).unwrap();
+    let snapshots = files(&copy.join("kura.snap"));
+    assert_eq!(snapshots.len(), 1, "one current snapshot: {snapshots:?}");
+    let mut bytes = std::fs::read(&snapshots[0]).unwrap();
     let needle = format!(r#""token":"{victim}","outcome":"ok""#).into_bytes();
-    let hits: Vec<usize> = bytes
+    let at = bytes
         .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| *w == needle.as_slice())
-        .map(|(i, _)| i)
-        .collect();
-    assert!(!hits.is_empty(), "the snapshot holds the record");
-    for at in hits {
-        bytes[at + needle.len() - 3..at + needle.len() - 1].copy_from_slice(b"OK");
-    }
-    std::fs::write(&db, &bytes).unwrap();
+        .position(|w| w == needle.as_slice())
+        .expect("the snapshot holds the record");
+    bytes[at + needle.len() - 3..at + needle.len() - 1].copy_from_slice(b"OK");
+    let crc = crc32fast::hash(&bytes[16..]);
+    bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&snapshots[0], &bytes).unwrap();
     let tampered = verify(&c);
     let text = String::from_utf8_lossy(&tampered.stdout).into_owned();
     assert!(!tampered.status.success(), "verify must fail: {text}");

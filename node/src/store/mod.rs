@@ -1,16 +1,19 @@
 //! Durable storage: the Raft log in an append-only segmented log ([`wal`], the
-//! `kura.wal/` directory), and the vote, purge point, node metadata and state machine
-//! snapshots in one redb database file (`kura.redb`).
+//! `kura.wal/` directory), state machine snapshots in files of their own
+//! ([`snapshot_files`], `kura.snap/`), and the vote, purge point, node metadata and which
+//! snapshot is current in one redb database file (`kura.redb`).
 //!
 //! Only this module imports redb. Writes go through one [`writer`] that batches
 //! everything queued (group commit), makes it durable — one sequential append and
 //! fdatasync for log entries, one redb transaction for the rest — and only then tells
-//! openraft the IO is flushed.
+//! openraft the IO is flushed. A snapshot's data is written by the task that builds
+//! it, outside the writer; only its small record goes through the writer.
 
 mod log;
 pub mod offline;
 mod sim_disk;
 mod sm;
+mod snapshot_files;
 mod wal;
 mod writer;
 
@@ -21,6 +24,7 @@ pub use writer::{FsyncObserver, SyncPolicy, WriterMode};
 
 use crate::raft_types::Entry;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use snapshot_files::SnapshotFiles;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -37,6 +41,9 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "purged";
 const KEY_CLUSTER_ID: &str = "cluster_id";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+/// The id of the current snapshot's file in [`snapshot_files`].
+const KEY_SNAPSHOT_FILE: &str = "snapshot_file";
+/// Where a snapshot's data lived before snapshots had files; removed by the next one.
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 
 /// The node's database: cheap to clone, shared by the log store and state machine.
@@ -46,6 +53,10 @@ pub struct Store {
     /// The Raft log's entries.
     wal: Arc<Mutex<Wal>>,
     writer: Writer,
+    mode: WriterMode,
+    snapshots: Arc<SnapshotFiles>,
+    /// Held while a snapshot is recorded, so that an older one never replaces a newer.
+    snapshot_order: Arc<tokio::sync::Mutex<()>>,
     /// Entries handed to the writer but not yet durable; readers see them too.
     pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
     /// Called after every applied command (simulations check invariants here).
@@ -69,7 +80,12 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 /// The Raft log's directory beside the database file at `db_path`.
 fn wal_path(db_path: &Path) -> PathBuf {
-    db_path.with_extension("wal")
+    db_path.with_extension(wal::EXT)
+}
+
+/// The snapshot files' directory beside the database file at `db_path`.
+fn snapshot_path(db_path: &Path) -> PathBuf {
+    db_path.with_extension(snapshot_files::EXT)
 }
 
 impl Store {
@@ -81,8 +97,9 @@ impl Store {
         fsync: FsyncObserver,
     ) -> io::Result<Store> {
         let db = Database::create(path).map_err(io_err)?;
-        let dir = Arc::new(FsDir::create(wal_path(path))?);
-        Store::with_database(db, dir, mode, sync, fsync)
+        let log_dir = Arc::new(FsDir::create(wal_path(path), wal::EXT)?);
+        let snapshot_dir = Arc::new(FsDir::create(snapshot_path(path), snapshot_files::EXT)?);
+        Store::with_database(db, log_dir, snapshot_dir, mode, sync, fsync)
     }
 
     /// Opens the database and log on a simulated disk, committing from a task (no
@@ -91,12 +108,14 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(disk.backend())
             .map_err(io_err)?;
-        Store::with_database(db, disk.wal_dir(), WriterMode::Task, sync, fsync)
+        let (log_dir, snapshot_dir) = (disk.wal_dir(), disk.snapshot_dir());
+        Store::with_database(db, log_dir, snapshot_dir, WriterMode::Task, sync, fsync)
     }
 
     fn with_database(
         db: Database,
-        dir: Arc<dyn SegmentDir>,
+        log_dir: Arc<dyn SegmentDir>,
+        snapshot_dir: Arc<dyn SegmentDir>,
         mode: WriterMode,
         sync: SyncPolicy,
         fsync: FsyncObserver,
@@ -105,17 +124,22 @@ impl Store {
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
-        let mut wal = Wal::open(dir, true)?;
+        let mut wal = Wal::open(log_dir, true)?;
         move_log_table_into(&db, &mut wal)?;
-        // Segments a purge had not yet deleted when the node stopped.
-        let purged = {
+        let (purged, snapshot_file) = {
             let txn = db.begin_read().map_err(io_err)?;
             let meta = txn.open_table(META).map_err(io_err)?;
             let purged = meta.get(KEY_PURGED).map_err(io_err)?;
-            purged
+            let purged = purged
                 .map(|v| decode::<crate::raft_types::LogId>(v.value()))
-                .transpose()?
+                .transpose()?;
+            let file = meta.get(KEY_SNAPSHOT_FILE).map_err(io_err)?;
+            let file = file.map(|v| decode::<u64>(v.value())).transpose()?;
+            (purged, file)
         };
+        let snapshots =
+            SnapshotFiles::open(snapshot_dir, sync == SyncPolicy::Fsync, snapshot_file)?;
+        // Segments a purge had not yet deleted when the node stopped.
         if let Some(p) = purged {
             wal.purge_upto(p.index)?;
             wal.take_sync().sync()?;
@@ -127,6 +151,9 @@ impl Store {
             db,
             wal,
             writer,
+            mode,
+            snapshots: Arc::new(snapshots),
+            snapshot_order: Arc::new(tokio::sync::Mutex::new(())),
             pending: Arc::new(Mutex::new(BTreeMap::new())),
             apply_check: None,
         })
@@ -183,6 +210,20 @@ impl Store {
     /// The switches that stall or slow this store's commits (fault injection).
     pub fn faults(&self) -> Arc<crate::faults::FaultSwitches> {
         self.writer.faults()
+    }
+
+    /// Runs `f` off the async workers (on the blocking pool), or in place on a simulated
+    /// host, which must not run threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        match self.mode {
+            WriterMode::Threaded => tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| io::Error::other(format!("blocking storage task: {e}"))),
+            WriterMode::Task => Ok(f()),
+        }
     }
 
     /// A small durable write through the same path as log appends; returns when synced.

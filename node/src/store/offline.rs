@@ -2,9 +2,10 @@
 //! `kura audit verify --data-dir` uses.
 
 use super::sm::SnapshotBody;
-use super::wal::{FsDir, Wal};
+use super::wal::{self, FsDir, Wal};
 use super::{
-    decode, io_err, wal_path, KEY_COMMITTED, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, LOG, META,
+    decode, io_err, snapshot_files, snapshot_path, wal_path, KEY_COMMITTED, KEY_SNAPSHOT_DATA,
+    KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META, LOG, META,
 };
 use crate::raft_types::{Entry, LogId, SnapshotMeta};
 use crate::vault::VaultState;
@@ -24,8 +25,8 @@ pub struct OfflineVault {
     pub replayed_entries: u64,
 }
 
-/// Rebuilds the vault from the database at `path`: the snapshot as stored (not
-/// validated, so a tampered one can be examined), then the committed log entries after
+/// Rebuilds the vault from the database at `path`: the snapshot as stored (from its
+/// file beside the database; not validated, so a tampered one can be examined), then the committed log entries after
 /// it, from the log's files beside it (or, for a database from before the log had its
 /// own files, from the database). The node must be stopped, or `path` a copy of its
 /// data directory: the file is opened exclusively. Nothing is changed, not even a torn
@@ -43,7 +44,15 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
     let get = |key: &str| -> io::Result<Option<Vec<u8>>> {
         Ok(meta.get(key).map_err(io_err)?.map(|v| v.value().to_vec()))
     };
-    let (mut vault, snapshot_index) = match (get(KEY_SNAPSHOT_META)?, get(KEY_SNAPSHOT_DATA)?) {
+    let snapshot_data = match get(KEY_SNAPSHOT_FILE)? {
+        Some(id) => {
+            let dir = FsDir::existing(snapshot_path(path), snapshot_files::EXT);
+            Some(snapshot_files::read(&dir, decode(&id)?)?)
+        }
+        // Recorded before snapshots had files.
+        None => get(KEY_SNAPSHOT_DATA)?,
+    };
+    let (mut vault, snapshot_index) = match (get(KEY_SNAPSHOT_META)?, snapshot_data) {
         (Some(m), Some(d)) => {
             let m: SnapshotMeta = decode(&m)?;
             let body: SnapshotBody = decode(&d)?;
@@ -64,7 +73,7 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
         }
         rows
     } else {
-        let wal = Wal::open(Arc::new(FsDir::existing(wal_path(path))), false)?;
+        let wal = Wal::open(Arc::new(FsDir::existing(wal_path(path), wal::EXT)), false)?;
         wal.read(range)?.into_iter().map(|(_, b)| b).collect()
     };
     let mut replayed_entries = 0;

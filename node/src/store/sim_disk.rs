@@ -1,7 +1,7 @@
-//! A simulated disk: the redb file (through a redb storage backend) and the Raft log's
-//! segment files live in memory, and a crash forgets every write that was not followed
-//! by a sync — as a real disk's page cache would. A segment file created or removed
-//! counts only once its directory is synced.
+//! A simulated disk: the redb file (through a redb storage backend), the Raft log's
+//! segment files and the snapshot files live in memory, and a crash forgets every write
+//! that was not followed by a sync — as a real disk's page cache would. A file created
+//! or removed counts only once its directory is synced.
 //!
 //! A crash also cuts off every handle opened before it: the crashed process's database
 //! handle may still be dropped afterwards (redb flushes and syncs on drop), and those
@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default)]
 struct Disk {
     db: Bytes,
-    segments: BTreeMap<u64, SimSegment>,
+    /// Files by (directory, id).
+    segments: BTreeMap<(&'static str, u64), SimSegment>,
     /// Bumped by every crash; handles of an earlier generation are cut off.
     generation: u64,
 }
 
-/// One Raft log segment file.
+/// One file in a directory (a log segment or a snapshot).
 #[derive(Debug, Default)]
 struct SimSegment {
     bytes: Bytes,
@@ -126,7 +127,19 @@ impl SimDisk {
 
     /// The Raft log's segment directory on this disk, valid until its next crash.
     pub(crate) fn wal_dir(&self) -> Arc<dyn SegmentDir> {
-        Arc::new(self.backend())
+        self.dir("wal")
+    }
+
+    /// The snapshot files' directory on this disk, valid until its next crash.
+    pub(crate) fn snapshot_dir(&self) -> Arc<dyn SegmentDir> {
+        self.dir("snap")
+    }
+
+    fn dir(&self, name: &'static str) -> Arc<dyn SegmentDir> {
+        Arc::new(SimDir {
+            handle: self.backend(),
+            name,
+        })
     }
 }
 
@@ -183,20 +196,27 @@ impl StorageBackend for SimBackend {
     }
 }
 
-impl SegmentDir for SimBackend {
+/// A directory of files on a [`SimDisk`], valid until the disk's next crash.
+struct SimDir {
+    handle: SimBackend,
+    name: &'static str,
+}
+
+impl SegmentDir for SimDir {
     fn list(&self) -> io::Result<Vec<u64>> {
         Ok(self
+            .handle
             .disk()?
             .segments
             .iter()
-            .filter(|(_, s)| s.exists)
-            .map(|(id, _)| *id)
+            .filter(|((dir, _), s)| *dir == self.name && s.exists)
+            .map(|((_, id), _)| *id)
             .collect())
     }
 
     fn open(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
-        let mut d = self.disk()?;
-        let s = d.segments.entry(id).or_default();
+        let mut d = self.handle.disk()?;
+        let s = d.segments.entry((self.name, id)).or_default();
         if !s.exists {
             // New, or back after a removal: empty.
             s.exists = true;
@@ -204,49 +224,58 @@ impl SegmentDir for SimBackend {
         }
         Ok(Arc::new(SimSegmentFile {
             handle: SimBackend {
-                disk: self.disk.clone(),
-                generation: self.generation,
+                disk: self.handle.disk.clone(),
+                generation: self.handle.generation,
             },
-            id,
+            key: (self.name, id),
         }))
     }
 
+    fn open_existing(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        if !self.list()?.contains(&id) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such file"));
+        }
+        self.open(id)
+    }
+
     fn remove(&self, id: u64) -> io::Result<()> {
-        let mut d = self.disk()?;
-        if let Some(s) = d.segments.get_mut(&id) {
+        let mut d = self.handle.disk()?;
+        let key = (self.name, id);
+        if let Some(s) = d.segments.get_mut(&key) {
             s.exists = false;
             s.bytes.current.clear();
             if !s.durable_exists {
-                d.segments.remove(&id);
+                d.segments.remove(&key);
             }
         }
         Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {
-        let mut d = self.disk()?;
-        d.segments.retain(|_, s| s.exists);
-        for s in d.segments.values_mut() {
+        let mut d = self.handle.disk()?;
+        let name = self.name;
+        d.segments.retain(|(dir, _), s| *dir != name || s.exists);
+        for ((_, _), s) in d.segments.iter_mut().filter(|((dir, _), _)| *dir == name) {
             s.durable_exists = true;
         }
         Ok(())
     }
 }
 
-/// One segment file on a [`SimDisk`].
+/// One file on a [`SimDisk`].
 struct SimSegmentFile {
     handle: SimBackend,
-    id: u64,
+    key: (&'static str, u64),
 }
 
 impl SimSegmentFile {
     fn with<T>(&self, f: impl FnOnce(&mut Bytes) -> io::Result<T>) -> io::Result<T> {
         let mut d = self.handle.disk()?;
-        match d.segments.get_mut(&self.id) {
+        match d.segments.get_mut(&self.key) {
             Some(s) if s.exists => f(&mut s.bytes),
             _ => Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                "the segment file was removed",
+                "the file was removed",
             )),
         }
     }
@@ -343,5 +372,20 @@ mod tests {
         let mut out = [0u8; 4];
         f.read_at(0, &mut out).unwrap();
         assert_eq!(&out, b"kept");
+    }
+
+    #[test]
+    fn directories_keep_their_files_apart() {
+        let disk = SimDisk::new();
+        let (wal, snap) = (disk.wal_dir(), disk.snapshot_dir());
+        wal.open(7).unwrap().write_at(0, b"log").unwrap();
+        snap.open(7).unwrap().write_at(0, b"snapshot").unwrap();
+        // Syncing one directory makes only its own creations durable.
+        snap.sync().unwrap();
+        assert_eq!(snap.open(7).unwrap().len().unwrap(), 8);
+        assert_eq!(wal.open(7).unwrap().len().unwrap(), 3);
+        disk.crash();
+        assert_eq!(disk.wal_dir().list().unwrap(), Vec::<u64>::new());
+        assert_eq!(disk.snapshot_dir().list().unwrap(), vec![7]);
     }
 }

@@ -1,10 +1,14 @@
-//! The state machine: the vault in memory, snapshots durable in redb.
+//! The state machine: the vault in memory, snapshots durable in their own files.
 //!
 //! Applying does no IO: the log is the durability point. After a crash the vault is
 //! rebuilt from the last snapshot plus the committed log entries after it.
+//!
+//! A snapshot is encoded and written to its file off the async workers, then recorded
+//! as current through the writer; a snapshot older than the one recorded (a build that
+//! finished after an install) is dropped rather than recorded.
 
 use super::writer::{Done, Op};
-use super::{decode, encode, Store, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META};
+use super::{decode, encode, Store, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META};
 use crate::raft_types::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -66,7 +70,7 @@ impl StateMachine {
             store,
             snapshot_seq: 0,
         };
-        if let Some(snap) = sm.read_snapshot()? {
+        if let Some(snap) = sm.store.read_snapshot()? {
             sm.restore(&snap.meta, snap.snapshot.get_ref())?;
         }
         Ok(sm)
@@ -75,18 +79,6 @@ impl StateMachine {
     /// The vault handle request handlers read.
     pub fn shared(&self) -> Arc<SharedVault> {
         self.shared.clone()
-    }
-
-    fn read_snapshot(&self) -> io::Result<Option<Snapshot>> {
-        let Some(meta) = self.store.read_meta(KEY_SNAPSHOT_META)? else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta = decode(&meta)?;
-        let data = self.store.read_meta(KEY_SNAPSHOT_DATA)?.unwrap_or_default();
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: SnapshotData::new(data),
-        }))
     }
 
     fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
@@ -102,15 +94,81 @@ impl StateMachine {
     }
 }
 
-async fn persist_snapshot(store: &Store, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-    let (done, rx) = Done::oneshot();
-    let pairs = vec![
-        (KEY_SNAPSHOT_META, encode(meta)),
-        (KEY_SNAPSHOT_DATA, data.to_vec()),
-    ];
-    store.writer.submit(Op::PutMeta { pairs, done });
-    rx.await
-        .map_err(|_| io::Error::other("storage writer stopped"))?
+impl Store {
+    /// The current snapshot, if any.
+    fn read_snapshot(&self) -> io::Result<Option<Snapshot>> {
+        // A newer snapshot may be recorded, and this one's file removed, between reading
+        // the record and the file: then read the new record.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.read_snapshot_once() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn read_snapshot_once(&self) -> io::Result<Option<Snapshot>> {
+        let Some(meta) = self.read_meta(KEY_SNAPSHOT_META)? else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = decode(&meta)?;
+        let data = match self.read_meta(KEY_SNAPSHOT_FILE)? {
+            Some(id) => self.snapshots.read(decode(&id)?)?,
+            // Recorded before snapshots had files.
+            None => self.read_meta(KEY_SNAPSHOT_DATA)?.unwrap_or_default(),
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotData::new(data),
+        }))
+    }
+
+    /// Makes the snapshot `meta` describes, with the data `make_data` makes, durable and
+    /// current — unless a later snapshot is current already. Encoding and writing the
+    /// file happen off the async workers. Returns the data.
+    pub(super) async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        make_data: impl FnOnce() -> Vec<u8> + Send + 'static,
+    ) -> io::Result<Vec<u8>> {
+        let files = self.snapshots.clone();
+        let (data, file) = self
+            .blocking(move || {
+                let data = make_data();
+                files.write(&data).map(|file| (data, file))
+            })
+            .await??;
+        let _order = self.snapshot_order.lock().await;
+        let index = |m: &SnapshotMeta| m.last_log_id.map(|l| l.index);
+        let current = self
+            .read_meta(KEY_SNAPSHOT_META)?
+            .map(|m| decode::<SnapshotMeta>(&m))
+            .transpose()?;
+        if let Some(current) = current.filter(|c| index(c) > index(meta)) {
+            self.snapshots.discard(file);
+            tracing::info!(
+                snapshot = ?meta.last_log_id,
+                current = ?current.last_log_id,
+                "a later snapshot is current already; this one is not kept"
+            );
+            return Ok(data);
+        }
+        let (done, rx) = Done::oneshot();
+        self.writer.submit(Op::RecordSnapshot {
+            meta: encode(meta),
+            file,
+            done,
+        });
+        // On an error the file stays: the record may have been written before the
+        // failure, and the next open keeps whichever file the record names.
+        rx.await
+            .unwrap_or_else(|_| Err(io::Error::other("storage writer stopped")))?;
+        let files = self.snapshots.clone();
+        self.blocking(move || files.recorded(file)).await?;
+        Ok(data)
+    }
 }
 
 /// Builds a snapshot of the vault as it was when the builder was made.
@@ -126,15 +184,23 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let data = encode(&SnapshotBody {
-            vault: std::mem::take(&mut self.vault),
-        });
+        let started = tokio::time::Instant::now();
+        let vault = std::mem::take(&mut self.vault);
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
         };
-        persist_snapshot(&self.store, &meta, &data).await?;
-        tracing::info!(seq = self.seq, last_log_id = ?self.last_applied, bytes = data.len(), "snapshot built");
+        let data = self
+            .store
+            .save_snapshot(&meta, move || encode(&SnapshotBody { vault }))
+            .await?;
+        tracing::info!(
+            seq = self.seq,
+            last_log_id = ?self.last_applied,
+            bytes = data.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
             snapshot: SnapshotData::new(data),
@@ -200,12 +266,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
         self.restore(meta, &data)?;
-        persist_snapshot(&self.store, meta, &data).await?;
+        let data = self.store.save_snapshot(meta, move || data).await?;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        self.read_snapshot()
+        let store = self.store.clone();
+        self.store.blocking(move || store.read_snapshot()).await?
     }
 }

@@ -1,7 +1,7 @@
 use super::*;
-use crate::raft_types::{Entry, LogId, TypeConfig};
+use crate::raft_types::{Entry, LogId, SnapshotMeta, TypeConfig};
 use crate::vault::Command;
-use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftStateMachine};
 use openraft::{EntryPayload, Vote};
 
 fn noop_fsync() -> FsyncObserver {
@@ -221,4 +221,111 @@ async fn appends_are_durable_in_the_log_files_not_the_database() {
     assert_eq!(files, vec![format!("{:020}.wal", 1)]);
     let txn = store.db.begin_read().unwrap();
     assert_eq!(txn.open_table(LOG).unwrap().iter().unwrap().count(), 0);
+}
+
+/// The vault after the first `keys` commands of [`entry`].
+fn vault_after(keys: u64) -> crate::vault::VaultState {
+    let mut vault = crate::vault::VaultState::default();
+    for i in 1..=keys {
+        if let EntryPayload::Normal(cmd) = &entry(1, i).payload {
+            vault.apply(cmd);
+        }
+    }
+    vault
+}
+
+fn snapshot_at(index: u64) -> (SnapshotMeta, crate::raft_types::SnapshotData) {
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(1, index)),
+        last_membership: Default::default(),
+    };
+    let data = encode(&sm::SnapshotBody {
+        vault: vault_after(index),
+    });
+    (meta, crate::raft_types::SnapshotData::new(data))
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn snapshots_live_in_their_own_files_and_an_older_one_never_replaces_a_newer() {
+    let (dir, store, _) = counting_store();
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    let (meta, data) = snapshot_at(5);
+    sm.install_snapshot(&meta, data).await.unwrap();
+    assert_eq!(file_names(&dir.path().join("k.snap")).len(), 1);
+    assert_eq!(store.read_meta(KEY_SNAPSHOT_DATA).unwrap(), None);
+
+    // A build of an older state that finishes after the install is not kept.
+    let (old_meta, old_data) = snapshot_at(3);
+    let old_data = old_data.into_inner();
+    store
+        .save_snapshot(&old_meta, move || old_data)
+        .await
+        .unwrap();
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 5)));
+    assert_eq!(file_names(&dir.path().join("k.snap")).len(), 1);
+
+    // A newer one replaces it, file and all.
+    let (new_meta, new_data) = snapshot_at(7);
+    let before = file_names(&dir.path().join("k.snap"));
+    sm.install_snapshot(&new_meta, new_data).await.unwrap();
+    let after = file_names(&dir.path().join("k.snap"));
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before, "the old file is removed");
+
+    drop((sm, store));
+    tokio::task::yield_now().await;
+    let store = Store::open(
+        &dir.path().join("k.redb"),
+        WriterMode::Threaded,
+        SyncPolicy::Fsync,
+        noop_fsync(),
+    )
+    .unwrap();
+    let mut sm = StateMachine::open(store).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 7)));
+    assert_eq!(sm.shared().read(|v| v.clone()), vault_after(7));
+}
+
+#[tokio::test]
+async fn a_snapshot_kept_in_the_database_is_read_and_replaced_by_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kura.redb");
+    {
+        // As a node before snapshots had their own files left it.
+        let (meta, data) = snapshot_at(4);
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(META).unwrap();
+            table
+                .insert(KEY_SNAPSHOT_META, encode(&meta).as_slice())
+                .unwrap();
+            table
+                .insert(KEY_SNAPSHOT_DATA, data.get_ref().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, WriterMode::Task, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    assert_eq!(sm.shared().read(|v| v.clone()), vault_after(4));
+    let mut builder = sm.get_snapshot_builder().await;
+    openraft::storage::RaftSnapshotBuilder::build_snapshot(&mut builder)
+        .await
+        .unwrap();
+    assert_eq!(store.read_meta(KEY_SNAPSHOT_DATA).unwrap(), None);
+    assert_eq!(file_names(&dir.path().join("kura.snap")).len(), 1);
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 4)));
 }

@@ -26,6 +26,8 @@ const HEADER_BYTES: usize = 16;
 const PAYLOAD_BYTES_MAX: usize = 256 << 20;
 /// A new segment starts once the last one has grown past this.
 pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// A segment file's extension on disk.
+pub(crate) const EXT: &str = "wal";
 
 /// Where segment files live.
 pub(crate) trait SegmentDir: Send + Sync {
@@ -33,6 +35,8 @@ pub(crate) trait SegmentDir: Send + Sync {
     fn list(&self) -> io::Result<Vec<u64>>;
     /// Opens segment `id`, creating it empty when missing.
     fn open(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>>;
+    /// Opens segment `id` for reading; `NotFound` when missing.
+    fn open_existing(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>>;
     /// Deletes segment `id`.
     fn remove(&self, id: u64) -> io::Result<()>;
     /// Makes every creation and removal so far durable.
@@ -396,14 +400,16 @@ impl Wal {
     }
 }
 
-/// Segment files in a directory on disk: `<first index, 20 digits>.wal`.
+/// Files in a directory on disk, named by a number: `<id, 20 digits>.<ext>` (log
+/// segments are `.wal`, named by their first index).
 pub(crate) struct FsDir {
     path: PathBuf,
+    ext: &'static str,
 }
 
 impl FsDir {
-    /// The directory at `path`, created when missing.
-    pub(crate) fn create(path: PathBuf) -> io::Result<FsDir> {
+    /// The directory at `path` holding `*.ext` files, created when missing.
+    pub(crate) fn create(path: PathBuf, ext: &'static str) -> io::Result<FsDir> {
         if !path.is_dir() {
             std::fs::create_dir_all(&path)?;
             // The new directory's own entry, in the data directory.
@@ -411,16 +417,16 @@ impl FsDir {
                 std::fs::File::open(parent)?.sync_all()?;
             }
         }
-        Ok(FsDir { path })
+        Ok(FsDir { path, ext })
     }
 
-    /// The directory at `path`; an absent one reads as empty.
-    pub(crate) fn existing(path: PathBuf) -> FsDir {
-        FsDir { path }
+    /// The directory at `path` holding `*.ext` files; an absent one reads as empty.
+    pub(crate) fn existing(path: PathBuf, ext: &'static str) -> FsDir {
+        FsDir { path, ext }
     }
 
     fn file(&self, id: u64) -> PathBuf {
-        self.path.join(format!("{id:020}.wal"))
+        self.path.join(format!("{id:020}.{}", self.ext))
     }
 }
 
@@ -435,7 +441,11 @@ impl SegmentDir for FsDir {
         for e in entries {
             let name = e?.file_name();
             let name = name.to_string_lossy();
-            if let Some(id) = name.strip_suffix(".wal").and_then(|s| s.parse().ok()) {
+            let id = name
+                .strip_suffix(self.ext)
+                .and_then(|s| s.strip_suffix('.'))
+                .and_then(|s| s.parse().ok());
+            if let Some(id) = id {
                 ids.push(id);
             }
         }
@@ -449,6 +459,11 @@ impl SegmentDir for FsDir {
             .create(true)
             .truncate(false)
             .open(self.file(id))?;
+        Ok(Arc::new(FsFile(file)))
+    }
+
+    fn open_existing(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        let file = std::fs::File::open(self.file(id))?;
         Ok(Arc::new(FsFile(file)))
     }
 
@@ -626,8 +641,9 @@ mod tests {
     #[test]
     fn files_on_disk_behave_as_the_simulated_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let fs =
-            || -> Arc<dyn SegmentDir> { Arc::new(FsDir::create(dir.path().join("log")).unwrap()) };
+        let fs = || -> Arc<dyn SegmentDir> {
+            Arc::new(FsDir::create(dir.path().join("log"), EXT).unwrap())
+        };
         let mut wal = Wal::open_with(fs(), true, 100).unwrap();
         wal.append(&entries(1..=30)).unwrap();
         wal.truncate_from(28).unwrap();

@@ -110,6 +110,12 @@ pub(crate) enum Op {
         pairs: Vec<(&'static str, Vec<u8>)>,
         done: Done,
     },
+    /// Makes a written snapshot file the current snapshot, with its meta.
+    RecordSnapshot {
+        meta: Vec<u8>,
+        file: u64,
+        done: Done,
+    },
     /// A tiny durable write that exercises the commit path (storage health check).
     Canary { done: Done },
 }
@@ -122,6 +128,7 @@ impl Op {
             | Op::TruncateFrom { done, .. }
             | Op::PurgeUpto { done, .. }
             | Op::PutMeta { done, .. }
+            | Op::RecordSnapshot { done, .. }
             | Op::Canary { done } => done,
         }
     }
@@ -146,6 +153,7 @@ impl Op {
             Op::TruncateFrom { done, .. }
             | Op::PurgeUpto { done, .. }
             | Op::PutMeta { done, .. }
+            | Op::RecordSnapshot { done, .. }
             | Op::Canary { done } => done,
         }
     }
@@ -325,7 +333,9 @@ impl Committer {
                         purge_upto = purge_upto.max(Some(*upto));
                         meta = true;
                     }
-                    Op::PutMeta { .. } | Op::Canary { .. } => meta = true,
+                    Op::PutMeta { .. } | Op::RecordSnapshot { .. } | Op::Canary { .. } => {
+                        meta = true
+                    }
                 }
             }
             wal.take_sync()
@@ -361,6 +371,13 @@ fn write_meta(db: &Database, durability: Durability, batch: &[Op]) -> io::Result
                     for (k, v) in pairs {
                         meta.insert(*k, v.as_slice()).map_err(io_err)?;
                     }
+                }
+                Op::RecordSnapshot { meta: m, file, .. } => {
+                    meta.insert(super::KEY_SNAPSHOT_META, m.as_slice())
+                        .map_err(io_err)?;
+                    meta.insert(super::KEY_SNAPSHOT_FILE, encode(file).as_slice())
+                        .map_err(io_err)?;
+                    meta.remove(super::KEY_SNAPSHOT_DATA).map_err(io_err)?;
                 }
                 Op::Canary { .. } => {
                     meta.insert("canary", encode(&started_marker()).as_slice())

@@ -1,0 +1,224 @@
+//! Snapshot data in files of their own (`kura.snap/<id>.snap`), beside the database.
+//!
+//! A snapshot of a large vault is hundreds of megabytes. Written into redb it went
+//! through the single writer, and every log append queued behind its commit. Instead
+//! the task that builds a snapshot writes and syncs the file itself; only the small
+//! record of which file is current (with the snapshot's meta) goes through the writer.
+//! A file is `magic "KSNP" | crc32 u32 LE | len u64 LE | data (len bytes)`.
+//!
+//! The record decides: a file it does not name is left over from a snapshot that was
+//! replaced or never recorded (a crash in between), and is removed on open and after
+//! every new record.
+
+use super::wal::SegmentDir;
+use std::collections::BTreeSet;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+const MAGIC: &[u8; 4] = b"KSNP";
+const HEADER_BYTES: usize = 16;
+/// The file extension on disk.
+pub(crate) const EXT: &str = "snap";
+
+/// The snapshot files of one node.
+pub(crate) struct SnapshotFiles {
+    dir: Arc<dyn SegmentDir>,
+    /// Off for [`super::SyncPolicy::UnsafeNoFsync`].
+    sync: bool,
+    next_id: AtomicU64,
+    /// Files being written and not yet recorded (or given up): never removed as stale.
+    writing: Mutex<BTreeSet<u64>>,
+}
+
+impl SnapshotFiles {
+    /// The files in `dir`, of which `current` is the recorded one; every other is
+    /// removed.
+    pub(crate) fn open(
+        dir: Arc<dyn SegmentDir>,
+        sync: bool,
+        current: Option<u64>,
+    ) -> io::Result<SnapshotFiles> {
+        let ids = dir.list()?;
+        let top = ids.iter().copied().chain(current).max().unwrap_or(0);
+        let files = SnapshotFiles {
+            dir,
+            sync,
+            next_id: AtomicU64::new(top + 1),
+            writing: Mutex::new(BTreeSet::new()),
+        };
+        files.remove_stale(current)?;
+        Ok(files)
+    }
+
+    /// Writes `data` to a new file and makes it durable; returns its id. The file is
+    /// in progress until [`SnapshotFiles::recorded`] or [`SnapshotFiles::discard`].
+    pub(crate) fn write(&self, data: &[u8]) -> io::Result<u64> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.writing.lock().expect("snapshot files lock").insert(id);
+        let written = self.write_file(id, data);
+        if written.is_err() {
+            self.discard(id);
+        }
+        written.map(|()| id)
+    }
+
+    fn write_file(&self, id: u64, data: &[u8]) -> io::Result<()> {
+        let file = self.dir.open(id)?;
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        header.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        file.set_len(0)?;
+        file.write_at(0, &header)?;
+        file.write_at(HEADER_BYTES as u64, data)?;
+        if self.sync {
+            file.sync()?;
+            self.dir.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Reads file `id`, checking it whole.
+    pub(crate) fn read(&self, id: u64) -> io::Result<Vec<u8>> {
+        read(self.dir.as_ref(), id)
+    }
+
+    /// File `id` is now the recorded one: every other file not in progress goes.
+    pub(crate) fn recorded(&self, id: u64) {
+        self.writing
+            .lock()
+            .expect("snapshot files lock")
+            .remove(&id);
+        if let Err(e) = self.remove_stale(Some(id)) {
+            tracing::warn!(error = %e, "could not remove old snapshot files");
+        }
+    }
+
+    /// Gives file `id` up (a newer snapshot was recorded first, or writing it failed).
+    pub(crate) fn discard(&self, id: u64) {
+        self.writing
+            .lock()
+            .expect("snapshot files lock")
+            .remove(&id);
+        if let Err(e) = self.dir.remove(id) {
+            tracing::warn!(error = %e, id, "could not remove a snapshot file");
+        }
+    }
+
+    fn remove_stale(&self, keep: Option<u64>) -> io::Result<()> {
+        let writing = self.writing.lock().expect("snapshot files lock").clone();
+        let mut removed = false;
+        for id in self.dir.list()? {
+            if Some(id) != keep && !writing.contains(&id) {
+                self.dir.remove(id)?;
+                removed = true;
+            }
+        }
+        if removed && self.sync {
+            self.dir.sync()?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads snapshot file `id` in `dir`, checking its length and checksum.
+pub(crate) fn read(dir: &dyn SegmentDir, id: u64) -> io::Result<Vec<u8>> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot file {id}: {why}"),
+        )
+    };
+    let file = dir
+        .open_existing(id)
+        .map_err(|e| io::Error::new(e.kind(), format!("snapshot file {id}: {e}")))?;
+    let len = file.len()?;
+    if len < HEADER_BYTES as u64 {
+        return Err(bad("shorter than its header"));
+    }
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_at(0, &mut header)?;
+    if &header[0..4] != MAGIC {
+        return Err(bad("not a snapshot file"));
+    }
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let data_len = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    if len != HEADER_BYTES as u64 + data_len {
+        return Err(bad("length does not match its header"));
+    }
+    let mut data = vec![0u8; data_len as usize];
+    file.read_at(HEADER_BYTES as u64, &mut data)?;
+    if crc32fast::hash(&data) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SimDisk;
+
+    #[test]
+    fn a_written_file_reads_back_and_survives_a_crash() {
+        let disk = SimDisk::new();
+        let files = SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap();
+        let id = files.write(b"the vault").unwrap();
+        files.recorded(id);
+        disk.crash();
+        let files = SnapshotFiles::open(disk.snapshot_dir(), true, Some(id)).unwrap();
+        assert_eq!(files.read(id).unwrap(), b"the vault");
+        assert!(files.write(b"next").unwrap() > id, "ids are never reused");
+    }
+
+    #[test]
+    fn only_the_recorded_file_and_those_in_progress_are_kept() {
+        let disk = SimDisk::new();
+        let files = SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap();
+        let old = files.write(b"old").unwrap();
+        files.recorded(old);
+        let in_progress = files.write(b"building").unwrap();
+        let new = files.write(b"new").unwrap();
+        files.recorded(new);
+        let mut listed = disk.snapshot_dir().list().unwrap();
+        listed.sort_unstable();
+        assert_eq!(listed, vec![in_progress, new]);
+        files.discard(in_progress);
+        assert_eq!(disk.snapshot_dir().list().unwrap(), vec![new]);
+        // A file written but never recorded is removed on the next open.
+        let orphan = files.write(b"orphan").unwrap();
+        drop(files);
+        SnapshotFiles::open(disk.snapshot_dir(), true, Some(new)).unwrap();
+        assert_eq!(disk.snapshot_dir().list().unwrap(), vec![new]);
+        assert!(read(disk.snapshot_dir().as_ref(), orphan).is_err());
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused() {
+        let disk = SimDisk::new();
+        let files = SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap();
+        let id = files.write(b"0123456789").unwrap();
+        let f = disk.snapshot_dir().open(id).unwrap();
+        f.write_at(HEADER_BYTES as u64 + 3, b"X").unwrap();
+        let e = files.read(id).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("checksum"), "{e}");
+        f.set_len(HEADER_BYTES as u64 + 4).unwrap();
+        assert!(files.read(id).unwrap_err().to_string().contains("length"));
+        assert_eq!(
+            files.read(id + 1).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn an_unsynced_file_is_lost_in_a_crash_when_syncing_is_off() {
+        let disk = SimDisk::new();
+        let files = SnapshotFiles::open(disk.snapshot_dir(), false, None).unwrap();
+        let id = files.write(b"volatile").unwrap();
+        assert_eq!(files.read(id).unwrap(), b"volatile");
+        disk.crash();
+        assert!(read(disk.snapshot_dir().as_ref(), id).is_err());
+    }
+}
