@@ -136,8 +136,18 @@ impl Store {
         let files = self.snapshots.clone();
         let (data, file) = self
             .blocking(move || {
+                let started = tokio::time::Instant::now();
                 let data = make_data();
-                files.write(&data).map(|file| (data, file))
+                let encoded = started.elapsed();
+                let file = files.write(&data)?;
+                tracing::info!(
+                    file,
+                    bytes = data.len(),
+                    encode_ms = encoded.as_millis() as u64,
+                    write_ms = (started.elapsed() - encoded).as_millis() as u64,
+                    "snapshot file written"
+                );
+                Ok::<_, io::Error>((data, file))
             })
             .await??;
         let _order = self.snapshot_order.lock().await;
@@ -249,9 +259,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
+        let started = tokio::time::Instant::now();
         let st = self.shared.state.read().expect("vault lock");
+        let vault = st.vault.clone();
+        tracing::info!(
+            clone_ms = started.elapsed().as_millis() as u64,
+            "vault copied for a snapshot"
+        );
         SnapshotBuilder {
-            vault: st.vault.clone(),
+            vault,
             last_applied: st.last_applied,
             membership: self.membership.clone(),
             store: self.store.clone(),

@@ -49,7 +49,8 @@ pub struct AuditBreak {
 /// The hash-chained trail.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditLog {
-    records: Vec<AuditRecord>,
+    /// Persistent: a copy of the vault shares it instead of duplicating every record.
+    records: imbl::Vector<AuditRecord>,
 }
 
 fn genesis() -> [u8; 32] {
@@ -83,7 +84,7 @@ impl AuditLog {
         let prev = self.head_bytes();
         let seq = self.records.len() as u64;
         let hash = hex::encode(chain(&prev, seq, &e));
-        self.records.push(AuditRecord {
+        self.records.push_back(AuditRecord {
             seq,
             entry: e,
             hash,
@@ -115,14 +116,19 @@ impl AuditLog {
     }
 
     /// Up to `limit` (at most [`AUDIT_PAGE_RECORDS_MAX`]) records from `from_seq` on.
-    pub fn page(&self, from_seq: u64, limit: usize) -> &[AuditRecord] {
+    pub fn page(&self, from_seq: u64, limit: usize) -> Vec<AuditRecord> {
         let from = usize::try_from(from_seq)
             .unwrap_or(usize::MAX)
             .min(self.records.len());
         let to = from
             .saturating_add(limit.min(AUDIT_PAGE_RECORDS_MAX))
             .min(self.records.len());
-        &self.records[from..to]
+        // O(log n) to the page, then the page's records.
+        self.records
+            .skip(from)
+            .take(to - from)
+            .into_iter()
+            .collect()
     }
 
     /// Recomputes the whole chain; names the first record whose sequence number or hash
@@ -151,7 +157,7 @@ impl AuditLog {
 
     /// Mutable access for tests that tamper with the trail.
     #[cfg(test)]
-    pub(crate) fn records_mut(&mut self) -> &mut Vec<AuditRecord> {
+    pub(crate) fn records_mut(&mut self) -> &mut imbl::Vector<AuditRecord> {
         &mut self.records
     }
 }
@@ -194,7 +200,7 @@ mod tests {
     #[test]
     fn any_change_names_the_first_changed_record() {
         let base = log(10);
-        type Tamper = fn(&mut Vec<AuditRecord>);
+        type Tamper = fn(&mut imbl::Vector<AuditRecord>);
         let cases: [(Tamper, u64); 5] = [
             (|r| r[4].entry.outcome = "token_not_found".into(), 4),
             (|r| r[6].entry.token = Some("tok_x".into()), 6),

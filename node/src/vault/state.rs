@@ -7,6 +7,7 @@ use super::command::{
 };
 use super::payment::{AuthOutcome, Payment, PaymentRefusal, PaymentState};
 use super::token::TokenKind;
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -101,12 +102,16 @@ pub struct WrappedKey {
 }
 
 /// Everything the vault replicates. Changed only by [`VaultState::apply`].
+///
+/// The collections that grow with use are persistent maps ([`OrdMap`]): a copy shares
+/// everything with the original, so taking one for a snapshot is immediate instead of
+/// holding the vault's lock while every record is duplicated.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultState {
-    merchants: BTreeMap<String, Merchant>,
+    merchants: OrdMap<String, Merchant>,
     /// key hash -> whose key it is
-    key_index: BTreeMap<String, KeyOwner>,
-    tokens: BTreeMap<String, TokenRecord>,
+    key_index: OrdMap<String, KeyOwner>,
+    tokens: OrdMap<String, TokenRecord>,
     data_keys: BTreeMap<u32, DataKeyEntry>,
     /// Cards sealed under each data key version.
     key_usage: BTreeMap<u32, u64>,
@@ -114,7 +119,7 @@ pub struct VaultState {
     fingerprint_key: Option<WrappedKey>,
     /// (merchant, member, fingerprint) -> card-on-file token.
     #[serde(with = "map_as_entries")]
-    cards: BTreeMap<CardKey, String>,
+    cards: OrdMap<CardKey, String>,
     /// One record per applied command.
     audit: AuditLog,
     /// The newest leadership change a new leader recorded.
@@ -126,13 +131,13 @@ pub struct VaultState {
     /// Names of drained nodes.
     drained: std::collections::BTreeSet<String>,
     /// Payments by id.
-    payments: BTreeMap<String, Payment>,
+    payments: OrdMap<String, Payment>,
     /// (merchant, order id) -> payment id: an order has exactly one payment.
     #[serde(with = "map_as_entries")]
-    orders: BTreeMap<(String, String), String>,
+    orders: OrdMap<(String, String), String>,
     /// (merchant, idempotency key) -> record; kept at least `IDEMPOTENCY_KEEP_MS`.
     #[serde(with = "map_as_entries")]
-    idempotency: BTreeMap<(String, String), IdempotencyRecord>,
+    idempotency: OrdMap<(String, String), IdempotencyRecord>,
     /// Leader-stamped time of the newest applied command; never goes back.
     clock_ms: u64,
 }
@@ -1213,21 +1218,21 @@ fn card_key(r: &TokenRecord) -> Option<CardKey> {
 /// JSON maps need string keys: maps keyed by tuples (the card, order and idempotency
 /// indexes) are stored as lists of entries.
 mod map_as_entries {
+    use imbl::OrdMap;
     use serde::de::DeserializeOwned;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use std::collections::BTreeMap;
 
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        m: &BTreeMap<K, V>,
+    pub fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
+        m: &OrdMap<K, V>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         m.iter().collect::<Vec<_>>().serialize(s)
     }
 
-    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<OrdMap<K, V>, D::Error>
     where
-        K: DeserializeOwned + Ord,
-        V: DeserializeOwned,
+        K: DeserializeOwned + Ord + Clone,
+        V: DeserializeOwned + Clone,
         D: Deserializer<'de>,
     {
         Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
@@ -1915,8 +1920,8 @@ mod tests {
         s.apply(&use_it("b", "ott_1", "tok_x", "f1", 20));
         s.apply(&use_it("a", "ott_1", "tok_c1", "f1", 21));
         let a = s.audit();
-        let last: Vec<_> = a
-            .page(a.len() - 3, 3)
+        let page = a.page(a.len() - 3, 3);
+        let last: Vec<_> = page
             .iter()
             .map(|r| {
                 (
@@ -1951,7 +1956,7 @@ mod tests {
             ]
         );
         assert!(a.page(a.len() - 1, 1)[0].entry.detail.contains("tok_c1"));
-        let json = serde_json::to_string(a.page(0, 1000)).unwrap();
+        let json = serde_json::to_string(&a.page(0, 1000)).unwrap();
         assert!(!json.contains("ciphertext") && !json.contains("nonce"));
         assert_eq!(a.verify(), Ok(a.len()));
     }
