@@ -329,3 +329,21 @@ async fn a_snapshot_kept_in_the_database_is_read_and_replaced_by_a_file() {
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta.last_log_id, Some(log_id(1, 4)));
 }
+
+#[tokio::test]
+async fn the_committed_marker_waits_for_the_next_transaction_or_a_second() {
+    let disk = SimDisk::new();
+    let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    append(&mut log, (1..=3).map(|i| entry(1, i)).collect()).await;
+    log.save_committed(Some(log_id(1, 2))).await.unwrap();
+    append(&mut log, vec![entry(1, 4)]).await;
+    // Log appends alone do not write the database.
+    assert_eq!(log.read_committed().await.unwrap(), None);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 2)));
+    // A transaction the database needs anyway carries it at once.
+    log.save_committed(Some(log_id(1, 4))).await.unwrap();
+    store.set_cluster_id("c-1").await.unwrap();
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 4)));
+}

@@ -27,6 +27,9 @@ use tokio::time::Instant;
 
 /// Upper bound on operations folded into one transaction.
 const BATCH_OPS_MAX: usize = 4096;
+/// Metadata nobody waits for (the committed-index marker) is written with the next
+/// transaction, or after this long without one.
+const DEFERRED_FLUSH: Duration = Duration::from_secs(1);
 
 /// How commits are executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,20 +124,9 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// How this operation's completion is reported.
-    fn done(&self) -> &Done {
-        match self {
-            Op::Append { done, .. }
-            | Op::TruncateFrom { done, .. }
-            | Op::PurgeUpto { done, .. }
-            | Op::PutMeta { done, .. }
-            | Op::RecordSnapshot { done, .. }
-            | Op::Canary { done } => done,
-        }
-    }
-
-    fn nobody_waits(&self) -> bool {
-        matches!(self.done(), Done::None)
+    /// True for operations that change the database (not only the log's files).
+    fn writes_meta(&self) -> bool {
+        !matches!(self, Op::Append { .. } | Op::TruncateFrom { .. })
     }
 
     fn into_done(self) -> Done {
@@ -204,6 +196,8 @@ impl Writer {
             wal,
             sync,
             fsync,
+            deferred: BTreeMap::new(),
+            deferred_since: None,
         };
         let (tx, thread) = match mode {
             WriterMode::Task => {
@@ -257,24 +251,48 @@ struct Committer {
     wal: Arc<Mutex<Wal>>,
     sync: SyncPolicy,
     fsync: FsyncObserver,
+    /// Metadata nobody waits for, not yet written (by key: the newest value wins).
+    deferred: BTreeMap<&'static str, Vec<u8>>,
+    /// When the oldest of it came.
+    deferred_since: Option<Instant>,
 }
 
-fn run_thread(committer: Committer, rx: mpsc::Receiver<Op>, faults: Arc<FaultSwitches>) {
-    while let Ok(first) = rx.recv() {
-        faults.before_storage_commit();
-        committer.commit(batch(first, || rx.try_recv().ok()));
+fn run_thread(mut committer: Committer, rx: mpsc::Receiver<Op>, faults: Arc<FaultSwitches>) {
+    loop {
+        match rx.recv_timeout(committer.flush_wait()) {
+            Ok(first) => {
+                faults.before_storage_commit();
+                committer.commit(batch(first, || rx.try_recv().ok()));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                faults.before_storage_commit();
+                committer.flush_deferred();
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
     }
+    committer.flush_deferred();
 }
 
 async fn run_task(
-    committer: Committer,
+    mut committer: Committer,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Op>,
     faults: Arc<FaultSwitches>,
 ) {
-    while let Some(first) = rx.recv().await {
-        faults.before_storage_commit_async().await;
-        committer.commit(batch(first, || rx.try_recv().ok()));
+    loop {
+        match tokio::time::timeout(committer.flush_wait(), rx.recv()).await {
+            Ok(Some(first)) => {
+                faults.before_storage_commit_async().await;
+                committer.commit(batch(first, || rx.try_recv().ok()));
+            }
+            Err(_) => {
+                faults.before_storage_commit_async().await;
+                committer.flush_deferred();
+            }
+            Ok(None) => break,
+        }
     }
+    committer.flush_deferred();
 }
 
 /// `first` and whatever else is queued already, up to [`BATCH_OPS_MAX`] operations.
@@ -290,28 +308,72 @@ fn batch(first: Op, mut queued: impl FnMut() -> Option<Op>) -> Vec<Op> {
 }
 
 impl Committer {
-    /// Applies `batch` in one transaction, then completes every operation. A batch that
-    /// nobody waits for (only the lazily kept commit marker) is committed without a
-    /// sync: the next durable commit makes it durable too, and until then nothing relies
-    /// on it. Syncing it would put a whole fsync between one write and the next.
-    fn commit(&self, batch: Vec<Op>) {
+    /// Applies `batch`, then completes every operation. Metadata nobody waits for (the
+    /// lazily kept commit marker) is only noted: it goes with the next transaction the
+    /// batch needs anyway, or is written unsynced once it has waited
+    /// [`DEFERRED_FLUSH`]. Writing it at once put a database transaction between one
+    /// log append and the next — a synced one whenever it shared a batch with an
+    /// append — for a marker whose loss only means replaying a little more after a
+    /// crash.
+    fn commit(&mut self, batch: Vec<Op>) {
+        let mut ops = Vec::with_capacity(batch.len());
+        for op in batch {
+            match op {
+                Op::PutMeta {
+                    pairs,
+                    done: Done::None,
+                } => {
+                    self.deferred_since.get_or_insert_with(Instant::now);
+                    self.deferred.extend(pairs);
+                }
+                op => ops.push(op),
+            }
+        }
+        if ops.is_empty() {
+            if self.flush_wait().is_zero() {
+                self.flush_deferred();
+            }
+            return;
+        }
         let started = Instant::now();
-        let lazy = batch.iter().all(Op::nobody_waits);
-        let durability = if lazy {
-            Durability::None
-        } else {
-            self.sync.durability()
-        };
+        let deferred = self.take_deferred_if(ops.iter().any(Op::writes_meta));
         let result = self
-            .write_all(durability, &batch)
+            .write_all(self.sync.durability(), &ops, deferred)
             .map_err(|e| e.to_string());
-        if result.is_ok() && !lazy {
+        if result.is_ok() {
             (self.fsync)(started.elapsed());
         } else if let Err(e) = &result {
             tracing::error!(error = %e, "storage commit failed");
         }
-        for op in batch {
+        for op in ops {
             op.into_done().complete(&result);
+        }
+    }
+
+    /// How long the deferred metadata may still wait.
+    fn flush_wait(&self) -> Duration {
+        self.deferred_since.map_or(DEFERRED_FLUSH, |t| {
+            DEFERRED_FLUSH.saturating_sub(t.elapsed())
+        })
+    }
+
+    /// The deferred metadata, taken when `take`.
+    fn take_deferred_if(&mut self, take: bool) -> Vec<(&'static str, Vec<u8>)> {
+        if !take {
+            return Vec::new();
+        }
+        self.deferred_since = None;
+        std::mem::take(&mut self.deferred).into_iter().collect()
+    }
+
+    /// Writes the deferred metadata, unsynced: the next synced commit carries it.
+    fn flush_deferred(&mut self) {
+        let pairs = self.take_deferred_if(!self.deferred.is_empty());
+        if pairs.is_empty() {
+            return;
+        }
+        if let Err(e) = write_meta(&self.db, Durability::None, &[], pairs) {
+            tracing::error!(error = %e, "storage commit failed");
         }
     }
 }
@@ -320,9 +382,14 @@ impl Committer {
     /// Log changes go to the log's files (synced unless syncing is off), the rest to one
     /// redb transaction. A purge deletes segments only after the purge point is durable,
     /// so that a crash in between never leaves a gap below the log's first entry.
-    fn write_all(&self, durability: Durability, batch: &[Op]) -> io::Result<()> {
+    fn write_all(
+        &self,
+        durability: Durability,
+        batch: &[Op],
+        deferred: Vec<(&'static str, Vec<u8>)>,
+    ) -> io::Result<()> {
         let mut purge_upto = None;
-        let mut meta = false;
+        let mut meta = !deferred.is_empty();
         let to_sync = {
             let mut wal = self.wal.lock().expect("log lock");
             for op in batch {
@@ -344,7 +411,7 @@ impl Committer {
             to_sync.sync()?;
         }
         if meta {
-            write_meta(&self.db, durability, batch)?;
+            write_meta(&self.db, durability, batch, deferred)?;
         }
         if let Some(upto) = purge_upto {
             self.wal.lock().expect("log lock").purge_upto(upto)?;
@@ -353,13 +420,22 @@ impl Committer {
     }
 }
 
-/// The batch's non-log changes in one redb transaction.
-fn write_meta(db: &Database, durability: Durability, batch: &[Op]) -> io::Result<()> {
+/// The batch's non-log changes and the `deferred` metadata (older, so written first) in
+/// one redb transaction.
+fn write_meta(
+    db: &Database,
+    durability: Durability,
+    batch: &[Op],
+    deferred: Vec<(&'static str, Vec<u8>)>,
+) -> io::Result<()> {
     let mut txn = db.begin_write().map_err(io_err)?;
     txn.set_durability(durability)
         .map_err(|e| io::Error::other(e.to_string()))?;
     {
         let mut meta = txn.open_table(META).map_err(io_err)?;
+        for (k, v) in &deferred {
+            meta.insert(*k, v.as_slice()).map_err(io_err)?;
+        }
         for op in batch {
             match op {
                 Op::Append { .. } | Op::TruncateFrom { .. } => {}
