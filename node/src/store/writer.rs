@@ -4,9 +4,12 @@
 //! In `Threaded` mode a dedicated OS thread drains its queue and makes everything it
 //! found durable at once (group commit): log entries appended to the log's segment
 //! files and one fdatasync; other changes in one redb transaction with
-//! `Durability::Immediate`. Only then does it complete each operation. In `Task` mode — simulated
-//! hosts, which must not run real threads — an async task on the host's runtime does
-//! the same, and the storage fault switches stall it on simulated time.
+//! `Durability::Immediate`. Only then does it complete each operation. In `Task` mode —
+//! simulated hosts, which must not run real threads — an async task on the host's
+//! runtime does the same, and the storage fault switches stall it on simulated time.
+//! The committed-index marker, which nobody waits for, goes with the next redb
+//! transaction, or unsynced after a second without one. Snapshot data never comes
+//! here (see `snapshot_files`): only the record of which snapshot is current.
 //!
 //! [`SyncPolicy::UnsafeNoFsync`] commits with `Durability::None`: nothing is synced, so
 //! a crash loses acknowledged writes. It exists for benchmarks and to prove that the
@@ -264,10 +267,11 @@ fn run_thread(mut committer: Committer, rx: mpsc::Receiver<Op>, faults: Arc<Faul
                 faults.before_storage_commit();
                 committer.commit(batch(first, || rx.try_recv().ok()));
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(mpsc::RecvTimeoutError::Timeout) if committer.has_deferred() => {
                 faults.before_storage_commit();
                 committer.flush_deferred();
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
@@ -285,10 +289,11 @@ async fn run_task(
                 faults.before_storage_commit_async().await;
                 committer.commit(batch(first, || rx.try_recv().ok()));
             }
-            Err(_) => {
+            Err(_) if committer.has_deferred() => {
                 faults.before_storage_commit_async().await;
                 committer.flush_deferred();
             }
+            Err(_) => {}
             Ok(None) => break,
         }
     }
@@ -350,6 +355,10 @@ impl Committer {
         }
     }
 
+    fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
     /// How long the deferred metadata may still wait.
     fn flush_wait(&self) -> Duration {
         self.deferred_since.map_or(DEFERRED_FLUSH, |t| {
@@ -368,7 +377,7 @@ impl Committer {
 
     /// Writes the deferred metadata, unsynced: the next synced commit carries it.
     fn flush_deferred(&mut self) {
-        let pairs = self.take_deferred_if(!self.deferred.is_empty());
+        let pairs = self.take_deferred_if(self.has_deferred());
         if pairs.is_empty() {
             return;
         }
