@@ -53,6 +53,7 @@ pub struct PeerClient {
     append_ttl_min: Duration,
 }
 
+#[derive(Debug)]
 enum Fail {
     Timeout(Duration),
     Unreachable(String),
@@ -189,6 +190,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let body = encode_snapshot(&vote, &snapshot);
+        let bytes = body.len();
         let send = self.post("/raft/snapshot", body, option.hard_ttl());
         futures::pin_mut!(send);
         let cancel = cancel.fuse();
@@ -197,6 +199,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send.fuse() => r,
         };
+        if let Err(e) = &res {
+            // openraft retries quietly; a follower that never takes its snapshot never
+            // catches up, so say so where operators look.
+            tracing::warn!(target_node = self.target, bytes, error = ?e, "snapshot upload failed");
+        }
         match res {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 StreamingError::Network(NetworkError::from_string(format!(

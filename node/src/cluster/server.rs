@@ -11,8 +11,12 @@ use axum::Router;
 use serde::Serialize;
 use std::sync::Arc;
 
-/// Largest Raft request body accepted (a snapshot upload is the biggest).
+/// Largest Raft request body accepted, but for a snapshot upload.
 pub const RAFT_BODY_BYTES_MAX: usize = 1 << 30;
+/// Largest snapshot upload accepted: the whole vault, which passes 1 GiB at about a
+/// million cards on file (a follower refused such a snapshot and never caught up).
+/// The receiver holds it in memory either way; peers are admitted by cluster id.
+pub const SNAPSHOT_BODY_BYTES_MAX: usize = 64 << 30;
 
 /// Routes for `/raft/*` on the peer listener.
 pub fn router(cluster: Arc<Cluster>) -> Router {
@@ -20,7 +24,10 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/pre-vote", post(pre_vote))
-        .route("/raft/snapshot", post(snapshot))
+        .route(
+            "/raft/snapshot",
+            post(snapshot).layer(DefaultBodyLimit::max(SNAPSHOT_BODY_BYTES_MAX)),
+        )
         .route("/raft/transfer-leader", post(transfer_leader))
         .route("/raft/identity", get(identity))
         .route("/raft/handoff-cause", post(handoff_cause))

@@ -51,6 +51,12 @@ pub(crate) trait SegmentFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's contents durable.
     fn sync(&self) -> io::Result<()>;
+    /// Starts writing `len` bytes from `offset` to the disk without waiting for them
+    /// or making anything durable (a hint; a later [`SegmentFile::sync`] still
+    /// decides).
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 struct Segment {
@@ -500,6 +506,22 @@ impl SegmentFile for FsFile {
 
     fn sync(&self) -> io::Result<()> {
         self.0.sync_data()
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(());
+        };
+        // SAFETY: a plain syscall on a file descriptor this struct owns.
+        let r = unsafe {
+            libc::sync_file_range(self.0.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 
