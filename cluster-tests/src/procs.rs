@@ -564,6 +564,19 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Copies the directory tree at `from` to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
 /// A tokenization of `number` (expiring 12/2031): card-on-file for `member`, or a
 /// one-time token without one.
 pub fn tokenize_request(number: &str, member: Option<&str>) -> kura_sdk::TokenizeRequest {

@@ -2,7 +2,7 @@
 //! snapshot, whole-cluster crash with no acknowledged write lost, the init guard, and
 //! no card number anywhere on disk or in the logs.
 
-use kura_cluster_tests::procs::{files, tokenize_request, wait_for, ProcCluster, NAMES};
+use kura_cluster_tests::procs::{copy_dir, files, tokenize_request, wait_for, ProcCluster, NAMES};
 use kura_node::vault::card::luhn_check_digit;
 use kura_sdk::{Error, TokenizeRequest};
 use std::sync::{Arc, Mutex};
@@ -276,18 +276,6 @@ async fn init_is_idempotent_and_a_node_with_data_never_joins_another_cluster() {
         serde_json::Value::Null,
         "B formed nothing"
     );
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dst = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,9 @@
 //! audit trail's tamper check on a copy of the store.
 
 use http::Method;
-use kura_cluster_tests::procs::{files, raw, tokenize_request, wait_for, ProcCluster, RawResponse};
+use kura_cluster_tests::procs::{
+    copy_dir, files, raw, tokenize_request, wait_for, ProcCluster, RawResponse,
+};
 use kura_node::vault::card::{luhn_check_digit, luhn_valid};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -59,19 +61,6 @@ async fn call(
         body,
     )
     .await
-}
-
-/// Copies the directory tree at `from` to `to`.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 /// Creates a token through `node` and returns its id.

@@ -126,17 +126,11 @@ impl Store {
         txn.commit().map_err(io_err)?;
         let mut wal = Wal::open(log_dir, true)?;
         move_log_table_into(&db, &mut wal)?;
-        let (purged, snapshot_file) = {
-            let txn = db.begin_read().map_err(io_err)?;
-            let meta = txn.open_table(META).map_err(io_err)?;
-            let purged = meta.get(KEY_PURGED).map_err(io_err)?;
-            let purged = purged
-                .map(|v| decode::<crate::raft_types::LogId>(v.value()))
-                .transpose()?;
-            let file = meta.get(KEY_SNAPSHOT_FILE).map_err(io_err)?;
-            let file = file.map(|v| decode::<u64>(v.value())).transpose()?;
-            (purged, file)
-        };
+        let [purged, snapshot_file] = read_meta_keys(&db, [KEY_PURGED, KEY_SNAPSHOT_FILE])?;
+        let purged = purged
+            .map(|v| decode::<crate::raft_types::LogId>(&v))
+            .transpose()?;
+        let snapshot_file = snapshot_file.map(|v| decode::<u64>(&v)).transpose()?;
         let snapshots =
             SnapshotFiles::open(snapshot_dir, sync == SyncPolicy::Fsync, snapshot_file)?;
         // Segments a purge had not yet deleted when the node stopped.
@@ -166,9 +160,8 @@ impl Store {
     }
 
     fn read_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(META).map_err(io_err)?;
-        Ok(table.get(key).map_err(io_err)?.map(|v| v.value().to_vec()))
+        let [value] = read_meta_keys(&self.db, [key])?;
+        Ok(value)
     }
 
     async fn put_meta(&self, pairs: Vec<(&'static str, Vec<u8>)>) -> io::Result<()> {
@@ -233,6 +226,20 @@ impl Store {
         rx.await
             .map_err(|_| io::Error::other("storage writer stopped"))?
     }
+}
+
+/// The metadata values of `keys`, read in one transaction, so that they belong together.
+fn read_meta_keys<const N: usize>(
+    db: &Database,
+    keys: [&str; N],
+) -> io::Result<[Option<Vec<u8>>; N]> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let table = txn.open_table(META).map_err(io_err)?;
+    let mut values = std::array::from_fn(|_| None);
+    for (value, key) in values.iter_mut().zip(keys) {
+        *value = table.get(key).map_err(io_err)?.map(|v| v.value().to_vec());
+    }
+    Ok(values)
 }
 
 /// Moves the entries of a database written before the log had its own files into

@@ -8,7 +8,9 @@
 //! finished after an install) is dropped rather than recorded.
 
 use super::writer::{Done, Op};
-use super::{decode, encode, Store, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META};
+use super::{
+    decode, encode, read_meta_keys, Store, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META,
+};
 use crate::raft_types::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -110,14 +112,20 @@ impl Store {
     }
 
     fn read_snapshot_once(&self) -> io::Result<Option<Snapshot>> {
-        let Some(meta) = self.read_meta(KEY_SNAPSHOT_META)? else {
+        // One transaction: a record landing between two reads would pair this meta with
+        // another snapshot's file.
+        let [meta, file, old_data] = read_meta_keys(
+            &self.db,
+            [KEY_SNAPSHOT_META, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_DATA],
+        )?;
+        let Some(meta) = meta else {
             return Ok(None);
         };
         let meta: SnapshotMeta = decode(&meta)?;
-        let data = match self.read_meta(KEY_SNAPSHOT_FILE)? {
+        let data = match file {
             Some(id) => self.snapshots.read(decode(&id)?)?,
             // Recorded before snapshots had files.
-            None => self.read_meta(KEY_SNAPSHOT_DATA)?.unwrap_or_default(),
+            None => old_data.unwrap_or_default(),
         };
         Ok(Some(Snapshot {
             meta,

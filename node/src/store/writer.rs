@@ -341,7 +341,12 @@ impl Committer {
             return;
         }
         let started = Instant::now();
-        let deferred = self.take_deferred_if(ops.iter().any(Op::writes_meta));
+        // A database transaction is coming anyway: the deferred metadata goes with it.
+        let deferred = if ops.iter().any(Op::writes_meta) {
+            self.take_deferred()
+        } else {
+            Vec::new()
+        };
         let result = self
             .write_all(self.sync.durability(), &ops, deferred)
             .map_err(|e| e.to_string());
@@ -366,21 +371,17 @@ impl Committer {
         })
     }
 
-    /// The deferred metadata, taken when `take`.
-    fn take_deferred_if(&mut self, take: bool) -> Vec<(&'static str, Vec<u8>)> {
-        if !take {
-            return Vec::new();
-        }
+    fn take_deferred(&mut self) -> Vec<(&'static str, Vec<u8>)> {
         self.deferred_since = None;
         std::mem::take(&mut self.deferred).into_iter().collect()
     }
 
     /// Writes the deferred metadata, unsynced: the next synced commit carries it.
     fn flush_deferred(&mut self) {
-        let pairs = self.take_deferred_if(self.has_deferred());
-        if pairs.is_empty() {
+        if !self.has_deferred() {
             return;
         }
+        let pairs = self.take_deferred();
         if let Err(e) = write_meta(&self.db, Durability::None, &[], pairs) {
             tracing::error!(error = %e, "storage commit failed");
         }
