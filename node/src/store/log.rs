@@ -48,16 +48,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        // Pending first, then the database: an entry retired from pending between the
-        // two reads is already committed, so the later read transaction sees it.
-        let pending: Vec<(u64, Entry)> = {
-            let p = self.store.pending.lock().expect("pending lock");
-            p.range(owned_range(&range))
+        // Memory first, then the files for whatever lies below the tail in memory. An
+        // entry trimmed from memory between the two reads is durable by then.
+        let (recent, first_recent): (Vec<(u64, Entry)>, Option<u64>) = {
+            let r = self.store.recent.lock().expect("recent log lock");
+            let rows = r
+                .range(owned_range(&range))
                 .map(|(k, v)| (*k, v.clone()))
-                .collect()
+                .collect();
+            (rows, r.first_key_value().map(|(k, _)| *k))
         };
+        let start = match range.start_bound() {
+            Bound::Included(s) => Some(*s),
+            Bound::Excluded(s) => s.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        if let (Some(start), Some(first)) = (start, first_recent) {
+            if start >= first {
+                return Ok(recent.into_iter().map(|(_, e)| e).collect());
+            }
+        }
         let mut all = self.db_entries(range)?;
-        all.extend(pending);
+        all.extend(recent);
         Ok(all.into_values().collect())
     }
 
@@ -78,16 +90,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .read_meta(KEY_PURGED)?
             .map(|b| decode(&b))
             .transpose()?;
-        let pending_last = self
+        let recent_last = self
             .store
-            .pending
+            .recent
             .lock()
-            .expect("pending lock")
+            .expect("recent log lock")
             .values()
             .next_back()
             .map(|e| e.log_id);
         let db_last = self.last_db_entry()?.map(|e| e.log_id);
-        let last_log_id = pending_last.or(db_last).or(last_purged_log_id);
+        let last_log_id = recent_last.or(db_last).or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -136,16 +148,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect();
         let ids = entries.iter().map(|e| e.log_id).collect();
         {
-            let mut p = self.store.pending.lock().expect("pending lock");
+            let mut r = self.store.recent.lock().expect("recent log lock");
             for e in entries {
-                p.insert(e.log_id.index, e);
+                r.insert(e.log_id.index, e);
             }
         }
-        let pending = self.store.pending.clone();
+        let recent = self.store.recent.clone();
         self.store.writer.submit(Op::Append {
             rows,
             ids,
-            pending,
+            recent,
             done: Done::Flushed(callback),
         });
         Ok(())
@@ -154,9 +166,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
         self.store
-            .pending
+            .recent
             .lock()
-            .expect("pending lock")
+            .expect("recent log lock")
             .retain(|k, _| *k < from);
         let (done, rx) = Done::oneshot();
         self.store.writer.submit(Op::TruncateFrom { from, done });
@@ -166,9 +178,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.store
-            .pending
+            .recent
             .lock()
-            .expect("pending lock")
+            .expect("recent log lock")
             .retain(|k, _| *k > log_id.index);
         let (done, rx) = Done::oneshot();
         self.store.writer.submit(Op::PurgeUpto {

@@ -41,6 +41,8 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "purged";
 const KEY_CLUSTER_ID: &str = "cluster_id";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+/// How many durable entries the log keeps in memory for its readers (~1 KiB each).
+const RECENT_ENTRIES: usize = 8192;
 /// The id of the current snapshot's file in [`snapshot_files`].
 const KEY_SNAPSHOT_FILE: &str = "snapshot_file";
 /// Where a snapshot's data lived before snapshots had files; removed by the next one.
@@ -57,8 +59,10 @@ pub struct Store {
     snapshots: Arc<SnapshotFiles>,
     /// Held while a snapshot is recorded, so that an older one never replaces a newer.
     snapshot_order: Arc<tokio::sync::Mutex<()>>,
-    /// Entries handed to the writer but not yet durable; readers see them too.
-    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// The log's tail in memory: every entry handed to the writer and not yet durable,
+    /// and after that the last [`RECENT_ENTRIES`] durable ones, so that replicating
+    /// recent entries neither reads the log's files nor decodes what it just encoded.
+    recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
     /// Called after every applied command (simulations check invariants here).
     apply_check: Option<ApplyCheck>,
 }
@@ -148,7 +152,7 @@ impl Store {
             mode,
             snapshots: Arc::new(snapshots),
             snapshot_order: Arc::new(tokio::sync::Mutex::new(())),
-            pending: Arc::new(Mutex::new(BTreeMap::new())),
+            recent: Arc::new(Mutex::new(BTreeMap::new())),
             apply_check: None,
         })
     }

@@ -88,6 +88,56 @@ async fn log_vote_truncate_purge_survive_reopen_task() {
 }
 
 /// A threaded store in a temporary directory that counts its durable commits.
+#[tokio::test]
+async fn the_logs_tail_stays_in_memory_within_its_bound_and_reads_span_memory_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kura.redb");
+    let total = RECENT_ENTRIES as u64 + 700;
+    let ids_of = |entries: Vec<Entry>| entries.iter().map(|e| e.log_id).collect::<Vec<_>>();
+    {
+        let store =
+            Store::open(&path, WriterMode::Threaded, SyncPolicy::Fsync, noop_fsync()).unwrap();
+        let mut log = LogStore::new(store.clone());
+        for first in (1..=total).step_by(100) {
+            let last = (first + 99).min(total);
+            append(&mut log, (first..=last).map(|i| entry(1, i)).collect()).await;
+            let held = store.recent.lock().unwrap().len();
+            assert!(held <= RECENT_ENTRIES, "{held} entries held in memory");
+        }
+        assert_eq!(store.recent.lock().unwrap().len(), RECENT_ENTRIES);
+        // All of it: the oldest 700 from the files, the rest from memory, in order.
+        let all = ids_of(log.try_get_log_entries(1..=total).await.unwrap());
+        assert_eq!(all, (1..=total).map(|i| log_id(1, i)).collect::<Vec<_>>());
+        // A conflicting suffix replaced: readers see the new entries, not the old ones.
+        log.truncate_after(Some(log_id(1, total - 5)))
+            .await
+            .unwrap();
+        append(
+            &mut log,
+            (total - 4..=total + 2).map(|i| entry(2, i)).collect(),
+        )
+        .await;
+        let tail = ids_of(log.try_get_log_entries(total - 6..).await.unwrap());
+        let want: Vec<_> = (total - 6..=total - 5)
+            .map(|i| log_id(1, i))
+            .chain((total - 4..=total + 2).map(|i| log_id(2, i)))
+            .collect();
+        assert_eq!(tail, want);
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(2, total + 2))
+        );
+    }
+    // The files alone hold the same log.
+    let store = Store::open(&path, WriterMode::Threaded, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    assert!(store.recent.lock().unwrap().is_empty());
+    let mut log = LogStore::new(store);
+    let tail = ids_of(log.try_get_log_entries(total - 6..).await.unwrap());
+    assert_eq!(tail.first(), Some(&log_id(1, total - 6)));
+    assert_eq!(tail.last(), Some(&log_id(2, total + 2)));
+    assert_eq!(tail.len(), 9);
+}
+
 fn counting_store() -> (
     tempfile::TempDir,
     Store,

@@ -16,7 +16,7 @@
 //! chaos oracle notices lost writes; never use it for data you keep.
 
 use super::wal::Wal;
-use super::{encode, io_err, Entry, META};
+use super::{encode, io_err, Entry, META, RECENT_ENTRIES};
 use crate::faults::FaultSwitches;
 use crate::raft_types::{LogId, TypeConfig};
 use openraft::storage::IOFlushed;
@@ -96,11 +96,12 @@ impl Done {
 
 /// One durable change.
 pub(crate) enum Op {
-    /// Appends serialized entries; `ids` lets the writer retire them from `pending`.
+    /// Appends serialized entries; once they are durable, `ids` lets the writer trim
+    /// the in-memory copy of the log's tail (`recent`) back to its bound.
     Append {
         rows: Vec<(u64, Vec<u8>)>,
         ids: Vec<LogId>,
-        pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+        recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
         done: Done,
     },
     /// Deletes every log entry with index `>= from`.
@@ -135,12 +136,20 @@ impl Op {
     fn into_done(self) -> Done {
         match self {
             Op::Append {
-                ids, pending, done, ..
+                ids, recent, done, ..
             } => {
-                let mut p = pending.lock().expect("pending lock");
-                for id in ids {
-                    if p.get(&id.index).is_some_and(|e| e.log_id == id) {
-                        p.remove(&id.index);
+                // Every entry at or below the last index of this append is durable now: a
+                // later entry at such an index can only come after a truncation, which
+                // openraft awaits (and the writer runs in order) before appending it.
+                if let Some(upto) = ids.iter().map(|id| id.index).max() {
+                    let mut r = recent.lock().expect("recent log lock");
+                    while r.len() > RECENT_ENTRIES {
+                        match r.first_key_value() {
+                            Some((&i, _)) if i <= upto => {
+                                r.pop_first();
+                            }
+                            _ => break,
+                        }
                     }
                 }
                 done
