@@ -19,8 +19,10 @@ pub struct SealedCard {
     /// Version of the data key that sealed the PAN.
     pub key_version: u32,
     /// 96-bit GCM nonce drawn by the leader.
+    #[serde(with = "super::hex_bytes")]
     pub nonce: Vec<u8>,
     /// Ciphertext and tag of the PAN digits; associated data binds merchant, token and key version.
+    #[serde(with = "super::hex_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -82,7 +84,9 @@ pub struct Reseal {
     pub token: String,
     /// The version the leader opened; `apply` skips the card if it has changed since.
     pub from_version: u32,
+    #[serde(with = "super::hex_bytes")]
     pub nonce: Vec<u8>,
+    #[serde(with = "super::hex_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -94,6 +98,7 @@ pub enum Command {
     /// Versions only grow: an existing or older version is refused.
     InstallDataKey {
         version: u32,
+        #[serde(with = "super::hex_bytes")]
         wrapped: Vec<u8>,
         at_ms: u64,
         /// True when an operator rotated keys (false: the first key, made on first use).
@@ -140,7 +145,11 @@ pub enum Command {
         cvc_supplied: bool,
     },
     /// Installs the fingerprint key, wrapped by the key-encryption key. Set once.
-    InstallFingerprintKey { wrapped: Vec<u8>, at_ms: u64 },
+    InstallFingerprintKey {
+        #[serde(with = "super::hex_bytes")]
+        wrapped: Vec<u8>,
+        at_ms: u64,
+    },
     /// Uses a one-time token, exactly once: converts its card into a card-on-file token
     /// for `member_id` (or finds the one already on file). The card was re-sealed by the
     /// leader for `new_token`; `apply` refuses a used, expired or foreign token.

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod card;
 pub mod command;
+pub mod hex_bytes;
 pub mod payment;
 pub mod state;
 pub mod token;

@@ -67,6 +67,7 @@ pub struct KeyOwner {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataKeyEntry {
     /// `None` once retired: the key is gone for good.
+    #[serde(with = "super::hex_bytes::option")]
     pub wrapped: Option<Vec<u8>>,
     pub installed_at_ms: u64,
     pub retired_at_ms: Option<u64>,
@@ -97,6 +98,7 @@ pub struct LeaderChange {
 /// A wrapped key with the time it was installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedKey {
+    #[serde(with = "super::hex_bytes")]
     pub wrapped: Vec<u8>,
     pub installed_at_ms: u64,
 }

@@ -1,0 +1,160 @@
+//! Byte strings in the vault's serialized form (log entries, snapshots, RPCs).
+//!
+//! JSON writes them as lower-case hex: a 32-byte ciphertext is 64 characters, where
+//! serde's default array of numbers is up to 128 and costs a number parse per byte.
+//! Arrays of numbers are still read, so logs and snapshots written before kura used
+//! hex load unchanged. Binary formats get plain bytes.
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserializer, Serializer};
+use std::fmt;
+
+/// Writes `bytes` as hex (human-readable formats) or as bytes.
+pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    if s.is_human_readable() {
+        s.serialize_str(&hex::encode(bytes))
+    } else {
+        s.serialize_bytes(bytes)
+    }
+}
+
+/// Reads hex, bytes, or an array of numbers (the form before hex).
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    if d.is_human_readable() {
+        d.deserialize_any(BytesVisitor)
+    } else {
+        d.deserialize_byte_buf(BytesVisitor)
+    }
+}
+
+/// The same for an optional byte string (`null` when absent).
+pub mod option {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `Some` as [`super::serialize`] does, `None` as null.
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&Hex(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads what [`serialize`] wrote, or the array form from before hex.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<Bytes>::deserialize(d)?.map(|b| b.0))
+    }
+
+    struct Hex<'a>(&'a [u8]);
+
+    impl serde::Serialize for Hex<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(self.0, s)
+        }
+    }
+
+    struct Bytes(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Bytes {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+            super::deserialize(d).map(Bytes)
+        }
+    }
+}
+
+struct BytesVisitor;
+
+impl<'de> Visitor<'de> for BytesVisitor {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a hex string or an array of bytes")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+        // The error names neither the input nor where it went wrong: these are key and
+        // card ciphertexts.
+        hex::decode(v).map_err(|_| E::custom("invalid hex in a byte string"))
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+        Ok(v.to_vec())
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+        Ok(v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(b) = seq.next_element::<u8>()? {
+            out.push(b);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Sealed {
+        #[serde(with = "super")]
+        ciphertext: Vec<u8>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Retirable {
+        #[serde(with = "super::option")]
+        wrapped: Option<Vec<u8>>,
+    }
+
+    #[test]
+    fn optional_bytes_are_hex_or_null_and_old_arrays_load() {
+        for r in [
+            Retirable {
+                wrapped: Some(vec![0xde, 0xad]),
+            },
+            Retirable { wrapped: None },
+        ] {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Retirable>(&json).unwrap(), r);
+        }
+        assert_eq!(
+            serde_json::to_string(&Retirable {
+                wrapped: Some(vec![0xde, 0xad])
+            })
+            .unwrap(),
+            r#"{"wrapped":"dead"}"#
+        );
+        let old: Retirable = serde_json::from_str(r#"{"wrapped":[222,173]}"#).unwrap();
+        assert_eq!(old.wrapped, Some(vec![0xde, 0xad]));
+    }
+
+    #[test]
+    fn bytes_are_written_as_hex_and_read_back() {
+        let s = Sealed {
+            ciphertext: vec![0, 1, 0xab, 0xff],
+        };
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, r#"{"ciphertext":"0001abff"}"#);
+        assert_eq!(serde_json::from_str::<Sealed>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn arrays_written_before_hex_still_load() {
+        let old: Sealed = serde_json::from_str(r#"{"ciphertext":[0,1,171,255]}"#).unwrap();
+        assert_eq!(old.ciphertext, vec![0, 1, 0xab, 0xff]);
+        let empty: Sealed = serde_json::from_str(r#"{"ciphertext":[]}"#).unwrap();
+        assert!(empty.ciphertext.is_empty());
+    }
+
+    #[test]
+    fn bad_hex_and_out_of_range_numbers_are_refused_without_echoing_them() {
+        let e = serde_json::from_str::<Sealed>(r#"{"ciphertext":"0g"}"#).unwrap_err();
+        assert!(!e.to_string().contains("0g"), "{e}");
+        assert!(serde_json::from_str::<Sealed>(r#"{"ciphertext":"abc"}"#).is_err());
+        assert!(serde_json::from_str::<Sealed>(r#"{"ciphertext":[256]}"#).is_err());
+        assert!(serde_json::from_str::<Sealed>(r#"{"ciphertext":7}"#).is_err());
+    }
+}
