@@ -310,7 +310,24 @@ impl SegmentFile for SimSegmentFile {
             Ok(())
         })
     }
+
+    /// Extends with zeros, but by at most [`SIM_PREALLOCATE_MAX`]: what the log must
+    /// cope with (zeros after its last record, a file shorter than asked for) is the
+    /// same, and long simulations stay small.
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        self.with(|b| {
+            let have = b.current.len() as u64;
+            let want = len.min(have.max(SIM_PREALLOCATE_MAX));
+            if want > have {
+                b.write(Change::SetLen(want));
+            }
+            Ok(())
+        })
+    }
 }
+
+/// The most a simulated segment is preallocated to.
+const SIM_PREALLOCATE_MAX: u64 = 64 << 10;
 
 #[cfg(test)]
 mod tests {

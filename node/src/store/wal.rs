@@ -11,6 +11,12 @@
 //! the longest valid run and cuts off the rest (a torn tail from a crash mid-write).
 //! A segment is dropped whole once a purge passes its last entry.
 //!
+//! A new segment is preallocated to its full size (zeros, as etcd's WAL does), so an
+//! append overwrites space the file already has and its `fdatasync` need not also
+//! commit a new file size to the filesystem's journal: 0.23 ms against 0.33 ms (p50)
+//! for a 700-byte write here. Zeros after the last record are free space, not a torn
+//! tail: no record is all zeros (its CRC covers the index).
+//!
 //! Files go through [`SegmentDir`]: a directory on disk, or a simulated disk with the
 //! same crash semantics (`SimDisk`).
 
@@ -55,6 +61,11 @@ pub(crate) trait SegmentFile: Send + Sync {
     /// or making anything durable (a hint; a later [`SegmentFile::sync`] still
     /// decides).
     fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Makes the file at least `len` bytes long, reading as zeros past what was
+    /// written (a hint: a file left shorter only costs appends a little).
+    fn preallocate(&self, _len: u64) -> io::Result<()> {
         Ok(())
     }
 }
@@ -177,7 +188,8 @@ impl Wal {
                 offsets.push(pos as u64);
                 pos += n;
             }
-            if pos as u64 != len {
+            // Zeros after the last record are preallocated space.
+            if pos as u64 != len && bytes[pos..].iter().any(|b| *b != 0) {
                 cut = true;
                 if repair {
                     tracing::warn!(
@@ -253,6 +265,7 @@ impl Wal {
                 // A leftover file of that name (a segment removed without a directory
                 // sync and back after a crash) starts over.
                 file.set_len(0)?;
+                file.preallocate(self.segment_bytes)?;
                 self.segments.insert(
                     index,
                     Segment {
@@ -306,6 +319,8 @@ impl Wal {
             if keep < seg.offsets.len() {
                 seg.end = seg.offsets[keep];
                 seg.offsets.truncate(keep);
+                // Cut, not zeroed in place: the records after `end` must not come back
+                // on the next open. (The segment appends without preallocation after.)
                 seg.file.set_len(seg.end)?;
                 self.dirty.insert(first);
             }
@@ -508,6 +523,24 @@ impl SegmentFile for FsFile {
         self.0.sync_data()
     }
 
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Ok(len) = i64::try_from(len) else {
+            return Ok(());
+        };
+        // SAFETY: a plain syscall on a file descriptor this struct owns.
+        let r = unsafe { libc::fallocate(self.0.as_raw_fd(), 0, 0, len) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // A filesystem without fallocate: the segment grows by appends instead.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+            _ => Err(e),
+        }
+    }
+
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
@@ -622,6 +655,37 @@ mod tests {
     }
 
     #[test]
+    fn preallocated_zeros_after_the_last_record_are_free_space_not_a_torn_tail() {
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(1..=2)).unwrap();
+        wal.take_sync().sync().unwrap();
+        let file = wal.segments[&1].file.clone();
+        let end = wal.segments[&1].end;
+        assert!(end < 100);
+        assert_eq!(file.len().unwrap(), 100, "the segment has its full size");
+        // An append that never reached the disk leaves the zeros as they were.
+        wal.append(&entries(3..=3)).unwrap();
+        disk.crash();
+        let mut wal = open(&disk);
+        assert_eq!(wal.read(..).unwrap(), entries(1..=2));
+        let file = wal.segments[&1].file.clone();
+        assert_eq!(file.len().unwrap(), 100, "nothing was cut");
+        // Appends overwrite the zeros in place and read back after a reopen.
+        wal.append(&entries(3..=3)).unwrap();
+        wal.take_sync().sync().unwrap();
+        assert_eq!(file.len().unwrap(), 100);
+        assert_eq!(open(&disk).read(..).unwrap(), entries(1..=3));
+        // A byte that is not zero past the last record is a torn tail: cut.
+        let end = open(&disk).segments[&1].end;
+        file.write_at(end + 10, &[7]).unwrap();
+        file.sync().unwrap();
+        let wal = open(&disk);
+        assert_eq!(wal.read(..).unwrap(), entries(1..=3));
+        assert_eq!(wal.segments[&1].file.len().unwrap(), end);
+    }
+
+    #[test]
     fn truncation_cuts_within_and_across_segments() {
         let disk = SimDisk::new();
         let mut wal = open(&disk);
@@ -674,6 +738,26 @@ mod tests {
         let mut wal = Wal::open_with(fs(), true, 100).unwrap();
         assert_eq!(wal.read(..).unwrap(), entries(1..=27));
         wal.purge_upto(27).unwrap();
+        wal.take_sync().sync().unwrap();
+        assert!(fs().list().unwrap().is_empty());
+        // A new segment is preallocated on disk; the zeros after its records are kept
+        // across a reopen and overwritten by the next appends.
+        let seg_bytes = 4096;
+        let mut wal = Wal::open_with(fs(), true, seg_bytes).unwrap();
+        wal.append(&entries(28..=30)).unwrap();
+        wal.take_sync().sync().unwrap();
+        let path = dir.path().join("log").join(format!("{:020}.{EXT}", 28));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), seg_bytes);
+        drop(wal);
+        let mut wal = Wal::open_with(fs(), true, seg_bytes).unwrap();
+        assert_eq!(wal.read(..).unwrap(), entries(28..=30));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), seg_bytes);
+        wal.append(&entries(31..=31)).unwrap();
+        wal.take_sync().sync().unwrap();
+        drop(wal);
+        let mut wal = Wal::open_with(fs(), true, seg_bytes).unwrap();
+        assert_eq!(wal.read(..).unwrap(), entries(28..=31));
+        wal.purge_upto(31).unwrap();
         wal.take_sync().sync().unwrap();
         assert!(fs().list().unwrap().is_empty());
     }
