@@ -138,6 +138,26 @@ async fn the_logs_tail_stays_in_memory_within_its_bound_and_reads_span_memory_an
     assert_eq!(tail.len(), 9);
 }
 
+#[tokio::test]
+async fn entries_whose_append_failed_are_not_read_back() {
+    let disk = SimDisk::new();
+    let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    append(&mut log, (1..=3).map(|i| entry(1, i)).collect()).await;
+    // The disk goes away under the running store: the next commit fails.
+    disk.crash();
+    let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+    log.append(
+        (4..=5).map(|i| entry(1, i)).collect::<Vec<_>>(),
+        IOFlushed::<TypeConfig>::signal(tx),
+    )
+    .await
+    .unwrap();
+    assert!(rx.await.unwrap().is_err(), "the append reports its failure");
+    let ids: Vec<u64> = store.recent.lock().unwrap().keys().copied().collect();
+    assert_eq!(ids, vec![1, 2, 3], "entries that never reached the files");
+}
+
 fn counting_store() -> (
     tempfile::TempDir,
     Store,

@@ -133,16 +133,26 @@ impl Op {
         !matches!(self, Op::Append { .. } | Op::TruncateFrom { .. })
     }
 
-    fn into_done(self) -> Done {
+    /// The op's completion, after its batch was made durable or (`durable` false) failed.
+    fn into_done(self, durable: bool) -> Done {
         match self {
             Op::Append {
                 ids, recent, done, ..
             } => {
+                let mut r = recent.lock().expect("recent log lock");
+                if !durable {
+                    // Not in the files: readers must not see these entries either.
+                    for id in ids {
+                        if r.get(&id.index).is_some_and(|e| e.log_id == id) {
+                            r.remove(&id.index);
+                        }
+                    }
+                    return done;
+                }
                 // Every entry at or below the last index of this append is durable now: a
                 // later entry at such an index can only come after a truncation, which
                 // openraft awaits (and the writer runs in order) before appending it.
                 if let Some(upto) = ids.iter().map(|id| id.index).max() {
-                    let mut r = recent.lock().expect("recent log lock");
                     while r.len() > RECENT_ENTRIES {
                         match r.first_key_value() {
                             Some((&i, _)) if i <= upto => {
@@ -251,7 +261,7 @@ impl Writer {
                 .map(|tokio::sync::mpsc::error::SendError(op)| op),
         };
         if let Some(op) = refused {
-            op.into_done()
+            op.into_done(false)
                 .complete(&Err("storage writer stopped".into()));
         }
     }
@@ -365,7 +375,7 @@ impl Committer {
             tracing::error!(error = %e, "storage commit failed");
         }
         for op in ops {
-            op.into_done().complete(&result);
+            op.into_done(result.is_ok()).complete(&result);
         }
     }
 
