@@ -564,23 +564,24 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// `bytes` without the zeros at its end: a log segment is preallocated (64 MiB of
-/// zeros past its last record), and scanning that for secrets byte by byte would take
-/// a debug build minutes. A needle whose last byte is not zero cannot end there.
-pub fn without_zero_tail(bytes: &[u8]) -> &[u8] {
+/// The first of `needles` that occurs in the file contents `bytes`, if any. The zeros
+/// at the end of `bytes` are skipped, once: a log segment is preallocated (64 MiB of
+/// zeros past its last record), and scanning them byte by byte for every needle would
+/// take a debug build minutes. A needle must end with a byte that is not zero, so none
+/// can end in them.
+pub fn first_needle_in<'a>(
+    bytes: &[u8],
+    needles: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<&'a [u8]> {
     let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
-    &bytes[..end]
-}
-
-/// Whether `needle` (whose last byte must not be zero) occurs in the file `bytes`.
-pub fn file_contains(bytes: &[u8], needle: &[u8]) -> bool {
-    assert!(
-        needle.last().is_some_and(|b| *b != 0),
-        "a needle must end with a byte that is not zero"
-    );
-    without_zero_tail(bytes)
-        .windows(needle.len())
-        .any(|w| w == needle)
+    let written = &bytes[..end];
+    needles.into_iter().find(|n| {
+        assert!(
+            n.last().is_some_and(|b| *b != 0),
+            "a needle must end with a byte that is not zero"
+        );
+        written.windows(n.len()).any(|w| w == *n)
+    })
 }
 
 /// Copies the directory tree at `from` to `to`.

@@ -5,8 +5,7 @@
 
 use http::Method;
 use kura_cluster_tests::procs::{
-    copy_dir, file_contains, files, raw, tokenize_request, wait_for, without_zero_tail,
-    ProcCluster, RawResponse,
+    copy_dir, files, first_needle_in, raw, tokenize_request, wait_for, ProcCluster, RawResponse,
 };
 use kura_node::vault::card::{luhn_check_digit, luhn_valid};
 use serde_json::{json, Value};
@@ -81,10 +80,8 @@ fn assert_nowhere_on_disk(c: &ProcCluster, needles: &[Vec<u8>], what: &str) {
         .any(|p| p.extension().is_some_and(|e| e == "log")));
     for f in &all {
         let bytes = std::fs::read(f).unwrap();
-        let bytes = without_zero_tail(&bytes);
-        for n in needles {
-            assert!(
-                !file_contains(bytes, n),
+        if let Some(n) = first_needle_in(&bytes, needles.iter().map(Vec::as_slice)) {
+            panic!(
                 "{what} {:?} found in {}",
                 String::from_utf8_lossy(n),
                 f.display()
