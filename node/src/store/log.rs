@@ -1,5 +1,6 @@
 //! openraft's log storage on top of [`Store`].
 
+use super::wal::range_start;
 use super::writer::{Done, Op};
 use super::{decode, encode, Store, KEY_COMMITTED, KEY_PURGED, KEY_VOTE};
 use crate::raft_types::{Entry, LogId, TypeConfig, Vote};
@@ -58,15 +59,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .collect();
             (rows, r.first_key_value().map(|(k, _)| *k))
         };
-        let start = match range.start_bound() {
-            Bound::Included(s) => Some(*s),
-            Bound::Excluded(s) => s.checked_add(1),
-            Bound::Unbounded => Some(0),
-        };
-        if let (Some(start), Some(first)) = (start, first_recent) {
-            if start >= first {
-                return Ok(recent.into_iter().map(|(_, e)| e).collect());
-            }
+        if first_recent.is_some_and(|first| range_start(&range) >= first) {
+            return Ok(recent.into_iter().map(|(_, e)| e).collect());
         }
         let mut all = self.db_entries(range)?;
         all.extend(recent);

@@ -367,12 +367,7 @@ impl Wal {
             return Ok(Vec::new());
         };
         let first = first.max(self.floor);
-        let lo = match range.start_bound() {
-            Bound::Included(s) => *s,
-            Bound::Excluded(s) => s.saturating_add(1),
-            Bound::Unbounded => 0,
-        }
-        .max(first);
+        let lo = range_start(&range).max(first);
         let hi = match range.end_bound() {
             Bound::Included(e) => *e,
             Bound::Excluded(e) => match e.checked_sub(1) {
@@ -418,6 +413,15 @@ impl Wal {
             }
         }
         Ok(out)
+    }
+}
+
+/// The lowest index `range` takes in.
+pub(crate) fn range_start(range: &impl RangeBounds<u64>) -> u64 {
+    match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
     }
 }
 
