@@ -160,6 +160,24 @@ async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
         .unwrap();
     // The disk of a follower is replaced: same id, same config, no data.
     let f = (leader + 1) % 3;
+    // Force the path under test: whichever node leads once the follower is back (the
+    // leadership may move meanwhile), it no longer holds the log's first entries, so the
+    // wiped follower can only catch up from a snapshot.
+    for other in (0..3).filter(|&i| i != f) {
+        wait_for(
+            &format!(
+                "{} to snapshot and purge its log's first entries",
+                NAMES[other]
+            ),
+            Duration::from_secs(30),
+            || async {
+                c.status(other)
+                    .await
+                    .is_some_and(|s| s["purged_index"].as_u64().unwrap_or(0) > 0)
+            },
+        )
+        .await;
+    }
     c.kill(f);
     std::fs::remove_dir_all(c.data_dir(f)).unwrap();
     std::fs::create_dir_all(c.data_dir(f)).unwrap();
