@@ -2,7 +2,8 @@
 
 use crate::config::{LogFormat, NodeConfig};
 use clap::{Parser, Subcommand};
-use kura_sdk::wire::{HttpPool, TcpConnector};
+use kura_sdk::tls::TlsConnector;
+use kura_sdk::wire::{Connector, HttpPool, TcpConnector};
 use kura_sdk::{Client, ClientConfig};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,10 @@ pub enum Cmd {
         /// API addresses to ask, comma-separated (default: the local `kura up` cluster).
         #[arg(long, value_delimiter = ',')]
         endpoints: Vec<String>,
+        /// The CA to trust with `--endpoints` (default for the local cluster:
+        /// kura-data/ca/ca.crt when it exists; none means plain HTTP).
+        #[arg(long, conflicts_with = "config")]
+        ca_file: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -60,6 +65,10 @@ pub enum Cmd {
         /// API ports are base..base+2, Raft ports base+100..base+102.
         #[arg(long, default_value_t = 7001)]
         base_port: u16,
+        /// Plain HTTP on every plane instead of TLS (loopback only; for experiments).
+        /// Applies when the configs are first written.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Manage merchants through the admin API.
     Merchant {
@@ -97,11 +106,86 @@ pub enum Cmd {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: String,
+        /// Its TLS certificate (PEM); with `--key-file`.
+        #[arg(long, requires = "key_file", conflicts_with = "insecure")]
+        cert_file: Option<PathBuf>,
+        /// Its TLS private key (PEM).
+        #[arg(long, requires = "cert_file")]
+        key_file: Option<PathBuf>,
+        /// Plain HTTP (a loopback address only; for experiments).
+        #[arg(long, required_unless_present = "cert_file")]
+        insecure: bool,
     },
     /// Read and verify the hash-chained audit trail.
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// Create and list TLS certificates: the cluster CA, node certificates, operators'
+    /// client certificates. Keys are written 0600; no file is ever overwritten.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+}
+
+/// Certificate subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Create the cluster CA (`ca.crt`, `ca.key`) in a directory of its own. Keep the
+    /// key away from every node's directory: only `kura certs` needs it.
+    CreateCa {
+        #[arg(long, default_value = "kura-ca")]
+        dir: PathBuf,
+        #[arg(long, default_value = "kura cluster CA")]
+        common_name: String,
+        #[arg(long, value_enum, default_value = "p256")]
+        algorithm: crate::certs::Algorithm,
+        #[arg(long, default_value_t = crate::certs::CA_DAYS_DEFAULT)]
+        days: i64,
+    },
+    /// Create a node's certificate (`<name>.crt`, `<name>.key`), naming it
+    /// `kura://node/<id>` and valid for the given hosts (DNS names or IP addresses).
+    CreateNode {
+        #[arg(long, default_value = "kura-ca")]
+        ca_dir: PathBuf,
+        /// The node's id in the cluster's config.
+        #[arg(long)]
+        id: u64,
+        /// The node's name (main, dr, bk): the files' name.
+        #[arg(long)]
+        name: String,
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "p256")]
+        algorithm: crate::certs::Algorithm,
+        #[arg(long, default_value_t = crate::certs::LEAF_DAYS_DEFAULT)]
+        days: i64,
+        /// Host names and addresses clients and peers reach the node by.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
+    /// Create a named operator's client certificate for the admin plane.
+    CreateOperator {
+        #[arg(long, default_value = "kura-ca")]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// `admin` changes things; `auditor` reads status, audit and keys status only.
+        #[arg(long, value_enum, default_value = "admin")]
+        role: crate::net::tls::OperatorRole,
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "p256")]
+        algorithm: crate::certs::Algorithm,
+        #[arg(long, default_value_t = crate::certs::LEAF_DAYS_DEFAULT)]
+        days: i64,
+    },
+    /// Show the subject, names and expiry of every `.crt` file under a directory.
+    List {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -197,33 +281,40 @@ pub fn local_endpoints(base_port: u16) -> Vec<String> {
         .collect()
 }
 
-/// An admin client for the cluster `cfg` belongs to.
-pub fn admin_client(cfg: &NodeConfig) -> Result<Client, String> {
+/// A client of the API of the cluster `cfg` belongs to: TLS trusting the config's CA
+/// (plain HTTP only when the config is in the insecure mode).
+pub fn api_client(
+    cfg: &NodeConfig,
+    endpoints: Vec<String>,
+    bearer: &str,
+) -> Result<Client, String> {
+    let c = ClientConfig::new(endpoints, bearer);
+    let c = match &cfg.tls.ca_file {
+        Some(ca) => c.with_ca_file(ca).map_err(|e| e.0)?,
+        None => c,
+    };
+    Ok(Client::new(c))
+}
+
+fn admin_token(cfg: &NodeConfig) -> Result<String, String> {
     let token = std::fs::read_to_string(&cfg.admin_token_file).map_err(|e| {
         format!(
             "cannot read admin_token_file {}: {e}",
             cfg.admin_token_file.display()
         )
     })?;
-    Ok(Client::new(ClientConfig::new(
-        cfg.api_endpoints(),
-        token.trim(),
-    )))
+    Ok(token.trim().to_owned())
+}
+
+/// An admin client for the cluster `cfg` belongs to.
+pub fn admin_client(cfg: &NodeConfig) -> Result<Client, String> {
+    api_client(cfg, cfg.api_endpoints(), &admin_token(cfg)?)
 }
 
 /// `kura init`: asks the config's own node to form the cluster.
 pub async fn init(config: &Path) -> Result<(), String> {
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
-    let token = std::fs::read_to_string(&cfg.admin_token_file).map_err(|e| {
-        format!(
-            "cannot read admin_token_file {}: {e}",
-            cfg.admin_token_file.display()
-        )
-    })?;
-    let client = Client::new(ClientConfig::new(
-        vec![cfg.me().api_addr.clone()],
-        token.trim(),
-    ));
+    let client = api_client(&cfg, vec![cfg.me().api_addr.clone()], &admin_token(&cfg)?)?;
     let r = client
         .call(http::Method::POST, "/admin/v1/init", None)
         .await
@@ -318,11 +409,12 @@ pub async fn drain(config: &Path, name: &str, drained: bool) -> Result<(), Strin
         return Ok(());
     }
     let endpoints = cfg.api_endpoints();
+    let tls = config_trust(&cfg)?;
     crate::up::wait_until(
         "the drained node to give up leadership and report not ready",
         Duration::from_secs(DRAIN_WAIT_S),
         || async {
-            let statuses = fetch_statuses(&endpoints).await;
+            let statuses = fetch_statuses(&endpoints, tls.as_ref()).await;
             let node = statuses
                 .iter()
                 .filter_map(|(_, s)| s.as_ref())
@@ -426,13 +518,31 @@ fn verify_offline(dir: &Path) -> Result<bool, String> {
     }
 }
 
-/// Fetches `/v1/cluster/status` from every endpoint (unreachable ones are `None`).
-pub async fn fetch_statuses(endpoints: &[String]) -> Vec<(String, Option<Value>)> {
-    let pool = HttpPool::new(
-        Arc::new(TcpConnector),
-        kura_sdk::wire::tokio_spawner(),
-        1 << 20,
-    );
+/// TLS trusting the CA in `ca_file`, for the CLI's plain status reads.
+pub fn ca_trust(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = kura_sdk::tls::roots_from_file(ca_file).map_err(|e| e.0)?;
+    Ok(Arc::new(
+        kura_sdk::tls::client_config(roots, None).map_err(|e| e.0)?,
+    ))
+}
+
+/// TLS trusting the CA of `cfg`'s cluster; `None` in the insecure mode.
+pub fn config_trust(cfg: &NodeConfig) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    cfg.tls.ca_file.as_deref().map(ca_trust).transpose()
+}
+
+/// Fetches `/v1/cluster/status` from every endpoint (unreachable ones are `None`), over
+/// TLS when `tls` is given.
+pub async fn fetch_statuses(
+    endpoints: &[String],
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Vec<(String, Option<Value>)> {
+    let tcp: Arc<dyn Connector> = Arc::new(TcpConnector);
+    let connector: Arc<dyn Connector> = match tls {
+        Some(t) => Arc::new(TlsConnector::fixed(tcp, (**t).clone())),
+        None => tcp,
+    };
+    let pool = HttpPool::new(connector, kura_sdk::wire::tokio_spawner(), 1 << 20);
     let mut out = Vec::new();
     for ep in endpoints {
         let req = http::Request::get("/v1/cluster/status")
@@ -448,20 +558,30 @@ pub async fn fetch_statuses(endpoints: &[String]) -> Vec<(String, Option<Value>)
     out
 }
 
+/// The CA `kura up` writes, used by `kura status` when given neither a config nor a CA.
+pub const LOCAL_CA_FILE: &str = "kura-data/ca/ca.crt";
+
 /// `kura status`.
 pub async fn status(
     config: Option<&Path>,
     endpoints: Vec<String>,
+    ca_file: Option<&Path>,
     as_json: bool,
 ) -> Result<bool, String> {
-    let endpoints = match (config, endpoints.is_empty()) {
-        (Some(c), _) => NodeConfig::load(c)
-            .map_err(|e| e.to_string())?
-            .api_endpoints(),
-        (None, false) => endpoints,
-        (None, true) => local_endpoints(7001),
+    let (endpoints, ca) = match (config, endpoints.is_empty()) {
+        (Some(c), _) => {
+            let cfg = NodeConfig::load(c).map_err(|e| e.to_string())?;
+            (cfg.api_endpoints(), cfg.tls.ca_file.clone())
+        }
+        (None, false) => (endpoints, ca_file.map(Path::to_path_buf)),
+        (None, true) => {
+            let local = Path::new(LOCAL_CA_FILE);
+            let ca = ca_file.or(local.exists().then_some(local));
+            (local_endpoints(7001), ca.map(Path::to_path_buf))
+        }
     };
-    let statuses = fetch_statuses(&endpoints).await;
+    let tls = ca.as_deref().map(ca_trust).transpose()?;
+    let statuses = fetch_statuses(&endpoints, tls.as_ref()).await;
     if as_json {
         let v: Vec<Value> = statuses
             .iter()

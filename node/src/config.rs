@@ -78,6 +78,92 @@ pub struct NodeConfig {
     pub storage: StorageSettings,
     #[serde(default)]
     pub acquirer: crate::acquirer::router::AcquirerSettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// TLS on every plane. Either all three files are set, or `insecure = true` (plain HTTP,
+/// loopback addresses only, for local experiments); anything in between refuses to start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// The cluster CA's certificate (PEM): peers must present a certificate it signed,
+    /// and a node trusts it for the peers and leader it calls.
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate (PEM, from `kura certs create-node`).
+    pub cert_file: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Speak plain HTTP on every plane. Only for experiments on one machine: every
+    /// address must be a loopback address, and the node warns at start.
+    pub insecure: bool,
+    /// How often the certificate files are checked for a renewal.
+    pub reload_interval_s: u64,
+}
+
+/// Default `tls.reload_interval_s`.
+pub const TLS_RELOAD_INTERVAL_S_DEFAULT: u64 = 10;
+
+impl TlsSettings {
+    /// The files, when TLS is on; `None` in insecure mode. Call after validation.
+    pub fn files(&self) -> Option<crate::net::tls::TlsFiles> {
+        Some(crate::net::tls::TlsFiles {
+            ca_file: self.ca_file.clone()?,
+            cert_file: self.cert_file.clone()?,
+            key_file: self.key_file.clone()?,
+        })
+    }
+
+    /// How often to look for renewed files.
+    pub fn reload_interval(&self) -> std::time::Duration {
+        let s = match self.reload_interval_s {
+            0 => TLS_RELOAD_INTERVAL_S_DEFAULT,
+            s => s,
+        };
+        std::time::Duration::from_secs(s)
+    }
+
+    fn validate(&self, addrs: &[(String, &str)]) -> Result<(), String> {
+        let set = [
+            ("tls.ca_file", self.ca_file.is_some()),
+            ("tls.cert_file", self.cert_file.is_some()),
+            ("tls.key_file", self.key_file.is_some()),
+        ];
+        if self.insecure {
+            if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(format!(
+                    "{key} is set but tls.insecure = true turns TLS off; remove one of them"
+                ));
+            }
+            if let Some((key, addr)) = addrs.iter().find(|(_, a)| !is_loopback(a)) {
+                return Err(format!(
+                    "tls.insecure = true allows loopback addresses only, but {key} is {addr:?}"
+                ));
+            }
+            return Ok(());
+        }
+        match set.iter().find(|(_, on)| !*on) {
+            Some((key, _)) if set.iter().any(|(_, on)| *on) => Err(format!(
+                "{key} is missing: TLS needs tls.ca_file, tls.cert_file and tls.key_file together"
+            )),
+            Some(_) => Err(
+                "[tls] is not configured: set tls.ca_file, tls.cert_file and tls.key_file \
+                 (see `kura certs`), or tls.insecure = true for a loopback-only experiment"
+                    .into(),
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+/// True for `127.x.x.x:port`, `[::1]:port` and `localhost:port`.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Fault injection (tests only). Takes effect only if the node is also started with
@@ -122,11 +208,19 @@ impl NodeConfig {
         let mut cfg = NodeConfig::parse(&text)
             .map_err(|ConfigError(m)| ConfigError(format!("{}: {m}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let tls = &mut cfg.tls;
         for p in [
-            &mut cfg.data_dir,
-            &mut cfg.kek_file,
-            &mut cfg.admin_token_file,
-        ] {
+            Some(&mut cfg.data_dir),
+            Some(&mut cfg.kek_file),
+            Some(&mut cfg.admin_token_file),
+            tls.ca_file.as_mut(),
+            tls.cert_file.as_mut(),
+            tls.key_file.as_mut(),
+            cfg.acquirer.ca_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -175,7 +269,19 @@ impl NodeConfig {
         self.health
             .validate(&self.failover, self.raft.election_timeout_max_ms)?;
         self.acquirer.validate()?;
-        self.api.validate()
+        self.api.validate()?;
+        let addrs: Vec<(String, &str)> = self
+            .peers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                [
+                    (format!("peers[{i}].api_addr"), p.api_addr.as_str()),
+                    (format!("peers[{i}].raft_addr"), p.raft_addr.as_str()),
+                ]
+            })
+            .collect();
+        self.tls.validate(&addrs)
     }
 
     /// This node's own peer entry.
@@ -252,6 +358,8 @@ name = "dr"
 role = "dr"
 api_addr = "127.0.0.1:7002"
 raft_addr = "127.0.0.1:7102"
+[tls]
+insecure = true
 "#;
 
     #[test]
@@ -290,6 +398,33 @@ raft_addr = "127.0.0.1:7102"
         let timing = err(&format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 400\n"));
         assert!(timing.contains("raft.election_timeout_max_ms"), "{timing}");
         for m in [missing, unknown, wrong_type, role, addr, absent, timing] {
+            assert!(!m.contains('\n'), "not one line: {m}");
+        }
+    }
+
+    #[test]
+    fn tls_half_set_or_insecure_off_loopback_refuses_with_the_key_named() {
+        let secure = GOOD.replace(
+            "insecure = true",
+            "ca_file = \"ca.crt\"\ncert_file = \"main.crt\"\nkey_file = \"main.key\"",
+        );
+        assert!(NodeConfig::parse(&secure).unwrap().tls.files().is_some());
+        let no_key = err(&secure.replace("key_file = \"main.key\"", ""));
+        assert!(no_key.contains("tls.key_file is missing"), "{no_key}");
+        let no_ca = err(&secure.replace("ca_file = \"ca.crt\"", ""));
+        assert!(no_ca.contains("tls.ca_file is missing"), "{no_ca}");
+        let nothing = err(&GOOD.replace("[tls]\ninsecure = true\n", ""));
+        assert!(nothing.contains("tls.insecure"), "{nothing}");
+        let both = err(&format!("{GOOD}ca_file = \"ca.crt\"\n"));
+        assert!(both.contains("tls.ca_file is set"), "{both}");
+        let public = err(&GOOD.replace("127.0.0.1:7102", "10.0.0.2:7102"));
+        assert!(
+            public.contains("loopback") && public.contains("peers[1].raft_addr"),
+            "{public}"
+        );
+        assert!(is_loopback("[::1]:7001") && is_loopback("localhost:1"));
+        assert!(!is_loopback("127.example.com:1") && !is_loopback("[::2]:1"));
+        for m in [no_key, no_ca, nothing, both, public] {
             assert!(!m.contains('\n'), "not one line: {m}");
         }
     }

@@ -2,12 +2,14 @@
 
 pub mod acquirer;
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod cvc;
 pub mod faults;
+pub mod files;
 pub mod health;
 pub mod metrics;
 pub mod net;

@@ -76,8 +76,9 @@ fn main() -> ExitCode {
             Cmd::Status {
                 config,
                 endpoints,
+                ca_file,
                 json,
-            } => match cli::status(config.as_deref(), endpoints, json).await {
+            } => match cli::status(config.as_deref(), endpoints, ca_file.as_deref(), json).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err("no leader found".into()),
                 Err(e) => Err(e),
@@ -85,17 +86,32 @@ fn main() -> ExitCode {
             Cmd::Up {
                 data_dir,
                 base_port,
-            } => kura_node::up::up(&data_dir, base_port).await,
+                insecure,
+            } => kura_node::up::up(&data_dir, base_port, insecure).await,
             Cmd::Merchant { config, cmd } => cli::merchant(&config, cmd).await,
             Cmd::Keys { config, cmd } => cli::keys(&config, cmd).await,
             Cmd::Drain { name, config } => cli::drain(&config, &name, true).await,
-            Cmd::AcquirerSim { listen } => {
+            Cmd::AcquirerSim {
+                listen,
+                cert_file,
+                key_file,
+                insecure,
+            } => {
                 init_logging(LogFormat::Text, "info");
-                kura_node::acquirer::sim::run(&listen)
+                if insecure && !kura_node::config::is_loopback(&listen) {
+                    return Err(format!(
+                        "--insecure allows a loopback address only, not {listen}"
+                    ));
+                }
+                let tls = cert_file.as_deref().zip(key_file.as_deref());
+                // Connections are spawned through the Raft runtime, which wants a seed.
+                let seed = Entropy::Os.u64();
+                Rt::scope(seed, kura_node::acquirer::sim::run(&listen, tls))
                     .await
                     .map_err(|e| format!("acquirer simulator on {listen}: {e}"))
             }
             Cmd::Undrain { name, config } => cli::drain(&config, &name, false).await,
+            Cmd::Certs { cmd } => kura_node::certs::run(cmd),
             Cmd::Audit { cmd } => match cli::audit(cmd).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err("the audit trail does not verify".into()),

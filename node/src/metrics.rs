@@ -48,6 +48,13 @@ pub struct Metrics {
     pub route_requests: Family<RouteLabels, Gauge>,
     pub route_errors: Family<RouteLabels, Gauge>,
     pub route_latency_ms: Family<RouteLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub tls_cert_expiry: Family<PlaneLabels, Gauge>,
+}
+
+/// Labels of per-plane TLS metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlaneLabels {
+    pub plane: String,
 }
 
 /// Labels of acquirer route metrics.
@@ -107,6 +114,7 @@ impl Metrics {
             route_requests: Family::default(),
             route_errors: Family::default(),
             route_latency_ms: Family::default(),
+            tls_cert_expiry: Family::default(),
         };
         registry.register(
             "raft_term",
@@ -196,6 +204,12 @@ impl Metrics {
             "1 if the named health check passed its last run, else 0",
             m.health_check_passing.clone(),
         );
+        registry.register_with_unit(
+            "tls_cert_expiry_timestamp",
+            "When the certificate this node serves on the plane expires (Unix time)",
+            Unit::Seconds,
+            m.tls_cert_expiry.clone(),
+        );
         registry.register(
             "acquirer_route_up",
             "1 if the acquirer route answered its last health check, else 0",
@@ -247,6 +261,15 @@ impl Metrics {
         if let Some(ms) = r.last_latency_ms {
             self.route_latency_ms.get_or_create(&l).set(ms);
         }
+    }
+
+    /// Records when the certificate served on `plane` expires.
+    pub fn set_tls_cert_expiry(&self, plane: &str, not_after_unix_s: i64) {
+        self.tls_cert_expiry
+            .get_or_create(&PlaneLabels {
+                plane: plane.to_owned(),
+            })
+            .set(not_after_unix_s);
     }
 
     /// Records a health check's last result.

@@ -10,13 +10,16 @@ use crate::config::NodeConfig;
 use crate::crypto::{api_key_hash, Entropy, Kek, KeyRing};
 use crate::cvc::CvcStore;
 use crate::metrics::Metrics;
-use crate::net::{self, HttpPool, Net};
+use crate::net::tls::NodeTls;
+use crate::net::{self, Connector, HttpPool, Net, ServeTls};
 use crate::store::{FsyncObserver, Store, WriterMode};
 use std::io;
 use std::sync::Arc;
 
 /// Largest response body a node reads from a peer (snapshots are the biggest).
 const PEER_BODY_BYTES_MAX: usize = 1 << 30;
+/// Largest response body a node reads from an acquirer route (one transaction's answer).
+const ACQUIRER_BODY_BYTES_MAX: usize = 1 << 20;
 
 /// What differs between production and simulation.
 pub struct NodeEnv {
@@ -29,6 +32,10 @@ pub struct NodeEnv {
     pub metrics: Arc<Metrics>,
     /// `--enable-fault-injection` was given (it also needs `[faults] enabled = true`).
     pub fault_injection: bool,
+    /// TLS on every plane; `None` only in the insecure mode.
+    pub tls: Option<Arc<NodeTls>>,
+    /// TLS to the acquirer routes; `None` only in the insecure mode.
+    pub acquirer_tls: Option<rustls::ClientConfig>,
 }
 
 /// An fsync observer feeding the node's histogram.
@@ -64,6 +71,14 @@ pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
             cfg.admin_token_file.display()
         )));
     }
+    let tls = match cfg.tls.files() {
+        Some(files) => Some(Arc::new(NodeTls::load(files).map_err(io::Error::other)?)),
+        None => None,
+    };
+    let acquirer_tls = match tls {
+        Some(_) => Some(acquirer_trust(cfg).map_err(io::Error::other)?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let db = cfg.data_dir.join("kura.redb");
     let store = Store::open(
@@ -92,7 +107,19 @@ pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
         admin_token,
         metrics,
         fault_injection: false,
+        tls,
+        acquirer_tls,
     })
+}
+
+/// TLS to the acquirer routes: their own CA (`acquirer.ca_file`) or the system's.
+fn acquirer_trust(cfg: &NodeConfig) -> Result<rustls::ClientConfig, String> {
+    let roots = match &cfg.acquirer.ca_file {
+        Some(ca) => kura_sdk::tls::roots_from_file(ca),
+        None => kura_sdk::tls::system_roots(),
+    }
+    .map_err(|e| format!("acquirer.ca_file: {}", e.0))?;
+    kura_sdk::tls::client_config(roots, None).map_err(|e| e.0)
 }
 
 /// A started node.
@@ -120,16 +147,36 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
              and a crash loses them"
         );
     }
+    if cfg.tls.insecure {
+        tracing::warn!(
+            "tls.insecure is set: every plane speaks plain HTTP (card numbers and keys in \
+             clear on loopback); for local experiments only"
+        );
+    }
     // A peer that cannot complete a TCP handshake within an election timeout is treated
     // as gone: forwarding to a dead leader must not outlast the election replacing it.
     let connect_timeout = std::time::Duration::from_millis(cfg.raft.election_timeout_max_ms);
-    let pool = Arc::new(
-        HttpPool::new(
+    let peer_connector: Arc<dyn Connector> = match &env.tls {
+        Some(tls) => Arc::new(kura_sdk::tls::TlsConnector::new(
             env.net.connector.clone(),
-            net::spawner(),
-            PEER_BODY_BYTES_MAX,
-        )
-        .with_connect_timeout(connect_timeout),
+            tls.client.clone(),
+        )),
+        None => env.net.connector.clone(),
+    };
+    let pool = Arc::new(
+        HttpPool::new(peer_connector, net::spawner(), PEER_BODY_BYTES_MAX)
+            .with_connect_timeout(connect_timeout),
+    );
+    let acquirer_connector: Arc<dyn Connector> = match env.acquirer_tls {
+        Some(t) => Arc::new(kura_sdk::tls::TlsConnector::fixed(
+            env.net.connector.clone(),
+            t,
+        )),
+        None => env.net.connector.clone(),
+    };
+    let acquirer_pool = Arc::new(
+        HttpPool::new(acquirer_connector, net::spawner(), ACQUIRER_BODY_BYTES_MAX)
+            .with_connect_timeout(connect_timeout),
     );
     let raft_listener = env
         .net
@@ -178,7 +225,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         faults: faults_on.then_some(faults.clone()),
         router: Arc::new(crate::acquirer::router::Router::new(
             cfg.acquirer.clone(),
-            pool.clone(),
+            acquirer_pool,
             faults_on.then_some(faults),
         )),
         payments_in_flight: Default::default(),
@@ -189,17 +236,25 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     crate::raft_types::spawn(crate::health::run(state.clone()));
     crate::raft_types::spawn(api::payments::resolver_loop(state.clone()));
     crate::raft_types::spawn(check_routes(state.clone()));
+    let (peer_tls, api_tls) = planes_tls(env.tls.as_ref(), cfg);
     crate::raft_types::spawn(async move {
-        if let Err(e) = net::serve(raft_listener, raft_routes).await {
+        if let Err(e) = net::serve(raft_listener, raft_routes, peer_tls).await {
             tracing::error!(error = %e, "raft listener stopped");
         }
     });
     let api_routes = api::router(state.clone());
     crate::raft_types::spawn(async move {
-        if let Err(e) = net::serve(api_listener, api_routes).await {
+        if let Err(e) = net::serve(api_listener, api_routes, api_tls).await {
             tracing::error!(error = %e, "api listener stopped");
         }
     });
+    if let Some(tls) = env.tls.clone() {
+        crate::raft_types::spawn(reload_tls(
+            tls,
+            cfg.tls.reload_interval(),
+            env.metrics.clone(),
+        ));
+    }
     crate::raft_types::spawn(update_metrics(state.clone()));
     if cfg.raft.snapshot_grows_with_vault {
         crate::raft_types::spawn(snapshot_when_due(
@@ -212,6 +267,61 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         cluster,
         metrics: env.metrics,
     })
+}
+
+/// The peer plane admits only certificates naming a member; the client API asks for no
+/// client certificate.
+fn planes_tls(
+    tls: Option<&Arc<NodeTls>>,
+    cfg: &NodeConfig,
+) -> (Option<ServeTls>, Option<ServeTls>) {
+    let Some(tls) = tls else {
+        return (None, None);
+    };
+    let members: std::collections::BTreeSet<u64> = cfg.peers.iter().map(|p| p.id).collect();
+    let peer = ServeTls {
+        config: tls.peer.clone(),
+        admit: Some(Arc::new(
+            move |who| matches!(who, Some(net::tls::Identity::Node { id }) if members.contains(id)),
+        )),
+    };
+    let api = ServeTls {
+        config: tls.api.clone(),
+        admit: None,
+    };
+    (Some(peer), Some(api))
+}
+
+/// Days before expiry from which each reload check warns.
+const CERT_EXPIRY_WARN_DAYS: i64 = 30;
+
+/// Picks up renewed certificate files (new connections use them; a file that fails to
+/// load keeps the old material and is reported once), exports the node certificate's
+/// expiry and warns as it nears.
+async fn reload_tls(tls: Arc<NodeTls>, every: std::time::Duration, metrics: Arc<Metrics>) {
+    let mut warned_for = 0;
+    loop {
+        match tls.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificate files changed; new connections use them"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "renewed TLS files cannot be used; keeping the previous ones")
+            }
+        }
+        let not_after = tls.not_after_unix_s();
+        for plane in ["api", "peer"] {
+            metrics.set_tls_cert_expiry(plane, not_after);
+        }
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let days_left = (not_after - now_s) / 86_400;
+        if days_left < CERT_EXPIRY_WARN_DAYS && warned_for != not_after {
+            warned_for = not_after;
+            tracing::warn!(days_left, "the node's TLS certificate expires soon; renew it (kura certs create-node) and replace the files");
+        }
+        crate::raft_types::sleep(every).await;
+    }
 }
 
 fn bind_err(key: &str, addr: &str, e: io::Error) -> io::Error {

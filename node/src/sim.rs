@@ -71,6 +71,11 @@ pub fn config(id: u64) -> NodeConfig {
                 .collect(),
             ..Default::default()
         },
+        // The simulated network is plain HTTP until the simulation carries TLS.
+        tls: crate::config::TlsSettings {
+            insecure: true,
+            ..Default::default()
+        },
     }
 }
 
@@ -193,6 +198,9 @@ pub async fn run_node(cfg: NodeConfig, disk: SimDisk, seed: u64, probe: Probe) -
             fault_injection: cfg.faults.enabled,
             admin_token: ADMIN_TOKEN.into(),
             metrics,
+            // Not yet: the simulation's links are plain (see config's `tls.insecure`).
+            tls: None,
+            acquirer_tls: None,
         };
         let node = crate::node::start(&cfg, env).await?;
         probe.register(id, node.cluster.clone(), faults);
@@ -210,7 +218,7 @@ pub async fn run_acquirer(ledger: Ledger, seed: u64) -> turmoil::Result {
             .binder
             .bind(&format!("0.0.0.0:{ACQUIRER_PORT}"))
             .await?;
-        crate::net::serve(listener, crate::acquirer::sim::router_with(ledger)).await?;
+        crate::net::serve(listener, crate::acquirer::sim::router_with(ledger), None).await?;
         Ok(())
     })
     .await

@@ -7,6 +7,7 @@
 //! sent with an `Idempotency-Key` (payments), which the cluster answers once however
 //! often they arrive.
 
+pub mod tls;
 pub mod wire;
 
 use bytes::Bytes;
@@ -109,6 +110,9 @@ pub struct ClientConfig {
     pub attempts_max: u32,
     /// Pause between attempts after `no_leader` (doubles, up to 8x).
     pub backoff: Duration,
+    /// TLS to every endpoint (see [`ClientConfig::with_ca_file`]); `None` speaks plain
+    /// HTTP, which only a cluster in its explicit insecure mode accepts.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -122,7 +126,39 @@ impl ClientConfig {
             down_cooldown: Duration::from_secs(2),
             attempts_max: 12,
             backoff: Duration::from_millis(50),
+            tls: None,
         }
+    }
+
+    /// Speaks TLS 1.3 to the endpoints, trusting the CA certificates in the PEM file
+    /// `ca_file` (kura's own CA, from `kura certs create-ca`).
+    pub fn with_ca_file(self, ca_file: &std::path::Path) -> Result<ClientConfig, tls::TlsError> {
+        let roots = tls::roots_from_file(ca_file)?;
+        self.with_tls(tls::client_config(roots, None)?)
+    }
+
+    /// Speaks TLS 1.3 to the endpoints, trusting the operating system's CAs.
+    pub fn with_system_roots(self) -> Result<ClientConfig, tls::TlsError> {
+        self.with_tls(tls::client_config(tls::system_roots()?, None)?)
+    }
+
+    /// Speaks TLS 1.3 trusting the CAs in `ca_file` and presenting the client certificate
+    /// in `cert_file` with its key in `key_file` (an operator's, for the admin plane).
+    pub fn with_client_cert(
+        self,
+        ca_file: &std::path::Path,
+        cert_file: &std::path::Path,
+        key_file: &std::path::Path,
+    ) -> Result<ClientConfig, tls::TlsError> {
+        let roots = tls::roots_from_file(ca_file)?;
+        let identity = (tls::load_certs(cert_file)?, tls::load_key(key_file)?);
+        self.with_tls(tls::client_config(roots, Some(identity))?)
+    }
+
+    /// Speaks TLS with a ready client configuration.
+    pub fn with_tls(mut self, config: rustls::ClientConfig) -> Result<ClientConfig, tls::TlsError> {
+        self.tls = Some(Arc::new(config));
+        Ok(self)
     }
 }
 
@@ -150,12 +186,13 @@ pub struct ApiResponse {
 }
 
 impl Client {
-    /// A client over plain TCP on the ambient tokio runtime.
+    /// A client over TCP (TLS when `cfg.tls` is set) on the ambient tokio runtime.
     pub fn new(cfg: ClientConfig) -> Client {
         Client::with_connector(cfg, Arc::new(TcpConnector), wire::tokio_spawner())
     }
 
-    /// A client over any transport (simulations pass a turmoil connector).
+    /// A client over any transport (simulations pass a turmoil connector), wrapped in
+    /// TLS when `cfg.tls` is set.
     pub fn with_connector(
         cfg: ClientConfig,
         connector: Arc<dyn Connector>,
@@ -165,6 +202,10 @@ impl Client {
             !cfg.endpoints.is_empty(),
             "kura client needs at least one endpoint"
         );
+        let connector: Arc<dyn Connector> = match &cfg.tls {
+            Some(tls) => Arc::new(tls::TlsConnector::fixed(connector, (**tls).clone())),
+            None => connector,
+        };
         let pool =
             HttpPool::new(connector, spawn, 16 << 20).with_connect_timeout(cfg.connect_timeout);
         let down_until = std::sync::Mutex::new(vec![None; cfg.endpoints.len()]);

@@ -34,6 +34,10 @@ pub struct AcquirerSettings {
     pub request_timeout_ms: u64,
     /// How often each route's health is checked.
     pub health_interval_ms: u64,
+    /// The CA that signed the routes' server certificates (PEM); without it the
+    /// system's trust store is used. Routes are always reached over TLS 1.3, but in the
+    /// node's insecure mode (`tls.insecure`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AcquirerSettings {
@@ -42,6 +46,7 @@ impl Default for AcquirerSettings {
             routes: Vec::new(),
             request_timeout_ms: 5_000,
             health_interval_ms: 500,
+            ca_file: None,
         }
     }
 }

@@ -218,11 +218,25 @@ async fn counters(State(sim): St) -> Response {
     .into_response()
 }
 
-/// Serves the simulator on `addr` until the process stops.
-pub async fn run(addr: &str) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "acquirer simulator listening");
-    axum::serve(listener, router()).await
+/// Serves the simulator on `addr` until the process stops: over TLS 1.3 with the
+/// certificate and key given, else plain HTTP (the caller checks that only an explicit
+/// insecure mode on loopback gets there).
+pub async fn run(
+    addr: &str,
+    tls: Option<(&std::path::Path, &std::path::Path)>,
+) -> std::io::Result<()> {
+    let serve_tls = match tls {
+        Some((cert, key)) => Some(crate::net::ServeTls {
+            config: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(
+                crate::net::tls::server_only(cert, key).map_err(std::io::Error::other)?,
+            ))),
+            admit: None,
+        }),
+        None => None,
+    };
+    let listener = crate::net::Net::tokio().binder.bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, tls = serve_tls.is_some(), "acquirer simulator listening");
+    crate::net::serve(listener, router(), serve_tls).await
 }
 
 #[cfg(test)]

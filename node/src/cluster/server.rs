@@ -2,37 +2,76 @@
 
 use super::network::decode_snapshot;
 use super::{Cluster, CLUSTER_ID_HEADER};
+use crate::net::tls::Identity as CertIdentity;
+use crate::net::ClientIdentity;
+use crate::raft_types::{NodeId, TypeConfig};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 use std::sync::Arc;
 
-/// Largest Raft request body accepted, but for a snapshot upload.
-pub const RAFT_BODY_BYTES_MAX: usize = 1 << 30;
+/// Largest AppendEntries body accepted: a batch of entries (openraft sends at most
+/// `max_payload_entries` per request; a vault command is a few hundred bytes).
+pub const APPEND_BODY_BYTES_MAX: usize = 64 << 20;
+/// Largest vote, pre-vote, transfer or hand-off body: a few dozen bytes in practice.
+pub const SMALL_RPC_BODY_BYTES_MAX: usize = 64 << 10;
 /// Largest snapshot upload accepted: the whole vault, which passes 1 GiB at about a
 /// million cards on file (a follower refused such a snapshot and never caught up).
-/// The receiver holds it in memory either way; peers are admitted by cluster id.
+/// The receiver holds it in memory; only a member's certificate reaches this route.
 pub const SNAPSHOT_BODY_BYTES_MAX: usize = 64 << 30;
 
-/// Routes for `/raft/*` on the peer listener.
+/// Routes for `/raft/*` on the peer listener. Each route has its own body limit,
+/// enforced as the body streams in; the sender was authenticated by the handshake.
 pub fn router(cluster: Arc<Cluster>) -> Router {
+    let limit = DefaultBodyLimit::max;
     Router::new()
-        .route("/raft/append", post(append))
+        .route(
+            "/raft/append",
+            post(append).layer(limit(APPEND_BODY_BYTES_MAX)),
+        )
         .route("/raft/vote", post(vote))
         .route("/raft/pre-vote", post(pre_vote))
         .route(
             "/raft/snapshot",
-            post(snapshot).layer(DefaultBodyLimit::max(SNAPSHOT_BODY_BYTES_MAX)),
+            post(snapshot).layer(limit(SNAPSHOT_BODY_BYTES_MAX)),
         )
         .route("/raft/transfer-leader", post(transfer_leader))
         .route("/raft/identity", get(identity))
         .route("/raft/handoff-cause", post(handoff_cause))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_BYTES_MAX))
+        .layer(limit(SMALL_RPC_BODY_BYTES_MAX))
         .with_state(cluster)
+}
+
+/// On a TLS peer plane, the node an RPC speaks for (the vote it carries) must be the
+/// node whose certificate carried it: a certificate for node 2 cannot vote, append or
+/// send a snapshot as node 3. Without TLS (the insecure mode) there is no identity.
+/// Returns the refusal to send, if any.
+fn sender_refusal(ident: Option<&ClientIdentity>, claimed: NodeId) -> Option<Response> {
+    match ident {
+        None => None,
+        Some(ClientIdentity(CertIdentity::Node { id })) if *id == claimed => None,
+        Some(ClientIdentity(who)) => {
+            tracing::warn!(certificate = %who, claimed, "peer RPC refused: it speaks for another node");
+            Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    format!("{who} may not speak for node {claimed}"),
+                )
+                    .into_response(),
+            )
+        }
+    }
+}
+
+/// The node a vote speaks for.
+fn voter(v: &crate::raft_types::Vote) -> NodeId {
+    v.leader_id().voted_for
 }
 
 fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Response {
@@ -69,13 +108,23 @@ pub(crate) async fn admit(c: &Cluster, headers: &HeaderMap) -> Result<(), Respon
 }
 
 macro_rules! rpc_handler {
-    ($name:ident, $method:ident) => {
-        async fn $name(State(c): State<Arc<Cluster>>, headers: HeaderMap, body: Bytes) -> Response {
+    ($name:ident, $method:ident, $sender:expr) => {
+        async fn $name(
+            State(c): State<Arc<Cluster>>,
+            ident: Option<Extension<ClientIdentity>>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
             if let Err(r) = admit(&c, &headers).await {
                 return r;
             }
             match serde_json::from_slice(&body) {
-                Ok(req) => reply(c.raft.$method(req).await),
+                Ok(req) => {
+                    if let Some(r) = sender_refusal(ident.as_deref(), $sender(&req)) {
+                        return r;
+                    }
+                    reply(c.raft.$method(req).await)
+                }
                 Err(e) => {
                     (StatusCode::BAD_REQUEST, format!("bad raft request: {e}")).into_response()
                 }
@@ -84,17 +133,35 @@ macro_rules! rpc_handler {
     };
 }
 
-rpc_handler!(append, append_entries);
-rpc_handler!(vote, vote);
-rpc_handler!(pre_vote, pre_vote);
-rpc_handler!(transfer_leader, handle_transfer_leader);
+rpc_handler!(append, append_entries, |r: &AppendEntriesRequest<
+    TypeConfig,
+>| voter(&r.vote));
+rpc_handler!(vote, vote, |r: &VoteRequest<TypeConfig>| voter(&r.vote));
+rpc_handler!(pre_vote, pre_vote, |r: &VoteRequest<TypeConfig>| voter(
+    &r.vote
+));
+rpc_handler!(
+    transfer_leader,
+    handle_transfer_leader,
+    |r: &TransferLeaderRequest<TypeConfig>| voter(r.from_leader())
+);
 
-async fn snapshot(State(c): State<Arc<Cluster>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn snapshot(
+    State(c): State<Arc<Cluster>>,
+    ident: Option<Extension<ClientIdentity>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(r) = admit(&c, &headers).await {
         return r;
     }
     match decode_snapshot(&body) {
-        Ok((vote, snap)) => reply(c.raft.install_full_snapshot(vote, snap).await),
+        Ok((vote, snap)) => {
+            if let Some(r) = sender_refusal(ident.as_deref(), voter(&vote)) {
+                return r;
+            }
+            reply(c.raft.install_full_snapshot(vote, snap).await)
+        }
         Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
     }
 }

@@ -6,8 +6,11 @@
 
 #[cfg(feature = "sim")]
 mod sim;
+pub mod tls;
 
-pub use kura_sdk::wire::{BoxFut, BoxIo, Connector, HttpPool, Spawner, TcpConnector, WireError};
+pub use kura_sdk::wire::{
+    BoxFut, BoxIo, Connector, HttpPool, Io, Spawner, TcpConnector, WireError,
+};
 
 use std::io;
 use std::sync::Arc;
@@ -83,13 +86,38 @@ impl Listener for TokioListener {
     }
 }
 
+/// TLS on a listener: the configuration (read at each handshake) and, on a plane that
+/// requires client certificates, who may speak on it.
+#[derive(Clone)]
+pub struct ServeTls {
+    pub config: tls::SharedServerConfig,
+    /// Judges the client certificate's identity right after the handshake, before any
+    /// request byte is read; a refused connection is closed. `None` admits every client
+    /// that completed the handshake.
+    pub admit: Option<Admit>,
+}
+
+/// Whether a client certificate's identity may speak on a plane.
+pub type Admit = Arc<dyn Fn(Option<&tls::Identity>) -> bool + Send + Sync>;
+
+/// The identity in the client certificate a request arrived with (a request extension
+/// on the planes that require one).
+#[derive(Debug, Clone)]
+pub struct ClientIdentity(pub tls::Identity);
+
+/// Bound on a TLS handshake: a client that stalls in it holds a task, not the listener.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `router` on `listener` until the listener fails: HTTP/1 with keep-alive,
-/// one task per connection, spawned through the Raft runtime.
-pub async fn serve(mut listener: Box<dyn Listener>, router: axum::Router) -> io::Result<()> {
-    use hyper_util::rt::TokioIo;
-    use hyper_util::service::TowerToHyperService;
+/// one task per connection, spawned through the Raft runtime; over TLS when `tls` is
+/// given (the handshake runs in the connection's task, never in the accept loop).
+pub async fn serve(
+    mut listener: Box<dyn Listener>,
+    router: axum::Router,
+    tls: Option<ServeTls>,
+) -> io::Result<()> {
     loop {
-        let (io, _peer) = match listener.accept().await {
+        let (io, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) if is_transient_accept_error(&e) => {
                 tracing::warn!(error = %e, "accept failed; continuing");
@@ -98,15 +126,76 @@ pub async fn serve(mut listener: Box<dyn Listener>, router: axum::Router) -> io:
             }
             Err(e) => return Err(e),
         };
-        let svc = TowerToHyperService::new(router.clone());
+        let router = router.clone();
+        let tls = tls.clone();
         crate::raft_types::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection closed with error");
+            match tls {
+                None => serve_conn(io, router, None).await,
+                Some(tls) => {
+                    if let Some((stream, ident)) = handshake(io, &tls, &peer).await {
+                        serve_conn(stream, router, ident).await
+                    }
+                }
             }
         });
+    }
+}
+
+/// Completes the TLS handshake and admits the client; `None` closes the connection.
+async fn handshake(
+    io: BoxIo,
+    tls: &ServeTls,
+    peer: &str,
+) -> Option<(
+    tokio_rustls::server::TlsStream<BoxIo>,
+    Option<tls::Identity>,
+)> {
+    let config = tls.config.read().expect("tls config lock").clone();
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(peer, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(peer, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let ident = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(tls::identity_of);
+    if let Some(admit) = &tls.admit {
+        if !admit(ident.as_ref()) {
+            let who = ident
+                .as_ref()
+                .map_or("no kura identity".into(), |i| i.to_string());
+            tracing::warn!(peer, identity = %who, "connection refused: certificate not admitted on this plane");
+            return None;
+        }
+    }
+    Some((stream, ident))
+}
+
+async fn serve_conn<I: Io>(io: I, router: axum::Router, ident: Option<tls::Identity>) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+    let svc = router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+        if let Some(id) = &ident {
+            req.extensions_mut().insert(ClientIdentity(id.clone()));
+        }
+        req
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection closed with error");
     }
 }
 

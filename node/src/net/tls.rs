@@ -1,0 +1,330 @@
+//! TLS for a node's listeners and outbound links: identities in certificates, the
+//! planes' server configurations, and certificate files reloaded without a restart.
+//!
+//! Every plane speaks TLS 1.3 with the node's certificate. The client API asks for no
+//! client certificate (merchants authenticate with their keys); the peer plane requires
+//! one signed by the cluster CA and naming a member (`kura://node/<id>`), checked right
+//! after the handshake, before any byte of a request is read.
+
+use kura_sdk::tls::SharedClientConfig;
+use kura_sdk::tls::{client_config, load_certs, load_key, provider, roots_from_file};
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+/// What an operator may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OperatorRole {
+    /// Everything on the admin plane.
+    Admin,
+    /// Reads status, audit and keys status; changes nothing.
+    Auditor,
+}
+
+impl OperatorRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::Admin => "admin",
+            OperatorRole::Auditor => "auditor",
+        }
+    }
+}
+
+/// Who a certificate speaks for, from its `kura://` URI subject alternative name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A cluster member: `kura://node/<id>`.
+    Node { id: u64 },
+    /// A named operator: `kura://operator/<role>/<name>`.
+    Operator { name: String, role: OperatorRole },
+}
+
+const URI_PREFIX: &str = "kura://";
+
+impl Identity {
+    /// The URI that names this identity in a certificate.
+    pub fn uri(&self) -> String {
+        match self {
+            Identity::Node { id } => format!("{URI_PREFIX}node/{id}"),
+            Identity::Operator { name, role } => {
+                format!("{URI_PREFIX}operator/{}/{name}", role.as_str())
+            }
+        }
+    }
+
+    /// Parses a `kura://` URI; anything else is `None`.
+    pub fn from_uri(uri: &str) -> Option<Identity> {
+        let rest = uri.strip_prefix(URI_PREFIX)?;
+        let mut parts = rest.split('/');
+        let id = match (parts.next()?, parts.next(), parts.next()) {
+            ("node", Some(id), None) if !id.starts_with('+') => Identity::Node {
+                id: id.parse().ok()?,
+            },
+            ("operator", Some(role), Some(name)) if !name.is_empty() => Identity::Operator {
+                name: name.to_owned(),
+                role: match role {
+                    "admin" => OperatorRole::Admin,
+                    "auditor" => OperatorRole::Auditor,
+                    _ => return None,
+                },
+            },
+            _ => return None,
+        };
+        parts.next().is_none().then_some(id)
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Node { id } => write!(f, "node:{id}"),
+            Identity::Operator { name, .. } => write!(f, "operator:{name}"),
+        }
+    }
+}
+
+/// The one identity a certificate names; `None` if it names none or several.
+pub fn identity_of(der: &CertificateDer<'_>) -> Option<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut found = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) if u.starts_with(URI_PREFIX) => Some(*u),
+        _ => None,
+    });
+    let first = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    Identity::from_uri(first)
+}
+
+/// What `kura certs list` and the expiry gauge need of a certificate.
+pub struct CertInfo {
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub not_after: time::OffsetDateTime,
+    pub is_ca: bool,
+}
+
+/// Parses a certificate's subject, names and expiry.
+pub fn describe(der: &CertificateDer<'_>) -> Option<CertInfo> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let sans = match cert.subject_alternative_name().ok()? {
+        Some(san) => san
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => d.to_string(),
+                GeneralName::URI(u) => u.to_string(),
+                GeneralName::IPAddress(b) => ip_text(b),
+                other => other.to_string(),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Some(CertInfo {
+        subject: cert.subject().to_string(),
+        sans,
+        not_after: time::OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+            .ok()?,
+        is_ca: cert.is_ca(),
+    })
+}
+
+fn ip_text(b: &[u8]) -> String {
+    match b.len() {
+        4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).expect("4 bytes")).to_string(),
+        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("16 bytes")).to_string(),
+        _ => hex::encode(b),
+    }
+}
+
+/// The files a node's TLS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA: trusted for peers' certificates and for the servers a node calls.
+    pub ca_file: PathBuf,
+    /// This node's certificate (chain), served on every plane and shown to peers.
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+}
+
+/// One loaded generation of a node's TLS configurations.
+struct Material {
+    api: Arc<rustls::ServerConfig>,
+    peer: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    not_after_unix_s: i64,
+}
+
+/// Keys of [`TlsFiles`] as the config names them, for errors.
+const CA_KEY: &str = "tls.ca_file";
+const CERT_KEY: &str = "tls.cert_file";
+const KEY_KEY: &str = "tls.key_file";
+
+impl Material {
+    fn load(files: &TlsFiles) -> Result<Material, String> {
+        let named = |key: &str, e: kura_sdk::tls::TlsError| format!("{key}: {}", e.0);
+        let roots = Arc::new(roots_from_file(&files.ca_file).map_err(|e| named(CA_KEY, e))?);
+        let chain = load_certs(&files.cert_file).map_err(|e| named(CERT_KEY, e))?;
+        let key = load_key(&files.key_file).map_err(|e| named(KEY_KEY, e))?;
+        let not_after_unix_s = describe(&chain[0])
+            .ok_or_else(|| format!("{CERT_KEY}: {} cannot be parsed", files.cert_file.display()))?
+            .not_after
+            .unix_timestamp();
+        let mismatch =
+            |e: rustls::Error| format!("{CERT_KEY} and {KEY_KEY} do not belong together: {e}");
+        let tls13 = [&rustls::version::TLS13];
+        let api = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&tls13)
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| format!("{CA_KEY}: cannot verify clients with it: {e}"))?;
+        let peer = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&tls13)
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        let client = client_config((*roots).clone(), Some((chain, key))).map_err(|e| e.0)?;
+        Ok(Material {
+            api: Arc::new(api),
+            peer: Arc::new(peer),
+            client: Arc::new(client),
+            not_after_unix_s,
+        })
+    }
+}
+
+/// A TLS 1.3 server configuration with the certificate and key in these files and no
+/// client certificates (the acquirer simulator's).
+pub fn server_only(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, String> {
+    let chain = load_certs(cert_file).map_err(|e| e.0)?;
+    let key = load_key(key_file).map_err(|e| e.0)?;
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            format!(
+                "{} and {} do not belong together: {e}",
+                cert_file.display(),
+                key_file.display()
+            )
+        })
+}
+
+/// A server configuration that is replaced when its files change.
+pub type SharedServerConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
+
+/// A node's TLS: the configuration of each plane and of its outbound links, reloaded
+/// from the files when they change (new connections use the new material; a file that
+/// fails to load leaves the old material in use).
+pub struct NodeTls {
+    files: TlsFiles,
+    /// The client API: server certificate only.
+    pub api: SharedServerConfig,
+    /// The peer plane: mutual TLS with the cluster CA.
+    pub peer: SharedServerConfig,
+    /// Outbound: to peers and to the leader when forwarding (trusts the cluster CA,
+    /// presents the node certificate).
+    pub client: SharedClientConfig,
+    stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
+    not_after_unix_s: AtomicI64,
+}
+
+impl NodeTls {
+    /// Loads every file; the error is one sentence naming the config key.
+    pub fn load(files: TlsFiles) -> Result<NodeTls, String> {
+        let stamp = stamps(&files);
+        let m = Material::load(&files)?;
+        Ok(NodeTls {
+            files,
+            api: Arc::new(RwLock::new(m.api)),
+            peer: Arc::new(RwLock::new(m.peer)),
+            client: Arc::new(RwLock::new(m.client)),
+            stamp: Mutex::new(stamp),
+            not_after_unix_s: AtomicI64::new(m.not_after_unix_s),
+        })
+    }
+
+    /// When the node certificate in use expires (Unix seconds).
+    pub fn not_after_unix_s(&self) -> i64 {
+        self.not_after_unix_s.load(Ordering::Relaxed)
+    }
+
+    /// Reloads the material if any file changed since it was last read: `Ok(true)` when
+    /// new material is in use, `Err` (old material kept) when the new files fail.
+    pub fn reload_if_changed(&self) -> Result<bool, String> {
+        let now = stamps(&self.files);
+        {
+            let mut seen = self.stamp.lock().expect("tls stamp lock");
+            if *seen == now {
+                return Ok(false);
+            }
+            // Judge each change once: a broken file is reported once, not every poll.
+            *seen = now;
+        }
+        let m = Material::load(&self.files)?;
+        *self.api.write().expect("tls lock") = m.api;
+        *self.peer.write().expect("tls lock") = m.peer;
+        *self.client.write().expect("tls lock") = m.client;
+        self.not_after_unix_s
+            .store(m.not_after_unix_s, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+fn stamps(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
+    [&files.ca_file, &files.cert_file, &files.key_file]
+        .iter()
+        .map(|p| stamp(p))
+        .collect()
+}
+
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_round_trip_through_their_uri_and_nothing_else_parses() {
+        for id in [
+            Identity::Node { id: 3 },
+            Identity::Operator {
+                name: "alice".into(),
+                role: OperatorRole::Auditor,
+            },
+        ] {
+            assert_eq!(Identity::from_uri(&id.uri()), Some(id));
+        }
+        for bad in [
+            "kura://node/",
+            "kura://node/+3",
+            "kura://node/3/4",
+            "kura://node/x",
+            "kura://operator/root/alice",
+            "kura://operator/admin/",
+            "kura://operator/admin/alice/x",
+            "https://node/3",
+            "kura://merchant/shop",
+        ] {
+            assert_eq!(Identity::from_uri(bad), None, "{bad}");
+        }
+    }
+}
