@@ -1,9 +1,12 @@
 //! Three real `kura` processes on loopback, each with its own data directory.
 
+use kura_node::certs::{self, Algorithm};
+use kura_node::net::tls::Identity;
 use kura_sdk::{Client, ClientConfig};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Names of the three nodes, in id order.
@@ -65,6 +68,79 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The test process's certificate authority: generated once, in memory, with an
+/// Ed25519 key (quick to make); every cluster and acquirer simulator of the process
+/// gets certificates from it, so any client of the process can trust them all.
+struct TestCa {
+    cert_pem: String,
+    key_pem: String,
+    trust: Arc<rustls::ClientConfig>,
+}
+
+fn test_ca() -> &'static TestCa {
+    static CA: std::sync::OnceLock<TestCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let now = time_now();
+        let ca = certs::new_ca("kura test CA", Algorithm::Ed25519, now, 30).expect("test CA");
+        let roots = kura_sdk::tls::load_certs_pem(ca.cert_pem.as_bytes()).expect("CA pem");
+        let mut store = rustls::RootCertStore::empty();
+        store.add(roots[0].clone()).expect("CA cert");
+        TestCa {
+            trust: Arc::new(kura_sdk::tls::client_config(store, None).expect("client config")),
+            cert_pem: ca.cert_pem,
+            key_pem: ca.key_pem,
+        }
+    })
+}
+
+fn time_now() -> kura_node::certs::OffsetDateTime {
+    kura_node::certs::OffsetDateTime::now_utc()
+}
+
+/// Writes the test CA as `<dir>/ca.crt` and a certificate for 127.0.0.1 as
+/// `<dir>/<stem>.crt` and `.key`: a node's when `node` is given, else a plain server's.
+pub fn write_test_certs(dir: &Path, stem: &str, node: Option<u64>) {
+    let ca = test_ca();
+    std::fs::create_dir_all(dir).unwrap();
+    if !dir.join("ca.crt").exists() {
+        std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
+    }
+    let who = node.map(|id| Identity::Node { id });
+    let leaf = certs::new_leaf(
+        &ca.cert_pem,
+        &ca.key_pem,
+        who.as_ref(),
+        &["127.0.0.1".to_owned()],
+        Algorithm::Ed25519,
+        time_now(),
+        30,
+    )
+    .expect("test certificate");
+    certs::write(dir, stem, &leaf).expect("write test certificate");
+}
+
+/// Client settings for `endpoints` with `bearer`, over TLS trusting the test CA.
+pub fn client_config(endpoints: Vec<String>, bearer: &str) -> ClientConfig {
+    ClientConfig::new(endpoints, bearer)
+        .with_tls((*test_ca().trust).clone())
+        .expect("tls")
+}
+
+/// A connector speaking TLS to anything the test CA signed.
+pub fn tls_connector() -> Arc<dyn kura_sdk::wire::Connector> {
+    Arc::new(kura_sdk::tls::TlsConnector::fixed(
+        Arc::new(kura_sdk::wire::TcpConnector),
+        (*test_ca().trust).clone(),
+    ))
+}
+
+/// The `[tls]` table of node `name` whose certificates are in the config's directory.
+fn tls_toml(name: &str) -> String {
+    format!(
+        "[tls]\nca_file = \"certs/ca.crt\"\ncert_file = \"certs/{name}.crt\"\nkey_file = \"certs/{name}.key\"\n"
+    )
+}
+
 /// A running three-node cluster. Dropping it kills every node.
 pub struct ProcCluster {
     pub dir: tempfile::TempDir,
@@ -115,6 +191,7 @@ impl ProcCluster {
         std::fs::write(dir.path().join("admin.token"), &admin_token).unwrap();
         let mut configs = Vec::new();
         for (i, name) in NAMES.iter().enumerate() {
+            write_test_certs(&dir.path().join("certs"), name, Some(i as u64 + 1));
             let mut text = format!(
                 "node_id = {}\ndata_dir = \"{name}\"\nkek_file = \"kek.key\"\nadmin_token_file = \"admin.token\"\n",
                 i + 1
@@ -128,6 +205,7 @@ impl ProcCluster {
                     never_lead.contains(&j)
                 );
             }
+            text += &tls_toml(name);
             text += raft_toml;
             let path = dir.path().join(format!("{name}.toml"));
             std::fs::write(&path, text).unwrap();
@@ -159,7 +237,7 @@ impl ProcCluster {
 
     /// Sets node `i`'s fault switches (see `kura_node::faults::FaultState`).
     pub async fn faults(&self, i: usize, state: Value) {
-        let mut cfg = ClientConfig::new(vec![self.api[i].clone()], &self.admin_token);
+        let mut cfg = client_config(vec![self.api[i].clone()], &self.admin_token);
         cfg.attempts_max = 1;
         Client::new(cfg)
             .call(http::Method::POST, "/admin/v1/faults", Some(state))
@@ -214,12 +292,12 @@ impl ProcCluster {
 
     /// An admin client over all three nodes.
     pub fn admin(&self) -> Client {
-        Client::new(ClientConfig::new(self.api.clone(), &self.admin_token))
+        Client::new(client_config(self.api.clone(), &self.admin_token))
     }
 
     /// A merchant client over the given nodes.
     pub fn client(&self, nodes: &[usize], key: &str) -> Client {
-        Client::new(ClientConfig::new(
+        Client::new(client_config(
             nodes.iter().map(|&i| self.api[i].clone()).collect(),
             key,
         ))
@@ -227,7 +305,7 @@ impl ProcCluster {
 
     /// `/v1/cluster/status` of node `i`, if it answers.
     pub async fn status(&self, i: usize) -> Option<Value> {
-        let mut cfg = ClientConfig::new(vec![self.api[i].clone()], "");
+        let mut cfg = client_config(vec![self.api[i].clone()], "");
         cfg.attempts_max = 1;
         cfg.attempt_timeout = Duration::from_secs(2);
         Client::new(cfg)
@@ -275,7 +353,7 @@ impl ProcCluster {
         for i in 0..3 {
             self.wait_live(i).await;
         }
-        let mut cfg = ClientConfig::new(vec![self.api[0].clone()], &self.admin_token);
+        let mut cfg = client_config(vec![self.api[0].clone()], &self.admin_token);
         cfg.attempts_max = 3;
         let r = Client::new(cfg)
             .call(http::Method::POST, "/admin/v1/init", None)
@@ -431,8 +509,8 @@ pub async fn try_raw(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> Option<RawResponse> {
-    use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector};
-    let pool = HttpPool::new(std::sync::Arc::new(TcpConnector), tokio_spawner(), 1 << 20);
+    use kura_sdk::wire::{tokio_spawner, HttpPool};
+    let pool = HttpPool::new(tls_connector(), tokio_spawner(), 1 << 20);
     let mut req = http::Request::builder()
         .method(method)
         .uri(path)
@@ -455,18 +533,23 @@ pub async fn try_raw(
     })
 }
 
-/// A `kura acquirer-sim` process. Dropping it kills it.
+/// A `kura acquirer-sim` process, serving TLS with a certificate from the test CA.
+/// Dropping it kills it.
 pub struct AcquirerSim {
     pub addr: String,
     child: Option<Child>,
+    certs: tempfile::TempDir,
 }
 
 impl AcquirerSim {
     /// Starts a simulator on a fresh loopback port and waits until it answers.
     pub async fn start() -> AcquirerSim {
+        let certs = tempfile::tempdir().unwrap();
+        write_test_certs(certs.path(), "acquirer", None);
         let mut s = AcquirerSim {
             addr: format!("127.0.0.1:{}", free_port()),
             child: None,
+            certs,
         };
         s.restart().await;
         s
@@ -476,7 +559,10 @@ impl AcquirerSim {
     pub async fn restart(&mut self) {
         assert!(self.child.is_none());
         let child = Command::new(kura_bin())
-            .args(["acquirer-sim", "--listen", &self.addr])
+            .args(["acquirer-sim", "--listen", &self.addr, "--cert-file"])
+            .arg(self.certs.path().join("acquirer.crt"))
+            .arg("--key-file")
+            .arg(self.certs.path().join("acquirer.key"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -543,7 +629,7 @@ pub fn acquirer_toml(
     request_timeout_ms: u64,
 ) -> String {
     format!(
-        "[acquirer]\nrequest_timeout_ms = {request_timeout_ms}\nhealth_interval_ms = 200\n\
+        "[acquirer]\nca_file = \"certs/ca.crt\"\nrequest_timeout_ms = {request_timeout_ms}\nhealth_interval_ms = 200\n\
          [[acquirer.routes]]\nname = \"cafis\"\naddr = \"{}\"\n\
          [[acquirer.routes]]\nname = \"cardnet\"\naddr = \"{}\"\n",
         cafis.addr, cardnet.addr

@@ -41,7 +41,7 @@ fn watch_leaders(
         let mut seen = std::collections::BTreeSet::new();
         while !stop.load(Ordering::Relaxed) {
             for addr in &api {
-                let mut cfg = kura_sdk::ClientConfig::new(vec![addr.clone()], "");
+                let mut cfg = kura_cluster_tests::procs::client_config(vec![addr.clone()], "");
                 cfg.attempts_max = 1;
                 cfg.attempt_timeout = Duration::from_millis(300);
                 let s = kura_sdk::Client::new(cfg)

@@ -3,7 +3,7 @@
 //! no card number anywhere on disk or in the logs.
 
 use kura_cluster_tests::procs::{
-    copy_dir, files, first_needle_in, tokenize_request, wait_for, ProcCluster, NAMES,
+    copy_dir, files, first_needle_in, tls_connector, tokenize_request, wait_for, ProcCluster, NAMES,
 };
 use kura_node::vault::card::luhn_check_digit;
 use kura_sdk::{Error, TokenizeRequest};
@@ -376,8 +376,8 @@ async fn operator_transfer_moves_leadership_to_the_named_node_and_writes_continu
 
 /// Sends raw bytes to `/v1/tokens` on `addr` and returns (status, content type, body).
 async fn raw_tokenize(addr: &str, key: &str, body: Vec<u8>) -> (u16, String, serde_json::Value) {
-    use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector};
-    let pool = HttpPool::new(Arc::new(TcpConnector), tokio_spawner(), 1 << 20);
+    use kura_sdk::wire::{tokio_spawner, HttpPool};
+    let pool = HttpPool::new(tls_connector(), tokio_spawner(), 1 << 20);
     let req = http::Request::post("/v1/tokens")
         .header(http::header::HOST, addr)
         .header(http::header::AUTHORIZATION, format!("Bearer {key}"))

@@ -378,8 +378,12 @@ async fn numeric_tokens_keep_the_length_and_last_four_and_never_pass_luhn() {
 
 /// Sums a metric's samples in a node's `/metrics`.
 async fn metric(c: &ProcCluster, node: usize, name: &str) -> Option<f64> {
-    use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector};
-    let pool = HttpPool::new(Arc::new(TcpConnector), tokio_spawner(), 1 << 22);
+    use kura_sdk::wire::{tokio_spawner, HttpPool};
+    let pool = HttpPool::new(
+        kura_cluster_tests::procs::tls_connector(),
+        tokio_spawner(),
+        1 << 22,
+    );
     let req = http::Request::get("/metrics")
         .header(http::header::HOST, &c.api[node])
         .body(http_body_util::Full::new(bytes::Bytes::new()))

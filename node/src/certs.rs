@@ -8,7 +8,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType, SignatureAlgorithm,
 };
 use std::path::{Path, PathBuf};
-use time::{Duration, OffsetDateTime};
+use time::Duration;
+pub use time::OffsetDateTime;
 
 /// The signature algorithm of new keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
