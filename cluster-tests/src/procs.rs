@@ -126,6 +126,40 @@ pub fn client_config(endpoints: Vec<String>, bearer: &str) -> ClientConfig {
         .expect("tls")
 }
 
+/// A TLS client trusting the test CA and presenting a certificate for `identity` (none
+/// when `None`), issued by the test CA or, with `other_ca`, by a CA nobody trusts.
+pub fn client_tls_as(identity: Option<&Identity>, other_ca: bool) -> rustls::ClientConfig {
+    let ca = test_ca();
+    let roots = kura_sdk::tls::load_certs_pem(ca.cert_pem.as_bytes()).unwrap();
+    let mut store = rustls::RootCertStore::empty();
+    store.add(roots[0].clone()).unwrap();
+    let Some(who) = identity else {
+        return kura_sdk::tls::client_config(store, None).unwrap();
+    };
+    let stranger;
+    let (issuer_crt, issuer_key) = if other_ca {
+        stranger =
+            certs::new_ca("not the cluster's CA", Algorithm::Ed25519, time_now(), 30).unwrap();
+        (&stranger.cert_pem, &stranger.key_pem)
+    } else {
+        (&ca.cert_pem, &ca.key_pem)
+    };
+    let leaf = certs::new_leaf(
+        issuer_crt,
+        issuer_key,
+        Some(who),
+        &[],
+        Algorithm::Ed25519,
+        time_now(),
+        30,
+    )
+    .unwrap();
+    let chain = kura_sdk::tls::load_certs_pem(leaf.cert_pem.as_bytes()).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    kura_sdk::tls::client_config(store, Some((chain, key))).unwrap()
+}
+
 /// A connector speaking TLS to anything the test CA signed.
 pub fn tls_connector() -> Arc<dyn kura_sdk::wire::Connector> {
     Arc::new(kura_sdk::tls::TlsConnector::fixed(
@@ -145,6 +179,8 @@ fn tls_toml(name: &str) -> String {
 pub struct ProcCluster {
     pub dir: tempfile::TempDir,
     pub api: Vec<String>,
+    /// Each node's peer listener (`raft_addr`).
+    pub raft: Vec<String>,
     children: Vec<Option<Child>>,
     configs: Vec<PathBuf>,
     admin_token: String,
@@ -214,6 +250,7 @@ impl ProcCluster {
         ProcCluster {
             dir,
             api,
+            raft,
             children: vec![None, None, None],
             configs,
             admin_token,

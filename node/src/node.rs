@@ -230,7 +230,11 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         )),
         payments_in_flight: Default::default(),
     });
-    let raft_routes = cluster::raft_router(cluster.clone()).merge(api::peer::router(state.clone()));
+    let raft_routes = cluster::raft_router(cluster.clone())
+        .merge(api::peer::router(state.clone()))
+        .layer(axum::middleware::from_fn(
+            cluster::sender_matches_certificate,
+        ));
     crate::raft_types::spawn(api::rewrap_loop(state.clone()));
     crate::raft_types::spawn(sweep_cvcs(state.clone()));
     crate::raft_types::spawn(crate::health::run(state.clone()));

@@ -8,7 +8,8 @@ mod handoff;
 mod network;
 mod server;
 
-pub use server::router as raft_router;
+pub use network::encode_snapshot;
+pub use server::{router as raft_router, sender_matches_certificate};
 
 use crate::net::HttpPool;
 use crate::raft_types::{Member, NodeId, Raft, Role};
@@ -26,6 +27,9 @@ use std::time::Duration;
 
 /// Header carrying the sender's cluster id on every Raft RPC.
 pub const CLUSTER_ID_HEADER: &str = "kura-cluster-id";
+/// Request header naming the node a peer request comes from; on a TLS peer plane it
+/// must be the node its certificate names.
+pub const NODE_ID_HEADER: &str = "kura-node-id";
 
 /// Raft timing and log retention.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,8 +173,9 @@ pub struct Cluster {
     core_seen_at: std::sync::Mutex<tokio::time::Instant>,
 }
 
-/// A request to a peer's listener, carrying this node's cluster id.
+/// A request from node `from` to a peer's listener, carrying the cluster id.
 pub(crate) fn peer_request(
+    from: NodeId,
     method: http::Method,
     path: &str,
     addr: &str,
@@ -181,6 +186,7 @@ pub(crate) fn peer_request(
         .method(method)
         .uri(path)
         .header(http::header::HOST, addr)
+        .header(NODE_ID_HEADER, from)
         .header(CLUSTER_ID_HEADER, cluster_id)
         .body(http_body_util::Full::new(body))
         .expect("valid peer request")
@@ -313,7 +319,7 @@ impl Cluster {
             .filter(|(id, _)| **id != self.id)
             .map(|(_, m)| {
                 let req =
-                    peer_request(http::Method::POST, path, &m.raft_addr, &cluster, body.clone());
+                    peer_request(self.id, http::Method::POST, path, &m.raft_addr, &cluster, body.clone());
                 let addr = m.raft_addr.clone();
                 async move {
                     match self.pool.send(&addr, req, timeout).await {
@@ -346,6 +352,7 @@ impl Cluster {
             .filter(|(id, _)| **id != self.id)
             .map(|(id, m)| {
                 let req = peer_request(
+                    self.id,
                     http::Method::GET,
                     path,
                     &m.raft_addr,
@@ -655,6 +662,7 @@ impl Cluster {
     async fn peer_identity(&self, m: &Member) -> Result<server::Identity, String> {
         let req = http::Request::get("/raft/identity")
             .header(http::header::HOST, &m.raft_addr)
+            .header(NODE_ID_HEADER, self.id)
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .expect("valid request");
         let resp = self
@@ -699,6 +707,7 @@ impl Cluster {
             .filter(|(id, _)| **id != self.id)
             .map(|(id, m)| {
                 let req = peer_request(
+                    self.id,
                     http::Method::POST,
                     "/raft/handoff-cause",
                     &m.raft_addr,

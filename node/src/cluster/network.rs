@@ -67,7 +67,14 @@ impl PeerClient {
             .expect("cluster id lock")
             .clone()
             .unwrap_or_default();
-        let req = super::peer_request(http::Method::POST, path, &self.addr, &cluster, body);
+        let req = super::peer_request(
+            self.self_id,
+            http::Method::POST,
+            path,
+            &self.addr,
+            &cluster,
+            body,
+        );
         let result = self.pool.send(&self.addr, req, ttl).await;
         if result.is_err() {
             // A peer that crashed without closing its sockets leaves idle connections that
@@ -119,7 +126,7 @@ impl PeerClient {
 }
 
 /// Snapshot upload framing: `u32 BE length || JSON (vote, meta) || snapshot bytes`.
-pub(super) fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> Bytes {
+pub fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> Bytes {
     let head = serde_json::to_vec(&(vote, &snapshot.meta)).expect("snapshot meta serializes");
     let data = snapshot.snapshot.get_ref();
     let mut out = Vec::with_capacity(4 + head.len() + data.len());

@@ -1,7 +1,7 @@
 //! The Raft RPC server: the peer side of [`network`](super::network).
 
 use super::network::decode_snapshot;
-use super::{Cluster, CLUSTER_ID_HEADER};
+use super::{Cluster, CLUSTER_ID_HEADER, NODE_ID_HEADER};
 use crate::net::tls::Identity as CertIdentity;
 use crate::net::ClientIdentity;
 use crate::raft_types::{NodeId, TypeConfig};
@@ -67,6 +67,30 @@ fn sender_refusal(ident: Option<&ClientIdentity>, claimed: NodeId) -> Option<Res
             )
         }
     }
+}
+
+/// Middleware for the whole peer listener: on a TLS peer plane, the node a request says
+/// it comes from (`kura-node-id`) must be the node its certificate names, whatever the
+/// route (Raft RPCs, CVC copies, hand-off causes, health).
+pub async fn sender_matches_certificate(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(ident) = req.extensions().get::<ClientIdentity>() {
+        let claimed = req
+            .headers()
+            .get(NODE_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<NodeId>().ok());
+        let refusal = match claimed {
+            Some(id) => sender_refusal(Some(ident), id),
+            None => Some((StatusCode::FORBIDDEN, "kura-node-id missing").into_response()),
+        };
+        if let Some(r) = refusal {
+            return r;
+        }
+    }
+    next.run(req).await
 }
 
 /// The node a vote speaks for.

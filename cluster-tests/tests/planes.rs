@@ -1,0 +1,218 @@
+//! The planes' trust through three real `kura` processes: the peer plane admits only a
+//! member's certificate from the cluster CA, and a member's certificate speaks only for
+//! its own node; the client API refuses plain HTTP.
+
+use kura_cluster_tests::procs::{client_tls_as, tokenize_request, ProcCluster};
+use kura_node::net::tls::{Identity, OperatorRole};
+use kura_node::raft_types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
+use kura_sdk::tls::TlsConnector;
+use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector, WireError};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A term far beyond the cluster's: a node that accepted any of these would move to it.
+const FORGED_TERM: u64 = 99;
+/// The node the forged requests claim to come from.
+const CLAIMED: u64 = 3;
+
+/// Every peer route with a well-formed body claiming to come from node 3.
+fn forged_requests() -> Vec<(&'static str, Vec<u8>)> {
+    let vote = Vote::new_committed(FORGED_TERM, CLAIMED);
+    let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
+        vote,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![],
+    };
+    let ballot: VoteRequest<TypeConfig> = VoteRequest::new(Vote::new(FORGED_TERM, CLAIMED), None);
+    let transfer: TransferLeaderRequest<TypeConfig> =
+        TransferLeaderRequest::new(vote, CLAIMED, None);
+    let snapshot = Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: None,
+            last_membership: Default::default(),
+        },
+        snapshot: std::io::Cursor::new(b"{}".to_vec()),
+    };
+    vec![
+        ("/raft/append", serde_json::to_vec(&append).unwrap()),
+        ("/raft/vote", serde_json::to_vec(&ballot).unwrap()),
+        ("/raft/pre-vote", serde_json::to_vec(&ballot).unwrap()),
+        (
+            "/raft/transfer-leader",
+            serde_json::to_vec(&transfer).unwrap(),
+        ),
+        (
+            "/raft/snapshot",
+            kura_node::cluster::encode_snapshot(&vote, &snapshot).to_vec(),
+        ),
+        (
+            "/peer/v1/cvc",
+            br#"{"token":"tok_forged","expires_at_ms":99999999999999,"sealed":"00"}"#.to_vec(),
+        ),
+        ("/raft/handoff-cause", b"storage 99".to_vec()),
+    ]
+}
+
+/// Posts `body` to `path` on `addr` as node `from`, with the cluster's id (as a member
+/// would): the status, or the transport error.
+async fn post(
+    pool: &HttpPool,
+    addr: &str,
+    path: &str,
+    from: u64,
+    cluster_id: &str,
+    body: Vec<u8>,
+) -> Result<u16, WireError> {
+    let req = http::Request::post(path)
+        .header(http::header::HOST, addr)
+        .header("kura-node-id", from)
+        .header("kura-cluster-id", cluster_id)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    pool.send(addr, req, Duration::from_secs(5))
+        .await
+        .map(|r| r.status().as_u16())
+}
+
+fn pool_as(tls: rustls::ClientConfig) -> HttpPool {
+    HttpPool::new(
+        Arc::new(TlsConnector::fixed(Arc::new(TcpConnector), tls)),
+        tokio_spawner(),
+        1 << 20,
+    )
+}
+
+/// What a node's state looks like from outside, for before/after comparisons.
+fn fingerprint(s: &Value) -> Value {
+    serde_json::json!({
+        "term": s["term"],
+        "leader": s["leader_id"],
+        "last_log_index": s["last_log_index"],
+        "committed_index": s["committed_index"],
+        "applied_index": s["applied_index"],
+        "snapshot_index": s["snapshot_index"],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_plane_admits_only_members_and_each_speaks_only_for_itself() {
+    let c = ProcCluster::start("");
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let key = c.merchant("planes").await;
+    c.client(&[0, 1, 2], &key)
+        .tokenize(&tokenize_request("4242424242424242", Some("m-1")))
+        .await
+        .expect("a write before the attacks");
+    c.wait_all_applied().await;
+    let cluster_id = c.status(leader).await.unwrap()["cluster_id"]
+        .as_str()
+        .expect("cluster id")
+        .to_owned();
+    let mut before = Vec::new();
+    for i in 0..3 {
+        before.push(fingerprint(&c.status(i).await.unwrap()));
+    }
+
+    // A control: node 2's certificate, speaking as node 2, reaches the peer plane.
+    let node2 = pool_as(client_tls_as(Some(&Identity::Node { id: 2 }), false));
+    let health = http::Request::get("/peer/v1/health")
+        .header(http::header::HOST, &c.raft[0])
+        .header("kura-node-id", 2)
+        .header("kura-cluster-id", &cluster_id)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let ok = node2.send(&c.raft[0], health, Duration::from_secs(5)).await;
+    assert!(
+        ok.as_ref().is_ok_and(|r| r.status().is_success()),
+        "the control request failed: {:?}",
+        ok.map(|r| r.status())
+    );
+
+    // Callers the handshake (or the identity check right after it) turns away: no
+    // request of theirs gets an answer.
+    let strangers = [
+        ("no certificate", client_tls_as(None, false)),
+        (
+            "node 3's name from another CA",
+            client_tls_as(Some(&Identity::Node { id: CLAIMED }), true),
+        ),
+        (
+            "an operator's certificate",
+            client_tls_as(
+                Some(&Identity::Operator {
+                    name: "alice".into(),
+                    role: OperatorRole::Admin,
+                }),
+                false,
+            ),
+        ),
+        (
+            "a node id outside the membership",
+            client_tls_as(Some(&Identity::Node { id: 7 }), false),
+        ),
+    ];
+    for (who, tls) in strangers {
+        let pool = pool_as(tls);
+        for node in 0..3 {
+            for (path, body) in forged_requests() {
+                let r = post(&pool, &c.raft[node], path, CLAIMED, &cluster_id, body).await;
+                assert!(
+                    r.is_err(),
+                    "{who}: {path} on node {node} got an answer: {r:?}"
+                );
+            }
+        }
+    }
+
+    // Node 2's own certificate cannot speak as node 3: neither by the header nor by the
+    // vote inside the request.
+    for node in 0..3 {
+        for (path, body) in forged_requests() {
+            let r = post(&node2, &c.raft[node], path, CLAIMED, &cluster_id, body).await;
+            assert_eq!(r.ok(), Some(403), "node 2 as node 3: {path} on node {node}");
+        }
+        for (path, body) in forged_requests()
+            .into_iter()
+            .filter(|(p, _)| p.starts_with("/raft/") && *p != "/raft/handoff-cause")
+        {
+            let r = post(&node2, &c.raft[node], path, 2, &cluster_id, body).await;
+            assert_eq!(
+                r.ok(),
+                Some(403),
+                "node 2 with a vote for node 3: {path} on node {node}"
+            );
+        }
+    }
+
+    // Nothing moved: same terms, leader, logs and state on every node.
+    for i in 0..3 {
+        assert_eq!(
+            fingerprint(&c.status(i).await.unwrap()),
+            before[i],
+            "node {i} changed"
+        );
+    }
+    c.client(&[0, 1, 2], &key)
+        .tokenize(&tokenize_request("4242424242424242", Some("m-2")))
+        .await
+        .expect("writes continue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_api_and_the_peer_plane_refuse_plain_http() {
+    let c = ProcCluster::start("");
+    c.wait_live(0).await;
+    let plain = HttpPool::new(Arc::new(TcpConnector), tokio_spawner(), 1 << 20);
+    for addr in [&c.api[0], &c.raft[0]] {
+        let req = http::Request::get("/health/live")
+            .header(http::header::HOST, addr.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let r = plain.send(addr, req, Duration::from_secs(5)).await;
+        assert!(r.is_err(), "plain HTTP to {addr} got an answer: {r:?}");
+    }
+}
