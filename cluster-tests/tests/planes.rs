@@ -189,10 +189,10 @@ async fn the_peer_plane_admits_only_members_and_each_speaks_only_for_itself() {
     }
 
     // Nothing moved: same terms, leader, logs and state on every node.
-    for i in 0..3 {
+    for (i, was) in before.iter().enumerate() {
         assert_eq!(
-            fingerprint(&c.status(i).await.unwrap()),
-            before[i],
+            &fingerprint(&c.status(i).await.unwrap()),
+            was,
             "node {i} changed"
         );
     }
