@@ -1,7 +1,7 @@
 //! Three real `kura` processes on loopback, each with its own data directory.
 
 use kura_node::certs::{self, Algorithm};
-use kura_node::net::tls::Identity;
+use kura_node::net::tls::{Identity, OperatorRole};
 use kura_sdk::{Client, ClientConfig};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -160,6 +160,39 @@ pub fn client_tls_as(identity: Option<&Identity>, other_ca: bool) -> rustls::Cli
     kura_sdk::tls::client_config(store, Some((chain, key))).unwrap()
 }
 
+/// Writes an operator's certificate from the test CA as `<dir>/<name>.crt` and `.key`.
+pub fn write_operator_cert(dir: &Path, name: &str, role: OperatorRole) {
+    let ca = test_ca();
+    let who = certs::operator(name, role).unwrap();
+    let leaf = certs::new_leaf(
+        &ca.cert_pem,
+        &ca.key_pem,
+        Some(&who),
+        &[],
+        Algorithm::Ed25519,
+        time_now(),
+        30,
+    )
+    .unwrap();
+    certs::write(dir, name, &leaf).unwrap();
+}
+
+/// Client settings for admin `endpoints`, as the operator `admin` (role admin).
+pub fn operator_config(endpoints: Vec<String>) -> ClientConfig {
+    operator_config_as(endpoints, "admin", OperatorRole::Admin)
+}
+
+/// Client settings for admin `endpoints`, as operator `name` with `role`.
+pub fn operator_config_as(endpoints: Vec<String>, name: &str, role: OperatorRole) -> ClientConfig {
+    let who = Identity::Operator {
+        name: name.to_owned(),
+        role,
+    };
+    ClientConfig::new(endpoints, "")
+        .with_tls(client_tls_as(Some(&who), false))
+        .expect("tls")
+}
+
 /// A connector speaking TLS to anything the test CA signed.
 pub fn tls_connector() -> Arc<dyn kura_sdk::wire::Connector> {
     Arc::new(kura_sdk::tls::TlsConnector::fixed(
@@ -181,9 +214,10 @@ pub struct ProcCluster {
     pub api: Vec<String>,
     /// Each node's peer listener (`raft_addr`).
     pub raft: Vec<String>,
+    /// Each node's admin plane (`admin_addr`).
+    pub admin: Vec<String>,
     children: Vec<Option<Child>>,
     configs: Vec<PathBuf>,
-    admin_token: String,
     /// Extra arguments to `kura node` (e.g. `--enable-fault-injection`).
     pub node_args: Vec<String>,
 }
@@ -215,6 +249,23 @@ impl ProcCluster {
 
     /// Like [`ProcCluster::prepare`], with `never_lead = true` on the given nodes.
     pub fn prepare_opts(raft_toml: &str, never_lead: &[usize]) -> ProcCluster {
+        ProcCluster::prepare_full(raft_toml, never_lead, None)
+    }
+
+    /// Starts three nodes that also take `token` as a break-glass admin token.
+    pub fn start_with_break_glass(token: &str) -> ProcCluster {
+        let mut c = ProcCluster::prepare_full("", &[], Some(token));
+        for i in 0..3 {
+            c.restart(i);
+        }
+        c
+    }
+
+    fn prepare_full(
+        raft_toml: &str,
+        never_lead: &[usize],
+        break_glass: Option<&str>,
+    ) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let api: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -222,22 +273,30 @@ impl ProcCluster {
         let raft: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
+        let admin: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         std::fs::write(dir.path().join("kek.key"), format!("{}\n", "ab".repeat(32))).unwrap();
-        let admin_token = "adm_cluster_test_token_0001".to_string();
-        std::fs::write(dir.path().join("admin.token"), &admin_token).unwrap();
+        // The operator the CLI presents (it looks beside the config).
+        write_operator_cert(&dir.path().join("operators"), "admin", OperatorRole::Admin);
         let mut configs = Vec::new();
         for (i, name) in NAMES.iter().enumerate() {
             write_test_certs(&dir.path().join("certs"), name, Some(i as u64 + 1));
             let mut text = format!(
-                "node_id = {}\ndata_dir = \"{name}\"\nkek_file = \"kek.key\"\nadmin_token_file = \"admin.token\"\n",
+                "node_id = {}\ndata_dir = \"{name}\"\nkek_file = \"kek.key\"\n",
                 i + 1
             );
+            if let Some(token) = break_glass {
+                std::fs::write(dir.path().join("break-glass.token"), token).unwrap();
+                text += "admin_token_file = \"break-glass.token\"\n";
+            }
             for (j, peer) in NAMES.iter().enumerate() {
                 text += &format!(
-                    "[[peers]]\nid = {}\nname = \"{peer}\"\nrole = \"{peer}\"\napi_addr = \"{}\"\nraft_addr = \"{}\"\nnever_lead = {}\n",
+                    "[[peers]]\nid = {}\nname = \"{peer}\"\nrole = \"{peer}\"\napi_addr = \"{}\"\nraft_addr = \"{}\"\nadmin_addr = \"{}\"\nnever_lead = {}\n",
                     j + 1,
                     api[j],
                     raft[j],
+                    admin[j],
                     never_lead.contains(&j)
                 );
             }
@@ -251,9 +310,9 @@ impl ProcCluster {
             dir,
             api,
             raft,
+            admin,
             children: vec![None, None, None],
             configs,
-            admin_token,
             node_args: Vec::new(),
         }
     }
@@ -274,7 +333,7 @@ impl ProcCluster {
 
     /// Sets node `i`'s fault switches (see `kura_node::faults::FaultState`).
     pub async fn faults(&self, i: usize, state: Value) {
-        let mut cfg = client_config(vec![self.api[i].clone()], &self.admin_token);
+        let mut cfg = operator_config(vec![self.admin[i].clone()]);
         cfg.attempts_max = 1;
         Client::new(cfg)
             .call(http::Method::POST, "/admin/v1/faults", Some(state))
@@ -327,9 +386,21 @@ impl ProcCluster {
         }
     }
 
-    /// An admin client over all three nodes.
+    /// An admin client over all three nodes' admin planes, as the test operator.
     pub fn admin(&self) -> Client {
-        Client::new(client_config(self.api.clone(), &self.admin_token))
+        Client::new(operator_config(self.admin.clone()))
+    }
+
+    /// `/admin/v1/cluster/status` of node `i` (with the cluster id), if it answers.
+    pub async fn admin_status(&self, i: usize) -> Option<Value> {
+        let mut cfg = operator_config(vec![self.admin[i].clone()]);
+        cfg.attempts_max = 1;
+        cfg.attempt_timeout = Duration::from_secs(2);
+        Client::new(cfg)
+            .call(http::Method::GET, "/admin/v1/cluster/status", None)
+            .await
+            .ok()
+            .map(|r| r.body)
     }
 
     /// A merchant client over the given nodes.
@@ -390,7 +461,7 @@ impl ProcCluster {
         for i in 0..3 {
             self.wait_live(i).await;
         }
-        let mut cfg = client_config(vec![self.api[0].clone()], &self.admin_token);
+        let mut cfg = operator_config(vec![self.admin[0].clone()]);
         cfg.attempts_max = 3;
         let r = Client::new(cfg)
             .call(http::Method::POST, "/admin/v1/init", None)
@@ -418,7 +489,7 @@ impl ProcCluster {
     /// Waits until node `i` has adopted the cluster id (it has joined).
     pub async fn wait_for_replicated_cluster_id(&self, i: usize) {
         wait_for("cluster id on node", Duration::from_secs(30), || async {
-            self.status(i)
+            self.admin_status(i)
                 .await
                 .is_some_and(|s| s["cluster_id"].is_string())
         })

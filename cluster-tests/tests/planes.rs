@@ -1,12 +1,17 @@
 //! The planes' trust through three real `kura` processes: the peer plane admits only a
 //! member's certificate from the cluster CA, and a member's certificate speaks only for
-//! its own node; the client API refuses plain HTTP.
+//! its own node; the client API refuses plain HTTP; the admin plane names every
+//! operator (audited as `operator:<name>`), lets auditors only read, and takes a
+//! break-glass token only where one is configured.
 
-use kura_cluster_tests::procs::{client_tls_as, tokenize_request, ProcCluster};
+use kura_cluster_tests::procs::{
+    client_tls_as, operator_config_as, tokenize_request, wait_for, ProcCluster,
+};
 use kura_node::net::tls::{Identity, OperatorRole};
 use kura_node::raft_types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 use kura_sdk::tls::TlsConnector;
 use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector, WireError};
+use kura_sdk::{Client, ClientConfig, Error};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde_json::Value;
 use std::sync::Arc;
@@ -108,7 +113,7 @@ async fn the_peer_plane_admits_only_members_and_each_speaks_only_for_itself() {
         .await
         .expect("a write before the attacks");
     c.wait_all_applied().await;
-    let cluster_id = c.status(leader).await.unwrap()["cluster_id"]
+    let cluster_id = c.admin_status(leader).await.unwrap()["cluster_id"]
         .as_str()
         .expect("cluster id")
         .to_owned();
@@ -214,5 +219,215 @@ async fn the_client_api_and_the_peer_plane_refuse_plain_http() {
             .unwrap();
         let r = plain.send(addr, req, Duration::from_secs(5)).await;
         assert!(r.is_err(), "plain HTTP to {addr} got an answer: {r:?}");
+    }
+}
+
+/// The audit records' actors, in order.
+async fn actors(c: &ProcCluster) -> Vec<(String, String)> {
+    let page = c
+        .admin_call(http::Method::GET, "/admin/v1/audit?limit=1000", None)
+        .await;
+    page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_owned(),
+                r["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The sum of a counter's samples on node `i` whose line starts with `prefix`.
+async fn counter(c: &ProcCluster, i: usize, prefix: &str) -> f64 {
+    let text = c
+        .client(&[i], "")
+        .call(http::Method::GET, "/metrics", None)
+        .await
+        .expect("metrics")
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn one_shot(mut cfg: ClientConfig) -> Client {
+    cfg.attempts_max = 1;
+    Client::new(cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_plane_names_each_operator_and_auditors_change_nothing() {
+    let c = ProcCluster::start("");
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let follower = (leader + 1) % 3;
+
+    // Alice, an admin, creates a merchant through a follower: the follower forwards her
+    // request to the leader, and the audit trail names her.
+    let alice = one_shot(operator_config_as(
+        vec![c.admin[follower].clone()],
+        "alice",
+        OperatorRole::Admin,
+    ));
+    let made = alice
+        .call(
+            http::Method::POST,
+            "/admin/v1/merchants",
+            Some(serde_json::json!({ "merchant_id": "by-alice", "name": "Alice's" })),
+        )
+        .await
+        .expect("alice creates a merchant");
+    assert_eq!(made.status.as_u16(), 201);
+    assert!(
+        actors(&c)
+            .await
+            .contains(&("merchant.create".to_owned(), "operator:alice".to_owned())),
+        "{:?}",
+        actors(&c).await
+    );
+
+    // Carol, an auditor, reads status, merchants, keys and the audit trail, and may
+    // recompute the chain; every change is refused before it runs.
+    let carol = one_shot(operator_config_as(
+        c.admin.clone(),
+        "carol",
+        OperatorRole::Auditor,
+    ));
+    for path in [
+        "/admin/v1/merchants",
+        "/admin/v1/keys",
+        "/admin/v1/audit",
+        "/admin/v1/cluster/status",
+    ] {
+        let r = carol.call(http::Method::GET, path, None).await;
+        assert!(r.is_ok(), "auditor reads {path}: {r:?}");
+    }
+    let verify = carol
+        .call(http::Method::POST, "/admin/v1/audit/verify", None)
+        .await
+        .expect("auditor verifies the chain");
+    assert_eq!(verify.body["ok"], true);
+    let before = actors(&c).await.len();
+    for (method, path) in [
+        (http::Method::POST, "/admin/v1/keys/rotate"),
+        (http::Method::POST, "/admin/v1/keys/verify"),
+        (
+            http::Method::POST,
+            "/admin/v1/merchants/by-alice/rotate-key",
+        ),
+        (http::Method::POST, "/admin/v1/nodes/dr/drain"),
+    ] {
+        match carol.call(method, path, None).await {
+            Err(Error::Api {
+                status: 403, code, ..
+            }) => {
+                assert_eq!(code, "operator_role_forbidden", "{path}")
+            }
+            other => panic!("an auditor's {path} must be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        actors(&c).await.len(),
+        before,
+        "an auditor's request wrote nothing"
+    );
+
+    // Without an operator certificate nobody gets an answer: no certificate (with a
+    // merchant's key as bearer), or an operator certificate from another CA.
+    let key = c.merchant("shop").await;
+    let strangers = [
+        ClientConfig::new(c.admin.clone(), &key)
+            .with_tls(client_tls_as(None, false))
+            .unwrap(),
+        ClientConfig::new(c.admin.clone(), "")
+            .with_tls(client_tls_as(
+                Some(&Identity::Operator {
+                    name: "mallory".into(),
+                    role: OperatorRole::Admin,
+                }),
+                true,
+            ))
+            .unwrap(),
+    ];
+    for cfg in strangers {
+        let r = one_shot(cfg)
+            .call(http::Method::GET, "/admin/v1/merchants", None)
+            .await;
+        assert!(
+            matches!(r, Err(Error::Unavailable { .. } | Error::Ambiguous(_))),
+            "{r:?}"
+        );
+    }
+
+    // A member's certificate without an operator to speak for is refused and counted.
+    let failures = "kura_admin_auth_failures_total{reason=\"forwarded_without_operator\"}";
+    let counted = counter(&c, 0, failures).await;
+    let node2 = ClientConfig::new(vec![c.admin[0].clone()], "")
+        .with_tls(client_tls_as(Some(&Identity::Node { id: 2 }), false))
+        .unwrap();
+    match one_shot(node2)
+        .call(http::Method::GET, "/admin/v1/merchants", None)
+        .await
+    {
+        Err(Error::Api { status: 401, .. }) => {}
+        other => panic!("a node certificate alone must not be an operator: {other:?}"),
+    }
+    assert_eq!(counter(&c, 0, failures).await, counted + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_glass_token_works_only_where_configured_and_every_use_is_on_record() {
+    let token = "break-glass-token-for-tests-0001";
+    let c = ProcCluster::start_with_break_glass(token);
+    c.init().await;
+    c.wait_leader().await;
+    let glass = |bearer: &str| {
+        one_shot(
+            ClientConfig::new(c.admin.clone(), bearer)
+                .with_tls(client_tls_as(None, false))
+                .unwrap(),
+        )
+    };
+    let uses = "kura_admin_break_glass_uses_total";
+    let used_before: f64 = {
+        let mut sum = 0.0;
+        for i in 0..3 {
+            sum += counter(&c, i, uses).await;
+        }
+        sum
+    };
+    let made = glass(token)
+        .call(
+            http::Method::POST,
+            "/admin/v1/merchants",
+            Some(serde_json::json!({ "merchant_id": "glass", "name": "Glass" })),
+        )
+        .await
+        .expect("the break-glass token creates a merchant");
+    assert_eq!(made.status.as_u16(), 201);
+    assert!(actors(&c)
+        .await
+        .contains(&("merchant.create".to_owned(), "break-glass".to_owned())));
+    wait_for("the use counted", Duration::from_secs(5), || async {
+        let mut sum = 0.0;
+        for i in 0..3 {
+            sum += counter(&c, i, uses).await;
+        }
+        sum > used_before
+    })
+    .await;
+    match glass("not-the-token-at-all-0000000000")
+        .call(http::Method::GET, "/admin/v1/merchants", None)
+        .await
+    {
+        Err(Error::Api { status: 401, .. }) => {}
+        other => panic!("a wrong token must be refused: {other:?}"),
     }
 }

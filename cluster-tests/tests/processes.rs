@@ -260,7 +260,12 @@ async fn init_is_idempotent_and_a_node_with_data_never_joins_another_cluster() {
     assert_eq!(again.body["already_initialized"], true);
     assert_eq!(
         again.body["cluster_id"],
-        a.status(0).await.unwrap()["cluster_id"]
+        a.admin_status(0).await.unwrap()["cluster_id"]
+    );
+    // The public status does not give the cluster id away.
+    assert_eq!(
+        a.status(0).await.unwrap()["cluster_id"],
+        serde_json::Value::Null
     );
 
     // Cluster B's bk starts from a copy of cluster A's bk: it holds A's data and id.
@@ -290,7 +295,7 @@ async fn init_is_idempotent_and_a_node_with_data_never_joins_another_cluster() {
         other => panic!("init with a member of another cluster must be refused, got {other:?}"),
     }
     assert_eq!(
-        b.status(0).await.unwrap()["cluster_id"],
+        b.admin_status(0).await.unwrap()["cluster_id"],
         serde_json::Value::Null,
         "B formed nothing"
     );

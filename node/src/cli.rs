@@ -296,25 +296,67 @@ pub fn api_client(
     Ok(Client::new(c))
 }
 
-fn admin_token(cfg: &NodeConfig) -> Result<String, String> {
-    let token = std::fs::read_to_string(&cfg.admin_token_file).map_err(|e| {
-        format!(
-            "cannot read admin_token_file {}: {e}",
-            cfg.admin_token_file.display()
-        )
-    })?;
+fn read_token(path: &Path) -> Result<String, String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read admin_token_file {}: {e}", path.display()))?;
     Ok(token.trim().to_owned())
 }
 
-/// An admin client for the cluster `cfg` belongs to.
-pub fn admin_client(cfg: &NodeConfig) -> Result<Client, String> {
-    api_client(cfg, cfg.api_endpoints(), &admin_token(cfg)?)
+/// Environment variables naming the operator certificate and key the CLI presents.
+pub const OPERATOR_CERT_ENV: &str = "KURA_OPERATOR_CERT";
+pub const OPERATOR_KEY_ENV: &str = "KURA_OPERATOR_KEY";
+
+/// The operator certificate the CLI presents on the admin plane: `$KURA_OPERATOR_CERT`
+/// and `$KURA_OPERATOR_KEY`, else `operators/admin.crt` and `.key` beside the config
+/// (what `kura up` writes).
+fn operator_files(config: &Path) -> Option<(PathBuf, PathBuf)> {
+    if let (Some(c), Some(k)) = (
+        std::env::var_os(OPERATOR_CERT_ENV),
+        std::env::var_os(OPERATOR_KEY_ENV),
+    ) {
+        return Some((c.into(), k.into()));
+    }
+    let dir = config.parent()?.join("operators");
+    let (c, k) = (dir.join("admin.crt"), dir.join("admin.key"));
+    (c.exists() && k.exists()).then_some((c, k))
+}
+
+/// A client of the admin plane of the cluster `cfg` (read from `config`) belongs to:
+/// TLS with an operator certificate; a break-glass token only when the config names one
+/// and no certificate is at hand; the token over plain HTTP in the insecure mode.
+pub fn admin_client(cfg: &NodeConfig, config: &Path) -> Result<Client, String> {
+    admin_client_for(cfg, config, cfg.admin_endpoints())
+}
+
+fn admin_client_for(
+    cfg: &NodeConfig,
+    config: &Path,
+    endpoints: Vec<String>,
+) -> Result<Client, String> {
+    let Some(ca) = &cfg.tls.ca_file else {
+        let token = match &cfg.admin_token_file {
+            Some(p) => read_token(p)?,
+            None => String::new(),
+        };
+        return Ok(Client::new(ClientConfig::new(endpoints, token)));
+    };
+    let c = match (operator_files(config), &cfg.admin_token_file) {
+        (Some((crt, key)), _) => ClientConfig::new(endpoints, "").with_client_cert(ca, &crt, &key),
+        (None, Some(token)) => ClientConfig::new(endpoints, read_token(token)?).with_ca_file(ca),
+        (None, None) => {
+            return Err(format!(
+                "no operator certificate: set {OPERATOR_CERT_ENV} and {OPERATOR_KEY_ENV} \
+                 (see `kura certs create-operator`), or put operators/admin.crt and .key beside the config"
+            ))
+        }
+    };
+    Ok(Client::new(c.map_err(|e| e.0)?))
 }
 
 /// `kura init`: asks the config's own node to form the cluster.
 pub async fn init(config: &Path) -> Result<(), String> {
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
-    let client = api_client(&cfg, vec![cfg.me().api_addr.clone()], &admin_token(&cfg)?)?;
+    let client = admin_client_for(&cfg, config, vec![cfg.me().admin_addr.clone()])?;
     let r = client
         .call(http::Method::POST, "/admin/v1/init", None)
         .await
@@ -331,7 +373,7 @@ pub async fn init(config: &Path) -> Result<(), String> {
 /// `kura merchant ...`.
 pub async fn merchant(config: &Path, cmd: MerchantCmd) -> Result<(), String> {
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
-    let client = admin_client(&cfg)?;
+    let client = admin_client(&cfg, config)?;
     let (method, path, body) = match cmd {
         MerchantCmd::Create {
             id,
@@ -394,7 +436,7 @@ const DRAIN_WAIT_S: u64 = 60;
 /// `kura drain NAME` / `kura undrain NAME`.
 pub async fn drain(config: &Path, name: &str, drained: bool) -> Result<(), String> {
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
-    let client = admin_client(&cfg)?;
+    let client = admin_client(&cfg, config)?;
     let verb = if drained { "drain" } else { "undrain" };
     client
         .call(
@@ -437,7 +479,7 @@ pub async fn drain(config: &Path, name: &str, drained: bool) -> Result<(), Strin
 /// `kura keys ...`.
 pub async fn keys(config: &Path, cmd: KeysCmd) -> Result<(), String> {
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
-    let client = admin_client(&cfg)?;
+    let client = admin_client(&cfg, config)?;
     let (method, path) = match cmd {
         KeysCmd::Status => (http::Method::GET, "/admin/v1/keys".to_owned()),
         KeysCmd::Rotate => (http::Method::POST, "/admin/v1/keys/rotate".to_owned()),
@@ -459,7 +501,7 @@ pub async fn audit(cmd: AuditCmd) -> Result<bool, String> {
             limit,
         } => {
             let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
-            let r = admin_client(&cfg)?
+            let r = admin_client(&cfg, &config)?
                 .call(
                     http::Method::GET,
                     &format!("/admin/v1/audit?from_seq={from_seq}&limit={limit}"),
@@ -482,7 +524,7 @@ pub async fn audit(cmd: AuditCmd) -> Result<bool, String> {
         } => {
             let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
-            let r = admin_client(&cfg)?
+            let r = admin_client(&cfg, &config)?
                 .call(http::Method::POST, "/admin/v1/audit/verify", None)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -660,19 +702,20 @@ fn render_status(statuses: &[(String, Option<Value>)]) -> String {
         .find(|s| s["state"] == "leader");
     let any = statuses.iter().find_map(|(_, s)| s.as_ref());
     let mut out = String::new();
+    // The public status no longer names the cluster (the admin plane does).
     let cluster = any
         .and_then(|s| s["cluster_id"].as_str())
-        .unwrap_or("(not initialized)");
+        .map_or(String::new(), |id| format!("cluster {id}  "));
     match leader {
         Some(l) => {
             out += &format!(
-                "cluster {cluster}  leader {} (id {})  term {}\n",
+                "{cluster}leader {} (id {})  term {}\n",
                 l["name"].as_str().unwrap_or("?"),
                 l["node_id"],
                 l["term"]
             )
         }
-        None => out += &format!("cluster {cluster}  NO LEADER\n"),
+        None => out += &format!("{cluster}NO LEADER\n"),
     }
     out += &format!(
         "{:<6} {:>3}  {:<5} {:<10} {:<22} {:>9} {:>9} {:>9} {:>6}  {}\n",

@@ -16,6 +16,9 @@ pub struct PeerConfig {
     pub role: Role,
     pub api_addr: String,
     pub raft_addr: String,
+    /// The admin plane's listener: named operators (mutual TLS with operator
+    /// certificates) and the `kura` CLI. Keep it off the public network.
+    pub admin_addr: String,
     /// Never stand for election (a `bk` node that only keeps a copy and votes).
     #[serde(default)]
     pub never_lead: bool,
@@ -58,8 +61,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// File holding the 64-hex-character key-encryption key.
     pub kek_file: PathBuf,
-    /// File holding the admin API token.
-    pub admin_token_file: PathBuf,
+    /// File holding a break-glass admin token. With TLS, operators authenticate with
+    /// their certificates and no token is accepted unless this is set (every use is
+    /// logged, counted and audited as `break-glass`); in the insecure mode it is the
+    /// admin plane's only credential.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// Every voter, this node included.
     pub peers: Vec<PeerConfig>,
     #[serde(default)]
@@ -212,7 +219,7 @@ impl NodeConfig {
         for p in [
             Some(&mut cfg.data_dir),
             Some(&mut cfg.kek_file),
-            Some(&mut cfg.admin_token_file),
+            cfg.admin_token_file.as_mut(),
             tls.ca_file.as_mut(),
             tls.cert_file.as_mut(),
             tls.key_file.as_mut(),
@@ -256,6 +263,7 @@ impl NodeConfig {
         for (i, p) in self.peers.iter().enumerate() {
             check_addr(&format!("peers[{i}].api_addr"), &p.api_addr)?;
             check_addr(&format!("peers[{i}].raft_addr"), &p.raft_addr)?;
+            check_addr(&format!("peers[{i}].admin_addr"), &p.admin_addr)?;
             if p.name.is_empty() {
                 return Err(format!("peers[{i}].name must not be empty"));
             }
@@ -278,10 +286,18 @@ impl NodeConfig {
                 [
                     (format!("peers[{i}].api_addr"), p.api_addr.as_str()),
                     (format!("peers[{i}].raft_addr"), p.raft_addr.as_str()),
+                    (format!("peers[{i}].admin_addr"), p.admin_addr.as_str()),
                 ]
             })
             .collect();
-        self.tls.validate(&addrs)
+        self.tls.validate(&addrs)?;
+        if self.tls.insecure && self.admin_token_file.is_none() {
+            return Err(
+                "admin_token_file is required with tls.insecure = true: without certificates it is the admin plane's only credential"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// This node's own peer entry.
@@ -304,6 +320,7 @@ impl NodeConfig {
                         role: p.role,
                         api_addr: p.api_addr.clone(),
                         raft_addr: p.raft_addr.clone(),
+                        admin_addr: p.admin_addr.clone(),
                         never_lead: p.never_lead,
                     },
                 )
@@ -314,6 +331,11 @@ impl NodeConfig {
     /// Every member's API address.
     pub fn api_endpoints(&self) -> Vec<String> {
         self.peers.iter().map(|p| p.api_addr.clone()).collect()
+    }
+
+    /// Every member's admin address.
+    pub fn admin_endpoints(&self) -> Vec<String> {
+        self.peers.iter().map(|p| p.admin_addr.clone()).collect()
     }
 }
 
@@ -352,12 +374,14 @@ name = "main"
 role = "main"
 api_addr = "127.0.0.1:7001"
 raft_addr = "127.0.0.1:7101"
+admin_addr = "127.0.0.1:7301"
 [[peers]]
 id = 2
 name = "dr"
 role = "dr"
 api_addr = "127.0.0.1:7002"
 raft_addr = "127.0.0.1:7102"
+admin_addr = "127.0.0.1:7302"
 [tls]
 insecure = true
 "#;
@@ -403,6 +427,17 @@ insecure = true
     }
 
     #[test]
+    fn the_example_configs_in_ops_parse() {
+        let ops = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+        for name in ["main", "dr", "bk"] {
+            let text = std::fs::read_to_string(ops.join(format!("{name}.toml"))).unwrap();
+            let cfg = NodeConfig::parse(&text).unwrap_or_else(|e| panic!("ops/{name}.toml: {e}"));
+            assert_eq!(cfg.me().name, name);
+            assert!(cfg.tls.files().is_some(), "ops/{name}.toml must use TLS");
+        }
+    }
+
+    #[test]
     fn tls_half_set_or_insecure_off_loopback_refuses_with_the_key_named() {
         let secure = GOOD.replace(
             "insecure = true",
@@ -422,9 +457,16 @@ insecure = true
             public.contains("loopback") && public.contains("peers[1].raft_addr"),
             "{public}"
         );
+        let tokenless = err(&GOOD.replace("admin_token_file = \"admin.token\"\n", ""));
+        assert!(tokenless.contains("admin_token_file"), "{tokenless}");
+        let secure_without_token = secure.replace("admin_token_file = \"admin.token\"\n", "");
+        assert!(NodeConfig::parse(&secure_without_token)
+            .unwrap()
+            .admin_token_file
+            .is_none());
         assert!(is_loopback("[::1]:7001") && is_loopback("localhost:1"));
         assert!(!is_loopback("127.example.com:1") && !is_loopback("[::2]:1"));
-        for m in [no_key, no_ca, nothing, both, public] {
+        for m in [no_key, no_ca, nothing, both, public, tokenless] {
             assert!(!m.contains('\n'), "not one line: {m}");
         }
     }

@@ -49,6 +49,14 @@ pub struct Metrics {
     pub route_errors: Family<RouteLabels, Gauge>,
     pub route_latency_ms: Family<RouteLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub tls_cert_expiry: Family<PlaneLabels, Gauge>,
+    pub admin_auth_failures: Family<ReasonLabels, Counter>,
+    pub admin_break_glass: Counter,
+}
+
+/// Labels of failure counters: a fixed set of reasons.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
 }
 
 /// Labels of per-plane TLS metrics.
@@ -115,6 +123,8 @@ impl Metrics {
             route_errors: Family::default(),
             route_latency_ms: Family::default(),
             tls_cert_expiry: Family::default(),
+            admin_auth_failures: Family::default(),
+            admin_break_glass: Counter::default(),
         };
         registry.register(
             "raft_term",
@@ -211,6 +221,16 @@ impl Metrics {
             m.tls_cert_expiry.clone(),
         );
         registry.register(
+            "admin_auth_failures",
+            "Admin plane requests refused for want of a valid operator identity, by reason",
+            m.admin_auth_failures.clone(),
+        );
+        registry.register(
+            "admin_break_glass_uses",
+            "Admin plane requests authenticated by the break-glass token",
+            m.admin_break_glass.clone(),
+        );
+        registry.register(
             "acquirer_route_up",
             "1 if the acquirer route answered its last health check, else 0",
             m.route_up.clone(),
@@ -248,6 +268,20 @@ impl Metrics {
                 cause: cause.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// Counts an admin request refused for `reason` (a fixed set of values).
+    pub fn admin_auth_failed(&self, reason: &'static str) {
+        self.admin_auth_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a use of the break-glass token.
+    pub fn admin_break_glass_used(&self) {
+        self.admin_break_glass.inc();
     }
 
     /// Mirrors one acquirer route's state.

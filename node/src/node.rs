@@ -28,7 +28,8 @@ pub struct NodeEnv {
     pub clock: Clock,
     pub entropy: Arc<Entropy>,
     pub kek: Kek,
-    pub admin_token: String,
+    /// The break-glass admin token, when configured.
+    pub admin_token: Option<String>,
     pub metrics: Arc<Metrics>,
     /// `--enable-fault-injection` was given (it also needs `[faults] enabled = true`).
     pub fault_injection: bool,
@@ -53,26 +54,14 @@ pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
         )
     })?;
     let kek = Kek::from_file(&cfg.kek_file).map_err(io::Error::other)?;
-    let admin_token = std::fs::read_to_string(&cfg.admin_token_file)
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot read admin_token_file {}: {e}",
-                    cfg.admin_token_file.display()
-                ),
-            )
-        })?
-        .trim()
-        .to_owned();
-    if admin_token.len() < 16 {
-        return Err(io::Error::other(format!(
-            "admin_token_file {} must hold a token of at least 16 characters",
-            cfg.admin_token_file.display()
-        )));
-    }
+    let admin_token = match &cfg.admin_token_file {
+        Some(path) => Some(read_admin_token(path)?),
+        None => None,
+    };
     let tls = match cfg.tls.files() {
-        Some(files) => Some(Arc::new(NodeTls::load(files).map_err(io::Error::other)?)),
+        Some(files) => Some(Arc::new(
+            NodeTls::load(files, admin_token.is_some()).map_err(io::Error::other)?,
+        )),
         None => None,
     };
     let acquirer_tls = match tls {
@@ -110,6 +99,23 @@ pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
         tls,
         acquirer_tls,
     })
+}
+
+fn read_admin_token(path: &std::path::Path) -> io::Result<String> {
+    let token = std::fs::read_to_string(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot read admin_token_file {}: {e}", path.display()),
+        )
+    })?;
+    let token = token.trim().to_owned();
+    if token.len() < 16 {
+        return Err(io::Error::other(format!(
+            "admin_token_file {} must hold a token of at least 16 characters",
+            path.display()
+        )));
+    }
+    Ok(token)
 }
 
 /// TLS to the acquirer routes: their own CA (`acquirer.ca_file`) or the system's.
@@ -190,6 +196,18 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         .bind(&me.api_addr)
         .await
         .map_err(|e| bind_err("api_addr", &me.api_addr, e))?;
+    let admin_listener = env
+        .net
+        .binder
+        .bind(&me.admin_addr)
+        .await
+        .map_err(|e| bind_err("admin_addr", &me.admin_addr, e))?;
+    if env.tls.is_some() && env.admin_token.is_some() {
+        tracing::warn!(
+            "admin_token_file is set: the admin plane also accepts the break-glass token \
+             without a certificate; every use is logged and counted"
+        );
+    }
     let faults = env.store.faults();
     let cluster = Cluster::start(
         cfg.node_id,
@@ -214,7 +232,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         clock: env.clock,
         metrics: env.metrics.clone(),
         settings: cfg.api.clone(),
-        admin_token_sha256: api_key_hash(&env.admin_token),
+        admin_token_sha256: env.admin_token.as_deref().map(api_key_hash),
         pool: pool.clone(),
         cvc: Arc::new(CvcStore::new(cfg.api.cvc_entries_max)),
         health: Arc::new(crate::health::Health::new(
@@ -240,16 +258,22 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     crate::raft_types::spawn(crate::health::run(state.clone()));
     crate::raft_types::spawn(api::payments::resolver_loop(state.clone()));
     crate::raft_types::spawn(check_routes(state.clone()));
-    let (peer_tls, api_tls) = planes_tls(env.tls.as_ref(), cfg);
+    let planes = planes_tls(env.tls.as_ref(), cfg, env.admin_token.is_some());
     crate::raft_types::spawn(async move {
-        if let Err(e) = net::serve(raft_listener, raft_routes, peer_tls).await {
+        if let Err(e) = net::serve(raft_listener, raft_routes, planes.peer).await {
             tracing::error!(error = %e, "raft listener stopped");
         }
     });
     let api_routes = api::router(state.clone());
     crate::raft_types::spawn(async move {
-        if let Err(e) = net::serve(api_listener, api_routes, api_tls).await {
+        if let Err(e) = net::serve(api_listener, api_routes, planes.api).await {
             tracing::error!(error = %e, "api listener stopped");
+        }
+    });
+    let admin_routes = api::admin_router(state.clone());
+    crate::raft_types::spawn(async move {
+        if let Err(e) = net::serve(admin_listener, admin_routes, planes.admin).await {
+            tracing::error!(error = %e, "admin listener stopped");
         }
     });
     if let Some(tls) = env.tls.clone() {
@@ -273,27 +297,49 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     })
 }
 
-/// The peer plane admits only certificates naming a member; the client API asks for no
-/// client certificate.
-fn planes_tls(
-    tls: Option<&Arc<NodeTls>>,
-    cfg: &NodeConfig,
-) -> (Option<ServeTls>, Option<ServeTls>) {
+/// Each listener's TLS; all `None` in the insecure mode.
+struct Planes {
+    api: Option<ServeTls>,
+    peer: Option<ServeTls>,
+    admin: Option<ServeTls>,
+}
+
+/// The client API asks for no client certificate; the peer plane admits only
+/// certificates naming a member; the admin plane admits operators and members (which
+/// forward operators' requests), and callers without a certificate only when a
+/// break-glass token is configured.
+fn planes_tls(tls: Option<&Arc<NodeTls>>, cfg: &NodeConfig, break_glass: bool) -> Planes {
+    use net::tls::Identity;
     let Some(tls) = tls else {
-        return (None, None);
+        return Planes {
+            api: None,
+            peer: None,
+            admin: None,
+        };
     };
-    let members: std::collections::BTreeSet<u64> = cfg.peers.iter().map(|p| p.id).collect();
-    let peer = ServeTls {
-        config: tls.peer.clone(),
-        admit: Some(Arc::new(
-            move |who| matches!(who, Some(net::tls::Identity::Node { id }) if members.contains(id)),
-        )),
-    };
-    let api = ServeTls {
-        config: tls.api.clone(),
-        admit: None,
-    };
-    (Some(peer), Some(api))
+    let members: Arc<std::collections::BTreeSet<u64>> =
+        Arc::new(cfg.peers.iter().map(|p| p.id).collect());
+    let peer_members = members.clone();
+    Planes {
+        api: Some(ServeTls {
+            config: tls.api.clone(),
+            admit: None,
+        }),
+        peer: Some(ServeTls {
+            config: tls.peer.clone(),
+            admit: Some(Arc::new(
+                move |who| matches!(who, Some(Identity::Node { id }) if peer_members.contains(id)),
+            )),
+        }),
+        admin: Some(ServeTls {
+            config: tls.admin.clone(),
+            admit: Some(Arc::new(move |who| match who {
+                Some(Identity::Operator { .. }) => true,
+                Some(Identity::Node { id }) => members.contains(id),
+                None => break_glass,
+            })),
+        }),
+    }
 }
 
 /// Days before expiry from which each reload check warns.
@@ -313,7 +359,7 @@ async fn reload_tls(tls: Arc<NodeTls>, every: std::time::Duration, metrics: Arc<
             }
         }
         let not_after = tls.not_after_unix_s();
-        for plane in ["api", "peer"] {
+        for plane in ["api", "peer", "admin"] {
             metrics.set_tls_cert_expiry(plane, not_after);
         }
         let now_s = std::time::SystemTime::now()

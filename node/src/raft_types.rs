@@ -43,6 +43,9 @@ pub struct Member {
     pub api_addr: String,
     /// `host:port` of the Raft peer listener.
     pub raft_addr: String,
+    /// `host:port` of the admin plane (empty in memberships from before it existed).
+    #[serde(default)]
+    pub admin_addr: String,
     /// Never stands for election (it still votes and keeps a full copy).
     #[serde(default)]
     pub never_lead: bool,

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 pub const API_PORT: u16 = 7001;
 /// Raft port of simulated nodes.
 pub const RAFT_PORT: u16 = 7101;
+/// The admin plane port on every simulated host.
+pub const ADMIN_PORT: u16 = 7301;
 /// The admin token simulated nodes accept.
 pub const ADMIN_TOKEN: &str = "adm_simulation_token_0000";
 /// Port of the simulated acquirers (hosts `cafis` and `cardnet`).
@@ -41,6 +43,7 @@ pub fn members() -> Vec<PeerConfig> {
         role,
         api_addr: format!("{name}:{API_PORT}"),
         raft_addr: format!("{name}:{RAFT_PORT}"),
+        admin_addr: format!("{name}:{ADMIN_PORT}"),
         never_lead: false,
     })
     .collect()
@@ -52,7 +55,7 @@ pub fn config(id: u64) -> NodeConfig {
         node_id: id,
         data_dir: "/sim".into(),
         kek_file: "/sim/kek".into(),
-        admin_token_file: "/sim/admin".into(),
+        admin_token_file: Some("/sim/admin".into()),
         peers: members(),
         raft: Default::default(),
         api: Default::default(),
@@ -196,7 +199,7 @@ pub async fn run_node(cfg: NodeConfig, disk: SimDisk, seed: u64, probe: Probe) -
             entropy: Arc::new(Entropy::seeded(seed)),
             kek: Kek::from_bytes([7u8; 32]),
             fault_injection: cfg.faults.enabled,
-            admin_token: ADMIN_TOKEN.into(),
+            admin_token: Some(ADMIN_TOKEN.into()),
             metrics,
             // Not yet: the simulation's links are plain (see config's `tls.insecure`).
             tls: None,

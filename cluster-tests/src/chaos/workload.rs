@@ -17,9 +17,14 @@ fn now_ms() -> u64 {
 }
 
 fn client(bearer: &str, attempts: u32) -> Client {
+    client_on(sim::API_PORT, bearer, attempts)
+}
+
+/// A client of every node's listener on `port` (the client API or the admin plane).
+fn client_on(port: u16, bearer: &str, attempts: u32) -> Client {
     let endpoints = super::schedule::NODES
         .iter()
-        .map(|n| format!("{n}:{}", sim::API_PORT))
+        .map(|n| format!("{n}:{port}"))
         .collect();
     let mut cfg = ClientConfig::new(endpoints, bearer);
     cfg.attempt_timeout = Duration::from_secs(2);
@@ -380,8 +385,8 @@ pub(super) async fn worker(
 /// once (timing the recovery) and, once the replicas have converged, reads back every
 /// token, payment and order any client touched.
 pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
-    let admin = client(sim::ADMIN_TOKEN, 40);
-    let init = client(sim::ADMIN_TOKEN, 40);
+    let admin = client_on(sim::ADMIN_PORT, sim::ADMIN_TOKEN, 40);
+    let init = client_on(sim::ADMIN_PORT, sim::ADMIN_TOKEN, 40);
     let r = init.call(Method::POST, "/admin/v1/init", None).await;
     world.trace(format!("c0 init -> {}", outcome(&r)));
     let m = admin

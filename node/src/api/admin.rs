@@ -1,7 +1,8 @@
 //! Admin routes: form the cluster; create, list, update merchants and rotate their keys;
 //! move leadership.
-//! Every route requires the admin token; no merchant key is accepted here.
+//! Every route is on the admin plane, where an operator has been authenticated.
 
+use super::operator::Operator;
 use super::tokens::{body_or_problem, unexpected};
 use super::{result, Problem, St};
 use crate::crypto::api_key_hash;
@@ -12,8 +13,9 @@ use crate::vault::{
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::Extension;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -21,10 +23,9 @@ use serde_json::json;
 pub const MERCHANT_ID_CHARS_MAX: usize = 64;
 
 /// `POST /admin/v1/init`: form the cluster from the configured members, once.
-pub async fn init(State(st): St, headers: HeaderMap) -> HttpResponse {
+pub async fn init(State(st): St) -> HttpResponse {
     result(
         async {
-            st.admin(&headers)?;
             let new_id = format!(
                 "kc_{}",
                 base62_u128(u128::from_be_bytes(st.entropy.bytes()))
@@ -138,12 +139,11 @@ fn merchant_json(m: &MerchantInfo) -> serde_json::Value {
 /// keys, once.
 pub async fn create_merchant(
     State(st): St,
-    headers: HeaderMap,
+    Extension(op): Extension<Operator>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResponse {
     result(
         async {
-            st.admin(&headers)?;
             let input: CreateMerchant = super::problem::parse_json(&body_or_problem(body)?)?;
             check_merchant_id(&input.merchant_id)?;
             if input.name.is_empty() || input.name.len() > 200 {
@@ -165,6 +165,7 @@ pub async fn create_merchant(
                     require_three_d_secure: input.require_three_d_secure,
                 },
                 at_ms: st.now_ms(),
+                by: Some(op.actor()),
             };
             match st.write(cmd).await? {
                 Response::Merchant(m) => {
@@ -196,13 +197,12 @@ struct RotateKey {
 /// (default secret): issues a new key of that kind; the old one stops working at once.
 pub async fn rotate_key(
     State(st): St,
-    headers: HeaderMap,
+    Extension(op): Extension<Operator>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResponse {
     result(
         async {
-            st.admin(&headers)?;
             check_merchant_id(&id)?;
             let body = body_or_problem(body)?;
             let input: RotateKey = if body.is_empty() {
@@ -220,6 +220,7 @@ pub async fn rotate_key(
                 role: input.key,
                 key_sha256: api_key_hash(&key),
                 at_ms: st.now_ms(),
+                by: Some(op.actor()),
             };
             match st.write(cmd).await? {
                 Response::Merchant(m) => {
@@ -236,14 +237,9 @@ pub async fn rotate_key(
 }
 
 /// `GET /admin/v1/merchants/{id}`.
-pub async fn get_merchant(
-    State(st): St,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> HttpResponse {
+pub async fn get_merchant(State(st): St, Path(id): Path<String>) -> HttpResponse {
     result(
         async {
-            st.admin(&headers)?;
             st.linearize().await?;
             st.cluster
                 .vault()
@@ -267,13 +263,12 @@ struct UpdateMerchant {
 /// (new tokens only; existing tokens keep their ids).
 pub async fn update_merchant(
     State(st): St,
-    headers: HeaderMap,
+    Extension(op): Extension<Operator>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResponse {
     result(
         async {
-            st.admin(&headers)?;
             let input: UpdateMerchant = super::problem::parse_json(&body_or_problem(body)?)?;
             st.linearize().await?;
             let mut settings = st
@@ -296,6 +291,7 @@ pub async fn update_merchant(
                 merchant_id: id,
                 settings,
                 at_ms: st.now_ms(),
+                by: Some(op.actor()),
             };
             match st.write(cmd).await? {
                 Response::Merchant(m) => Ok(axum::Json(merchant_json(&m)).into_response()),
@@ -308,10 +304,9 @@ pub async fn update_merchant(
 }
 
 /// `GET /admin/v1/merchants`: every merchant (never their keys).
-pub async fn list_merchants(State(st): St, headers: HeaderMap) -> HttpResponse {
+pub async fn list_merchants(State(st): St) -> HttpResponse {
     result(
         async {
-            st.admin(&headers)?;
             st.linearize().await?;
             let list: Vec<_> = st
                 .cluster
@@ -336,12 +331,11 @@ struct Transfer {
 /// answers once that node leads.
 pub async fn transfer_leader(
     State(st): St,
-    headers: HeaderMap,
+    Extension(op): Extension<Operator>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResponse {
     result(
         async {
-            st.admin(&headers)?;
             let input: Transfer = super::problem::parse_json(&body_or_problem(body)?)?;
             let to = st.cluster.member_id(&input.to).ok_or_else(|| {
                 Problem::not_found("member_not_found", "no member with this name")
@@ -359,6 +353,7 @@ pub async fn transfer_leader(
                     action: "leader.transfer".into(),
                     detail: format!("to {}", input.to),
                     at_ms: st.now_ms(),
+                    by: Some(op.actor()),
                 };
                 // The transfer happened; failing to record it is logged, not reported.
                 if let Err(p) = st.write(record).await {
@@ -376,11 +371,10 @@ pub async fn transfer_leader(
 
 async fn set_drained(
     st: &super::AppState,
-    headers: &HeaderMap,
+    op: &Operator,
     name: String,
     drained: bool,
 ) -> Result<HttpResponse, Problem> {
-    st.admin(headers)?;
     if st.cluster.member_id(&name).is_none() {
         return Err(Problem::not_found(
             "member_not_found",
@@ -391,6 +385,7 @@ async fn set_drained(
         node: name.clone(),
         drained,
         at_ms: st.now_ms(),
+        by: Some(op.actor()),
     };
     match st.write(cmd).await? {
         Response::Recorded => {
@@ -403,13 +398,21 @@ async fn set_drained(
 /// `POST /admin/v1/nodes/{name}/drain`: the node gives up leadership (to the healthiest
 /// caught-up node), reports not ready and stops standing for election. Poll
 /// `/v1/cluster/status` (or use `kura drain`) to see when it is safe to stop.
-pub async fn drain(State(st): St, headers: HeaderMap, Path(name): Path<String>) -> HttpResponse {
-    result(set_drained(&st, &headers, name, true).await)
+pub async fn drain(
+    State(st): St,
+    Extension(op): Extension<Operator>,
+    Path(name): Path<String>,
+) -> HttpResponse {
+    result(set_drained(&st, &op, name, true).await)
 }
 
 /// `POST /admin/v1/nodes/{name}/undrain`: reverses `drain`.
-pub async fn undrain(State(st): St, headers: HeaderMap, Path(name): Path<String>) -> HttpResponse {
-    result(set_drained(&st, &headers, name, false).await)
+pub async fn undrain(
+    State(st): St,
+    Extension(op): Extension<Operator>,
+    Path(name): Path<String>,
+) -> HttpResponse {
+    result(set_drained(&st, &op, name, false).await)
 }
 
 fn faults_enabled(
@@ -424,31 +427,24 @@ fn faults_enabled(
 }
 
 /// `GET /admin/v1/faults`: this node's fault switches (node-local, never forwarded).
-pub async fn get_faults(State(st): St, headers: HeaderMap) -> HttpResponse {
-    result(
-        async {
-            st.admin(&headers)?;
-            Ok(axum::Json(faults_enabled(&st)?.get()).into_response())
-        }
-        .await,
-    )
+pub async fn get_faults(State(st): St) -> HttpResponse {
+    result(async { Ok(axum::Json(faults_enabled(&st)?.get()).into_response()) }.await)
 }
 
 /// `POST /admin/v1/faults` `{storage_stalled, storage_delay_ms, kek_failing,
 /// routes_blocked}`: sets this node's fault switches (omitted ones are cleared).
 pub async fn set_faults(
     State(st): St,
-    headers: HeaderMap,
+    Extension(op): Extension<Operator>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResponse {
     result(
         async {
-            st.admin(&headers)?;
             let switches = faults_enabled(&st)?;
             let state: crate::faults::FaultState =
                 super::problem::parse_json(&body_or_problem(body)?)?;
             switches.set(&state);
-            tracing::warn!(?state, "fault switches set");
+            tracing::warn!(?state, operator = %op.actor(), "fault switches set");
             Ok(axum::Json(switches.get()).into_response())
         }
         .await,

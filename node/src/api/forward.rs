@@ -1,5 +1,6 @@
 //! Transparent forwarding of leader-only requests from followers to the leader.
 
+use super::operator::{Operator, OPERATOR_HEADER};
 use super::{AppState, Problem, St};
 use crate::cluster::WriteError;
 use axum::body::Body;
@@ -34,6 +35,13 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
             None => return Problem::no_leader().into_response(),
         },
     };
+    // An admin request goes to the leader's admin plane, naming the operator this node
+    // authenticated; the rest to its client API.
+    let operator = req.extensions().get::<Operator>().cloned();
+    let addr_of = |m: &crate::raft_types::Member| match operator {
+        Some(_) => m.admin_addr.clone(),
+        None => m.api_addr.clone(),
+    };
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, st.settings.request_body_bytes_max)
         .collect()
@@ -57,9 +65,10 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
             let req = Request::from_parts(parts, Body::from(body));
             return serve_here(&st, req, next).await;
         }
-        match proxy(&st, &parts, body.clone(), &target.1.api_addr).await {
+        let addr = addr_of(&target.1);
+        match proxy(&st, &parts, body.clone(), &addr, operator.as_ref()).await {
             Ok(mut resp) => {
-                set_leader_header(&mut resp, &target.1.api_addr);
+                set_leader_header(&mut resp, &addr);
                 return resp;
             }
             Err(Unsent(p)) if !retried => {
@@ -85,8 +94,14 @@ async fn serve_here(st: &AppState, req: Request, next: Next) -> Response {
     let timeout = Duration::from_millis(st.settings.write_timeout_ms);
     match st.cluster.leader_caught_up(timeout).await {
         Ok(()) => {
+            let me = st.cluster.me();
+            let addr = match req.extensions().get::<Operator>() {
+                Some(_) => &me.admin_addr,
+                None => &me.api_addr,
+            };
+            let addr = addr.clone();
             let mut resp = next.run(req).await;
-            set_leader_header(&mut resp, &st.cluster.me().api_addr);
+            set_leader_header(&mut resp, &addr);
             resp
         }
         Err(WriteError::NotLeader { .. }) => {
@@ -116,15 +131,19 @@ async fn proxy(
     parts: &http::request::Parts,
     body: Bytes,
     leader_addr: &str,
+    operator: Option<&Operator>,
 ) -> Result<Response, Failed> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = http::Request::builder()
         .method(parts.method.clone())
         .uri(path);
     for (k, v) in parts.headers.iter() {
-        if k != http::header::HOST && k != http::header::CONNECTION {
+        if k != http::header::HOST && k != http::header::CONNECTION && k != OPERATOR_HEADER {
             out = out.header(k, v);
         }
+    }
+    if let Some(op) = operator {
+        out = out.header(OPERATOR_HEADER, op.header_value());
     }
     let out = out
         .header(http::header::HOST, leader_addr)

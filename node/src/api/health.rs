@@ -40,21 +40,36 @@ pub async fn ready(State(st): St) -> Response {
 /// `GET /v1/cluster/status`: this node's view of the cluster, with every node's health
 /// (its own checks, and the last report of each other node; `null` if it did not answer).
 pub async fn cluster_status(State(st): St) -> Response {
+    let mut v = status_view(&st);
+    // The cluster id admits a peer request (besides its certificate); it is not served
+    // to unauthenticated callers. Operators read it on the admin plane.
+    if let Some(o) = v.as_object_mut() {
+        o.remove("cluster_id");
+    }
+    axum::Json(v).into_response()
+}
+
+/// `GET /admin/v1/cluster/status` (admin plane): the same view, with the cluster id.
+pub async fn admin_cluster_status(State(st): St) -> Response {
+    axum::Json(status_view(&st)).into_response()
+}
+
+fn status_view(st: &AppState) -> serde_json::Value {
     let mut v = serde_json::to_value(st.cluster.status()).expect("status serializes");
     let peers = st.health.peer_reports();
-    v["health"] = json!(own_report(&st));
+    v["health"] = json!(own_report(st));
     v["acquirer_routes"] = json!(st.router.statuses());
     if let Some(members) = v["members"].as_array_mut() {
         for m in members {
             let id = m["id"].as_u64().unwrap_or_default();
             m["health"] = if id == st.cluster.id() {
-                json!(own_report(&st))
+                json!(own_report(st))
             } else {
                 json!(peers.get(&id).cloned().flatten())
             };
         }
     }
-    axum::Json(v).into_response()
+    v
 }
 
 /// `GET /metrics`: Prometheus text exposition.

@@ -12,6 +12,7 @@ mod forward;
 mod health;
 mod keys;
 mod members;
+pub mod operator;
 pub mod payments;
 pub mod peer;
 pub mod problem;
@@ -101,8 +102,8 @@ pub struct AppState {
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
     pub settings: ApiSettings,
-    /// SHA-256 of the admin token.
-    pub admin_token_sha256: String,
+    /// SHA-256 of the break-glass admin token, when one is configured.
+    pub admin_token_sha256: Option<String>,
     /// Connections to other nodes (forwarding).
     pub pool: Arc<HttpPool>,
     /// CVCs of one-time tokens, in memory only.
@@ -125,7 +126,7 @@ pub(crate) struct Caller {
 
 type St = State<Arc<AppState>>;
 
-/// The full API router.
+/// The client API: merchants' routes, health and metrics.
 pub fn router(state: Arc<AppState>) -> Router {
     let leader_routes = Router::new()
         .route("/v1/tokens", post(tokens::create))
@@ -147,6 +148,33 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/members/{member_id}/cards/{token}",
             axum::routing::delete(members::delete),
         )
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_leader,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), cors::layer));
+    Router::new()
+        .merge(leader_routes)
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/v1/cluster/status", get(health::cluster_status))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async {
+            Problem::not_found(
+                "route_not_found",
+                "no such route; see the API reference in README.md",
+            )
+        })
+        .layer(DefaultBodyLimit::max(state.settings.request_body_bytes_max))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The admin plane: named operators (and the CLI) form the cluster, manage merchants
+/// and keys, read the audit trail, move leadership and drain nodes. Every route needs
+/// an authenticated [`operator::Operator`]; auditors may only read.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    let leader_routes = Router::new()
         .route(
             "/admin/v1/merchants",
             post(admin::create_merchant).get(admin::list_merchants),
@@ -167,13 +195,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/v1/keys/verify", post(keys::verify))
         .route("/admin/v1/keys/{version}/retire", post(keys::retire))
         .route("/admin/v1/audit", get(audit::page))
-        .route("/v1/admin/audit", get(audit::page))
         .route("/admin/v1/audit/verify", post(audit::verify))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             forward::to_leader,
-        ))
-        .layer(middleware::from_fn_with_state(state.clone(), cors::layer));
+        ));
     Router::new()
         .merge(leader_routes)
         .route("/admin/v1/init", post(admin::init))
@@ -181,16 +207,20 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/v1/faults",
             get(admin::get_faults).post(admin::set_faults),
         )
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/v1/cluster/status", get(health::cluster_status))
-        .route("/metrics", get(health::metrics))
+        .route(
+            "/admin/v1/cluster/status",
+            get(health::admin_cluster_status),
+        )
         .fallback(|| async {
             Problem::not_found(
                 "route_not_found",
-                "no such route; see the API reference in README.md",
+                "no such admin route; see the API reference in README.md",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            operator::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(state.settings.request_body_bytes_max))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -259,22 +289,22 @@ impl AppState {
         }
     }
 
-    /// Checks the admin token in the `Authorization` header.
-    fn admin(&self, headers: &HeaderMap) -> Result<(), Problem> {
-        let key = bearer(headers).ok_or_else(Problem::unauthorized)?;
+    /// Checks a break-glass token in the `Authorization` header: `None` when none is
+    /// given, else whether it is the configured one (never, when none is configured).
+    fn check_break_glass(&self, headers: &HeaderMap) -> Option<bool> {
+        let key = bearer(headers)?;
+        let Some(expected) = &self.admin_token_sha256 else {
+            return Some(false);
+        };
         let given = api_key_hash(key);
         // Compare digests in constant time.
-        let same = given.len() == self.admin_token_sha256.len()
+        let same = given.len() == expected.len()
             && given
                 .bytes()
-                .zip(self.admin_token_sha256.bytes())
+                .zip(expected.bytes())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0;
-        if same {
-            Ok(())
-        } else {
-            Err(Problem::unauthorized())
-        }
+        Some(same)
     }
 
     /// Leader-stamped time for a new command.

@@ -390,6 +390,7 @@ pub(super) async fn current_data_key(st: &AppState) -> Result<(u32, DataKey), Pr
                 wrapped,
                 at_ms: st.now_ms(),
                 by_admin: false,
+                by: None,
             })
             .await?
         {

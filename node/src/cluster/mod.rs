@@ -276,6 +276,11 @@ impl Cluster {
         self.id
     }
 
+    /// True when `id` is one of the configured members.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.members.contains_key(&id)
+    }
+
     /// This node's configured member record.
     pub fn me(&self) -> &Member {
         &self.members[&self.id]

@@ -105,6 +105,10 @@ pub type Admit = Arc<dyn Fn(Option<&tls::Identity>) -> bool + Send + Sync>;
 #[derive(Debug, Clone)]
 pub struct ClientIdentity(pub tls::Identity);
 
+/// The address a request's connection came from (a request extension on every plane).
+#[derive(Debug, Clone)]
+pub struct ClientAddr(pub String);
+
 /// Bound on a TLS handshake: a client that stalls in it holds a task, not the listener.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -130,10 +134,10 @@ pub async fn serve(
         let tls = tls.clone();
         crate::raft_types::spawn(async move {
             match tls {
-                None => serve_conn(io, router, None).await,
+                None => serve_conn(io, router, peer, None).await,
                 Some(tls) => {
                     if let Some((stream, ident)) = handshake(io, &tls, &peer).await {
-                        serve_conn(stream, router, ident).await
+                        serve_conn(stream, router, peer, ident).await
                     }
                 }
             }
@@ -181,7 +185,12 @@ async fn handshake(
     Some((stream, ident))
 }
 
-async fn serve_conn<I: Io>(io: I, router: axum::Router, ident: Option<tls::Identity>) {
+async fn serve_conn<I: Io>(
+    io: I,
+    router: axum::Router,
+    peer: String,
+    ident: Option<tls::Identity>,
+) {
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt;
@@ -189,6 +198,7 @@ async fn serve_conn<I: Io>(io: I, router: axum::Router, ident: Option<tls::Ident
         if let Some(id) = &ident {
             req.extensions_mut().insert(ClientIdentity(id.clone()));
         }
+        req.extensions_mut().insert(ClientAddr(peer.clone()));
         req
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -159,6 +159,7 @@ pub struct TlsFiles {
 struct Material {
     api: Arc<rustls::ServerConfig>,
     peer: Arc<rustls::ServerConfig>,
+    admin: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
     not_after_unix_s: i64,
 }
@@ -169,7 +170,7 @@ const CERT_KEY: &str = "tls.cert_file";
 const KEY_KEY: &str = "tls.key_file";
 
 impl Material {
-    fn load(files: &TlsFiles) -> Result<Material, String> {
+    fn load(files: &TlsFiles, admin_token_allowed: bool) -> Result<Material, String> {
         let named = |key: &str, e: kura_sdk::tls::TlsError| format!("{key}: {}", e.0);
         let roots = Arc::new(roots_from_file(&files.ca_file).map_err(|e| named(CA_KEY, e))?);
         let chain = load_certs(&files.cert_file).map_err(|e| named(CERT_KEY, e))?;
@@ -187,19 +188,32 @@ impl Material {
             .with_no_client_auth()
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        let mutual = |optional: bool| -> Result<Arc<rustls::ServerConfig>, String> {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+            let verifier = if optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            }
             .build()
             .map_err(|e| format!("{CA_KEY}: cannot verify clients with it: {e}"))?;
-        let peer = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&tls13)
-            .map_err(|e| e.to_string())?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(mismatch)?;
+            let config = rustls::ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(&tls13)
+                .map_err(|e| e.to_string())?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key.clone_key())
+                .map_err(mismatch)?;
+            Ok(Arc::new(config))
+        };
+        let peer = mutual(false)?;
+        // With a break-glass token configured, the admin plane also takes connections
+        // without a certificate (the token then authenticates each request).
+        let admin = mutual(admin_token_allowed)?;
         let client = client_config((*roots).clone(), Some((chain, key))).map_err(|e| e.0)?;
         Ok(Material {
             api: Arc::new(api),
-            peer: Arc::new(peer),
+            peer,
+            admin,
             client: Arc::new(client),
             not_after_unix_s,
         })
@@ -233,10 +247,14 @@ pub type SharedServerConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 /// fails to load leaves the old material in use).
 pub struct NodeTls {
     files: TlsFiles,
+    admin_token_allowed: bool,
     /// The client API: server certificate only.
     pub api: SharedServerConfig,
     /// The peer plane: mutual TLS with the cluster CA.
     pub peer: SharedServerConfig,
+    /// The admin plane: operators' certificates from the cluster CA (and none needed
+    /// when a break-glass token is configured).
+    pub admin: SharedServerConfig,
     /// Outbound: to peers and to the leader when forwarding (trusts the cluster CA,
     /// presents the node certificate).
     pub client: SharedClientConfig,
@@ -245,14 +263,17 @@ pub struct NodeTls {
 }
 
 impl NodeTls {
-    /// Loads every file; the error is one sentence naming the config key.
-    pub fn load(files: TlsFiles) -> Result<NodeTls, String> {
+    /// Loads every file; the error is one sentence naming the config key. With
+    /// `admin_token_allowed`, the admin plane accepts connections without a certificate.
+    pub fn load(files: TlsFiles, admin_token_allowed: bool) -> Result<NodeTls, String> {
         let stamp = stamps(&files);
-        let m = Material::load(&files)?;
+        let m = Material::load(&files, admin_token_allowed)?;
         Ok(NodeTls {
             files,
+            admin_token_allowed,
             api: Arc::new(RwLock::new(m.api)),
             peer: Arc::new(RwLock::new(m.peer)),
+            admin: Arc::new(RwLock::new(m.admin)),
             client: Arc::new(RwLock::new(m.client)),
             stamp: Mutex::new(stamp),
             not_after_unix_s: AtomicI64::new(m.not_after_unix_s),
@@ -276,9 +297,10 @@ impl NodeTls {
             // Judge each change once: a broken file is reported once, not every poll.
             *seen = now;
         }
-        let m = Material::load(&self.files)?;
+        let m = Material::load(&self.files, self.admin_token_allowed)?;
         *self.api.write().expect("tls lock") = m.api;
         *self.peer.write().expect("tls lock") = m.peer;
+        *self.admin.write().expect("tls lock") = m.admin;
         *self.client.write().expect("tls lock") = m.client;
         self.not_after_unix_s
             .store(m.not_after_unix_s, Ordering::Relaxed);

@@ -104,6 +104,10 @@ pub enum Command {
         /// True when an operator rotated keys (false: the first key, made on first use).
         #[serde(default)]
         by_admin: bool,
+        /// Who asked: `operator:<name>` or `break-glass` (absent in entries from before
+        /// named operators; audited as `admin`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// Creates a merchant with the hashes of its secret and publishable keys.
     CreateMerchant {
@@ -113,6 +117,10 @@ pub enum Command {
         publishable_key_sha256: String,
         settings: MerchantSettings,
         at_ms: u64,
+        /// Who asked: `operator:<name>` or `break-glass` (absent in entries from before
+        /// named operators; audited as `admin`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// Replaces one of a merchant's key hashes; the old key stops working at once.
     RotateMerchantKey {
@@ -120,12 +128,20 @@ pub enum Command {
         role: KeyRole,
         key_sha256: String,
         at_ms: u64,
+        /// Who asked: `operator:<name>` or `break-glass` (absent in entries from before
+        /// named operators; audited as `admin`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// Replaces a merchant's settings.
     UpdateMerchant {
         merchant_id: String,
         settings: MerchantSettings,
         at_ms: u64,
+        /// Who asked: `operator:<name>` or `break-glass` (absent in entries from before
+        /// named operators; audited as `admin`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// Stores a sealed card under a new token.
     Tokenize {
@@ -177,7 +193,14 @@ pub enum Command {
         at_ms: u64,
     },
     /// Destroys an old data key's wrapped bytes once no card uses it.
-    RetireDataKey { version: u32, at_ms: u64 },
+    RetireDataKey {
+        version: u32,
+        at_ms: u64,
+        /// Who asked: `operator:<name>` or `break-glass` (absent in entries from before
+        /// named operators; audited as `admin`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// Written by a new leader at the start of its term: who leads, and why leadership
     /// changed (`crash_or_partition`, `operator`, `failback`, `unhealthy_storage`,
     /// `unhealthy_keys`, `unhealthy_routes`), so every node logs and counts the change
@@ -195,6 +218,10 @@ pub enum Command {
         node: String,
         drained: bool,
         at_ms: u64,
+        /// Who asked: `operator:<name>` or `break-glass` (absent in entries from before
+        /// named operators; audited as `admin`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// Opens a payment before the acquirer is called (the intent). A one-time token is
     /// consumed here, atomically; `order_id` must be new for the merchant.
@@ -238,6 +265,10 @@ pub enum Command {
         action: String,
         detail: String,
         at_ms: u64,
+        /// Who asked: `operator:<name>` or `break-glass` (absent in entries from before
+        /// named operators; audited as `admin`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
 }
 

@@ -243,6 +243,7 @@ impl VaultState {
                 publishable_key_sha256,
                 settings,
                 at_ms,
+                ..
             } => {
                 let m = Merchant {
                     name: name.clone(),
@@ -259,6 +260,7 @@ impl VaultState {
                 role,
                 key_sha256,
                 at_ms,
+                ..
             } => self.rotate_merchant_key(merchant_id, *role, key_sha256, *at_ms),
             Command::UpdateMerchant {
                 merchant_id,
@@ -335,7 +337,7 @@ impl VaultState {
             Command::ResealCards {
                 to_version, cards, ..
             } => self.reseal(*to_version, cards),
-            Command::RetireDataKey { version, at_ms } => self.retire_data_key(*version, *at_ms),
+            Command::RetireDataKey { version, at_ms, .. } => self.retire_data_key(*version, *at_ms),
             Command::RecordLeaderChange {
                 leader_node,
                 leader_name,
@@ -1044,27 +1046,36 @@ fn count_down(usage: &mut BTreeMap<u32, u64>, version: u32) {
 
 /// The audit record of `cmd` and its response. Never includes card data or keys.
 fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
-    let admin = || "admin".to_owned();
+    // The operator who asked; entries from before named operators say `admin`.
+    let admin = |by: &Option<String>| by.clone().unwrap_or_else(|| "admin".to_owned());
     let system = || "system".to_owned();
     let merchant = |id: &str, role: KeyRole| format!("merchant:{id}:{}", role.as_str());
     let (actor, merchant_id, token, detail): (String, Option<&str>, Option<&str>, String) =
         match cmd {
             Command::InstallDataKey {
-                version, by_admin, ..
+                version,
+                by_admin,
+                by,
+                ..
             } => (
-                if *by_admin { admin() } else { system() },
+                if *by_admin { admin(by) } else { system() },
                 None,
                 None,
                 format!("version {version}"),
             ),
-            Command::CreateMerchant { merchant_id, .. }
-            | Command::UpdateMerchant { merchant_id, .. } => {
-                (admin(), Some(merchant_id), None, String::new())
+            Command::CreateMerchant {
+                merchant_id, by, ..
             }
+            | Command::UpdateMerchant {
+                merchant_id, by, ..
+            } => (admin(by), Some(merchant_id), None, String::new()),
             Command::RotateMerchantKey {
-                merchant_id, role, ..
+                merchant_id,
+                role,
+                by,
+                ..
             } => (
-                admin(),
+                admin(by),
                 Some(merchant_id),
                 None,
                 format!("{} key", role.as_str()),
@@ -1124,8 +1135,8 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
                     _ => format!("to version {to_version}"),
                 },
             ),
-            Command::RetireDataKey { version, .. } => {
-                (admin(), None, None, format!("version {version}"))
+            Command::RetireDataKey { version, by, .. } => {
+                (admin(by), None, None, format!("version {version}"))
             }
             Command::RecordLeaderChange {
                 leader_name,
@@ -1134,7 +1145,7 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
                 ..
             } => (
                 if cause == "operator" {
-                    admin()
+                    admin(&None)
                 } else {
                     system()
                 },
@@ -1142,7 +1153,7 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
                 None,
                 format!("{leader_name} leads term {term}, cause {cause}"),
             ),
-            Command::SetDrained { node, .. } => (admin(), None, None, format!("node {node}")),
+            Command::SetDrained { node, by, .. } => (admin(by), None, None, format!("node {node}")),
             Command::OpenPayment {
                 merchant_id,
                 payment_id,
@@ -1193,9 +1204,9 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
                 None,
                 format!("payment {payment_id} {change:?}"),
             ),
-            Command::RecordAdminAction { action, detail, .. } => {
-                (admin(), None, None, format!("{action}: {detail}"))
-            }
+            Command::RecordAdminAction {
+                action, detail, by, ..
+            } => (admin(by), None, None, format!("{action}: {detail}")),
         };
     AuditEntry {
         at_ms: cmd.at_ms(),
@@ -1291,6 +1302,7 @@ mod tests {
 
     fn create(id: &str, at_ms: u64) -> Command {
         Command::CreateMerchant {
+            by: None,
             merchant_id: id.into(),
             name: id.to_uppercase(),
             secret_key_sha256: format!("h{id}"),
@@ -1304,6 +1316,7 @@ mod tests {
         let mut s = VaultState::default();
         let steps = [
             Command::InstallDataKey {
+                by: None,
                 version: 1,
                 wrapped: vec![9; 60],
                 at_ms: 1,
@@ -1361,6 +1374,7 @@ mod tests {
     fn rotating_a_key_retires_the_old_one() {
         let mut s = seeded();
         let rot = |role, hash: &str| Command::RotateMerchantKey {
+            by: None,
             merchant_id: "a".into(),
             role,
             key_sha256: hash.into(),
@@ -1624,6 +1638,7 @@ mod tests {
 
     fn install(version: u32, at_ms: u64) -> Command {
         Command::InstallDataKey {
+            by: None,
             version,
             wrapped: vec![version as u8; 60],
             at_ms,
@@ -1805,6 +1820,7 @@ mod tests {
         }
         s.apply(&open);
         let tick = |at_ms| Command::RecordAdminAction {
+            by: None,
             action: "tick".into(),
             detail: String::new(),
             at_ms,
@@ -1839,6 +1855,7 @@ mod tests {
         assert_eq!(s.stale_cards(Some("tok_1"), 2, 10).len(), 1, "cursor");
         assert_eq!(
             s.apply(&Command::RetireDataKey {
+                by: None,
                 version: 1,
                 at_ms: 14
             }),
@@ -1846,6 +1863,7 @@ mod tests {
         );
         assert_eq!(
             s.apply(&Command::RetireDataKey {
+                by: None,
                 version: 2,
                 at_ms: 14
             }),
@@ -1874,6 +1892,7 @@ mod tests {
         s.apply(&reseal("tok_2", 1, 2, 17));
         assert!(s.stale_cards(None, 2, 10).is_empty());
         let retire = Command::RetireDataKey {
+            by: None,
             version: 1,
             at_ms: 18,
         };
@@ -1899,6 +1918,7 @@ mod tests {
             require_three_d_secure: true,
         };
         let update = |id: &str| Command::UpdateMerchant {
+            by: None,
             merchant_id: id.into(),
             settings: settings.clone(),
             at_ms: 20,
@@ -1913,6 +1933,36 @@ mod tests {
             Response::Refused(Refusal::UnknownMerchant)
         );
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn an_admin_change_is_audited_under_the_operator_who_asked() {
+        let mut s = VaultState::default();
+        let mut by_alice = create("m1", 5);
+        if let Command::CreateMerchant { by, .. } = &mut by_alice {
+            *by = Some("operator:alice".into());
+        }
+        s.apply(&by_alice);
+        // An entry from before named operators carries no `by`.
+        let old: Command = serde_json::from_value(serde_json::json!({
+            "CreateMerchant": {
+                "merchant_id": "m2", "name": "M2", "secret_key_sha256": "h2",
+                "publishable_key_sha256": "p2", "settings": MerchantSettings::default(),
+                "at_ms": 6
+            }
+        }))
+        .unwrap();
+        s.apply(&old);
+        let a = s.audit();
+        let actors: Vec<_> = a
+            .page(0, 10)
+            .iter()
+            .map(|r| r.entry.actor.clone())
+            .collect();
+        assert_eq!(actors, vec!["operator:alice", "admin"]);
+        assert!(!serde_json::to_string(&create("m3", 7))
+            .unwrap()
+            .contains("\"by\""));
     }
 
     #[test]
@@ -2002,6 +2052,7 @@ mod tests {
                 (tok(), 1u32..5, 1u32..5, at())
                     .prop_map(|(t, from, to, at)| { reseal(&format!("tok_{t}"), from, to, at) }),
                 (1u32..5, at()).prop_map(|(v, at)| Command::RetireDataKey {
+                    by: None,
                     version: v,
                     at_ms: at
                 }),
