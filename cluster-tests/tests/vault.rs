@@ -628,7 +628,7 @@ async fn keys_rotate_under_load_through_a_leader_kill_and_every_card_still_decry
         "after retiring keys 1 and 2"
     );
     let trail = c
-        .admin_call(Method::GET, "/v1/admin/audit?limit=1000", None)
+        .admin_call(Method::GET, "/admin/v1/audit?limit=1000", None)
         .await;
     let actions: Vec<&str> = trail["records"]
         .as_array()
