@@ -297,3 +297,8 @@ fn without_fsync_a_power_loss_loses_acknowledged_writes_and_the_oracle_sees_it()
         r.violations
     );
 }
+
+#[test]
+fn every_simulated_link_speaks_tls_and_refuses_plain_http() {
+    chaos::check_links_are_tls(SEED).unwrap();
+}

@@ -29,6 +29,37 @@ impl Algorithm {
     }
 }
 
+/// Where a new key comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum NewKey {
+    /// Drawn from the operating system's randomness.
+    Random(Algorithm),
+    /// An Ed25519 key derived from a seed: the simulation's certificates are the same
+    /// bytes for the same run seed.
+    Ed25519Seed([u8; 32]),
+}
+
+impl From<Algorithm> for NewKey {
+    fn from(a: Algorithm) -> NewKey {
+        NewKey::Random(a)
+    }
+}
+
+impl NewKey {
+    fn make(self) -> Result<KeyPair, String> {
+        match self {
+            NewKey::Random(alg) => KeyPair::generate_for(alg.rcgen()).map_err(|e| e.to_string()),
+            NewKey::Ed25519Seed(seed) => {
+                // PKCS#8 v1 of an Ed25519 private key: a fixed prefix, then the seed.
+                let mut der = hex::decode("302e020100300506032b657004220420").expect("hex");
+                der.extend_from_slice(&seed);
+                KeyPair::from_pkcs8_der_and_sign_algo(&der.as_slice().into(), &rcgen::PKCS_ED25519)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 /// Days a new CA certificate is valid.
 pub const CA_DAYS_DEFAULT: i64 = 3650;
 /// Days a new node or operator certificate is valid.
@@ -60,8 +91,13 @@ fn uri(s: &str) -> Result<SanType, String> {
 }
 
 /// A new self-signed CA.
-pub fn new_ca(cn: &str, alg: Algorithm, now: OffsetDateTime, days: i64) -> Result<Issued, String> {
-    let key = KeyPair::generate_for(alg.rcgen()).map_err(|e| e.to_string())?;
+pub fn new_ca(
+    cn: &str,
+    key: impl Into<NewKey>,
+    now: OffsetDateTime,
+    days: i64,
+) -> Result<Issued, String> {
+    let key = key.into().make()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = name(cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -83,7 +119,7 @@ pub fn new_leaf(
     ca_key_pem: &str,
     identity: Option<&Identity>,
     hosts: &[String],
-    alg: Algorithm,
+    key: impl Into<NewKey>,
     now: OffsetDateTime,
     days: i64,
 ) -> Result<Issued, String> {
@@ -111,7 +147,7 @@ pub fn new_leaf(
     };
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, now, days);
-    let key = KeyPair::generate_for(alg.rcgen()).map_err(|e| e.to_string())?;
+    let key = key.into().make()?;
     let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
     Ok(Issued {
         cert_pem: cert.pem(),
@@ -344,6 +380,26 @@ mod tests {
         assert_eq!(tls::identity_of(&der[0]), Some(alice));
         assert!(operator("alice/admin", OperatorRole::Admin).is_err());
         assert!(operator("", OperatorRole::Admin).is_err());
+    }
+
+    #[test]
+    fn seeded_keys_give_the_same_certificate_bytes_every_time() {
+        let make = |seed: u8| {
+            let ca = new_ca("sim CA", NewKey::Ed25519Seed([seed; 32]), now(), 10).unwrap();
+            let leaf = new_leaf(
+                &ca.cert_pem,
+                &ca.key_pem,
+                Some(&Identity::Node { id: 1 }),
+                &["main".to_owned()],
+                NewKey::Ed25519Seed([seed ^ 0xff; 32]),
+                now(),
+                10,
+            )
+            .unwrap();
+            (ca.cert_pem, leaf.cert_pem, leaf.key_pem)
+        };
+        assert_eq!(make(1), make(1));
+        assert_ne!(make(1).1, make(2).1);
     }
 
     #[test]

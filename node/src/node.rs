@@ -281,6 +281,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
             tls,
             cfg.tls.reload_interval(),
             env.metrics.clone(),
+            state.clock.clone(),
         ));
     }
     crate::raft_types::spawn(update_metrics(state.clone()));
@@ -348,7 +349,12 @@ const CERT_EXPIRY_WARN_DAYS: i64 = 30;
 /// Picks up renewed certificate files (new connections use them; a file that fails to
 /// load keeps the old material and is reported once), exports the node certificate's
 /// expiry and warns as it nears.
-async fn reload_tls(tls: Arc<NodeTls>, every: std::time::Duration, metrics: Arc<Metrics>) {
+async fn reload_tls(
+    tls: Arc<NodeTls>,
+    every: std::time::Duration,
+    metrics: Arc<Metrics>,
+    clock: crate::api::Clock,
+) {
     let mut warned_for = 0;
     loop {
         match tls.reload_if_changed() {
@@ -362,9 +368,7 @@ async fn reload_tls(tls: Arc<NodeTls>, every: std::time::Duration, metrics: Arc<
         for plane in ["api", "peer", "admin"] {
             metrics.set_tls_cert_expiry(plane, not_after);
         }
-        let now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now_s = (clock() / 1000) as i64;
         let days_left = (not_after - now_s) / 86_400;
         if days_left < CERT_EXPIRY_WARN_DAYS && warned_for != not_after {
             warned_for = not_after;

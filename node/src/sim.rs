@@ -3,11 +3,13 @@
 
 use crate::acquirer::sim::Ledger;
 use crate::api::Clock;
+use crate::certs::{self, Issued, NewKey};
 use crate::cluster::{Cluster, ClusterStatus};
 use crate::config::{NodeConfig, PeerConfig};
 use crate::crypto::{Entropy, Kek};
 use crate::faults::FaultSwitches;
 use crate::metrics::Metrics;
+use crate::net::tls::{Identity, NodeTls, OperatorRole, Pem};
 use crate::net::Net;
 use crate::node::{fsync_observer, NodeEnv};
 use crate::raft_types::{Role, Rt};
@@ -22,8 +24,11 @@ pub const API_PORT: u16 = 7001;
 pub const RAFT_PORT: u16 = 7101;
 /// The admin plane port on every simulated host.
 pub const ADMIN_PORT: u16 = 7301;
-/// The admin token simulated nodes accept.
-pub const ADMIN_TOKEN: &str = "adm_simulation_token_0000";
+/// Where simulated time starts (2026-11-22): the simulation's certificates are valid
+/// from an hour before it.
+pub const SIM_EPOCH_UNIX_S: u64 = 1_795_392_000;
+/// Days the simulation's certificates are valid (a run lasts minutes).
+const SIM_CERT_DAYS: i64 = 30;
 /// Port of the simulated acquirers (hosts `cafis` and `cardnet`).
 pub const ACQUIRER_PORT: u16 = 7201;
 /// The two acquirer routes' names, which are also their hosts' names.
@@ -55,7 +60,7 @@ pub fn config(id: u64) -> NodeConfig {
         node_id: id,
         data_dir: "/sim".into(),
         kek_file: "/sim/kek".into(),
-        admin_token_file: Some("/sim/admin".into()),
+        admin_token_file: None,
         peers: members(),
         raft: Default::default(),
         api: Default::default(),
@@ -74,11 +79,107 @@ pub fn config(id: u64) -> NodeConfig {
                 .collect(),
             ..Default::default()
         },
-        // The simulated network is plain HTTP until the simulation carries TLS.
-        tls: crate::config::TlsSettings {
-            insecure: true,
-            ..Default::default()
-        },
+        // TLS on every simulated link, with material made in memory (see `SimPki`).
+        tls: Default::default(),
+    }
+}
+
+/// rustls's clock on a simulated host: turmoil's time since its epoch.
+#[derive(Debug)]
+struct SimTime;
+
+impl rustls::time_provider::TimeProvider for SimTime {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        turmoil::since_epoch().map(rustls::pki_types::UnixTime::since_unix_epoch)
+    }
+}
+
+fn sim_time() -> crate::net::tls::Time {
+    Some(Arc::new(SimTime))
+}
+
+/// The simulation's certificates, made before the run from its seed (Ed25519 keys
+/// derived from it, so every byte is the same for the same seed): a cluster CA, a
+/// certificate per node and per acquirer route (named by host), and the checker's
+/// operator certificate.
+pub struct SimPki {
+    ca: Issued,
+    nodes: BTreeMap<u64, Issued>,
+    routes: BTreeMap<&'static str, Issued>,
+    operator: Issued,
+}
+
+impl SimPki {
+    /// The certificates of the run with `seed`.
+    pub fn new(seed: u64) -> SimPki {
+        let key = |label: &str| {
+            let mut h = Sha256::new();
+            h.update(seed.to_be_bytes());
+            h.update(label.as_bytes());
+            NewKey::Ed25519Seed(h.finalize().into())
+        };
+        let now =
+            time::OffsetDateTime::from_unix_timestamp(SIM_EPOCH_UNIX_S as i64).expect("epoch");
+        let ca = certs::new_ca("kura simulation CA", key("ca"), now, SIM_CERT_DAYS).expect("CA");
+        let leaf = |who: Option<&Identity>, host: &str, label: &str| {
+            certs::new_leaf(
+                &ca.cert_pem,
+                &ca.key_pem,
+                who,
+                &[host.to_owned()],
+                key(label),
+                now,
+                SIM_CERT_DAYS,
+            )
+            .expect("simulation certificate")
+        };
+        let nodes = members()
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    leaf(Some(&Identity::Node { id: m.id }), &m.name, &m.name),
+                )
+            })
+            .collect();
+        let routes = ROUTES.iter().map(|r| (*r, leaf(None, r, r))).collect();
+        let checker = Identity::Operator {
+            name: "chaos".into(),
+            role: OperatorRole::Admin,
+        };
+        let operator = leaf(Some(&checker), "checker", "operator");
+        SimPki {
+            nodes,
+            routes,
+            operator,
+            ca,
+        }
+    }
+
+    fn pem(&self, leaf: &Issued) -> Pem {
+        Pem::from_text(&self.ca.cert_pem, &leaf.cert_pem, &leaf.key_pem).expect("simulation PEM")
+    }
+
+    fn node_tls(&self, id: u64) -> NodeTls {
+        NodeTls::from_pem(self.pem(&self.nodes[&id]), false, sim_time()).expect("node TLS")
+    }
+
+    fn acquirer_server(&self, route: &str) -> rustls::ServerConfig {
+        let Pem { chain, key, .. } = self.pem(&self.routes[route]);
+        crate::net::tls::server_only_with(chain, key, &sim_time()).expect("acquirer TLS")
+    }
+
+    /// A client trusting the simulation's CA, presenting no certificate.
+    pub fn client(&self) -> rustls::ClientConfig {
+        let Pem { roots, .. } = self.pem(&self.operator);
+        kura_sdk::tls::client_config_at(roots, None, sim_time()).expect("client TLS")
+    }
+
+    /// The checker's operator client for the admin plane.
+    pub fn operator_client(&self) -> rustls::ClientConfig {
+        let Pem { roots, chain, key } = self.pem(&self.operator);
+        kura_sdk::tls::client_config_at(roots, Some((chain, key)), sim_time())
+            .expect("operator TLS")
     }
 }
 
@@ -179,7 +280,13 @@ impl Probe {
 /// Runs node `cfg` on the current turmoil host until the host crashes. `disk` must be
 /// created outside the host closure so that it survives restarts. The node registers
 /// with `probe`, and checks the payment invariants after every command it applies.
-pub async fn run_node(cfg: NodeConfig, disk: SimDisk, seed: u64, probe: Probe) -> turmoil::Result {
+pub async fn run_node(
+    cfg: NodeConfig,
+    disk: SimDisk,
+    seed: u64,
+    probe: Probe,
+    pki: Arc<SimPki>,
+) -> turmoil::Result {
     Rt::scope(seed, async move {
         let id = cfg.node_id;
         let metrics = Arc::new(Metrics::new());
@@ -199,11 +306,10 @@ pub async fn run_node(cfg: NodeConfig, disk: SimDisk, seed: u64, probe: Probe) -
             entropy: Arc::new(Entropy::seeded(seed)),
             kek: Kek::from_bytes([7u8; 32]),
             fault_injection: cfg.faults.enabled,
-            admin_token: Some(ADMIN_TOKEN.into()),
+            admin_token: None,
             metrics,
-            // Not yet: the simulation's links are plain (see config's `tls.insecure`).
-            tls: None,
-            acquirer_tls: None,
+            tls: Some(Arc::new(pki.node_tls(id))),
+            acquirer_tls: Some(pki.client()),
         };
         let node = crate::node::start(&cfg, env).await?;
         probe.register(id, node.cluster.clone(), faults);
@@ -215,13 +321,27 @@ pub async fn run_node(cfg: NodeConfig, disk: SimDisk, seed: u64, probe: Probe) -
 
 /// Runs an acquirer simulator on the current turmoil host over `ledger`, which must be
 /// created outside the host closure so that its books survive the host's crashes.
-pub async fn run_acquirer(ledger: Ledger, seed: u64) -> turmoil::Result {
+pub async fn run_acquirer(
+    ledger: Ledger,
+    seed: u64,
+    pki: Arc<SimPki>,
+    route: &'static str,
+) -> turmoil::Result {
     Rt::scope(seed, async move {
         let listener = Net::turmoil()
             .binder
             .bind(&format!("0.0.0.0:{ACQUIRER_PORT}"))
             .await?;
-        crate::net::serve(listener, crate::acquirer::sim::router_with(ledger), None).await?;
+        let tls = crate::net::ServeTls {
+            config: Arc::new(std::sync::RwLock::new(Arc::new(pki.acquirer_server(route)))),
+            admit: None,
+        };
+        crate::net::serve(
+            listener,
+            crate::acquirer::sim::router_with(ledger),
+            Some(tls),
+        )
+        .await?;
         Ok(())
     })
     .await

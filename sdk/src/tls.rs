@@ -82,7 +82,21 @@ pub fn client_config(
     roots: rustls::RootCertStore,
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    client_config_at(roots, identity, None)
+}
+
+/// Like [`client_config`], judging certificates' validity by `time` (a simulation's
+/// clock) instead of the system's when given.
+pub fn client_config_at(
+    roots: rustls::RootCertStore,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    time: Option<Arc<dyn rustls::time_provider::TimeProvider>>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = match time {
+        Some(t) => rustls::ClientConfig::builder_with_details(provider(), t),
+        None => rustls::ClientConfig::builder_with_provider(provider()),
+    };
+    let builder = builder
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(format!("TLS 1.3 unavailable: {e}")))?
         .with_root_certificates(roots);

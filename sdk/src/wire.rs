@@ -7,7 +7,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -83,7 +83,9 @@ impl WireError {
 pub struct HttpPool {
     connector: Arc<dyn Connector>,
     spawn: Spawner,
-    idle: Mutex<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
+    // Ordered, so dropping a pool closes its connections in the same order every time
+    // (a simulation replays byte for byte only if it does).
+    idle: Mutex<BTreeMap<String, Vec<SendRequest<Full<Bytes>>>>>,
     idle_per_addr_max: usize,
     body_bytes_max: usize,
     connect_timeout: Duration,
@@ -102,7 +104,7 @@ impl HttpPool {
         HttpPool {
             connector,
             spawn,
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(BTreeMap::new()),
             idle_per_addr_max: IDLE_PER_ADDR_MAX,
             body_bytes_max,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,

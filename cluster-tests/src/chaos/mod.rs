@@ -54,6 +54,16 @@ struct Shared {
     payments: Vec<String>,
     orders: Vec<String>,
     payments_seen: Vec<oracle::PaymentSeen>,
+    /// The clients' TLS, from the run's certificates.
+    tls: Option<ClientTls>,
+}
+
+/// What the simulated clients present: merchants trust the CA; the checker is also an
+/// operator.
+#[derive(Clone)]
+struct ClientTls {
+    client: Arc<rustls::ClientConfig>,
+    operator: Arc<rustls::ClientConfig>,
 }
 
 #[derive(Clone, Default)]
@@ -501,7 +511,7 @@ pub fn run(params: Params) -> Report {
     let seed = params.seed;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
-        .epoch(UNIX_EPOCH + Duration::from_secs(1_795_392_000)) // 2026-11-22
+        .epoch(UNIX_EPOCH + Duration::from_secs(sim::SIM_EPOCH_UNIX_S))
         .simulation_duration(Duration::from_millis(
             params.fault_phase_ms + params.recovery_bound_ms + 60_000,
         ))
@@ -510,12 +520,14 @@ pub fn run(params: Params) -> Report {
         .tcp_capacity(1 << 16)
         .build();
     let probe = Probe::default();
+    let pki = Arc::new(sim::SimPki::new(seed));
     let disks: Vec<SimDisk> = (0..3).map(|_| SimDisk::new()).collect();
     for id in 1..=3u64 {
-        let (disk, probe, cfg) = (
+        let (disk, probe, cfg, pki) = (
             disks[(id - 1) as usize].clone(),
             probe.clone(),
             node_config(&params, id),
+            pki.clone(),
         );
         let boots = Arc::new(AtomicU64::new(0));
         sim.host(name(id), move || {
@@ -525,19 +537,29 @@ pub fn run(params: Params) -> Report {
                 disk.clone(),
                 sim::node_seed(seed, id, boot),
                 probe.clone(),
+                pki.clone(),
             )
         });
     }
     let ledgers: Vec<Ledger> = (0..2).map(|_| Ledger::default()).collect();
     for (r, ledger) in ledgers.iter().enumerate() {
-        let ledger = ledger.clone();
+        let (ledger, pki) = (ledger.clone(), pki.clone());
         let boots = Arc::new(AtomicU64::new(0));
         sim.host(sim::ROUTES[r], move || {
             let boot = boots.fetch_add(1, Ordering::SeqCst);
-            sim::run_acquirer(ledger.clone(), sim::node_seed(seed, 10 + r as u64, boot))
+            sim::run_acquirer(
+                ledger.clone(),
+                sim::node_seed(seed, 10 + r as u64, boot),
+                pki.clone(),
+                sim::ROUTES[r],
+            )
         });
     }
     let world = World::default();
+    world.lock().tls = Some(ClientTls {
+        client: Arc::new(pki.client()),
+        operator: Arc::new(pki.operator_client()),
+    });
     // Clients spawn connection tasks through the Raft runtime, which wants a seed.
     let client_seed = |k: u64| sim::node_seed(seed, 100 + k, 0);
     sim.client(
@@ -690,4 +712,76 @@ pub fn run(params: Params) -> Report {
         final_leadership,
         final_purged,
     }
+}
+
+/// Starts the three nodes of a run with `seed` (no faults, no workload) and checks that
+/// every simulated link carries TLS: a plain HTTP request to any node's client API,
+/// peer or admin listener gets no answer, and the same request over TLS, trusting the
+/// run's CA, does.
+pub fn check_links_are_tls(seed: u64) -> Result<(), String> {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(sim::SIM_EPOCH_UNIX_S))
+        .simulation_duration(Duration::from_secs(60))
+        .build();
+    let pki = Arc::new(sim::SimPki::new(seed));
+    for id in 1..=3u64 {
+        let (disk, pki) = (SimDisk::new(), pki.clone());
+        sim.host(name(id), move || {
+            sim::run_node(
+                sim::config(id),
+                disk.clone(),
+                sim::node_seed(seed, id, 0),
+                Probe::default(),
+                pki.clone(),
+            )
+        });
+    }
+    let outcome = Arc::new(Mutex::new(Err("the probe did not finish".to_owned())));
+    let (out, client_tls) = (outcome.clone(), pki.client());
+    sim.client(
+        "probe",
+        Rt::scope(sim::node_seed(seed, 100, 0), async move {
+            *out.lock().expect("outcome lock") = probe_links(client_tls).await;
+            Ok(())
+        }),
+    );
+    sim.run().map_err(|e| e.to_string())?;
+    let r = outcome.lock().expect("outcome lock").clone();
+    r
+}
+
+async fn probe_links(tls: rustls::ClientConfig) -> Result<(), String> {
+    use kura_sdk::{Client, ClientConfig};
+    let client = |port: u16, tls: Option<&rustls::ClientConfig>| {
+        let mut cfg = ClientConfig::new(vec![format!("main:{port}")], "");
+        cfg.attempts_max = 1;
+        cfg.attempt_timeout = Duration::from_secs(2);
+        if let Some(t) = tls {
+            cfg = cfg.with_tls(t.clone()).expect("tls");
+        }
+        Client::with_connector(
+            cfg,
+            kura_node::net::Net::turmoil().connector,
+            kura_node::net::spawner(),
+        )
+    };
+    // Let the node come up first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for port in [sim::API_PORT, sim::RAFT_PORT, sim::ADMIN_PORT] {
+        if let Ok(r) = client(port, None)
+            .call(http::Method::GET, "/health/live", None)
+            .await
+        {
+            return Err(format!(
+                "plain HTTP on port {port} was answered: {}",
+                r.status
+            ));
+        }
+    }
+    client(sim::API_PORT, Some(&tls))
+        .call(http::Method::GET, "/health/live", None)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("TLS to the client API failed: {e}"))
 }

@@ -10,23 +10,34 @@ use http::Method;
 use kura_node::sim;
 use kura_sdk::{Client, ClientConfig, Error};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn now_ms() -> u64 {
     turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
 }
 
-fn client(bearer: &str, attempts: u32) -> Client {
-    client_on(sim::API_PORT, bearer, attempts)
+/// A merchant's client of every node's client API, over TLS.
+fn client(world: &World, bearer: &str, attempts: u32) -> Client {
+    let tls = world.lock().tls.clone().expect("the run's TLS");
+    client_on(sim::API_PORT, bearer, tls.client, attempts)
 }
 
-/// A client of every node's listener on `port` (the client API or the admin plane).
-fn client_on(port: u16, bearer: &str, attempts: u32) -> Client {
+/// The checker's operator client of every node's admin plane.
+fn operator(world: &World, attempts: u32) -> Client {
+    let tls = world.lock().tls.clone().expect("the run's TLS");
+    client_on(sim::ADMIN_PORT, "", tls.operator, attempts)
+}
+
+/// A client of every node's listener on `port`, speaking TLS with `tls`.
+fn client_on(port: u16, bearer: &str, tls: Arc<rustls::ClientConfig>, attempts: u32) -> Client {
     let endpoints = super::schedule::NODES
         .iter()
         .map(|n| format!("{n}:{port}"))
         .collect();
-    let mut cfg = ClientConfig::new(endpoints, bearer);
+    let mut cfg = ClientConfig::new(endpoints, bearer)
+        .with_tls((*tls).clone())
+        .expect("tls");
     cfg.attempt_timeout = Duration::from_secs(2);
     cfg.attempts_max = attempts;
     Client::with_connector(
@@ -366,7 +377,7 @@ pub(super) async fn worker(
     };
     let mut a = Actor {
         id,
-        api: client(&key, 8),
+        api: client(&world, &key, 8),
         world,
         rng: Rng::new(seed).fork(100 + u64::from(id)),
     };
@@ -385,8 +396,8 @@ pub(super) async fn worker(
 /// once (timing the recovery) and, once the replicas have converged, reads back every
 /// token, payment and order any client touched.
 pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
-    let admin = client_on(sim::ADMIN_PORT, sim::ADMIN_TOKEN, 40);
-    let init = client_on(sim::ADMIN_PORT, sim::ADMIN_TOKEN, 40);
+    let admin = operator(&world, 40);
+    let init = operator(&world, 40);
     let r = init.call(Method::POST, "/admin/v1/init", None).await;
     world.trace(format!("c0 init -> {}", outcome(&r)));
     let m = admin
@@ -406,7 +417,7 @@ pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
 
     let mut a = Actor {
         id: 0,
-        api: client(&key, 4),
+        api: client(&world, &key, 4),
         world: world.clone(),
         rng: Rng::new(seed).fork(99),
     };
@@ -437,7 +448,7 @@ pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
         sleep_ms(20).await;
     }
     // Read everything back, once.
-    a.api = client(&key, 40);
+    a.api = client(&a.world, &key, 40);
     let (tokens, payments, orders) = {
         let w = a.world.lock();
         (

@@ -7,7 +7,7 @@
 //! after the handshake, before any byte of a request is read.
 
 use kura_sdk::tls::SharedClientConfig;
-use kura_sdk::tls::{client_config, load_certs, load_key, provider, roots_from_file};
+use kura_sdk::tls::{load_certs, load_key, provider, roots_from_file};
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use std::path::{Path, PathBuf};
@@ -169,22 +169,65 @@ const CA_KEY: &str = "tls.ca_file";
 const CERT_KEY: &str = "tls.cert_file";
 const KEY_KEY: &str = "tls.key_file";
 
-impl Material {
-    fn load(files: &TlsFiles, admin_token_allowed: bool) -> Result<Material, String> {
+/// A time source for rustls: the system's (`None`) or a simulation's.
+pub type Time = Option<Arc<dyn rustls::time_provider::TimeProvider>>;
+
+/// A node's TLS material, parsed.
+pub struct Pem {
+    pub roots: rustls::RootCertStore,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl Pem {
+    fn load(files: &TlsFiles) -> Result<Pem, String> {
         let named = |key: &str, e: kura_sdk::tls::TlsError| format!("{key}: {}", e.0);
-        let roots = Arc::new(roots_from_file(&files.ca_file).map_err(|e| named(CA_KEY, e))?);
-        let chain = load_certs(&files.cert_file).map_err(|e| named(CERT_KEY, e))?;
-        let key = load_key(&files.key_file).map_err(|e| named(KEY_KEY, e))?;
+        Ok(Pem {
+            roots: roots_from_file(&files.ca_file).map_err(|e| named(CA_KEY, e))?,
+            chain: load_certs(&files.cert_file).map_err(|e| named(CERT_KEY, e))?,
+            key: load_key(&files.key_file).map_err(|e| named(KEY_KEY, e))?,
+        })
+    }
+
+    /// From PEM text (the simulation's certificates, made in memory).
+    pub fn from_text(ca: &str, cert: &str, key: &str) -> Result<Pem, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in kura_sdk::tls::load_certs_pem(ca.as_bytes()).map_err(|e| e.0)? {
+            roots.add(c).map_err(|e| e.to_string())?;
+        }
+        Ok(Pem {
+            roots,
+            chain: kura_sdk::tls::load_certs_pem(cert.as_bytes()).map_err(|e| e.0)?,
+            key: rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|_| "no PEM private key".to_owned())?,
+        })
+    }
+}
+
+/// A TLS 1.3 server configuration builder with kura's provider and `time`.
+fn server_builder(
+    time: &Time,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>, String> {
+    let b = match time {
+        Some(t) => rustls::ServerConfig::builder_with_details(provider(), t.clone()),
+        None => rustls::ServerConfig::builder_with_provider(provider()),
+    };
+    b.with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())
+}
+
+impl Material {
+    fn build(pem: Pem, admin_token_allowed: bool, time: &Time) -> Result<Material, String> {
+        let Pem { roots, chain, key } = pem;
+        let roots = Arc::new(roots);
         let not_after_unix_s = describe(&chain[0])
-            .ok_or_else(|| format!("{CERT_KEY}: {} cannot be parsed", files.cert_file.display()))?
+            .ok_or_else(|| format!("{CERT_KEY}: the certificate cannot be parsed"))?
             .not_after
             .unix_timestamp();
         let mismatch =
             |e: rustls::Error| format!("{CERT_KEY} and {KEY_KEY} do not belong together: {e}");
-        let tls13 = [&rustls::version::TLS13];
-        let api = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&tls13)
-            .map_err(|e| e.to_string())?
+        let api = server_builder(time)?
             .with_no_client_auth()
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
@@ -197,9 +240,7 @@ impl Material {
             }
             .build()
             .map_err(|e| format!("{CA_KEY}: cannot verify clients with it: {e}"))?;
-            let config = rustls::ServerConfig::builder_with_provider(provider())
-                .with_protocol_versions(&tls13)
-                .map_err(|e| e.to_string())?
+            let config = server_builder(time)?
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain.clone(), key.clone_key())
                 .map_err(mismatch)?;
@@ -209,7 +250,9 @@ impl Material {
         // With a break-glass token configured, the admin plane also takes connections
         // without a certificate (the token then authenticates each request).
         let admin = mutual(admin_token_allowed)?;
-        let client = client_config((*roots).clone(), Some((chain, key))).map_err(|e| e.0)?;
+        let client =
+            kura_sdk::tls::client_config_at((*roots).clone(), Some((chain, key)), time.clone())
+                .map_err(|e| e.0)?;
         Ok(Material {
             api: Arc::new(api),
             peer,
@@ -225,18 +268,20 @@ impl Material {
 pub fn server_only(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, String> {
     let chain = load_certs(cert_file).map_err(|e| e.0)?;
     let key = load_key(key_file).map_err(|e| e.0)?;
-    rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
+    server_only_with(chain, key, &None)
+        .map_err(|e| format!("{} and {}: {e}", cert_file.display(), key_file.display()))
+}
+
+/// A TLS 1.3 server configuration with `chain` and `key`, no client certificates.
+pub fn server_only_with(
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    time: &Time,
+) -> Result<rustls::ServerConfig, String> {
+    server_builder(time)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| {
-            format!(
-                "{} and {} do not belong together: {e}",
-                cert_file.display(),
-                key_file.display()
-            )
-        })
+        .map_err(|e| format!("the certificate and key do not belong together: {e}"))
 }
 
 /// A server configuration that is replaced when its files change.
@@ -246,7 +291,8 @@ pub type SharedServerConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 /// from the files when they change (new connections use the new material; a file that
 /// fails to load leaves the old material in use).
 pub struct NodeTls {
-    files: TlsFiles,
+    /// Where the material comes from; `None` for material made in memory (never reloaded).
+    files: Option<TlsFiles>,
     admin_token_allowed: bool,
     /// The client API: server certificate only.
     pub api: SharedServerConfig,
@@ -267,8 +313,23 @@ impl NodeTls {
     /// `admin_token_allowed`, the admin plane accepts connections without a certificate.
     pub fn load(files: TlsFiles, admin_token_allowed: bool) -> Result<NodeTls, String> {
         let stamp = stamps(&files);
-        let m = Material::load(&files, admin_token_allowed)?;
-        Ok(NodeTls {
+        let m = Material::build(Pem::load(&files)?, admin_token_allowed, &None)?;
+        Ok(NodeTls::with(Some(files), m, admin_token_allowed, stamp))
+    }
+
+    /// From material made in memory, judging validity by `time` (the simulation's).
+    pub fn from_pem(pem: Pem, admin_token_allowed: bool, time: Time) -> Result<NodeTls, String> {
+        let m = Material::build(pem, admin_token_allowed, &time)?;
+        Ok(NodeTls::with(None, m, admin_token_allowed, Vec::new()))
+    }
+
+    fn with(
+        files: Option<TlsFiles>,
+        m: Material,
+        admin_token_allowed: bool,
+        stamp: Vec<Option<(SystemTime, u64)>>,
+    ) -> NodeTls {
+        NodeTls {
             files,
             admin_token_allowed,
             api: Arc::new(RwLock::new(m.api)),
@@ -277,7 +338,7 @@ impl NodeTls {
             client: Arc::new(RwLock::new(m.client)),
             stamp: Mutex::new(stamp),
             not_after_unix_s: AtomicI64::new(m.not_after_unix_s),
-        })
+        }
     }
 
     /// When the node certificate in use expires (Unix seconds).
@@ -288,7 +349,10 @@ impl NodeTls {
     /// Reloads the material if any file changed since it was last read: `Ok(true)` when
     /// new material is in use, `Err` (old material kept) when the new files fail.
     pub fn reload_if_changed(&self) -> Result<bool, String> {
-        let now = stamps(&self.files);
+        let Some(files) = &self.files else {
+            return Ok(false);
+        };
+        let now = stamps(files);
         {
             let mut seen = self.stamp.lock().expect("tls stamp lock");
             if *seen == now {
@@ -297,7 +361,7 @@ impl NodeTls {
             // Judge each change once: a broken file is reported once, not every poll.
             *seen = now;
         }
-        let m = Material::load(&self.files, self.admin_token_allowed)?;
+        let m = Material::build(Pem::load(files)?, self.admin_token_allowed, &None)?;
         *self.api.write().expect("tls lock") = m.api;
         *self.peer.write().expect("tls lock") = m.peer;
         *self.admin.write().expect("tls lock") = m.admin;
