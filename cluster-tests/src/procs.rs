@@ -201,11 +201,27 @@ pub fn tls_connector() -> Arc<dyn kura_sdk::wire::Connector> {
     ))
 }
 
-/// The `[tls]` table of node `name` whose certificates are in the config's directory.
+/// The `[tls]` table of node `name` whose certificates are in the config's directory;
+/// renewed files are picked up within a second.
 fn tls_toml(name: &str) -> String {
     format!(
-        "[tls]\nca_file = \"certs/ca.crt\"\ncert_file = \"certs/{name}.crt\"\nkey_file = \"certs/{name}.key\"\n"
+        "[tls]\nca_file = \"certs/ca.crt\"\ncert_file = \"certs/{name}.crt\"\nkey_file = \"certs/{name}.key\"\nreload_interval_s = 1\n"
     )
+}
+
+/// A certificate for node `id` on 127.0.0.1 from the test CA, valid for `days`.
+pub fn test_node_cert(id: u64, days: i64) -> certs::Issued {
+    let ca = test_ca();
+    certs::new_leaf(
+        &ca.cert_pem,
+        &ca.key_pem,
+        Some(&Identity::Node { id }),
+        &["127.0.0.1".to_owned()],
+        Algorithm::Ed25519,
+        time_now(),
+        days,
+    )
+    .expect("test certificate")
 }
 
 /// A running three-node cluster. Dropping it kills every node.

@@ -431,3 +431,75 @@ async fn a_break_glass_token_works_only_where_configured_and_every_use_is_on_rec
         other => panic!("a wrong token must be refused: {other:?}"),
     }
 }
+
+/// When the certificate `addr` serves expires (Unix seconds), seen by a new TLS client
+/// (with node 2's certificate, so the peer plane answers too).
+async fn served_not_after(addr: &str) -> Option<i64> {
+    let tls = client_tls_as(Some(&Identity::Node { id: 2 }), false);
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = kura_sdk::tls::server_name(addr).ok()?;
+    let s = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let cert = s.get_ref().1.peer_certificates()?.first()?.clone();
+    Some(
+        kura_node::net::tls::describe(&cert)?
+            .not_after
+            .unix_timestamp(),
+    )
+}
+
+fn replace(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_renewed_in_place_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let c = ProcCluster::start("");
+    c.init().await;
+    c.wait_leader().await;
+    let day = 86_400;
+    let first = served_not_after(&c.api[0])
+        .await
+        .expect("node 0 serves TLS");
+
+    // The operator renews main's certificate (10 days instead of 30): key, then cert.
+    let renewed = kura_cluster_tests::procs::test_node_cert(1, 10);
+    let certs = c.dir.path().join("certs");
+    replace(&certs.join("main.key"), renewed.key_pem.as_bytes());
+    replace(&certs.join("main.crt"), renewed.cert_pem.as_bytes());
+    for addr in [&c.api[0], &c.raft[0], &c.admin[0]] {
+        wait_for(
+            "the renewed certificate served",
+            Duration::from_secs(10),
+            || async {
+                served_not_after(addr)
+                    .await
+                    .is_some_and(|t| t < first - 15 * day)
+            },
+        )
+        .await;
+    }
+    let renewed_at = served_not_after(&c.api[0]).await.unwrap();
+
+    // A broken file is refused: the renewed material stays in use, and the cluster works.
+    replace(
+        &certs.join("main.crt"),
+        b"-----BEGIN CERTIFICATE-----\nnot base64\n",
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(served_not_after(&c.api[0]).await, Some(renewed_at));
+    let key = c.merchant("after-rotation").await;
+    c.client(&[0], &key)
+        .tokenize(&tokenize_request("4242424242424242", Some("m-1")))
+        .await
+        .expect("writes through main after its rotation");
+    let log = std::fs::read_to_string(c.log_path(0)).unwrap();
+    assert!(
+        log.contains("renewed TLS files cannot be used"),
+        "the broken file is reported"
+    );
+}

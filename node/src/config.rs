@@ -106,10 +106,15 @@ pub struct TlsSettings {
     pub insecure: bool,
     /// How often the certificate files are checked for a renewal.
     pub reload_interval_s: u64,
+    /// Outbound connections (to peers, the leader, the acquirer) are retired at this
+    /// age, so a renewed certificate or a removed CA takes effect on them too.
+    pub connection_max_age_s: u64,
 }
 
 /// Default `tls.reload_interval_s`.
 pub const TLS_RELOAD_INTERVAL_S_DEFAULT: u64 = 10;
+/// Default `tls.connection_max_age_s`.
+pub const TLS_CONNECTION_MAX_AGE_S_DEFAULT: u64 = 300;
 
 impl TlsSettings {
     /// The files, when TLS is on; `None` in insecure mode. Call after validation.
@@ -125,6 +130,15 @@ impl TlsSettings {
     pub fn reload_interval(&self) -> std::time::Duration {
         let s = match self.reload_interval_s {
             0 => TLS_RELOAD_INTERVAL_S_DEFAULT,
+            s => s,
+        };
+        std::time::Duration::from_secs(s)
+    }
+
+    /// The age at which outbound connections are retired.
+    pub fn connection_max_age(&self) -> std::time::Duration {
+        let s = match self.connection_max_age_s {
+            0 => TLS_CONNECTION_MAX_AGE_S_DEFAULT,
             s => s,
         };
         std::time::Duration::from_secs(s)

@@ -169,9 +169,11 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         )),
         None => env.net.connector.clone(),
     };
+    let max_age = cfg.tls.connection_max_age();
     let pool = Arc::new(
         HttpPool::new(peer_connector, net::spawner(), PEER_BODY_BYTES_MAX)
-            .with_connect_timeout(connect_timeout),
+            .with_connect_timeout(connect_timeout)
+            .with_max_age(max_age),
     );
     let acquirer_connector: Arc<dyn Connector> = match env.acquirer_tls {
         Some(t) => Arc::new(kura_sdk::tls::TlsConnector::fixed(
@@ -182,7 +184,8 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     };
     let acquirer_pool = Arc::new(
         HttpPool::new(acquirer_connector, net::spawner(), ACQUIRER_BODY_BYTES_MAX)
-            .with_connect_timeout(connect_timeout),
+            .with_connect_timeout(connect_timeout)
+            .with_max_age(max_age),
     );
     let raft_listener = env
         .net

@@ -553,6 +553,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pooled_connection_is_retired_once_it_reaches_its_max_age() {
+        let (live, _) = fake_node(0).await;
+        let counter = Arc::new(CountingConnector::default());
+        let pool = HttpPool::new(counter.clone(), wire::tokio_spawner(), 1 << 16)
+            .with_max_age(Duration::from_millis(500));
+        let get = || {
+            http::Request::get("/")
+                .header(http::header::HOST, live.as_str())
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let connects = || counter.0.lock().unwrap().get(&live).copied().unwrap_or(0);
+        pool.send(&live, get(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        pool.send(&live, get(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(connects(), 1, "a young connection is reused");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        pool.send(&live, get(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(connects(), 2, "an old one is replaced");
+    }
+
+    #[tokio::test]
     async fn an_endpoint_that_failed_to_connect_is_skipped_during_its_cooldown() {
         let (live, seen) = fake_node(4).await;
         let dead = dead_addr();

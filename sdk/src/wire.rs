@@ -85,10 +85,17 @@ pub struct HttpPool {
     spawn: Spawner,
     // Ordered, so dropping a pool closes its connections in the same order every time
     // (a simulation replays byte for byte only if it does).
-    idle: Mutex<BTreeMap<String, Vec<SendRequest<Full<Bytes>>>>>,
+    idle: Mutex<BTreeMap<String, Vec<Pooled>>>,
     idle_per_addr_max: usize,
     body_bytes_max: usize,
     connect_timeout: Duration,
+    max_age: Option<Duration>,
+}
+
+/// A connection and when it was made.
+struct Pooled {
+    send: SendRequest<Full<Bytes>>,
+    born: tokio::time::Instant,
 }
 
 /// Idle connections kept per address: enough for one client shared by a few hundred
@@ -108,7 +115,16 @@ impl HttpPool {
             idle_per_addr_max: IDLE_PER_ADDR_MAX,
             body_bytes_max,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            max_age: None,
         }
+    }
+
+    /// Retires a connection once it is `max_age` old (it finishes the request it
+    /// carries): a renewed certificate, or a CA no longer trusted, then takes effect on
+    /// long-lived connections within that bound.
+    pub fn with_max_age(mut self, max_age: Duration) -> HttpPool {
+        self.max_age = Some(max_age);
+        self
     }
 
     /// Bounds connection establishment separately: a connect that times out sent nothing,
@@ -141,10 +157,10 @@ impl HttpPool {
     ) -> Result<Response<Bytes>, WireError> {
         // Try idle connections first; a stale one hands the request back unsent.
         while let Some(mut conn) = self.take_idle(addr) {
-            if conn.ready().await.is_err() {
+            if conn.send.ready().await.is_err() {
                 continue;
             }
-            match conn.try_send_request(req).await {
+            match conn.send.try_send_request(req).await {
                 Ok(resp) => return self.finish(addr, conn, resp).await,
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
@@ -159,6 +175,7 @@ impl HttpPool {
         }
         let mut conn = self.connect(addr).await?;
         let resp = conn
+            .send
             .send_request(req)
             .await
             .map_err(|source| WireError::Http {
@@ -171,7 +188,7 @@ impl HttpPool {
     async fn finish(
         &self,
         addr: &str,
-        conn: SendRequest<Full<Bytes>>,
+        conn: Pooled,
         resp: Response<hyper::body::Incoming>,
     ) -> Result<Response<Bytes>, WireError> {
         let (parts, body) = resp.into_parts();
@@ -192,7 +209,7 @@ impl HttpPool {
         Ok(Response::from_parts(parts, body.to_bytes()))
     }
 
-    async fn connect(&self, addr: &str) -> Result<SendRequest<Full<Bytes>>, WireError> {
+    async fn connect(&self, addr: &str) -> Result<Pooled, WireError> {
         let connect_err = |source| WireError::Connect {
             addr: addr.to_owned(),
             source,
@@ -216,22 +233,30 @@ impl HttpPool {
         (self.spawn)(Box::pin(async move {
             let _ = conn.await;
         }));
-        Ok(send)
+        Ok(Pooled {
+            send,
+            born: tokio::time::Instant::now(),
+        })
     }
 
-    fn take_idle(&self, addr: &str) -> Option<SendRequest<Full<Bytes>>> {
+    fn take_idle(&self, addr: &str) -> Option<Pooled> {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(addr)?;
         while let Some(c) = list.pop() {
-            if !c.is_closed() {
+            if self.usable(&c) {
                 return Some(c);
             }
         }
         None
     }
 
-    fn put_idle(&self, addr: &str, conn: SendRequest<Full<Bytes>>) {
-        if conn.is_closed() {
+    /// Open, and younger than the pool's bound.
+    fn usable(&self, c: &Pooled) -> bool {
+        !c.send.is_closed() && self.max_age.is_none_or(|max| c.born.elapsed() < max)
+    }
+
+    fn put_idle(&self, addr: &str, conn: Pooled) {
+        if !self.usable(&conn) {
             return;
         }
         let mut idle = self.idle.lock().expect("pool lock");
