@@ -86,6 +86,16 @@ enum Cmd {
         /// Open loop at this many requests per second (default: closed loop).
         #[arg(long)]
         rate: Option<f64>,
+        /// The cluster's CA certificate (default: `kura up`'s, kura-data/ca/ca.crt).
+        #[arg(
+            long,
+            default_value = "kura-data/ca/ca.crt",
+            conflicts_with = "insecure"
+        )]
+        ca_file: PathBuf,
+        /// Plain HTTP, for a cluster in the insecure mode (`kura up --insecure`).
+        #[arg(long)]
+        insecure: bool,
     },
     /// The fsync latency of the disk holding DIR: the floor of one durable write.
     Fsync {
@@ -156,23 +166,19 @@ async fn main() {
             clients,
             duration_s,
             rate,
+            ca_file,
+            insecure,
         } => {
-            let client = Client::new(ClientConfig::new(endpoints, key));
-            let plan = Plan {
-                clients,
-                warmup: Duration::from_secs(1),
-                measure: Duration::from_secs(duration_s),
-                rate,
+            let cfg = ClientConfig::new(endpoints, key);
+            let cfg = if insecure {
+                Ok(cfg)
+            } else {
+                cfg.with_ca_file(&ca_file).map_err(|e| e.0)
             };
-            let s = match workload {
-                Workload::Tokenize => harness::run(systems::KuraTokenize(client), plan).await,
-                Workload::Pay => {
-                    let run = format!("load{}", std::process::id());
-                    harness::run(systems::KuraPay { client, run }, plan).await
-                }
-            };
-            println!("{}", s.line());
-            Ok(())
+            match cfg {
+                Ok(cfg) => load(Client::new(cfg), workload, clients, duration_s, rate).await,
+                Err(e) => Err(e),
+            }
         }
         Cmd::Fsync { dir } => report::fsync_floor(&dir)
             .map(|f| println!("{}", f.line()))
@@ -182,4 +188,29 @@ async fn main() {
         eprintln!("kura-bench: {e}");
         std::process::exit(1);
     }
+}
+
+/// `kura-bench load`: one workload against a running cluster.
+async fn load(
+    client: Client,
+    workload: Workload,
+    clients: u32,
+    duration_s: u64,
+    rate: Option<f64>,
+) -> Result<(), String> {
+    let plan = Plan {
+        clients,
+        warmup: Duration::from_secs(1),
+        measure: Duration::from_secs(duration_s),
+        rate,
+    };
+    let s = match workload {
+        Workload::Tokenize => harness::run(systems::KuraTokenize(client), plan).await,
+        Workload::Pay => {
+            let run = format!("load{}", std::process::id());
+            harness::run(systems::KuraPay { client, run }, plan).await
+        }
+    };
+    println!("{}", s.line());
+    Ok(())
 }

@@ -9,7 +9,10 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
 use kura_cluster_tests::procs::free_port;
+use kura_node::certs::{self, Algorithm};
+use kura_node::net::tls::Identity;
 use kura_node::vault::card::luhn_check_digit;
+use kura_sdk::tls::TlsConnector;
 use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector};
 use kura_sdk::{CardInput, Client, TokenizeRequest};
 use serde_json::{json, Value};
@@ -130,7 +133,8 @@ fn spread(client: u32, seq: u64, len: usize) -> usize {
     ((u64::from(client).wrapping_mul(7_919) + seq.wrapping_mul(104_729)) % len as u64) as usize
 }
 
-/// An etcd client over the JSON gateway of one member.
+/// An etcd client over the JSON gateway of one member, over TLS 1.3 with a client
+/// certificate (etcd runs with `--client-cert-auth`, as kura's planes do).
 #[derive(Clone)]
 pub struct Etcd {
     pool: Arc<HttpPool>,
@@ -138,10 +142,10 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    pub fn new(addr: String) -> Etcd {
+    pub fn new(addr: String, tls: &rustls::ClientConfig) -> Etcd {
         Etcd {
             pool: Arc::new(HttpPool::new(
-                Arc::new(TcpConnector),
+                Arc::new(TlsConnector::fixed(Arc::new(TcpConnector), tls.clone())),
                 tokio_spawner(),
                 16 << 20,
             )),
@@ -230,11 +234,34 @@ impl Op for EtcdRange {
     }
 }
 
-/// Three etcd members on loopback, each with its own data directory under `dir`.
-/// Dropping it kills them.
+/// Three etcd members on loopback, each with its own data directory under `dir`, with
+/// TLS on client and peer links and client certificates required on both (certificates
+/// from a CA made for the run). Dropping it kills them.
 pub struct EtcdCluster {
     pub client_addrs: Vec<String>,
     children: Vec<Child>,
+    tls: rustls::ClientConfig,
+}
+
+/// Writes a CA and `<stem>.crt`/`.key` for 127.0.0.1 (server and client use) under
+/// `dir`; returns the CA's PEM.
+fn etcd_certs(dir: &Path, stems: &[String]) -> Result<String, String> {
+    let now = kura_node::certs::OffsetDateTime::now_utc();
+    let ca = certs::new_ca("etcd bench CA", Algorithm::P256, now, 30)?;
+    certs::write(dir, "etcd-ca", &ca)?;
+    for (i, stem) in stems.iter().enumerate() {
+        let leaf = certs::new_leaf(
+            &ca.cert_pem,
+            &ca.key_pem,
+            Some(&Identity::Node { id: i as u64 }),
+            &["127.0.0.1".to_owned()],
+            Algorithm::P256,
+            now,
+            30,
+        )?;
+        certs::write(dir, stem, &leaf)?;
+    }
+    Ok(ca.cert_pem)
 }
 
 impl EtcdCluster {
@@ -242,11 +269,24 @@ impl EtcdCluster {
         let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let initial = (0..3)
-            .map(|i| format!("m{i}=http://127.0.0.1:{}", peer[i]))
+            .map(|i| format!("m{i}=https://127.0.0.1:{}", peer[i]))
             .collect::<Vec<_>>()
             .join(",");
+        let mut stems: Vec<String> = (0..3).map(|i| format!("etcd-m{i}")).collect();
+        stems.push("etcd-client".into());
+        etcd_certs(dir, &stems)?;
+        let f = |name: &str| dir.join(name).display().to_string();
+        let tls = kura_sdk::tls::client_config(
+            kura_sdk::tls::roots_from_file(&dir.join("etcd-ca.crt")).map_err(|e| e.0)?,
+            Some((
+                kura_sdk::tls::load_certs(&dir.join("etcd-client.crt")).map_err(|e| e.0)?,
+                kura_sdk::tls::load_key(&dir.join("etcd-client.key")).map_err(|e| e.0)?,
+            )),
+        )
+        .map_err(|e| e.0)?;
         let mut children = Vec::new();
         for i in 0..3 {
+            let (crt, key) = (f(&format!("etcd-m{i}.crt")), f(&format!("etcd-m{i}.key")));
             let data: PathBuf = dir.join(format!("etcd-m{i}"));
             let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log")))
                 .map_err(|e| e.to_string())?;
@@ -254,18 +294,26 @@ impl EtcdCluster {
                 .arg(format!("--name=m{i}"))
                 .arg(format!("--data-dir={}", data.display()))
                 .arg(format!(
-                    "--listen-client-urls=http://127.0.0.1:{}",
+                    "--listen-client-urls=https://127.0.0.1:{}",
                     client[i]
                 ))
                 .arg(format!(
-                    "--advertise-client-urls=http://127.0.0.1:{}",
+                    "--advertise-client-urls=https://127.0.0.1:{}",
                     client[i]
                 ))
-                .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", peer[i]))
+                .arg(format!("--listen-peer-urls=https://127.0.0.1:{}", peer[i]))
                 .arg(format!(
-                    "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                    "--initial-advertise-peer-urls=https://127.0.0.1:{}",
                     peer[i]
                 ))
+                .arg(format!("--cert-file={crt}"))
+                .arg(format!("--key-file={key}"))
+                .arg(format!("--trusted-ca-file={}", f("etcd-ca.crt")))
+                .arg("--client-cert-auth")
+                .arg(format!("--peer-cert-file={crt}"))
+                .arg(format!("--peer-key-file={key}"))
+                .arg(format!("--peer-trusted-ca-file={}", f("etcd-ca.crt")))
+                .arg("--peer-client-cert-auth")
                 .arg(format!("--initial-cluster={initial}"))
                 .arg("--initial-cluster-state=new")
                 .arg("--initial-cluster-token=kura-bench")
@@ -281,6 +329,7 @@ impl EtcdCluster {
         let c = EtcdCluster {
             client_addrs: client.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
             children,
+            tls,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while c.leader().await.is_none() {
@@ -295,11 +344,17 @@ impl EtcdCluster {
         Ok(c)
     }
 
+    /// A client of the member at `addr`.
+    pub fn client(&self, addr: String) -> Etcd {
+        Etcd::new(addr, &self.tls)
+    }
+
     /// The client address of the member that leads, once every member agrees on one.
     pub async fn leader(&self) -> Option<String> {
         let mut leader = None;
         for addr in &self.client_addrs {
-            let s = Etcd::new(addr.clone())
+            let s = self
+                .client(addr.clone())
                 .post("/v3/maintenance/status", &json!({}))
                 .await
                 .ok()?;

@@ -4,7 +4,7 @@
 use crate::harness::{self, Op, Plan, Summary};
 use crate::report::{self, ratio};
 use crate::systems::{
-    tokenize_body_bytes, Etcd, EtcdCluster, EtcdPut, EtcdRange, KuraPay, KuraRead, KuraTokenize,
+    tokenize_body_bytes, EtcdCluster, EtcdPut, EtcdRange, KuraPay, KuraRead, KuraTokenize,
 };
 use kura_cluster_tests::procs::{acquirer_toml, AcquirerSim, ProcCluster};
 use std::fmt::Write as _;
@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut etcd = Side::default();
     {
         let cluster = EtcdCluster::start(dir.path()).await?;
-        let leader = Etcd::new(cluster.leader().await.ok_or("etcd has no leader")?);
+        let leader = cluster.client(cluster.leader().await.ok_or("etcd has no leader")?);
         let put = EtcdPut::new(leader.clone(), value_bytes);
         for &n in &args.clients {
             etcd.writes
@@ -178,8 +178,90 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
     }
 
-    let text = render(&args, &fsync, value_bytes, &etcd, &kura, &pays, dir.path());
+    let tls_cost = tls_cost(&args).await;
+    let mut text = render(&args, &fsync, value_bytes, &etcd, &kura, &pays, dir.path());
+    render_tls_cost(&mut text, &tls_cost);
     report::publish(&args.results, "vs-etcd", &text)
+}
+
+/// kura with TLS against the same build in its insecure mode: fresh clusters, the
+/// lowest and highest client counts, the two modes alternating (TLS, insecure, TLS,
+/// insecure) so that drift on the machine falls on both.
+struct TlsCost {
+    /// (round, clients, TLS, insecure)
+    pairs: Vec<(u32, u32, Summary, Summary)>,
+}
+
+/// Rounds of the TLS-cost comparison.
+const TLS_COST_ROUNDS: u32 = 2;
+
+async fn tls_cost(args: &Args) -> TlsCost {
+    let counts = [
+        *args.clients.first().unwrap_or(&1),
+        *args.clients.last().unwrap_or(&256),
+    ];
+    let mut pairs = Vec::new();
+    for round in 1..=TLS_COST_ROUNDS {
+        let mut tls = Vec::new();
+        let mut plain = Vec::new();
+        for insecure in [false, true] {
+            let label = if insecure { "insecure" } else { "TLS" };
+            eprintln!("kura {label} (TLS cost, round {round}):");
+            let c = if insecure {
+                ProcCluster::start_insecure("")
+            } else {
+                ProcCluster::start("")
+            };
+            c.init().await;
+            c.wait_leader().await;
+            let key = c.merchant("bench").await;
+            let tokenize = KuraTokenize(c.client(&[0, 1, 2], &key));
+            for n in counts {
+                let s = measure("tokenize", tokenize.clone(), n, args, None).await;
+                if insecure {
+                    plain.push(s);
+                } else {
+                    tls.push(s);
+                }
+            }
+        }
+        for ((n, t), p) in counts.iter().zip(tls).zip(plain) {
+            pairs.push((round, *n, t, p));
+        }
+    }
+    TlsCost { pairs }
+}
+
+fn render_tls_cost(t: &mut String, cost: &TlsCost) {
+    let _ = writeln!(
+        t,
+        "\n## What TLS costs kura (fresh clusters, TLS and insecure alternating)\n\n| round | clients | TLS ops/s | insecure ops/s | TLS/insecure | TLS p99 ms | insecure p99 ms |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (round, n, tls, plain) in &cost.pairs {
+        let _ = writeln!(
+            t,
+            "| {round} | {n} | {:.0} | {:.0} | {} | {:.2} | {:.2} |",
+            tls.throughput(),
+            plain.throughput(),
+            ratio(tls.throughput(), plain.throughput()),
+            tls.ms(0.99),
+            plain.ms(0.99)
+        );
+    }
+    let hi = cost.pairs.iter().map(|p| p.1).max().unwrap_or(0);
+    let (t_sum, p_sum) = cost
+        .pairs
+        .iter()
+        .filter(|p| p.1 == hi)
+        .fold((0.0, 0.0), |(a, b), p| {
+            (a + p.2.throughput(), b + p.3.throughput())
+        });
+    let cost_pct = 100.0 * (1.0 - t_sum / p_sum.max(1e-9));
+    let _ = writeln!(
+        t,
+        "\n| target | measured | |\n|---|---:|---|\n| TLS costs ≤ 15% of throughput at {hi} clients | {cost_pct:.1}% | {} |",
+        if cost_pct <= 15.0 { "met" } else { "**not met**" }
+    );
 }
 
 fn render(
@@ -194,7 +276,7 @@ fn render(
     let mut t = report::header("kura vs etcd", dir);
     let _ = writeln!(
         t,
-        "- etcd: {}, three members on loopback, defaults (fsync on); kura: three nodes on loopback, release build, defaults (fsync on).\n\
+        "- etcd: {}, three members on loopback, defaults (fsync on), TLS on client and peer links with client certificates required (`--client-cert-auth`, `--peer-client-cert-auth`); kura: three nodes on loopback, release build, defaults (fsync on), TLS 1.3 on every plane (mutual on the peer plane).\n\
          - Both driven by `kura-bench` with one harness and one HTTP/1.1 client pool, talking to the leader (kura's SDK follows the leader; etcd's leader member is looked up first). Each cell: {:.0} s warm-up, then {:.0} s measured.\n\
          - kura writes tokenize a card on file ({value_bytes}-byte JSON body); etcd writes `put` a {value_bytes}-byte value through the JSON gateway. Reads: kura token metadata, etcd `range`, both linearizable.\n\
          - {}\n",

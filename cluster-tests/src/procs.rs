@@ -236,7 +236,12 @@ pub struct ProcCluster {
     configs: Vec<PathBuf>,
     /// Extra arguments to `kura node` (e.g. `--enable-fault-injection`).
     pub node_args: Vec<String>,
+    /// Plain HTTP everywhere (`tls.insecure`), for measuring what TLS costs.
+    insecure: bool,
 }
+
+/// The admin token of an insecure test cluster (its only admin credential).
+const INSECURE_ADMIN_TOKEN: &str = "adm_insecure_test_token_0001";
 
 impl ProcCluster {
     /// Writes configs (with `extra_toml` appended to each, e.g. a `[raft]` table) and starts all three.
@@ -266,6 +271,42 @@ impl ProcCluster {
     /// Like [`ProcCluster::prepare`], with `never_lead = true` on the given nodes.
     pub fn prepare_opts(raft_toml: &str, never_lead: &[usize]) -> ProcCluster {
         ProcCluster::prepare_full(raft_toml, never_lead, None)
+    }
+
+    /// Starts three nodes in the explicit insecure mode (plain HTTP on loopback, the
+    /// admin plane on a token): only to measure what TLS costs.
+    pub fn start_insecure(extra_toml: &str) -> ProcCluster {
+        let mut c = ProcCluster::prepare_full(extra_toml, &[], Some(INSECURE_ADMIN_TOKEN));
+        c.insecure = true;
+        for (i, path) in c.configs.iter().enumerate() {
+            let text = std::fs::read_to_string(path).unwrap();
+            let secure = tls_toml(NAMES[i]);
+            assert!(text.contains(&secure));
+            let text = text.replace(&secure, "[tls]\ninsecure = true\n");
+            std::fs::write(path, text).unwrap();
+        }
+        for i in 0..3 {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// Client settings for this cluster's client API.
+    fn client_cfg(&self, endpoints: Vec<String>, bearer: &str) -> ClientConfig {
+        if self.insecure {
+            ClientConfig::new(endpoints, bearer)
+        } else {
+            client_config(endpoints, bearer)
+        }
+    }
+
+    /// Client settings for this cluster's admin plane, as its operator.
+    fn admin_cfg(&self, endpoints: Vec<String>) -> ClientConfig {
+        if self.insecure {
+            ClientConfig::new(endpoints, INSECURE_ADMIN_TOKEN)
+        } else {
+            operator_config(endpoints)
+        }
     }
 
     /// Starts three nodes that also take `token` as a break-glass admin token.
@@ -330,6 +371,7 @@ impl ProcCluster {
             children: vec![None, None, None],
             configs,
             node_args: Vec::new(),
+            insecure: false,
         }
     }
 
@@ -349,7 +391,7 @@ impl ProcCluster {
 
     /// Sets node `i`'s fault switches (see `kura_node::faults::FaultState`).
     pub async fn faults(&self, i: usize, state: Value) {
-        let mut cfg = operator_config(vec![self.admin[i].clone()]);
+        let mut cfg = self.admin_cfg(vec![self.admin[i].clone()]);
         cfg.attempts_max = 1;
         Client::new(cfg)
             .call(http::Method::POST, "/admin/v1/faults", Some(state))
@@ -404,12 +446,12 @@ impl ProcCluster {
 
     /// An admin client over all three nodes' admin planes, as the test operator.
     pub fn admin(&self) -> Client {
-        Client::new(operator_config(self.admin.clone()))
+        Client::new(self.admin_cfg(self.admin.clone()))
     }
 
     /// `/admin/v1/cluster/status` of node `i` (with the cluster id), if it answers.
     pub async fn admin_status(&self, i: usize) -> Option<Value> {
-        let mut cfg = operator_config(vec![self.admin[i].clone()]);
+        let mut cfg = self.admin_cfg(vec![self.admin[i].clone()]);
         cfg.attempts_max = 1;
         cfg.attempt_timeout = Duration::from_secs(2);
         Client::new(cfg)
@@ -421,15 +463,12 @@ impl ProcCluster {
 
     /// A merchant client over the given nodes.
     pub fn client(&self, nodes: &[usize], key: &str) -> Client {
-        Client::new(client_config(
-            nodes.iter().map(|&i| self.api[i].clone()).collect(),
-            key,
-        ))
+        Client::new(self.client_cfg(nodes.iter().map(|&i| self.api[i].clone()).collect(), key))
     }
 
     /// `/v1/cluster/status` of node `i`, if it answers.
     pub async fn status(&self, i: usize) -> Option<Value> {
-        let mut cfg = client_config(vec![self.api[i].clone()], "");
+        let mut cfg = self.client_cfg(vec![self.api[i].clone()], "");
         cfg.attempts_max = 1;
         cfg.attempt_timeout = Duration::from_secs(2);
         Client::new(cfg)
@@ -477,7 +516,7 @@ impl ProcCluster {
         for i in 0..3 {
             self.wait_live(i).await;
         }
-        let mut cfg = operator_config(vec![self.admin[0].clone()]);
+        let mut cfg = self.admin_cfg(vec![self.admin[0].clone()]);
         cfg.attempts_max = 3;
         let r = Client::new(cfg)
             .call(http::Method::POST, "/admin/v1/init", None)
