@@ -478,6 +478,24 @@ impl ProcCluster {
             .map(|r| r.body)
     }
 
+    /// The sum of the samples on node `i`'s `/metrics` whose line starts with `prefix`
+    /// (a metric name, with or without some of its labels).
+    pub async fn metric(&self, i: usize, prefix: &str) -> f64 {
+        let text = self
+            .client(&[i], "")
+            .call(http::Method::GET, "/metrics", None)
+            .await
+            .expect("metrics")
+            .body
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Waits up to 30 s until node `i` has applied `target`; returns its status then.
     pub async fn wait_applied(&self, i: usize, target: u64, what: &str) -> Value {
         wait_for(what, Duration::from_secs(30), || async {

@@ -139,23 +139,6 @@ async fn wait_for_leader(c: &ProcCluster, want: usize, asked: usize, within: Dur
     .await;
 }
 
-/// Sum of a metric's samples whose line starts with `prefix`, from node `i`.
-async fn metric(c: &ProcCluster, i: usize, prefix: &str) -> f64 {
-    let text = c
-        .client(&[i], "")
-        .call(http::Method::GET, "/metrics", None)
-        .await
-        .expect("metrics")
-        .body
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn ready(c: &ProcCluster, i: usize) -> Value {
     c.client(&[i], "")
         .call(http::Method::GET, "/health/ready", None)
@@ -239,8 +222,7 @@ async fn gray_failure_hands_over_and_fails_back(
     let by_cause = |cause: &'static str| {
         let c = &c;
         async move {
-            metric(
-                c,
+            c.metric(
                 1,
                 &format!("kura_raft_leader_changes_total{{cause=\"{cause}\"}}"),
             )
@@ -374,18 +356,14 @@ async fn a_sigstopped_leader_is_replaced_by_dr_never_bk_and_rejoins_without_stal
         },
     )
     .await;
-    let takeovers = metric(
-        &c,
-        1,
-        "kura_raft_leader_changes_total{cause=\"crash_or_partition\"}",
-    )
-    .await
-        + metric(
-            &c,
+    let takeovers = c
+        .metric(
             1,
-            "kura_raft_leader_changes_total{cause=\"never_lead\"}",
+            "kura_raft_leader_changes_total{cause=\"crash_or_partition\"}",
         )
-        .await;
+        .await
+        + c.metric(1, "kura_raft_leader_changes_total{cause=\"never_lead\"}")
+            .await;
     assert!(
         takeovers >= 2.0,
         "first election and the takeover after SIGSTOP (directly, or through bk)"
@@ -482,12 +460,9 @@ async fn transfers_under_write_load_land_on_the_named_node_every_time() {
         acked.len()
     );
     assert_all_readable(&c, &key, &acked).await;
-    let operator = metric(
-        &c,
-        leader,
-        "kura_raft_leader_changes_total{cause=\"operator\"}",
-    )
-    .await;
+    let operator = c
+        .metric(leader, "kura_raft_leader_changes_total{cause=\"operator\"}")
+        .await;
     assert!(
         operator >= 12.0,
         "12 operator changes recorded, saw {operator}"

@@ -240,23 +240,6 @@ async fn actors(c: &ProcCluster) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The sum of a counter's samples on node `i` whose line starts with `prefix`.
-async fn counter(c: &ProcCluster, i: usize, prefix: &str) -> f64 {
-    let text = c
-        .client(&[i], "")
-        .call(http::Method::GET, "/metrics", None)
-        .await
-        .expect("metrics")
-        .body
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn one_shot(mut cfg: ClientConfig) -> Client {
     cfg.attempts_max = 1;
     Client::new(cfg)
@@ -368,7 +351,7 @@ async fn the_admin_plane_names_each_operator_and_auditors_change_nothing() {
 
     // A member's certificate without an operator to speak for is refused and counted.
     let failures = "kura_admin_auth_failures_total{reason=\"forwarded_without_operator\"}";
-    let counted = counter(&c, 0, failures).await;
+    let counted = c.metric(0, failures).await;
     let node2 = ClientConfig::new(vec![c.admin[0].clone()], "")
         .with_tls(client_tls_as(Some(&Identity::Node { id: 2 }), false))
         .unwrap();
@@ -379,7 +362,7 @@ async fn the_admin_plane_names_each_operator_and_auditors_change_nothing() {
         Err(Error::Api { status: 401, .. }) => {}
         other => panic!("a node certificate alone must not be an operator: {other:?}"),
     }
-    assert_eq!(counter(&c, 0, failures).await, counted + 1.0);
+    assert_eq!(c.metric(0, failures).await, counted + 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +382,7 @@ async fn a_break_glass_token_works_only_where_configured_and_every_use_is_on_rec
     let used_before: f64 = {
         let mut sum = 0.0;
         for i in 0..3 {
-            sum += counter(&c, i, uses).await;
+            sum += c.metric(i, uses).await;
         }
         sum
     };
@@ -418,7 +401,7 @@ async fn a_break_glass_token_works_only_where_configured_and_every_use_is_on_rec
     wait_for("the use counted", Duration::from_secs(5), || async {
         let mut sum = 0.0;
         for i in 0..3 {
-            sum += counter(&c, i, uses).await;
+            sum += c.metric(i, uses).await;
         }
         sum > used_before
     })

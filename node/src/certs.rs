@@ -251,6 +251,24 @@ pub fn operator(name: &str, role: OperatorRole) -> Result<Identity, String> {
     })
 }
 
+fn issue(
+    leaf: &crate::cli::LeafArgs,
+    who: &Identity,
+    hosts: &[String],
+    now: OffsetDateTime,
+) -> Result<Issued, String> {
+    let (ca_crt, ca_key) = read_ca(&leaf.ca_dir)?;
+    new_leaf(
+        &ca_crt,
+        &ca_key,
+        Some(who),
+        hosts,
+        leaf.algorithm,
+        now,
+        leaf.days,
+    )
+}
+
 /// Runs one `kura certs` subcommand.
 pub fn run(cmd: crate::cli::CertsCmd) -> Result<(), String> {
     use crate::cli::CertsCmd;
@@ -267,38 +285,17 @@ pub fn run(cmd: crate::cli::CertsCmd) -> Result<(), String> {
             new_ca(&common_name, algorithm, now, days)?,
         ),
         CertsCmd::CreateNode {
-            ca_dir,
             id,
             name,
-            out_dir,
-            algorithm,
-            days,
+            leaf,
             hosts,
         } => {
-            let (ca_crt, ca_key) = read_ca(&ca_dir)?;
-            let leaf = new_leaf(
-                &ca_crt,
-                &ca_key,
-                Some(&Identity::Node { id }),
-                &hosts,
-                algorithm,
-                now,
-                days,
-            )?;
-            (out_dir, name, leaf)
+            let issued = issue(&leaf, &Identity::Node { id }, &hosts, now)?;
+            (leaf.out_dir, name, issued)
         }
-        CertsCmd::CreateOperator {
-            ca_dir,
-            name,
-            role,
-            out_dir,
-            algorithm,
-            days,
-        } => {
-            let who = operator(&name, role)?;
-            let (ca_crt, ca_key) = read_ca(&ca_dir)?;
-            let leaf = new_leaf(&ca_crt, &ca_key, Some(&who), &[], algorithm, now, days)?;
-            (out_dir, name, leaf)
+        CertsCmd::CreateOperator { name, role, leaf } => {
+            let issued = issue(&leaf, &operator(&name, role)?, &[], now)?;
+            (leaf.out_dir, name, issued)
         }
         CertsCmd::List { dir } => {
             for c in list(&dir)? {

@@ -129,6 +129,21 @@ pub enum Cmd {
     },
 }
 
+/// Where a new certificate comes from and goes.
+#[derive(Debug, clap::Args)]
+pub struct LeafArgs {
+    /// The CA's directory (`ca.crt`, `ca.key`).
+    #[arg(long, default_value = "kura-ca")]
+    pub ca_dir: PathBuf,
+    /// Where to write the files.
+    #[arg(long, default_value = ".")]
+    pub out_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "p256")]
+    pub algorithm: crate::certs::Algorithm,
+    #[arg(long, default_value_t = crate::certs::LEAF_DAYS_DEFAULT)]
+    pub days: i64,
+}
+
 /// Certificate subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CertsCmd {
@@ -147,40 +162,27 @@ pub enum CertsCmd {
     /// Create a node's certificate (`<name>.crt`, `<name>.key`), naming it
     /// `kura://node/<id>` and valid for the given hosts (DNS names or IP addresses).
     CreateNode {
-        #[arg(long, default_value = "kura-ca")]
-        ca_dir: PathBuf,
         /// The node's id in the cluster's config.
         #[arg(long)]
         id: u64,
         /// The node's name (main, dr, bk): the files' name.
         #[arg(long)]
         name: String,
-        /// Where to write the files.
-        #[arg(long, default_value = ".")]
-        out_dir: PathBuf,
-        #[arg(long, value_enum, default_value = "p256")]
-        algorithm: crate::certs::Algorithm,
-        #[arg(long, default_value_t = crate::certs::LEAF_DAYS_DEFAULT)]
-        days: i64,
+        #[command(flatten)]
+        leaf: LeafArgs,
         /// Host names and addresses clients and peers reach the node by.
         #[arg(required = true)]
         hosts: Vec<String>,
     },
     /// Create a named operator's client certificate for the admin plane.
     CreateOperator {
-        #[arg(long, default_value = "kura-ca")]
-        ca_dir: PathBuf,
         #[arg(long)]
         name: String,
         /// `admin` changes things; `auditor` reads status, audit and keys status only.
         #[arg(long, value_enum, default_value = "admin")]
         role: crate::net::tls::OperatorRole,
-        #[arg(long, default_value = ".")]
-        out_dir: PathBuf,
-        #[arg(long, value_enum, default_value = "p256")]
-        algorithm: crate::certs::Algorithm,
-        #[arg(long, default_value_t = crate::certs::LEAF_DAYS_DEFAULT)]
-        days: i64,
+        #[command(flatten)]
+        leaf: LeafArgs,
     },
     /// Show the subject, names and expiry of every `.crt` file under a directory.
     List {

@@ -59,83 +59,83 @@ const LOCAL_ACQUIRER_DIR: &str = "acquirer";
 /// The local operator's certificate, which the CLI presents on the admin plane.
 const LOCAL_OPERATORS_DIR: &str = "operators";
 
-/// Creates `kura up`'s CA and a certificate per node for loopback, where missing.
+/// Creates `kura up`'s CA, a certificate per node for loopback and the local
+/// operator's, and the simulated acquirer's CA and route certificates, where missing.
 fn prepare_certs(data_dir: &Path) -> Result<(), String> {
-    use crate::certs::{self, Algorithm};
-    let ca_dir = data_dir.join(LOCAL_CA_DIR);
-    let now = time::OffsetDateTime::now_utc();
-    if !ca_dir.join("ca.crt").exists() {
-        let ca = certs::new_ca(
-            "kura up local CA",
-            Algorithm::P256,
-            now,
-            certs::CA_DAYS_DEFAULT,
-        )?;
-        certs::write(&ca_dir, "ca", &ca)?;
-    }
-    let (ca_crt, ca_key) = certs::read_ca(&ca_dir)?;
+    use crate::net::tls::{Identity, OperatorRole};
     let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let ca = LocalCa::open_or_create(&data_dir.join(LOCAL_CA_DIR), "kura up local CA")?;
     for (id, name, _) in NODES {
-        let dir = data_dir.join(LOCAL_CERTS_DIR);
-        if dir.join(format!("{name}.crt")).exists() {
-            continue;
-        }
-        let who = crate::net::tls::Identity::Node { id };
-        let leaf = certs::new_leaf(
-            &ca_crt,
-            &ca_key,
-            Some(&who),
-            &hosts,
-            Algorithm::P256,
-            now,
-            certs::LEAF_DAYS_DEFAULT,
-        )?;
-        certs::write(&dir, name, &leaf)?;
+        let node = Identity::Node { id };
+        ca.leaf_if_missing(&data_dir.join(LOCAL_CERTS_DIR), name, Some(&node), &hosts)?;
     }
-    let ops = data_dir.join(LOCAL_OPERATORS_DIR);
-    if !ops.join("admin.crt").exists() {
-        let admin = crate::certs::operator("admin", crate::net::tls::OperatorRole::Admin)?;
-        let leaf = certs::new_leaf(
-            &ca_crt,
-            &ca_key,
-            Some(&admin),
-            &[],
-            Algorithm::P256,
-            now,
-            certs::LEAF_DAYS_DEFAULT,
-        )?;
-        certs::write(&ops, "admin", &leaf)?;
-    }
+    let admin = crate::certs::operator("admin", OperatorRole::Admin)?;
+    ca.leaf_if_missing(
+        &data_dir.join(LOCAL_OPERATORS_DIR),
+        "admin",
+        Some(&admin),
+        &[],
+    )?;
     // The acquirer is another organisation: its routes' certificates come from a CA of
     // its own, which the nodes trust for the routes only.
     let acq_dir = data_dir.join(LOCAL_ACQUIRER_DIR);
-    if !acq_dir.join("ca.crt").exists() {
-        let ca = certs::new_ca(
-            "kura up simulated acquirer CA",
-            Algorithm::P256,
-            now,
-            certs::CA_DAYS_DEFAULT,
-        )?;
-        certs::write(&acq_dir, "ca", &ca)?;
-    }
-    let (acq_crt, acq_key) = certs::read_ca(&acq_dir)?;
+    let acquirer = LocalCa::open_or_create(&acq_dir, "kura up simulated acquirer CA")?;
     for route in ROUTES {
-        if acq_dir.join(format!("{route}.crt")).exists() {
-            continue;
-        }
-        let leaf = certs::new_leaf(
-            &acq_crt,
-            &acq_key,
-            None,
-            &hosts,
-            Algorithm::P256,
-            now,
-            certs::LEAF_DAYS_DEFAULT,
-        )?;
-        certs::write(&acq_dir, route, &leaf)?;
+        acquirer.leaf_if_missing(&acq_dir, route, None, &hosts)?;
     }
     Ok(())
 }
+
+/// A CA of `kura up`'s, in a directory of its own (`ca.crt`, `ca.key`).
+struct LocalCa {
+    cert_pem: String,
+    key_pem: String,
+    now: time::OffsetDateTime,
+}
+
+impl LocalCa {
+    fn open_or_create(dir: &Path, common_name: &str) -> Result<LocalCa, String> {
+        use crate::certs;
+        let now = time::OffsetDateTime::now_utc();
+        if !dir.join("ca.crt").exists() {
+            let ca = certs::new_ca(common_name, ALGORITHM, now, certs::CA_DAYS_DEFAULT)?;
+            certs::write(dir, "ca", &ca)?;
+        }
+        let (cert_pem, key_pem) = certs::read_ca(dir)?;
+        Ok(LocalCa {
+            cert_pem,
+            key_pem,
+            now,
+        })
+    }
+
+    /// Writes `<dir>/<stem>.crt` and `.key` unless the certificate exists.
+    fn leaf_if_missing(
+        &self,
+        dir: &Path,
+        stem: &str,
+        who: Option<&crate::net::tls::Identity>,
+        hosts: &[String],
+    ) -> Result<(), String> {
+        use crate::certs;
+        if dir.join(format!("{stem}.crt")).exists() {
+            return Ok(());
+        }
+        let leaf = certs::new_leaf(
+            &self.cert_pem,
+            &self.key_pem,
+            who,
+            hosts,
+            ALGORITHM,
+            self.now,
+            certs::LEAF_DAYS_DEFAULT,
+        )?;
+        certs::write(dir, stem, &leaf).map(|_| ())
+    }
+}
+
+/// P-256: what browsers accept on the client API.
+const ALGORITHM: crate::certs::Algorithm = crate::certs::Algorithm::P256;
 
 /// The two acquirer routes `kura up` simulates.
 const ROUTES: [&str; 2] = ["cafis", "cardnet"];
