@@ -388,6 +388,75 @@ fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
 mod tests {
     use super::*;
 
+    /// Writes a CA and node 1's certificate under `dir`; returns the files.
+    fn files_in(dir: &Path) -> TlsFiles {
+        use crate::certs::{new_ca, new_leaf, write, Algorithm};
+        let now = time::OffsetDateTime::now_utc();
+        let ca = new_ca("test CA", Algorithm::Ed25519, now, 10).unwrap();
+        let leaf = new_leaf(
+            &ca.cert_pem,
+            &ca.key_pem,
+            Some(&Identity::Node { id: 1 }),
+            &["127.0.0.1".to_owned()],
+            Algorithm::Ed25519,
+            now,
+            10,
+        )
+        .unwrap();
+        let (ca_file, _) = write(dir, "ca", &ca).unwrap();
+        let (cert_file, key_file) = write(dir, "node", &leaf).unwrap();
+        TlsFiles {
+            ca_file,
+            cert_file,
+            key_file,
+        }
+    }
+
+    #[test]
+    fn unusable_tls_files_refuse_to_load_in_one_sentence_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = files_in(dir.path());
+        assert!(NodeTls::load(good.clone(), false).is_ok());
+        let missing = TlsFiles {
+            key_file: dir.path().join("absent.key"),
+            ..good.clone()
+        };
+        let wrong_key = TlsFiles {
+            key_file: files_in(&dir.path().join("other")).key_file,
+            ..good.clone()
+        };
+        let not_a_ca = TlsFiles {
+            ca_file: good.key_file.clone(),
+            ..good.clone()
+        };
+        for (files, key) in [
+            (missing, "tls.key_file"),
+            (wrong_key, "tls.key_file"),
+            (not_a_ca, "tls.ca_file"),
+        ] {
+            let e = NodeTls::load(files, false).err().expect("refused");
+            assert!(e.contains(key) && !e.contains('\n'), "{e}");
+            assert!(!e.contains("PRIVATE KEY"), "no key material in {e}");
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_the_old_material_when_the_new_files_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        let tls = NodeTls::load(files.clone(), false).unwrap();
+        let before = tls.not_after_unix_s();
+        assert_eq!(tls.reload_if_changed(), Ok(false), "nothing changed");
+        std::fs::write(&files.cert_file, "not a certificate").unwrap();
+        assert!(tls.reload_if_changed().is_err());
+        assert_eq!(tls.not_after_unix_s(), before);
+        assert_eq!(
+            tls.reload_if_changed(),
+            Ok(false),
+            "a broken file is judged once"
+        );
+    }
+
     #[test]
     fn identities_round_trip_through_their_uri_and_nothing_else_parses() {
         for id in [
