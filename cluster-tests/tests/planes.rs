@@ -82,6 +82,21 @@ async fn post(
         .map(|r| r.status().as_u16())
 }
 
+/// A client presenting a certificate the cluster CA signed for a plain server (as a
+/// merchant's or an acquirer's could be): no `kura://` identity in it.
+fn identityless_tls() -> rustls::ClientConfig {
+    let dir = tempfile::tempdir().unwrap();
+    kura_cluster_tests::procs::write_test_certs(dir.path(), "plain", None);
+    kura_sdk::tls::client_config(
+        kura_sdk::tls::roots_from_file(&dir.path().join("ca.crt")).unwrap(),
+        Some((
+            kura_sdk::tls::load_certs(&dir.path().join("plain.crt")).unwrap(),
+            kura_sdk::tls::load_key(&dir.path().join("plain.key")).unwrap(),
+        )),
+    )
+    .unwrap()
+}
+
 fn pool_as(tls: rustls::ClientConfig) -> HttpPool {
     HttpPool::new(
         Arc::new(TlsConnector::fixed(Arc::new(TcpConnector), tls)),
@@ -158,6 +173,10 @@ async fn the_peer_plane_admits_only_members_and_each_speaks_only_for_itself() {
         (
             "a node id outside the membership",
             client_tls_as(Some(&Identity::Node { id: 7 }), false),
+        ),
+        (
+            "a certificate from the cluster CA that names no kura identity",
+            identityless_tls(),
         ),
     ];
     for (who, tls) in strangers {
