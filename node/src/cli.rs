@@ -283,21 +283,6 @@ pub fn local_endpoints(base_port: u16) -> Vec<String> {
         .collect()
 }
 
-/// A client of the API of the cluster `cfg` belongs to: TLS trusting the config's CA
-/// (plain HTTP only when the config is in the insecure mode).
-pub fn api_client(
-    cfg: &NodeConfig,
-    endpoints: Vec<String>,
-    bearer: &str,
-) -> Result<Client, String> {
-    let c = ClientConfig::new(endpoints, bearer);
-    let c = match &cfg.tls.ca_file {
-        Some(ca) => c.with_ca_file(ca).map_err(|e| e.0)?,
-        None => c,
-    };
-    Ok(Client::new(c))
-}
-
 fn read_token(path: &Path) -> Result<String, String> {
     let token = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read admin_token_file {}: {e}", path.display()))?;
