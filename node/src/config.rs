@@ -87,6 +87,9 @@ pub struct NodeConfig {
     pub acquirer: crate::acquirer::router::AcquirerSettings,
     #[serde(default)]
     pub tls: TlsSettings,
+    /// Connection caps, timeouts and request rates.
+    #[serde(default)]
+    pub limits: crate::limits::LimitSettings,
 }
 
 /// TLS on every plane. Either all three files are set, or `insecure = true` (plain HTTP,
@@ -292,6 +295,7 @@ impl NodeConfig {
             .validate(&self.failover, self.raft.election_timeout_max_ms)?;
         self.acquirer.validate()?;
         self.api.validate()?;
+        self.limits.validate()?;
         let addrs: Vec<(String, &str)> = self
             .peers
             .iter()

@@ -11,6 +11,7 @@ pub mod cvc;
 pub mod faults;
 pub mod files;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod node;

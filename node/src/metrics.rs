@@ -51,6 +51,39 @@ pub struct Metrics {
     pub tls_cert_expiry: Family<PlaneLabels, Gauge>,
     pub admin_auth_failures: Family<ReasonLabels, Counter>,
     pub admin_break_glass: Counter,
+    pub api_auth_failures: Family<ReasonLabels, Counter>,
+    pub api_rate_limited: Family<LimitLabels, Counter>,
+    pub listener_connections: Family<PlaneLabels, Gauge>,
+    pub listener_refused: Family<RefusedLabels, Counter>,
+    pub listener_timeouts: Family<PlaneLabels, Counter>,
+    pub cvc_refused: Family<ReasonLabels, Counter>,
+}
+
+/// Labels of requests refused by a rate limit: which limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: String,
+}
+
+/// Labels of connections refused on accept.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub plane: String,
+    pub reason: String,
+}
+
+/// HTTP methods that may become a label value; any other is counted as `other`, so a
+/// client cannot grow the label set by inventing methods.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+];
+
+fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Labels of failure counters: a fixed set of reasons.
@@ -125,6 +158,12 @@ impl Metrics {
             tls_cert_expiry: Family::default(),
             admin_auth_failures: Family::default(),
             admin_break_glass: Counter::default(),
+            api_auth_failures: Family::default(),
+            api_rate_limited: Family::default(),
+            listener_connections: Family::default(),
+            listener_refused: Family::default(),
+            listener_timeouts: Family::default(),
+            cvc_refused: Family::default(),
         };
         registry.register(
             "raft_term",
@@ -231,6 +270,36 @@ impl Metrics {
             m.admin_break_glass.clone(),
         );
         registry.register(
+            "api_auth_failures",
+            "Client API requests refused for want of a valid API key, by reason (missing, unknown_key, secret_key_required)",
+            m.api_auth_failures.clone(),
+        );
+        registry.register(
+            "api_rate_limited",
+            "Client API requests refused with 429, by limit (address, key, one_time_tokens_key, one_time_tokens_address)",
+            m.api_rate_limited.clone(),
+        );
+        registry.register(
+            "listener_connections",
+            "Connections open now, by plane",
+            m.listener_connections.clone(),
+        );
+        registry.register(
+            "listener_connections_refused",
+            "Connections closed on accept, by plane and reason (full, per_address)",
+            m.listener_refused.clone(),
+        );
+        registry.register(
+            "listener_timeouts",
+            "Connections closed because a TLS handshake, a request head or the next request did not arrive in time, by plane",
+            m.listener_timeouts.clone(),
+        );
+        registry.register(
+            "cvc_refused",
+            "CVCs not taken into the store, by reason (store_full, merchant_share)",
+            m.cvc_refused.clone(),
+        );
+        registry.register(
             "acquirer_route_up",
             "1 if the acquirer route answered its last health check, else 0",
             m.route_up.clone(),
@@ -273,6 +342,54 @@ impl Metrics {
     /// Counts an admin request refused for `reason` (a fixed set of values).
     pub fn admin_auth_failed(&self, reason: &'static str) {
         self.admin_auth_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counters for a listener on `plane`, exported as this node's metrics.
+    pub fn listener(&self, plane: &'static str) -> std::sync::Arc<crate::net::ListenerStats> {
+        let p = PlaneLabels {
+            plane: plane.into(),
+        };
+        let refused = |reason: &str| {
+            self.listener_refused
+                .get_or_create(&RefusedLabels {
+                    plane: plane.into(),
+                    reason: reason.into(),
+                })
+                .clone()
+        };
+        std::sync::Arc::new(crate::net::ListenerStats::new(
+            self.listener_connections.get_or_create(&p).clone(),
+            refused("full"),
+            refused("per_address"),
+            self.listener_timeouts.get_or_create(&p).clone(),
+        ))
+    }
+
+    /// Counts a client API request refused for `reason` (a fixed set of values).
+    pub fn api_auth_failed(&self, reason: &'static str) {
+        self.api_auth_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused by the rate limit `limit` (a fixed set of values).
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.api_rate_limited
+            .get_or_create(&LimitLabels {
+                limit: limit.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a CVC the store did not take, for `reason` (a fixed set of values).
+    pub fn cvc_not_taken(&self, reason: &'static str) {
+        self.cvc_refused
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
             })
@@ -329,7 +446,7 @@ impl Metrics {
     pub fn observe_request(&self, endpoint: &str, method: &str, status: u16, elapsed: Duration) {
         let labels = RequestLabels {
             endpoint: endpoint.to_owned(),
-            method: method.to_owned(),
+            method: method_label(method).to_owned(),
             status_class: format!("{}xx", status / 100),
         };
         self.api_requests.get_or_create(&labels).inc();
@@ -350,6 +467,9 @@ mod tests {
         m.store_log_fsync.observe(0.002);
         m.leader_changed("failback", 1);
         m.observe_request("/v1/tokens", "POST", 201, Duration::from_millis(3));
+        for invented in ["BREW", "X-ATTACK-1", "X-ATTACK-2"] {
+            m.observe_request("unmatched", invented, 404, Duration::from_millis(1));
+        }
         let text = m.encode();
         for needle in [
             "# HELP kura_raft_term Current Raft term",
@@ -359,8 +479,12 @@ mod tests {
             "kura_store_log_fsync_duration_seconds_count 1",
             "kura_api_requests_total{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"} 1",
             "kura_api_request_duration_seconds_count{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"} 1",
+            "kura_api_requests_total{endpoint=\"unmatched\",method=\"other\",status_class=\"4xx\"} 3",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        for invented in ["BREW", "X-ATTACK"] {
+            assert!(!text.contains(invented), "{invented} became a label value");
         }
     }
 }

@@ -237,7 +237,10 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         settings: cfg.api.clone(),
         admin_token_sha256: env.admin_token.as_deref().map(api_key_hash),
         pool: pool.clone(),
-        cvc: Arc::new(CvcStore::new(cfg.api.cvc_entries_max)),
+        cvc: Arc::new(CvcStore::new(
+            cfg.api.cvc_entries_max,
+            cfg.limits.cvc_share_per_merchant_percent,
+        )),
         health: Arc::new(crate::health::Health::new(
             cfg.health.clone(),
             cfg.failover.clone(),
@@ -250,6 +253,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
             faults_on.then_some(faults),
         )),
         payments_in_flight: Default::default(),
+        limiters: api::limits::Limiters::new(&cfg.limits),
     });
     let raft_routes = cluster::raft_router(cluster.clone())
         .merge(api::peer::router(state.clone()))
@@ -262,20 +266,39 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     crate::raft_types::spawn(api::payments::resolver_loop(state.clone()));
     crate::raft_types::spawn(check_routes(state.clone()));
     let planes = planes_tls(env.tls.as_ref(), cfg, env.admin_token.is_some());
+    let lim = &cfg.limits;
+    let limits = |plane, max, per_address| net::ServeLimits {
+        plane,
+        header_read_timeout: lim.header_read_timeout(),
+        connections_max: max,
+        connections_per_address_max: per_address,
+        stats: env.metrics.listener(plane),
+    };
+    let peer_limits = limits("peer", lim.peer_connections_max, lim.peer_connections_max);
+    let api_limits = limits(
+        "api",
+        lim.api_connections_max,
+        lim.api_connections_per_address_max,
+    );
+    let admin_limits = limits(
+        "admin",
+        lim.admin_connections_max,
+        lim.admin_connections_max,
+    );
     crate::raft_types::spawn(async move {
-        if let Err(e) = net::serve(raft_listener, raft_routes, planes.peer).await {
+        if let Err(e) = net::serve(raft_listener, raft_routes, planes.peer, peer_limits).await {
             tracing::error!(error = %e, "raft listener stopped");
         }
     });
     let api_routes = api::router(state.clone());
     crate::raft_types::spawn(async move {
-        if let Err(e) = net::serve(api_listener, api_routes, planes.api).await {
+        if let Err(e) = net::serve(api_listener, api_routes, planes.api, api_limits).await {
             tracing::error!(error = %e, "api listener stopped");
         }
     });
     let admin_routes = api::admin_router(state.clone());
     crate::raft_types::spawn(async move {
-        if let Err(e) = net::serve(admin_listener, admin_routes, planes.admin).await {
+        if let Err(e) = net::serve(admin_listener, admin_routes, planes.admin, admin_limits).await {
             tracing::error!(error = %e, "admin listener stopped");
         }
     });

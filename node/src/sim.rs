@@ -340,6 +340,7 @@ pub async fn run_acquirer(
             listener,
             crate::acquirer::sim::router_with(ledger),
             Some(tls),
+            crate::net::ServeLimits::unexported("acquirer"),
         )
         .await?;
         Ok(())

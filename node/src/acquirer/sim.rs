@@ -236,7 +236,13 @@ pub async fn run(
     };
     let listener = crate::net::Net::tokio().binder.bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, tls = serve_tls.is_some(), "acquirer simulator listening");
-    crate::net::serve(listener, router(), serve_tls).await
+    crate::net::serve(
+        listener,
+        router(),
+        serve_tls,
+        crate::net::ServeLimits::unexported("acquirer"),
+    )
+    .await
 }
 
 #[cfg(test)]

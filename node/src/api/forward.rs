@@ -42,6 +42,7 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
         Some(_) => m.admin_addr.clone(),
         None => m.api_addr.clone(),
     };
+    let source = super::limits::source_address(&req);
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, st.settings.request_body_bytes_max)
         .collect()
@@ -66,7 +67,15 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
             return serve_here(&st, req, next).await;
         }
         let addr = addr_of(&target.1);
-        match proxy(&st, &parts, body.clone(), &addr, operator.as_ref()).await {
+        match proxy(
+            &st,
+            &parts,
+            body.clone(),
+            &addr,
+            operator.as_ref(),
+            &source,
+        )
+        .await {
             Ok(mut resp) => {
                 set_leader_header(&mut resp, &addr);
                 return resp;
@@ -132,13 +141,18 @@ async fn proxy(
     body: Bytes,
     leader_addr: &str,
     operator: Option<&Operator>,
+    source: &str,
 ) -> Result<Response, Failed> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = http::Request::builder()
         .method(parts.method.clone())
         .uri(path);
     for (k, v) in parts.headers.iter() {
-        if k != http::header::HOST && k != http::header::CONNECTION && k != OPERATOR_HEADER {
+        if k != http::header::HOST
+            && k != http::header::CONNECTION
+            && k != OPERATOR_HEADER
+            && k != super::limits::FORWARDED_FOR_HEADER
+        {
             out = out.header(k, v);
         }
     }
@@ -148,6 +162,7 @@ async fn proxy(
     let out = out
         .header(http::header::HOST, leader_addr)
         .header(FORWARDED_HEADER, st.cluster.me().name.as_str())
+        .header(super::limits::FORWARDED_FOR_HEADER, source)
         .body(Full::new(body))
         .map_err(|e| {
             Unsent(Problem::internal(format!(

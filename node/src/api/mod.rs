@@ -11,6 +11,7 @@ mod cors;
 mod forward;
 mod health;
 mod keys;
+pub mod limits;
 mod members;
 pub mod operator;
 pub mod payments;
@@ -116,6 +117,8 @@ pub struct AppState {
     pub router: Arc<crate::acquirer::router::Router>,
     /// Payments this node is authorising right now (a retry of one answers 409).
     pub payments_in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Request rates per address and per key.
+    pub limiters: limits::Limiters,
 }
 
 /// A merchant and which of its keys authenticated the request.
@@ -148,6 +151,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/members/{member_id}/cards/{token}",
             axum::routing::delete(members::delete),
         )
+        .layer(middleware::from_fn_with_state(state.clone(), limits::layer))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             forward::to_leader,

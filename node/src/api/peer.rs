@@ -4,7 +4,6 @@
 //! bound to its token id, so it is never in clear on the wire even without TLS.
 
 use super::AppState;
-use crate::cvc::CvcStoreFull;
 use crate::vault::{Brand, Cvc};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -26,6 +25,8 @@ const CVC_BODY_BYTES_MAX: usize = 4096;
 #[serde(deny_unknown_fields)]
 struct CvcCopy {
     token: String,
+    /// The merchant whose share of the store the copy counts against.
+    merchant_id: String,
     expires_at_ms: u64,
     /// Hex of the KEK-sealed digits.
     sealed: String,
@@ -37,7 +38,13 @@ fn aad(token: &str) -> String {
 
 /// Copies `cvc` into the other nodes' memory, waiting at most the configured replication
 /// timeout. Returns how many nodes took it.
-pub async fn replicate_cvc(st: &AppState, token: &str, cvc: &Cvc, expires_at_ms: u64) -> usize {
+pub async fn replicate_cvc(
+    st: &AppState,
+    token: &str,
+    merchant_id: &str,
+    cvc: &Cvc,
+    expires_at_ms: u64,
+) -> usize {
     let sealed = match st
         .keys
         .kek()
@@ -51,6 +58,7 @@ pub async fn replicate_cvc(st: &AppState, token: &str, cvc: &Cvc, expires_at_ms:
     };
     let body = serde_json::to_vec(&CvcCopy {
         token: token.to_owned(),
+        merchant_id: merchant_id.to_owned(),
         expires_at_ms,
         sealed: hex::encode(sealed),
     })
@@ -92,9 +100,13 @@ async fn take_copy(State(st): State<Arc<AppState>>, headers: HeaderMap, body: By
     let Some(cvc) = cvc else {
         return (StatusCode::BAD_REQUEST, "the CVC copy is malformed").into_response();
     };
-    match st.cvc.put(&copy.token, cvc, copy.expires_at_ms) {
+    match st
+        .cvc
+        .put(&copy.token, &copy.merchant_id, cvc, copy.expires_at_ms)
+    {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(CvcStoreFull { .. }) => {
+        Err(e) => {
+            st.metrics.cvc_not_taken(e.reason());
             (StatusCode::SERVICE_UNAVAILABLE, "CVC store full").into_response()
         }
     }

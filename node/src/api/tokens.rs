@@ -245,7 +245,9 @@ async fn tokenize(
             cvc_supplied: cvc.is_some(),
         };
         let written = match (&cvc, expires_at_ms) {
-            (Some(cvc), Some(expires)) => write_with_cvc(st, cmd, &token, cvc, expires).await,
+            (Some(cvc), Some(expires)) => {
+                write_with_cvc(st, cmd, &token, &merchant_id, cvc, expires).await
+            }
             _ => st.write(cmd).await,
         };
         match written? {
@@ -266,19 +268,27 @@ async fn write_with_cvc(
     st: &AppState,
     cmd: Command,
     token: &str,
+    merchant_id: &str,
     cvc: &Cvc,
     expires_at_ms: u64,
 ) -> Result<Response, Problem> {
-    st.cvc.put(token, cvc.clone(), expires_at_ms).map_err(|e| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cvc_store_full",
-            format!("{e}; retry later or without the CVC"),
-        )
-    })?;
+    st.cvc
+        .put(token, merchant_id, cvc.clone(), expires_at_ms)
+        .map_err(|e| {
+            st.metrics.cvc_not_taken(e.reason());
+            let code = match e {
+                crate::cvc::CvcStoreFull::Full { .. } => "cvc_store_full",
+                crate::cvc::CvcStoreFull::MerchantShare { .. } => "cvc_share_exhausted",
+            };
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                format!("{e}; retry later or without the CVC"),
+            )
+        })?;
     let (written, copies) = futures::join!(
         st.write(cmd),
-        super::peer::replicate_cvc(st, token, cvc, expires_at_ms)
+        super::peer::replicate_cvc(st, token, merchant_id, cvc, expires_at_ms)
     );
     st.metrics.cvc_copies(copies);
     if !matches!(written, Ok(Response::Tokenized(_))) {

@@ -109,16 +109,131 @@ pub struct ClientIdentity(pub tls::Identity);
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub String);
 
-/// Bound on a TLS handshake: a client that stalls in it holds a task, not the listener.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How a listener protects itself: bounds on how long a client may take and on how
+/// many connections it may hold.
+#[derive(Clone)]
+pub struct ServeLimits {
+    /// Which plane (`api`, `peer`, `admin`, `acquirer`): the metric label.
+    pub plane: &'static str,
+    /// Bound on the TLS handshake, on reading a request's head, and on waiting for the
+    /// next request on a kept-alive connection (hyper starts its header-read timer as
+    /// soon as a connection goes idle, so one bound serves both).
+    pub header_read_timeout: Duration,
+    /// Most connections open at once on this listener; more are closed on accept.
+    pub connections_max: usize,
+    /// Most connections open at once from one source address (IP).
+    pub connections_per_address_max: usize,
+    /// Counts open and refused connections.
+    pub stats: Arc<ListenerStats>,
+}
+
+impl ServeLimits {
+    /// Generous limits with unexported counters, for listeners that are not a node's
+    /// planes (the acquirer simulator).
+    pub fn unexported(plane: &'static str) -> ServeLimits {
+        ServeLimits {
+            plane,
+            header_read_timeout: Duration::from_secs(10),
+            connections_max: 4_096,
+            connections_per_address_max: 4_096,
+            stats: Arc::new(ListenerStats::new(
+                Gauge::default(),
+                Counter::default(),
+                Counter::default(),
+                Counter::default(),
+            )),
+        }
+    }
+}
+
+/// Connection counters of one listener (exported as metrics when registered).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed on accept because the listener was full.
+    pub refused_full: Counter,
+    /// Connections closed on accept because their address held too many.
+    pub refused_per_address: Counter,
+    /// Connections closed because the handshake or a request head did not arrive in time.
+    pub timed_out: Counter,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+
+impl ListenerStats {
+    /// Counters that export through the given metrics (see `Metrics::listener`).
+    pub fn new(open: Gauge, refused_full: Counter, refused_per_address: Counter, timed_out: Counter) -> ListenerStats {
+        ListenerStats {
+            open,
+            refused_full,
+            refused_per_address,
+            timed_out,
+            per_address: Mutex::default(),
+        }
+    }
+}
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A connection's place in its listener's counts; released when dropped.
+struct Slot {
+    stats: Arc<ListenerStats>,
+    ip: Option<IpAddr>,
+}
+
+impl ListenerStats {
+    /// Takes a slot for a connection from `peer`, or says why not.
+    fn admit(self: &Arc<Self>, peer: &str, limits: &ServeLimits) -> Result<Slot, &'static str> {
+        let ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        if self.open.get() as usize >= limits.connections_max {
+            self.refused_full.inc();
+            return Err("listener full");
+        }
+        if let Some(ip) = ip {
+            let mut per = self.per_address.lock().expect("per-address lock");
+            let n = per.entry(ip).or_insert(0);
+            if *n >= limits.connections_per_address_max {
+                self.refused_per_address.inc();
+                return Err("too many connections from this address");
+            }
+            *n += 1;
+        }
+        self.open.inc();
+        Ok(Slot {
+            stats: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stats.open.dec();
+        if let Some(ip) = self.ip {
+            let mut per = self.stats.per_address.lock().expect("per-address lock");
+            if let Some(n) = per.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&ip);
+                }
+            }
+        }
+    }
+}
 
 /// Serves `router` on `listener` until the listener fails: HTTP/1 with keep-alive,
 /// one task per connection, spawned through the Raft runtime; over TLS when `tls` is
 /// given (the handshake runs in the connection's task, never in the accept loop).
+/// A connection over `limits` is closed as soon as it is accepted.
 pub async fn serve(
     mut listener: Box<dyn Listener>,
     router: axum::Router,
     tls: Option<ServeTls>,
+    limits: ServeLimits,
 ) -> io::Result<()> {
     loop {
         let (io, peer) = match listener.accept().await {
@@ -130,14 +245,24 @@ pub async fn serve(
             }
             Err(e) => return Err(e),
         };
+        let slot = match limits.stats.admit(&peer, &limits) {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::debug!(plane = limits.plane, peer, why, "connection refused");
+                drop(io);
+                continue;
+            }
+        };
         let router = router.clone();
         let tls = tls.clone();
+        let limits = limits.clone();
         crate::raft_types::spawn(async move {
+            let _slot = slot;
             match tls {
-                None => serve_conn(io, router, peer, None).await,
+                None => serve_conn(io, router, peer, None, &limits).await,
                 Some(tls) => {
-                    if let Some((stream, ident)) = handshake(io, &tls, &peer).await {
-                        serve_conn(stream, router, peer, ident).await
+                    if let Some((stream, ident)) = handshake(io, &tls, &peer, &limits).await {
+                        serve_conn(stream, router, peer, ident, &limits).await
                     }
                 }
             }
@@ -150,19 +275,21 @@ async fn handshake(
     io: BoxIo,
     tls: &ServeTls,
     peer: &str,
+    limits: &ServeLimits,
 ) -> Option<(
     tokio_rustls::server::TlsStream<BoxIo>,
     Option<tls::Identity>,
 )> {
     let config = tls.config.read().expect("tls config lock").clone();
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
-    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+    let stream = match tokio::time::timeout(limits.header_read_timeout, accept).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(peer, error = %e, "TLS handshake failed");
             return None;
         }
         Err(_) => {
+            limits.stats.timed_out.inc();
             tracing::debug!(peer, "TLS handshake timed out");
             return None;
         }
@@ -190,6 +317,7 @@ async fn serve_conn<I: Io>(
     router: axum::Router,
     peer: String,
     ident: Option<tls::Identity>,
+    limits: &ServeLimits,
 ) {
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
@@ -202,9 +330,14 @@ async fn serve_conn<I: Io>(
         req
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
     if let Err(e) = conn.await {
+        if e.is_timeout() {
+            limits.stats.timed_out.inc();
+        }
         tracing::debug!(error = %e, "connection closed with error");
     }
 }

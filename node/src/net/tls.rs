@@ -227,10 +227,6 @@ impl Material {
             .unix_timestamp();
         let mismatch =
             |e: rustls::Error| format!("{CERT_KEY} and {KEY_KEY} do not belong together: {e}");
-        let api = server_builder(time)?
-            .with_no_client_auth()
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(mismatch)?;
         let mutual = |optional: bool| -> Result<Arc<rustls::ServerConfig>, String> {
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
             let verifier = if optional {
@@ -246,6 +242,10 @@ impl Material {
                 .map_err(mismatch)?;
             Ok(Arc::new(config))
         };
+        // The client API asks for a certificate but does not need one: merchants send
+        // none; a node forwarding a request sends its own, which vouches for the
+        // client address it names.
+        let api = mutual(true)?;
         let peer = mutual(false)?;
         // With a break-glass token configured, the admin plane also takes connections
         // without a certificate (the token then authenticates each request).
@@ -254,7 +254,7 @@ impl Material {
             kura_sdk::tls::client_config_at((*roots).clone(), Some((chain, key)), time.clone())
                 .map_err(|e| e.0)?;
         Ok(Material {
-            api: Arc::new(api),
+            api,
             peer,
             admin,
             client: Arc::new(client),

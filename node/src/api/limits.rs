@@ -1,0 +1,167 @@
+//! Request rates on the client API: per source address (before authentication), per
+//! API key, and for one-time tokens created with a publishable key (which is public by
+//! design, so it must not let anyone grow the vault at will). A refused request is a
+//! `429 rate_limited` problem with `Retry-After`; nothing was done.
+
+use super::{bearer, AppState, Problem, St};
+use crate::crypto::api_key_hash;
+use crate::limits::{LimitSettings, Rate, RateLimiter};
+use crate::net::{ClientAddr, ClientIdentity};
+use crate::vault::KeyRole;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+/// Set by a node forwarding a request to the leader: the address the client connected
+/// from. Believed only on a connection whose certificate names a node of the cluster.
+pub const FORWARDED_FOR_HEADER: &str = "kura-forwarded-for";
+
+/// Keys (addresses, API keys) each limiter tracks at most.
+const TRACKED_KEYS_MAX: usize = 100_000;
+
+/// The limiters of one node.
+pub struct Limiters {
+    address: RateLimiter,
+    key: RateLimiter,
+    ott_key: RateLimiter,
+    ott_address: RateLimiter,
+    epoch: tokio::time::Instant,
+}
+
+impl Limiters {
+    /// Limiters at the configured rates.
+    pub fn new(s: &LimitSettings) -> Limiters {
+        let l = |per_s, burst| RateLimiter::new(Rate::new(per_s, burst), TRACKED_KEYS_MAX);
+        Limiters {
+            address: l(s.requests_per_address_per_s, s.requests_per_address_burst),
+            key: l(s.requests_per_key_per_s, s.requests_per_key_burst),
+            ott_key: l(
+                s.one_time_tokens_per_publishable_key_per_s,
+                s.one_time_tokens_per_publishable_key_burst,
+            ),
+            ott_address: l(
+                s.one_time_tokens_per_address_per_s,
+                s.one_time_tokens_per_address_burst,
+            ),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// The address a request came from: the client's own, also when a follower forwarded
+/// the request (then the follower's certificate vouches for the header).
+pub fn source_address(req: &Request) -> String {
+    let from_node = matches!(
+        req.extensions().get::<ClientIdentity>(),
+        Some(ClientIdentity(crate::net::tls::Identity::Node { .. }))
+    );
+    if from_node {
+        if let Some(v) = req
+            .headers()
+            .get(FORWARDED_FOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+        {
+            return v.to_owned();
+        }
+    }
+    req.extensions()
+        .get::<ClientAddr>()
+        .map(|a| ip_of(&a.0))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The IP of `host:port` (the whole string when it does not parse).
+pub fn ip_of(addr: &str) -> String {
+    addr.parse::<std::net::SocketAddr>()
+        .map_or_else(|_| addr.to_owned(), |a| a.ip().to_string())
+}
+
+/// The source address, kept as a request extension for handlers and the audit trail.
+#[derive(Debug, Clone)]
+pub struct Source(pub String);
+
+/// Applies the rates to a request served on this node.
+pub async fn layer(State(st): St, mut req: Request, next: Next) -> Response {
+    let src = source_address(&req);
+    req.extensions_mut().insert(Source(src.clone()));
+    if let Err(p) = check(&st, &req, &src) {
+        return p.into_response();
+    }
+    next.run(req).await
+}
+
+fn check(st: &AppState, req: &Request, src: &str) -> Result<(), Limited> {
+    let l = &st.limiters;
+    let now = l.now_ns();
+    l.address
+        .check(src, now)
+        .map_err(|w| st.limited("address", w))?;
+    let Some(key) = bearer(req.headers()) else {
+        return Ok(());
+    };
+    let hash = api_key_hash(key);
+    // An unknown key is not tracked (anyone could invent millions): the handler
+    // answers 401 and the address limit bounds the attempts.
+    let Some(role) = st
+        .cluster
+        .vault()
+        .read(|v| v.key_owner(&hash).map(|o| o.role))
+    else {
+        return Ok(());
+    };
+    l.key.check(&hash, now).map_err(|w| st.limited("key", w))?;
+    let creates_token = req.method() == Method::POST && req.uri().path() == "/v1/tokens";
+    if creates_token && role == KeyRole::Publishable {
+        l.ott_key
+            .check(&hash, now)
+            .map_err(|w| st.limited("one_time_tokens_key", w))?;
+        l.ott_address
+            .check(src, now)
+            .map_err(|w| st.limited("one_time_tokens_address", w))?;
+    }
+    Ok(())
+}
+
+/// A `429` with the wait.
+struct Limited {
+    limit: &'static str,
+    retry_after: Duration,
+}
+
+impl AppState {
+    fn limited(&self, limit: &'static str, retry_after: Duration) -> Limited {
+        self.metrics.rate_limited(limit);
+        Limited { limit, retry_after }
+    }
+}
+
+impl IntoResponse for Limited {
+    fn into_response(self) -> Response {
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        let secs = secs.max(1);
+        let what = match self.limit {
+            "address" => "requests from this address",
+            "key" => "requests with this key",
+            "one_time_tokens_key" => "one-time tokens created with this publishable key",
+            _ => "one-time tokens created from this address",
+        };
+        let mut resp = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many {what}; nothing was done; retry after {secs} s"),
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from(secs),
+        );
+        resp
+    }
+}
