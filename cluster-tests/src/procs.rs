@@ -119,6 +119,13 @@ pub fn write_test_certs(dir: &Path, stem: &str, node: Option<u64>) {
     certs::write(dir, stem, &leaf).expect("write test certificate");
 }
 
+/// Writes a secret file owner-only, as a node requires.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Client settings for `endpoints` with `bearer`, over TLS trusting the test CA.
 pub fn client_config(endpoints: Vec<String>, bearer: &str) -> ClientConfig {
     ClientConfig::new(endpoints, bearer)
@@ -333,7 +340,10 @@ impl ProcCluster {
         let admin: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        std::fs::write(dir.path().join("kek.key"), format!("{}\n", "ab".repeat(32))).unwrap();
+        write_secret(
+            &dir.path().join("kek.key"),
+            &format!("{}\n", "ab".repeat(32)),
+        );
         // The operator the CLI presents (it looks beside the config).
         write_operator_cert(&dir.path().join("operators"), "admin", OperatorRole::Admin);
         let mut configs = Vec::new();
@@ -344,7 +354,7 @@ impl ProcCluster {
                 i + 1
             );
             if let Some(token) = break_glass {
-                std::fs::write(dir.path().join("break-glass.token"), token).unwrap();
+                write_secret(&dir.path().join("break-glass.token"), token);
                 text += "admin_token_file = \"break-glass.token\"\n";
             }
             for (j, peer) in NAMES.iter().enumerate() {
@@ -690,8 +700,52 @@ pub async fn try_raw(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> Option<RawResponse> {
+    try_raw_from(None, addr, method, path, headers, body).await
+}
+
+/// Opens TCP connections from a given loopback source address (any of 127.0.0.0/8),
+/// so that a test can act as several clients.
+pub struct FromIp(pub std::net::Ipv4Addr);
+
+impl kura_sdk::wire::Connector for FromIp {
+    fn connect<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> kura_sdk::wire::BoxFut<'a, std::io::Result<kura_sdk::wire::BoxIo>> {
+        Box::pin(async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::from((self.0, 0)))?;
+            let target = tokio::net::lookup_host(addr)
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            let s = socket.connect(target).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s) as kura_sdk::wire::BoxIo)
+        })
+    }
+}
+
+/// TLS connections trusting the test CA, from source address `ip`.
+pub fn tls_from(ip: std::net::Ipv4Addr) -> kura_sdk::tls::TlsConnector {
+    kura_sdk::tls::TlsConnector::fixed(Arc::new(FromIp(ip)), (*test_ca().trust).clone())
+}
+
+/// Like [`try_raw`], from source address `from` (the default one when `None`).
+pub async fn try_raw_from(
+    from: Option<std::net::Ipv4Addr>,
+    addr: &str,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Option<RawResponse> {
     use kura_sdk::wire::{tokio_spawner, HttpPool};
-    let pool = HttpPool::new(tls_connector(), tokio_spawner(), 1 << 20);
+    let connector: Arc<dyn kura_sdk::wire::Connector> = match from {
+        None => tls_connector(),
+        Some(ip) => Arc::new(tls_from(ip)),
+    };
+    let pool = HttpPool::new(connector, tokio_spawner(), 1 << 20);
     let mut req = http::Request::builder()
         .method(method)
         .uri(path)

@@ -115,7 +115,10 @@ impl CvcStore {
                 share: self.share_max,
             });
         }
-        *inner.per_merchant.entry(merchant_id.to_owned()).or_insert(0) += 1;
+        *inner
+            .per_merchant
+            .entry(merchant_id.to_owned())
+            .or_insert(0) += 1;
         inner.held.insert(
             token.to_owned(),
             Held {

@@ -100,8 +100,14 @@ impl LimitSettings {
         for (key, v) in [
             ("requests_per_key_per_s", self.requests_per_key_per_s),
             ("requests_per_key_burst", self.requests_per_key_burst),
-            ("requests_per_address_per_s", self.requests_per_address_per_s),
-            ("requests_per_address_burst", self.requests_per_address_burst),
+            (
+                "requests_per_address_per_s",
+                self.requests_per_address_per_s,
+            ),
+            (
+                "requests_per_address_burst",
+                self.requests_per_address_burst,
+            ),
             (
                 "one_time_tokens_per_publishable_key_per_s",
                 self.one_time_tokens_per_publishable_key_per_s,

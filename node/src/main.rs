@@ -32,6 +32,7 @@ async fn run_node(
     log_format: Option<LogFormat>,
     enable_fault_injection: bool,
 ) -> Result<(), String> {
+    kura_node::files::harden_process()?;
     let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
     init_logging(log_format.unwrap_or(cfg.log.format), &cfg.log.level);
     let mut env = kura_node::node::production_env(&cfg).map_err(|e| e.to_string())?;

@@ -47,12 +47,17 @@ pub fn fsync_observer(metrics: &Arc<Metrics>) -> FsyncObserver {
 
 /// The production environment for `cfg`: files under its data dir, real network.
 pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot create data_dir {}: {e}", cfg.data_dir.display()),
-        )
-    })?;
+    crate::files::make_private_dir("data_dir", &cfg.data_dir).map_err(io::Error::other)?;
+    let secrets = [
+        Some(("kek_file", &cfg.kek_file)),
+        cfg.admin_token_file
+            .as_ref()
+            .map(|p| ("admin_token_file", p)),
+        cfg.tls.key_file.as_ref().map(|p| ("tls.key_file", p)),
+    ];
+    for (key, path) in secrets.into_iter().flatten() {
+        crate::files::check_secret_file(key, path).map_err(io::Error::other)?;
+    }
     let kek = Kek::from_file(&cfg.kek_file).map_err(io::Error::other)?;
     let admin_token = match &cfg.admin_token_file {
         Some(path) => Some(read_admin_token(path)?),
@@ -173,7 +178,8 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     let pool = Arc::new(
         HttpPool::new(peer_connector, net::spawner(), PEER_BODY_BYTES_MAX)
             .with_connect_timeout(connect_timeout)
-            .with_max_age(max_age),
+            .with_max_age(max_age)
+            .with_idle_max(cfg.limits.header_read_timeout() / 2),
     );
     let acquirer_connector: Arc<dyn Connector> = match env.acquirer_tls {
         Some(t) => Arc::new(kura_sdk::tls::TlsConnector::fixed(

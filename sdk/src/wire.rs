@@ -90,13 +90,20 @@ pub struct HttpPool {
     body_bytes_max: usize,
     connect_timeout: Duration,
     max_age: Option<Duration>,
+    idle_max: Duration,
 }
 
-/// A connection and when it was made.
+/// A connection, when it was made and since when it has been idle.
 struct Pooled {
     send: SendRequest<Full<Bytes>>,
     born: tokio::time::Instant,
+    idle_since: tokio::time::Instant,
 }
+
+/// Default bound on how long a connection may sit idle in the pool: below the idle
+/// timeout of kura's listeners (`limits.header_read_timeout_ms`, 10 s by default), so
+/// the pool never sends on a connection the server is closing.
+pub const IDLE_MAX_DEFAULT: Duration = Duration::from_secs(4);
 
 /// Idle connections kept per address: enough for one client shared by a few hundred
 /// concurrent callers, so that a busy client does not reconnect for every request.
@@ -116,7 +123,15 @@ impl HttpPool {
             body_bytes_max,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             max_age: None,
+            idle_max: IDLE_MAX_DEFAULT,
         }
+    }
+
+    /// Drops connections idle for longer than `idle_max` instead of reusing them (keep
+    /// it below the server's idle timeout).
+    pub fn with_idle_max(mut self, idle_max: Duration) -> HttpPool {
+        self.idle_max = idle_max;
+        self
     }
 
     /// Retires a connection once it is `max_age` old (it finishes the request it
@@ -233,9 +248,11 @@ impl HttpPool {
         (self.spawn)(Box::pin(async move {
             let _ = conn.await;
         }));
+        let now = tokio::time::Instant::now();
         Ok(Pooled {
             send,
-            born: tokio::time::Instant::now(),
+            born: now,
+            idle_since: now,
         })
     }
 
@@ -243,7 +260,7 @@ impl HttpPool {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(addr)?;
         while let Some(c) = list.pop() {
-            if self.usable(&c) {
+            if self.usable(&c) && c.idle_since.elapsed() < self.idle_max {
                 return Some(c);
             }
         }
@@ -255,10 +272,11 @@ impl HttpPool {
         !c.send.is_closed() && self.max_age.is_none_or(|max| c.born.elapsed() < max)
     }
 
-    fn put_idle(&self, addr: &str, conn: Pooled) {
+    fn put_idle(&self, addr: &str, mut conn: Pooled) {
         if !self.usable(&conn) {
             return;
         }
+        conn.idle_since = tokio::time::Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.entry(addr.to_owned()).or_default();
         if list.len() < self.idle_per_addr_max {

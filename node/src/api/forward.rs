@@ -67,15 +67,7 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
             return serve_here(&st, req, next).await;
         }
         let addr = addr_of(&target.1);
-        match proxy(
-            &st,
-            &parts,
-            body.clone(),
-            &addr,
-            operator.as_ref(),
-            &source,
-        )
-        .await {
+        match proxy(&st, &parts, body.clone(), &addr, operator.as_ref(), &source).await {
             Ok(mut resp) => {
                 set_leader_header(&mut resp, &addr);
                 return resp;

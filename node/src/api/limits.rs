@@ -158,10 +158,8 @@ impl IntoResponse for Limited {
             format!("too many {what}; nothing was done; retry after {secs} s"),
         )
         .into_response();
-        resp.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            HeaderValue::from(secs),
-        );
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
         resp
     }
 }

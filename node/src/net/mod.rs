@@ -64,12 +64,31 @@ struct TokioListener(tokio::net::TcpListener);
 impl Binder for TokioBinder {
     fn bind<'a>(&'a self, addr: &'a str) -> BoxFut<'a, io::Result<Box<dyn Listener>>> {
         Box::pin(async move {
-            Ok(
-                Box::new(TokioListener(tokio::net::TcpListener::bind(addr).await?))
-                    as Box<dyn Listener>,
-            )
+            let mut last = None;
+            for a in tokio::net::lookup_host(addr).await? {
+                match bind_with_backlog(a) {
+                    Ok(l) => return Ok(Box::new(TokioListener(l)) as Box<dyn Listener>),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other(format!("{addr} names no address"))))
         })
     }
+}
+
+/// Pending connections the kernel queues for a listener (capped by
+/// `net.core.somaxconn`): a burst of connections waits there for the accept loop, which
+/// then refuses those over the caps, instead of being dropped half-open.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_with_backlog(addr: std::net::SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 impl Listener for TokioListener {
@@ -164,7 +183,12 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 impl ListenerStats {
     /// Counters that export through the given metrics (see `Metrics::listener`).
-    pub fn new(open: Gauge, refused_full: Counter, refused_per_address: Counter, timed_out: Counter) -> ListenerStats {
+    pub fn new(
+        open: Gauge,
+        refused_full: Counter,
+        refused_per_address: Counter,
+        timed_out: Counter,
+    ) -> ListenerStats {
         ListenerStats {
             open,
             refused_full,

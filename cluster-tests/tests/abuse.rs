@@ -1,0 +1,413 @@
+//! A node under abuse, through real `kura` processes: clients that dribble their
+//! request heads and a flood of idle connections are cut off by the header timeout and
+//! the per-address connection cap while normal clients are served; request rates are
+//! limited per address (the client's own, also through a follower) and per key with
+//! `429` and `Retry-After`; secret files open to others are refused; what a node
+//! writes is owner-only and it dumps no core.
+
+use http::Method;
+use kura_cluster_tests::procs::{
+    raw, tls_from, tokenize_request, try_raw_from, write_secret, FromIp, ProcCluster,
+};
+use kura_sdk::wire::Connector;
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The header-read (and handshake, and idle) timeout these tests configure.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+const LIMITS: &str =
+    "[limits]\nheader_read_timeout_ms = 2000\napi_connections_per_address_max = 300\n";
+
+/// Lets this test process hold a few thousand sockets.
+fn raise_open_files() {
+    // SAFETY: plain system calls on this process.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// Waits until the server closes `io` (a read returns end of stream or fails) while
+/// writing one more header line every 200 ms; returns how long that took, or `None`
+/// if the connection was still open after `give_up`.
+async fn dribble_until_closed(io: kura_sdk::wire::BoxIo, give_up: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let dribble = async move {
+        let _ = wr
+            .write_all(b"POST /v1/tokens HTTP/1.1\r\nhost: kura\r\n")
+            .await;
+        for i in 0.. {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if wr
+                .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+                || wr.flush().await.is_err()
+            {
+                // Writes fail once the server has gone; the read side reports when.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let closed = async move {
+        let mut buf = [0u8; 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {} // a 408 before the close is fine
+            }
+        }
+    };
+    tokio::select! {
+        t = closed => Some(t),
+        _ = dribble => None,
+        _ = tokio::time::sleep(give_up) => None,
+    }
+}
+
+/// What became of one idle connection of a flood.
+#[derive(Debug, PartialEq)]
+enum Idle {
+    /// The connection could not be made (the listener's backlog was full).
+    NotConnected,
+    /// The server closed it after this long.
+    Closed(Duration),
+    /// Still open when the test gave up.
+    Open,
+}
+
+/// Opens a plain TCP connection from `from` that never sends a byte and waits until the
+/// server closes it.
+async fn idle_until_closed(from: Ipv4Addr, addr: String, give_up: Duration) -> Idle {
+    let Ok(Ok(mut io)) = tokio::time::timeout(give_up, FromIp(from).connect(&addr)).await else {
+        return Idle::NotConnected;
+    };
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(give_up, io.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => Idle::Closed(started.elapsed()),
+        _ => Idle::Open,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clients() {
+    raise_open_files();
+    let c = ProcCluster::start(LIMITS);
+    c.init().await;
+    let sk = c.merchant("shop").await;
+    let leader = c.wait_leader().await;
+    let api = c.api[leader].clone();
+
+    // 400 slow clients from 127.0.0.2: each completes TLS, then sends its request head
+    // a line at a time, never finishing it.
+    let loris = tls_from(Ipv4Addr::new(127, 0, 0, 2));
+    let mut slow = Vec::new();
+    let mut refused_at_handshake = 0;
+    for _ in 0..400 {
+        match loris.connect(&api).await {
+            Ok(io) => slow.push(tokio::spawn(dribble_until_closed(io, HEADER_TIMEOUT * 4))),
+            Err(_) => refused_at_handshake += 1,
+        }
+    }
+    // 1,000 connections from 127.0.0.3 that never even start TLS.
+    let flood: Vec<_> = (0..1000)
+        .map(|_| {
+            tokio::spawn(idle_until_closed(
+                Ipv4Addr::new(127, 0, 0, 3),
+                api.clone(),
+                HEADER_TIMEOUT * 4,
+            ))
+        })
+        .collect();
+
+    // Meanwhile a normal client is served, promptly and every time.
+    let client = c.client(&[leader], &sk);
+    let served_from = Instant::now();
+    for i in 0..20 {
+        let t = client
+            .tokenize(&tokenize_request(&pan("424242424242", i), Some("member-1")))
+            .await;
+        assert!(t.is_ok(), "normal request {i} under abuse: {t:?}");
+    }
+    let served_in = served_from.elapsed();
+
+    // Connections over the per-address cap (300) never got a handshake; the rest were
+    // closed by the header timeout, not by anything sooner.
+    assert!(
+        (90..=110).contains(&refused_at_handshake),
+        "{refused_at_handshake} of 400 slow clients refused at once (cap 300)"
+    );
+    let mut closed_after = Vec::new();
+    for h in slow {
+        closed_after.push(h.await.unwrap().expect("a slow client was never closed"));
+    }
+    let earliest = closed_after.iter().min().unwrap();
+    let latest = closed_after.iter().max().unwrap();
+    assert!(
+        *earliest >= HEADER_TIMEOUT - Duration::from_millis(300),
+        "a slow client was closed after {earliest:?}, before the header timeout"
+    );
+    assert!(
+        *latest <= HEADER_TIMEOUT * 2,
+        "a slow client stayed {latest:?} although it never finished its head"
+    );
+    let mut flood_outcomes = Vec::new();
+    for h in flood {
+        flood_outcomes.push(h.await.unwrap());
+    }
+    let refused = c
+        .metric(
+            leader,
+            "kura_listener_connections_refused_total{plane=\"api\",reason=\"per_address\"}",
+        )
+        .await;
+    let timeouts = c
+        .metric(leader, "kura_listener_timeouts_total{plane=\"api\"}")
+        .await;
+    let still_open = flood_outcomes.iter().filter(|o| **o == Idle::Open).count();
+    let not_connected = flood_outcomes
+        .iter()
+        .filter(|o| **o == Idle::NotConnected)
+        .count();
+    assert_eq!(still_open, 0, "idle connections of the flood left open: {still_open} ({not_connected} never connected; node: {refused} refused per address, {timeouts} timed out)");
+
+    assert!(refused >= 700.0, "refused per address: {refused}");
+    assert!(timeouts >= 500.0, "closed by timeouts: {timeouts}");
+    eprintln!(
+        "20 normal tokenizations in {served_in:?} under 400 slow clients and a 1,000-connection flood; \
+         slow clients closed after {earliest:?}..{latest:?}; {refused} refused per address, {timeouts} timed out, \
+         {not_connected} flood connections never connected"
+    );
+}
+
+/// A Luhn-valid card number with `prefix` (15 digits) and `n` folded in.
+fn pan(prefix: &str, n: u32) -> String {
+    let body = format!("{prefix}{:03}", n % 1000);
+    let body = &body[body.len() - 15..];
+    format!("{body}{}", kura_node::vault::card::luhn_check_digit(body))
+}
+
+fn bearer(k: &str) -> String {
+    format!("Bearer {k}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_tokens_from_a_publishable_key_are_limited_per_client_address_also_through_followers(
+) {
+    let c = ProcCluster::start(
+        "[limits]\none_time_tokens_per_address_per_s = 1\none_time_tokens_per_address_burst = 3\n",
+    );
+    c.init().await;
+    let m = c
+        .merchant_with(json!({ "merchant_id": "web", "name": "Web" }))
+        .await;
+    let pk = bearer(m["publishable_key"].as_str().unwrap());
+    let sk = bearer(m["secret_key"].as_str().unwrap());
+    c.wait_all_applied().await;
+    let leader = c.wait_leader().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let card = |n: u32| json!({ "card": { "number": pan("424242424240", n), "exp_month": 12, "exp_year": 2031 }, "kind": "one_time" });
+    let post = |from: Ipv4Addr, node: usize, key: String, body: Value| {
+        let api = c.api[node].clone();
+        async move {
+            try_raw_from(
+                Some(from),
+                &api,
+                Method::POST,
+                "/v1/tokens",
+                &[("authorization", &key)],
+                Some(body),
+            )
+            .await
+            .expect("an answer")
+        }
+    };
+    let shopper = Ipv4Addr::new(127, 0, 0, 4);
+    // Its burst of three through one follower...
+    for n in 0..3 {
+        let r = post(shopper, followers[0], pk.clone(), card(n)).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    // ...and then refused through the other follower too: the leader limits the
+    // shopper's own address, which the followers forwarded.
+    let r = post(shopper, followers[1], pk.clone(), card(3)).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.header("content-type"), "application/problem+json");
+    let wait: u64 = r
+        .header("retry-after")
+        .parse()
+        .expect("Retry-After seconds");
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    // Another shopper behind the same followers is not affected, nor is the merchant's
+    // server with its secret key from the first shopper's address.
+    let r = post(
+        Ipv4Addr::new(127, 0, 0, 5),
+        followers[1],
+        pk.clone(),
+        card(4),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = post(shopper, followers[0], sk.clone(), card(5)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    // A client cannot claim another address: the header is believed only from a node.
+    let r = try_raw_from(
+        Some(shopper),
+        &c.api[leader],
+        Method::POST,
+        "/v1/tokens",
+        &[("authorization", &pk), ("kura-forwarded-for", "127.0.0.9")],
+        Some(card(6)),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(
+        r.status, 429,
+        "spoofed forwarded address believed: {:?}",
+        r.body
+    );
+    // Once the wait has passed, the shopper may go on.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = post(shopper, followers[1], pk.clone(), card(7)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let limited = c
+        .metric(
+            leader,
+            "kura_api_rate_limited_total{limit=\"one_time_tokens_address\"}",
+        )
+        .await;
+    assert_eq!(limited, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_beyond_its_rate_gets_429_and_nothing_is_done() {
+    let c =
+        ProcCluster::start("[limits]\nrequests_per_key_per_s = 1\nrequests_per_key_burst = 5\n");
+    c.init().await;
+    let sk = c.merchant("busy").await;
+    let other = c.merchant("calm").await;
+    let leader = c.wait_leader().await;
+    let api = c.api[leader].clone();
+    let auth = bearer(&sk);
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let body = json!({ "card": { "number": pan("555555555554", n), "exp_month": 12, "exp_year": 2031 }, "kind": "card_on_file", "member_id": "m1" });
+        let r = raw(
+            &api,
+            Method::POST,
+            "/v1/tokens",
+            &[("authorization", &auth)],
+            Some(body),
+        )
+        .await;
+        statuses.push(r.status);
+        if r.status == 429 {
+            assert_eq!(r.body["code"], "rate_limited");
+            assert!(r.header("retry-after").parse::<u64>().is_ok());
+        }
+    }
+    assert_eq!(statuses, [201, 201, 201, 201, 201, 429]);
+    // Another key is not affected.
+    let r = raw(
+        &api,
+        Method::GET,
+        "/v1/members/m1/cards",
+        &[("authorization", &bearer(&other))],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The refused request left nothing: five cards on file, not six.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mine = raw(
+        &api,
+        Method::GET,
+        "/v1/members/m1/cards",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(mine.status, 200, "{:?}", mine.body);
+    assert_eq!(
+        mine.body["cards"].as_array().map(Vec::len),
+        Some(5),
+        "{:?}",
+        mine.body
+    );
+}
+
+#[tokio::test]
+async fn secrets_open_to_others_are_refused_and_what_a_node_writes_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = ProcCluster::prepare("");
+    let dir = c.config(0).parent().unwrap().to_path_buf();
+    let kek = dir.join("kek.key");
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = c.kura(&["node", "--config", c.config(0).to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kek_file") && err.contains("chmod 600"),
+        "{err}"
+    );
+    let key = dir.join("certs/main.key");
+    write_secret(&kek, &format!("{}\n", "ab".repeat(32)));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = c.kura(&["node", "--config", c.config(0).to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("tls.key_file"),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.init().await;
+    let sk = c.merchant("files").await;
+    c.client(&[0], &sk)
+        .tokenize(&tokenize_request("4242424242424242", Some("m")))
+        .await
+        .unwrap();
+    c.wait_all_applied().await;
+    // Everything under a data directory is owner-only.
+    let mut seen = 0;
+    let mut stack = vec![c.data_dir(0)];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:03o}", p.display());
+        seen += 1;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    assert!(seen > 3, "only {seen} paths under the data dir");
+    // No core dumps.
+    let pid = c.pid(0).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+}
