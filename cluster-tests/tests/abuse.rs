@@ -411,3 +411,109 @@ async fn secrets_open_to_others_are_refused_and_what_a_node_writes_is_owner_only
     let fields: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&fields[4..6], ["0", "0"], "{core}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_number_typed_into_the_wrong_field_is_refused_and_lands_nowhere() {
+    let c = ProcCluster::start("");
+    c.init().await;
+    let sk = bearer(&c.merchant("shop").await);
+    let leader = c.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    let stray = "4000056655665556";
+    let typed = "4000 0566 5566 5556";
+    let good_card = json!({ "number": pan("424242424242", 1), "exp_month": 12, "exp_year": 2031 });
+    // (route, method, extra headers, body), through a follower and the leader.
+    let tries: Vec<(String, Method, Vec<(&str, String)>, Option<Value>, &str)> = vec![
+        (
+            "/v1/tokens".into(),
+            Method::POST,
+            vec![],
+            Some(json!({ "card": good_card, "kind": "card_on_file", "member_id": stray })),
+            "member_id",
+        ),
+        (
+            format!("/v1/members/{stray}/cards"),
+            Method::GET,
+            vec![],
+            None,
+            "path",
+        ),
+        (
+            "/v1/payments".into(),
+            Method::POST,
+            vec![("idempotency-key", "k1".to_owned())],
+            Some(
+                json!({ "token": "tok_0000000000000000000000", "amount": 100, "currency": "JPY", "order_id": typed }),
+            ),
+            "order_id",
+        ),
+        (
+            "/v1/payments".into(),
+            Method::POST,
+            vec![("idempotency-key", stray.to_owned())],
+            Some(
+                json!({ "token": "tok_0000000000000000000000", "amount": 100, "currency": "JPY", "order_id": "o1" }),
+            ),
+            "idempotency-key",
+        ),
+        (
+            format!("/v1/payments?order_id={}", typed.replace(' ', "%20")),
+            Method::GET,
+            vec![],
+            None,
+            "query",
+        ),
+    ];
+    for node in [follower, leader] {
+        for (path, method, extra, body, field) in &tries {
+            let mut headers: Vec<(&str, &str)> = vec![("authorization", &sk)];
+            headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+            let r = raw(&c.api[node], method.clone(), path, &headers, body.clone()).await;
+            assert_eq!(
+                (r.status, r.body["code"].as_str()),
+                (422, Some("pan_in_field")),
+                "{method} {field} via node {node}: {:?}",
+                r.body
+            );
+            assert!(
+                r.body["detail"].as_str().unwrap().contains(field),
+                "{:?}",
+                r.body
+            );
+            assert!(!r.body.to_string().contains("5556"), "echoed: {:?}", r.body);
+        }
+    }
+    // The admin plane too: a merchant's name.
+    let r = c
+        .admin()
+        .call(
+            Method::POST,
+            "/admin/v1/merchants",
+            Some(json!({ "merchant_id": "m2", "name": format!("Shop {typed}") })),
+        )
+        .await;
+    assert!(
+        matches!(&r, Err(kura_sdk::Error::Api { code, .. }) if code == "pan_in_field"),
+        "{r:?}"
+    );
+    // Writes after the refusals commit, and then no file of the cluster holds the number
+    // in either form: not the Raft log, the snapshots, the state, nor a log line.
+    c.client(&[leader], sk.trim_start_matches("Bearer "))
+        .tokenize(&tokenize_request(&pan("424242424242", 2), Some("m1")))
+        .await
+        .unwrap();
+    c.wait_all_applied().await;
+    let dir = c.config(0).parent().unwrap().to_path_buf();
+    for f in kura_cluster_tests::procs::files(&dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        let found = kura_cluster_tests::procs::first_needle_in(
+            &bytes,
+            [stray.as_bytes(), typed.as_bytes()],
+        );
+        assert!(
+            found.is_none(),
+            "{} holds the stray card number",
+            f.display()
+        );
+    }
+}

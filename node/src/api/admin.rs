@@ -240,6 +240,7 @@ pub async fn rotate_key(
 pub async fn get_merchant(State(st): St, Path(id): Path<String>) -> HttpResponse {
     result(
         async {
+            check_merchant_id(&id)?;
             st.linearize().await?;
             st.cluster
                 .vault()
@@ -269,6 +270,7 @@ pub async fn update_merchant(
 ) -> HttpResponse {
     result(
         async {
+            check_merchant_id(&id)?;
             let input: UpdateMerchant = super::problem::parse_json(&body_or_problem(body)?)?;
             st.linearize().await?;
             let mut settings = st

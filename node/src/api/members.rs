@@ -54,6 +54,12 @@ pub async fn delete(
         async {
             let merchant_id = st.merchant(&headers)?;
             check_member_id(TokenKind::CardOnFile, &Some(member_id.clone()))?;
+            if !crate::vault::token::looks_like_token_id(&token) {
+                return Err(Problem::not_found(
+                    "token_not_found",
+                    "no such card for this member",
+                ));
+            }
             let cmd = Command::DeleteCard {
                 merchant_id,
                 member_id,

@@ -8,6 +8,7 @@
 mod admin;
 mod audit;
 mod cors;
+pub mod fields;
 mod forward;
 mod health;
 mod keys;
@@ -156,6 +157,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             forward::to_leader,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), fields::guard))
         .layer(middleware::from_fn_with_state(state.clone(), cors::layer));
     Router::new()
         .merge(leader_routes)
@@ -221,6 +223,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
                 "no such admin route; see the API reference in README.md",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), fields::guard))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             operator::authenticate,

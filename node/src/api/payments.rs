@@ -513,6 +513,9 @@ async fn change(
     op: &str,
 ) -> Result<HttpResponse, Problem> {
     let merchant_id = st.merchant(headers)?;
+    if !super::fields::is_issued_id(&payment_id, "pay_") {
+        return Err(refusal_problem("payment_not_found"));
+    }
     let body = body_or_problem(body)?;
     let idem = idempotency(headers, &body)?;
     let input: AmountIn = if body.is_empty() {
@@ -582,6 +585,9 @@ pub async fn get(State(st): St, headers: HeaderMap, Path(id): Path<String>) -> H
     result(
         async {
             let merchant_id = st.merchant(&headers)?;
+            if !super::fields::is_issued_id(&id, "pay_") {
+                return Err(refusal_problem("payment_not_found"));
+            }
             st.linearize().await?;
             st.cluster
                 .vault()
