@@ -412,6 +412,9 @@ async fn secrets_open_to_others_are_refused_and_what_a_node_writes_is_owner_only
     assert_eq!(&fields[4..6], ["0", "0"], "{core}");
 }
 
+/// A request to try: path, method, extra headers, body, and the field the refusal names.
+type Try = (String, Method, Vec<(&'static str, String)>, Option<Value>, &'static str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_number_typed_into_the_wrong_field_is_refused_and_lands_nowhere() {
     let c = ProcCluster::start("");
@@ -423,7 +426,7 @@ async fn a_card_number_typed_into_the_wrong_field_is_refused_and_lands_nowhere()
     let typed = "4000 0566 5566 5556";
     let good_card = json!({ "number": pan("424242424242", 1), "exp_month": 12, "exp_year": 2031 });
     // (route, method, extra headers, body), through a follower and the leader.
-    let tries: Vec<(String, Method, Vec<(&str, String)>, Option<Value>, &str)> = vec![
+    let tries: Vec<Try> = vec![
         (
             "/v1/tokens".into(),
             Method::POST,
