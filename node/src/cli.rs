@@ -201,6 +201,9 @@ pub enum KeysCmd {
     Status,
     /// Make a new data key version current; a background re-wrap moves cards to it.
     Rotate,
+    /// Re-wrap every data key under the nodes' current key-encryption key (after giving
+    /// every node a new `kek_file`, the old one kept in `kek_previous_files`).
+    RotateKek,
     /// Open every stored card under its data key on the leader and report failures.
     Verify,
     /// Destroy an old data key version once no card uses it.
@@ -470,6 +473,7 @@ pub async fn keys(config: &Path, cmd: KeysCmd) -> Result<(), String> {
     let (method, path) = match cmd {
         KeysCmd::Status => (http::Method::GET, "/admin/v1/keys".to_owned()),
         KeysCmd::Rotate => (http::Method::POST, "/admin/v1/keys/rotate".to_owned()),
+        KeysCmd::RotateKek => (http::Method::POST, "/admin/v1/keys/rotate-kek".to_owned()),
         KeysCmd::Verify => (http::Method::POST, "/admin/v1/keys/verify".to_owned()),
         KeysCmd::Retire { version } => (
             http::Method::POST,

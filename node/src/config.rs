@@ -61,6 +61,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// File holding the 64-hex-character key-encryption key.
     pub kek_file: PathBuf,
+    /// Files of previous key-encryption keys, kept while `kura keys rotate-kek` moves
+    /// the data keys off them (remove them once `kura keys status` shows none left).
+    #[serde(default)]
+    pub kek_previous_files: Vec<PathBuf>,
     /// File holding a break-glass admin token. With TLS, operators authenticate with
     /// their certificates and no token is accepted unless this is set (every use is
     /// logged, counted and audited as `break-glass`); in the insecure mode it is the
@@ -232,6 +236,11 @@ impl NodeConfig {
         let mut cfg = NodeConfig::parse(&text)
             .map_err(|ConfigError(m)| ConfigError(format!("{}: {m}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        for p in cfg.kek_previous_files.iter_mut() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         let tls = &mut cfg.tls;
         for p in [
             Some(&mut cfg.data_dir),

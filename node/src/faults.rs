@@ -100,6 +100,28 @@ impl<P: crate::crypto::KekProvider> crate::crypto::KekProvider for FaultyKek<P> 
         self.inner.kind()
     }
 
+    fn id(&self) -> String {
+        self.inner.id()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.inner.ids()
+    }
+
+    fn open_with(
+        &self,
+        kek_id: &str,
+        sealed: &[u8],
+        aad: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::crypto::KeyError> {
+        if self.faults.kek_failing() {
+            return Err(crate::crypto::KeyError::Unavailable(
+                "fault injected".into(),
+            ));
+        }
+        self.inner.open_with(kek_id, sealed, aad)
+    }
+
     fn seal(
         &self,
         msg: &[u8],

@@ -148,6 +148,9 @@ pub struct NodeHealth {
     /// The index of the last entry in this node's log (or its snapshot), when known.
     #[serde(default)]
     pub last_log_index: Option<u64>,
+    /// The key-encryption keys this node holds, its current one first (public ids).
+    #[serde(default)]
+    pub kek_ids: Vec<String>,
 }
 
 impl NodeHealth {
@@ -265,6 +268,7 @@ impl Health {
             routes_cut,
             checks: checks.values().cloned().collect(),
             last_log_index: None,
+            kek_ids: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@
 use crate::api::{self, AppState, Clock};
 use crate::cluster::{self, Cluster};
 use crate::config::NodeConfig;
-use crate::crypto::{api_key_hash, Entropy, Kek, KeyRing};
+use crate::crypto::{api_key_hash, Entropy, Kek, KekSet, KeyRing};
 use crate::cvc::CvcStore;
 use crate::metrics::Metrics;
 use crate::net::tls::NodeTls;
@@ -27,7 +27,7 @@ pub struct NodeEnv {
     pub store: Store,
     pub clock: Clock,
     pub entropy: Arc<Entropy>,
-    pub kek: Kek,
+    pub kek: KekSet,
     /// The break-glass admin token, when configured.
     pub admin_token: Option<String>,
     pub metrics: Arc<Metrics>,
@@ -48,17 +48,30 @@ pub fn fsync_observer(metrics: &Arc<Metrics>) -> FsyncObserver {
 /// The production environment for `cfg`: files under its data dir, real network.
 pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
     crate::files::make_private_dir("data_dir", &cfg.data_dir).map_err(io::Error::other)?;
-    let secrets = [
-        Some(("kek_file", &cfg.kek_file)),
+    let secrets = [Some(("kek_file", &cfg.kek_file))];
+    let previous = cfg
+        .kek_previous_files
+        .iter()
+        .map(|p| Some(("kek_previous_files", p)));
+    let secrets = secrets.into_iter().chain(previous).chain([
         cfg.admin_token_file
             .as_ref()
             .map(|p| ("admin_token_file", p)),
         cfg.tls.key_file.as_ref().map(|p| ("tls.key_file", p)),
-    ];
-    for (key, path) in secrets.into_iter().flatten() {
+    ]);
+    for (key, path) in secrets.flatten() {
         crate::files::check_secret_file(key, path).map_err(io::Error::other)?;
     }
-    let kek = Kek::from_file(&cfg.kek_file).map_err(io::Error::other)?;
+    let previous = cfg
+        .kek_previous_files
+        .iter()
+        .map(|p| Kek::from_file(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io::Error::other)?;
+    let kek = KekSet::new(
+        Kek::from_file(&cfg.kek_file).map_err(io::Error::other)?,
+        previous,
+    );
     let admin_token = match &cfg.admin_token_file {
         Some(path) => Some(read_admin_token(path)?),
         None => None,

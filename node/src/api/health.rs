@@ -20,6 +20,7 @@ pub fn own_report(st: &AppState) -> NodeHealth {
         .read(|v| v.is_drained(&st.cluster.me().name));
     NodeHealth {
         last_log_index: Some(st.cluster.last_log_index()),
+        kek_ids: st.keys.kek().ids(),
         ..st.health.report(drained)
     }
 }

@@ -40,15 +40,123 @@ fn keys_json(st: &AppState) -> serde_json::Value {
                 "installed_at": k.installed_at_ms / 1000,
                 "retired_at": k.retired_at_ms.map(|t| t / 1000),
                 "cards": k.cards,
+                "kek_id": k.kek_id,
             })
         })
         .collect();
+    let kek = st.keys.kek();
+    let current_kek = kek.id();
+    let wrapped = st.cluster.vault().read(|v| v.wrapped_keys());
+    let under_other: usize = wrapped
+        .iter()
+        .filter(|(_, _, id)| id.as_deref() != Some(current_kek.as_str()))
+        .count();
     json!({
-        "provider": st.keys.kek().kind(),
+        "provider": kek.kind(),
         "current_version": current,
         "versions": versions,
         "rewrap": { "pending_cards": pending, "done": pending == 0 },
+        "kek": {
+            "current": current_kek,
+            "held": kek.ids(),
+            "keys_under_other_keks": under_other,
+            "rotation_done": under_other == 0,
+        },
     })
+}
+
+/// `POST /admin/v1/keys/rotate-kek`: re-wraps every live data key and the fingerprint
+/// key under this node's current KEK, in one log entry. Every node must already hold
+/// the new KEK as its `kek_file` (and the old one in `kek_previous_files`, until this is
+/// done): the leader checks the other nodes' reports first.
+pub async fn rotate_kek(State(st): St, Extension(op): Extension<Operator>) -> HttpResponse {
+    result(
+        async {
+            st.linearize().await?;
+            let kek = st.keys.kek();
+            let target = kek.id();
+            let me = st.cluster.id();
+            let reports = st.health.peer_reports();
+            let mut lagging = Vec::new();
+            for (id, member) in st.cluster.members() {
+                if *id == me {
+                    continue;
+                }
+                let theirs = reports
+                    .get(id)
+                    .and_then(Option::as_ref)
+                    .and_then(|r| r.kek_ids.first());
+                if theirs != Some(&target) {
+                    lagging.push(member.name.clone());
+                }
+            }
+            if !lagging.is_empty() {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "kek_not_on_all_nodes",
+                    format!(
+                        "nodes {} do not report {target} as their current KEK (or did not answer); give every node the new kek_file, keep the old one in kek_previous_files, restart them, and retry",
+                        lagging.join(", ")
+                    ),
+                ));
+            }
+            let keys = st.cluster.vault().read(|v| v.wrapped_keys());
+            let (mut rewrapped, mut fingerprint) = (Vec::new(), None);
+            for (version, wrapped, from) in keys {
+                if from.as_deref() == Some(target.as_str()) {
+                    continue;
+                }
+                let (key, what) = if version == 0 {
+                    (kek.unwrap_fingerprint_key(&wrapped, from.as_deref()), "fingerprint key")
+                } else {
+                    (kek.unwrap_key(&wrapped, version, from.as_deref()), "data key")
+                };
+                let key = key.map_err(|e| key_unavailable(what, e))?;
+                let (_, again) = if version == 0 {
+                    kek.wrap_fingerprint_key(&key, &st.entropy)
+                } else {
+                    kek.wrap(&key, version, &st.entropy)
+                }
+                .map_err(|e| key_unavailable(what, e))?;
+                let r = crate::vault::command::RewrappedKey {
+                    version,
+                    from_kek_id: from,
+                    wrapped: again,
+                };
+                if version == 0 {
+                    fingerprint = Some(r);
+                } else {
+                    rewrapped.push(r);
+                }
+            }
+            if rewrapped.is_empty() && fingerprint.is_none() {
+                return Ok(axum::Json(keys_json(&st)).into_response());
+            }
+            let cmd = Command::RewrapKeys {
+                kek_id: target.clone(),
+                keys: rewrapped,
+                fingerprint,
+                at_ms: st.now_ms(),
+                by: Some(op.actor()),
+            };
+            match st.write(cmd).await? {
+                Response::KeysRewrapped { keys } => {
+                    st.keys.forget_all();
+                    tracing::info!(keys, kek = %target, "data keys re-wrapped under the current KEK");
+                    Ok(axum::Json(keys_json(&st)).into_response())
+                }
+                Response::Refused(Refusal::KeyRewrapped | Refusal::UnknownDataKey) => {
+                    Err(Problem::new(
+                        StatusCode::CONFLICT,
+                        "rotation_conflict",
+                        "keys changed while they were re-wrapped; retry",
+                    ))
+                }
+                other => Err(unexpected(&other)),
+            }
+        }
+        .await,
+    )
 }
 
 /// `GET /admin/v1/keys`: every data key version, its state and card count, and the
@@ -73,7 +181,7 @@ pub async fn rotate(State(st): St, Extension(op): Extension<Operator>) -> HttpRe
                 .cluster
                 .vault()
                 .read(|v| v.data_keys().last().map_or(1, |k| k.version + 1));
-            let wrapped = st
+            let (kek_id, wrapped) = st
                 .keys
                 .kek()
                 .wrap(&DataKey::generate(&st.entropy), next, &st.entropy)
@@ -81,6 +189,7 @@ pub async fn rotate(State(st): St, Extension(op): Extension<Operator>) -> HttpRe
             let cmd = Command::InstallDataKey {
                 version: next,
                 wrapped,
+                kek_id: Some(kek_id),
                 at_ms: st.now_ms(),
                 by_admin: true,
                 by: Some(op.actor()),

@@ -212,14 +212,21 @@ pub(super) fn open_card(
     token: &str,
     sealed: &SealedCard,
 ) -> Result<Zeroizing<String>, Problem> {
-    let wrapped = st
+    let (wrapped, kek_id) = st
         .cluster
         .vault()
-        .read(|v| v.data_key(sealed.key_version).map(<[u8]>::to_vec))
+        .read(|v| {
+            v.data_key(sealed.key_version).map(|w| {
+                (
+                    w.to_vec(),
+                    v.data_key_kek(sealed.key_version).map(str::to_owned),
+                )
+            })
+        })
         .ok_or_else(|| Problem::internal("the card's data key version is missing or retired"))?;
     let key = st
         .keys
-        .data_key(sealed.key_version, &wrapped)
+        .data_key(sealed.key_version, &wrapped, kek_id.as_deref())
         .map_err(|e| key_unavailable("card's data key", e))?;
     open_pan(
         &key,

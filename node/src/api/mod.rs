@@ -198,6 +198,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route("/admin/v1/nodes/{name}/undrain", post(admin::undrain))
         .route("/admin/v1/keys", get(keys::status))
         .route("/admin/v1/keys/rotate", post(keys::rotate))
+        .route("/admin/v1/keys/rotate-kek", post(keys::rotate_kek))
         .route("/admin/v1/keys/verify", post(keys::verify))
         .route("/admin/v1/keys/{version}/retire", post(keys::retire))
         .route("/admin/v1/audit", get(audit::page))

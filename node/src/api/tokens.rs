@@ -313,6 +313,7 @@ pub(super) fn response_kind(r: &Response) -> &'static str {
         Response::CardDeleted => "card_deleted",
         Response::Resealed { .. } => "resealed",
         Response::DataKeyRetired { .. } => "data_key_retired",
+        Response::KeysRewrapped { .. } => "keys_rewrapped",
         Response::Recorded => "recorded",
         Response::Payment(_) => "payment",
         Response::Refused(r) => r.code(),
@@ -377,19 +378,19 @@ pub(super) async fn seal_for_new_token(
 /// The current data key, creating version 1 through the log if the vault has none yet.
 pub(super) async fn current_data_key(st: &AppState) -> Result<(u32, DataKey), Problem> {
     for _ in 0..2 {
-        let current = st
-            .cluster
-            .vault()
-            .read(|v| v.current_data_key().map(|(ver, w)| (ver, w.to_vec())));
-        if let Some((version, wrapped)) = current {
+        let current = st.cluster.vault().read(|v| {
+            v.current_data_key()
+                .map(|(ver, w)| (ver, w.to_vec(), v.data_key_kek(ver).map(str::to_owned)))
+        });
+        if let Some((version, wrapped, kek_id)) = current {
             let key = st
                 .keys
-                .data_key(version, &wrapped)
+                .data_key(version, &wrapped, kek_id.as_deref())
                 .map_err(|e| key_unavailable("data key", e))?;
             return Ok((version, key));
         }
         let fresh = DataKey::generate(&st.entropy);
-        let wrapped = st
+        let (kek_id, wrapped) = st
             .keys
             .kek()
             .wrap(&fresh, 1, &st.entropy)
@@ -398,6 +399,7 @@ pub(super) async fn current_data_key(st: &AppState) -> Result<(u32, DataKey), Pr
             .write(Command::InstallDataKey {
                 version: 1,
                 wrapped,
+                kek_id: Some(kek_id),
                 at_ms: st.now_ms(),
                 by_admin: false,
                 by: None,
@@ -424,17 +426,16 @@ pub(super) fn key_unavailable(what: &str, e: crate::crypto::KeyError) -> Problem
 /// The card fingerprint key, installing one through the log if the vault has none yet.
 pub(super) async fn fingerprint_key(st: &AppState) -> Result<DataKey, Problem> {
     for _ in 0..2 {
-        if let Some(wrapped) = st
-            .cluster
-            .vault()
-            .read(|v| v.fingerprint_key().map(<[u8]>::to_vec))
-        {
+        if let Some((wrapped, kek_id)) = st.cluster.vault().read(|v| {
+            v.fingerprint_key()
+                .map(|w| (w.to_vec(), v.fingerprint_key_kek().map(str::to_owned)))
+        }) {
             return st
                 .keys
-                .fingerprint_key(&wrapped)
+                .fingerprint_key(&wrapped, kek_id.as_deref())
                 .map_err(|e| key_unavailable("fingerprint key", e));
         }
-        let wrapped = st
+        let (kek_id, wrapped) = st
             .keys
             .kek()
             .wrap_fingerprint_key(&DataKey::generate(&st.entropy), &st.entropy)
@@ -442,6 +443,7 @@ pub(super) async fn fingerprint_key(st: &AppState) -> Result<DataKey, Problem> {
         match st
             .write(Command::InstallFingerprintKey {
                 wrapped,
+                kek_id: Some(kek_id),
                 at_ms: st.now_ms(),
             })
             .await?

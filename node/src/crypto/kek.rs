@@ -34,6 +34,8 @@ pub enum KeyError {
     UnknownVersion(u32),
     #[error("the key-encryption key provider is unavailable: {0}")]
     Unavailable(String),
+    #[error("the key-encryption key {0} is not held by this node (add its file to kek_previous_files until `kura keys rotate-kek` is done)")]
+    UnknownKek(String),
 }
 
 /// A 256-bit data key that seals PANs. Wiped from memory on drop; never printed.
@@ -75,6 +77,23 @@ impl fmt::Debug for DataKey {
 /// The key-encryption key: wraps and unwraps data keys. Never leaves this process.
 pub struct Kek(Zeroizing<[u8; KEY_BYTES]>);
 
+/// The associated data a data key is wrapped with: bound to its version and, since
+/// KEKs rotate, to the KEK that wrapped it (keys wrapped before KEK ids existed carry
+/// none).
+fn dek_aad(version: u32, kek_id: Option<&str>) -> String {
+    match kek_id {
+        None => format!("kura:dek:v{version}"),
+        Some(id) => format!("kura:dek:v{version}|{id}"),
+    }
+}
+
+fn fingerprint_aad(kek_id: Option<&str>) -> String {
+    match kek_id {
+        None => FINGERPRINT_KEY_AAD.to_owned(),
+        Some(id) => format!("{FINGERPRINT_KEY_AAD}|{id}"),
+    }
+}
+
 impl fmt::Debug for Kek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Kek(redacted)")
@@ -113,6 +132,17 @@ impl Kek {
     /// A KEK from raw bytes (tests and simulations).
     pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Kek {
         Kek(Zeroizing::new(bytes))
+    }
+
+    /// The KEK's public id: `kek_` and the first 8 bytes of HMAC-SHA256(kek,
+    /// "kura:kek-id:v1") in hex, a key check value that names the key without revealing
+    /// anything about it.
+    pub fn id(&self) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.0.as_ref()).expect("any key length");
+        mac.update(b"kura:kek-id:v1");
+        format!("kek_{}", hex::encode(&mac.finalize().into_bytes()[..8]))
     }
 
     fn cipher(&self) -> Aes256Gcm {
@@ -158,36 +188,93 @@ impl Kek {
 }
 
 /// Where the key-encryption key lives. The KEK never leaves its provider: kura hands it
-/// data keys to wrap and wrapped keys to unwrap. [`Kek`] (a key file) is the default; a
-/// PKCS#11 HSM provider implements the same two operations.
+/// data keys to wrap and wrapped keys to unwrap. [`Kek`] (a key file) is the simplest;
+/// [`KekSet`] adds the previous KEKs a rotation still needs; a PKCS#11 HSM provider
+/// implements the same operations.
 pub trait KekProvider: Send + Sync + fmt::Debug {
     /// A short name for status output, e.g. `file`.
     fn kind(&self) -> &'static str;
 
-    /// Encrypts and authenticates `msg`, bound to `aad`.
+    /// The id of the current KEK (new keys are wrapped under it).
+    fn id(&self) -> String;
+
+    /// Every KEK this provider holds, the current one first.
+    fn ids(&self) -> Vec<String> {
+        vec![self.id()]
+    }
+
+    /// Encrypts and authenticates `msg` under the current KEK, bound to `aad`.
     fn seal(&self, msg: &[u8], aad: &str, entropy: &Entropy) -> Result<Vec<u8>, KeyError>;
 
     /// Opens what [`KekProvider::seal`] sealed with the same `aad`.
     fn open(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, KeyError>;
 
-    /// Wraps a data key, bound to its version.
-    fn wrap(&self, key: &DataKey, version: u32, entropy: &Entropy) -> Result<Vec<u8>, KeyError> {
-        self.seal(key.bytes(), &format!("kura:dek:v{version}"), entropy)
+    /// Opens what the KEK `kek_id` sealed (the current one or a previous one).
+    fn open_with(
+        &self,
+        kek_id: &str,
+        sealed: &[u8],
+        aad: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        if kek_id == self.id() {
+            self.open(sealed, aad)
+        } else {
+            Err(KeyError::UnknownKek(kek_id.to_owned()))
+        }
     }
 
-    /// Unwraps a data key wrapped by [`KekProvider::wrap`] for the same version.
-    fn unwrap_key(&self, wrapped: &[u8], version: u32) -> Result<DataKey, KeyError> {
-        DataKey::from_plain(&self.open(wrapped, &format!("kura:dek:v{version}"))?)
+    /// Wraps a data key under the current KEK, bound to its version and the KEK's id;
+    /// returns the id with the wrapped bytes.
+    fn wrap(
+        &self,
+        key: &DataKey,
+        version: u32,
+        entropy: &Entropy,
+    ) -> Result<(String, Vec<u8>), KeyError> {
+        let id = self.id();
+        let wrapped = self.seal(key.bytes(), &dek_aad(version, Some(&id)), entropy)?;
+        Ok((id, wrapped))
+    }
+
+    /// Unwraps a data key wrapped for `version` under KEK `kek_id` (`None`: wrapped
+    /// before KEK ids existed, by the current KEK).
+    fn unwrap_key(
+        &self,
+        wrapped: &[u8],
+        version: u32,
+        kek_id: Option<&str>,
+    ) -> Result<DataKey, KeyError> {
+        let aad = dek_aad(version, kek_id);
+        let plain = match kek_id {
+            Some(id) => self.open_with(id, wrapped, &aad)?,
+            None => self.open(wrapped, &aad)?,
+        };
+        DataKey::from_plain(&plain)
     }
 
     /// Wraps the card fingerprint key (a different binding than any data key).
-    fn wrap_fingerprint_key(&self, key: &DataKey, entropy: &Entropy) -> Result<Vec<u8>, KeyError> {
-        self.seal(key.bytes(), FINGERPRINT_KEY_AAD, entropy)
+    fn wrap_fingerprint_key(
+        &self,
+        key: &DataKey,
+        entropy: &Entropy,
+    ) -> Result<(String, Vec<u8>), KeyError> {
+        let id = self.id();
+        let wrapped = self.seal(key.bytes(), &fingerprint_aad(Some(&id)), entropy)?;
+        Ok((id, wrapped))
     }
 
     /// Unwraps the card fingerprint key.
-    fn unwrap_fingerprint_key(&self, wrapped: &[u8]) -> Result<DataKey, KeyError> {
-        DataKey::from_plain(&self.open(wrapped, FINGERPRINT_KEY_AAD)?)
+    fn unwrap_fingerprint_key(
+        &self,
+        wrapped: &[u8],
+        kek_id: Option<&str>,
+    ) -> Result<DataKey, KeyError> {
+        let aad = fingerprint_aad(kek_id);
+        let plain = match kek_id {
+            Some(id) => self.open_with(id, wrapped, &aad)?,
+            None => self.open(wrapped, &aad)?,
+        };
+        DataKey::from_plain(&plain)
     }
 }
 
@@ -196,12 +283,78 @@ impl KekProvider for Kek {
         "file"
     }
 
+    fn id(&self) -> String {
+        Kek::id(self)
+    }
+
     fn seal(&self, msg: &[u8], aad: &str, entropy: &Entropy) -> Result<Vec<u8>, KeyError> {
         Ok(Kek::seal(self, msg, aad, entropy))
     }
 
     fn open(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         Kek::open(self, sealed, aad)
+    }
+}
+
+/// The current KEK and the previous ones a KEK rotation still needs to unwrap keys
+/// (`kek_file` and `kek_previous_files`): new keys are wrapped under the current one
+/// only.
+#[derive(Debug)]
+pub struct KekSet {
+    current: Kek,
+    current_id: String,
+    previous: Vec<(String, Kek)>,
+}
+
+impl KekSet {
+    /// `current` and the `previous` KEKs (their order does not matter).
+    pub fn new(current: Kek, previous: Vec<Kek>) -> KekSet {
+        KekSet {
+            current_id: current.id(),
+            current,
+            previous: previous.into_iter().map(|k| (k.id(), k)).collect(),
+        }
+    }
+}
+
+impl KekProvider for KekSet {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn id(&self) -> String {
+        self.current_id.clone()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        std::iter::once(self.current_id.clone())
+            .chain(self.previous.iter().map(|(id, _)| id.clone()))
+            .collect()
+    }
+
+    fn seal(&self, msg: &[u8], aad: &str, entropy: &Entropy) -> Result<Vec<u8>, KeyError> {
+        Ok(self.current.seal(msg, aad, entropy))
+    }
+
+    fn open(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.current.open(sealed, aad)
+    }
+
+    fn open_with(
+        &self,
+        kek_id: &str,
+        sealed: &[u8],
+        aad: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        if kek_id == self.current_id {
+            return self.current.open(sealed, aad);
+        }
+        self.previous
+            .iter()
+            .find(|(id, _)| id == kek_id)
+            .ok_or_else(|| KeyError::UnknownKek(kek_id.to_owned()))?
+            .1
+            .open(sealed, aad)
     }
 }
 
@@ -226,6 +379,9 @@ pub struct KeyRing {
     kek: std::sync::Arc<dyn KekProvider>,
     cache: Mutex<HashMap<u32, DataKey>>,
     fingerprint: Mutex<Option<DataKey>>,
+    /// A probe value sealed once per boot (and per KEK): each health probe only opens
+    /// it, so probing draws no nonce under the KEK.
+    probe: Mutex<Option<(String, Vec<u8>)>>,
 }
 
 impl KeyRing {
@@ -235,6 +391,7 @@ impl KeyRing {
             kek,
             cache: Mutex::new(HashMap::new()),
             fingerprint: Mutex::new(None),
+            probe: Mutex::new(None),
         }
     }
 
@@ -243,10 +400,18 @@ impl KeyRing {
         self.kek.as_ref()
     }
 
-    /// Seals and opens a probe through the KEK provider: the health check.
+    /// Opens a probe through the KEK provider: the health check. The probe is sealed
+    /// once (again only after the KEK changed or sealing failed), so a probe every
+    /// 250 ms exercises the provider without drawing a nonce under the KEK each time.
     pub fn probe(&self, entropy: &Entropy) -> Result<(), KeyError> {
-        let sealed = self.kek.seal(b"probe", "kura:probe:v1", entropy)?;
-        let opened = self.kek.open(&sealed, "kura:probe:v1")?;
+        const AAD: &str = "kura:probe:v1";
+        let mut slot = self.probe.lock().expect("key ring lock");
+        let id = self.kek.id();
+        if slot.as_ref().is_none_or(|(for_id, _)| *for_id != id) {
+            *slot = Some((id.clone(), self.kek.seal(b"probe", AAD, entropy)?));
+        }
+        let (_, sealed) = slot.as_ref().expect("sealed above");
+        let opened = self.kek.open(sealed, AAD)?;
         if opened.as_slice() == b"probe" {
             Ok(())
         } else {
@@ -254,29 +419,46 @@ impl KeyRing {
         }
     }
 
+    /// Drops cached keys unwrapped under a KEK (after a KEK rotation re-wrapped them;
+    /// they unwrap again from the new wrapping on next use).
+    pub fn forget_all(&self) {
+        self.cache.lock().expect("key ring lock").clear();
+        *self.fingerprint.lock().expect("key ring lock") = None;
+    }
+
     /// Forgets a retired data key (its bytes are zeroized as the last copy drops).
     pub fn forget(&self, version: u32) {
         self.cache.lock().expect("key ring lock").remove(&version);
     }
 
-    /// The fingerprint key, unwrapping `wrapped` on first use.
-    pub fn fingerprint_key(&self, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+    /// The fingerprint key, unwrapping `wrapped` (under KEK `kek_id`) on first use.
+    pub fn fingerprint_key(
+        &self,
+        wrapped: &[u8],
+        kek_id: Option<&str>,
+    ) -> Result<DataKey, KeyError> {
         let mut slot = self.fingerprint.lock().expect("key ring lock");
         if let Some(k) = slot.as_ref() {
             return Ok(k.clone());
         }
-        let k = self.kek.unwrap_fingerprint_key(wrapped)?;
+        let k = self.kek.unwrap_fingerprint_key(wrapped, kek_id)?;
         *slot = Some(k.clone());
         Ok(k)
     }
 
-    /// The data key of `version`, unwrapping `wrapped` on first use.
-    pub fn data_key(&self, version: u32, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+    /// The data key of `version`, unwrapping `wrapped` (under KEK `kek_id`) on first
+    /// use.
+    pub fn data_key(
+        &self,
+        version: u32,
+        wrapped: &[u8],
+        kek_id: Option<&str>,
+    ) -> Result<DataKey, KeyError> {
         let mut cache = self.cache.lock().expect("key ring lock");
         if let Some(k) = cache.get(&version) {
             return Ok(k.clone());
         }
-        let k = self.kek.unwrap_key(wrapped, version)?;
+        let k = self.kek.unwrap_key(wrapped, version, kek_id)?;
         cache.insert(version, k.clone());
         Ok(k)
     }
@@ -291,12 +473,71 @@ mod tests {
         let e = Entropy::seeded(1);
         let kek = Kek::from_bytes(e.bytes());
         let dek = DataKey::generate(&e);
-        let wrapped = kek.wrap(&dek, 3, &e).unwrap();
-        let back = kek.unwrap_key(&wrapped, 3).unwrap();
+        let (id, wrapped) = kek.wrap(&dek, 3, &e).unwrap();
+        assert_eq!(id, kek.id());
+        let back = kek.unwrap_key(&wrapped, 3, Some(&id)).unwrap();
         assert_eq!(back.0.as_ref(), dek.0.as_ref());
-        assert!(kek.unwrap_key(&wrapped, 4).is_err());
-        assert!(Kek::from_bytes(e.bytes()).unwrap_key(&wrapped, 3).is_err());
-        assert!(kek.unwrap_key(&wrapped[..10], 3).is_err());
+        assert!(kek.unwrap_key(&wrapped, 4, Some(&id)).is_err());
+        assert!(Kek::from_bytes(e.bytes())
+            .unwrap_key(&wrapped, 3, Some(&id))
+            .is_err());
+        assert!(kek.unwrap_key(&wrapped[..10], 3, Some(&id)).is_err());
+        // The KEK's id is bound: the same bytes claimed under no id (or another) fail.
+        assert!(kek.unwrap_key(&wrapped, 3, None).is_err());
+    }
+
+    #[test]
+    fn a_kek_set_wraps_under_the_current_kek_and_unwraps_under_any_it_holds() {
+        let e = Entropy::seeded(9);
+        let (old_bytes, new_bytes) = (e.bytes(), e.bytes());
+        let old = Kek::from_bytes(old_bytes);
+        let dek = DataKey::generate(&e);
+        let (old_id, under_old) = old.wrap(&dek, 1, &e).unwrap();
+        // A key wrapped before KEK ids existed.
+        let legacy = old.seal(dek.bytes(), "kura:dek:v1", &e);
+        let set = KekSet::new(Kek::from_bytes(new_bytes), vec![Kek::from_bytes(old_bytes)]);
+        assert_ne!(set.id(), old_id);
+        assert_eq!(set.ids(), vec![set.id(), old_id.clone()]);
+        let back = set.unwrap_key(&under_old, 1, Some(&old_id)).unwrap();
+        assert_eq!(back.bytes(), dek.bytes());
+        let (new_id, under_new) = set.wrap(&dek, 1, &e).unwrap();
+        assert_eq!(new_id, set.id());
+        assert!(set.unwrap_key(&under_new, 1, Some(&new_id)).is_ok());
+        // Without the old KEK, keys under it are reported by id, not as corrupt.
+        let alone = Kek::from_bytes(new_bytes);
+        assert!(matches!(
+            alone.unwrap_key(&under_old, 1, Some(&old_id)),
+            Err(KeyError::UnknownKek(id)) if id == old_id
+        ));
+        assert!(old.unwrap_key(&legacy, 1, None).is_ok());
+    }
+
+    #[test]
+    fn probes_seal_once_and_then_only_open() {
+        #[derive(Debug)]
+        struct Counting(Kek, std::sync::atomic::AtomicU32);
+        impl KekProvider for Counting {
+            fn kind(&self) -> &'static str {
+                "counting"
+            }
+            fn id(&self) -> String {
+                self.0.id()
+            }
+            fn seal(&self, m: &[u8], aad: &str, e: &Entropy) -> Result<Vec<u8>, KeyError> {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(self.0.seal(m, aad, e))
+            }
+            fn open(&self, s: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+                self.0.open(s, aad)
+            }
+        }
+        let e = Entropy::seeded(4);
+        let kek = std::sync::Arc::new(Counting(Kek::from_bytes(e.bytes()), 0.into()));
+        let ring = KeyRing::new(kek.clone());
+        for _ in 0..100 {
+            ring.probe(&e).unwrap();
+        }
+        assert_eq!(kek.1.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -322,7 +563,8 @@ mod tests {
         }
         let kek = Kek::from_file(&path).unwrap();
         let dek = DataKey::generate(&e);
-        assert!(kek.unwrap_key(&kek.wrap(&dek, 1, &e).unwrap(), 1).is_ok());
+        let (id, wrapped) = kek.wrap(&dek, 1, &e).unwrap();
+        assert!(kek.unwrap_key(&wrapped, 1, Some(&id)).is_ok());
         std::fs::write(dir.path().join("bad"), "zz").unwrap();
         let err = Kek::from_file(&dir.path().join("bad"))
             .unwrap_err()

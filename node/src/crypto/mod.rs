@@ -10,7 +10,7 @@ mod entropy;
 mod kek;
 
 pub use entropy::Entropy;
-pub use kek::{write_private, DataKey, Kek, KekProvider, KeyError, KeyRing};
+pub use kek::{write_private, DataKey, Kek, KekProvider, KekSet, KeyError, KeyRing};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -146,10 +146,10 @@ mod tests {
         );
         assert!(!fp.contains("4242"));
         let kek = Kek::from_bytes(e.bytes());
-        let wrapped = kek.wrap_fingerprint_key(&k1, &e).unwrap();
-        assert!(kek.unwrap_fingerprint_key(&wrapped).is_ok());
+        let (id, wrapped) = kek.wrap_fingerprint_key(&k1, &e).unwrap();
+        assert!(kek.unwrap_fingerprint_key(&wrapped, Some(&id)).is_ok());
         assert!(
-            kek.unwrap_key(&wrapped, 1).is_err(),
+            kek.unwrap_key(&wrapped, 1, Some(&id)).is_err(),
             "a fingerprint key never unwraps as a data key"
         );
     }

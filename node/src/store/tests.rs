@@ -18,6 +18,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 fn entry(term: u64, index: u64) -> Entry {
     let cmd = Command::InstallDataKey {
         by: None,
+        kek_id: None,
         version: index as u32,
         wrapped: vec![1],
         at_ms: index,

@@ -90,6 +90,16 @@ pub struct Reseal {
     pub ciphertext: Vec<u8>,
 }
 
+/// A key re-wrapped under a new KEK: which version (0 for the fingerprint key), the
+/// KEK it was under, and its new wrapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewrappedKey {
+    pub version: u32,
+    pub from_kek_id: Option<String>,
+    #[serde(with = "super::hex_bytes")]
+    pub wrapped: Vec<u8>,
+}
+
 /// A state change proposed by the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -100,6 +110,9 @@ pub enum Command {
         version: u32,
         #[serde(with = "super::hex_bytes")]
         wrapped: Vec<u8>,
+        /// The KEK that wrapped it (absent in entries from before KEK ids).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kek_id: Option<String>,
         at_ms: u64,
         /// True when an operator rotated keys (false: the first key, made on first use).
         #[serde(default)]
@@ -164,7 +177,21 @@ pub enum Command {
     InstallFingerprintKey {
         #[serde(with = "super::hex_bytes")]
         wrapped: Vec<u8>,
+        /// The KEK that wrapped it (absent in entries from before KEK ids).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kek_id: Option<String>,
         at_ms: u64,
+    },
+    /// Re-wraps data keys (and the fingerprint key) under the KEK `kek_id` (a KEK
+    /// rotation). Refused whole if any key is no longer wrapped as the leader read it.
+    RewrapKeys {
+        kek_id: String,
+        keys: Vec<RewrappedKey>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<RewrappedKey>,
+        at_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// Uses a one-time token, exactly once: converts its card into a card-on-file token
     /// for `member_id` (or finds the one already on file). The card was re-sealed by the
@@ -282,6 +309,7 @@ impl Command {
             | Command::UpdateMerchant { at_ms, .. }
             | Command::Tokenize { at_ms, .. }
             | Command::InstallFingerprintKey { at_ms, .. }
+            | Command::RewrapKeys { at_ms, .. }
             | Command::UseOneTimeForCard { at_ms, .. }
             | Command::DeleteCard { at_ms, .. }
             | Command::ResealCards { at_ms, .. }
@@ -305,6 +333,7 @@ impl Command {
             Command::UpdateMerchant { .. } => "merchant.update",
             Command::Tokenize { .. } => "token.create",
             Command::InstallFingerprintKey { .. } => "fingerprint_key.install",
+            Command::RewrapKeys { .. } => "kek.rotate",
             Command::UseOneTimeForCard { .. } => "token.use_for_card_on_file",
             Command::DeleteCard { .. } => "card_on_file.delete",
             Command::ResealCards { .. } => "data_key.rewrap",
@@ -346,6 +375,9 @@ impl fmt::Display for Command {
                 merchant_id, token, ..
             } => write!(f, "tokenize({merchant_id}, {token})"),
             Command::InstallFingerprintKey { .. } => write!(f, "install_fingerprint_key"),
+            Command::RewrapKeys { kek_id, keys, .. } => {
+                write!(f, "rewrap_keys({} under {kek_id})", keys.len())
+            }
             Command::UseOneTimeForCard {
                 merchant_id,
                 one_time_token,
@@ -425,6 +457,8 @@ pub enum Refusal {
     DataKeyInUse {
         cards: u64,
     },
+    /// A key is no longer wrapped as the leader read it (another KEK rotation won).
+    KeyRewrapped,
     OrderIdTaken,
     PaymentIdTaken,
     PaymentNotFound,
@@ -477,6 +511,7 @@ impl Refusal {
             Refusal::UnknownDataKey => "data_key_not_found",
             Refusal::DataKeyCurrent => "data_key_current",
             Refusal::DataKeyInUse { .. } => "data_key_in_use",
+            Refusal::KeyRewrapped => "key_rewrapped",
             Refusal::OrderIdTaken => "order_id_taken",
             Refusal::PaymentIdTaken => "payment_id_taken",
             Refusal::PaymentNotFound => "payment_not_found",
@@ -508,6 +543,10 @@ pub enum Response {
     },
     DataKeyRetired {
         version: u32,
+    },
+    /// Keys re-wrapped under a new KEK.
+    KeysRewrapped {
+        keys: usize,
     },
     Recorded,
     Payment(Box<Payment>),

@@ -69,6 +69,9 @@ pub struct DataKeyEntry {
     /// `None` once retired: the key is gone for good.
     #[serde(with = "super::hex_bytes::option")]
     pub wrapped: Option<Vec<u8>>,
+    /// The KEK that wrapped it (`None`: wrapped before KEK ids existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek_id: Option<String>,
     pub installed_at_ms: u64,
     pub retired_at_ms: Option<u64>,
 }
@@ -83,6 +86,8 @@ pub struct DataKeyInfo {
     pub retired_at_ms: Option<u64>,
     /// Cards sealed under this version.
     pub cards: u64,
+    /// The KEK it is wrapped under (`None` once retired, or if wrapped before KEK ids).
+    pub kek_id: Option<String>,
 }
 
 /// A leadership change as its new leader recorded it.
@@ -100,6 +105,9 @@ pub struct LeaderChange {
 pub struct WrappedKey {
     #[serde(with = "super::hex_bytes")]
     pub wrapped: Vec<u8>,
+    /// The KEK that wrapped it (`None`: wrapped before KEK ids existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek_id: Option<String>,
     pub installed_at_ms: u64,
 }
 
@@ -233,9 +241,16 @@ impl VaultState {
             Command::InstallDataKey {
                 version,
                 wrapped,
+                kek_id,
                 at_ms,
                 ..
-            } => self.install_data_key(*version, wrapped, *at_ms),
+            } => self.install_data_key(*version, wrapped, kek_id.clone(), *at_ms),
+            Command::RewrapKeys {
+                kek_id,
+                keys,
+                fingerprint,
+                ..
+            } => self.rewrap_keys(kek_id, keys, fingerprint.as_ref()),
             Command::CreateMerchant {
                 merchant_id,
                 name,
@@ -317,12 +332,17 @@ impl VaultState {
                     };
                     self.tokenize(new_token, record)
                 }),
-            Command::InstallFingerprintKey { wrapped, at_ms } => {
+            Command::InstallFingerprintKey {
+                wrapped,
+                kek_id,
+                at_ms,
+            } => {
                 if self.fingerprint_key.is_some() {
                     Err(Refusal::FingerprintKeyExists)
                 } else {
                     self.fingerprint_key = Some(WrappedKey {
                         wrapped: wrapped.clone(),
+                        kek_id: kek_id.clone(),
                         installed_at_ms: *at_ms,
                     });
                     Ok(Response::FingerprintKeyInstalled)
@@ -461,10 +481,77 @@ impl VaultState {
         Ok(response)
     }
 
+    fn rewrap_keys(
+        &mut self,
+        kek_id: &str,
+        keys: &[super::command::RewrappedKey],
+        fingerprint: Option<&super::command::RewrappedKey>,
+    ) -> Result<Response, Refusal> {
+        // Check everything first: the command applies whole or not at all.
+        for k in keys {
+            let entry = self
+                .data_keys
+                .get(&k.version)
+                .filter(|e| e.wrapped.is_some())
+                .ok_or(Refusal::UnknownDataKey)?;
+            if entry.kek_id != k.from_kek_id {
+                return Err(Refusal::KeyRewrapped);
+            }
+        }
+        if let Some(f) = fingerprint {
+            let current = self
+                .fingerprint_key
+                .as_ref()
+                .ok_or(Refusal::UnknownDataKey)?;
+            if current.kek_id != f.from_kek_id {
+                return Err(Refusal::KeyRewrapped);
+            }
+        }
+        for k in keys {
+            let entry = self.data_keys.get_mut(&k.version).expect("checked above");
+            entry.wrapped = Some(k.wrapped.clone());
+            entry.kek_id = Some(kek_id.to_owned());
+        }
+        if let (Some(f), Some(current)) = (fingerprint, self.fingerprint_key.as_mut()) {
+            current.wrapped = f.wrapped.clone();
+            current.kek_id = Some(kek_id.to_owned());
+        }
+        Ok(Response::KeysRewrapped {
+            keys: keys.len() + usize::from(fingerprint.is_some()),
+        })
+    }
+
+    /// Live keys (data keys not retired, and the fingerprint key, as version 0) with
+    /// their wrapping and KEK id.
+    pub fn wrapped_keys(&self) -> Vec<(u32, Vec<u8>, Option<String>)> {
+        let data = self.data_keys.iter().filter_map(|(v, e)| {
+            e.wrapped
+                .as_ref()
+                .map(|w| (*v, w.clone(), e.kek_id.clone()))
+        });
+        let fp = self
+            .fingerprint_key
+            .iter()
+            .map(|k| (0, k.wrapped.clone(), k.kek_id.clone()));
+        fp.chain(data).collect()
+    }
+
+    /// The KEK data key `version` is wrapped under (`None`: unknown, retired or wrapped
+    /// before KEK ids).
+    pub fn data_key_kek(&self, version: u32) -> Option<&str> {
+        self.data_keys.get(&version)?.kek_id.as_deref()
+    }
+
+    /// The KEK the fingerprint key is wrapped under.
+    pub fn fingerprint_key_kek(&self) -> Option<&str> {
+        self.fingerprint_key.as_ref()?.kek_id.as_deref()
+    }
+
     fn install_data_key(
         &mut self,
         version: u32,
         wrapped: &[u8],
+        kek_id: Option<String>,
         at_ms: u64,
     ) -> Result<Response, Refusal> {
         if self
@@ -480,6 +567,7 @@ impl VaultState {
             version,
             DataKeyEntry {
                 wrapped: Some(wrapped.to_vec()),
+                kek_id,
                 installed_at_ms: at_ms,
                 retired_at_ms: None,
             },
@@ -502,6 +590,7 @@ impl VaultState {
             return Err(Refusal::DataKeyInUse { cards });
         }
         entry.wrapped = None;
+        entry.kek_id = None;
         entry.retired_at_ms = Some(at_ms);
         self.key_usage.remove(&version);
         Ok(Response::DataKeyRetired { version })
@@ -793,6 +882,7 @@ impl VaultState {
                 installed_at_ms: e.installed_at_ms,
                 retired_at_ms: e.retired_at_ms,
                 cards: self.key_usage.get(v).copied().unwrap_or(0),
+                kek_id: e.kek_id.clone(),
             })
             .collect()
     }
@@ -1097,6 +1187,24 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
                 },
             ),
             Command::InstallFingerprintKey { .. } => (system(), None, None, String::new()),
+            Command::RewrapKeys {
+                kek_id, keys, by, ..
+            } => (
+                admin(by),
+                None,
+                None,
+                format!(
+                    "{} keys re-wrapped under {kek_id}",
+                    keys.len()
+                        + usize::from(matches!(
+                            cmd,
+                            Command::RewrapKeys {
+                                fingerprint: Some(_),
+                                ..
+                            }
+                        ))
+                ),
+            ),
             Command::UseOneTimeForCard {
                 merchant_id,
                 one_time_token,
@@ -1317,6 +1425,7 @@ mod tests {
         let steps = [
             Command::InstallDataKey {
                 by: None,
+                kek_id: None,
                 version: 1,
                 wrapped: vec![9; 60],
                 at_ms: 1,
@@ -1463,6 +1572,7 @@ mod tests {
         let mut s = seeded();
         let install = Command::InstallFingerprintKey {
             wrapped: vec![5; 60],
+            kek_id: None,
             at_ms: 4,
         };
         assert_eq!(s.apply(&install), Response::FingerprintKeyInstalled);
@@ -1636,9 +1746,69 @@ mod tests {
         s.validate().unwrap();
     }
 
+    #[test]
+    fn a_kek_rotation_rewraps_every_live_key_whole_or_not_at_all() {
+        use crate::vault::command::RewrappedKey;
+        let mut s = VaultState::default();
+        s.apply(&install(1, 1));
+        s.apply(&install(2, 2));
+        s.apply(&Command::InstallFingerprintKey {
+            wrapped: vec![5; 60],
+            kek_id: Some("kek_old".into()),
+            at_ms: 3,
+        });
+        let rewrap = |from: Option<&str>, keys: &[u32]| Command::RewrapKeys {
+            kek_id: "kek_new".into(),
+            keys: keys
+                .iter()
+                .map(|&version| RewrappedKey {
+                    version,
+                    from_kek_id: from.map(str::to_owned),
+                    wrapped: vec![7; 60],
+                })
+                .collect(),
+            fingerprint: Some(RewrappedKey {
+                version: 0,
+                from_kek_id: Some("kek_old".into()),
+                wrapped: vec![8; 60],
+            }),
+            at_ms: 10,
+            by: Some("operator:alice".into()),
+        };
+        // Claims the keys were under another KEK than they are: nothing changes.
+        assert_eq!(
+            s.apply(&rewrap(Some("kek_other"), &[1, 2])),
+            Response::Refused(Refusal::KeyRewrapped)
+        );
+        assert_eq!(s.data_key(1), Some(&[1u8; 60][..]));
+        assert_eq!(s.data_key_kek(1), None);
+        assert_eq!(s.fingerprint_key_kek(), Some("kek_old"));
+        assert_eq!(
+            s.apply(&rewrap(None, &[1, 2])),
+            Response::KeysRewrapped { keys: 3 }
+        );
+        for v in [1, 2] {
+            assert_eq!(s.data_key(v), Some(&[7u8; 60][..]));
+            assert_eq!(s.data_key_kek(v), Some("kek_new"));
+        }
+        assert_eq!(s.fingerprint_key(), Some(&[8u8; 60][..]));
+        assert_eq!(s.fingerprint_key_kek(), Some("kek_new"));
+        let n = s.audit().len();
+        let last = s.audit().page(n - 1, 1).remove(0);
+        assert_eq!(last.entry.action, "kek.rotate");
+        assert_eq!(last.entry.actor, "operator:alice");
+        // Applying it again is refused: the keys are no longer under what it names.
+        assert_eq!(
+            s.apply(&rewrap(None, &[1])),
+            Response::Refused(Refusal::KeyRewrapped)
+        );
+        s.validate().unwrap();
+    }
+
     fn install(version: u32, at_ms: u64) -> Command {
         Command::InstallDataKey {
             by: None,
+            kek_id: None,
             version,
             wrapped: vec![version as u8; 60],
             at_ms,

@@ -413,7 +413,13 @@ async fn secrets_open_to_others_are_refused_and_what_a_node_writes_is_owner_only
 }
 
 /// A request to try: path, method, extra headers, body, and the field the refusal names.
-type Try = (String, Method, Vec<(&'static str, String)>, Option<Value>, &'static str);
+type Try = (
+    String,
+    Method,
+    Vec<(&'static str, String)>,
+    Option<Value>,
+    &'static str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_number_typed_into_the_wrong_field_is_refused_and_lands_nowhere() {
@@ -519,4 +525,132 @@ async fn a_card_number_typed_into_the_wrong_field_is_refused_and_lands_nowhere()
             f.display()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kek_rotation_rewraps_every_key_through_the_log_and_the_old_kek_can_then_go() {
+    let mut c = ProcCluster::start("");
+    c.init().await;
+    let sk = c.merchant("shop").await;
+    let client = c.client(&[0, 1, 2], &sk);
+    for n in 0..5 {
+        client
+            .tokenize(&tokenize_request(&pan("411111111111", n), Some("m1")))
+            .await
+            .unwrap();
+    }
+    let (old_hex, new_hex) = ("ab".repeat(32), "cd".repeat(32));
+    let id_of = |hex: &str| {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(hex, &mut b).unwrap();
+        kura_node::crypto::Kek::from_bytes(b).id()
+    };
+    let (old_id, new_id) = (id_of(&old_hex), id_of(&new_hex));
+    let before = c.admin_call(Method::GET, "/admin/v1/keys", None).await;
+    assert_eq!(before["kek"]["current"], old_id.as_str(), "{before}");
+    assert_eq!(before["kek"]["rotation_done"], true, "{before}");
+
+    let dir = c.config(0).parent().unwrap().to_path_buf();
+    write_secret(&dir.join("kek-2.key"), &format!("{new_hex}\n"));
+    let set_kek = |c: &ProcCluster, i: usize, text: &str| {
+        let path = c.config(i).to_path_buf();
+        let cfg = std::fs::read_to_string(&path).unwrap();
+        let start = cfg.find("kek_file").unwrap();
+        let end = start + cfg[start..].find('\n').unwrap() + 1;
+        let rest = &cfg[end..];
+        let rest = match rest.find("kek_previous_files") {
+            Some(p) => {
+                let e = p + rest[p..].find('\n').unwrap() + 1;
+                format!("{}{}", &rest[..p], &rest[e..])
+            }
+            None => rest.to_owned(),
+        };
+        std::fs::write(&path, format!("{}{text}{rest}", &cfg[..start])).unwrap();
+    };
+    let restart = |c: &mut ProcCluster, i: usize| {
+        c.kill(i);
+        c.restart(i);
+    };
+    let rotating = "kek_file = \"kek-2.key\"\nkek_previous_files = [\"kek.key\"]\n";
+    // One node holds the new KEK: the leader refuses to rotate.
+    set_kek(&c, 0, rotating);
+    restart(&mut c, 0);
+    c.wait_live(0).await;
+    c.wait_leader().await;
+    let early = c
+        .admin()
+        .call(Method::POST, "/admin/v1/keys/rotate-kek", None)
+        .await;
+    assert!(
+        matches!(&early, Err(kura_sdk::Error::Api { status: 409, code, .. }) if code == "kek_not_on_all_nodes"),
+        "{early:?}"
+    );
+    // Every node holds it (the old one kept): the rotation goes through.
+    for i in [1, 2] {
+        set_kek(&c, i, rotating);
+        restart(&mut c, i);
+        c.wait_live(i).await;
+    }
+    c.wait_leader().await;
+    let mut rotated = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rotated.is_none() && Instant::now() < deadline {
+        match c
+            .admin()
+            .call(Method::POST, "/admin/v1/keys/rotate-kek", None)
+            .await
+        {
+            Ok(r) => rotated = Some(r.body),
+            Err(kura_sdk::Error::Api { status: 409, .. }) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("rotate-kek: {e}"),
+        }
+    }
+    let rotated = rotated.expect("the rotation went through within 30 s");
+    assert_eq!(rotated["kek"]["current"], new_id.as_str(), "{rotated}");
+    assert_eq!(rotated["kek"]["rotation_done"], true, "{rotated}");
+    assert_eq!(rotated["kek"]["keys_under_other_keks"], 0, "{rotated}");
+    for v in rotated["versions"].as_array().unwrap() {
+        assert_eq!(v["kek_id"], new_id.as_str(), "{rotated}");
+    }
+    // The old KEK goes from every node; every card still opens, new cards are sealed.
+    for i in 0..3 {
+        set_kek(&c, i, "kek_file = \"kek-2.key\"\n");
+        restart(&mut c, i);
+    }
+    for i in 0..3 {
+        c.wait_live(i).await;
+    }
+    c.wait_leader().await;
+    client
+        .tokenize(&tokenize_request(&pan("411111111111", 9), Some("m1")))
+        .await
+        .expect("a new card after the old KEK is gone");
+    let verified = c
+        .admin_call(Method::POST, "/admin/v1/keys/verify", None)
+        .await;
+    assert_eq!(
+        (
+            verified["failures"].as_u64(),
+            verified["cards_checked"].as_u64()
+        ),
+        (Some(0), Some(6)),
+        "{verified}"
+    );
+    let trail = c
+        .admin_call(Method::GET, "/admin/v1/audit?limit=1000", None)
+        .await;
+    let rotation = trail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "kek.rotate")
+        .expect("the rotation is audited");
+    assert_eq!(rotation["actor"], "operator:admin", "{rotation}");
+    assert!(
+        rotation["detail"].as_str().unwrap().contains(&new_id),
+        "{rotation}"
+    );
+    assert_ne!(old_id, new_id);
 }
