@@ -654,3 +654,118 @@ async fn a_kek_rotation_rewraps_every_key_through_the_log_and_the_old_kek_can_th
     );
     assert_ne!(old_id, new_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_head_is_signed_through_the_log_exported_and_checked_online_and_offline() {
+    let mut c = ProcCluster::start("[api]\naudit_sign_interval_s = 1\n");
+    c.init().await;
+    let sk = c.merchant("shop").await;
+    let client = c.client(&[0, 1, 2], &sk);
+    for n in 0..3 {
+        client
+            .tokenize(&tokenize_request(&pan("511111111111", n), Some("m1")))
+            .await
+            .unwrap();
+    }
+    let mut verified = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        verified = c
+            .admin_call(Method::POST, "/admin/v1/audit/verify", None)
+            .await;
+        if verified["signatures"]["verified"].as_u64() >= Some(1)
+            && verified["signatures"]["unsigned_tail_records"] == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(
+        verified["signatures"]["unsigned_tail_records"], 0,
+        "{verified}"
+    );
+    assert_eq!(
+        verified["signatures"]["signed_through_records"].as_u64(),
+        verified["records"].as_u64().map(|n| n - 1),
+        "the newest record is the signature of all before it: {verified}"
+    );
+
+    // An operator exports the signed head; later writes keep it in the chain.
+    let config = c.config(0).to_str().unwrap().to_owned();
+    let out = c.kura(&["audit", "head", "--config", &config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dir = c.config(0).parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("head.json"), &out.stdout).unwrap();
+    client
+        .tokenize(&tokenize_request(&pan("511111111111", 7), Some("m1")))
+        .await
+        .unwrap();
+    let out = c.kura(&[
+        "audit",
+        "verify",
+        "--config",
+        &config,
+        "--signed-head",
+        "head.json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\"in_chain\": true"), "{text}");
+    // A head whose MAC was not made with the cluster's KEK is refused.
+    let mut forged = exported.clone();
+    forged["signed_head"]["mac"] = json!("00".repeat(32));
+    std::fs::write(dir.join("forged.json"), forged.to_string()).unwrap();
+    let out = c.kura(&[
+        "audit",
+        "verify",
+        "--config",
+        &config,
+        "--signed-head",
+        "forged.json",
+    ]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Offline, on a stopped node's data directory, with the KEK file.
+    c.wait_all_applied().await;
+    c.kill(2);
+    let data = c.data_dir(2).to_str().unwrap().to_owned();
+    let out = c.kura(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        &data,
+        "--kek-file",
+        "kek.key",
+        "--signed-head",
+        "head.json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("0 forged"), "{text}");
+    assert!(text.contains("in the chain, signature valid"), "{text}");
+    let out = c.kura(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        &data,
+        "--kek-file",
+        "kek.key",
+        "--signed-head",
+        "forged.json",
+    ]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

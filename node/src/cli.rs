@@ -235,6 +235,18 @@ pub enum AuditCmd {
         data_dir: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A signed head exported earlier with `kura audit head`: the chain must still
+        /// hold it.
+        #[arg(long)]
+        signed_head: Option<PathBuf>,
+        /// Offline only: KEK files (current and previous) to check the signatures with.
+        #[arg(long = "kek-file", requires = "data_dir")]
+        kek_files: Vec<PathBuf>,
+    },
+    /// Print the chain's head signed now (JSON), to keep outside the cluster.
+    Head {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -507,37 +519,117 @@ pub async fn audit(cmd: AuditCmd) -> Result<bool, String> {
         }
         AuditCmd::Verify {
             data_dir: Some(dir),
+            signed_head,
+            kek_files,
             ..
-        } => verify_offline(&dir),
+        } => verify_offline(&dir, signed_head.as_deref(), &kek_files),
         AuditCmd::Verify {
             data_dir: None,
             config,
+            signed_head,
+            ..
         } => {
             let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+            let body = match signed_head {
+                Some(p) => Some(serde_json::json!({ "signed_head": read_signed_head(&p)? })),
+                None => None,
+            };
             let r = admin_client(&cfg, &config)?
-                .call(http::Method::POST, "/admin/v1/audit/verify", None)
+                .call(http::Method::POST, "/admin/v1/audit/verify", body)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&r.body).expect("json"));
             Ok(r.body["ok"] == true)
         }
+        AuditCmd::Head { config } => {
+            let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+            let r = admin_client(&cfg, &config)?
+                .call(http::Method::GET, "/admin/v1/audit/head", None)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&r.body).expect("json"));
+            Ok(true)
+        }
     }
 }
 
-fn verify_offline(dir: &Path) -> Result<bool, String> {
+/// Reads a signed head as `kura audit head` printed it (or just its `signed_head`).
+fn read_signed_head(path: &Path) -> Result<crate::vault::audit::SignedHead, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let inner = v.get("signed_head").cloned().unwrap_or(v);
+    serde_json::from_value(inner)
+        .map_err(|e| format!("{} is not a signed head: {e}", path.display()))
+}
+
+fn verify_offline(
+    dir: &Path,
+    signed_head: Option<&Path>,
+    kek_files: &[PathBuf],
+) -> Result<bool, String> {
+    use crate::vault::audit::MacCheck;
     let db = dir.join("kura.redb");
     let offline = crate::store::offline::read_vault(&db).map_err(|e| e.to_string())?;
     let audit = offline.vault.audit();
+    let keks = kek_files
+        .iter()
+        .map(|p| crate::crypto::Kek::from_file(p).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let kek = (!keks.is_empty()).then(|| {
+        let mut keks = keks.into_iter();
+        let first = keks.next().expect("not empty");
+        crate::crypto::KekSet::new(first, keks.collect())
+    });
     match audit.verify() {
         Ok(n) => {
             println!(
-                "audit trail OK: {n} records (snapshot at log index {}, {} entries replayed), head {}",
+                "audit trail chain OK: {n} records (snapshot at log index {}, {} entries replayed), head {}",
                 offline.snapshot_index,
                 offline.replayed_entries,
                 audit.head()
             );
-            Ok(true)
+            let mut ok = true;
+            match &kek {
+                Some(kek) => {
+                    let sigs = audit.check_signatures(|s| crate::api::audit::check_mac(kek, s));
+                    println!(
+                        "signatures: {} verified, {} under KEKs not given, {} forged {:?}; signed through record {}, {} records after it",
+                        sigs.verified,
+                        sigs.unverifiable,
+                        sigs.invalid.len(),
+                        sigs.invalid,
+                        sigs.signed_through_records,
+                        sigs.unsigned_tail_records
+                    );
+                    ok &= sigs.invalid.is_empty();
+                }
+                None => println!("signatures not checked (give --kek-file to check them)"),
+            }
+            if let Some(p) = signed_head {
+                let s = read_signed_head(p)?;
+                let held = s.records > 0 && audit.hash_at(s.records - 1) == Some(s.head.as_str());
+                let mac = kek.as_ref().map(|k| crate::api::audit::check_mac(k, &s));
+                println!(
+                    "exported head of {} records: {}{}",
+                    s.records,
+                    if held {
+                        "in the chain"
+                    } else {
+                        "NOT in the chain"
+                    },
+                    match mac {
+                        Some(MacCheck::Valid) => ", signature valid",
+                        Some(MacCheck::Invalid) => ", signature FORGED",
+                        Some(MacCheck::UnknownKek) => ", signed under a KEK not given",
+                        None => "",
+                    }
+                );
+                ok &= held && mac != Some(MacCheck::Invalid);
+            }
+            Ok(ok)
         }
         Err(b) => {
             println!(

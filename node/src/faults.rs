@@ -108,6 +108,15 @@ impl<P: crate::crypto::KekProvider> crate::crypto::KekProvider for FaultyKek<P> 
         self.inner.ids()
     }
 
+    fn mac(&self, kek_id: &str, msg: &[u8]) -> Result<[u8; 32], crate::crypto::KeyError> {
+        if self.faults.kek_failing() {
+            return Err(crate::crypto::KeyError::Unavailable(
+                "fault injected".into(),
+            ));
+        }
+        self.inner.mac(kek_id, msg)
+    }
+
     fn open_with(
         &self,
         kek_id: &str,

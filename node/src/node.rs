@@ -280,6 +280,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
             cluster::sender_matches_certificate,
         ));
     crate::raft_types::spawn(api::rewrap_loop(state.clone()));
+    crate::raft_types::spawn(api::sign_loop(state.clone()));
     crate::raft_types::spawn(sweep_cvcs(state.clone()));
     crate::raft_types::spawn(crate::health::run(state.clone()));
     crate::raft_types::spawn(api::payments::resolver_loop(state.clone()));

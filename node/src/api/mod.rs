@@ -6,7 +6,7 @@
 //! [`Cluster`] and changes it only by proposing commands.
 
 mod admin;
-mod audit;
+pub mod audit;
 mod cors;
 pub mod fields;
 mod forward;
@@ -26,6 +26,7 @@ use crate::cvc::CvcStore;
 use crate::metrics::Metrics;
 use crate::net::HttpPool;
 use crate::vault::{Command, KeyRole, Response};
+pub use audit::sign_loop;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
@@ -56,6 +57,8 @@ pub struct ApiSettings {
     pub cvc_replication_timeout_ms: u64,
     /// Cards moved to the current data key per re-wrap log entry.
     pub rewrap_batch_cards: usize,
+    /// How often the leader signs the audit trail's head (when it has grown).
+    pub audit_sign_interval_s: u64,
 }
 
 impl Default for ApiSettings {
@@ -67,6 +70,7 @@ impl Default for ApiSettings {
             cvc_entries_max: 100_000,
             cvc_replication_timeout_ms: 250,
             rewrap_batch_cards: 256,
+            audit_sign_interval_s: 60,
         }
     }
 }
@@ -91,6 +95,9 @@ impl ApiSettings {
         }
         if !(1..=4_096).contains(&self.rewrap_batch_cards) {
             return Err("api.rewrap_batch_cards must be between 1 and 4096".into());
+        }
+        if !(1..=3_600).contains(&self.audit_sign_interval_s) {
+            return Err("api.audit_sign_interval_s must be between 1 and 3600".into());
         }
         Ok(())
     }
@@ -203,6 +210,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route("/admin/v1/keys/{version}/retire", post(keys::retire))
         .route("/admin/v1/audit", get(audit::page))
         .route("/admin/v1/audit/verify", post(audit::verify))
+        .route("/admin/v1/audit/head", get(audit::signed_head))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             forward::to_leader,

@@ -145,6 +145,19 @@ impl Kek {
         format!("kek_{}", hex::encode(&mac.finalize().into_bytes()[..8]))
     }
 
+    /// HMAC-SHA256 of `msg` under a key derived from this KEK for the audit trail
+    /// (HMAC-SHA256(kek, "kura:audit-mac-key:v1")), so the KEK itself signs nothing.
+    pub fn audit_mac(&self, msg: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        type H = Hmac<sha2::Sha256>;
+        let mut derive = <H as Mac>::new_from_slice(self.0.as_ref()).expect("any key length");
+        derive.update(b"kura:audit-mac-key:v1");
+        let key: Zeroizing<[u8; 32]> = Zeroizing::new(derive.finalize().into_bytes().into());
+        let mut mac = <H as Mac>::new_from_slice(key.as_ref()).expect("any key length");
+        mac.update(msg);
+        mac.finalize().into_bytes().into()
+    }
+
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.0.as_ref()))
     }
@@ -223,6 +236,16 @@ pub trait KekProvider: Send + Sync + fmt::Debug {
         }
     }
 
+    /// HMAC-SHA256 of `msg` under a MAC key the KEK `kek_id` holds (the audit trail's
+    /// signing key: it never leaves the provider, and never enters the log).
+    fn mac(&self, kek_id: &str, msg: &[u8]) -> Result<[u8; 32], KeyError> {
+        let _ = (kek_id, msg);
+        Err(KeyError::Unavailable(format!(
+            "the {} provider cannot sign",
+            self.kind()
+        )))
+    }
+
     /// Wraps a data key under the current KEK, bound to its version and the KEK's id;
     /// returns the id with the wrapped bytes.
     fn wrap(
@@ -294,6 +317,14 @@ impl KekProvider for Kek {
     fn open(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         Kek::open(self, sealed, aad)
     }
+
+    fn mac(&self, kek_id: &str, msg: &[u8]) -> Result<[u8; 32], KeyError> {
+        if kek_id == Kek::id(self) {
+            Ok(self.audit_mac(msg))
+        } else {
+            Err(KeyError::UnknownKek(kek_id.to_owned()))
+        }
+    }
 }
 
 /// The current KEK and the previous ones a KEK rotation still needs to unwrap keys
@@ -355,6 +386,17 @@ impl KekProvider for KekSet {
             .ok_or_else(|| KeyError::UnknownKek(kek_id.to_owned()))?
             .1
             .open(sealed, aad)
+    }
+
+    fn mac(&self, kek_id: &str, msg: &[u8]) -> Result<[u8; 32], KeyError> {
+        if kek_id == self.current_id {
+            return Ok(self.current.audit_mac(msg));
+        }
+        self.previous
+            .iter()
+            .find(|(id, _)| id == kek_id)
+            .map(|(_, k)| k.audit_mac(msg))
+            .ok_or_else(|| KeyError::UnknownKek(kek_id.to_owned()))
     }
 }
 

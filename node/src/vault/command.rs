@@ -287,6 +287,12 @@ pub enum Command {
         idempotency: Option<Idempotency>,
         at_ms: u64,
     },
+    /// Records a signature of the audit trail's head (the first `signed.records`
+    /// records). Refused if the trail has grown since the leader read it.
+    SignAuditHead {
+        signed: super::audit::SignedHead,
+        at_ms: u64,
+    },
     /// Records an admin action that changes no vault state.
     RecordAdminAction {
         action: String,
@@ -310,6 +316,7 @@ impl Command {
             | Command::Tokenize { at_ms, .. }
             | Command::InstallFingerprintKey { at_ms, .. }
             | Command::RewrapKeys { at_ms, .. }
+            | Command::SignAuditHead { at_ms, .. }
             | Command::UseOneTimeForCard { at_ms, .. }
             | Command::DeleteCard { at_ms, .. }
             | Command::ResealCards { at_ms, .. }
@@ -334,6 +341,7 @@ impl Command {
             Command::Tokenize { .. } => "token.create",
             Command::InstallFingerprintKey { .. } => "fingerprint_key.install",
             Command::RewrapKeys { .. } => "kek.rotate",
+            Command::SignAuditHead { .. } => super::audit::SIGN_ACTION,
             Command::UseOneTimeForCard { .. } => "token.use_for_card_on_file",
             Command::DeleteCard { .. } => "card_on_file.delete",
             Command::ResealCards { .. } => "data_key.rewrap",
@@ -375,6 +383,9 @@ impl fmt::Display for Command {
                 merchant_id, token, ..
             } => write!(f, "tokenize({merchant_id}, {token})"),
             Command::InstallFingerprintKey { .. } => write!(f, "install_fingerprint_key"),
+            Command::SignAuditHead { signed, .. } => {
+                write!(f, "sign_audit_head({})", signed.records)
+            }
             Command::RewrapKeys { kek_id, keys, .. } => {
                 write!(f, "rewrap_keys({} under {kek_id})", keys.len())
             }
@@ -459,6 +470,8 @@ pub enum Refusal {
     },
     /// A key is no longer wrapped as the leader read it (another KEK rotation won).
     KeyRewrapped,
+    /// The audit trail grew after the leader read the head it signed.
+    AuditMoved,
     OrderIdTaken,
     PaymentIdTaken,
     PaymentNotFound,
@@ -512,6 +525,7 @@ impl Refusal {
             Refusal::DataKeyCurrent => "data_key_current",
             Refusal::DataKeyInUse { .. } => "data_key_in_use",
             Refusal::KeyRewrapped => "key_rewrapped",
+            Refusal::AuditMoved => "audit_moved",
             Refusal::OrderIdTaken => "order_id_taken",
             Refusal::PaymentIdTaken => "payment_id_taken",
             Refusal::PaymentNotFound => "payment_not_found",

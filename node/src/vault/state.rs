@@ -433,6 +433,13 @@ impl VaultState {
                 at_ms,
             } => self.change_payment(None, payment_id, |p| p.reroute(route, *at_ms)),
             Command::RecordAdminAction { .. } => Ok(Response::Recorded),
+            Command::SignAuditHead { signed, .. } => {
+                if signed.records == self.audit.len() && signed.head == self.audit.head() {
+                    Ok(Response::Recorded)
+                } else {
+                    Err(Refusal::AuditMoved)
+                }
+            }
         };
         result.unwrap_or_else(Response::Refused)
     }
@@ -1187,6 +1194,7 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
                 },
             ),
             Command::InstallFingerprintKey { .. } => (system(), None, None, String::new()),
+            Command::SignAuditHead { signed, .. } => (system(), None, None, signed.to_detail()),
             Command::RewrapKeys {
                 kek_id, keys, by, ..
             } => (
