@@ -769,3 +769,99 @@ async fn the_audit_head_is_signed_through_the_log_exported_and_checked_online_an
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_admin_reads_key_checks_and_fault_switches_are_audited() {
+    let c = ProcCluster::start_with_faults("[api]\naudit_sign_interval_s = 1\n", &[]);
+    c.init().await;
+    c.merchant("shop").await;
+    let leader = c.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    // Wrong merchant keys from 127.0.0.6, through a follower (the leader counts them
+    // under the client's own address).
+    for _ in 0..3 {
+        let r = try_raw_from(
+            Some(Ipv4Addr::new(127, 0, 0, 6)),
+            &c.api[follower],
+            Method::GET,
+            "/v1/members/m1/cards",
+            &[("authorization", "Bearer sk_not_a_key")],
+            None,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(r.status, 401);
+    }
+    // A client without a certificate on a node's admin plane, from 127.0.0.7.
+    let r = try_raw_from(
+        Some(Ipv4Addr::new(127, 0, 0, 7)),
+        &c.admin[follower],
+        Method::GET,
+        "/admin/v1/cluster/status",
+        &[],
+        None,
+    )
+    .await;
+    assert!(
+        r.is_none(),
+        "the admin plane answered a client without a certificate"
+    );
+    // Admin reads, a key check and a fault switch.
+    c.admin_call(Method::GET, "/admin/v1/merchants/shop", None)
+        .await;
+    c.admin_call(Method::GET, "/admin/v1/merchants", None).await;
+    c.admin_call(Method::GET, "/admin/v1/keys", None).await;
+    c.admin_call(Method::POST, "/admin/v1/keys/verify", None)
+        .await;
+    c.faults(follower, json!({})).await;
+
+    let follower_name = kura_cluster_tests::procs::NAMES[follower];
+    let wanted: Vec<(String, String)> = vec![
+        (
+            "node:".into(),
+            "auth.failed: 3 failed: api unknown_key from 127.0.0.6 x3".into(),
+        ),
+        (
+            format!("node:{follower_name}"),
+            "admin bad_certificate from 127.0.0.7 x1".into(),
+        ),
+        ("operator:admin".into(), "merchant.read: shop".into()),
+        ("operator:admin".into(), "merchant.list".into()),
+        ("operator:admin".into(), "keys.read".into()),
+        ("operator:admin".into(), "keys.verify".into()),
+        (
+            "operator:admin".into(),
+            format!("faults.set: on {follower_name}"),
+        ),
+    ];
+    let mut missing = wanted.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !missing.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let trail = c
+            .admin_call(Method::GET, "/admin/v1/audit?limit=1000", None)
+            .await;
+        let records = trail["records"].as_array().unwrap().clone();
+        missing.retain(|(actor, detail)| {
+            !records.iter().any(|r| {
+                r["action"] == "admin.action"
+                    && r["actor"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with(actor.as_str())
+                    && r["detail"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(detail.as_str())
+            })
+        });
+    }
+    assert!(missing.is_empty(), "not in the audit trail: {missing:?}");
+    let failures = c
+        .metric(
+            leader,
+            "kura_api_auth_failures_total{reason=\"unknown_key\"}",
+        )
+        .await;
+    assert_eq!(failures, 3.0);
+}

@@ -273,6 +273,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         )),
         payments_in_flight: Default::default(),
         limiters: api::limits::Limiters::new(&cfg.limits),
+        auth_failures: Default::default(),
     });
     let raft_routes = cluster::raft_router(cluster.clone())
         .merge(api::peer::router(state.clone()))
@@ -281,11 +282,12 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         ));
     crate::raft_types::spawn(api::rewrap_loop(state.clone()));
     crate::raft_types::spawn(api::sign_loop(state.clone()));
+    crate::raft_types::spawn(api::security::flush_loop(state.clone()));
     crate::raft_types::spawn(sweep_cvcs(state.clone()));
     crate::raft_types::spawn(crate::health::run(state.clone()));
     crate::raft_types::spawn(api::payments::resolver_loop(state.clone()));
     crate::raft_types::spawn(check_routes(state.clone()));
-    let planes = planes_tls(env.tls.as_ref(), cfg, env.admin_token.is_some());
+    let planes = planes_tls(env.tls.as_ref(), cfg, env.admin_token.is_some(), &state);
     let lim = &cfg.limits;
     let limits = |plane, max, per_address| net::ServeLimits {
         plane,
@@ -351,11 +353,18 @@ struct Planes {
     admin: Option<ServeTls>,
 }
 
-/// The client API asks for no client certificate; the peer plane admits only
+/// The client API asks for a client certificate but needs none (a member's vouches for
+/// the client address of a request it forwards); the peer plane admits only
 /// certificates naming a member; the admin plane admits operators and members (which
 /// forward operators' requests), and callers without a certificate only when a
-/// break-glass token is configured.
-fn planes_tls(tls: Option<&Arc<NodeTls>>, cfg: &NodeConfig, break_glass: bool) -> Planes {
+/// break-glass token is configured. Refusals on the peer and admin planes are failed
+/// authentications: counted and audited with the source address.
+fn planes_tls(
+    tls: Option<&Arc<NodeTls>>,
+    cfg: &NodeConfig,
+    break_glass: bool,
+    st: &Arc<AppState>,
+) -> Planes {
     use net::tls::Identity;
     let Some(tls) = tls else {
         return Planes {
@@ -371,12 +380,14 @@ fn planes_tls(tls: Option<&Arc<NodeTls>>, cfg: &NodeConfig, break_glass: bool) -
         api: Some(ServeTls {
             config: tls.api.clone(),
             admit: None,
+            on_refused: None,
         }),
         peer: Some(ServeTls {
             config: tls.peer.clone(),
             admit: Some(Arc::new(
                 move |who| matches!(who, Some(Identity::Node { id }) if peer_members.contains(id)),
             )),
+            on_refused: Some(refused_on("peer", st)),
         }),
         admin: Some(ServeTls {
             config: tls.admin.clone(),
@@ -385,8 +396,22 @@ fn planes_tls(tls: Option<&Arc<NodeTls>>, cfg: &NodeConfig, break_glass: bool) -
                 Some(Identity::Node { id }) => members.contains(id),
                 None => break_glass,
             })),
+            on_refused: Some(refused_on("admin", st)),
         }),
     }
+}
+
+/// Counts a client refused at the handshake on `plane` as a failed authentication.
+fn refused_on(plane: &'static str, st: &Arc<AppState>) -> net::OnRefused {
+    let st = Arc::downgrade(st);
+    Arc::new(move |reason, peer| {
+        let Some(st) = st.upgrade() else { return };
+        if plane == "admin" {
+            st.metrics.admin_auth_failed(reason);
+        }
+        st.auth_failures
+            .note(plane, reason, &api::limits::ip_of(peer));
+    })
 }
 
 /// Days before expiry from which each reload check warns.

@@ -336,6 +336,7 @@ pub async fn run_acquirer(
         let tls = crate::net::ServeTls {
             config: Arc::new(std::sync::RwLock::new(Arc::new(pki.acquirer_server(route)))),
             admit: None,
+            on_refused: None,
         };
         crate::net::serve(
             listener,

@@ -231,6 +231,7 @@ pub async fn run(
                 crate::net::tls::server_only(cert, key).map_err(std::io::Error::other)?,
             ))),
             admit: None,
+            on_refused: None,
         }),
         None => None,
     };

@@ -237,11 +237,16 @@ pub async fn rotate_key(
 }
 
 /// `GET /admin/v1/merchants/{id}`.
-pub async fn get_merchant(State(st): St, Path(id): Path<String>) -> HttpResponse {
+pub async fn get_merchant(
+    State(st): St,
+    Extension(op): Extension<Operator>,
+    Path(id): Path<String>,
+) -> HttpResponse {
     result(
         async {
             check_merchant_id(&id)?;
             st.linearize().await?;
+            super::security::audited_access(&st, &op, "merchant.read", id.clone()).await?;
             st.cluster
                 .vault()
                 .read(|v| v.merchant_info(&id))
@@ -306,10 +311,11 @@ pub async fn update_merchant(
 }
 
 /// `GET /admin/v1/merchants`: every merchant (never their keys).
-pub async fn list_merchants(State(st): St) -> HttpResponse {
+pub async fn list_merchants(State(st): St, Extension(op): Extension<Operator>) -> HttpResponse {
     result(
         async {
             st.linearize().await?;
+            super::security::audited_access(&st, &op, "merchant.list", String::new()).await?;
             let list: Vec<_> = st
                 .cluster
                 .vault()
@@ -447,6 +453,22 @@ pub async fn set_faults(
                 super::problem::parse_json(&body_or_problem(body)?)?;
             switches.set(&state);
             tracing::warn!(?state, operator = %op.actor(), "fault switches set");
+            // Recorded in the background: a switch may have just stalled this node's
+            // own storage, and the answer must not wait for the log.
+            let detail = format!(
+                "on {}: {}",
+                st.cluster.me().name,
+                serde_json::to_string(&switches.get()).unwrap_or_default()
+            );
+            let (st2, by) = (st.clone(), Some(op.actor()));
+            crate::raft_types::spawn(async move {
+                if let Err(p) = super::security::record(&st2, "faults.set", detail, by).await {
+                    tracing::warn!(
+                        code = p.code,
+                        "fault switch change not written to the audit trail"
+                    );
+                }
+            });
             Ok(axum::Json(switches.get()).into_response())
         }
         .await,

@@ -161,10 +161,11 @@ pub async fn rotate_kek(State(st): St, Extension(op): Extension<Operator>) -> Ht
 
 /// `GET /admin/v1/keys`: every data key version, its state and card count, and the
 /// re-wrap's progress.
-pub async fn status(State(st): St) -> HttpResponse {
+pub async fn status(State(st): St, Extension(op): Extension<Operator>) -> HttpResponse {
     result(
         async {
             st.linearize().await?;
+            super::security::audited_access(&st, &op, "keys.read", "key status".into()).await?;
             Ok(axum::Json(keys_json(&st)).into_response())
         }
         .await,
@@ -263,9 +264,16 @@ const VERIFY_BATCH_CARDS: usize = 1024;
 pub async fn verify(State(st): St, Extension(op): Extension<Operator>) -> HttpResponse {
     result(
         async {
-            // It opens every card: who asked is on record.
+            // It opens every card: who asked is on record, in the trail, before it starts.
             tracing::info!(operator = %op.actor(), "key verification started");
             st.linearize().await?;
+            super::security::audited_access(
+                &st,
+                &op,
+                "keys.verify",
+                "opens every stored card".into(),
+            )
+            .await?;
             let (mut checked, mut failures, mut first_failure) = (0u64, 0u64, None);
             let mut by_version = std::collections::BTreeMap::<u32, u64>::new();
             let mut cursor: Option<String> = None;

@@ -88,23 +88,44 @@ pub fn ip_of(addr: &str) -> String {
 pub struct Source(pub String);
 
 /// Applies the rates to a request served on this node.
+/// Also counts the failed authentications of the requests it lets through (with the
+/// source address), for the metrics and the audit trail.
 pub async fn layer(State(st): St, mut req: Request, next: Next) -> Response {
     let src = source_address(&req);
     req.extensions_mut().insert(Source(src.clone()));
-    if let Err(p) = check(&st, &req, &src) {
-        return p.into_response();
+    let key = match check(&st, &req, &src) {
+        Ok(k) => k,
+        Err(p) => return p.into_response(),
+    };
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        let reason = match key {
+            KeySeen::Missing => "missing_key",
+            KeySeen::Unknown => "unknown_key",
+            // Known when checked, gone by the time the handler looked (rotated).
+            KeySeen::Known => "revoked_key",
+        };
+        st.metrics.api_auth_failed(reason);
+        st.auth_failures.note("api", reason, &src);
     }
-    next.run(req).await
+    resp
 }
 
-fn check(st: &AppState, req: &Request, src: &str) -> Result<(), Limited> {
+/// What the request's key was when the limits looked.
+enum KeySeen {
+    Missing,
+    Unknown,
+    Known,
+}
+
+fn check(st: &AppState, req: &Request, src: &str) -> Result<KeySeen, Limited> {
     let l = &st.limiters;
     let now = l.now_ns();
     l.address
         .check(src, now)
         .map_err(|w| st.limited("address", w))?;
     let Some(key) = bearer(req.headers()) else {
-        return Ok(());
+        return Ok(KeySeen::Missing);
     };
     let hash = api_key_hash(key);
     // An unknown key is not tracked (anyone could invent millions): the handler
@@ -114,7 +135,7 @@ fn check(st: &AppState, req: &Request, src: &str) -> Result<(), Limited> {
         .vault()
         .read(|v| v.key_owner(&hash).map(|o| o.role))
     else {
-        return Ok(());
+        return Ok(KeySeen::Unknown);
     };
     l.key.check(&hash, now).map_err(|w| st.limited("key", w))?;
     let creates_token = req.method() == Method::POST && req.uri().path() == "/v1/tokens";
@@ -126,7 +147,7 @@ fn check(st: &AppState, req: &Request, src: &str) -> Result<(), Limited> {
             .check(src, now)
             .map_err(|w| st.limited("one_time_tokens_address", w))?;
     }
-    Ok(())
+    Ok(KeySeen::Known)
 }
 
 /// A `429` with the wait.

@@ -18,6 +18,7 @@ pub mod operator;
 pub mod payments;
 pub mod peer;
 pub mod problem;
+pub mod security;
 mod tokens;
 
 use crate::cluster::{Cluster, WriteError};
@@ -127,6 +128,8 @@ pub struct AppState {
     pub payments_in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Request rates per address and per key.
     pub limiters: limits::Limiters,
+    /// Failed authentications not yet summarised into the audit trail.
+    pub auth_failures: security::AuthFailures,
 }
 
 /// A merchant and which of its keys authenticated the request.

@@ -88,6 +88,8 @@ pub async fn authenticate(State(st): St, mut req: Request, next: Next) -> Respon
                 .map_or("?", |a| a.0.as_str());
             tracing::warn!(source = from, reason, path = %req.uri().path(), "admin authentication failed");
             st.metrics.admin_auth_failed(reason);
+            st.auth_failures
+                .note("admin", reason, &super::limits::ip_of(from));
             return Problem::unauthorized().into_response();
         }
     };

@@ -73,6 +73,10 @@ pub async fn replicate_cvc(
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(CVC_PATH, post(take_copy))
+        .route(
+            super::security::EVENT_PATH,
+            post(super::security::take_event),
+        )
         .route(HEALTH_PATH, axum::routing::get(health))
         .layer(axum::extract::DefaultBodyLimit::max(CVC_BODY_BYTES_MAX))
         .with_state(state)

@@ -343,6 +343,36 @@ impl Cluster {
             .count()
     }
 
+    /// POSTs `body` to `path` on member `to`'s peer listener, bounded by `timeout`; true
+    /// when it answered with success.
+    pub async fn post_to_peer(
+        &self,
+        to: NodeId,
+        path: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> bool {
+        let Some(m) = self.members.get(&to) else {
+            return false;
+        };
+        let cluster = self.cluster_id().unwrap_or_default();
+        let req = peer_request(
+            self.id,
+            http::Method::POST,
+            path,
+            &m.raft_addr,
+            &cluster,
+            body,
+        );
+        match self.pool.send(&m.raft_addr, req, timeout).await {
+            Ok(r) if r.status().is_success() => true,
+            other => {
+                tracing::debug!(peer = %m.raft_addr, path, outcome = ?other.map(|r| r.status()), "peer post failed");
+                false
+            }
+        }
+    }
+
     /// GETs `path` from every other member's peer listener in parallel, each bounded by
     /// `timeout`: the body of each success, `None` for each failure.
     pub async fn get_from_peers(

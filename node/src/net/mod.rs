@@ -114,7 +114,14 @@ pub struct ServeTls {
     /// request byte is read; a refused connection is closed. `None` admits every client
     /// that completed the handshake.
     pub admit: Option<Admit>,
+    /// Told of every client this plane refused for its certificate (none, not from the
+    /// CA, or not admitted), with a reason and the client's address: failed
+    /// authentications, on the planes that authenticate by certificate.
+    pub on_refused: Option<OnRefused>,
 }
+
+/// Hears of a client refused at the handshake: reason, `ip:port`.
+pub type OnRefused = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
 
 /// Whether a client certificate's identity may speak on a plane.
 pub type Admit = Arc<dyn Fn(Option<&tls::Identity>) -> bool + Send + Sync>;
@@ -310,6 +317,22 @@ async fn handshake(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(peer, error = %e, "TLS handshake failed");
+            // A handshake that ended for want of a certificate, or for one this plane
+            // does not trust, is a failed authentication; a client that just went away
+            // is not.
+            let refused_cert = matches!(
+                e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+                Some(
+                    rustls::Error::NoCertificatesPresented
+                        | rustls::Error::InvalidCertificate(_)
+                        | rustls::Error::InappropriateHandshakeMessage { .. }
+                )
+            );
+            if refused_cert {
+                if let Some(f) = &tls.on_refused {
+                    f("bad_certificate", peer);
+                }
+            }
             return None;
         }
         Err(_) => {
@@ -330,6 +353,9 @@ async fn handshake(
                 .as_ref()
                 .map_or("no kura identity".into(), |i| i.to_string());
             tracing::warn!(peer, identity = %who, "connection refused: certificate not admitted on this plane");
+            if let Some(f) = &tls.on_refused {
+                f("identity_not_admitted", peer);
+            }
             return None;
         }
     }
