@@ -865,3 +865,110 @@ async fn failed_authentications_admin_reads_key_checks_and_fault_switches_are_au
         .await;
     assert_eq!(failures, 3.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_one_time_token_loses_its_sealed_card_in_the_state_and_the_next_snapshot() {
+    let mut c = ProcCluster::start(
+        "[api]\none_time_token_ttl_s = 2\n[raft]\nsnapshot_every_entries = 10\nlog_entries_kept_after_snapshot = 2\n",
+    );
+    c.init().await;
+    let sk = c.merchant("shop").await;
+    let client = c.client(&[0, 1, 2], &sk);
+    let one_time = client
+        .tokenize(&tokenize_request(&pan("601111111111", 1), None))
+        .await
+        .unwrap()
+        .token;
+    let on_file = client
+        .tokenize(&tokenize_request(&pan("601111111111", 2), Some("m1")))
+        .await
+        .unwrap()
+        .token;
+    c.wait_all_applied().await;
+    // Read node 3's state offline to learn the sealed bytes, then bring it back.
+    // (A follower records the commit index lazily: read until the token is there.)
+    let db = c.data_dir(2).join("kura.redb");
+    let mut sealed = None;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.kill(2);
+        let before = kura_node::store::offline::read_vault(&db).unwrap().vault;
+        sealed = before
+            .any_token(&one_time)
+            .map(|r| hex::encode(&r.card.ciphertext));
+        c.restart(2);
+        c.wait_live(2).await;
+        if sealed.is_some() {
+            break;
+        }
+    }
+    let sealed = sealed.expect("the one-time token reached node 3's disk");
+    assert!(sealed.len() > 16);
+
+    // The token expires after 2 s; the leader's purge destroys its card through the log.
+    let mut purged = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !purged && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let trail = c
+            .admin_call(Method::GET, "/admin/v1/audit?limit=1000", None)
+            .await;
+        purged = trail["records"].as_array().unwrap().iter().any(|r| {
+            r["action"] == "token.purge_card"
+                && r["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("of 1 used or expired")
+        });
+    }
+    assert!(purged, "no purge in the audit trail within 20 s");
+    // Its metadata stays readable.
+    let meta = client.get_token(&one_time).await.expect("metadata stays");
+    assert_eq!(meta.last4.len(), 4);
+    // Enough writes for every node to snapshot after the purge.
+    for n in 10..30 {
+        client
+            .tokenize(&tokenize_request(&pan("601111111111", n), Some("m2")))
+            .await
+            .unwrap();
+    }
+    c.wait_all_applied().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill(2);
+    let after = kura_node::store::offline::read_vault(&db).unwrap();
+    let r = after.vault.any_token(&one_time).unwrap();
+    assert!(
+        r.card.ciphertext.is_empty() && r.purged_at_ms.is_some(),
+        "{r:?}"
+    );
+    assert!(!after
+        .vault
+        .any_token(&on_file)
+        .unwrap()
+        .card
+        .ciphertext
+        .is_empty());
+    assert!(after.snapshot_index > 0, "no snapshot was taken");
+    let snapshots: Vec<_> = kura_cluster_tests::procs::files(&c.data_dir(2).join("kura.snap"));
+    assert!(!snapshots.is_empty());
+    for f in snapshots {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            kura_cluster_tests::procs::first_needle_in(&bytes, [sealed.as_bytes()]).is_none(),
+            "{} still holds the purged card",
+            f.display()
+        );
+    }
+    // The card on file is still in the snapshot.
+    let cof = hex::encode(&after.vault.any_token(&on_file).unwrap().card.ciphertext);
+    let in_snapshot = kura_cluster_tests::procs::files(&c.data_dir(2).join("kura.snap"))
+        .iter()
+        .any(|f| {
+            let bytes = std::fs::read(f).unwrap();
+            kura_cluster_tests::procs::first_needle_in(&bytes, [cof.as_bytes()]).is_some()
+        });
+    assert!(
+        in_snapshot,
+        "the control: a live card is found in the snapshot"
+    );
+}

@@ -57,6 +57,7 @@ pub struct Metrics {
     pub listener_refused: Family<RefusedLabels, Counter>,
     pub listener_timeouts: Family<PlaneLabels, Counter>,
     pub cvc_refused: Family<ReasonLabels, Counter>,
+    pub purged_cards: Counter,
 }
 
 /// Labels of requests refused by a rate limit: which limit.
@@ -164,6 +165,7 @@ impl Metrics {
             listener_refused: Family::default(),
             listener_timeouts: Family::default(),
             cvc_refused: Family::default(),
+            purged_cards: Counter::default(),
         };
         registry.register(
             "raft_term",
@@ -293,6 +295,11 @@ impl Metrics {
             "listener_timeouts",
             "Connections closed because a TLS handshake, a request head or the next request did not arrive in time, by plane",
             m.listener_timeouts.clone(),
+        );
+        registry.register(
+            "vault_purged_cards",
+            "Sealed cards of used or expired one-time tokens this node destroyed as leader",
+            m.purged_cards.clone(),
         );
         registry.register(
             "cvc_refused",

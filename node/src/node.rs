@@ -282,6 +282,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         ));
     crate::raft_types::spawn(api::rewrap_loop(state.clone()));
     crate::raft_types::spawn(api::sign_loop(state.clone()));
+    crate::raft_types::spawn(api::purge_loop(state.clone()));
     crate::raft_types::spawn(api::security::flush_loop(state.clone()));
     crate::raft_types::spawn(sweep_cvcs(state.clone()));
     crate::raft_types::spawn(crate::health::run(state.clone()));

@@ -38,6 +38,7 @@ pub use problem::Problem;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+pub use tokens::purge_loop;
 
 /// Unix time in milliseconds: the wall clock in production, simulated time in simulations.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;

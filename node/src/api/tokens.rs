@@ -314,6 +314,7 @@ pub(super) fn response_kind(r: &Response) -> &'static str {
         Response::Resealed { .. } => "resealed",
         Response::DataKeyRetired { .. } => "data_key_retired",
         Response::KeysRewrapped { .. } => "keys_rewrapped",
+        Response::Purged { .. } => "purged",
         Response::Recorded => "recorded",
         Response::Payment(_) => "payment",
         Response::Refused(r) => r.code(),
@@ -474,5 +475,55 @@ pub async fn get(State(st): St, headers: HeaderMap, Path(token): Path<String>) -
     match result {
         Ok(meta) => axum::Json(TokenOut::new(&st, meta)).into_response(),
         Err(p) => p.into_response(),
+    }
+}
+
+/// Token records the purge examines per second: a bounded share of the leader's time
+/// whatever the vault's size (a full pass over a million tokens takes under two
+/// minutes).
+const PURGE_SCAN_PER_TICK: usize = 10_000;
+/// Pause between purge batches, so foreground writes keep most of the log.
+const PURGE_PAUSE_MS: u64 = 20;
+
+/// Runs for the node's lifetime: on the leader, destroys the sealed cards of one-time
+/// tokens that were used or have expired, through the log, in bounded batches (PCI DSS
+/// 3.2.1: a card is kept no longer than it is needed). Their metadata and audit
+/// records stay.
+pub async fn purge_loop(st: std::sync::Arc<AppState>) {
+    let mut cursor: Option<String> = None;
+    loop {
+        crate::raft_types::sleep(std::time::Duration::from_secs(1)).await;
+        if !st.cluster.is_leader() {
+            cursor = None;
+            continue;
+        }
+        let now_ms = st.now_ms();
+        let (found, next) = st.cluster.vault().read(|v| {
+            v.purgeable(
+                cursor.as_deref(),
+                PURGE_SCAN_PER_TICK,
+                st.settings.rewrap_batch_cards,
+                now_ms,
+            )
+        });
+        cursor = next;
+        if found.is_empty() {
+            continue;
+        }
+        let cmd = Command::PurgeCards {
+            tokens: found,
+            at_ms: now_ms,
+        };
+        match st.write(cmd).await {
+            Ok(Response::Purged { purged, .. }) => {
+                st.metrics.purged_cards.inc_by(purged);
+            }
+            Ok(other) => tracing::warn!(
+                response = response_kind(&other),
+                "unexpected answer to a card purge"
+            ),
+            Err(p) => tracing::debug!(code = p.code, "card purge not written; retrying"),
+        }
+        crate::raft_types::sleep(std::time::Duration::from_millis(PURGE_PAUSE_MS)).await;
     }
 }

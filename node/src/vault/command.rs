@@ -293,6 +293,10 @@ pub enum Command {
         signed: super::audit::SignedHead,
         at_ms: u64,
     },
+    /// Destroys the sealed cards of these one-time tokens if they are spent (used or
+    /// expired at `at_ms`); their metadata and audit records stay. The background
+    /// purge proposes it in bounded batches.
+    PurgeCards { tokens: Vec<String>, at_ms: u64 },
     /// Records an admin action that changes no vault state.
     RecordAdminAction {
         action: String,
@@ -317,6 +321,7 @@ impl Command {
             | Command::InstallFingerprintKey { at_ms, .. }
             | Command::RewrapKeys { at_ms, .. }
             | Command::SignAuditHead { at_ms, .. }
+            | Command::PurgeCards { at_ms, .. }
             | Command::UseOneTimeForCard { at_ms, .. }
             | Command::DeleteCard { at_ms, .. }
             | Command::ResealCards { at_ms, .. }
@@ -342,6 +347,7 @@ impl Command {
             Command::InstallFingerprintKey { .. } => "fingerprint_key.install",
             Command::RewrapKeys { .. } => "kek.rotate",
             Command::SignAuditHead { .. } => super::audit::SIGN_ACTION,
+            Command::PurgeCards { .. } => "token.purge_card",
             Command::UseOneTimeForCard { .. } => "token.use_for_card_on_file",
             Command::DeleteCard { .. } => "card_on_file.delete",
             Command::ResealCards { .. } => "data_key.rewrap",
@@ -383,6 +389,7 @@ impl fmt::Display for Command {
                 merchant_id, token, ..
             } => write!(f, "tokenize({merchant_id}, {token})"),
             Command::InstallFingerprintKey { .. } => write!(f, "install_fingerprint_key"),
+            Command::PurgeCards { tokens, .. } => write!(f, "purge_cards({})", tokens.len()),
             Command::SignAuditHead { signed, .. } => {
                 write!(f, "sign_audit_head({})", signed.records)
             }
@@ -561,6 +568,11 @@ pub enum Response {
     /// Keys re-wrapped under a new KEK.
     KeysRewrapped {
         keys: usize,
+    },
+    /// Sealed cards destroyed; `skipped` were no longer spent-with-a-card.
+    Purged {
+        purged: u64,
+        skipped: u64,
     },
     Recorded,
     Payment(Box<Payment>),

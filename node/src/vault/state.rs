@@ -51,6 +51,24 @@ pub struct TokenRecord {
     pub used_at_ms: Option<u64>,
     /// A CVC was given at creation (held in memory only, never here).
     pub cvc_supplied: bool,
+    /// When a used or expired one-time token's sealed card was destroyed (PCI DSS
+    /// 3.2.1: kept no longer than needed); its metadata stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_at_ms: Option<u64>,
+}
+
+impl TokenRecord {
+    /// True while the record still holds its sealed card.
+    pub fn holds_card(&self) -> bool {
+        self.purged_at_ms.is_none()
+    }
+
+    /// True when this is a one-time token that can no longer be used at `now_ms` (used,
+    /// or expired), so its card serves no purpose.
+    pub fn spent_at(&self, now_ms: u64) -> bool {
+        self.kind == TokenKind::OneTime
+            && (self.used_at_ms.is_some() || self.expires_at_ms.is_some_and(|e| e <= now_ms))
+    }
 }
 
 /// (merchant id, member id, fingerprint): the key of the card-on-file index.
@@ -304,6 +322,7 @@ impl VaultState {
                     fingerprint: fingerprint.clone(),
                     used_at_ms: None,
                     cvc_supplied: *cvc_supplied,
+                    purged_at_ms: None,
                 };
                 self.tokenize(token, record)
             }
@@ -329,6 +348,7 @@ impl VaultState {
                         fingerprint: Some(fingerprint.clone()),
                         used_at_ms: None,
                         cvc_supplied: false,
+                        purged_at_ms: None,
                     };
                     self.tokenize(new_token, record)
                 }),
@@ -433,6 +453,7 @@ impl VaultState {
                 at_ms,
             } => self.change_payment(None, payment_id, |p| p.reroute(route, *at_ms)),
             Command::RecordAdminAction { .. } => Ok(Response::Recorded),
+            Command::PurgeCards { tokens, at_ms } => Ok(self.purge_cards(tokens, *at_ms)),
             Command::SignAuditHead { signed, .. } => {
                 if signed.records == self.audit.len() && signed.head == self.audit.head() {
                     Ok(Response::Recorded)
@@ -528,6 +549,57 @@ impl VaultState {
         })
     }
 
+    /// Destroys the sealed cards of spent one-time tokens (the rest are skipped: they
+    /// changed since the leader chose them).
+    fn purge_cards(&mut self, tokens: &[String], at_ms: u64) -> Response {
+        let (mut purged, mut skipped) = (0, 0);
+        for t in tokens {
+            let Some(r) = self.tokens.get_mut(t) else {
+                skipped += 1;
+                continue;
+            };
+            if !r.holds_card() || !r.spent_at(at_ms) {
+                skipped += 1;
+                continue;
+            }
+            let version = r.card.key_version;
+            r.card.nonce.clear();
+            r.card.ciphertext.clear();
+            r.purged_at_ms = Some(at_ms);
+            count_down(&mut self.key_usage, version);
+            purged += 1;
+        }
+        Response::Purged { purged, skipped }
+    }
+
+    /// The spent one-time tokens that still hold a card among at most `scan` records
+    /// after `after` (at most `limit` of them), and where the next scan continues
+    /// (`None`: the end was reached).
+    pub fn purgeable(
+        &self,
+        after: Option<&str>,
+        scan: usize,
+        limit: usize,
+        now_ms: u64,
+    ) -> (Vec<String>, Option<String>) {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        let mut found = Vec::new();
+        let (mut last, mut scanned) = (None, 0);
+        for (t, r) in self.tokens.range((from, Bound::Unbounded)).take(scan) {
+            scanned += 1;
+            last = Some(t.clone());
+            if r.holds_card() && r.spent_at(now_ms) {
+                found.push(t.clone());
+                if found.len() == limit {
+                    return (found, last);
+                }
+            }
+        }
+        // A scan that stopped short of its bound reached the end.
+        (found, last.filter(|_| scanned == scan))
+    }
+
     /// Live keys (data keys not retired, and the fingerprint key, as version 0) with
     /// their wrapping and KEK id.
     pub fn wrapped_keys(&self) -> Vec<(u32, Vec<u8>, Option<String>)> {
@@ -612,7 +684,8 @@ impl VaultState {
             let Some(r) = self
                 .tokens
                 .get_mut(&c.token)
-                .filter(|r| r.card.key_version == c.from_version)
+                // A card purged since the leader read it stays purged.
+                .filter(|r| r.holds_card() && r.card.key_version == c.from_version)
             else {
                 skipped += 1;
                 continue;
@@ -828,6 +901,7 @@ impl VaultState {
         let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
         self.tokens
             .range((from, Bound::Unbounded))
+            .filter(|(_, r)| r.holds_card())
             .take(limit)
             .map(|(t, r)| (t.clone(), r.clone()))
             .collect()
@@ -845,7 +919,7 @@ impl VaultState {
         let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
         self.tokens
             .range((from, Bound::Unbounded))
-            .filter(|(_, r)| r.card.key_version < current)
+            .filter(|(_, r)| r.holds_card() && r.card.key_version < current)
             .take(limit)
             .map(|(t, r)| (t.clone(), r.clone()))
             .collect()
@@ -1042,7 +1116,7 @@ impl VaultState {
 
     fn validate_keys(&self) -> Result<(), String> {
         let mut usage: BTreeMap<u32, u64> = BTreeMap::new();
-        for r in self.tokens.values() {
+        for r in self.tokens.values().filter(|r| r.holds_card()) {
             *usage.entry(r.card.key_version).or_default() += 1;
         }
         let counted: BTreeMap<u32, u64> = self
@@ -1078,11 +1152,21 @@ impl VaultState {
                 r.merchant_id
             ));
         }
-        if self.data_key(r.card.key_version).is_none() {
-            return Err(format!(
-                "token {token} sealed under missing or retired data key v{}",
-                r.card.key_version
-            ));
+        match r.purged_at_ms {
+            None if self.data_key(r.card.key_version).is_none() => {
+                return Err(format!(
+                    "token {token} sealed under missing or retired data key v{}",
+                    r.card.key_version
+                ));
+            }
+            Some(at)
+                if !r.spent_at(at) || !r.card.ciphertext.is_empty() || !r.card.nonce.is_empty() =>
+            {
+                return Err(format!(
+                    "token {token}: only a spent one-time token loses its card, and all of it"
+                ));
+            }
+            _ => {}
         }
         if (r.kind == TokenKind::CardOnFile) != r.member_id.is_some() {
             return Err(format!(
@@ -1195,6 +1279,18 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
             ),
             Command::InstallFingerprintKey { .. } => (system(), None, None, String::new()),
             Command::SignAuditHead { signed, .. } => (system(), None, None, signed.to_detail()),
+            Command::PurgeCards { tokens, .. } => (
+                system(),
+                None,
+                None,
+                match response {
+                    Response::Purged { purged, skipped } => format!(
+                        "sealed cards of {purged} used or expired one-time tokens destroyed; {skipped} of {} skipped",
+                        tokens.len()
+                    ),
+                    _ => String::new(),
+                },
+            ),
             Command::RewrapKeys {
                 kek_id, keys, by, ..
             } => (
@@ -1813,6 +1909,90 @@ mod tests {
         s.validate().unwrap();
     }
 
+    #[test]
+    fn only_spent_one_time_tokens_lose_their_card_and_keep_their_metadata() {
+        let mut s = with_fingerprint_key();
+        s.apply(&create("a", 1));
+        s.apply(&install(1, 2));
+        s.apply(&one_time("a", "ott_live", 10, 10_000));
+        s.apply(&one_time("a", "ott_expired", 10, 50));
+        s.apply(&one_time("a", "ott_used", 10, 10_000));
+        s.apply(&on_file("a", "m1", "tok_cof", "f1", 11));
+        s.apply(&use_it("a", "ott_used", "tok_new", "f2", 20));
+        let sealed = |s: &VaultState, t: &str| s.any_token(t).unwrap().card.ciphertext.clone();
+        assert!(!sealed(&s, "ott_expired").is_empty());
+        let all = [
+            "ott_live",
+            "ott_expired",
+            "ott_used",
+            "tok_cof",
+            "tok_new",
+            "nope",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (found, next) = s.purgeable(None, 100, 100, 60);
+        assert_eq!(found, vec!["ott_expired".to_owned(), "ott_used".to_owned()]);
+        assert_eq!(next, None, "the scan reached the end");
+        let (found, next) = s.purgeable(None, 2, 100, 60);
+        assert_eq!(
+            (found, next.as_deref()),
+            (vec!["ott_expired".to_owned()], Some("ott_live"))
+        );
+        let (found, _) = s.purgeable(next.as_deref(), 100, 100, 60);
+        assert_eq!(found, vec!["ott_used".to_owned()], "a bounded scan resumes");
+        assert_eq!(
+            s.apply(&Command::PurgeCards {
+                tokens: all.clone(),
+                at_ms: 60
+            }),
+            Response::Purged {
+                purged: 2,
+                skipped: 4
+            }
+        );
+        for t in ["ott_expired", "ott_used"] {
+            let r = s.any_token(t).unwrap();
+            assert!(
+                r.card.ciphertext.is_empty() && r.card.nonce.is_empty(),
+                "{t}"
+            );
+            assert_eq!(r.purged_at_ms, Some(60));
+            assert_eq!(r.card.last4.len(), 4, "metadata stays");
+        }
+        for t in ["ott_live", "tok_cof", "tok_new"] {
+            assert!(!sealed(&s, t).is_empty(), "{t} keeps its card");
+        }
+        // Nothing of the purged cards is left in what a snapshot serializes.
+        let snapshot = serde_json::to_value(&s).unwrap();
+        for t in ["ott_expired", "ott_used"] {
+            let card = &snapshot["tokens"][t]["card"];
+            assert_eq!(
+                (card["ciphertext"].as_str(), card["nonce"].as_str()),
+                (Some(""), Some("")),
+                "{t}"
+            );
+        }
+        assert_eq!(
+            snapshot["tokens"]["ott_live"]["card"]["ciphertext"],
+            "010203"
+        );
+        s.validate().unwrap();
+        let n = s.audit().len();
+        let last = s.audit().page(n - 1, 1).remove(0);
+        assert_eq!(last.entry.action, "token.purge_card");
+        assert!(
+            last.entry.detail.contains("2 used or expired"),
+            "{}",
+            last.entry.detail
+        );
+        // A purged card never comes back through a re-wrap that read it before.
+        s.apply(&install(2, 61));
+        s.apply(&reseal("ott_used", 1, 2, 62));
+        assert!(sealed(&s, "ott_used").is_empty());
+        s.validate().unwrap();
+    }
+
     fn install(version: u32, at_ms: u64) -> Command {
         Command::InstallDataKey {
             by: None,
@@ -2233,6 +2413,12 @@ mod tests {
                     by: None,
                     version: v,
                     at_ms: at
+                }),
+                (proptest::collection::vec(tok(), 0..4), at()).prop_map(|(ts, at)| {
+                    Command::PurgeCards {
+                        tokens: ts.iter().map(|t| format!("tok_{t}")).collect(),
+                        at_ms: at,
+                    }
                 }),
             ]
         }
