@@ -137,7 +137,13 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
-    let mut c = ProcCluster::start_with_faults("[failover]\nfailback_stabilization_s = 2\n", &[]);
+    let mut c = ProcCluster::start_with_faults(
+        &format!(
+            "[failover]\nfailback_stabilization_s = 2\n{}",
+            crate::harness::BENCH_LIMITS
+        ),
+        &[],
+    );
     c.init().await;
     c.wait_leader().await;
     let key = c.merchant("failover").await;
@@ -169,7 +175,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut t = report::header("kura failover under load", c.dir.path());
     let _ = writeln!(
         t,
-        "- Three `kura` processes on loopback (release build, defaults, fsync on, `failback_stabilization_s = 2`, fault injection enabled), {} writers tokenizing cards on file through the SDK, each pausing {} ms between writes.\n\
+        "- Three `kura` processes on loopback (release build, defaults, fsync on, `failback_stabilization_s = 2`, fault injection enabled, request limits in place with rates above the benchmark's (`BENCH_LIMITS`)), {} writers tokenizing cards on file through the SDK, each pausing {} ms between writes.\n\
          - Write gap: the longest time without any acknowledged write (across all writers) from the last acknowledgement before the event until another node leads and writes have flowed through it for 0.5 s. After each event the cluster is let settle (all nodes up, one leader — main again by failback —, writes flowing for 1 s) before the next.\n\
          - {} writes acknowledged over {:.0} s, {} failed or ambiguous (requests caught in flight by the event), **{} lost** (every acknowledged token read back, linearizably, at the end).\n\n\
          | event | n | gap p50 ms | gap p99 ms | gap max ms |\n|---|---:|---:|---:|---:|",

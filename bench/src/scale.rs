@@ -104,7 +104,7 @@ async fn applied(c: &ProcCluster, i: usize) -> Option<u64> {
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
-    let mut c = ProcCluster::start("");
+    let mut c = ProcCluster::start(crate::harness::BENCH_LIMITS);
     c.init().await;
     c.wait_leader().await;
     let key = c.merchant("scale").await;

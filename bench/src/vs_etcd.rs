@@ -116,7 +116,11 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut pays = Vec::new();
     {
         let (cafis, cardnet) = (AcquirerSim::start().await, AcquirerSim::start().await);
-        let c = ProcCluster::start(&acquirer_toml(&cafis, &cardnet, 2_000));
+        let c = ProcCluster::start(&format!(
+            "{}{}",
+            acquirer_toml(&cafis, &cardnet, 2_000),
+            crate::harness::BENCH_LIMITS
+        ));
         c.init().await;
         c.wait_leader().await;
         let key = c.merchant("bench").await;
@@ -208,9 +212,9 @@ async fn tls_cost(args: &Args) -> TlsCost {
             let label = if insecure { "insecure" } else { "TLS" };
             eprintln!("kura {label} (TLS cost, round {round}):");
             let c = if insecure {
-                ProcCluster::start_insecure("")
+                ProcCluster::start_insecure(crate::harness::BENCH_LIMITS)
             } else {
-                ProcCluster::start("")
+                ProcCluster::start(crate::harness::BENCH_LIMITS)
             };
             c.init().await;
             c.wait_leader().await;

@@ -82,6 +82,7 @@ pub fn config(id: u64) -> NodeConfig {
         },
         // TLS on every simulated link, with material made in memory (see `SimPki`).
         tls: Default::default(),
+        limits: Default::default(),
     }
 }
 
