@@ -709,7 +709,7 @@ async fn audit_verify_names_the_first_tampered_record_in_a_copy_of_the_store() {
     let clean = verify(&c);
     let text = String::from_utf8_lossy(&clean.stdout).into_owned();
     assert!(
-        clean.status.success() && text.contains("audit trail OK"),
+        clean.status.success() && text.contains("audit trail chain OK"),
         "{text}{}",
         String::from_utf8_lossy(&clean.stderr)
     );
