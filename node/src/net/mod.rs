@@ -141,9 +141,9 @@ pub struct ClientAddr(pub String);
 pub struct ServeLimits {
     /// Which plane (`api`, `peer`, `admin`, `acquirer`): the metric label.
     pub plane: &'static str,
-    /// Bound on the TLS handshake, on reading a request's head, and on waiting for the
-    /// next request on a kept-alive connection (hyper starts its header-read timer as
-    /// soon as a connection goes idle, so one bound serves both).
+    /// Bound on the TLS handshake, and on how long a connection may go without a
+    /// request in hand: waiting for a request's head (however slowly it dribbles in)
+    /// or for the next request on a kept-alive connection.
     pub header_read_timeout: Duration,
     /// Most connections open at once on this listener; more are closed on accept.
     pub connections_max: usize,
@@ -207,6 +207,7 @@ impl ListenerStats {
 }
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -372,23 +373,155 @@ async fn serve_conn<I: Io>(
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt;
-    let svc = router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-        if let Some(id) = &ident {
-            req.extensions_mut().insert(ClientIdentity(id.clone()));
-        }
-        req.extensions_mut().insert(ClientAddr(peer.clone()));
-        req
-    });
+    let activity = Arc::new(Activity::new());
+    let (starts, ends) = (activity.clone(), activity.clone());
+    let svc = router
+        .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+            starts.request_started();
+            if let Some(id) = &ident {
+                req.extensions_mut().insert(ClientIdentity(id.clone()));
+            }
+            req.extensions_mut().insert(ClientAddr(peer.clone()));
+            req
+        })
+        .map_response(move |resp| {
+            ends.request_ended();
+            resp
+        });
+    let io = ActivityIo {
+        inner: io,
+        activity: activity.clone(),
+    };
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
-    if let Err(e) = conn.await {
-        if e.is_timeout() {
-            limits.stats.timed_out.inc();
+    tokio::pin!(conn);
+    // A connection with no request in hand — waiting for a head, still reading one a
+    // byte at a time, or idle between requests — is closed once it has been so for the
+    // header-read timeout. Checked a few times per timeout rather than with a timer per
+    // request, which would cost every request a timer and an extra read.
+    let check = (limits.header_read_timeout / 4).max(Duration::from_millis(25));
+    loop {
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection closed with error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(check) => {
+                if activity.idle_for() >= limits.header_read_timeout {
+                    limits.stats.timed_out.inc();
+                    tracing::debug!("closing a connection that sent no complete request in time");
+                    return;
+                }
+            }
         }
-        tracing::debug!(error = %e, "connection closed with error");
+    }
+}
+
+/// Whether a connection has a request in hand, and since when it has not.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicU32,
+    /// Milliseconds since `epoch` when the connection last stopped being busy.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+    epoch: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: 0.into(),
+            idle_since_ms: 0.into(),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn request_ended(&self) {
+        self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A response body still being written keeps the connection busy.
+    fn wrote(&self) {
+        self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the connection has had no request in hand (zero while it has one).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let since = self.idle_since_ms.load(Ordering::Relaxed);
+        Duration::from_millis(self.now_ms().saturating_sub(since))
+    }
+}
+
+/// A connection's stream, noting its writes in its [`Activity`].
+struct ActivityIo<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: Io> tokio::io::AsyncRead for ActivityIo<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: Io> tokio::io::AsyncWrite for ActivityIo<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
