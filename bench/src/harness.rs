@@ -191,6 +191,13 @@ async fn open<O: Op>(
     }
 }
 
+/// The `[limits]` every benchmark cluster runs with. The limits are in place and
+/// checked on every request (GCRA lookups per address and per key), but their rates
+/// are set far above what one benchmark key from one address sends, because a load
+/// generator is one merchant key on one address doing what no merchant's does; the
+/// connection caps and timeouts keep their defaults.
+pub const BENCH_LIMITS: &str = "[limits]\nrequests_per_key_per_s = 10000000\nrequests_per_key_burst = 10000000\nrequests_per_address_per_s = 10000000\nrequests_per_address_burst = 10000000\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,10 +283,3 @@ mod tests {
         );
     }
 }
-
-/// The `[limits]` every benchmark cluster runs with. The limits are in place and
-/// checked on every request (GCRA lookups per address and per key), but their rates
-/// are set far above what one benchmark key from one address sends, because a load
-/// generator is one merchant key on one address doing what no merchant's does; the
-/// connection caps and timeouts keep their defaults.
-pub const BENCH_LIMITS: &str = "[limits]\nrequests_per_key_per_s = 10000000\nrequests_per_key_burst = 10000000\nrequests_per_address_per_s = 10000000\nrequests_per_address_burst = 10000000\n";

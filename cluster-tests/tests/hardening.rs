@@ -190,6 +190,21 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
     );
 }
 
+/// Forms the cluster, creates merchant `shop` and puts `n` cards on file for member
+/// `m1`; returns the merchant's client.
+async fn shop_with_cards(c: &ProcCluster, prefix: &str, n: u32) -> kura_sdk::Client {
+    c.init().await;
+    let sk = c.merchant("shop").await;
+    let client = c.client(&[0, 1, 2], &sk);
+    for i in 0..n {
+        client
+            .tokenize(&tokenize_request(&pan(prefix, i), Some("m1")))
+            .await
+            .unwrap();
+    }
+    client
+}
+
 /// A Luhn-valid card number with `prefix` (15 digits) and `n` folded in.
 fn pan(prefix: &str, n: u32) -> String {
     let body = format!("{prefix}{:03}", n % 1000);
@@ -530,15 +545,7 @@ async fn a_card_number_typed_into_the_wrong_field_is_refused_and_lands_nowhere()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kek_rotation_rewraps_every_key_through_the_log_and_the_old_kek_can_then_go() {
     let mut c = ProcCluster::start("");
-    c.init().await;
-    let sk = c.merchant("shop").await;
-    let client = c.client(&[0, 1, 2], &sk);
-    for n in 0..5 {
-        client
-            .tokenize(&tokenize_request(&pan("411111111111", n), Some("m1")))
-            .await
-            .unwrap();
-    }
+    let client = shop_with_cards(&c, "411111111111", 5).await;
     let (old_hex, new_hex) = ("ab".repeat(32), "cd".repeat(32));
     let id_of = |hex: &str| {
         let mut b = [0u8; 32];
@@ -658,15 +665,7 @@ async fn a_kek_rotation_rewraps_every_key_through_the_log_and_the_old_kek_can_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_head_is_signed_through_the_log_exported_and_checked_online_and_offline() {
     let mut c = ProcCluster::start("[api]\naudit_sign_interval_s = 1\n");
-    c.init().await;
-    let sk = c.merchant("shop").await;
-    let client = c.client(&[0, 1, 2], &sk);
-    for n in 0..3 {
-        client
-            .tokenize(&tokenize_request(&pan("511111111111", n), Some("m1")))
-            .await
-            .unwrap();
-    }
+    let client = shop_with_cards(&c, "511111111111", 3).await;
     let mut verified = Value::Null;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

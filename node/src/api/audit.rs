@@ -89,14 +89,7 @@ pub fn check_mac(kek: &dyn crate::crypto::KekProvider, s: &SignedHead) -> MacChe
     let Ok(given) = hex::decode(&s.mac) else {
         return MacCheck::Invalid;
     };
-    // Constant time over the whole MAC.
-    let same = given.len() == want.len()
-        && given
-            .iter()
-            .zip(want.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
+    if crate::crypto::constant_time_eq(&given, &want) {
         MacCheck::Valid
     } else {
         MacCheck::Invalid

@@ -317,14 +317,10 @@ impl AppState {
             return Some(false);
         };
         let given = api_key_hash(key);
-        // Compare digests in constant time.
-        let same = given.len() == expected.len()
-            && given
-                .bytes()
-                .zip(expected.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        Some(same)
+        Some(crate::crypto::constant_time_eq(
+            given.as_bytes(),
+            expected.as_bytes(),
+        ))
     }
 
     /// Leader-stamped time for a new command.
