@@ -95,6 +95,18 @@ pub struct FaultyKek<P> {
     pub faults: std::sync::Arc<FaultSwitches>,
 }
 
+impl<P> FaultyKek<P> {
+    /// The provider's failure while `kek_failing` is set.
+    fn fail_if_switched(&self) -> Result<(), crate::crypto::KeyError> {
+        if self.faults.kek_failing() {
+            return Err(crate::crypto::KeyError::Unavailable(
+                "fault injected".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl<P: crate::crypto::KekProvider> crate::crypto::KekProvider for FaultyKek<P> {
     fn kind(&self) -> &'static str {
         self.inner.kind()
@@ -109,11 +121,7 @@ impl<P: crate::crypto::KekProvider> crate::crypto::KekProvider for FaultyKek<P> 
     }
 
     fn mac(&self, kek_id: &str, msg: &[u8]) -> Result<[u8; 32], crate::crypto::KeyError> {
-        if self.faults.kek_failing() {
-            return Err(crate::crypto::KeyError::Unavailable(
-                "fault injected".into(),
-            ));
-        }
+        self.fail_if_switched()?;
         self.inner.mac(kek_id, msg)
     }
 
@@ -123,11 +131,7 @@ impl<P: crate::crypto::KekProvider> crate::crypto::KekProvider for FaultyKek<P> 
         sealed: &[u8],
         aad: &str,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::crypto::KeyError> {
-        if self.faults.kek_failing() {
-            return Err(crate::crypto::KeyError::Unavailable(
-                "fault injected".into(),
-            ));
-        }
+        self.fail_if_switched()?;
         self.inner.open_with(kek_id, sealed, aad)
     }
 
@@ -137,11 +141,7 @@ impl<P: crate::crypto::KekProvider> crate::crypto::KekProvider for FaultyKek<P> 
         aad: &str,
         entropy: &crate::crypto::Entropy,
     ) -> Result<Vec<u8>, crate::crypto::KeyError> {
-        if self.faults.kek_failing() {
-            return Err(crate::crypto::KeyError::Unavailable(
-                "fault injected".into(),
-            ));
-        }
+        self.fail_if_switched()?;
         self.inner.seal(msg, aad, entropy)
     }
 
@@ -150,11 +150,7 @@ impl<P: crate::crypto::KekProvider> crate::crypto::KekProvider for FaultyKek<P> 
         sealed: &[u8],
         aad: &str,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::crypto::KeyError> {
-        if self.faults.kek_failing() {
-            return Err(crate::crypto::KeyError::Unavailable(
-                "fault injected".into(),
-            ));
-        }
+        self.fail_if_switched()?;
         self.inner.open(sealed, aad)
     }
 }

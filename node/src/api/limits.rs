@@ -83,16 +83,11 @@ pub fn ip_of(addr: &str) -> String {
         .map_or_else(|_| addr.to_owned(), |a| a.ip().to_string())
 }
 
-/// The source address, kept as a request extension for handlers and the audit trail.
-#[derive(Debug, Clone)]
-pub struct Source(pub String);
-
 /// Applies the rates to a request served on this node.
 /// Also counts the failed authentications of the requests it lets through (with the
 /// source address), for the metrics and the audit trail.
-pub async fn layer(State(st): St, mut req: Request, next: Next) -> Response {
+pub async fn layer(State(st): St, req: Request, next: Next) -> Response {
     let src = source_address(&req);
-    req.extensions_mut().insert(Source(src.clone()));
     let key = match check(&st, &req, &src) {
         Ok(k) => k,
         Err(p) => return p.into_response(),

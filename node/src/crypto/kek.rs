@@ -348,6 +348,20 @@ impl KekSet {
     }
 }
 
+impl KekSet {
+    /// The KEK with id `kek_id`, current or previous.
+    fn by_id(&self, kek_id: &str) -> Result<&Kek, KeyError> {
+        if kek_id == self.current_id {
+            return Ok(&self.current);
+        }
+        self.previous
+            .iter()
+            .find(|(id, _)| id == kek_id)
+            .map(|(_, k)| k)
+            .ok_or_else(|| KeyError::UnknownKek(kek_id.to_owned()))
+    }
+}
+
 impl KekProvider for KekSet {
     fn kind(&self) -> &'static str {
         "file"
@@ -377,26 +391,11 @@ impl KekProvider for KekSet {
         sealed: &[u8],
         aad: &str,
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        if kek_id == self.current_id {
-            return self.current.open(sealed, aad);
-        }
-        self.previous
-            .iter()
-            .find(|(id, _)| id == kek_id)
-            .ok_or_else(|| KeyError::UnknownKek(kek_id.to_owned()))?
-            .1
-            .open(sealed, aad)
+        self.by_id(kek_id)?.open(sealed, aad)
     }
 
     fn mac(&self, kek_id: &str, msg: &[u8]) -> Result<[u8; 32], KeyError> {
-        if kek_id == self.current_id {
-            return Ok(self.current.audit_mac(msg));
-        }
-        self.previous
-            .iter()
-            .find(|(id, _)| id == kek_id)
-            .map(|(_, k)| k.audit_mac(msg))
-            .ok_or_else(|| KeyError::UnknownKek(kek_id.to_owned()))
+        Ok(self.by_id(kek_id)?.audit_mac(msg))
     }
 }
 

@@ -588,16 +588,16 @@ impl VaultState {
         let (mut last, mut scanned) = (None, 0);
         for (t, r) in self.tokens.range((from, Bound::Unbounded)).take(scan) {
             scanned += 1;
-            last = Some(t.clone());
+            last = Some(t);
             if r.holds_card() && r.spent_at(now_ms) {
                 found.push(t.clone());
                 if found.len() == limit {
-                    return (found, last);
+                    return (found, last.cloned());
                 }
             }
         }
         // A scan that stopped short of its bound reached the end.
-        (found, last.filter(|_| scanned == scan))
+        (found, last.filter(|_| scanned == scan).cloned())
     }
 
     /// Live keys (data keys not retired, and the fingerprint key, as version 0) with
