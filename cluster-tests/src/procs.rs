@@ -656,7 +656,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    if let Err(e) = kura_node::up::wait_until(what, timeout, probe).await {
+    if let Err(e) = kura_node::cli::wait_until(what, timeout, probe).await {
         panic!("{e}");
     }
 }

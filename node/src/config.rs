@@ -2,7 +2,7 @@
 
 use crate::api::ApiSettings;
 use crate::cluster::RaftSettings;
-use crate::raft_types::{Member, NodeId, Role};
+use crate::member::{Member, NodeId, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -70,10 +70,10 @@ impl FaultSwitches {
     pub async fn before_storage_commit_async(&self) {
         let delay = self.storage_delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
-            crate::raft_types::sleep(Duration::from_millis(delay)).await;
+            crate::runtime::sleep(Duration::from_millis(delay)).await;
         }
         while self.storage_stalled.load(Ordering::Relaxed) {
-            crate::raft_types::sleep(Duration::from_millis(STALL_POLL_MS)).await;
+            crate::runtime::sleep(Duration::from_millis(STALL_POLL_MS)).await;
         }
     }
 

@@ -12,7 +12,7 @@
 //! only complete log; it then leads only until an electable node has caught up.
 
 use crate::api::AppState;
-use crate::raft_types::{NodeId, Role};
+use crate::member::{NodeId, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -287,7 +287,7 @@ impl Health {
 pub async fn run(st: Arc<AppState>) {
     let interval = Duration::from_millis(st.health.settings.check_interval_ms);
     loop {
-        crate::raft_types::sleep(interval).await;
+        crate::runtime::sleep(interval).await;
         run_checks(&st).await;
         poll_peers(&st, interval).await;
         control(&st).await;
@@ -619,7 +619,7 @@ fn spawn_handoff(st: &Arc<AppState>, to: NodeId, cause: String) {
         return;
     }
     let st = st.clone();
-    crate::raft_types::spawn(async move {
+    crate::runtime::spawn(async move {
         handoff(&st, to, &cause).await;
         st.health.handing_over.store(false, Ordering::Release);
     });

@@ -12,12 +12,13 @@ pub mod faults;
 pub mod files;
 pub mod health;
 pub mod limits;
+pub mod member;
 pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod raft_types;
+pub mod runtime;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;
-pub mod up;
 pub mod vault;

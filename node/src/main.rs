@@ -4,7 +4,7 @@ use clap::Parser;
 use kura_node::cli::{self, Cli, Cmd};
 use kura_node::config::{LogFormat, NodeConfig};
 use kura_node::crypto::Entropy;
-use kura_node::raft_types::Rt;
+use kura_node::runtime::Rt;
 use std::process::ExitCode;
 
 /// mimalloc rather than glibc's allocator: under a 256-client write load glibc's malloc
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
                 data_dir,
                 base_port,
                 insecure,
-            } => kura_node::up::up(&data_dir, base_port, insecure).await,
+            } => kura_node::cli::up::up(&data_dir, base_port, insecure).await,
             Cmd::Merchant { config, cmd } => cli::merchant(&config, cmd).await,
             Cmd::Keys { config, cmd } => cli::keys(&config, cmd).await,
             Cmd::Drain { name, config } => cli::drain(&config, &name, true).await,
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
                     .map_err(|e| format!("acquirer simulator on {listen}: {e}"))
             }
             Cmd::Undrain { name, config } => cli::drain(&config, &name, false).await,
-            Cmd::Certs { cmd } => kura_node::certs::run(cmd),
+            Cmd::Certs { cmd } => kura_node::cli::certs::run(cmd),
             Cmd::Audit { cmd } => match cli::audit(cmd).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err("the audit trail does not verify".into()),

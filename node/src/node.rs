@@ -280,14 +280,14 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         .layer(axum::middleware::from_fn(
             cluster::sender_matches_certificate,
         ));
-    crate::raft_types::spawn(api::rewrap_loop(state.clone()));
-    crate::raft_types::spawn(api::sign_loop(state.clone()));
-    crate::raft_types::spawn(api::purge_loop(state.clone()));
-    crate::raft_types::spawn(api::security::flush_loop(state.clone()));
-    crate::raft_types::spawn(sweep_cvcs(state.clone()));
-    crate::raft_types::spawn(crate::health::run(state.clone()));
-    crate::raft_types::spawn(api::payments::resolver_loop(state.clone()));
-    crate::raft_types::spawn(check_routes(state.clone()));
+    crate::runtime::spawn(api::rewrap_loop(state.clone()));
+    crate::runtime::spawn(api::sign_loop(state.clone()));
+    crate::runtime::spawn(api::purge_loop(state.clone()));
+    crate::runtime::spawn(api::security::flush_loop(state.clone()));
+    crate::runtime::spawn(sweep_cvcs(state.clone()));
+    crate::runtime::spawn(crate::health::run(state.clone()));
+    crate::runtime::spawn(api::payments::resolver_loop(state.clone()));
+    crate::runtime::spawn(check_routes(state.clone()));
     let planes = planes_tls(env.tls.as_ref(), cfg, env.admin_token.is_some(), &state);
     let lim = &cfg.limits;
     let limits = |plane, max, per_address| net::ServeLimits {
@@ -308,34 +308,34 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         lim.admin_connections_max,
         lim.admin_connections_max,
     );
-    crate::raft_types::spawn(async move {
+    crate::runtime::spawn(async move {
         if let Err(e) = net::serve(raft_listener, raft_routes, planes.peer, peer_limits).await {
             tracing::error!(error = %e, "raft listener stopped");
         }
     });
     let api_routes = api::router(state.clone());
-    crate::raft_types::spawn(async move {
+    crate::runtime::spawn(async move {
         if let Err(e) = net::serve(api_listener, api_routes, planes.api, api_limits).await {
             tracing::error!(error = %e, "api listener stopped");
         }
     });
     let admin_routes = api::admin_router(state.clone());
-    crate::raft_types::spawn(async move {
+    crate::runtime::spawn(async move {
         if let Err(e) = net::serve(admin_listener, admin_routes, planes.admin, admin_limits).await {
             tracing::error!(error = %e, "admin listener stopped");
         }
     });
     if let Some(tls) = env.tls.clone() {
-        crate::raft_types::spawn(reload_tls(
+        crate::runtime::spawn(reload_tls(
             tls,
             cfg.tls.reload_interval(),
             env.metrics.clone(),
             state.clock.clone(),
         ));
     }
-    crate::raft_types::spawn(update_metrics(state.clone()));
+    crate::runtime::spawn(update_metrics(state.clone()));
     if cfg.raft.snapshot_grows_with_vault {
-        crate::raft_types::spawn(snapshot_when_due(
+        crate::runtime::spawn(snapshot_when_due(
             cluster.clone(),
             cfg.raft.snapshot_every_entries,
         ));
@@ -446,7 +446,7 @@ async fn reload_tls(
             warned_for = not_after;
             tracing::warn!(days_left, "the node's TLS certificate expires soon; renew it (kura certs create-node) and replace the files");
         }
-        crate::raft_types::sleep(every).await;
+        crate::runtime::sleep(every).await;
     }
 }
 
@@ -464,7 +464,7 @@ async fn check_routes(st: Arc<AppState>) {
         for r in st.router.statuses() {
             st.metrics.set_route(&r);
         }
-        crate::raft_types::sleep(st.router.health_interval()).await;
+        crate::runtime::sleep(st.router.health_interval()).await;
     }
 }
 
@@ -474,7 +474,7 @@ const CVC_SWEEP_MS: u64 = 1_000;
 /// Wipes CVCs whose one-time token expired or was used (on this node, as applied here).
 async fn sweep_cvcs(st: Arc<AppState>) {
     loop {
-        crate::raft_types::sleep(std::time::Duration::from_millis(CVC_SWEEP_MS)).await;
+        crate::runtime::sleep(std::time::Duration::from_millis(CVC_SWEEP_MS)).await;
         let now = (st.clock)();
         st.cluster.vault().read(|v| {
             st.cvc.sweep(now, |token| {
@@ -511,7 +511,7 @@ async fn update_metrics(st: Arc<AppState>) {
                 let cause = cluster
                     .incoming_cause_for(s.term)
                     .unwrap_or_else(|| "crash_or_partition".into());
-                crate::raft_types::spawn(record_leader_change(st.clone(), s.term, cause));
+                crate::runtime::spawn(record_leader_change(st.clone(), s.term, cause));
             }
         }
         let (change, totals) = cluster
@@ -543,13 +543,13 @@ async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
     // After a restart the vault's size stands in for the last snapshot's.
     let mut last_tokens = cluster.vault().read(|v| v.token_count()) as u64;
     loop {
-        crate::raft_types::sleep(second).await;
+        crate::runtime::sleep(second).await;
         let before = cluster.status().snapshot_index;
         if let Some(tokens) = cluster.snapshot_if_due(every_entries, last_tokens).await {
             last_tokens = tokens;
             // Let it finish (the snapshot index moves) before judging again.
             for _ in 0..300 {
-                crate::raft_types::sleep(second).await;
+                crate::runtime::sleep(second).await;
                 if cluster.status().snapshot_index != before {
                     break;
                 }
@@ -591,7 +591,7 @@ async fn record_leader_change(st: Arc<AppState>, term: u64, cause: String) {
         if attempts == RECORD_CHANGE_ATTEMPTS_WARN {
             tracing::warn!(term, attempts, error = %err, "still cannot record the leadership change; retrying");
         }
-        crate::raft_types::sleep(std::time::Duration::from_millis(50)).await;
+        crate::runtime::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

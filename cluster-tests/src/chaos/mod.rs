@@ -14,7 +14,7 @@ use crate::oracle::{self, AcquirerTxn, Evidence, LeaderSample, Recovery, Violati
 use kura_node::acquirer::protocol::TxnState;
 use kura_node::acquirer::sim::Ledger;
 use kura_node::faults::FaultState;
-use kura_node::raft_types::Rt;
+use kura_node::runtime::Rt;
 use kura_node::sim::{self, Probe};
 use kura_node::store::SimDisk;
 use schedule::name;

@@ -461,7 +461,7 @@ pub async fn set_faults(
                 serde_json::to_string(&switches.get()).unwrap_or_default()
             );
             let (st2, by) = (st.clone(), Some(op.actor()));
-            crate::raft_types::spawn(async move {
+            crate::runtime::spawn(async move {
                 if let Err(p) = super::security::record(&st2, "faults.set", detail, by).await {
                     tracing::warn!(
                         code = p.code,

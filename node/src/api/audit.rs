@@ -194,7 +194,7 @@ pub async fn verify(State(st): St, body: Bytes) -> HttpResponse {
 pub async fn sign_loop(st: Arc<AppState>) {
     let every = Duration::from_secs(st.settings.audit_sign_interval_s);
     loop {
-        crate::raft_types::sleep(every).await;
+        crate::runtime::sleep(every).await;
         if !st.cluster.is_leader() {
             continue;
         }

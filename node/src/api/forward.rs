@@ -38,7 +38,7 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
     // An admin request goes to the leader's admin plane, naming the operator this node
     // authenticated; the rest to its client API.
     let operator = req.extensions().get::<Operator>().cloned();
-    let addr_of = |m: &crate::raft_types::Member| match operator {
+    let addr_of = |m: &crate::member::Member| match operator {
         Some(_) => m.admin_addr.clone(),
         None => m.api_addr.clone(),
     };

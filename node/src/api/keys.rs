@@ -326,7 +326,7 @@ pub async fn rewrap_loop(st: Arc<AppState>) {
         if moved > 0 {
             tracing::info!(cards = moved, "re-wrap pass finished");
         }
-        crate::raft_types::sleep(Duration::from_millis(REWRAP_IDLE_MS)).await;
+        crate::runtime::sleep(Duration::from_millis(REWRAP_IDLE_MS)).await;
     }
 }
 
@@ -390,6 +390,6 @@ async fn rewrap_pass(st: &AppState) -> Result<u64, Problem> {
             Response::Refused(Refusal::UnknownDataKey) => return Ok(moved),
             other => return Err(unexpected(&other)),
         }
-        crate::raft_types::sleep(Duration::from_millis(REWRAP_PAUSE_MS)).await;
+        crate::runtime::sleep(Duration::from_millis(REWRAP_PAUSE_MS)).await;
     }
 }

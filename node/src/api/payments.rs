@@ -470,7 +470,7 @@ const RESOLVE_AFTER_MS: u64 = 2_000;
 /// On the leader, settles payments left pending by a previous leader.
 pub async fn resolver_loop(st: std::sync::Arc<AppState>) {
     loop {
-        crate::raft_types::sleep(Duration::from_millis(1_000)).await;
+        crate::runtime::sleep(Duration::from_millis(1_000)).await;
         if !st.cluster.is_leader() || !st.router.configured() {
             continue;
         }

@@ -155,7 +155,7 @@ pub async fn flush_loop(st: Arc<AppState>) {
     let every = Duration::from_millis(FAILURES_FLUSH_MS)
         .min(Duration::from_secs(st.settings.audit_sign_interval_s));
     loop {
-        crate::raft_types::sleep(every).await;
+        crate::runtime::sleep(every).await;
         let Some(summary) = st.auth_failures.take_summary() else {
             continue;
         };

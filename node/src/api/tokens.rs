@@ -492,7 +492,7 @@ const PURGE_PAUSE_MS: u64 = 20;
 pub async fn purge_loop(st: std::sync::Arc<AppState>) {
     let mut cursor: Option<String> = None;
     loop {
-        crate::raft_types::sleep(std::time::Duration::from_secs(1)).await;
+        crate::runtime::sleep(std::time::Duration::from_secs(1)).await;
         if !st.cluster.is_leader() {
             cursor = None;
             continue;
@@ -524,6 +524,6 @@ pub async fn purge_loop(st: std::sync::Arc<AppState>) {
             ),
             Err(p) => tracing::debug!(code = p.code, "card purge not written; retrying"),
         }
-        crate::raft_types::sleep(std::time::Duration::from_millis(PURGE_PAUSE_MS)).await;
+        crate::runtime::sleep(std::time::Duration::from_millis(PURGE_PAUSE_MS)).await;
     }
 }

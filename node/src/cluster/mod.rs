@@ -11,8 +11,10 @@ mod server;
 pub use network::encode_snapshot;
 pub use server::{router as raft_router, sender_matches_certificate};
 
+use crate::member::{Member, NodeId, Role};
 use crate::net::HttpPool;
-use crate::raft_types::{Member, NodeId, Raft, Role};
+use crate::raft_types::TypeConfig;
+
 use crate::store::{LogStore, SharedVault, StateMachine, Store};
 use crate::vault::{Command, Response};
 use handoff::HandoffNotice;
@@ -24,6 +26,9 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// This node's Raft instance over kura's state machine.
+pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
 
 /// Header carrying the sender's cluster id on every Raft RPC.
 pub const CLUSTER_ID_HEADER: &str = "kura-cluster-id";
@@ -530,7 +535,7 @@ impl Cluster {
         let frozen = async {
             let poll = self.election_window / 4;
             while !self.core_frozen() {
-                crate::raft_types::sleep(poll).await;
+                crate::runtime::sleep(poll).await;
             }
         };
         tokio::select! {

@@ -1,8 +1,9 @@
 //! The Raft network client: each RPC is one HTTP POST to the peer's Raft listener,
 //! carrying this cluster's id and bounded by openraft's hard TTL.
 
+use crate::member::{Member, NodeId};
 use crate::net::{HttpPool, WireError};
-use crate::raft_types::{Member, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use crate::raft_types::{Snapshot, SnapshotData, TypeConfig, Vote};
 use bytes::Bytes;
 use futures::FutureExt;
 use openraft::error::{

@@ -2,9 +2,10 @@
 
 use super::network::decode_snapshot;
 use super::{Cluster, CLUSTER_ID_HEADER, NODE_ID_HEADER};
+use crate::member::NodeId;
 use crate::net::tls::Identity as CertIdentity;
 use crate::net::ClientIdentity;
-use crate::raft_types::{NodeId, TypeConfig};
+use crate::raft_types::TypeConfig;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -272,7 +272,7 @@ pub async fn serve(
             Ok(c) => c,
             Err(e) if is_transient_accept_error(&e) => {
                 tracing::warn!(error = %e, "accept failed; continuing");
-                crate::raft_types::sleep(std::time::Duration::from_millis(10)).await;
+                crate::runtime::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
             Err(e) => return Err(e),
@@ -288,7 +288,7 @@ pub async fn serve(
         let router = router.clone();
         let tls = tls.clone();
         let limits = limits.clone();
-        crate::raft_types::spawn(async move {
+        crate::runtime::spawn(async move {
             let _slot = slot;
             match tls {
                 None => serve_conn(io, router, peer, None, &limits).await,
@@ -538,6 +538,6 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 /// A spawner that runs connection drivers through the Raft runtime.
 pub fn spawner() -> Spawner {
     Arc::new(|f| {
-        crate::raft_types::spawn(f);
+        crate::runtime::spawn(f);
     })
 }

@@ -1,13 +1,22 @@
 //! The `kura` command line.
 
+pub mod certs;
+mod client;
+pub mod up;
+
+pub use certs::CertsCmd;
+pub use client::{
+    admin_client, ca_trust, config_trust, fetch_statuses, init, local_endpoints, wait_until,
+    OPERATOR_CERT_ENV, OPERATOR_KEY_ENV,
+};
+
 use crate::config::{LogFormat, NodeConfig};
 use clap::{Parser, Subcommand};
-use kura_sdk::tls::TlsConnector;
-use kura_sdk::wire::{Connector, HttpPool, TcpConnector};
-use kura_sdk::{Client, ClientConfig};
+
+use kura_sdk::Client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::Duration;
 
 /// kura: a replicated payment-card token vault.
@@ -129,68 +138,6 @@ pub enum Cmd {
     },
 }
 
-/// Where a new certificate comes from and goes.
-#[derive(Debug, clap::Args)]
-pub struct LeafArgs {
-    /// The CA's directory (`ca.crt`, `ca.key`).
-    #[arg(long, default_value = "kura-ca")]
-    pub ca_dir: PathBuf,
-    /// Where to write the files.
-    #[arg(long, default_value = ".")]
-    pub out_dir: PathBuf,
-    #[arg(long, value_enum, default_value = "p256")]
-    pub algorithm: crate::certs::Algorithm,
-    #[arg(long, default_value_t = crate::certs::LEAF_DAYS_DEFAULT)]
-    pub days: i64,
-}
-
-/// Certificate subcommands.
-#[derive(Debug, Subcommand)]
-pub enum CertsCmd {
-    /// Create the cluster CA (`ca.crt`, `ca.key`) in a directory of its own. Keep the
-    /// key away from every node's directory: only `kura certs` needs it.
-    CreateCa {
-        #[arg(long, default_value = "kura-ca")]
-        dir: PathBuf,
-        #[arg(long, default_value = "kura cluster CA")]
-        common_name: String,
-        #[arg(long, value_enum, default_value = "p256")]
-        algorithm: crate::certs::Algorithm,
-        #[arg(long, default_value_t = crate::certs::CA_DAYS_DEFAULT)]
-        days: i64,
-    },
-    /// Create a node's certificate (`<name>.crt`, `<name>.key`), naming it
-    /// `kura://node/<id>` and valid for the given hosts (DNS names or IP addresses).
-    CreateNode {
-        /// The node's id in the cluster's config.
-        #[arg(long)]
-        id: u64,
-        /// The node's name (main, dr, bk): the files' name.
-        #[arg(long)]
-        name: String,
-        #[command(flatten)]
-        leaf: LeafArgs,
-        /// Host names and addresses clients and peers reach the node by.
-        #[arg(required = true)]
-        hosts: Vec<String>,
-    },
-    /// Create a named operator's client certificate for the admin plane.
-    CreateOperator {
-        #[arg(long)]
-        name: String,
-        /// `admin` changes things; `auditor` reads status, audit and keys status only.
-        #[arg(long, value_enum, default_value = "admin")]
-        role: crate::net::tls::OperatorRole,
-        #[command(flatten)]
-        leaf: LeafArgs,
-    },
-    /// Show the subject, names and expiry of every `.crt` file under a directory.
-    List {
-        #[arg(default_value = ".")]
-        dir: PathBuf,
-    },
-}
-
 /// The main node's config written by `kura up`.
 pub const DEFAULT_CONFIG: &str = "kura-data/main.toml";
 
@@ -291,87 +238,6 @@ pub enum MerchantCmd {
     },
 }
 
-/// Default API endpoints of `kura up`.
-pub fn local_endpoints(base_port: u16) -> Vec<String> {
-    (0..3)
-        .map(|i| format!("127.0.0.1:{}", base_port + i))
-        .collect()
-}
-
-fn read_token(path: &Path) -> Result<String, String> {
-    let token = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read admin_token_file {}: {e}", path.display()))?;
-    Ok(token.trim().to_owned())
-}
-
-/// Environment variables naming the operator certificate and key the CLI presents.
-pub const OPERATOR_CERT_ENV: &str = "KURA_OPERATOR_CERT";
-pub const OPERATOR_KEY_ENV: &str = "KURA_OPERATOR_KEY";
-
-/// The operator certificate the CLI presents on the admin plane: `$KURA_OPERATOR_CERT`
-/// and `$KURA_OPERATOR_KEY`, else `operators/admin.crt` and `.key` beside the config
-/// (what `kura up` writes).
-fn operator_files(config: &Path) -> Option<(PathBuf, PathBuf)> {
-    if let (Some(c), Some(k)) = (
-        std::env::var_os(OPERATOR_CERT_ENV),
-        std::env::var_os(OPERATOR_KEY_ENV),
-    ) {
-        return Some((c.into(), k.into()));
-    }
-    let dir = config.parent()?.join("operators");
-    let (c, k) = (dir.join("admin.crt"), dir.join("admin.key"));
-    (c.exists() && k.exists()).then_some((c, k))
-}
-
-/// A client of the admin plane of the cluster `cfg` (read from `config`) belongs to:
-/// TLS with an operator certificate; a break-glass token only when the config names one
-/// and no certificate is at hand; the token over plain HTTP in the insecure mode.
-pub fn admin_client(cfg: &NodeConfig, config: &Path) -> Result<Client, String> {
-    admin_client_for(cfg, config, cfg.admin_endpoints())
-}
-
-fn admin_client_for(
-    cfg: &NodeConfig,
-    config: &Path,
-    endpoints: Vec<String>,
-) -> Result<Client, String> {
-    let Some(ca) = &cfg.tls.ca_file else {
-        let token = match &cfg.admin_token_file {
-            Some(p) => read_token(p)?,
-            None => String::new(),
-        };
-        return Ok(Client::new(ClientConfig::new(endpoints, token)));
-    };
-    let c = match (operator_files(config), &cfg.admin_token_file) {
-        (Some((crt, key)), _) => ClientConfig::new(endpoints, "").with_client_cert(ca, &crt, &key),
-        (None, Some(token)) => ClientConfig::new(endpoints, read_token(token)?).with_ca_file(ca),
-        (None, None) => {
-            return Err(format!(
-                "no operator certificate: set {OPERATOR_CERT_ENV} and {OPERATOR_KEY_ENV} \
-                 (see `kura certs create-operator`), or put operators/admin.crt and .key beside the config"
-            ))
-        }
-    };
-    Ok(Client::new(c.map_err(|e| e.0)?))
-}
-
-/// `kura init`: asks the config's own node to form the cluster.
-pub async fn init(config: &Path) -> Result<(), String> {
-    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
-    let client = admin_client_for(&cfg, config, vec![cfg.me().admin_addr.clone()])?;
-    let r = client
-        .call(http::Method::POST, "/admin/v1/init", None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let id = r.body["cluster_id"].as_str().unwrap_or("?");
-    if r.body["already_initialized"].as_bool() == Some(true) {
-        println!("cluster {id} was already initialized; nothing to do");
-    } else {
-        println!("cluster {id} formed with {} members", cfg.peers.len());
-    }
-    Ok(())
-}
-
 /// `kura merchant ...`.
 pub async fn merchant(config: &Path, cmd: MerchantCmd) -> Result<(), String> {
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
@@ -454,7 +320,7 @@ pub async fn drain(config: &Path, name: &str, drained: bool) -> Result<(), Strin
     }
     let endpoints = cfg.api_endpoints();
     let tls = config_trust(&cfg)?;
-    crate::up::wait_until(
+    wait_until(
         "the drained node to give up leadership and report not ready",
         Duration::from_secs(DRAIN_WAIT_S),
         || async {
@@ -641,46 +507,6 @@ fn verify_offline(
             Ok(false)
         }
     }
-}
-
-/// TLS trusting the CA in `ca_file`, for the CLI's plain status reads.
-pub fn ca_trust(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = kura_sdk::tls::roots_from_file(ca_file).map_err(|e| e.0)?;
-    Ok(Arc::new(
-        kura_sdk::tls::client_config(roots, None).map_err(|e| e.0)?,
-    ))
-}
-
-/// TLS trusting the CA of `cfg`'s cluster; `None` in the insecure mode.
-pub fn config_trust(cfg: &NodeConfig) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
-    cfg.tls.ca_file.as_deref().map(ca_trust).transpose()
-}
-
-/// Fetches `/v1/cluster/status` from every endpoint (unreachable ones are `None`), over
-/// TLS when `tls` is given.
-pub async fn fetch_statuses(
-    endpoints: &[String],
-    tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Vec<(String, Option<Value>)> {
-    let tcp: Arc<dyn Connector> = Arc::new(TcpConnector);
-    let connector: Arc<dyn Connector> = match tls {
-        Some(t) => Arc::new(TlsConnector::fixed(tcp, (**t).clone())),
-        None => tcp,
-    };
-    let pool = HttpPool::new(connector, kura_sdk::wire::tokio_spawner(), 1 << 20);
-    let mut out = Vec::new();
-    for ep in endpoints {
-        let req = http::Request::get("/v1/cluster/status")
-            .header(http::header::HOST, ep.as_str())
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("valid request");
-        let v = match pool.send(ep, req, Duration::from_secs(2)).await {
-            Ok(r) if r.status().is_success() => serde_json::from_slice(r.body()).ok(),
-            _ => None,
-        };
-        out.push((ep.clone(), v));
-    }
-    out
 }
 
 /// The CA `kura up` writes, used by `kura status` when given neither a config nor a CA.

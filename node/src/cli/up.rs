@@ -1,13 +1,13 @@
 //! `kura up`: a local three-node cluster on loopback with generated keys and configs.
 
-use crate::cli::{admin_client, fetch_statuses};
+use super::client::{admin_client, config_trust, fetch_statuses, init, wait_until};
 use crate::config::NodeConfig;
 use crate::crypto::{write_private, Entropy, Kek};
 use crate::vault::token::base62_u128;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NODES: [(u64, &str, &str); 3] = [(1, "main", "main"), (2, "dr", "dr"), (3, "bk", "bk")];
 
@@ -209,22 +209,6 @@ fn spawn_child(args: &[std::ffi::OsString], log: &Path) -> Result<Child, String>
         .map_err(|e| e.to_string())
 }
 
-/// Polls `probe` every 50 ms until it holds; an error naming `what` after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<(), String>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if probe().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("timed out after {timeout:?} waiting for {what}"))
-}
-
 fn stop(children: &mut [Child]) {
     for c in children.iter() {
         // SAFETY: kill(2) with a pid we spawned and SIGTERM has no memory-safety concerns.
@@ -296,7 +280,7 @@ pub async fn up(data_dir: &Path, base_port: u16, insecure: bool) -> Result<(), S
 async fn bring_up(data_dir: &Path, configs: &[PathBuf]) -> Result<String, String> {
     let main_cfg = NodeConfig::load(&configs[0]).map_err(|e| e.to_string())?;
     let endpoints = main_cfg.api_endpoints();
-    let tls = crate::cli::config_trust(&main_cfg)?;
+    let tls = config_trust(&main_cfg)?;
     wait_until(
         "all three nodes to listen",
         Duration::from_secs(20),
@@ -308,7 +292,7 @@ async fn bring_up(data_dir: &Path, configs: &[PathBuf]) -> Result<String, String
         },
     )
     .await?;
-    crate::cli::init(&configs[0]).await?;
+    init(&configs[0]).await?;
     wait_until("a leader", Duration::from_secs(20), || async {
         fetch_statuses(&endpoints, tls.as_ref())
             .await
