@@ -80,9 +80,9 @@ pub struct NodeConfig {
     #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
-    pub health: crate::health::HealthSettings,
+    pub health: crate::failover::HealthSettings,
     #[serde(default)]
-    pub failover: crate::health::FailoverSettings,
+    pub failover: crate::failover::FailoverSettings,
     #[serde(default)]
     pub faults: FaultSettings,
     #[serde(default)]

@@ -338,10 +338,10 @@ impl Metrics {
     }
 
     /// Counts `n` more leadership changes with `cause`.
-    pub fn leader_changed(&self, cause: &str, n: u64) {
+    pub fn leader_changed(&self, cause: crate::vault::LeaderChangeCause, n: u64) {
         self.raft_leader_changes
             .get_or_create(&CauseLabels {
-                cause: cause.to_owned(),
+                cause: cause.as_str().to_owned(),
             })
             .inc_by(n);
     }
@@ -472,7 +472,7 @@ mod tests {
         let m = Metrics::new();
         m.raft_term.set(3);
         m.store_log_fsync.observe(0.002);
-        m.leader_changed("failback", 1);
+        m.leader_changed(crate::vault::LeaderChangeCause::Failback, 1);
         m.observe_request("/v1/tokens", "POST", 201, Duration::from_millis(3));
         for invented in ["BREW", "X-ATTACK-1", "X-ATTACK-2"] {
             m.observe_request("unmatched", invented, 404, Duration::from_millis(1));

@@ -4,7 +4,7 @@
 //! entropy, wall clock) and simulation (turmoil network, in-memory disk, inline
 //! commits, seeded entropy, simulated clock): only [`NodeEnv`] differs.
 
-use crate::api::{self, AppState, Clock};
+use crate::api::{self, AppState};
 use crate::cluster::{self, Cluster};
 use crate::config::NodeConfig;
 use crate::crypto::{api_key_hash, Entropy, Kek, KekSet, KeyRing};
@@ -12,6 +12,7 @@ use crate::cvc::CvcStore;
 use crate::metrics::Metrics;
 use crate::net::tls::NodeTls;
 use crate::net::{self, Connector, HttpPool, Net, ServeTls};
+use crate::runtime::Clock;
 use crate::store::{FsyncObserver, Store, WriterMode};
 use std::io;
 use std::sync::Arc;
@@ -247,9 +248,29 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     } else {
         Arc::new(env.kek)
     };
+    let keys = Arc::new(KeyRing::new(kek));
+    let router = Arc::new(crate::acquirer::router::Router::new(
+        cfg.acquirer.clone(),
+        acquirer_pool,
+        faults_on.then_some(faults.clone()),
+    ));
+    let failover = Arc::new(crate::failover::Failover {
+        cluster: cluster.clone(),
+        health: Arc::new(crate::failover::Health::new(
+            cfg.health.clone(),
+            cfg.failover.clone(),
+            cfg.raft.election_timeout_max_ms,
+        )),
+        router: router.clone(),
+        keys: keys.clone(),
+        entropy: env.entropy.clone(),
+        metrics: env.metrics.clone(),
+        clock: env.clock.clone(),
+        transfer_timeout: std::time::Duration::from_millis(cfg.api.write_timeout_ms),
+    });
     let state = Arc::new(AppState {
         cluster: cluster.clone(),
-        keys: Arc::new(KeyRing::new(kek)),
+        keys,
         entropy: env.entropy,
         clock: env.clock,
         metrics: env.metrics.clone(),
@@ -260,17 +281,9 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
             cfg.api.cvc_entries_max,
             cfg.limits.cvc_share_per_merchant_percent,
         )),
-        health: Arc::new(crate::health::Health::new(
-            cfg.health.clone(),
-            cfg.failover.clone(),
-            cfg.raft.election_timeout_max_ms,
-        )),
-        faults: faults_on.then_some(faults.clone()),
-        router: Arc::new(crate::acquirer::router::Router::new(
-            cfg.acquirer.clone(),
-            acquirer_pool,
-            faults_on.then_some(faults),
-        )),
+        failover: failover.clone(),
+        faults: faults_on.then_some(faults),
+        router,
         payments_in_flight: Default::default(),
         limiters: api::limits::Limiters::new(&cfg.limits),
         auth_failures: Default::default(),
@@ -285,7 +298,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     crate::runtime::spawn(api::purge_loop(state.clone()));
     crate::runtime::spawn(api::security::flush_loop(state.clone()));
     crate::runtime::spawn(sweep_cvcs(state.clone()));
-    crate::runtime::spawn(crate::health::run(state.clone()));
+    crate::runtime::spawn(crate::failover::run(failover));
     crate::runtime::spawn(api::payments::resolver_loop(state.clone()));
     crate::runtime::spawn(check_routes(state.clone()));
     let planes = planes_tls(env.tls.as_ref(), cfg, env.admin_token.is_some(), &state);
@@ -425,7 +438,7 @@ async fn reload_tls(
     tls: Arc<NodeTls>,
     every: std::time::Duration,
     metrics: Arc<Metrics>,
-    clock: crate::api::Clock,
+    clock: crate::runtime::Clock,
 ) {
     let mut warned_for = 0;
     loop {
@@ -494,7 +507,8 @@ async fn sweep_cvcs(st: Arc<AppState>) {
 async fn update_metrics(st: Arc<AppState>) {
     let (cluster, m) = (st.cluster.clone(), st.metrics.clone());
     let (mut seen_leader_term, mut logged_term) = (0, 0);
-    let mut counted: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut counted: std::collections::BTreeMap<crate::vault::LeaderChangeCause, u64> =
+        Default::default();
     let mut watch = cluster.watch();
     loop {
         cluster.core_seen();
@@ -510,7 +524,7 @@ async fn update_metrics(st: Arc<AppState>) {
             if s.state == "leader" {
                 let cause = cluster
                     .incoming_cause_for(s.term)
-                    .unwrap_or_else(|| "crash_or_partition".into());
+                    .unwrap_or(crate::vault::LeaderChangeCause::CrashOrPartition);
                 crate::runtime::spawn(record_leader_change(st.clone(), s.term, cause));
             }
         }
@@ -526,8 +540,8 @@ async fn update_metrics(st: Arc<AppState>) {
             tracing::info!(leader = %c.leader_name, term = c.term, cause = %c.cause, "leader changed");
         }
         for (cause, total) in totals {
-            let seen = counted.entry(cause.clone()).or_default();
-            m.leader_changed(&cause, total.saturating_sub(*seen));
+            let seen = counted.entry(cause).or_default();
+            m.leader_changed(cause, total.saturating_sub(*seen));
             *seen = total;
         }
         if !watch.changed().await {
@@ -559,7 +573,11 @@ async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
 }
 
 /// The new leader records its term's leadership change and its cause in the log.
-async fn record_leader_change(st: Arc<AppState>, term: u64, cause: String) {
+async fn record_leader_change(
+    st: Arc<AppState>,
+    term: u64,
+    cause: crate::vault::LeaderChangeCause,
+) {
     let me = st.cluster.me();
     let cmd = crate::vault::Command::RecordLeaderChange {
         leader_node: st.cluster.id(),
@@ -570,7 +588,7 @@ async fn record_leader_change(st: Arc<AppState>, term: u64, cause: String) {
     };
     // A new leader accepts writes only once it has committed an entry of its term. It
     // keeps trying for as long as it leads that term: it hands leadership on only once
-    // the record is in (see `health::control`).
+    // the record is in (see `failover::decide`).
     let mut attempts = 0;
     loop {
         if st.cluster.status().term != term || !st.cluster.is_leader() {

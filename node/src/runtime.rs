@@ -19,3 +19,7 @@ where
 pub fn sleep(d: std::time::Duration) -> impl std::future::Future<Output = ()> {
     <Rt as openraft::AsyncRuntime>::sleep(d)
 }
+
+/// Unix time in milliseconds: the wall clock in production, simulated time in
+/// simulations.
+pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;

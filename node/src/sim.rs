@@ -2,7 +2,6 @@
 //! with a simulated network, disk, clock and entropy.
 
 use crate::acquirer::sim::Ledger;
-use crate::api::Clock;
 use crate::certs::{self, Issued, NewKey};
 use crate::cluster::{Cluster, ClusterStatus};
 use crate::config::{NodeConfig, PeerConfig};
@@ -12,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::net::tls::{Identity, NodeTls, OperatorRole, Pem};
 use crate::net::Net;
 use crate::node::{fsync_observer, NodeEnv};
+use crate::runtime::Clock;
 use crate::store::{SimDisk, Store};
 use crate::{member::Role, runtime::Rt};
 use sha2::{Digest, Sha256};

@@ -4,10 +4,12 @@
 //! seed, so a seed replays byte for byte (compare [`Report::trace_hash`]).
 
 mod params;
+mod rng;
 mod schedule;
 mod workload;
 
-pub use params::{Params, Rng};
+pub use params::Params;
+pub use rng::Rng;
 pub use schedule::{Fault, Scheduled, Target, NODES};
 
 use crate::oracle::{self, AcquirerTxn, Evidence, LeaderSample, Recovery, Violation};

@@ -1,7 +1,7 @@
 //! Faults and their schedule. Nodes are named by id (1 main, 2 dr, 3 bk); a fault aimed
 //! at `Leader` hits whichever node leads when it fires.
 
-use super::params::Rng;
+use super::rng::Rng;
 use std::fmt;
 
 /// Which node a fault hits.

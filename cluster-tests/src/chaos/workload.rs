@@ -3,7 +3,7 @@
 //! and reads everything back once the replicas have converged. Every answer becomes an
 //! oracle event and a trace line.
 
-use super::params::Rng;
+use super::rng::Rng;
 use super::{Shared, World};
 use crate::oracle::{Event, EventKind, Level, PaymentSeen};
 use http::Method;

@@ -351,7 +351,7 @@ pub async fn transfer_leader(
             if to != st.cluster.id() {
                 let timeout = std::time::Duration::from_millis(st.settings.write_timeout_ms);
                 st.cluster
-                    .transfer_leader(to, "operator", timeout)
+                    .transfer_leader(to, crate::vault::LeaderChangeCause::Operator, timeout)
                     .await
                     .map_err(|e| {
                         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "transfer_failed", e)

@@ -1,7 +1,7 @@
 //! Liveness, readiness, cluster status and the metrics endpoint.
 
 use super::{AppState, St};
-use crate::health::NodeHealth;
+use crate::failover::NodeHealth;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,15 +14,7 @@ pub async fn live() -> Response {
 
 /// This node's health report.
 pub fn own_report(st: &AppState) -> NodeHealth {
-    let drained = st
-        .cluster
-        .vault()
-        .read(|v| v.is_drained(&st.cluster.me().name));
-    NodeHealth {
-        last_log_index: Some(st.cluster.last_log_index()),
-        kek_ids: st.keys.kek().ids(),
-        ..st.health.report(drained)
-    }
+    st.failover.own_report()
 }
 
 /// `GET /health/ready`: 200 when this node can serve client requests now (knows a
@@ -57,7 +49,7 @@ pub async fn admin_cluster_status(State(st): St) -> Response {
 
 fn status_view(st: &AppState) -> serde_json::Value {
     let mut v = serde_json::to_value(st.cluster.status()).expect("status serializes");
-    let peers = st.health.peer_reports();
+    let peers = st.failover.health.peer_reports();
     v["health"] = json!(own_report(st));
     v["acquirer_routes"] = json!(st.router.statuses());
     if let Some(members) = v["members"].as_array_mut() {

@@ -76,7 +76,7 @@ pub async fn rotate_kek(State(st): St, Extension(op): Extension<Operator>) -> Ht
             let kek = st.keys.kek();
             let target = kek.id();
             let me = st.cluster.id();
-            let reports = st.health.peer_reports();
+            let reports = st.failover.health.peer_reports();
             let mut lagging = Vec::new();
             for (id, member) in st.cluster.members() {
                 if *id == me {

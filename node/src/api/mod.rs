@@ -40,8 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 pub use tokens::purge_loop;
 
-/// Unix time in milliseconds: the wall clock in production, simulated time in simulations.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+pub use crate::runtime::Clock;
 
 /// API limits and defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,8 +118,8 @@ pub struct AppState {
     pub pool: Arc<HttpPool>,
     /// CVCs of one-time tokens, in memory only.
     pub cvc: Arc<CvcStore>,
-    /// Health checks and the view of the other nodes.
-    pub health: Arc<crate::health::Health>,
+    /// Health checks, the view of the other nodes, and the leadership controller.
+    pub failover: Arc<crate::failover::Failover>,
     /// Fault switches, when fault injection is enabled on this node.
     pub faults: Option<Arc<crate::faults::FaultSwitches>>,
     /// The acquirer routes.

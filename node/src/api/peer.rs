@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CVC_PATH: &str = "/peer/v1/cvc";
-/// Where other nodes read this node's health.
-pub const HEALTH_PATH: &str = "/peer/v1/health";
 /// A sealed CVC copy is tiny; anything bigger is not one.
 const CVC_BODY_BYTES_MAX: usize = 4096;
 
@@ -77,7 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             super::security::EVENT_PATH,
             post(super::security::take_event),
         )
-        .route(HEALTH_PATH, axum::routing::get(health))
+        .route(crate::failover::HEALTH_PATH, axum::routing::get(health))
         .layer(axum::extract::DefaultBodyLimit::max(CVC_BODY_BYTES_MAX))
         .with_state(state)
 }

@@ -10,18 +10,17 @@
 //! a record of a later term is applied the notice is settled, so it never labels a
 //! change it did not cause.
 
+use crate::vault::LeaderChangeCause;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// How long a notice stays valid.
 const TTL: Duration = Duration::from_secs(10);
-/// Longest cause accepted.
-const CAUSE_CHARS_MAX: usize = 64;
 
 /// One leader's word of why it hands over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HandoffNotice {
-    cause: String,
+    cause: LeaderChangeCause,
     /// The term of the leader handing over; the notice speaks for a later leader only.
     from_term: u64,
     at: Instant,
@@ -29,7 +28,7 @@ pub(crate) struct HandoffNotice {
 
 impl HandoffNotice {
     /// The wire form: `cause term`.
-    pub(crate) fn body(cause: &str, from_term: u64) -> String {
+    pub(crate) fn body(cause: LeaderChangeCause, from_term: u64) -> String {
         format!("{cause} {from_term}")
     }
 
@@ -44,14 +43,11 @@ impl HandoffNotice {
             ),
             None => (body, current_term),
         };
-        let ok = !cause.is_empty()
-            && cause.len() <= CAUSE_CHARS_MAX
-            && cause.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-        if !ok {
-            return Err("a handoff cause is 1-64 characters of a-z and '_'".into());
-        }
+        let Some(cause) = LeaderChangeCause::parse(cause) else {
+            return Err("not a leader-change cause".into());
+        };
         Ok(HandoffNotice {
-            cause: cause.to_owned(),
+            cause,
             from_term,
             at,
         })
@@ -60,10 +56,14 @@ impl HandoffNotice {
 
 /// The cause a leader of `term` records: the held notice's, when it came from an
 /// earlier term within the TTL. The notice stays held until [`settle`].
-pub(crate) fn cause_for(held: &Option<HandoffNotice>, term: u64, now: Instant) -> Option<String> {
+pub(crate) fn cause_for(
+    held: &Option<HandoffNotice>,
+    term: u64,
+    now: Instant,
+) -> Option<LeaderChangeCause> {
     held.as_ref()
         .filter(|n| n.from_term < term && now.saturating_duration_since(n.at) <= TTL)
-        .map(|n| n.cause.clone())
+        .map(|n| n.cause)
 }
 
 /// Called with the term of the latest leader change on record: a notice from an earlier
@@ -85,17 +85,20 @@ mod tests {
     #[test]
     fn a_notice_labels_the_next_recorded_leader_whoever_it_is_and_only_once() {
         let now = Instant::now();
-        let mut held = notice(&HandoffNotice::body("unhealthy_storage", 4), 4);
+        let mut held = notice(
+            &HandoffNotice::body(LeaderChangeCause::UnhealthyStorage, 4),
+            4,
+        );
         // The old leader's own term (seen late) is not the handoff's doing.
         assert_eq!(cause_for(&held, 4, now), None);
         assert_eq!(
-            cause_for(&held, 5, now).as_deref(),
+            cause_for(&held, 5, now).map(LeaderChangeCause::as_str),
             Some("unhealthy_storage")
         );
         // Term 5's leader lost its term before its record committed: term 6's uses it.
         settle(&mut held, 4);
         assert_eq!(
-            cause_for(&held, 6, now).as_deref(),
+            cause_for(&held, 6, now).map(LeaderChangeCause::as_str),
             Some("unhealthy_storage")
         );
         // Recorded: a crash after the handoff is a crash.
@@ -116,7 +119,7 @@ mod tests {
         let held = notice("operator", 7);
         assert_eq!(cause_for(&held, 7, Instant::now()), None);
         assert_eq!(
-            cause_for(&held, 8, Instant::now()).as_deref(),
+            cause_for(&held, 8, Instant::now()).map(LeaderChangeCause::as_str),
             Some("operator")
         );
     }
@@ -131,6 +134,7 @@ mod tests {
             "x 1 2",
             &"a".repeat(65),
             "drop;table 3",
+            "bored 3",
         ] {
             assert!(HandoffNotice::parse(bad, 1, now).is_err(), "{bad:?}");
         }

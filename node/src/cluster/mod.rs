@@ -424,7 +424,7 @@ impl Cluster {
 
     /// The cause this node records on becoming leader of `term`, if a handoff notice
     /// speaks for it (see `handoff::cause_for`).
-    pub fn incoming_cause_for(&self, term: u64) -> Option<String> {
+    pub fn incoming_cause_for(&self, term: u64) -> Option<crate::vault::LeaderChangeCause> {
         let held = self.incoming_cause.lock().expect("cause lock");
         handoff::cause_for(&held, term, tokio::time::Instant::now())
     }
@@ -729,7 +729,7 @@ impl Cluster {
     pub async fn transfer_leader(
         &self,
         to: NodeId,
-        cause: &str,
+        cause: crate::vault::LeaderChangeCause,
         timeout: Duration,
     ) -> Result<(), String> {
         if !self.is_leader() {

@@ -4,6 +4,7 @@
 //! carried inside the command, so every node's `apply` reaches the same result.
 
 use super::card::Brand;
+use super::leader_change::LeaderChangeCause;
 use super::payment::{AuthOutcome, Payment, PaymentRefusal};
 use super::token::{TokenFormat, TokenKind};
 use serde::{Deserialize, Serialize};
@@ -229,14 +230,12 @@ pub enum Command {
         by: Option<String>,
     },
     /// Written by a new leader at the start of its term: who leads, and why leadership
-    /// changed (`crash_or_partition`, `operator`, `failback`, `unhealthy_storage`,
-    /// `unhealthy_keys`, `unhealthy_routes`), so every node logs and counts the change
-    /// with the same cause.
+    /// changed, so every node logs and counts the change with the same cause.
     RecordLeaderChange {
         leader_node: u64,
         leader_name: String,
         term: u64,
-        cause: String,
+        cause: LeaderChangeCause,
         at_ms: u64,
     },
     /// Marks a node drained (it gives up leadership, reports not ready and does not stand

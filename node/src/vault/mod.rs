@@ -8,6 +8,7 @@ pub mod audit;
 pub mod card;
 pub mod command;
 pub mod hex_bytes;
+pub mod leader_change;
 pub mod payment;
 pub mod state;
 pub mod token;
@@ -17,5 +18,6 @@ pub use command::{
     Command, Idempotency, IdempotencyRecord, KeyRole, MerchantInfo, MerchantSettings,
     PaymentChange, Refusal, Reseal, Response, SealedCard, StoredOutcome, TokenMeta,
 };
+pub use leader_change::{LeaderChange, LeaderChangeCause};
 pub use state::VaultState;
 pub use token::{TokenFormat, TokenKind};

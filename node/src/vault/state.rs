@@ -5,6 +5,7 @@ use super::command::{
     Command, Idempotency, IdempotencyRecord, KeyRole, MerchantInfo, MerchantSettings,
     PaymentChange, Refusal, Reseal, Response, SealedCard, StoredOutcome, TokenMeta,
 };
+use super::leader_change::{LeaderChange, LeaderChangeCause};
 use super::payment::{AuthOutcome, Payment, PaymentRefusal, PaymentState};
 use super::token::TokenKind;
 use imbl::OrdMap;
@@ -108,16 +109,6 @@ pub struct DataKeyInfo {
     pub kek_id: Option<String>,
 }
 
-/// A leadership change as its new leader recorded it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaderChange {
-    pub leader_node: u64,
-    pub leader_name: String,
-    pub term: u64,
-    pub cause: String,
-    pub at_ms: u64,
-}
-
 /// A wrapped key with the time it was installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedKey {
@@ -155,7 +146,7 @@ pub struct VaultState {
     /// Recorded leadership changes by cause, all of them: a node that applies several
     /// at once still counts each.
     #[serde(default)]
-    leader_changes: BTreeMap<String, u64>,
+    leader_changes: BTreeMap<LeaderChangeCause, u64>,
     /// Names of drained nodes.
     drained: std::collections::BTreeSet<String>,
     /// Payments by id.
@@ -385,12 +376,12 @@ impl VaultState {
                 cause,
                 at_ms,
             } => {
-                *self.leader_changes.entry(cause.clone()).or_default() += 1;
+                *self.leader_changes.entry(*cause).or_default() += 1;
                 self.last_leader_change = Some(LeaderChange {
                     leader_node: *leader_node,
                     leader_name: leader_name.clone(),
                     term: *term,
-                    cause: cause.clone(),
+                    cause: *cause,
                     at_ms: *at_ms,
                 });
                 Ok(Response::Recorded)
@@ -969,7 +960,7 @@ impl VaultState {
     }
 
     /// How many leadership changes were recorded, by cause.
-    pub fn leader_changes(&self) -> &BTreeMap<String, u64> {
+    pub fn leader_changes(&self) -> &BTreeMap<LeaderChangeCause, u64> {
         &self.leader_changes
     }
 
@@ -1356,7 +1347,7 @@ fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
                 cause,
                 ..
             } => (
-                if cause == "operator" {
+                if *cause == LeaderChangeCause::Operator {
                     admin(&None)
                 } else {
                     system()

@@ -1,0 +1,321 @@
+//! This node's checks, its view of the other nodes, and the settings that bound both.
+
+use crate::member::NodeId;
+use crate::vault::LeaderChangeCause;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Check intervals, thresholds and bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// How often every check runs.
+    pub check_interval_ms: u64,
+    /// Consecutive failures that make a check (and the node) unhealthy.
+    pub unhealthy_threshold: u32,
+    /// A storage canary slower than this fails.
+    pub storage_canary_latency_ms_max: u64,
+    /// A node further behind than this many entries is not ready.
+    pub ready_lag_entries_max: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            check_interval_ms: 250,
+            unhealthy_threshold: 3,
+            storage_canary_latency_ms_max: 500,
+            ready_lag_entries_max: 1_000,
+        }
+    }
+}
+
+/// Whether leadership moves back to a preferred node by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failback {
+    Auto,
+    Manual,
+}
+
+/// Failover and failback policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSettings {
+    pub failback: Failback,
+    /// How long a preferred node must stay healthy and caught up before failback.
+    pub failback_stabilization_s: u64,
+    /// The configuration is refused if its worst-case failover exceeds this.
+    pub failover_deadline_s: u64,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        FailoverSettings {
+            failback: Failback::Auto,
+            failback_stabilization_s: 10,
+            failover_deadline_s: 90,
+        }
+    }
+}
+
+impl HealthSettings {
+    /// Checks the settings and that the worst-case failover — detection plus election,
+    /// for a crash and for a gray failure — fits `failover.failover_deadline_s`.
+    pub fn validate(
+        &self,
+        failover: &FailoverSettings,
+        election_timeout_max_ms: u64,
+    ) -> Result<(), String> {
+        if !(10..=60_000).contains(&self.check_interval_ms) {
+            return Err("health.check_interval_ms must be between 10 and 60000".into());
+        }
+        if !(1..=100).contains(&self.unhealthy_threshold) {
+            return Err("health.unhealthy_threshold must be between 1 and 100".into());
+        }
+        if self.storage_canary_latency_ms_max == 0 {
+            return Err("health.storage_canary_latency_ms_max must be greater than 0".into());
+        }
+        if failover.failover_deadline_s == 0 {
+            return Err("failover.failover_deadline_s must be greater than 0".into());
+        }
+        let worst = self.worst_case_failover_ms(election_timeout_max_ms);
+        if worst > failover.failover_deadline_s * 1000 {
+            return Err(format!(
+                "the worst-case failover of these settings is {worst} ms (unhealthy_threshold x (check_interval_ms + storage_canary_latency_ms_max) + 2 x raft.election_timeout_max_ms), over failover.failover_deadline_s = {}",
+                failover.failover_deadline_s
+            ));
+        }
+        Ok(())
+    }
+
+    /// Detection of a gray failure (every check round taking its full canary bound) plus
+    /// two election rounds (one may split).
+    pub fn worst_case_failover_ms(&self, election_timeout_max_ms: u64) -> u64 {
+        u64::from(self.unhealthy_threshold)
+            * (self.check_interval_ms + self.storage_canary_latency_ms_max)
+            + 2 * election_timeout_max_ms
+    }
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    Fail,
+    NotConfigured,
+}
+
+/// One check as `/health/ready` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub status: CheckStatus,
+    pub latency_ms: Option<f64>,
+    pub message: String,
+    pub consecutive_failures: u32,
+}
+
+/// A node's health as it reports it to operators and to the other nodes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// Storage and keys have not failed `unhealthy_threshold` times in a row.
+    pub healthy: bool,
+    /// Can serve client requests now: healthy, knows a leader, caught up, not drained.
+    pub ready: bool,
+    pub drained: bool,
+    /// Why the node is unhealthy (`unhealthy_storage`, `unhealthy_keys`).
+    pub unhealthy_cause: Option<LeaderChangeCause>,
+    /// Every acquirer route has failed from this node `unhealthy_threshold` times in a row.
+    #[serde(default)]
+    pub routes_cut: bool,
+    pub checks: Vec<Check>,
+    /// The index of the last entry in this node's log (or its snapshot), when known.
+    #[serde(default)]
+    pub last_log_index: Option<u64>,
+    /// The key-encryption keys this node holds, its current one first (public ids).
+    #[serde(default)]
+    pub kek_ids: Vec<String>,
+}
+
+impl NodeHealth {
+    /// Some acquirer route answers from this node.
+    pub fn routes_up(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| c.name == ROUTES && c.status == CheckStatus::Pass)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct PeerView {
+    pub(super) report: Option<NodeHealth>,
+    /// Simulated or wall time (ms) since when the peer has been eligible to lead.
+    pub(super) eligible_since_ms: Option<u64>,
+    /// Polls in a row in which the peer reported an empty log although this leader had
+    /// replicated entries to it: it lost its data (a wiped disk).
+    pub(super) lost_log_polls: u32,
+}
+
+/// This node's checks and its view of the other nodes.
+#[derive(Debug)]
+pub struct Health {
+    pub settings: HealthSettings,
+    pub failover: FailoverSettings,
+    pub(super) checks: Mutex<BTreeMap<&'static str, Check>>,
+    pub(super) peers: Mutex<BTreeMap<NodeId, PeerView>>,
+    pub(super) elect_enabled: Mutex<Option<bool>>,
+    /// Since when (ms) this node has known no leader that answers its health polls.
+    pub(super) leaderless_since_ms: Mutex<Option<u64>>,
+    /// How long a node that may not lead waits without a reachable leader before it
+    /// stands anyway (see `control`).
+    pub(super) standby_after_ms: u64,
+    /// A handoff is under way (it runs beside the checks, which must go on meanwhile).
+    pub(super) handing_over: std::sync::atomic::AtomicBool,
+}
+
+pub(super) const STORAGE: &str = "storage";
+pub(super) const KEYS: &str = "kek_provider";
+pub(super) const ROUTES: &str = "acquirer_routes";
+pub(super) const RAFT: &str = "raft";
+
+impl Health {
+    /// No checks run yet: unhealthy and not ready until the first round.
+    /// `election_timeout_max_ms` sets how long a node that may not lead waits for an
+    /// electable node to win before it stands itself.
+    pub fn new(
+        settings: HealthSettings,
+        failover: FailoverSettings,
+        election_timeout_max_ms: u64,
+    ) -> Health {
+        Health {
+            settings,
+            failover,
+            checks: Mutex::new(BTreeMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
+            elect_enabled: Mutex::new(None),
+            leaderless_since_ms: Mutex::new(None),
+            standby_after_ms: 3 * election_timeout_max_ms,
+            handing_over: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn record(
+        &self,
+        name: &'static str,
+        status: CheckStatus,
+        latency: Option<Duration>,
+        message: String,
+    ) {
+        let mut checks = self.checks.lock().expect("health lock");
+        let failures = match (status, checks.get(name)) {
+            (CheckStatus::Fail, Some(prev)) => prev.consecutive_failures.saturating_add(1),
+            (CheckStatus::Fail, None) => 1,
+            _ => 0,
+        };
+        checks.insert(
+            name,
+            Check {
+                name: name.into(),
+                status,
+                latency_ms: latency.map(|d| d.as_secs_f64() * 1000.0),
+                message,
+                consecutive_failures: failures,
+            },
+        );
+    }
+
+    /// This node's health, given whether it is drained.
+    pub fn report(&self, drained: bool) -> NodeHealth {
+        let checks = self.checks.lock().expect("health lock");
+        let failed = |name: &str| {
+            checks
+                .get(name)
+                .is_none_or(|c| c.consecutive_failures >= self.settings.unhealthy_threshold)
+        };
+        let unhealthy_cause = if failed(STORAGE) {
+            Some(LeaderChangeCause::UnhealthyStorage)
+        } else if failed(KEYS) {
+            Some(LeaderChangeCause::UnhealthyKeys)
+        } else {
+            None
+        };
+        let raft_ok = checks
+            .get(RAFT)
+            .is_some_and(|c| c.status == CheckStatus::Pass);
+        let routes_cut = checks
+            .get(ROUTES)
+            .is_some_and(|c| c.consecutive_failures >= self.settings.unhealthy_threshold);
+        NodeHealth {
+            healthy: unhealthy_cause.is_none(),
+            ready: unhealthy_cause.is_none() && raft_ok && !drained,
+            drained,
+            unhealthy_cause,
+            routes_cut,
+            checks: checks.values().cloned().collect(),
+            last_log_index: None,
+            kek_ids: Vec::new(),
+        }
+    }
+
+    /// The last health each other node reported (None: it did not answer).
+    pub fn peer_reports(&self) -> BTreeMap<NodeId, Option<NodeHealth>> {
+        self.peers
+            .lock()
+            .expect("health lock")
+            .iter()
+            .map(|(id, v)| (*id, v.report.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_check_refuses_slow_settings() {
+        let f = FailoverSettings::default();
+        let h = HealthSettings::default();
+        assert!(h.validate(&f, 300).is_ok());
+        assert_eq!(h.worst_case_failover_ms(300), 3 * (250 + 500) + 600);
+        let slow = HealthSettings {
+            check_interval_ms: 40_000,
+            ..HealthSettings::default()
+        };
+        let err = slow.validate(&f, 300).unwrap_err();
+        assert!(err.contains("failover.failover_deadline_s"), "{err}");
+        let tight = FailoverSettings {
+            failover_deadline_s: 1,
+            ..f
+        };
+        assert!(h.validate(&tight, 300).is_err());
+    }
+
+    #[test]
+    fn a_check_becomes_unhealthy_only_after_the_threshold() {
+        let h = Health::new(HealthSettings::default(), FailoverSettings::default(), 300);
+        assert!(!h.report(false).healthy, "unknown until checked");
+        h.record(STORAGE, CheckStatus::Pass, None, String::new());
+        h.record(KEYS, CheckStatus::Pass, None, String::new());
+        h.record(RAFT, CheckStatus::Pass, None, String::new());
+        assert!(h.report(false).ready);
+        assert!(!h.report(true).ready, "drained");
+        for _ in 0..2 {
+            h.record(STORAGE, CheckStatus::Fail, None, String::new());
+        }
+        assert!(
+            h.report(false).healthy,
+            "two failures are below the threshold"
+        );
+        h.record(STORAGE, CheckStatus::Fail, None, String::new());
+        let r = h.report(false);
+        assert_eq!((r.healthy, r.ready), (false, false));
+        assert_eq!(r.unhealthy_cause, Some(LeaderChangeCause::UnhealthyStorage));
+        h.record(STORAGE, CheckStatus::Pass, None, String::new());
+        assert!(h.report(false).healthy, "one pass resets");
+    }
+}

@@ -1,0 +1,372 @@
+//! Health checks and the leadership controller.
+//!
+//! Every node runs its checks on a fixed interval: a storage canary through the real
+//! write path, the KEK provider, the acquirer routes and Raft state. Each node also
+//! asks the others for their health over the peer listener. What to do about it is
+//! decided by a pure function ([`decide`]): the leader hands leadership to the
+//! healthiest caught-up follower when its own checks fail `unhealthy_threshold` times
+//! in a row or it is drained, and hands it back to a more preferred node (main, then
+//! dr) once that node has been healthy and caught up for `failback_stabilization_s`. A
+//! node that is unhealthy, drained or `never_lead` does not stand for election — unless
+//! the cluster has had no reachable leader for three election timeouts, because it may
+//! hold the only complete log; it then leads only until an electable node has caught up.
+//! This module gathers the view, runs the checks and carries the decision out.
+
+pub mod decide;
+mod health;
+
+pub use health::{
+    Check, CheckStatus, Failback, FailoverSettings, Health, HealthSettings, NodeHealth,
+};
+
+use crate::acquirer::router::Router;
+use crate::cluster::Cluster;
+use crate::crypto::{Entropy, KeyRing};
+use crate::member::NodeId;
+use crate::metrics::Metrics;
+use crate::runtime::Clock;
+use crate::vault::LeaderChangeCause;
+use decide::{Decision, Leadership, Me, Peer, PeerReport, View};
+use health::{KEYS, RAFT, ROUTES, STORAGE};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where other nodes read this node's health, on the peer listener.
+pub const HEALTH_PATH: &str = "/peer/v1/health";
+
+/// What the checks and the controller work with: the cluster, this node's health and
+/// view of the others, the keys and the acquirer routes.
+pub struct Failover {
+    pub cluster: Arc<Cluster>,
+    pub health: Arc<Health>,
+    pub router: Arc<Router>,
+    pub keys: Arc<KeyRing>,
+    pub entropy: Arc<Entropy>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    /// How long a handoff may take.
+    pub transfer_timeout: Duration,
+}
+
+impl Failover {
+    /// This node's health report, as it serves it to operators and the other nodes.
+    pub fn own_report(&self) -> NodeHealth {
+        let drained = self
+            .cluster
+            .vault()
+            .read(|v| v.is_drained(&self.cluster.me().name));
+        NodeHealth {
+            last_log_index: Some(self.cluster.last_log_index()),
+            kek_ids: self.keys.kek().ids(),
+            ..self.health.report(drained)
+        }
+    }
+}
+
+/// Runs the checks and the leadership controller for the node's lifetime.
+pub async fn run(st: Arc<Failover>) {
+    let interval = Duration::from_millis(st.health.settings.check_interval_ms);
+    loop {
+        crate::runtime::sleep(interval).await;
+        run_checks(&st).await;
+        poll_peers(&st, interval).await;
+        control(&st).await;
+    }
+}
+
+async fn run_checks(st: &Failover) {
+    let h = &st.health;
+    let bound = Duration::from_millis(h.settings.storage_canary_latency_ms_max);
+    let started = Instant::now();
+    match tokio::time::timeout(bound, st.cluster.store.canary()).await {
+        Ok(Ok(())) => {
+            let took = started.elapsed();
+            h.record(
+                STORAGE,
+                CheckStatus::Pass,
+                Some(took),
+                "durable canary write committed".into(),
+            );
+            st.metrics.health_storage_canary.observe(took.as_secs_f64());
+        }
+        Ok(Err(e)) => h.record(
+            STORAGE,
+            CheckStatus::Fail,
+            Some(started.elapsed()),
+            format!("canary write failed: {e}"),
+        ),
+        Err(_) => h.record(
+            STORAGE,
+            CheckStatus::Fail,
+            Some(bound),
+            format!(
+                "canary write did not commit within {} ms",
+                bound.as_millis()
+            ),
+        ),
+    }
+    let started = Instant::now();
+    match st.keys.probe(&st.entropy) {
+        Ok(()) => h.record(
+            KEYS,
+            CheckStatus::Pass,
+            Some(started.elapsed()),
+            format!("{} provider seals and opens", st.keys.kek().kind()),
+        ),
+        Err(e) => h.record(
+            KEYS,
+            CheckStatus::Fail,
+            Some(started.elapsed()),
+            e.to_string(),
+        ),
+    }
+    if st.router.configured() {
+        let up: Vec<String> = st
+            .router
+            .statuses()
+            .into_iter()
+            .filter(|r| r.up)
+            .map(|r| r.name)
+            .collect();
+        let (status, message) = if up.is_empty() {
+            (
+                CheckStatus::Fail,
+                "no acquirer route answers from this node".to_owned(),
+            )
+        } else {
+            (CheckStatus::Pass, format!("up: {}", up.join(", ")))
+        };
+        h.record(ROUTES, status, None, message);
+    } else {
+        h.record(
+            ROUTES,
+            CheckStatus::NotConfigured,
+            None,
+            "no acquirer routes are configured".into(),
+        );
+    }
+    let s = st.cluster.status();
+    let lag = s.committed_index.saturating_sub(s.applied_index);
+    let (status, message) = match (&s.leader_name, lag <= h.settings.ready_lag_entries_max) {
+        (None, _) => (CheckStatus::Fail, "no leader known".to_owned()),
+        (Some(l), true) => (
+            CheckStatus::Pass,
+            format!("leader is {l}, term {}, {lag} entries to apply", s.term),
+        ),
+        (Some(l), false) => (
+            CheckStatus::Fail,
+            format!(
+                "leader is {l}, but {lag} entries behind (bound {})",
+                h.settings.ready_lag_entries_max
+            ),
+        ),
+    };
+    h.record(RAFT, status, None, message);
+    for c in h.report(false).checks {
+        st.metrics.set_check(&c.name, c.status == CheckStatus::Pass);
+    }
+}
+
+/// Asks every other node for its health, all at once, each bounded by `timeout`.
+async fn poll_peers(st: &Failover, timeout: Duration) {
+    let reports = st.cluster.get_from_peers(HEALTH_PATH, timeout).await;
+    let now = (st.clock)();
+    let status = st.cluster.status();
+    let lags: BTreeMap<NodeId, Option<u64>> = status
+        .members
+        .iter()
+        .map(|m| (m.id, m.lag_entries))
+        .collect();
+    let matched: BTreeMap<NodeId, u64> = status
+        .members
+        .iter()
+        .filter_map(|m| Some((m.id, m.matched_index?)))
+        .collect();
+    let reports: Vec<(NodeId, Option<NodeHealth>)> = reports
+        .into_iter()
+        .map(|(id, body)| (id, body.and_then(|b| serde_json::from_slice(&b).ok())))
+        .collect();
+    // A node cut off from every route is not eligible while some node reaches one.
+    let routes_up_somewhere = st.health.report(false).routes_up()
+        || reports
+            .iter()
+            .filter_map(|(_, r)| r.as_ref())
+            .any(NodeHealth::routes_up);
+    let mut peers = st.health.peers.lock().expect("health lock");
+    for (id, report) in reports {
+        let caught_up = lags
+            .get(&id)
+            .copied()
+            .flatten()
+            .is_none_or(|lag| lag <= st.health.settings.ready_lag_entries_max);
+        let eligible = report
+            .as_ref()
+            .is_some_and(|r| r.healthy && !r.drained && !(r.routes_cut && routes_up_somewhere))
+            && caught_up;
+        // Raft assumes a node never loses what it acknowledged; one that comes back with
+        // an empty log under the same id is refused nothing by openraft, which keeps
+        // sending from where it believes the node is. Counted here, handled in `control`.
+        let lost_log = report.as_ref().and_then(|r| r.last_log_index) == Some(0)
+            && matched.get(&id).is_some_and(|&m| m > 0);
+        let view = peers.entry(id).or_default();
+        view.lost_log_polls = if lost_log {
+            view.lost_log_polls.saturating_add(1)
+        } else {
+            0
+        };
+        let eligible = eligible && view.lost_log_polls == 0;
+        view.eligible_since_ms = match (eligible, view.eligible_since_ms) {
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(now),
+            (false, _) => None,
+        };
+        view.report = report;
+    }
+}
+
+/// Gathers the view, decides, and acts: sets election participation, starts a handoff.
+async fn control(st: &Arc<Failover>) {
+    let view = observe(st);
+    let d = decide::decide(&view);
+    set_elect(st, &view, &d);
+    match d.leadership {
+        Leadership::Keep | Leadership::WaitForRecord(_) => {}
+        Leadership::NoTarget(cause) => tracing::warn!(
+            cause = cause.as_str(),
+            "this leader should hand over, but no other node is healthy and caught up"
+        ),
+        Leadership::HandOff { to, cause } => spawn_handoff(st, to, cause),
+    }
+}
+
+/// This round's view: this node's checks, its view of the others, and the cluster.
+fn observe(st: &Failover) -> View {
+    let me = st.cluster.me().clone();
+    let drained = st.cluster.vault().read(|v| v.is_drained(&me.name));
+    let report = st.health.report(drained);
+    let leaderless_ms = leaderless_for(st);
+    let term = st.cluster.status().term;
+    let change_on_record = st
+        .cluster
+        .vault()
+        .read(|v| v.last_leader_change().is_some_and(|c| c.term >= term));
+    let peers = {
+        let views = st.health.peers.lock().expect("health lock");
+        st.cluster
+            .members()
+            .iter()
+            .filter(|(id, _)| **id != st.cluster.id())
+            .map(|(id, m)| {
+                let view = views.get(id);
+                Peer {
+                    id: *id,
+                    role: m.role,
+                    never_lead: m.never_lead,
+                    answered: view.and_then(|v| v.report.as_ref()).map(|r| PeerReport {
+                        routes_up: r.routes_up(),
+                        routes_cut: r.routes_cut,
+                    }),
+                    eligible_since_ms: view.and_then(|v| v.eligible_since_ms),
+                    lost_log_polls: view.map_or(0, |v| v.lost_log_polls),
+                }
+            })
+            .collect()
+    };
+    View {
+        now_ms: (st.clock)(),
+        me: Me {
+            id: st.cluster.id(),
+            role: me.role,
+            never_lead: me.never_lead,
+            drained,
+            healthy: report.healthy,
+            unhealthy_cause: report.unhealthy_cause,
+            routes_cut: report.routes_cut,
+        },
+        peers,
+        is_leader: st.cluster.is_leader(),
+        leaderless_ms,
+        standby_after_ms: st.health.standby_after_ms,
+        change_on_record,
+        failback: st.health.failover.failback,
+        failback_stabilization_ms: st.health.failover.failback_stabilization_s * 1000,
+    }
+}
+
+/// Tells Raft whether this node stands for election, when that changes.
+fn set_elect(st: &Failover, view: &View, d: &Decision) {
+    let mut last = st.health.elect_enabled.lock().expect("health lock");
+    if *last != Some(d.elect) {
+        st.cluster.set_elect(d.elect);
+        tracing::info!(
+            elect = d.elect,
+            healthy = view.me.healthy,
+            drained = view.me.drained,
+            never_lead = view.me.never_lead,
+            leaderless_ms = view.leaderless_ms,
+            "election participation set"
+        );
+        *last = Some(d.elect);
+    }
+}
+
+/// How long (ms) this node has known no leader that answers its health polls; 0 while
+/// it leads or its leader answers. Measured every round, so that a node drained later
+/// starts from a current clock.
+fn leaderless_for(st: &Failover) -> u64 {
+    let now = (st.clock)();
+    let reachable = match st.cluster.leader() {
+        Some((id, _)) if id == st.cluster.id() => true,
+        Some((id, _)) => st
+            .health
+            .peers
+            .lock()
+            .expect("health lock")
+            .get(&id)
+            .is_some_and(|v| v.report.is_some()),
+        None => false,
+    };
+    let mut since = st.health.leaderless_since_ms.lock().expect("health lock");
+    if reachable {
+        *since = None;
+        return 0;
+    }
+    now.saturating_sub(*since.get_or_insert(now))
+}
+
+/// Starts a handoff to `to` unless one is under way. It runs on its own: the old leader
+/// waits for the new leader's record of the change, which a leader whose storage stalls
+/// cannot apply until the stall ends, and its checks must go on meanwhile.
+fn spawn_handoff(st: &Arc<Failover>, to: NodeId, cause: LeaderChangeCause) {
+    use std::sync::atomic::Ordering;
+    if st.health.handing_over.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let st = st.clone();
+    crate::runtime::spawn(async move {
+        handoff(&st, to, cause).await;
+        st.health.handing_over.store(false, Ordering::Release);
+    });
+}
+
+/// Transfers leadership to `to`, telling it the cause so it records the change as such.
+async fn handoff(st: &Failover, to: NodeId, cause: LeaderChangeCause) {
+    let to_name = st
+        .cluster
+        .members()
+        .get(&to)
+        .map_or_else(|| to.to_string(), |m| m.name.clone());
+    let cause_name = cause.as_str();
+    match st
+        .cluster
+        .transfer_leader(to, cause, st.transfer_timeout)
+        .await
+    {
+        Ok(()) => tracing::info!(to = %to_name, cause = cause_name, "leadership handed over"),
+        Err(e) => {
+            tracing::warn!(to = %to_name, cause = cause_name, error = %e, "leadership handoff failed; will retry")
+        }
+    }
+}
