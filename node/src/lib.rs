@@ -18,6 +18,7 @@ pub mod net;
 pub mod node;
 pub mod raft_types;
 pub mod runtime;
+pub mod service;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;

@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::net::tls::NodeTls;
 use crate::net::{self, Connector, HttpPool, Net, ServeTls};
 use crate::runtime::Clock;
+use crate::service::{self, Service};
 use crate::store::{FsyncObserver, Store, WriterMode};
 use std::io;
 use std::sync::Arc;
@@ -268,40 +269,54 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         clock: env.clock.clone(),
         transfer_timeout: std::time::Duration::from_millis(cfg.api.write_timeout_ms),
     });
-    let state = Arc::new(AppState {
+    let cvc = Arc::new(CvcStore::new(
+        cfg.api.cvc_entries_max,
+        cfg.limits.cvc_share_per_merchant_percent,
+    ));
+    let svc = Arc::new(Service::new(crate::service::Parts {
         cluster: cluster.clone(),
         keys,
         entropy: env.entropy,
-        clock: env.clock,
+        clock: env.clock.clone(),
         metrics: env.metrics.clone(),
         settings: cfg.api.clone(),
         admin_token_sha256: env.admin_token.as_deref().map(api_key_hash),
-        pool: pool.clone(),
-        cvc: Arc::new(CvcStore::new(
-            cfg.api.cvc_entries_max,
-            cfg.limits.cvc_share_per_merchant_percent,
-        )),
+        cvc: cvc.clone(),
         failover: failover.clone(),
         faults: faults_on.then_some(faults),
-        router,
-        payments_in_flight: Default::default(),
+        router: router.clone(),
+    }));
+    let state = Arc::new(AppState {
+        svc: svc.clone(),
+        pool: pool.clone(),
         limiters: api::limits::Limiters::new(&cfg.limits),
-        auth_failures: Default::default(),
+    });
+    let bg = Arc::new(Background {
+        cluster: cluster.clone(),
+        metrics: env.metrics.clone(),
+        clock: env.clock.clone(),
+        cvc,
+        router,
     });
     let raft_routes = cluster::raft_router(cluster.clone())
-        .merge(api::peer::router(state.clone()))
+        .merge(
+            api::peer::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+                cluster.clone(),
+                cluster::admit_layer,
+            )),
+        )
         .layer(axum::middleware::from_fn(
             cluster::sender_matches_certificate,
         ));
-    crate::runtime::spawn(api::rewrap_loop(state.clone()));
-    crate::runtime::spawn(api::sign_loop(state.clone()));
-    crate::runtime::spawn(api::purge_loop(state.clone()));
-    crate::runtime::spawn(api::security::flush_loop(state.clone()));
-    crate::runtime::spawn(sweep_cvcs(state.clone()));
+    crate::runtime::spawn(service::keys::rewrap_loop(svc.clone()));
+    crate::runtime::spawn(service::audit::sign_loop(svc.clone()));
+    crate::runtime::spawn(service::tokens::purge_loop(svc.clone()));
+    crate::runtime::spawn(service::audit::flush_loop(svc.clone()));
+    crate::runtime::spawn(service::payments::resolver_loop(svc.clone()));
     crate::runtime::spawn(crate::failover::run(failover));
-    crate::runtime::spawn(api::payments::resolver_loop(state.clone()));
-    crate::runtime::spawn(check_routes(state.clone()));
-    let planes = planes_tls(env.tls.as_ref(), cfg, env.admin_token.is_some(), &state);
+    crate::runtime::spawn(sweep_cvcs(bg.clone()));
+    crate::runtime::spawn(check_routes(bg.clone()));
+    let planes = planes_tls(env.tls.as_ref(), cfg, env.admin_token.is_some(), &svc);
     let lim = &cfg.limits;
     let limits = |plane, max, per_address| net::ServeLimits {
         plane,
@@ -343,10 +358,10 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
             tls,
             cfg.tls.reload_interval(),
             env.metrics.clone(),
-            state.clock.clone(),
+            env.clock.clone(),
         ));
     }
-    crate::runtime::spawn(update_metrics(state.clone()));
+    crate::runtime::spawn(update_metrics(bg));
     if cfg.raft.snapshot_grows_with_vault {
         crate::runtime::spawn(snapshot_when_due(
             cluster.clone(),
@@ -377,7 +392,7 @@ fn planes_tls(
     tls: Option<&Arc<NodeTls>>,
     cfg: &NodeConfig,
     break_glass: bool,
-    st: &Arc<AppState>,
+    st: &Arc<Service>,
 ) -> Planes {
     use net::tls::Identity;
     let Some(tls) = tls else {
@@ -416,16 +431,25 @@ fn planes_tls(
 }
 
 /// Counts a client refused at the handshake on `plane` as a failed authentication.
-fn refused_on(plane: &'static str, st: &Arc<AppState>) -> net::OnRefused {
-    let st = Arc::downgrade(st);
+fn refused_on(plane: &'static str, svc: &Arc<Service>) -> net::OnRefused {
+    let svc = Arc::downgrade(svc);
     Arc::new(move |reason, peer| {
-        let Some(st) = st.upgrade() else { return };
+        let Some(svc) = svc.upgrade() else { return };
         if plane == "admin" {
-            st.metrics.admin_auth_failed(reason);
+            svc.metrics().admin_auth_failed(reason);
         }
-        st.auth_failures
-            .note(plane, reason, &api::limits::ip_of(peer));
+        svc.note_auth_failure(plane, reason, &api::limits::ip_of(peer));
     })
+}
+
+/// What the node's own background loops (routes, CVC sweep, metrics, leader-change
+/// records) work with.
+struct Background {
+    cluster: Arc<Cluster>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    cvc: Arc<CvcStore>,
+    router: Arc<crate::acquirer::router::Router>,
 }
 
 /// Days before expiry from which each reload check warns.
@@ -468,7 +492,7 @@ fn bind_err(key: &str, addr: &str, e: io::Error) -> io::Error {
 }
 
 /// Checks the acquirer routes' health for the node's lifetime.
-async fn check_routes(st: Arc<AppState>) {
+async fn check_routes(st: Arc<Background>) {
     if !st.router.configured() {
         return;
     }
@@ -485,7 +509,7 @@ async fn check_routes(st: Arc<AppState>) {
 const CVC_SWEEP_MS: u64 = 1_000;
 
 /// Wipes CVCs whose one-time token expired or was used (on this node, as applied here).
-async fn sweep_cvcs(st: Arc<AppState>) {
+async fn sweep_cvcs(st: Arc<Background>) {
     loop {
         crate::runtime::sleep(std::time::Duration::from_millis(CVC_SWEEP_MS)).await;
         let now = (st.clock)();
@@ -504,7 +528,7 @@ async fn sweep_cvcs(st: Arc<AppState>) {
 
 /// Mirrors Raft state into gauges, counts leader changes, and tells the cluster its
 /// Raft core is alive (every change it publishes).
-async fn update_metrics(st: Arc<AppState>) {
+async fn update_metrics(st: Arc<Background>) {
     let (cluster, m) = (st.cluster.clone(), st.metrics.clone());
     let (mut seen_leader_term, mut logged_term) = (0, 0);
     let mut counted: std::collections::BTreeMap<crate::vault::LeaderChangeCause, u64> =
@@ -574,7 +598,7 @@ async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
 
 /// The new leader records its term's leadership change and its cause in the log.
 async fn record_leader_change(
-    st: Arc<AppState>,
+    st: Arc<Background>,
     term: u64,
     cause: crate::vault::LeaderChangeCause,
 ) {
@@ -584,7 +608,8 @@ async fn record_leader_change(
         leader_name: me.name.clone(),
         term,
         cause,
-        at_ms: st.now_ms(),
+        // Never behind the replicated clock, so time in the log never goes back.
+        at_ms: (st.clock)().max(st.cluster.vault().read(|v| v.clock_ms())),
     };
     // A new leader accepts writes only once it has committed an entry of its term. It
     // keeps trying for as long as it leads that term: it hands leadership on only once

@@ -28,7 +28,7 @@ pub async fn layer(State(st): St, req: Request, next: Next) -> Response {
         .map(str::to_owned);
     let allowed = origin
         .as_deref()
-        .filter(|o| st.cluster.vault().read(|v| v.origin_allowed_by_any(o)))
+        .filter(|o| st.svc.origin_allowed_by_any(o))
         .and_then(|o| HeaderValue::from_str(o).ok());
     if req.method() == Method::OPTIONS {
         return preflight(allowed, &req);

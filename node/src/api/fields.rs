@@ -60,14 +60,7 @@ fn pan_in_run(digits: &str) -> bool {
     (12..=19).contains(&digits.len()) && luhn_valid(digits)
 }
 
-/// True when `s` has the shape of an id kura issues with `prefix` (`pay_`, `tok_`):
-/// the prefix and 22 base62 characters.
-pub fn is_issued_id(s: &str, prefix: &str) -> bool {
-    s.strip_prefix(prefix).is_some_and(|rest| {
-        rest.len() == crate::vault::token::BASE62_U128_LEN
-            && rest.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
-}
+pub use crate::vault::token::is_issued_id;
 
 /// The refusal for `field`.
 pub fn pan_problem(field: &str) -> Problem {
@@ -147,7 +140,7 @@ async fn inspect(st: &AppState, req: Request) -> Result<Request, Problem> {
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
-    let bytes = Limited::new(body, st.settings.request_body_bytes_max)
+    let bytes = Limited::new(body, st.svc.settings().request_body_bytes_max)
         .collect()
         .await
         .map_err(|_| {

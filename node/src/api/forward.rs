@@ -1,8 +1,8 @@
 //! Transparent forwarding of leader-only requests from followers to the leader.
 
-use super::operator::{Operator, OPERATOR_HEADER};
+use super::operator::{header_value, OPERATOR_HEADER};
 use super::{AppState, Problem, St};
-use crate::cluster::WriteError;
+use crate::service::auth::Operator;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
@@ -21,16 +21,16 @@ pub const FORWARDED_HEADER: &str = "kura-forwarded-by";
 /// ended yet), it waits for the election rather than bouncing the client, which would
 /// back off and come later than the new leader.
 pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
-    if st.cluster.is_leader() {
+    if st.svc.is_leader() {
         return serve_here(&st, req, next).await;
     }
     if req.headers().contains_key(FORWARDED_HEADER) {
         return Problem::not_leader("this node is no longer the leader; nothing was done; retry")
             .into_response();
     }
-    let leader = match st.cluster.leader() {
+    let leader = match st.svc.leader() {
         Some(l) => l,
-        None => match st.cluster.wait_for_leader(None).await {
+        None => match st.svc.wait_for_leader(None).await {
             Some(l) => l,
             None => return Problem::no_leader().into_response(),
         },
@@ -44,7 +44,7 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
     };
     let source = super::limits::source_address(&req);
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, st.settings.request_body_bytes_max)
+    let body = match Limited::new(body, st.svc.settings().request_body_bytes_max)
         .collect()
         .await
     {
@@ -62,7 +62,7 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
     // names the next one.
     let (mut target, mut retried) = (leader, false);
     loop {
-        if target.0 == st.cluster.id() {
+        if target.0 == st.svc.me().0 {
             let req = Request::from_parts(parts, Body::from(body));
             return serve_here(&st, req, next).await;
         }
@@ -74,7 +74,7 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
             }
             Err(Unsent(p)) if !retried => {
                 retried = true;
-                match st.cluster.wait_for_leader(Some(target.0)).await {
+                match st.svc.wait_for_leader(Some(target.0)).await {
                     Some(next_leader) => target = next_leader,
                     None => return p.into_response(),
                 }
@@ -86,31 +86,17 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
 
 /// Runs a leader-only request on this node, the leader, once it has caught up.
 async fn serve_here(st: &AppState, req: Request, next: Next) -> Response {
-    if st.cluster.core_frozen() {
-        return Problem::not_leader(
-            "this node's Raft core is stuck on its storage and may no longer lead; nothing was done; retry",
-        )
-        .into_response();
+    if let Err(e) = st.svc.ready_to_serve().await {
+        return Problem::from(e).into_response();
     }
-    let timeout = Duration::from_millis(st.settings.write_timeout_ms);
-    match st.cluster.leader_caught_up(timeout).await {
-        Ok(()) => {
-            let me = st.cluster.me();
-            let addr = match req.extensions().get::<Operator>() {
-                Some(_) => &me.admin_addr,
-                None => &me.api_addr,
-            };
-            let addr = addr.clone();
-            let mut resp = next.run(req).await;
-            set_leader_header(&mut resp, &addr);
-            resp
-        }
-        Err(WriteError::NotLeader { .. }) => {
-            Problem::not_leader("leadership moved before the request ran; nothing was done; retry")
-                .into_response()
-        }
-        Err(_) => Problem::no_leader().into_response(),
-    }
+    let (_, me) = st.svc.me();
+    let addr = match req.extensions().get::<Operator>() {
+        Some(_) => me.admin_addr,
+        None => me.api_addr,
+    };
+    let mut resp = next.run(req).await;
+    set_leader_header(&mut resp, &addr);
+    resp
 }
 
 /// Why a forwarded request failed: it never reached the leader (nothing was done), or
@@ -149,11 +135,11 @@ async fn proxy(
         }
     }
     if let Some(op) = operator {
-        out = out.header(OPERATOR_HEADER, op.header_value());
+        out = out.header(OPERATOR_HEADER, header_value(op));
     }
     let out = out
         .header(http::header::HOST, leader_addr)
-        .header(FORWARDED_HEADER, st.cluster.me().name.as_str())
+        .header(FORWARDED_HEADER, st.svc.me().1.name.as_str())
         .header(super::limits::FORWARDED_FOR_HEADER, source)
         .body(Full::new(body))
         .map_err(|e| {
@@ -161,7 +147,7 @@ async fn proxy(
                 "cannot build forwarded request: {e}"
             )))
         })?;
-    let timeout = Duration::from_millis(st.settings.write_timeout_ms + 1_000);
+    let timeout = Duration::from_millis(st.svc.settings().write_timeout_ms + 1_000);
     match st.pool.send(leader_addr, out, timeout).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();

@@ -1,26 +1,20 @@
 //! Liveness, readiness, cluster status and the metrics endpoint.
 
-use super::{AppState, St};
-use crate::failover::NodeHealth;
+use super::St;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// `GET /health/live`: 200 while the process can answer at all.
 pub async fn live() -> Response {
     axum::Json(json!({ "status": "live" })).into_response()
 }
 
-/// This node's health report.
-pub fn own_report(st: &AppState) -> NodeHealth {
-    st.failover.own_report()
-}
-
 /// `GET /health/ready`: 200 when this node can serve client requests now (knows a
 /// leader, caught up, storage and keys healthy, not drained), else 503; lists each check.
 pub async fn ready(State(st): St) -> Response {
-    let r = own_report(&st);
+    let r = st.svc.own_health();
     let code = if r.ready {
         StatusCode::OK
     } else {
@@ -47,18 +41,19 @@ pub async fn admin_cluster_status(State(st): St) -> Response {
     axum::Json(status_view(&st)).into_response()
 }
 
-fn status_view(st: &AppState) -> serde_json::Value {
-    let mut v = serde_json::to_value(st.cluster.status()).expect("status serializes");
-    let peers = st.failover.health.peer_reports();
-    v["health"] = json!(own_report(st));
-    v["acquirer_routes"] = json!(st.router.statuses());
+fn status_view(st: &super::AppState) -> Value {
+    let view = st.svc.status_view();
+    let me = view.status.node_id;
+    let mut v = serde_json::to_value(&view.status).expect("status serializes");
+    v["health"] = json!(view.health);
+    v["acquirer_routes"] = json!(view.routes);
     if let Some(members) = v["members"].as_array_mut() {
         for m in members {
             let id = m["id"].as_u64().unwrap_or_default();
-            m["health"] = if id == st.cluster.id() {
-                json!(own_report(st))
+            m["health"] = if id == me {
+                json!(view.health)
             } else {
-                json!(peers.get(&id).cloned().flatten())
+                json!(view.peers.get(&id).cloned().flatten())
             };
         }
     }
@@ -67,15 +62,13 @@ fn status_view(st: &AppState) -> serde_json::Value {
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(st): St) -> Response {
-    st.metrics
-        .vault_tokens
-        .set(st.cluster.vault().read(|v| v.token_count()) as i64);
+    st.svc.refresh_scrape_gauges();
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.metrics.encode(),
+        st.svc.metrics().encode(),
     )
         .into_response()
 }

@@ -4,9 +4,9 @@
 //! `429 rate_limited` problem with `Retry-After`; nothing was done.
 
 use super::{bearer, AppState, Problem, St};
-use crate::crypto::api_key_hash;
 use crate::limits::{LimitSettings, Rate, RateLimiter};
 use crate::net::{ClientAddr, ClientIdentity};
+use crate::service::auth::Caller;
 use crate::vault::KeyRole;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
@@ -86,22 +86,27 @@ pub fn ip_of(addr: &str) -> String {
 /// Applies the rates to a request served on this node.
 /// Also counts the failed authentications of the requests it lets through (with the
 /// source address), for the metrics and the audit trail.
-pub async fn layer(State(st): St, req: Request, next: Next) -> Response {
+pub async fn layer(State(st): St, mut req: Request, next: Next) -> Response {
     let src = source_address(&req);
     let key = match check(&st, &req, &src) {
         Ok(k) => k,
         Err(p) => return p.into_response(),
     };
+    // The handler's `Merchant` extractor takes the caller found here, not looking the
+    // key up a second time.
+    if let KeySeen::Known(c) = &key {
+        req.extensions_mut().insert(c.clone());
+    }
     let resp = next.run(req).await;
     if resp.status() == StatusCode::UNAUTHORIZED {
         let reason = match key {
             KeySeen::Missing => "missing_key",
             KeySeen::Unknown => "unknown_key",
             // Known when checked, gone by the time the handler looked (rotated).
-            KeySeen::Known => "revoked_key",
+            KeySeen::Known(_) => "revoked_key",
         };
-        st.metrics.api_auth_failed(reason);
-        st.auth_failures.note("api", reason, &src);
+        st.svc.metrics().api_auth_failed(reason);
+        st.svc.note_auth_failure("api", reason, &src);
     }
     resp
 }
@@ -110,7 +115,7 @@ pub async fn layer(State(st): St, req: Request, next: Next) -> Response {
 enum KeySeen {
     Missing,
     Unknown,
-    Known,
+    Known(Caller),
 }
 
 fn check(st: &AppState, req: &Request, src: &str) -> Result<KeySeen, Limited> {
@@ -122,27 +127,28 @@ fn check(st: &AppState, req: &Request, src: &str) -> Result<KeySeen, Limited> {
     let Some(key) = bearer(req.headers()) else {
         return Ok(KeySeen::Missing);
     };
-    let hash = api_key_hash(key);
     // An unknown key is not tracked (anyone could invent millions): the handler
     // answers 401 and the address limit bounds the attempts.
-    let Some(role) = st
-        .cluster
-        .vault()
-        .read(|v| v.key_owner(&hash).map(|o| o.role))
-    else {
+    let Ok(caller) = st.svc.authenticate(key) else {
         return Ok(KeySeen::Unknown);
     };
-    l.key.check(&hash, now).map_err(|w| st.limited("key", w))?;
+    let role = caller.role;
+    // Tracked by merchant and role: a key's own rate (one secret and one publishable
+    // key per merchant at a time).
+    let key_id = format!("{}/{}", caller.merchant_id, role.as_str());
+    l.key
+        .check(&key_id, now)
+        .map_err(|w| st.limited("key", w))?;
     let creates_token = req.method() == Method::POST && req.uri().path() == "/v1/tokens";
     if creates_token && role == KeyRole::Publishable {
         l.ott_key
-            .check(&hash, now)
+            .check(&key_id, now)
             .map_err(|w| st.limited("one_time_tokens_key", w))?;
         l.ott_address
             .check(src, now)
             .map_err(|w| st.limited("one_time_tokens_address", w))?;
     }
-    Ok(KeySeen::Known)
+    Ok(KeySeen::Known(caller))
 }
 
 /// A `429` with the wait.
@@ -153,7 +159,7 @@ struct Limited {
 
 impl AppState {
     fn limited(&self, limit: &'static str, retry_after: Duration) -> Limited {
-        self.metrics.rate_limited(limit);
+        self.svc.metrics().rate_limited(limit);
         Limited { limit, retry_after }
     }
 }

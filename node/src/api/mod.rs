@@ -1,141 +1,51 @@
-//! The HTTP API: client routes, admin routes, health and metrics.
+//! The HTTP API: the client API's routes, the admin plane's, health and metrics, and
+//! the peer routes outside Raft.
 //!
-//! Any node answers any request. Routes that need the leader are forwarded to it
-//! transparently ([`forward`]); every error is `application/problem+json` with a stable
-//! code ([`problem`]). This module never touches redb: it reads the vault through
-//! [`Cluster`] and changes it only by proposing commands.
+//! HTTP only: routers, middleware (forwarding to the leader, rate limits, the card
+//! number guard, CORS, operator authentication), extractors ([`extract`]), the wire
+//! types ([`dto`]), and handlers of a few lines that turn a request into a typed call
+//! of the [`Service`] and its result (or error, through [`Problem`]) into a response.
+//! Any node answers any request: routes that need the leader are forwarded to it
+//! transparently ([`forward`]). This module never reaches the cluster, the keys or the
+//! store except through `service/`.
 
 mod admin;
-pub mod audit;
+mod audit;
+mod cards;
 mod cors;
+pub mod dto;
+pub mod extract;
 pub mod fields;
 mod forward;
 mod health;
 mod keys;
 pub mod limits;
-mod members;
 pub mod operator;
-pub mod payments;
+mod payments;
 pub mod peer;
 pub mod problem;
-pub mod security;
 mod tokens;
 
-use crate::cluster::{Cluster, WriteError};
-use crate::crypto::{api_key_hash, Entropy, KeyRing};
-use crate::cvc::CvcStore;
-use crate::metrics::Metrics;
+pub use crate::service::ApiSettings;
+pub use problem::Problem;
+
 use crate::net::HttpPool;
-use crate::vault::{Command, KeyRole, Response};
-pub use audit::sign_loop;
+use crate::service::Service;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::routing::{get, post};
 use axum::Router;
-pub use keys::rewrap_loop;
-pub use problem::Problem;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::Duration;
-pub use tokens::purge_loop;
 
-pub use crate::runtime::Clock;
-
-/// API limits and defaults.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiSettings {
-    /// Largest request body accepted.
-    pub request_body_bytes_max: usize,
-    /// Lifetime of a one-time token.
-    pub one_time_token_ttl_s: u64,
-    /// How long a write may wait for commit before the answer is `504 outcome_unknown`.
-    pub write_timeout_ms: u64,
-    /// Most CVCs held in memory at once (each lives at most a one-time token's TTL).
-    pub cvc_entries_max: usize,
-    /// How long the leader waits for other nodes to take a copy of a CVC.
-    pub cvc_replication_timeout_ms: u64,
-    /// Cards moved to the current data key per re-wrap log entry.
-    pub rewrap_batch_cards: usize,
-    /// How often the leader signs the audit trail's head (when it has grown).
-    pub audit_sign_interval_s: u64,
-}
-
-impl Default for ApiSettings {
-    fn default() -> Self {
-        ApiSettings {
-            request_body_bytes_max: 64 * 1024,
-            one_time_token_ttl_s: 1800,
-            write_timeout_ms: 10_000,
-            cvc_entries_max: 100_000,
-            cvc_replication_timeout_ms: 250,
-            rewrap_batch_cards: 256,
-            audit_sign_interval_s: 60,
-        }
-    }
-}
-
-impl ApiSettings {
-    /// Checks the settings; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.request_body_bytes_max < 1024 {
-            return Err("api.request_body_bytes_max must be at least 1024".into());
-        }
-        if self.one_time_token_ttl_s == 0 || self.one_time_token_ttl_s > 86_400 {
-            return Err("api.one_time_token_ttl_s must be between 1 and 86400".into());
-        }
-        if self.write_timeout_ms < 100 {
-            return Err("api.write_timeout_ms must be at least 100".into());
-        }
-        if !(1..=10_000_000).contains(&self.cvc_entries_max) {
-            return Err("api.cvc_entries_max must be between 1 and 10000000".into());
-        }
-        if !(10..=5_000).contains(&self.cvc_replication_timeout_ms) {
-            return Err("api.cvc_replication_timeout_ms must be between 10 and 5000".into());
-        }
-        if !(1..=4_096).contains(&self.rewrap_batch_cards) {
-            return Err("api.rewrap_batch_cards must be between 1 and 4096".into());
-        }
-        if !(1..=3_600).contains(&self.audit_sign_interval_s) {
-            return Err("api.audit_sign_interval_s must be between 1 and 3600".into());
-        }
-        Ok(())
-    }
-}
-
-/// Everything a handler needs.
+/// What the HTTP layer holds: the service, the connections to other nodes it forwards
+/// over, and the request-rate limiters.
 pub struct AppState {
-    pub cluster: Arc<Cluster>,
-    pub keys: Arc<KeyRing>,
-    pub entropy: Arc<Entropy>,
-    pub clock: Clock,
-    pub metrics: Arc<Metrics>,
-    pub settings: ApiSettings,
-    /// SHA-256 of the break-glass admin token, when one is configured.
-    pub admin_token_sha256: Option<String>,
+    pub svc: Arc<Service>,
     /// Connections to other nodes (forwarding).
     pub pool: Arc<HttpPool>,
-    /// CVCs of one-time tokens, in memory only.
-    pub cvc: Arc<CvcStore>,
-    /// Health checks, the view of the other nodes, and the leadership controller.
-    pub failover: Arc<crate::failover::Failover>,
-    /// Fault switches, when fault injection is enabled on this node.
-    pub faults: Option<Arc<crate::faults::FaultSwitches>>,
-    /// The acquirer routes.
-    pub router: Arc<crate::acquirer::router::Router>,
-    /// Payments this node is authorising right now (a retry of one answers 409).
-    pub payments_in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Request rates per address and per key.
     pub limiters: limits::Limiters,
-    /// Failed authentications not yet summarised into the audit trail.
-    pub auth_failures: security::AuthFailures,
-}
-
-/// A merchant and which of its keys authenticated the request.
-pub(crate) struct Caller {
-    pub merchant_id: String,
-    pub role: KeyRole,
 }
 
 type St = State<Arc<AppState>>;
@@ -156,11 +66,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/reports/payments", get(payments::report))
         .route(
             "/v1/members/{member_id}/cards",
-            get(members::list).post(members::register),
+            get(cards::list).post(cards::register),
         )
         .route(
             "/v1/members/{member_id}/cards/{token}",
-            axum::routing::delete(members::delete),
+            axum::routing::delete(cards::delete),
         )
         .layer(middleware::from_fn_with_state(state.clone(), limits::layer))
         .layer(middleware::from_fn_with_state(
@@ -181,7 +91,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "no such route; see the API reference in README.md",
             )
         })
-        .layer(DefaultBodyLimit::max(state.settings.request_body_bytes_max))
+        .layer(DefaultBodyLimit::max(
+            state.svc.settings().request_body_bytes_max,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -240,7 +152,9 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
             state.clone(),
             operator::authenticate,
         ))
-        .layer(DefaultBodyLimit::max(state.settings.request_body_bytes_max))
+        .layer(DefaultBodyLimit::max(
+            state.svc.settings().request_body_bytes_max,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -255,7 +169,7 @@ async fn observe(State(st): St, req: Request, next: Next) -> axum::response::Res
     let method = req.method().as_str().to_owned();
     let started = tokio::time::Instant::now();
     let resp = next.run(req).await;
-    st.metrics.observe_request(
+    st.svc.metrics().observe_request(
         &endpoint,
         &method,
         resp.status().as_u16(),
@@ -264,11 +178,7 @@ async fn observe(State(st): St, req: Request, next: Next) -> axum::response::Res
     resp
 }
 
-/// A handler's outcome as a response: the value, or its problem.
-fn result(r: Result<axum::response::Response, Problem>) -> axum::response::Response {
-    r.unwrap_or_else(axum::response::IntoResponse::into_response)
-}
-
+/// The bearer token in the `Authorization` header.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers
         .get(axum::http::header::AUTHORIZATION)?
@@ -277,107 +187,4 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     v.strip_prefix("Bearer ")
         .map(str::trim)
         .filter(|s| !s.is_empty())
-}
-
-impl AppState {
-    /// The merchant whose secret or publishable key is in the `Authorization` header.
-    fn caller(&self, headers: &HeaderMap) -> Result<Caller, Problem> {
-        let key = bearer(headers).ok_or_else(Problem::unauthorized)?;
-        let hash = api_key_hash(key);
-        self.cluster
-            .vault()
-            .read(|v| {
-                v.key_owner(&hash).map(|o| Caller {
-                    merchant_id: o.merchant_id.clone(),
-                    role: o.role,
-                })
-            })
-            .ok_or_else(Problem::unauthorized)
-    }
-
-    /// The merchant whose secret key is in the `Authorization` header; a publishable key
-    /// is refused with `403 secret_key_required`.
-    fn merchant(&self, headers: &HeaderMap) -> Result<String, Problem> {
-        let c = self.caller(headers)?;
-        match c.role {
-            KeyRole::Secret => Ok(c.merchant_id),
-            KeyRole::Publishable => Err(Problem::forbidden(
-                "secret_key_required",
-                "this endpoint needs the merchant's secret key; a publishable key may only create one-time tokens",
-            )),
-        }
-    }
-
-    /// Checks a break-glass token in the `Authorization` header: `None` when none is
-    /// given, else whether it is the configured one (never, when none is configured).
-    fn check_break_glass(&self, headers: &HeaderMap) -> Option<bool> {
-        let key = bearer(headers)?;
-        let Some(expected) = &self.admin_token_sha256 else {
-            return Some(false);
-        };
-        let given = api_key_hash(key);
-        Some(crate::crypto::constant_time_eq(
-            given.as_bytes(),
-            expected.as_bytes(),
-        ))
-    }
-
-    /// Leader-stamped time for a new command.
-    pub(crate) fn now_ms(&self) -> u64 {
-        // Never behind the replicated clock, so time in the log never goes back.
-        (self.clock)().max(self.cluster.vault().read(|v| v.clock_ms()))
-    }
-
-    /// Proposes `cmd`, bounded by the write timeout, mapping failures to problems. Gives
-    /// up early, outcome unknown, if this node's Raft core gets stuck meanwhile.
-    async fn write(&self, cmd: Command) -> Result<Response, Problem> {
-        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
-        let write = tokio::time::timeout(timeout, self.cluster.write(cmd));
-        let Some(outcome) = self.cluster.unless_core_freezes(write).await else {
-            return Err(Problem::outcome_unknown(
-                "this node's Raft core got stuck on its storage while the write was in flight; it may or may not have been applied",
-            ));
-        };
-        match outcome {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(WriteError::NotLeader { .. })) => Err(Problem::not_leader("leadership moved before the write was proposed; nothing was done; retry")),
-            Ok(Err(WriteError::Unknown)) => Err(Problem::outcome_unknown("leadership changed while the write was in flight; it may or may not have been applied")),
-            Ok(Err(WriteError::Unavailable(e))) => Err(Problem::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "replication_unavailable",
-                format!("replication is unavailable ({e}); the write may or may not have been applied"),
-            )),
-            Err(_) => Err(Problem::outcome_unknown(format!(
-                "the write was not committed within {} ms; it may still be applied",
-                self.settings.write_timeout_ms
-            ))),
-        }
-    }
-
-    /// Makes the next local read reflect every write committed before this call.
-    async fn linearize(&self) -> Result<(), Problem> {
-        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
-        let linearize = tokio::time::timeout(timeout, self.cluster.linearize());
-        let Some(outcome) = self.cluster.unless_core_freezes(linearize).await else {
-            return Err(Problem::not_leader(
-                "this node's Raft core is stuck on its storage; nothing was done; retry",
-            ));
-        };
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(WriteError::NotLeader { .. })) => {
-                Err(Problem::not_leader("leadership moved; retry"))
-            }
-            Ok(Err(e)) => Err(Problem::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "replication_unavailable",
-                e.to_string(),
-            )),
-            Err(_) => Err(Problem::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "replication_unavailable",
-                "could not confirm leadership in time",
-            )),
-        }
-    }
 }

@@ -5,6 +5,7 @@
 use super::{AppState, Problem, St};
 use crate::net::tls::{Identity, OperatorRole};
 use crate::net::{ClientAddr, ClientIdentity};
+use crate::service::auth::{Operator, BREAK_GLASS};
 use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -15,58 +16,32 @@ use axum::response::{IntoResponse, Response};
 /// a member node; ignored on every other.
 pub const OPERATOR_HEADER: &str = "kura-operator";
 
-/// The authenticated caller of an admin route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Operator {
-    pub name: String,
-    pub role: OperatorRole,
-    /// Authenticated by the break-glass token, not a certificate.
-    pub break_glass: bool,
+/// The value of [`OPERATOR_HEADER`] that names `op`.
+pub fn header_value(op: &Operator) -> String {
+    let role = match op.role {
+        OperatorRole::Admin => "admin",
+        OperatorRole::Auditor => "auditor",
+    };
+    if op.break_glass {
+        format!("{role}/{BREAK_GLASS}")
+    } else {
+        format!("{role}/{}", op.name)
+    }
 }
 
-/// The name a break-glass token's holder is audited under.
-const BREAK_GLASS: &str = "break-glass";
-
-impl Operator {
-    /// How the audit trail names this caller.
-    pub fn actor(&self) -> String {
-        if self.break_glass {
-            BREAK_GLASS.to_owned()
-        } else {
-            format!("operator:{}", self.name)
-        }
+/// The operator an [`OPERATOR_HEADER`] value names.
+fn from_header(v: &str) -> Option<Operator> {
+    let (role, name) = v.split_once('/')?;
+    if name == BREAK_GLASS {
+        return Some(Operator::break_glass());
     }
-
-    /// The value of [`OPERATOR_HEADER`] that names this caller.
-    pub fn header_value(&self) -> String {
-        let role = match self.role {
-            OperatorRole::Admin => "admin",
-            OperatorRole::Auditor => "auditor",
-        };
-        if self.break_glass {
-            format!("{role}/{BREAK_GLASS}")
-        } else {
-            format!("{role}/{}", self.name)
-        }
-    }
-
-    fn from_header(v: &str) -> Option<Operator> {
-        let (role, name) = v.split_once('/')?;
-        if name == BREAK_GLASS {
-            return Some(Operator {
-                name: name.to_owned(),
-                role: OperatorRole::Admin,
-                break_glass: true,
-            });
-        }
-        match Identity::from_uri(&format!("kura://operator/{role}/{name}"))? {
-            Identity::Operator { name, role } => Some(Operator {
-                name,
-                role,
-                break_glass: false,
-            }),
-            Identity::Node { .. } => None,
-        }
+    match Identity::from_uri(&format!("kura://operator/{role}/{name}"))? {
+        Identity::Operator { name, role } => Some(Operator {
+            name,
+            role,
+            break_glass: false,
+        }),
+        Identity::Node { .. } => None,
     }
 }
 
@@ -87,9 +62,9 @@ pub async fn authenticate(State(st): St, mut req: Request, next: Next) -> Respon
                 .get::<ClientAddr>()
                 .map_or("?", |a| a.0.as_str());
             tracing::warn!(source = from, reason, path = %req.uri().path(), "admin authentication failed");
-            st.metrics.admin_auth_failed(reason);
-            st.auth_failures
-                .note("admin", reason, &super::limits::ip_of(from));
+            st.svc.metrics().admin_auth_failed(reason);
+            st.svc
+                .note_auth_failure("admin", reason, &super::limits::ip_of(from));
             return Problem::unauthorized().into_response();
         }
     };
@@ -99,7 +74,7 @@ pub async fn authenticate(State(st): St, mut req: Request, next: Next) -> Respon
             .get::<ClientAddr>()
             .map_or("?", |a| a.0.as_str());
         tracing::warn!(source = from, path = %req.uri().path(), "break-glass admin token used");
-        st.metrics.admin_break_glass_used();
+        st.svc.metrics().admin_break_glass_used();
     }
     if op.role == OperatorRole::Auditor && !read_only(req.method(), req.uri().path()) {
         return Problem::forbidden(
@@ -123,20 +98,16 @@ fn identify(st: &AppState, req: &Request) -> Result<Operator, Reason> {
             break_glass: false,
         }),
         // A member forwarding an operator's request it has authenticated.
-        Some(Identity::Node { id }) if st.cluster.is_member(*id) => req
+        Some(Identity::Node { id }) if st.svc.is_member(*id) => req
             .headers()
             .get(OPERATOR_HEADER)
             .and_then(|v| v.to_str().ok())
-            .and_then(Operator::from_header)
+            .and_then(from_header)
             .ok_or("forwarded_without_operator"),
         Some(Identity::Node { .. }) => Err("not_a_member"),
-        None => match st.check_break_glass(req.headers()) {
-            Some(true) => Ok(Operator {
-                name: BREAK_GLASS.to_owned(),
-                role: OperatorRole::Admin,
-                break_glass: true,
-            }),
-            Some(false) => Err("bad_token"),
+        None => match super::bearer(req.headers()) {
+            Some(token) if st.svc.is_break_glass(token) => Ok(Operator::break_glass()),
+            Some(_) => Err("bad_token"),
             None => Err("no_credentials"),
         },
     }
@@ -165,10 +136,10 @@ mod tests {
                 break_glass: true,
             },
         ] {
-            assert_eq!(Operator::from_header(&op.header_value()), Some(op));
+            assert_eq!(from_header(&header_value(&op)), Some(op));
         }
         for bad in ["", "alice", "root/alice", "admin/", "admin/a/b"] {
-            assert_eq!(Operator::from_header(bad), None, "{bad}");
+            assert_eq!(from_header(bad), None, "{bad}");
         }
     }
 

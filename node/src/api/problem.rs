@@ -1,5 +1,6 @@
 //! `application/problem+json` errors (RFC 9457) with a stable `code`.
 
+use crate::service::{Kind, ServiceError};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -67,6 +68,30 @@ impl Problem {
 
     pub fn internal(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+}
+
+/// The one mapping from the service layer's errors to HTTP: the kind decides the status,
+/// the error its code and sentence.
+impl<E: ServiceError> From<E> for Problem {
+    fn from(e: E) -> Problem {
+        Problem::new(status_of(e.kind()), e.code(), e.to_string())
+    }
+}
+
+/// The HTTP status of a kind of failure.
+pub fn status_of(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::Invalid => StatusCode::BAD_REQUEST,
+        Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Kind::Forbidden => StatusCode::FORBIDDEN,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Conflict => StatusCode::CONFLICT,
+        Kind::Gone => StatusCode::GONE,
+        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

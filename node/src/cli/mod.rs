@@ -460,7 +460,7 @@ fn verify_offline(
             let mut ok = true;
             match &kek {
                 Some(kek) => {
-                    let sigs = audit.check_signatures(|s| crate::api::audit::check_mac(kek, s));
+                    let sigs = audit.check_signatures(|s| crate::service::audit::check_mac(kek, s));
                     println!(
                         "signatures: {} verified, {} under KEKs not given, {} forged {:?}; signed through record {}, {} records after it",
                         sigs.verified,
@@ -477,7 +477,9 @@ fn verify_offline(
             if let Some(p) = signed_head {
                 let s = read_signed_head(p)?;
                 let held = s.records > 0 && audit.hash_at(s.records - 1) == Some(s.head.as_str());
-                let mac = kek.as_ref().map(|k| crate::api::audit::check_mac(k, &s));
+                let mac = kek
+                    .as_ref()
+                    .map(|k| crate::service::audit::check_mac(k, &s));
                 println!(
                     "exported head of {} records: {}{}",
                     s.records,

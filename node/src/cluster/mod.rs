@@ -9,7 +9,7 @@ mod network;
 mod server;
 
 pub use network::encode_snapshot;
-pub use server::{router as raft_router, sender_matches_certificate};
+pub use server::{admit_layer, router as raft_router, sender_matches_certificate};
 
 use crate::member::{Member, NodeId, Role};
 use crate::net::HttpPool;

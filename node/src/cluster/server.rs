@@ -94,6 +94,19 @@ pub async fn sender_matches_certificate(
     next.run(req).await
 }
 
+/// Middleware for the peer routes outside Raft (CVC copies, audit events, health):
+/// admits a request only from this node's own cluster (the `kura-cluster-id` header).
+pub async fn admit_layer(
+    axum::extract::State(c): axum::extract::State<Arc<Cluster>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(r) = admit(&c, req.headers()).await {
+        return r;
+    }
+    next.run(req).await
+}
+
 /// The node a vote speaks for.
 fn voter(v: &crate::raft_types::Vote) -> NodeId {
     v.leader_id().voted_for

@@ -32,6 +32,19 @@ pub enum PaymentState {
 }
 
 impl PaymentState {
+    /// The snake_case name (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentState::Pending => "pending",
+            PaymentState::Authorized => "authorized",
+            PaymentState::Captured => "captured",
+            PaymentState::Refunded => "refunded",
+            PaymentState::Declined => "declined",
+            PaymentState::Voided => "voided",
+            PaymentState::Failed => "failed",
+        }
+    }
+
     /// No transition leaves a final state.
     pub fn is_final(self) -> bool {
         matches!(
@@ -307,6 +320,19 @@ mod tests {
     fn approved() -> AuthOutcome {
         AuthOutcome::Approved {
             auth_code: "A1".into(),
+        }
+    }
+
+    #[test]
+    fn state_names_are_their_serialized_form() {
+        use PaymentState::*;
+        for s in [
+            Pending, Authorized, Captured, Refunded, Declined, Voided, Failed,
+        ] {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
         }
     }
 

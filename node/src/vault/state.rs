@@ -67,8 +67,22 @@ impl TokenRecord {
     /// True when this is a one-time token that can no longer be used at `now_ms` (used,
     /// or expired), so its card serves no purpose.
     pub fn spent_at(&self, now_ms: u64) -> bool {
-        self.kind == TokenKind::OneTime
-            && (self.used_at_ms.is_some() || self.expires_at_ms.is_some_and(|e| e <= now_ms))
+        self.usable_at(now_ms).is_err()
+    }
+
+    /// Whether the token may be used at `now_ms`: a one-time token only while unused and
+    /// unexpired (the one statement of that rule; card-on-file tokens always may).
+    pub fn usable_at(&self, now_ms: u64) -> Result<(), Refusal> {
+        if self.kind != TokenKind::OneTime {
+            return Ok(());
+        }
+        if self.used_at_ms.is_some() {
+            return Err(Refusal::TokenAlreadyUsed);
+        }
+        if self.expires_at_ms.is_some_and(|e| now_ms >= e) {
+            return Err(Refusal::TokenExpired);
+        }
+        Ok(())
     }
 }
 
@@ -794,12 +808,7 @@ impl VaultState {
             .get_mut(token)
             .filter(|r| r.merchant_id == merchant_id && r.kind == TokenKind::OneTime);
         let r = r.ok_or(Refusal::TokenNotFound)?;
-        if r.used_at_ms.is_some() {
-            return Err(Refusal::TokenAlreadyUsed);
-        }
-        if r.expires_at_ms.is_some_and(|e| at_ms >= e) {
-            return Err(Refusal::TokenExpired);
-        }
+        r.usable_at(at_ms)?;
         r.used_at_ms = Some(at_ms);
         Ok(())
     }

@@ -87,6 +87,14 @@ pub enum TokenKind {
     CardOnFile,
 }
 
+/// True when `s` has the shape of an id kura issues with `prefix` (`pay_`, `tok_`):
+/// the prefix and 22 base62 characters.
+pub fn is_issued_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix).is_some_and(|rest| {
+        rest.len() == BASE62_U128_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,122 @@
+//! Extractors: the authenticated merchant of a client API request, and a JSON body that
+//! is refused as a problem (naming the field, never echoing a value) when it does not
+//! parse.
+
+use super::problem::parse_json;
+use super::{AppState, Problem};
+use crate::service::auth::{AuthError, Caller};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// The merchant whose secret or publishable key authenticated the request. The rate
+/// limits, which look the key up first, leave it in the request's extensions; it is
+/// looked up here otherwise.
+pub struct Merchant(pub Caller);
+
+impl FromRequestParts<Arc<AppState>> for Merchant {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &Arc<AppState>,
+    ) -> Result<Merchant, Problem> {
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(Merchant(c.clone()));
+        }
+        let key = super::bearer(&parts.headers).ok_or(AuthError::Unauthenticated)?;
+        Ok(Merchant(st.svc.authenticate(key)?))
+    }
+}
+
+/// A JSON body of `T`; an empty body is `T::default()` when `T` allows it (see
+/// [`OptionalJson`]).
+pub struct Json<T>(pub T);
+
+/// Reads the whole body, as a problem when it is too large or cannot be read.
+pub async fn body_bytes<S: Send + Sync>(req: Request, st: &S) -> Result<Bytes, Problem> {
+    Bytes::from_request(req, st).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "the request body is too large",
+            )
+        } else {
+            Problem::bad_request("invalid_body", "the request body could not be read")
+        }
+    })
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, st: &S) -> Result<Json<T>, Problem> {
+        Ok(Json(parse_json(&body_bytes(req, st).await?)?))
+    }
+}
+
+/// A JSON body of `T`, or `T::default()` when the body is empty.
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, st: &S) -> Result<OptionalJson<T>, Problem> {
+        let body = body_bytes(req, st).await?;
+        if body.is_empty() {
+            return Ok(OptionalJson(T::default()));
+        }
+        Ok(OptionalJson(parse_json(&body)?))
+    }
+}
+
+/// A JSON body of `T` with the SHA-256 of its bytes (an idempotent request's
+/// fingerprint).
+pub struct HashedJson<T> {
+    pub value: T,
+    pub sha256: String,
+}
+
+/// Like [`HashedJson`], but an empty body is `T::default()`.
+pub struct HashedOptionalJson<T> {
+    pub value: T,
+    pub sha256: String,
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(b))
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for HashedJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, st: &S) -> Result<HashedJson<T>, Problem> {
+        let body = body_bytes(req, st).await?;
+        Ok(HashedJson {
+            value: parse_json(&body)?,
+            sha256: sha256_hex(&body),
+        })
+    }
+}
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for HashedOptionalJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, st: &S) -> Result<HashedOptionalJson<T>, Problem> {
+        let body = body_bytes(req, st).await?;
+        let value = if body.is_empty() {
+            T::default()
+        } else {
+            parse_json(&body)?
+        };
+        Ok(HashedOptionalJson {
+            value,
+            sha256: sha256_hex(&body),
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! The service layer: every use case of kura — tokenize, use a one-time token, cards on
+//! file, payments (and the resolver), keys, merchants, the audit trail, the cluster's
+//! admin operations — taking typed requests and returning typed results, with one error
+//! enum per operation ([`error`]). It authenticates and authorises callers
+//! ([`auth`]), seals and opens cards ([`sealing`]), and changes the vault only by
+//! proposing commands through the [`Cluster`]. It never sees HTTP: no bytes, headers or
+//! status codes (`api/` maps to and from them).
+
+pub mod audit;
+pub mod auth;
+pub mod cards;
+pub mod error;
+pub mod keys;
+pub mod merchants;
+pub mod nodes;
+pub mod payments;
+pub mod peers;
+mod sealing;
+pub mod tokens;
+
+pub use crate::cluster::{ClusterStatus, InitOutcome};
+pub use error::{Kind, ReadError, Replication, ServiceError};
+
+use crate::acquirer::router::Router;
+use crate::cluster::{Cluster, WriteError};
+use crate::crypto::{Entropy, KeyRing};
+use crate::cvc::CvcStore;
+use crate::failover::Failover;
+use crate::faults::FaultSwitches;
+use crate::metrics::Metrics;
+use crate::runtime::Clock;
+use crate::vault::{Command, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// API limits and defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Largest request body accepted.
+    pub request_body_bytes_max: usize,
+    /// Lifetime of a one-time token.
+    pub one_time_token_ttl_s: u64,
+    /// How long a write may wait for commit before the answer is `504 outcome_unknown`.
+    pub write_timeout_ms: u64,
+    /// Most CVCs held in memory at once (each lives at most a one-time token's TTL).
+    pub cvc_entries_max: usize,
+    /// How long the leader waits for other nodes to take a copy of a CVC.
+    pub cvc_replication_timeout_ms: u64,
+    /// Cards moved to the current data key per re-wrap log entry.
+    pub rewrap_batch_cards: usize,
+    /// How often the leader signs the audit trail's head (when it has grown).
+    pub audit_sign_interval_s: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            request_body_bytes_max: 64 * 1024,
+            one_time_token_ttl_s: 1800,
+            write_timeout_ms: 10_000,
+            cvc_entries_max: 100_000,
+            cvc_replication_timeout_ms: 250,
+            rewrap_batch_cards: 256,
+            audit_sign_interval_s: 60,
+        }
+    }
+}
+
+impl ApiSettings {
+    /// Checks the settings; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.request_body_bytes_max < 1024 {
+            return Err("api.request_body_bytes_max must be at least 1024".into());
+        }
+        if self.one_time_token_ttl_s == 0 || self.one_time_token_ttl_s > 86_400 {
+            return Err("api.one_time_token_ttl_s must be between 1 and 86400".into());
+        }
+        if self.write_timeout_ms < 100 {
+            return Err("api.write_timeout_ms must be at least 100".into());
+        }
+        if !(1..=10_000_000).contains(&self.cvc_entries_max) {
+            return Err("api.cvc_entries_max must be between 1 and 10000000".into());
+        }
+        if !(10..=5_000).contains(&self.cvc_replication_timeout_ms) {
+            return Err("api.cvc_replication_timeout_ms must be between 10 and 5000".into());
+        }
+        if !(1..=4_096).contains(&self.rewrap_batch_cards) {
+            return Err("api.rewrap_batch_cards must be between 1 and 4096".into());
+        }
+        if !(1..=3_600).contains(&self.audit_sign_interval_s) {
+            return Err("api.audit_sign_interval_s must be between 1 and 3600".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the service layer works with.
+pub struct Service {
+    cluster: Arc<Cluster>,
+    keys: Arc<KeyRing>,
+    entropy: Arc<Entropy>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    settings: ApiSettings,
+    /// SHA-256 of the break-glass admin token, when one is configured.
+    admin_token_sha256: Option<String>,
+    /// CVCs of one-time tokens, in memory only.
+    cvc: Arc<CvcStore>,
+    /// Health checks, the view of the other nodes, and the leadership controller.
+    failover: Arc<Failover>,
+    /// Fault switches, when fault injection is enabled on this node.
+    faults: Option<Arc<FaultSwitches>>,
+    /// The acquirer routes.
+    router: Arc<Router>,
+    /// Payments this node is authorising right now (a retry of one answers 409).
+    payments_in_flight: Mutex<HashSet<String>>,
+    /// Failed authentications not yet summarised into the audit trail.
+    auth_failures: audit::AuthFailures,
+}
+
+/// The parts a [`Service`] is built from.
+pub struct Parts {
+    pub cluster: Arc<Cluster>,
+    pub keys: Arc<KeyRing>,
+    pub entropy: Arc<Entropy>,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    pub settings: ApiSettings,
+    pub admin_token_sha256: Option<String>,
+    pub cvc: Arc<CvcStore>,
+    pub failover: Arc<Failover>,
+    pub faults: Option<Arc<FaultSwitches>>,
+    pub router: Arc<Router>,
+}
+
+impl Service {
+    pub fn new(p: Parts) -> Service {
+        Service {
+            cluster: p.cluster,
+            keys: p.keys,
+            entropy: p.entropy,
+            clock: p.clock,
+            metrics: p.metrics,
+            settings: p.settings,
+            admin_token_sha256: p.admin_token_sha256,
+            cvc: p.cvc,
+            failover: p.failover,
+            faults: p.faults,
+            router: p.router,
+            payments_in_flight: Mutex::default(),
+            auth_failures: audit::AuthFailures::default(),
+        }
+    }
+
+    /// The settings of the API and its use cases.
+    pub fn settings(&self) -> &ApiSettings {
+        &self.settings
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Wall-clock (or simulated) time now, in Unix milliseconds.
+    pub fn wall_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Leader-stamped time for a new command.
+    pub(crate) fn now_ms(&self) -> u64 {
+        // Never behind the replicated clock, so time in the log never goes back.
+        (self.clock)().max(self.cluster.vault().read(|v| v.clock_ms()))
+    }
+
+    /// Proposes `cmd`, bounded by the write timeout. Gives up early, outcome unknown, if
+    /// this node's Raft core gets stuck meanwhile.
+    pub(crate) async fn write(&self, cmd: Command) -> Result<Response, Replication> {
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        let write = tokio::time::timeout(timeout, self.cluster.write(cmd));
+        let Some(outcome) = self.cluster.unless_core_freezes(write).await else {
+            return Err(Replication::OutcomeUnknown(
+                "this node's Raft core got stuck on its storage while the write was in flight; it may or may not have been applied".into(),
+            ));
+        };
+        match outcome {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(Replication::of_write(e)),
+            Err(_) => Err(Replication::OutcomeUnknown(format!(
+                "the write was not committed within {} ms; it may still be applied",
+                self.settings.write_timeout_ms
+            ))),
+        }
+    }
+
+    /// Makes the next local read reflect every write committed before this call.
+    pub(crate) async fn linearize(&self) -> Result<(), Replication> {
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        let linearize = tokio::time::timeout(timeout, self.cluster.linearize());
+        let Some(outcome) = self.cluster.unless_core_freezes(linearize).await else {
+            return Err(Replication::NotLeader(
+                "this node's Raft core is stuck on its storage; nothing was done; retry",
+            ));
+        };
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(WriteError::NotLeader { .. })) => {
+                Err(Replication::NotLeader("leadership moved; retry"))
+            }
+            Ok(Err(e)) => Err(Replication::Unavailable(e.to_string())),
+            Err(_) => Err(Replication::Unavailable(
+                "could not confirm leadership in time".into(),
+            )),
+        }
+    }
+}
+
+/// A vault response an operation did not expect: a bug, reported as internal.
+pub(crate) fn unexpected(r: &Response) -> String {
+    format!("unexpected vault response {}", response_kind(r))
+}
+
+/// A vault response's name, for logs.
+pub(crate) fn response_kind(r: &Response) -> &'static str {
+    match r {
+        Response::None => "none",
+        Response::DataKeyInstalled { .. } => "data_key_installed",
+        Response::Merchant(_) => "merchant",
+        Response::Tokenized(_) => "tokenized",
+        Response::AlreadyOnFile(_) => "already_on_file",
+        Response::FingerprintKeyInstalled => "fingerprint_key_installed",
+        Response::CardDeleted => "card_deleted",
+        Response::Resealed { .. } => "resealed",
+        Response::DataKeyRetired { .. } => "data_key_retired",
+        Response::KeysRewrapped { .. } => "keys_rewrapped",
+        Response::Purged { .. } => "purged",
+        Response::Recorded => "recorded",
+        Response::Payment(_) => "payment",
+        Response::Refused(r) => r.code(),
+    }
+}

@@ -1,0 +1,232 @@
+//! The cluster's own operations: form it once, move leadership, drain and undrain a
+//! node, set this node's fault switches, and the views operators and load balancers
+//! read (status, readiness, metrics). Also what the HTTP layer needs to send a request
+//! to the leader: who leads, and whether this node may serve a leader-only request now.
+
+use super::audit::RecordError;
+use super::auth::Operator;
+use super::error::{service_error, Replication};
+use super::{unexpected, ClusterStatus, InitOutcome, Service};
+use crate::acquirer::router::RouteStatus;
+use crate::cluster::WriteError;
+use crate::failover::NodeHealth;
+use crate::faults::FaultState;
+use crate::member::{Member, NodeId};
+use crate::vault::token::base62_u128;
+use crate::vault::{Command, LeaderChangeCause, Response};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Why a cluster operation was not done.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeOpError {
+    #[error("{0}")]
+    InitRefused(String),
+    #[error("no member with this name")]
+    MemberNotFound,
+    #[error("{0}")]
+    TransferFailed(String),
+    #[error("fault injection is off on this node; start it with --enable-fault-injection and [faults] enabled = true")]
+    FaultInjectionDisabled,
+    #[error(transparent)]
+    Audit(#[from] RecordError),
+    #[error(transparent)]
+    Replication(#[from] Replication),
+    #[error("{0}")]
+    Internal(String),
+}
+
+service_error!(NodeOpError {
+    NodeOpError::InitRefused(_) => ("init_refused", Conflict),
+    NodeOpError::MemberNotFound => ("member_not_found", NotFound),
+    NodeOpError::TransferFailed(_) => ("transfer_failed", Unavailable),
+    NodeOpError::FaultInjectionDisabled => ("fault_injection_disabled", Forbidden),
+    NodeOpError::Internal(_) => ("internal", Internal),
+} delegate { Audit, Replication });
+
+/// This node's view of the cluster, for `/v1/cluster/status`.
+#[derive(Debug, Clone)]
+pub struct StatusView {
+    pub status: ClusterStatus,
+    pub health: NodeHealth,
+    pub routes: Vec<RouteStatus>,
+    /// The last report of each other node (`None`: it did not answer).
+    pub peers: BTreeMap<NodeId, Option<NodeHealth>>,
+}
+
+/// Whether this node may serve a leader-only request now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServeHere {
+    #[error("this node's Raft core is stuck on its storage and may no longer lead; nothing was done; retry")]
+    CoreFrozen,
+    #[error("leadership moved before the request ran; nothing was done; retry")]
+    NotLeader,
+    #[error("the cluster has no leader right now; nothing was done; retry shortly")]
+    NoLeader,
+}
+
+service_error!(ServeHere {
+    ServeHere::CoreFrozen => ("not_leader", Unavailable),
+    ServeHere::NotLeader => ("not_leader", Unavailable),
+    ServeHere::NoLeader => ("no_leader", Unavailable),
+} delegate {});
+
+impl Service {
+    /// Forms the cluster from the configured members, once.
+    pub async fn init(&self) -> Result<InitOutcome, NodeOpError> {
+        let new_id = format!(
+            "kc_{}",
+            base62_u128(u128::from_be_bytes(self.entropy.bytes()))
+        );
+        self.cluster
+            .init(new_id)
+            .await
+            .map_err(NodeOpError::InitRefused)
+    }
+
+    /// Moves leadership to the member named `to` and answers once it leads.
+    pub async fn transfer_leader(&self, op: &Operator, to: &str) -> Result<(), NodeOpError> {
+        let id = self
+            .cluster
+            .member_id(to)
+            .ok_or(NodeOpError::MemberNotFound)?;
+        if id == self.cluster.id() {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        self.cluster
+            .transfer_leader(id, LeaderChangeCause::Operator, timeout)
+            .await
+            .map_err(NodeOpError::TransferFailed)?;
+        tracing::info!(to, cause = "operator", "leadership transferred");
+        let record = Command::RecordAdminAction {
+            action: "leader.transfer".into(),
+            detail: format!("to {to}"),
+            at_ms: self.now_ms(),
+            by: Some(op.actor()),
+        };
+        // The transfer happened; failing to record it is logged, not reported.
+        if let Err(e) = self.write(record).await {
+            tracing::warn!(
+                code = super::ServiceError::code(&e),
+                "leader transfer not recorded in the audit trail"
+            );
+        }
+        Ok(())
+    }
+
+    /// Drains (or undrains) the member named `name`: it gives up leadership, reports
+    /// not ready and stops standing for election.
+    pub async fn set_drained(
+        &self,
+        op: &Operator,
+        name: &str,
+        drained: bool,
+    ) -> Result<(), NodeOpError> {
+        if self.cluster.member_id(name).is_none() {
+            return Err(NodeOpError::MemberNotFound);
+        }
+        let cmd = Command::SetDrained {
+            node: name.to_owned(),
+            drained,
+            at_ms: self.now_ms(),
+            by: Some(op.actor()),
+        };
+        match self.write(cmd).await? {
+            Response::Recorded => Ok(()),
+            other => Err(NodeOpError::Internal(unexpected(&other))),
+        }
+    }
+
+    /// This node's fault switches.
+    pub fn faults(&self) -> Result<FaultState, NodeOpError> {
+        Ok(self
+            .faults
+            .as_ref()
+            .ok_or(NodeOpError::FaultInjectionDisabled)?
+            .get())
+    }
+
+    /// Sets this node's fault switches (node-local); recorded in the audit trail in the
+    /// background, since a switch may have just stalled this node's own storage.
+    pub fn set_faults(
+        self: &std::sync::Arc<Self>,
+        op: &Operator,
+        state: &FaultState,
+    ) -> Result<FaultState, NodeOpError> {
+        let switches = self
+            .faults
+            .as_ref()
+            .ok_or(NodeOpError::FaultInjectionDisabled)?;
+        switches.set(state);
+        tracing::warn!(?state, operator = %op.actor(), "fault switches set");
+        let now = switches.get();
+        let detail = format!(
+            "on {}: {}",
+            self.cluster.me().name,
+            serde_json::to_string(&now).unwrap_or_default()
+        );
+        let (svc, by) = (self.clone(), Some(op.actor()));
+        crate::runtime::spawn(async move {
+            if let Err(e) = svc.record("faults.set", detail, by).await {
+                tracing::warn!(
+                    code = super::ServiceError::code(&e),
+                    "fault switch change not written to the audit trail"
+                );
+            }
+        });
+        Ok(now)
+    }
+
+    /// This node's view of the cluster, with every node's health.
+    pub fn status_view(&self) -> StatusView {
+        StatusView {
+            status: self.cluster.status(),
+            health: self.own_health(),
+            routes: self.router.statuses(),
+            peers: self.failover.health.peer_reports(),
+        }
+    }
+
+    /// Brings the gauges read at scrape time up to date.
+    pub fn refresh_scrape_gauges(&self) {
+        self.metrics
+            .vault_tokens
+            .set(self.cluster.vault().read(|v| v.token_count()) as i64);
+    }
+
+    /// This node's id and what the cluster knows of it.
+    pub fn me(&self) -> (NodeId, Member) {
+        (self.cluster.id(), self.cluster.me().clone())
+    }
+
+    /// Whether this node leads now.
+    pub fn is_leader(&self) -> bool {
+        self.cluster.is_leader()
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        self.cluster.leader()
+    }
+
+    /// Waits (bounded by the election) for a leader other than `not`.
+    pub async fn wait_for_leader(&self, not: Option<NodeId>) -> Option<(NodeId, Member)> {
+        self.cluster.wait_for_leader(not).await
+    }
+
+    /// Whether this node, the leader, may serve a leader-only request now: its Raft core
+    /// answers and it has applied everything committed before its term.
+    pub async fn ready_to_serve(&self) -> Result<(), ServeHere> {
+        if self.cluster.core_frozen() {
+            return Err(ServeHere::CoreFrozen);
+        }
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        match self.cluster.leader_caught_up(timeout).await {
+            Ok(()) => Ok(()),
+            Err(WriteError::NotLeader { .. }) => Err(ServeHere::NotLeader),
+            Err(_) => Err(ServeHere::NoLeader),
+        }
+    }
+}
