@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 /// mimalloc rather than glibc's allocator: under a 256-client write load glibc's malloc
 /// and free took about 17% of the leader's CPU (`perf`), and mimalloc raised that
-/// load's throughput by about 15% (README, Benchmarks).
+/// load's throughput by about 15% (docs/decisions/0005-mimalloc.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -86,10 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/status", get(health::cluster_status))
         .route("/metrics", get(health::metrics))
         .fallback(|| async {
-            Problem::not_found(
-                "route_not_found",
-                "no such route; see the API reference in README.md",
-            )
+            Problem::not_found("route_not_found", "no such route; see docs/api.md")
         })
         .layer(DefaultBodyLimit::max(
             state.svc.settings().request_body_bytes_max,
@@ -142,10 +139,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
             get(health::admin_cluster_status),
         )
         .fallback(|| async {
-            Problem::not_found(
-                "route_not_found",
-                "no such admin route; see the API reference in README.md",
-            )
+            Problem::not_found("route_not_found", "no such admin route; see docs/api.md")
         })
         .layer(middleware::from_fn_with_state(state.clone(), fields::guard))
         .layer(middleware::from_fn_with_state(

@@ -110,7 +110,7 @@ pub enum Cmd {
         config: PathBuf,
     },
     /// Run a standalone acquirer simulator (test cards, latency and failure injection;
-    /// see the README).
+    /// see docs/operations.md).
     AcquirerSim {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9001")]

@@ -4,9 +4,15 @@
 //! kura talks to [`Cluster`]: write a command, make a read linearizable, ask who
 //! leads, form the cluster once.
 
+mod formation;
 mod handoff;
 mod network;
+mod peers;
 mod server;
+mod status;
+mod transfer;
+
+pub use status::{ClusterStatus, MemberStatus, StatusWatch};
 
 pub use network::encode_snapshot;
 pub use server::{admit_layer, router as raft_router, sender_matches_certificate};
@@ -145,21 +151,6 @@ pub struct InitOutcome {
     pub already_initialized: bool,
 }
 
-/// Wakes when this node's Raft status changes. Hold one; do not create one per wait.
-pub struct StatusWatch {
-    rx: openraft::type_config::alias::WatchReceiverOf<
-        crate::raft_types::TypeConfig,
-        openraft::RaftMetrics<crate::raft_types::TypeConfig>,
-    >,
-}
-
-impl StatusWatch {
-    /// Waits for the next change; false once the Raft node has stopped.
-    pub async fn changed(&mut self) -> bool {
-        self.rx.changed().await.is_ok()
-    }
-}
-
 /// A kura node's replication handle.
 pub struct Cluster {
     pub(crate) id: NodeId,
@@ -195,39 +186,6 @@ pub(crate) fn peer_request(
         .header(CLUSTER_ID_HEADER, cluster_id)
         .body(http_body_util::Full::new(body))
         .expect("valid peer request")
-}
-
-/// One member's view in [`ClusterStatus`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MemberStatus {
-    pub id: NodeId,
-    pub name: String,
-    pub role: Role,
-    pub api_addr: String,
-    pub raft_addr: String,
-    /// Last log index known replicated to this member (leader's view only).
-    pub matched_index: Option<u64>,
-    /// Entries this member is behind the leader's last log (leader's view only).
-    pub lag_entries: Option<u64>,
-}
-
-/// This node's view of the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    pub node_id: NodeId,
-    pub name: String,
-    pub role: Role,
-    pub cluster_id: Option<String>,
-    pub state: String,
-    pub leader_id: Option<NodeId>,
-    pub leader_name: Option<String>,
-    pub term: u64,
-    pub last_log_index: u64,
-    pub committed_index: u64,
-    pub applied_index: u64,
-    pub snapshot_index: Option<u64>,
-    pub purged_index: Option<u64>,
-    pub members: Vec<MemberStatus>,
 }
 
 impl Cluster {
@@ -294,148 +252,6 @@ impl Cluster {
     /// The cluster id, once formed or joined.
     pub fn cluster_id(&self) -> Option<String> {
         self.cluster_id.read().expect("cluster id lock").clone()
-    }
-
-    async fn adopt_cluster_id(&self, id: &str) -> Result<(), String> {
-        if self.store.has_raft_state().map_err(|e| e.to_string())? {
-            return Err("this node has Raft data but no cluster id; refusing to join".into());
-        }
-        self.store
-            .set_cluster_id(id)
-            .await
-            .map_err(|e| e.to_string())?;
-        *self.cluster_id.write().expect("cluster id lock") = Some(id.to_owned());
-        tracing::info!(cluster_id = id, "joined cluster");
-        Ok(())
-    }
-
-    /// Admits a peer request only from this node's own cluster (the `kura-cluster-id`
-    /// header); the error is the response to send.
-    pub async fn admit_peer(
-        &self,
-        headers: &http::HeaderMap,
-    ) -> Result<(), axum::response::Response> {
-        server::admit(self, headers).await
-    }
-
-    /// POSTs `body` to `path` on every other member's peer listener in parallel, each
-    /// bounded by `timeout`. Returns how many answered with success. Best effort: a
-    /// failure is logged at debug level and counted out, never retried.
-    pub async fn post_to_peers(&self, path: &str, body: bytes::Bytes, timeout: Duration) -> usize {
-        let cluster = self.cluster_id().unwrap_or_default();
-        let sends = self
-            .members
-            .iter()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(_, m)| {
-                let req =
-                    peer_request(self.id, http::Method::POST, path, &m.raft_addr, &cluster, body.clone());
-                let addr = m.raft_addr.clone();
-                async move {
-                    match self.pool.send(&addr, req, timeout).await {
-                        Ok(r) if r.status().is_success() => true,
-                        other => {
-                            tracing::debug!(peer = %addr, path, outcome = ?other.map(|r| r.status()), "peer post failed");
-                            false
-                        }
-                    }
-                }
-            });
-        futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .filter(|ok| *ok)
-            .count()
-    }
-
-    /// POSTs `body` to `path` on member `to`'s peer listener, bounded by `timeout`; true
-    /// when it answered with success.
-    pub async fn post_to_peer(
-        &self,
-        to: NodeId,
-        path: &str,
-        body: bytes::Bytes,
-        timeout: Duration,
-    ) -> bool {
-        let Some(m) = self.members.get(&to) else {
-            return false;
-        };
-        let cluster = self.cluster_id().unwrap_or_default();
-        let req = peer_request(
-            self.id,
-            http::Method::POST,
-            path,
-            &m.raft_addr,
-            &cluster,
-            body,
-        );
-        match self.pool.send(&m.raft_addr, req, timeout).await {
-            Ok(r) if r.status().is_success() => true,
-            other => {
-                tracing::debug!(peer = %m.raft_addr, path, outcome = ?other.map(|r| r.status()), "peer post failed");
-                false
-            }
-        }
-    }
-
-    /// GETs `path` from every other member's peer listener in parallel, each bounded by
-    /// `timeout`: the body of each success, `None` for each failure.
-    pub async fn get_from_peers(
-        &self,
-        path: &str,
-        timeout: Duration,
-    ) -> Vec<(NodeId, Option<bytes::Bytes>)> {
-        let cluster = self.cluster_id().unwrap_or_default();
-        let gets = self
-            .members
-            .iter()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(id, m)| {
-                let req = peer_request(
-                    self.id,
-                    http::Method::GET,
-                    path,
-                    &m.raft_addr,
-                    &cluster,
-                    bytes::Bytes::new(),
-                );
-                let addr = m.raft_addr.clone();
-                async move {
-                    let body = match self.pool.send(&addr, req, timeout).await {
-                        Ok(r) if r.status().is_success() => Some(r.into_body()),
-                        Ok(_) => None,
-                        Err(_) => {
-                            self.pool.forget(&addr);
-                            None
-                        }
-                    };
-                    (*id, body)
-                }
-            });
-        futures::future::join_all(gets).await
-    }
-
-    /// Holds a leader's handoff notice (`cause term`) until the next leader is seen.
-    pub(crate) fn note_incoming_cause(&self, body: &str) -> Result<(), String> {
-        let notice = HandoffNotice::parse(body, self.status().term, tokio::time::Instant::now())?;
-        *self.incoming_cause.lock().expect("cause lock") = Some(notice);
-        Ok(())
-    }
-
-    /// The cause this node records on becoming leader of `term`, if a handoff notice
-    /// speaks for it (see `handoff::cause_for`).
-    pub fn incoming_cause_for(&self, term: u64) -> Option<crate::vault::LeaderChangeCause> {
-        let held = self.incoming_cause.lock().expect("cause lock");
-        handoff::cause_for(&held, term, tokio::time::Instant::now())
-    }
-
-    /// Drops a notice that a recorded leader change of `recorded_term` has used or
-    /// passed (see `handoff::settle`).
-    pub fn settle_incoming_cause(&self, recorded_term: u64) {
-        handoff::settle(
-            &mut self.incoming_cause.lock().expect("cause lock"),
-            recorded_term,
-        );
     }
 
     /// Every configured member.
@@ -623,265 +439,12 @@ impl Cluster {
         }
     }
 
-    /// Forms the cluster from the configured members, once.
-    ///
-    /// Idempotent: a node that already has a cluster id answers with it. Refuses if any
-    /// peer already belongs to a cluster or holds Raft data, so that two clusters are
-    /// never silently merged or formed twice.
-    pub async fn init(&self, id_if_new: String) -> Result<InitOutcome, String> {
-        let initialized = self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| e.to_string())?;
-        let existing = self.cluster_id();
-        match (&existing, initialized) {
-            (Some(id), true) => {
-                return Ok(InitOutcome {
-                    cluster_id: id.clone(),
-                    already_initialized: true,
-                });
-            }
-            // An earlier init recorded the id but did not finish: finish it with that id.
-            (Some(_), false) => {}
-            (None, _) if self.store.has_raft_state().map_err(|e| e.to_string())? => {
-                return Err(
-                    "this node has Raft data but no cluster id; refusing to form a cluster".into(),
-                );
-            }
-            (None, _) => {}
-        }
-        let id = existing.unwrap_or(id_if_new);
-        self.check_peers_can_join(&id).await?;
-        self.store
-            .set_cluster_id(&id)
-            .await
-            .map_err(|e| e.to_string())?;
-        *self.cluster_id.write().expect("cluster id lock") = Some(id.clone());
-        self.raft
-            .initialize(self.members.clone())
-            .await
-            .map_err(|e| format!("raft initialize failed: {e}"))?;
-        tracing::info!(cluster_id = %id, members = self.members.len(), "cluster formed");
-        Ok(InitOutcome {
-            cluster_id: id,
-            already_initialized: false,
-        })
-    }
-
-    /// Every peer must answer, be the node the config says, and belong to no cluster
-    /// other than `id` (a peer may already carry `id` from an unfinished init).
-    async fn check_peers_can_join(&self, id: &str) -> Result<(), String> {
-        for (peer_id, m) in self.members.iter().filter(|(i, _)| **i != self.id) {
-            let ident = self
-                .peer_identity(m)
-                .await
-                .map_err(|e| format!("peer {} ({}) unreachable: {e}", m.name, m.raft_addr))?;
-            if ident.node_id != *peer_id {
-                return Err(format!(
-                    "peer at {} says it is node {}, config says {peer_id}",
-                    m.raft_addr, ident.node_id
-                ));
-            }
-            match ident.cluster_id {
-                Some(theirs) if theirs != id => {
-                    return Err(format!(
-                        "peer {} already belongs to cluster {theirs}",
-                        m.name
-                    ));
-                }
-                None if ident.has_data => {
-                    return Err(format!("peer {} has Raft data but no cluster id", m.name))
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    async fn peer_identity(&self, m: &Member) -> Result<server::Identity, String> {
-        let req = http::Request::get("/raft/identity")
-            .header(http::header::HOST, &m.raft_addr)
-            .header(NODE_ID_HEADER, self.id)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("valid request");
-        let resp = self
-            .pool
-            .send(&m.raft_addr, req, Duration::from_secs(3))
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(resp.body()).map_err(|e| e.to_string())
-    }
-
     /// The member id of the voter named `name`.
     pub fn member_id(&self, name: &str) -> Option<NodeId> {
         self.members
             .iter()
             .find(|(_, m)| m.name == name)
             .map(|(id, _)| *id)
-    }
-
-    /// Hands leadership to `to` for `cause` and waits until this node has applied the
-    /// next leader's record of the change, up to `timeout`. Every peer is told the cause
-    /// first (see `handoff`); `to` must have taken the notice. Only the leader
-    /// can do this. Fails if another node took over instead (the transfer's election
-    /// went to it), although leadership has then still moved.
-    pub async fn transfer_leader(
-        &self,
-        to: NodeId,
-        cause: crate::vault::LeaderChangeCause,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        if !self.is_leader() {
-            return Err("this node is not the leader".into());
-        }
-        if !self.members.contains_key(&to) {
-            return Err(format!("node {to} is not a member"));
-        }
-        let from_term = self.status().term;
-        let notice = bytes::Bytes::from(HandoffNotice::body(cause, from_term));
-        let cluster_id = self.cluster_id().unwrap_or_default();
-        let sends = self
-            .members
-            .iter()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(id, m)| {
-                let req = peer_request(
-                    self.id,
-                    http::Method::POST,
-                    "/raft/handoff-cause",
-                    &m.raft_addr,
-                    &cluster_id,
-                    notice.clone(),
-                );
-                // Only the target's answer is waited for in full: a peer that is down
-                // or cut off must not hold the handoff up.
-                let bound = if *id == to {
-                    timeout
-                } else {
-                    self.election_window.min(timeout)
-                };
-                async move { (*id, self.pool.send(&m.raft_addr, req, bound).await) }
-            });
-        for (id, answer) in futures::future::join_all(sends).await {
-            match answer {
-                Ok(r) if r.status().is_success() => {}
-                other if id == to => {
-                    return Err(format!(
-                        "node {to} did not take the handoff notice: {:?}",
-                        other.map(|r| r.status())
-                    ))
-                }
-                // Another peer that missed the notice would record a takeover of its
-                // own as crash_or_partition; the transfer itself does not need it.
-                other => {
-                    tracing::debug!(peer = id, answer = ?other.map(|r| r.status()), "handoff notice not taken")
-                }
-            }
-        }
-        // This node holds the notice too: should the transfer's election come back to it,
-        // that change is still the handoff's doing.
-        self.note_incoming_cause(&String::from_utf8_lossy(&notice))?;
-        let mut watch = self.watch();
-        self.raft
-            .trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| e.to_string())?;
-        // Done once the next leader's record of the change (with the cause) has reached
-        // this node: leadership moved again too soon would otherwise leave a term whose
-        // change was never recorded.
-        let recorded = || {
-            self.vault().read(|v| {
-                v.last_leader_change()
-                    .filter(|c| c.term > from_term)
-                    .map(|c| c.leader_node)
-            })
-        };
-        let wait = async {
-            loop {
-                if let Some(leader) = recorded() {
-                    return Ok(leader);
-                }
-                if !watch.changed().await {
-                    return Err("the Raft node stopped".to_owned());
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(leader)) if leader == to => Ok(()),
-            Ok(Ok(leader)) => Err(format!(
-                "node {leader} took leadership instead of node {to}"
-            )),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!(
-                "node {to} did not take leadership within {timeout:?}"
-            )),
-        }
-    }
-
-    /// A snapshot of this node's Raft view, for status and metrics.
-    pub fn status(&self) -> ClusterStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let membership = m.membership_config.membership();
-        let last = m.last_log_index.unwrap_or(0);
-        let nodes: BTreeMap<NodeId, Member> = if membership.nodes().next().is_some() {
-            membership.nodes().map(|(i, n)| (*i, n.clone())).collect()
-        } else {
-            self.members.clone()
-        };
-        let members = nodes
-            .into_iter()
-            .map(|(id, n)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id))
-                    .map(|l| l.map_or(0, |l| l.index));
-                let matched = if id == self.id && m.state == ServerState::Leader {
-                    Some(last)
-                } else {
-                    matched
-                };
-                MemberStatus {
-                    id,
-                    name: n.name,
-                    role: n.role,
-                    api_addr: n.api_addr,
-                    raft_addr: n.raft_addr,
-                    matched_index: matched,
-                    lag_entries: matched.map(|x| last.saturating_sub(x)),
-                }
-            })
-            .collect();
-        let leader_name = m
-            .current_leader
-            .and_then(|l| membership.get_node(&l).map(|n| n.name.clone()));
-        ClusterStatus {
-            node_id: self.id,
-            name: self.me().name.clone(),
-            role: self.me().role,
-            cluster_id: self.cluster_id(),
-            state: format!("{:?}", m.state).to_lowercase(),
-            leader_id: m.current_leader,
-            leader_name,
-            term: m.current_term,
-            last_log_index: last,
-            committed_index: m.local_committed.map_or(0, |l| l.index),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
-            snapshot_index: m.snapshot.map(|l| l.index),
-            purged_index: m.purged.map(|l| l.index),
-            members,
-        }
-    }
-
-    /// A watcher that wakes when the Raft status changes (for the metrics updater).
-    pub fn watch(&self) -> StatusWatch {
-        let mut rx = self.raft.metrics();
-        // A clone of openraft's receiver has seen no version yet: mark the current one seen,
-        // or the first `changed()` — and every one after — would return at once.
-        let _ = rx.borrow_and_update();
-        StatusWatch { rx }
     }
 
     /// Stops the Raft node.
