@@ -286,3 +286,36 @@ fn the_service_layer_never_sees_http_and_the_api_never_sees_the_core() {
         assert!(core.is_empty(), "{rel} reaches the core: {core:?}");
     }
 }
+
+#[test]
+fn every_api_route_is_registered_with_its_description() {
+    // Routes registered with `routes!` carry their `#[utoipa::path]` into the OpenAPI
+    // description; a plain `.route(` would serve a path the description lacks. The one
+    // plain route of the client API and the admin plane serves the description itself;
+    // the peer plane (node to node, `api/peer.rs`) is not part of the API.
+    let files = files(&src());
+    let code_of = |rel: &str| {
+        files
+            .iter()
+            .find(|(r, _)| r == rel)
+            .map(|(_, c)| c.clone())
+            .unwrap()
+    };
+    let mod_rs = code_of("api/mod.rs");
+    assert_eq!(mod_rs.matches(".route(").count(), 1);
+    let at = mod_rs.find(".route(").unwrap();
+    assert!(
+        mod_rs[at..]
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .contains("OPENAPI_PATH"),
+        "the plain route serves the description"
+    );
+    assert!(mod_rs.matches(".routes(routes!(").count() >= 20);
+    for (rel, code) in under(&files, &["api/"]) {
+        if rel != "api/mod.rs" && rel != "api/peer.rs" {
+            assert!(!code.contains(".route("), "{rel} registers a route");
+        }
+    }
+}

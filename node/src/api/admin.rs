@@ -2,36 +2,55 @@
 //! move leadership; drain nodes; fault switches. Every route is on the admin plane,
 //! where an operator has been authenticated.
 
-use super::dto::{
-    CreateMerchantIn, MerchantOut, MerchantsOut, RotateKeyIn, TransferIn, UpdateMerchantIn,
-};
+use super::dto::{self, wire};
 use super::extract::{Json, OptionalJson};
 use super::{Problem, St};
-use crate::faults::FaultState;
 use crate::service::auth::Operator;
 use crate::service::merchants::{MerchantUpdate, NewMerchant};
-use crate::service::InitOutcome;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use serde_json::{json, Value};
+use kura_types::{
+    CreateMerchantIn, Drained, Faults, InitOutcome, Leader, Merchant, Merchants, RotateKeyIn,
+    TransferIn, UpdateMerchantIn,
+};
 
 type Out<T> = Result<axum::Json<T>, Problem>;
 
-/// `POST /admin/v1/init`: form the cluster from the configured members, once.
+/// Forms the cluster from the configured members, once: `201` when formed, `200` with
+/// `already_initialized` afterwards.
+#[utoipa::path(post, path = "/admin/v1/init", tag = "cluster",
+    responses(
+        (status = 201, description = "formed", body = InitOutcome),
+        (status = 200, description = "formed before", body = InitOutcome),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
 pub async fn init(State(st): St) -> Result<Response, Problem> {
-    let outcome: InitOutcome = st.svc.init().await?;
-    let status = if outcome.already_initialized {
+    let o = st.svc.init().await?;
+    let status = if o.already_initialized {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    Ok((status, axum::Json(outcome)).into_response())
+    let out = InitOutcome {
+        cluster_id: o.cluster_id,
+        already_initialized: o.already_initialized,
+    };
+    Ok((status, axum::Json(out)).into_response())
 }
 
-/// `POST /admin/v1/merchants`: creates a merchant and returns its secret and publishable
-/// keys, once.
+/// Creates a merchant and returns its secret and publishable keys, once (stored only
+/// as hashes).
+#[utoipa::path(post, path = "/admin/v1/merchants", tag = "merchants",
+    request_body = CreateMerchantIn,
+    responses(
+        (status = 201, description = "created, with its keys", body = Merchant),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
 pub async fn create_merchant(
     State(st): St,
     Extension(op): Extension<Operator>,
@@ -41,107 +60,182 @@ pub async fn create_merchant(
         merchant_id: m.merchant_id,
         name: m.name,
         allowed_origins: m.allowed_origins,
-        token_format: m.token_format,
+        token_format: wire(m.token_format),
         require_three_d_secure: m.require_three_d_secure,
     };
     let made = st.svc.create_merchant(&op, new).await?;
-    Ok((StatusCode::CREATED, axum::Json(MerchantOut::from(made))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(wire::<Merchant, _>(made))).into_response())
 }
 
-/// `POST /admin/v1/merchants/{id}/rotate-key` with `{"key": "secret"|"publishable"}`
-/// (default secret): issues a new key of that kind; the old one stops working at once.
+/// Issues a new key of the kind asked (default the secret key); the old one stops
+/// working at once.
+#[utoipa::path(post, path = "/admin/v1/merchants/{id}/rotate-key", tag = "merchants",
+    params(("id" = String, Path, description = "a merchant id")),
+    request_body(content = RotateKeyIn, description = "optional; default the secret key"),
+    responses(
+        (status = 200, description = "the merchant with its new key", body = Merchant),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
 pub async fn rotate_key(
     State(st): St,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
     OptionalJson(input): OptionalJson<RotateKeyIn>,
-) -> Out<MerchantOut> {
-    let made = st.svc.rotate_merchant_key(&op, &id, input.key).await?;
-    Ok(axum::Json(made.into()))
+) -> Out<Merchant> {
+    let made = st
+        .svc
+        .rotate_merchant_key(&op, &id, wire(input.key))
+        .await?;
+    Ok(axum::Json(wire(made)))
 }
 
-/// `GET /admin/v1/merchants/{id}`.
+/// One merchant (never its keys). Audited.
+#[utoipa::path(get, path = "/admin/v1/merchants/{id}", tag = "merchants",
+    params(("id" = String, Path, description = "a merchant id")),
+    responses(
+        (status = 200, description = "the merchant", body = Merchant),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
 pub async fn get_merchant(
     State(st): St,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
-) -> Out<MerchantOut> {
-    Ok(axum::Json(st.svc.merchant(&op, &id).await?.into()))
+) -> Out<Merchant> {
+    Ok(axum::Json(wire(st.svc.merchant(&op, &id).await?)))
 }
 
-/// `PATCH /admin/v1/merchants/{id}`: changes `allowed_origins`, `token_format` and/or
-/// `require_three_d_secure` (a new format applies to new tokens only).
+/// Changes `allowed_origins`, `token_format` and/or `require_three_d_secure` (a new
+/// format applies to new tokens only).
+#[utoipa::path(patch, path = "/admin/v1/merchants/{id}", tag = "merchants",
+    params(("id" = String, Path, description = "a merchant id")),
+    request_body = UpdateMerchantIn,
+    responses(
+        (status = 200, description = "the merchant as changed", body = Merchant),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
 pub async fn update_merchant(
     State(st): St,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
     Json(u): Json<UpdateMerchantIn>,
-) -> Out<MerchantOut> {
+) -> Out<Merchant> {
     let update = MerchantUpdate {
         allowed_origins: u.allowed_origins,
-        token_format: u.token_format,
+        token_format: u.token_format.map(wire),
         require_three_d_secure: u.require_three_d_secure,
     };
-    Ok(axum::Json(
-        st.svc.update_merchant(&op, &id, update).await?.into(),
-    ))
+    Ok(axum::Json(wire(
+        st.svc.update_merchant(&op, &id, update).await?,
+    )))
 }
 
-/// `GET /admin/v1/merchants`: every merchant (never their keys).
-pub async fn list_merchants(
-    State(st): St,
-    Extension(op): Extension<Operator>,
-) -> Out<MerchantsOut> {
+/// Every merchant (never their keys). Audited.
+#[utoipa::path(get, path = "/admin/v1/merchants", tag = "merchants",
+    responses(
+        (status = 200, description = "every merchant", body = Merchants),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
+pub async fn list_merchants(State(st): St, Extension(op): Extension<Operator>) -> Out<Merchants> {
     let merchants = st.svc.merchants(&op).await?;
-    Ok(axum::Json(MerchantsOut {
-        merchants: merchants.into_iter().map(MerchantOut::from).collect(),
+    Ok(axum::Json(Merchants {
+        merchants: merchants.into_iter().map(wire).collect(),
     }))
 }
 
-/// `POST /admin/v1/leader/transfer`: `{"to": "<member name>"}` moves leadership there and
-/// answers once that node leads.
+/// Moves leadership to the member named and answers once it leads.
+#[utoipa::path(post, path = "/admin/v1/leader/transfer", tag = "cluster",
+    request_body = TransferIn,
+    responses(
+        (status = 200, description = "the member named leads", body = Leader),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "the transfer failed", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
 pub async fn transfer_leader(
     State(st): St,
     Extension(op): Extension<Operator>,
     Json(t): Json<TransferIn>,
-) -> Out<Value> {
+) -> Out<Leader> {
     st.svc.transfer_leader(&op, &t.to).await?;
-    Ok(axum::Json(json!({ "leader": t.to })))
+    Ok(axum::Json(Leader { leader: t.to }))
 }
 
-/// `POST /admin/v1/nodes/{name}/drain`: the node gives up leadership (to the healthiest
-/// caught-up node), reports not ready and stops standing for election. Poll
-/// `/v1/cluster/status` (or use `kura drain`) to see when it is safe to stop.
+/// Drains a node: it gives up leadership (to the healthiest caught-up node), reports
+/// not ready and stops standing for election. Poll the cluster status (or use `kura
+/// drain`) to see when it is safe to stop.
+#[utoipa::path(post, path = "/admin/v1/nodes/{name}/drain", tag = "cluster",
+    params(("name" = String, Path, description = "a member's name")),
+    responses(
+        (status = 200, description = "drained", body = Drained),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
 pub async fn drain(
     State(st): St,
     Extension(op): Extension<Operator>,
     Path(name): Path<String>,
-) -> Out<Value> {
+) -> Out<Drained> {
     st.svc.set_drained(&op, &name, true).await?;
-    Ok(axum::Json(json!({ "node": name, "drained": true })))
+    Ok(axum::Json(Drained {
+        node: name,
+        drained: true,
+    }))
 }
 
-/// `POST /admin/v1/nodes/{name}/undrain`: reverses `drain`.
+/// Reverses a drain.
+#[utoipa::path(post, path = "/admin/v1/nodes/{name}/undrain", tag = "cluster",
+    params(("name" = String, Path, description = "a member's name")),
+    responses(
+        (status = 200, description = "undrained", body = Drained),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
 pub async fn undrain(
     State(st): St,
     Extension(op): Extension<Operator>,
     Path(name): Path<String>,
-) -> Out<Value> {
+) -> Out<Drained> {
     st.svc.set_drained(&op, &name, false).await?;
-    Ok(axum::Json(json!({ "node": name, "drained": false })))
+    Ok(axum::Json(Drained {
+        node: name,
+        drained: false,
+    }))
 }
 
-/// `GET /admin/v1/faults`: this node's fault switches (node-local, never forwarded).
-pub async fn get_faults(State(st): St) -> Out<FaultState> {
-    Ok(axum::Json(st.svc.faults()?))
+/// This node's fault switches (node-local, never forwarded; tests only).
+#[utoipa::path(get, path = "/admin/v1/faults", tag = "cluster",
+    responses(
+        (status = 200, description = "the switches", body = Faults),
+        (status = "4XX", description = "fault injection is off on this node", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
+pub async fn get_faults(State(st): St) -> Out<Faults> {
+    Ok(axum::Json(dto::faults_out(st.svc.faults()?)))
 }
 
-/// `POST /admin/v1/faults` `{storage_stalled, storage_delay_ms, kek_failing,
-/// routes_blocked}`: sets this node's fault switches (omitted ones are cleared).
+/// Sets this node's fault switches (omitted ones are cleared; tests only).
+#[utoipa::path(post, path = "/admin/v1/faults", tag = "cluster",
+    request_body = Faults,
+    responses(
+        (status = 200, description = "the switches as set", body = Faults),
+        (status = "4XX", description = "fault injection is off on this node", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
 pub async fn set_faults(
     State(st): St,
     Extension(op): Extension<Operator>,
-    Json(state): Json<FaultState>,
-) -> Out<FaultState> {
-    Ok(axum::Json(st.svc.set_faults(&op, &state)?))
+    Json(state): Json<Faults>,
+) -> Out<Faults> {
+    let set = st.svc.set_faults(&op, &dto::faults_in(state))?;
+    Ok(axum::Json(dto::faults_out(set)))
 }

@@ -1,66 +1,62 @@
 //! Liveness, readiness, cluster status and the metrics endpoint.
 
+use super::dto::{self, wire};
 use super::St;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use kura_types::{ClusterStatus, Live, Ready};
 
-/// `GET /health/live`: 200 while the process can answer at all.
-pub async fn live() -> Response {
-    axum::Json(json!({ "status": "live" })).into_response()
+/// `200` while the process can answer at all.
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "live", body = Live)))]
+pub async fn live() -> axum::Json<Live> {
+    axum::Json(Live {
+        status: "live".into(),
+    })
 }
 
-/// `GET /health/ready`: 200 when this node can serve client requests now (knows a
-/// leader, caught up, storage and keys healthy, not drained), else 503; lists each check.
+/// `200` when this node can serve client requests now (knows a leader, caught up,
+/// storage and keys healthy, not drained), else `503`; lists each check.
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "ready", body = Ready),
+        (status = 503, description = "not ready; the checks say why", body = Ready),
+    ))]
 pub async fn ready(State(st): St) -> Response {
-    let r = st.svc.own_health();
-    let code = if r.ready {
-        StatusCode::OK
+    let h = st.svc.own_health();
+    let (code, status) = if h.ready {
+        (StatusCode::OK, "ready")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
     };
-    let status = if r.ready { "ready" } else { "not_ready" };
-    (code, axum::Json(json!({ "status": status, "health": r }))).into_response()
+    let body = Ready {
+        status: status.into(),
+        health: wire(h),
+    };
+    (code, axum::Json(body)).into_response()
 }
 
-/// `GET /v1/cluster/status`: this node's view of the cluster, with every node's health
-/// (its own checks, and the last report of each other node; `null` if it did not answer).
-pub async fn cluster_status(State(st): St) -> Response {
-    let mut v = status_view(&st);
-    // The cluster id admits a peer request (besides its certificate); it is not served
-    // to unauthenticated callers. Operators read it on the admin plane.
-    if let Some(o) = v.as_object_mut() {
-        o.remove("cluster_id");
-    }
-    axum::Json(v).into_response()
+/// This node's view of the cluster, with every node's health (its own checks, and the
+/// last report of each other node; `null` if it did not answer). Without the cluster
+/// id: it admits peer requests, so only operators read it.
+#[utoipa::path(get, path = "/v1/cluster/status", tag = "health",
+    responses((status = 200, description = "this node's view", body = ClusterStatus)))]
+pub async fn cluster_status(State(st): St) -> axum::Json<ClusterStatus> {
+    axum::Json(dto::cluster_status(st.svc.status_view(), false))
 }
 
-/// `GET /admin/v1/cluster/status` (admin plane): the same view, with the cluster id.
-pub async fn admin_cluster_status(State(st): St) -> Response {
-    axum::Json(status_view(&st)).into_response()
+/// The same view, with the cluster id.
+#[utoipa::path(get, path = "/admin/v1/cluster/status", tag = "cluster",
+    responses((status = 200, description = "this node's view", body = ClusterStatus)),
+    security(("operator" = [])))]
+pub async fn admin_cluster_status(State(st): St) -> axum::Json<ClusterStatus> {
+    axum::Json(dto::cluster_status(st.svc.status_view(), true))
 }
 
-fn status_view(st: &super::AppState) -> Value {
-    let view = st.svc.status_view();
-    let me = view.status.node_id;
-    let mut v = serde_json::to_value(&view.status).expect("status serializes");
-    v["health"] = json!(view.health);
-    v["acquirer_routes"] = json!(view.routes);
-    if let Some(members) = v["members"].as_array_mut() {
-        for m in members {
-            let id = m["id"].as_u64().unwrap_or_default();
-            m["health"] = if id == me {
-                json!(view.health)
-            } else {
-                json!(view.peers.get(&id).cloned().flatten())
-            };
-        }
-    }
-    v
-}
-
-/// `GET /metrics`: Prometheus text exposition.
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "the metrics", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(st): St) -> Response {
     st.svc.refresh_scrape_gauges();
     (

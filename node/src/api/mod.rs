@@ -20,6 +20,7 @@ mod forward;
 mod health;
 mod keys;
 pub mod limits;
+mod openapi;
 pub mod operator;
 mod payments;
 pub mod peer;
@@ -34,9 +35,10 @@ use crate::service::Service;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// What the HTTP layer holds: the service, the connections to other nodes it forwards
 /// over, and the request-rate limiters.
@@ -50,28 +52,80 @@ pub struct AppState {
 
 type St = State<Arc<AppState>>;
 
-/// The client API: merchants' routes, health and metrics.
+/// The client API's routes that run on the leader.
+fn client_leader_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(tokens::create))
+        .routes(routes!(tokens::get))
+        .routes(routes!(payments::create, payments::by_order))
+        .routes(routes!(payments::get))
+        .routes(routes!(payments::capture))
+        .routes(routes!(payments::void))
+        .routes(routes!(payments::refund))
+        .routes(routes!(payments::report))
+        .routes(routes!(cards::list, cards::register))
+        .routes(routes!(cards::delete))
+}
+
+/// The client API's routes every node answers itself.
+fn client_local_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::cluster_status))
+        .routes(routes!(health::metrics))
+}
+
+/// The admin plane's routes that run on the leader.
+fn admin_leader_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(admin::create_merchant, admin::list_merchants))
+        .routes(routes!(admin::rotate_key))
+        .routes(routes!(admin::get_merchant, admin::update_merchant))
+        .routes(routes!(admin::transfer_leader))
+        .routes(routes!(admin::drain))
+        .routes(routes!(admin::undrain))
+        .routes(routes!(keys::status))
+        .routes(routes!(keys::rotate))
+        .routes(routes!(keys::rotate_kek))
+        .routes(routes!(keys::verify))
+        .routes(routes!(keys::retire))
+        .routes(routes!(audit::page))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::signed_head))
+}
+
+/// The admin plane's routes every node answers itself.
+fn admin_local_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(admin::init))
+        .routes(routes!(admin::get_faults, admin::set_faults))
+        .routes(routes!(health::admin_cluster_status))
+}
+
+/// Where the API's description is served (on the client API; it is not part of it).
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
+/// The API's OpenAPI 3.1 description, generated from the handlers and the wire types:
+/// every route of both planes (`/admin/` paths are on the admin plane), and only
+/// those.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = <openapi::ApiDoc as utoipa::OpenApi>::openapi();
+    for routes in [
+        client_leader_routes(),
+        client_local_routes(),
+        admin_leader_routes(),
+        admin_local_routes(),
+    ] {
+        doc.merge(routes.split_for_parts().1);
+    }
+    doc
+}
+
+/// The client API: merchants' routes, health, metrics and the API's description.
 pub fn router(state: Arc<AppState>) -> Router {
-    let leader_routes = Router::new()
-        .route("/v1/tokens", post(tokens::create))
-        .route("/v1/tokens/{token}", get(tokens::get))
-        .route(
-            "/v1/payments",
-            post(payments::create).get(payments::by_order),
-        )
-        .route("/v1/payments/{id}", get(payments::get))
-        .route("/v1/payments/{id}/capture", post(payments::capture))
-        .route("/v1/payments/{id}/void", post(payments::void))
-        .route("/v1/payments/{id}/refund", post(payments::refund))
-        .route("/v1/reports/payments", get(payments::report))
-        .route(
-            "/v1/members/{member_id}/cards",
-            get(cards::list).post(cards::register),
-        )
-        .route(
-            "/v1/members/{member_id}/cards/{token}",
-            axum::routing::delete(cards::delete),
-        )
+    let (leader_routes, _) = client_leader_routes().split_for_parts();
+    let leader_routes = leader_routes
         .layer(middleware::from_fn_with_state(state.clone(), limits::layer))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -79,14 +133,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(middleware::from_fn_with_state(state.clone(), fields::guard))
         .layer(middleware::from_fn_with_state(state.clone(), cors::layer));
+    let (local_routes, _) = client_local_routes().split_for_parts();
+    let description = Arc::new(openapi());
     Router::new()
         .merge(leader_routes)
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/v1/cluster/status", get(health::cluster_status))
-        .route("/metrics", get(health::metrics))
+        .merge(local_routes)
+        .route(
+            OPENAPI_PATH,
+            get(move || {
+                let d = description.clone();
+                async move { axum::Json(d) }
+            }),
+        )
         .fallback(|| async {
-            Problem::not_found("route_not_found", "no such route; see docs/api.md")
+            Problem::not_found("route_not_found", "no such route; see GET /openapi.json")
         })
         .layer(DefaultBodyLimit::max(
             state.svc.settings().request_body_bytes_max,
@@ -97,49 +157,23 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// The admin plane: named operators (and the CLI) form the cluster, manage merchants
 /// and keys, read the audit trail, move leadership and drain nodes. Every route needs
-/// an authenticated [`operator::Operator`]; auditors may only read.
+/// an authenticated [`Operator`](crate::service::auth::Operator); auditors may only
+/// read.
 pub fn admin_router(state: Arc<AppState>) -> Router {
-    let leader_routes = Router::new()
-        .route(
-            "/admin/v1/merchants",
-            post(admin::create_merchant).get(admin::list_merchants),
-        )
-        .route(
-            "/admin/v1/merchants/{id}/rotate-key",
-            post(admin::rotate_key),
-        )
-        .route(
-            "/admin/v1/merchants/{id}",
-            get(admin::get_merchant).patch(admin::update_merchant),
-        )
-        .route("/admin/v1/leader/transfer", post(admin::transfer_leader))
-        .route("/admin/v1/nodes/{name}/drain", post(admin::drain))
-        .route("/admin/v1/nodes/{name}/undrain", post(admin::undrain))
-        .route("/admin/v1/keys", get(keys::status))
-        .route("/admin/v1/keys/rotate", post(keys::rotate))
-        .route("/admin/v1/keys/rotate-kek", post(keys::rotate_kek))
-        .route("/admin/v1/keys/verify", post(keys::verify))
-        .route("/admin/v1/keys/{version}/retire", post(keys::retire))
-        .route("/admin/v1/audit", get(audit::page))
-        .route("/admin/v1/audit/verify", post(audit::verify))
-        .route("/admin/v1/audit/head", get(audit::signed_head))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            forward::to_leader,
-        ));
+    let (leader_routes, _) = admin_leader_routes().split_for_parts();
+    let leader_routes = leader_routes.layer(middleware::from_fn_with_state(
+        state.clone(),
+        forward::to_leader,
+    ));
+    let (local_routes, _) = admin_local_routes().split_for_parts();
     Router::new()
         .merge(leader_routes)
-        .route("/admin/v1/init", post(admin::init))
-        .route(
-            "/admin/v1/faults",
-            get(admin::get_faults).post(admin::set_faults),
-        )
-        .route(
-            "/admin/v1/cluster/status",
-            get(health::admin_cluster_status),
-        )
+        .merge(local_routes)
         .fallback(|| async {
-            Problem::not_found("route_not_found", "no such admin route; see docs/api.md")
+            Problem::not_found(
+                "route_not_found",
+                "no such admin route; see GET /openapi.json on the client API",
+            )
         })
         .layer(middleware::from_fn_with_state(state.clone(), fields::guard))
         .layer(middleware::from_fn_with_state(

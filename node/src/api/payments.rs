@@ -2,7 +2,7 @@
 //! `POST /v1/payments/{id}/capture|void|refund`, `GET /v1/payments/{id}`,
 //! `GET /v1/payments?order_id=`, `GET /v1/reports/payments?from=&to=`.
 
-use super::dto::{AmountIn, ByOrderQuery, PayIn, PaymentOut, PaymentsOut, RangeQuery, ReportOut};
+use super::dto::{self, wire};
 use super::extract::{HashedJson, HashedOptionalJson, Merchant};
 use super::{Problem, St};
 use crate::service::payments::{
@@ -13,6 +13,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use kura_types::{AmountIn, AuthorizeIn, Payment, PaymentReport, Payments};
+use serde::Deserialize;
 
 /// Header carrying the client's idempotency key.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -35,15 +37,26 @@ fn outcome(o: PaymentOutcome) -> Response {
         (_, true) => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
-    (status, axum::Json(PaymentOut::from(o.payment))).into_response()
+    (status, axum::Json(wire::<Payment, _>(o.payment))).into_response()
 }
 
-/// `POST /v1/payments`.
+/// Authorises a payment with a token (and captures it if asked), exactly once per
+/// `Idempotency-Key`: a retry with the same key and body answers the same.
+#[utoipa::path(post, path = "/v1/payments", tag = "payments",
+    params(("Idempotency-Key" = String, Header, description = "1-255 characters; one per payment")),
+    request_body = AuthorizeIn,
+    responses(
+        (status = 201, description = "authorised, captured, declined or failed", body = Payment),
+        (status = 202, description = "pending: in doubt at the acquirer; retry with the same key", body = Payment),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("merchant_key" = [])))]
 pub async fn create(
     State(st): St,
     Merchant(caller): Merchant,
     headers: HeaderMap,
-    body: HashedJson<PayIn>,
+    body: HashedJson<AuthorizeIn>,
 ) -> Result<Response, Problem> {
     let p = body.value;
     let req = AuthorizeRequest {
@@ -63,60 +76,132 @@ pub async fn create(
     Ok(outcome(st.svc.authorize(caller, key, req).await?))
 }
 
+async fn change(
+    st: St,
+    caller: Merchant,
+    headers: HeaderMap,
+    id: String,
+    body: HashedOptionalJson<AmountIn>,
+    kind: ChangeKind,
+) -> Result<Response, Problem> {
+    let key = idempotency(&headers, body.sha256);
+    let changed =
+        st.0.svc
+            .change_payment(caller.0, key, &id, kind, body.value.amount)
+            .await?;
+    Ok(outcome(changed))
+}
+
 macro_rules! change_route {
-    ($name:ident, $op:literal, $kind:expr) => {
-        #[doc = concat!("`POST /v1/payments/{id}/", $op, "`.")]
+    ($name:ident, $path:literal, $kind:expr, $what:literal) => {
+        #[doc = $what]
+        #[utoipa::path(post, path = $path, tag = "payments",
+            params(
+                ("id" = String, Path, description = "a payment id"),
+                ("Idempotency-Key" = String, Header, description = "1-255 characters; one per change"),
+            ),
+            request_body(content = AmountIn, description = "optional; an empty body takes the default amount"),
+            responses(
+                (status = 200, description = "the payment after the change", body = Payment),
+                (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+                (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+            ),
+            security(("merchant_key" = [])))]
         pub async fn $name(
-            State(st): St,
-            Merchant(caller): Merchant,
+            st: St,
+            caller: Merchant,
             headers: HeaderMap,
             Path(id): Path<String>,
             body: HashedOptionalJson<AmountIn>,
         ) -> Result<Response, Problem> {
-            let key = idempotency(&headers, body.sha256);
-            let changed = st
-                .svc
-                .change_payment(caller, key, &id, $kind, body.value.amount)
-                .await?;
-            Ok(outcome(changed))
+            change(st, caller, headers, id, body, $kind).await
         }
     };
 }
 
-change_route!(capture, "capture", ChangeKind::Capture);
-change_route!(void, "void", ChangeKind::Void);
-change_route!(refund, "refund", ChangeKind::Refund);
+change_route!(capture, "/v1/payments/{id}/capture", ChangeKind::Capture,
+    "Captures an authorised payment, once: `amount` (default all that was authorised), at most the authorised amount.");
+change_route!(
+    void,
+    "/v1/payments/{id}/void",
+    ChangeKind::Void,
+    "Voids an authorised payment before capture."
+);
+change_route!(refund, "/v1/payments/{id}/refund", ChangeKind::Refund,
+    "Refunds a captured payment: `amount` (default what is left); several refunds, never more than captured.");
 
-/// `GET /v1/payments/{id}`.
+/// One of the merchant's payments, its state and history (linearizable).
+#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments",
+    params(("id" = String, Path, description = "a payment id")),
+    responses(
+        (status = 200, description = "the payment", body = Payment),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("merchant_key" = [])))]
 pub async fn get(
     State(st): St,
     Merchant(caller): Merchant,
     Path(id): Path<String>,
-) -> Result<axum::Json<PaymentOut>, Problem> {
-    Ok(axum::Json(st.svc.payment(caller, &id).await?.into()))
+) -> Result<axum::Json<Payment>, Problem> {
+    Ok(axum::Json(wire(st.svc.payment(caller, &id).await?)))
 }
 
-/// `GET /v1/payments?order_id=`: the order's payment (an order has at most one).
+/// `GET /v1/payments?order_id=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByOrderQuery {
+    order_id: String,
+}
+
+/// The order's payment (an order has at most one).
+#[utoipa::path(get, path = "/v1/payments", tag = "payments",
+    params(("order_id" = String, Query, description = "the merchant's order id")),
+    responses(
+        (status = 200, description = "the order's payments (zero or one)", body = Payments),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("merchant_key" = [])))]
 pub async fn by_order(
     State(st): St,
     Merchant(caller): Merchant,
     q: Result<Query<ByOrderQuery>, QueryRejection>,
-) -> Result<axum::Json<PaymentsOut>, Problem> {
+) -> Result<axum::Json<Payments>, Problem> {
     let Query(q) =
         q.map_err(|_| Problem::bad_request("invalid_query", "the query parameter is order_id"))?;
     let found = st.svc.payment_by_order(caller, &q.order_id).await?;
-    Ok(axum::Json(PaymentsOut {
-        payments: found.into_iter().map(PaymentOut::from).collect(),
+    Ok(axum::Json(Payments {
+        payments: found.into_iter().map(wire).collect(),
     }))
 }
 
-/// `GET /v1/reports/payments?from=&to=`: the merchant's payments created in the range,
-/// with counts and amounts per state, for reconciliation.
+/// `GET /v1/reports/payments?from=&to=`: Unix seconds, `from` inclusive, `to` exclusive.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeQuery {
+    from: u64,
+    to: u64,
+}
+
+/// The merchant's payments created in `[from, to)` (Unix seconds), with counts and
+/// amounts per state, for reconciliation.
+#[utoipa::path(get, path = "/v1/reports/payments", tag = "payments",
+    params(
+        ("from" = u64, Query, description = "Unix seconds, inclusive"),
+        ("to" = u64, Query, description = "Unix seconds, exclusive"),
+    ),
+    responses(
+        (status = 200, description = "the report", body = PaymentReport),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("merchant_key" = [])))]
 pub async fn report(
     State(st): St,
     Merchant(caller): Merchant,
     q: Result<Query<RangeQuery>, QueryRejection>,
-) -> Result<axum::Json<ReportOut>, Problem> {
+) -> Result<axum::Json<PaymentReport>, Problem> {
     let Query(q) = q.map_err(|_| {
         Problem::bad_request(
             "invalid_query",
@@ -131,5 +216,5 @@ pub async fn report(
             q.to.saturating_mul(1000),
         )
         .await?;
-    Ok(axum::Json(ReportOut::new(&q, r)))
+    Ok(axum::Json(dto::report(q.from, q.to, r)))
 }

@@ -8,10 +8,11 @@
 use super::auth::Operator;
 use super::error::{service_error, KeyUnavailable, ReadError, Replication};
 use super::{response_kind, unexpected, Service};
-use crate::vault::audit::{AuditRecord, MacCheck, SignedHead, AUDIT_PAGE_RECORDS_MAX};
+use crate::vault::audit::{
+    AuditRecord, MacCheck, SignatureReport, SignedHead, AUDIT_PAGE_RECORDS_MAX,
+};
 use crate::vault::{Command, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,7 +130,7 @@ pub enum SignHeadError {
 service_error!(SignHeadError {} delegate { Replication, Key });
 
 /// A page of the trail.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct AuditPage {
     pub records: Vec<AuditRecord>,
     pub next_from_seq: Option<u64>,
@@ -138,7 +139,7 @@ pub struct AuditPage {
 }
 
 /// The head signed now.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct SignedHeadNow {
     pub signed_head: SignedHead,
     pub signed_at_ms: u64,
@@ -288,7 +289,10 @@ impl Service {
     /// an exported signed head is still in it. Not ok if the chain breaks, a signature
     /// is forged, the exported head is not in the chain, or records have gone unsigned
     /// for more than three signing intervals.
-    pub async fn verify_audit(&self, exported: Option<SignedHead>) -> Result<Value, ReadError> {
+    pub async fn verify_audit(
+        &self,
+        exported: Option<SignedHead>,
+    ) -> Result<AuditCheck, ReadError> {
         self.linearize().await?;
         let now_ms = self.now_ms();
         let stale_after_ms = 3 * self.settings.audit_sign_interval_s * 1000;
@@ -296,7 +300,7 @@ impl Service {
         Ok(self.cluster.vault().read(|v| {
             let a = v.audit();
             if let Err(b) = a.verify() {
-                return json!({ "ok": false, "first_broken_seq": b.seq, "reason": b.reason });
+                return AuditCheck::broken(b.seq, b.reason);
             }
             let sigs = a.check_signatures(|s| check_mac(kek, s));
             let stale = sigs
@@ -304,15 +308,14 @@ impl Service {
                 .is_some_and(|t| now_ms.saturating_sub(t) > stale_after_ms);
             let exported = exported.as_ref().map(|s| {
                 let mac = check_mac(kek, s);
-                let held = s.records > 0 && a.hash_at(s.records - 1) == Some(s.head.as_str());
-                json!({
-                    "records": s.records,
-                    "mac": format!("{mac:?}").to_lowercase(),
-                    "in_chain": held,
-                    "ok": held && mac == MacCheck::Valid,
-                })
+                let in_chain = s.records > 0 && a.hash_at(s.records - 1) == Some(s.head.as_str());
+                ExportedCheck {
+                    records: s.records,
+                    mac,
+                    in_chain,
+                    ok: in_chain && mac == MacCheck::Valid,
+                }
             });
-            let exported_ok = exported.as_ref().is_none_or(|e| e["ok"] == true);
             let mut reasons = Vec::new();
             if !sigs.invalid.is_empty() {
                 reasons.push(format!(
@@ -327,19 +330,57 @@ impl Service {
                     stale_after_ms / 1000
                 ));
             }
-            if !exported_ok {
+            if exported.as_ref().is_some_and(|e| !e.ok) {
                 reasons.push("the exported signed head is not in this chain, or its signature does not verify".into());
             }
-            json!({
-                "ok": reasons.is_empty(),
-                "reasons": reasons,
-                "records": a.len(),
-                "head_hash": a.head(),
-                "signatures": sigs,
-                "exported_head": exported,
-            })
+            AuditCheck {
+                ok: reasons.is_empty(),
+                broken: None,
+                reasons,
+                records: a.len(),
+                head_hash: a.head(),
+                signatures: Some(sigs),
+                exported,
+            }
         }))
     }
+}
+
+/// What verifying the audit trail found.
+#[derive(Debug, Clone)]
+pub struct AuditCheck {
+    pub ok: bool,
+    /// The first record that does not verify, and why (nothing else is checked then).
+    pub broken: Option<(u64, String)>,
+    /// Why it is not ok, when the chain holds.
+    pub reasons: Vec<String>,
+    pub records: u64,
+    pub head_hash: String,
+    pub signatures: Option<SignatureReport>,
+    pub exported: Option<ExportedCheck>,
+}
+
+impl AuditCheck {
+    fn broken(seq: u64, reason: String) -> AuditCheck {
+        AuditCheck {
+            ok: false,
+            broken: Some((seq, reason)),
+            reasons: Vec::new(),
+            records: 0,
+            head_hash: String::new(),
+            signatures: None,
+            exported: None,
+        }
+    }
+}
+
+/// How an exported signed head checked.
+#[derive(Debug, Clone)]
+pub struct ExportedCheck {
+    pub records: u64,
+    pub mac: MacCheck,
+    pub in_chain: bool,
+    pub ok: bool,
 }
 
 /// Runs for the node's lifetime: on the leader, signs the audit trail's head through

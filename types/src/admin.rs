@@ -1,0 +1,258 @@
+//! The admin plane: merchants, keys and the audit trail.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The shape of a merchant's new token ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TokenFormat {
+    /// `tok_` and 128 random bits in base62.
+    #[default]
+    Opaque,
+    /// As long as the card number, keeps its last four digits, always fails Luhn.
+    Numeric,
+}
+
+/// Which of a merchant's keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRole {
+    /// Server-side key: every merchant operation.
+    #[default]
+    Secret,
+    /// Public key: one-time tokens only (from a browser or terminal).
+    Publishable,
+}
+
+/// `POST /admin/v1/merchants`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "merchant_id": "shop-1", "name": "Shop One",
+    "allowed_origins": ["https://shop.example"]})))]
+#[serde(deny_unknown_fields)]
+pub struct CreateMerchantIn {
+    /// 1-64 of A-Z a-z 0-9 - _
+    pub merchant_id: String,
+    /// 1-200 characters.
+    pub name: String,
+    /// Browser origins allowed to use the publishable key: `https://host[:port]`
+    /// (`http://` only for localhost), at most 20.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub token_format: TokenFormat,
+    #[serde(default)]
+    pub require_three_d_secure: bool,
+}
+
+/// `PATCH /admin/v1/merchants/{id}`: what to change (absent fields stay).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"token_format": "numeric"})))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMerchantIn {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_origins: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_format: Option<TokenFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_three_d_secure: Option<bool>,
+}
+
+/// `POST /admin/v1/merchants/{id}/rotate-key` (default: the secret key).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"key": "publishable"})))]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyIn {
+    #[serde(default)]
+    pub key: KeyRole,
+}
+
+/// A merchant; its keys only when just made (stored as hashes, shown once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Merchant {
+    pub merchant_id: String,
+    pub name: String,
+    pub created_at: u64,
+    pub key_rotated_at: u64,
+    pub allowed_origins: Vec<String>,
+    pub token_format: TokenFormat,
+    pub require_three_d_secure: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publishable_key: Option<String>,
+}
+
+/// Every merchant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Merchants {
+    pub merchants: Vec<Merchant>,
+}
+
+/// One data key version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyVersion {
+    pub version: u32,
+    /// `current`, `active` (still decrypts cards) or `retired`.
+    pub state: String,
+    pub installed_at: u64,
+    pub retired_at: Option<u64>,
+    /// Cards sealed under this version.
+    pub cards: u64,
+    /// The KEK it is wrapped under.
+    pub kek_id: Option<String>,
+}
+
+/// The background re-wrap's progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RewrapProgress {
+    pub pending_cards: u64,
+    pub done: bool,
+}
+
+/// The key-encryption keys and the rotation's progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KekStatus {
+    pub current: String,
+    pub held: Vec<String>,
+    pub keys_under_other_keks: u64,
+    pub rotation_done: bool,
+}
+
+/// Every data key version, its state and card count, and the re-wraps' progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyStatus {
+    pub provider: String,
+    pub current_version: Option<u32>,
+    pub versions: Vec<KeyVersion>,
+    pub rewrap: RewrapProgress,
+    pub kek: KekStatus,
+}
+
+/// What opening every stored card found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyVerification {
+    pub cards_checked: u64,
+    pub cards_by_version: BTreeMap<String, u64>,
+    pub failures: u64,
+    pub first_failure: Option<String>,
+}
+
+/// One record of the hash-chained audit trail. Never card data or keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// `operator:<name>`, `break-glass`, `system`, `node:<name>` or
+    /// `merchant:<id>:<secret|publishable>`.
+    pub actor: String,
+    pub merchant_id: Option<String>,
+    pub action: String,
+    pub token: Option<String>,
+    /// `ok`, or the refusal's code.
+    pub outcome: String,
+    pub detail: String,
+    pub hash: String,
+}
+
+/// A page of the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    pub next_from_seq: Option<u64>,
+    pub total: u64,
+    pub head_hash: String,
+}
+
+/// The audit trail's head, signed under a KEK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SignedHead {
+    pub records: u64,
+    pub head: String,
+    pub kek_id: String,
+    pub mac: String,
+}
+
+/// The head signed now, to keep outside the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SignedHeadNow {
+    pub signed_head: SignedHead,
+    pub signed_at_ms: u64,
+}
+
+/// `POST /admin/v1/audit/verify`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AuditVerifyIn {
+    /// A head exported earlier: the chain must still hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_head: Option<SignedHead>,
+}
+
+/// The signatures found in a chain and what they prove.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SignatureReport {
+    pub verified: u64,
+    /// Under a KEK no longer held: neither proven nor refuted.
+    pub unverifiable: u64,
+    /// Signature records that do not verify: the trail was tampered with.
+    pub invalid: Vec<u64>,
+    pub signed_through_records: u64,
+    pub last_signed_at_ms: Option<u64>,
+    pub unsigned_tail_records: u64,
+    pub unsigned_since_ms: Option<u64>,
+}
+
+/// How an exported head checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExportedHeadCheck {
+    pub records: u64,
+    /// `valid`, `invalid` or `unknownkek`.
+    pub mac: String,
+    pub in_chain: bool,
+    pub ok: bool,
+}
+
+/// What verifying the audit trail found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditVerification {
+    pub ok: bool,
+    /// The chain breaks here (then nothing else is checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_broken_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why it is not ok, when the chain holds.
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<SignatureReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported_head: Option<ExportedHeadCheck>,
+}

@@ -1,0 +1,172 @@
+//! The cluster: status, health, formation, leadership, maintenance and fault switches.
+
+use serde::{Deserialize, Serialize};
+
+/// A data centre role. Leadership prefers `main`, then `dr`; `bk` keeps a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Main,
+    Dr,
+    Bk,
+}
+
+/// One health check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    Fail,
+    NotConfigured,
+}
+
+/// One health check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthCheck {
+    /// `storage`, `kek_provider`, `acquirer_routes` or `raft`.
+    pub name: String,
+    pub status: CheckStatus,
+    pub latency_ms: Option<f64>,
+    pub message: String,
+    pub consecutive_failures: u32,
+}
+
+/// A node's health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeHealth {
+    pub healthy: bool,
+    /// Can serve client requests now: healthy, knows a leader, caught up, not drained.
+    pub ready: bool,
+    pub drained: bool,
+    /// `unhealthy_storage` or `unhealthy_keys`.
+    pub unhealthy_cause: Option<String>,
+    #[serde(default)]
+    pub routes_cut: bool,
+    pub checks: Vec<HealthCheck>,
+    #[serde(default)]
+    pub last_log_index: Option<u64>,
+    /// The key-encryption keys the node holds, its current one first.
+    #[serde(default)]
+    pub kek_ids: Vec<String>,
+}
+
+/// `GET /health/live`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Live {
+    /// `live`.
+    pub status: String,
+}
+
+/// `GET /health/ready` (200 when ready, 503 when not, with the same body).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Ready {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    pub health: NodeHealth,
+}
+
+/// An acquirer route as a node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RouteStatus {
+    pub name: String,
+    pub addr: String,
+    pub up: bool,
+    pub last_latency_ms: Option<f64>,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// A member as the answering node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MemberStatus {
+    pub id: u64,
+    pub name: String,
+    pub role: Role,
+    pub api_addr: String,
+    pub raft_addr: String,
+    /// The leader's view only.
+    pub matched_index: Option<u64>,
+    /// The leader's view only.
+    pub lag_entries: Option<u64>,
+    /// Its own checks (for the answering node), or its last report (`null`: it did not
+    /// answer).
+    pub health: Option<NodeHealth>,
+}
+
+/// `GET /v1/cluster/status` (and, with the cluster id, `GET /admin/v1/cluster/status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub name: String,
+    pub role: Role,
+    /// On the admin plane only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub state: String,
+    pub leader_id: Option<u64>,
+    pub leader_name: Option<String>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+    pub health: NodeHealth,
+    pub acquirer_routes: Vec<RouteStatus>,
+}
+
+/// `POST /admin/v1/init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InitOutcome {
+    pub cluster_id: String,
+    pub already_initialized: bool,
+}
+
+/// `POST /admin/v1/leader/transfer`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"to": "dr"})))]
+#[serde(deny_unknown_fields)]
+pub struct TransferIn {
+    /// A member's name.
+    pub to: String,
+}
+
+/// Who leads after a transfer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Leader {
+    pub leader: String,
+}
+
+/// A node drained or undrained.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Drained {
+    pub node: String,
+    pub drained: bool,
+}
+
+/// A node's fault switches (tests only; omitted ones are cleared when set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"storage_delay_ms": 0})))]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    pub storage_stalled: bool,
+    pub storage_delay_ms: u64,
+    pub kek_failing: bool,
+    pub routes_blocked: bool,
+}
