@@ -40,16 +40,10 @@ pub fn tokenize_request(client: u32, seq: u64) -> TokenizeRequest {
         seq / 1_000_000,
         seq % 1_000_000
     );
-    TokenizeRequest {
-        card: CardInput {
-            number: pan(u64::from(client) * 10_000_000 + seq),
-            exp_month: 12,
-            exp_year: 2035,
-            cvc: None,
-        },
-        kind: "card_on_file".into(),
-        member_id: Some(format!("{member:x<64}")),
-    }
+    TokenizeRequest::card_on_file(
+        CardInput::new(pan(u64::from(client) * 10_000_000 + seq), 12, 2035),
+        format!("{member:x<64}"),
+    )
 }
 
 /// Bytes of one tokenize request body (etcd's values are made this size).

@@ -6,3 +6,4 @@ pub mod chaos;
 pub mod load;
 pub mod oracle;
 pub mod procs;
+pub mod schema;

@@ -920,20 +920,10 @@ pub fn copy_dir(from: &Path, to: &Path) {
 
 /// A tokenization of `number` (expiring 12/2031): card-on-file for `member`, or a
 /// one-time token without one.
-pub fn tokenize_request(number: &str, member: Option<&str>) -> kura_sdk::TokenizeRequest {
-    kura_sdk::TokenizeRequest {
-        card: kura_sdk::CardInput {
-            number: number.into(),
-            exp_month: 12,
-            exp_year: 2031,
-            cvc: None,
-        },
-        kind: if member.is_some() {
-            "card_on_file"
-        } else {
-            "one_time"
-        }
-        .into(),
-        member_id: member.map(str::to_owned),
+pub fn tokenize_request(number: &str, member: Option<&str>) -> kura_sdk::TokenizeIn {
+    let card = kura_sdk::CardIn::new(number, 12, 2031);
+    match member {
+        Some(m) => kura_sdk::TokenizeIn::card_on_file(card, m),
+        None => kura_sdk::TokenizeIn::one_time(card),
     }
 }

@@ -5,9 +5,10 @@
 
 use http::Method;
 use kura_cluster_tests::procs::{
-    acquirer_toml, raw, tokenize_request, try_raw, wait_for, AcquirerSim, ProcCluster, RawResponse,
+    acquirer_toml, raw, tokenize_request, try_raw, wait_for, AcquirerSim, ProcCluster,
 };
 use kura_node::vault::card::luhn_check_digit;
+use kura_sdk::{AuthorizeIn, Client, Error, PaymentState, ProblemCode, ThreeDs, UpdateMerchantIn};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -28,36 +29,29 @@ fn with_last4(i: u32, last4: &str) -> String {
     unreachable!("one check position always works")
 }
 
-async fn post(
-    c: &ProcCluster,
-    node: usize,
-    key: &str,
-    path: &str,
-    idem: &str,
-    body: Value,
-) -> RawResponse {
-    raw(
-        &c.api[node],
-        Method::POST,
-        path,
-        &[
-            ("authorization", &format!("Bearer {key}")),
-            ("idempotency-key", idem),
-        ],
-        Some(body),
-    )
-    .await
+/// A client of node `node` only, with the merchant key `key`.
+fn at(c: &ProcCluster, node: usize, key: &str) -> Client {
+    c.client(&[node], key)
 }
 
-async fn get(c: &ProcCluster, node: usize, key: &str, path: &str) -> RawResponse {
-    raw(
-        &c.api[node],
-        Method::GET,
-        path,
-        &[("authorization", &format!("Bearer {key}"))],
-        None,
-    )
-    .await
+/// An authorisation of `amount` yen with `token` for `order`.
+fn pay(token: &str, amount: u64, order: &str) -> AuthorizeIn {
+    AuthorizeIn {
+        token: token.to_owned(),
+        amount,
+        currency: "JPY".into(),
+        order_id: order.to_owned(),
+        capture: false,
+        three_d_secure: None,
+    }
+}
+
+/// The status and code of a refused call.
+fn refused<T: std::fmt::Debug>(r: Result<T, Error>) -> (u16, ProblemCode) {
+    match r {
+        Err(Error::Api { status, code, .. }) => (status, code),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 async fn token(c: &ProcCluster, key: &str, number: &str, kind: &str) -> String {
@@ -77,198 +71,105 @@ async fn cluster(cafis: &AcquirerSim, cardnet: &AcquirerSim, timeout_ms: u64) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_authorise_capture_refund_and_every_post_is_idempotent() {
+    use ProblemCode as P;
     let (cafis, cardnet) = (AcquirerSim::start().await, AcquirerSim::start().await);
     let c = cluster(&cafis, &cardnet, 3_000).await;
     let sk = c.merchant("pay").await;
     let cof = token(&c, &sk, &pan(1), "card_on_file").await;
-    let body = json!({ "token": cof, "amount": 5000, "currency": "JPY", "order_id": "order-1", "capture": false });
-    let first = post(&c, 1, &sk, "/v1/payments", "k1", body.clone()).await;
-    assert_eq!(first.status, 201, "{:?}", first.body);
-    assert_eq!(first.body["state"], "authorized");
-    assert_eq!(first.body["route"], "cafis");
-    let id = first.body["id"].as_str().unwrap().to_owned();
-    // The same key and body: the same answer, nothing done again.
-    let again = post(&c, 2, &sk, "/v1/payments", "k1", body.clone()).await;
-    assert_eq!((again.status, &again.body), (201, &first.body));
-    let other = post(
-        &c,
-        0,
-        &sk,
-        "/v1/payments",
-        "k1",
-        json!({ "token": cof, "amount": 1, "currency": "JPY", "order_id": "order-x" }),
-    )
-    .await;
+    let order1 = pay(&cof, 5000, "order-1");
+    let first = at(&c, 1, &sk).authorize(&order1, "k1").await.unwrap();
     assert_eq!(
-        (other.status, other.body["code"].as_str()),
-        (422, Some("idempotency_key_reused"))
+        (first.state, first.route.as_str()),
+        (PaymentState::Authorized, "cafis")
     );
-    let dup_order = post(&c, 0, &sk, "/v1/payments", "k2", body.clone()).await;
-    assert_eq!(
-        (dup_order.status, dup_order.body["code"].as_str()),
-        (409, Some("order_id_taken"))
-    );
+    let id = first.id.clone();
+    // The same key and body, through another node: the same answer, nothing done again.
+    let again = at(&c, 2, &sk).authorize(&order1, "k1").await.unwrap();
+    assert_eq!(again, first);
+    let other = at(&c, 0, &sk)
+        .authorize(&pay(&cof, 1, "order-x"), "k1")
+        .await;
+    assert_eq!(refused(other), (422, P::IdempotencyKeyReused));
+    let dup_order = at(&c, 0, &sk).authorize(&order1, "k2").await;
+    assert_eq!(refused(dup_order), (409, P::OrderIdTaken));
+    // Without a key (the SDK always sends one): refused before anything is done.
     let no_key = raw(
         &c.api[0],
         Method::POST,
         "/v1/payments",
         &[("authorization", &format!("Bearer {sk}"))],
-        Some(body.clone()),
+        Some(serde_json::to_value(&order1).unwrap()),
     )
     .await;
     assert_eq!(no_key.body["code"], "idempotency_key_required");
     let counters = cafis.counters().await;
-    let txn = first.body["gateway_txn_id"].as_str().unwrap();
+    let txn = first.gateway_txn_id.as_str();
     assert_eq!(counters["authorizations"][txn], 1, "{counters}");
     assert_eq!(counters["total_authorizations"], 1);
 
     // Capture part, once; refund in parts, never more than captured.
-    let cap = post(
-        &c,
-        1,
-        &sk,
-        &format!("/v1/payments/{id}/capture"),
-        "k3",
-        json!({ "amount": 4000 }),
-    )
-    .await;
+    let cap = at(&c, 1, &sk).capture(&id, Some(4000), "k3").await.unwrap();
     assert_eq!(
-        (
-            cap.status,
-            cap.body["state"].as_str(),
-            cap.body["captured_amount"].as_u64()
-        ),
-        (200, Some("captured"), Some(4000))
+        (cap.state, cap.captured_amount),
+        (PaymentState::Captured, 4000)
     );
-    let cap2 = post(
-        &c,
-        1,
-        &sk,
-        &format!("/v1/payments/{id}/capture"),
-        "k4",
-        json!({}),
-    )
-    .await;
-    assert_eq!(cap2.body["code"], "payment_already_captured");
-    let void = post(
-        &c,
-        2,
-        &sk,
-        &format!("/v1/payments/{id}/void"),
-        "k5",
-        json!({}),
-    )
-    .await;
-    assert_eq!(void.body["code"], "payment_state_conflict");
-    let r1 = post(
-        &c,
-        0,
-        &sk,
-        &format!("/v1/payments/{id}/refund"),
-        "k6",
-        json!({ "amount": 1500 }),
-    )
-    .await;
-    assert_eq!(r1.body["refunded_amount"], 1500);
-    let r1_again = post(
-        &c,
-        2,
-        &sk,
-        &format!("/v1/payments/{id}/refund"),
-        "k6",
-        json!({ "amount": 1500 }),
-    )
-    .await;
-    assert_eq!(r1_again.body, r1.body, "a retried refund refunds once");
-    let too_much = post(
-        &c,
-        0,
-        &sk,
-        &format!("/v1/payments/{id}/refund"),
-        "k7",
-        json!({ "amount": 2501 }),
-    )
-    .await;
-    assert_eq!(too_much.body["code"], "amount_invalid");
-    let rest = post(
-        &c,
-        0,
-        &sk,
-        &format!("/v1/payments/{id}/refund"),
-        "k8",
-        json!({}),
-    )
-    .await;
+    let cap2 = at(&c, 1, &sk).capture(&id, None, "k4").await;
+    assert_eq!(refused(cap2), (409, P::PaymentAlreadyCaptured));
+    let void = at(&c, 2, &sk).void(&id, "k5").await;
+    assert_eq!(refused(void), (409, P::PaymentStateConflict));
+    let r1 = at(&c, 0, &sk).refund(&id, Some(1500), "k6").await.unwrap();
+    assert_eq!(r1.refunded_amount, 1500);
+    let r1_again = at(&c, 2, &sk).refund(&id, Some(1500), "k6").await.unwrap();
+    assert_eq!(r1_again, r1, "a retried refund refunds once");
+    let too_much = at(&c, 0, &sk).refund(&id, Some(2501), "k7").await;
+    assert_eq!(refused(too_much), (422, P::AmountInvalid));
+    let rest = at(&c, 0, &sk).refund(&id, None, "k8").await.unwrap();
     assert_eq!(
-        (
-            rest.body["state"].as_str(),
-            rest.body["refunded_amount"].as_u64()
-        ),
-        (Some("refunded"), Some(4000))
+        (rest.state, rest.refunded_amount),
+        (PaymentState::Refunded, 4000)
     );
-    let by_id = get(&c, 2, &sk, &format!("/v1/payments/{id}")).await;
-    let kinds: Vec<&str> = by_id.body["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let by_id = at(&c, 2, &sk).payment(&id).await.unwrap();
+    let kinds: Vec<&str> = by_id.history.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(
         kinds,
         ["opened", "authorized", "captured", "refunded", "refunded"]
     );
-    let by_order = get(&c, 1, &sk, "/v1/payments?order_id=order-1").await;
-    assert_eq!(by_order.body["payments"][0]["id"], json!(id));
+    let by_order = at(&c, 1, &sk).payment_by_order("order-1").await.unwrap();
+    assert_eq!(by_order.map(|p| p.id), Some(id.clone()));
+    assert_eq!(
+        at(&c, 1, &sk).payment_by_order("order-none").await.unwrap(),
+        None
+    );
 
     // A one-time token pays once; a test card declines; another merchant sees nothing.
     let ott = token(&c, &sk, &pan(2), "one_time").await;
-    let p2 = post(&c, 0, &sk, "/v1/payments", "k9", json!({ "token": ott, "amount": 100, "currency": "JPY", "order_id": "order-2", "capture": true })).await;
-    assert_eq!(
-        (p2.status, p2.body["state"].as_str()),
-        (201, Some("captured"))
-    );
-    let p2b = post(
-        &c,
-        0,
-        &sk,
-        "/v1/payments",
-        "k10",
-        json!({ "token": ott, "amount": 100, "currency": "JPY", "order_id": "order-3" }),
-    )
-    .await;
-    assert_eq!(p2b.body["code"], "token_already_used");
+    let captured = AuthorizeIn {
+        capture: true,
+        ..pay(&ott, 100, "order-2")
+    };
+    let p2 = at(&c, 0, &sk).authorize(&captured, "k9").await.unwrap();
+    assert_eq!(p2.state, PaymentState::Captured);
+    let p2b = at(&c, 0, &sk)
+        .authorize(&pay(&ott, 100, "order-3"), "k10")
+        .await;
+    assert_eq!(refused(p2b), (409, P::TokenAlreadyUsed));
     let declining = token(&c, &sk, &with_last4(3, "0002"), "card_on_file").await;
-    let p3 = post(
-        &c,
-        1,
-        &sk,
-        "/v1/payments",
-        "k11",
-        json!({ "token": declining, "amount": 100, "currency": "JPY", "order_id": "order-4" }),
-    )
-    .await;
-    assert_eq!(
-        (p3.status, p3.body["state"].as_str()),
-        (201, Some("declined"))
-    );
+    let p3 = at(&c, 1, &sk)
+        .authorize(&pay(&declining, 100, "order-4"), "k11")
+        .await
+        .unwrap();
+    assert_eq!(p3.state, PaymentState::Declined);
     let other_sk = c.merchant("other").await;
     assert_eq!(
-        get(&c, 0, &other_sk, &format!("/v1/payments/{id}"))
-            .await
-            .status,
-        404
+        refused(at(&c, 0, &other_sk).payment(&id).await),
+        (404, P::PaymentNotFound)
     );
-    let theirs = post(
-        &c,
-        0,
-        &other_sk,
-        "/v1/payments",
-        "k1",
-        json!({ "token": cof, "amount": 1, "currency": "JPY", "order_id": "o" }),
-    )
-    .await;
+    let theirs = at(&c, 0, &other_sk)
+        .authorize(&pay(&cof, 1, "o"), "k1")
+        .await;
     assert_eq!(
-        theirs.body["code"], "token_not_found",
+        refused(theirs),
+        (404, P::TokenNotFound),
         "keys and tokens are per merchant"
     );
 
@@ -277,71 +178,70 @@ async fn payments_authorise_capture_refund_and_every_post_is_idempotent() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let rep = get(
-        &c,
-        2,
-        &sk,
-        &format!("/v1/reports/payments?from={}&to={}", now - 600, now + 600),
-    )
-    .await;
-    assert_eq!(rep.body["count"], 3, "{}", rep.body);
-    assert_eq!(rep.body["by_state"]["refunded"]["refunded_amount"], 4000);
-    assert_eq!(rep.body["by_state"]["declined"]["count"], 1);
+    let rep = at(&c, 2, &sk)
+        .payment_report(now - 600, now + 600)
+        .await
+        .unwrap();
+    assert_eq!(rep.count, 3, "{rep:?}");
+    assert_eq!(rep.by_state["refunded"].refunded_amount, 4000);
+    assert_eq!(rep.by_state["declined"].count, 1);
 
     // A retry while the first request is still at the acquirer: 409, then the answer.
+    // (Raw requests: the SDK itself waits out `idempotency_key_in_flight`.)
     cafis.control(1_500, "none").await;
     let slow_tok = token(&c, &sk, &pan(4), "card_on_file").await;
-    let slow =
-        json!({ "token": slow_tok, "amount": 700, "currency": "JPY", "order_id": "order-slow" });
-    let (api, sk2, slow2) = (c.api[1].clone(), sk.clone(), slow.clone());
-    let first_slow = tokio::spawn(async move {
-        raw(
-            &api,
-            Method::POST,
-            "/v1/payments",
-            &[
-                ("authorization", &format!("Bearer {sk2}")),
-                ("idempotency-key", "k-slow"),
-            ],
-            Some(slow2),
-        )
-        .await
-    });
+    let slow = serde_json::to_value(pay(&slow_tok, 700, "order-slow")).unwrap();
+    let keyed = |key: &'static str| {
+        let auth = format!("Bearer {sk}");
+        move |node: &str, body: Value| {
+            let (node, auth) = (node.to_owned(), auth.clone());
+            async move {
+                raw(
+                    &node,
+                    Method::POST,
+                    "/v1/payments",
+                    &[("authorization", &auth), ("idempotency-key", key)],
+                    Some(body),
+                )
+                .await
+            }
+        }
+    };
+    let send = keyed("k-slow");
+    let first_slow = tokio::spawn(send(&c.api[1], slow.clone()));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let during = post(&c, 2, &sk, "/v1/payments", "k-slow", slow.clone()).await;
+    let during = send(&c.api[2], slow.clone()).await;
     assert_eq!(
         (during.status, during.body["code"].as_str()),
         (409, Some("idempotency_key_in_flight"))
     );
     let done = first_slow.await.unwrap();
     assert_eq!(done.status, 201, "{:?}", done.body);
-    let after = post(&c, 0, &sk, "/v1/payments", "k-slow", slow).await;
+    let after = send(&c.api[0], slow).await;
     assert_eq!(after.body, done.body);
     cafis.control(0, "none").await;
 
     // 3-D Secure required.
-    c.admin_call(
-        Method::PATCH,
-        "/admin/v1/merchants/pay",
-        Some(json!({ "require_three_d_secure": true })),
-    )
-    .await;
-    let no3ds = post(
-        &c,
-        0,
-        &sk,
-        "/v1/payments",
-        "k12",
-        json!({ "token": cof, "amount": 100, "currency": "JPY", "order_id": "order-5" }),
-    )
-    .await;
-    assert_eq!(
-        (no3ds.status, no3ds.body["code"].as_str()),
-        (422, Some("three_d_secure_required"))
-    );
-    let with3ds = post(&c, 0, &sk, "/v1/payments", "k13", json!({ "token": cof, "amount": 100, "currency": "JPY", "order_id": "order-5",
-        "three_d_secure": { "eci": "05", "authentication_value": "AAABBB", "ds_trans_id": "f25084f0", "version": "2.2.0" } })).await;
-    assert_eq!(with3ds.status, 201, "{:?}", with3ds.body);
+    let require = UpdateMerchantIn {
+        require_three_d_secure: Some(true),
+        ..Default::default()
+    };
+    c.admin().update_merchant("pay", &require).await.unwrap();
+    let no3ds = at(&c, 0, &sk)
+        .authorize(&pay(&cof, 100, "order-5"), "k12")
+        .await;
+    assert_eq!(refused(no3ds), (422, P::ThreeDSecureRequired));
+    let with3ds = AuthorizeIn {
+        three_d_secure: Some(ThreeDs {
+            eci: "05".into(),
+            authentication_value: "AAABBB".into(),
+            ds_trans_id: "f25084f0".into(),
+            version: "2.2.0".into(),
+        }),
+        ..pay(&cof, 100, "order-5")
+    };
+    let p5 = at(&c, 0, &sk).authorize(&with3ds, "k13").await.unwrap();
+    assert_eq!(p5.state, PaymentState::Authorized);
 }
 
 /// Retries `body` with key `idem` through every node until a final answer.

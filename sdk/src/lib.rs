@@ -7,13 +7,13 @@
 //! sent with an `Idempotency-Key` (payments), which the cluster answers once however
 //! often they arrive.
 
+mod api;
 pub mod tls;
 pub mod wire;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,53 +23,23 @@ use wire::{Connector, HttpPool, Spawner, TcpConnector, WireError};
 /// Response header naming the leader's API address, set by every node that knows it.
 pub const LEADER_HEADER: &str = "kura-leader";
 
-/// Problem codes that guarantee the request had no effect and may be sent again.
-const RETRYABLE_CODES: &[&str] = &["not_leader", "no_leader", "shutting_down"];
 /// Request header carrying the caller's idempotency key.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-/// With an idempotency key, also: the first request with this key is still running.
-const RETRYABLE_KEYED_CODES: &[&str] = &["idempotency_key_in_flight"];
 
-/// A card as the merchant sends it for tokenization.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CardInput {
-    pub number: String,
-    pub exp_month: u32,
-    pub exp_year: u32,
-    /// The security code; one-time tokens only. kura holds it in memory, never on disk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cvc: Option<String>,
-}
+pub use kura_types as types;
+pub use kura_types::{
+    AmountIn, AuditPage, AuditVerification, AuditVerifyIn, AuthorizeIn, Brand, CardIn,
+    ClusterStatus, CreateMerchantIn, CvcState, Drained, Faults, InitOutcome, KeyRole, KeyStatus,
+    KeyVerification, Leader, MemberCards, Merchant, Merchants, Payment, PaymentReport,
+    PaymentState, Payments, ProblemCode, Ready, RegisterCardIn, RotateKeyIn, SignedHead,
+    SignedHeadNow, ThreeDs, Token, TokenFormat, TokenKind, TokenizeIn, TransferIn,
+    UpdateMerchantIn,
+};
 
-/// `POST /v1/tokens` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenizeRequest {
-    pub card: CardInput,
-    /// `one_time` or `card_on_file`.
-    pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub member_id: Option<String>,
-}
-
-/// A token's metadata as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Token {
-    pub token: String,
-    pub kind: String,
-    pub member_id: Option<String>,
-    pub brand: String,
-    pub last4: String,
-    pub exp_month: u32,
-    pub exp_year: u32,
-    pub created_at: u64,
-    pub expires_at: Option<u64>,
-    /// When a one-time token was used.
-    #[serde(default)]
-    pub used_at: Option<u64>,
-    /// One-time tokens: `not_supplied`, `available` or `unavailable`.
-    #[serde(default)]
-    pub cvc: Option<String>,
-}
+/// The body of `POST /v1/tokens` (an older name).
+pub type TokenizeRequest = TokenizeIn;
+/// A card in a tokenize request (an older name).
+pub type CardInput = CardIn;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +49,7 @@ pub enum Error {
     #[error("{status} {code}: {detail}")]
     Api {
         status: u16,
-        code: String,
+        code: ProblemCode,
         detail: String,
     },
     /// No node could take the request; it was not acted on.
@@ -219,21 +189,6 @@ impl Client {
         }
     }
 
-    /// Tokenizes a card. Not retried once sent: a retry could create a second token.
-    pub async fn tokenize(&self, req: &TokenizeRequest) -> Result<Token, Error> {
-        let body = serde_json::to_value(req).map_err(|e| Error::Decode(e.to_string()))?;
-        let resp = self.call(Method::POST, "/v1/tokens", Some(body)).await?;
-        decode(resp)
-    }
-
-    /// Reads a token's metadata (linearizable). Retried freely.
-    pub async fn get_token(&self, token: &str) -> Result<Token, Error> {
-        let resp = self
-            .call(Method::GET, &format!("/v1/tokens/{token}"), None)
-            .await?;
-        decode(resp)
-    }
-
     /// Sends any API call with the retry rules above; returns 2xx answers, maps the rest to errors.
     pub async fn call(
         &self,
@@ -286,8 +241,8 @@ impl Client {
                     }
                     let err = problem(status, &body);
                     let retry = matches!(&err, Error::Api { code, .. }
-                        if RETRYABLE_CODES.contains(&code.as_str())
-                            || (key.is_some() && RETRYABLE_KEYED_CODES.contains(&code.as_str())));
+                        if code.retryable()
+                            || (key.is_some() && *code == ProblemCode::IdempotencyKeyInFlight));
                     if !retry {
                         return Err(err);
                     }
@@ -441,7 +396,7 @@ fn problem(status: StatusCode, body: &Value) -> Error {
     };
     Error::Api {
         status: status.as_u16(),
-        code: field("code"),
+        code: ProblemCode::parse(&field("code")),
         detail: field("detail"),
     }
 }

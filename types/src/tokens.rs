@@ -74,6 +74,54 @@ pub struct CardIn {
     pub cvc: Option<Zeroizing<String>>,
 }
 
+impl CardIn {
+    /// A card without a CVC.
+    pub fn new(number: impl Into<String>, exp_month: u32, exp_year: u32) -> CardIn {
+        CardIn {
+            number: Zeroizing::new(number.into()),
+            exp_month,
+            exp_year,
+            cvc: None,
+        }
+    }
+
+    /// The card with its CVC (one-time tokens only).
+    pub fn with_cvc(mut self, cvc: impl Into<String>) -> CardIn {
+        self.cvc = Some(Zeroizing::new(cvc.into()));
+        self
+    }
+}
+
+impl TokenizeIn {
+    /// A one-time token for `card`.
+    pub fn one_time(card: CardIn) -> TokenizeIn {
+        TokenizeIn {
+            card,
+            kind: TokenKind::OneTime,
+            member_id: None,
+        }
+    }
+
+    /// A card-on-file token for `card`, for the merchant's member `member_id`.
+    pub fn card_on_file(card: CardIn, member_id: impl Into<String>) -> TokenizeIn {
+        TokenizeIn {
+            card,
+            kind: TokenKind::CardOnFile,
+            member_id: Some(member_id.into()),
+        }
+    }
+}
+
+impl TokenKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::OneTime => "one_time",
+            TokenKind::CardOnFile => "card_on_file",
+        }
+    }
+}
+
 impl std::fmt::Debug for CardIn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CardIn")
