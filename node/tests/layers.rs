@@ -319,3 +319,91 @@ fn every_api_route_is_registered_with_its_description() {
         }
     }
 }
+
+#[test]
+fn every_problem_code_the_node_answers_is_one_the_sdk_knows() {
+    // The codes are written where the errors are: in the service layer's
+    // `service_error!` tables and `code()` functions, and in the HTTP layer's own
+    // problems. Each must be a `kura_types::ProblemCode`, so clients can match on it.
+    let files = files(&src());
+    let mut found = BTreeSet::new();
+    for (rel, code) in under(
+        &files,
+        &[
+            "service/",
+            "api/",
+            "vault/command.rs",
+            "vault/card.rs",
+            "vault/payment.rs",
+        ],
+    ) {
+        let quoted = |marker: &str| {
+            code.match_indices(marker)
+                .filter_map(|(i, _)| {
+                    let rest = &code[i + marker.len()..];
+                    let rest = rest.trim_start();
+                    let rest = rest.strip_prefix('"')?;
+                    let end = rest.find('"')?;
+                    Some(rest[..end].to_owned())
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut codes = quoted("=> (");
+        codes.extend(quoted("Problem::bad_request("));
+        codes.extend(quoted("Problem::not_found("));
+        codes.extend(quoted("Problem::forbidden("));
+        codes.extend(quoted("Problem::unprocessable("));
+        // `Problem::new(status, "code", ...)`: the second argument.
+        for (i, _) in code.match_indices("Problem::new(") {
+            let args = &code[i..];
+            if let Some(q) = args.find(",\n").or_else(|| args.find(", ")) {
+                let rest = args[q + 1..].trim_start();
+                if let Some(rest) = rest.strip_prefix('"') {
+                    codes.push(rest[..rest.find('"').unwrap()].to_owned());
+                }
+            }
+        }
+        // The vault's refusal and card codes (`Refusal::X => "code"`).
+        if rel.starts_with("vault/") {
+            for (start, _) in code.match_indices("fn code(") {
+                let body = &code[start..];
+                let body = &body[..body.find("\n    }\n").unwrap_or(body.len())];
+                codes.extend(body.match_indices("=> \"").map(|(i, _)| {
+                    let rest = &body[i + 4..];
+                    rest[..rest.find('"').unwrap()].to_owned()
+                }));
+            }
+        }
+        for c in codes.into_iter().filter(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+        }) {
+            found.insert((c, rel.clone()));
+        }
+    }
+    assert!(found.len() > 40, "the scan finds the codes: {found:?}");
+    // The vault's refusal codes a client never sees as such (mapped or internal).
+    let internal = [
+        "payment_id_taken",
+        "idempotency_key_taken",
+        "token_id_taken",
+        "unknown_merchant",
+        "unknown_data_key",
+        "data_key_exists",
+        "fingerprint_key_exists",
+        "key_rewrapped",
+        "audit_moved",
+    ];
+    let unknown: Vec<_> = found
+        .iter()
+        .filter(|(c, _)| {
+            kura_types::ProblemCode::parse(c) == kura_types::ProblemCode::Unknown
+                && !internal.contains(&c.as_str())
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "codes the SDK does not know: {unknown:?}"
+    );
+}
