@@ -3,6 +3,7 @@
 use crate::api::ApiSettings;
 use crate::cluster::RaftSettings;
 use crate::member::{Member, NodeId, Role};
+use crate::setting::InvalidSetting;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -151,7 +152,7 @@ impl TlsSettings {
         std::time::Duration::from_secs(s)
     }
 
-    fn validate(&self, addrs: &[(String, &str)]) -> Result<(), String> {
+    fn validate(&self, addrs: &[(String, &str)]) -> Result<(), InvalidSetting> {
         let set = [
             ("tls.ca_file", self.ca_file.is_some()),
             ("tls.cert_file", self.cert_file.is_some()),
@@ -159,26 +160,29 @@ impl TlsSettings {
         ];
         if self.insecure {
             if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
-                return Err(format!(
-                    "{key} is set but tls.insecure = true turns TLS off; remove one of them"
+                return Err(InvalidSetting::new(
+                    *key,
+                    "is set but tls.insecure = true turns TLS off; remove one of them",
                 ));
             }
             if let Some((key, addr)) = addrs.iter().find(|(_, a)| !is_loopback(a)) {
-                return Err(format!(
-                    "tls.insecure = true allows loopback addresses only, but {key} is {addr:?}"
+                return Err(InvalidSetting::new(
+                    key.as_str(),
+                    format!("is {addr:?}, but tls.insecure = true allows loopback addresses only"),
                 ));
             }
             return Ok(());
         }
         match set.iter().find(|(_, on)| !*on) {
-            Some((key, _)) if set.iter().any(|(_, on)| *on) => Err(format!(
-                "{key} is missing: TLS needs tls.ca_file, tls.cert_file and tls.key_file together"
+            Some((key, _)) if set.iter().any(|(_, on)| *on) => Err(InvalidSetting::new(
+                *key,
+                "is missing: TLS needs tls.ca_file, tls.cert_file and tls.key_file together",
             )),
-            Some(_) => Err(
-                "[tls] is not configured: set tls.ca_file, tls.cert_file and tls.key_file \
-                 (see `kura certs`), or tls.insecure = true for a loopback-only experiment"
-                    .into(),
-            ),
+            Some(_) => Err(InvalidSetting::new(
+                "[tls]",
+                "is not configured: set tls.ca_file, tls.cert_file and tls.key_file \
+                 (see `kura certs`), or tls.insecure = true for a loopback-only experiment",
+            )),
             None => Ok(()),
         }
     }
@@ -223,18 +227,39 @@ impl StorageSettings {
     }
 }
 
-/// A configuration problem, as one sentence.
+/// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, or not the configuration's shape (one line with its location).
+    #[error("{0}")]
+    Syntax(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
+    /// A problem in the file at `path`.
+    #[error("{}: {inner}", path.display())]
+    In {
+        path: PathBuf,
+        inner: Box<ConfigError>,
+    },
+}
 
 impl NodeConfig {
     /// Reads, parses and validates `path`; relative paths inside are relative to the file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        let mut cfg = NodeConfig::parse(&text)
-            .map_err(|ConfigError(m)| ConfigError(format!("{}: {m}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        let mut cfg = NodeConfig::parse(&text).map_err(|e| ConfigError::In {
+            path: path.to_owned(),
+            inner: Box::new(e),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in cfg.kek_previous_files.iter_mut() {
             if p.is_relative() {
@@ -263,27 +288,31 @@ impl NodeConfig {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
-        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError(one_line(&e)))?;
-        cfg.validate().map_err(ConfigError)?;
+        let cfg: NodeConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(one_line(&e)))?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidSetting> {
         if self.peers.is_empty() {
-            return Err("peers must list every member, this node included".into());
+            return Err(InvalidSetting::new(
+                "peers",
+                "must list every member, this node included",
+            ));
         }
         let ids: BTreeSet<_> = self.peers.iter().map(|p| p.id).collect();
         let names: BTreeSet<_> = self.peers.iter().map(|p| p.name.as_str()).collect();
         if ids.len() != self.peers.len() {
-            return Err("peers[].id must be unique".into());
+            return Err(InvalidSetting::new("peers[].id", "must be unique"));
         }
         if names.len() != self.peers.len() {
-            return Err("peers[].name must be unique".into());
+            return Err(InvalidSetting::new("peers[].name", "must be unique"));
         }
         if !ids.contains(&self.node_id) {
-            return Err(format!(
-                "node_id {} does not appear in peers[].id",
-                self.node_id
+            return Err(InvalidSetting::new(
+                "node_id",
+                format!("{} does not appear in peers[].id", self.node_id),
             ));
         }
         for (i, p) in self.peers.iter().enumerate() {
@@ -291,13 +320,17 @@ impl NodeConfig {
             check_addr(&format!("peers[{i}].raft_addr"), &p.raft_addr)?;
             check_addr(&format!("peers[{i}].admin_addr"), &p.admin_addr)?;
             if p.name.is_empty() {
-                return Err(format!("peers[{i}].name must not be empty"));
+                return Err(InvalidSetting::new(
+                    format!("peers[{i}].name"),
+                    "must not be empty",
+                ));
             }
         }
         if self.peers.iter().all(|p| p.never_lead) {
-            return Err(
-                "at least one of peers[] must be allowed to lead (never_lead = false)".into(),
-            );
+            return Err(InvalidSetting::new(
+                "peers[].never_lead",
+                "must be false for at least one member: some member must be allowed to lead",
+            ));
         }
         self.raft.validate()?;
         self.health
@@ -319,10 +352,7 @@ impl NodeConfig {
             .collect();
         self.tls.validate(&addrs)?;
         if self.tls.insecure && self.admin_token_file.is_none() {
-            return Err(
-                "admin_token_file is required with tls.insecure = true: without certificates it is the admin plane's only credential"
-                    .into(),
-            );
+            return Err(InvalidSetting::new("admin_token_file", "is required with tls.insecure = true: without certificates it is the admin plane's only credential"));
         }
         Ok(())
     }
@@ -366,14 +396,17 @@ impl NodeConfig {
     }
 }
 
-fn check_addr(key: &str, addr: &str) -> Result<(), String> {
+fn check_addr(key: &str, addr: &str) -> Result<(), InvalidSetting> {
     let ok = addr
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if ok {
         Ok(())
     } else {
-        Err(format!("{key} must be host:port, got {addr:?}"))
+        Err(InvalidSetting::new(
+            key,
+            format!("must be host:port, got {addr:?}"),
+        ))
     }
 }
 
@@ -423,7 +456,7 @@ insecure = true
     }
 
     fn err(text: &str) -> String {
-        NodeConfig::parse(text).unwrap_err().0
+        NodeConfig::parse(text).unwrap_err().to_string()
     }
 
     #[test]

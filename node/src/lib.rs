@@ -19,6 +19,7 @@ pub mod node;
 pub mod raft_types;
 pub mod runtime;
 pub mod service;
+pub mod setting;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;

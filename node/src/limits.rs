@@ -8,6 +8,7 @@
 //! the request (the leader, for every route that changes or reads the vault), so a
 //! leader change starts them afresh: a limit is a bound on abuse, not an account.
 
+use crate::setting::InvalidSetting;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -73,9 +74,12 @@ impl Default for LimitSettings {
 
 impl LimitSettings {
     /// Checks the settings; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if !(100..=600_000).contains(&self.header_read_timeout_ms) {
-            return Err("limits.header_read_timeout_ms must be between 100 and 600000".into());
+            return Err(InvalidSetting::new(
+                "limits.header_read_timeout_ms",
+                "must be between 100 and 600000",
+            ));
         }
         for (key, v) in [
             ("api_connections_max", self.api_connections_max),
@@ -87,16 +91,19 @@ impl LimitSettings {
             ("admin_connections_max", self.admin_connections_max),
         ] {
             if !(1..=1_000_000).contains(&v) {
-                return Err(format!("limits.{key} must be between 1 and 1000000"));
+                return Err(InvalidSetting::new(
+                    format!("limits.{key}"),
+                    "must be between 1 and 1000000",
+                ));
             }
         }
         // Followers forward requests to the leader over pooled connections from their
         // own address: a per-address cap below the pool's size would refuse them.
         if self.api_connections_per_address_max < 300 {
-            return Err(
-                "limits.api_connections_per_address_max must be at least 300 (followers forward over up to 256 pooled connections)"
-                    .into(),
-            );
+            return Err(InvalidSetting::new(
+                "limits.api_connections_per_address_max",
+                "must be at least 300 (followers forward over up to 256 pooled connections)",
+            ));
         }
         for (key, v) in [
             ("requests_per_key_per_s", self.requests_per_key_per_s),
@@ -127,11 +134,17 @@ impl LimitSettings {
             ),
         ] {
             if v == 0 {
-                return Err(format!("limits.{key} must be at least 1"));
+                return Err(InvalidSetting::new(
+                    format!("limits.{key}"),
+                    "must be at least 1",
+                ));
             }
         }
         if !(1..=100).contains(&self.cvc_share_per_merchant_percent) {
-            return Err("limits.cvc_share_per_merchant_percent must be between 1 and 100".into());
+            return Err(InvalidSetting::new(
+                "limits.cvc_share_per_merchant_percent",
+                "must be between 1 and 100",
+            ));
         }
         Ok(())
     }
@@ -266,7 +279,11 @@ mod tests {
             requests_per_key_per_s: 0,
             ..Default::default()
         };
-        assert!(s.validate().unwrap_err().contains("requests_per_key_per_s"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .key
+            .contains("requests_per_key_per_s"));
         let s = LimitSettings {
             api_connections_per_address_max: 10,
             ..Default::default()
@@ -274,6 +291,7 @@ mod tests {
         assert!(s
             .validate()
             .unwrap_err()
+            .key
             .contains("api_connections_per_address_max"));
     }
 }

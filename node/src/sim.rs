@@ -246,7 +246,7 @@ impl Probe {
     }
 
     /// The full invariant check of node `id`'s applied vault, if it is running.
-    pub fn validate(&self, id: u64) -> Option<Result<(), String>> {
+    pub fn validate(&self, id: u64) -> Option<Result<(), crate::vault::Violation>> {
         let c = self.lock().nodes.get(&id)?.0.clone();
         Some(c.vault().read(|v| v.validate()))
     }
@@ -296,7 +296,7 @@ pub async fn run_node(
         let store = Store::open_sim(&disk, cfg.storage.sync_policy(), fsync_observer(&metrics))?
             .with_apply_check(Arc::new(move |index, vault| {
                 if let Err(e) = vault.validate_payments() {
-                    p2.report(id, index, e);
+                    p2.report(id, index, e.detail);
                 }
             }));
         let faults = store.faults();

@@ -9,6 +9,7 @@
 use super::protocol::{AuthRequest, TxnState, TxnStatus};
 use crate::faults::FaultSwitches;
 use crate::net::{HttpPool, WireError};
+use crate::setting::InvalidSetting;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,22 +54,32 @@ impl Default for AcquirerSettings {
 
 impl AcquirerSettings {
     /// Checks the settings; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.routes.len() > 2 {
-            return Err("acquirer.routes lists at most two routes (cafis, cardnet)".into());
+            return Err(InvalidSetting::new(
+                "acquirer.routes",
+                "lists at most two routes (cafis, cardnet)",
+            ));
         }
         for (i, r) in self.routes.iter().enumerate() {
             if r.name.is_empty() || !r.addr.contains(':') {
-                return Err(format!(
-                    "acquirer.routes[{i}] needs a name and an addr of the form host:port"
+                return Err(InvalidSetting::new(
+                    format!("acquirer.routes[{i}]"),
+                    "needs a name and an addr of the form host:port",
                 ));
             }
         }
         if !(100..=60_000).contains(&self.request_timeout_ms) {
-            return Err("acquirer.request_timeout_ms must be between 100 and 60000".into());
+            return Err(InvalidSetting::new(
+                "acquirer.request_timeout_ms",
+                "must be between 100 and 60000",
+            ));
         }
         if !(50..=60_000).contains(&self.health_interval_ms) {
-            return Err("acquirer.health_interval_ms must be between 50 and 60000".into());
+            return Err(InvalidSetting::new(
+                "acquirer.health_interval_ms",
+                "must be between 50 and 60000",
+            ));
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ pub use server::{admit_layer, router as raft_router, sender_matches_certificate}
 use crate::member::{Member, NodeId, Role};
 use crate::net::HttpPool;
 use crate::raft_types::TypeConfig;
+use crate::setting::InvalidSetting;
 
 use crate::store::{LogStore, SharedVault, StateMachine, Store};
 use crate::vault::{Command, Response};
@@ -78,24 +79,30 @@ impl Default for RaftSettings {
 
 impl RaftSettings {
     /// Checks the settings; the error names the offending key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.heartbeat_interval_ms == 0 {
-            return Err("raft.heartbeat_interval_ms must be greater than 0".into());
+            return Err(InvalidSetting::new(
+                "raft.heartbeat_interval_ms",
+                "must be greater than 0",
+            ));
         }
         if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
-            return Err(
-                "raft.election_timeout_min_ms must be greater than raft.heartbeat_interval_ms"
-                    .into(),
-            );
+            return Err(InvalidSetting::new(
+                "raft.election_timeout_min_ms",
+                "must be greater than raft.heartbeat_interval_ms",
+            ));
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return Err(
-                "raft.election_timeout_max_ms must be greater than raft.election_timeout_min_ms"
-                    .into(),
-            );
+            return Err(InvalidSetting::new(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms",
+            ));
         }
         if self.snapshot_every_entries == 0 {
-            return Err("raft.snapshot_every_entries must be greater than 0".into());
+            return Err(InvalidSetting::new(
+                "raft.snapshot_every_entries",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }

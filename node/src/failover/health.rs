@@ -1,6 +1,7 @@
 //! This node's checks, its view of the other nodes, and the settings that bound both.
 
 use crate::member::NodeId;
+use crate::setting::InvalidSetting;
 use crate::vault::LeaderChangeCause;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,24 +69,39 @@ impl HealthSettings {
         &self,
         failover: &FailoverSettings,
         election_timeout_max_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), InvalidSetting> {
         if !(10..=60_000).contains(&self.check_interval_ms) {
-            return Err("health.check_interval_ms must be between 10 and 60000".into());
+            return Err(InvalidSetting::new(
+                "health.check_interval_ms",
+                "must be between 10 and 60000",
+            ));
         }
         if !(1..=100).contains(&self.unhealthy_threshold) {
-            return Err("health.unhealthy_threshold must be between 1 and 100".into());
+            return Err(InvalidSetting::new(
+                "health.unhealthy_threshold",
+                "must be between 1 and 100",
+            ));
         }
         if self.storage_canary_latency_ms_max == 0 {
-            return Err("health.storage_canary_latency_ms_max must be greater than 0".into());
+            return Err(InvalidSetting::new(
+                "health.storage_canary_latency_ms_max",
+                "must be greater than 0",
+            ));
         }
         if failover.failover_deadline_s == 0 {
-            return Err("failover.failover_deadline_s must be greater than 0".into());
+            return Err(InvalidSetting::new(
+                "failover.failover_deadline_s",
+                "must be greater than 0",
+            ));
         }
         let worst = self.worst_case_failover_ms(election_timeout_max_ms);
         if worst > failover.failover_deadline_s * 1000 {
-            return Err(format!(
-                "the worst-case failover of these settings is {worst} ms (unhealthy_threshold x (check_interval_ms + storage_canary_latency_ms_max) + 2 x raft.election_timeout_max_ms), over failover.failover_deadline_s = {}",
-                failover.failover_deadline_s
+            return Err(InvalidSetting::new(
+                "failover.failover_deadline_s",
+                format!(
+                    "= {} is below the worst-case failover of these settings, {worst} ms (unhealthy_threshold x (check_interval_ms + storage_canary_latency_ms_max) + 2 x raft.election_timeout_max_ms)",
+                    failover.failover_deadline_s
+                ),
             ));
         }
         Ok(())
@@ -287,7 +303,7 @@ mod tests {
             ..HealthSettings::default()
         };
         let err = slow.validate(&f, 300).unwrap_err();
-        assert!(err.contains("failover.failover_deadline_s"), "{err}");
+        assert_eq!(err.key, "failover.failover_deadline_s", "{err}");
         let tight = FailoverSettings {
             failover_deadline_s: 1,
             ..f

@@ -29,6 +29,7 @@ use crate::failover::Failover;
 use crate::faults::FaultSwitches;
 use crate::metrics::Metrics;
 use crate::runtime::Clock;
+use crate::setting::InvalidSetting;
 use crate::vault::{Command, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -71,27 +72,48 @@ impl Default for ApiSettings {
 
 impl ApiSettings {
     /// Checks the settings; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.request_body_bytes_max < 1024 {
-            return Err("api.request_body_bytes_max must be at least 1024".into());
+            return Err(InvalidSetting::new(
+                "api.request_body_bytes_max",
+                "must be at least 1024",
+            ));
         }
         if self.one_time_token_ttl_s == 0 || self.one_time_token_ttl_s > 86_400 {
-            return Err("api.one_time_token_ttl_s must be between 1 and 86400".into());
+            return Err(InvalidSetting::new(
+                "api.one_time_token_ttl_s",
+                "must be between 1 and 86400",
+            ));
         }
         if self.write_timeout_ms < 100 {
-            return Err("api.write_timeout_ms must be at least 100".into());
+            return Err(InvalidSetting::new(
+                "api.write_timeout_ms",
+                "must be at least 100",
+            ));
         }
         if !(1..=10_000_000).contains(&self.cvc_entries_max) {
-            return Err("api.cvc_entries_max must be between 1 and 10000000".into());
+            return Err(InvalidSetting::new(
+                "api.cvc_entries_max",
+                "must be between 1 and 10000000",
+            ));
         }
         if !(10..=5_000).contains(&self.cvc_replication_timeout_ms) {
-            return Err("api.cvc_replication_timeout_ms must be between 10 and 5000".into());
+            return Err(InvalidSetting::new(
+                "api.cvc_replication_timeout_ms",
+                "must be between 10 and 5000",
+            ));
         }
         if !(1..=4_096).contains(&self.rewrap_batch_cards) {
-            return Err("api.rewrap_batch_cards must be between 1 and 4096".into());
+            return Err(InvalidSetting::new(
+                "api.rewrap_batch_cards",
+                "must be between 1 and 4096",
+            ));
         }
         if !(1..=3_600).contains(&self.audit_sign_interval_s) {
-            return Err("api.audit_sign_interval_s must be between 1 and 3600".into());
+            return Err(InvalidSetting::new(
+                "api.audit_sign_interval_s",
+                "must be between 1 and 3600",
+            ));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod leader_change;
 pub mod payment;
 pub mod state;
 pub mod token;
+pub mod violation;
 
 pub use card::{Brand, CardError, Cvc, Expiry, Pan};
 pub use command::{
@@ -21,3 +22,4 @@ pub use command::{
 pub use leader_change::{LeaderChange, LeaderChangeCause};
 pub use state::VaultState;
 pub use token::{TokenFormat, TokenKind};
+pub use violation::Violation;

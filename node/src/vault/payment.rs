@@ -12,6 +12,7 @@
 //!      └──reversed──▶ failed
 //! ```
 
+use super::violation::Violation;
 use serde::{Deserialize, Serialize};
 
 /// Where a payment is in its life.
@@ -264,19 +265,25 @@ impl Payment {
     }
 
     /// The invariants every reachable payment satisfies.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Violation> {
         let id = &self.id;
         if self.amount == 0 {
-            return Err(format!("payment {id} has a zero amount"));
+            return Err(Violation::new(format!("payment {id} has a zero amount")));
         }
         if self.authorized_amount > self.amount {
-            return Err(format!("payment {id}: authorised more than its amount"));
+            return Err(Violation::new(format!(
+                "payment {id}: authorised more than its amount"
+            )));
         }
         if self.captured_amount > self.authorized_amount {
-            return Err(format!("payment {id}: captured more than authorised"));
+            return Err(Violation::new(format!(
+                "payment {id}: captured more than authorised"
+            )));
         }
         if self.refunded_amount > self.captured_amount {
-            return Err(format!("payment {id}: refunded more than captured"));
+            return Err(Violation::new(format!(
+                "payment {id}: refunded more than captured"
+            )));
         }
         let money = (
             self.authorized_amount,
@@ -294,13 +301,15 @@ impl Payment {
             PaymentState::Refunded => money.1 > 0 && money.2 == money.1,
         };
         if !consistent {
-            return Err(format!(
+            return Err(Violation::new(format!(
                 "payment {id}: state {:?} does not match amounts {money:?}",
                 self.state
-            ));
+            )));
         }
         if self.history.first().map(|e| e.kind.as_str()) != Some("opened") {
-            return Err(format!("payment {id}: history does not start with opened"));
+            return Err(Violation::new(format!(
+                "payment {id}: history does not start with opened"
+            )));
         }
         Ok(())
     }
@@ -416,16 +425,22 @@ mod tests {
         assert!(bad
             .validate()
             .unwrap_err()
+            .detail
             .contains("refunded more than captured"));
         let mut bad = p.clone();
         bad.captured_amount = 2_000;
         assert!(bad
             .validate()
             .unwrap_err()
+            .detail
             .contains("captured more than authorised"));
         let mut bad = p;
         bad.state = PaymentState::Pending;
-        assert!(bad.validate().unwrap_err().contains("does not match"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .detail
+            .contains("does not match"));
     }
 
     #[derive(Debug, Clone)]

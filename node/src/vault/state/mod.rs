@@ -503,10 +503,10 @@ mod tests {
         broken.apply(&tokenize("a", "tok_2", 11));
         broken.tokens.get_mut("tok_2").unwrap().card.key_version = 7;
         let err = broken.validate().unwrap_err();
-        assert!(err.contains("key usage counts"), "{err}");
+        assert!(err.detail.contains("key usage counts"), "{err}");
         broken.key_usage = BTreeMap::from([(7, 1)]);
         let err = broken.validate().unwrap_err();
-        assert!(err.contains("missing or retired data key"), "{err}");
+        assert!(err.detail.contains("missing or retired data key"), "{err}");
     }
 
     fn on_file(merchant: &str, member: &str, token: &str, fp: &str, at_ms: u64) -> Command {
@@ -1230,7 +1230,7 @@ mod tests {
         s.validate().unwrap();
         s.audit.records_mut()[2].entry.outcome = "token_not_found".into();
         let err = s.validate().unwrap_err();
-        assert!(err.contains("audit record 2"), "{err}");
+        assert!(err.detail.contains("audit record 2"), "{err}");
     }
 
     mod prop {
