@@ -39,6 +39,42 @@ pub enum NewKey {
     Ed25519Seed([u8; 32]),
 }
 
+/// Why a certificate could not be made, written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// rcgen refused the key or the certificate.
+    #[error("{0}")]
+    Make(String),
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} exists; kura certs never overwrites", .0.display())]
+    Exists(PathBuf),
+    #[error("{} holds a certificate kura cannot parse", .0.display())]
+    Unparsable(PathBuf),
+    #[error("operator name {0:?} must be 1-64 letters, digits, '-', '_' or '.'")]
+    OperatorName(String),
+    #[error(transparent)]
+    Dir(#[from] crate::files::FileError),
+}
+
+fn made<E: std::fmt::Display>(e: E) -> CertError {
+    CertError::Make(e.to_string())
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CertError {
+    let path = path.to_owned();
+    move |source| CertError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 impl From<Algorithm> for NewKey {
     fn from(a: Algorithm) -> NewKey {
         NewKey::Random(a)
@@ -46,15 +82,15 @@ impl From<Algorithm> for NewKey {
 }
 
 impl NewKey {
-    fn make(self) -> Result<KeyPair, String> {
+    fn make(self) -> Result<KeyPair, CertError> {
         match self {
-            NewKey::Random(alg) => KeyPair::generate_for(alg.rcgen()).map_err(|e| e.to_string()),
+            NewKey::Random(alg) => KeyPair::generate_for(alg.rcgen()).map_err(made),
             NewKey::Ed25519Seed(seed) => {
                 // PKCS#8 v1 of an Ed25519 private key: a fixed prefix, then the seed.
                 let mut der = hex::decode("302e020100300506032b657004220420").expect("hex");
                 der.extend_from_slice(&seed);
                 KeyPair::from_pkcs8_der_and_sign_algo(&der.as_slice().into(), &rcgen::PKCS_ED25519)
-                    .map_err(|e| e.to_string())
+                    .map_err(made)
             }
         }
     }
@@ -84,9 +120,10 @@ fn name(cn: &str) -> DistinguishedName {
     dn
 }
 
-fn uri(s: &str) -> Result<SanType, String> {
+fn uri(s: &str) -> Result<SanType, CertError> {
     Ok(SanType::URI(
-        s.try_into().map_err(|e| format!("{s:?}: {e}"))?,
+        s.try_into()
+            .map_err(|e| CertError::Make(format!("{s:?}: {e}")))?,
     ))
 }
 
@@ -96,14 +133,14 @@ pub fn new_ca(
     key: impl Into<NewKey>,
     now: OffsetDateTime,
     days: i64,
-) -> Result<Issued, String> {
+) -> Result<Issued, CertError> {
     let key = key.into().make()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = name(cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     validity(&mut params, now, days);
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(made)?;
     Ok(Issued {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -122,12 +159,13 @@ pub fn new_leaf(
     key: impl Into<NewKey>,
     now: OffsetDateTime,
     days: i64,
-) -> Result<Issued, String> {
-    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(|_| "the CA key is not a PEM key")?;
+) -> Result<Issued, CertError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)
+        .map_err(|_| CertError::Make("the CA key is not a PEM key".into()))?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)
-        .map_err(|e| format!("the CA certificate cannot sign: {e}"))?;
-    let mut params =
-        CertificateParams::new(hosts.to_vec()).map_err(|e| format!("bad host name: {e}"))?;
+        .map_err(|e| CertError::Make(format!("the CA certificate cannot sign: {e}")))?;
+    let mut params = CertificateParams::new(hosts.to_vec())
+        .map_err(|e| CertError::Make(format!("bad host name: {e}")))?;
     if let Some(id) = identity {
         params.subject_alt_names.push(uri(&id.uri())?);
     }
@@ -148,7 +186,7 @@ pub fn new_leaf(
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, now, days);
     let key = key.into().make()?;
-    let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
+    let cert = params.signed_by(&key, &issuer).map_err(made)?;
     Ok(Issued {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -157,7 +195,7 @@ pub fn new_leaf(
 
 /// Writes `cert` and its key as `<dir>/<stem>.crt` and `<dir>/<stem>.key` (0600),
 /// creating `dir` (0700); refuses if either file exists.
-pub fn write(dir: &Path, stem: &str, issued: &Issued) -> Result<(PathBuf, PathBuf), String> {
+pub fn write(dir: &Path, stem: &str, issued: &Issued) -> Result<(PathBuf, PathBuf), CertError> {
     crate::files::create_private_dir(dir)?;
     let (crt, key) = (
         dir.join(format!("{stem}.crt")),
@@ -165,25 +203,21 @@ pub fn write(dir: &Path, stem: &str, issued: &Issued) -> Result<(PathBuf, PathBu
     );
     for p in [&crt, &key] {
         if p.exists() {
-            return Err(format!(
-                "{} exists; kura certs never overwrites",
-                p.display()
-            ));
+            return Err(CertError::Exists(p.clone()));
         }
     }
     for (p, text) in [(&key, &issued.key_pem), (&crt, &issued.cert_pem)] {
-        crate::crypto::write_private(p, text.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        crate::crypto::write_private(p, text.as_bytes()).map_err(io("write", p))?;
     }
     Ok((crt, key))
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+fn read(path: &Path) -> Result<String, CertError> {
+    std::fs::read_to_string(path).map_err(io("read", path))
 }
 
 /// Reads the CA's certificate and key from `ca_dir` (`ca.crt`, `ca.key`).
-pub fn read_ca(ca_dir: &Path) -> Result<(String, String), String> {
+pub fn read_ca(ca_dir: &Path) -> Result<(String, String), CertError> {
     Ok((read(&ca_dir.join("ca.crt"))?, read(&ca_dir.join("ca.key"))?))
 }
 
@@ -198,15 +232,14 @@ pub struct Listed {
 }
 
 /// Every certificate in the `.crt` files under `dir` (recursively), in path order.
-pub fn list(dir: &Path) -> Result<Vec<Listed>, String> {
+pub fn list(dir: &Path) -> Result<Vec<Listed>, CertError> {
     let mut files = Vec::new();
     collect_crt(dir, &mut files)?;
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        for der in kura_sdk::tls::load_certs(&f).map_err(|e| e.0)? {
-            let info = tls::describe(&der)
-                .ok_or_else(|| format!("{} holds a certificate kura cannot parse", f.display()))?;
+        for der in kura_sdk::tls::load_certs(&f).map_err(|_| CertError::Unparsable(f.clone()))? {
+            let info = tls::describe(&der).ok_or_else(|| CertError::Unparsable(f.clone()))?;
             out.push(Listed {
                 file: f.clone(),
                 subject: info.subject,
@@ -219,11 +252,10 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>, String> {
     Ok(out)
 }
 
-fn collect_crt(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+fn collect_crt(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CertError> {
+    let entries = std::fs::read_dir(dir).map_err(io("read", dir))?;
     for e in entries {
-        let path = e.map_err(|e| e.to_string())?.path();
+        let path = e.map_err(io("read", dir))?.path();
         if path.is_dir() {
             collect_crt(&path, out)?;
         } else if path.extension().is_some_and(|x| x == "crt") {
@@ -234,21 +266,26 @@ fn collect_crt(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
 }
 
 /// An operator identity from the command line.
-pub fn operator(name: &str, role: OperatorRole) -> Result<Identity, String> {
+pub fn operator(name: &str, role: OperatorRole) -> Result<Identity, CertError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if !ok {
-        return Err(format!(
-            "operator name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"
-        ));
+        return Err(CertError::OperatorName(name.to_owned()));
     }
     Ok(Identity::Operator {
         name: name.to_owned(),
         role,
     })
+}
+
+/// The CLI's outer edge reports errors as one sentence.
+impl From<CertError> for String {
+    fn from(e: CertError) -> String {
+        e.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -342,7 +379,7 @@ mod tests {
         assert_eq!(mode(&dir.path().join("ca")), 0o700);
         let again = new_ca("other", Algorithm::Ed25519, now(), 10).unwrap();
         let e = write(&dir.path().join("ca"), "ca", &again).unwrap_err();
-        assert!(e.contains("never overwrites"), "{e}");
+        assert!(matches!(e, CertError::Exists(_)), "{e}");
         assert_eq!(std::fs::read_to_string(&key).unwrap(), ca.key_pem);
         let listed = list(dir.path()).unwrap();
         assert_eq!(listed.len(), 1);

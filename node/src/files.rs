@@ -2,47 +2,88 @@
 //! by `crypto::write_private` (0600, never overwritten).
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a secret's file or directory, or the process, could not be made safe.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileError {
+    #[error("{key}: cannot {action} {}: {source}", path.display())]
+    Io {
+        /// The setting that names the path.
+        key: String,
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key}: {} may be read by group or others (mode {mode:03o}); it holds a secret: run `chmod 600 {}`", path.display(), path.display())]
+    Exposed {
+        key: String,
+        path: PathBuf,
+        mode: u32,
+    },
+    #[error("cannot {action}: {source}")]
+    Process {
+        action: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn io(key: &str, action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileError {
+    let (key, path) = (key.to_owned(), path.to_owned());
+    move |source| FileError::Io {
+        key,
+        action,
+        path,
+        source,
+    }
+}
 
 /// Creates `dir` and its missing parents, owner-only; an existing directory is left
 /// as it is.
-pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+pub fn create_private_dir(dir: &Path) -> Result<(), FileError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        .map_err(io("directory", "create", dir))
 }
 
 /// Refuses a secret file (the KEK, a private key, a token) that the group or others
 /// may read or write: `key` names the setting in the error.
-pub fn check_secret_file(key: &str, path: &Path) -> Result<(), String> {
+pub fn check_secret_file(key: &str, path: &Path) -> Result<(), FileError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(io(key, "read", path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{key}: {} may be read by group or others (mode {mode:03o}); it holds a secret: run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        ));
+        return Err(FileError::Exposed {
+            key: key.to_owned(),
+            path: path.to_owned(),
+            mode,
+        });
     }
     Ok(())
 }
 
 /// Makes `dir` (created if missing) owner-only, saying so if it was not.
-pub fn make_private_dir(key: &str, dir: &Path) -> Result<(), String> {
+pub fn make_private_dir(key: &str, dir: &Path) -> Result<(), FileError> {
     use std::os::unix::fs::PermissionsExt;
-    create_private_dir(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(key, "create", dir))?;
     let mode = std::fs::metadata(dir)
-        .map_err(|e| format!("{key}: cannot read {}: {e}", dir.display()))?
+        .map_err(io(key, "read", dir))?
         .permissions()
         .mode()
         & 0o777;
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("{key}: cannot make {} owner-only: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(
+            key,
+            "make owner-only",
+            dir,
+        ))?;
         tracing::warn!(dir = %dir.display(), was = format!("{mode:03o}"), "{key} was open to group or others; made it 0700");
     }
     Ok(())
@@ -53,7 +94,7 @@ pub fn make_private_dir(key: &str, dir: &Path) -> Result<(), String> {
 /// user (`PR_SET_DUMPABLE = 0`); files and directories it creates are owner-only
 /// (umask 077); and the open-files limit is raised to its hard limit, so that the
 /// listeners' connection caps, not the default soft limit, bound connections.
-pub fn harden_process() -> Result<(), String> {
+pub fn harden_process() -> Result<(), FileError> {
     // SAFETY: plain system calls on this process with valid arguments.
     unsafe {
         let zero = libc::rlimit {
@@ -61,16 +102,16 @@ pub fn harden_process() -> Result<(), String> {
             rlim_max: 0,
         };
         if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
-            return Err(format!(
-                "cannot turn core dumps off: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(FileError::Process {
+                action: "turn core dumps off",
+                source: std::io::Error::last_os_error(),
+            });
         }
         if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            return Err(format!(
-                "cannot mark the process non-dumpable: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(FileError::Process {
+                action: "mark the process non-dumpable",
+                source: std::io::Error::last_os_error(),
+            });
         }
         libc::umask(0o077);
         let mut files = libc::rlimit {
@@ -84,6 +125,13 @@ pub fn harden_process() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The CLI's outer edge reports errors as one sentence.
+impl From<FileError> for String {
+    fn from(e: FileError) -> String {
+        e.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +155,7 @@ mod tests {
             let r = check_secret_file("kek_file", &f);
             assert_eq!(r.is_ok(), ok, "mode {mode:o}: {r:?}");
             if let Err(e) = r {
+                let e = e.to_string();
                 assert!(e.starts_with("kek_file:"), "{e}");
                 assert!(e.contains("chmod 600"), "{e}");
             }

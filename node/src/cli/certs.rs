@@ -1,7 +1,9 @@
 //! `kura certs`: a cluster CA, node and operator certificates, and what a directory
 //! of certificates holds.
 
-use crate::certs::{list, new_ca, new_leaf, operator, read_ca, write, Issued, OffsetDateTime};
+use crate::certs::{
+    list, new_ca, new_leaf, operator, read_ca, write, CertError, Issued, OffsetDateTime,
+};
 use crate::net::tls::Identity;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -73,7 +75,7 @@ fn issue(
     who: &Identity,
     hosts: &[String],
     now: OffsetDateTime,
-) -> Result<Issued, String> {
+) -> Result<Issued, CertError> {
     let (ca_crt, ca_key) = read_ca(&leaf.ca_dir)?;
     new_leaf(
         &ca_crt,
@@ -87,7 +89,7 @@ fn issue(
 }
 
 /// Runs one `kura certs` subcommand.
-pub fn run(cmd: CertsCmd) -> Result<(), String> {
+pub fn run(cmd: CertsCmd) -> Result<(), CertError> {
     let now = OffsetDateTime::now_utc();
     let (dir, stem, issued) = match cmd {
         CertsCmd::CreateCa {

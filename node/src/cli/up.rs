@@ -130,7 +130,8 @@ impl LocalCa {
             self.now,
             certs::LEAF_DAYS_DEFAULT,
         )?;
-        certs::write(dir, stem, &leaf).map(|_| ())
+        certs::write(dir, stem, &leaf)?;
+        Ok(())
     }
 }
 
