@@ -10,7 +10,7 @@ use crate::config::NodeConfig;
 use crate::crypto::{api_key_hash, Entropy, Kek, KekSet, KeyRing};
 use crate::cvc::CvcStore;
 use crate::metrics::Metrics;
-use crate::net::tls::NodeTls;
+use crate::net::tls::{NodeTls, TlsSetupError};
 use crate::net::{self, Connector, HttpPool, Net, ServeTls};
 use crate::runtime::Clock;
 use crate::service::{self, Service};
@@ -139,13 +139,16 @@ fn read_admin_token(path: &std::path::Path) -> io::Result<String> {
 }
 
 /// TLS to the acquirer routes: their own CA (`acquirer.ca_file`) or the system's.
-fn acquirer_trust(cfg: &NodeConfig) -> Result<rustls::ClientConfig, String> {
+fn acquirer_trust(cfg: &NodeConfig) -> Result<rustls::ClientConfig, TlsSetupError> {
     let roots = match &cfg.acquirer.ca_file {
         Some(ca) => kura_sdk::tls::roots_from_file(ca),
         None => kura_sdk::tls::system_roots(),
     }
-    .map_err(|e| format!("acquirer.ca_file: {}", e.0))?;
-    kura_sdk::tls::client_config(roots, None).map_err(|e| e.0)
+    .map_err(|e| TlsSetupError::File {
+        key: "acquirer.ca_file",
+        detail: e.0,
+    })?;
+    kura_sdk::tls::client_config(roots, None).map_err(|e| TlsSetupError::Rustls(e.0))
 }
 
 /// A started node.

@@ -4,14 +4,11 @@
 use super::*;
 
 impl Cluster {
-    pub(super) async fn adopt_cluster_id(&self, id: &str) -> Result<(), String> {
-        if self.store.has_raft_state().map_err(|e| e.to_string())? {
-            return Err("this node has Raft data but no cluster id; refusing to join".into());
+    pub(super) async fn adopt_cluster_id(&self, id: &str) -> Result<(), FormError> {
+        if self.store.has_raft_state().map_err(storage)? {
+            return Err(FormError::DataWithoutId("join"));
         }
-        self.store
-            .set_cluster_id(id)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.store.set_cluster_id(id).await.map_err(storage)?;
         *self.cluster_id.write().expect("cluster id lock") = Some(id.to_owned());
         tracing::info!(cluster_id = id, "joined cluster");
         Ok(())
@@ -22,12 +19,12 @@ impl Cluster {
     /// Idempotent: a node that already has a cluster id answers with it. Refuses if any
     /// peer already belongs to a cluster or holds Raft data, so that two clusters are
     /// never silently merged or formed twice.
-    pub async fn init(&self, id_if_new: String) -> Result<InitOutcome, String> {
+    pub async fn init(&self, id_if_new: String) -> Result<InitOutcome, FormError> {
         let initialized = self
             .raft
             .is_initialized()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| FormError::Raft(e.to_string()))?;
         let existing = self.cluster_id();
         match (&existing, initialized) {
             (Some(id), true) => {
@@ -38,24 +35,19 @@ impl Cluster {
             }
             // An earlier init recorded the id but did not finish: finish it with that id.
             (Some(_), false) => {}
-            (None, _) if self.store.has_raft_state().map_err(|e| e.to_string())? => {
-                return Err(
-                    "this node has Raft data but no cluster id; refusing to form a cluster".into(),
-                );
+            (None, _) if self.store.has_raft_state().map_err(storage)? => {
+                return Err(FormError::DataWithoutId("form a cluster"));
             }
             (None, _) => {}
         }
         let id = existing.unwrap_or(id_if_new);
         self.check_peers_can_join(&id).await?;
-        self.store
-            .set_cluster_id(&id)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.store.set_cluster_id(&id).await.map_err(storage)?;
         *self.cluster_id.write().expect("cluster id lock") = Some(id.clone());
         self.raft
             .initialize(self.members.clone())
             .await
-            .map_err(|e| format!("raft initialize failed: {e}"))?;
+            .map_err(|e| FormError::Raft(e.to_string()))?;
         tracing::info!(cluster_id = %id, members = self.members.len(), "cluster formed");
         Ok(InitOutcome {
             cluster_id: id,
@@ -65,35 +57,37 @@ impl Cluster {
 
     /// Every peer must answer, be the node the config says, and belong to no cluster
     /// other than `id` (a peer may already carry `id` from an unfinished init).
-    pub(super) async fn check_peers_can_join(&self, id: &str) -> Result<(), String> {
+    pub(super) async fn check_peers_can_join(&self, id: &str) -> Result<(), FormError> {
         for (peer_id, m) in self.members.iter().filter(|(i, _)| **i != self.id) {
-            let ident = self
-                .peer_identity(m)
-                .await
-                .map_err(|e| format!("peer {} ({}) unreachable: {e}", m.name, m.raft_addr))?;
+            let ident = self.peer_identity(m).await?;
             if ident.node_id != *peer_id {
-                return Err(format!(
-                    "peer at {} says it is node {}, config says {peer_id}",
-                    m.raft_addr, ident.node_id
-                ));
+                return Err(FormError::WrongPeer {
+                    addr: m.raft_addr.clone(),
+                    says: ident.node_id,
+                    expected: *peer_id,
+                });
             }
             match ident.cluster_id {
                 Some(theirs) if theirs != id => {
-                    return Err(format!(
-                        "peer {} already belongs to cluster {theirs}",
-                        m.name
-                    ));
+                    return Err(FormError::PeerInOtherCluster {
+                        name: m.name.clone(),
+                        theirs,
+                    });
                 }
-                None if ident.has_data => {
-                    return Err(format!("peer {} has Raft data but no cluster id", m.name))
-                }
+                None if ident.has_data => return Err(FormError::PeerDataWithoutId(m.name.clone())),
                 _ => {}
             }
         }
         Ok(())
     }
 
-    pub(super) async fn peer_identity(&self, m: &Member) -> Result<server::Identity, String> {
+    /// What a peer says of itself (the error says why it could not be asked).
+    pub(super) async fn peer_identity(&self, m: &Member) -> Result<server::Identity, FormError> {
+        let unreachable = |detail: String| FormError::PeerUnreachable {
+            name: m.name.clone(),
+            addr: m.raft_addr.clone(),
+            detail,
+        };
         let req = http::Request::get("/raft/identity")
             .header(http::header::HOST, &m.raft_addr)
             .header(NODE_ID_HEADER, self.id)
@@ -103,7 +97,11 @@ impl Cluster {
             .pool
             .send(&m.raft_addr, req, Duration::from_secs(3))
             .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(resp.body()).map_err(|e| e.to_string())
+            .map_err(|e| unreachable(e.to_string()))?;
+        serde_json::from_slice(resp.body()).map_err(|e| unreachable(e.to_string()))
     }
+}
+
+fn storage(e: impl std::fmt::Display) -> FormError {
+    FormError::Storage(e.to_string())
 }

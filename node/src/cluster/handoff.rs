@@ -10,6 +10,7 @@
 //! a record of a later term is applied the notice is settled, so it never labels a
 //! change it did not cause.
 
+use super::errors::NoticeError;
 use crate::vault::LeaderChangeCause;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -34,17 +35,17 @@ impl HandoffNotice {
 
     /// Reads `cause term`, or a bare `cause` (from a node older than terms in notices),
     /// which is bound to `current_term`.
-    pub(crate) fn parse(body: &str, current_term: u64, at: Instant) -> Result<Self, String> {
+    pub(crate) fn parse(body: &str, current_term: u64, at: Instant) -> Result<Self, NoticeError> {
         let (cause, from_term) = match body.split_once(' ') {
             Some((c, t)) => (
                 c,
                 t.parse::<u64>()
-                    .map_err(|_| format!("the term in a handoff notice is not a number: {t:?}"))?,
+                    .map_err(|_| NoticeError::Term(t.to_owned()))?,
             ),
             None => (body, current_term),
         };
         let Some(cause) = LeaderChangeCause::parse(cause) else {
-            return Err("not a leader-change cause".into());
+            return Err(NoticeError::Cause);
         };
         Ok(HandoffNotice {
             cause,

@@ -4,6 +4,7 @@
 //! kura talks to [`Cluster`]: write a command, make a read linearizable, ask who
 //! leads, form the cluster once.
 
+mod errors;
 mod formation;
 mod handoff;
 mod network;
@@ -12,6 +13,7 @@ mod server;
 mod status;
 mod transfer;
 
+pub use errors::{FormError, FrameError, NoticeError, TransferError};
 pub use status::{ClusterStatus, MemberStatus, StatusWatch};
 
 pub use network::encode_snapshot;
@@ -107,7 +109,7 @@ impl RaftSettings {
         Ok(())
     }
 
-    fn to_openraft(&self) -> Result<openraft::Config, String> {
+    fn to_openraft(&self) -> Result<openraft::Config, InvalidSetting> {
         let cfg = openraft::Config {
             cluster_name: "kura".into(),
             heartbeat_interval: self.heartbeat_interval_ms,
@@ -132,7 +134,7 @@ impl RaftSettings {
             ..Default::default()
         };
         cfg.validate()
-            .map_err(|e| format!("raft settings rejected: {e}"))
+            .map_err(|e| InvalidSetting::new("raft", format!("settings rejected: {e}")))
     }
 }
 

@@ -138,11 +138,13 @@ pub fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> Bytes {
 }
 
 /// Inverse of [`encode_snapshot`].
-pub(super) fn decode_snapshot(body: &[u8]) -> Result<(Vote, Snapshot), String> {
-    let len = body.get(..4).ok_or("snapshot frame too short")?;
+pub(super) fn decode_snapshot(body: &[u8]) -> Result<(Vote, Snapshot), super::FrameError> {
+    use super::FrameError;
+    let len = body.get(..4).ok_or(FrameError::Short)?;
     let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
-    let head = body.get(4..4 + len).ok_or("snapshot frame truncated")?;
-    let (vote, meta) = serde_json::from_slice(head).map_err(|e| format!("snapshot header: {e}"))?;
+    let head = body.get(4..4 + len).ok_or(FrameError::Truncated)?;
+    let (vote, meta) =
+        serde_json::from_slice(head).map_err(|e| FrameError::Header(e.to_string()))?;
     let data = body[4 + len..].to_vec();
     Ok((
         vote,

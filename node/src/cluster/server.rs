@@ -141,7 +141,7 @@ pub(crate) async fn admit(c: &Cluster, headers: &HeaderMap) -> Result<(), Respon
         None => c
             .adopt_cluster_id(theirs)
             .await
-            .map_err(|e| (StatusCode::CONFLICT, e).into_response()),
+            .map_err(|e| (StatusCode::CONFLICT, e.to_string()).into_response()),
     }
 }
 
@@ -200,7 +200,7 @@ async fn snapshot(
             }
             reply(c.raft.install_full_snapshot(vote, snap).await)
         }
-        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }
 
@@ -229,6 +229,6 @@ async fn handoff_cause(State(c): State<Arc<Cluster>>, headers: HeaderMap, body: 
     let cause = String::from_utf8_lossy(&body);
     match c.note_incoming_cause(&cause) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }

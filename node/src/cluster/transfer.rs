@@ -5,7 +5,7 @@ use super::*;
 
 impl Cluster {
     /// Holds a leader's handoff notice (`cause term`) until the next leader is seen.
-    pub(crate) fn note_incoming_cause(&self, body: &str) -> Result<(), String> {
+    pub(crate) fn note_incoming_cause(&self, body: &str) -> Result<(), NoticeError> {
         let notice = HandoffNotice::parse(body, self.status().term, tokio::time::Instant::now())?;
         *self.incoming_cause.lock().expect("cause lock") = Some(notice);
         Ok(())
@@ -37,12 +37,12 @@ impl Cluster {
         to: NodeId,
         cause: crate::vault::LeaderChangeCause,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), TransferError> {
         if !self.is_leader() {
-            return Err("this node is not the leader".into());
+            return Err(TransferError::NotLeader);
         }
         if !self.members.contains_key(&to) {
-            return Err(format!("node {to} is not a member"));
+            return Err(TransferError::NotMember(to));
         }
         let from_term = self.status().term;
         let notice = bytes::Bytes::from(HandoffNotice::body(cause, from_term));
@@ -73,10 +73,10 @@ impl Cluster {
             match answer {
                 Ok(r) if r.status().is_success() => {}
                 other if id == to => {
-                    return Err(format!(
-                        "node {to} did not take the handoff notice: {:?}",
-                        other.map(|r| r.status())
-                    ))
+                    return Err(TransferError::NoticeRefused {
+                        to,
+                        answer: format!("{:?}", other.map(|r| r.status())),
+                    })
                 }
                 // Another peer that missed the notice would record a takeover of its
                 // own as crash_or_partition; the transfer itself does not need it.
@@ -93,7 +93,7 @@ impl Cluster {
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| TransferError::Raft(e.to_string()))?;
         // Done once the next leader's record of the change (with the cause) has reached
         // this node: leadership moved again too soon would otherwise leave a term whose
         // change was never recorded.
@@ -110,19 +110,15 @@ impl Cluster {
                     return Ok(leader);
                 }
                 if !watch.changed().await {
-                    return Err("the Raft node stopped".to_owned());
+                    return Err(TransferError::Stopped);
                 }
             }
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(leader)) if leader == to => Ok(()),
-            Ok(Ok(leader)) => Err(format!(
-                "node {leader} took leadership instead of node {to}"
-            )),
+            Ok(Ok(leader)) => Err(TransferError::OtherLeader { leader, to }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!(
-                "node {to} did not take leadership within {timeout:?}"
-            )),
+            Err(_) => Err(TransferError::Timeout { to, timeout }),
         }
     }
 }

@@ -179,9 +179,33 @@ pub struct Pem {
     pub key: rustls::pki_types::PrivateKeyDer<'static>,
 }
 
+/// Why TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// A file a setting names (`tls.cert_file`, ...) could not be used.
+    #[error("{key}: {detail}")]
+    File { key: &'static str, detail: String },
+    /// The PEM text does not hold what it should.
+    #[error("{0}")]
+    Pem(String),
+    /// rustls refused the material.
+    #[error("{0}")]
+    Rustls(String),
+}
+
+impl From<TlsSetupError> for String {
+    fn from(e: TlsSetupError) -> String {
+        e.to_string()
+    }
+}
+
 impl Pem {
-    fn load(files: &TlsFiles) -> Result<Pem, String> {
-        let named = |key: &str, e: kura_sdk::tls::TlsError| format!("{key}: {}", e.0);
+    fn load(files: &TlsFiles) -> Result<Pem, TlsSetupError> {
+        let named = |key: &'static str, e: kura_sdk::tls::TlsError| TlsSetupError::File {
+            key,
+            detail: e.0,
+        };
         Ok(Pem {
             roots: roots_from_file(&files.ca_file).map_err(|e| named(CA_KEY, e))?,
             chain: load_certs(&files.cert_file).map_err(|e| named(CERT_KEY, e))?,
@@ -190,17 +214,22 @@ impl Pem {
     }
 
     /// From PEM text (the simulation's certificates, made in memory).
-    pub fn from_text(ca: &str, cert: &str, key: &str) -> Result<Pem, String> {
+    pub fn from_text(ca: &str, cert: &str, key: &str) -> Result<Pem, TlsSetupError> {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
-        for c in kura_sdk::tls::load_certs_pem(ca.as_bytes()).map_err(|e| e.0)? {
-            roots.add(c).map_err(|e| e.to_string())?;
+        for c in
+            kura_sdk::tls::load_certs_pem(ca.as_bytes()).map_err(|e| TlsSetupError::Pem(e.0))?
+        {
+            roots
+                .add(c)
+                .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
         }
         Ok(Pem {
             roots,
-            chain: kura_sdk::tls::load_certs_pem(cert.as_bytes()).map_err(|e| e.0)?,
+            chain: kura_sdk::tls::load_certs_pem(cert.as_bytes())
+                .map_err(|e| TlsSetupError::Pem(e.0))?,
             key: rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .map_err(|_| "no PEM private key".to_owned())?,
+                .map_err(|_| TlsSetupError::Pem("no PEM private key".into()))?,
         })
     }
 }
@@ -208,26 +237,32 @@ impl Pem {
 /// A TLS 1.3 server configuration builder with kura's provider and `time`.
 fn server_builder(
     time: &Time,
-) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>, String> {
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>, TlsSetupError> {
     let b = match time {
         Some(t) => rustls::ServerConfig::builder_with_details(provider(), t.clone()),
         None => rustls::ServerConfig::builder_with_provider(provider()),
     };
     b.with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))
 }
 
 impl Material {
-    fn build(pem: Pem, admin_token_allowed: bool, time: &Time) -> Result<Material, String> {
+    fn build(pem: Pem, admin_token_allowed: bool, time: &Time) -> Result<Material, TlsSetupError> {
         let Pem { roots, chain, key } = pem;
         let roots = Arc::new(roots);
         let not_after_unix_s = describe(&chain[0])
-            .ok_or_else(|| format!("{CERT_KEY}: the certificate cannot be parsed"))?
+            .ok_or_else(|| TlsSetupError::File {
+                key: CERT_KEY,
+                detail: "the certificate cannot be parsed".into(),
+            })?
             .not_after
             .unix_timestamp();
-        let mismatch =
-            |e: rustls::Error| format!("{CERT_KEY} and {KEY_KEY} do not belong together: {e}");
-        let mutual = |optional: bool| -> Result<Arc<rustls::ServerConfig>, String> {
+        let mismatch = |e: rustls::Error| {
+            TlsSetupError::Rustls(format!(
+                "{CERT_KEY} and {KEY_KEY} do not belong together: {e}"
+            ))
+        };
+        let mutual = |optional: bool| -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
             let verifier = if optional {
                 verifier.allow_unauthenticated()
@@ -235,7 +270,10 @@ impl Material {
                 verifier
             }
             .build()
-            .map_err(|e| format!("{CA_KEY}: cannot verify clients with it: {e}"))?;
+            .map_err(|e| TlsSetupError::File {
+                key: CA_KEY,
+                detail: format!("cannot verify clients with it: {e}"),
+            })?;
             let config = server_builder(time)?
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain.clone(), key.clone_key())
@@ -252,7 +290,7 @@ impl Material {
         let admin = mutual(admin_token_allowed)?;
         let client =
             kura_sdk::tls::client_config_at((*roots).clone(), Some((chain, key)), time.clone())
-                .map_err(|e| e.0)?;
+                .map_err(|e| TlsSetupError::Pem(e.0))?;
         Ok(Material {
             api,
             peer,
@@ -265,11 +303,19 @@ impl Material {
 
 /// A TLS 1.3 server configuration with the certificate and key in these files and no
 /// client certificates (the acquirer simulator's).
-pub fn server_only(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, String> {
-    let chain = load_certs(cert_file).map_err(|e| e.0)?;
-    let key = load_key(key_file).map_err(|e| e.0)?;
-    server_only_with(chain, key, &None)
-        .map_err(|e| format!("{} and {}: {e}", cert_file.display(), key_file.display()))
+pub fn server_only(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<rustls::ServerConfig, TlsSetupError> {
+    let chain = load_certs(cert_file).map_err(|e| TlsSetupError::Pem(e.0))?;
+    let key = load_key(key_file).map_err(|e| TlsSetupError::Pem(e.0))?;
+    server_only_with(chain, key, &None).map_err(|e| {
+        TlsSetupError::Rustls(format!(
+            "{} and {}: {e}",
+            cert_file.display(),
+            key_file.display()
+        ))
+    })
 }
 
 /// A TLS 1.3 server configuration with `chain` and `key`, no client certificates.
@@ -277,11 +323,15 @@ pub fn server_only_with(
     chain: Vec<CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
     time: &Time,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, TlsSetupError> {
     server_builder(time)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| format!("the certificate and key do not belong together: {e}"))
+        .map_err(|e| {
+            TlsSetupError::Rustls(format!(
+                "the certificate and key do not belong together: {e}"
+            ))
+        })
 }
 
 /// A server configuration that is replaced when its files change.
@@ -311,14 +361,18 @@ pub struct NodeTls {
 impl NodeTls {
     /// Loads every file; the error is one sentence naming the config key. With
     /// `admin_token_allowed`, the admin plane accepts connections without a certificate.
-    pub fn load(files: TlsFiles, admin_token_allowed: bool) -> Result<NodeTls, String> {
+    pub fn load(files: TlsFiles, admin_token_allowed: bool) -> Result<NodeTls, TlsSetupError> {
         let stamp = stamps(&files);
         let m = Material::build(Pem::load(&files)?, admin_token_allowed, &None)?;
         Ok(NodeTls::with(Some(files), m, admin_token_allowed, stamp))
     }
 
     /// From material made in memory, judging validity by `time` (the simulation's).
-    pub fn from_pem(pem: Pem, admin_token_allowed: bool, time: Time) -> Result<NodeTls, String> {
+    pub fn from_pem(
+        pem: Pem,
+        admin_token_allowed: bool,
+        time: Time,
+    ) -> Result<NodeTls, TlsSetupError> {
         let m = Material::build(pem, admin_token_allowed, &time)?;
         Ok(NodeTls::with(None, m, admin_token_allowed, Vec::new()))
     }
@@ -348,7 +402,7 @@ impl NodeTls {
 
     /// Reloads the material if any file changed since it was last read: `Ok(true)` when
     /// new material is in use, `Err` (old material kept) when the new files fail.
-    pub fn reload_if_changed(&self) -> Result<bool, String> {
+    pub fn reload_if_changed(&self) -> Result<bool, TlsSetupError> {
         let Some(files) = &self.files else {
             return Ok(false);
         };
@@ -434,7 +488,10 @@ mod tests {
             (wrong_key, "tls.key_file"),
             (not_a_ca, "tls.ca_file"),
         ] {
-            let e = NodeTls::load(files, false).err().expect("refused");
+            let e = NodeTls::load(files, false)
+                .err()
+                .expect("refused")
+                .to_string();
             assert!(e.contains(key) && !e.contains('\n'), "{e}");
             assert!(!e.contains("PRIVATE KEY"), "no key material in {e}");
         }
@@ -446,13 +503,13 @@ mod tests {
         let files = files_in(dir.path());
         let tls = NodeTls::load(files.clone(), false).unwrap();
         let before = tls.not_after_unix_s();
-        assert_eq!(tls.reload_if_changed(), Ok(false), "nothing changed");
+        assert_eq!(tls.reload_if_changed().ok(), Some(false), "nothing changed");
         std::fs::write(&files.cert_file, "not a certificate").unwrap();
         assert!(tls.reload_if_changed().is_err());
         assert_eq!(tls.not_after_unix_s(), before);
         assert_eq!(
-            tls.reload_if_changed(),
-            Ok(false),
+            tls.reload_if_changed().ok(),
+            Some(false),
             "a broken file is judged once"
         );
     }

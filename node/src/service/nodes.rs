@@ -21,12 +21,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeOpError {
-    #[error("{0}")]
-    InitRefused(String),
+    #[error(transparent)]
+    InitRefused(crate::cluster::FormError),
     #[error("no member with this name")]
     MemberNotFound,
-    #[error("{0}")]
-    TransferFailed(String),
+    #[error(transparent)]
+    TransferFailed(crate::cluster::TransferError),
     #[error("fault injection is off on this node; start it with --enable-fault-injection and [faults] enabled = true")]
     FaultInjectionDisabled,
     #[error(transparent)]

@@ -76,14 +76,25 @@ pub(crate) enum Done {
     Oneshot(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
+/// A failed commit, shared by every operation of its batch (each gets its own
+/// `io::Error` of the same kind).
+#[derive(Debug, Clone)]
+struct CommitFailed {
+    kind: io::ErrorKind,
+    message: String,
+}
+
 impl Done {
     pub(crate) fn oneshot() -> (Done, tokio::sync::oneshot::Receiver<io::Result<()>>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (Done::Oneshot(tx), rx)
     }
 
-    fn complete(self, result: &Result<(), String>) {
-        let r = result.clone().map_err(io::Error::other);
+    fn complete(self, result: &Result<(), CommitFailed>) {
+        let r = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind, e.message.clone()));
         match self {
             Done::None => {}
             Done::Flushed(cb) => cb.io_completed(r),
@@ -261,8 +272,10 @@ impl Writer {
                 .map(|tokio::sync::mpsc::error::SendError(op)| op),
         };
         if let Some(op) = refused {
-            op.into_done(false)
-                .complete(&Err("storage writer stopped".into()));
+            op.into_done(false).complete(&Err(CommitFailed {
+                kind: io::ErrorKind::BrokenPipe,
+                message: "storage writer stopped".into(),
+            }));
         }
     }
 }
@@ -368,11 +381,14 @@ impl Committer {
         };
         let result = self
             .write_all(self.sync.durability(), &ops, deferred)
-            .map_err(|e| e.to_string());
+            .map_err(|e| CommitFailed {
+                kind: e.kind(),
+                message: e.to_string(),
+            });
         if result.is_ok() {
             (self.fsync)(started.elapsed());
         } else if let Err(e) = &result {
-            tracing::error!(error = %e, "storage commit failed");
+            tracing::error!(error = %e.message, "storage commit failed");
         }
         for op in ops {
             op.into_done(result.is_ok()).complete(&result);
