@@ -7,7 +7,6 @@ use crate::report;
 use crate::systems::tokenize_request;
 use kura_cluster_tests::load::{missing, Writers};
 use kura_cluster_tests::procs::{ProcCluster, NAMES};
-use serde_json::json;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,12 +77,12 @@ async fn settle(c: &ProcCluster, w: &Writers) -> Result<(), String> {
     }
 }
 
-async fn admin(c: &ProcCluster, path: &str) -> Result<(), String> {
+async fn set_drained(c: &ProcCluster, node: usize, drained: bool) -> Result<(), String> {
     c.admin()
-        .call(http::Method::POST, path, Some(json!({})))
+        .set_drained(NAMES[node], drained)
         .await
         .map(|_| ())
-        .map_err(|e| format!("{path}: {e}"))
+        .map_err(|e| format!("drain {} ({drained}): {e}", NAMES[node]))
 }
 
 async fn one(c: &mut ProcCluster, w: &Writers, event: Event) -> Result<Duration, String> {
@@ -92,8 +91,14 @@ async fn one(c: &mut ProcCluster, w: &Writers, event: Event) -> Result<Duration,
     let at = Instant::now();
     match event {
         Event::Kill => c.kill(l),
-        Event::Stall => c.faults(l, json!({ "storage_stalled": true })).await,
-        Event::Drain => admin(c, &format!("/admin/v1/nodes/{}/drain", NAMES[l])).await?,
+        Event::Stall => {
+            let stall = kura_sdk::Faults {
+                storage_stalled: true,
+                ..Default::default()
+            };
+            c.faults(l, stall).await
+        }
+        Event::Drain => set_drained(c, l, true).await?,
     }
     // The event's gap ends once another node leads and writes flow through it.
     let deadline = at + Duration::from_secs(60);
@@ -124,8 +129,8 @@ async fn one(c: &mut ProcCluster, w: &Writers, event: Event) -> Result<Duration,
         .ok_or("no write acknowledged before the event")?;
     match event {
         Event::Kill => c.restart(l),
-        Event::Stall => c.faults(l, json!({})).await,
-        Event::Drain => admin(c, &format!("/admin/v1/nodes/{}/undrain", NAMES[l])).await?,
+        Event::Stall => c.faults(l, Default::default()).await,
+        Event::Drain => set_drained(c, l, false).await?,
     }
     Ok(gap)
 }

@@ -103,25 +103,21 @@ impl Op for KuraPay {
             .map_err(err)?
             .token;
         let order = format!("{}-{client}-{seq}", self.run);
-        let body = json!({ "token": token, "amount": 1200, "currency": "JPY", "order_id": order, "capture": false });
+        let req = kura_sdk::AuthorizeIn {
+            token,
+            amount: 1200,
+            currency: "JPY".into(),
+            order_id: order.clone(),
+            capture: false,
+            three_d_secure: None,
+        };
         let paid = self
             .client
-            .call_idempotent(
-                Method::POST,
-                "/v1/payments",
-                Some(body),
-                &format!("{order}-a"),
-            )
+            .authorize(&req, &format!("{order}-a"))
             .await
             .map_err(err)?;
-        let id = paid.body["id"].as_str().ok_or("payment without id")?;
         self.client
-            .call_idempotent(
-                Method::POST,
-                &format!("/v1/payments/{id}/capture"),
-                Some(json!({ "amount": 1200 })),
-                &format!("{order}-c"),
-            )
+            .capture(&paid.id, Some(1200), &format!("{order}-c"))
             .await
             .map_err(err)?;
         Ok(())

@@ -399,12 +399,12 @@ impl ProcCluster {
         c
     }
 
-    /// Sets node `i`'s fault switches (see `kura_node::faults::FaultState`).
-    pub async fn faults(&self, i: usize, state: Value) {
+    /// Sets node `i`'s fault switches (omitted ones cleared).
+    pub async fn faults(&self, i: usize, state: kura_sdk::Faults) {
         let mut cfg = self.admin_cfg(vec![self.admin[i].clone()]);
         cfg.attempts_max = 1;
         Client::new(cfg)
-            .call(http::Method::POST, "/admin/v1/faults", Some(state))
+            .set_faults(&state)
             .await
             .unwrap_or_else(|e| panic!("set faults on node {i}: {e}"));
     }
@@ -612,28 +612,20 @@ impl ProcCluster {
             .body
     }
 
-    /// Creates a merchant from `body` (merchant_id, name, options) and returns the answer,
-    /// keys included.
-    pub async fn merchant_with(&self, body: Value) -> Value {
-        self.admin_call(http::Method::POST, "/admin/v1/merchants", Some(body))
+    /// Creates merchant `m` and returns it, keys included.
+    pub async fn merchant_with(&self, m: &kura_sdk::CreateMerchantIn) -> kura_sdk::Merchant {
+        self.admin()
+            .create_merchant(m)
             .await
+            .unwrap_or_else(|e| panic!("create merchant {}: {e}", m.merchant_id))
     }
 
     /// Creates merchant `id` and returns its secret key.
     pub async fn merchant(&self, id: &str) -> String {
-        let r = self
-            .admin()
-            .call(
-                http::Method::POST,
-                "/admin/v1/merchants",
-                Some(json!({ "merchant_id": id, "name": id })),
-            )
+        self.merchant_with(&new_merchant(id))
             .await
-            .expect("create merchant");
-        r.body["secret_key"]
-            .as_str()
+            .secret_key
             .expect("secret key")
-            .to_owned()
     }
 }
 
@@ -915,6 +907,17 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(e.path(), target).unwrap();
         }
+    }
+}
+
+/// A merchant named after its id, with the defaults.
+pub fn new_merchant(id: &str) -> kura_sdk::CreateMerchantIn {
+    kura_sdk::CreateMerchantIn {
+        merchant_id: id.to_owned(),
+        name: id.to_owned(),
+        allowed_origins: Vec::new(),
+        token_format: kura_sdk::TokenFormat::Opaque,
+        require_three_d_secure: false,
     }
 }
 

@@ -10,6 +10,7 @@ use kura_cluster_tests::procs::{
     acquirer_toml, tokenize_request, wait_for, AcquirerSim, ProcCluster,
 };
 use kura_node::vault::card::luhn_check_digit;
+use kura_sdk::Faults;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -156,7 +157,7 @@ async fn ready(c: &ProcCluster, i: usize) -> Value {
 /// the shortest election timeout), so the handoff to dr is declined, an election follows,
 /// and whoever wins takes a while to record the change.
 async fn gray_failure_hands_over_and_fails_back(
-    fault: Value,
+    fault: Faults,
     cause: &str,
     extra_toml: &str,
     slow_disks: bool,
@@ -169,8 +170,8 @@ async fn gray_failure_hands_over_and_fails_back(
     let load = Load::start(&c, &key, 3);
     load.wait_for_more(30).await;
     if slow_disks {
-        c.faults(1, json!({ "storage_delay_ms": 200 })).await;
-        c.faults(2, json!({ "storage_delay_ms": 200 })).await;
+        c.faults(1, slow_disk()).await;
+        c.faults(2, slow_disk()).await;
         load.wait_for_more(10).await;
     }
 
@@ -205,7 +206,7 @@ async fn gray_failure_hands_over_and_fails_back(
         "an unhealthy node led again"
     );
 
-    c.faults(0, json!({})).await;
+    c.faults(0, Faults::default()).await;
     let healed = Instant::now();
     wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
     eprintln!(
@@ -248,10 +249,21 @@ fn cause_label(cause: &str) -> &'static str {
     }
 }
 
+/// Every storage commit on a node 200 ms late.
+fn slow_disk() -> Faults {
+    Faults {
+        storage_delay_ms: 200,
+        ..Faults::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_storage_stalls_hands_over_and_gets_it_back_once_healthy() {
     gray_failure_hands_over_and_fails_back(
-        json!({ "storage_stalled": true }),
+        Faults {
+            storage_stalled: true,
+            ..Faults::default()
+        },
         "unhealthy_storage",
         "",
         false,
@@ -262,7 +274,10 @@ async fn a_leader_whose_storage_stalls_hands_over_and_gets_it_back_once_healthy(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_kek_provider_fails_hands_over_and_gets_it_back_once_healthy() {
     gray_failure_hands_over_and_fails_back(
-        json!({ "kek_failing": true }),
+        Faults {
+            kek_failing: true,
+            ..Faults::default()
+        },
         "unhealthy_keys",
         "",
         false,
@@ -275,7 +290,10 @@ async fn a_handoff_declined_by_a_slow_target_still_records_its_cause() {
     // Whichever node wins the election that follows holds the leader's notice, and
     // records the change with its cause before it fails back to anyone.
     gray_failure_hands_over_and_fails_back(
-        json!({ "kek_failing": true }),
+        Faults {
+            kek_failing: true,
+            ..Faults::default()
+        },
         "unhealthy_keys",
         "",
         true,
@@ -287,7 +305,10 @@ async fn a_handoff_declined_by_a_slow_target_still_records_its_cause() {
 async fn a_leader_cut_off_from_both_routes_hands_over_and_gets_it_back_once_healthy() {
     let (cafis, cardnet) = (AcquirerSim::start().await, AcquirerSim::start().await);
     gray_failure_hands_over_and_fails_back(
-        json!({ "routes_blocked": true }),
+        Faults {
+            routes_blocked: true,
+            ..Faults::default()
+        },
         "unhealthy_routes",
         &acquirer_toml(&cafis, &cardnet, 2_000),
         false,
@@ -443,14 +464,10 @@ async fn transfers_under_write_load_land_on_the_named_node_every_time() {
         let to = (leader + 1) % 3;
         let r = c
             .admin()
-            .call(
-                http::Method::POST,
-                "/admin/v1/leader/transfer",
-                Some(json!({ "to": names[to] })),
-            )
+            .transfer_leader(names[to])
             .await
             .unwrap_or_else(|e| panic!("transfer {round} to {}: {e}", names[to]));
-        assert_eq!(r.body["leader"], names[to], "transfer {round}");
+        assert_eq!(r.leader, names[to], "transfer {round}");
         leader = to;
         load.wait_for_more(20).await;
     }

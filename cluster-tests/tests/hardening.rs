@@ -7,7 +7,7 @@
 
 use http::Method;
 use kura_cluster_tests::procs::{
-    raw, tls_from, tokenize_request, try_raw_from, write_secret, FromIp, ProcCluster,
+    new_merchant, raw, tls_from, tokenize_request, try_raw_from, write_secret, FromIp, ProcCluster,
 };
 use kura_sdk::wire::Connector;
 use serde_json::{json, Value};
@@ -223,15 +223,17 @@ async fn one_time_tokens_from_a_publishable_key_are_limited_per_client_address_a
         "[limits]\none_time_tokens_per_address_per_s = 1\none_time_tokens_per_address_burst = 3\n",
     );
     c.init().await;
-    let m = c
-        .merchant_with(json!({ "merchant_id": "web", "name": "Web" }))
-        .await;
-    let pk = bearer(m["publishable_key"].as_str().unwrap());
-    let sk = bearer(m["secret_key"].as_str().unwrap());
+    let m = c.merchant_with(&new_merchant("web")).await;
+    let pk = bearer(m.publishable_key.as_deref().unwrap());
+    let sk = bearer(m.secret_key.as_deref().unwrap());
     c.wait_all_applied().await;
     let leader = c.wait_leader().await;
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let card = |n: u32| json!({ "card": { "number": pan("424242424240", n), "exp_month": 12, "exp_year": 2031 }, "kind": "one_time" });
+    let card = |n: u32| {
+        let t =
+            kura_sdk::TokenizeIn::one_time(kura_sdk::CardIn::new(pan("424242424240", n), 12, 2031));
+        serde_json::to_value(t).unwrap()
+    };
     let post = |from: Ipv4Addr, node: usize, key: String, body: Value| {
         let api = c.api[node].clone();
         async move {
@@ -808,11 +810,11 @@ async fn failed_authentications_admin_reads_key_checks_and_fault_switches_are_au
     // Admin reads, a key check and a fault switch.
     c.admin_call(Method::GET, "/admin/v1/merchants/shop", None)
         .await;
-    c.admin_call(Method::GET, "/admin/v1/merchants", None).await;
-    c.admin_call(Method::GET, "/admin/v1/keys", None).await;
-    c.admin_call(Method::POST, "/admin/v1/keys/verify", None)
-        .await;
-    c.faults(follower, json!({})).await;
+    let admin = c.admin();
+    admin.merchants().await.unwrap();
+    admin.key_status().await.unwrap();
+    admin.verify_cards().await.unwrap();
+    c.faults(follower, Default::default()).await;
 
     let follower_name = kura_cluster_tests::procs::NAMES[follower];
     let wanted: Vec<(String, String)> = vec![

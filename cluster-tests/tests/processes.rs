@@ -311,14 +311,10 @@ async fn operator_transfer_moves_leadership_to_the_named_node_and_writes_continu
     for target in [(leader + 1) % 3, (leader + 2) % 3, leader] {
         let r = c
             .admin()
-            .call(
-                http::Method::POST,
-                "/admin/v1/leader/transfer",
-                Some(serde_json::json!({ "to": NAMES[target] })),
-            )
+            .transfer_leader(NAMES[target])
             .await
             .expect("transfer");
-        assert_eq!(r.body["leader"], NAMES[target]);
+        assert_eq!(r.leader, NAMES[target]);
         let s = c.status(target).await.unwrap();
         assert_eq!(
             s["state"], "leader",
@@ -365,14 +361,7 @@ async fn operator_transfer_moves_leadership_to_the_named_node_and_writes_continu
         "{text}"
     );
 
-    let unknown = c
-        .admin()
-        .call(
-            http::Method::POST,
-            "/admin/v1/leader/transfer",
-            Some(serde_json::json!({ "to": "nowhere" })),
-        )
-        .await;
+    let unknown = c.admin().transfer_leader("nowhere").await;
     assert!(
         matches!(unknown, Err(Error::Api { status: 404, .. })),
         "{unknown:?}"
@@ -552,7 +541,6 @@ async fn a_one_time_token_used_concurrently_through_two_nodes_succeeds_exactly_o
     let key = c.merchant("shop").await;
     let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
     let one_time = |i: u32| tokenize_request(&pan(i), None);
-    let use_body = |t: &str| Some(serde_json::json!({ "token": t }));
     for round in 0..5u32 {
         let t = c
             .client(&[leader], &key)
@@ -562,30 +550,15 @@ async fn a_one_time_token_used_concurrently_through_two_nodes_succeeds_exactly_o
             .token;
         let (ca, cb) = (c.client(&[a], &key), c.client(&[b], &key));
         let (ta, tb) = (t.clone(), t.clone());
-        let path = format!("/v1/members/member-{round}/cards");
-        let (pa, pb) = (path.clone(), path.clone());
-        let ra = tokio::spawn(async move {
-            ca.call(
-                http::Method::POST,
-                &pa,
-                Some(serde_json::json!({ "token": ta })),
-            )
-            .await
-        });
-        let rb = tokio::spawn(async move {
-            cb.call(
-                http::Method::POST,
-                &pb,
-                Some(serde_json::json!({ "token": tb })),
-            )
-            .await
-        });
+        let member = format!("member-{round}");
+        let (ma, mb) = (member.clone(), member.clone());
+        let ra = tokio::spawn(async move { ca.register_card(&ma, &ta).await });
+        let rb = tokio::spawn(async move { cb.register_card(&mb, &tb).await });
         let results = [ra.await.unwrap(), rb.await.unwrap()];
         let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
         let used = results.iter().filter(|r| matches!(r, Err(Error::Api { status: 409, code, .. }) if code == "token_already_used")).count();
         assert_eq!((ok.len(), used), (1, 1), "round {round}: {results:?}");
-        assert_eq!(ok[0].status.as_u16(), 201);
-        let card = ok[0].body["token"].as_str().unwrap();
+        let card = ok[0].token.as_str();
         assert_ne!(card, t, "a new card-on-file token");
         let on_file = c
             .client(&[0, 1, 2], &key)
@@ -598,10 +571,7 @@ async fn a_one_time_token_used_concurrently_through_two_nodes_succeeds_exactly_o
         );
         // And never again, on any node.
         for i in 0..3 {
-            let again = c
-                .client(&[i], &key)
-                .call(http::Method::POST, &path, use_body(&t))
-                .await;
+            let again = c.client(&[i], &key).register_card(&member, &t).await;
             assert!(
                 matches!(again, Err(Error::Api { status: 409, .. })),
                 "{again:?}"
@@ -616,18 +586,13 @@ async fn a_one_time_token_used_concurrently_through_two_nodes_succeeds_exactly_o
         .expect("one-time token")
         .token;
     let stranger = c.client(&[0, 1, 2], &c.merchant("other-shop").await);
-    let foreign = stranger
-        .call(http::Method::POST, "/v1/members/m/cards", use_body(&t))
-        .await;
+    let foreign = stranger.register_card("m", &t).await;
     assert!(
         matches!(foreign, Err(Error::Api { status: 404, .. })),
         "{foreign:?}"
     );
     tokio::time::sleep(Duration::from_millis(2_100)).await;
-    let late = c
-        .client(&[a], &key)
-        .call(http::Method::POST, "/v1/members/m/cards", use_body(&t))
-        .await;
+    let late = c.client(&[a], &key).register_card("m", &t).await;
     assert!(
         matches!(late, Err(Error::Api { status: 410, ref code, .. }) if code == "token_expired"),
         "{late:?}"

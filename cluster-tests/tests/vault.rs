@@ -5,9 +5,11 @@
 
 use http::Method;
 use kura_cluster_tests::procs::{
-    copy_dir, files, first_needle_in, raw, tokenize_request, wait_for, ProcCluster, RawResponse,
+    copy_dir, files, first_needle_in, new_merchant, raw, tokenize_request, wait_for, ProcCluster,
+    RawResponse,
 };
 use kura_node::vault::card::{luhn_check_digit, luhn_valid};
+use kura_sdk::{CardIn, CreateMerchantIn, KeyRole, TokenFormat, TokenizeIn, UpdateMerchantIn};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,20 +27,22 @@ fn amex(i: u32) -> String {
     format!("{body}{}", luhn_check_digit(&body))
 }
 
-fn card(number: &str, cvc: Option<&str>) -> Value {
-    let mut c = json!({ "number": number, "exp_month": 12, "exp_year": 2031 });
-    if let Some(cvc) = cvc {
-        c["cvc"] = json!(cvc);
+fn card(number: &str, cvc: Option<&str>) -> CardIn {
+    let c = CardIn::new(number, 12, 2031);
+    match cvc {
+        Some(cvc) => c.with_cvc(cvc),
+        None => c,
     }
-    c
 }
 
+/// A one-time token request, as the JSON body a raw request sends.
 fn one_time(number: &str, cvc: Option<&str>) -> Value {
-    json!({ "card": card(number, cvc), "kind": "one_time" })
+    serde_json::to_value(TokenizeIn::one_time(card(number, cvc))).unwrap()
 }
 
+/// A card-on-file token request, as the JSON body a raw request sends.
 fn on_file(number: &str, member: &str) -> Value {
-    json!({ "card": card(number, None), "kind": "card_on_file", "member_id": member })
+    serde_json::to_value(TokenizeIn::card_on_file(card(number, None), member)).unwrap()
 }
 
 fn bearer(key: &str) -> String {
@@ -94,17 +98,13 @@ fn assert_nowhere_on_disk(c: &ProcCluster, needles: &[Vec<u8>], what: &str) {
 async fn a_token_answers_404_to_every_other_merchant_on_every_endpoint_that_takes_one() {
     let c = ProcCluster::start("");
     c.init().await;
-    let a = c
-        .merchant_with(json!({ "merchant_id": "shop-a", "name": "A" }))
-        .await;
-    let b = c
-        .merchant_with(json!({ "merchant_id": "shop-b", "name": "B" }))
-        .await;
+    let a = c.merchant_with(&new_merchant("shop-a")).await;
+    let b = c.merchant_with(&new_merchant("shop-b")).await;
     let (a_sk, b_sk) = (
-        a["secret_key"].as_str().unwrap(),
-        b["secret_key"].as_str().unwrap(),
+        a.secret_key.as_deref().unwrap(),
+        b.secret_key.as_deref().unwrap(),
     );
-    let b_pk = b["publishable_key"].as_str().unwrap();
+    let b_pk = b.publishable_key.as_deref().unwrap();
     let ott = tokenize(&c, 0, a_sk, one_time(&pan(1), None)).await;
     let cof = tokenize(&c, 1, a_sk, on_file(&pan(2), "m1")).await;
     let missing = "tok_0000000000000000000042".to_owned();
@@ -175,12 +175,14 @@ async fn a_publishable_key_makes_only_one_time_tokens_and_only_from_allowed_orig
     let c = ProcCluster::start("");
     c.init().await;
     let shop = "https://shop.example";
-    let m = c
-        .merchant_with(json!({ "merchant_id": "web", "name": "Web", "allowed_origins": [shop] }))
-        .await;
+    let web = CreateMerchantIn {
+        allowed_origins: vec![shop.to_owned()],
+        ..new_merchant("web")
+    };
+    let m = c.merchant_with(&web).await;
     let (sk, pk) = (
-        m["secret_key"].as_str().unwrap(),
-        m["publishable_key"].as_str().unwrap(),
+        m.secret_key.as_deref().unwrap(),
+        m.publishable_key.as_deref().unwrap(),
     );
     assert!(sk.starts_with("sk_") && pk.starts_with("pk_"));
     // A preflight is answered from the node's own state (it carries no credentials to
@@ -261,13 +263,11 @@ async fn a_publishable_key_makes_only_one_time_tokens_and_only_from_allowed_orig
     }
     // Rotating the publishable key retires the old one at once; the secret key is untouched.
     let rotated = c
-        .admin_call(
-            Method::POST,
-            "/admin/v1/merchants/web/rotate-key",
-            Some(json!({ "key": "publishable" })),
-        )
-        .await;
-    let pk2 = rotated["publishable_key"].as_str().unwrap();
+        .admin()
+        .rotate_merchant_key("web", KeyRole::Publishable)
+        .await
+        .unwrap();
+    let pk2 = rotated.publishable_key.as_deref().unwrap();
     assert_eq!(
         from(shop, pk, one_time(&pan(13), None), 1).await.status,
         401
@@ -283,24 +283,22 @@ async fn a_publishable_key_makes_only_one_time_tokens_and_only_from_allowed_orig
         200
     );
     // Origins are checked when set, and can be changed.
+    let origins = |o: &[&str]| UpdateMerchantIn {
+        allowed_origins: Some(o.iter().map(|s| s.to_string()).collect()),
+        ..Default::default()
+    };
     let bad = c
         .admin()
-        .call(
-            Method::PATCH,
-            "/admin/v1/merchants/web",
-            Some(json!({ "allowed_origins": ["ftp://x"] })),
-        )
+        .update_merchant("web", &origins(&["ftp://x"]))
         .await;
     assert!(
         matches!(bad, Err(kura_sdk::Error::Api { status: 400, ref code, .. }) if code == "allowed_origin_invalid"),
         "{bad:?}"
     );
-    c.admin_call(
-        Method::PATCH,
-        "/admin/v1/merchants/web",
-        Some(json!({ "allowed_origins": [] })),
-    )
-    .await;
+    c.admin()
+        .update_merchant("web", &origins(&[]))
+        .await
+        .unwrap();
     assert_eq!(
         from(shop, pk2, one_time(&pan(14), None), 1).await.status,
         403
@@ -311,10 +309,12 @@ async fn a_publishable_key_makes_only_one_time_tokens_and_only_from_allowed_orig
 async fn numeric_tokens_keep_the_length_and_last_four_and_never_pass_luhn() {
     let c = ProcCluster::start("");
     c.init().await;
-    let m = c
-        .merchant_with(json!({ "merchant_id": "num", "name": "Num", "token_format": "numeric" }))
-        .await;
-    let sk = m["secret_key"].as_str().unwrap();
+    let num = CreateMerchantIn {
+        token_format: TokenFormat::Numeric,
+        ..new_merchant("num")
+    };
+    let m = c.merchant_with(&num).await;
+    let sk = m.secret_key.as_deref().unwrap();
     let opaque = c.merchant("opq").await;
     for i in 0..20 {
         let (visa, am) = (pan(100 + i), amex(i));
@@ -428,7 +428,16 @@ async fn a_cvc_lives_in_memory_only_survives_a_leader_kill_and_is_wiped_when_use
         (bad.status, bad.body["code"].as_str()),
         (422, Some("card_cvc_invalid"))
     );
-    let cof = call(&c, 0, &sk, Method::POST, "/v1/tokens", Some(json!({ "card": card(&pan(299), Some("123")), "kind": "card_on_file", "member_id": "m" }))).await;
+    let with_cvc = TokenizeIn::card_on_file(card(&pan(299), Some("123")), "m");
+    let cof = call(
+        &c,
+        0,
+        &sk,
+        Method::POST,
+        "/v1/tokens",
+        Some(serde_json::to_value(with_cvc).unwrap()),
+    )
+    .await;
     assert_eq!(
         (cof.status, cof.body["code"].as_str()),
         (422, Some("cvc_not_allowed"))

@@ -6,10 +6,11 @@
 use super::rng::Rng;
 use super::{Shared, World};
 use crate::oracle::{Event, EventKind, Level, PaymentSeen};
-use http::Method;
 use kura_node::sim;
-use kura_sdk::{Client, ClientConfig, Error};
-use serde_json::{json, Value};
+use kura_sdk::{
+    AuthorizeIn, CardIn, Client, ClientConfig, CreateMerchantIn, Error, Payment, TokenFormat,
+    TokenizeIn,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,9 +53,9 @@ async fn sleep_ms(ms: u64) {
 }
 
 /// A short outcome for the trace.
-fn outcome(r: &Result<kura_sdk::ApiResponse, Error>) -> String {
+fn outcome<T>(r: &Result<T, Error>) -> String {
     match r {
-        Ok(resp) => resp.status.as_u16().to_string(),
+        Ok(_) => "ok".into(),
         Err(Error::Api { status, code, .. }) => format!("{status} {code}"),
         Err(Error::Ambiguous(_)) => "in-doubt".into(),
         Err(Error::Unavailable { .. }) => "unavailable".into(),
@@ -62,12 +63,8 @@ fn outcome(r: &Result<kura_sdk::ApiResponse, Error>) -> String {
     }
 }
 
-fn payment_level(body: &Value) -> Option<Level> {
-    Level::payment(
-        body["state"].as_str()?,
-        body["captured_amount"].as_u64().unwrap_or(0),
-        body["refunded_amount"].as_u64().unwrap_or(0),
-    )
+fn payment_level(p: &Payment) -> Option<Level> {
+    Level::payment(p.state.as_str(), p.captured_amount, p.refunded_amount)
 }
 
 /// One worker or the checker: a client id, its SDK client and the shared world.
@@ -123,18 +120,14 @@ impl Actor {
             "4242424242424242"
         };
         let member = (!one_time).then(|| format!("m{}-{n}", self.id));
-        let body = json!({
-            "card": {"number": number, "exp_month": 1 + n % 12, "exp_year": 2031},
-            "kind": if one_time { "one_time" } else { "card_on_file" },
-            "member_id": member,
-        });
+        let card = CardIn::new(number, 1 + (n % 12) as u32, 2031);
+        let req = match &member {
+            Some(m) => TokenizeIn::card_on_file(card, m),
+            None => TokenizeIn::one_time(card),
+        };
         let t0 = now_ms();
-        let r = self.api.call(Method::POST, "/v1/tokens", Some(body)).await;
-        let token = r
-            .as_ref()
-            .ok()
-            .and_then(|r| r.body["token"].as_str())
-            .map(str::to_owned);
+        let r = self.api.tokenize(&req).await;
+        let token = r.as_ref().ok().map(|t| t.token.clone());
         self.trace(format!(
             "tokenize {} {} -> {} {}",
             if one_time { "one_time" } else { "card_on_file" },
@@ -158,29 +151,29 @@ impl Actor {
         Some(token)
     }
 
-    async fn pay(&mut self, n: u64, token: &str, one_time: bool, attempt: &str) -> Option<Value> {
+    async fn pay(&mut self, n: u64, token: &str, one_time: bool, attempt: &str) -> Option<Payment> {
         let order = format!("o{}-{n}{attempt}", self.id);
         let key = format!("k{}-{n}{attempt}", self.id);
         let capture = self.rng.percent(40);
         let amount = self.rng.range(100, 9_000);
-        let body = json!({"token": token, "amount": amount, "currency": "JPY",
-                          "order_id": order, "capture": capture});
+        let req = AuthorizeIn {
+            token: token.to_owned(),
+            amount,
+            currency: "JPY".into(),
+            order_id: order.clone(),
+            capture,
+            three_d_secure: None,
+        };
         self.world.lock().orders.push(order.clone());
         let t0 = now_ms();
-        let r = self
-            .api
-            .call_idempotent(Method::POST, "/v1/payments", Some(body), &key)
-            .await;
-        let paid = r.as_ref().ok().map(|r| r.body.clone());
+        let r = self.api.authorize(&req, &key).await;
         self.trace(format!(
             "pay {order} with {token} -> {} {}",
             outcome(&r),
-            paid.as_ref()
-                .and_then(|b| b["state"].as_str())
-                .unwrap_or("-")
+            r.as_ref().map_or("-", |p| p.state.as_str())
         ));
-        let body = paid?;
-        let id = body["id"].as_str()?.to_owned();
+        let body = r.ok()?;
+        let id = body.id.clone();
         if let Some(level) = payment_level(&body) {
             self.ack(t0, "pay", &id, level);
         }
@@ -195,24 +188,20 @@ impl Actor {
         let Some(id) = self.world.lock().pick_payment(&mut self.rng) else {
             return;
         };
-        let (op, body) = match self.rng.range(0, 2) {
-            0 => ("capture", json!({})),
-            1 => ("refund", json!({"amount": self.rng.range(1, 3_000)})),
-            _ => ("void", json!({})),
+        let (op, amount) = match self.rng.range(0, 2) {
+            0 => ("capture", None),
+            1 => ("refund", Some(self.rng.range(1, 3_000))),
+            _ => ("void", None),
         };
         let key = format!("k{}-{n}-{op}", self.id);
         let t0 = now_ms();
-        let r = self
-            .api
-            .call_idempotent(
-                Method::POST,
-                &format!("/v1/payments/{id}/{op}"),
-                Some(body),
-                &key,
-            )
-            .await;
+        let r = match op {
+            "capture" => self.api.capture(&id, amount, &key).await,
+            "refund" => self.api.refund(&id, amount, &key).await,
+            _ => self.api.void(&id, &key).await,
+        };
         self.trace(format!("{op} {id} -> {}", outcome(&r)));
-        if let Some(level) = r.ok().and_then(|r| payment_level(&r.body)) {
+        if let Some(level) = r.ok().and_then(|p| payment_level(&p)) {
             self.ack(t0, op, &id, level);
         }
     }
@@ -244,14 +233,7 @@ impl Actor {
             return;
         };
         let t0 = now_ms();
-        let r = self
-            .api
-            .call(
-                Method::DELETE,
-                &format!("/v1/members/{member}/cards/{token}"),
-                None,
-            )
-            .await;
+        let r = self.api.delete_card(&member, &token).await;
         self.trace(format!("delete {token} -> {}", outcome(&r)));
         if r.is_ok() {
             self.ack(t0, "delete", &token, Level::TOKEN_GONE);
@@ -261,12 +243,9 @@ impl Actor {
     /// Reads a token or a payment; `settled` reads are the final read-back.
     async fn read_token(&mut self, token: &str, settled: bool) {
         let t0 = now_ms();
-        let r = self
-            .api
-            .call(Method::GET, &format!("/v1/tokens/{token}"), None)
-            .await;
+        let r = self.api.get_token(token).await;
         let level = match &r {
-            Ok(resp) if resp.body["used_at"].is_u64() => Some(Level::TOKEN_USED),
+            Ok(t) if t.used_at.is_some() => Some(Level::TOKEN_USED),
             Ok(_) => Some(Level::TOKEN_ACTIVE),
             Err(Error::Api { status: 404, .. }) => {
                 let asked = self
@@ -291,12 +270,9 @@ impl Actor {
 
     async fn read_payment(&mut self, id: &str, settled: bool) {
         let t0 = now_ms();
-        let r = self
-            .api
-            .call(Method::GET, &format!("/v1/payments/{id}"), None)
-            .await;
+        let r = self.api.payment(id).await;
         let level = match &r {
-            Ok(resp) => payment_level(&resp.body),
+            Ok(p) => payment_level(p),
             Err(Error::Api { status: 404, .. }) => Level::payment("pending", 0, 0),
             Err(_) => None,
         };
@@ -398,19 +374,19 @@ pub(super) async fn worker(
 pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
     let admin = operator(&world, 40);
     let init = operator(&world, 40);
-    let r = init.call(Method::POST, "/admin/v1/init", None).await;
+    let r = init.init().await;
     world.trace(format!("c0 init -> {}", outcome(&r)));
-    let m = admin
-        .call(
-            Method::POST,
-            "/admin/v1/merchants",
-            Some(json!({"merchant_id": "m1", "name": "Chaos Shop"})),
-        )
-        .await?;
-    let key = m.body["secret_key"]
-        .as_str()
-        .ok_or("merchant creation returned no secret key")?
-        .to_owned();
+    let shop = CreateMerchantIn {
+        merchant_id: "m1".into(),
+        name: "Chaos Shop".into(),
+        allowed_origins: Vec::new(),
+        token_format: TokenFormat::Opaque,
+        require_three_d_secure: false,
+    };
+    let m = admin.create_merchant(&shop).await?;
+    let key = m
+        .secret_key
+        .ok_or("merchant creation returned no secret key")?;
     world.trace("c0 merchant m1 created".into());
     world.lock().secret_key = Some(key.clone());
     world.lock().ready_at_ms = Some(now_ms());
@@ -464,16 +440,13 @@ pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
         a.read_payment(p, true).await;
     }
     for o in &orders {
-        let r = a
-            .api
-            .call(Method::GET, &format!("/v1/payments?order_id={o}"), None)
-            .await;
-        let Ok(resp) = r else {
+        let r = a.api.payment_by_order(o).await;
+        let Ok(found) = r else {
             a.trace(format!("order {o} -> {}", outcome(&r)));
             continue;
         };
-        for p in resp.body["payments"].as_array().into_iter().flatten() {
-            let token = p["token"].as_str().unwrap_or_default().to_owned();
+        if let Some(p) = found {
+            let token = p.token.clone();
             let one_time = a
                 .world
                 .lock()
@@ -481,11 +454,11 @@ pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
                 .get(&token)
                 .is_some_and(|t| t.one_time);
             let seen = PaymentSeen {
-                payment_id: p["id"].as_str().unwrap_or_default().into(),
+                payment_id: p.id,
                 token,
                 one_time,
-                gateway_txn_id: p["gateway_txn_id"].as_str().unwrap_or_default().into(),
-                state: p["state"].as_str().unwrap_or_default().into(),
+                gateway_txn_id: p.gateway_txn_id,
+                state: p.state.as_str().into(),
             };
             a.trace(format!("order {o} -> {} {}", seen.payment_id, seen.state));
             a.world.lock().payments_seen.push(seen);
