@@ -5,7 +5,7 @@
 use super::dto::wire;
 use super::{Problem, St};
 use crate::service::auth::Operator;
-use crate::service::keys::KeyOpError;
+use crate::service::keys::RetireDataKeyError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -70,7 +70,7 @@ pub async fn retire(
     Extension(op): Extension<Operator>,
     Path(version): Path<String>,
 ) -> Out<KeyStatus> {
-    let version: u32 = version.parse().map_err(|_| KeyOpError::NotFound)?;
+    let version: u32 = version.parse().map_err(|_| RetireDataKeyError::NotFound)?;
     Ok(axum::Json(wire(
         st.svc.retire_data_key(&op, version).await?,
     )))

@@ -69,16 +69,63 @@ pub struct Verification {
     pub first_failure: Option<String>,
 }
 
-/// Why a key operation was not done.
+/// Why key status could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum KeyOpError {
+pub enum KeyStatusError {
+    #[error(transparent)]
+    Audit(#[from] RecordError),
+    #[error(transparent)]
+    Replication(#[from] Replication),
+}
+
+service_error!(KeyStatusError {} delegate { Audit, Replication });
+
+/// Why no new data key version was made current.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateDataKeyError {
     #[error("another rotation made this version first; check GET /admin/v1/keys")]
     RotationConflict,
+    #[error(transparent)]
+    Key(#[from] KeyUnavailable),
+    #[error(transparent)]
+    Replication(#[from] Replication),
+    #[error("{0}")]
+    Internal(String),
+}
+
+service_error!(RotateDataKeyError {
+    RotateDataKeyError::RotationConflict => ("rotation_conflict", Conflict),
+    RotateDataKeyError::Internal(_) => ("internal", Internal),
+} delegate { Key, Replication });
+
+/// Why the keys were not re-wrapped under the current KEK.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateKekError {
+    #[error("nodes {nodes} do not report {kek} as their current KEK (or did not answer); give every node the new kek_file, keep the old one in kek_previous_files, restart them, and retry")]
+    NotOnAllNodes { nodes: String, kek: String },
     #[error("keys changed while they were re-wrapped; retry")]
-    RewrapConflict,
-    #[error("nodes {0} do not report {1} as their current KEK (or did not answer); give every node the new kek_file, keep the old one in kek_previous_files, restart them, and retry")]
-    KekNotOnAllNodes(String, String),
+    Conflict,
+    #[error(transparent)]
+    Key(#[from] KeyUnavailable),
+    #[error(transparent)]
+    Replication(#[from] Replication),
+    #[error("{0}")]
+    Internal(String),
+}
+
+service_error!(RotateKekError {
+    RotateKekError::NotOnAllNodes { .. } => ("kek_not_on_all_nodes", Conflict),
+    RotateKekError::Conflict => ("rotation_conflict", Conflict),
+    RotateKekError::Internal(_) => ("internal", Internal),
+} delegate { Key, Replication });
+
+/// Why a data key version was not retired.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetireDataKeyError {
     #[error(
         "{0} cards are still sealed under this version; wait for the re-wrap (GET /admin/v1/keys)"
     )]
@@ -88,34 +135,45 @@ pub enum KeyOpError {
     #[error("no live data key with this version (unknown or already retired)")]
     NotFound,
     #[error(transparent)]
-    Key(#[from] KeyUnavailable),
+    Replication(#[from] Replication),
+    #[error("{0}")]
+    Internal(String),
+}
+
+service_error!(RetireDataKeyError {
+    RetireDataKeyError::InUse(_) => ("data_key_in_use", Conflict),
+    RetireDataKeyError::Current => ("data_key_current", Conflict),
+    RetireDataKeyError::NotFound => ("data_key_not_found", NotFound),
+    RetireDataKeyError::Internal(_) => ("internal", Internal),
+} delegate { Replication });
+
+/// Why the stored cards could not be verified.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyCardsError {
     #[error(transparent)]
     Audit(#[from] RecordError),
+    #[error(transparent)]
+    Replication(#[from] Replication),
+}
+
+service_error!(VerifyCardsError {} delegate { Audit, Replication });
+
+/// Why a re-wrap pass stopped (it is retried).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RewrapError {
+    #[error(transparent)]
+    Sealing(#[from] SealError),
     #[error(transparent)]
     Replication(#[from] Replication),
     #[error("{0}")]
     Internal(String),
 }
 
-service_error!(KeyOpError {
-    KeyOpError::RotationConflict => ("rotation_conflict", Conflict),
-    KeyOpError::RewrapConflict => ("rotation_conflict", Conflict),
-    KeyOpError::KekNotOnAllNodes(..) => ("kek_not_on_all_nodes", Conflict),
-    KeyOpError::InUse(_) => ("data_key_in_use", Conflict),
-    KeyOpError::Current => ("data_key_current", Conflict),
-    KeyOpError::NotFound => ("data_key_not_found", NotFound),
-    KeyOpError::Internal(_) => ("internal", Internal),
-} delegate { Key, Audit, Replication });
-
-impl From<SealError> for KeyOpError {
-    fn from(e: SealError) -> Self {
-        match e {
-            SealError::Replication(r) => KeyOpError::Replication(r),
-            SealError::Key(k) => KeyOpError::Key(k),
-            SealError::Internal(s) => KeyOpError::Internal(s),
-        }
-    }
-}
+service_error!(RewrapError {
+    RewrapError::Internal(_) => ("internal", Internal),
+} delegate { Sealing, Replication });
 
 impl Service {
     fn key_status_now(&self) -> KeyStatus {
@@ -164,7 +222,7 @@ impl Service {
 
     /// Every data key version, its state and card count, and the re-wraps' progress (an
     /// audited read).
-    pub async fn key_status(&self, op: &Operator) -> Result<KeyStatus, KeyOpError> {
+    pub async fn key_status(&self, op: &Operator) -> Result<KeyStatus, KeyStatusError> {
         self.linearize().await?;
         self.audited_access(op, "keys.read", "key status".into())
             .await?;
@@ -173,7 +231,7 @@ impl Service {
 
     /// Makes a new data key version current. Old versions keep decrypting; the
     /// background re-wrap moves cards to the new one.
-    pub async fn rotate_data_key(&self, op: &Operator) -> Result<KeyStatus, KeyOpError> {
+    pub async fn rotate_data_key(&self, op: &Operator) -> Result<KeyStatus, RotateDataKeyError> {
         self.linearize().await?;
         let next = self
             .cluster
@@ -197,8 +255,10 @@ impl Service {
                 tracing::info!(version, "data key rotated");
                 Ok(self.key_status_now())
             }
-            Response::Refused(Refusal::DataKeyExists { .. }) => Err(KeyOpError::RotationConflict),
-            other => Err(KeyOpError::Internal(unexpected(&other))),
+            Response::Refused(Refusal::DataKeyExists { .. }) => {
+                Err(RotateDataKeyError::RotationConflict)
+            }
+            other => Err(RotateDataKeyError::Internal(unexpected(&other))),
         }
     }
 
@@ -207,7 +267,7 @@ impl Service {
         &self,
         op: &Operator,
         version: u32,
-    ) -> Result<KeyStatus, KeyOpError> {
+    ) -> Result<KeyStatus, RetireDataKeyError> {
         let cmd = Command::RetireDataKey {
             version,
             at_ms: self.now_ms(),
@@ -219,10 +279,12 @@ impl Service {
                 tracing::info!(version, "data key retired");
                 Ok(self.key_status_now())
             }
-            Response::Refused(Refusal::DataKeyInUse { cards }) => Err(KeyOpError::InUse(cards)),
-            Response::Refused(Refusal::DataKeyCurrent) => Err(KeyOpError::Current),
-            Response::Refused(Refusal::UnknownDataKey) => Err(KeyOpError::NotFound),
-            other => Err(KeyOpError::Internal(unexpected(&other))),
+            Response::Refused(Refusal::DataKeyInUse { cards }) => {
+                Err(RetireDataKeyError::InUse(cards))
+            }
+            Response::Refused(Refusal::DataKeyCurrent) => Err(RetireDataKeyError::Current),
+            Response::Refused(Refusal::UnknownDataKey) => Err(RetireDataKeyError::NotFound),
+            other => Err(RetireDataKeyError::Internal(unexpected(&other))),
         }
     }
 
@@ -230,7 +292,7 @@ impl Service {
     /// KEK, in one log entry. Every node must already hold the new KEK as its
     /// `kek_file` (and the old one in `kek_previous_files`, until this is done): the
     /// leader checks the other nodes' reports first.
-    pub async fn rotate_kek(&self, op: &Operator) -> Result<KeyStatus, KeyOpError> {
+    pub async fn rotate_kek(&self, op: &Operator) -> Result<KeyStatus, RotateKekError> {
         self.linearize().await?;
         let kek = self.keys.kek();
         let target = kek.id();
@@ -251,7 +313,10 @@ impl Service {
             .map(|(_, m)| m.name.clone())
             .collect();
         if !lagging.is_empty() {
-            return Err(KeyOpError::KekNotOnAllNodes(lagging.join(", "), target));
+            return Err(RotateKekError::NotOnAllNodes {
+                nodes: lagging.join(", "),
+                kek: target,
+            });
         }
         let keys = self.cluster.vault().read(|v| v.wrapped_keys());
         let (mut rewrapped, mut fingerprint) = (Vec::new(), None);
@@ -305,16 +370,16 @@ impl Service {
                 Ok(self.key_status_now())
             }
             Response::Refused(Refusal::KeyRewrapped | Refusal::UnknownDataKey) => {
-                Err(KeyOpError::RewrapConflict)
+                Err(RotateKekError::Conflict)
             }
-            other => Err(KeyOpError::Internal(unexpected(&other))),
+            other => Err(RotateKekError::Internal(unexpected(&other))),
         }
     }
 
     /// Opens every stored card under its data key (a scrub: proves each ciphertext
     /// still decrypts and is bound to its merchant, token and key version). Reports
     /// counts and the first failure's token id.
-    pub async fn verify_cards(&self, op: &Operator) -> Result<Verification, KeyOpError> {
+    pub async fn verify_cards(&self, op: &Operator) -> Result<Verification, VerifyCardsError> {
         // It opens every card: who asked is on record, in the trail, before it starts.
         tracing::info!(operator = %op.actor(), "key verification started");
         self.linearize().await?;
@@ -361,7 +426,7 @@ impl Service {
     }
 
     /// One pass over the cards in token order; returns how many moved.
-    async fn rewrap_pass(&self) -> Result<u64, KeyOpError> {
+    async fn rewrap_pass(&self) -> Result<u64, RewrapError> {
         let Some(current) = self
             .cluster
             .vault()
@@ -404,7 +469,7 @@ impl Service {
                 }
                 // Rotated again meanwhile: the next pass uses the newer key.
                 Response::Refused(Refusal::UnknownDataKey) => return Ok(moved),
-                other => return Err(KeyOpError::Internal(unexpected(&other))),
+                other => return Err(RewrapError::Internal(unexpected(&other))),
             }
             crate::runtime::sleep(Duration::from_millis(REWRAP_PAUSE_MS)).await;
         }

@@ -46,52 +46,102 @@ pub struct WithKeys {
     pub publishable_key: Option<String>,
 }
 
-/// Why a merchant operation was not done.
+/// A merchant id of the wrong shape.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("merchant_id must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_'")]
+pub struct MerchantIdInvalid;
+
+service_error!(MerchantIdInvalid {
+    MerchantIdInvalid => ("merchant_id_invalid", Invalid),
+} delegate {});
+
+/// Browser origins a merchant may not allow.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct OriginInvalid(String);
+
+service_error!(OriginInvalid {
+    OriginInvalid(_) => ("allowed_origin_invalid", Invalid),
+} delegate {});
+
+/// Why a merchant was not created.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum MerchantError {
-    #[error("merchant_id must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_'")]
-    IdInvalid,
+pub enum CreateMerchantError {
+    #[error(transparent)]
+    Id(#[from] MerchantIdInvalid),
     #[error("name must be 1-200 characters")]
     NameInvalid,
-    #[error("{0}")]
-    OriginInvalid(String),
+    #[error(transparent)]
+    Origin(#[from] OriginInvalid),
     #[error("a merchant with this id exists; rotate its keys instead")]
     Exists,
-    #[error("no merchant with this id")]
-    NotFound,
-    #[error(transparent)]
-    Audit(#[from] RecordError),
     #[error(transparent)]
     Replication(#[from] Replication),
     #[error("{0}")]
     Internal(String),
 }
 
-service_error!(MerchantError {
-    MerchantError::IdInvalid => ("merchant_id_invalid", Invalid),
-    MerchantError::NameInvalid => ("merchant_name_invalid", Invalid),
-    MerchantError::OriginInvalid(_) => ("allowed_origin_invalid", Invalid),
-    MerchantError::Exists => ("merchant_exists", Conflict),
-    MerchantError::NotFound => ("merchant_not_found", NotFound),
-    MerchantError::Internal(_) => ("internal", Internal),
-} delegate { Audit, Replication });
+service_error!(CreateMerchantError {
+    CreateMerchantError::NameInvalid => ("merchant_name_invalid", Invalid),
+    CreateMerchantError::Exists => ("merchant_exists", Conflict),
+    CreateMerchantError::Internal(_) => ("internal", Internal),
+} delegate { Id, Origin, Replication });
+
+/// Why a merchant's key was not rotated, or its settings not changed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeMerchantError {
+    #[error(transparent)]
+    Id(#[from] MerchantIdInvalid),
+    #[error(transparent)]
+    Origin(#[from] OriginInvalid),
+    #[error("no merchant with this id")]
+    NotFound,
+    #[error(transparent)]
+    Replication(#[from] Replication),
+    #[error("{0}")]
+    Internal(String),
+}
+
+service_error!(ChangeMerchantError {
+    ChangeMerchantError::NotFound => ("merchant_not_found", NotFound),
+    ChangeMerchantError::Internal(_) => ("internal", Internal),
+} delegate { Id, Origin, Replication });
+
+/// Why merchants could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadMerchantError {
+    #[error(transparent)]
+    Id(#[from] MerchantIdInvalid),
+    #[error("no merchant with this id")]
+    NotFound,
+    #[error(transparent)]
+    Audit(#[from] RecordError),
+    #[error(transparent)]
+    Replication(#[from] Replication),
+}
+
+service_error!(ReadMerchantError {
+    ReadMerchantError::NotFound => ("merchant_not_found", NotFound),
+} delegate { Id, Audit, Replication });
 
 /// Checks a merchant id's shape.
-pub fn check_merchant_id(id: &str) -> Result<(), MerchantError> {
+pub fn check_merchant_id(id: &str) -> Result<(), MerchantIdInvalid> {
     let ok = !id.is_empty()
         && id.len() <= MERCHANT_ID_CHARS_MAX
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
-    ok.then_some(()).ok_or(MerchantError::IdInvalid)
+    ok.then_some(()).ok_or(MerchantIdInvalid)
 }
 
 /// An origin is `https://host[:port]`, or `http://` for localhost and 127.0.0.1 (local
 /// development), with no path, as browsers send it.
-fn check_origins(origins: &[String]) -> Result<(), MerchantError> {
+fn check_origins(origins: &[String]) -> Result<(), OriginInvalid> {
     if origins.len() > ALLOWED_ORIGINS_MAX {
-        return Err(MerchantError::OriginInvalid(format!(
+        return Err(OriginInvalid(format!(
             "at most {ALLOWED_ORIGINS_MAX} allowed_origins per merchant"
         )));
     }
@@ -106,7 +156,7 @@ fn check_origins(origins: &[String]) -> Result<(), MerchantError> {
                         .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
             });
         if !ok {
-            return Err(MerchantError::OriginInvalid(
+            return Err(OriginInvalid(
                 "each allowed origin must look like https://shop.example or https://shop.example:8443 (http:// only for localhost or 127.0.0.1), without a path".into(),
             ));
         }
@@ -135,10 +185,10 @@ impl Service {
         &self,
         op: &Operator,
         m: NewMerchant,
-    ) -> Result<WithKeys, MerchantError> {
+    ) -> Result<WithKeys, CreateMerchantError> {
         check_merchant_id(&m.merchant_id)?;
         if m.name.is_empty() || m.name.len() > MERCHANT_NAME_CHARS_MAX {
-            return Err(MerchantError::NameInvalid);
+            return Err(CreateMerchantError::NameInvalid);
         }
         check_origins(&m.allowed_origins)?;
         let secret = self.new_api_key(KeyRole::Secret);
@@ -162,8 +212,8 @@ impl Service {
                 secret_key: Some(secret),
                 publishable_key: Some(publishable),
             }),
-            Response::Refused(Refusal::MerchantExists) => Err(MerchantError::Exists),
-            other => Err(MerchantError::Internal(unexpected(&other))),
+            Response::Refused(Refusal::MerchantExists) => Err(CreateMerchantError::Exists),
+            other => Err(CreateMerchantError::Internal(unexpected(&other))),
         }
     }
 
@@ -173,7 +223,7 @@ impl Service {
         op: &Operator,
         merchant_id: &str,
         role: KeyRole,
-    ) -> Result<WithKeys, MerchantError> {
+    ) -> Result<WithKeys, ChangeMerchantError> {
         check_merchant_id(merchant_id)?;
         let key = self.new_api_key(role);
         let cmd = Command::RotateMerchantKey {
@@ -196,13 +246,17 @@ impl Service {
                     publishable_key: Some(key),
                 },
             }),
-            Response::Refused(Refusal::UnknownMerchant) => Err(MerchantError::NotFound),
-            other => Err(MerchantError::Internal(unexpected(&other))),
+            Response::Refused(Refusal::UnknownMerchant) => Err(ChangeMerchantError::NotFound),
+            other => Err(ChangeMerchantError::Internal(unexpected(&other))),
         }
     }
 
     /// One merchant (an audited read).
-    pub async fn merchant(&self, op: &Operator, id: &str) -> Result<MerchantInfo, MerchantError> {
+    pub async fn merchant(
+        &self,
+        op: &Operator,
+        id: &str,
+    ) -> Result<MerchantInfo, ReadMerchantError> {
         check_merchant_id(id)?;
         self.linearize().await?;
         self.audited_access(op, "merchant.read", id.to_owned())
@@ -210,11 +264,11 @@ impl Service {
         self.cluster
             .vault()
             .read(|v| v.merchant_info(id))
-            .ok_or(MerchantError::NotFound)
+            .ok_or(ReadMerchantError::NotFound)
     }
 
     /// Every merchant (an audited read; never their keys).
-    pub async fn merchants(&self, op: &Operator) -> Result<Vec<MerchantInfo>, MerchantError> {
+    pub async fn merchants(&self, op: &Operator) -> Result<Vec<MerchantInfo>, ReadMerchantError> {
         self.linearize().await?;
         self.audited_access(op, "merchant.list", String::new())
             .await?;
@@ -227,14 +281,14 @@ impl Service {
         op: &Operator,
         id: &str,
         u: MerchantUpdate,
-    ) -> Result<MerchantInfo, MerchantError> {
+    ) -> Result<MerchantInfo, ChangeMerchantError> {
         check_merchant_id(id)?;
         self.linearize().await?;
         let mut settings = self
             .cluster
             .vault()
             .read(|v| v.merchant_info(id))
-            .ok_or(MerchantError::NotFound)?
+            .ok_or(ChangeMerchantError::NotFound)?
             .settings;
         if let Some(o) = u.allowed_origins {
             check_origins(&o)?;
@@ -254,8 +308,8 @@ impl Service {
         };
         match self.write(cmd).await? {
             Response::Merchant(m) => Ok(m),
-            Response::Refused(Refusal::UnknownMerchant) => Err(MerchantError::NotFound),
-            other => Err(MerchantError::Internal(unexpected(&other))),
+            Response::Refused(Refusal::UnknownMerchant) => Err(ChangeMerchantError::NotFound),
+            other => Err(ChangeMerchantError::Internal(unexpected(&other))),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! read (status, readiness, metrics). Also what the HTTP layer needs to send a request
 //! to the leader: who leads, and whether this node may serve a leader-only request now.
 
-use super::audit::RecordError;
 use super::auth::Operator;
 use super::error::{service_error, Replication};
 use super::{unexpected, ClusterStatus, InitOutcome, Service};
@@ -17,33 +16,58 @@ use crate::vault::{Command, LeaderChangeCause, Response};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Why a cluster operation was not done.
+/// Why the cluster was not formed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum NodeOpError {
+pub enum InitError {
     #[error(transparent)]
-    InitRefused(crate::cluster::FormError),
+    Refused(#[from] crate::cluster::FormError),
+}
+
+service_error!(InitError {
+    InitError::Refused(_) => ("init_refused", Conflict),
+} delegate {});
+
+/// Why leadership did not move to the member named.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferLeaderError {
     #[error("no member with this name")]
     MemberNotFound,
     #[error(transparent)]
-    TransferFailed(crate::cluster::TransferError),
-    #[error("fault injection is off on this node; start it with --enable-fault-injection and [faults] enabled = true")]
-    FaultInjectionDisabled,
-    #[error(transparent)]
-    Audit(#[from] RecordError),
+    Failed(#[from] crate::cluster::TransferError),
+}
+
+service_error!(TransferLeaderError {
+    TransferLeaderError::MemberNotFound => ("member_not_found", NotFound),
+    TransferLeaderError::Failed(_) => ("transfer_failed", Unavailable),
+} delegate {});
+
+/// Why a node was not drained or undrained.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DrainError {
+    #[error("no member with this name")]
+    MemberNotFound,
     #[error(transparent)]
     Replication(#[from] Replication),
     #[error("{0}")]
     Internal(String),
 }
 
-service_error!(NodeOpError {
-    NodeOpError::InitRefused(_) => ("init_refused", Conflict),
-    NodeOpError::MemberNotFound => ("member_not_found", NotFound),
-    NodeOpError::TransferFailed(_) => ("transfer_failed", Unavailable),
-    NodeOpError::FaultInjectionDisabled => ("fault_injection_disabled", Forbidden),
-    NodeOpError::Internal(_) => ("internal", Internal),
-} delegate { Audit, Replication });
+service_error!(DrainError {
+    DrainError::MemberNotFound => ("member_not_found", NotFound),
+    DrainError::Internal(_) => ("internal", Internal),
+} delegate { Replication });
+
+/// Fault injection is off on this node.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("fault injection is off on this node; start it with --enable-fault-injection and [faults] enabled = true")]
+pub struct FaultInjectionDisabled;
+
+service_error!(FaultInjectionDisabled {
+    FaultInjectionDisabled => ("fault_injection_disabled", Forbidden),
+} delegate {});
 
 /// This node's view of the cluster, for `/v1/cluster/status`.
 #[derive(Debug, Clone)]
@@ -74,23 +98,24 @@ service_error!(ServeHere {
 
 impl Service {
     /// Forms the cluster from the configured members, once.
-    pub async fn init(&self) -> Result<InitOutcome, NodeOpError> {
+    pub async fn init(&self) -> Result<InitOutcome, InitError> {
         let new_id = format!(
             "kc_{}",
             base62_u128(u128::from_be_bytes(self.entropy.bytes()))
         );
-        self.cluster
-            .init(new_id)
-            .await
-            .map_err(NodeOpError::InitRefused)
+        self.cluster.init(new_id).await.map_err(InitError::Refused)
     }
 
     /// Moves leadership to the member named `to` and answers once it leads.
-    pub async fn transfer_leader(&self, op: &Operator, to: &str) -> Result<(), NodeOpError> {
+    pub async fn transfer_leader(
+        &self,
+        op: &Operator,
+        to: &str,
+    ) -> Result<(), TransferLeaderError> {
         let id = self
             .cluster
             .member_id(to)
-            .ok_or(NodeOpError::MemberNotFound)?;
+            .ok_or(TransferLeaderError::MemberNotFound)?;
         if id == self.cluster.id() {
             return Ok(());
         }
@@ -98,7 +123,7 @@ impl Service {
         self.cluster
             .transfer_leader(id, LeaderChangeCause::Operator, timeout)
             .await
-            .map_err(NodeOpError::TransferFailed)?;
+            .map_err(TransferLeaderError::Failed)?;
         tracing::info!(to, cause = "operator", "leadership transferred");
         let record = Command::RecordAdminAction {
             action: "leader.transfer".into(),
@@ -123,9 +148,9 @@ impl Service {
         op: &Operator,
         name: &str,
         drained: bool,
-    ) -> Result<(), NodeOpError> {
+    ) -> Result<(), DrainError> {
         if self.cluster.member_id(name).is_none() {
-            return Err(NodeOpError::MemberNotFound);
+            return Err(DrainError::MemberNotFound);
         }
         let cmd = Command::SetDrained {
             node: name.to_owned(),
@@ -135,17 +160,13 @@ impl Service {
         };
         match self.write(cmd).await? {
             Response::Recorded => Ok(()),
-            other => Err(NodeOpError::Internal(unexpected(&other))),
+            other => Err(DrainError::Internal(unexpected(&other))),
         }
     }
 
     /// This node's fault switches.
-    pub fn faults(&self) -> Result<FaultState, NodeOpError> {
-        Ok(self
-            .faults
-            .as_ref()
-            .ok_or(NodeOpError::FaultInjectionDisabled)?
-            .get())
+    pub fn faults(&self) -> Result<FaultState, FaultInjectionDisabled> {
+        Ok(self.faults.as_ref().ok_or(FaultInjectionDisabled)?.get())
     }
 
     /// Sets this node's fault switches (node-local); recorded in the audit trail in the
@@ -154,11 +175,8 @@ impl Service {
         self: &std::sync::Arc<Self>,
         op: &Operator,
         state: &FaultState,
-    ) -> Result<FaultState, NodeOpError> {
-        let switches = self
-            .faults
-            .as_ref()
-            .ok_or(NodeOpError::FaultInjectionDisabled)?;
+    ) -> Result<FaultState, FaultInjectionDisabled> {
+        let switches = self.faults.as_ref().ok_or(FaultInjectionDisabled)?;
         switches.set(state);
         tracing::warn!(?state, operator = %op.actor(), "fault switches set");
         let now = switches.get();
