@@ -4,10 +4,16 @@
 use super::*;
 
 impl Cluster {
-    /// POSTs `body` to `path` on every other member's peer listener in parallel, each
-    /// bounded by `timeout`. Returns how many answered with success. Best effort: a
-    /// failure is logged at debug level and counted out, never retried.
-    pub async fn post_to_peers(&self, path: &str, body: bytes::Bytes, timeout: Duration) -> usize {
+    /// POSTs `msg` (as JSON) to `path` on every other member's peer listener in
+    /// parallel, each bounded by `timeout`. Returns how many answered with success. Best
+    /// effort: a failure is logged at debug level and counted out, never retried.
+    pub async fn post_to_peers<M: Serialize>(
+        &self,
+        path: &str,
+        msg: &M,
+        timeout: Duration,
+    ) -> usize {
+        let body = bytes::Bytes::from(serde_json::to_vec(msg).expect("a peer message serializes"));
         let cluster = self.cluster_id().unwrap_or_default();
         let sends = self
             .members
@@ -34,15 +40,16 @@ impl Cluster {
             .count()
     }
 
-    /// POSTs `body` to `path` on member `to`'s peer listener, bounded by `timeout`; true
-    /// when it answered with success.
-    pub async fn post_to_peer(
+    /// POSTs `msg` (as JSON) to `path` on member `to`'s peer listener, bounded by
+    /// `timeout`; true when it answered with success.
+    pub async fn post_to_peer<M: Serialize>(
         &self,
         to: NodeId,
         path: &str,
-        body: bytes::Bytes,
+        msg: &M,
         timeout: Duration,
     ) -> bool {
+        let body = bytes::Bytes::from(serde_json::to_vec(msg).expect("a peer message serializes"));
         let Some(m) = self.members.get(&to) else {
             return false;
         };

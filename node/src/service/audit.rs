@@ -189,16 +189,15 @@ impl Service {
         let Some((leader, _)) = self.cluster.leader() else {
             return Err(Replication::NoLeader.into());
         };
-        let body = serde_json::to_vec(&Event {
+        let event = Event {
             action: action.to_owned(),
             detail,
             by,
-        })
-        .expect("an event serializes");
+        };
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         if self
             .cluster
-            .post_to_peer(leader, EVENT_PATH, bytes::Bytes::from(body), timeout)
+            .post_to_peer(leader, EVENT_PATH, &event, timeout)
             .await
         {
             Ok(())

@@ -58,17 +58,14 @@ impl Service {
                 return 0;
             }
         };
-        let body = serde_json::to_vec(&CvcCopy {
+        let copy = CvcCopy {
             token: token.to_owned(),
             merchant_id: merchant_id.to_owned(),
             expires_at_ms,
             sealed: hex::encode(sealed),
-        })
-        .expect("a CVC copy serializes");
+        };
         let timeout = Duration::from_millis(self.settings.cvc_replication_timeout_ms);
-        self.cluster
-            .post_to_peers(CVC_PATH, bytes::Bytes::from(body), timeout)
-            .await
+        self.cluster.post_to_peers(CVC_PATH, &copy, timeout).await
     }
 
     /// Takes a CVC copy another node sent into this node's memory.
