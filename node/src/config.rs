@@ -2,27 +2,54 @@
 
 use crate::api::ApiSettings;
 use crate::cluster::RaftSettings;
-use crate::member::{Member, NodeId, Role};
+use crate::member::{Member, NodeId};
 use crate::setting::InvalidSetting;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// One member of the cluster as the config lists it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One member of the cluster as the config lists it: its id, and the [`Member`] the
+/// cluster knows (`name`, `role`, `api_addr`, `raft_addr`, `admin_addr` — keep the
+/// admin plane off the public network — and `never_lead`). Reads as a `Member`.
+#[derive(Debug, Clone, Serialize)]
 pub struct PeerConfig {
     pub id: NodeId,
-    pub name: String,
-    pub role: Role,
-    pub api_addr: String,
-    pub raft_addr: String,
-    /// The admin plane's listener: named operators (mutual TLS with operator
-    /// certificates) and the `kura` CLI. Keep it off the public network.
-    pub admin_addr: String,
-    /// Never stand for election (a `bk` node that only keeps a copy and votes).
-    #[serde(default)]
-    pub never_lead: bool,
+    #[serde(flatten)]
+    pub member: Member,
+}
+
+impl std::ops::Deref for PeerConfig {
+    type Target = Member;
+    fn deref(&self) -> &Member {
+        &self.member
+    }
+}
+
+impl std::ops::DerefMut for PeerConfig {
+    fn deref_mut(&mut self) -> &mut Member {
+        &mut self.member
+    }
+}
+
+/// A peer entry is `id` plus a `Member`'s fields, and nothing else: a misspelt key is
+/// refused, as everywhere in the config. (serde's `flatten` would accept any key, and
+/// `Member` itself must accept fields newer nodes add to the Raft membership.)
+impl<'de> Deserialize<'de> for PeerConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PeerConfig, D::Error> {
+        use serde::de::Error;
+        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let id = table
+            .remove("id")
+            .ok_or_else(|| D::Error::missing_field("id"))?;
+        let id: NodeId = serde_json::from_value(id).map_err(D::Error::custom)?;
+        let known = serde_json::to_value(Member::default()).expect("a member serializes");
+        if let Some(k) = table.keys().find(|k| known.get(k.as_str()).is_none()) {
+            return Err(D::Error::custom(format!("unknown field `{k}` in peers[]")));
+        }
+        let member =
+            serde_json::from_value(serde_json::Value::Object(table)).map_err(D::Error::custom)?;
+        Ok(PeerConfig { id, member })
+    }
 }
 
 /// Log output.
@@ -369,19 +396,7 @@ impl NodeConfig {
     pub fn members(&self) -> BTreeMap<NodeId, Member> {
         self.peers
             .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    Member {
-                        name: p.name.clone(),
-                        role: p.role,
-                        api_addr: p.api_addr.clone(),
-                        raft_addr: p.raft_addr.clone(),
-                        admin_addr: p.admin_addr.clone(),
-                        never_lead: p.never_lead,
-                    },
-                )
-            })
+            .map(|p| (p.id, p.member.clone()))
             .collect()
     }
 
@@ -475,13 +490,22 @@ insecure = true
             role.contains("backup") || role.contains("variant"),
             "{role}"
         );
+        let misspelt = err(&GOOD.replace(
+            "admin_addr = \"127.0.0.1:7302\"",
+            "admin_adr = \"127.0.0.1:7302\"",
+        ));
+        assert!(misspelt.contains("admin_adr"), "{misspelt}");
+        let no_id = err(&GOOD.replace("id = 2\n", ""));
+        assert!(no_id.contains("`id`"), "{no_id}");
         let addr = err(&GOOD.replace("127.0.0.1:7102", "nowhere"));
         assert!(addr.contains("peers[1].raft_addr"), "{addr}");
         let absent = err(&GOOD.replace("node_id = 1", "node_id = 9"));
         assert!(absent.contains("node_id 9"), "{absent}");
         let timing = err(&format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 400\n"));
         assert!(timing.contains("raft.election_timeout_max_ms"), "{timing}");
-        for m in [missing, unknown, wrong_type, role, addr, absent, timing] {
+        for m in [
+            missing, unknown, wrong_type, role, misspelt, no_id, addr, absent, timing,
+        ] {
             assert!(!m.contains('\n'), "not one line: {m}");
         }
     }

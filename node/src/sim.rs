@@ -13,7 +13,10 @@ use crate::net::Net;
 use crate::node::{fsync_observer, NodeEnv};
 use crate::runtime::Clock;
 use crate::store::{SimDisk, Store};
-use crate::{member::Role, runtime::Rt};
+use crate::{
+    member::{Member, Role},
+    runtime::Rt,
+};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -44,12 +47,14 @@ pub fn members() -> Vec<PeerConfig> {
     .into_iter()
     .map(|(id, name, role)| PeerConfig {
         id,
-        name: name.into(),
-        role,
-        api_addr: format!("{name}:{API_PORT}"),
-        raft_addr: format!("{name}:{RAFT_PORT}"),
-        admin_addr: format!("{name}:{ADMIN_PORT}"),
-        never_lead: false,
+        member: Member {
+            name: name.into(),
+            role,
+            api_addr: format!("{name}:{API_PORT}"),
+            raft_addr: format!("{name}:{RAFT_PORT}"),
+            admin_addr: format!("{name}:{ADMIN_PORT}"),
+            never_lead: false,
+        },
     })
     .collect()
 }
