@@ -7,7 +7,8 @@
 
 use http::Method;
 use kura_cluster_tests::procs::{
-    new_merchant, raw, tls_from, tokenize_request, try_raw_from, write_secret, FromIp, ProcCluster,
+    new_merchant, raw, tls_from, tokenize_request, try_raw_from, wait_for, write_secret, FromIp,
+    ProcCluster,
 };
 use kura_sdk::wire::Connector;
 use serde_json::{json, Value};
@@ -943,7 +944,23 @@ async fn a_spent_one_time_token_loses_its_sealed_card_in_the_state_and_the_next_
             .unwrap();
     }
     c.wait_all_applied().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Snapshots come due on a one-second check: wait for node 2's first one past the
+    // purge (the writes above are all after it) rather than for a fixed time.
+    let past_purge = c.status(2).await.expect("node 2 status")["applied_index"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(20);
+    wait_for(
+        "node 2 to snapshot after the purge",
+        Duration::from_secs(30),
+        || async {
+            c.status(2)
+                .await
+                .and_then(|s| s["snapshot_index"].as_u64())
+                .is_some_and(|i| i > past_purge)
+        },
+    )
+    .await;
     c.kill(2);
     let after = kura_node::store::offline::read_vault(&db).unwrap();
     let r = after.vault.any_token(&one_time).unwrap();
