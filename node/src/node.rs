@@ -611,8 +611,7 @@ async fn record_leader_change(
         leader_name: me.name.clone(),
         term,
         cause,
-        // Never behind the replicated clock, so time in the log never goes back.
-        at_ms: (st.clock)().max(st.cluster.vault().read(|v| v.clock_ms())),
+        at_ms: st.cluster.vault().read(|v| v.stamp((st.clock)())),
     };
     // A new leader accepts writes only once it has committed an entry of its term. It
     // keeps trying for as long as it leads that term: it hands leadership on only once

@@ -32,8 +32,7 @@ impl FromRequestParts<Arc<AppState>> for Merchant {
     }
 }
 
-/// A JSON body of `T`; an empty body is `T::default()` when `T` allows it (see
-/// [`OptionalJson`]).
+/// A JSON body of `T` (see [`OptionalJson`] for bodies that may be empty).
 pub struct Json<T>(pub T);
 
 /// Reads the whole body, as a problem when it is too large or cannot be read.
@@ -66,11 +65,16 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     type Rejection = Problem;
 
     async fn from_request(req: Request, st: &S) -> Result<OptionalJson<T>, Problem> {
-        let body = body_bytes(req, st).await?;
-        if body.is_empty() {
-            return Ok(OptionalJson(T::default()));
-        }
-        Ok(OptionalJson(parse_json(&body)?))
+        Ok(OptionalJson(parse_or_default(&body_bytes(req, st).await?)?))
+    }
+}
+
+/// `body` as JSON of `T`, or `T::default()` when it is empty.
+fn parse_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Problem> {
+    if body.is_empty() {
+        Ok(T::default())
+    } else {
+        parse_json(body)
     }
 }
 
@@ -109,13 +113,8 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for HashedOpt
 
     async fn from_request(req: Request, st: &S) -> Result<HashedOptionalJson<T>, Problem> {
         let body = body_bytes(req, st).await?;
-        let value = if body.is_empty() {
-            T::default()
-        } else {
-            parse_json(&body)?
-        };
         Ok(HashedOptionalJson {
-            value,
+            value: parse_or_default(&body)?,
             sha256: sha256_hex(&body),
         })
     }

@@ -91,11 +91,11 @@ async fn serve_here(st: &AppState, req: Request, next: Next) -> Response {
     }
     let (_, me) = st.svc.me();
     let addr = match req.extensions().get::<Operator>() {
-        Some(_) => me.admin_addr,
-        None => me.api_addr,
+        Some(_) => &me.admin_addr,
+        None => &me.api_addr,
     };
     let mut resp = next.run(req).await;
-    set_leader_header(&mut resp, &addr);
+    set_leader_header(&mut resp, addr);
     resp
 }
 

@@ -10,7 +10,6 @@ use super::{unexpected, Service};
 use crate::crypto::{seal_pan, DataKey};
 use crate::vault::command::RewrappedKey;
 use crate::vault::{Command, Refusal, Reseal, Response};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +22,7 @@ const REWRAP_PAUSE_MS: u64 = 20;
 const VERIFY_BATCH_CARDS: usize = 1024;
 
 /// One data key version.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct KeyVersion {
     pub version: u32,
     pub state: &'static str,
@@ -35,14 +34,14 @@ pub struct KeyVersion {
 }
 
 /// The re-wrap's progress.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct RewrapProgress {
     pub pending_cards: u64,
     pub done: bool,
 }
 
 /// The KEKs and the rotation's progress.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct KekStatus {
     pub current: String,
     pub held: Vec<String>,
@@ -51,7 +50,7 @@ pub struct KekStatus {
 }
 
 /// Every data key version, its state and card count, and the re-wraps' progress.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct KeyStatus {
     pub provider: &'static str,
     pub current_version: Option<u32>,
@@ -61,7 +60,7 @@ pub struct KeyStatus {
 }
 
 /// What a verification of every stored card found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Verification {
     pub cards_checked: u64,
     pub cards_by_version: BTreeMap<u32, u64>,

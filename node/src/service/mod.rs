@@ -187,15 +187,10 @@ impl Service {
         &self.metrics
     }
 
-    /// Wall-clock (or simulated) time now, in Unix milliseconds.
-    pub fn wall_ms(&self) -> u64 {
-        (self.clock)()
-    }
-
     /// Leader-stamped time for a new command.
     pub(crate) fn now_ms(&self) -> u64 {
-        // Never behind the replicated clock, so time in the log never goes back.
-        (self.clock)().max(self.cluster.vault().read(|v| v.clock_ms()))
+        let wall = (self.clock)();
+        self.cluster.vault().read(|v| v.stamp(wall))
     }
 
     /// Proposes `cmd`, bounded by the write timeout. Gives up early, outcome unknown, if

@@ -215,8 +215,8 @@ impl Service {
     }
 
     /// This node's id and what the cluster knows of it.
-    pub fn me(&self) -> (NodeId, Member) {
-        (self.cluster.id(), self.cluster.me().clone())
+    pub fn me(&self) -> (NodeId, &Member) {
+        (self.cluster.id(), self.cluster.me())
     }
 
     /// Whether this node leads now.

@@ -303,7 +303,7 @@ pub fn is_payment_id(id: &str) -> bool {
 }
 
 /// Totals of one state in a report.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct StateTotals {
     pub count: u64,
     pub authorized_amount: u64,
@@ -552,38 +552,25 @@ impl Service {
             .contains(payment_id)
     }
 
-    /// Answers a request whose key is taken, as the operation's own result.
+    /// What to do with a request whose key is already taken: the same answer every
+    /// time it is asked; a pending payment whose leader is gone is settled first.
+    /// Answers as the operation itself (`E`) would.
     async fn replay_as<E>(
         &self,
         idem: &Idempotency,
         rec: &IdempotencyRecord,
     ) -> Result<PaymentOutcome, E>
     where
-        E: From<IdempotencyError> + From<PaymentRefused> + From<Replication>,
+        E: From<IdempotencyError> + From<PaymentRefused> + From<saga::SettleError>,
     {
-        match self.replay(idem, rec).await {
-            Ok(o) => Ok(o),
-            Err(ReplayError::Idempotency(e)) => Err(e.into()),
-            Err(ReplayError::Refused(e)) => Err(e.into()),
-            Err(ReplayError::Replication(e)) => Err(e.into()),
-        }
-    }
-
-    /// What to do with a request whose key is already taken: the same answer every
-    /// time it is asked; a pending payment whose leader is gone is settled first.
-    async fn replay(
-        &self,
-        idem: &Idempotency,
-        rec: &IdempotencyRecord,
-    ) -> Result<PaymentOutcome, ReplayError> {
         if rec.body_sha256 != idem.body_sha256 {
-            return Err(ReplayError::Idempotency(IdempotencyError::Reused));
+            return Err(IdempotencyError::Reused.into());
         }
         let opened = rec.action == "payment.open";
         match (&rec.outcome, &rec.payment_id) {
             (StoredOutcome::Payment(p), Some(id)) if p.state == PaymentState::Pending => {
                 if self.is_in_flight(id) {
-                    return Err(ReplayError::Idempotency(IdempotencyError::InFlight));
+                    return Err(IdempotencyError::InFlight.into());
                 }
                 // The leader that began it is gone: settle it now, then answer.
                 let payment = self.resolve_pending(id).await?;
@@ -594,26 +581,7 @@ impl Service {
                 opened,
             }),
             // The refusal it came to, again.
-            (StoredOutcome::Refused(code), _) => {
-                Err(ReplayError::Refused(PaymentRefused::of_code(code)))
-            }
-        }
-    }
-}
-
-/// Why a replay could not be answered.
-enum ReplayError {
-    Idempotency(IdempotencyError),
-    Refused(PaymentRefused),
-    Replication(Replication),
-}
-
-impl From<saga::SettleError> for ReplayError {
-    fn from(e: saga::SettleError) -> Self {
-        match e {
-            saga::SettleError::Replication(r) => ReplayError::Replication(r),
-            saga::SettleError::NotFound => ReplayError::Refused(PaymentRefused::PaymentNotFound),
-            saga::SettleError::Internal(_) => ReplayError::Refused(PaymentRefused::Unexpected),
+            (StoredOutcome::Refused(code), _) => Err(PaymentRefused::of_code(code).into()),
         }
     }
 }

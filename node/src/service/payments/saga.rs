@@ -4,7 +4,7 @@
 
 use super::super::error::Replication;
 use super::super::{unexpected, Service};
-use super::AuthorizeError;
+use super::{AuthorizeError, ChangePaymentError, PaymentRefused};
 use crate::acquirer::protocol::{AuthRequest, TxnState, TxnStatus};
 use crate::acquirer::router::{Attempt, Resolution};
 use crate::vault::payment::{AuthOutcome, Payment, PaymentState};
@@ -17,7 +17,7 @@ const RESOLVE_AFTER_MS: u64 = 2_000;
 
 /// Why an answer could not be settled.
 #[derive(Debug, Clone, thiserror::Error)]
-pub(super) enum SettleError {
+pub(crate) enum SettleError {
     #[error(transparent)]
     Replication(#[from] Replication),
     #[error("no such payment")]
@@ -30,8 +30,18 @@ impl From<SettleError> for AuthorizeError {
     fn from(e: SettleError) -> Self {
         match e {
             SettleError::Replication(r) => AuthorizeError::Replication(r),
-            SettleError::NotFound => super::PaymentRefused::PaymentNotFound.into(),
+            SettleError::NotFound => PaymentRefused::PaymentNotFound.into(),
             SettleError::Internal(s) => AuthorizeError::Internal(s),
+        }
+    }
+}
+
+impl From<SettleError> for ChangePaymentError {
+    fn from(e: SettleError) -> Self {
+        match e {
+            SettleError::Replication(r) => ChangePaymentError::Replication(r),
+            SettleError::NotFound => PaymentRefused::PaymentNotFound.into(),
+            SettleError::Internal(s) => ChangePaymentError::Internal(s),
         }
     }
 }

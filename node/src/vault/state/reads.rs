@@ -267,4 +267,10 @@ impl VaultState {
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
     }
+
+    /// The time a leader stamps on a new command, given its wall clock: never behind
+    /// the replicated clock, so time in the log never goes back.
+    pub fn stamp(&self, wall_ms: u64) -> u64 {
+        wall_ms.max(self.clock_ms)
+    }
 }
