@@ -216,6 +216,13 @@ fn sweep(opts: &Opts) -> bool {
 }
 
 fn single(seed: u64, unsafe_no_fsync: bool, show_trace: bool) -> ExitCode {
+    // The nodes' own logs, when asked for (`RUST_LOG=warn scripts/chaos replay S`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let r: Report = chaos::run(params(seed, unsafe_no_fsync));
     if show_trace {
         for line in &r.trace {

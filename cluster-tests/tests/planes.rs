@@ -39,7 +39,7 @@ fn forged_requests() -> Vec<(&'static str, Vec<u8>)> {
             last_log_id: None,
             last_membership: Default::default(),
         },
-        snapshot: std::io::Cursor::new(b"{}".to_vec()),
+        snapshot: kura_node::raft_types::SnapshotData::from_bytes(b"{}".to_vec()),
     };
     vec![
         ("/raft/append", serde_json::to_vec(&append).unwrap()),
@@ -51,7 +51,9 @@ fn forged_requests() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "/raft/snapshot",
-            kura_node::cluster::encode_snapshot(&vote, &snapshot).to_vec(),
+            kura_node::cluster::encode_snapshot(&vote, &snapshot)
+                .unwrap()
+                .to_vec(),
         ),
         (
             "/peer/v1/cvc",

@@ -516,16 +516,17 @@ async fn sweep_cvcs(st: Arc<Background>) {
     loop {
         crate::runtime::sleep(std::time::Duration::from_millis(CVC_SWEEP_MS)).await;
         let now = (st.clock)();
-        st.cluster.vault().read(|v| {
+        // Unreadable, nothing is swept this round (a CVC still expires with its TTL).
+        let _ = st.cluster.vault().read(|v| {
             st.cvc.sweep(now, |token| {
                 v.any_token(token)
                     .map(|r| r.used_at_ms.is_none() && r.expires_at_ms.is_some_and(|e| now < e))
             })
         });
         st.metrics.cvc_held.set(st.cvc.len() as i64);
-        st.metrics
-            .audit_records
-            .set(st.cluster.vault().read(|v| v.audit().len()) as i64);
+        if let Ok(n) = st.cluster.vault().read(|v| v.audit().len()) {
+            st.metrics.audit_records.set(n as i64);
+        }
     }
 }
 
@@ -557,7 +558,8 @@ async fn update_metrics(st: Arc<Background>) {
         }
         let (change, totals) = cluster
             .vault()
-            .read(|v| (v.last_leader_change().cloned(), v.leader_changes().clone()));
+            .read(|v| (v.last_leader_change(), v.leader_changes()))
+            .unwrap_or_default();
         // A handoff notice labels only the first recorded change after it.
         if let Some(c) = &change {
             cluster.settle_incoming_cause(c.term);
@@ -582,7 +584,7 @@ async fn update_metrics(st: Arc<Background>) {
 async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
     let second = std::time::Duration::from_secs(1);
     // After a restart the vault's size stands in for the last snapshot's.
-    let mut last_tokens = cluster.vault().read(|v| v.token_count()) as u64;
+    let mut last_tokens = cluster.vault().read(|v| v.token_count()).unwrap_or(0) as u64;
     loop {
         crate::runtime::sleep(second).await;
         let before = cluster.status().snapshot_index;
@@ -611,7 +613,10 @@ async fn record_leader_change(
         leader_name: me.name.clone(),
         term,
         cause,
-        at_ms: st.cluster.vault().read(|v| v.stamp((st.clock)())),
+        at_ms: {
+            let wall = (st.clock)();
+            st.cluster.vault().read(|v| v.stamp(wall)).unwrap_or(wall)
+        },
     };
     // A new leader accepts writes only once it has committed an entry of its term. It
     // keeps trying for as long as it leads that term: it hands leadership on only once

@@ -25,5 +25,80 @@ pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+/// A snapshot's data: a stream of the vault's tables, read a piece at a time from
+/// wherever it is kept (a file in the snapshot directory, on a node).
+#[derive(Clone)]
+pub struct SnapshotData {
+    id: u64,
+    len: u64,
+    source: std::sync::Arc<dyn ReadAt>,
+}
+
+/// Where a snapshot's bytes are read from.
+pub trait ReadAt: Send + Sync {
+    /// Fills `out` from `offset` (within the data's length).
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()>;
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let start = offset as usize;
+        out.copy_from_slice(&self[start..start + out.len()]);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotData({}, {} bytes)", self.id, self.len)
+    }
+}
+
+impl SnapshotData {
+    /// `len` bytes read from `source`, known by `id` where they are kept.
+    pub fn new(id: u64, len: u64, source: std::sync::Arc<dyn ReadAt>) -> SnapshotData {
+        SnapshotData { id, len, source }
+    }
+
+    /// Data held in memory (tests, tools).
+    pub fn from_bytes(data: Vec<u8>) -> SnapshotData {
+        SnapshotData::new(0, data.len() as u64, std::sync::Arc::new(data))
+    }
+
+    /// Where the data is kept (the snapshot file's id).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Bytes of data.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when there is no data.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads `out.len()` bytes at `offset`.
+    pub fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        if offset + out.len() as u64 > self.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the snapshot's data",
+            ));
+        }
+        self.source.read_at(offset, out)
+    }
+
+    /// A reader from the start that fills each buffer it is given.
+    pub fn reader(&self) -> impl FnMut(&mut [u8]) -> std::io::Result<()> + '_ {
+        let mut offset = 0;
+        move |out: &mut [u8]| {
+            self.read_at(offset, out)?;
+            offset += out.len() as u64;
+            Ok(())
+        }
+    }
+}
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;

@@ -243,17 +243,24 @@ impl Probe {
         let c = self.lock().nodes.get(&id)?.0.clone();
         let vault = c.vault();
         let applied_index = vault.applied_index();
-        let json = vault.read(|v| serde_json::to_vec(v).expect("vault serializes"));
+        // A node whose storage fails has no digest to compare (its reads are void).
+        let sha256 = vault
+            .read(|v| crate::vault::tables::digest(v.tables()))
+            .ok()?;
         Some(AppliedDigest {
             applied_index,
-            sha256: hex::encode(Sha256::digest(&json)),
+            sha256,
         })
     }
 
     /// The full invariant check of node `id`'s applied vault, if it is running.
     pub fn validate(&self, id: u64) -> Option<Result<(), crate::vault::Violation>> {
         let c = self.lock().nodes.get(&id)?.0.clone();
-        Some(c.vault().read(|v| v.validate()))
+        Some(
+            c.vault()
+                .read(|v| v.validate())
+                .unwrap_or_else(|e| Err(crate::vault::Violation::new(e.to_string()))),
+        )
     }
 
     /// The last leader change node `id` has applied: (term, leader node id).
@@ -261,6 +268,8 @@ impl Probe {
         let c = self.lock().nodes.get(&id)?.0.clone();
         c.vault()
             .read(|v| v.last_leader_change().map(|l| (l.term, l.leader_node)))
+            .ok()
+            .flatten()
     }
 
     /// The fault switches of node `id` (storage stall, KEK failure, routes blocked).

@@ -452,8 +452,8 @@ fn verify_offline(
     match audit.verify() {
         Ok(n) => {
             println!(
-                "audit trail chain OK: {n} records (snapshot at log index {}, {} entries replayed), head {}",
-                offline.snapshot_index,
+                "audit trail chain OK: {n} records (vault file applied to log index {}, {} entries replayed), head {}",
+                offline.applied_index,
                 offline.replayed_entries,
                 audit.head()
             );
@@ -476,7 +476,8 @@ fn verify_offline(
             }
             if let Some(p) = signed_head {
                 let s = read_signed_head(p)?;
-                let held = s.records > 0 && audit.hash_at(s.records - 1) == Some(s.head.as_str());
+                let held = s.records > 0
+                    && audit.hash_at(s.records - 1).as_deref() == Some(s.head.as_str());
                 let mac = kek
                     .as_ref()
                     .map(|k| crate::service::audit::check_mac(k, &s));

@@ -287,7 +287,7 @@ impl Cluster {
         if since < every_entries.max(last_tokens) {
             return None;
         }
-        let tokens = self.vault().read(|v| v.token_count()) as u64;
+        let tokens = self.vault().read(|v| v.token_count()).ok()? as u64;
         self.raft.trigger().snapshot().await.ok().map(|()| tokens)
     }
 

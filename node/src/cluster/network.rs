@@ -3,7 +3,7 @@
 
 use crate::member::{Member, NodeId};
 use crate::net::{HttpPool, WireError};
-use crate::raft_types::{Snapshot, SnapshotData, TypeConfig, Vote};
+use crate::raft_types::{Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use bytes::Bytes;
 use futures::FutureExt;
 use openraft::error::{
@@ -127,32 +127,27 @@ impl PeerClient {
 }
 
 /// Snapshot upload framing: `u32 BE length || JSON (vote, meta) || snapshot bytes`.
-pub fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> Bytes {
+pub fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> std::io::Result<Bytes> {
     let head = serde_json::to_vec(&(vote, &snapshot.meta)).expect("snapshot meta serializes");
-    let data = snapshot.snapshot.get_ref();
-    let mut out = Vec::with_capacity(4 + head.len() + data.len());
-    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
-    out.extend_from_slice(&head);
-    out.extend_from_slice(data);
-    Bytes::from(out)
+    let data = &snapshot.snapshot;
+    let mut out = vec![0u8; 4 + head.len() + data.len() as usize];
+    out[..4].copy_from_slice(&(head.len() as u32).to_be_bytes());
+    out[4..4 + head.len()].copy_from_slice(&head);
+    data.read_at(0, &mut out[4 + head.len()..])?;
+    Ok(Bytes::from(out))
 }
 
-/// Inverse of [`encode_snapshot`].
-pub(super) fn decode_snapshot(body: &[u8]) -> Result<(Vote, Snapshot), super::FrameError> {
+/// Inverse of [`encode_snapshot`]: the vote, the snapshot's meta and its data.
+pub(super) fn decode_snapshot(
+    body: &[u8],
+) -> Result<(Vote, SnapshotMeta, &[u8]), super::FrameError> {
     use super::FrameError;
     let len = body.get(..4).ok_or(FrameError::Short)?;
     let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
     let head = body.get(4..4 + len).ok_or(FrameError::Truncated)?;
     let (vote, meta) =
         serde_json::from_slice(head).map_err(|e| FrameError::Header(e.to_string()))?;
-    let data = body[4 + len..].to_vec();
-    Ok((
-        vote,
-        Snapshot {
-            meta,
-            snapshot: SnapshotData::new(data),
-        },
-    ))
+    Ok((vote, meta, &body[4 + len..]))
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
@@ -199,7 +194,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let body = encode_snapshot(&vote, &snapshot);
+        let body = encode_snapshot(&vote, &snapshot).map_err(|e| {
+            StreamingError::Network(NetworkError::from_string(format!(
+                "cannot read the snapshot: {e}"
+            )))
+        })?;
         let bytes = body.len();
         let send = self.post("/raft/snapshot", body, option.hard_ttl());
         futures::pin_mut!(send);

@@ -5,7 +5,7 @@ use super::{Cluster, CLUSTER_ID_HEADER, NODE_ID_HEADER};
 use crate::member::NodeId;
 use crate::net::tls::Identity as CertIdentity;
 use crate::net::ClientIdentity;
-use crate::raft_types::TypeConfig;
+use crate::raft_types::{Snapshot, TypeConfig};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -194,10 +194,19 @@ async fn snapshot(
         return r;
     }
     match decode_snapshot(&body) {
-        Ok((vote, snap)) => {
+        Ok((vote, meta, data)) => {
             if let Some(r) = sender_refusal(ident.as_deref(), voter(&vote)) {
                 return r;
             }
+            let snapshot = match c.store.snapshot_from_bytes(data) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot keep a received snapshot");
+                    return (StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot")
+                        .into_response();
+                }
+            };
+            let snap = Snapshot { meta, snapshot };
             reply(c.raft.install_full_snapshot(vote, snap).await)
         }
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),

@@ -106,7 +106,7 @@ impl Cluster {
         };
         let wait = async {
             loop {
-                if let Some(leader) = recorded() {
+                if let Ok(Some(leader)) = recorded() {
                     return Ok(leader);
                 }
                 if !watch.changed().await {

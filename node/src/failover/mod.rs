@@ -56,7 +56,8 @@ impl Failover {
         let drained = self
             .cluster
             .vault()
-            .read(|v| v.is_drained(&self.cluster.me().name));
+            .read(|v| v.is_drained(&self.cluster.me().name))
+            .unwrap_or(false);
         NodeHealth {
             last_log_index: Some(self.cluster.last_log_index()),
             kek_ids: self.keys.kek().ids(),
@@ -244,14 +245,19 @@ async fn control(st: &Arc<Failover>) {
 /// This round's view: this node's checks, its view of the others, and the cluster.
 fn observe(st: &Failover) -> View {
     let me = st.cluster.me().clone();
-    let drained = st.cluster.vault().read(|v| v.is_drained(&me.name));
+    let drained = st
+        .cluster
+        .vault()
+        .read(|v| v.is_drained(&me.name))
+        .unwrap_or(false);
     let report = st.health.report(drained);
     let leaderless_ms = leaderless_for(st);
     let term = st.cluster.status().term;
     let change_on_record = st
         .cluster
         .vault()
-        .read(|v| v.last_leader_change().is_some_and(|c| c.term >= term));
+        .read(|v| v.last_leader_change().is_some_and(|c| c.term >= term))
+        .unwrap_or(false);
     let peers = {
         let views = st.health.peers.lock().expect("health lock");
         st.cluster

@@ -241,7 +241,7 @@ impl Service {
             return Err(AuditPageError::LimitOutOfRange);
         }
         self.linearize().await?;
-        Ok(self.cluster.vault().read(|v| {
+        Ok(self.read(|v| {
             let a = v.audit();
             let records = a.page(from_seq, limit);
             let next = records.last().map(|r| r.seq + 1);
@@ -251,7 +251,7 @@ impl Service {
                 head_hash: a.head(),
                 records,
             }
-        }))
+        })?)
     }
 
     /// Signs `records`/`head` under the current KEK.
@@ -271,10 +271,7 @@ impl Service {
     /// later.
     pub async fn signed_head(&self) -> Result<SignedHeadNow, SignHeadError> {
         self.linearize().await?;
-        let (records, head) = self
-            .cluster
-            .vault()
-            .read(|v| (v.audit().len(), v.audit().head()));
+        let (records, head) = self.read(|v| (v.audit().len(), v.audit().head()))?;
         let signed = self
             .sign(records, head)
             .map_err(|e| KeyUnavailable::of("audit signing key", e))?;
@@ -296,7 +293,7 @@ impl Service {
         let now_ms = self.now_ms();
         let stale_after_ms = 3 * self.settings.audit_sign_interval_s * 1000;
         let kek = self.keys.kek();
-        Ok(self.cluster.vault().read(|v| {
+        Ok(self.read(|v| {
             let a = v.audit();
             if let Err(b) = a.verify() {
                 return AuditCheck::broken(b.seq, b.reason);
@@ -307,7 +304,7 @@ impl Service {
                 .is_some_and(|t| now_ms.saturating_sub(t) > stale_after_ms);
             let exported = exported.as_ref().map(|s| {
                 let mac = check_mac(kek, s);
-                let in_chain = s.records > 0 && a.hash_at(s.records - 1) == Some(s.head.as_str());
+                let in_chain = s.records > 0 && a.hash_at(s.records - 1).as_deref() == Some(s.head.as_str());
                 ExportedCheck {
                     records: s.records,
                     mac,
@@ -341,7 +338,7 @@ impl Service {
                 signatures: Some(sigs),
                 exported,
             }
-        }))
+        })?)
     }
 }
 
@@ -392,13 +389,12 @@ pub async fn sign_loop(svc: Arc<Service>) {
         if !svc.cluster.is_leader() {
             continue;
         }
-        let (records, head, signed) = svc.cluster.vault().read(|v| {
-            (
-                v.audit().len(),
-                v.audit().head(),
-                v.audit().head_is_signed(),
-            )
-        });
+        let Ok((records, head, signed)) = svc.read(|v| {
+            let a = v.audit();
+            (a.len(), a.head(), a.head_is_signed())
+        }) else {
+            continue;
+        };
         if records == 0 || signed {
             continue;
         }

@@ -24,12 +24,15 @@ pub enum AuthError {
     Unauthenticated,
     #[error("this endpoint needs the merchant's secret key; a publishable key may only create one-time tokens")]
     SecretKeyRequired,
+    /// The key could not be looked up (this node's storage failed).
+    #[error(transparent)]
+    Replication(#[from] super::error::Replication),
 }
 
 service_error!(AuthError {
     AuthError::Unauthenticated => ("unauthorized", Unauthenticated),
     AuthError::SecretKeyRequired => ("secret_key_required", Forbidden),
-} delegate {});
+} delegate { Replication });
 
 /// The authenticated caller of an admin operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,15 +70,13 @@ impl Service {
     /// The merchant whose secret or publishable key `key` is, if any.
     pub fn authenticate(&self, key: &str) -> Result<Caller, AuthError> {
         let hash = api_key_hash(key);
-        self.cluster
-            .vault()
-            .read(|v| {
-                v.key_owner(&hash).map(|o| Caller {
-                    merchant_id: o.merchant_id.clone(),
-                    role: o.role,
-                })
+        self.read(|v| {
+            v.key_owner(&hash).map(|o| Caller {
+                merchant_id: o.merchant_id,
+                role: o.role,
             })
-            .ok_or(AuthError::Unauthenticated)
+        })?
+        .ok_or(AuthError::Unauthenticated)
     }
 
     /// Checks a break-glass token: whether it is the configured one (never, when none is

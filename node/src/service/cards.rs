@@ -119,9 +119,7 @@ impl Service {
         if !looks_like_token_id(token) {
             return Err(RegisterCardError::TokenNotFound);
         }
-        self.cluster
-            .vault()
-            .read(|v| v.record_for(merchant_id, token).cloned())
+        self.read(|v| v.record_for(merchant_id, token))?
             .filter(|r| r.kind == TokenKind::OneTime)
             .ok_or(RegisterCardError::TokenNotFound)
     }
@@ -168,9 +166,7 @@ impl Service {
         check_member_id(TokenKind::CardOnFile, Some(member_id))?;
         self.linearize().await?;
         Ok(self
-            .cluster
-            .vault()
-            .read(|v| v.member_cards(&merchant_id, member_id))
+            .read(|v| v.member_cards(&merchant_id, member_id))?
             .into_iter()
             .map(|m| self.view(m))
             .collect())

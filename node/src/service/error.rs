@@ -54,6 +54,9 @@ pub enum Replication {
     /// No quorum, or the node is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// This node cannot read its own copy of the vault; nothing was done.
+    #[error("this node cannot read its vault storage; nothing was done; retry on another node")]
+    Storage,
 }
 
 impl ServiceError for Replication {
@@ -63,6 +66,7 @@ impl ServiceError for Replication {
             Replication::NoLeader => "no_leader",
             Replication::OutcomeUnknown(_) => "outcome_unknown",
             Replication::Unavailable(_) => "replication_unavailable",
+            Replication::Storage => "storage_unavailable",
         }
     }
 
@@ -75,6 +79,13 @@ impl ServiceError for Replication {
 }
 
 impl Replication {
+    /// A failed read of the local vault: logged here (the detail is the storage's, never
+    /// card data), answered as `storage_unavailable`.
+    pub(crate) fn storage(e: crate::vault::StorageError) -> Replication {
+        tracing::error!(error = %e, "vault storage read failed");
+        Replication::Storage
+    }
+
     /// A failed write: what the client may assume about it.
     pub(crate) fn of_write(e: WriteError) -> Replication {
         match e {

@@ -175,11 +175,9 @@ service_error!(RewrapError {
 } delegate { Sealing, Replication });
 
 impl Service {
-    fn key_status_now(&self) -> KeyStatus {
-        let (versions, current) = self
-            .cluster
-            .vault()
-            .read(|v| (v.data_keys(), v.current_data_key().map(|(ver, _)| ver)));
+    fn key_status_now(&self) -> Result<KeyStatus, Replication> {
+        let (versions, current) =
+            self.read(|v| (v.data_keys(), v.current_data_key().map(|(ver, _)| ver)))?;
         let pending: u64 = versions
             .iter()
             .filter(|k| Some(k.version) != current)
@@ -187,12 +185,12 @@ impl Service {
             .sum();
         let kek = self.keys.kek();
         let current_kek = kek.id();
-        let wrapped = self.cluster.vault().read(|v| v.wrapped_keys());
+        let wrapped = self.read(|v| v.wrapped_keys())?;
         let under_other = wrapped
             .iter()
             .filter(|(_, _, id)| id.as_deref() != Some(current_kek.as_str()))
             .count();
-        KeyStatus {
+        Ok(KeyStatus {
             provider: kek.kind(),
             current_version: current,
             versions: versions
@@ -216,7 +214,7 @@ impl Service {
                 keys_under_other_keks: under_other,
                 rotation_done: under_other == 0,
             },
-        }
+        })
     }
 
     /// Every data key version, its state and card count, and the re-wraps' progress (an
@@ -225,17 +223,14 @@ impl Service {
         self.linearize().await?;
         self.audited_access(op, "keys.read", "key status".into())
             .await?;
-        Ok(self.key_status_now())
+        Ok(self.key_status_now()?)
     }
 
     /// Makes a new data key version current. Old versions keep decrypting; the
     /// background re-wrap moves cards to the new one.
     pub async fn rotate_data_key(&self, op: &Operator) -> Result<KeyStatus, RotateDataKeyError> {
         self.linearize().await?;
-        let next = self
-            .cluster
-            .vault()
-            .read(|v| v.data_keys().last().map_or(1, |k| k.version + 1));
+        let next = self.read(|v| v.data_keys().last().map_or(1, |k| k.version + 1))?;
         let (kek_id, wrapped) = self
             .keys
             .kek()
@@ -252,7 +247,7 @@ impl Service {
         match self.write(cmd).await? {
             Response::DataKeyInstalled { version } => {
                 tracing::info!(version, "data key rotated");
-                Ok(self.key_status_now())
+                Ok(self.key_status_now()?)
             }
             Response::Refused(Refusal::DataKeyExists { .. }) => {
                 Err(RotateDataKeyError::RotationConflict)
@@ -276,7 +271,7 @@ impl Service {
             Response::DataKeyRetired { version } => {
                 self.keys.forget(version);
                 tracing::info!(version, "data key retired");
-                Ok(self.key_status_now())
+                Ok(self.key_status_now()?)
             }
             Response::Refused(Refusal::DataKeyInUse { cards }) => {
                 Err(RetireDataKeyError::InUse(cards))
@@ -317,7 +312,7 @@ impl Service {
                 kek: target,
             });
         }
-        let keys = self.cluster.vault().read(|v| v.wrapped_keys());
+        let keys = self.read(|v| v.wrapped_keys())?;
         let (mut rewrapped, mut fingerprint) = (Vec::new(), None);
         for (version, wrapped, from) in keys {
             if from.as_deref() == Some(target.as_str()) {
@@ -353,7 +348,7 @@ impl Service {
             }
         }
         if rewrapped.is_empty() && fingerprint.is_none() {
-            return Ok(self.key_status_now());
+            return Ok(self.key_status_now()?);
         }
         let cmd = Command::RewrapKeys {
             kek_id: target.clone(),
@@ -366,7 +361,7 @@ impl Service {
             Response::KeysRewrapped { keys } => {
                 self.keys.forget_all();
                 tracing::info!(keys, kek = %target, "data keys re-wrapped under the current KEK");
-                Ok(self.key_status_now())
+                Ok(self.key_status_now()?)
             }
             Response::Refused(Refusal::KeyRewrapped | Refusal::UnknownDataKey) => {
                 Err(RotateKekError::Conflict)
@@ -392,10 +387,7 @@ impl Service {
         };
         let mut cursor: Option<String> = None;
         loop {
-            let batch = self
-                .cluster
-                .vault()
-                .read(|v| v.cards_after(cursor.as_deref(), VERIFY_BATCH_CARDS));
+            let batch = self.read(|v| v.cards_after(cursor.as_deref(), VERIFY_BATCH_CARDS))?;
             let Some((last, _)) = batch.last() else { break };
             cursor = Some(last.clone());
             for (token, r) in &batch {
@@ -412,38 +404,37 @@ impl Service {
     }
 
     fn forget_retired(&self) {
-        let retired: Vec<u32> = self.cluster.vault().read(|v| {
+        let Ok(retired) = self.read(|v| {
             v.data_keys()
                 .into_iter()
                 .filter(|k| k.retired_at_ms.is_some())
                 .map(|k| k.version)
-                .collect()
-        });
+                .collect::<Vec<u32>>()
+        }) else {
+            return;
+        };
         for v in retired {
             self.keys.forget(v);
         }
     }
 
-    /// One pass over the cards in token order; returns how many moved.
+    /// One pass over the cards under older keys, by key version; returns how many
+    /// moved.
     async fn rewrap_pass(&self) -> Result<u64, RewrapError> {
-        let Some(current) = self
-            .cluster
-            .vault()
-            .read(|v| v.current_data_key().map(|(ver, _)| ver))
-        else {
+        let Some(current) = self.read(|v| v.current_data_key().map(|(ver, _)| ver))? else {
             return Ok(0);
         };
         let (_, key) = self.current_data_key().await?;
-        let mut cursor: Option<String> = None;
+        let mut cursor: Option<(u32, String)> = None;
         let mut moved = 0;
         loop {
-            let batch = self.cluster.vault().read(|v| {
-                v.stale_cards(cursor.as_deref(), current, self.settings.rewrap_batch_cards)
-            });
-            let Some((last, _)) = batch.last() else {
+            let batch = self.read(|v| {
+                v.stale_cards(cursor.as_ref(), current, self.settings.rewrap_batch_cards)
+            })?;
+            let Some((last, r)) = batch.last() else {
                 return Ok(moved);
             };
-            cursor = Some(last.clone());
+            cursor = Some((r.card.key_version, last.clone()));
             let mut cards = Vec::with_capacity(batch.len());
             for (token, r) in &batch {
                 let pan = self.open_card(&r.merchant_id, token, &r.card)?;

@@ -261,9 +261,7 @@ impl Service {
         self.linearize().await?;
         self.audited_access(op, "merchant.read", id.to_owned())
             .await?;
-        self.cluster
-            .vault()
-            .read(|v| v.merchant_info(id))
+        self.read(|v| v.merchant_info(id))?
             .ok_or(ReadMerchantError::NotFound)
     }
 
@@ -272,7 +270,7 @@ impl Service {
         self.linearize().await?;
         self.audited_access(op, "merchant.list", String::new())
             .await?;
-        Ok(self.cluster.vault().read(|v| v.merchants()))
+        Ok(self.read(|v| v.merchants())?)
     }
 
     /// Changes a merchant's settings (a new token format applies to new tokens only).
@@ -285,9 +283,7 @@ impl Service {
         check_merchant_id(id)?;
         self.linearize().await?;
         let mut settings = self
-            .cluster
-            .vault()
-            .read(|v| v.merchant_info(id))
+            .read(|v| v.merchant_info(id))?
             .ok_or(ChangeMerchantError::NotFound)?
             .settings;
         if let Some(o) = u.allowed_origins {

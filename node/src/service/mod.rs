@@ -190,7 +190,18 @@ impl Service {
     /// Leader-stamped time for a new command.
     pub(crate) fn now_ms(&self) -> u64 {
         let wall = (self.clock)();
-        self.cluster.vault().read(|v| v.stamp(wall))
+        // Unreadable, the wall clock stands in: apply never moves the clock back, and
+        // the write this stamps fails on the same storage anyway.
+        self.read(|v| v.stamp(wall)).unwrap_or(wall)
+    }
+
+    /// Reads the local vault in one read transaction; a storage failure is
+    /// [`Replication::Storage`].
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&crate::store::VaultView) -> T,
+    ) -> Result<T, Replication> {
+        self.cluster.vault().read(f).map_err(Replication::storage)
     }
 
     /// Proposes `cmd`, bounded by the write timeout. Gives up early, outcome unknown, if

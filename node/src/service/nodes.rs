@@ -209,9 +209,9 @@ impl Service {
 
     /// Brings the gauges read at scrape time up to date.
     pub fn refresh_scrape_gauges(&self) {
-        self.metrics
-            .vault_tokens
-            .set(self.cluster.vault().read(|v| v.token_count()) as i64);
+        if let Ok(n) = self.read(|v| v.token_count()) {
+            self.metrics.vault_tokens.set(n as i64);
+        }
     }
 
     /// This node's id and what the cluster knows of it.

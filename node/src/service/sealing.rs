@@ -62,11 +62,11 @@ impl Service {
         digits: &str,
     ) -> Result<NewSeal, SealError> {
         let (key_version, key) = self.current_data_key().await?;
-        let format = self.cluster.vault().read(|v| {
+        let format = self.read(|v| {
             v.merchant_info(merchant_id)
                 .map(|m| m.settings.token_format)
                 .unwrap_or_default()
-        });
+        })?;
         let token = match format {
             TokenFormat::Opaque => opaque_token_id(self.entropy.bytes()),
             TokenFormat::Numeric => numeric_token_id(
@@ -88,10 +88,10 @@ impl Service {
     /// The current data key, creating version 1 through the log if the vault has none.
     pub(crate) async fn current_data_key(&self) -> Result<(u32, DataKey), SealError> {
         for _ in 0..2 {
-            let current = self.cluster.vault().read(|v| {
+            let current = self.read(|v| {
                 v.current_data_key()
-                    .map(|(ver, w)| (ver, w.to_vec(), v.data_key_kek(ver).map(str::to_owned)))
-            });
+                    .map(|(ver, w)| (ver, w, v.data_key_kek(ver)))
+            })?;
             if let Some((version, wrapped, kek_id)) = current {
                 let key = self
                     .keys
@@ -127,10 +127,9 @@ impl Service {
     /// The card fingerprint key, installing one through the log if the vault has none.
     pub(crate) async fn fingerprint_key(&self) -> Result<DataKey, SealError> {
         for _ in 0..2 {
-            if let Some((wrapped, kek_id)) = self.cluster.vault().read(|v| {
-                v.fingerprint_key()
-                    .map(|w| (w.to_vec(), v.fingerprint_key_kek().map(str::to_owned)))
-            }) {
+            if let Some((wrapped, kek_id)) =
+                self.read(|v| v.fingerprint_key().map(|w| (w, v.fingerprint_key_kek())))?
+            {
                 return self
                     .keys
                     .fingerprint_key(&wrapped, kek_id.as_deref())
@@ -166,16 +165,10 @@ impl Service {
         sealed: &SealedCard,
     ) -> Result<Zeroizing<String>, SealError> {
         let (wrapped, kek_id) = self
-            .cluster
-            .vault()
             .read(|v| {
-                v.data_key(sealed.key_version).map(|w| {
-                    (
-                        w.to_vec(),
-                        v.data_key_kek(sealed.key_version).map(str::to_owned),
-                    )
-                })
-            })
+                v.data_key(sealed.key_version)
+                    .map(|w| (w, v.data_key_kek(sealed.key_version)))
+            })?
             .ok_or_else(|| {
                 SealError::Internal("the card's data key version is missing or retired".into())
             })?;

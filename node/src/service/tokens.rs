@@ -247,10 +247,10 @@ impl Service {
         let Some(origin) = origin else {
             return Ok(());
         };
-        let allowed = self.cluster.vault().read(|v| {
+        let allowed = self.read(|v| {
             v.merchant_info(&caller.merchant_id)
                 .is_some_and(|m| m.settings.allowed_origins.iter().any(|o| o == origin))
-        });
+        })?;
         if allowed {
             Ok(())
         } else {
@@ -258,11 +258,11 @@ impl Service {
         }
     }
 
-    /// Whether any merchant allows browser requests from `origin`.
+    /// Whether any merchant allows browser requests from `origin` (not when the vault
+    /// cannot be read).
     pub fn origin_allowed_by_any(&self, origin: &str) -> bool {
-        self.cluster
-            .vault()
-            .read(|v| v.origin_allowed_by_any(origin))
+        self.read(|v| v.origin_allowed_by_any(origin))
+            .unwrap_or(false)
     }
 
     /// Holds the CVC here, copies it to the other nodes while the token is written, and
@@ -299,19 +299,14 @@ impl Service {
             return Err(GetTokenError::NotFound);
         }
         self.linearize().await?;
-        self.cluster
-            .vault()
-            .read(|v| v.token_for(&merchant_id, token))
+        self.read(|v| v.token_for(&merchant_id, token))?
             .map(|m| self.view(m))
             .ok_or(GetTokenError::NotFound)
     }
 }
 
-/// Token records the purge examines per second: a bounded share of the leader's time
-/// whatever the vault's size (a full pass over a million tokens takes under two
-/// minutes).
-const PURGE_SCAN_PER_TICK: usize = 10_000;
-/// Pause between purge batches, so foreground writes keep most of the log.
+/// Pause between purge batches while spent cards are waiting, so foreground writes
+/// keep most of the log.
 const PURGE_PAUSE_MS: u64 = 20;
 
 /// Runs for the node's lifetime: on the leader, destroys the sealed cards of one-time
@@ -319,26 +314,29 @@ const PURGE_PAUSE_MS: u64 = 20;
 /// 3.2.1: a card is kept no longer than it is needed). Their metadata and audit
 /// records stay.
 pub async fn purge_loop(svc: std::sync::Arc<Service>) {
-    let mut cursor: Option<String> = None;
+    // Spent cards are read from the index by spend time: a batch costs the same
+    // whatever the vault's size, and the loop goes on at once while batches are full.
+    let mut backlog = false;
     loop {
-        crate::runtime::sleep(Duration::from_secs(1)).await;
+        let pause = if backlog {
+            Duration::from_millis(PURGE_PAUSE_MS)
+        } else {
+            Duration::from_secs(1)
+        };
+        crate::runtime::sleep(pause).await;
+        backlog = false;
         if !svc.cluster.is_leader() {
-            cursor = None;
             continue;
         }
         let now_ms = svc.now_ms();
-        let (found, next) = svc.cluster.vault().read(|v| {
-            v.purgeable(
-                cursor.as_deref(),
-                PURGE_SCAN_PER_TICK,
-                svc.settings.rewrap_batch_cards,
-                now_ms,
-            )
-        });
-        cursor = next;
+        let limit = svc.settings.rewrap_batch_cards;
+        let Ok(found) = svc.read(|v| v.purgeable(limit, now_ms)) else {
+            continue;
+        };
         if found.is_empty() {
             continue;
         }
+        let full = found.len() == limit;
         let cmd = Command::PurgeCards {
             tokens: found,
             at_ms: now_ms,
@@ -346,6 +344,7 @@ pub async fn purge_loop(svc: std::sync::Arc<Service>) {
         match svc.write(cmd).await {
             Ok(Response::Purged { purged, .. }) => {
                 svc.metrics.purged_cards.inc_by(purged);
+                backlog = full && purged > 0;
             }
             Ok(other) => tracing::warn!(
                 response = super::response_kind(&other),

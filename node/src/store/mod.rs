@@ -14,12 +14,14 @@ pub mod offline;
 mod sim_disk;
 mod sm;
 mod snapshot_files;
+mod snapshot_stream;
+mod vault_db;
 mod wal;
 mod writer;
 
 pub use log::LogStore;
 pub use sim_disk::SimDisk;
-pub use sm::{SharedVault, StateMachine};
+pub use sm::{SharedVault, StateMachine, VaultView};
 pub use writer::{FsyncObserver, SyncPolicy, WriterMode};
 
 use crate::raft_types::Entry;
@@ -65,10 +67,19 @@ pub struct Store {
     recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
     /// Called after every applied command (simulations check invariants here).
     apply_check: Option<ApplyCheck>,
+    /// The vault's tables, one redb file per generation (`kura.vault/`).
+    vault_files: Arc<vault_db::VaultFiles>,
+    /// The highest log index on disk for good (every entry up to it was synced).
+    durable_log: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// The vault's page cache unless configured: what bounds a node's memory, not the
+/// vault's size.
+pub const VAULT_CACHE_BYTES_DEFAULT: usize = 256 << 20;
+
 /// A check run on the vault after every applied command, with the entry's index.
-pub type ApplyCheck = Arc<dyn Fn(u64, &crate::vault::VaultState) + Send + Sync>;
+pub type ApplyCheck =
+    Arc<dyn Fn(u64, &crate::vault::Vault<&dyn crate::vault::Tables>) + Send + Sync>;
 
 fn io_err(e: impl Into<redb::Error>) -> io::Error {
     io::Error::other(e.into())
@@ -87,6 +98,11 @@ fn wal_path(db_path: &Path) -> PathBuf {
     db_path.with_extension(wal::EXT)
 }
 
+/// The vault generations' directory beside the database file at `db_path`.
+fn vault_path(db_path: &Path) -> PathBuf {
+    db_path.with_extension(vault_db::EXT)
+}
+
 /// The snapshot files' directory beside the database file at `db_path`.
 fn snapshot_path(db_path: &Path) -> PathBuf {
     db_path.with_extension(snapshot_files::EXT)
@@ -103,7 +119,8 @@ impl Store {
         let db = Database::create(path).map_err(io_err)?;
         let log_dir = Arc::new(FsDir::create(wal_path(path), wal::EXT)?);
         let snapshot_dir = Arc::new(FsDir::create(snapshot_path(path), snapshot_files::EXT)?);
-        Store::with_database(db, log_dir, snapshot_dir, mode, sync, fsync)
+        let vault_dir = Arc::new(FsDir::create(vault_path(path), vault_db::EXT)?);
+        Store::with_database(db, [log_dir, snapshot_dir, vault_dir], mode, sync, fsync)
     }
 
     /// Opens the database and log on a simulated disk, committing from a task (no
@@ -112,14 +129,13 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(disk.backend())
             .map_err(io_err)?;
-        let (log_dir, snapshot_dir) = (disk.wal_dir(), disk.snapshot_dir());
-        Store::with_database(db, log_dir, snapshot_dir, WriterMode::Task, sync, fsync)
+        let dirs = [disk.wal_dir(), disk.snapshot_dir(), disk.vault_dir()];
+        Store::with_database(db, dirs, WriterMode::Task, sync, fsync)
     }
 
     fn with_database(
         db: Database,
-        log_dir: Arc<dyn SegmentDir>,
-        snapshot_dir: Arc<dyn SegmentDir>,
+        [log_dir, snapshot_dir, vault_dir]: [Arc<dyn SegmentDir>; 3],
         mode: WriterMode,
         sync: SyncPolicy,
         fsync: FsyncObserver,
@@ -143,8 +159,18 @@ impl Store {
             wal.take_sync().sync()?;
         }
         let db = Arc::new(db);
+        let durable_log = Arc::new(std::sync::atomic::AtomicU64::new(
+            wal.last_index().unwrap_or(0),
+        ));
         let wal = Arc::new(Mutex::new(wal));
-        let writer = Writer::start(db.clone(), wal.clone(), mode, sync, fsync)?;
+        let writer = Writer::start(
+            db.clone(),
+            wal.clone(),
+            mode,
+            sync,
+            fsync,
+            durable_log.clone(),
+        )?;
         Ok(Store {
             db,
             wal,
@@ -154,7 +180,26 @@ impl Store {
             snapshot_order: Arc::new(tokio::sync::Mutex::new(())),
             recent: Arc::new(Mutex::new(BTreeMap::new())),
             apply_check: None,
+            durable_log,
+            vault_files: Arc::new(vault_db::VaultFiles::new(
+                vault_dir,
+                sync == SyncPolicy::Fsync,
+                VAULT_CACHE_BYTES_DEFAULT,
+            )),
         })
+    }
+
+    /// The highest log index known durable here. A follower may apply committed entries
+    /// its own log has not synced yet (a quorum holds them); the vault is made durable
+    /// only up to this index, so that it is never ahead of the log after a crash.
+    pub(crate) fn durable_log_index(&self) -> u64 {
+        self.durable_log.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Gives the vault a page cache of `bytes` (before the state machine opens it).
+    pub fn with_vault_cache(mut self, bytes: usize) -> Store {
+        self.vault_files = Arc::new(self.vault_files.with_cache(bytes));
+        self
     }
 
     /// Runs `check` after every command the state machine applies.

@@ -1,36 +1,43 @@
-//! Reading a stopped node's database (or a copy of it) without starting Raft: what
-//! `kura audit verify --data-dir` uses.
+//! Reading a stopped node's data directory (or a copy of it) without starting Raft:
+//! what `kura audit verify --data-dir` uses.
 
-use super::sm::SnapshotBody;
-use super::wal::{self, FsDir, Wal};
-use super::{
-    decode, io_err, snapshot_files, snapshot_path, wal_path, KEY_COMMITTED, KEY_SNAPSHOT_DATA,
-    KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META, LOG, META,
-};
-use crate::raft_types::{Entry, LogId, SnapshotMeta};
-use crate::vault::VaultState;
-use openraft::EntryPayload;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use super::sm::{apply_batch, VaultView};
+use super::vault_db::{self, VaultFiles};
+use super::wal::{self, FsDir, SegmentDir, Wal};
+use super::{decode, io_err, vault_path, KEY_COMMITTED, META};
+use crate::raft_types::{Entry, LogId};
+use crate::vault::Vault;
+use redb::{Database, ReadableDatabase};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The vault as a database file holds it.
+/// The vault as a data directory holds it.
 pub struct OfflineVault {
-    /// The last snapshot's vault with every committed entry after it applied.
-    pub vault: VaultState,
-    /// Last log index in the snapshot (0 without one).
-    pub snapshot_index: u64,
-    /// Log entries applied on top of the snapshot.
+    /// The vault's tables with every committed entry applied.
+    pub vault: VaultView,
+    /// The log index the vault's file had applied (durably) when the node stopped.
+    pub applied_index: u64,
+    /// Log entries applied on top of it.
     pub replayed_entries: u64,
+    /// The working copy, removed on drop.
+    _copy: TempDir,
 }
 
-/// Rebuilds the vault from the database at `path`: the snapshot as stored (from its
-/// file beside the database; not validated, so a tampered one can be examined), then the committed log entries after
-/// it, from the log's files beside it (or, for a database from before the log had its
-/// own files, from the database). The node must be stopped, or `path` a copy of its
-/// data directory: the file is opened exclusively. Nothing is changed, not even a torn
-/// log tail.
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Rebuilds the vault from the database at `path`: a working copy of the vault's
+/// current file (in the system's temporary directory; the data directory is never
+/// written, not even a torn log tail), then the committed log entries after the point
+/// it had applied, from the log's files. The node must be stopped, or `path` a copy of
+/// its data directory: the metadata file is opened exclusively.
 pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
     let db = Database::open(path).map_err(|e| {
         io::Error::other(format!(
@@ -39,54 +46,68 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
             redb::Error::from(e)
         ))
     })?;
-    let txn = db.begin_read().map_err(io_err)?;
-    let meta = txn.open_table(META).map_err(io_err)?;
-    let get = |key: &str| -> io::Result<Option<Vec<u8>>> {
-        Ok(meta.get(key).map_err(io_err)?.map(|v| v.value().to_vec()))
+    let committed = {
+        let txn = db.begin_read().map_err(io_err)?;
+        let meta = txn.open_table(META).map_err(io_err)?;
+        let got = meta.get(KEY_COMMITTED).map_err(io_err)?;
+        got.map(|b| decode::<LogId>(b.value()))
+            .transpose()?
+            .map_or(0, |l| l.index)
     };
-    let snapshot_data = match get(KEY_SNAPSHOT_FILE)? {
-        Some(id) => {
-            let dir = FsDir::existing(snapshot_path(path), snapshot_files::EXT);
-            Some(snapshot_files::read(&dir, decode(&id)?)?)
-        }
-        // Recorded before snapshots had files.
-        None => get(KEY_SNAPSHOT_DATA)?,
-    };
-    let (mut vault, snapshot_index) = match (get(KEY_SNAPSHOT_META)?, snapshot_data) {
-        (Some(m), Some(d)) => {
-            let m: SnapshotMeta = decode(&m)?;
-            let body: SnapshotBody = decode(&d)?;
-            (body.vault, m.last_log_id.map_or(0, |l| l.index))
-        }
-        _ => (VaultState::default(), 0),
-    };
-    let committed = get(KEY_COMMITTED)?
-        .map(|b| decode::<LogId>(&b))
-        .transpose()?
-        .map_or(0, |l| l.index);
-    let range = snapshot_index + 1..=committed;
-    let old_table = txn.open_table(LOG).map_err(io_err)?;
-    let rows: Vec<Vec<u8>> = if old_table.first().map_err(io_err)?.is_some() {
-        let mut rows = Vec::new();
-        for row in old_table.range(range).map_err(io_err)? {
-            rows.push(row.map_err(io_err)?.1.value().to_vec());
-        }
-        rows
-    } else {
-        let wal = Wal::open(Arc::new(FsDir::existing(wal_path(path), wal::EXT)), false)?;
-        wal.read(range)?.into_iter().map(|(_, b)| b).collect()
-    };
+    let source = FsDir::existing(vault_path(path), vault_db::EXT);
+    let newest = source.list()?.into_iter().max().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no vault file beside {}", path.display()),
+        )
+    })?;
+    let copy = TempDir(std::env::temp_dir().join(format!(
+        "kura-offline-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )));
+    let dir = FsDir::create(copy.0.clone(), vault_db::EXT)?;
+    copy_file(&source, &dir, newest)?;
+    let files = VaultFiles::new(Arc::new(dir), false, super::VAULT_CACHE_BYTES_DEFAULT);
+    let current = files.open_current()?;
+    let (applied, membership) = super::sm::read_applied(&current.db)?;
+    let applied_index = applied.map_or(0, |l| l.index);
+    let wal = Wal::open(
+        Arc::new(FsDir::existing(super::wal_path(path), wal::EXT)),
+        false,
+    )?;
     let mut replayed_entries = 0;
-    for bytes in rows {
-        let entry: Entry = decode(&bytes)?;
-        if let EntryPayload::Normal(cmd) = &entry.payload {
-            vault.apply(cmd);
-        }
-        replayed_entries += 1;
+    if committed > applied_index {
+        let entries = wal
+            .read(applied_index + 1..=committed)?
+            .into_iter()
+            .map(|(_, b)| decode::<Entry>(&b))
+            .collect::<io::Result<Vec<_>>>()?;
+        replayed_entries = entries.len() as u64;
+        apply_batch(&current.db, &entries, membership, false, None)?;
     }
+    let txn = current.db.begin_read().map_err(io_err)?;
     Ok(OfflineVault {
-        vault,
-        snapshot_index,
+        vault: Vault::new(vault_db::ReadTables::new(txn)),
+        applied_index,
         replayed_entries,
+        _copy: copy,
     })
+}
+
+/// Copies file `id` of `from` into `to`, a piece at a time.
+fn copy_file(from: &dyn SegmentDir, to: &dyn SegmentDir, id: u64) -> io::Result<()> {
+    let (src, dst) = (from.open_existing(id)?, to.open(id)?);
+    let len = src.len()?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut offset = 0;
+    while offset < len {
+        let n = buf.len().min((len - offset) as usize);
+        src.read_at(offset, &mut buf[..n])?;
+        dst.write_at(offset, &buf[..n])?;
+        offset += n as u64;
+    }
+    dst.sync()
 }

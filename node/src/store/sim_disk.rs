@@ -135,6 +135,11 @@ impl SimDisk {
         self.dir("snap")
     }
 
+    /// The vault generations' directory on this disk, valid until its next crash.
+    pub(crate) fn vault_dir(&self) -> Arc<dyn SegmentDir> {
+        self.dir("vault")
+    }
+
     fn dir(&self, name: &'static str) -> Arc<dyn SegmentDir> {
         Arc::new(SimDir {
             handle: self.backend(),

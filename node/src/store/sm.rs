@@ -1,51 +1,87 @@
-//! The state machine: the vault in memory, snapshots durable in their own files.
+//! The state machine: the vault in redb tables ([`super::vault_db`]), snapshots
+//! streamed into files of their own.
 //!
-//! Applying does no IO: the log is the durability point. After a crash the vault is
-//! rebuilt from the last snapshot plus the committed log entries after it.
+//! Each batch of entries is applied in one redb write transaction, with `last_applied`
+//! and the membership, committed without an fsync (`Durability::None`): the log is the
+//! durability point. A durable commit follows at least every [`DURABLE_EVERY_ENTRIES`]
+//! entries or [`DURABLE_EVERY`], and before every snapshot is built, so that
+//! `purged ≤ snapshot ≤ durably applied ≤ committed` holds after any crash; on restart
+//! openraft applies the committed entries after the durably applied point again.
 //!
-//! A snapshot is encoded and written to its file off the async workers, then recorded
-//! as current through the writer; a snapshot older than the one recorded (a build that
-//! finished after an install) is dropped rather than recorded.
+//! A snapshot is a stream of the tables ([`super::snapshot_stream`]) read from one read
+//! transaction — a consistent view while writes go on — and written to its file a
+//! frame at a time. Installing one writes a new vault generation from the stream in
+//! batches and switches to it with one durable commit.
 
+use super::snapshot_stream::{self, Encoder};
+use super::vault_db::{self, ReadTables, VaultDb, VaultFiles, WriteTables};
 use super::writer::{Done, Op};
 use super::{
-    decode, encode, read_meta_keys, Store, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META,
+    decode, encode, io_err, read_meta_keys, ApplyCheck, Store, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META,
 };
 use crate::raft_types::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
-use crate::vault::{Response, VaultState};
+use crate::vault::{Response, StorageError, TableId, Tables, Vault};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use std::io;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// A durable commit of the applied state follows at least this many entries...
+pub(super) const DURABLE_EVERY_ENTRIES: u64 = 10_000;
+/// ...or this long.
+pub(super) const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// How long a snapshot build waits for this node's log to be durable up to its index.
+const SNAPSHOT_LOG_WAIT_MS: u64 = 10_000;
+/// Records written per transaction while a snapshot is installed.
+const INSTALL_BATCH_RECORDS: usize = 20_000;
+
+/// The vault as a request reads it: one read transaction's view.
+pub type VaultView = Vault<ReadTables>;
 
 /// The vault as the API reads it: shared between the state machine and request handlers.
-#[derive(Debug, Default)]
 pub struct SharedVault {
-    state: RwLock<Applied>,
+    current: RwLock<Arc<VaultDb>>,
+    applied: RwLock<Option<LogId>>,
 }
 
-#[derive(Debug, Default)]
-struct Applied {
-    vault: VaultState,
-    last_applied: Option<LogId>,
+impl std::fmt::Debug for SharedVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedVault(applied {})", self.applied_index())
+    }
 }
 
 impl SharedVault {
-    /// Runs `f` on the current vault state.
-    pub fn read<T>(&self, f: impl FnOnce(&VaultState) -> T) -> T {
-        f(&self.state.read().expect("vault lock").vault)
+    /// Runs `f` on the vault as last applied, in one read transaction. A storage
+    /// failure voids whatever `f` came to.
+    pub fn read<T>(&self, f: impl FnOnce(&VaultView) -> T) -> Result<T, StorageError> {
+        let db = self.db();
+        let txn = db
+            .db
+            .begin_read()
+            .map_err(|e| StorageError::new(redb::Error::from(e).to_string()))?;
+        let view = Vault::new(ReadTables::new(txn));
+        let out = f(&view);
+        match view.tables().failure() {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Index of the last applied log entry (0 before any).
     pub fn applied_index(&self) -> u64 {
-        self.state
+        self.applied
             .read()
             .expect("vault lock")
-            .last_applied
             .map_or(0, |l| l.index)
+    }
+
+    fn db(&self) -> Arc<VaultDb> {
+        self.current.read().expect("vault lock").clone()
     }
 }
 
@@ -54,45 +90,114 @@ pub struct StateMachine {
     shared: Arc<SharedVault>,
     membership: StoredMembership,
     store: Store,
+    files: Arc<VaultFiles>,
     snapshot_seq: u64,
+    /// Entries applied since the last durable commit, and when that was.
+    undurable_entries: u64,
+    last_durable: tokio::time::Instant,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(super) struct SnapshotBody {
-    pub vault: VaultState,
+/// The state machine's records in a vault generation.
+pub(super) fn read_applied(db: &Database) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let applied = vault_db::get_sm_meta(&txn, vault_db::KEY_LAST_APPLIED)?
+        .map(|b| decode::<Option<LogId>>(&b))
+        .transpose()?
+        .flatten();
+    let membership = vault_db::get_sm_meta(&txn, vault_db::KEY_MEMBERSHIP)?
+        .map(|b| decode(&b))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((applied, membership))
+}
+
+fn sm_records(
+    applied: &Option<LogId>,
+    membership: &StoredMembership,
+) -> [(&'static str, Vec<u8>); 2] {
+    [
+        (vault_db::KEY_LAST_APPLIED, encode(applied)),
+        (vault_db::KEY_MEMBERSHIP, encode(membership)),
+    ]
+}
+
+/// Applies `entries` in one write transaction; durable when `durable`.
+pub(super) fn apply_batch(
+    db: &Database,
+    entries: &[crate::raft_types::Entry],
+    mut membership: StoredMembership,
+    durable: bool,
+    check: Option<&ApplyCheck>,
+) -> io::Result<(Vec<Response>, StoredMembership)> {
+    let mut txn = db.begin_write().map_err(io_err)?;
+    if durable {
+        txn.set_quick_repair(true);
+    } else {
+        txn.set_durability(redb::Durability::None).map_err(io_err)?;
+    }
+    let mut responses = Vec::with_capacity(entries.len());
+    {
+        let mut vault = Vault::new(WriteTables::open(&txn)?);
+        for entry in entries {
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(cmd) => {
+                    let r = vault.apply(cmd);
+                    if let Some(e) = vault.tables().failure() {
+                        return Err(io::Error::other(e));
+                    }
+                    if let Some(check) = check {
+                        check(
+                            entry.log_id.index,
+                            &Vault::new(vault.tables() as &dyn Tables),
+                        );
+                    }
+                    r
+                }
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    Response::None
+                }
+            };
+            responses.push(response);
+        }
+    }
+    let last = entries.last().map(|e| e.log_id);
+    vault_db::put_sm_meta(&txn, &sm_records(&last, &membership))?;
+    txn.commit().map_err(io_err)?;
+    Ok((responses, membership))
+}
+
+/// Makes every commit so far durable.
+fn durable_commit(db: &Database) -> io::Result<()> {
+    let mut txn = db.begin_write().map_err(io_err)?;
+    txn.set_quick_repair(true);
+    txn.commit().map_err(io_err)
 }
 
 impl StateMachine {
-    /// Loads the last snapshot, if any, from `store`.
+    /// Opens the vault's newest complete generation in `store`.
     pub fn open(store: Store) -> io::Result<StateMachine> {
-        let shared = Arc::new(SharedVault::default());
-        let mut sm = StateMachine {
-            shared,
-            membership: StoredMembership::default(),
+        let files = store.vault_files.clone();
+        let current = files.open_current()?;
+        let (applied, membership) = read_applied(&current.db)?;
+        Ok(StateMachine {
+            shared: Arc::new(SharedVault {
+                current: RwLock::new(Arc::new(current)),
+                applied: RwLock::new(applied),
+            }),
+            membership,
             store,
+            files,
             snapshot_seq: 0,
-        };
-        if let Some(snap) = sm.store.read_snapshot()? {
-            sm.restore(&snap.meta, snap.snapshot.get_ref())?;
-        }
-        Ok(sm)
+            undurable_entries: 0,
+            last_durable: tokio::time::Instant::now(),
+        })
     }
 
     /// The vault handle request handlers read.
     pub fn shared(&self) -> Arc<SharedVault> {
         self.shared.clone()
-    }
-
-    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        let body: SnapshotBody = decode(data)?;
-        body.vault
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let mut st = self.shared.state.write().expect("vault lock");
-        st.vault = body.vault;
-        st.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        Ok(())
     }
 }
 
@@ -114,50 +219,26 @@ impl Store {
     fn read_snapshot_once(&self) -> io::Result<Option<Snapshot>> {
         // One transaction: a record landing between two reads would pair this meta with
         // another snapshot's file.
-        let [meta, file, old_data] = read_meta_keys(
-            &self.db,
-            [KEY_SNAPSHOT_META, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_DATA],
-        )?;
-        let Some(meta) = meta else {
+        let [meta, file] = read_meta_keys(&self.db, [KEY_SNAPSHOT_META, KEY_SNAPSHOT_FILE])?;
+        let (Some(meta), Some(id)) = (meta, file) else {
             return Ok(None);
         };
-        let meta: SnapshotMeta = decode(&meta)?;
-        let data = match file {
-            Some(id) => self.snapshots.read(decode(&id)?)?,
-            // Recorded before snapshots had files.
-            None => old_data.unwrap_or_default(),
-        };
         Ok(Some(Snapshot {
-            meta,
-            snapshot: SnapshotData::new(data),
+            meta: decode(&meta)?,
+            snapshot: self.snapshots.open_file(decode(&id)?)?,
         }))
     }
 
-    /// Makes the snapshot `meta` describes, with the data `make_data` makes, durable and
-    /// current — unless a later snapshot is current already. Encoding and writing the
-    /// file happen off the async workers. Returns the data.
-    pub(super) async fn save_snapshot(
-        &self,
-        meta: &SnapshotMeta,
-        make_data: impl FnOnce() -> Vec<u8> + Send + 'static,
-    ) -> io::Result<Vec<u8>> {
-        let files = self.snapshots.clone();
-        let (data, file) = self
-            .blocking(move || {
-                let started = tokio::time::Instant::now();
-                let data = make_data();
-                let encoded = started.elapsed();
-                let file = files.write(&data)?;
-                tracing::info!(
-                    file,
-                    bytes = data.len(),
-                    encode_ms = encoded.as_millis() as u64,
-                    write_ms = (started.elapsed() - encoded).as_millis() as u64,
-                    "snapshot file written"
-                );
-                Ok::<_, io::Error>((data, file))
-            })
-            .await??;
+    /// Takes `data` (a snapshot stream received whole) into a new snapshot file, in
+    /// progress until recorded.
+    pub fn snapshot_from_bytes(&self, data: &[u8]) -> io::Result<SnapshotData> {
+        let id = self.snapshots.write(data)?;
+        self.snapshots.open_file(id)
+    }
+
+    /// Makes snapshot file `file` current with `meta` — unless a later snapshot is
+    /// current already, when the file is given up.
+    pub(super) async fn record_snapshot(&self, meta: &SnapshotMeta, file: u64) -> io::Result<()> {
         let _order = self.snapshot_order.lock().await;
         let index = |m: &SnapshotMeta| m.last_log_id.map(|l| l.index);
         let current = self
@@ -171,7 +252,7 @@ impl Store {
                 current = ?current.last_log_id,
                 "a later snapshot is current already; this one is not kept"
             );
-            return Ok(data);
+            return Ok(());
         }
         let (done, rx) = Done::oneshot();
         self.writer.submit(Op::RecordSnapshot {
@@ -185,13 +266,14 @@ impl Store {
             .unwrap_or_else(|_| Err(io::Error::other("storage writer stopped")))?;
         let files = self.snapshots.clone();
         self.blocking(move || files.recorded(file)).await?;
-        Ok(data)
+        Ok(())
     }
 }
 
 /// Builds a snapshot of the vault as it was when the builder was made.
 pub struct SnapshotBuilder {
-    vault: VaultState,
+    db: Arc<VaultDb>,
+    txn: Option<Result<ReadTransaction, StorageError>>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     store: Store,
@@ -203,25 +285,55 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let started = tokio::time::Instant::now();
-        let vault = std::mem::take(&mut self.vault);
+        let txn = self
+            .txn
+            .take()
+            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?
+            .map_err(io::Error::other)?;
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
         };
-        let data = self
+        // The durable commit below must not put the vault ahead of this node's log.
+        let index = self.last_applied.map_or(0, |l| l.index);
+        let mut waited = 0;
+        while self.store.durable_log_index() < index {
+            if waited >= SNAPSHOT_LOG_WAIT_MS {
+                return Err(io::Error::other(
+                    "the log did not become durable up to the snapshot's index",
+                ));
+            }
+            crate::runtime::sleep(Duration::from_millis(10)).await;
+            waited += 10;
+        }
+        let (db, store) = (self.db.clone(), self.store.clone());
+        let (file, records) = self
             .store
-            .save_snapshot(&meta, move || encode(&SnapshotBody { vault }))
-            .await?;
+            .blocking(move || {
+                durable_commit(&db.db)?;
+                let mut w = store.snapshots.create()?;
+                let records = {
+                    let mut enc = Encoder::new(|b: &[u8]| w.append(b))?;
+                    vault_db::scan_all(&txn, &mut |t, k, v| enc.push(t, k, v))?;
+                    enc.finish()?
+                };
+                drop(txn);
+                let id = w.finish()?;
+                Ok::<_, io::Error>((store.snapshots.open_file(id)?, records))
+            })
+            .await??;
+        self.store.record_snapshot(&meta, file.id()).await?;
         tracing::info!(
             seq = self.seq,
             last_log_id = ?self.last_applied,
-            bytes = data.len(),
+            records,
+            bytes = file.len(),
             ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
         Ok(Snapshot {
             meta,
-            snapshot: SnapshotData::new(data),
+            snapshot: file,
         })
     }
 }
@@ -231,7 +343,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let last = self.shared.state.read().expect("vault lock").last_applied;
+        let last = *self.shared.applied.read().expect("vault lock");
         Ok((last, self.membership.clone()))
     }
 
@@ -239,25 +351,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let (mut batch, mut responders) = (Vec::new(), Vec::new());
         while let Some((entry, responder)) = entries.try_next().await? {
-            let response = {
-                let mut st = self.shared.state.write().expect("vault lock");
-                st.last_applied = Some(entry.log_id);
-                match &entry.payload {
-                    EntryPayload::Blank => Response::None,
-                    EntryPayload::Normal(cmd) => {
-                        let r = st.vault.apply(cmd);
-                        if let Some(check) = &self.store.apply_check {
-                            check(entry.log_id.index, &st.vault);
-                        }
-                        r
-                    }
-                    EntryPayload::Membership(m) => {
-                        self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        Response::None
-                    }
-                }
-            };
+            batch.push(entry);
+            responders.push(responder);
+        }
+        let Some(last) = batch.last().map(|e| e.log_id) else {
+            return Ok(());
+        };
+        self.undurable_entries += batch.len() as u64;
+        let due = self.undurable_entries >= DURABLE_EVERY_ENTRIES
+            || self.last_durable.elapsed() >= DURABLE_EVERY;
+        // Never durable ahead of this node's own log (see `Store::durable_log_index`):
+        // then the next batch tries again.
+        let durable = due && last.index <= self.store.durable_log_index();
+        let db = self.shared.db();
+        let check = self.store.apply_check.clone();
+        let membership = self.membership.clone();
+        let (responses, membership) = self
+            .store
+            .blocking(move || apply_batch(&db.db, &batch, membership, durable, check.as_ref()))
+            .await??;
+        if durable {
+            self.undurable_entries = 0;
+            self.last_durable = tokio::time::Instant::now();
+        }
+        self.membership = membership;
+        *self.shared.applied.write().expect("vault lock") = Some(last);
+        for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);
             }
@@ -267,16 +388,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        let started = tokio::time::Instant::now();
-        let st = self.shared.state.read().expect("vault lock");
-        let vault = st.vault.clone();
-        tracing::info!(
-            clone_ms = started.elapsed().as_millis() as u64,
-            "vault copied for a snapshot"
-        );
+        let db = self.shared.db();
+        let txn = db
+            .db
+            .begin_read()
+            .map_err(|e| StorageError::new(redb::Error::from(e).to_string()));
         SnapshotBuilder {
-            vault,
-            last_applied: st.last_applied,
+            db,
+            txn: Some(txn),
+            last_applied: *self.shared.applied.read().expect("vault lock"),
             membership: self.membership.clone(),
             store: self.store.clone(),
             seq: self.snapshot_seq,
@@ -288,10 +408,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let data = snapshot.into_inner();
-        self.restore(meta, &data)?;
-        let data = self.store.save_snapshot(meta, move || data).await?;
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot installed");
+        let started = tokio::time::Instant::now();
+        let files = self.files.clone();
+        let id = self.shared.db().id + 1;
+        let (records, applied) = (
+            sm_records(&meta.last_log_id, &meta.last_membership),
+            meta.last_log_id,
+        );
+        let file = snapshot.clone();
+        let filled = self.store.blocking(move || fill(&files, id, &file)).await?;
+        let (new, count) = match filled {
+            Ok(x) => x,
+            Err(e) => {
+                self.store.snapshots.discard(snapshot.id());
+                return Err(e);
+            }
+        };
+        // The snapshot is recorded before the new generation counts: after a crash in
+        // between, the vault is behind the recorded snapshot and is restored from it,
+        // never ahead of it (openraft would cut the log back to the vault and past the
+        // snapshot).
+        self.store.record_snapshot(meta, snapshot.id()).await?;
+        let files = self.files.clone();
+        let new = self
+            .store
+            .blocking(move || {
+                vault_db::mark_complete(&new.db, Some(&records))?;
+                files.sync_dir()?;
+                Ok::<_, io::Error>(new)
+            })
+            .await??;
+        let old = std::mem::replace(
+            &mut *self.shared.current.write().expect("vault lock"),
+            Arc::new(new),
+        );
+        old.retire();
+        drop(old);
+        *self.shared.applied.write().expect("vault lock") = applied;
+        self.membership = meta.last_membership.clone();
+        self.undurable_entries = 0;
+        self.last_durable = tokio::time::Instant::now();
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            records = count,
+            bytes = snapshot.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
         Ok(())
     }
 
@@ -299,4 +462,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         self.store.blocking(move || store.read_snapshot()).await?
     }
+}
+
+/// Writes the snapshot in `file` into a new vault generation `id`, a batch at a time
+/// (not yet complete).
+fn fill(files: &VaultFiles, id: u64, file: &SnapshotData) -> io::Result<(VaultDb, u64)> {
+    let new = files.create(id)?;
+    let mut batch: Vec<(TableId, Vec<u8>, Vec<u8>)> = Vec::with_capacity(INSTALL_BATCH_RECORDS);
+    let count = snapshot_stream::decode(file.reader(), |t, k, v| {
+        batch.push((t, k.to_vec(), v.to_vec()));
+        if batch.len() >= INSTALL_BATCH_RECORDS {
+            vault_db::write_records(&new.db, &mut batch)?;
+        }
+        Ok(())
+    })?;
+    vault_db::write_records(&new.db, &mut batch)?;
+    Ok((new, count))
 }

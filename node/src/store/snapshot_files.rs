@@ -11,6 +11,7 @@
 //! every new record.
 
 use super::wal::SegmentDir;
+use crate::raft_types::{ReadAt, SnapshotData};
 use std::collections::BTreeSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,41 +62,46 @@ impl SnapshotFiles {
     /// Writes `data` to a new file and makes it durable; returns its id. The file is
     /// in progress until [`SnapshotFiles::recorded`] or [`SnapshotFiles::discard`].
     pub(crate) fn write(&self, data: &[u8]) -> io::Result<u64> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.writing.lock().expect("snapshot files lock").insert(id);
-        let written = self.write_file(id, data);
-        if written.is_err() {
-            self.discard(id);
+        let mut w = self.create()?;
+        for step in data.chunks(WRITE_STEP_BYTES) {
+            w.append(step)?;
         }
-        written.map(|()| id)
+        w.finish()
     }
 
-    fn write_file(&self, id: u64, data: &[u8]) -> io::Result<()> {
-        let file = self.dir.open(id)?;
-        let mut header = Vec::with_capacity(HEADER_BYTES);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-        header.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        file.set_len(0)?;
-        file.write_at(0, &header)?;
-        let mut offset = HEADER_BYTES as u64;
-        for step in data.chunks(WRITE_STEP_BYTES) {
-            file.write_at(offset, step)?;
-            if self.sync {
-                file.start_writeback(offset, step.len() as u64)?;
+    /// A new file to write a snapshot into a piece at a time. In progress until
+    /// recorded or discarded (a writer dropped unfinished discards it).
+    pub(crate) fn create(&self) -> io::Result<SnapshotWriter<'_>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.writing.lock().expect("snapshot files lock").insert(id);
+        let file = match self.dir.open(id).and_then(|f| f.set_len(0).map(|()| f)) {
+            Ok(f) => f,
+            Err(e) => {
+                self.discard(id);
+                return Err(e);
             }
-            offset += step.len() as u64;
-        }
-        if self.sync {
-            file.sync()?;
-            self.dir.sync()?;
-        }
-        Ok(())
+        };
+        Ok(SnapshotWriter {
+            files: self,
+            id,
+            file,
+            offset: HEADER_BYTES as u64,
+            unsynced: 0,
+            crc: crc32fast::Hasher::new(),
+            done: false,
+        })
     }
 
     /// Reads file `id`, checking it whole.
+    #[cfg(test)]
     pub(crate) fn read(&self, id: u64) -> io::Result<Vec<u8>> {
         read(self.dir.as_ref(), id)
+    }
+
+    /// Opens file `id` to read its data a piece at a time (its length checked, not yet
+    /// its checksum: the stream inside checks every frame as it is read).
+    pub(crate) fn open_file(&self, id: u64) -> io::Result<SnapshotData> {
+        open_file(self.dir.as_ref(), id)
     }
 
     /// File `id` is now the recorded one: every other file not in progress goes.
@@ -136,7 +142,97 @@ impl SnapshotFiles {
     }
 }
 
+/// A snapshot file being written: the data after its header, then the header.
+pub(crate) struct SnapshotWriter<'a> {
+    files: &'a SnapshotFiles,
+    id: u64,
+    file: Arc<dyn super::wal::SegmentFile>,
+    offset: u64,
+    /// Bytes written since writeback was last started.
+    unsynced: u64,
+    crc: crc32fast::Hasher,
+    done: bool,
+}
+
+impl SnapshotWriter<'_> {
+    /// Appends `data`.
+    pub(crate) fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_at(self.offset, data)?;
+        self.crc.update(data);
+        self.offset += data.len() as u64;
+        self.unsynced += data.len() as u64;
+        if self.files.sync && self.unsynced >= WRITE_STEP_BYTES as u64 {
+            self.file
+                .start_writeback(self.offset - self.unsynced, self.unsynced)?;
+            self.unsynced = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes the header and makes the file durable; returns its id.
+    pub(crate) fn finish(mut self) -> io::Result<u64> {
+        let len = self.offset - HEADER_BYTES as u64;
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&self.crc.clone().finalize().to_le_bytes());
+        header.extend_from_slice(&len.to_le_bytes());
+        self.file.write_at(0, &header)?;
+        if self.files.sync {
+            self.file.sync()?;
+            self.files.dir.sync()?;
+        }
+        self.done = true;
+        Ok(self.id)
+    }
+}
+
+impl Drop for SnapshotWriter<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.files.discard(self.id);
+        }
+    }
+}
+
+/// A snapshot file's data, after its header. Held open, it stays readable after a
+/// newer snapshot replaces it on disk.
+struct FileData(Arc<dyn super::wal::SegmentFile>);
+
+impl ReadAt for FileData {
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(HEADER_BYTES as u64 + offset, out)
+    }
+}
+
+/// Opens snapshot file `id` in `dir` for reading, checking its header and length.
+pub(crate) fn open_file(dir: &dyn SegmentDir, id: u64) -> io::Result<SnapshotData> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot file {id}: {why}"),
+        )
+    };
+    let file = dir
+        .open_existing(id)
+        .map_err(|e| io::Error::new(e.kind(), format!("snapshot file {id}: {e}")))?;
+    let len = file.len()?;
+    if len < HEADER_BYTES as u64 {
+        return Err(bad("shorter than its header"));
+    }
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_at(0, &mut header)?;
+    if &header[0..4] != MAGIC {
+        return Err(bad("not a snapshot file"));
+    }
+    let data_len = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    if len != HEADER_BYTES as u64 + data_len {
+        return Err(bad("length does not match its header"));
+    }
+    Ok(SnapshotData::new(id, data_len, Arc::new(FileData(file))))
+}
+
 /// Reads snapshot file `id` in `dir`, checking its length and checksum.
+#[cfg(test)]
 pub(crate) fn read(dir: &dyn SegmentDir, id: u64) -> io::Result<Vec<u8>> {
     let bad = |why: &str| {
         io::Error::new(

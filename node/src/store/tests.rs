@@ -306,15 +306,26 @@ fn vault_after(keys: u64) -> crate::vault::VaultState {
     vault
 }
 
-fn snapshot_at(index: u64) -> (SnapshotMeta, crate::raft_types::SnapshotData) {
+/// The digest of the vault `sm` serves.
+fn served(sm: &StateMachine) -> String {
+    sm.shared()
+        .read(|v| crate::vault::tables::digest(v.tables()))
+        .unwrap()
+}
+
+fn snapshot_at(store: &Store, index: u64) -> (SnapshotMeta, crate::raft_types::SnapshotData) {
     let meta = SnapshotMeta {
         last_log_id: Some(log_id(1, index)),
         last_membership: Default::default(),
     };
-    let data = encode(&sm::SnapshotBody {
-        vault: vault_after(index),
-    });
-    (meta, crate::raft_types::SnapshotData::new(data))
+    let data = snapshot_stream::encode_tables(vault_after(index).tables());
+    (meta, store.snapshot_from_bytes(&data).unwrap())
+}
+
+/// Applies `entries` through openraft's state machine interface.
+async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) {
+    let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    sm.apply(stream).await.unwrap();
 }
 
 fn file_names(dir: &Path) -> Vec<String> {
@@ -330,16 +341,23 @@ fn file_names(dir: &Path) -> Vec<String> {
 async fn snapshots_live_in_their_own_files_and_an_older_one_never_replaces_a_newer() {
     let (dir, store, _) = counting_store();
     let mut sm = StateMachine::open(store.clone()).unwrap();
-    let (meta, data) = snapshot_at(5);
+    let (meta, data) = snapshot_at(&store, 5);
     sm.install_snapshot(&meta, data).await.unwrap();
     assert_eq!(file_names(&dir.path().join("k.snap")).len(), 1);
-    assert_eq!(store.read_meta(KEY_SNAPSHOT_DATA).unwrap(), None);
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(5).tables())
+    );
+    assert_eq!(
+        file_names(&dir.path().join("k.vault")).len(),
+        1,
+        "the old generation went"
+    );
 
     // A build of an older state that finishes after the install is not kept.
-    let (old_meta, old_data) = snapshot_at(3);
-    let old_data = old_data.into_inner();
+    let (old_meta, old_data) = snapshot_at(&store, 3);
     store
-        .save_snapshot(&old_meta, move || old_data)
+        .record_snapshot(&old_meta, old_data.id())
         .await
         .unwrap();
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
@@ -347,7 +365,7 @@ async fn snapshots_live_in_their_own_files_and_an_older_one_never_replaces_a_new
     assert_eq!(file_names(&dir.path().join("k.snap")).len(), 1);
 
     // A newer one replaces it, file and all.
-    let (new_meta, new_data) = snapshot_at(7);
+    let (new_meta, new_data) = snapshot_at(&store, 7);
     let before = file_names(&dir.path().join("k.snap"));
     sm.install_snapshot(&new_meta, new_data).await.unwrap();
     let after = file_names(&dir.path().join("k.snap"));
@@ -366,40 +384,88 @@ async fn snapshots_live_in_their_own_files_and_an_older_one_never_replaces_a_new
     let mut sm = StateMachine::open(store).unwrap();
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 7)));
-    assert_eq!(sm.shared().read(|v| v.clone()), vault_after(7));
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(7).tables())
+    );
 }
 
 #[tokio::test]
-async fn a_snapshot_kept_in_the_database_is_read_and_replaced_by_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kura.redb");
-    {
-        // As a node before snapshots had their own files left it.
-        let (meta, data) = snapshot_at(4);
-        let db = Database::create(&path).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut table = txn.open_table(META).unwrap();
-            table
-                .insert(KEY_SNAPSHOT_META, encode(&meta).as_slice())
-                .unwrap();
-            table
-                .insert(KEY_SNAPSHOT_DATA, data.get_ref().as_slice())
-                .unwrap();
-        }
-        txn.commit().unwrap();
-    }
-    let store = Store::open(&path, WriterMode::Task, SyncPolicy::Fsync, noop_fsync()).unwrap();
+async fn a_damaged_snapshot_is_refused_and_the_vault_stays_as_it_was() {
+    let (_dir, store, _) = counting_store();
     let mut sm = StateMachine::open(store.clone()).unwrap();
-    assert_eq!(sm.shared().read(|v| v.clone()), vault_after(4));
+    apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
+    let before = served(&sm);
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(1, 9)),
+        last_membership: Default::default(),
+    };
+    let mut data = snapshot_stream::encode_tables(vault_after(9).tables());
+    let mid = data.len() / 2;
+    data[mid] ^= 0x40;
+    let damaged = store.snapshot_from_bytes(&data).unwrap();
+    let e = sm.install_snapshot(&meta, damaged).await.unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+    assert_eq!(served(&sm), before);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 2)));
+    assert!(sm.get_current_snapshot().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn applies_are_durable_only_from_a_durable_commit_and_a_snapshot_makes_one() {
+    let disk = SimDisk::new();
+    let open = |disk: &SimDisk| {
+        let store = Store::open_sim(disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+        let log = LogStore::new(store.clone());
+        (StateMachine::open(store).unwrap(), log)
+    };
+    let (mut sm, mut log) = open(&disk);
+    append(&mut log, (1..=6).map(|i| entry(1, i)).collect()).await;
+    apply(&mut sm, (1..=3).map(|i| entry(1, i)).collect()).await;
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(3).tables())
+    );
+    // A power cut: the process's handles go after the disk forgot what was not synced.
+    disk.crash();
+    drop((sm, log));
+    // Applied without an fsync: gone, and openraft applies the log again from 0.
+    let (mut sm, log) = open(&disk);
+    assert_eq!(sm.applied_state().await.unwrap().0, None);
+    apply(&mut sm, (1..=4).map(|i| entry(1, i)).collect()).await;
     let mut builder = sm.get_snapshot_builder().await;
-    openraft::storage::RaftSnapshotBuilder::build_snapshot(&mut builder)
+    let snap = openraft::storage::RaftSnapshotBuilder::build_snapshot(&mut builder)
         .await
         .unwrap();
-    assert_eq!(store.read_meta(KEY_SNAPSHOT_DATA).unwrap(), None);
-    assert_eq!(file_names(&dir.path().join("kura.snap")).len(), 1);
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 4)));
+    // Applied later, not yet durable: lost again, but never the snapshot's state.
+    apply(&mut sm, vec![entry(1, 5)]).await;
+    disk.crash();
+    drop((sm, builder, log));
+    let (mut sm, log) = open(&disk);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 4)));
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(4).tables())
+    );
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta.last_log_id, Some(log_id(1, 4)));
+    // A second later the next batch is durable by itself.
+    tokio::time::sleep(sm::DURABLE_EVERY).await;
+    apply(&mut sm, vec![entry(1, 5), entry(1, 6)]).await;
+    disk.crash();
+    drop((sm, log));
+    let (mut sm, mut log) = open(&disk);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 6)));
+    // Entries this node's log does not hold durably yet (a follower may apply what a
+    // quorum holds): the vault waits for them, however due its durable commit is.
+    tokio::time::sleep(sm::DURABLE_EVERY).await;
+    apply(&mut sm, vec![entry(1, 7)]).await;
+    append(&mut log, vec![entry(1, 7)]).await;
+    disk.crash();
+    drop((sm, log));
+    let (mut sm, _log) = open(&disk);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 6)));
 }
 
 #[tokio::test]

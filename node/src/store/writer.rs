@@ -222,6 +222,7 @@ impl Writer {
         mode: WriterMode,
         sync: SyncPolicy,
         fsync: FsyncObserver,
+        durable_log: Arc<std::sync::atomic::AtomicU64>,
     ) -> io::Result<Writer> {
         let faults = Arc::new(FaultSwitches::default());
         let committer = Committer {
@@ -229,6 +230,7 @@ impl Writer {
             wal,
             sync,
             fsync,
+            durable_log,
             deferred: BTreeMap::new(),
             deferred_since: None,
         };
@@ -286,6 +288,8 @@ struct Committer {
     wal: Arc<Mutex<Wal>>,
     sync: SyncPolicy,
     fsync: FsyncObserver,
+    /// The highest log index made durable so far (see `Store::durable_log_index`).
+    durable_log: Arc<std::sync::atomic::AtomicU64>,
     /// Metadata nobody waits for, not yet written (by key: the newest value wins).
     deferred: BTreeMap<&'static str, Vec<u8>>,
     /// When the oldest of it came.
@@ -387,6 +391,14 @@ impl Committer {
             });
         if result.is_ok() {
             (self.fsync)(started.elapsed());
+            let appended = ops.iter().filter_map(|op| match op {
+                Op::Append { ids, .. } => ids.iter().map(|id| id.index).max(),
+                _ => None,
+            });
+            if let Some(top) = appended.max() {
+                self.durable_log
+                    .fetch_max(top, std::sync::atomic::Ordering::AcqRel);
+            }
         } else if let Err(e) = &result {
             tracing::error!(error = %e.message, "storage commit failed");
         }

@@ -11,8 +11,10 @@
 //! head it names; operators also export signed heads (`kura audit head`) to catch a
 //! chain cut back to an older signature.
 
+use super::tables::{MemTables, Table, TableId, Tables, TablesMut};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::ops::Bound;
 
 /// Largest page [`AuditLog::page`] returns.
 pub const AUDIT_PAGE_RECORDS_MAX: usize = 1000;
@@ -121,11 +123,25 @@ pub struct AuditBreak {
     pub reason: String,
 }
 
-/// The hash-chained trail.
+/// Where the audit trail's records live.
+const RECORDS: Table<u64, AuditRecord> = Table::new(TableId::Audit);
+/// The chain's head, kept beside the records so appending reads nothing else.
+const HEAD: Table<String, AuditHead> = Table::new(TableId::Meta);
+const HEAD_KEY: &str = "audit_head";
+
+/// How many records the chain holds and the newest one's hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditLog {
-    /// Persistent: a copy of the vault shares it instead of duplicating every record.
-    records: imbl::Vector<AuditRecord>,
+struct AuditHead {
+    records: u64,
+    /// Hex; empty while the chain is empty (its head is then the genesis hash).
+    hash: String,
+}
+
+/// The hash-chained trail, over the vault's tables (`S`: a reference to them, or
+/// [`MemTables`] owned).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditLog<S = MemTables> {
+    tables: S,
 }
 
 fn genesis() -> [u8; 32] {
@@ -153,139 +169,190 @@ fn chain(prev: &[u8; 32], seq: u64, e: &AuditEntry) -> [u8; 32] {
     h.finalize().into()
 }
 
-impl AuditLog {
+impl<S> AuditLog<S> {
+    /// The trail kept in `tables`.
+    pub fn new(tables: S) -> AuditLog<S> {
+        AuditLog { tables }
+    }
+}
+
+impl<S: TablesMut> AuditLog<S> {
     /// Appends `e`, chained to the newest record.
     pub fn append(&mut self, e: AuditEntry) {
-        let prev = self.head_bytes();
-        let seq = self.records.len() as u64;
-        let hash = hex::encode(chain(&prev, seq, &e));
-        self.records.push_back(AuditRecord {
-            seq,
-            entry: e,
-            hash,
-        });
+        let head = self.stored_head();
+        let seq = head.records;
+        let hash = hex::encode(chain(&head_bytes(&head.hash), seq, &e));
+        let head = AuditHead {
+            records: seq + 1,
+            hash: hash.clone(),
+        };
+        RECORDS.put(
+            &mut self.tables,
+            &seq,
+            &AuditRecord {
+                seq,
+                entry: e,
+                hash,
+            },
+        );
+        HEAD.put(&mut self.tables, &HEAD_KEY.to_owned(), &head);
     }
+}
 
-    fn head_bytes(&self) -> [u8; 32] {
-        let mut out = genesis();
-        if let Some(last) = self.records.last() {
-            // A malformed stored hash is caught by `verify`; here it only seeds the chain.
-            let _ = hex::decode_to_slice(&last.hash, &mut out);
-        }
-        out
+/// The head's bytes from its hex (the genesis hash for an empty chain).
+fn head_bytes(hex_hash: &str) -> [u8; 32] {
+    let mut out = genesis();
+    // A malformed stored hash is caught by `verify`; here it only seeds the chain.
+    let _ = hex::decode_to_slice(hex_hash, &mut out);
+    out
+}
+
+impl<S: Tables> AuditLog<S> {
+    fn stored_head(&self) -> AuditHead {
+        HEAD.get(&self.tables, &HEAD_KEY.to_owned())
+            .unwrap_or_default()
     }
 
     /// Number of records.
     pub fn len(&self) -> u64 {
-        self.records.len() as u64
+        self.stored_head().records
     }
 
     /// True when nothing was recorded yet.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len() == 0
     }
 
     /// The newest record's hash (the genesis hash when empty), hex.
     pub fn head(&self) -> String {
-        hex::encode(self.head_bytes())
+        hex::encode(head_bytes(&self.stored_head().hash))
     }
 
     /// Up to `limit` (at most [`AUDIT_PAGE_RECORDS_MAX`]) records from `from_seq` on.
     pub fn page(&self, from_seq: u64, limit: usize) -> Vec<AuditRecord> {
-        let from = usize::try_from(from_seq)
-            .unwrap_or(usize::MAX)
-            .min(self.records.len());
-        let to = from
-            .saturating_add(limit.min(AUDIT_PAGE_RECORDS_MAX))
-            .min(self.records.len());
-        // O(log n) to the page, then the page's records.
-        self.records
-            .skip(from)
-            .take(to - from)
-            .into_iter()
-            .collect()
+        let limit = limit.min(AUDIT_PAGE_RECORDS_MAX);
+        let mut out = Vec::new();
+        if limit == 0 {
+            return out;
+        }
+        RECORDS.scan(
+            &self.tables,
+            Bound::Included(&from_seq),
+            Bound::Unbounded,
+            false,
+            |_, r| {
+                out.push(r);
+                out.len() < limit
+            },
+        );
+        out
     }
 
-    /// Recomputes the whole chain; names the first record whose sequence number or hash
-    /// does not match.
+    /// Recomputes the whole chain, reading it in order; names the first record whose
+    /// sequence number or hash does not match, or a head that is not the last record's.
     pub fn verify(&self) -> Result<u64, AuditBreak> {
         let mut prev = genesis();
-        for (i, r) in self.records.iter().enumerate() {
-            let seq = i as u64;
-            if r.seq != seq {
-                return Err(AuditBreak {
-                    seq,
-                    reason: format!("record at position {seq} says seq {}", r.seq),
-                });
-            }
-            let want = chain(&prev, seq, &r.entry);
-            if r.hash != hex::encode(want) {
-                return Err(AuditBreak {
-                    seq,
-                    reason: "its hash does not match its contents and the record before it".into(),
-                });
-            }
-            prev = want;
+        let mut next = 0u64;
+        let mut broken = None;
+        RECORDS.scan(
+            &self.tables,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            |pos, r| {
+                let seq = next;
+                if pos != seq || r.seq != seq {
+                    broken = Some(AuditBreak {
+                        seq,
+                        reason: format!("record at position {seq} says seq {}", r.seq),
+                    });
+                    return false;
+                }
+                let want = chain(&prev, seq, &r.entry);
+                if r.hash != hex::encode(want) {
+                    broken = Some(AuditBreak {
+                        seq,
+                        reason: "its hash does not match its contents and the record before it"
+                            .into(),
+                    });
+                    return false;
+                }
+                prev = want;
+                next += 1;
+                true
+            },
+        );
+        if let Some(b) = broken {
+            return Err(b);
         }
-        Ok(self.len())
+        let head = self.stored_head();
+        if head.records != next || head_bytes(&head.hash) != prev {
+            return Err(AuditBreak {
+                seq: next.min(head.records),
+                reason: format!(
+                    "the recorded head names {} records, the chain holds {next}",
+                    head.records
+                ),
+            });
+        }
+        Ok(next)
     }
 
     /// The hash of record `seq`, hex.
-    pub fn hash_at(&self, seq: u64) -> Option<&str> {
-        self.records
-            .get(usize::try_from(seq).ok()?)
-            .map(|r| r.hash.as_str())
+    pub fn hash_at(&self, seq: u64) -> Option<String> {
+        RECORDS.get(&self.tables, &seq).map(|r| r.hash)
     }
 
     /// True when the newest record is a signature of the head before it (nothing new
     /// to sign).
     pub fn head_is_signed(&self) -> bool {
-        self.records
-            .last()
-            .is_some_and(|r| r.entry.action == SIGN_ACTION && r.entry.outcome == "ok")
+        RECORDS
+            .first(&self.tables, true)
+            .is_some_and(|(_, r)| r.entry.action == SIGN_ACTION && r.entry.outcome == "ok")
     }
 
     /// Checks every signature record against the chain and `mac`. Call after
     /// [`AuditLog::verify`]: a signature proves the chain only if the chain verifies.
     pub fn check_signatures(&self, mac: impl Fn(&SignedHead) -> MacCheck) -> SignatureReport {
         let mut report = SignatureReport::default();
-        for r in self.records.iter() {
-            if r.entry.action != SIGN_ACTION || r.entry.outcome != "ok" {
-                continue;
-            }
-            let Some(signed) = SignedHead::from_detail(&r.entry.detail) else {
-                report.invalid.push(r.seq);
-                continue;
-            };
-            let names_this_chain = signed.records == r.seq
-                && signed.records > 0
-                && self.hash_at(signed.records - 1) == Some(signed.head.as_str());
-            match (names_this_chain, mac(&signed)) {
-                (true, MacCheck::Valid) => {
-                    report.verified += 1;
-                    report.signed_through_records = signed.records;
-                    report.last_signed_at_ms = Some(r.entry.at_ms);
+        // Records after the newest valid signature so far (cleared by each one).
+        let mut tail: (u64, Option<u64>) = (0, None);
+        RECORDS.scan(
+            &self.tables,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            |_, r| {
+                if r.entry.action != SIGN_ACTION {
+                    tail.0 += 1;
+                    tail.1.get_or_insert(r.entry.at_ms);
+                    return true;
                 }
-                (true, MacCheck::UnknownKek) => report.unverifiable += 1,
-                _ => report.invalid.push(r.seq),
-            }
-        }
-        let tail = self
-            .records
-            .skip(report.signed_through_records as usize)
-            .into_iter()
-            .filter(|r| r.entry.action != SIGN_ACTION);
-        for r in tail {
-            report.unsigned_tail_records += 1;
-            report.unsigned_since_ms.get_or_insert(r.entry.at_ms);
-        }
+                if r.entry.outcome != "ok" {
+                    return true;
+                }
+                let Some(signed) = SignedHead::from_detail(&r.entry.detail) else {
+                    report.invalid.push(r.seq);
+                    return true;
+                };
+                let names_this_chain = signed.records == r.seq
+                    && signed.records > 0
+                    && self.hash_at(signed.records - 1).as_deref() == Some(signed.head.as_str());
+                match (names_this_chain, mac(&signed)) {
+                    (true, MacCheck::Valid) => {
+                        report.verified += 1;
+                        report.signed_through_records = signed.records;
+                        report.last_signed_at_ms = Some(r.entry.at_ms);
+                        tail = (0, None);
+                    }
+                    (true, MacCheck::UnknownKek) => report.unverifiable += 1,
+                    _ => report.invalid.push(r.seq),
+                }
+                true
+            },
+        );
+        (report.unsigned_tail_records, report.unsigned_since_ms) = tail;
         report
-    }
-
-    /// Mutable access for tests that tamper with the trail.
-    #[cfg(test)]
-    pub(crate) fn records_mut(&mut self) -> &mut imbl::Vector<AuditRecord> {
-        &mut self.records
     }
 }
 
@@ -302,6 +369,19 @@ mod tests {
             token: Some(format!("tok_{i}")),
             outcome: "ok".into(),
             detail: String::new(),
+        }
+    }
+
+    /// Rewrites the stored records as `f` leaves them, each at its position (the head
+    /// stays as it was): what someone who can write the tables could do.
+    fn tamper(l: &mut AuditLog, f: impl FnOnce(&mut Vec<AuditRecord>)) {
+        let mut records = l.page(0, AUDIT_PAGE_RECORDS_MAX);
+        for r in &records {
+            RECORDS.delete(&mut l.tables, &r.seq);
+        }
+        f(&mut records);
+        for (pos, r) in records.iter().enumerate() {
+            RECORDS.put(&mut l.tables, &(pos as u64), r);
         }
     }
 
@@ -327,7 +407,7 @@ mod tests {
     #[test]
     fn any_change_names_the_first_changed_record() {
         let base = log(10);
-        type Tamper = fn(&mut imbl::Vector<AuditRecord>);
+        type Tamper = fn(&mut Vec<AuditRecord>);
         let cases: [(Tamper, u64); 5] = [
             (|r| r[4].entry.outcome = "token_not_found".into(), 4),
             (|r| r[6].entry.token = Some("tok_x".into()), 6),
@@ -340,18 +420,23 @@ mod tests {
             ),
             (|r| r.swap(7, 8), 7),
         ];
-        for (tamper, first_bad) in cases {
+        for (tamper_with, first_bad) in cases {
             let mut l = base.clone();
-            tamper(l.records_mut());
+            tamper(&mut l, tamper_with);
             assert_eq!(l.verify().map_err(|b| b.seq), Err(first_bad));
         }
         // Recomputing one record's hash after changing it still breaks the next record.
         let mut l = base.clone();
-        let recs = l.records_mut();
-        recs[3].entry.detail = "forged".into();
-        let prev = hex::decode(&recs[2].hash).unwrap().try_into().unwrap();
-        recs[3].hash = hex::encode(chain(&prev, 3, &recs[3].entry));
+        tamper(&mut l, |recs| {
+            recs[3].entry.detail = "forged".into();
+            let prev = hex::decode(&recs[2].hash).unwrap().try_into().unwrap();
+            recs[3].hash = hex::encode(chain(&prev, 3, &recs[3].entry));
+        });
         assert_eq!(l.verify().map_err(|b| b.seq), Err(4));
+        // Cutting the newest records off, however cleanly, leaves a head naming more.
+        let mut l = base.clone();
+        tamper(&mut l, |recs| recs.truncate(8));
+        assert_eq!(l.verify().map_err(|b| b.seq), Err(8));
     }
 
     /// A MAC a test can compute: the "key" is a string only the signer knows.
@@ -419,7 +504,7 @@ mod tests {
         // signatures included — but cannot make their MACs without the key.
         let mut honest = log(4);
         sign(&mut honest, "secret", 2000);
-        let mut forged = AuditLog::default();
+        let mut forged = AuditLog::<MemTables>::default();
         for (i, r) in honest.page(0, 100).into_iter().enumerate() {
             let mut e = r.entry;
             if i == 2 {
@@ -439,7 +524,7 @@ mod tests {
         assert_eq!(r.verified, 0);
         // Keeping the honest signature record unchanged does not help either: it names
         // a head this chain does not have.
-        let mut kept = AuditLog::default();
+        let mut kept = AuditLog::<MemTables>::default();
         for (i, r) in honest.page(0, 100).into_iter().enumerate() {
             let mut e = r.entry;
             if i == 2 {

@@ -11,6 +11,7 @@ pub mod hex_bytes;
 pub mod leader_change;
 pub mod payment;
 pub mod state;
+pub mod tables;
 pub mod token;
 pub mod violation;
 
@@ -20,6 +21,7 @@ pub use command::{
     PaymentChange, Refusal, Reseal, Response, SealedCard, StoredOutcome, TokenMeta,
 };
 pub use leader_change::{LeaderChange, LeaderChangeCause};
-pub use state::VaultState;
+pub use state::{Vault, VaultState};
+pub use tables::{MemTables, StorageError, TableId, Tables, TablesMut};
 pub use token::{TokenFormat, TokenKind};
 pub use violation::Violation;

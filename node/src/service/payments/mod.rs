@@ -332,20 +332,18 @@ impl Service {
         let merchant_id = caller.secret()?;
         let idem = key.checked()?;
         req.check()?;
-        if let Some(rec) = self.idempotency_record(&merchant_id, &idem.key) {
+        if let Some(rec) = self.idempotency_record(&merchant_id, &idem.key)? {
             return self.replay_as(&idem, &rec).await;
         }
-        let requires_3ds = self.cluster.vault().read(|v| {
+        let requires_3ds = self.read(|v| {
             v.merchant_info(&merchant_id)
                 .is_some_and(|m| m.settings.require_three_d_secure)
-        });
+        })?;
         if requires_3ds && req.three_d_secure.is_none() {
             return Err(AuthorizeError::ThreeDsRequired);
         }
         let record = self
-            .cluster
-            .vault()
-            .read(|v| v.record_for(&merchant_id, &req.token).cloned())
+            .read(|v| v.record_for(&merchant_id, &req.token))?
             .ok_or(PaymentRefused::TokenNotFound)?;
         let now_ms = self.now_ms();
         record
@@ -433,13 +431,11 @@ impl Service {
             return Err(PaymentRefused::PaymentNotFound.into());
         }
         let idem = key.checked()?;
-        if let Some(rec) = self.idempotency_record(&merchant_id, &idem.key) {
+        if let Some(rec) = self.idempotency_record(&merchant_id, &idem.key)? {
             return self.replay_as(&idem, &rec).await;
         }
         let p = self
-            .cluster
-            .vault()
-            .read(|v| v.payment_for(&merchant_id, payment_id).cloned())
+            .read(|v| v.payment_for(&merchant_id, payment_id))?
             .ok_or(PaymentRefused::PaymentNotFound)?;
         let change = match kind {
             ChangeKind::Capture => PaymentChange::Capture {
@@ -477,9 +473,7 @@ impl Service {
             return Err(PaymentReadError::NotFound);
         }
         self.linearize().await?;
-        self.cluster
-            .vault()
-            .read(|v| v.payment_for(&merchant_id, id).cloned())
+        self.read(|v| v.payment_for(&merchant_id, id))?
             .ok_or(PaymentReadError::NotFound)
     }
 
@@ -491,10 +485,7 @@ impl Service {
     ) -> Result<Option<Payment>, PaymentReadError> {
         let merchant_id = caller.secret()?;
         self.linearize().await?;
-        Ok(self
-            .cluster
-            .vault()
-            .read(|v| v.payment_by_order(&merchant_id, order_id).cloned()))
+        Ok(self.read(|v| v.payment_by_order(&merchant_id, order_id))?)
     }
 
     /// The merchant's payments created in `[from_ms, to_ms)`, with totals per state.
@@ -509,12 +500,8 @@ impl Service {
             return Err(PaymentReadError::EmptyRange);
         }
         self.linearize().await?;
-        let payments: Vec<Payment> = self.cluster.vault().read(|v| {
-            v.payments_between(&merchant_id, from_ms, to_ms, REPORT_PAYMENTS_MAX)
-                .into_iter()
-                .cloned()
-                .collect()
-        });
+        let payments =
+            self.read(|v| v.payments_between(&merchant_id, from_ms, to_ms, REPORT_PAYMENTS_MAX))?;
         let mut by_state = BTreeMap::<String, StateTotals>::new();
         for p in &payments {
             let t = by_state.entry(p.state.as_str().to_owned()).or_default();
@@ -530,10 +517,12 @@ impl Service {
         })
     }
 
-    fn idempotency_record(&self, merchant_id: &str, key: &str) -> Option<IdempotencyRecord> {
-        self.cluster
-            .vault()
-            .read(|v| v.idempotency(merchant_id, key).cloned())
+    fn idempotency_record(
+        &self,
+        merchant_id: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, Replication> {
+        self.read(|v| v.idempotency(merchant_id, key))
     }
 
     fn in_flight(&self, payment_id: &str, on: bool) {

@@ -102,9 +102,7 @@ impl Service {
     }
 
     fn current(&self, payment_id: &str) -> Result<Payment, SettleError> {
-        self.cluster
-            .vault()
-            .read(|v| v.any_payment(payment_id).cloned())
+        self.read(|v| v.any_payment(payment_id))?
             .ok_or(SettleError::NotFound)
     }
 
@@ -149,13 +147,15 @@ pub async fn resolver_loop(svc: Arc<Service>) {
             continue;
         }
         let now = svc.now_ms();
-        let pending: Vec<String> = svc.cluster.vault().read(|v| {
+        let Ok(pending) = svc.read(|v| {
             v.pending_payments()
                 .into_iter()
                 .filter(|p| now.saturating_sub(p.created_at_ms) >= RESOLVE_AFTER_MS)
-                .map(|p| p.id.clone())
-                .collect()
-        });
+                .map(|p| p.id)
+                .collect::<Vec<String>>()
+        }) else {
+            continue;
+        };
         for id in pending {
             if svc.is_in_flight(&id) {
                 continue;

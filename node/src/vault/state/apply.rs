@@ -1,9 +1,9 @@
 //! Applying each command: the state changes behind `VaultState::apply`.
 
+use super::reads::merchant_info;
 use super::*;
-use std::collections::BTreeMap;
 
-impl VaultState {
+impl<S: TablesMut> Vault<S> {
     pub(super) fn apply_inner(&mut self, cmd: &Command) -> Response {
         let result = match cmd {
             Command::InstallDataKey {
@@ -107,14 +107,15 @@ impl VaultState {
                 kek_id,
                 at_ms,
             } => {
-                if self.fingerprint_key.is_some() {
+                if self.fingerprint_key_record().is_some() {
                     Err(Refusal::FingerprintKeyExists)
                 } else {
-                    self.fingerprint_key = Some(WrappedKey {
+                    let key = WrappedKey {
                         wrapped: wrapped.clone(),
                         kek_id: kek_id.clone(),
                         installed_at_ms: *at_ms,
-                    });
+                    };
+                    meta_put(&mut self.tables, meta::FINGERPRINT_KEY, &key);
                     Ok(Response::FingerprintKeyInstalled)
                 }
             }
@@ -135,22 +136,28 @@ impl VaultState {
                 cause,
                 at_ms,
             } => {
-                *self.leader_changes.entry(*cause).or_default() += 1;
-                self.last_leader_change = Some(LeaderChange {
+                let mut changes = self.leader_changes();
+                *changes.entry(*cause).or_default() += 1;
+                meta_put(&mut self.tables, meta::LEADER_CHANGES, &changes);
+                let change = LeaderChange {
                     leader_node: *leader_node,
                     leader_name: leader_name.clone(),
                     term: *term,
                     cause: *cause,
                     at_ms: *at_ms,
-                });
+                };
+                meta_put(&mut self.tables, meta::LAST_LEADER_CHANGE, &change);
                 Ok(Response::Recorded)
             }
             Command::SetDrained { node, drained, .. } => {
+                let mut set: BTreeSet<String> =
+                    meta_get(&self.tables, meta::DRAINED).unwrap_or_default();
                 if *drained {
-                    self.drained.insert(node.clone());
+                    set.insert(node.clone());
                 } else {
-                    self.drained.remove(node);
+                    set.remove(node);
                 }
+                meta_put(&mut self.tables, meta::DRAINED, &set);
                 Ok(Response::Recorded)
             }
             Command::OpenPayment {
@@ -205,7 +212,8 @@ impl VaultState {
             Command::RecordAdminAction { .. } => Ok(Response::Recorded),
             Command::PurgeCards { tokens, at_ms } => Ok(self.purge_cards(tokens, *at_ms)),
             Command::SignAuditHead { signed, .. } => {
-                if signed.records == self.audit.len() && signed.head == self.audit.head() {
+                let audit = self.audit();
+                if signed.records == audit.len() && signed.head == audit.head() {
                     Ok(Response::Recorded)
                 } else {
                     Err(Refusal::AuditMoved)
@@ -222,25 +230,25 @@ impl VaultState {
         payment_id: &str,
         f: impl FnOnce(&mut Payment) -> Result<(), PaymentRefusal>,
     ) -> Result<Response, Refusal> {
-        let p = self
-            .payments
-            .get_mut(payment_id)
+        let old = PAYMENTS
+            .get(&self.tables, &payment_id.to_owned())
             .filter(|p| merchant_id.is_none_or(|m| &p.merchant_id == m))
             .ok_or(Refusal::PaymentNotFound)?;
-        f(p).map_err(Refusal::Payment)?;
-        Ok(Response::Payment(Box::new(p.clone())))
+        let mut p = old.clone();
+        f(&mut p).map_err(Refusal::Payment)?;
+        self.put_payment(Some(&old), &p);
+        Ok(Response::Payment(Box::new(p)))
     }
 
     /// Opens a payment, consuming a one-time token in the same step. All-or-nothing.
     pub(super) fn open_payment(&mut self, p: Payment) -> Result<Response, Refusal> {
-        if !self.merchants.contains_key(&p.merchant_id) {
+        if !MERCHANTS.contains(&self.tables, &p.merchant_id) {
             return Err(Refusal::UnknownMerchant);
         }
-        if self.payments.contains_key(&p.id) {
+        if PAYMENTS.contains(&self.tables, &p.id) {
             return Err(Refusal::PaymentIdTaken);
         }
-        let order = (p.merchant_id.clone(), p.order_id.clone());
-        if self.orders.contains_key(&order) {
+        if ORDERS.contains(&self.tables, &(p.merchant_id.clone(), p.order_id.clone())) {
             return Err(Refusal::OrderIdTaken);
         }
         if p.amount == 0 {
@@ -253,10 +261,8 @@ impl VaultState {
         if kind == TokenKind::OneTime {
             self.use_one_time(&p.merchant_id, &p.token, p.created_at_ms)?;
         }
-        self.orders.insert(order, p.id.clone());
-        let response = Response::Payment(Box::new(p.clone()));
-        self.payments.insert(p.id.clone(), p);
-        Ok(response)
+        self.put_payment(None, &p);
+        Ok(Response::Payment(Box::new(p)))
     }
 
     pub(super) fn rewrap_keys(
@@ -266,33 +272,33 @@ impl VaultState {
         fingerprint: Option<&crate::vault::command::RewrappedKey>,
     ) -> Result<Response, Refusal> {
         // Check everything first: the command applies whole or not at all.
+        let mut entries = Vec::with_capacity(keys.len());
         for k in keys {
-            let entry = self
-                .data_keys
-                .get(&k.version)
+            let entry = DATA_KEYS
+                .get(&self.tables, &k.version)
                 .filter(|e| e.wrapped.is_some())
                 .ok_or(Refusal::UnknownDataKey)?;
             if entry.kek_id != k.from_kek_id {
                 return Err(Refusal::KeyRewrapped);
             }
+            entries.push((k, entry));
         }
+        let current_fp = self.fingerprint_key_record();
         if let Some(f) = fingerprint {
-            let current = self
-                .fingerprint_key
-                .as_ref()
-                .ok_or(Refusal::UnknownDataKey)?;
+            let current = current_fp.as_ref().ok_or(Refusal::UnknownDataKey)?;
             if current.kek_id != f.from_kek_id {
                 return Err(Refusal::KeyRewrapped);
             }
         }
-        for k in keys {
-            let entry = self.data_keys.get_mut(&k.version).expect("checked above");
+        for (k, mut entry) in entries {
             entry.wrapped = Some(k.wrapped.clone());
             entry.kek_id = Some(kek_id.to_owned());
+            DATA_KEYS.put(&mut self.tables, &k.version, &entry);
         }
-        if let (Some(f), Some(current)) = (fingerprint, self.fingerprint_key.as_mut()) {
+        if let (Some(f), Some(mut current)) = (fingerprint, current_fp) {
             current.wrapped = f.wrapped.clone();
             current.kek_id = Some(kek_id.to_owned());
+            meta_put(&mut self.tables, meta::FINGERPRINT_KEY, &current);
         }
         Ok(Response::KeysRewrapped {
             keys: keys.len() + usize::from(fingerprint.is_some()),
@@ -304,19 +310,19 @@ impl VaultState {
     pub(super) fn purge_cards(&mut self, tokens: &[String], at_ms: u64) -> Response {
         let (mut purged, mut skipped) = (0, 0);
         for t in tokens {
-            let Some(r) = self.tokens.get_mut(t) else {
+            let Some(old) = TOKENS.get(&self.tables, t) else {
                 skipped += 1;
                 continue;
             };
-            if !r.holds_card() || !r.spent_at(at_ms) {
+            if !old.holds_card() || !old.spent_at(at_ms) {
                 skipped += 1;
                 continue;
             }
-            let version = r.card.key_version;
+            let mut r = old.clone();
             r.card.nonce.clear();
             r.card.ciphertext.clear();
             r.purged_at_ms = Some(at_ms);
-            count_down(&mut self.key_usage, version);
+            self.put_token(t, Some(&old), Some(&r));
             purged += 1;
         }
         Response::Purged { purged, skipped }
@@ -329,24 +335,16 @@ impl VaultState {
         kek_id: Option<String>,
         at_ms: u64,
     ) -> Result<Response, Refusal> {
-        if self
-            .data_keys
-            .keys()
-            .next_back()
-            .is_some_and(|&v| v >= version)
-            || version == 0
-        {
+        if self.newest_data_key().is_some_and(|(v, _)| v >= version) || version == 0 {
             return Err(Refusal::DataKeyExists { version });
         }
-        self.data_keys.insert(
-            version,
-            DataKeyEntry {
-                wrapped: Some(wrapped.to_vec()),
-                kek_id,
-                installed_at_ms: at_ms,
-                retired_at_ms: None,
-            },
-        );
+        let entry = DataKeyEntry {
+            wrapped: Some(wrapped.to_vec()),
+            kek_id,
+            installed_at_ms: at_ms,
+            retired_at_ms: None,
+        };
+        DATA_KEYS.put(&mut self.tables, &version, &entry);
         Ok(Response::DataKeyInstalled { version })
     }
 
@@ -355,23 +353,22 @@ impl VaultState {
         version: u32,
         at_ms: u64,
     ) -> Result<Response, Refusal> {
-        let current = self.data_keys.keys().next_back().copied();
-        let entry = self
-            .data_keys
-            .get_mut(&version)
+        let current = self.newest_data_key().map(|(v, _)| v);
+        let mut entry = DATA_KEYS
+            .get(&self.tables, &version)
             .filter(|e| e.retired_at_ms.is_none())
             .ok_or(Refusal::UnknownDataKey)?;
         if current == Some(version) {
             return Err(Refusal::DataKeyCurrent);
         }
-        let cards = self.key_usage.get(&version).copied().unwrap_or(0);
+        let cards = self.key_usage().get(&version).copied().unwrap_or(0);
         if cards > 0 {
             return Err(Refusal::DataKeyInUse { cards });
         }
         entry.wrapped = None;
         entry.kek_id = None;
         entry.retired_at_ms = Some(at_ms);
-        self.key_usage.remove(&version);
+        DATA_KEYS.put(&mut self.tables, &version, &entry);
         Ok(Response::DataKeyRetired { version })
     }
 
@@ -385,29 +382,28 @@ impl VaultState {
         }
         let (mut moved, mut skipped) = (0, 0);
         for c in cards {
-            let Some(r) = self
-                .tokens
-                .get_mut(&c.token)
+            let Some(old) = TOKENS
+                .get(&self.tables, &c.token)
                 // A card purged since the leader read it stays purged.
                 .filter(|r| r.holds_card() && r.card.key_version == c.from_version)
             else {
                 skipped += 1;
                 continue;
             };
+            let mut r = old.clone();
             r.card.key_version = to_version;
             r.card.nonce = c.nonce.clone();
             r.card.ciphertext = c.ciphertext.clone();
-            count_down(&mut self.key_usage, c.from_version);
-            *self.key_usage.entry(to_version).or_default() += 1;
+            self.put_token(&c.token, Some(&old), Some(&r));
             moved += 1;
         }
         Ok(Response::Resealed { moved, skipped })
     }
 
     pub(super) fn create_merchant(&mut self, id: &str, m: Merchant) -> Result<Response, Refusal> {
-        if self.merchants.contains_key(id)
-            || self.key_index.contains_key(&m.secret_key_sha256)
-            || self.key_index.contains_key(&m.publishable_key_sha256)
+        if MERCHANTS.contains(&self.tables, &id.to_owned())
+            || KEY_INDEX.contains(&self.tables, &m.secret_key_sha256)
+            || KEY_INDEX.contains(&self.tables, &m.publishable_key_sha256)
             || m.secret_key_sha256 == m.publishable_key_sha256
         {
             return Err(Refusal::MerchantExists);
@@ -417,12 +413,10 @@ impl VaultState {
                 merchant_id: id.to_owned(),
                 role,
             };
-            self.key_index.insert(m.key_hash(role).to_owned(), owner);
+            KEY_INDEX.put(&mut self.tables, &m.key_hash(role).to_owned(), &owner);
         }
-        self.merchants.insert(id.to_owned(), m);
-        Ok(Response::Merchant(
-            self.merchant_info(id).expect("inserted"),
-        ))
+        MERCHANTS.put(&mut self.tables, &id.to_owned(), &m);
+        Ok(Response::Merchant(merchant_info(id, &m)))
     }
 
     pub(super) fn rotate_merchant_key(
@@ -432,11 +426,13 @@ impl VaultState {
         key_hash: &str,
         at_ms: u64,
     ) -> Result<Response, Refusal> {
-        if self.key_index.contains_key(key_hash) {
+        if KEY_INDEX.contains(&self.tables, &key_hash.to_owned()) {
             return Err(Refusal::MerchantExists);
         }
-        let m = self.merchants.get_mut(id).ok_or(Refusal::UnknownMerchant)?;
-        self.key_index.remove(m.key_hash(role));
+        let mut m = MERCHANTS
+            .get(&self.tables, &id.to_owned())
+            .ok_or(Refusal::UnknownMerchant)?;
+        KEY_INDEX.delete(&mut self.tables, &m.key_hash(role).to_owned());
         match role {
             KeyRole::Secret => m.secret_key_sha256 = key_hash.to_owned(),
             KeyRole::Publishable => m.publishable_key_sha256 = key_hash.to_owned(),
@@ -446,8 +442,9 @@ impl VaultState {
             merchant_id: id.to_owned(),
             role,
         };
-        self.key_index.insert(key_hash.to_owned(), owner);
-        Ok(Response::Merchant(self.merchant_info(id).expect("exists")))
+        KEY_INDEX.put(&mut self.tables, &key_hash.to_owned(), &owner);
+        MERCHANTS.put(&mut self.tables, &id.to_owned(), &m);
+        Ok(Response::Merchant(merchant_info(id, &m)))
     }
 
     pub(super) fn update_merchant(
@@ -455,9 +452,12 @@ impl VaultState {
         id: &str,
         settings: &MerchantSettings,
     ) -> Result<Response, Refusal> {
-        let m = self.merchants.get_mut(id).ok_or(Refusal::UnknownMerchant)?;
+        let mut m = MERCHANTS
+            .get(&self.tables, &id.to_owned())
+            .ok_or(Refusal::UnknownMerchant)?;
         m.settings = settings.clone();
-        Ok(Response::Merchant(self.merchant_info(id).expect("exists")))
+        MERCHANTS.put(&mut self.tables, &id.to_owned(), &m);
+        Ok(Response::Merchant(merchant_info(id, &m)))
     }
 
     pub(super) fn tokenize(
@@ -465,27 +465,23 @@ impl VaultState {
         token: &str,
         record: TokenRecord,
     ) -> Result<Response, Refusal> {
-        if !self.merchants.contains_key(&record.merchant_id) {
+        if !MERCHANTS.contains(&self.tables, &record.merchant_id) {
             return Err(Refusal::UnknownMerchant);
         }
         if self.data_key(record.card.key_version).is_none() {
             return Err(Refusal::UnknownDataKey);
         }
-        let card_key = card_key(&record);
-        if let Some(existing) = card_key.as_ref().and_then(|k| self.cards.get(k)) {
-            let meta = token_meta(existing, &self.tokens[existing]);
-            return Ok(Response::AlreadyOnFile(meta));
+        if let Some(existing) = card_key(&record).and_then(|k| CARDS.get(&self.tables, &k)) {
+            let r = TOKENS
+                .get(&self.tables, &existing)
+                .ok_or(Refusal::TokenNotFound)?;
+            return Ok(Response::AlreadyOnFile(token_meta(&existing, &r)));
         }
-        if self.tokens.contains_key(token) {
+        if TOKENS.contains(&self.tables, &token.to_owned()) {
             return Err(Refusal::TokenIdTaken);
         }
-        let meta = token_meta(token, &record);
-        *self.key_usage.entry(record.card.key_version).or_default() += 1;
-        self.tokens.insert(token.to_owned(), record);
-        if let Some(k) = card_key {
-            self.cards.insert(k, token.to_owned());
-        }
-        Ok(Response::Tokenized(meta))
+        self.put_token(token, None, Some(&record));
+        Ok(Response::Tokenized(token_meta(token, &record)))
     }
 
     /// All-or-nothing: refuse before marking anything if the new token id is taken (and
@@ -498,7 +494,9 @@ impl VaultState {
         new_token: &str,
     ) -> Result<(), Refusal> {
         let key = (merchant.to_owned(), member.to_owned(), fp.to_owned());
-        if !self.cards.contains_key(&key) && self.tokens.contains_key(new_token) {
+        if !CARDS.contains(&self.tables, &key)
+            && TOKENS.contains(&self.tables, &new_token.to_owned())
+        {
             return Err(Refusal::TokenIdTaken);
         }
         Ok(())
@@ -511,13 +509,14 @@ impl VaultState {
         token: &str,
         at_ms: u64,
     ) -> Result<(), Refusal> {
-        let r = self
-            .tokens
-            .get_mut(token)
-            .filter(|r| r.merchant_id == merchant_id && r.kind == TokenKind::OneTime);
-        let r = r.ok_or(Refusal::TokenNotFound)?;
-        r.usable_at(at_ms)?;
+        let old = TOKENS
+            .get(&self.tables, &token.to_owned())
+            .filter(|r| r.merchant_id == merchant_id && r.kind == TokenKind::OneTime)
+            .ok_or(Refusal::TokenNotFound)?;
+        old.usable_at(at_ms)?;
+        let mut r = old.clone();
         r.used_at_ms = Some(at_ms);
+        self.put_token(token, Some(&old), Some(&r));
         Ok(())
     }
 
@@ -527,28 +526,15 @@ impl VaultState {
         member_id: &str,
         token: &str,
     ) -> Result<Response, Refusal> {
-        let owned = self.tokens.get(token).is_some_and(|r| {
-            r.merchant_id == merchant_id
-                && r.kind == TokenKind::CardOnFile
-                && r.member_id.as_deref() == Some(member_id)
-        });
-        if !owned {
-            return Err(Refusal::TokenNotFound);
-        }
-        let record = self.tokens.remove(token).expect("checked");
-        count_down(&mut self.key_usage, record.card.key_version);
-        if let Some(k) = card_key(&record) {
-            self.cards.remove(&k);
-        }
+        let old = TOKENS
+            .get(&self.tables, &token.to_owned())
+            .filter(|r| {
+                r.merchant_id == merchant_id
+                    && r.kind == TokenKind::CardOnFile
+                    && r.member_id.as_deref() == Some(member_id)
+            })
+            .ok_or(Refusal::TokenNotFound)?;
+        self.put_token(token, Some(&old), None);
         Ok(Response::CardDeleted)
-    }
-}
-
-fn count_down(usage: &mut BTreeMap<u32, u64>, version: u32) {
-    if let Some(n) = usage.get_mut(&version) {
-        *n -= 1;
-        if *n == 0 {
-            usage.remove(&version);
-        }
     }
 }

@@ -1,4 +1,8 @@
-//! The replicated vault state and its deterministic `apply`.
+//! The replicated vault state and its deterministic `apply`, over the vault's tables.
+//!
+//! [`Vault`] is the domain over any [`Tables`]: records and their indexes live in
+//! tables, and every change to a record goes through one function that keeps the
+//! record's indexes and counters with it (`put_token`, `put_payment`).
 
 mod apply;
 mod audit_entry;
@@ -12,11 +16,13 @@ use super::command::{
 };
 use super::leader_change::{LeaderChange, LeaderChangeCause};
 use super::payment::{AuthOutcome, Payment, PaymentRefusal, PaymentState};
+use super::tables::{MemTables, Table, TableId, Tables, TablesMut};
 use super::token::TokenKind;
 use audit_entry::audit_entry;
-use imbl::OrdMap;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 /// Idempotency keys are kept at least this long (24 hours) by leader-stamped time.
 pub const IDEMPOTENCY_KEEP_MS: u64 = 24 * 3600 * 1000;
@@ -92,9 +98,6 @@ impl TokenRecord {
     }
 }
 
-/// (merchant id, member id, fingerprint): the key of the card-on-file index.
-type CardKey = (String, String, String);
-
 /// Whose key a hash is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyOwner {
@@ -140,71 +143,112 @@ pub struct WrappedKey {
     pub installed_at_ms: u64,
 }
 
-/// Everything the vault replicates. Changed only by [`VaultState::apply`].
-///
-/// The collections that grow with use are persistent maps ([`OrdMap`]): a copy shares
-/// everything with the original, so taking one for a snapshot is immediate instead of
-/// holding the vault's lock while every record is duplicated.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VaultState {
-    merchants: OrdMap<String, Merchant>,
-    /// key hash -> whose key it is
-    key_index: OrdMap<String, KeyOwner>,
-    tokens: OrdMap<String, TokenRecord>,
-    data_keys: BTreeMap<u32, DataKeyEntry>,
+/// (merchant id, member id, fingerprint): the key of the card-on-file index.
+type CardKey = (String, String, String);
+
+const MERCHANTS: Table<String, Merchant> = Table::new(TableId::Merchants);
+const KEY_INDEX: Table<String, KeyOwner> = Table::new(TableId::KeyIndex);
+const TOKENS: Table<String, TokenRecord> = Table::new(TableId::Tokens);
+const CARDS: Table<CardKey, String> = Table::new(TableId::Cards);
+const CARDS_BY_KEY: Table<(u32, String), ()> = Table::new(TableId::CardsByKey);
+const ONE_TIME_BY_SPEND: Table<(u64, String), ()> = Table::new(TableId::OneTimeBySpend);
+const DATA_KEYS: Table<u32, DataKeyEntry> = Table::new(TableId::DataKeys);
+const PAYMENTS: Table<String, Payment> = Table::new(TableId::Payments);
+const ORDERS: Table<(String, String), String> = Table::new(TableId::Orders);
+const PAYMENTS_BY_TIME: Table<(String, u64, String), ()> = Table::new(TableId::PaymentsByTime);
+const PENDING: Table<String, ()> = Table::new(TableId::PendingPayments);
+const IDEMPOTENCY: Table<(String, String), IdempotencyRecord> = Table::new(TableId::Idempotency);
+const IDEMPOTENCY_BY_TIME: Table<(u64, String, String), ()> =
+    Table::new(TableId::IdempotencyByTime);
+
+/// The singletons in the meta table, each under its name.
+mod meta {
+    pub const CLOCK_MS: &str = "clock_ms";
+    pub const FINGERPRINT_KEY: &str = "fingerprint_key";
+    pub const LAST_LEADER_CHANGE: &str = "last_leader_change";
+    pub const LEADER_CHANGES: &str = "leader_changes";
+    pub const DRAINED: &str = "drained";
     /// Cards sealed under each data key version.
-    key_usage: BTreeMap<u32, u64>,
-    /// The fingerprint key, wrapped by the KEK; set once.
-    fingerprint_key: Option<WrappedKey>,
-    /// (merchant, member, fingerprint) -> card-on-file token.
-    #[serde(with = "map_as_entries")]
-    cards: OrdMap<CardKey, String>,
-    /// One record per applied command.
-    audit: AuditLog,
-    /// The newest leadership change a new leader recorded.
-    last_leader_change: Option<LeaderChange>,
-    /// Recorded leadership changes by cause, all of them: a node that applies several
-    /// at once still counts each.
-    #[serde(default)]
-    leader_changes: BTreeMap<LeaderChangeCause, u64>,
-    /// Names of drained nodes.
-    drained: std::collections::BTreeSet<String>,
-    /// Payments by id.
-    payments: OrdMap<String, Payment>,
-    /// (merchant, order id) -> payment id: an order has exactly one payment.
-    #[serde(with = "map_as_entries")]
-    orders: OrdMap<(String, String), String>,
-    /// (merchant, idempotency key) -> record; kept at least `IDEMPOTENCY_KEEP_MS`.
-    #[serde(with = "map_as_entries")]
-    idempotency: OrdMap<(String, String), IdempotencyRecord>,
-    /// Leader-stamped time of the newest applied command; never goes back.
-    clock_ms: u64,
+    pub const KEY_USAGE: &str = "key_usage";
+    pub const TOKEN_COUNT: &str = "token_count";
+    pub const PAYMENT_COUNT: &str = "payment_count";
 }
 
-impl VaultState {
+fn meta_get<T: Serialize + DeserializeOwned, S: Tables + ?Sized>(s: &S, name: &str) -> Option<T> {
+    Table::<String, T>::new(TableId::Meta).get(s, &name.to_owned())
+}
+
+fn meta_put<T: Serialize + DeserializeOwned, S: TablesMut + ?Sized>(s: &mut S, name: &str, v: &T) {
+    Table::<String, T>::new(TableId::Meta).put(s, &name.to_owned(), v);
+}
+
+/// When a one-time token that holds its card is spent: used, or expired
+/// (`u64::MAX`: never, until used). `None` for tokens the purge never looks at.
+fn spent_from(r: &TokenRecord) -> Option<u64> {
+    if r.kind != TokenKind::OneTime || !r.holds_card() {
+        return None;
+    }
+    Some(match (r.used_at_ms, r.expires_at_ms) {
+        (Some(u), Some(e)) => u.min(e),
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => u64::MAX,
+    })
+}
+
+/// Everything the vault replicates, in tables `S`. Changed only by [`Vault::apply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vault<S> {
+    tables: S,
+}
+
+/// The vault in memory: unit and property tests, offline tools.
+pub type VaultState = Vault<MemTables>;
+
+impl<S> Vault<S> {
+    /// The vault kept in `tables`.
+    pub fn new(tables: S) -> Vault<S> {
+        Vault { tables }
+    }
+
+    /// The tables underneath.
+    pub fn tables(&self) -> &S {
+        &self.tables
+    }
+
+    /// The tables, to hand on.
+    pub fn into_tables(self) -> S {
+        self.tables
+    }
+}
+
+impl<S: TablesMut> Vault<S> {
     /// Applies one command and records it in the audit trail. Pure: the result depends
-    /// only on `self` and `cmd`.
+    /// only on the tables and `cmd`. A storage failure leaves the answer void: ask
+    /// [`Tables::failure`] before using it or committing the tables.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         if let Some(taken) = self.idempotency_taken(cmd) {
             let response = Response::Refused(Refusal::IdempotencyKeyTaken(Box::new(taken)));
-            self.audit.append(audit_entry(cmd, &response));
-            self.clock_ms = self.clock_ms.max(cmd.at_ms());
+            self.audit_mut().append(audit_entry(cmd, &response));
+            self.advance_clock(cmd.at_ms());
             return response;
         }
         let response = self.apply_inner(cmd);
         self.remember_idempotent(cmd, &response);
-        self.audit.append(audit_entry(cmd, &response));
-        self.clock_ms = self.clock_ms.max(cmd.at_ms());
+        self.audit_mut().append(audit_entry(cmd, &response));
+        self.advance_clock(cmd.at_ms());
         self.expire_idempotency_keys();
         response
     }
 
-    /// The existing record, if `cmd` carries an idempotency key that is taken.
-    fn idempotency_taken(&self, cmd: &Command) -> Option<IdempotencyRecord> {
-        let (merchant_id, idem) = keyed(cmd)?;
-        self.idempotency
-            .get(&(merchant_id.to_owned(), idem.key.clone()))
-            .cloned()
+    fn audit_mut(&mut self) -> AuditLog<&mut S> {
+        AuditLog::new(&mut self.tables)
+    }
+
+    fn advance_clock(&mut self, at_ms: u64) {
+        let clock = self.clock_ms();
+        if at_ms > clock {
+            meta_put(&mut self.tables, meta::CLOCK_MS, &at_ms);
+        }
     }
 
     /// Records what a keyed command came to, and keeps a keyed authorisation's record up
@@ -228,8 +272,19 @@ impl VaultState {
                 outcome,
                 created_at_ms: cmd.at_ms(),
             };
-            self.idempotency
-                .insert((merchant_id.to_owned(), idem.key.clone()), record);
+            let key = (merchant_id.to_owned(), idem.key.clone());
+            if let Some(old) = IDEMPOTENCY.get(&self.tables, &key) {
+                IDEMPOTENCY_BY_TIME.delete(
+                    &mut self.tables,
+                    &(old.created_at_ms, key.0.clone(), key.1.clone()),
+                );
+            }
+            IDEMPOTENCY_BY_TIME.put(
+                &mut self.tables,
+                &(record.created_at_ms, key.0.clone(), key.1.clone()),
+                &(),
+            );
+            IDEMPOTENCY.put(&mut self.tables, &key, &record);
             return;
         }
         if let (
@@ -238,31 +293,130 @@ impl VaultState {
         ) = (cmd, response)
         {
             if let Some(key) = &p.idempotency_key {
-                if let Some(r) = self
-                    .idempotency
-                    .get_mut(&(p.merchant_id.clone(), key.clone()))
-                {
+                let key = (p.merchant_id.clone(), key.clone());
+                if let Some(mut r) = IDEMPOTENCY.get(&self.tables, &key) {
                     r.outcome = StoredOutcome::Payment(p.clone());
+                    IDEMPOTENCY.put(&mut self.tables, &key, &r);
                 }
             }
         }
     }
 
-    /// Drops a bounded number of idempotency keys older than the retention.
+    /// Drops a bounded number of idempotency keys older than the retention: the oldest
+    /// first, read from the index by time (no scan of the keys still kept).
     fn expire_idempotency_keys(&mut self) {
-        let Some(cutoff) = self.clock_ms.checked_sub(IDEMPOTENCY_KEEP_MS) else {
+        let Some(cutoff) = self.clock_ms().checked_sub(IDEMPOTENCY_KEEP_MS) else {
             return;
         };
-        let old: Vec<(String, String)> = self
-            .idempotency
-            .iter()
-            .filter(|(_, r)| r.created_at_ms < cutoff)
-            .take(IDEMPOTENCY_EXPIRE_PER_APPLY)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut old = Vec::new();
+        let end = (cutoff, String::new(), String::new());
+        IDEMPOTENCY_BY_TIME.scan(
+            &self.tables,
+            Bound::Unbounded,
+            Bound::Excluded(&end),
+            false,
+            |k, ()| {
+                old.push(k);
+                old.len() < IDEMPOTENCY_EXPIRE_PER_APPLY
+            },
+        );
         for k in old {
-            self.idempotency.remove(&k);
+            IDEMPOTENCY_BY_TIME.delete(&mut self.tables, &k);
+            IDEMPOTENCY.delete(&mut self.tables, &(k.1, k.2));
         }
+    }
+
+    /// Stores `new` as token `token` (replacing `old`, as read before), keeping the
+    /// card index, the key and spend indexes, the key usage counts and the token count
+    /// with it.
+    fn put_token(&mut self, token: &str, old: Option<&TokenRecord>, new: Option<&TokenRecord>) {
+        let t = token.to_owned();
+        let held =
+            |r: Option<&TokenRecord>| r.filter(|r| r.holds_card()).map(|r| r.card.key_version);
+        let (was, now) = (held(old), held(new));
+        if was != now {
+            let mut usage: BTreeMap<u32, u64> =
+                meta_get(&self.tables, meta::KEY_USAGE).unwrap_or_default();
+            if let Some(v) = was {
+                CARDS_BY_KEY.delete(&mut self.tables, &(v, t.clone()));
+                if let Some(n) = usage.get_mut(&v) {
+                    *n -= 1;
+                    if *n == 0 {
+                        usage.remove(&v);
+                    }
+                }
+            }
+            if let Some(v) = now {
+                CARDS_BY_KEY.put(&mut self.tables, &(v, t.clone()), &());
+                *usage.entry(v).or_default() += 1;
+            }
+            meta_put(&mut self.tables, meta::KEY_USAGE, &usage);
+        }
+        let (was, now) = (old.and_then(spent_from), new.and_then(spent_from));
+        if was != now {
+            if let Some(at) = was {
+                ONE_TIME_BY_SPEND.delete(&mut self.tables, &(at, t.clone()));
+            }
+            if let Some(at) = now {
+                ONE_TIME_BY_SPEND.put(&mut self.tables, &(at, t.clone()), &());
+            }
+        }
+        let (was, now) = (old.and_then(card_key), new.and_then(card_key));
+        if was != now {
+            if let Some(k) = was {
+                CARDS.delete(&mut self.tables, &k);
+            }
+            if let Some(k) = now {
+                CARDS.put(&mut self.tables, &k, &t);
+            }
+        }
+        if old.is_some() != new.is_some() {
+            let n = self.token_count() as u64;
+            let n = if new.is_some() {
+                n + 1
+            } else {
+                n.saturating_sub(1)
+            };
+            meta_put(&mut self.tables, meta::TOKEN_COUNT, &n);
+        }
+        match new {
+            Some(r) => TOKENS.put(&mut self.tables, &t, r),
+            None => TOKENS.delete(&mut self.tables, &t),
+        }
+    }
+
+    /// Stores payment `p` (replacing `old`, as read before), keeping the order index,
+    /// the index by merchant and time, the pending set and the count with it.
+    fn put_payment(&mut self, old: Option<&Payment>, p: &Payment) {
+        if old.is_none() {
+            ORDERS.put(
+                &mut self.tables,
+                &(p.merchant_id.clone(), p.order_id.clone()),
+                &p.id,
+            );
+            PAYMENTS_BY_TIME.put(
+                &mut self.tables,
+                &(p.merchant_id.clone(), p.created_at_ms, p.id.clone()),
+                &(),
+            );
+            let n: u64 = meta_get(&self.tables, meta::PAYMENT_COUNT).unwrap_or(0);
+            meta_put(&mut self.tables, meta::PAYMENT_COUNT, &(n + 1));
+        }
+        let pending = |p: Option<&Payment>| p.is_some_and(|p| p.state == PaymentState::Pending);
+        match (pending(old), pending(Some(p))) {
+            (false, true) => PENDING.put(&mut self.tables, &p.id, &()),
+            (true, false) => PENDING.delete(&mut self.tables, &p.id),
+            _ => {}
+        }
+        PAYMENTS.put(&mut self.tables, &p.id, p);
+    }
+}
+
+impl<S: Tables> Vault<S> {
+    /// The existing record, if `cmd` carries an idempotency key that is taken.
+    fn idempotency_taken(&self, cmd: &Command) -> Option<IdempotencyRecord> {
+        let (merchant_id, idem) = keyed(cmd)?;
+        IDEMPOTENCY.get(&self.tables, &(merchant_id.to_owned(), idem.key.clone()))
     }
 }
 
@@ -289,30 +443,6 @@ fn card_key(r: &TokenRecord) -> Option<CardKey> {
             Some((r.merchant_id.clone(), member.clone(), fp.clone()))
         }
         _ => None,
-    }
-}
-
-/// JSON maps need string keys: maps keyed by tuples (the card, order and idempotency
-/// indexes) are stored as lists of entries.
-mod map_as_entries {
-    use imbl::OrdMap;
-    use serde::de::DeserializeOwned;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
-        m: &OrdMap<K, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        m.iter().collect::<Vec<_>>().serialize(s)
-    }
-
-    pub fn deserialize<'de, K, V, D>(d: D) -> Result<OrdMap<K, V>, D::Error>
-    where
-        K: DeserializeOwned + Ord + Clone,
-        V: DeserializeOwned + Clone,
-        D: Deserializer<'de>,
-    {
-        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
     }
 }
 
@@ -483,11 +613,12 @@ mod tests {
         assert_eq!(rx, ry);
         assert_eq!(x, y);
         x.validate().unwrap();
-        let bytes = serde_json::to_vec(&x).unwrap();
-        let back: VaultState = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(back, x);
-        assert_eq!(back.clock_ms(), 149);
-        assert_eq!(back.audit().len(), 53);
+        assert_eq!(
+            crate::vault::tables::digest(x.tables()),
+            crate::vault::tables::digest(y.tables())
+        );
+        assert_eq!(x.clock_ms(), 149);
+        assert_eq!(x.audit().len(), 53);
     }
 
     #[test]
@@ -501,12 +632,25 @@ mod tests {
         assert_eq!(s.token_count(), 0);
         let mut broken = s.clone();
         broken.apply(&tokenize("a", "tok_2", 11));
-        broken.tokens.get_mut("tok_2").unwrap().card.key_version = 7;
-        let err = broken.validate().unwrap_err();
-        assert!(err.detail.contains("key usage counts"), "{err}");
-        broken.key_usage = BTreeMap::from([(7, 1)]);
+        let mut miscounted = broken.clone();
+        let mut r = TOKENS.get(&broken.tables, &"tok_2".to_owned()).unwrap();
+        r.card.key_version = 7;
+        TOKENS.put(&mut broken.tables, &"tok_2".to_owned(), &r);
         let err = broken.validate().unwrap_err();
         assert!(err.detail.contains("missing or retired data key"), "{err}");
+        // The counts kept beside the cards are checked against them too.
+        meta_put(
+            &mut miscounted.tables,
+            meta::KEY_USAGE,
+            &BTreeMap::from([(1u32, 2u64)]),
+        );
+        let err = miscounted.validate().unwrap_err();
+        assert!(err.detail.contains("key usage counts"), "{err}");
+        // And every index entry must have its record.
+        let mut stray = s.clone();
+        CARDS_BY_KEY.put(&mut stray.tables, &(1, "tok_x".to_owned()), &());
+        let err = stray.validate().unwrap_err();
+        assert!(err.detail.contains("key index entries"), "{err}");
     }
 
     fn on_file(merchant: &str, member: &str, token: &str, fp: &str, at_ms: u64) -> Command {
@@ -613,11 +757,29 @@ mod tests {
     /// `s` with the clock and audit trail of `now`: every applied command advances the
     /// clock and is audited, refused or not, so "nothing changed" means "nothing else".
     fn at_clock(s: &VaultState, now: &VaultState) -> VaultState {
-        VaultState {
-            clock_ms: now.clock_ms,
-            audit: now.audit.clone(),
-            ..s.clone()
+        let mut out = s.clone();
+        for name in [meta::CLOCK_MS, "audit_head"] {
+            let key = crate::vault::tables::Key::to_key(&name.to_owned());
+            match now.tables.get(TableId::Meta, &key) {
+                Some(v) => out.tables.put(TableId::Meta, &key, &v),
+                None => out.tables.delete(TableId::Meta, &key),
+            }
         }
+        let mut records = Vec::new();
+        now.tables.scan(
+            TableId::Audit,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            &mut |k, v| {
+                records.push((k.to_vec(), v.to_vec()));
+                true
+            },
+        );
+        for (k, v) in records {
+            out.tables.put(TableId::Audit, &k, &v);
+        }
+        out
     }
 
     fn one_time(merchant: &str, token: &str, at_ms: u64, expires_at_ms: u64) -> Command {
@@ -736,19 +898,19 @@ mod tests {
             s.apply(&rewrap(Some("kek_other"), &[1, 2])),
             Response::Refused(Refusal::KeyRewrapped)
         );
-        assert_eq!(s.data_key(1), Some(&[1u8; 60][..]));
+        assert_eq!(s.data_key(1), Some(vec![1u8; 60]));
         assert_eq!(s.data_key_kek(1), None);
-        assert_eq!(s.fingerprint_key_kek(), Some("kek_old"));
+        assert_eq!(s.fingerprint_key_kek().as_deref(), Some("kek_old"));
         assert_eq!(
             s.apply(&rewrap(None, &[1, 2])),
             Response::KeysRewrapped { keys: 3 }
         );
         for v in [1, 2] {
-            assert_eq!(s.data_key(v), Some(&[7u8; 60][..]));
-            assert_eq!(s.data_key_kek(v), Some("kek_new"));
+            assert_eq!(s.data_key(v), Some(vec![7u8; 60]));
+            assert_eq!(s.data_key_kek(v).as_deref(), Some("kek_new"));
         }
-        assert_eq!(s.fingerprint_key(), Some(&[8u8; 60][..]));
-        assert_eq!(s.fingerprint_key_kek(), Some("kek_new"));
+        assert_eq!(s.fingerprint_key(), Some(vec![8u8; 60]));
+        assert_eq!(s.fingerprint_key_kek().as_deref(), Some("kek_new"));
         let n = s.audit().len();
         let last = s.audit().page(n - 1, 1).remove(0);
         assert_eq!(last.entry.action, "kek.rotate");
@@ -783,16 +945,15 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let (found, next) = s.purgeable(None, 100, 100, 60);
+        let mut found = s.purgeable(100, 60);
+        found.sort();
         assert_eq!(found, vec!["ott_expired".to_owned(), "ott_used".to_owned()]);
-        assert_eq!(next, None, "the scan reached the end");
-        let (found, next) = s.purgeable(None, 2, 100, 60);
+        assert_eq!(s.purgeable(1, 60).len(), 1, "bounded");
         assert_eq!(
-            (found, next.as_deref()),
-            (vec!["ott_expired".to_owned()], Some("ott_live"))
+            s.purgeable(100, 5),
+            Vec::<String>::new(),
+            "nothing spent yet at 5"
         );
-        let (found, _) = s.purgeable(next.as_deref(), 100, 100, 60);
-        assert_eq!(found, vec!["ott_used".to_owned()], "a bounded scan resumes");
         assert_eq!(
             s.apply(&Command::PurgeCards {
                 tokens: all.clone(),
@@ -815,20 +976,26 @@ mod tests {
         for t in ["ott_live", "tok_cof", "tok_new"] {
             assert!(!sealed(&s, t).is_empty(), "{t} keeps its card");
         }
-        // Nothing of the purged cards is left in what a snapshot serializes.
-        let snapshot = serde_json::to_value(&s).unwrap();
-        for t in ["ott_expired", "ott_used"] {
-            let card = &snapshot["tokens"][t]["card"];
-            assert_eq!(
-                (card["ciphertext"].as_str(), card["nonce"].as_str()),
-                (Some(""), Some("")),
-                "{t}"
-            );
-        }
-        assert_eq!(
-            snapshot["tokens"]["ott_live"]["card"]["ciphertext"],
-            "010203"
+        // Nothing of the purged cards is left in the stored records (a snapshot copies
+        // them as stored), and the purge has nothing more to find.
+        let stored = |t: &str| {
+            s.tables
+                .get(
+                    TableId::Tokens,
+                    &crate::vault::tables::Key::to_key(&t.to_owned()),
+                )
+                .unwrap()
+        };
+        let ciphertext = [0xc4, 3, 1, 2, 3];
+        let holds = |bytes: Vec<u8>| bytes.windows(5).any(|w| w == ciphertext);
+        assert!(
+            holds(stored("ott_live")),
+            "the stored form is what this test expects"
         );
+        for t in ["ott_expired", "ott_used"] {
+            assert!(!holds(stored(t)), "{t}");
+        }
+        assert_eq!(s.purgeable(100, 60), Vec::<String>::new());
         s.validate().unwrap();
         let n = s.audit().len();
         let last = s.audit().page(n - 1, 1).remove(0);
@@ -1062,7 +1229,12 @@ mod tests {
         );
         assert_eq!(s.current_data_key().unwrap().0, 2);
         assert_eq!(s.stale_cards(None, 2, 10).len(), 2);
-        assert_eq!(s.stale_cards(Some("tok_1"), 2, 10).len(), 1, "cursor");
+        assert_eq!(
+            s.stale_cards(Some(&(1, "tok_1".to_owned())), 2, 10).len(),
+            1,
+            "cursor"
+        );
+        assert_eq!(s.stale_cards(None, 1, 10).len(), 0, "none older than v1");
         assert_eq!(
             s.apply(&Command::RetireDataKey {
                 by: None,
@@ -1228,7 +1400,10 @@ mod tests {
         let mut s = with_fingerprint_key();
         s.apply(&tokenize("a", "tok_1", 10));
         s.validate().unwrap();
-        s.audit.records_mut()[2].entry.outcome = "token_not_found".into();
+        let records: Table<u64, crate::vault::audit::AuditRecord> = Table::new(TableId::Audit);
+        let mut r = records.get(&s.tables, &2).unwrap();
+        r.entry.outcome = "token_not_found".into();
+        records.put(&mut s.tables, &2, &r);
         let err = s.validate().unwrap_err();
         assert!(err.detail.contains("audit record 2"), "{err}");
     }

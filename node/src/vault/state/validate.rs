@@ -1,28 +1,48 @@
-//! `validate()`: every invariant the vault keeps, checked from its state alone.
+//! `validate()`: every invariant the vault keeps, checked from its tables alone.
+//!
+//! Each index is checked both ways without holding the vault in memory: every record's
+//! index entries exist (point reads), and each index has exactly as many entries as
+//! the records call for (so it holds nothing else).
 
 use super::*;
 use crate::vault::violation::Violation;
 
-impl VaultState {
-    /// Checks the invariants that every reachable state satisfies. Returns the first violation.
+/// Counts the entries of `table`.
+fn count<K: crate::vault::tables::Key, V: Serialize + DeserializeOwned, S: Tables>(
+    s: &S,
+    table: Table<K, V>,
+) -> u64 {
+    let mut n = 0;
+    table.scan(s, Bound::Unbounded, Bound::Unbounded, false, |_, _| {
+        n += 1;
+        true
+    });
+    n
+}
+
+fn stop(found: &mut Option<Violation>, v: Violation) -> bool {
+    *found = Some(v);
+    false
+}
+
+impl<S: Tables> Vault<S> {
+    /// Checks the invariants that every reachable state satisfies. Returns the first
+    /// violation (a storage failure is one).
     pub fn validate(&self) -> Result<(), Violation> {
+        let r = self.validate_inner();
+        match self.tables.failure() {
+            Some(e) => Err(Violation::new(e.to_string())),
+            None => r,
+        }
+    }
+
+    fn validate_inner(&self) -> Result<(), Violation> {
         self.validate_merchants()?;
         self.validate_keys()?;
-        for (token, r) in &self.tokens {
-            self.validate_token(token, r)?;
-        }
-        for (k, token) in &self.cards {
-            if self.tokens.get(token).and_then(card_key).as_ref() != Some(k) {
-                return Err(Violation::new(format!(
-                    "card index entry for {token} points at no matching card"
-                )));
-            }
-        }
-        if !self.cards.is_empty() && self.fingerprint_key.is_none() {
-            return Err(Violation::new("fingerprints exist but no fingerprint key"));
-        }
+        self.validate_tokens()?;
         self.validate_payments()?;
-        self.audit.verify().map_err(|b| {
+        self.validate_idempotency()?;
+        self.audit().verify().map_err(|b| {
             Violation::new(format!(
                 "audit record {} breaks the chain: {}",
                 b.seq, b.reason
@@ -31,42 +51,80 @@ impl VaultState {
         Ok(())
     }
 
-    /// The payment part of [`Self::validate`]: cheap enough to run after every command.
+    /// The payment part of [`Self::validate`].
     pub fn validate_payments(&self) -> Result<(), Violation> {
-        if self.orders.len() != self.payments.len() {
-            return Err(Violation::new(format!(
-                "{} orders for {} payments",
-                self.orders.len(),
-                self.payments.len()
-            )));
+        let (mut found, mut payments, mut pending) = (None, 0u64, 0u64);
+        PAYMENTS.scan(
+            &self.tables,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            |id, p| {
+                payments += 1;
+                if let Err(v) = p.validate() {
+                    return stop(&mut found, v);
+                }
+                let order = (p.merchant_id.clone(), p.order_id.clone());
+                if ORDERS.get(&self.tables, &order).as_ref() != Some(&id) {
+                    return stop(
+                        &mut found,
+                        Violation::new(format!("payment {id} is missing from the order index")),
+                    );
+                }
+                let by_time = (p.merchant_id.clone(), p.created_at_ms, id.clone());
+                if !PAYMENTS_BY_TIME.contains(&self.tables, &by_time) {
+                    return stop(
+                        &mut found,
+                        Violation::new(format!("payment {id} is missing from the time index")),
+                    );
+                }
+                if (p.state == PaymentState::Pending) != PENDING.contains(&self.tables, &id) {
+                    return stop(
+                        &mut found,
+                        Violation::new(format!("payment {id}: the pending set disagrees")),
+                    );
+                }
+                pending += u64::from(p.state == PaymentState::Pending);
+                if !MERCHANTS.contains(&self.tables, &p.merchant_id) {
+                    return stop(
+                        &mut found,
+                        Violation::new(format!("payment {id} belongs to an unknown merchant")),
+                    );
+                }
+                true
+            },
+        );
+        if let Some(v) = found {
+            return Err(v);
         }
-        for (id, p) in &self.payments {
-            p.validate()?;
-            let order = (p.merchant_id.clone(), p.order_id.clone());
-            if self.orders.get(&order) != Some(id) {
-                return Err(Violation::new(format!(
-                    "payment {id} is missing from the order index"
-                )));
-            }
-            if !self.merchants.contains_key(&p.merchant_id) {
-                return Err(Violation::new(format!(
-                    "payment {id} belongs to an unknown merchant"
-                )));
+        let counts = [
+            ("orders", count(&self.tables, ORDERS), payments),
+            (
+                "time index entries",
+                count(&self.tables, PAYMENTS_BY_TIME),
+                payments,
+            ),
+            ("pending entries", count(&self.tables, PENDING), pending),
+            ("counted payments", self.payment_count(), payments),
+        ];
+        for (what, have, want) in counts {
+            if have != want {
+                return Err(Violation::new(format!("{have} {what} for {want} payments")));
             }
         }
         Ok(())
     }
 
     pub(super) fn validate_merchants(&self) -> Result<(), Violation> {
-        if self.key_index.len() != 2 * self.merchants.len() {
+        let merchants = count(&self.tables, MERCHANTS);
+        let keys = count(&self.tables, KEY_INDEX);
+        if keys != 2 * merchants {
             return Err(Violation::new(format!(
-                "{} key hashes for {} merchants",
-                self.key_index.len(),
-                self.merchants.len()
+                "{keys} key hashes for {merchants} merchants"
             )));
         }
-        for (hash, owner) in &self.key_index {
-            match self.merchants.get(&owner.merchant_id) {
+        for (hash, owner) in KEY_INDEX.all(&self.tables) {
+            match MERCHANTS.get(&self.tables, &owner.merchant_id) {
                 Some(m) if m.key_hash(owner.role) == hash => {}
                 _ => {
                     return Err(Violation::new(format!(
@@ -80,27 +138,13 @@ impl VaultState {
     }
 
     pub(super) fn validate_keys(&self) -> Result<(), Violation> {
-        let mut usage: BTreeMap<u32, u64> = BTreeMap::new();
-        for r in self.tokens.values().filter(|r| r.holds_card()) {
-            *usage.entry(r.card.key_version).or_default() += 1;
-        }
-        let counted: BTreeMap<u32, u64> = self
-            .key_usage
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(v, n)| (*v, *n))
-            .collect();
-        if usage != counted {
-            return Err(Violation::new(format!(
-                "key usage counts {counted:?} differ from the cards {usage:?}"
-            )));
-        }
-        if let Some((_, e)) = self.data_keys.iter().next_back() {
+        let keys = DATA_KEYS.all(&self.tables);
+        if let Some((_, e)) = keys.last() {
             if e.retired_at_ms.is_some() {
                 return Err(Violation::new("the current data key is retired"));
             }
         }
-        for (v, e) in &self.data_keys {
+        for (v, e) in &keys {
             if e.retired_at_ms.is_some() == e.wrapped.is_some() {
                 return Err(Violation::new(format!(
                     "data key v{v}: a retired key must have no bytes, a live one must"
@@ -110,8 +154,84 @@ impl VaultState {
         Ok(())
     }
 
+    /// Every token, and the indexes and counters kept with them.
+    pub(super) fn validate_tokens(&self) -> Result<(), Violation> {
+        let mut found = None;
+        let (mut tokens, mut on_file, mut spendable) = (0u64, 0u64, 0u64);
+        let mut usage: BTreeMap<u32, u64> = BTreeMap::new();
+        TOKENS.scan(
+            &self.tables,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            |t, r| {
+                tokens += 1;
+                if let Err(v) = self.validate_token(&t, &r) {
+                    return stop(&mut found, v);
+                }
+                if r.holds_card() {
+                    *usage.entry(r.card.key_version).or_default() += 1;
+                    if !CARDS_BY_KEY.contains(&self.tables, &(r.card.key_version, t.clone())) {
+                        return stop(
+                            &mut found,
+                            Violation::new(format!("token {t} is missing from the key index")),
+                        );
+                    }
+                }
+                if let Some(at) = spent_from(&r) {
+                    spendable += 1;
+                    if !ONE_TIME_BY_SPEND.contains(&self.tables, &(at, t.clone())) {
+                        return stop(
+                            &mut found,
+                            Violation::new(format!("token {t} is missing from the spend index")),
+                        );
+                    }
+                }
+                on_file += u64::from(card_key(&r).is_some());
+                true
+            },
+        );
+        if let Some(v) = found {
+            return Err(v);
+        }
+        let counted: BTreeMap<u32, u64> = self
+            .key_usage()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if usage != counted {
+            return Err(Violation::new(format!(
+                "key usage counts {counted:?} differ from the cards {usage:?}"
+            )));
+        }
+        let cards: u64 = usage.values().sum();
+        let counts = [
+            ("card index entries", count(&self.tables, CARDS), on_file),
+            (
+                "key index entries",
+                count(&self.tables, CARDS_BY_KEY),
+                cards,
+            ),
+            (
+                "spend index entries",
+                count(&self.tables, ONE_TIME_BY_SPEND),
+                spendable,
+            ),
+            ("counted tokens", self.token_count() as u64, tokens),
+        ];
+        for (what, have, want) in counts {
+            if have != want {
+                return Err(Violation::new(format!("{have} {what}, {want} expected")));
+            }
+        }
+        if on_file > 0 && self.fingerprint_key_record().is_none() {
+            return Err(Violation::new("fingerprints exist but no fingerprint key"));
+        }
+        Ok(())
+    }
+
     pub(super) fn validate_token(&self, token: &str, r: &TokenRecord) -> Result<(), Violation> {
-        if !self.merchants.contains_key(&r.merchant_id) {
+        if !MERCHANTS.contains(&self.tables, &r.merchant_id) {
             return Err(Violation::new(format!(
                 "token {token} belongs to unknown merchant {}",
                 r.merchant_id
@@ -138,13 +258,14 @@ impl VaultState {
                 "token {token}: member id must be set exactly for card-on-file tokens"
             )));
         }
-        if r.created_at_ms > self.clock_ms {
+        let clock = self.clock_ms();
+        if r.created_at_ms > clock {
             return Err(Violation::new(format!(
                 "token {token} created after the state clock"
             )));
         }
         if r.used_at_ms
-            .is_some_and(|u| r.kind != TokenKind::OneTime || u > self.clock_ms)
+            .is_some_and(|u| r.kind != TokenKind::OneTime || u > clock)
         {
             return Err(Violation::new(format!(
                 "token {token}: only one-time tokens are used, and not in the future"
@@ -158,11 +279,44 @@ impl VaultState {
             )));
         }
         if let Some(k) = card_key(r) {
-            if self.cards.get(&k).map(String::as_str) != Some(token) {
+            if CARDS.get(&self.tables, &k).as_deref() != Some(token) {
                 return Err(Violation::new(format!(
                     "card-on-file token {token} is missing from the card index"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Idempotency records and their index by time.
+    pub(super) fn validate_idempotency(&self) -> Result<(), Violation> {
+        let (mut found, mut records) = (None, 0u64);
+        IDEMPOTENCY.scan(
+            &self.tables,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            |(m, k), r| {
+                records += 1;
+                if !IDEMPOTENCY_BY_TIME.contains(&self.tables, &(r.created_at_ms, m.clone(), k)) {
+                    return stop(
+                        &mut found,
+                        Violation::new(format!(
+                            "an idempotency key of {m} is missing from its index"
+                        )),
+                    );
+                }
+                true
+            },
+        );
+        if let Some(v) = found {
+            return Err(v);
+        }
+        let indexed = count(&self.tables, IDEMPOTENCY_BY_TIME);
+        if indexed != records {
+            return Err(Violation::new(format!(
+                "{indexed} idempotency index entries for {records} keys"
+            )));
         }
         Ok(())
     }

@@ -1,0 +1,637 @@
+//! The vault's storage as the vault sees it: named tables of byte keys kept in order,
+//! behind two small traits — [`Tables`] to read, [`TablesMut`] to change — and typed
+//! handles ([`Table`]) over them.
+//!
+//! The vault never knows what holds its tables: [`MemTables`] in the unit and property
+//! tests and offline tools, redb in `store/` on a node. Keys are encoded so that byte
+//! order is the order of the typed keys (numbers big-endian, strings escaped and
+//! terminated), so a range or prefix of typed keys is a range of bytes; values are
+//! MessagePack with field names (fields added later read back with their defaults).
+//!
+//! A storage failure is sticky, like a buffered writer's: the operation goes on against
+//! what it could read, and whoever runs it asks [`Tables::failure`] afterwards and
+//! discards the result (a write transaction is then never committed). The vault's code
+//! stays the domain's code, and nothing half-read is ever made durable or answered.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::ops::Bound;
+
+/// Every table the vault keeps. The discriminant is the table's id in snapshots: never
+/// reuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum TableId {
+    /// Small singletons: the clock, counters, the audit head, the fingerprint key.
+    Meta = 1,
+    Merchants = 2,
+    /// Key hash -> whose key.
+    KeyIndex = 3,
+    Tokens = 4,
+    /// (merchant, member, fingerprint) -> card-on-file token.
+    Cards = 5,
+    /// (key version, token) for every token still holding its sealed card.
+    CardsByKey = 6,
+    /// (when spent, token) for one-time tokens still holding their card.
+    OneTimeBySpend = 7,
+    DataKeys = 8,
+    Payments = 9,
+    /// (merchant, order id) -> payment id.
+    Orders = 10,
+    /// (merchant, created at, payment id).
+    PaymentsByTime = 11,
+    /// Ids of payments pending at the acquirer.
+    PendingPayments = 12,
+    /// (merchant, key) -> idempotency record.
+    Idempotency = 13,
+    /// (created at, merchant, key).
+    IdempotencyByTime = 14,
+    /// Sequence number -> audit record.
+    Audit = 15,
+}
+
+impl TableId {
+    /// Every table, in id order.
+    pub const ALL: [TableId; 15] = [
+        TableId::Meta,
+        TableId::Merchants,
+        TableId::KeyIndex,
+        TableId::Tokens,
+        TableId::Cards,
+        TableId::CardsByKey,
+        TableId::OneTimeBySpend,
+        TableId::DataKeys,
+        TableId::Payments,
+        TableId::Orders,
+        TableId::PaymentsByTime,
+        TableId::PendingPayments,
+        TableId::Idempotency,
+        TableId::IdempotencyByTime,
+        TableId::Audit,
+    ];
+
+    /// The table's name in a database.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableId::Meta => "vault_meta",
+            TableId::Merchants => "merchants",
+            TableId::KeyIndex => "key_index",
+            TableId::Tokens => "tokens",
+            TableId::Cards => "cards",
+            TableId::CardsByKey => "cards_by_key",
+            TableId::OneTimeBySpend => "one_time_by_spend",
+            TableId::DataKeys => "data_keys",
+            TableId::Payments => "payments",
+            TableId::Orders => "orders",
+            TableId::PaymentsByTime => "payments_by_time",
+            TableId::PendingPayments => "pending_payments",
+            TableId::Idempotency => "idempotency",
+            TableId::IdempotencyByTime => "idempotency_by_time",
+            TableId::Audit => "audit",
+        }
+    }
+
+    /// The table with id `id`.
+    pub fn from_id(id: u8) -> Option<TableId> {
+        TableId::ALL.into_iter().find(|t| *t as u8 == id)
+    }
+}
+
+/// Storage could not be read or written; whatever the operation came to is void.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("vault storage failed: {detail}")]
+pub struct StorageError {
+    pub detail: String,
+}
+
+impl StorageError {
+    pub fn new(detail: impl Into<String>) -> StorageError {
+        StorageError {
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Reading the vault's tables.
+pub trait Tables {
+    /// The value under `key`.
+    fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>>;
+    /// Calls `visit` with each entry whose key is within `(from, to)`, in key order
+    /// (descending when `reverse`), until it returns false.
+    fn scan(
+        &self,
+        table: TableId,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    );
+    /// Records a failure found above the storage (a value that does not decode).
+    fn fail(&self, e: StorageError);
+    /// The first failure so far, if any: then every answer since is void.
+    fn failure(&self) -> Option<StorageError>;
+}
+
+/// Changing the vault's tables.
+pub trait TablesMut: Tables {
+    fn put(&mut self, table: TableId, key: &[u8], value: &[u8]);
+    fn delete(&mut self, table: TableId, key: &[u8]);
+}
+
+impl<T: Tables + ?Sized> Tables for &T {
+    fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>> {
+        (**self).get(table, key)
+    }
+    fn scan(
+        &self,
+        table: TableId,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) {
+        (**self).scan(table, from, to, reverse, visit)
+    }
+    fn fail(&self, e: StorageError) {
+        (**self).fail(e)
+    }
+    fn failure(&self) -> Option<StorageError> {
+        (**self).failure()
+    }
+}
+
+impl<T: Tables + ?Sized> Tables for &mut T {
+    fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>> {
+        (**self).get(table, key)
+    }
+    fn scan(
+        &self,
+        table: TableId,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) {
+        (**self).scan(table, from, to, reverse, visit)
+    }
+    fn fail(&self, e: StorageError) {
+        (**self).fail(e)
+    }
+    fn failure(&self) -> Option<StorageError> {
+        (**self).failure()
+    }
+}
+
+impl<T: TablesMut + ?Sized> TablesMut for &mut T {
+    fn put(&mut self, table: TableId, key: &[u8], value: &[u8]) {
+        (**self).put(table, key, value)
+    }
+    fn delete(&mut self, table: TableId, key: &[u8]) {
+        (**self).delete(table, key)
+    }
+}
+
+/// A key whose encoding sorts as the key does.
+pub trait Key: Sized {
+    /// Appends the encoding to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Reads one key from the front of `bytes`, advancing it.
+    fn decode(bytes: &mut &[u8]) -> Option<Self>;
+
+    /// The encoding alone.
+    fn to_key(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        self.encode(&mut out);
+        out
+    }
+}
+
+impl Key for u64 {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_be_bytes());
+    }
+    fn decode(bytes: &mut &[u8]) -> Option<u64> {
+        let (head, rest) = bytes.split_first_chunk::<8>()?;
+        *bytes = rest;
+        Some(u64::from_be_bytes(*head))
+    }
+}
+
+impl Key for u32 {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_be_bytes());
+    }
+    fn decode(bytes: &mut &[u8]) -> Option<u32> {
+        let (head, rest) = bytes.split_first_chunk::<4>()?;
+        *bytes = rest;
+        Some(u32::from_be_bytes(*head))
+    }
+}
+
+/// A string as `0x00 0xFF` for each zero byte, the other bytes as they are, then
+/// `0x00 0x01`: order-preserving, and no encoded string is a prefix of another's.
+impl Key for String {
+    fn encode(&self, out: &mut Vec<u8>) {
+        for &b in self.as_bytes() {
+            out.push(b);
+            if b == 0 {
+                out.push(0xFF);
+            }
+        }
+        out.extend_from_slice(&[0, 1]);
+    }
+    fn decode(bytes: &mut &[u8]) -> Option<String> {
+        let mut raw = Vec::new();
+        let mut i = 0;
+        loop {
+            match (bytes.get(i)?, bytes.get(i + 1)) {
+                (0, Some(0xFF)) => {
+                    raw.push(0);
+                    i += 2;
+                }
+                (0, Some(1)) => break,
+                (0, _) => return None,
+                (&b, _) => {
+                    raw.push(b);
+                    i += 1;
+                }
+            }
+        }
+        *bytes = &bytes[i + 2..];
+        String::from_utf8(raw).ok()
+    }
+}
+
+impl<A: Key, B: Key> Key for (A, B) {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.0.encode(out);
+        self.1.encode(out);
+    }
+    fn decode(bytes: &mut &[u8]) -> Option<(A, B)> {
+        Some((A::decode(bytes)?, B::decode(bytes)?))
+    }
+}
+
+impl<A: Key, B: Key, C: Key> Key for (A, B, C) {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.0.encode(out);
+        self.1.encode(out);
+        self.2.encode(out);
+    }
+    fn decode(bytes: &mut &[u8]) -> Option<(A, B, C)> {
+        Some((A::decode(bytes)?, B::decode(bytes)?, C::decode(bytes)?))
+    }
+}
+
+/// Encodes a value as stored.
+pub fn encode_value<V: Serialize + ?Sized>(v: &V) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).expect("vault values serialize")
+}
+
+/// Decodes a stored value.
+pub fn decode_value<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, StorageError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StorageError::new(format!("undecodable value: {e}")))
+}
+
+/// The smallest byte string greater than every string starting with `prefix` (`None`:
+/// there is none, the prefix is all `0xFF`).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A typed table: keys `K`, values `V`.
+pub struct Table<K, V> {
+    pub id: TableId,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for Table<K, V> {}
+
+impl<K: Key, V: Serialize + DeserializeOwned> Table<K, V> {
+    pub const fn new(id: TableId) -> Table<K, V> {
+        Table {
+            id,
+            _types: PhantomData,
+        }
+    }
+
+    fn decode_or_fail<S: Tables + ?Sized>(&self, s: &S, bytes: &[u8]) -> Option<V> {
+        match decode_value(bytes) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                s.fail(StorageError::new(format!(
+                    "{}: {}",
+                    self.id.name(),
+                    e.detail
+                )));
+                None
+            }
+        }
+    }
+
+    pub fn get<S: Tables + ?Sized>(&self, s: &S, key: &K) -> Option<V> {
+        let bytes = s.get(self.id, &key.to_key())?;
+        self.decode_or_fail(s, &bytes)
+    }
+
+    pub fn contains<S: Tables + ?Sized>(&self, s: &S, key: &K) -> bool {
+        s.get(self.id, &key.to_key()).is_some()
+    }
+
+    pub fn put<S: TablesMut + ?Sized>(&self, s: &mut S, key: &K, value: &V) {
+        s.put(self.id, &key.to_key(), &encode_value(value));
+    }
+
+    pub fn delete<S: TablesMut + ?Sized>(&self, s: &mut S, key: &K) {
+        s.delete(self.id, &key.to_key());
+    }
+
+    /// Visits the entries with keys in `(from, to)` in order (descending when
+    /// `reverse`) until `visit` returns false.
+    pub fn scan<S: Tables + ?Sized>(
+        &self,
+        s: &S,
+        from: Bound<&K>,
+        to: Bound<&K>,
+        reverse: bool,
+        mut visit: impl FnMut(K, V) -> bool,
+    ) {
+        let (from, to) = (from.map(Key::to_key), to.map(Key::to_key));
+        self.scan_bytes(s, as_ref(&from), as_ref(&to), reverse, &mut visit);
+    }
+
+    /// Visits the entries whose keys start with `prefix` (the first components of a
+    /// tuple key), in order, until `visit` returns false.
+    pub fn scan_prefix<S: Tables + ?Sized, P: Key>(
+        &self,
+        s: &S,
+        prefix: &P,
+        reverse: bool,
+        mut visit: impl FnMut(K, V) -> bool,
+    ) {
+        let start = prefix.to_key();
+        let end = prefix_end(&start);
+        let to = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        self.scan_bytes(s, Bound::Included(&start), to, reverse, &mut visit);
+    }
+
+    fn scan_bytes<S: Tables + ?Sized>(
+        &self,
+        s: &S,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(K, V) -> bool,
+    ) {
+        let mut failed = None;
+        s.scan(self.id, from, to, reverse, &mut |k, v| {
+            let mut kb = k;
+            let key = K::decode(&mut kb).filter(|_| kb.is_empty());
+            match (key, decode_value::<V>(v)) {
+                (Some(k), Ok(v)) => visit(k, v),
+                (None, _) => {
+                    failed = Some(StorageError::new(format!(
+                        "{}: undecodable key",
+                        self.id.name()
+                    )));
+                    false
+                }
+                (_, Err(e)) => {
+                    failed = Some(StorageError::new(format!(
+                        "{}: {}",
+                        self.id.name(),
+                        e.detail
+                    )));
+                    false
+                }
+            }
+        });
+        if let Some(e) = failed {
+            s.fail(e);
+        }
+    }
+
+    /// The first entry (the last when `reverse`).
+    pub fn first<S: Tables + ?Sized>(&self, s: &S, reverse: bool) -> Option<(K, V)> {
+        let mut out = None;
+        self.scan(s, Bound::Unbounded, Bound::Unbounded, reverse, |k, v| {
+            out = Some((k, v));
+            false
+        });
+        out
+    }
+
+    /// Every entry, in key order (small tables only).
+    pub fn all<S: Tables + ?Sized>(&self, s: &S) -> Vec<(K, V)> {
+        let mut out = Vec::new();
+        self.scan(s, Bound::Unbounded, Bound::Unbounded, false, |k, v| {
+            out.push((k, v));
+            true
+        });
+        out
+    }
+}
+
+/// SHA-256 over every table's entries in order, hex: equal for equal vaults, whatever
+/// holds them.
+pub fn digest(s: &(impl Tables + ?Sized)) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for t in TableId::ALL {
+        s.scan(t, Bound::Unbounded, Bound::Unbounded, false, &mut |k, v| {
+            h.update([t as u8]);
+            h.update((k.len() as u64).to_be_bytes());
+            h.update(k);
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(v);
+            true
+        });
+    }
+    hex::encode(h.finalize())
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The vault's tables in memory: for tests, offline tools and snapshot checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemTables {
+    tables: BTreeMap<TableId, BTreeMap<Vec<u8>, Vec<u8>>>,
+    failure: RefCell<Option<StorageError>>,
+}
+
+impl MemTables {
+    /// Number of entries in `table`.
+    pub fn len(&self, table: TableId) -> usize {
+        self.tables.get(&table).map_or(0, BTreeMap::len)
+    }
+
+    /// True when no table holds anything.
+    pub fn is_empty(&self) -> bool {
+        self.tables.values().all(BTreeMap::is_empty)
+    }
+}
+
+impl Tables for MemTables {
+    fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>> {
+        self.tables.get(&table)?.get(key).cloned()
+    }
+
+    fn scan(
+        &self,
+        table: TableId,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) {
+        let Some(t) = self.tables.get(&table) else {
+            return;
+        };
+        if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) =
+            (from, to)
+        {
+            // BTreeMap::range panics on an inverted range; storage returns nothing.
+            if a > b {
+                return;
+            }
+        }
+        let range = t.range::<[u8], _>((from, to));
+        if reverse {
+            for (k, v) in range.rev() {
+                if !visit(k, v) {
+                    return;
+                }
+            }
+        } else {
+            for (k, v) in range {
+                if !visit(k, v) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fail(&self, e: StorageError) {
+        self.failure.borrow_mut().get_or_insert(e);
+    }
+
+    fn failure(&self) -> Option<StorageError> {
+        self.failure.borrow().clone()
+    }
+}
+
+impl TablesMut for MemTables {
+    fn put(&mut self, table: TableId, key: &[u8], value: &[u8]) {
+        self.tables
+            .entry(table)
+            .or_default()
+            .insert(key.to_vec(), value.to_vec());
+    }
+
+    fn delete(&mut self, table: TableId, key: &[u8]) {
+        if let Some(t) = self.tables.get_mut(&table) {
+            t.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn key_encodings_sort_as_their_keys(
+            a in ("[a\\x00b]{0,4}", any::<u64>(), "[\\x00-\\x02z]{0,3}"),
+            b in ("[a\\x00b]{0,4}", any::<u64>(), "[\\x00-\\x02z]{0,3}"),
+        ) {
+            let a: (String, u64, String) = a;
+            let b: (String, u64, String) = b;
+            prop_assert_eq!(a.to_key().cmp(&b.to_key()), a.cmp(&b));
+            let mut bytes = a.to_key();
+            bytes.extend_from_slice(b"tail");
+            let mut rest = bytes.as_slice();
+            prop_assert_eq!(<(String, u64, String)>::decode(&mut rest), Some(a));
+            prop_assert_eq!(rest, b"tail");
+        }
+    }
+
+    const T: Table<(String, String), u64> = Table::new(TableId::Orders);
+
+    #[test]
+    fn prefix_scans_see_only_their_prefix_in_either_direction() {
+        let mut s = MemTables::default();
+        for (a, b, n) in [
+            ("m", "x", 1),
+            ("m", "y", 2),
+            ("m\0", "z", 3),
+            ("ma", "a", 4),
+            ("l", "q", 5),
+        ] {
+            T.put(&mut s, &(a.into(), b.into()), &n);
+        }
+        let mut seen = Vec::new();
+        T.scan_prefix(&s, &"m".to_owned(), false, |_, v| {
+            seen.push(v);
+            true
+        });
+        assert_eq!(seen, vec![1, 2]);
+        seen.clear();
+        T.scan_prefix(&s, &"m".to_owned(), true, |_, v| {
+            seen.push(v);
+            true
+        });
+        assert_eq!(seen, vec![2, 1]);
+        assert_eq!(T.first(&s, true).map(|(_, v)| v), Some(4));
+        T.delete(&mut s, &("ma".into(), "a".into()));
+        assert_eq!(T.first(&s, true).map(|(_, v)| v), Some(3));
+        assert_eq!(s.failure(), None);
+    }
+
+    #[test]
+    fn a_value_that_does_not_decode_is_a_sticky_failure() {
+        let mut s = MemTables::default();
+        s.put(
+            TableId::Orders,
+            &("a".to_owned(), "b".to_owned()).to_key(),
+            b"\xc1",
+        );
+        assert_eq!(T.get(&s, &("a".into(), "b".into())), None);
+        assert!(s.failure().unwrap().detail.contains("orders"));
+        // Later reads that succeed do not clear it.
+        assert_eq!(T.get(&s, &("x".into(), "y".into())), None);
+        assert!(s.failure().is_some());
+    }
+
+    #[test]
+    fn every_table_id_round_trips_and_names_are_unique() {
+        let mut names = std::collections::BTreeSet::new();
+        for t in TableId::ALL {
+            assert_eq!(TableId::from_id(t as u8), Some(t));
+            assert!(names.insert(t.name()));
+        }
+        assert_eq!(TableId::from_id(0), None);
+    }
+}
