@@ -214,6 +214,10 @@ impl Cluster {
         let cluster_id = Arc::new(RwLock::new(store.cluster_id()?));
         let sm = StateMachine::open(store.clone())?;
         let vault = sm.shared();
+        crate::runtime::spawn(crate::store::durable_loop(
+            Arc::downgrade(&vault),
+            store.threaded(),
+        ));
         let factory = network::NetworkFactory {
             self_id: id,
             pool: pool.clone(),

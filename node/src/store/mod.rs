@@ -21,7 +21,7 @@ mod writer;
 
 pub use log::LogStore;
 pub use sim_disk::SimDisk;
-pub use sm::{SharedVault, StateMachine, VaultView};
+pub use sm::{durable_loop, SharedVault, StateMachine, VaultView};
 pub use writer::{FsyncObserver, SyncPolicy, WriterMode};
 
 use crate::raft_types::Entry;
@@ -192,8 +192,13 @@ impl Store {
     /// The highest log index known durable here. A follower may apply committed entries
     /// its own log has not synced yet (a quorum holds them); the vault is made durable
     /// only up to this index, so that it is never ahead of the log after a crash.
-    pub(crate) fn durable_log_index(&self) -> u64 {
+    pub fn durable_log_index(&self) -> u64 {
         self.durable_log.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// True when storage work runs on threads of its own (not on a simulated host).
+    pub fn threaded(&self) -> bool {
+        self.mode == WriterMode::Threaded
     }
 
     /// Gives the vault a page cache of `bytes` (before the state machine opens it).

@@ -20,6 +20,8 @@ pub struct OfflineVault {
     pub applied_index: u64,
     /// Log entries applied on top of it.
     pub replayed_entries: u64,
+    /// The database `vault` reads (after it: fields drop in order).
+    _db: vault_db::VaultDb,
     /// The working copy, removed on drop.
     _copy: TempDir,
 }
@@ -93,6 +95,7 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
         vault: Vault::new(vault_db::ReadTables::new(txn)),
         applied_index,
         replayed_entries,
+        _db: current,
         _copy: copy,
     })
 }

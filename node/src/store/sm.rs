@@ -47,6 +47,19 @@ pub type VaultView = Vault<ReadTables>;
 pub struct SharedVault {
     current: RwLock<Arc<VaultDb>>,
     applied: RwLock<Option<LogId>>,
+    /// Held while a batch is applied or the vault made durable, so that what a durable
+    /// commit persists is exactly what was checked against the log.
+    commit: std::sync::Mutex<Durable>,
+    /// The highest log index durable in this node's log (see `Store::durable_log_index`).
+    durable_log: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How far the vault is durable.
+struct Durable {
+    /// Entries applied since the last durable commit.
+    entries: u64,
+    /// When that was.
+    at: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for SharedVault {
@@ -83,6 +96,57 @@ impl SharedVault {
     fn db(&self) -> Arc<VaultDb> {
         self.current.read().expect("vault lock").clone()
     }
+
+    fn durable_log_index(&self) -> u64 {
+        self.durable_log.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Makes the applied state durable if it has waited [`DURABLE_EVERY`] and this
+    /// node's log holds it durably. Returns whether it committed.
+    fn make_durable_if_due(&self) -> io::Result<bool> {
+        self.make_durable(true)
+    }
+
+    /// Makes the applied state durable now (`only_if_due`: only once it has waited
+    /// [`DURABLE_EVERY`]), unless this node's log does not hold it durably yet.
+    /// Returns whether the vault is durable as applied.
+    fn make_durable(&self, only_if_due: bool) -> io::Result<bool> {
+        let mut d = self.commit.lock().expect("vault commit lock");
+        if d.entries == 0 {
+            return Ok(true);
+        }
+        if only_if_due && d.at.elapsed() < DURABLE_EVERY {
+            return Ok(false);
+        }
+        if self.applied_index() > self.durable_log_index() {
+            return Ok(false);
+        }
+        durable_commit(&self.db().db)?;
+        *d = Durable {
+            entries: 0,
+            at: tokio::time::Instant::now(),
+        };
+        Ok(true)
+    }
+}
+
+/// Runs while the vault is open: makes applied state durable within about
+/// [`DURABLE_EVERY`] even when no further batch comes to carry it.
+pub async fn durable_loop(vault: std::sync::Weak<SharedVault>, threaded: bool) {
+    loop {
+        crate::runtime::sleep(DURABLE_EVERY / 4).await;
+        let Some(v) = vault.upgrade() else { return };
+        let r = if threaded {
+            tokio::task::spawn_blocking(move || v.make_durable_if_due())
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+        } else {
+            v.make_durable_if_due()
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "the vault could not be made durable");
+        }
+    }
 }
 
 /// openraft's state machine for kura.
@@ -92,9 +156,6 @@ pub struct StateMachine {
     store: Store,
     files: Arc<VaultFiles>,
     snapshot_seq: u64,
-    /// Entries applied since the last durable commit, and when that was.
-    undurable_entries: u64,
-    last_durable: tokio::time::Instant,
 }
 
 /// The state machine's records in a vault generation.
@@ -185,13 +246,16 @@ impl StateMachine {
             shared: Arc::new(SharedVault {
                 current: RwLock::new(Arc::new(current)),
                 applied: RwLock::new(applied),
+                commit: std::sync::Mutex::new(Durable {
+                    entries: 0,
+                    at: tokio::time::Instant::now(),
+                }),
+                durable_log: store.durable_log.clone(),
             }),
             membership,
             store,
             files,
             snapshot_seq: 0,
-            undurable_entries: 0,
-            last_durable: tokio::time::Instant::now(),
         })
     }
 
@@ -272,6 +336,7 @@ impl Store {
 
 /// Builds a snapshot of the vault as it was when the builder was made.
 pub struct SnapshotBuilder {
+    shared: Arc<SharedVault>,
     db: Arc<VaultDb>,
     txn: Option<Result<ReadTransaction, StorageError>>,
     last_applied: Option<LogId>,
@@ -294,13 +359,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
         };
-        // The durable commit below must not put the vault ahead of this node's log.
-        let index = self.last_applied.map_or(0, |l| l.index);
+        // The vault is made durable first (a snapshot is never ahead of the durable
+        // vault), but never ahead of this node's log: wait for the log if it must.
         let mut waited = 0;
-        while self.store.durable_log_index() < index {
+        loop {
+            let shared = self.shared.clone();
+            if self
+                .store
+                .blocking(move || shared.make_durable(false))
+                .await??
+            {
+                break;
+            }
             if waited >= SNAPSHOT_LOG_WAIT_MS {
                 return Err(io::Error::other(
-                    "the log did not become durable up to the snapshot's index",
+                    "the log did not become durable up to the applied state",
                 ));
             }
             crate::runtime::sleep(Duration::from_millis(10)).await;
@@ -310,14 +383,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (file, records) = self
             .store
             .blocking(move || {
-                durable_commit(&db.db)?;
                 let mut w = store.snapshots.create()?;
                 let records = {
                     let mut enc = Encoder::new(|b: &[u8]| w.append(b))?;
                     vault_db::scan_all(&txn, &mut |t, k, v| enc.push(t, k, v))?;
                     enc.finish()?
                 };
+                // The read transaction needs its database open until here.
                 drop(txn);
+                drop(db);
                 let id = w.finish()?;
                 Ok::<_, io::Error>((store.snapshots.open_file(id)?, records))
             })
@@ -359,25 +433,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = batch.last().map(|e| e.log_id) else {
             return Ok(());
         };
-        self.undurable_entries += batch.len() as u64;
-        let due = self.undurable_entries >= DURABLE_EVERY_ENTRIES
-            || self.last_durable.elapsed() >= DURABLE_EVERY;
-        // Never durable ahead of this node's own log (see `Store::durable_log_index`):
-        // then the next batch tries again.
-        let durable = due && last.index <= self.store.durable_log_index();
-        let db = self.shared.db();
+        let shared = self.shared.clone();
         let check = self.store.apply_check.clone();
         let membership = self.membership.clone();
         let (responses, membership) = self
             .store
-            .blocking(move || apply_batch(&db.db, &batch, membership, durable, check.as_ref()))
+            .blocking(move || {
+                let mut d = shared.commit.lock().expect("vault commit lock");
+                d.entries += batch.len() as u64;
+                let due = d.entries >= DURABLE_EVERY_ENTRIES || d.at.elapsed() >= DURABLE_EVERY;
+                // Never durable ahead of this node's own log (see
+                // `Store::durable_log_index`): then a later batch or the loop does it.
+                let durable = due && last.index <= shared.durable_log_index();
+                let db = shared.db();
+                let r = apply_batch(&db.db, &batch, membership, durable, check.as_ref())?;
+                if durable {
+                    *d = Durable {
+                        entries: 0,
+                        at: tokio::time::Instant::now(),
+                    };
+                }
+                *shared.applied.write().expect("vault lock") = Some(last);
+                Ok::<_, io::Error>(r)
+            })
             .await??;
-        if durable {
-            self.undurable_entries = 0;
-            self.last_durable = tokio::time::Instant::now();
-        }
         self.membership = membership;
-        *self.shared.applied.write().expect("vault lock") = Some(last);
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);
@@ -394,6 +474,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .begin_read()
             .map_err(|e| StorageError::new(redb::Error::from(e).to_string()));
         SnapshotBuilder {
+            shared: self.shared.clone(),
             db,
             txn: Some(txn),
             last_applied: *self.shared.applied.read().expect("vault lock"),
@@ -446,8 +527,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         drop(old);
         *self.shared.applied.write().expect("vault lock") = applied;
         self.membership = meta.last_membership.clone();
-        self.undurable_entries = 0;
-        self.last_durable = tokio::time::Instant::now();
+        *self.shared.commit.lock().expect("vault commit lock") = Durable {
+            entries: 0,
+            at: tokio::time::Instant::now(),
+        };
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             records = count,

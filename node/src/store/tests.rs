@@ -485,3 +485,52 @@ async fn the_committed_marker_waits_for_the_next_transaction_or_a_second() {
     store.set_cluster_id("c-1").await.unwrap();
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 4)));
 }
+
+#[tokio::test]
+async fn the_offline_reader_sees_the_vault_file_and_the_committed_log_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kura.redb");
+    {
+        let store =
+            Store::open(&path, WriterMode::Threaded, SyncPolicy::Fsync, noop_fsync()).unwrap();
+        let mut log = LogStore::new(store.clone());
+        let mut sm = StateMachine::open(store.clone()).unwrap();
+        append(&mut log, (1..=5).map(|i| entry(1, i)).collect()).await;
+        apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
+        tokio::time::sleep(sm::DURABLE_EVERY).await;
+        apply(&mut sm, vec![entry(1, 3)]).await;
+        apply(&mut sm, vec![entry(1, 4)]).await;
+        log.save_committed(Some(log_id(1, 4))).await.unwrap();
+        store.set_cluster_id("c").await.unwrap();
+    }
+    tokio::task::yield_now().await;
+    let offline = offline::read_vault(&path).unwrap();
+    // A clean close may have made the last apply durable too.
+    assert!(offline.applied_index >= 3);
+    assert_eq!(offline.applied_index + offline.replayed_entries, 4);
+    let n = offline.vault.audit().len();
+    assert_eq!(crate::vault::Tables::failure(offline.vault.tables()), None);
+    assert_eq!(n, 4);
+    assert_eq!(
+        crate::vault::tables::digest(offline.vault.tables()),
+        crate::vault::tables::digest(vault_after(4).tables())
+    );
+}
+
+#[tokio::test]
+async fn a_quiet_vault_is_made_durable_within_a_second_or_so() {
+    let disk = SimDisk::new();
+    let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    tokio::spawn(sm::durable_loop(Arc::downgrade(&sm.shared()), false));
+    append(&mut log, (1..=3).map(|i| entry(1, i)).collect()).await;
+    apply(&mut sm, (1..=3).map(|i| entry(1, i)).collect()).await;
+    // No further batch comes to carry a durable commit: the loop does.
+    tokio::time::sleep(sm::DURABLE_EVERY + sm::DURABLE_EVERY / 2).await;
+    disk.crash();
+    drop((sm, log, store));
+    let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut sm = StateMachine::open(store).unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 3)));
+}
