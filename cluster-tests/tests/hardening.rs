@@ -899,11 +899,13 @@ async fn a_spent_one_time_token_loses_its_sealed_card_in_the_state_and_the_next_
     // Read node 3's state offline to learn the sealed bytes, then bring it back.
     // (A follower records the commit index lazily: read until the token is there.)
     let db = c.data_dir(2).join("kura.redb");
-    let mut sealed = None;
+    let (mut sealed, mut seen) = (None, Vec::new());
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         c.kill(2);
-        let before = kura_node::store::offline::read_vault(&db).unwrap().vault;
+        let offline = kura_node::store::offline::read_vault(&db).unwrap();
+        seen.push((offline.applied_index, offline.replayed_entries));
+        let before = offline.vault;
         sealed = before.any_token(&one_time).map(|r| r.card.ciphertext);
         c.restart(2);
         c.wait_live(2).await;
@@ -911,7 +913,9 @@ async fn a_spent_one_time_token_loses_its_sealed_card_in_the_state_and_the_next_
             break;
         }
     }
-    let sealed = sealed.expect("the one-time token reached node 3's disk");
+    let sealed = sealed.unwrap_or_else(|| {
+        panic!("the one-time token never reached node 3's disk; (applied, replayed) seen: {seen:?}")
+    });
     assert!(sealed.len() > 16);
 
     // The token expires after 2 s; the leader's purge destroys its card through the log.

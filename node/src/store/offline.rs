@@ -57,12 +57,13 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
             .map_or(0, |l| l.index)
     };
     let source = FsDir::existing(vault_path(path), vault_db::EXT);
-    let newest = source.list()?.into_iter().max().ok_or_else(|| {
-        io::Error::new(
+    let generations = source.list()?;
+    if generations.is_empty() {
+        return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("no vault file beside {}", path.display()),
-        )
-    })?;
+        ));
+    }
     let copy = TempDir(std::env::temp_dir().join(format!(
         "kura-offline-{}-{}",
         std::process::id(),
@@ -71,7 +72,11 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
             .map_or(0, |d| d.as_nanos())
     )));
     let dir = FsDir::create(copy.0.clone(), vault_db::EXT)?;
-    copy_file(&source, &dir, newest)?;
+    // Every generation (one, or two while a snapshot was being installed): the newest
+    // complete one is the vault.
+    for id in generations {
+        copy_file(&source, &dir, id)?;
+    }
     let files = VaultFiles::new(Arc::new(dir), false, super::VAULT_CACHE_BYTES_DEFAULT);
     let current = files.open_current()?;
     let (applied, membership) = super::sm::read_applied(&current.db)?;
@@ -82,8 +87,17 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
     )?;
     let mut replayed_entries = 0;
     if committed > applied_index {
-        let entries = wal
-            .read(applied_index + 1..=committed)?
+        let rows = wal.read(applied_index + 1..=committed)?;
+        if rows.first().map(|(i, _)| *i) != Some(applied_index + 1) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the log does not continue the vault: it applied up to {applied_index}, the log holds {:?}",
+                    wal.first_index()
+                ),
+            ));
+        }
+        let entries = rows
             .into_iter()
             .map(|(_, b)| decode::<Entry>(&b))
             .collect::<io::Result<Vec<_>>>()?;
