@@ -8,7 +8,7 @@ use kura_cluster_tests::procs::{
     client_tls_as, operator_config_as, tokenize_request, wait_for, ProcCluster,
 };
 use kura_node::net::tls::{Identity, OperatorRole};
-use kura_node::raft_types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
+use kura_node::raft_types::{SnapshotMeta, TypeConfig, Vote};
 use kura_sdk::tls::TlsConnector;
 use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector, WireError};
 use kura_sdk::{Client, ClientConfig, Error};
@@ -34,12 +34,14 @@ fn forged_requests() -> Vec<(&'static str, Vec<u8>)> {
     let ballot: VoteRequest<TypeConfig> = VoteRequest::new(Vote::new(FORGED_TERM, CLAIMED), None);
     let transfer: TransferLeaderRequest<TypeConfig> =
         TransferLeaderRequest::new(vote, CLAIMED, None);
-    let snapshot = Snapshot {
+    let snapshot = kura_node::cluster::SnapshotDone {
+        vote,
         meta: SnapshotMeta {
             last_log_id: None,
             last_membership: Default::default(),
         },
-        snapshot: kura_node::raft_types::SnapshotData::from_bytes(b"{}".to_vec()),
+        transfer: "3-1-0-0".into(),
+        len: 0,
     };
     vec![
         ("/raft/append", serde_json::to_vec(&append).unwrap()),
@@ -50,10 +52,8 @@ fn forged_requests() -> Vec<(&'static str, Vec<u8>)> {
             serde_json::to_vec(&transfer).unwrap(),
         ),
         (
-            "/raft/snapshot",
-            kura_node::cluster::encode_snapshot(&vote, &snapshot)
-                .unwrap()
-                .to_vec(),
+            "/raft/snapshot/done",
+            serde_json::to_vec(&snapshot).unwrap(),
         ),
         (
             "/peer/v1/cvc",

@@ -16,7 +16,7 @@ mod transfer;
 pub use errors::{FormError, FrameError, NoticeError, TransferError};
 pub use status::{ClusterStatus, MemberStatus, StatusWatch};
 
-pub use network::encode_snapshot;
+pub use network::{snapshot_chunk_path, SnapshotDone, SNAPSHOT_CHUNK_BYTES};
 pub use server::{admit_layer, router as raft_router, sender_matches_certificate};
 
 use crate::member::{Member, NodeId, Role};
@@ -176,6 +176,8 @@ pub struct Cluster {
     election_window: Duration,
     /// When the Raft core last published its state (see [`Cluster::core_frozen`]).
     core_seen_at: std::sync::Mutex<tokio::time::Instant>,
+    /// The snapshot being received, a chunk at a time (see `server`).
+    pub(crate) incoming_snapshot: tokio::sync::Mutex<Option<server::Upload>>,
 }
 
 /// A request from node `from` to a peer's listener, carrying the cluster id.
@@ -237,6 +239,7 @@ impl Cluster {
             cluster_id,
             pool,
             incoming_cause: std::sync::Mutex::new(None),
+            incoming_snapshot: tokio::sync::Mutex::new(None),
             election_window,
             core_seen_at: std::sync::Mutex::new(tokio::time::Instant::now()),
         }))

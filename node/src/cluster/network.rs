@@ -126,28 +126,68 @@ impl PeerClient {
     }
 }
 
-/// Snapshot upload framing: `u32 BE length || JSON (vote, meta) || snapshot bytes`.
-pub fn encode_snapshot(vote: &Vote, snapshot: &Snapshot) -> std::io::Result<Bytes> {
-    let head = serde_json::to_vec(&(vote, &snapshot.meta)).expect("snapshot meta serializes");
-    let data = &snapshot.snapshot;
-    let mut out = vec![0u8; 4 + head.len() + data.len() as usize];
-    out[..4].copy_from_slice(&(head.len() as u32).to_be_bytes());
-    out[4..4 + head.len()].copy_from_slice(&head);
-    data.read_at(0, &mut out[4 + head.len()..])?;
-    Ok(Bytes::from(out))
+/// A snapshot goes to a peer in chunks of this size, one at a time: the next is sent
+/// once the receiver has written the last to its file (back-pressure), so neither side
+/// holds more than a chunk of it in memory.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
+
+/// The last request of a snapshot upload: what the chunks make up, and the vote and
+/// meta to install it under.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct SnapshotDone {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    /// The upload the chunks belong to.
+    pub transfer: String,
+    /// Bytes in all.
+    pub len: u64,
 }
 
-/// Inverse of [`encode_snapshot`]: the vote, the snapshot's meta and its data.
-pub(super) fn decode_snapshot(
-    body: &[u8],
-) -> Result<(Vote, SnapshotMeta, &[u8]), super::FrameError> {
-    use super::FrameError;
-    let len = body.get(..4).ok_or(FrameError::Short)?;
-    let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
-    let head = body.get(4..4 + len).ok_or(FrameError::Truncated)?;
-    let (vote, meta) =
-        serde_json::from_slice(head).map_err(|e| FrameError::Header(e.to_string()))?;
-    Ok((vote, meta, &body[4 + len..]))
+/// The query of one chunk: the upload, where the chunk goes, and its CRC-32.
+pub fn snapshot_chunk_path(transfer: &str, offset: u64, crc: u32) -> String {
+    format!("/raft/snapshot/chunk?transfer={transfer}&offset={offset}&crc={crc}")
+}
+
+impl PeerClient {
+    /// Sends `snapshot` a chunk at a time, then asks the peer to install it.
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: &Snapshot,
+        ttl: Duration,
+    ) -> Result<Bytes, Fail> {
+        let data = &snapshot.snapshot;
+        let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
+        let transfer = format!(
+            "{}-{}-{}-{}",
+            self.self_id,
+            vote.leader_id().term,
+            index,
+            data.len()
+        );
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES.min(data.len() as usize)];
+        let mut offset = 0u64;
+        while offset < data.len() {
+            let n = SNAPSHOT_CHUNK_BYTES.min((data.len() - offset) as usize);
+            data.read_at(offset, &mut buf[..n])
+                .map_err(|e| Fail::Unreachable(format!("cannot read the snapshot: {e}")))?;
+            let path = snapshot_chunk_path(&transfer, offset, crc32fast::hash(&buf[..n]));
+            self.post(&path, Bytes::copy_from_slice(&buf[..n]), ttl)
+                .await?;
+            offset += n as u64;
+        }
+        let done = SnapshotDone {
+            vote,
+            meta: snapshot.meta.clone(),
+            transfer,
+            len: data.len(),
+        };
+        let body = Bytes::from(serde_json::to_vec(&done).expect("snapshot meta serializes"));
+        // Installing writes the whole vault into a new file: give it time by its size
+        // (at 20 MB/s at least) on top of the usual deadline.
+        let install = ttl + Duration::from_secs(data.len() / (20 << 20));
+        self.post("/raft/snapshot/done", body, install).await
+    }
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
@@ -194,13 +234,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let body = encode_snapshot(&vote, &snapshot).map_err(|e| {
-            StreamingError::Network(NetworkError::from_string(format!(
-                "cannot read the snapshot: {e}"
-            )))
-        })?;
-        let bytes = body.len();
-        let send = self.post("/raft/snapshot", body, option.hard_ttl());
+        let bytes = snapshot.snapshot.len();
+        let send = self.send_snapshot(vote, &snapshot, option.hard_ttl());
         futures::pin_mut!(send);
         let cancel = cancel.fuse();
         futures::pin_mut!(cancel);

@@ -1,6 +1,6 @@
 //! The Raft RPC server: the peer side of [`network`](super::network).
 
-use super::network::decode_snapshot;
+use super::network::{SnapshotDone, SNAPSHOT_CHUNK_BYTES};
 use super::{Cluster, CLUSTER_ID_HEADER, NODE_ID_HEADER};
 use crate::member::NodeId;
 use crate::net::tls::Identity as CertIdentity;
@@ -22,10 +22,9 @@ use std::sync::Arc;
 pub const APPEND_BODY_BYTES_MAX: usize = 64 << 20;
 /// Largest vote, pre-vote, transfer or hand-off body: a few dozen bytes in practice.
 pub const SMALL_RPC_BODY_BYTES_MAX: usize = 64 << 10;
-/// Largest snapshot upload accepted: the whole vault, which passes 1 GiB at about a
-/// million cards on file (a follower refused such a snapshot and never caught up).
-/// The receiver holds it in memory; only a member's certificate reaches this route.
-pub const SNAPSHOT_BODY_BYTES_MAX: usize = 64 << 30;
+/// Largest snapshot chunk accepted (a snapshot of any size comes in chunks of
+/// [`SNAPSHOT_CHUNK_BYTES`], each written to its file before the next is sent).
+pub const SNAPSHOT_CHUNK_BODY_BYTES_MAX: usize = 2 * SNAPSHOT_CHUNK_BYTES;
 
 /// Routes for `/raft/*` on the peer listener. Each route has its own body limit,
 /// enforced as the body streams in; the sender was authenticated by the handshake.
@@ -39,9 +38,10 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/pre-vote", post(pre_vote))
         .route(
-            "/raft/snapshot",
-            post(snapshot).layer(limit(SNAPSHOT_BODY_BYTES_MAX)),
+            "/raft/snapshot/chunk",
+            post(snapshot_chunk).layer(limit(SNAPSHOT_CHUNK_BODY_BYTES_MAX)),
         )
+        .route("/raft/snapshot/done", post(snapshot_done))
         .route("/raft/transfer-leader", post(transfer_leader))
         .route("/raft/identity", get(identity))
         .route("/raft/handoff-cause", post(handoff_cause))
@@ -184,7 +184,84 @@ rpc_handler!(
     |r: &TransferLeaderRequest<TypeConfig>| voter(r.from_leader())
 );
 
-async fn snapshot(
+/// A snapshot being received: which upload, from whom, and its file so far.
+pub(crate) struct Upload {
+    transfer: String,
+    from: Option<NodeId>,
+    file: crate::store::SnapshotUpload,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkQuery {
+    transfer: String,
+    offset: u64,
+    crc: u32,
+}
+
+/// The sender's node id as its request names it (checked against its certificate by
+/// [`sender_matches_certificate`] on a TLS plane).
+fn sender(headers: &HeaderMap) -> Option<NodeId> {
+    headers
+        .get(NODE_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+    (status, why.into()).into_response()
+}
+
+/// One chunk of a snapshot: appended to the upload's file once its checksum holds, if
+/// it comes where the upload stands (a chunk at offset 0 starts a new upload, replacing
+/// any other).
+async fn snapshot_chunk(
+    State(c): State<Arc<Cluster>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ChunkQuery>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = admit(&c, &headers).await {
+        return r;
+    }
+    if crc32fast::hash(&body) != q.crc {
+        return refuse(StatusCode::BAD_REQUEST, "snapshot chunk checksum mismatch");
+    }
+    let from = sender(&headers);
+    let mut incoming = c.incoming_snapshot.lock().await;
+    if q.offset == 0 {
+        match c.store.receive_snapshot() {
+            Ok(file) => {
+                *incoming = Some(Upload {
+                    transfer: q.transfer.clone(),
+                    from,
+                    file,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep a received snapshot");
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot");
+            }
+        }
+    }
+    let Some(up) = incoming
+        .as_mut()
+        .filter(|u| u.transfer == q.transfer && u.from == from && u.file.received() == q.offset)
+    else {
+        return refuse(
+            StatusCode::CONFLICT,
+            "no snapshot upload stands at this offset; start again from 0",
+        );
+    };
+    if let Err(e) = up.file.append(&body) {
+        *incoming = None;
+        tracing::warn!(error = %e, "cannot write a received snapshot");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot");
+    }
+    StatusCode::OK.into_response()
+}
+
+/// The end of an upload: its file made durable and installed under the vote.
+async fn snapshot_done(
     State(c): State<Arc<Cluster>>,
     ident: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
@@ -193,24 +270,51 @@ async fn snapshot(
     if let Err(r) = admit(&c, &headers).await {
         return r;
     }
-    match decode_snapshot(&body) {
-        Ok((vote, meta, data)) => {
-            if let Some(r) = sender_refusal(ident.as_deref(), voter(&vote)) {
-                return r;
-            }
-            let snapshot = match c.store.snapshot_from_bytes(data) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot keep a received snapshot");
-                    return (StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot")
-                        .into_response();
-                }
-            };
-            let snap = Snapshot { meta, snapshot };
-            reply(c.raft.install_full_snapshot(vote, snap).await)
+    let done: SnapshotDone = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("bad snapshot request: {e}"),
+            )
         }
-        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    if let Some(r) = sender_refusal(ident.as_deref(), voter(&done.vote)) {
+        return r;
     }
+    let from = sender(&headers);
+    let up = {
+        let mut incoming = c.incoming_snapshot.lock().await;
+        match incoming.take() {
+            Some(u) if u.transfer == done.transfer && u.from == from => u,
+            other => {
+                *incoming = other;
+                return refuse(StatusCode::CONFLICT, "no such snapshot upload; start again");
+            }
+        }
+    };
+    if up.file.received() != done.len {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "{} of {} snapshot bytes arrived",
+                up.file.received(),
+                done.len
+            ),
+        );
+    }
+    let snapshot = match up.file.finish() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot keep a received snapshot");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot");
+        }
+    };
+    let snap = Snapshot {
+        meta: done.meta,
+        snapshot,
+    };
+    reply(c.raft.install_full_snapshot(done.vote, snap).await)
 }
 
 #[derive(Serialize, serde::Deserialize)]

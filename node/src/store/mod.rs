@@ -21,7 +21,7 @@ mod writer;
 
 pub use log::LogStore;
 pub use sim_disk::SimDisk;
-pub use sm::{durable_loop, SharedVault, StateMachine, VaultView};
+pub use sm::{durable_loop, SharedVault, SnapshotUpload, StateMachine, VaultView};
 pub use writer::{FsyncObserver, SyncPolicy, WriterMode};
 
 use crate::raft_types::Entry;

@@ -300,6 +300,14 @@ impl Store {
         self.snapshots.open_file(id)
     }
 
+    /// A new snapshot file to receive one a chunk at a time.
+    pub fn receive_snapshot(&self) -> io::Result<SnapshotUpload> {
+        Ok(SnapshotUpload {
+            writer: self.snapshots.create()?,
+            files: self.snapshots.clone(),
+        })
+    }
+
     /// Makes snapshot file `file` current with `meta` — unless a later snapshot is
     /// current already, when the file is given up.
     pub(super) async fn record_snapshot(&self, meta: &SnapshotMeta, file: u64) -> io::Result<()> {
@@ -331,6 +339,32 @@ impl Store {
         let files = self.snapshots.clone();
         self.blocking(move || files.recorded(file)).await?;
         Ok(())
+    }
+}
+
+/// A snapshot being received: its file, written a chunk at a time. Dropped unfinished,
+/// the file goes.
+pub struct SnapshotUpload {
+    writer: super::snapshot_files::SnapshotWriter,
+    files: Arc<super::snapshot_files::SnapshotFiles>,
+}
+
+impl SnapshotUpload {
+    /// Appends the next chunk.
+    pub fn append(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.writer.append(chunk)
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.writer.written()
+    }
+
+    /// Makes the file durable and opens it as the snapshot's data (in progress until
+    /// recorded).
+    pub fn finish(self) -> io::Result<SnapshotData> {
+        let id = self.writer.finish()?;
+        self.files.open_file(id)
     }
 }
 

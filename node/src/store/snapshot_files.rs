@@ -61,7 +61,7 @@ impl SnapshotFiles {
 
     /// Writes `data` to a new file and makes it durable; returns its id. The file is
     /// in progress until [`SnapshotFiles::recorded`] or [`SnapshotFiles::discard`].
-    pub(crate) fn write(&self, data: &[u8]) -> io::Result<u64> {
+    pub(crate) fn write(self: &Arc<Self>, data: &[u8]) -> io::Result<u64> {
         let mut w = self.create()?;
         for step in data.chunks(WRITE_STEP_BYTES) {
             w.append(step)?;
@@ -71,7 +71,7 @@ impl SnapshotFiles {
 
     /// A new file to write a snapshot into a piece at a time. In progress until
     /// recorded or discarded (a writer dropped unfinished discards it).
-    pub(crate) fn create(&self) -> io::Result<SnapshotWriter<'_>> {
+    pub(crate) fn create(self: &Arc<Self>) -> io::Result<SnapshotWriter> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.writing.lock().expect("snapshot files lock").insert(id);
         let file = match self.dir.open(id).and_then(|f| f.set_len(0).map(|()| f)) {
@@ -82,7 +82,7 @@ impl SnapshotFiles {
             }
         };
         Ok(SnapshotWriter {
-            files: self,
+            files: self.clone(),
             id,
             file,
             offset: HEADER_BYTES as u64,
@@ -143,8 +143,8 @@ impl SnapshotFiles {
 }
 
 /// A snapshot file being written: the data after its header, then the header.
-pub(crate) struct SnapshotWriter<'a> {
-    files: &'a SnapshotFiles,
+pub(crate) struct SnapshotWriter {
+    files: Arc<SnapshotFiles>,
     id: u64,
     file: Arc<dyn super::wal::SegmentFile>,
     offset: u64,
@@ -154,7 +154,12 @@ pub(crate) struct SnapshotWriter<'a> {
     done: bool,
 }
 
-impl SnapshotWriter<'_> {
+impl SnapshotWriter {
+    /// Bytes of data written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.offset - HEADER_BYTES as u64
+    }
+
     /// Appends `data`.
     pub(crate) fn append(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_at(self.offset, data)?;
@@ -186,7 +191,7 @@ impl SnapshotWriter<'_> {
     }
 }
 
-impl Drop for SnapshotWriter<'_> {
+impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         if !self.done {
             self.files.discard(self.id);
@@ -273,11 +278,11 @@ mod tests {
     #[test]
     fn a_written_file_reads_back_and_survives_a_crash() {
         let disk = SimDisk::new();
-        let files = SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap();
+        let files = Arc::new(SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap());
         let id = files.write(b"the vault").unwrap();
         files.recorded(id);
         disk.crash();
-        let files = SnapshotFiles::open(disk.snapshot_dir(), true, Some(id)).unwrap();
+        let files = Arc::new(SnapshotFiles::open(disk.snapshot_dir(), true, Some(id)).unwrap());
         assert_eq!(files.read(id).unwrap(), b"the vault");
         assert!(files.write(b"next").unwrap() > id, "ids are never reused");
     }
@@ -285,7 +290,7 @@ mod tests {
     #[test]
     fn a_file_larger_than_one_write_step_reads_back_whole() {
         let disk = SimDisk::new();
-        let files = SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap();
+        let files = Arc::new(SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap());
         let data: Vec<u8> = (0..WRITE_STEP_BYTES * 2 + 5).map(|i| i as u8).collect();
         let id = files.write(&data).unwrap();
         files.recorded(id);
@@ -299,14 +304,14 @@ mod tests {
         let dir = || -> Arc<dyn SegmentDir> {
             Arc::new(super::super::wal::FsDir::create(tmp.path().join("snap"), EXT).unwrap())
         };
-        let files = SnapshotFiles::open(dir(), true, None).unwrap();
+        let files = Arc::new(SnapshotFiles::open(dir(), true, None).unwrap());
         let data: Vec<u8> = (0..WRITE_STEP_BYTES + 7).map(|i| (i % 251) as u8).collect();
         let old = files.write(b"old").unwrap();
         files.recorded(old);
         let id = files.write(&data).unwrap();
         files.recorded(id);
         drop(files);
-        let files = SnapshotFiles::open(dir(), true, Some(id)).unwrap();
+        let files = Arc::new(SnapshotFiles::open(dir(), true, Some(id)).unwrap());
         assert_eq!(files.read(id).unwrap(), data);
         assert_eq!(dir().list().unwrap(), vec![id]);
     }
@@ -314,7 +319,7 @@ mod tests {
     #[test]
     fn only_the_recorded_file_and_those_in_progress_are_kept() {
         let disk = SimDisk::new();
-        let files = SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap();
+        let files = Arc::new(SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap());
         let old = files.write(b"old").unwrap();
         files.recorded(old);
         let in_progress = files.write(b"building").unwrap();
@@ -336,7 +341,7 @@ mod tests {
     #[test]
     fn a_damaged_file_is_refused() {
         let disk = SimDisk::new();
-        let files = SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap();
+        let files = Arc::new(SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap());
         let id = files.write(b"0123456789").unwrap();
         let f = disk.snapshot_dir().open(id).unwrap();
         f.write_at(HEADER_BYTES as u64 + 3, b"X").unwrap();
@@ -354,7 +359,7 @@ mod tests {
     #[test]
     fn an_unsynced_file_is_lost_in_a_crash_when_syncing_is_off() {
         let disk = SimDisk::new();
-        let files = SnapshotFiles::open(disk.snapshot_dir(), false, None).unwrap();
+        let files = Arc::new(SnapshotFiles::open(disk.snapshot_dir(), false, None).unwrap());
         let id = files.write(b"volatile").unwrap();
         assert_eq!(files.read(id).unwrap(), b"volatile");
         disk.crash();
