@@ -40,14 +40,6 @@ pub trait ReadAt: Send + Sync {
     fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()>;
 }
 
-impl ReadAt for Vec<u8> {
-    fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        let start = offset as usize;
-        out.copy_from_slice(&self[start..start + out.len()]);
-        Ok(())
-    }
-}
-
 impl std::fmt::Debug for SnapshotData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SnapshotData({}, {} bytes)", self.id, self.len)
@@ -58,11 +50,6 @@ impl SnapshotData {
     /// `len` bytes read from `source`, known by `id` where they are kept.
     pub fn new(id: u64, len: u64, source: std::sync::Arc<dyn ReadAt>) -> SnapshotData {
         SnapshotData { id, len, source }
-    }
-
-    /// Data held in memory (tests, tools).
-    pub fn from_bytes(data: Vec<u8>) -> SnapshotData {
-        SnapshotData::new(0, data.len() as u64, std::sync::Arc::new(data))
     }
 
     /// Where the data is kept (the snapshot file's id).

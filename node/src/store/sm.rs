@@ -293,9 +293,10 @@ impl Store {
         }))
     }
 
-    /// Takes `data` (a snapshot stream received whole) into a new snapshot file, in
-    /// progress until recorded.
-    pub fn snapshot_from_bytes(&self, data: &[u8]) -> io::Result<SnapshotData> {
+    /// Takes `data` (a whole snapshot stream) into a new snapshot file, in progress
+    /// until recorded.
+    #[cfg(test)]
+    pub(crate) fn snapshot_from_bytes(&self, data: &[u8]) -> io::Result<SnapshotData> {
         let id = self.snapshots.write(data)?;
         self.snapshots.open_file(id)
     }

@@ -61,6 +61,7 @@ impl SnapshotFiles {
 
     /// Writes `data` to a new file and makes it durable; returns its id. The file is
     /// in progress until [`SnapshotFiles::recorded`] or [`SnapshotFiles::discard`].
+    #[cfg(test)]
     pub(crate) fn write(self: &Arc<Self>, data: &[u8]) -> io::Result<u64> {
         let mut w = self.create()?;
         for step in data.chunks(WRITE_STEP_BYTES) {
