@@ -237,38 +237,22 @@ pub(crate) fn open_file(dir: &dyn SegmentDir, id: u64) -> io::Result<SnapshotDat
     Ok(SnapshotData::new(id, data_len, Arc::new(FileData(file))))
 }
 
-/// Reads snapshot file `id` in `dir`, checking its length and checksum.
+/// Reads snapshot file `id` in `dir` whole, checking its length and checksum.
 #[cfg(test)]
 pub(crate) fn read(dir: &dyn SegmentDir, id: u64) -> io::Result<Vec<u8>> {
-    let bad = |why: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("snapshot file {id}: {why}"),
-        )
-    };
-    let file = dir
-        .open_existing(id)
-        .map_err(|e| io::Error::new(e.kind(), format!("snapshot file {id}: {e}")))?;
-    let len = file.len()?;
-    if len < HEADER_BYTES as u64 {
-        return Err(bad("shorter than its header"));
-    }
+    let data = open_file(dir, id)?;
+    let mut bytes = vec![0u8; data.len() as usize];
+    data.read_at(0, &mut bytes)?;
     let mut header = [0u8; HEADER_BYTES];
-    file.read_at(0, &mut header)?;
-    if &header[0..4] != MAGIC {
-        return Err(bad("not a snapshot file"));
-    }
+    dir.open_existing(id)?.read_at(0, &mut header)?;
     let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    let data_len = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    if len != HEADER_BYTES as u64 + data_len {
-        return Err(bad("length does not match its header"));
+    if crc32fast::hash(&bytes) != crc {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot file {id}: checksum mismatch"),
+        ));
     }
-    let mut data = vec![0u8; data_len as usize];
-    file.read_at(HEADER_BYTES as u64, &mut data)?;
-    if crc32fast::hash(&data) != crc {
-        return Err(bad("checksum mismatch"));
-    }
-    Ok(data)
+    Ok(bytes)
 }
 
 #[cfg(test)]

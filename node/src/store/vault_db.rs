@@ -44,11 +44,18 @@ fn failed(e: impl Into<redb::Error>) -> StorageError {
     StorageError::new(e.into().to_string())
 }
 
+/// Writeback of the vault's file is started after this many bytes written: the
+/// durable commit each second then finds little left to flush, instead of a second's
+/// pages at once (as RocksDB's `bytes_per_sync`, and the snapshot files here).
+const WRITEBACK_STEP_BYTES: u64 = 4 << 20;
+
 /// redb's storage backend over a segment file (a real file, or a simulated one).
 struct FileBackend {
     file: Arc<dyn SegmentFile>,
     /// Off for [`super::SyncPolicy::UnsafeNoFsync`].
     sync: bool,
+    /// Bytes written since writeback was last started.
+    unflushed: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for FileBackend {
@@ -75,7 +82,21 @@ impl StorageBackend for FileBackend {
         }
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        self.file.write_at(offset, data)
+        self.file.write_at(offset, data)?;
+        if !self.sync {
+            return Ok(());
+        }
+        let n = data.len() as u64;
+        let before = self
+            .unflushed
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if before + n >= WRITEBACK_STEP_BYTES {
+            self.unflushed
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            // The whole file (length 0: to its end); only starts the writeback.
+            self.file.start_writeback(0, 0)?;
+        }
+        Ok(())
     }
 }
 
@@ -160,6 +181,7 @@ impl VaultFiles {
         let backend = FileBackend {
             file,
             sync: self.sync,
+            unflushed: std::sync::atomic::AtomicU64::new(0),
         };
         Database::builder()
             .set_cache_size(self.cache_bytes)
@@ -331,10 +353,37 @@ fn scan_table<T: ReadableTable<Bytes, Bytes>>(
     Ok(())
 }
 
+/// The first storage failure of a view (see [`Tables::failure`]).
+#[derive(Default)]
+struct Failure(RefCell<Option<StorageError>>);
+
+impl Failure {
+    fn record(&self, e: StorageError) {
+        self.0.borrow_mut().get_or_insert(e);
+    }
+
+    fn first(&self) -> Option<StorageError> {
+        self.0.borrow().clone()
+    }
+
+    /// The value, or `None` with the failure recorded.
+    fn keep<T>(&self, r: Result<T, StorageError>) -> Option<T> {
+        r.map_err(|e| self.record(e)).ok()
+    }
+}
+
+/// The value under `key` in `t`.
+fn get_in<T: ReadableTable<Bytes, Bytes>>(
+    t: &T,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StorageError> {
+    Ok(t.get(key).map_err(failed)?.map(|v| v.value().to_vec()))
+}
+
 /// The vault's tables inside a redb write transaction.
 pub(crate) struct WriteTables<'t> {
     tables: Vec<redb::Table<'t, Bytes, Bytes>>,
-    failure: RefCell<Option<StorageError>>,
+    failure: Failure,
 }
 
 impl<'t> WriteTables<'t> {
@@ -346,7 +395,7 @@ impl<'t> WriteTables<'t> {
             .collect::<io::Result<_>>()?;
         Ok(WriteTables {
             tables,
-            failure: RefCell::new(None),
+            failure: Failure::default(),
         })
     }
 
@@ -364,13 +413,7 @@ fn index(t: TableId) -> usize {
 
 impl Tables for WriteTables<'_> {
     fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>> {
-        match self.table(table).get(key) {
-            Ok(v) => v.map(|v| v.value().to_vec()),
-            Err(e) => {
-                self.fail(failed(e));
-                None
-            }
-        }
+        self.failure.keep(get_in(self.table(table), key)).flatten()
     }
 
     fn scan(
@@ -381,33 +424,28 @@ impl Tables for WriteTables<'_> {
         reverse: bool,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) {
-        if let Err(e) = scan_table(self.table(table), from, to, reverse, visit) {
-            self.fail(e);
-        }
+        self.failure
+            .keep(scan_table(self.table(table), from, to, reverse, visit));
     }
 
     fn fail(&self, e: StorageError) {
-        self.failure.borrow_mut().get_or_insert(e);
+        self.failure.record(e);
     }
 
     fn failure(&self) -> Option<StorageError> {
-        self.failure.borrow().clone()
+        self.failure.first()
     }
 }
 
 impl TablesMut for WriteTables<'_> {
     fn put(&mut self, table: TableId, key: &[u8], value: &[u8]) {
         let r = self.tables[index(table)].insert(key, value).map(|_| ());
-        if let Err(e) = r {
-            self.fail(failed(e));
-        }
+        self.failure.keep(r.map_err(failed));
     }
 
     fn delete(&mut self, table: TableId, key: &[u8]) {
         let r = self.tables[index(table)].remove(key).map(|_| ());
-        if let Err(e) = r {
-            self.fail(failed(e));
-        }
+        self.failure.keep(r.map_err(failed));
     }
 }
 
@@ -416,7 +454,7 @@ impl TablesMut for WriteTables<'_> {
 pub struct ReadTables {
     txn: ReadTransaction,
     tables: [OnceCell<Option<ReadOnlyTable<Bytes, Bytes>>>; TableId::ALL.len()],
-    failure: RefCell<Option<StorageError>>,
+    failure: Failure,
 }
 
 impl ReadTables {
@@ -424,7 +462,7 @@ impl ReadTables {
         ReadTables {
             txn,
             tables: Default::default(),
-            failure: RefCell::new(None),
+            failure: Failure::default(),
         }
     }
 
@@ -443,13 +481,7 @@ impl ReadTables {
 
 impl Tables for ReadTables {
     fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>> {
-        match self.table(table)?.get(key) {
-            Ok(v) => v.map(|v| v.value().to_vec()),
-            Err(e) => {
-                self.fail(failed(e));
-                None
-            }
-        }
+        self.failure.keep(get_in(self.table(table)?, key)).flatten()
     }
 
     fn scan(
@@ -460,18 +492,17 @@ impl Tables for ReadTables {
         reverse: bool,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) {
-        let Some(t) = self.table(table) else { return };
-        if let Err(e) = scan_table(t, from, to, reverse, visit) {
-            self.fail(e);
+        if let Some(t) = self.table(table) {
+            self.failure.keep(scan_table(t, from, to, reverse, visit));
         }
     }
 
     fn fail(&self, e: StorageError) {
-        self.failure.borrow_mut().get_or_insert(e);
+        self.failure.record(e);
     }
 
     fn failure(&self) -> Option<StorageError> {
-        self.failure.borrow().clone()
+        self.failure.first()
     }
 }
 
