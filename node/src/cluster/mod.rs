@@ -218,7 +218,7 @@ impl Cluster {
         let vault = sm.shared();
         crate::runtime::spawn(crate::store::durable_loop(
             Arc::downgrade(&vault),
-            store.threaded(),
+            store.mode(),
         ));
         let factory = network::NetworkFactory {
             self_id: id,

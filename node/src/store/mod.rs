@@ -196,9 +196,9 @@ impl Store {
         self.durable_log.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// True when storage work runs on threads of its own (not on a simulated host).
-    pub fn threaded(&self) -> bool {
-        self.mode == WriterMode::Threaded
+    /// Where storage work runs: on threads of its own, or (a simulated host) in place.
+    pub fn mode(&self) -> WriterMode {
+        self.mode
     }
 
     /// Gives the vault a page cache of `bytes` (before the state machine opens it).
@@ -265,12 +265,7 @@ impl Store {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<T> {
-        match self.mode {
-            WriterMode::Threaded => tokio::task::spawn_blocking(f)
-                .await
-                .map_err(|e| io::Error::other(format!("blocking storage task: {e}"))),
-            WriterMode::Task => Ok(f()),
-        }
+        blocking(self.mode, f).await
     }
 
     /// A small durable write through the same path as log appends; returns when synced.
@@ -279,6 +274,20 @@ impl Store {
         self.writer.submit(Op::Canary { done });
         rx.await
             .map_err(|_| io::Error::other("storage writer stopped"))?
+    }
+}
+
+/// Runs `f` off the async workers (on the blocking pool), or in place on a simulated
+/// host (`WriterMode::Task`), which must not run threads.
+async fn blocking<T: Send + 'static>(
+    mode: WriterMode,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    match mode {
+        WriterMode::Threaded => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| io::Error::other(format!("blocking storage task: {e}"))),
+        WriterMode::Task => Ok(f()),
     }
 }
 

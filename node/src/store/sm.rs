@@ -62,6 +62,21 @@ struct Durable {
     at: tokio::time::Instant,
 }
 
+impl Durable {
+    /// Durable as applied, now.
+    fn now() -> Durable {
+        Durable {
+            entries: 0,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A durable commit is due (by entries, or by time).
+    fn due(&self) -> bool {
+        self.entries >= DURABLE_EVERY_ENTRIES || self.at.elapsed() >= DURABLE_EVERY
+    }
+}
+
 impl std::fmt::Debug for SharedVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SharedVault(applied {})", self.applied_index())
@@ -101,48 +116,35 @@ impl SharedVault {
         self.durable_log.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Makes the applied state durable if it has waited [`DURABLE_EVERY`] and this
-    /// node's log holds it durably. Returns whether it committed.
-    fn make_durable_if_due(&self) -> io::Result<bool> {
-        self.make_durable(true)
-    }
-
-    /// Makes the applied state durable now (`only_if_due`: only once it has waited
-    /// [`DURABLE_EVERY`]), unless this node's log does not hold it durably yet.
+    /// Makes the applied state durable now (`only_if_due`: only once a durable commit
+    /// is due), unless this node's log does not hold it durably yet.
     /// Returns whether the vault is durable as applied.
     fn make_durable(&self, only_if_due: bool) -> io::Result<bool> {
         let mut d = self.commit.lock().expect("vault commit lock");
         if d.entries == 0 {
             return Ok(true);
         }
-        if only_if_due && d.at.elapsed() < DURABLE_EVERY {
+        if only_if_due && !d.due() {
             return Ok(false);
         }
         if self.applied_index() > self.durable_log_index() {
             return Ok(false);
         }
         durable_commit(&self.db().db)?;
-        *d = Durable {
-            entries: 0,
-            at: tokio::time::Instant::now(),
-        };
+        *d = Durable::now();
         Ok(true)
     }
 }
 
 /// Runs while the vault is open: makes applied state durable within about
 /// [`DURABLE_EVERY`] even when no further batch comes to carry it.
-pub async fn durable_loop(vault: std::sync::Weak<SharedVault>, threaded: bool) {
+pub async fn durable_loop(vault: std::sync::Weak<SharedVault>, mode: super::WriterMode) {
     loop {
         crate::runtime::sleep(DURABLE_EVERY / 4).await;
         let Some(v) = vault.upgrade() else { return };
-        let r = if threaded {
-            tokio::task::spawn_blocking(move || v.make_durable_if_due())
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
-        } else {
-            v.make_durable_if_due()
-        };
+        let r = super::blocking(mode, move || v.make_durable(true))
+            .await
+            .and_then(|r| r);
         if let Err(e) = r {
             tracing::error!(error = %e, "the vault could not be made durable");
         }
@@ -246,10 +248,7 @@ impl StateMachine {
             shared: Arc::new(SharedVault {
                 current: RwLock::new(Arc::new(current)),
                 applied: RwLock::new(applied),
-                commit: std::sync::Mutex::new(Durable {
-                    entries: 0,
-                    at: tokio::time::Instant::now(),
-                }),
+                commit: std::sync::Mutex::new(Durable::now()),
                 durable_log: store.durable_log.clone(),
             }),
             membership,
@@ -476,17 +475,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .blocking(move || {
                 let mut d = shared.commit.lock().expect("vault commit lock");
                 d.entries += batch.len() as u64;
-                let due = d.entries >= DURABLE_EVERY_ENTRIES || d.at.elapsed() >= DURABLE_EVERY;
+                let due = d.due();
                 // Never durable ahead of this node's own log (see
                 // `Store::durable_log_index`): then a later batch or the loop does it.
                 let durable = due && last.index <= shared.durable_log_index();
                 let db = shared.db();
                 let r = apply_batch(&db.db, &batch, membership, durable, check.as_ref())?;
                 if durable {
-                    *d = Durable {
-                        entries: 0,
-                        at: tokio::time::Instant::now(),
-                    };
+                    *d = Durable::now();
                 }
                 *shared.applied.write().expect("vault lock") = Some(last);
                 Ok::<_, io::Error>(r)
@@ -562,10 +558,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         drop(old);
         *self.shared.applied.write().expect("vault lock") = applied;
         self.membership = meta.last_membership.clone();
-        *self.shared.commit.lock().expect("vault commit lock") = Durable {
-            entries: 0,
-            at: tokio::time::Instant::now(),
-        };
+        *self.shared.commit.lock().expect("vault commit lock") = Durable::now();
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             records = count,

@@ -523,7 +523,10 @@ async fn a_quiet_vault_is_made_durable_within_a_second_or_so() {
     let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
     let mut log = LogStore::new(store.clone());
     let mut sm = StateMachine::open(store.clone()).unwrap();
-    tokio::spawn(sm::durable_loop(Arc::downgrade(&sm.shared()), false));
+    tokio::spawn(sm::durable_loop(
+        Arc::downgrade(&sm.shared()),
+        WriterMode::Task,
+    ));
     append(&mut log, (1..=3).map(|i| entry(1, i)).collect()).await;
     apply(&mut sm, (1..=3).map(|i| entry(1, i)).collect()).await;
     // No further batch comes to carry a durable commit: the loop does.

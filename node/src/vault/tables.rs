@@ -480,18 +480,6 @@ pub struct MemTables {
     failure: RefCell<Option<StorageError>>,
 }
 
-impl MemTables {
-    /// Number of entries in `table`.
-    pub fn len(&self, table: TableId) -> usize {
-        self.tables.get(&table).map_or(0, BTreeMap::len)
-    }
-
-    /// True when no table holds anything.
-    pub fn is_empty(&self) -> bool {
-        self.tables.values().all(BTreeMap::is_empty)
-    }
-}
-
 impl Tables for MemTables {
     fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>> {
         self.tables.get(&table)?.get(key).cloned()
