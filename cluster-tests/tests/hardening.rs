@@ -108,6 +108,7 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
     let sk = c.merchant("shop").await;
     let leader = c.wait_leader().await;
     let api = c.api[leader].clone();
+    let term_before = c.metric(leader, "kura_raft_term").await;
 
     // 400 slow clients from 127.0.0.2, all at once: each completes TLS, then sends its
     // request head a line at a time, never finishing it. (Connected one after another,
@@ -147,6 +148,13 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
         assert!(t.is_ok(), "normal request {i} under abuse: {t:?}");
     }
     let served_in = served_from.elapsed();
+    // Nor did the flood cost the leader its leadership: consensus runs apart from the
+    // API's connections (it did, in most runs, before it did).
+    let term_after = c.metric(leader, "kura_raft_term").await;
+    assert_eq!(
+        term_before, term_after,
+        "the term moved while the API was flooded: an election"
+    );
 
     // Connections over the per-address cap (300) never got a handshake; the rest were
     // closed by the header timeout, not by anything sooner.

@@ -39,6 +39,9 @@ pub struct NodeEnv {
     pub tls: Option<Arc<NodeTls>>,
     /// TLS to the acquirer routes; `None` only in the insecure mode.
     pub acquirer_tls: Option<rustls::ClientConfig>,
+    /// The runtime consensus runs on, apart from the API's; `None` runs everything on
+    /// the current runtime (simulations).
+    pub consensus: Option<Arc<crate::runtime::Dedicated>>,
 }
 
 /// An fsync observer feeding the node's histogram.
@@ -118,6 +121,10 @@ pub fn production_env(cfg: &NodeConfig) -> io::Result<NodeEnv> {
         fault_injection: false,
         tls,
         acquirer_tls,
+        consensus: Some(Arc::new(crate::runtime::Dedicated::new(
+            "kura-raft",
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
+        )?)),
     })
 }
 
@@ -155,6 +162,36 @@ fn acquirer_trust(cfg: &NodeConfig) -> Result<rustls::ClientConfig, TlsSetupErro
 pub struct Node {
     pub cluster: Arc<Cluster>,
     pub metrics: Arc<Metrics>,
+    /// Stops the consensus runtime when the node goes.
+    _consensus: Option<Arc<crate::runtime::Dedicated>>,
+}
+
+/// Where consensus runs: its own runtime when there is one, else the current one.
+struct OnConsensus {
+    rt: Option<Arc<crate::runtime::Dedicated>>,
+    entropy: Arc<Entropy>,
+}
+
+impl OnConsensus {
+    fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.rt {
+            Some(rt) => rt.spawn(self.entropy.u64(), fut),
+            None => crate::runtime::spawn(fut),
+        }
+    }
+
+    /// Runs `fut` there and waits for its result.
+    async fn run<F>(&self, fut: F) -> io::Result<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn(fut).await.map_err(io::Error::other)
+    }
 }
 
 /// Starts Raft and both listeners. Returns once the listeners are bound; serving
@@ -182,6 +219,10 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
              clear on loopback); for local experiments only"
         );
     }
+    let consensus = OnConsensus {
+        rt: env.consensus.clone(),
+        entropy: env.entropy.clone(),
+    };
     // A peer that cannot complete a TCP handshake within an election timeout is treated
     // as gone: forwarding to a dead leader must not outlast the election replacing it.
     let connect_timeout = std::time::Duration::from_millis(cfg.raft.election_timeout_max_ms);
@@ -193,12 +234,17 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         None => env.net.connector.clone(),
     };
     let max_age = cfg.tls.connection_max_age();
-    let pool = Arc::new(
-        HttpPool::new(peer_connector, net::spawner(), PEER_BODY_BYTES_MAX)
-            .with_connect_timeout(connect_timeout)
-            .with_max_age(max_age)
-            .with_idle_max(cfg.limits.header_read_timeout() / 2),
-    );
+    let peer_pool = || {
+        Arc::new(
+            HttpPool::new(peer_connector.clone(), net::spawner(), PEER_BODY_BYTES_MAX)
+                .with_connect_timeout(connect_timeout)
+                .with_max_age(max_age)
+                .with_idle_max(cfg.limits.header_read_timeout() / 2),
+        )
+    };
+    // Raft's messages have a pool of their own: its connections are opened, and their
+    // drivers spawned, by the replication tasks on the consensus runtime.
+    let (pool, raft_pool) = (peer_pool(), peer_pool());
     let acquirer_connector: Arc<dyn Connector> = match env.acquirer_tls {
         Some(t) => Arc::new(kura_sdk::tls::TlsConnector::fixed(
             env.net.connector.clone(),
@@ -211,12 +257,15 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
             .with_connect_timeout(connect_timeout)
             .with_max_age(max_age),
     );
-    let raft_listener = env
-        .net
-        .binder
-        .bind(&me.raft_addr)
-        .await
-        .map_err(|e| bind_err("raft_addr", &me.raft_addr, e))?;
+    // Bound on the consensus runtime, so that its readiness events come through that
+    // runtime's I/O driver.
+    let raft_listener = {
+        let (binder, addr) = (env.net.binder.clone(), me.raft_addr.clone());
+        consensus
+            .run(async move { binder.bind(&addr).await })
+            .await?
+            .map_err(|e| bind_err("raft_addr", &me.raft_addr, e))?
+    };
     let api_listener = env
         .net
         .binder
@@ -236,14 +285,18 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         );
     }
     let faults = env.store.faults();
-    let cluster = Cluster::start(
-        cfg.node_id,
-        cfg.members(),
-        &cfg.raft,
-        env.store,
-        pool.clone(),
-    )
-    .await?;
+    let cluster = {
+        let (id, members, raft, store) = (
+            cfg.node_id,
+            cfg.members(),
+            cfg.raft.clone(),
+            env.store.clone(),
+        );
+        let pool = pool.clone();
+        consensus
+            .run(async move { Cluster::start(id, members, &raft, store, pool, raft_pool).await })
+            .await??
+    };
     let kek: Arc<dyn crate::crypto::KekProvider> = if faults_on {
         Arc::new(crate::faults::FaultyKek {
             inner: env.kek,
@@ -339,7 +392,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         lim.admin_connections_max,
         lim.admin_connections_max,
     );
-    crate::runtime::spawn(async move {
+    consensus.spawn(async move {
         if let Err(e) = net::serve(raft_listener, raft_routes, planes.peer, peer_limits).await {
             tracing::error!(error = %e, "raft listener stopped");
         }
@@ -375,6 +428,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     Ok(Node {
         cluster,
         metrics: env.metrics,
+        _consensus: env.consensus,
     })
 }
 

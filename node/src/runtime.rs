@@ -23,3 +23,47 @@ pub fn sleep(d: std::time::Duration) -> impl std::future::Future<Output = ()> {
 /// Unix time in milliseconds: the wall clock in production, simulated time in
 /// simulations.
 pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// A runtime of its own for consensus: the Raft core, replication, the state machine's
+/// tasks and the Raft plane's listener and connections. Every API connection, TLS
+/// handshake and handler runs on the process's main runtime, so a flood of handshakes
+/// queues behind itself there and never delays a heartbeat or a vote: a node's tasks
+/// are polled in turn on a worker, and 300 handshakes ahead of the heartbeat task held
+/// it for longer than an election timeout (hardening test, term 1 → 2 in most runs).
+///
+/// Production only: a simulated host runs every task on its one turmoil runtime.
+pub struct Dedicated(Option<tokio::runtime::Runtime>);
+
+impl Dedicated {
+    /// Starts the runtime with `threads` workers named `name`.
+    pub fn new(name: &str, threads: usize) -> std::io::Result<Dedicated> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name(name)
+            .enable_all()
+            .build()?;
+        Ok(Dedicated(Some(rt)))
+    }
+
+    /// Runs `fut` on this runtime, under the Raft runtime's RNG seeded with `seed`;
+    /// what it spawns stays on this runtime.
+    pub fn spawn<F>(&self, seed: u64, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0
+            .as_ref()
+            .expect("runtime is running")
+            .spawn(Rt::scope(seed, fut))
+    }
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        // Dropped from async code at shutdown: a blocking shutdown would panic there.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}

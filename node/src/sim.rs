@@ -326,6 +326,7 @@ pub async fn run_node(
             metrics,
             tls: Some(Arc::new(pki.node_tls(id))),
             acquirer_tls: Some(pki.client()),
+            consensus: None,
         };
         let node = crate::node::start(&cfg, env).await?;
         probe.register(id, node.cluster.clone(), faults);

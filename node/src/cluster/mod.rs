@@ -200,7 +200,8 @@ pub(crate) fn peer_request(
 }
 
 impl Cluster {
-    /// Opens the Raft node over `store`, talking to peers through `pool`.
+    /// Opens the Raft node over `store`: Raft's messages go through `raft_pool`, the
+    /// rest of what it asks peers (status, health, transfers) through `pool`.
     /// `members` is every voter, this node included.
     pub async fn start(
         id: NodeId,
@@ -208,6 +209,7 @@ impl Cluster {
         settings: &RaftSettings,
         store: Store,
         pool: Arc<HttpPool>,
+        raft_pool: Arc<HttpPool>,
     ) -> io::Result<Arc<Cluster>> {
         let mut config = settings.to_openraft().map_err(io::Error::other)?;
         // A never-lead member never starts an election; it still votes.
@@ -222,7 +224,7 @@ impl Cluster {
         ));
         let factory = network::NetworkFactory {
             self_id: id,
-            pool: pool.clone(),
+            pool: raft_pool,
             cluster_id: cluster_id.clone(),
             append_ttl_min: Duration::from_millis(settings.election_timeout_max_ms),
         };
