@@ -8,6 +8,7 @@ mod report;
 mod scale;
 mod systems;
 mod vs_etcd;
+mod wrk;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use harness::Plan;

@@ -111,3 +111,36 @@ pub fn ratio(a: f64, b: f64) -> String {
         "–".into()
     }
 }
+
+/// Round trip of 64 bytes over a loopback TCP connection (one thread each side, no TLS):
+/// the network's share of the fastest replicated write. Median, in milliseconds.
+pub fn loopback_rtt_ms() -> std::io::Result<f64> {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read_exact(&mut buf) {
+                Ok(()) => s.write_all(&buf)?,
+                Err(_) => return Ok(()),
+            }
+        }
+    });
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut h = crate::harness::histogram();
+    let mut buf = [7u8; 64];
+    for _ in 0..2_000 {
+        let t = Instant::now();
+        s.write_all(&buf)?;
+        s.read_exact(&mut buf)?;
+        h.saturating_record(t.elapsed().as_micros().max(1) as u64);
+    }
+    drop(s);
+    let _ = echo.join();
+    Ok(h.value_at_quantile(0.5) as f64 / 1000.0)
+}

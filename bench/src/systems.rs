@@ -129,16 +129,18 @@ fn spread(client: u32, seq: u64, len: usize) -> usize {
     ((u64::from(client).wrapping_mul(7_919) + seq.wrapping_mul(104_729)) % len as u64) as usize
 }
 
-/// An etcd client over the JSON gateway of one member, over TLS 1.3 with a client
-/// certificate (etcd runs with `--client-cert-auth`, as kura's planes do).
+/// An etcd client over the JSON gateway of one member, over TLS 1.3, with etcd's
+/// authentication token once the cluster has one (as kura's API plane: server TLS and
+/// a credential on every request).
 #[derive(Clone)]
 pub struct Etcd {
     pool: Arc<HttpPool>,
     pub addr: String,
+    token: Option<String>,
 }
 
 impl Etcd {
-    pub fn new(addr: String, tls: &rustls::ClientConfig) -> Etcd {
+    pub fn new(addr: String, tls: &rustls::ClientConfig, token: Option<String>) -> Etcd {
         Etcd {
             pool: Arc::new(HttpPool::new(
                 Arc::new(TlsConnector::fixed(Arc::new(TcpConnector), tls.clone())),
@@ -146,16 +148,21 @@ impl Etcd {
                 16 << 20,
             )),
             addr,
+            token,
         }
     }
 
     /// POSTs `body` to a `/v3/...` path; the JSON answer of a 200.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::POST)
             .uri(path)
             .header("host", &self.addr)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", t);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("request");
         let resp = self
@@ -231,12 +238,15 @@ impl Op for EtcdRange {
 }
 
 /// Three etcd members on loopback, each with its own data directory under `dir`, with
-/// TLS on client and peer links and client certificates required on both (certificates
-/// from a CA made for the run). Dropping it kills them.
+/// TLS on client and peer links, client certificates required on the peer links, and
+/// (after [`EtcdCluster::enable_auth`]) a token required on every client request —
+/// kura's API plane, too, is server TLS and a bearer key; wrk cannot present a client
+/// certificate. Certificates come from a CA made for the run. Dropping it kills them.
 pub struct EtcdCluster {
     pub client_addrs: Vec<String>,
     children: Vec<Child>,
     tls: rustls::ClientConfig,
+    token: Option<String>,
 }
 
 /// Writes a CA and `<stem>.crt`/`.key` for 127.0.0.1 (server and client use) under
@@ -268,16 +278,12 @@ impl EtcdCluster {
             .map(|i| format!("m{i}=https://127.0.0.1:{}", peer[i]))
             .collect::<Vec<_>>()
             .join(",");
-        let mut stems: Vec<String> = (0..3).map(|i| format!("etcd-m{i}")).collect();
-        stems.push("etcd-client".into());
+        let stems: Vec<String> = (0..3).map(|i| format!("etcd-m{i}")).collect();
         etcd_certs(dir, &stems)?;
         let f = |name: &str| dir.join(name).display().to_string();
         let tls = kura_sdk::tls::client_config(
             kura_sdk::tls::roots_from_file(&dir.join("etcd-ca.crt")).map_err(|e| e.0)?,
-            Some((
-                kura_sdk::tls::load_certs(&dir.join("etcd-client.crt")).map_err(|e| e.0)?,
-                kura_sdk::tls::load_key(&dir.join("etcd-client.key")).map_err(|e| e.0)?,
-            )),
+            None,
         )
         .map_err(|e| e.0)?;
         let mut children = Vec::new();
@@ -304,8 +310,7 @@ impl EtcdCluster {
                 ))
                 .arg(format!("--cert-file={crt}"))
                 .arg(format!("--key-file={key}"))
-                .arg(format!("--trusted-ca-file={}", f("etcd-ca.crt")))
-                .arg("--client-cert-auth")
+                // No `--trusted-ca-file`: with it etcd requires client certificates.
                 .arg(format!("--peer-cert-file={crt}"))
                 .arg(format!("--peer-key-file={key}"))
                 .arg(format!("--peer-trusted-ca-file={}", f("etcd-ca.crt")))
@@ -313,6 +318,10 @@ impl EtcdCluster {
                 .arg(format!("--initial-cluster={initial}"))
                 .arg("--initial-cluster-state=new")
                 .arg("--initial-cluster-token=kura-bench")
+                // Simple tokens (a random string looked up per request, as kura's keys);
+                // an hour, so that none expires between cells.
+                .arg("--auth-token=simple")
+                .arg("--auth-token-ttl=3600")
                 .arg("--logger=zap")
                 .arg("--log-outputs=stderr")
                 .stdin(Stdio::null())
@@ -326,13 +335,16 @@ impl EtcdCluster {
             client_addrs: client.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
             children,
             tls,
+            token: None,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while c.leader().await.is_none() {
             if tokio::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("etcd-m0.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(format!(
-                    "etcd formed no cluster within 30 s; logs in {}",
-                    dir.display()
+                    "etcd formed no cluster within 30 s; the end of m0's log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -342,7 +354,47 @@ impl EtcdCluster {
 
     /// A client of the member at `addr`.
     pub fn client(&self, addr: String) -> Etcd {
-        Etcd::new(addr, &self.tls)
+        Etcd::new(addr, &self.tls, self.token.clone())
+    }
+
+    /// Turns on etcd's authentication (a root user with the root role) and logs in:
+    /// every later request carries the token. Returns it.
+    pub async fn enable_auth(&mut self) -> Result<String, String> {
+        let leader = self.leader().await.ok_or("etcd has no leader")?;
+        let c = self.client(leader);
+        let password = format!("bench-{}", std::process::id());
+        // The root role may already exist; the rest must succeed.
+        let _ = c
+            .post("/v3/auth/role/add", &json!({ "name": "root" }))
+            .await;
+        c.post(
+            "/v3/auth/user/add",
+            &json!({ "name": "root", "password": password }),
+        )
+        .await?;
+        c.post(
+            "/v3/auth/user/grant",
+            &json!({ "user": "root", "role": "root" }),
+        )
+        .await?;
+        c.post("/v3/auth/enable", &json!({})).await?;
+        let r = c
+            .post(
+                "/v3/auth/authenticate",
+                &json!({ "name": "root", "password": password }),
+            )
+            .await?;
+        let token = r["token"]
+            .as_str()
+            .ok_or_else(|| format!("etcd gave no token: {r}"))?
+            .to_owned();
+        self.token = Some(token.clone());
+        Ok(token)
+    }
+
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
     }
 
     /// The client address of the member that leads, once every member agrees on one.
