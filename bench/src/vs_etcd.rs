@@ -104,17 +104,23 @@ impl Pairs {
     }
 }
 
+/// A system under test: where wrk sends requests, and its processes.
+struct Target<'a> {
+    url: &'a str,
+    pids: &'a [u32],
+}
+
 /// A wrk cell: a warm-up run (discarded), then the measured one.
 async fn wrk_cell(
     scripts: &Scripts,
     label: &str,
     script: Script,
-    url: &str,
+    target: &Target<'_>,
     n: u32,
     args: &Args,
     script_args: &[String],
-    pids: &[u32],
 ) -> Result<Cell, String> {
+    let (url, pids) = (target.url, target.pids);
     if !args.warmup.is_zero() {
         scripts
             .run(script, url, n, args.warmup, script_args, pids)
@@ -170,6 +176,14 @@ pub async fn run(args: Args) -> Result<(), String> {
     let client = c.client(&[0, 1, 2], &key);
     let kura_url = format!("https://{}", c.api[leader]);
     let kura_pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
+    let kura = Target {
+        url: &kura_url,
+        pids: &kura_pids,
+    };
+    let etcd_target = Target {
+        url: &etcd_url,
+        pids: &etcd_pids,
+    };
     let (head, mid, tail) = tokenize_template();
     let value_b64 = EtcdPut::new(etcd_leader.clone(), value_bytes).value_b64;
 
@@ -182,7 +196,7 @@ pub async fn run(args: Args) -> Result<(), String> {
                 &scripts,
                 "kura tokenize",
                 Script::KuraTokenize,
-                &kura_url,
+                &kura,
                 n,
                 &args,
                 &[
@@ -192,18 +206,16 @@ pub async fn run(args: Args) -> Result<(), String> {
                     mid.clone(),
                     tail.clone(),
                 ],
-                &kura_pids,
             )
             .await?;
             let e = wrk_cell(
                 &scripts,
                 "etcd put",
                 Script::EtcdPut,
-                &etcd_url,
+                &etcd_target,
                 n,
                 &args,
                 &[etcd_token.clone(), seqs.next(), value_b64.to_string()],
-                &etcd_pids,
             )
             .await?;
             cells.push((k, e));
@@ -236,22 +248,20 @@ pub async fn run(args: Args) -> Result<(), String> {
                 &scripts,
                 "kura token read",
                 Script::KuraRead,
-                &kura_url,
+                &kura,
                 n,
                 &args,
                 &[key.clone(), token_file.display().to_string()],
-                &kura_pids,
             )
             .await?;
             let e = wrk_cell(
                 &scripts,
                 "etcd range",
                 Script::EtcdRange,
-                &etcd_url,
+                &etcd_target,
                 n,
                 &args,
                 &[etcd_token.clone(), key_file.display().to_string()],
-                &etcd_pids,
             )
             .await?;
             cells.push((k, e));
@@ -397,7 +407,10 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &mut Sequences) -> Resul
                     scripts,
                     "kura tokenize",
                     Script::KuraTokenize,
-                    &url,
+                    &Target {
+                        url: &url,
+                        pids: &pids,
+                    },
                     n,
                     args,
                     &[
@@ -407,7 +420,6 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &mut Sequences) -> Resul
                         mid.clone(),
                         tail.clone(),
                     ],
-                    &pids,
                 )
                 .await?;
                 if insecure {
