@@ -102,7 +102,7 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
             .map(|(_, b)| decode::<Entry>(&b))
             .collect::<io::Result<Vec<_>>>()?;
         replayed_entries = entries.len() as u64;
-        apply_batch(&current.db, &entries, membership, false, None)?;
+        apply_batch(&current.db, &entries, membership, None)?;
     }
     let txn = current.db.begin_read().map_err(io_err)?;
     Ok(OfflineVault {

@@ -4,7 +4,9 @@
 //! Each batch of entries is applied in one redb write transaction, with `last_applied`
 //! and the membership, committed without an fsync (`Durability::None`): the log is the
 //! durability point. A durable commit follows at least every [`DURABLE_EVERY_ENTRIES`]
-//! entries or [`DURABLE_EVERY`], and before every snapshot is built, so that
+//! entries or [`DURABLE_EVERY`] — from the durable loop, after syncing the file outside
+//! every lock, never in an apply, which would hold every later apply for its fsync —
+//! and before every snapshot is built, so that
 //! `purged ≤ snapshot ≤ durably applied ≤ committed` holds after any crash; on restart
 //! openraft applies the committed entries after the durably applied point again.
 //!
@@ -35,6 +37,8 @@ use std::time::Duration;
 pub(super) const DURABLE_EVERY_ENTRIES: u64 = 10_000;
 /// ...or this long.
 pub(super) const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// How soon the durable loop tries again when this node's log was behind the vault.
+const DURABLE_RETRY: Duration = Duration::from_millis(5);
 /// How long a snapshot build waits for this node's log to be durable up to its index.
 const SNAPSHOT_LOG_WAIT_MS: u64 = 10_000;
 /// Records written per transaction while a snapshot is installed.
@@ -118,35 +122,60 @@ impl SharedVault {
 
     /// Makes the applied state durable now (`only_if_due`: only once a durable commit
     /// is due), unless this node's log does not hold it durably yet.
-    /// Returns whether the vault is durable as applied.
-    fn make_durable(&self, only_if_due: bool) -> io::Result<bool> {
+    pub(super) fn make_durable(&self, only_if_due: bool) -> io::Result<Durability> {
+        // What the applies wrote goes to the disk first, outside the lock.
+        self.db().flush_ahead()?;
         let mut d = self.commit.lock().expect("vault commit lock");
         if d.entries == 0 {
-            return Ok(true);
+            return Ok(Durability::Durable);
         }
         if only_if_due && !d.due() {
-            return Ok(false);
+            return Ok(Durability::NotDue);
         }
         if self.applied_index() > self.durable_log_index() {
-            return Ok(false);
+            return Ok(Durability::LogBehind);
         }
         durable_commit(&self.db().db)?;
         *d = Durable::now();
-        Ok(true)
+        Ok(Durability::Durable)
     }
 }
 
+/// What [`SharedVault::make_durable`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// The vault is durable as applied.
+    Durable,
+    /// Not yet: no durable commit is due.
+    NotDue,
+    /// Not yet: this node's log is not durable up to the applied state.
+    LogBehind,
+}
+
 /// Runs while the vault is open: makes applied state durable within about
-/// [`DURABLE_EVERY`] even when no further batch comes to carry it.
+/// [`DURABLE_EVERY`] (or [`DURABLE_EVERY_ENTRIES`]); applies never commit durably
+/// themselves, so none waits for the vault's fsync. When this node's log is not yet
+/// durable up to the applied state it tries again shortly: the log's writer syncs
+/// continuously, so it catches up within a sync or two.
 pub async fn durable_loop(vault: std::sync::Weak<SharedVault>, mode: super::WriterMode) {
+    let mut retry = false;
     loop {
-        crate::runtime::sleep(DURABLE_EVERY / 4).await;
+        crate::runtime::sleep(if retry {
+            DURABLE_RETRY
+        } else {
+            DURABLE_EVERY / 4
+        })
+        .await;
         let Some(v) = vault.upgrade() else { return };
-        let r = super::blocking(mode, move || v.make_durable(true))
+        match super::blocking(mode, move || v.make_durable(true))
             .await
-            .and_then(|r| r);
-        if let Err(e) = r {
-            tracing::error!(error = %e, "the vault could not be made durable");
+            .and_then(|r| r)
+        {
+            Ok(d) => retry = d == Durability::LogBehind,
+            Err(e) => {
+                retry = false;
+                tracing::error!(error = %e, "the vault could not be made durable");
+            }
         }
     }
 }
@@ -184,20 +213,15 @@ fn sm_records(
     ]
 }
 
-/// Applies `entries` in one write transaction; durable when `durable`.
+/// Applies `entries` in one write transaction, without an fsync.
 pub(super) fn apply_batch(
     db: &Database,
     entries: &[crate::raft_types::Entry],
     mut membership: StoredMembership,
-    durable: bool,
     check: Option<&ApplyCheck>,
 ) -> io::Result<(Vec<Response>, StoredMembership)> {
     let mut txn = db.begin_write().map_err(io_err)?;
-    if durable {
-        txn.set_quick_repair(true);
-    } else {
-        txn.set_durability(redb::Durability::None).map_err(io_err)?;
-    }
+    txn.set_durability(redb::Durability::None).map_err(io_err)?;
     let mut responses = Vec::with_capacity(entries.len());
     {
         let mut vault = Vault::new(WriteTables::open(&txn)?);
@@ -402,6 +426,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .store
                 .blocking(move || shared.make_durable(false))
                 .await??
+                == Durability::Durable
             {
                 break;
             }
@@ -475,15 +500,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .blocking(move || {
                 let mut d = shared.commit.lock().expect("vault commit lock");
                 d.entries += batch.len() as u64;
-                let due = d.due();
-                // Never durable ahead of this node's own log (see
-                // `Store::durable_log_index`): then a later batch or the loop does it.
-                let durable = due && last.index <= shared.durable_log_index();
+                // Never durable here: the durable loop makes it so (see `durable_loop`).
                 let db = shared.db();
-                let r = apply_batch(&db.db, &batch, membership, durable, check.as_ref())?;
-                if durable {
-                    *d = Durable::now();
-                }
+                let r = apply_batch(&db.db, &batch, membership, check.as_ref())?;
                 *shared.applied.write().expect("vault lock") = Some(last);
                 Ok::<_, io::Error>(r)
             })

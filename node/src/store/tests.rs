@@ -450,9 +450,14 @@ async fn applies_are_durable_only_from_a_durable_commit_and_a_snapshot_makes_one
     );
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta.last_log_id, Some(log_id(1, 4)));
-    // A second later the next batch is durable by itself.
+    // Applies never commit durably themselves, however long since the last durable
+    // commit: the durable loop does, once one is due (here called as it calls it).
     tokio::time::sleep(sm::DURABLE_EVERY).await;
     apply(&mut sm, vec![entry(1, 5), entry(1, 6)]).await;
+    assert_eq!(
+        sm.shared().make_durable(true).unwrap(),
+        sm::Durability::Durable
+    );
     disk.crash();
     drop((sm, log));
     let (mut sm, mut log) = open(&disk);
@@ -461,6 +466,10 @@ async fn applies_are_durable_only_from_a_durable_commit_and_a_snapshot_makes_one
     // quorum holds): the vault waits for them, however due its durable commit is.
     tokio::time::sleep(sm::DURABLE_EVERY).await;
     apply(&mut sm, vec![entry(1, 7)]).await;
+    assert_eq!(
+        sm.shared().make_durable(true).unwrap(),
+        sm::Durability::LogBehind
+    );
     append(&mut log, vec![entry(1, 7)]).await;
     disk.crash();
     drop((sm, log));

@@ -44,19 +44,22 @@ fn failed(e: impl Into<redb::Error>) -> StorageError {
     StorageError::new(e.into().to_string())
 }
 
-/// Writeback of the vault's file is started after this many bytes written: the
-/// durable commit each second then finds little left to flush, instead of a second's
-/// pages at once (as RocksDB's `bytes_per_sync`, and the snapshot files here).
-const WRITEBACK_STEP_BYTES: u64 = 4 << 20;
-
-/// redb's storage backend over a segment file (a real file, or a simulated one).
-struct FileBackend {
+/// The vault's file as redb writes it, and what has been written since it was last
+/// synced. redb syncs inside its durable commit, holding its write lock, so every apply
+/// waits for that fsync; [`VaultDb::flush_ahead`] syncs the file beforehand from the
+/// durable loop, outside every lock, so that the commit's own sync finds little left
+/// (as RocksDB's `bytes_per_sync`). Starting writeback from the applying thread instead
+/// made applies wait on the device queue (`sync_file_range`, up to 15 ms seen).
+struct FileState {
     file: Arc<dyn SegmentFile>,
     /// Off for [`super::SyncPolicy::UnsafeNoFsync`].
     sync: bool,
-    /// Bytes written since writeback was last started.
-    unflushed: std::sync::atomic::AtomicU64,
+    /// Bytes written since the last sync.
+    unsynced: std::sync::atomic::AtomicU64,
 }
+
+/// redb's storage backend over a segment file (a real file, or a simulated one).
+struct FileBackend(Arc<FileState>);
 
 impl fmt::Debug for FileBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,36 +69,28 @@ impl fmt::Debug for FileBackend {
 
 impl StorageBackend for FileBackend {
     fn len(&self) -> Result<u64, io::Error> {
-        self.file.len()
+        self.0.file.len()
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-        self.file.read_at(offset, out)
+        self.0.file.read_at(offset, out)
     }
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        self.file.set_len(len)
+        self.0.file.set_len(len)
     }
     fn sync_data(&self) -> Result<(), io::Error> {
-        if self.sync {
-            self.file.sync()
-        } else {
-            Ok(())
-        }
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        self.file.write_at(offset, data)?;
-        if !self.sync {
+        if !self.0.sync {
             return Ok(());
         }
-        let n = data.len() as u64;
-        let before = self
-            .unflushed
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        if before + n >= WRITEBACK_STEP_BYTES {
-            self.unflushed
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            // The whole file (length 0: to its end); only starts the writeback.
-            self.file.start_writeback(0, 0)?;
-        }
+        self.0
+            .unsynced
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.0.file.sync()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.0.file.write_at(offset, data)?;
+        self.0
+            .unsynced
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
@@ -112,6 +107,7 @@ pub(crate) struct VaultFiles {
 pub(crate) struct VaultDb {
     pub id: u64,
     pub db: Database,
+    file: Arc<FileState>,
     /// Declared after `db`, so the database is closed before its file is removed.
     removal: Removal,
 }
@@ -145,6 +141,19 @@ impl Drop for Removal {
 }
 
 impl VaultDb {
+    /// Syncs what has been written to the file so far, without any lock: a durable
+    /// commit right after has little left to flush while it holds redb's write lock.
+    /// Returns the bytes it synced (0: nothing to do).
+    pub(crate) fn flush_ahead(&self) -> io::Result<u64> {
+        let f = &self.file;
+        let n = f.unsynced.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if !f.sync || n == 0 {
+            return Ok(0);
+        }
+        f.file.sync()?;
+        Ok(n)
+    }
+
     /// Replaced: remove the file once nothing holds this generation any more.
     pub(crate) fn retire(&self) {
         self.removal
@@ -172,21 +181,22 @@ impl VaultFiles {
     }
 
     /// Generation `id`, emptied first when `create`.
-    fn open_db(&self, id: u64, create: bool) -> io::Result<Database> {
+    fn open_db(&self, id: u64, create: bool) -> io::Result<(Database, Arc<FileState>)> {
         // Read and written (a listed file exists already).
         let file = self.dir.open(id)?;
         if create {
             file.set_len(0)?;
         }
-        let backend = FileBackend {
+        let state = Arc::new(FileState {
             file,
             sync: self.sync,
-            unflushed: std::sync::atomic::AtomicU64::new(0),
-        };
-        Database::builder()
+            unsynced: std::sync::atomic::AtomicU64::new(0),
+        });
+        let db = Database::builder()
             .set_cache_size(self.cache_bytes)
-            .create_with_backend(backend)
-            .map_err(io_err)
+            .create_with_backend(FileBackend(state.clone()))
+            .map_err(io_err)?;
+        Ok((db, state))
     }
 
     /// The newest complete generation (a new, empty one if there is none); every other
@@ -197,8 +207,8 @@ impl VaultFiles {
         let mut current = None;
         while let Some(id) = ids.pop() {
             match self.open_db(id, false) {
-                Ok(db) if is_complete(&db)? => {
-                    current = Some(self.generation(id, db));
+                Ok((db, file)) if is_complete(&db)? => {
+                    current = Some(self.generation(id, db, file));
                     break;
                 }
                 Ok(_) => tracing::info!(id, "removing an incomplete vault generation"),
@@ -226,20 +236,21 @@ impl VaultFiles {
 
     /// A new, empty generation `id`, with every table, not yet complete.
     pub(crate) fn create(&self, id: u64) -> io::Result<VaultDb> {
-        let db = self.open_db(id, true)?;
+        let (db, file) = self.open_db(id, true)?;
         let txn = db.begin_write().map_err(io_err)?;
         for t in TableId::ALL {
             txn.open_table(def(t)).map_err(io_err)?;
         }
         txn.open_table(SM_META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
-        Ok(self.generation(id, db))
+        Ok(self.generation(id, db, file))
     }
 
-    fn generation(&self, id: u64, db: Database) -> VaultDb {
+    fn generation(&self, id: u64, db: Database, file: Arc<FileState>) -> VaultDb {
         VaultDb {
             id,
             db,
+            file,
             removal: Removal {
                 dir: self.dir.clone(),
                 id,
