@@ -612,6 +612,15 @@ impl ProcCluster {
             .body
     }
 
+    /// An admin call on node `i` only (node-local routes); panics on an error.
+    pub async fn admin_call_on(&self, i: usize, method: http::Method, path: &str) -> Value {
+        Client::new(self.admin_cfg(vec![self.admin[i].clone()]))
+            .call(method, path, None)
+            .await
+            .unwrap_or_else(|e| panic!("admin call {path} on node {i}: {e}"))
+            .body
+    }
+
     /// Creates merchant `m` and returns it, keys included.
     pub async fn merchant_with(&self, m: &kura_sdk::CreateMerchantIn) -> kura_sdk::Merchant {
         self.admin()

@@ -760,4 +760,37 @@ async fn audit_verify_names_the_first_tampered_record_in_a_copy_of_the_store() {
         "{text}{}",
         String::from_utf8_lossy(&tampered.stderr)
     );
+
+    // The online scrub: the leader's vault passes; the stopped node, given the
+    // tampered file and started again, fails it, naming the record.
+    let name = |i: usize| ["main", "dr", "bk"][i];
+    let config = c.config(0).to_str().unwrap().to_owned();
+    let scrub = |c: &ProcCluster, i: usize| c.kura(&["scrub", name(i), "--config", &config]);
+    let passed = scrub(&c, leader);
+    let text = String::from_utf8_lossy(&passed.stdout).into_owned();
+    assert!(
+        passed.status.success() && text.contains("passed"),
+        "{text}{}",
+        String::from_utf8_lossy(&passed.stderr)
+    );
+    let own = files(&c.data_dir(node).join("kura.vault"));
+    assert_eq!(own.len(), 1, "one vault generation: {own:?}");
+    std::fs::write(&own[0], &bytes).unwrap();
+    c.restart(node);
+    c.wait_live(node).await;
+    let failed = scrub(&c, node);
+    let text = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(!failed.status.success(), "the scrub must fail: {text}");
+    assert!(
+        text.contains(&format!("audit record {seq} breaks the chain")),
+        "{text}{}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    let status = c.admin_call_on(node, Method::GET, "/admin/v1/scrub").await;
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(
+        c.metric(node, "kura_vault_scrubs_total{outcome=\"failed\"}")
+            .await,
+        1.0
+    );
 }

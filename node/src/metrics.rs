@@ -58,6 +58,8 @@ pub struct Metrics {
     pub listener_timeouts: Family<PlaneLabels, Counter>,
     pub cvc_refused: Family<ReasonLabels, Counter>,
     pub purged_cards: Counter,
+    pub vault_scrubs: Family<OutcomeLabels, Counter>,
+    pub vault_scrub_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// Labels of requests refused by a rate limit: which limit.
@@ -166,6 +168,8 @@ impl Metrics {
             listener_timeouts: Family::default(),
             cvc_refused: Family::default(),
             purged_cards: Counter::default(),
+            vault_scrubs: Family::default(),
+            vault_scrub_duration: Gauge::default(),
         };
         registry.register(
             "raft_term",
@@ -300,6 +304,17 @@ impl Metrics {
             "vault_purged_cards",
             "Sealed cards of used or expired one-time tokens this node destroyed as leader",
             m.purged_cards.clone(),
+        );
+        registry.register(
+            "vault_scrubs",
+            "Full checks of this node's vault (admin scrub), by outcome (passed, failed)",
+            m.vault_scrubs.clone(),
+        );
+        registry.register_with_unit(
+            "vault_scrub_duration",
+            "How long this node's last vault scrub took",
+            Unit::Seconds,
+            m.vault_scrub_duration.clone(),
         );
         registry.register(
             "cvc_refused",
@@ -450,6 +465,16 @@ impl Metrics {
     }
 
     /// Records one API request.
+    /// A finished vault scrub.
+    pub fn observe_scrub(&self, outcome: &str, seconds: f64) {
+        self.vault_scrubs
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.vault_scrub_duration.set(seconds);
+    }
+
     pub fn observe_request(&self, endpoint: &str, method: &str, status: u16, elapsed: Duration) {
         let labels = RequestLabels {
             endpoint: endpoint.to_owned(),

@@ -298,4 +298,16 @@ impl Client {
     pub async fn admin_cluster_status(&self) -> Result<ClusterStatus, Error> {
         self.get_as("/admin/v1/cluster/status").await
     }
+
+    /// The answering node's last vault scrub (or the one running).
+    pub async fn scrub(&self) -> Result<Scrub, Error> {
+        self.get_as("/admin/v1/scrub").await
+    }
+
+    /// Starts a full check of the answering node's vault; poll [`Self::scrub`] for the
+    /// outcome. `409 scrub_running` while one runs.
+    pub async fn start_scrub(&self) -> Result<Scrub, Error> {
+        self.send_as::<_, ()>(Method::POST, "/admin/v1/scrub", None)
+            .await
+    }
 }

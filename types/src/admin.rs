@@ -256,3 +256,41 @@ pub struct AuditVerification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exported_head: Option<ExportedHeadCheck>,
 }
+
+/// Where a node's vault scrub stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ScrubState {
+    /// None has run since the node started.
+    Never,
+    Running,
+    /// Every invariant held.
+    Passed,
+    /// An invariant is broken (`violation` names it), or the vault could not be read.
+    Failed,
+}
+
+/// `GET`/`POST /admin/v1/scrub`: the full check of this node's vault — every index
+/// both ways, every count, every payment's state, the audit chain — read from one
+/// consistent view of its storage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "node": "main", "state": "passed", "started_at_ms": 1764633600000_u64,
+    "finished_at_ms": 1764633604200_u64, "applied_index": 120443})))]
+pub struct Scrub {
+    /// The node whose vault this is.
+    pub node: String,
+    pub state: ScrubState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// The log index the checked view had applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+    /// The first broken invariant, when `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violation: Option<String>,
+}

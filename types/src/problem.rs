@@ -87,6 +87,7 @@ pub enum ProblemCode {
     MemberNotFound,
     TransferFailed,
     FaultInjectionDisabled,
+    ScrubRunning,
     /// A code newer than this crate.
     Unknown,
 }
@@ -159,6 +160,7 @@ impl ProblemCode {
         ProblemCode::MemberNotFound,
         ProblemCode::TransferFailed,
         ProblemCode::FaultInjectionDisabled,
+        ProblemCode::ScrubRunning,
     ];
 
     /// The wire form.
@@ -229,6 +231,7 @@ impl ProblemCode {
             ProblemCode::MemberNotFound => "member_not_found",
             ProblemCode::TransferFailed => "transfer_failed",
             ProblemCode::FaultInjectionDisabled => "fault_injection_disabled",
+            ProblemCode::ScrubRunning => "scrub_running",
             ProblemCode::Unknown => "unknown",
         }
     }

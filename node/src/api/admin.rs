@@ -1,5 +1,5 @@
 //! Admin routes: form the cluster; create, list, update merchants and rotate their keys;
-//! move leadership; drain nodes; fault switches. Every route is on the admin plane,
+//! move leadership; drain nodes; fault switches; scrub a node's vault. Every route is on the admin plane,
 //! where an operator has been authenticated.
 
 use super::dto::{self, wire};
@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use kura_types::{
     CreateMerchantIn, Drained, Faults, InitOutcome, Leader, Merchant, Merchants, RotateKeyIn,
-    TransferIn, UpdateMerchantIn,
+    Scrub, TransferIn, UpdateMerchantIn,
 };
 
 type Out<T> = Result<axum::Json<T>, Problem>;
@@ -238,4 +238,29 @@ pub async fn set_faults(
 ) -> Out<Faults> {
     let set = st.svc.set_faults(&op, &dto::faults_in(state))?;
     Ok(axum::Json(dto::faults_out(set)))
+}
+
+/// This node's last vault scrub, or the one running (node-local, never forwarded).
+#[utoipa::path(get, path = "/admin/v1/scrub", tag = "cluster",
+    responses((status = 200, description = "the last scrub", body = Scrub)),
+    security(("operator" = [])))]
+pub async fn get_scrub(State(st): St) -> axum::Json<Scrub> {
+    axum::Json(st.svc.scrub_status())
+}
+
+/// Starts a full check of this node's vault (node-local): every index both ways,
+/// every count, every payment's state and the audit chain, from one consistent view,
+/// in the background. `202`; poll `GET /admin/v1/scrub` for the outcome.
+#[utoipa::path(post, path = "/admin/v1/scrub", tag = "cluster",
+    responses(
+        (status = 202, description = "started", body = Scrub),
+        (status = 409, description = "a scrub is running on this node already", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
+pub async fn start_scrub(
+    State(st): St,
+    Extension(op): Extension<Operator>,
+) -> Result<Response, Problem> {
+    let s = st.svc.start_scrub(&op)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(s)).into_response())
 }

@@ -100,6 +100,7 @@ fn admin_local_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(admin::init))
         .routes(routes!(admin::get_faults, admin::set_faults))
+        .routes(routes!(admin::get_scrub, admin::start_scrub))
         .routes(routes!(health::admin_cluster_status))
 }
 

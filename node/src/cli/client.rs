@@ -50,7 +50,7 @@ pub fn admin_client(cfg: &NodeConfig, config: &Path) -> Result<Client, String> {
     admin_client_for(cfg, config, cfg.admin_endpoints())
 }
 
-fn admin_client_for(
+pub(crate) fn admin_client_for(
     cfg: &NodeConfig,
     config: &Path,
     endpoints: Vec<String>,

@@ -109,6 +109,14 @@ pub enum Cmd {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Check a node's whole vault (every index both ways, every count, every payment,
+    /// the audit chain) and wait for the outcome; exits non-zero on a violation.
+    Scrub {
+        /// The member's name (default: the config's own node).
+        name: Option<String>,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Run a standalone acquirer simulator (test cards, latency and failure injection;
     /// see docs/operations.md).
     AcquirerSim {
@@ -661,4 +669,60 @@ fn render_status(statuses: &[(String, Option<Value>)]) -> String {
         );
     }
     out
+}
+
+/// How often `kura scrub` asks for the outcome.
+const SCRUB_POLL: Duration = Duration::from_millis(500);
+
+/// `kura scrub [NAME]`: starts a full check of a node's vault (or follows the one
+/// running) and waits for its outcome.
+pub async fn scrub(config: &Path, name: Option<&str>) -> Result<(), String> {
+    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let member = match name {
+        None => cfg.me().member.clone(),
+        Some(n) => cfg
+            .members()
+            .into_values()
+            .find(|m| m.name == n)
+            .ok_or_else(|| format!("no member named {n} in {}", config.display()))?,
+    };
+    let client = client::admin_client_for(&cfg, config, vec![member.admin_addr.clone()])?;
+    match client.start_scrub().await {
+        Ok(s) => println!(
+            "scrubbing {}'s vault (applied index {})",
+            member.name,
+            s.applied_index.unwrap_or(0)
+        ),
+        Err(kura_sdk::Error::Api {
+            code: kura_types::ProblemCode::ScrubRunning,
+            ..
+        }) => println!(
+            "a scrub of {}'s vault is running already; waiting for it",
+            member.name
+        ),
+        Err(e) => return Err(e.to_string()),
+    }
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(SCRUB_POLL).await;
+        let s = client.scrub().await.map_err(|e| e.to_string())?;
+        match s.state {
+            kura_types::ScrubState::Running => continue,
+            kura_types::ScrubState::Passed => {
+                println!(
+                    "{}'s vault passed: every invariant holds ({:.1} s)",
+                    member.name,
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            kura_types::ScrubState::Failed | kura_types::ScrubState::Never => {
+                return Err(format!(
+                    "{}'s vault FAILED its scrub: {}",
+                    member.name,
+                    s.violation.as_deref().unwrap_or("(no detail)")
+                ))
+            }
+        }
+    }
 }

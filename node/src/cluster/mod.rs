@@ -252,6 +252,19 @@ impl Cluster {
         &self.vault
     }
 
+    /// Runs `f` on the vault as applied, in one read transaction, off the async
+    /// workers: for reads that visit the whole vault.
+    pub async fn read_vault_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::store::VaultView) -> T + Send + 'static,
+    ) -> Result<T, crate::vault::StorageError> {
+        let vault = self.vault.clone();
+        self.store
+            .blocking(move || vault.read(f))
+            .await
+            .map_err(|e| crate::vault::StorageError::new(e.to_string()))?
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id

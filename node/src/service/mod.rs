@@ -15,6 +15,7 @@ pub mod merchants;
 pub mod nodes;
 pub mod payments;
 pub mod peers;
+pub mod scrub;
 mod sealing;
 pub mod tokens;
 
@@ -141,6 +142,8 @@ pub struct Service {
     payments_in_flight: Mutex<HashSet<String>>,
     /// Failed authentications not yet summarised into the audit trail.
     auth_failures: audit::AuthFailures,
+    /// This node's last vault scrub.
+    scrubs: scrub::Scrubs,
 }
 
 /// The parts a [`Service`] is built from.
@@ -161,7 +164,6 @@ pub struct Parts {
 impl Service {
     pub fn new(p: Parts) -> Service {
         Service {
-            cluster: p.cluster,
             keys: p.keys,
             entropy: p.entropy,
             clock: p.clock,
@@ -174,6 +176,8 @@ impl Service {
             router: p.router,
             payments_in_flight: Mutex::default(),
             auth_failures: audit::AuthFailures::default(),
+            scrubs: scrub::Scrubs::new(&p.cluster.me().name),
+            cluster: p.cluster,
         }
     }
 

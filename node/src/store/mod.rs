@@ -261,7 +261,7 @@ impl Store {
 
     /// Runs `f` off the async workers (on the blocking pool), or in place on a simulated
     /// host, which must not run threads.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<T> {
