@@ -135,13 +135,60 @@ async fn wrk_cell(
 
 /// Sequence numbers of the cards and keys each wrk cell writes, apart from every other
 /// cell's.
-struct Sequences(u64);
+struct Sequences(std::cell::Cell<u64>);
 
 impl Sequences {
-    fn next(&mut self) -> String {
-        self.0 += 1;
-        (self.0 * 10_000_000).to_string()
+    fn next(&self) -> String {
+        self.0.set(self.0.get() + 1);
+        (self.0.get() * 10_000_000).to_string()
     }
+}
+
+/// One system's side of an interleaved comparison: what wrk runs, against whom, and
+/// the script's arguments for each cell.
+struct Side<'a, F: FnMut() -> Vec<String>> {
+    label: &'a str,
+    script: Script,
+    target: &'a Target<'a>,
+    args: F,
+}
+
+/// kura and etcd interleaved, cell by cell ([`ROUNDS`] pairs per client count).
+async fn interleaved(
+    scripts: &Scripts,
+    args: &Args,
+    mut kura: Side<'_, impl FnMut() -> Vec<String>>,
+    mut etcd: Side<'_, impl FnMut() -> Vec<String>>,
+) -> Result<Vec<Pairs>, String> {
+    let mut out = Vec::new();
+    for &n in &args.clients {
+        let mut cells = Vec::new();
+        for _ in 0..ROUNDS {
+            let k = wrk_cell(
+                scripts,
+                kura.label,
+                kura.script,
+                kura.target,
+                n,
+                args,
+                &(kura.args)(),
+            )
+            .await?;
+            let e = wrk_cell(
+                scripts,
+                etcd.label,
+                etcd.script,
+                etcd.target,
+                n,
+                args,
+                &(etcd.args)(),
+            )
+            .await?;
+            cells.push((k, e));
+        }
+        out.push(Pairs { clients: n, cells });
+    }
+    Ok(out)
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -153,7 +200,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     eprintln!("{}; loopback round trip p50 {rtt_ms:.3} ms", fsync.line());
     let scripts = Scripts::write(dir.path())?;
     let value_bytes = tokenize_body_bytes();
-    let mut seqs = Sequences(0);
+    let seqs = Sequences(std::cell::Cell::new(0));
 
     let etcd_dir = dir.path().join("etcd");
     std::fs::create_dir_all(&etcd_dir).map_err(|e| e.to_string())?;
@@ -188,40 +235,31 @@ pub async fn run(args: Args) -> Result<(), String> {
     let value_b64 = EtcdPut::new(etcd_leader.clone(), value_bytes).value_b64;
 
     eprintln!("closed loop, wrk ({wrk_version}), kura and etcd interleaved:");
-    let mut writes = Vec::new();
-    for &n in &args.clients {
-        let mut cells = Vec::new();
-        for _ in 0..ROUNDS {
-            let k = wrk_cell(
-                &scripts,
-                "kura tokenize",
-                Script::KuraTokenize,
-                &kura,
-                n,
-                &args,
-                &[
+    let writes = interleaved(
+        &scripts,
+        &args,
+        Side {
+            label: "kura tokenize",
+            script: Script::KuraTokenize,
+            target: &kura,
+            args: || {
+                vec![
                     key.clone(),
                     seqs.next(),
                     head.clone(),
                     mid.clone(),
                     tail.clone(),
-                ],
-            )
-            .await?;
-            let e = wrk_cell(
-                &scripts,
-                "etcd put",
-                Script::EtcdPut,
-                &etcd_target,
-                n,
-                &args,
-                &[etcd_token.clone(), seqs.next(), value_b64.to_string()],
-            )
-            .await?;
-            cells.push((k, e));
-        }
-        writes.push(Pairs { clients: n, cells });
-    }
+                ]
+            },
+        },
+        Side {
+            label: "etcd put",
+            script: Script::EtcdPut,
+            target: &etcd_target,
+            args: || vec![etcd_token.clone(), seqs.next(), value_b64.to_string()],
+        },
+    )
+    .await?;
 
     let mut tokens = Vec::new();
     for i in 0..1000 {
@@ -240,34 +278,23 @@ pub async fn run(args: Args) -> Result<(), String> {
     let key_file = scripts.file("keys.txt");
     let keys_b64: Vec<String> = keys.iter().map(|k| B64.encode(k)).collect();
     std::fs::write(&key_file, keys_b64.join("\n")).map_err(|e| e.to_string())?;
-    let mut reads = Vec::new();
-    for &n in &args.clients {
-        let mut cells = Vec::new();
-        for _ in 0..ROUNDS {
-            let k = wrk_cell(
-                &scripts,
-                "kura token read",
-                Script::KuraRead,
-                &kura,
-                n,
-                &args,
-                &[key.clone(), token_file.display().to_string()],
-            )
-            .await?;
-            let e = wrk_cell(
-                &scripts,
-                "etcd range",
-                Script::EtcdRange,
-                &etcd_target,
-                n,
-                &args,
-                &[etcd_token.clone(), key_file.display().to_string()],
-            )
-            .await?;
-            cells.push((k, e));
-        }
-        reads.push(Pairs { clients: n, cells });
-    }
+    let reads = interleaved(
+        &scripts,
+        &args,
+        Side {
+            label: "kura token read",
+            script: Script::KuraRead,
+            target: &kura,
+            args: || vec![key.clone(), token_file.display().to_string()],
+        },
+        Side {
+            label: "etcd range",
+            script: Script::EtcdRange,
+            target: &etcd_target,
+            args: || vec![etcd_token.clone(), key_file.display().to_string()],
+        },
+    )
+    .await?;
 
     // Open loop at half of etcd's saturation, by kura-bench's own harness (wrk's
     // closed loop would hide queueing), kura and etcd one after the other.
@@ -315,7 +342,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     drop(c);
     drop(etcd);
 
-    let tls_cost = tls_cost(&args, &scripts, &mut seqs).await?;
+    let tls_cost = tls_cost(&args, &scripts, &seqs).await?;
     let mut text = render(
         &args,
         &Probes {
@@ -378,7 +405,7 @@ struct TlsCost {
 /// Rounds of the TLS-cost comparison.
 const TLS_COST_ROUNDS: u32 = 2;
 
-async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &mut Sequences) -> Result<TlsCost, String> {
+async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<TlsCost, String> {
     let counts = [
         *args.clients.first().unwrap_or(&1),
         *args.clients.last().unwrap_or(&256),

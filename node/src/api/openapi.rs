@@ -64,10 +64,10 @@ mod tests {
         assert_eq!(json["openapi"], "3.1.0");
         let paths = json["paths"].as_object().unwrap();
         let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        // 12 merchant operations, 4 of health and status, 20 on the admin plane.
+        // 12 merchant operations, 4 of health and status, 22 on the admin plane.
         assert_eq!(
             operations,
-            36,
+            38,
             "{:?}",
             paths
                 .iter()
@@ -82,6 +82,8 @@ mod tests {
             "AuthorizeIn",
             "Problem",
             "ClusterStatus",
+            "Scrub",
+            "ScrubState",
         ] {
             assert!(schemas.contains_key(s), "schema {s} missing");
         }
