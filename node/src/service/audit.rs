@@ -35,30 +35,48 @@ const EVENT_ACTIONS: [&str; 2] = ["auth.failed", "faults.set"];
 /// Failed authentications since the last flush.
 #[derive(Default)]
 pub struct AuthFailures {
-    counts: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
+    counts: Mutex<FailureCounts>,
 }
 
 impl AuthFailures {
     /// Counts one failure on `plane` for `reason` from `source` (an IP address).
     pub fn note(&self, plane: &'static str, reason: &'static str, source: &str) {
-        let mut c = self.counts.lock().expect("auth failures lock");
-        let key = (plane, reason, source.to_owned());
-        if c.len() >= FAILURE_KEYS_MAX && !c.contains_key(&key) {
-            *c.entry((plane, reason, "*".into())).or_default() += 1;
-        } else {
-            *c.entry(key).or_default() += 1;
-        }
+        self.restore(FailureCounts::from([(
+            (plane, reason, source.to_owned()),
+            1,
+        )]));
     }
 
     /// The summary of the failures since the last call, if any, and forgets them.
     pub fn take_summary(&self) -> Option<String> {
+        self.take().map(|c| Self::summary(&c))
+    }
+
+    /// The failures since the last call, if any, forgotten here.
+    pub fn take(&self) -> Option<FailureCounts> {
         let counts = std::mem::take(&mut *self.counts.lock().expect("auth failures lock"));
-        if counts.is_empty() {
-            return None;
+        (!counts.is_empty()).then_some(counts)
+    }
+
+    /// Gives back failures taken but not written (they are summarised with the next
+    /// ones: written at least once, not lost to a leader change).
+    pub fn restore(&self, taken: FailureCounts) {
+        for ((plane, reason, source), n) in taken {
+            let mut c = self.counts.lock().expect("auth failures lock");
+            let key = (plane, reason, source);
+            if c.len() >= FAILURE_KEYS_MAX && !c.contains_key(&key) {
+                *c.entry((plane, reason, "*".into())).or_default() += n;
+            } else {
+                *c.entry(key).or_default() += n;
+            }
         }
+    }
+
+    /// One line: the total, then the sources by count.
+    pub fn summary(counts: &FailureCounts) -> String {
         let total: u64 = counts.values().sum();
-        let mut by_count: Vec<_> = counts.into_iter().collect();
-        by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut by_count: Vec<_> = counts.iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
         let named: Vec<String> = by_count
             .iter()
             .take(SUMMARY_SOURCES_MAX)
@@ -70,9 +88,12 @@ impl AuthFailures {
         } else {
             String::new()
         };
-        Some(format!("{total} failed: {}{more}", named.join(", ")))
+        format!("{total} failed: {}{more}", named.join(", "))
     }
 }
+
+/// Failed authentications by (plane, reason, source).
+pub type FailureCounts = BTreeMap<(&'static str, &'static str, String), u64>;
 
 /// An event a node hands to the leader.
 #[derive(Debug, Serialize, Deserialize)]
@@ -433,16 +454,18 @@ pub async fn flush_loop(svc: Arc<Service>) {
         .min(Duration::from_secs(svc.settings.audit_sign_interval_s));
     loop {
         crate::runtime::sleep(every).await;
-        let Some(summary) = svc.auth_failures.take_summary() else {
+        let Some(taken) = svc.auth_failures.take() else {
             continue;
         };
+        let summary = AuthFailures::summary(&taken);
         tracing::warn!(summary = %summary, "failed authentications");
         let by = Some(format!("node:{}", svc.cluster.me().name));
         if let Err(e) = svc.record("auth.failed", summary, by).await {
             tracing::warn!(
                 code = super::ServiceError::code(&e),
-                "failed authentications not written to the audit trail"
+                "failed authentications not written to the audit trail yet; kept for the next flush"
             );
+            svc.auth_failures.restore(taken);
         }
     }
 }
@@ -450,6 +473,21 @@ pub async fn flush_loop(svc: Arc<Service>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_not_written_are_given_back_and_summarised_with_the_next() {
+        let f = AuthFailures::default();
+        f.note("api", "unknown_key", "127.0.0.2");
+        let taken = f.take().unwrap();
+        assert_eq!(f.take(), None);
+        f.note("api", "unknown_key", "127.0.0.2");
+        f.note("admin", "no_credentials", "127.0.0.3");
+        f.restore(taken);
+        assert_eq!(
+            f.take_summary().unwrap(),
+            "3 failed: api unknown_key from 127.0.0.2 x2, admin no_credentials from 127.0.0.3 x1"
+        );
+    }
 
     #[test]
     fn failures_are_summarised_by_count_and_bounded() {
