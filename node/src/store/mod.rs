@@ -11,6 +11,7 @@
 
 mod log;
 pub mod offline;
+mod overlay;
 mod sim_disk;
 mod sm;
 mod snapshot_files;

@@ -102,11 +102,15 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
             .map(|(_, b)| decode::<Entry>(&b))
             .collect::<io::Result<Vec<_>>>()?;
         replayed_entries = entries.len() as u64;
-        apply_batch(&current.db, &entries, membership, None)?;
+        apply_batch(&current.db, &entries, membership)?;
     }
     let txn = current.db.begin_read().map_err(io_err)?;
     Ok(OfflineVault {
-        vault: Vault::new(vault_db::ReadTables::new(txn)),
+        vault: Vault::new(super::overlay::Layered::new(
+            Default::default(),
+            Default::default(),
+            vault_db::ReadTables::new(txn, None),
+        )),
         applied_index,
         replayed_entries,
         _db: current,

@@ -1,20 +1,22 @@
 //! The state machine: the vault in redb tables ([`super::vault_db`]), snapshots
 //! streamed into files of their own.
 //!
-//! Each batch of entries is applied in one redb write transaction, with `last_applied`
-//! and the membership, committed without an fsync (`Durability::None`): the log is the
-//! durability point. A durable commit follows at least every [`DURABLE_EVERY_ENTRIES`]
-//! entries or [`DURABLE_EVERY`] — from the durable loop, after syncing the file outside
-//! every lock, never in an apply, which would hold every later apply for its fsync —
-//! and before every snapshot is built, so that
+//! Each batch of entries is applied into an in-memory buffer ([`super::overlay`]) that
+//! reads see over the file; the buffer is written into the file every [`FLUSH_EVERY`]
+//! in one redb transaction with `last_applied` and the membership, committed without an
+//! fsync (`Durability::None`): the log is the durability point. A durable commit
+//! follows at least every [`DURABLE_EVERY_ENTRIES`] entries or [`DURABLE_EVERY`] — from
+//! the durable loop, never in an apply, which would hold every later apply for its
+//! fsync — and before every snapshot is built, so that
 //! `purged ≤ snapshot ≤ durably applied ≤ committed` holds after any crash; on restart
 //! openraft applies the committed entries after the durably applied point again.
 //!
-//! A snapshot is a stream of the tables ([`super::snapshot_stream`]) read from one read
-//! transaction — a consistent view while writes go on — and written to its file a
+//! A snapshot is a stream of the tables ([`super::snapshot_stream`]) read from one view
+//! (the buffer over one read transaction) — consistent while writes go on — and written to its file a
 //! frame at a time. Installing one writes a new vault generation from the stream in
 //! batches and switches to it with one durable commit.
 
+use super::overlay::{self, Changes, Layered};
 use super::snapshot_stream::{self, Encoder};
 use super::vault_db::{self, ReadTables, VaultDb, VaultFiles, WriteTables};
 use super::writer::{Done, Op};
@@ -24,15 +26,21 @@ use super::{
 use crate::raft_types::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
-use crate::vault::{Response, StorageError, TableId, Tables, Vault};
+use crate::vault::{Response, StorageError, TableId, Tables, TablesMut, Vault};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use redb::{Database, ReadTransaction, ReadableDatabase};
+use redb::{Database, ReadableDatabase};
 use std::io;
-use std::sync::{Arc, RwLock};
+use std::ops::Bound;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// Applied changes are written to the vault's file at least this often...
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// ...or as soon as this many keys have changed since the last write (the buffer's
+/// bound: the apply that reaches it writes the buffer out itself).
+const FLUSH_KEYS: usize = 100_000;
 /// A durable commit of the applied state follows at least this many entries...
 pub(super) const DURABLE_EVERY_ENTRIES: u64 = 10_000;
 /// ...or this long.
@@ -44,32 +52,60 @@ const SNAPSHOT_LOG_WAIT_MS: u64 = 10_000;
 /// Records written per transaction while a snapshot is installed.
 const INSTALL_BATCH_RECORDS: usize = 20_000;
 
-/// The vault as a request reads it: one read transaction's view.
-pub type VaultView = Vault<ReadTables>;
+/// The vault's tables as a request reads them: the buffered changes over one read
+/// transaction of the file.
+pub type ViewTables = Layered<ReadTables>;
+
+/// The vault as a request reads it: one applied state.
+pub type VaultView = Vault<ViewTables>;
 
 /// The vault as the API reads it: shared between the state machine and request handlers.
+///
+/// Applies write into an in-memory buffer ([`super::overlay`]) that every read sees
+/// over the file; the durable loop writes the buffer into the file every
+/// [`FLUSH_EVERY`] in one transaction, and commits the file durably about every
+/// [`DURABLE_EVERY`]. Locks, always taken in this order: `flush` (a flush, a durable
+/// commit, an install), `apply` (an apply batch, the start of a flush), `state` (held
+/// only to copy or swap the maps).
 pub struct SharedVault {
-    current: RwLock<Arc<VaultDb>>,
-    applied: RwLock<Option<LogId>>,
-    /// Held while a batch is applied or the vault made durable, so that what a durable
-    /// commit persists is exactly what was checked against the log.
-    commit: std::sync::Mutex<Durable>,
+    state: std::sync::Mutex<Applied>,
+    apply: std::sync::Mutex<()>,
+    flush: std::sync::Mutex<Flushed>,
     /// The highest log index durable in this node's log (see `Store::durable_log_index`).
     durable_log: Arc<std::sync::atomic::AtomicU64>,
+    /// The buffer's bound in changed keys ([`FLUSH_KEYS`]).
+    flush_keys: std::sync::atomic::AtomicUsize,
 }
 
-/// How far the vault is durable.
-struct Durable {
-    /// Entries applied since the last durable commit.
+/// What has been applied.
+struct Applied {
+    /// The current generation of the vault's file.
+    db: Arc<VaultDb>,
+    /// Changes applied since the last flush began.
+    top: Changes,
+    /// Changes being written by a flush (empty between flushes).
+    below: Changes,
+    /// The last entry applied, and the membership then.
+    last: Option<LogId>,
+    membership: StoredMembership,
+    /// Entries applied into `top`.
     entries: u64,
-    /// When that was.
+}
+
+/// What the vault's file holds.
+struct Flushed {
+    /// The last entry written into it.
+    last: Option<LogId>,
+    /// Entries written since its last durable commit...
+    entries: u64,
+    /// ...which was then.
     at: tokio::time::Instant,
 }
 
-impl Durable {
-    /// Durable as applied, now.
-    fn now() -> Durable {
-        Durable {
+impl Flushed {
+    fn durable(last: Option<LogId>) -> Flushed {
+        Flushed {
+            last,
             entries: 0,
             at: tokio::time::Instant::now(),
         }
@@ -88,15 +124,10 @@ impl std::fmt::Debug for SharedVault {
 }
 
 impl SharedVault {
-    /// Runs `f` on the vault as last applied, in one read transaction. A storage
-    /// failure voids whatever `f` came to.
+    /// Runs `f` on the vault as last applied. A storage failure voids whatever `f`
+    /// came to.
     pub fn read<T>(&self, f: impl FnOnce(&VaultView) -> T) -> Result<T, StorageError> {
-        let db = self.db();
-        let txn = db
-            .db
-            .begin_read()
-            .map_err(|e| StorageError::new(redb::Error::from(e).to_string()))?;
-        let view = Vault::new(ReadTables::new(txn));
+        let view = Vault::new(self.view()?.0);
         let out = f(&view);
         match view.tables().failure() {
             Some(e) => Err(e),
@@ -104,39 +135,155 @@ impl SharedVault {
         }
     }
 
+    /// The tables as last applied, and the last entry applied. The maps are copied and
+    /// the file's read transaction begun under one lock: a flush cannot take its
+    /// changes out of the buffer in between, nor write later ones into the file.
+    fn view(&self) -> Result<(ViewTables, Option<LogId>), StorageError> {
+        let s = self.state.lock().expect("vault lock");
+        let base = ReadTables::begin(&s.db)?;
+        Ok((Layered::new(s.top.clone(), s.below.clone(), base), s.last))
+    }
+
     /// Index of the last applied log entry (0 before any).
     pub fn applied_index(&self) -> u64 {
-        self.applied
-            .read()
+        self.state
+            .lock()
             .expect("vault lock")
+            .last
             .map_or(0, |l| l.index)
     }
 
-    fn db(&self) -> Arc<VaultDb> {
-        self.current.read().expect("vault lock").clone()
+    /// Bounds the buffer at `keys` changed keys instead.
+    #[cfg(test)]
+    pub(super) fn set_flush_keys(&self, keys: usize) {
+        self.flush_keys
+            .store(keys, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last entry the vault's file holds (maybe not durably yet).
+    #[cfg(test)]
+    pub(super) fn file_applied(&self) -> Option<LogId> {
+        let db = self.state.lock().expect("vault lock").db.clone();
+        read_applied(&db.db).expect("readable").0
     }
 
     fn durable_log_index(&self) -> u64 {
         self.durable_log.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Makes the applied state durable now (`only_if_due`: only once a durable commit
-    /// is due), unless this node's log does not hold it durably yet.
+    /// Applies `entries` into the buffer; readers see all of them or none.
+    fn apply_entries(
+        &self,
+        entries: &[crate::raft_types::Entry],
+        check: Option<&ApplyCheck>,
+    ) -> io::Result<Vec<Response>> {
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        let (responses, full) = {
+            let _apply = self.apply.lock().expect("vault apply lock");
+            let (mut tables, membership) = {
+                let s = self.state.lock().expect("vault lock");
+                let base = ReadTables::begin(&s.db).map_err(io::Error::other)?;
+                (
+                    Layered::new(s.top.clone(), s.below.clone(), base),
+                    s.membership.clone(),
+                )
+            };
+            let (responses, membership) = apply_entries(&mut tables, entries, membership, check)?;
+            let top = tables.into_top();
+            let mut s = self.state.lock().expect("vault lock");
+            s.top = top;
+            s.last = Some(last);
+            s.membership = membership;
+            s.entries += entries.len() as u64;
+            (
+                responses,
+                s.top.len() >= self.flush_keys.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        };
+        if full {
+            // The buffer is full: this apply writes it out (waiting for a flush already
+            // writing one), so that memory stays bounded however fast entries come.
+            let mut f = self.flush.lock().expect("vault flush lock");
+            self.flush_locked(&mut f)?;
+        }
+        Ok(responses)
+    }
+
+    /// Writes the buffered changes into the file in one transaction, without an fsync,
+    /// with the last entry they apply and the membership then. Applies go on meanwhile
+    /// into a new buffer; reads see the changes being written until the file holds
+    /// them.
+    fn flush_locked(&self, f: &mut Flushed) -> io::Result<()> {
+        let (changes, last, membership, db, entries) = {
+            let _apply = self.apply.lock().expect("vault apply lock");
+            let mut s = self.state.lock().expect("vault lock");
+            if s.entries == 0 {
+                return Ok(());
+            }
+            debug_assert!(s.below.is_empty(), "one flush at a time");
+            s.below = std::mem::take(&mut s.top);
+            (
+                s.below.clone(),
+                s.last,
+                s.membership.clone(),
+                s.db.clone(),
+                std::mem::take(&mut s.entries),
+            )
+        };
+        let written = (|| {
+            let mut txn = db.db.begin_write().map_err(io_err)?;
+            txn.set_durability(redb::Durability::None).map_err(io_err)?;
+            {
+                let mut tables = WriteTables::open(&txn)?;
+                overlay::write_changes(&changes, &mut tables).map_err(io::Error::other)?;
+            }
+            vault_db::put_sm_meta(&txn, &sm_records(&last, &membership))?;
+            txn.commit().map_err(io_err)
+        })();
+        let mut s = self.state.lock().expect("vault lock");
+        match written {
+            Ok(()) => {
+                s.below = Changes::new();
+                drop(s);
+                f.last = last;
+                f.entries += entries;
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing written: the changes go back into the buffer, under any
+                // applied since.
+                let below = std::mem::take(&mut s.below);
+                s.top = std::mem::take(&mut s.top).union(below);
+                s.entries += entries;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the buffer into the file, then makes the file durable now
+    /// (`only_if_due`: only once a durable commit is due), unless this node's log does
+    /// not hold what it applies durably yet.
     pub(super) fn make_durable(&self, only_if_due: bool) -> io::Result<Durability> {
-        // What the applies wrote goes to the disk first, outside the lock.
-        self.db().flush_ahead()?;
-        let mut d = self.commit.lock().expect("vault commit lock");
-        if d.entries == 0 {
+        let mut f = self.flush.lock().expect("vault flush lock");
+        self.flush_locked(&mut f)?;
+        if f.entries == 0 {
             return Ok(Durability::Durable);
         }
-        if only_if_due && !d.due() {
+        if only_if_due && !f.due() {
             return Ok(Durability::NotDue);
         }
-        if self.applied_index() > self.durable_log_index() {
+        let db = self.state.lock().expect("vault lock").db.clone();
+        // What the flushes wrote goes to the disk before the commit, which syncs again
+        // holding redb's write lock (applies no longer wait for it; a request's read
+        // does not either).
+        db.flush_ahead()?;
+        if f.last.map_or(0, |l| l.index) > self.durable_log_index() {
             return Ok(Durability::LogBehind);
         }
-        durable_commit(&self.db().db)?;
-        *d = Durable::now();
+        durable_commit(&db.db)?;
+        *f = Flushed::durable(f.last);
         Ok(Durability::Durable)
     }
 }
@@ -152,20 +299,16 @@ pub(super) enum Durability {
     LogBehind,
 }
 
-/// Runs while the vault is open: makes applied state durable within about
-/// [`DURABLE_EVERY`] (or [`DURABLE_EVERY_ENTRIES`]); applies never commit durably
-/// themselves, so none waits for the vault's fsync. When this node's log is not yet
-/// durable up to the applied state it tries again shortly: the log's writer syncs
-/// continuously, so it catches up within a sync or two.
+/// Runs while the vault is open: writes the applied changes into the vault's file every
+/// [`FLUSH_EVERY`] and makes them durable within about [`DURABLE_EVERY`] (or
+/// [`DURABLE_EVERY_ENTRIES`]); applies never write the file themselves (unless the
+/// buffer is full), so none waits for its pages or its fsync. When this node's log is
+/// not yet durable up to the applied state it tries again shortly: the log's writer
+/// syncs continuously, so it catches up within a sync or two.
 pub async fn durable_loop(vault: std::sync::Weak<SharedVault>, mode: super::WriterMode) {
     let mut retry = false;
     loop {
-        crate::runtime::sleep(if retry {
-            DURABLE_RETRY
-        } else {
-            DURABLE_EVERY / 4
-        })
-        .await;
+        crate::runtime::sleep(if retry { DURABLE_RETRY } else { FLUSH_EVERY }).await;
         let Some(v) = vault.upgrade() else { return };
         match super::blocking(mode, move || v.make_durable(true))
             .await
@@ -174,7 +317,7 @@ pub async fn durable_loop(vault: std::sync::Weak<SharedVault>, mode: super::Writ
             Ok(d) => retry = d == Durability::LogBehind,
             Err(e) => {
                 retry = false;
-                tracing::error!(error = %e, "the vault could not be made durable");
+                tracing::error!(error = %e, "the vault could not be written or made durable");
             }
         }
     }
@@ -213,46 +356,55 @@ fn sm_records(
     ]
 }
 
-/// Applies `entries` in one write transaction, without an fsync.
-pub(super) fn apply_batch(
-    db: &Database,
+/// Applies `entries` to `tables`; a storage failure voids the whole batch.
+fn apply_entries(
+    tables: &mut impl TablesMut,
     entries: &[crate::raft_types::Entry],
     mut membership: StoredMembership,
     check: Option<&ApplyCheck>,
 ) -> io::Result<(Vec<Response>, StoredMembership)> {
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut vault = Vault::new(tables);
+    for entry in entries {
+        let response = match &entry.payload {
+            EntryPayload::Blank => Response::None,
+            EntryPayload::Normal(cmd) => {
+                let r = vault.apply(cmd);
+                if let Some(e) = vault.tables().failure() {
+                    return Err(io::Error::other(e));
+                }
+                if let Some(check) = check {
+                    check(
+                        entry.log_id.index,
+                        &Vault::new(vault.tables() as &dyn Tables),
+                    );
+                }
+                r
+            }
+            EntryPayload::Membership(m) => {
+                membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                Response::None
+            }
+        };
+        responses.push(response);
+    }
+    Ok((responses, membership))
+}
+
+/// Applies `entries` to `db` directly, in one write transaction without an fsync (the
+/// offline reader's replay).
+pub(super) fn apply_batch(
+    db: &Database,
+    entries: &[crate::raft_types::Entry],
+    membership: StoredMembership,
+) -> io::Result<(Vec<Response>, StoredMembership)> {
     let mut txn = db.begin_write().map_err(io_err)?;
     txn.set_durability(redb::Durability::None).map_err(io_err)?;
-    let mut responses = Vec::with_capacity(entries.len());
-    {
-        let mut vault = Vault::new(WriteTables::open(&txn)?);
-        for entry in entries {
-            let response = match &entry.payload {
-                EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(cmd) => {
-                    let r = vault.apply(cmd);
-                    if let Some(e) = vault.tables().failure() {
-                        return Err(io::Error::other(e));
-                    }
-                    if let Some(check) = check {
-                        check(
-                            entry.log_id.index,
-                            &Vault::new(vault.tables() as &dyn Tables),
-                        );
-                    }
-                    r
-                }
-                EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    Response::None
-                }
-            };
-            responses.push(response);
-        }
-    }
+    let r = apply_entries(&mut WriteTables::open(&txn)?, entries, membership, None)?;
     let last = entries.last().map(|e| e.log_id);
-    vault_db::put_sm_meta(&txn, &sm_records(&last, &membership))?;
+    vault_db::put_sm_meta(&txn, &sm_records(&last, &r.1))?;
     txn.commit().map_err(io_err)?;
-    Ok((responses, membership))
+    Ok(r)
 }
 
 /// Makes every commit so far durable.
@@ -270,10 +422,18 @@ impl StateMachine {
         let (applied, membership) = read_applied(&current.db)?;
         Ok(StateMachine {
             shared: Arc::new(SharedVault {
-                current: RwLock::new(Arc::new(current)),
-                applied: RwLock::new(applied),
-                commit: std::sync::Mutex::new(Durable::now()),
+                state: std::sync::Mutex::new(Applied {
+                    db: Arc::new(current),
+                    top: Changes::new(),
+                    below: Changes::new(),
+                    last: applied,
+                    membership: membership.clone(),
+                    entries: 0,
+                }),
+                apply: std::sync::Mutex::new(()),
+                flush: std::sync::Mutex::new(Flushed::durable(applied)),
                 durable_log: store.durable_log.clone(),
+                flush_keys: FLUSH_KEYS.into(),
             }),
             membership,
             store,
@@ -395,8 +555,8 @@ impl SnapshotUpload {
 /// Builds a snapshot of the vault as it was when the builder was made.
 pub struct SnapshotBuilder {
     shared: Arc<SharedVault>,
-    db: Arc<VaultDb>,
-    txn: Option<Result<ReadTransaction, StorageError>>,
+    /// Taken by the build (a mutex only to share the builder between threads).
+    view: std::sync::Mutex<Option<Result<ViewTables, StorageError>>>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     store: Store,
@@ -408,8 +568,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let started = tokio::time::Instant::now();
-        let txn = self
-            .txn
+        let view = self
+            .view
+            .lock()
+            .expect("snapshot view lock")
             .take()
             .ok_or_else(|| io::Error::other("snapshot builder used twice"))?
             .map_err(io::Error::other)?;
@@ -438,19 +600,35 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             crate::runtime::sleep(Duration::from_millis(10)).await;
             waited += 10;
         }
-        let (db, store) = (self.db.clone(), self.store.clone());
+        let store = self.store.clone();
         let (file, records) = self
             .store
             .blocking(move || {
                 let mut w = store.snapshots.create()?;
                 let records = {
                     let mut enc = Encoder::new(|b: &[u8]| w.append(b))?;
-                    vault_db::scan_all(&txn, &mut |t, k, v| enc.push(t, k, v))?;
+                    let mut failed = None;
+                    for t in TableId::ALL {
+                        view.scan(t, Bound::Unbounded, Bound::Unbounded, false, &mut |k, v| {
+                            match enc.push(t, k, v) {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    failed = Some(e);
+                                    false
+                                }
+                            }
+                        });
+                        if let Some(e) = failed.take() {
+                            return Err(e);
+                        }
+                        if let Some(e) = view.failure() {
+                            return Err(io::Error::other(e));
+                        }
+                    }
                     enc.finish()?
                 };
-                // The read transaction needs its database open until here.
-                drop(txn);
-                drop(db);
+                // The read transaction ends here, before the file is finished.
+                drop(view);
                 let id = w.finish()?;
                 Ok::<_, io::Error>((store.snapshots.open_file(id)?, records))
             })
@@ -476,7 +654,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let last = *self.shared.applied.read().expect("vault lock");
+        let last = self.shared.state.lock().expect("vault lock").last;
         Ok((last, self.membership.clone()))
     }
 
@@ -489,25 +667,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.push(entry);
             responders.push(responder);
         }
-        let Some(last) = batch.last().map(|e| e.log_id) else {
+        if batch.is_empty() {
             return Ok(());
-        };
+        }
+        let membership = batch.iter().rev().find_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some(StoredMembership::new(Some(e.log_id), m.clone())),
+            _ => None,
+        });
         let shared = self.shared.clone();
         let check = self.store.apply_check.clone();
-        let membership = self.membership.clone();
-        let (responses, membership) = self
+        let responses = self
             .store
-            .blocking(move || {
-                let mut d = shared.commit.lock().expect("vault commit lock");
-                d.entries += batch.len() as u64;
-                // Never durable here: the durable loop makes it so (see `durable_loop`).
-                let db = shared.db();
-                let r = apply_batch(&db.db, &batch, membership, check.as_ref())?;
-                *shared.applied.write().expect("vault lock") = Some(last);
-                Ok::<_, io::Error>(r)
-            })
+            .blocking(move || shared.apply_entries(&batch, check.as_ref()))
             .await??;
-        self.membership = membership;
+        if let Some(m) = membership {
+            self.membership = m;
+        }
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);
@@ -518,16 +693,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        let db = self.shared.db();
-        let txn = db
-            .db
-            .begin_read()
-            .map_err(|e| StorageError::new(redb::Error::from(e).to_string()));
+        let (view, last_applied) = match self.shared.view() {
+            Ok((v, last)) => (Ok(v), last),
+            Err(e) => (Err(e), None),
+        };
         SnapshotBuilder {
             shared: self.shared.clone(),
-            db,
-            txn: Some(txn),
-            last_applied: *self.shared.applied.read().expect("vault lock"),
+            view: std::sync::Mutex::new(Some(view)),
+            last_applied,
             membership: self.membership.clone(),
             store: self.store.clone(),
             seq: self.snapshot_seq,
@@ -541,7 +714,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let started = tokio::time::Instant::now();
         let files = self.files.clone();
-        let id = self.shared.db().id + 1;
+        let id = self.shared.state.lock().expect("vault lock").db.id + 1;
         let (records, applied) = (
             sm_records(&meta.last_log_id, &meta.last_membership),
             meta.last_log_id,
@@ -569,15 +742,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Ok::<_, io::Error>(new)
             })
             .await??;
-        let old = std::mem::replace(
-            &mut *self.shared.current.write().expect("vault lock"),
-            Arc::new(new),
-        );
+        let old = {
+            // No flush may write the old generation after this.
+            let mut f = self.shared.flush.lock().expect("vault flush lock");
+            let _apply = self.shared.apply.lock().expect("vault apply lock");
+            let mut s = self.shared.state.lock().expect("vault lock");
+            let old = std::mem::replace(&mut s.db, Arc::new(new));
+            s.top = Changes::new();
+            s.below = Changes::new();
+            s.last = applied;
+            s.membership = meta.last_membership.clone();
+            s.entries = 0;
+            *f = Flushed::durable(applied);
+            old
+        };
         old.retire();
         drop(old);
-        *self.shared.applied.write().expect("vault lock") = applied;
         self.membership = meta.last_membership.clone();
-        *self.shared.commit.lock().expect("vault commit lock") = Durable::now();
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             records = count,

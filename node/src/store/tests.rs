@@ -506,7 +506,11 @@ async fn the_offline_reader_sees_the_vault_file_and_the_committed_log_after_it()
         let mut sm = StateMachine::open(store.clone()).unwrap();
         append(&mut log, (1..=5).map(|i| entry(1, i)).collect()).await;
         apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
-        tokio::time::sleep(sm::DURABLE_EVERY).await;
+        // The file holds 2; 3 and 4 are applied into the buffer only.
+        assert_eq!(
+            sm.shared().make_durable(false).unwrap(),
+            sm::Durability::Durable
+        );
         apply(&mut sm, vec![entry(1, 3)]).await;
         apply(&mut sm, vec![entry(1, 4)]).await;
         log.save_committed(Some(log_id(1, 4))).await.unwrap();
@@ -514,9 +518,8 @@ async fn the_offline_reader_sees_the_vault_file_and_the_committed_log_after_it()
     }
     tokio::task::yield_now().await;
     let offline = offline::read_vault(&path).unwrap();
-    // A clean close may have made the last apply durable too.
-    assert!(offline.applied_index >= 3);
-    assert_eq!(offline.applied_index + offline.replayed_entries, 4);
+    assert_eq!(offline.applied_index, 2);
+    assert_eq!(offline.replayed_entries, 2);
     let n = offline.vault.audit().len();
     assert_eq!(crate::vault::Tables::failure(offline.vault.tables()), None);
     assert_eq!(n, 4);
@@ -545,4 +548,58 @@ async fn a_quiet_vault_is_made_durable_within_a_second_or_so() {
     let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
     let mut sm = StateMachine::open(store).unwrap();
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 3)));
+}
+
+#[tokio::test]
+async fn applies_go_into_the_buffer_and_the_file_takes_them_a_flush_at_a_time() {
+    let disk = SimDisk::new();
+    let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    let shared = sm.shared();
+    append(&mut log, (1..=40).map(|i| entry(1, i)).collect()).await;
+    apply(&mut sm, (1..=3).map(|i| entry(1, i)).collect()).await;
+    // Read at once, from the buffer; the file has none of it.
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(3).tables())
+    );
+    assert_eq!(shared.file_applied(), None);
+    // A snapshot's view taken now stays as it is while later entries are applied and
+    // written out.
+    let mut builder = sm.get_snapshot_builder().await;
+    apply(&mut sm, vec![entry(1, 4)]).await;
+    assert_eq!(shared.make_durable(false).unwrap(), sm::Durability::Durable);
+    assert_eq!(shared.file_applied(), Some(log_id(1, 4)));
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(4).tables())
+    );
+    let snap = openraft::storage::RaftSnapshotBuilder::build_snapshot(&mut builder)
+        .await
+        .unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 3)));
+    let mut restored = crate::vault::MemTables::default();
+    snapshot_stream::decode(snap.snapshot.reader(), |t, k, v| {
+        crate::vault::TablesMut::put(&mut restored, t, k, v);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        crate::vault::tables::digest(&restored),
+        crate::vault::tables::digest(vault_after(3).tables())
+    );
+    // A full buffer is written out by the apply that fills it, without the loop.
+    shared.set_flush_keys(10);
+    let mut i = 5;
+    while shared.file_applied() == Some(log_id(1, 4)) {
+        assert!(i <= 40, "the buffer was never written out");
+        apply(&mut sm, vec![entry(1, i)]).await;
+        i += 1;
+    }
+    assert_eq!(shared.file_applied(), Some(log_id(1, i - 1)));
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(i - 1).tables())
+    );
 }

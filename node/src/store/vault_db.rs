@@ -463,18 +463,29 @@ impl TablesMut for WriteTables<'_> {
 /// The vault's tables inside a redb read transaction; each table opened when first
 /// read.
 pub struct ReadTables {
-    txn: ReadTransaction,
     tables: [OnceCell<Option<ReadOnlyTable<Bytes, Bytes>>>; TableId::ALL.len()],
+    txn: ReadTransaction,
     failure: Failure,
+    /// The generation read, kept open while the transaction is (declared last, so it
+    /// goes after it).
+    _db: Option<Arc<VaultDb>>,
 }
 
 impl ReadTables {
-    pub(crate) fn new(txn: ReadTransaction) -> ReadTables {
+    /// A view of `txn`, keeping `db` (the generation it reads) open as long as it.
+    pub(crate) fn new(txn: ReadTransaction, db: Option<Arc<VaultDb>>) -> ReadTables {
         ReadTables {
-            txn,
             tables: Default::default(),
+            txn,
             failure: Failure::default(),
+            _db: db,
         }
+    }
+
+    /// A read transaction of `db`.
+    pub(crate) fn begin(db: &Arc<VaultDb>) -> Result<ReadTables, StorageError> {
+        let txn = db.db.begin_read().map_err(failed)?;
+        Ok(ReadTables::new(txn, Some(db.clone())))
     }
 
     fn table(&self, t: TableId) -> Option<&ReadOnlyTable<Bytes, Bytes>> {
@@ -515,21 +526,6 @@ impl Tables for ReadTables {
     fn failure(&self) -> Option<StorageError> {
         self.failure.first()
     }
-}
-
-/// Takes one record (table, key, value) after another.
-pub(crate) type RecordSink<'a> = dyn FnMut(TableId, &[u8], &[u8]) -> io::Result<()> + 'a;
-
-/// Calls `f` with every record of every table in `txn`, table by table, in key order.
-pub(crate) fn scan_all(txn: &ReadTransaction, f: &mut RecordSink<'_>) -> io::Result<()> {
-    for t in TableId::ALL {
-        let table = txn.open_table(def(t)).map_err(io_err)?;
-        for row in table.iter().map_err(io_err)? {
-            let (k, v) = row.map_err(io_err)?;
-            f(t, k.value(), v.value())?;
-        }
-    }
-    Ok(())
 }
 
 /// Writes (and drains) `batch` into `db` in one transaction, without an fsync.

@@ -499,8 +499,10 @@ impl Tables for MemTables {
         if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) =
             (from, to)
         {
-            // BTreeMap::range panics on an inverted range; storage returns nothing.
-            if a > b {
+            // BTreeMap::range panics on an inverted or empty exclusive range; storage
+            // returns nothing.
+            if a > b || (a == b && !matches!((from, to), (Bound::Included(_), Bound::Included(_))))
+            {
                 return;
             }
         }
