@@ -18,7 +18,7 @@
 
 use super::overlay::{self, Changes, Layered};
 use super::snapshot_stream::{self, Encoder};
-use super::vault_db::{self, ReadTables, VaultDb, VaultFiles, WriteTables};
+use super::vault_db::{self, FileView, ReadTables, VaultDb, VaultFiles, WriteTables};
 use super::writer::{Done, Op};
 use super::{
     decode, encode, io_err, read_meta_keys, ApplyCheck, Store, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META,
@@ -81,6 +81,8 @@ pub struct SharedVault {
 struct Applied {
     /// The current generation of the vault's file.
     db: Arc<VaultDb>,
+    /// A read transaction of it since the last write (every read shares it).
+    file: Arc<FileView>,
     /// Changes applied since the last flush began.
     top: Changes,
     /// Changes being written by a flush (empty between flushes).
@@ -135,13 +137,16 @@ impl SharedVault {
         }
     }
 
-    /// The tables as last applied, and the last entry applied. The maps are copied and
-    /// the file's read transaction begun under one lock: a flush cannot take its
-    /// changes out of the buffer in between, nor write later ones into the file.
+    /// The tables as last applied, and the last entry applied: the maps and the file's
+    /// read transaction as they were together under one lock (a flush swaps the read
+    /// transaction for one that holds the changes it wrote as it drops them from the
+    /// buffer).
     fn view(&self) -> Result<(ViewTables, Option<LogId>), StorageError> {
-        let s = self.state.lock().expect("vault lock");
-        let base = ReadTables::begin(&s.db)?;
-        Ok((Layered::new(s.top.clone(), s.below.clone(), base), s.last))
+        let (top, below, file, last) = {
+            let s = self.state.lock().expect("vault lock");
+            (s.top.clone(), s.below.clone(), s.file.clone(), s.last)
+        };
+        Ok((Layered::new(top, below, ReadTables::over(file)), last))
     }
 
     /// Index of the last applied log entry (0 before any).
@@ -184,9 +189,12 @@ impl SharedVault {
             let _apply = self.apply.lock().expect("vault apply lock");
             let (mut tables, membership) = {
                 let s = self.state.lock().expect("vault lock");
-                let base = ReadTables::begin(&s.db).map_err(io::Error::other)?;
                 (
-                    Layered::new(s.top.clone(), s.below.clone(), base),
+                    Layered::new(
+                        s.top.clone(),
+                        s.below.clone(),
+                        ReadTables::over(s.file.clone()),
+                    ),
                     s.membership.clone(),
                 )
             };
@@ -242,10 +250,13 @@ impl SharedVault {
             vault_db::put_sm_meta(&txn, &sm_records(&last, &membership))?;
             txn.commit().map_err(io_err)
         })();
+        // Reads from now on see the file with the changes in it.
+        let written = written.and_then(|()| FileView::begin(&db).map_err(io::Error::other));
         let mut s = self.state.lock().expect("vault lock");
         match written {
-            Ok(()) => {
+            Ok(file) => {
                 s.below = Changes::new();
+                s.file = file;
                 drop(s);
                 f.last = last;
                 f.entries += entries;
@@ -420,10 +431,13 @@ impl StateMachine {
         let files = store.vault_files.clone();
         let current = files.open_current()?;
         let (applied, membership) = read_applied(&current.db)?;
+        let db = Arc::new(current);
+        let file = FileView::begin(&db).map_err(io::Error::other)?;
         Ok(StateMachine {
             shared: Arc::new(SharedVault {
                 state: std::sync::Mutex::new(Applied {
-                    db: Arc::new(current),
+                    db,
+                    file,
                     top: Changes::new(),
                     below: Changes::new(),
                     last: applied,
@@ -739,15 +753,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .blocking(move || {
                 vault_db::mark_complete(&new.db, Some(&records))?;
                 files.sync_dir()?;
-                Ok::<_, io::Error>(new)
+                let new = Arc::new(new);
+                let file = FileView::begin(&new).map_err(io::Error::other)?;
+                Ok::<_, io::Error>((new, file))
             })
             .await??;
+        let (new, file) = new;
         let old = {
             // No flush may write the old generation after this.
             let mut f = self.shared.flush.lock().expect("vault flush lock");
             let _apply = self.shared.apply.lock().expect("vault apply lock");
             let mut s = self.shared.state.lock().expect("vault lock");
-            let old = std::mem::replace(&mut s.db, Arc::new(new));
+            let old = std::mem::replace(&mut s.db, new);
+            s.file = file;
             s.top = Changes::new();
             s.below = Changes::new();
             s.last = applied;

@@ -18,11 +18,12 @@ use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
     TableDefinition, WriteTransaction,
 };
-use std::cell::{OnceCell, RefCell};
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 /// The file extension of a vault generation.
 pub(crate) const EXT: &str = "vault";
@@ -460,44 +461,65 @@ impl TablesMut for WriteTables<'_> {
     }
 }
 
-/// The vault's tables inside a redb read transaction; each table opened when first
-/// read.
-pub struct ReadTables {
-    tables: [OnceCell<Option<ReadOnlyTable<Bytes, Bytes>>>; TableId::ALL.len()],
+/// One read transaction of a generation, shared by every view that reads it: the file
+/// only changes when the state machine writes its buffer out, so between two writes
+/// every request reads the same transaction (each table opened once) instead of
+/// beginning its own.
+pub(crate) struct FileView {
+    tables: [OnceLock<Result<ReadOnlyTable<Bytes, Bytes>, StorageError>>; TableId::ALL.len()],
     txn: ReadTransaction,
-    failure: Failure,
     /// The generation read, kept open while the transaction is (declared last, so it
     /// goes after it).
     _db: Option<Arc<VaultDb>>,
 }
 
+impl FileView {
+    /// A read transaction of `db`, begun now.
+    pub(crate) fn begin(db: &Arc<VaultDb>) -> Result<Arc<FileView>, StorageError> {
+        let txn = db.db.begin_read().map_err(failed)?;
+        Ok(FileView::new(txn, Some(db.clone())))
+    }
+
+    /// A view of `txn`, keeping `db` (the generation it reads) open as long as it.
+    pub(crate) fn new(txn: ReadTransaction, db: Option<Arc<VaultDb>>) -> Arc<FileView> {
+        Arc::new(FileView {
+            tables: Default::default(),
+            txn,
+            _db: db,
+        })
+    }
+
+    fn table(&self, t: TableId) -> Result<&ReadOnlyTable<Bytes, Bytes>, StorageError> {
+        self.tables[index(t)]
+            .get_or_init(|| self.txn.open_table(def(t)).map_err(failed))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// The vault's tables in a redb read transaction (shared, see [`FileView`]), with this
+/// view's own first failure.
+pub struct ReadTables {
+    file: Arc<FileView>,
+    failure: Failure,
+}
+
 impl ReadTables {
     /// A view of `txn`, keeping `db` (the generation it reads) open as long as it.
     pub(crate) fn new(txn: ReadTransaction, db: Option<Arc<VaultDb>>) -> ReadTables {
+        ReadTables::over(FileView::new(txn, db))
+    }
+
+    /// A view of a shared read transaction.
+    pub(crate) fn over(file: Arc<FileView>) -> ReadTables {
         ReadTables {
-            tables: Default::default(),
-            txn,
+            file,
             failure: Failure::default(),
-            _db: db,
         }
     }
 
-    /// A read transaction of `db`.
-    pub(crate) fn begin(db: &Arc<VaultDb>) -> Result<ReadTables, StorageError> {
-        let txn = db.db.begin_read().map_err(failed)?;
-        Ok(ReadTables::new(txn, Some(db.clone())))
-    }
-
     fn table(&self, t: TableId) -> Option<&ReadOnlyTable<Bytes, Bytes>> {
-        self.tables[index(t)]
-            .get_or_init(|| match self.txn.open_table(def(t)) {
-                Ok(table) => Some(table),
-                Err(e) => {
-                    self.fail(failed(e));
-                    None
-                }
-            })
-            .as_ref()
+        self.failure.keep(self.file.table(t))
     }
 }
 
