@@ -25,8 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// kura and etcd one after the other on this machine: throughput at each client
-    /// count, latency at 50% of etcd's saturation, fsync floor; writes a Markdown report.
+    /// kura and etcd on this machine: closed-loop throughput at each client count (wrk,
+    /// the two interleaved pair by pair), open-loop latency at 50% of etcd's
+    /// saturation, payments, the fsync floor, what TLS costs; writes a Markdown report.
     VsEtcd {
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
         clients: Vec<u32>,
