@@ -141,7 +141,7 @@ impl SharedVault {
     /// read transaction as they were together under one lock (a flush swaps the read
     /// transaction for one that holds the changes it wrote as it drops them from the
     /// buffer).
-    fn view(&self) -> Result<(ViewTables, Option<LogId>), StorageError> {
+    pub(super) fn view(&self) -> Result<(ViewTables, Option<LogId>), StorageError> {
         let (top, below, file, last) = {
             let s = self.state.lock().expect("vault lock");
             (s.top.clone(), s.below.clone(), s.file.clone(), s.last)
