@@ -624,7 +624,7 @@ async fn every_read_sees_one_applied_state_while_applies_and_flushes_go_on() {
                 let (tables, last) = shared.view().unwrap();
                 let vault = crate::vault::Vault::new(tables);
                 assert_eq!(
-                    vault.audit().len() as u64,
+                    vault.audit().len(),
                     last.map_or(0, |l| l.index),
                     "a read saw parts of two applied states"
                 );
