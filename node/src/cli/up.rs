@@ -273,7 +273,7 @@ pub async fn up(data_dir: &Path, base_port: u16, insecure: bool) -> Result<(), S
         return result.map(|_| ());
     }
     println!("{}", result.expect("checked"));
-    wait_for_stop(&mut children).await;
+    wait_for_stop(&mut children, data_dir).await;
     stop(&mut children);
     Ok(())
 }
@@ -363,7 +363,7 @@ async fn bring_up(data_dir: &Path, configs: &[PathBuf]) -> Result<String, String
          -d '{{\"token\":\"<token>\",\"amount\":1000,\"currency\":\"JPY\",\"order_id\":\"order-1\",\"capture\":true}}'\n\n\
          operators use the admin plane (ports {admin_ports}) with a client certificate; the CLI presents\n  \
          {d}/operators/admin.crt, e.g.  {exe} merchant --config {d}/main.toml list\n\
-         cluster status:  {exe} status\n\
+         cluster status:  {exe} status --config {d}/main.toml\n\
          Ctrl-C stops all three nodes.",
         d = data_dir.display(),
         ep = endpoints[1],
@@ -373,22 +373,94 @@ async fn bring_up(data_dir: &Path, configs: &[PathBuf]) -> Result<String, String
     Ok(out)
 }
 
-async fn wait_for_stop(children: &mut [Child]) {
+async fn wait_for_stop(children: &mut [Child], data_dir: &std::path::Path) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "kura".into());
+    let mut reported = [false; NODES.len()];
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = tick.tick() => {
-                for (c, (_, name, _)) in children.iter_mut().zip(NODES) {
-                    if let Ok(Some(status)) = c.try_wait() {
-                        eprintln!("node {name} exited ({status}); see its kura.log. The other nodes keep running.");
-                    }
+                let exits = children.iter_mut().map(|c| c.try_wait().ok().flatten());
+                for (i, status) in newly_exited(&mut reported, exits) {
+                    eprintln!("{}", exit_notice(NODES[i].1, &status, data_dir, &exe));
                 }
             }
         }
     }
     println!("\nstopping kura...");
+}
+
+/// The nodes that have exited and were not reported yet, with how they exited; each
+/// is reported once.
+fn newly_exited<S>(
+    reported: &mut [bool],
+    exits: impl IntoIterator<Item = Option<S>>,
+) -> Vec<(usize, S)> {
+    let mut out = Vec::new();
+    for (i, exit) in exits.into_iter().enumerate() {
+        if let (Some(status), Some(seen)) = (exit, reported.get_mut(i)) {
+            if !*seen {
+                *seen = true;
+                out.push((i, status));
+            }
+        }
+    }
+    out
+}
+
+/// What `kura up` says when node `name` exits: where its log is, and how to start it
+/// again on the same data.
+fn exit_notice(
+    name: &str,
+    status: &impl std::fmt::Display,
+    data_dir: &std::path::Path,
+    exe: &str,
+) -> String {
+    let d = data_dir.display();
+    format!(
+        "node {name} exited ({status}); see {d}/{name}/kura.log. The other nodes keep running.\n  \
+         start it again, on the same data, in another terminal: {exe} node --config {d}/{name}.toml"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_exited_is_reported_once_whatever_the_polls() {
+        let mut reported = [false; 3];
+        assert!(newly_exited(&mut reported, [None::<i32>, None, None]).is_empty());
+        assert_eq!(
+            newly_exited(&mut reported, [None, Some(9), None]),
+            vec![(1, 9)]
+        );
+        // Every later poll still finds it exited: not said again.
+        for _ in 0..60 {
+            assert!(newly_exited(&mut reported, [None, Some(9), None]).is_empty());
+        }
+        assert_eq!(
+            newly_exited(&mut reported, [Some(0), Some(9), Some(1)]),
+            vec![(0, 0), (2, 1)]
+        );
+    }
+
+    #[test]
+    fn the_exit_notice_says_where_the_log_is_and_how_to_restart() {
+        let n = exit_notice(
+            "dr",
+            &"signal: 9 (SIGKILL)",
+            std::path::Path::new("/d"),
+            "kura",
+        );
+        assert!(n.contains("node dr exited (signal: 9 (SIGKILL))"), "{n}");
+        assert!(n.contains("/d/dr/kura.log"), "{n}");
+        assert!(n.contains("kura node --config /d/dr.toml"), "{n}");
+    }
 }
