@@ -94,6 +94,27 @@ struct Applied {
     entries: u64,
 }
 
+impl Applied {
+    fn view(&self) -> View {
+        View {
+            tables: Layered::new(
+                self.top.clone(),
+                self.below.clone(),
+                ReadTables::over(self.file.clone()),
+            ),
+            last: self.last,
+            membership: self.membership.clone(),
+        }
+    }
+}
+
+/// One applied state: the tables, the last entry applied and the membership then.
+pub(super) struct View {
+    pub(super) tables: ViewTables,
+    pub(super) last: Option<LogId>,
+    pub(super) membership: StoredMembership,
+}
+
 /// What the vault's file holds.
 struct Flushed {
     /// The last entry written into it.
@@ -129,7 +150,7 @@ impl SharedVault {
     /// Runs `f` on the vault as last applied. A storage failure voids whatever `f`
     /// came to.
     pub fn read<T>(&self, f: impl FnOnce(&VaultView) -> T) -> Result<T, StorageError> {
-        let view = Vault::new(self.view()?.0);
+        let view = Vault::new(self.view().tables);
         let out = f(&view);
         match view.tables().failure() {
             Some(e) => Err(e),
@@ -137,16 +158,11 @@ impl SharedVault {
         }
     }
 
-    /// The tables as last applied, and the last entry applied: the maps and the file's
-    /// read transaction as they were together under one lock (a flush swaps the read
-    /// transaction for one that holds the changes it wrote as it drops them from the
-    /// buffer).
-    pub(super) fn view(&self) -> Result<(ViewTables, Option<LogId>), StorageError> {
-        let (top, below, file, last) = {
-            let s = self.state.lock().expect("vault lock");
-            (s.top.clone(), s.below.clone(), s.file.clone(), s.last)
-        };
-        Ok((Layered::new(top, below, ReadTables::over(file)), last))
+    /// The vault as last applied: the maps and the file's read transaction as they were
+    /// together under one lock (a flush swaps the read transaction for one that holds
+    /// the changes it wrote as it drops them from the buffer).
+    pub(super) fn view(&self) -> View {
+        self.state.lock().expect("vault lock").view()
     }
 
     /// Index of the last applied log entry (0 before any).
@@ -187,17 +203,11 @@ impl SharedVault {
         };
         let (responses, full) = {
             let _apply = self.apply.lock().expect("vault apply lock");
-            let (mut tables, membership) = {
-                let s = self.state.lock().expect("vault lock");
-                (
-                    Layered::new(
-                        s.top.clone(),
-                        s.below.clone(),
-                        ReadTables::over(s.file.clone()),
-                    ),
-                    s.membership.clone(),
-                )
-            };
+            let View {
+                mut tables,
+                membership,
+                ..
+            } = self.view();
             let (responses, membership) = apply_entries(&mut tables, entries, membership, check)?;
             let top = tables.into_top();
             let mut s = self.state.lock().expect("vault lock");
@@ -337,7 +347,6 @@ pub async fn durable_loop(vault: std::sync::Weak<SharedVault>, mode: super::Writ
 /// openraft's state machine for kura.
 pub struct StateMachine {
     shared: Arc<SharedVault>,
-    membership: StoredMembership,
     store: Store,
     files: Arc<VaultFiles>,
     snapshot_seq: u64,
@@ -441,7 +450,7 @@ impl StateMachine {
                     top: Changes::new(),
                     below: Changes::new(),
                     last: applied,
-                    membership: membership.clone(),
+                    membership,
                     entries: 0,
                 }),
                 apply: std::sync::Mutex::new(()),
@@ -449,7 +458,6 @@ impl StateMachine {
                 durable_log: store.durable_log.clone(),
                 flush_keys: FLUSH_KEYS.into(),
             }),
-            membership,
             store,
             files,
             snapshot_seq: 0,
@@ -570,7 +578,7 @@ impl SnapshotUpload {
 pub struct SnapshotBuilder {
     shared: Arc<SharedVault>,
     /// Taken by the build (a mutex only to share the builder between threads).
-    view: std::sync::Mutex<Option<Result<ViewTables, StorageError>>>,
+    view: std::sync::Mutex<Option<ViewTables>>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     store: Store,
@@ -587,8 +595,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .lock()
             .expect("snapshot view lock")
             .take()
-            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?
-            .map_err(io::Error::other)?;
+            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
@@ -668,8 +675,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let last = self.shared.state.lock().expect("vault lock").last;
-        Ok((last, self.membership.clone()))
+        let s = self.shared.state.lock().expect("vault lock");
+        Ok((s.last, s.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -684,19 +691,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let membership = batch.iter().rev().find_map(|e| match &e.payload {
-            EntryPayload::Membership(m) => Some(StoredMembership::new(Some(e.log_id), m.clone())),
-            _ => None,
-        });
         let shared = self.shared.clone();
         let check = self.store.apply_check.clone();
         let responses = self
             .store
             .blocking(move || shared.apply_entries(&batch, check.as_ref()))
             .await??;
-        if let Some(m) = membership {
-            self.membership = m;
-        }
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);
@@ -707,15 +707,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        let (view, last_applied) = match self.shared.view() {
-            Ok((v, last)) => (Ok(v), last),
-            Err(e) => (Err(e), None),
-        };
+        let View {
+            tables,
+            last,
+            membership,
+        } = self.shared.view();
         SnapshotBuilder {
             shared: self.shared.clone(),
-            view: std::sync::Mutex::new(Some(view)),
-            last_applied,
-            membership: self.membership.clone(),
+            view: std::sync::Mutex::new(Some(tables)),
+            last_applied: last,
+            membership,
             store: self.store.clone(),
             seq: self.snapshot_seq,
         }
@@ -776,7 +777,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         old.retire();
         drop(old);
-        self.membership = meta.last_membership.clone();
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             records = count,

@@ -621,7 +621,7 @@ async fn every_read_sees_one_applied_state_while_applies_and_flushes_go_on() {
         std::thread::spawn(move || {
             let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let (tables, last) = shared.view().unwrap();
+                let sm::View { tables, last, .. } = shared.view();
                 let vault = crate::vault::Vault::new(tables);
                 assert_eq!(
                     vault.audit().len(),
