@@ -272,6 +272,34 @@ impl Client {
             .await
     }
 
+    /// Adds a member as a learner.
+    pub async fn add_member(&self, m: &AddMemberIn) -> Result<MemberOut, Error> {
+        self.send_as(Method::POST, "/admin/v1/members", Some(m))
+            .await
+    }
+
+    /// Promotes the learner named `name` to voter.
+    pub async fn promote_member(&self, name: &str) -> Result<MemberOut, Error> {
+        self.send_as::<_, ()>(
+            Method::POST,
+            &format!("/admin/v1/members/{name}/promote"),
+            None,
+        )
+        .await
+    }
+
+    /// Removes the member named `name` (`force`: even without a quorum of reachable
+    /// voters left).
+    pub async fn remove_member(&self, name: &str, force: bool) -> Result<(), Error> {
+        self.call(
+            Method::DELETE,
+            &format!("/admin/v1/members/{name}?force={force}"),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Drains the member named `name` (or undrains it).
     pub async fn set_drained(&self, name: &str, drained: bool) -> Result<Drained, Error> {
         let action = if drained { "drain" } else { "undrain" };

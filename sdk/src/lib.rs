@@ -28,10 +28,10 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 pub use kura_types as types;
 pub use kura_types::{
-    AmountIn, AuditPage, AuditVerification, AuditVerifyIn, AuthorizeIn, Brand, CardIn,
+    AddMemberIn, AmountIn, AuditPage, AuditVerification, AuditVerifyIn, AuthorizeIn, Brand, CardIn,
     ClusterStatus, CreateMerchantIn, CvcState, Drained, Faults, InitOutcome, KeyRole, KeyStatus,
-    KeyVerification, Leader, MemberCards, Merchant, Merchants, Payment, PaymentReport,
-    PaymentState, Payments, ProblemCode, Ready, RegisterCardIn, RotateKeyIn, SignedHead,
+    KeyVerification, Leader, MemberCards, MemberOut, Merchant, Merchants, Payment, PaymentReport,
+    PaymentState, Payments, ProblemCode, Ready, RegisterCardIn, Role, RotateKeyIn, SignedHead,
     SignedHeadNow, ThreeDs, Token, TokenFormat, TokenKind, TokenizeIn, TransferIn,
     UpdateMerchantIn,
 };

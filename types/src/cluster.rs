@@ -92,6 +92,12 @@ pub struct MemberStatus {
     pub role: Role,
     pub api_addr: String,
     pub raft_addr: String,
+    /// Votes (`false`: a learner catching up before it is promoted).
+    #[serde(default = "yes")]
+    pub voter: bool,
+    /// Never stands for election.
+    #[serde(default)]
+    pub never_lead: bool,
     /// The leader's view only.
     pub matched_index: Option<u64>,
     /// The leader's view only.
@@ -134,6 +140,42 @@ pub struct InitOutcome {
     pub already_initialized: bool,
 }
 
+/// `POST /admin/v1/members`: a new member, added as a learner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "bk2", "role": "bk", "api_addr": "10.3.0.12:7001", "raft_addr": "10.3.0.12:7101", "admin_addr": "10.3.0.12:7301", "never_lead": true})))]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberIn {
+    /// Unique among the members: lowercase letters, digits and `-`, 1–32 long.
+    pub name: String,
+    /// The new node's id, as its config and certificate name it (default: one more
+    /// than the highest id in the membership).
+    #[serde(default)]
+    pub id: Option<u64>,
+    pub role: Role,
+    pub api_addr: String,
+    pub raft_addr: String,
+    #[serde(default)]
+    pub admin_addr: String,
+    #[serde(default)]
+    pub never_lead: bool,
+}
+
+/// A member as the membership holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MemberOut {
+    pub id: u64,
+    pub name: String,
+    pub role: Role,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub admin_addr: String,
+    pub never_lead: bool,
+    /// Votes (`false`: a learner).
+    pub voter: bool,
+}
+
 /// `POST /admin/v1/leader/transfer`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -169,4 +211,8 @@ pub struct Faults {
     pub storage_delay_ms: u64,
     pub kek_failing: bool,
     pub routes_blocked: bool,
+}
+
+fn yes() -> bool {
+    true
 }

@@ -88,6 +88,15 @@ pub enum ProblemCode {
     TransferFailed,
     FaultInjectionDisabled,
     ScrubRunning,
+    MemberInvalid,
+    MemberExists,
+    MemberNotCaughtUp,
+    MembershipWouldLoseQuorum,
+    MembershipWithoutLeaderCandidate,
+    MembershipChangeInProgress,
+    MembershipChangeRefused,
+    NotFormed,
+    BackupFailed,
     /// A code newer than this crate.
     Unknown,
 }
@@ -161,6 +170,15 @@ impl ProblemCode {
         ProblemCode::TransferFailed,
         ProblemCode::FaultInjectionDisabled,
         ProblemCode::ScrubRunning,
+        ProblemCode::MemberInvalid,
+        ProblemCode::MemberExists,
+        ProblemCode::MemberNotCaughtUp,
+        ProblemCode::MembershipWouldLoseQuorum,
+        ProblemCode::MembershipWithoutLeaderCandidate,
+        ProblemCode::MembershipChangeInProgress,
+        ProblemCode::MembershipChangeRefused,
+        ProblemCode::NotFormed,
+        ProblemCode::BackupFailed,
     ];
 
     /// The wire form.
@@ -232,6 +250,15 @@ impl ProblemCode {
             ProblemCode::TransferFailed => "transfer_failed",
             ProblemCode::FaultInjectionDisabled => "fault_injection_disabled",
             ProblemCode::ScrubRunning => "scrub_running",
+            ProblemCode::MemberInvalid => "member_invalid",
+            ProblemCode::MemberExists => "member_exists",
+            ProblemCode::MemberNotCaughtUp => "member_not_caught_up",
+            ProblemCode::MembershipWouldLoseQuorum => "membership_would_lose_quorum",
+            ProblemCode::MembershipWithoutLeaderCandidate => "membership_without_leader_candidate",
+            ProblemCode::MembershipChangeInProgress => "membership_change_in_progress",
+            ProblemCode::MembershipChangeRefused => "membership_change_refused",
+            ProblemCode::NotFormed => "not_formed",
+            ProblemCode::BackupFailed => "backup_failed",
             ProblemCode::Unknown => "unknown",
         }
     }
