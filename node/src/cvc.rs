@@ -172,6 +172,11 @@ impl CvcStore {
         gone.len()
     }
 
+    /// The most codes the store holds.
+    pub fn capacity(&self) -> usize {
+        self.entries_max
+    }
+
     /// Number of codes held.
     pub fn len(&self) -> usize {
         self.inner.lock().expect("cvc lock").held.len()

@@ -124,7 +124,12 @@ pub struct Router {
     pool: Arc<HttpPool>,
     routes: Vec<Mutex<RouteStatus>>,
     faults: Option<Arc<FaultSwitches>>,
+    observe: LatencyObserver,
 }
+
+/// Told of every answered request: the route, the request (`authorize`, `query`,
+/// `reverse`, `health`) and how long it took.
+pub type LatencyObserver = Arc<dyn Fn(&str, &'static str, Duration) + Send + Sync>;
 
 impl Router {
     /// A router over `settings.routes`; every route starts up until checked.
@@ -132,6 +137,7 @@ impl Router {
         settings: AcquirerSettings,
         pool: Arc<HttpPool>,
         faults: Option<Arc<FaultSwitches>>,
+        observe: LatencyObserver,
     ) -> Router {
         let routes = settings
             .routes
@@ -150,6 +156,7 @@ impl Router {
             pool,
             routes,
             faults,
+            observe,
         }
     }
 
@@ -190,6 +197,7 @@ impl Router {
     async fn send(
         &self,
         name: &str,
+        request: &'static str,
         method: http::Method,
         path: &str,
         body: Vec<u8>,
@@ -215,7 +223,9 @@ impl Router {
         st.requests += 1;
         match &r {
             Ok(resp) if resp.status().is_success() || resp.status() == 404 => {
-                st.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                let elapsed = started.elapsed();
+                st.last_latency_ms = Some(elapsed.as_secs_f64() * 1000.0);
+                (self.observe)(name, request, elapsed);
             }
             _ => {
                 st.errors += 1;
@@ -230,7 +240,7 @@ impl Router {
     pub async fn attempt(&self, name: &str, req: &AuthRequest) -> Attempt {
         let body = serde_json::to_vec(req).expect("an authorisation serializes");
         match self
-            .send(name, http::Method::POST, "/v1/authorize", body)
+            .send(name, "authorize", http::Method::POST, "/v1/authorize", body)
             .await
         {
             Ok(r) if r.status().is_success() => match serde_json::from_slice(r.body()) {
@@ -255,14 +265,20 @@ impl Router {
     /// otherwise a reversal, so it can never be authorised later.
     pub async fn resolve(&self, name: &str, txn_id: &str) -> Resolution {
         let path = format!("/v1/transactions/{txn_id}");
-        match self.send(name, http::Method::GET, &path, Vec::new()).await {
+        match self
+            .send(name, "query", http::Method::GET, &path, Vec::new())
+            .await
+        {
             Ok(r) if r.status().is_success() => match serde_json::from_slice(r.body()) {
                 Ok(s) => Resolution::Known(s),
                 Err(e) => Resolution::Unreachable(format!("unreadable status: {e}")),
             },
             Ok(r) if r.status() == http::StatusCode::NOT_FOUND => {
                 let path = format!("/v1/transactions/{txn_id}/reverse");
-                match self.send(name, http::Method::POST, &path, Vec::new()).await {
+                match self
+                    .send(name, "reverse", http::Method::POST, &path, Vec::new())
+                    .await
+                {
                     Ok(r) if r.status().is_success() => {
                         match serde_json::from_slice::<TxnStatus>(r.body()) {
                             // It arrived between the query and the reversal, and is now reversed.
@@ -290,7 +306,7 @@ impl Router {
     pub async fn check_health(&self) {
         for r in self.statuses() {
             let ok = matches!(
-                self.send(&r.name, http::Method::GET, "/health", Vec::new()).await,
+                self.send(&r.name, "health", http::Method::GET, "/health", Vec::new()).await,
                 Ok(resp) if resp.status().is_success()
             );
             if ok != r.up {

@@ -260,10 +260,12 @@ fn observe(st: &Failover) -> View {
         .unwrap_or(false);
     let peers = {
         let views = st.health.peers.lock().expect("health lock");
-        st.cluster
-            .members()
+        // Only voters can take leadership; a learner still catching up is not a peer here.
+        let membership = st.cluster.membership();
+        membership
+            .nodes
             .iter()
-            .filter(|(id, _)| **id != st.cluster.id())
+            .filter(|(id, _)| **id != st.cluster.id() && membership.voters.contains(*id))
             .map(|(id, m)| {
                 let view = views.get(id);
                 Peer {

@@ -366,7 +366,7 @@ pub(super) fn read_applied(db: &Database) -> io::Result<(Option<LogId>, StoredMe
     Ok((applied, membership))
 }
 
-fn sm_records(
+pub(super) fn sm_records(
     applied: &Option<LogId>,
     membership: &StoredMembership,
 ) -> [(&'static str, Vec<u8>); 2] {
@@ -471,6 +471,11 @@ impl StateMachine {
 }
 
 impl Store {
+    /// The current snapshot, if any (its meta and data).
+    pub fn current_snapshot(&self) -> io::Result<Option<Snapshot>> {
+        self.read_snapshot()
+    }
+
     /// The current snapshot, if any.
     fn read_snapshot(&self) -> io::Result<Option<Snapshot>> {
         // A newer snapshot may be recorded, and this one's file removed, between reading
@@ -655,6 +660,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             })
             .await??;
         self.store.record_snapshot(&meta, file.id()).await?;
+        self.store
+            .snapshot_done("build", started.elapsed(), file.len());
         tracing::info!(
             seq = self.seq,
             last_log_id = ?self.last_applied,
@@ -777,6 +784,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         old.retire();
         drop(old);
+        self.store
+            .snapshot_done("install", started.elapsed(), snapshot.len());
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             records = count,
@@ -795,7 +804,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 /// Writes the snapshot in `file` into a new vault generation `id`, a batch at a time
 /// (not yet complete).
-fn fill(files: &VaultFiles, id: u64, file: &SnapshotData) -> io::Result<(VaultDb, u64)> {
+pub(super) fn fill(files: &VaultFiles, id: u64, file: &SnapshotData) -> io::Result<(VaultDb, u64)> {
     let new = files.create(id)?;
     let mut batch: Vec<(TableId, Vec<u8>, Vec<u8>)> = Vec::with_capacity(INSTALL_BATCH_RECORDS);
     let count = snapshot_stream::decode(file.reader(), |t, k, v| {

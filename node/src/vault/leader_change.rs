@@ -25,11 +25,13 @@ pub enum LeaderChangeCause {
     FollowerLostLog,
     /// A `never_lead` node led only until an electable node caught up.
     NeverLead,
+    /// The cluster's first leader: nothing had been recorded before it.
+    Formation,
 }
 
 impl LeaderChangeCause {
     /// Every cause, for labels and tests.
-    pub const ALL: [LeaderChangeCause; 8] = [
+    pub const ALL: [LeaderChangeCause; 9] = [
         LeaderChangeCause::CrashOrPartition,
         LeaderChangeCause::Operator,
         LeaderChangeCause::Failback,
@@ -38,6 +40,7 @@ impl LeaderChangeCause {
         LeaderChangeCause::UnhealthyRoutes,
         LeaderChangeCause::FollowerLostLog,
         LeaderChangeCause::NeverLead,
+        LeaderChangeCause::Formation,
     ];
 
     /// The snake_case name (wire form, metric label).
@@ -51,6 +54,7 @@ impl LeaderChangeCause {
             LeaderChangeCause::UnhealthyRoutes => "unhealthy_routes",
             LeaderChangeCause::FollowerLostLog => "follower_lost_log",
             LeaderChangeCause::NeverLead => "never_lead",
+            LeaderChangeCause::Formation => "formation",
         }
     }
 

@@ -11,7 +11,7 @@ mod saga;
 pub use saga::resolver_loop;
 
 use super::auth::{AuthError, Caller};
-use super::error::{service_error, Replication};
+use super::error::{service_error, Replication, ServiceError};
 use super::sealing::SealError;
 use super::Service;
 use crate::acquirer::protocol::AuthRequest;
@@ -329,10 +329,41 @@ impl Service {
         key: IdempotencyKey,
         req: AuthorizeRequest,
     ) -> Result<PaymentOutcome, AuthorizeError> {
+        let mut replayed = false;
+        let r = self.authorize_once(caller, key, req, &mut replayed).await;
+        if !replayed {
+            self.count_payment("authorize", &r);
+        }
+        r
+    }
+
+    /// Counts a payment operation that ran (not a replay) by its outcome: the payment's
+    /// state and route, or the error's stable code.
+    fn count_payment<E: ServiceError>(
+        &self,
+        operation: &'static str,
+        r: &Result<PaymentOutcome, E>,
+    ) {
+        match r {
+            Ok(o) => self
+                .metrics
+                .payment(operation, o.payment.state.as_str(), &o.payment.route),
+            Err(e) => self.metrics.payment(operation, e.code(), "none"),
+        }
+    }
+
+    async fn authorize_once(
+        &self,
+        caller: Caller,
+        key: IdempotencyKey,
+        req: AuthorizeRequest,
+        replayed: &mut bool,
+    ) -> Result<PaymentOutcome, AuthorizeError> {
         let merchant_id = caller.secret()?;
         let idem = key.checked()?;
         req.check()?;
         if let Some(rec) = self.idempotency_record(&merchant_id, &idem.key)? {
+            *replayed = true;
             return self.replay_as(&idem, &rec).await;
         }
         let requires_3ds = self.read(|v| {
@@ -413,7 +444,10 @@ impl Service {
                 payment,
                 opened: true,
             }),
-            Err(rec) => self.replay_as(&idem, &rec).await,
+            Err(rec) => {
+                *replayed = true;
+                self.replay_as(&idem, &rec).await
+            }
         }
     }
 
@@ -426,12 +460,38 @@ impl Service {
         kind: ChangeKind,
         amount: Option<u64>,
     ) -> Result<PaymentOutcome, ChangePaymentError> {
+        let mut replayed = false;
+        let r = self
+            .change_payment_once(caller, key, payment_id, kind, amount, &mut replayed)
+            .await;
+        if !replayed {
+            let operation = match kind {
+                ChangeKind::Capture => "capture",
+                ChangeKind::Void => "void",
+                ChangeKind::Refund => "refund",
+            };
+            self.count_payment(operation, &r);
+        }
+        r
+    }
+
+    /// The change; `replayed` says when the answer is an earlier request's outcome.
+    async fn change_payment_once(
+        &self,
+        caller: Caller,
+        key: IdempotencyKey,
+        payment_id: &str,
+        kind: ChangeKind,
+        amount: Option<u64>,
+        replayed: &mut bool,
+    ) -> Result<PaymentOutcome, ChangePaymentError> {
         let merchant_id = caller.secret()?;
         if !is_payment_id(payment_id) {
             return Err(PaymentRefused::PaymentNotFound.into());
         }
         let idem = key.checked()?;
         if let Some(rec) = self.idempotency_record(&merchant_id, &idem.key)? {
+            *replayed = true;
             return self.replay_as(&idem, &rec).await;
         }
         let p = self
@@ -459,6 +519,7 @@ impl Service {
                 opened: false,
             }),
             Response::Refused(Refusal::IdempotencyKeyTaken(rec)) => {
+                *replayed = true;
                 self.replay_as(&idem, &rec).await
             }
             Response::Refused(r) => Err(PaymentRefused::of_refusal(&r).into()),

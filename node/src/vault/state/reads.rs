@@ -333,6 +333,28 @@ impl<S: Tables> Vault<S> {
         ids.iter().filter_map(|id| self.any_payment(id)).collect()
     }
 
+    /// How many payments are pending, and when the oldest of the first `limit` of them
+    /// was created (a metric's worth: it reads at most `limit` payments).
+    pub fn pending_summary(&self, limit: usize) -> (u64, Option<u64>) {
+        let (mut count, mut oldest) = (0u64, None::<u64>);
+        PENDING.scan(
+            &self.tables,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            |id, ()| {
+                count += 1;
+                if count as usize <= limit {
+                    if let Some(p) = self.any_payment(&id) {
+                        oldest = Some(oldest.map_or(p.created_at_ms, |o| o.min(p.created_at_ms)));
+                    }
+                }
+                true
+            },
+        );
+        (count, oldest)
+    }
+
     /// Leader-stamped time of the newest applied command.
     pub fn clock_ms(&self) -> u64 {
         meta_get(&self.tables, meta::CLOCK_MS).unwrap_or(0)
