@@ -11,9 +11,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use futures::StreamExt;
 use kura_types::{
-    CreateMerchantIn, Drained, Faults, InitOutcome, Leader, Merchant, Merchants, RotateKeyIn,
-    Scrub, TransferIn, UpdateMerchantIn,
+    AddMemberIn, CreateMerchantIn, Drained, Faults, InitOutcome, Leader, MemberOut, Merchant,
+    Merchants, RotateKeyIn, Scrub, TransferIn, UpdateMerchantIn,
 };
 
 type Out<T> = Result<axum::Json<T>, Problem>;
@@ -263,4 +264,160 @@ pub async fn start_scrub(
 ) -> Result<Response, Problem> {
     let s = st.svc.start_scrub(&op)?;
     Ok((StatusCode::ACCEPTED, axum::Json(s)).into_response())
+}
+
+/// Adds a member as a learner: the leader starts replicating to it (by snapshot if
+/// it must). Start the new node (empty, with its own config and certificate) before
+/// or after; promote it once it has caught up (`kura member add` does all of it).
+#[utoipa::path(post, path = "/admin/v1/members", tag = "cluster",
+    request_body = AddMemberIn,
+    responses(
+        (status = 201, description = "added as a learner", body = MemberOut),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
+pub async fn add_member(
+    State(st): St,
+    Extension(op): Extension<Operator>,
+    Json(m): Json<AddMemberIn>,
+) -> Result<Response, Problem> {
+    let new = crate::service::members::NewMember {
+        name: m.name,
+        id: m.id,
+        role: wire(m.role),
+        api_addr: m.api_addr,
+        raft_addr: m.raft_addr,
+        admin_addr: m.admin_addr,
+        never_lead: m.never_lead,
+    };
+    let (id, member) = st.svc.add_member(&op, new).await?;
+    let out = member_out(id, member, false);
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+fn member_out(id: u64, m: crate::member::Member, voter: bool) -> MemberOut {
+    MemberOut {
+        id,
+        name: m.name,
+        role: wire(m.role),
+        api_addr: m.api_addr,
+        raft_addr: m.raft_addr,
+        admin_addr: m.admin_addr,
+        never_lead: m.never_lead,
+        voter,
+    }
+}
+
+/// Makes a learner a voter (joint consensus), once it is within the readiness lag of
+/// the leader (`409 member_not_caught_up` before).
+#[utoipa::path(post, path = "/admin/v1/members/{name}/promote", tag = "cluster",
+    params(("name" = String, Path, description = "a member's name")),
+    responses(
+        (status = 200, description = "a voter now", body = MemberOut),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
+pub async fn promote_member(
+    State(st): St,
+    Extension(op): Extension<Operator>,
+    Path(name): Path<String>,
+) -> Out<MemberOut> {
+    st.svc.promote_member(&op, &name).await?;
+    let members = st.svc.status_view().status.members;
+    let m = members
+        .into_iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Problem::from(crate::service::members::MemberChangeError::NotFound))?;
+    Ok(axum::Json(MemberOut {
+        id: m.id,
+        name: m.name,
+        role: wire(m.role),
+        api_addr: m.api_addr,
+        raft_addr: m.raft_addr,
+        admin_addr: m.admin_addr,
+        never_lead: m.never_lead,
+        voter: m.voter,
+    }))
+}
+
+/// `force` on `DELETE /admin/v1/members/{name}`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct RemoveQuery {
+    /// Remove even if the voters left would have no quorum of reachable nodes or no
+    /// node that may lead.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Removes a member. A voter's removal that would leave no quorum of reachable voters,
+/// or no voter that may lead, is refused unless forced; the leader hands leadership
+/// away first and answers `503 not_leader` (retry: the new leader removes it).
+#[utoipa::path(delete, path = "/admin/v1/members/{name}", tag = "cluster",
+    params(("name" = String, Path, description = "a member's name"), RemoveQuery),
+    responses(
+        (status = 204, description = "removed"),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
+pub async fn remove_member(
+    State(st): St,
+    Extension(op): Extension<Operator>,
+    Path(name): Path<String>,
+    q: Result<axum::extract::Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let axum::extract::Query(q) = q.map_err(|_| {
+        Problem::bad_request(
+            "invalid_query",
+            "the only query parameter is force (true or false)",
+        )
+    })?;
+    st.svc.remove_member(&op, &name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A backup of this node's vault: a snapshot built now, streamed as one file (a
+/// `KURA-BACKUP 1` line, a JSON header line with the cluster id, log id, members, size
+/// and SHA-256, then the snapshot stream). The KEK is never in it. `kura snapshot save`
+/// asks the leader.
+#[utoipa::path(get, path = "/admin/v1/snapshot", tag = "cluster",
+    responses(
+        (status = 200, description = "the backup file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
+        (status = "5XX", description = "not taken", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
+pub async fn snapshot(
+    State(st): St,
+    Extension(op): Extension<Operator>,
+) -> Result<Response, Problem> {
+    let (header, data) = st.svc.backup(&op).await?;
+    let preamble = bytes::Bytes::from(header.preamble());
+    const CHUNK: u64 = 1 << 20;
+    let chunks = futures::stream::unfold(0u64, move |offset| {
+        let data = data.clone();
+        async move {
+            if offset >= data.len() {
+                return None;
+            }
+            let n = (data.len() - offset).min(CHUNK);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n as usize];
+                data.read_at(offset, &mut buf)
+                    .map(|()| bytes::Bytes::from(buf))
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            Some((read, offset + n))
+        }
+    });
+    let body =
+        futures::stream::once(async move { Ok::<_, std::io::Error>(preamble) }).chain(chunks);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }

@@ -42,6 +42,7 @@ same_names!(wire::TokenKind => vault::TokenKind { OneTime, CardOnFile });
 same_names!(wire::TokenFormat => vault::TokenFormat { Opaque, Numeric });
 same_names!(wire::KeyRole => vault::KeyRole { Secret, Publishable });
 same_names!(crate::member::Role => wire::Role { Main, Dr, Bk });
+same_names!(wire::Role => crate::member::Role { Main, Dr, Bk });
 same_names!(crate::failover::CheckStatus => wire::CheckStatus { Pass, Fail, NotConfigured });
 
 impl From<wire::CardIn> for CardInput {
@@ -344,6 +345,8 @@ pub fn cluster_status(v: service::nodes::StatusView, with_id: bool) -> wire::Clu
                 role: wire(m.role),
                 api_addr: m.api_addr,
                 raft_addr: m.raft_addr,
+                voter: m.voter,
+                never_lead: m.never_lead,
                 matched_index: m.matched_index,
                 lag_entries: m.lag_entries,
             })

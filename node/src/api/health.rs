@@ -54,17 +54,17 @@ pub async fn admin_cluster_status(State(st): St) -> axum::Json<ClusterStatus> {
     axum::Json(dto::cluster_status(st.svc.status_view(), true))
 }
 
-/// Prometheus metrics (OpenMetrics text).
+/// Prometheus metrics: OpenMetrics text when `Accept` names it (as Prometheus's
+/// scrapes do), else the Prometheus text format 0.0.4.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "the metrics", content_type = "application/openmetrics-text", body = String)))]
-pub async fn metrics(State(st): St) -> Response {
+    responses((status = 200, description = "the metrics", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(st): St, headers: axum::http::HeaderMap) -> Response {
     st.svc.refresh_scrape_gauges();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        st.svc.metrics().encode(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        st.svc.metrics().encode_as(format),
     )
         .into_response()
 }

@@ -85,6 +85,9 @@ fn admin_leader_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(admin::transfer_leader))
         .routes(routes!(admin::drain))
         .routes(routes!(admin::undrain))
+        .routes(routes!(admin::add_member))
+        .routes(routes!(admin::promote_member))
+        .routes(routes!(admin::remove_member))
         .routes(routes!(keys::status))
         .routes(routes!(keys::rotate))
         .routes(routes!(keys::rotate_kek))
@@ -102,6 +105,7 @@ fn admin_local_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(admin::get_faults, admin::set_faults))
         .routes(routes!(admin::get_scrub, admin::start_scrub))
         .routes(routes!(health::admin_cluster_status))
+        .routes(routes!(admin::snapshot))
 }
 
 /// Where the API's description is served (on the client API; it is not part of it).

@@ -64,10 +64,10 @@ mod tests {
         assert_eq!(json["openapi"], "3.1.0");
         let paths = json["paths"].as_object().unwrap();
         let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        // 12 merchant operations, 4 of health and status, 22 on the admin plane.
+        // 12 merchant operations, 4 of health and status, 26 on the admin plane.
         assert_eq!(
             operations,
-            38,
+            42,
             "{:?}",
             paths
                 .iter()
@@ -84,6 +84,8 @@ mod tests {
             "ClusterStatus",
             "Scrub",
             "ScrubState",
+            "AddMemberIn",
+            "MemberOut",
         ] {
             assert!(schemas.contains_key(s), "schema {s} missing");
         }

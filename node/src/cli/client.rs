@@ -55,12 +55,22 @@ pub(crate) fn admin_client_for(
     config: &Path,
     endpoints: Vec<String>,
 ) -> Result<Client, String> {
+    admin_config_for(cfg, config, endpoints).map(Client::new)
+}
+
+/// The client settings [`admin_client_for`] uses (TLS with the operator certificate, or
+/// the break-glass token).
+pub(crate) fn admin_config_for(
+    cfg: &NodeConfig,
+    config: &Path,
+    endpoints: Vec<String>,
+) -> Result<ClientConfig, String> {
     let Some(ca) = &cfg.tls.ca_file else {
         let token = match &cfg.admin_token_file {
             Some(p) => read_token(p)?,
             None => String::new(),
         };
-        return Ok(Client::new(ClientConfig::new(endpoints, token)));
+        return Ok(ClientConfig::new(endpoints, token));
     };
     let c = match (operator_files(config), &cfg.admin_token_file) {
         (Some((crt, key)), _) => ClientConfig::new(endpoints, "").with_client_cert(ca, &crt, &key),
@@ -72,7 +82,7 @@ pub(crate) fn admin_client_for(
             ))
         }
     };
-    Ok(Client::new(c.map_err(|e| e.0)?))
+    c.map_err(|e| e.0)
 }
 
 /// `kura init`: asks the config's own node to form the cluster.

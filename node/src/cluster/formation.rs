@@ -45,10 +45,10 @@ impl Cluster {
         self.store.set_cluster_id(&id).await.map_err(storage)?;
         *self.cluster_id.write().expect("cluster id lock") = Some(id.clone());
         self.raft
-            .initialize(self.members.clone())
+            .initialize(self.configured.clone())
             .await
             .map_err(|e| FormError::Raft(e.to_string()))?;
-        tracing::info!(cluster_id = %id, members = self.members.len(), "cluster formed");
+        tracing::info!(cluster_id = %id, members = self.configured.len(), "cluster formed");
         Ok(InitOutcome {
             cluster_id: id,
             already_initialized: false,
@@ -58,7 +58,7 @@ impl Cluster {
     /// Every peer must answer, be the node the config says, and belong to no cluster
     /// other than `id` (a peer may already carry `id` from an unfinished init).
     pub(super) async fn check_peers_can_join(&self, id: &str) -> Result<(), FormError> {
-        for (peer_id, m) in self.members.iter().filter(|(i, _)| **i != self.id) {
+        for (peer_id, m) in self.configured.iter().filter(|(i, _)| **i != self.id) {
             let ident = self.peer_identity(m).await?;
             if ident.node_id != *peer_id {
                 return Err(FormError::WrongPeer {

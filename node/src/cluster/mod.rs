@@ -7,6 +7,7 @@
 mod errors;
 mod formation;
 mod handoff;
+mod membership;
 mod network;
 mod peers;
 mod server;
@@ -14,6 +15,7 @@ mod status;
 mod transfer;
 
 pub use errors::{FormError, FrameError, NoticeError, TransferError};
+pub use membership::MembershipError;
 pub use status::{ClusterStatus, MemberStatus, StatusWatch};
 
 pub use network::{snapshot_chunk_path, SnapshotDone, SNAPSHOT_CHUNK_BYTES};
@@ -160,13 +162,30 @@ pub struct InitOutcome {
     pub already_initialized: bool,
 }
 
+/// The cluster's members as one node sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The log index of the membership entry (`None`: from the config file).
+    pub log_index: Option<u64>,
+    /// Every member, voters and learners.
+    pub nodes: Arc<BTreeMap<NodeId, Member>>,
+    /// The voters (in a joint configuration, of both halves).
+    pub voters: std::collections::BTreeSet<NodeId>,
+    /// A membership change is half done (joint consensus).
+    pub joint: bool,
+}
+
 /// A kura node's replication handle.
 pub struct Cluster {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft,
     pub(crate) store: Store,
     vault: Arc<SharedVault>,
-    members: BTreeMap<NodeId, Member>,
+    /// The members in the config file: who this node is, and whom to trust before the
+    /// Raft membership is known (a node not yet formed or joined).
+    configured: BTreeMap<NodeId, Member>,
+    /// The Raft membership as last seen (see [`Cluster::members`]).
+    seen: std::sync::Mutex<Option<Arc<Membership>>>,
     cluster_id: Arc<RwLock<Option<String>>>,
     pool: Arc<HttpPool>,
     /// Why the leader is about to hand leadership over (see `handoff`).
@@ -237,7 +256,8 @@ impl Cluster {
             raft,
             store,
             vault,
-            members,
+            configured: members,
+            seen: std::sync::Mutex::new(None),
             cluster_id,
             pool,
             incoming_cause: std::sync::Mutex::new(None),
@@ -270,14 +290,14 @@ impl Cluster {
         self.id
     }
 
-    /// True when `id` is one of the configured members.
+    /// True when `id` is a member now (a voter or a learner).
     pub fn is_member(&self, id: NodeId) -> bool {
-        self.members.contains_key(&id)
+        self.membership().nodes.contains_key(&id)
     }
 
-    /// This node's configured member record.
+    /// This node's member record, from its config file.
     pub fn me(&self) -> &Member {
-        &self.members[&self.id]
+        &self.configured[&self.id]
     }
 
     /// The cluster id, once formed or joined.
@@ -285,9 +305,44 @@ impl Cluster {
         self.cluster_id.read().expect("cluster id lock").clone()
     }
 
-    /// Every configured member.
-    pub fn members(&self) -> &BTreeMap<NodeId, Member> {
-        &self.members
+    /// Every member (voters and learners): the Raft membership this node last applied
+    /// or appended, or the config file's peers while it knows none.
+    pub fn members(&self) -> Arc<BTreeMap<NodeId, Member>> {
+        self.membership().nodes.clone()
+    }
+
+    /// The members and which of them vote, as this node sees the membership now.
+    pub fn membership(&self) -> Arc<Membership> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let config = &m.membership_config;
+        let log_id = config.log_id().map(|l| l.index);
+        let mut seen = self.seen.lock().expect("membership lock");
+        if let Some(s) = seen
+            .as_ref()
+            .filter(|s| s.log_index == log_id && log_id.is_some())
+        {
+            return s.clone();
+        }
+        let membership = config.membership();
+        let fresh = if membership.nodes().next().is_some() {
+            Membership {
+                log_index: log_id,
+                nodes: Arc::new(membership.nodes().map(|(i, n)| (*i, n.clone())).collect()),
+                voters: membership.voter_ids().collect(),
+                joint: membership.get_joint_config().len() > 1,
+            }
+        } else {
+            Membership {
+                log_index: None,
+                nodes: Arc::new(self.configured.clone()),
+                voters: self.configured.keys().copied().collect(),
+                joint: false,
+            }
+        };
+        let fresh = Arc::new(fresh);
+        *seen = Some(fresh.clone());
+        fresh
     }
 
     /// Lets this node stand for election on timeouts, or stops it (it still votes, and a
@@ -342,7 +397,7 @@ impl Cluster {
             .membership()
             .get_node(&id)
             .cloned()
-            .or_else(|| self.members.get(&id).cloned())?;
+            .or_else(|| self.configured.get(&id).cloned())?;
         Some((id, member))
     }
 
@@ -470,9 +525,9 @@ impl Cluster {
         }
     }
 
-    /// The member id of the voter named `name`.
+    /// The member id of the member named `name`.
     pub fn member_id(&self, name: &str) -> Option<NodeId> {
-        self.members
+        self.members()
             .iter()
             .find(|(_, m)| m.name == name)
             .map(|(id, _)| *id)

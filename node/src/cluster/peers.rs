@@ -15,8 +15,8 @@ impl Cluster {
     ) -> usize {
         let body = bytes::Bytes::from(serde_json::to_vec(msg).expect("a peer message serializes"));
         let cluster = self.cluster_id().unwrap_or_default();
-        let sends = self
-            .members
+        let members = self.members();
+        let sends = members
             .iter()
             .filter(|(id, _)| **id != self.id)
             .map(|(_, m)| {
@@ -50,7 +50,8 @@ impl Cluster {
         timeout: Duration,
     ) -> bool {
         let body = bytes::Bytes::from(serde_json::to_vec(msg).expect("a peer message serializes"));
-        let Some(m) = self.members.get(&to) else {
+        let members = self.members();
+        let Some(m) = members.get(&to) else {
             return false;
         };
         let cluster = self.cluster_id().unwrap_or_default();
@@ -79,8 +80,8 @@ impl Cluster {
         timeout: Duration,
     ) -> Vec<(NodeId, Option<bytes::Bytes>)> {
         let cluster = self.cluster_id().unwrap_or_default();
-        let gets = self
-            .members
+        let members = self.members();
+        let gets = members
             .iter()
             .filter(|(id, _)| **id != self.id)
             .map(|(id, m)| {

@@ -10,6 +10,10 @@ pub struct MemberStatus {
     pub role: Role,
     pub api_addr: String,
     pub raft_addr: String,
+    pub admin_addr: String,
+    /// Votes (false: a learner).
+    pub voter: bool,
+    pub never_lead: bool,
     /// Last log index known replicated to this member (leader's view only).
     pub matched_index: Option<u64>,
     /// Entries this member is behind the leader's last log (leader's view only).
@@ -56,11 +60,8 @@ impl Cluster {
         let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let last = m.last_log_index.unwrap_or(0);
-        let nodes: BTreeMap<NodeId, Member> = if membership.nodes().next().is_some() {
-            membership.nodes().map(|(i, n)| (*i, n.clone())).collect()
-        } else {
-            self.members.clone()
-        };
+        let known = self.membership();
+        let nodes: BTreeMap<NodeId, Member> = (*known.nodes).clone();
         let members = nodes
             .into_iter()
             .map(|(id, n)| {
@@ -76,10 +77,13 @@ impl Cluster {
                 };
                 MemberStatus {
                     id,
+                    voter: known.voters.contains(&id),
+                    never_lead: n.never_lead,
                     name: n.name,
                     role: n.role,
                     api_addr: n.api_addr,
                     raft_addr: n.raft_addr,
+                    admin_addr: n.admin_addr,
                     matched_index: matched,
                     lag_entries: matched.map(|x| last.saturating_sub(x)),
                 }

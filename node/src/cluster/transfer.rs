@@ -41,14 +41,14 @@ impl Cluster {
         if !self.is_leader() {
             return Err(TransferError::NotLeader);
         }
-        if !self.members.contains_key(&to) {
+        if !self.membership().voters.contains(&to) {
             return Err(TransferError::NotMember(to));
         }
         let from_term = self.status().term;
         let notice = bytes::Bytes::from(HandoffNotice::body(cause, from_term));
         let cluster_id = self.cluster_id().unwrap_or_default();
-        let sends = self
-            .members
+        let members = self.members();
+        let sends = members
             .iter()
             .filter(|(id, _)| **id != self.id)
             .map(|(id, m)| {

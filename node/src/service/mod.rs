@@ -8,9 +8,11 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod cards;
 pub mod error;
 pub mod keys;
+pub mod members;
 pub mod merchants;
 pub mod nodes;
 pub mod payments;
@@ -213,18 +215,31 @@ impl Service {
     pub(crate) async fn write(&self, cmd: Command) -> Result<Response, Replication> {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         let write = tokio::time::timeout(timeout, self.cluster.write(cmd));
+        self.metrics.proposals.inc();
+        let _pending = Pending::new(&self.metrics.proposals_pending);
         let Some(outcome) = self.cluster.unless_core_freezes(write).await else {
+            self.metrics.proposal_failed("core_frozen");
             return Err(Replication::OutcomeUnknown(
                 "this node's Raft core got stuck on its storage while the write was in flight; it may or may not have been applied".into(),
             ));
         };
         match outcome {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(Replication::of_write(e)),
-            Err(_) => Err(Replication::OutcomeUnknown(format!(
-                "the write was not committed within {} ms; it may still be applied",
-                self.settings.write_timeout_ms
-            ))),
+            Ok(Err(e)) => {
+                self.metrics.proposal_failed(match &e {
+                    WriteError::NotLeader { .. } => "not_leader",
+                    WriteError::Unknown => "discarded",
+                    WriteError::Unavailable(_) => "unavailable",
+                });
+                Err(Replication::of_write(e))
+            }
+            Err(_) => {
+                self.metrics.proposal_failed("timeout");
+                Err(Replication::OutcomeUnknown(format!(
+                    "the write was not committed within {} ms; it may still be applied",
+                    self.settings.write_timeout_ms
+                )))
+            }
         }
     }
 
@@ -272,5 +287,21 @@ pub(crate) fn response_kind(r: &Response) -> &'static str {
         Response::Recorded => "recorded",
         Response::Payment(_) => "payment",
         Response::Refused(r) => r.code(),
+    }
+}
+
+/// Counts one operation in a gauge while it lasts (also when its future is dropped).
+struct Pending<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Pending<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Pending<'a> {
+        gauge.inc();
+        Pending(gauge)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -96,6 +96,9 @@ service_error!(ServeHere {
     ServeHere::NoLeader => ("no_leader", Unavailable),
 } delegate {});
 
+/// Pending payments a scrape reads at most to find the oldest one's age.
+const PENDING_AGE_SCAN: usize = 10_000;
+
 impl Service {
     /// Forms the cluster from the configured members, once.
     pub async fn init(&self) -> Result<InitOutcome, InitError> {
@@ -209,9 +212,36 @@ impl Service {
 
     /// Brings the gauges read at scrape time up to date.
     pub fn refresh_scrape_gauges(&self) {
+        let m = &self.metrics;
         if let Ok(n) = self.read(|v| v.token_count()) {
-            self.metrics.vault_tokens.set(n as i64);
+            m.vault_tokens.set(n as i64);
         }
+        let now_ms = (self.clock)();
+        if let Ok((pending, oldest)) = self.read(|v| v.pending_summary(PENDING_AGE_SCAN)) {
+            m.payments_pending.set(pending as i64);
+            let age_ms = oldest.map_or(0, |t| now_ms.saturating_sub(t));
+            m.payments_pending_oldest_age.set(age_ms as f64 / 1000.0);
+        }
+        if let Ok((keys, current)) =
+            self.read(|v| (v.data_keys(), v.current_data_key().map(|(ver, _)| ver)))
+        {
+            let stale: u64 = keys
+                .iter()
+                .filter(|k| Some(k.version) != current)
+                .map(|k| k.cards)
+                .sum();
+            m.keys_cards_pending_rewrap.set(stale as i64);
+        }
+        m.cvc_capacity.set(self.cvc.capacity() as i64);
+        let own = self.own_health();
+        m.node_ready.set(own.ready as i64);
+        m.node_healthy.set(own.healthy as i64);
+        for (id, report) in self.failover.health.peer_reports() {
+            if let Some(peer) = self.cluster.members().get(&id) {
+                m.set_peer_up(&peer.name, report.is_some());
+            }
+        }
+        m.refresh_process();
     }
 
     /// This node's id and what the cluster knows of it.

@@ -1,0 +1,332 @@
+//! Membership changes, on the leader: a member is added as a learner, promoted to voter
+//! once caught up, and removed. A change that would leave the voters without a
+//! quorum of reachable nodes, or without any node that may lead, is refused unless
+//! forced; removing the leader hands leadership away first. Every change is in the
+//! audit trail with the operator who made it.
+
+use super::auth::Operator;
+use super::error::{service_error, Replication};
+use super::Service;
+use crate::cluster::MembershipError;
+use crate::member::{Member, NodeId, Role};
+use crate::vault::LeaderChangeCause;
+use std::time::Duration;
+
+/// A member to add.
+#[derive(Debug, Clone)]
+pub struct NewMember {
+    pub name: String,
+    pub id: Option<NodeId>,
+    pub role: Role,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub admin_addr: String,
+    pub never_lead: bool,
+}
+
+/// Why a membership change was not made.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemberChangeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Exists(String),
+    #[error("no member with this name")]
+    NotFound,
+    #[error("{name} is {lag} entries behind the leader (at most {max} to be promoted); wait for it to catch up")]
+    NotCaughtUp { name: String, lag: u64, max: u64 },
+    #[error("without {name} the voters would be {voters}, of which {reachable} answer now: fewer than the {quorum} a quorum needs (force to do it anyway)")]
+    WouldLoseQuorum {
+        name: String,
+        voters: usize,
+        reachable: usize,
+        quorum: usize,
+    },
+    #[error(
+        "without {0} no voter could lead (every other one is never_lead) (force to do it anyway)"
+    )]
+    NoLeaderCandidate(String),
+    #[error("another membership change is in progress; retry once it completes")]
+    InProgress,
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Replication(#[from] Replication),
+}
+
+service_error!(MemberChangeError {
+    MemberChangeError::Invalid(_) => ("member_invalid", Invalid),
+    MemberChangeError::Exists(_) => ("member_exists", Conflict),
+    MemberChangeError::NotFound => ("member_not_found", NotFound),
+    MemberChangeError::NotCaughtUp { .. } => ("member_not_caught_up", Conflict),
+    MemberChangeError::WouldLoseQuorum { .. } => ("membership_would_lose_quorum", Conflict),
+    MemberChangeError::NoLeaderCandidate(_) => ("membership_without_leader_candidate", Conflict),
+    MemberChangeError::InProgress => ("membership_change_in_progress", Conflict),
+    MemberChangeError::Refused(_) => ("membership_change_refused", Conflict),
+} delegate { Replication });
+
+impl From<MembershipError> for MemberChangeError {
+    fn from(e: MembershipError) -> Self {
+        match e {
+            MembershipError::NotLeader => {
+                Replication::NotLeader("leadership moved; nothing was done; retry").into()
+            }
+            MembershipError::InProgress => MemberChangeError::InProgress,
+            MembershipError::Refused(r) => MemberChangeError::Refused(r),
+            MembershipError::Unavailable(r) => Replication::OutcomeUnknown(format!(
+                "the membership change may or may not have been made: {r}; check kura member list"
+            ))
+            .into(),
+        }
+    }
+}
+
+/// A member name: lowercase letters, digits and `-`, 1 to 32 long.
+fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `host:port` with a port.
+fn valid_addr(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+impl Service {
+    /// Adds a member as a learner (the leader starts replicating to it); returns its id.
+    pub async fn add_member(
+        &self,
+        op: &Operator,
+        m: NewMember,
+    ) -> Result<(NodeId, Member), MemberChangeError> {
+        if !valid_name(&m.name) {
+            return Err(MemberChangeError::Invalid(format!(
+                "name must be 1-32 lowercase letters, digits or '-', got {:?}",
+                m.name
+            )));
+        }
+        for (key, addr, required) in [
+            ("api_addr", &m.api_addr, true),
+            ("raft_addr", &m.raft_addr, true),
+            ("admin_addr", &m.admin_addr, false),
+        ] {
+            if (required || !addr.is_empty()) && !valid_addr(addr) {
+                return Err(MemberChangeError::Invalid(format!(
+                    "{key} must be host:port, got {addr:?}"
+                )));
+            }
+        }
+        let membership = self.cluster.membership();
+        let id =
+            m.id.unwrap_or_else(|| membership.nodes.keys().max().copied().unwrap_or(0) + 1);
+        if id == 0 {
+            return Err(MemberChangeError::Invalid("id must be at least 1".into()));
+        }
+        for (other_id, other) in membership.nodes.iter() {
+            let clash = if *other_id == id {
+                Some(format!("id {id}"))
+            } else if other.name == m.name {
+                Some(format!("the name {}", m.name))
+            } else if [&other.api_addr, &other.raft_addr]
+                .iter()
+                .any(|a| **a == m.api_addr || **a == m.raft_addr)
+            {
+                Some("an address".to_owned())
+            } else {
+                None
+            };
+            if let Some(what) = clash {
+                return Err(MemberChangeError::Exists(format!(
+                    "{what} is already used by member {}",
+                    other.name
+                )));
+            }
+        }
+        let member = Member {
+            name: m.name.clone(),
+            role: m.role,
+            api_addr: m.api_addr,
+            raft_addr: m.raft_addr,
+            admin_addr: m.admin_addr,
+            never_lead: m.never_lead,
+        };
+        self.bounded(self.cluster.add_learner(id, member.clone()))
+            .await?;
+        tracing::info!(name = %m.name, id, "member added as a learner");
+        self.record_member_action(
+            op,
+            "member.add",
+            format!("{} (id {id}) as a learner", m.name),
+        )
+        .await;
+        Ok((id, member))
+    }
+
+    /// Makes the learner named `name` a voter, once it has caught up.
+    pub async fn promote_member(&self, op: &Operator, name: &str) -> Result<(), MemberChangeError> {
+        let id = self
+            .cluster
+            .member_id(name)
+            .ok_or(MemberChangeError::NotFound)?;
+        if self.cluster.membership().voters.contains(&id) {
+            return Ok(());
+        }
+        let status = self.cluster.status();
+        let lag = status
+            .members
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.lag_entries)
+            .unwrap_or(u64::MAX);
+        let max = self.failover.health.settings.ready_lag_entries_max;
+        if lag > max {
+            return Err(MemberChangeError::NotCaughtUp {
+                name: name.to_owned(),
+                lag,
+                max,
+            });
+        }
+        self.bounded(self.cluster.promote(id)).await?;
+        tracing::info!(name, id, "member promoted to voter");
+        self.record_member_action(op, "member.promote", format!("{name} (id {id}) to voter"))
+            .await;
+        Ok(())
+    }
+
+    /// Removes the member named `name`. The leader itself first hands leadership to
+    /// another voter and answers `not_leader`, so the retry runs on the new leader.
+    pub async fn remove_member(
+        &self,
+        op: &Operator,
+        name: &str,
+        force: bool,
+    ) -> Result<(), MemberChangeError> {
+        let id = self
+            .cluster
+            .member_id(name)
+            .ok_or(MemberChangeError::NotFound)?;
+        let membership = self.cluster.membership();
+        if membership.voters.contains(&id) && !force {
+            self.check_removal(name, id)?;
+        }
+        if id == self.cluster.id() {
+            self.hand_leadership_away().await?;
+            return Err(Replication::NotLeader(
+                "this node was the leader and handed leadership away before leaving; retry",
+            )
+            .into());
+        }
+        self.bounded(self.cluster.remove_member(id)).await?;
+        tracing::info!(name, id, force, "member removed");
+        let detail = format!("{name} (id {id}){}", if force { ", forced" } else { "" });
+        self.record_member_action(op, "member.remove", detail).await;
+        Ok(())
+    }
+
+    /// Refuses a voter's removal that would leave no quorum of reachable voters, or no
+    /// voter that may lead.
+    fn check_removal(&self, name: &str, id: NodeId) -> Result<(), MemberChangeError> {
+        let membership = self.cluster.membership();
+        let rest: Vec<NodeId> = membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != id)
+            .collect();
+        let can_lead = rest
+            .iter()
+            .any(|v| membership.nodes.get(v).is_some_and(|m| !m.never_lead));
+        if !can_lead {
+            return Err(MemberChangeError::NoLeaderCandidate(name.to_owned()));
+        }
+        let reports = self.failover.health.peer_reports();
+        let me = self.cluster.id();
+        let reachable = rest
+            .iter()
+            .filter(|v| **v == me || reports.get(v).is_some_and(Option::is_some))
+            .count();
+        let quorum = rest.len() / 2 + 1;
+        if rest.is_empty() || reachable < quorum {
+            return Err(MemberChangeError::WouldLoseQuorum {
+                name: name.to_owned(),
+                voters: rest.len(),
+                reachable,
+                quorum,
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves leadership to the best other voter: one that may lead, answering, by role
+    /// (main, then dr, then bk).
+    async fn hand_leadership_away(&self) -> Result<(), MemberChangeError> {
+        let membership = self.cluster.membership();
+        let reports = self.failover.health.peer_reports();
+        let me = self.cluster.id();
+        let to = membership
+            .voters
+            .iter()
+            .filter(|v| **v != me && reports.get(v).is_some_and(Option::is_some))
+            .filter_map(|v| membership.nodes.get(v).map(|m| (*v, m)))
+            .filter(|(_, m)| !m.never_lead)
+            .min_by_key(|(v, m)| (m.role, *v))
+            .map(|(v, _)| v)
+            .ok_or_else(|| {
+                MemberChangeError::Refused(
+                    "no other voter that may lead answers; cannot hand leadership away".into(),
+                )
+            })?;
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        self.cluster
+            .transfer_leader(to, LeaderChangeCause::Operator, timeout)
+            .await
+            .map_err(|e| MemberChangeError::Refused(e.to_string()))
+    }
+
+    /// A membership change bounded by two write timeouts (it commits up to two
+    /// entries); past that its outcome is unknown.
+    async fn bounded(
+        &self,
+        change: impl std::future::Future<Output = Result<(), MembershipError>>,
+    ) -> Result<(), MemberChangeError> {
+        let limit = Duration::from_millis(2 * self.settings.write_timeout_ms);
+        match tokio::time::timeout(limit, change).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(Replication::OutcomeUnknown(format!(
+                "the membership change did not commit within {} ms (is a quorum of both the old and the new voters up?); it may still be made: check kura member list",
+                limit.as_millis()
+            ))
+            .into()),
+        }
+    }
+
+    async fn record_member_action(&self, op: &Operator, action: &str, detail: String) {
+        // The change is made; failing to record it is logged, not reported.
+        if let Err(e) = self.record(action, detail, Some(op.actor())).await {
+            tracing::warn!(
+                code = super::ServiceError::code(&e),
+                action,
+                "membership change not recorded in the audit trail"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses_are_checked() {
+        assert!(valid_name("bk2") && valid_name("dr-east"));
+        assert!(!valid_name("") && !valid_name("BK") && !valid_name("a b"));
+        assert!(!valid_name(&"x".repeat(33)));
+        assert!(valid_addr("10.0.0.1:7001") && valid_addr("[::1]:7001") && valid_addr("host:1"));
+        assert!(!valid_addr("nowhere") && !valid_addr(":7001") && !valid_addr("h:0"));
+        assert!(!valid_addr("h:70000"));
+    }
+}
