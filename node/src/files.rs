@@ -134,6 +134,41 @@ impl From<FileError> for String {
     }
 }
 
+/// Bytes in `path`: a file's length, or the sum over a directory's files (recursively);
+/// 0 for what does not exist or cannot be read.
+pub fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| disk_usage(&e.path()))
+            .sum()
+    })
+}
+
+/// The filesystem holding `path`: (bytes an unprivileged writer may still use, size).
+pub fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` points to a statvfs-sized buffer
+    // that statvfs fills on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    // 64-bit Linux: every field is a u64.
+    let frsize = st.f_frsize;
+    Some((st.f_bavail * frsize, st.f_blocks * frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +206,19 @@ mod tests {
         make_private_dir("data_dir", &d).unwrap();
         let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn disk_usage_sums_a_directory_and_the_filesystem_has_room() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), [0u8; 1000]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), [0u8; 234]).unwrap();
+        assert_eq!(disk_usage(dir.path()), 1234);
+        assert_eq!(disk_usage(&dir.path().join("a")), 1000);
+        assert_eq!(disk_usage(&dir.path().join("missing")), 0);
+        let (avail, size) = filesystem_space(dir.path()).unwrap();
+        assert!(size > 0 && avail <= size, "{avail} of {size}");
+        assert!(filesystem_space(&dir.path().join("missing")).is_none());
     }
 }

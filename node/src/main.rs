@@ -78,8 +78,16 @@ fn main() -> ExitCode {
                 config,
                 endpoints,
                 ca_file,
+                output,
                 json,
-            } => match cli::status(config.as_deref(), endpoints, ca_file.as_deref(), json).await {
+            } => match cli::status(
+                config.as_deref(),
+                endpoints,
+                ca_file.as_deref(),
+                json || output == cli::Output::Json,
+            )
+            .await
+            {
                 Ok(true) => Ok(()),
                 Ok(false) => Err("no leader found".into()),
                 Err(e) => Err(e),
@@ -92,6 +100,14 @@ fn main() -> ExitCode {
             Cmd::Merchant { config, cmd } => cli::merchant(&config, cmd).await,
             Cmd::Keys { config, cmd } => cli::keys(&config, cmd).await,
             Cmd::Drain { name, config } => cli::drain(&config, &name, true).await,
+            Cmd::Leader { config, cmd } => cli::leader(&config, cmd).await,
+            Cmd::Member { config, cmd } => cli::member::run(&config, cmd).await,
+            Cmd::Snapshot { cmd } => match cli::snapshot::run(cmd).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the backup failed its checks".into()),
+                Err(e) => Err(e),
+            },
+            Cmd::ForceNewCluster { config } => cli::snapshot::force_new_cluster(&config).await,
             Cmd::AcquirerSim {
                 listen,
                 cert_file,

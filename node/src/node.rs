@@ -45,6 +45,12 @@ pub struct NodeEnv {
 }
 
 /// An fsync observer feeding the node's histogram.
+/// Observes snapshots built and installed into the metrics.
+pub fn snapshot_observer(metrics: &Arc<Metrics>) -> crate::store::SnapshotObserver {
+    let m = metrics.clone();
+    Arc::new(move |kind, elapsed, bytes| m.snapshot(kind, elapsed, bytes))
+}
+
 pub fn fsync_observer(metrics: &Arc<Metrics>) -> FsyncObserver {
     let m = metrics.clone();
     Arc::new(move |d| m.store_log_fsync.observe(d.as_secs_f64()))
@@ -310,6 +316,12 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         cfg.acquirer.clone(),
         acquirer_pool,
         faults_on.then_some(faults.clone()),
+        {
+            let m = env.metrics.clone();
+            Arc::new(move |route: &str, request, elapsed| {
+                m.observe_acquirer(route, request, elapsed)
+            })
+        },
     ));
     let failover = Arc::new(crate::failover::Failover {
         cluster: cluster.clone(),
@@ -372,7 +384,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     crate::runtime::spawn(crate::failover::run(failover));
     crate::runtime::spawn(sweep_cvcs(bg.clone()));
     crate::runtime::spawn(check_routes(bg.clone()));
-    let planes = planes_tls(env.tls.as_ref(), cfg, env.admin_token.is_some(), &svc);
+    let planes = planes_tls(env.tls.as_ref(), env.admin_token.is_some(), &svc);
     let lim = &cfg.limits;
     let limits = |plane, max, per_address| net::ServeLimits {
         plane,
@@ -418,6 +430,11 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         ));
     }
     crate::runtime::spawn(update_metrics(bg));
+    env.store.observe_snapshots(snapshot_observer(&env.metrics));
+    // On real disks only (a simulation's nodes share a simulated one).
+    if env.consensus.is_some() {
+        crate::runtime::spawn(measure_data_dir(cfg.data_dir.clone(), env.metrics.clone()));
+    }
     if cfg.raft.snapshot_grows_with_vault {
         crate::runtime::spawn(snapshot_when_due(
             cluster.clone(),
@@ -445,12 +462,7 @@ struct Planes {
 /// forward operators' requests), and callers without a certificate only when a
 /// break-glass token is configured. Refusals on the peer and admin planes are failed
 /// authentications: counted and audited with the source address.
-fn planes_tls(
-    tls: Option<&Arc<NodeTls>>,
-    cfg: &NodeConfig,
-    break_glass: bool,
-    st: &Arc<Service>,
-) -> Planes {
+fn planes_tls(tls: Option<&Arc<NodeTls>>, break_glass: bool, st: &Arc<Service>) -> Planes {
     use net::tls::Identity;
     let Some(tls) = tls else {
         return Planes {
@@ -459,9 +471,11 @@ fn planes_tls(
             admin: None,
         };
     };
-    let members: Arc<std::collections::BTreeSet<u64>> =
-        Arc::new(cfg.peers.iter().map(|p| p.id).collect());
-    let peer_members = members.clone();
+    // Members as the Raft membership has them now (the config's peers until it is
+    // known): a member added later is admitted, a removed one refused.
+    let svc = Arc::downgrade(st);
+    let is_member = move |id: u64| svc.upgrade().is_some_and(|s| s.is_member(id));
+    let peer_member = is_member.clone();
     Planes {
         api: Some(ServeTls {
             config: tls.api.clone(),
@@ -471,7 +485,7 @@ fn planes_tls(
         peer: Some(ServeTls {
             config: tls.peer.clone(),
             admit: Some(Arc::new(
-                move |who| matches!(who, Some(Identity::Node { id }) if peer_members.contains(id)),
+                move |who| matches!(who, Some(Identity::Node { id }) if peer_member(*id)),
             )),
             on_refused: Some(refused_on("peer", st)),
         }),
@@ -479,7 +493,7 @@ fn planes_tls(
             config: tls.admin.clone(),
             admit: Some(Arc::new(move |who| match who {
                 Some(Identity::Operator { .. }) => true,
-                Some(Identity::Node { id }) => members.contains(id),
+                Some(Identity::Node { id }) => is_member(*id),
                 None => break_glass,
             })),
             on_refused: Some(refused_on("admin", st)),
@@ -601,6 +615,23 @@ async fn update_metrics(st: Arc<Background>) {
         m.raft_last_log_index.set(s.last_log_index as i64);
         m.raft_committed_index.set(s.committed_index as i64);
         m.raft_applied_index.set(s.applied_index as i64);
+        let followers: Vec<(String, u64, u64)> = if s.state == "leader" {
+            s.members
+                .iter()
+                .filter(|f| f.id != s.node_id)
+                .map(|f| {
+                    let matched = f.matched_index.unwrap_or(0);
+                    (
+                        f.name.clone(),
+                        matched,
+                        s.last_log_index.saturating_sub(matched),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        m.set_followers(&followers);
         if s.leader_id.is_some() && s.term > seen_leader_term {
             seen_leader_term = s.term;
             if s.state == "leader" {
@@ -633,6 +664,38 @@ async fn update_metrics(st: Arc<Background>) {
     }
 }
 
+/// How often the data directory's size is measured.
+const DATA_DIR_MEASURE_S: u64 = 15;
+
+/// Measures the data directory's parts for `kura_store_data_bytes{part}`.
+async fn measure_data_dir(dir: std::path::PathBuf, metrics: Arc<Metrics>) {
+    let parts: [(&'static str, &str); 4] = [
+        ("meta", "kura.redb"),
+        ("log", "kura.wal"),
+        ("vault", "kura.vault"),
+        ("snapshots", "kura.snap"),
+    ];
+    loop {
+        let dir2 = dir.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            let sizes =
+                parts.map(|(part, name)| (part, crate::files::disk_usage(&dir2.join(name))));
+            (sizes, crate::files::filesystem_space(&dir2))
+        })
+        .await;
+        if let Ok((sizes, space)) = measured {
+            for (part, bytes) in sizes {
+                metrics.set_data_bytes(part, bytes);
+            }
+            if let Some((avail, size)) = space {
+                metrics.filesystem_avail.set(avail as i64);
+                metrics.filesystem_size.set(size as i64);
+            }
+        }
+        crate::runtime::sleep(std::time::Duration::from_secs(DATA_DIR_MEASURE_S)).await;
+    }
+}
+
 /// Starts snapshots as the vault-sized interval comes due (see
 /// `RaftSettings::snapshot_grows_with_vault`), one at a time.
 async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
@@ -662,7 +725,7 @@ async fn record_leader_change(
     cause: crate::vault::LeaderChangeCause,
 ) {
     let me = st.cluster.me();
-    let cmd = crate::vault::Command::RecordLeaderChange {
+    let command = |cause| crate::vault::Command::RecordLeaderChange {
         leader_node: st.cluster.id(),
         leader_name: me.name.clone(),
         term,
@@ -684,8 +747,21 @@ async fn record_leader_change(
             .cluster
             .leader_caught_up(std::time::Duration::from_millis(500))
             .await;
+        // Caught up, the leader has applied every earlier term's record: none at all
+        // means it is the cluster's first leader.
+        let first = ready.is_ok()
+            && cause == crate::vault::LeaderChangeCause::CrashOrPartition
+            && matches!(
+                st.cluster.vault().read(|v| v.last_leader_change()),
+                Ok(None)
+            );
+        let cause = if first {
+            crate::vault::LeaderChangeCause::Formation
+        } else {
+            cause
+        };
         let err = match ready {
-            Ok(()) => match st.cluster.write(cmd.clone()).await {
+            Ok(()) => match st.cluster.write(command(cause)).await {
                 Ok(_) => return,
                 Err(e) => e.to_string(),
             },

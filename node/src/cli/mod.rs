@@ -2,6 +2,8 @@
 
 pub mod certs;
 mod client;
+pub mod member;
+pub mod snapshot;
 pub mod up;
 
 pub use certs::CertsCmd;
@@ -21,10 +23,29 @@ use std::time::Duration;
 
 /// kura: a replicated payment-card token vault.
 #[derive(Debug, Parser)]
-#[command(name = "kura", version, about, long_about = None)]
+#[command(name = "kura", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KURA_COMMIT"), ")"), about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
+}
+
+/// How `kura status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// `kura leader ...`.
+#[derive(Debug, Subcommand)]
+pub enum LeaderCmd {
+    /// Hand leadership to the named member (caught up and allowed to lead); returns once
+    /// it leads. Counted as an `operator` leader change.
+    Transfer {
+        /// The member to lead (main, dr or bk).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// Subcommands.
@@ -62,9 +83,43 @@ pub enum Cmd {
         /// kura-data/ca/ca.crt when it exists; none means plain HTTP).
         #[arg(long, conflicts_with = "config")]
         ca_file: Option<PathBuf>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        /// `table` (default) or `json` (every node's status document, for scripts).
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// The same as `-o json`.
+        #[arg(long, conflicts_with = "output")]
         json: bool,
+    },
+    /// The cluster's members: list, add, remove, replace.
+    Member {
+        /// Any member's config file (for the admin endpoints and operator certificate).
+        #[arg(long, default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: member::MemberCmd,
+    },
+    /// Backups: save one from the leader, verify one offline, restore one as a new
+    /// cluster.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: snapshot::SnapshotCmd,
+    },
+    /// Disaster recovery: make this stopped node's data (every entry of its log
+    /// applied) a new one-member cluster, when every other member is lost for good.
+    /// Refused while any other member answers; recorded in the audit trail; the old
+    /// data directory is kept beside it.
+    ForceNewCluster {
+        /// The surviving node's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Move leadership: `kura leader transfer --to NAME`.
+    Leader {
+        /// Any member's config file (for the admin endpoints and operator certificate).
+        #[arg(long, default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: LeaderCmd,
     },
     /// Start a local three-node cluster (main, dr, bk) on loopback and print how to use it.
     Up {
@@ -310,6 +365,22 @@ async fn print_call(
 const DRAIN_WAIT_S: u64 = 60;
 
 /// `kura drain NAME` / `kura undrain NAME`.
+/// `kura leader transfer --to NAME`: asks the admin plane to move leadership and
+/// reports who leads after it.
+pub async fn leader(config: &Path, cmd: LeaderCmd) -> Result<(), String> {
+    let LeaderCmd::Transfer { to } = cmd;
+    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let client = admin_client(&cfg, config)?;
+    let body = json!({ "to": to });
+    let r = client
+        .call(http::Method::POST, "/admin/v1/leader/transfer", Some(body))
+        .await
+        .map_err(|e| e.to_string())?;
+    let leader = r.body["leader"].as_str().unwrap_or(&to).to_owned();
+    println!("{leader} leads");
+    Ok(())
+}
+
 pub async fn drain(config: &Path, name: &str, drained: bool) -> Result<(), String> {
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
     let client = admin_client(&cfg, config)?;

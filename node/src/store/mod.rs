@@ -9,6 +9,7 @@
 //! openraft the IO is flushed. A snapshot's data is written by the task that builds
 //! it, outside the writer; only its small record goes through the writer.
 
+pub mod backup;
 mod log;
 pub mod offline;
 mod overlay;
@@ -32,6 +33,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use wal::{FsDir, SegmentDir, Wal};
 use writer::{Done, Op, Writer};
 
@@ -72,7 +74,12 @@ pub struct Store {
     vault_files: Arc<vault_db::VaultFiles>,
     /// The highest log index on disk for good (every entry up to it was synced).
     durable_log: Arc<std::sync::atomic::AtomicU64>,
+    /// Told of every snapshot built or installed (for the metrics), once set.
+    snapshot_observer: Arc<std::sync::OnceLock<SnapshotObserver>>,
 }
+
+/// Called with `build` or `install`, how long it took and the snapshot's size in bytes.
+pub type SnapshotObserver = Arc<dyn Fn(&'static str, Duration, u64) + Send + Sync>;
 
 /// The vault's page cache unless configured: what bounds a node's memory, not the
 /// vault's size.
@@ -182,12 +189,25 @@ impl Store {
             recent: Arc::new(Mutex::new(BTreeMap::new())),
             apply_check: None,
             durable_log,
+            snapshot_observer: Arc::default(),
             vault_files: Arc::new(vault_db::VaultFiles::new(
                 vault_dir,
                 sync == SyncPolicy::Fsync,
                 VAULT_CACHE_BYTES_DEFAULT,
             )),
         })
+    }
+
+    /// Tells `observer` of every snapshot built or installed from now on (the first
+    /// observer set stays).
+    pub fn observe_snapshots(&self, observer: SnapshotObserver) {
+        let _ = self.snapshot_observer.set(observer);
+    }
+
+    pub(crate) fn snapshot_done(&self, kind: &'static str, elapsed: Duration, bytes: u64) {
+        if let Some(o) = self.snapshot_observer.get() {
+            o(kind, elapsed, bytes);
+        }
     }
 
     /// The highest log index known durable here. A follower may apply committed entries

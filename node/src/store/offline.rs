@@ -27,7 +27,22 @@ pub struct OfflineVault {
 }
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
+
+impl TempDir {
+    /// A new directory in the system's temporary directory, named for `what`.
+    pub(super) fn new(what: &str) -> io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!(
+            "kura-{what}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -41,6 +56,34 @@ impl Drop for TempDir {
 /// it had applied, from the log's files. The node must be stopped, or `path` a copy of
 /// its data directory: the metadata file is opened exclusively.
 pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
+    read(path, false, None::<fn(LogId) -> Entry>).map(|(v, _)| v)
+}
+
+/// What [`read_vault_all`] also tells.
+pub struct Recovered {
+    /// The last entry applied (the recovery's own record).
+    pub last_log_id: LogId,
+    /// The members as the node's last membership entry had them.
+    pub members: std::collections::BTreeMap<crate::member::NodeId, crate::member::Member>,
+    /// The cluster the node belonged to.
+    pub cluster_id: Option<String>,
+}
+
+/// Like [`read_vault`], but applies every entry in the log, committed as far as this
+/// node knew or not, then the entry `extra` makes for the index after the last.
+pub fn read_vault_all(
+    path: &Path,
+    extra: impl FnOnce(LogId) -> Entry,
+) -> io::Result<(OfflineVault, Recovered)> {
+    let (v, r) = read(path, true, Some(extra))?;
+    Ok((v, r.expect("asked for")))
+}
+
+fn read(
+    path: &Path,
+    whole_log: bool,
+    extra: Option<impl FnOnce(LogId) -> Entry>,
+) -> io::Result<(OfflineVault, Option<Recovered>)> {
     let db = Database::open(path).map_err(|e| {
         io::Error::other(format!(
             "cannot open {} (is the node still running? use a copy): {}",
@@ -48,13 +91,17 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
             redb::Error::from(e)
         ))
     })?;
-    let committed = {
+    let (committed, cluster_id) = {
         let txn = db.begin_read().map_err(io_err)?;
         let meta = txn.open_table(META).map_err(io_err)?;
         let got = meta.get(KEY_COMMITTED).map_err(io_err)?;
-        got.map(|b| decode::<LogId>(b.value()))
+        let committed = got
+            .map(|b| decode::<LogId>(b.value()))
             .transpose()?
-            .map_or(0, |l| l.index)
+            .map_or(0, |l| l.index);
+        let id = meta.get(super::KEY_CLUSTER_ID).map_err(io_err)?;
+        let id = id.map(|b| String::from_utf8_lossy(b.value()).into_owned());
+        (committed, id)
     };
     let source = FsDir::existing(vault_path(path), vault_db::EXT);
     let generations = source.list()?;
@@ -64,13 +111,7 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
             format!("no vault file beside {}", path.display()),
         ));
     }
-    let copy = TempDir(std::env::temp_dir().join(format!(
-        "kura-offline-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    )));
+    let copy = TempDir::new("offline")?;
     let dir = FsDir::create(copy.0.clone(), vault_db::EXT)?;
     // Every generation (one, or two while a snapshot was being installed): the newest
     // complete one is the vault.
@@ -86,8 +127,15 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
         false,
     )?;
     let mut replayed_entries = 0;
-    if committed > applied_index {
-        let rows = wal.read(applied_index + 1..=committed)?;
+    let upto = if whole_log {
+        wal.last_index().unwrap_or(0).max(committed)
+    } else {
+        committed
+    };
+    let mut last_log_id = applied;
+    let mut membership = membership;
+    if upto > applied_index {
+        let rows = wal.read(applied_index + 1..=upto)?;
         if rows.first().map(|(i, _)| *i) != Some(applied_index + 1) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -102,10 +150,34 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
             .map(|(_, b)| decode::<Entry>(&b))
             .collect::<io::Result<Vec<_>>>()?;
         replayed_entries = entries.len() as u64;
-        apply_batch(&current.db, &entries, membership)?;
+        last_log_id = entries.last().map(|e| e.log_id).or(last_log_id);
+        membership = apply_batch(&current.db, &entries, membership)?.1;
     }
+    let recovered = match extra {
+        Some(make) => {
+            let last = last_log_id.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the node holds no state to recover",
+                )
+            })?;
+            let entry = make(last);
+            let log_id = entry.log_id;
+            membership = apply_batch(&current.db, &[entry], membership)?.1;
+            Some(Recovered {
+                last_log_id: log_id,
+                members: membership
+                    .membership()
+                    .nodes()
+                    .map(|(i, m)| (*i, m.clone()))
+                    .collect(),
+                cluster_id,
+            })
+        }
+        None => None,
+    };
     let txn = current.db.begin_read().map_err(io_err)?;
-    Ok(OfflineVault {
+    let vault = OfflineVault {
         vault: Vault::new(super::overlay::Layered::new(
             Default::default(),
             Default::default(),
@@ -115,7 +187,8 @@ pub fn read_vault(path: &Path) -> io::Result<OfflineVault> {
         replayed_entries,
         _db: current,
         _copy: copy,
-    })
+    };
+    Ok((vault, recovered))
 }
 
 /// Copies file `id` of `from` into `to`, a piece at a time.
