@@ -241,6 +241,10 @@ pub struct ProcCluster {
     pub admin: Vec<String>,
     children: Vec<Option<Child>>,
     configs: Vec<PathBuf>,
+    /// Each node's name (main, dr, bk, then any added with [`ProcCluster::add_node`]).
+    pub names: Vec<String>,
+    /// Text appended to every config (for nodes added later).
+    extra_toml: String,
     /// Extra arguments to `kura node` (e.g. `--enable-fault-injection`).
     pub node_args: Vec<String>,
     /// Plain HTTP everywhere (`tls.insecure`), for measuring what TLS costs.
@@ -267,7 +271,49 @@ impl ProcCluster {
 
     /// The data directory of node `i`.
     pub fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(NAMES[i])
+        self.dir.path().join(&self.names[i])
+    }
+
+    /// Writes the config and certificate of a new node `name` (id: its index + 1) that
+    /// lists every current node and itself as peers, and starts it with an empty data
+    /// directory. It belongs to no cluster until the leader adds it. Returns its index.
+    pub fn add_node(&mut self, name: &str, role: &str, never_lead: bool) -> usize {
+        let i = self.names.len();
+        self.names.push(name.to_owned());
+        self.api.push(format!("127.0.0.1:{}", free_port()));
+        self.raft.push(format!("127.0.0.1:{}", free_port()));
+        self.admin.push(format!("127.0.0.1:{}", free_port()));
+        write_test_certs(&self.dir.path().join("certs"), name, Some(i as u64 + 1));
+        let mut text = format!(
+            "node_id = {}\ndata_dir = \"{name}\"\nkek_file = \"kek.key\"\n",
+            i + 1
+        );
+        for j in 0..=i {
+            let (peer, peer_role, nl) = if j == i {
+                (name, role, never_lead)
+            } else {
+                (
+                    self.names[j].as_str(),
+                    NAMES.get(j).copied().unwrap_or("bk"),
+                    false,
+                )
+            };
+            text += &format!(
+                "[[peers]]\nid = {}\nname = \"{peer}\"\nrole = \"{peer_role}\"\napi_addr = \"{}\"\nraft_addr = \"{}\"\nadmin_addr = \"{}\"\nnever_lead = {nl}\n",
+                j + 1,
+                self.api[j],
+                self.raft[j],
+                self.admin[j],
+            );
+        }
+        text += &tls_toml(name);
+        text += &self.extra_toml;
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        self.configs.push(path);
+        self.children.push(None);
+        self.restart(i);
+        i
     }
 
     /// Writes configs and keys without starting any node.
@@ -380,6 +426,8 @@ impl ProcCluster {
             admin,
             children: vec![None, None, None],
             configs,
+            names: NAMES.iter().map(|n| n.to_string()).collect(),
+            extra_toml: raft_toml.to_owned(),
             node_args: Vec::new(),
             insecure: false,
         }
@@ -419,7 +467,7 @@ impl ProcCluster {
 
     /// The log file of node `i`.
     pub fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("{}.log", NAMES[i]))
+        self.dir.path().join(format!("{}.log", self.names[i]))
     }
 
     /// Starts node `i` (again).
@@ -641,7 +689,7 @@ impl ProcCluster {
 impl Drop for ProcCluster {
     /// Kills every node. With `KURA_KEEP_TEST_DIRS=1` the data and logs stay on disk.
     fn drop(&mut self) {
-        for i in 0..3 {
+        for i in 0..self.children.len() {
             self.kill(i);
         }
         if std::env::var_os("KURA_KEEP_TEST_DIRS").is_some() {

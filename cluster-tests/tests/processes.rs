@@ -308,13 +308,29 @@ async fn operator_transfer_moves_leadership_to_the_named_node_and_writes_continu
     let leader = c.wait_leader().await;
     let key = c.merchant("shop").await;
     let client = c.client(&[0, 1, 2], &key);
+    let config = c.config(0).to_str().unwrap().to_owned();
     for target in [(leader + 1) % 3, (leader + 2) % 3, leader] {
-        let r = c
-            .admin()
-            .transfer_leader(NAMES[target])
-            .await
-            .expect("transfer");
-        assert_eq!(r.leader, NAMES[target]);
+        if target == leader {
+            // The last one as an operator types it.
+            let out = c.kura(&[
+                "leader",
+                "transfer",
+                "--to",
+                NAMES[target],
+                "--config",
+                &config,
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(text.trim(), format!("{} leads", NAMES[target]));
+        } else {
+            let r = c
+                .admin()
+                .transfer_leader(NAMES[target])
+                .await
+                .expect("transfer");
+            assert_eq!(r.leader, NAMES[target]);
+        }
         let s = c.status(target).await.unwrap();
         assert_eq!(
             s["state"], "leader",
@@ -360,6 +376,23 @@ async fn operator_transfer_moves_leadership_to_the_named_node_and_writes_continu
         ),
         "{text}"
     );
+
+    // `kura status -o json`: every node's document, the same leader in each.
+    let out = c.kura(&["status", "-o", "json", "--config", &config]);
+    assert!(out.status.success(), "{out:?}");
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(docs.len(), 3);
+    for d in &docs {
+        assert_eq!(d["status"]["leader_name"], NAMES[leader], "{d}");
+    }
+    let table = c.kura(&["status", "-o", "table", "--config", &config]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.starts_with(&format!("leader {}", NAMES[leader])),
+        "{table}"
+    );
+    let out = c.kura(&["leader", "transfer", "--to", "nowhere", "--config", &config]);
+    assert!(!out.status.success());
 
     let unknown = c.admin().transfer_leader("nowhere").await;
     assert!(
