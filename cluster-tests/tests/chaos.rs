@@ -8,7 +8,7 @@
 //! chaos --seed S [--trace]   # one seed, in this process, with its report
 //! ```
 
-use kura_cluster_tests::chaos::{self, Params, Report};
+use kura_cluster_tests::chaos::{self, Fault, Params, Report};
 use serde_json::{json, Value};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +41,24 @@ fn params(seed: u64, unsafe_no_fsync: bool) -> Params {
 /// Runs one seed here and prints its result as one JSON line (the child's side).
 fn child(seed: u64, unsafe_no_fsync: bool) -> ExitCode {
     let r = chaos::run(params(seed, unsafe_no_fsync));
+    // Machines replaced, and how many of those replacements a node crash interrupted.
+    let replaced: Vec<_> = r
+        .replacements
+        .iter()
+        .filter_map(|x| Some((x.asked_ms, x.promoted_ms?)))
+        .collect();
+    let through_crash = replaced
+        .iter()
+        .filter(|(from, to)| {
+            r.fired.iter().any(|(at, f, _)| {
+                (from..=to).contains(&at)
+                    && matches!(
+                        f,
+                        Fault::Crash { .. } | Fault::CrashTwo { .. } | Fault::PowerLoss { .. }
+                    )
+            })
+        })
+        .count();
     let line = json!({
         "seed": seed,
         "hash": r.trace_hash,
@@ -49,6 +67,8 @@ fn child(seed: u64, unsafe_no_fsync: bool) -> ExitCode {
         "failover_ms": r.failover_ms,
         "ops": r.ops,
         "sim_ms": r.sim_ms,
+        "replaced": replaced.len(),
+        "replaced_through_crash": through_crash,
     });
     println!("RESULT {line}");
     ExitCode::SUCCESS
@@ -151,11 +171,14 @@ fn sweep(opts: &Opts) -> bool {
         .collect();
     drop(tx);
     let (mut done, mut gaps, mut failures, mut ops) = (0u64, Vec::new(), Vec::new(), 0u64);
+    let (mut replaced, mut through_crash) = (0u64, 0u64);
     let mut slowest: Vec<(u64, u64)> = Vec::new();
     let mut last_print = Instant::now();
     for r in rx {
         done += 1;
         ops += r["ops"].as_u64().unwrap_or(0);
+        replaced += r["replaced"].as_u64().unwrap_or(0);
+        through_crash += r["replaced_through_crash"].as_u64().unwrap_or(0);
         let seed = r["seed"].as_u64().unwrap_or(0);
         for g in r["failover_ms"]
             .as_array()
@@ -200,6 +223,10 @@ fn sweep(opts: &Opts) -> bool {
         }
     );
     println!("{}", failover_line(&gaps));
+    println!(
+        "membership: {replaced} machines replaced (remove, new machine, add, promote), \
+         {through_crash} of them while a node crashed"
+    );
     slowest.sort_unstable_by(|a, b| b.cmp(a));
     if !slowest.is_empty() {
         println!(
@@ -235,6 +262,17 @@ fn single(seed: u64, unsafe_no_fsync: bool, show_trace: bool) -> ExitCode {
     );
     println!("fault schedule:\n{}", r.params.describe_schedule());
     println!("{}", failover_line(&r.failover_ms));
+    for x in &r.replacements {
+        println!(
+            "replaced {} (node {} -> node {}): asked at {} ms, removed at {:?} ms, promoted at {:?} ms",
+            chaos::NODES[(x.slot - 1) as usize],
+            x.old_id,
+            x.new_id,
+            x.asked_ms,
+            x.removed_ms,
+            x.promoted_ms
+        );
+    }
     if let Some(f) = &r.final_leadership {
         println!(
             "at the end: node {} leads term {} (since {} ms); leader changes recorded per node: {:?}",

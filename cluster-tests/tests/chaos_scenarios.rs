@@ -281,6 +281,72 @@ fn quorum_loss_and_power_loss_lose_nothing_with_fsync() {
     clean(8_000, vec![(3_000, Fault::PowerLoss { down_ms: 1_000 })]);
 }
 
+/// Machines replaced the way an operator does it, the leader's first and through a
+/// crash of the leader that took over: every replacement completes (old member gone,
+/// new one a voter with a new id on the same host), and the oracle is clean.
+#[test]
+fn replacing_members_even_the_leader_through_a_leader_crash_loses_nothing() {
+    let r = clean(
+        12_000,
+        vec![
+            (
+                1_000,
+                Fault::Replace {
+                    node: Target::Leader,
+                },
+            ),
+            (
+                1_100,
+                Fault::Crash {
+                    node: Target::Leader,
+                    down_ms: 2_000,
+                },
+            ),
+            (
+                7_000,
+                Fault::Replace {
+                    node: Target::Node(2),
+                },
+            ),
+        ],
+    );
+    for line in r
+        .trace
+        .iter()
+        .filter(|l| l.contains("operator") || l.contains("new machine"))
+    {
+        println!("{line}");
+    }
+    assert_eq!(r.replacements.len(), 2, "{:?}", r.replacements);
+    let first = &r.replacements[0];
+    let crash_at = r.fired[1].0;
+    assert!(
+        first.asked_ms < crash_at && first.promoted_ms.is_some_and(|t| t > crash_at),
+        "the leader crash did not come during the first replacement: crash at {crash_at} ms, {first:?}"
+    );
+    assert_eq!(
+        r.fired[0].2,
+        Some(first.slot),
+        "the first replacement hit the leader"
+    );
+    for x in &r.replacements {
+        assert!(x.promoted_ms.is_some(), "{x:?}");
+        assert!(x.new_id > 3 && x.new_id != x.old_id, "{x:?}");
+        assert!(
+            !r.final_members.contains(&x.old_id),
+            "{:?}",
+            r.final_members
+        );
+    }
+    let mut ids = r.final_ids.to_vec();
+    ids.sort_unstable();
+    let mut voters = r.final_voters.clone();
+    voters.sort_unstable();
+    assert_eq!(voters, ids, "the voters are the machines on the hosts");
+    assert_eq!(r.final_members.len(), 3, "{:?}", r.final_members);
+    assert_leadership_left_the_node_hit(&r, 3_000);
+}
+
 /// The oracle bites: the same power loss with `storage.unsafe_no_fsync` loses writes
 /// the cluster acknowledged, and the oracle reports them.
 #[test]

@@ -59,6 +59,14 @@ pub fn members() -> Vec<PeerConfig> {
     .collect()
 }
 
+/// The slot of simulated host `host`: 1 for main, 2 for dr, 3 for bk.
+pub fn host_slot(host: &str) -> Option<u64> {
+    members()
+        .iter()
+        .find(|m| m.member.name == host)
+        .map(|m| m.id)
+}
+
 /// A node config for simulated host `id` (1 = main, 2 = dr, 3 = bk).
 pub fn config(id: u64) -> NodeConfig {
     NodeConfig {
@@ -110,8 +118,8 @@ fn sim_time() -> crate::net::tls::Time {
 /// certificate per node and per acquirer route (named by host), and the checker's
 /// operator certificate.
 pub struct SimPki {
+    seed: u64,
     ca: Issued,
-    nodes: BTreeMap<u64, Issued>,
     routes: BTreeMap<&'static str, Issued>,
     operator: Issued,
 }
@@ -119,47 +127,27 @@ pub struct SimPki {
 impl SimPki {
     /// The certificates of the run with `seed`.
     pub fn new(seed: u64) -> SimPki {
-        let key = |label: &str| {
-            let mut h = Sha256::new();
-            h.update(seed.to_be_bytes());
-            h.update(label.as_bytes());
-            NewKey::Ed25519Seed(h.finalize().into())
-        };
-        let now =
-            time::OffsetDateTime::from_unix_timestamp(SIM_EPOCH_UNIX_S as i64).expect("epoch");
-        let ca = certs::new_ca("kura simulation CA", key("ca"), now, SIM_CERT_DAYS).expect("CA");
-        let leaf = |who: Option<&Identity>, host: &str, label: &str| {
-            certs::new_leaf(
-                &ca.cert_pem,
-                &ca.key_pem,
-                who,
-                &[host.to_owned()],
-                key(label),
-                now,
-                SIM_CERT_DAYS,
-            )
-            .expect("simulation certificate")
-        };
-        let nodes = members()
+        let ca = certs::new_ca(
+            "kura simulation CA",
+            sim_key(seed, "ca"),
+            sim_now(),
+            SIM_CERT_DAYS,
+        )
+        .expect("CA");
+        let routes = ROUTES
             .iter()
-            .map(|m| {
-                (
-                    m.id,
-                    leaf(Some(&Identity::Node { id: m.id }), &m.name, &m.name),
-                )
-            })
+            .map(|r| (*r, issue(&ca, seed, None, r, r)))
             .collect();
-        let routes = ROUTES.iter().map(|r| (*r, leaf(None, r, r))).collect();
         let checker = Identity::Operator {
             name: "chaos".into(),
             role: OperatorRole::Admin,
         };
-        let operator = leaf(Some(&checker), "checker", "operator");
+        let operator = issue(&ca, seed, Some(&checker), "checker", "operator");
         SimPki {
-            nodes,
+            seed,
+            ca,
             routes,
             operator,
-            ca,
         }
     }
 
@@ -167,8 +155,25 @@ impl SimPki {
         Pem::from_text(&self.ca.cert_pem, &leaf.cert_pem, &leaf.key_pem).expect("simulation PEM")
     }
 
-    fn node_tls(&self, id: u64) -> NodeTls {
-        NodeTls::from_pem(self.pem(&self.nodes[&id]), false, sim_time()).expect("node TLS")
+    /// The TLS of node `id` on host `host` (a replacement machine gets a new id on the
+    /// host it replaces).
+    fn node_tls(&self, id: u64, host: &str) -> NodeTls {
+        // The first members' keys keep the labels they always had.
+        let label = match members()
+            .iter()
+            .find(|m| m.id == id && m.member.name == host)
+        {
+            Some(_) => host.to_owned(),
+            None => format!("{host}-{id}"),
+        };
+        let leaf = issue(
+            &self.ca,
+            self.seed,
+            Some(&Identity::Node { id }),
+            host,
+            &label,
+        );
+        NodeTls::from_pem(self.pem(&leaf), false, sim_time()).expect("node TLS")
     }
 
     fn acquirer_server(&self, route: &str) -> rustls::ServerConfig {
@@ -190,6 +195,34 @@ impl SimPki {
     }
 }
 
+/// The simulation's clock when its certificates are issued.
+fn sim_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(SIM_EPOCH_UNIX_S as i64).expect("epoch")
+}
+
+/// A key derived from the run's seed and `label`.
+fn sim_key(seed: u64, label: &str) -> NewKey {
+    let mut h = Sha256::new();
+    h.update(seed.to_be_bytes());
+    h.update(label.as_bytes());
+    NewKey::Ed25519Seed(h.finalize().into())
+}
+
+/// A certificate for `host` from `ca`, naming `who`, its key derived from the seed and
+/// `label`.
+fn issue(ca: &Issued, seed: u64, who: Option<&Identity>, host: &str, label: &str) -> Issued {
+    certs::new_leaf(
+        &ca.cert_pem,
+        &ca.key_pem,
+        who,
+        &[host.to_owned()],
+        sim_key(seed, label),
+        sim_now(),
+        SIM_CERT_DAYS,
+    )
+    .expect("simulation certificate")
+}
+
 /// Derives a per-node, per-boot seed from the run seed.
 pub fn node_seed(run_seed: u64, node_id: u64, boot: u64) -> u64 {
     let mut z = run_seed
@@ -203,6 +236,10 @@ pub fn node_seed(run_seed: u64, node_id: u64, boot: u64) -> u64 {
 /// What a simulation can see of its nodes from outside the hosts: each running node's
 /// Raft view, applied vault and fault switches, and every invariant violation the
 /// nodes' state machines found after applying a command. Cheap to clone.
+///
+/// Nodes are known by their host's slot (1 = main, 2 = dr, 3 = bk), whatever Raft id
+/// the machine on that host has: a replaced machine joins with a new id on the host of
+/// the one it replaces.
 #[derive(Clone, Default)]
 pub struct Probe {
     inner: Arc<Mutex<ProbeInner>>,
@@ -305,12 +342,19 @@ pub async fn run_node(
 ) -> turmoil::Result {
     Rt::scope(seed, async move {
         let id = cfg.node_id;
+        let host = cfg
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.member.name.clone())
+            .ok_or("the node is not among its configured peers")?;
+        let slot = host_slot(&host).ok_or("the node's host is not main, dr or bk")?;
         let metrics = Arc::new(Metrics::new());
         let p2 = probe.clone();
         let store = Store::open_sim(&disk, cfg.storage.sync_policy(), fsync_observer(&metrics))?
             .with_apply_check(Arc::new(move |index, vault| {
                 if let Err(e) = vault.validate_payments() {
-                    p2.report(id, index, e.detail);
+                    p2.report(slot, index, e.detail);
                 }
             }));
         let faults = store.faults();
@@ -324,12 +368,12 @@ pub async fn run_node(
             fault_injection: cfg.faults.enabled,
             admin_token: None,
             metrics,
-            tls: Some(Arc::new(pki.node_tls(id))),
+            tls: Some(Arc::new(pki.node_tls(id, &host))),
             acquirer_tls: Some(pki.client()),
             consensus: None,
         };
         let node = crate::node::start(&cfg, env).await?;
-        probe.register(id, node.cluster.clone(), faults);
+        probe.register(slot, node.cluster.clone(), faults);
         std::future::pending::<()>().await;
         Ok(())
     })

@@ -21,7 +21,7 @@ use kura_node::sim::{self, Probe};
 use kura_node::store::SimDisk;
 use schedule::name;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
@@ -58,6 +58,32 @@ struct Shared {
     payments_seen: Vec<oracle::PaymentSeen>,
     /// The clients' TLS, from the run's certificates.
     tls: Option<ClientTls>,
+    /// Each host's node id now (main, dr, bk): a replaced machine has a new one.
+    ids: [u64; 3],
+    /// The id the next new machine gets.
+    next_id: u64,
+    /// Host slots whose machines the schedule replaces, in order; the operator takes
+    /// them one at a time.
+    replace_queue: VecDeque<u64>,
+    /// The operator is working on a replacement.
+    replacing: bool,
+    /// The operator asks the driver to put a new, empty machine on a host: (slot, id).
+    new_machine: Option<(u64, u64)>,
+    replacements: Vec<Replacement>,
+}
+
+/// One machine replaced by the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The host (1 = main, 2 = dr, 3 = bk).
+    pub slot: u64,
+    pub old_id: u64,
+    pub new_id: u64,
+    /// When the schedule asked for it, the old member's removal took effect, and the
+    /// new member became a voter (`None`: it never did).
+    pub asked_ms: u64,
+    pub removed_ms: Option<u64>,
+    pub promoted_ms: Option<u64>,
 }
 
 /// What the simulated clients present: merchants trust the CA; the checker is also an
@@ -108,6 +134,13 @@ pub struct Report {
     pub final_leadership: Option<oracle::FinalLeadership>,
     /// Per node (1..=3) at the end: the index up to which its log was purged.
     pub final_purged: Vec<Option<u64>>,
+    /// Every machine replaced.
+    pub replacements: Vec<Replacement>,
+    /// Each host's node id at the end (main, dr, bk).
+    pub final_ids: [u64; 3],
+    /// The voters in the final leader's membership, and all its members' ids.
+    pub final_voters: Vec<u64>,
+    pub final_members: Vec<u64>,
 }
 
 impl Report {
@@ -236,7 +269,8 @@ impl Driver {
             | Fault::Isolate { node, .. }
             | Fault::StallStorage { node, .. }
             | Fault::KekFail { node, .. }
-            | Fault::BlockRoutes { node, .. } => Some(self.resolve(node)),
+            | Fault::BlockRoutes { node, .. }
+            | Fault::Replace { node } => Some(self.resolve(node)),
             _ => None,
         };
         self.fired.push((now, fault, hit));
@@ -322,6 +356,20 @@ impl Driver {
                 self.undo
                     .push((until(down_ms), Undo::RestartAcquirer(route)));
             }
+            Fault::Replace { .. } => {
+                let slot = hit.expect("a replacement hits a node");
+                let mut w = self.world.lock();
+                w.replace_queue.push_back(slot);
+                let old_id = w.ids[(slot - 1) as usize];
+                w.replacements.push(Replacement {
+                    slot,
+                    old_id,
+                    new_id: 0,
+                    asked_ms: now,
+                    removed_ms: None,
+                    promoted_ms: None,
+                });
+            }
         }
         self.trace(now, format!("fault: {text}"));
     }
@@ -350,6 +398,20 @@ impl Driver {
             Undo::ClearFaults(id) => self.set_fault(id, |s| *s = FaultState::default()),
         }
         self.trace(now, format!("heal: {u:?}"));
+    }
+
+    /// Puts a new, empty machine with node id `id` on host `slot` (the operator has
+    /// removed the old member) and boots it.
+    fn new_machine(&mut self, sim: &mut turmoil::Sim<'_>, now: u64, slot: u64, id: u64) {
+        self.crash(sim, now, slot, false);
+        self.disks[(slot - 1) as usize].replace();
+        {
+            let mut w = self.world.lock();
+            w.ids[(slot - 1) as usize] = id;
+            w.new_machine = None;
+        }
+        sim.bounce(name(slot));
+        self.trace(now, format!("new machine on {} as node {id}", name(slot)));
     }
 
     fn sample_leaders(&mut self, now: u64) {
@@ -393,6 +455,32 @@ impl Driver {
             );
             return false;
         }
+        let (busy, ids) = {
+            let w = self.world.lock();
+            (w.replacing || !w.replace_queue.is_empty(), w.ids)
+        };
+        if busy {
+            self.converge_detail = "the operator is still replacing a member".into();
+            return false;
+        }
+        // Every node agrees the voters are the machines on the three hosts now.
+        let mut want: Vec<u64> = ids.to_vec();
+        want.sort_unstable();
+        if let Some(s) = statuses.iter().find(|s| {
+            let mut voters: Vec<u64> = s.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+            voters.sort_unstable();
+            voters != want || s.members.len() != 3
+        }) {
+            self.converge_detail = format!(
+                "{} sees members {:?}, the hosts run {want:?}",
+                s.name,
+                s.members
+                    .iter()
+                    .map(|m| (m.id, m.voter))
+                    .collect::<Vec<_>>()
+            );
+            return false;
+        }
         let digests: Vec<_> = (1..=3u64).filter_map(|id| self.probe.digest(id)).collect();
         if digests.len() != 3 || digests.windows(2).any(|w| w[0] != w[1]) {
             self.converge_detail = statuses
@@ -418,6 +506,10 @@ impl Driver {
 
     /// One driver step at simulated time `now`.
     fn tick(&mut self, sim: &mut turmoil::Sim<'_>, now: u64) {
+        let asked = self.world.lock().new_machine;
+        if let Some((slot, id)) = asked {
+            self.new_machine(sim, now, slot, id);
+        }
         if now >= self.next_sample {
             self.next_sample = now + 10;
             self.sample_leaders(now);
@@ -491,8 +583,11 @@ impl Driver {
     }
 }
 
-fn node_config(p: &Params, id: u64) -> kura_node::config::NodeConfig {
-    let mut cfg = sim::config(id);
+/// The config of the machine on host `slot` now: the hosts' current node ids in the
+/// peers, as an operator writes them when a machine is replaced.
+fn node_config(p: &Params, slot: u64, ids: [u64; 3]) -> kura_node::config::NodeConfig {
+    let mut cfg = sim::config(slot);
+    cfg.node_id = ids[(slot - 1) as usize];
     cfg.raft.heartbeat_interval_ms = p.heartbeat_ms;
     cfg.raft.election_timeout_min_ms = p.election_min_ms;
     cfg.raft.election_timeout_max_ms = p.election_max_ms;
@@ -503,7 +598,9 @@ fn node_config(p: &Params, id: u64) -> kura_node::config::NodeConfig {
     cfg.storage.unsafe_no_fsync = p.unsafe_no_fsync;
     cfg.failover.failback_stabilization_s = 2;
     for peer in &mut cfg.peers {
-        peer.never_lead = p.never_lead == Some(peer.id);
+        let host = peer.id;
+        peer.never_lead = p.never_lead == Some(host);
+        peer.id = ids[(host - 1) as usize];
     }
     cfg
 }
@@ -524,20 +621,28 @@ pub fn run(params: Params) -> Report {
     let probe = Probe::default();
     let pki = Arc::new(sim::SimPki::new(seed));
     let disks: Vec<SimDisk> = (0..3).map(|_| SimDisk::new()).collect();
-    for id in 1..=3u64 {
-        let (disk, probe, cfg, pki) = (
-            disks[(id - 1) as usize].clone(),
+    let world = World::default();
+    {
+        let mut w = world.lock();
+        w.ids = [1, 2, 3];
+        w.next_id = 4;
+    }
+    for slot in 1..=3u64 {
+        let (disk, probe, params, world, pki) = (
+            disks[(slot - 1) as usize].clone(),
             probe.clone(),
-            node_config(&params, id),
+            params.clone(),
+            world.clone(),
             pki.clone(),
         );
         let boots = Arc::new(AtomicU64::new(0));
-        sim.host(name(id), move || {
+        sim.host(name(slot), move || {
             let boot = boots.fetch_add(1, Ordering::SeqCst);
+            let ids = world.lock().ids;
             sim::run_node(
-                cfg.clone(),
+                node_config(&params, slot, ids),
                 disk.clone(),
-                sim::node_seed(seed, id, boot),
+                sim::node_seed(seed, slot, boot),
                 probe.clone(),
                 pki.clone(),
             )
@@ -557,7 +662,6 @@ pub fn run(params: Params) -> Report {
             )
         });
     }
-    let world = World::default();
     world.lock().tls = Some(ClientTls {
         client: Arc::new(pki.client()),
         operator: Arc::new(pki.operator_client()),
@@ -567,6 +671,13 @@ pub fn run(params: Params) -> Report {
     sim.client(
         "checker",
         Rt::scope(client_seed(0), workload::checker(seed, world.clone())),
+    );
+    sim.client(
+        "operator",
+        Rt::scope(
+            client_seed(50),
+            workload::operator_actor(world.clone(), params.never_lead),
+        ),
     );
     for c in 1..=params.clients {
         sim.client(
@@ -614,16 +725,19 @@ pub fn run(params: Params) -> Report {
     let final_purged = (1..=3u64)
         .map(|id| driver.probe.status(id).and_then(|s| s.purged_index))
         .collect();
-    let final_leadership = driver.leader().and_then(|leader| {
-        let term = driver.probe.status(leader)?.term;
+    let final_status = driver.leader().and_then(|slot| driver.probe.status(slot));
+    let final_leadership = driver.leader().and_then(|slot| {
+        let status = driver.probe.status(slot)?;
+        let term = status.term;
         let since_ms = driver
             .terms
             .iter()
-            .find(|&&(_, n, t)| t == term && n == leader)
+            .find(|&&(_, n, t)| t == term && n == slot)
             .map_or(sim_ms, |&(at, ..)| at);
         Some(oracle::FinalLeadership {
             term,
-            leader,
+            // The id the nodes record, not the host's slot.
+            leader: status.node_id,
             since_ms,
             end_ms: sim_ms,
             recorded: (1..=3u64)
@@ -713,6 +827,13 @@ pub fn run(params: Params) -> Report {
         crashed_at_index: driver.crashed_at_index,
         final_leadership,
         final_purged,
+        replacements: std::mem::take(&mut w.replacements),
+        final_ids: w.ids,
+        final_voters: final_status.as_ref().map_or_else(Vec::new, |s| {
+            s.members.iter().filter(|m| m.voter).map(|m| m.id).collect()
+        }),
+        final_members: final_status
+            .map_or_else(Vec::new, |s| s.members.iter().map(|m| m.id).collect()),
     }
 }
 

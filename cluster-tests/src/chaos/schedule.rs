@@ -50,6 +50,11 @@ pub enum Fault {
     BlockRoutes { node: Target, ms: u64 },
     /// An acquirer's host crashes (its books survive) and restarts after `down_ms`.
     AcquirerCrash { route: usize, down_ms: u64 },
+    /// The node's machine is replaced, as an operator does it: the member is removed
+    /// (a leader hands leadership away first), its host comes back empty with a new
+    /// node id, is added as a learner, catches up and is promoted to voter. The
+    /// operator retries each step until it holds, through whatever else is failing.
+    Replace { node: Target },
 }
 
 /// A fault and when it fires, relative to the start of the fault phase.
@@ -126,6 +131,7 @@ impl fmt::Display for Fault {
                 "crash acquirer {}, restart after {down_ms} ms",
                 kura_node::sim::ROUTES[route]
             ),
+            Fault::Replace { node } => write!(f, "replace {node} with a new member"),
         }
     }
 }
@@ -183,7 +189,7 @@ fn random_fault(rng: &mut Rng) -> Fault {
         26..=27 => Fault::PowerLoss {
             down_ms: rng.range(200, 2_000),
         },
-        28..=39 => Fault::Isolate {
+        28..=35 => Fault::Isolate {
             node: if rng.percent(50) {
                 Target::Node(1)
             } else {
@@ -191,6 +197,7 @@ fn random_fault(rng: &mut Rng) -> Fault {
             },
             ms,
         },
+        36..=39 => Fault::Replace { node: target(rng) },
         40..=47 => {
             let (from, to) = two_nodes(rng);
             Fault::OneWay { from, to, ms }
@@ -253,6 +260,6 @@ mod tests {
                 assert!(s.at_ms < 14_000);
             }
         }
-        assert_eq!(kinds.len(), 12);
+        assert_eq!(kinds.len(), 13);
     }
 }

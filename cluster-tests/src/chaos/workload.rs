@@ -8,8 +8,8 @@ use super::{Shared, World};
 use crate::oracle::{Event, EventKind, Level, PaymentSeen};
 use kura_node::sim;
 use kura_sdk::{
-    AuthorizeIn, CardIn, Client, ClientConfig, CreateMerchantIn, Error, Payment, TokenFormat,
-    TokenizeIn,
+    AddMemberIn, AuthorizeIn, CardIn, Client, ClientConfig, CreateMerchantIn, Error, Payment, Role,
+    TokenFormat, TokenizeIn,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -466,6 +466,129 @@ pub(super) async fn checker(seed: u64, world: World) -> turmoil::Result {
     }
     a.world.lock().done = true;
     Ok(())
+}
+
+/// The operator: replaces the machines the schedule names, one at a time, the way
+/// `kura member replace` does (remove the old member, start the new machine empty, add
+/// it as a learner, promote it once caught up), retrying every step until it holds.
+/// Never forces anything. Stops when the run is done or gives up.
+pub(super) async fn operator_actor(world: World, never_lead: Option<u64>) -> turmoil::Result {
+    let admin = operator(&world, 4);
+    loop {
+        let next = {
+            let mut w = world.lock();
+            if w.done || w.give_up {
+                return Ok(());
+            }
+            let next = w.replace_queue.pop_front();
+            w.replacing = next.is_some();
+            next
+        };
+        match next {
+            Some(slot) => replace(&world, &admin, slot, never_lead == Some(slot)).await,
+            None => sleep_ms(20).await,
+        }
+        world.lock().replacing = false;
+    }
+}
+
+/// Where a replacement stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Remove,
+    NewMachine,
+    Add,
+    Promote,
+}
+
+/// Replaces the machine on host `slot`.
+async fn replace(world: &World, admin: &Client, slot: u64, never_lead: bool) {
+    let name = super::schedule::name(slot);
+    let role = [Role::Main, Role::Dr, Role::Bk][(slot - 1) as usize];
+    let record = |f: &dyn Fn(&mut super::Replacement)| {
+        let mut w = world.lock();
+        if let Some(r) = w.replacements.iter_mut().rev().find(|r| r.slot == slot) {
+            f(r);
+        }
+    };
+    let mut step = Step::Remove;
+    let mut new_id = 0;
+    loop {
+        if world.lock().give_up {
+            return;
+        }
+        let (what, r) = match step {
+            Step::Remove => {
+                let r = admin.remove_member(name, false).await;
+                // Gone already: an earlier attempt took effect before its answer was lost.
+                let done = r.is_ok() || api_code(&r) == Some("member_not_found");
+                if done {
+                    step = Step::NewMachine;
+                    record(&|x| x.removed_ms = Some(now_ms()));
+                }
+                ("remove", outcome(&r))
+            }
+            Step::NewMachine => {
+                new_id = {
+                    let mut w = world.lock();
+                    let id = w.next_id;
+                    w.next_id += 1;
+                    w.new_machine = Some((slot, id));
+                    id
+                };
+                while world.lock().new_machine.is_some() {
+                    sleep_ms(10).await;
+                }
+                record(&|x| x.new_id = new_id);
+                step = Step::Add;
+                continue;
+            }
+            Step::Add => {
+                let m = AddMemberIn {
+                    name: name.into(),
+                    id: Some(new_id),
+                    role,
+                    api_addr: format!("{name}:{}", sim::API_PORT),
+                    raft_addr: format!("{name}:{}", sim::RAFT_PORT),
+                    admin_addr: format!("{name}:{}", sim::ADMIN_PORT),
+                    never_lead,
+                };
+                let r = admin.add_member(&m).await;
+                // The id and the name are this machine's alone: `member_exists` is an
+                // earlier attempt that took effect.
+                if r.is_ok() || api_code(&r) == Some("member_exists") {
+                    step = Step::Promote;
+                }
+                ("add", outcome(&r))
+            }
+            Step::Promote => {
+                let r = admin.promote_member(name).await;
+                match &r {
+                    Ok(m) if m.voter && m.id == new_id => {
+                        record(&|x| x.promoted_ms = Some(now_ms()));
+                        world.trace(format!("operator promote {name} (node {new_id}) -> ok"));
+                        return;
+                    }
+                    // The add was lost after all: add again.
+                    _ if api_code(&r) == Some("member_not_found") => step = Step::Add,
+                    _ => {}
+                }
+                ("promote", outcome(&r))
+            }
+        };
+        world.trace(format!("operator {what} {name} -> {r}"));
+        if step != Step::Promote || r != "ok" {
+            sleep_ms(200).await;
+        }
+    }
+}
+
+/// The stable code of an API error.
+fn api_code<T>(r: &Result<T, Error>) -> Option<&str> {
+    match r {
+        Err(Error::Api { code, .. }) => Some(code.as_str()),
+        _ => None,
+    }
 }
 
 impl Shared {

@@ -116,6 +116,17 @@ impl SimDisk {
         d.generation += 1;
     }
 
+    /// The host's machine is replaced: the disk comes back empty. Handles opened before
+    /// are cut off, as by a crash. Call it while the host is down.
+    pub fn replace(&self) {
+        let mut d = self.inner.lock().expect("disk lock");
+        let generation = d.generation + 1;
+        *d = Disk {
+            generation,
+            ..Disk::default()
+        };
+    }
+
     /// A backend handle over this disk for one open of the database.
     pub fn backend(&self) -> SimBackend {
         let generation = self.inner.lock().expect("disk lock").generation;
