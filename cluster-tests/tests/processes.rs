@@ -342,6 +342,36 @@ async fn operator_transfer_moves_leadership_to_the_named_node_and_writes_continu
             .await
             .expect("writes continue after a transfer");
     }
+    // Each transfer is in the audit trail, by the operator who asked, though the node
+    // that made it no longer led when it recorded it.
+    let mut transfers = Vec::new();
+    let mut actions = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = c.admin().audit_page(from, 1000).await.expect("audit page");
+        actions.extend(page.records.iter().map(|r| r.action.clone()));
+        transfers.extend(page.records.into_iter().filter_map(|r| {
+            let to = r.detail.strip_prefix("leader.transfer: ")?.to_owned();
+            (r.action == "admin.action").then_some((to, r.actor))
+        }));
+        match page.next_from_seq {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    let wanted: Vec<String> = [(leader + 1) % 3, (leader + 2) % 3, leader]
+        .iter()
+        .map(|t| format!("to {}", NAMES[*t]))
+        .collect();
+    assert_eq!(
+        transfers.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
+        wanted,
+        "{transfers:?} in {actions:?}"
+    );
+    assert!(
+        transfers.iter().all(|(_, by)| by.starts_with("operator:")),
+        "{transfers:?}"
+    );
     // The leader's metrics reflect what just happened.
     let metrics = c
         .client(&[leader], "")

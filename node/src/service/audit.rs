@@ -30,7 +30,7 @@ const SUMMARY_SOURCES_MAX: usize = 20;
 const EVENT_DETAIL_CHARS_MAX: usize = 3072;
 
 /// Actions a node may hand to the leader (anything else is refused).
-const EVENT_ACTIONS: [&str; 2] = ["auth.failed", "faults.set"];
+const EVENT_ACTIONS: [&str; 3] = ["auth.failed", "faults.set", "leader.transfer"];
 
 /// Failed authentications since the last flush.
 #[derive(Default)]

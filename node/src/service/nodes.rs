@@ -128,14 +128,12 @@ impl Service {
             .await
             .map_err(TransferLeaderError::Failed)?;
         tracing::info!(to, cause = "operator", "leadership transferred");
-        let record = Command::RecordAdminAction {
-            action: "leader.transfer".into(),
-            detail: format!("to {to}"),
-            at_ms: self.now_ms(),
-            by: Some(op.actor()),
-        };
-        // The transfer happened; failing to record it is logged, not reported.
-        if let Err(e) = self.write(record).await {
+        // The transfer happened; failing to record it is logged, not reported. This
+        // node no longer leads: `record` hands the record to the new leader.
+        if let Err(e) = self
+            .record("leader.transfer", format!("to {to}"), Some(op.actor()))
+            .await
+        {
             tracing::warn!(
                 code = super::ServiceError::code(&e),
                 "leader transfer not recorded in the audit trail"
