@@ -296,10 +296,6 @@ impl SharedVault {
             return Ok(Durability::NotDue);
         }
         let db = self.state.lock().expect("vault lock").db.clone();
-        // What the flushes wrote goes to the disk before the commit, which syncs again
-        // holding redb's write lock (applies no longer wait for it; a request's read
-        // does not either).
-        db.flush_ahead()?;
         if f.last.map_or(0, |l| l.index) > self.durable_log_index() {
             return Ok(Durability::LogBehind);
         }

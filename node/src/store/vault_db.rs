@@ -45,22 +45,17 @@ fn failed(e: impl Into<redb::Error>) -> StorageError {
     StorageError::new(e.into().to_string())
 }
 
-/// The vault's file as redb writes it, and what has been written since it was last
-/// synced. redb syncs inside its durable commit, holding its write lock, so every apply
-/// waits for that fsync; [`VaultDb::flush_ahead`] syncs the file beforehand from the
-/// durable loop, outside every lock, so that the commit's own sync finds little left
-/// (as RocksDB's `bytes_per_sync`). Starting writeback from the applying thread instead
-/// made applies wait on the device queue (`sync_file_range`, up to 15 ms seen).
+/// The vault's file as redb writes it. redb syncs inside its durable commit, holding
+/// its write lock; only the durable loop writes the file (applies go to the write
+/// buffer), so nothing on a request's path waits for that fsync.
 struct FileState {
     file: Arc<dyn SegmentFile>,
     /// Off for [`super::SyncPolicy::UnsafeNoFsync`].
     sync: bool,
-    /// Bytes written since the last sync.
-    unsynced: std::sync::atomic::AtomicU64,
 }
 
 /// redb's storage backend over a segment file (a real file, or a simulated one).
-struct FileBackend(Arc<FileState>);
+struct FileBackend(FileState);
 
 impl fmt::Debug for FileBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -82,17 +77,10 @@ impl StorageBackend for FileBackend {
         if !self.0.sync {
             return Ok(());
         }
-        self.0
-            .unsynced
-            .store(0, std::sync::atomic::Ordering::Relaxed);
         self.0.file.sync()
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        self.0.file.write_at(offset, data)?;
-        self.0
-            .unsynced
-            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        self.0.file.write_at(offset, data)
     }
 }
 
@@ -108,7 +96,6 @@ pub(crate) struct VaultFiles {
 pub(crate) struct VaultDb {
     pub id: u64,
     pub db: Database,
-    file: Arc<FileState>,
     /// Declared after `db`, so the database is closed before its file is removed.
     removal: Removal,
 }
@@ -142,19 +129,6 @@ impl Drop for Removal {
 }
 
 impl VaultDb {
-    /// Syncs what has been written to the file so far, without any lock: a durable
-    /// commit right after has little left to flush while it holds redb's write lock.
-    /// Returns the bytes it synced (0: nothing to do).
-    pub(crate) fn flush_ahead(&self) -> io::Result<u64> {
-        let f = &self.file;
-        let n = f.unsynced.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if !f.sync || n == 0 {
-            return Ok(0);
-        }
-        f.file.sync()?;
-        Ok(n)
-    }
-
     /// Replaced: remove the file once nothing holds this generation any more.
     pub(crate) fn retire(&self) {
         self.removal
@@ -182,22 +156,20 @@ impl VaultFiles {
     }
 
     /// Generation `id`, emptied first when `create`.
-    fn open_db(&self, id: u64, create: bool) -> io::Result<(Database, Arc<FileState>)> {
+    fn open_db(&self, id: u64, create: bool) -> io::Result<Database> {
         // Read and written (a listed file exists already).
         let file = self.dir.open(id)?;
         if create {
             file.set_len(0)?;
         }
-        let state = Arc::new(FileState {
+        let state = FileState {
             file,
             sync: self.sync,
-            unsynced: std::sync::atomic::AtomicU64::new(0),
-        });
-        let db = Database::builder()
+        };
+        Database::builder()
             .set_cache_size(self.cache_bytes)
-            .create_with_backend(FileBackend(state.clone()))
-            .map_err(io_err)?;
-        Ok((db, state))
+            .create_with_backend(FileBackend(state))
+            .map_err(io_err)
     }
 
     /// The newest complete generation (a new, empty one if there is none); every other
@@ -208,8 +180,8 @@ impl VaultFiles {
         let mut current = None;
         while let Some(id) = ids.pop() {
             match self.open_db(id, false) {
-                Ok((db, file)) if is_complete(&db)? => {
-                    current = Some(self.generation(id, db, file));
+                Ok(db) if is_complete(&db)? => {
+                    current = Some(self.generation(id, db));
                     break;
                 }
                 Ok(_) => tracing::info!(id, "removing an incomplete vault generation"),
@@ -237,21 +209,20 @@ impl VaultFiles {
 
     /// A new, empty generation `id`, with every table, not yet complete.
     pub(crate) fn create(&self, id: u64) -> io::Result<VaultDb> {
-        let (db, file) = self.open_db(id, true)?;
+        let db = self.open_db(id, true)?;
         let txn = db.begin_write().map_err(io_err)?;
         for t in TableId::ALL {
             txn.open_table(def(t)).map_err(io_err)?;
         }
         txn.open_table(SM_META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
-        Ok(self.generation(id, db, file))
+        Ok(self.generation(id, db))
     }
 
-    fn generation(&self, id: u64, db: Database, file: Arc<FileState>) -> VaultDb {
+    fn generation(&self, id: u64, db: Database) -> VaultDb {
         VaultDb {
             id,
             db,
-            file,
             removal: Removal {
                 dir: self.dir.clone(),
                 id,
