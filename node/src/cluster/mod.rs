@@ -513,15 +513,28 @@ impl Cluster {
 
     /// Returns once this node's state machine reflects every write committed before the
     /// call (read-index through the leader's quorum). Only the leader can do this.
+    ///
+    /// A quorum that did not acknowledge within openraft's wait (a follower slow to
+    /// answer on a loaded machine, or one restarting) is asked again until it does:
+    /// the caller bounds the whole with its own timeout. Leadership that moved is
+    /// answered at once.
     pub async fn linearize(&self) -> Result<(), WriteError> {
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => Ok(()),
-            Err(e) => match e.forward_to_leader() {
-                Some(f) => Err(WriteError::NotLeader {
-                    leader: f.leader_node.clone(),
-                }),
-                None => Err(WriteError::Unavailable(e.to_string())),
-            },
+        loop {
+            match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                Ok(_) => return Ok(()),
+                Err(e) => match e.forward_to_leader() {
+                    Some(f) => {
+                        return Err(WriteError::NotLeader {
+                            leader: f.leader_node.clone(),
+                        })
+                    }
+                    None if self.is_leader() => {
+                        tracing::debug!(error = %e, "read index not confirmed by a quorum yet; asking again");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    None => return Err(WriteError::Unavailable(e.to_string())),
+                },
+            }
         }
     }
 
