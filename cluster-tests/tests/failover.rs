@@ -183,15 +183,26 @@ async fn gray_failure_hands_over_and_fails_back(
     .await;
     let took = faulted.elapsed();
     eprintln!("{cause}: leadership left the faulty leader {took:?} after the fault");
-    let r = c
-        .client(&[0], "")
-        .call(http::Method::GET, "/health/ready", None)
-        .await;
+    let ready_now = || async {
+        c.client(&[0], "")
+            .call(http::Method::GET, "/health/ready", None)
+            .await
+    };
     if cause == "unhealthy_routes" {
-        // It still serves (it forwards to the leader) but says its routes are cut.
-        let body = r.expect("ready").body;
-        assert_eq!(body["health"]["routes_cut"], true, "{body}");
+        // It still serves (it forwards to the leader) but says its routes are cut, once
+        // it knows the new leader (ready needs one).
+        wait_for(
+            "the old leader to be ready with its routes cut",
+            Duration::from_secs(10),
+            || async {
+                ready_now()
+                    .await
+                    .is_ok_and(|r| r.body["health"]["routes_cut"] == true)
+            },
+        )
+        .await;
     } else {
+        let r = ready_now().await;
         assert!(
             matches!(r, Err(kura_sdk::Error::Api { status: 503, .. })),
             "the faulty node is not ready: {r:?}"
