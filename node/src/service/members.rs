@@ -7,9 +7,10 @@
 use super::auth::Operator;
 use super::error::{service_error, Replication};
 use super::Service;
-use crate::cluster::MembershipError;
+use crate::cluster::{Cluster, MembershipError};
 use crate::member::{Member, NodeId, Role};
 use crate::vault::LeaderChangeCause;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A member to add.
@@ -154,7 +155,10 @@ impl Service {
             admin_addr: m.admin_addr,
             never_lead: m.never_lead,
         };
-        self.bounded(self.cluster.add_learner(id, member.clone()))
+        // A member of the same name removed earlier may have left its drain behind.
+        self.clear_drained(op, &m.name).await;
+        let m2 = member.clone();
+        self.bounded(move |c| async move { c.add_learner(id, m2).await })
             .await?;
         tracing::info!(name = %m.name, id, "member added as a learner");
         self.record_member_action(
@@ -190,7 +194,8 @@ impl Service {
                 max,
             });
         }
-        self.bounded(self.cluster.promote(id)).await?;
+        self.bounded(move |c| async move { c.promote(id).await })
+            .await?;
         tracing::info!(name, id, "member promoted to voter");
         self.record_member_action(op, "member.promote", format!("{name} (id {id}) to voter"))
             .await;
@@ -214,13 +219,18 @@ impl Service {
             self.check_removal(name, id)?;
         }
         if id == self.cluster.id() {
+            // Drained first: the node leaving must not take leadership back (failback
+            // prefers main) before the removal, retried on the new leader, is made.
+            self.set_drained_for_membership(op, name, true).await?;
             self.hand_leadership_away().await?;
             return Err(Replication::NotLeader(
                 "this node was the leader and handed leadership away before leaving; retry",
             )
             .into());
         }
-        self.bounded(self.cluster.remove_member(id)).await?;
+        self.bounded(move |c| async move { c.remove_member(id).await })
+            .await?;
+        self.clear_drained(op, name).await;
         tracing::info!(name, id, force, "member removed");
         let detail = format!("{name} (id {id}){}", if force { ", forced" } else { "" });
         self.record_member_action(op, "member.remove", detail).await;
@@ -288,19 +298,57 @@ impl Service {
     }
 
     /// A membership change bounded by two write timeouts (it commits up to two
-    /// entries); past that its outcome is unknown.
-    async fn bounded(
-        &self,
-        change: impl std::future::Future<Output = Result<(), MembershipError>>,
-    ) -> Result<(), MemberChangeError> {
+    /// entries); past that its outcome is unknown. The change runs in a task of its
+    /// own: a caller that goes away (a client that timed out and closed its
+    /// connection) must not cancel it half made — openraft proposes the joint
+    /// configuration and then the final one from the one call, and a change dropped
+    /// between the two leaves the cluster in the joint configuration.
+    async fn bounded<F, Fut>(&self, change: F) -> Result<(), MemberChangeError>
+    where
+        F: FnOnce(Arc<Cluster>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), MembershipError>> + Send + 'static,
+    {
         let limit = Duration::from_millis(2 * self.settings.write_timeout_ms);
-        match tokio::time::timeout(limit, change).await {
-            Ok(r) => r.map_err(Into::into),
+        let task = crate::runtime::spawn(change(self.cluster.clone()));
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(r)) => r.map_err(Into::into),
+            Ok(Err(e)) => Err(MemberChangeError::Refused(format!(
+                "the membership change stopped: {e}; check kura member list"
+            ))),
             Err(_) => Err(Replication::OutcomeUnknown(format!(
-                "the membership change did not commit within {} ms (is a quorum of both the old and the new voters up?); it may still be made: check kura member list",
+                "the membership change did not commit within {} ms (is a quorum of both the old and the new voters up?); it goes on, and may still be made: check kura member list",
                 limit.as_millis()
             ))
             .into()),
+        }
+    }
+
+    /// Sets the drain flag of `name` as part of a membership change.
+    async fn set_drained_for_membership(
+        &self,
+        op: &Operator,
+        name: &str,
+        drained: bool,
+    ) -> Result<(), MemberChangeError> {
+        self.set_drained(op, name, drained)
+            .await
+            .map_err(|e| match e {
+                super::nodes::DrainError::Replication(r) => r.into(),
+                other => MemberChangeError::Refused(other.to_string()),
+            })
+    }
+
+    /// Clears a drain flag left on `name` (the member is gone, or comes back new).
+    async fn clear_drained(&self, op: &Operator, name: &str) {
+        let drained = self
+            .cluster
+            .vault()
+            .read(|v| v.is_drained(name))
+            .unwrap_or(false);
+        if drained {
+            if let Err(e) = self.set_drained_for_membership(op, name, false).await {
+                tracing::warn!(name, error = %e, "a drain flag left by a removed member was not cleared");
+            }
         }
     }
 
