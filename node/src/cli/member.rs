@@ -123,6 +123,21 @@ impl std::ops::Deref for Nodes {
     }
 }
 
+/// The node that says it leads, if one answers.
+async fn leader(nodes: &Nodes) -> Option<&Client> {
+    for c in &nodes.each {
+        if let Ok(r) = c
+            .call(http::Method::GET, "/admin/v1/cluster/status", None)
+            .await
+        {
+            if r.body["state"] == "leader" {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
 /// The members as the leader sees them (a node's own view when no leader answers: a
 /// node removed earlier and still running has a stale one).
 async fn members(nodes: &Nodes) -> Result<Vec<Value>, String> {
@@ -239,7 +254,10 @@ async fn add(
 async fn remove(client: &Nodes, name: &str, force: bool) -> Result<(), String> {
     const ATTEMPTS: u32 = 5;
     for attempt in 1..=ATTEMPTS {
-        let outcome = client.remove_member(name, force).await;
+        // Straight to the leader: forwarded through the member leaving, the answer is
+        // lost as soon as the leader stops admitting it.
+        let to = leader(client).await.unwrap_or(&client.all);
+        let outcome = to.remove_member(name, force).await;
         let in_doubt = match outcome {
             Ok(()) => break,
             // A retry after an answer that was lost: the first attempt did it.
