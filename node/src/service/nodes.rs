@@ -36,12 +36,14 @@ pub enum TransferLeaderError {
     MemberNotFound,
     #[error(transparent)]
     Failed(#[from] crate::cluster::TransferError),
+    #[error(transparent)]
+    Replication(#[from] Replication),
 }
 
 service_error!(TransferLeaderError {
     TransferLeaderError::MemberNotFound => ("member_not_found", NotFound),
     TransferLeaderError::Failed(_) => ("transfer_failed", Unavailable),
-} delegate {});
+} delegate { Replication });
 
 /// Why a node was not drained or undrained.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -123,10 +125,26 @@ impl Service {
             return Ok(());
         }
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
-        self.cluster
+        match self
+            .cluster
             .transfer_leader(id, LeaderChangeCause::Operator, timeout)
             .await
-            .map_err(TransferLeaderError::Failed)?;
+        {
+            Ok(()) => {}
+            // An election the handover set off was won by a third node (a loaded target
+            // answered late), or leadership had moved already: the new leader is asked
+            // again (the client retries `not_leader`, and it is forwarded there).
+            Err(
+                crate::cluster::TransferError::OtherLeader { .. }
+                | crate::cluster::TransferError::NotLeader,
+            ) => {
+                return Err(Replication::NotLeader(
+                    "leadership went to another node than the one named; retry, and the new leader hands it on",
+                )
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        }
         tracing::info!(to, cause = "operator", "leadership transferred");
         // The transfer happened; failing to record it is logged, not reported. This
         // node no longer leads: `record` hands the record to the new leader.
