@@ -40,10 +40,14 @@ fn raise_open_files() {
 }
 
 /// Waits until the server closes `io` (a read returns end of stream or fails) while
-/// writing one more header line every 200 ms; returns how long that took, or `None`
-/// if the connection was still open after `give_up`.
-async fn dribble_until_closed(io: kura_sdk::wire::BoxIo, give_up: Duration) -> Option<Duration> {
-    let started = Instant::now();
+/// writing one more header line every 200 ms; returns how long after `started` (when
+/// the client began to connect: the server's timeout covers the TLS handshake too)
+/// that was, or `None` if the connection was still open after `give_up`.
+async fn dribble_until_closed(
+    io: kura_sdk::wire::BoxIo,
+    started: Instant,
+    give_up: Duration,
+) -> Option<Duration> {
     let (mut rd, mut wr) = tokio::io::split(io);
     let dribble = async move {
         let _ = wr
@@ -122,8 +126,9 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
         .map(|_| {
             let (loris, api) = (loris.clone(), api.clone());
             tokio::spawn(async move {
+                let started = Instant::now();
                 match loris.connect(&api).await {
-                    Ok(io) => Some(dribble_until_closed(io, HEADER_TIMEOUT * 4).await),
+                    Ok(io) => Some(dribble_until_closed(io, started, HEADER_TIMEOUT * 4).await),
                     Err(_) => None,
                 }
             })
@@ -178,8 +183,11 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
         *earliest >= HEADER_TIMEOUT - Duration::from_millis(300),
         "a slow client was closed after {earliest:?}, before the header timeout"
     );
+    // Timed from the client's connect: under the flood, on two cores, the accept and
+    // the watchdog's check (every quarter timeout) may come late; a node that did not
+    // close them would leave them open until the test gives up (4x).
     assert!(
-        *latest <= HEADER_TIMEOUT * 2,
+        *latest <= HEADER_TIMEOUT * 3,
         "a slow client stayed {latest:?} although it never finished its head"
     );
     let mut flood_outcomes = Vec::new();
@@ -271,20 +279,35 @@ async fn one_time_tokens_from_a_publishable_key_are_limited_per_client_address_a
         }
     };
     let shopper = Ipv4Addr::new(127, 0, 0, 4);
+    let mut n = 0;
+    let mut refused = 0.0;
     // Its burst of three through one follower...
-    for n in 0..3 {
+    for _ in 0..3 {
+        n += 1;
         let r = post(shopper, followers[0], pk.clone(), card(n)).await;
         assert_eq!(r.status, 201, "{:?}", r.body);
     }
     // ...and then refused through the other follower too: the leader limits the
-    // shopper's own address, which the followers forwarded.
-    let r = post(shopper, followers[1], pk.clone(), card(3)).await;
+    // shopper's own address, which the followers forwarded. The bucket refills at one
+    // a second, so on a slow machine one more may pass first; a limit kept per node
+    // would let the whole burst of three through again.
+    let mut accepted = 0;
+    let r = loop {
+        n += 1;
+        let r = post(shopper, followers[1], pk.clone(), card(n)).await;
+        if r.status != 201 || accepted == 3 {
+            break r;
+        }
+        accepted += 1;
+    };
+    assert!(accepted < 3, "a follower let the burst through again");
     assert_eq!(
         (r.status, r.body["code"].as_str()),
         (429, Some("rate_limited")),
         "{:?}",
         r.body
     );
+    refused += 1.0;
     assert_eq!(r.header("content-type"), "application/problem+json");
     let wait: u64 = r
         .header("retry-after")
@@ -293,35 +316,61 @@ async fn one_time_tokens_from_a_publishable_key_are_limited_per_client_address_a
     assert!((1..=2).contains(&wait), "Retry-After {wait}");
     // Another shopper behind the same followers is not affected, nor is the merchant's
     // server with its secret key from the first shopper's address.
+    n += 1;
     let r = post(
         Ipv4Addr::new(127, 0, 0, 5),
         followers[1],
         pk.clone(),
-        card(4),
+        card(n),
     )
     .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let r = post(shopper, followers[0], sk.clone(), card(5)).await;
+    n += 1;
+    let r = post(shopper, followers[0], sk.clone(), card(n)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     // A client cannot claim another address: the header is believed only from a node.
-    let r = try_raw_from(
-        Some(shopper),
-        &c.api[leader],
-        Method::POST,
-        "/v1/tokens",
-        &[("authorization", &pk), ("kura-forwarded-for", "127.0.0.9")],
-        Some(card(6)),
-    )
-    .await
-    .expect("an answer");
-    assert_eq!(
-        r.status, 429,
-        "spoofed forwarded address believed: {:?}",
-        r.body
-    );
+    // Each try first spends what the shopper's bucket refilled, then claims a fresh
+    // address: believed, it would pass every time; not believed, it is refused unless
+    // the bucket refilled in between (a try of five misses only on a very slow machine).
+    let mut spoof_refused = None;
+    for claimed in 9..14u8 {
+        loop {
+            n += 1;
+            let r = post(shopper, followers[0], pk.clone(), card(n)).await;
+            if r.status == 429 {
+                refused += 1.0;
+                break;
+            }
+            assert_eq!(r.status, 201, "{:?}", r.body);
+        }
+        n += 1;
+        let claimed = format!("127.0.0.{claimed}");
+        let r = try_raw_from(
+            Some(shopper),
+            &c.api[leader],
+            Method::POST,
+            "/v1/tokens",
+            &[("authorization", &pk), ("kura-forwarded-for", &claimed)],
+            Some(card(n)),
+        )
+        .await
+        .expect("an answer");
+        if r.status == 429 {
+            refused += 1.0;
+            spoof_refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let r = spoof_refused.expect("spoofed forwarded addresses believed five times out of five");
+    let wait: u64 = r
+        .header("retry-after")
+        .parse()
+        .expect("Retry-After seconds");
     // Once the wait has passed, the shopper may go on.
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    let r = post(shopper, followers[1], pk.clone(), card(7)).await;
+    n += 1;
+    let r = post(shopper, followers[1], pk.clone(), card(n)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let limited = c
         .metric(
@@ -329,7 +378,7 @@ async fn one_time_tokens_from_a_publishable_key_are_limited_per_client_address_a
             "kura_api_rate_limited_total{limit=\"one_time_tokens_address\"}",
         )
         .await;
-    assert_eq!(limited, 2.0);
+    assert_eq!(limited, refused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,8 +391,11 @@ async fn a_key_beyond_its_rate_gets_429_and_nothing_is_done() {
     let leader = c.wait_leader().await;
     let api = c.api[leader].clone();
     let auth = bearer(&sk);
-    let mut statuses = Vec::new();
-    for n in 0..6 {
+    // The burst of five passes; then it is refused. The bucket refills at one a
+    // second, so on a slow machine one or two more may pass before the refusal.
+    let mut accepted = 0;
+    let mut refusal = None;
+    for n in 0..12 {
         let body = json!({ "card": { "number": pan("555555555554", n), "exp_month": 12, "exp_year": 2031 }, "kind": "card_on_file", "member_id": "m1" });
         let r = raw(
             &api,
@@ -353,13 +405,17 @@ async fn a_key_beyond_its_rate_gets_429_and_nothing_is_done() {
             Some(body),
         )
         .await;
-        statuses.push(r.status);
         if r.status == 429 {
-            assert_eq!(r.body["code"], "rate_limited");
-            assert!(r.header("retry-after").parse::<u64>().is_ok());
+            refusal = Some(r);
+            break;
         }
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        accepted += 1;
     }
-    assert_eq!(statuses, [201, 201, 201, 201, 201, 429]);
+    let r = refusal.expect("twelve requests at once were never refused");
+    assert_eq!(r.body["code"], "rate_limited");
+    assert!(r.header("retry-after").parse::<u64>().is_ok());
+    assert!(accepted >= 5, "refused inside its burst: {accepted}");
     // Another key is not affected.
     let r = raw(
         &api,
@@ -370,7 +426,7 @@ async fn a_key_beyond_its_rate_gets_429_and_nothing_is_done() {
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    // The refused request left nothing: five cards on file, not six.
+    // The refused request left nothing: as many cards on file as were accepted.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mine = raw(
         &api,
@@ -383,7 +439,7 @@ async fn a_key_beyond_its_rate_gets_429_and_nothing_is_done() {
     assert_eq!(mine.status, 200, "{:?}", mine.body);
     assert_eq!(
         mine.body["cards"].as_array().map(Vec::len),
-        Some(5),
+        Some(accepted),
         "{:?}",
         mine.body
     );
@@ -737,7 +793,11 @@ async fn the_audit_head_is_signed_through_the_log_exported_and_checked_online_an
         "head.json",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("\"in_chain\": true"), "{text}");
     // A head whose MAC was not made with the cluster's KEK is refused.
     let mut forged = exported.clone();
@@ -842,11 +902,27 @@ async fn failed_authentications_admin_reads_key_checks_and_fault_switches_are_au
     c.faults(follower, Default::default()).await;
 
     let follower_name = kura_cluster_tests::procs::NAMES[follower];
+    // The three wrong keys are summarised by the leader, in one record or, when a
+    // flush fell between them, in several: their counts add up to three.
+    let unknown_key_from_6 = |records: &[Value]| -> u64 {
+        records
+            .iter()
+            .filter(|r| {
+                r["action"] == "admin.action"
+                    && r["actor"].as_str().unwrap_or_default().starts_with("node:")
+            })
+            .filter_map(|r| {
+                let detail = r["detail"].as_str()?;
+                let rest = detail
+                    .strip_prefix("auth.failed: ")?
+                    .split_once("api unknown_key from 127.0.0.6 x")?
+                    .1;
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u64>().ok()
+            })
+            .sum()
+    };
     let wanted: Vec<(String, String)> = vec![
-        (
-            "node:".into(),
-            "auth.failed: 3 failed: api unknown_key from 127.0.0.6 x3".into(),
-        ),
         (
             format!("node:{follower_name}"),
             "admin bad_certificate from 127.0.0.7 x1".into(),
@@ -861,13 +937,15 @@ async fn failed_authentications_admin_reads_key_checks_and_fault_switches_are_au
         ),
     ];
     let mut missing = wanted.clone();
+    let mut unknown_keys = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !missing.is_empty() && Instant::now() < deadline {
+    while (!missing.is_empty() || unknown_keys < 3) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let trail = c
             .admin_call(Method::GET, "/admin/v1/audit?limit=1000", None)
             .await;
         let records = trail["records"].as_array().unwrap().clone();
+        unknown_keys = unknown_key_from_6(&records);
         missing.retain(|(actor, detail)| {
             !records.iter().any(|r| {
                 r["action"] == "admin.action"
@@ -883,6 +961,10 @@ async fn failed_authentications_admin_reads_key_checks_and_fault_switches_are_au
         });
     }
     assert!(missing.is_empty(), "not in the audit trail: {missing:?}");
+    assert_eq!(
+        unknown_keys, 3,
+        "the wrong keys from 127.0.0.6 in the audit trail"
+    );
     let failures = c
         .metric(
             leader,

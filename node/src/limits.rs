@@ -19,9 +19,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitSettings {
-    /// Bound on a TLS handshake, and on a connection without a request in hand
-    /// (waiting for a head, however slowly it comes, or idle between requests):
-    /// slow-loris clients are closed after it.
+    /// Bound on a new connection's TLS handshake and first request head together
+    /// (from the accept), and on a connection without a request in hand (waiting for
+    /// a head, however slowly it comes, or idle between requests): slow-loris clients
+    /// are closed after it.
     pub header_read_timeout_ms: u64,
     /// Most connections open at once on the client API listener.
     pub api_connections_max: usize,

@@ -429,6 +429,9 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
             env.clock.clone(),
         ));
     }
+    // On the consensus runtime: a flood of API connections starving the API runtime
+    // must not look like a Raft core stuck on its storage.
+    consensus.spawn(watch_core(cluster.clone()));
     crate::runtime::spawn(update_metrics(bg));
     env.store.observe_snapshots(snapshot_observer(&env.metrics));
     // On real disks only (a simulation's nodes share a simulated one).
@@ -598,8 +601,19 @@ async fn sweep_cvcs(st: Arc<Background>) {
     }
 }
 
-/// Mirrors Raft state into gauges, counts leader changes, and tells the cluster its
-/// Raft core is alive (every change it publishes).
+/// Tells the cluster its Raft core is alive, on every change the core publishes (at
+/// least every heartbeat; see `Cluster::core_frozen`).
+async fn watch_core(cluster: Arc<Cluster>) {
+    let mut watch = cluster.watch();
+    loop {
+        cluster.core_seen();
+        if !watch.changed().await {
+            return;
+        }
+    }
+}
+
+/// Mirrors Raft state into gauges and counts leader changes.
 async fn update_metrics(st: Arc<Background>) {
     let (cluster, m) = (st.cluster.clone(), st.metrics.clone());
     let (mut seen_leader_term, mut logged_term) = (0, 0);
@@ -607,7 +621,6 @@ async fn update_metrics(st: Arc<Background>) {
         Default::default();
     let mut watch = cluster.watch();
     loop {
-        cluster.core_seen();
         let s = cluster.status();
         m.raft_term.set(s.term as i64);
         m.raft_is_leader.set((s.state == "leader") as i64);

@@ -5,7 +5,10 @@
 //! idempotency key and every string in a JSON body except the fields meant for card
 //! data. A run of 12–19 digits (single spaces or dashes between digits allowed, as
 //! people type them) that passes the Luhn check is refused with `422 pan_in_field`,
-//! naming the field and never echoing it.
+//! naming the field and never echoing it. A string that is wholly a hex digest (32,
+//! 40, 64 or 128 hex digits with letters among them: a hash or a MAC, such as an
+//! exported audit head's) is not searched: its digit runs are chance, one digest in a
+//! few dozen holds a Luhn-valid one, and nobody types a card number into one.
 
 use super::{AppState, Problem, St};
 use crate::vault::card::luhn_valid;
@@ -19,8 +22,12 @@ use serde_json::Value;
 /// JSON fields that carry card data on purpose (dotted paths).
 const CARD_FIELDS: [&str; 2] = ["card.number", "card.cvc"];
 
-/// True when `s` holds a run of 12–19 digits that passes the Luhn check.
+/// True when `s` holds a run of 12–19 digits that passes the Luhn check, and is not a
+/// hex digest.
 pub fn holds_pan(s: &str) -> bool {
+    if is_hex_digest(s) {
+        return false;
+    }
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -51,6 +58,14 @@ pub fn holds_pan(s: &str) -> bool {
         i = j.max(i + 1);
     }
     false
+}
+
+/// A hash or a MAC in hex: 32, 40, 64 or 128 hex digits, letters among them (all
+/// digits, it is one long run and no card number anyway).
+fn is_hex_digest(s: &str) -> bool {
+    matches!(s.len(), 32 | 40 | 64 | 128)
+        && s.bytes().all(|c| c.is_ascii_hexdigit())
+        && s.bytes().any(|c| c.is_ascii_alphabetic())
 }
 
 /// A digit run holds a card number when it has a card number's length (12–19) and
@@ -226,6 +241,19 @@ mod tests {
         // A numeric token id is PAN-shaped but never passes Luhn.
         let id = crate::vault::token::numeric_token_id([7; 16], 16, "4242");
         assert!(!holds_pan(&id), "{id}");
+    }
+
+    #[test]
+    fn a_hex_digest_is_not_searched_but_a_card_number_beside_hex_is() {
+        // A MAC whose digits happen to hold a Luhn-valid run of sixteen.
+        let mac = format!("ab{}{}", "4242424242424242", "c".repeat(46));
+        assert_eq!(mac.len(), 64);
+        assert!(!holds_pan(&mac), "{mac}");
+        assert!(!holds_pan(&mac.to_uppercase()));
+        // Not a digest: one character more, a non-hex letter, or a typical length off.
+        assert!(holds_pan(&format!("{mac}c")));
+        assert!(holds_pan(&mac.replacen('c', "g", 1)));
+        assert!(holds_pan(&format!("ab4242424242424242{}", "c".repeat(10))));
     }
 
     #[test]

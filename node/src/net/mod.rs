@@ -290,11 +290,14 @@ pub async fn serve(
         let limits = limits.clone();
         crate::runtime::spawn(async move {
             let _slot = slot;
+            // The first request's head is due within the header-read timeout of the
+            // accept, the TLS handshake included.
+            let activity = Arc::new(Activity::new());
             match tls {
-                None => serve_conn(io, router, peer, None, &limits).await,
+                None => serve_conn(io, router, peer, None, activity, &limits).await,
                 Some(tls) => {
                     if let Some((stream, ident)) = handshake(io, &tls, &peer, &limits).await {
-                        serve_conn(stream, router, peer, ident, &limits).await
+                        serve_conn(stream, router, peer, ident, activity, &limits).await
                     }
                 }
             }
@@ -368,12 +371,12 @@ async fn serve_conn<I: Io>(
     router: axum::Router,
     peer: String,
     ident: Option<tls::Identity>,
+    activity: Arc<Activity>,
     limits: &ServeLimits,
 ) {
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt;
-    let activity = Arc::new(Activity::new());
     let (starts, ends) = (activity.clone(), activity.clone());
     let svc = router
         .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
