@@ -89,7 +89,8 @@ fn spawn(seed: u64, unsafe_no_fsync: bool) -> Value {
                                   chaos::replay_command(seed, unsafe_no_fsync)),
                "failover_ms": [], "ops": 0, "sim_ms": 0})
     };
-    match cmd.output() {
+    let started = Instant::now();
+    let mut result = match cmd.output() {
         Ok(out) => String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| l.strip_prefix("RESULT "))
@@ -104,7 +105,9 @@ fn spawn(seed: u64, unsafe_no_fsync: bool) -> Value {
                 ))
             }),
         Err(e) => failed(format!("could not start the run: {e}")),
-    }
+    };
+    result["wall_ms"] = json!(started.elapsed().as_millis() as u64);
+    result
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -173,9 +176,16 @@ fn sweep(opts: &Opts) -> bool {
     let (mut done, mut gaps, mut failures, mut ops) = (0u64, Vec::new(), Vec::new(), 0u64);
     let (mut replaced, mut through_crash) = (0u64, 0u64);
     let mut slowest: Vec<(u64, u64)> = Vec::new();
+    // (wall ms, seed, simulated ms): what the sweep's time goes to.
+    let mut longest: Vec<(u64, u64, u64)> = Vec::new();
     let mut last_print = Instant::now();
     for r in rx {
         done += 1;
+        longest.push((
+            r["wall_ms"].as_u64().unwrap_or(0),
+            r["seed"].as_u64().unwrap_or(0),
+            r["sim_ms"].as_u64().unwrap_or(0),
+        ));
         ops += r["ops"].as_u64().unwrap_or(0);
         replaced += r["replaced"].as_u64().unwrap_or(0);
         through_crash += r["replaced_through_crash"].as_u64().unwrap_or(0);
@@ -226,6 +236,25 @@ fn sweep(opts: &Opts) -> bool {
     println!(
         "membership: {replaced} machines replaced (remove, new machine, add, promote), \
          {through_crash} of them while a node crashed"
+    );
+    longest.sort_unstable_by(|a, b| b.cmp(a));
+    let mut walls: Vec<u64> = longest.iter().map(|l| l.0).collect();
+    walls.sort_unstable();
+    println!(
+        "seconds per seed: p50 {:.1}, p90 {:.1}, max {:.1}; longest: {}",
+        percentile(&walls, 0.5) as f64 / 1e3,
+        percentile(&walls, 0.9) as f64 / 1e3,
+        walls.last().copied().unwrap_or(0) as f64 / 1e3,
+        longest
+            .iter()
+            .take(5)
+            .map(|(w, s, sim)| format!(
+                "seed {s} {:.1} s ({} s simulated)",
+                *w as f64 / 1e3,
+                sim / 1000
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     slowest.sort_unstable_by(|a, b| b.cmp(a));
     if !slowest.is_empty() {

@@ -85,9 +85,16 @@ pub type SnapshotObserver = Arc<dyn Fn(&'static str, Duration, u64) + Send + Syn
 /// vault's size.
 pub const VAULT_CACHE_BYTES_DEFAULT: usize = 256 << 20;
 
-/// A check run on the vault after every applied command, with the entry's index.
-pub type ApplyCheck =
-    Arc<dyn Fn(u64, &crate::vault::Vault<&dyn crate::vault::Tables>) + Send + Sync>;
+/// A check run on the vault after every applied command, with the entry's index and
+/// the keys the command wrote.
+pub type ApplyCheck = Arc<
+    dyn Fn(
+            u64,
+            &crate::vault::Vault<&dyn crate::vault::Tables>,
+            &[(crate::vault::tables::TableId, Vec<u8>)],
+        ) + Send
+        + Sync,
+>;
 
 fn io_err(e: impl Into<redb::Error>) -> io::Error {
     io::Error::other(e.into())

@@ -26,6 +26,7 @@ use super::{
 use crate::raft_types::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
+use crate::vault::tables::Recording;
 use crate::vault::{Response, StorageError, TableId, Tables, TablesMut, Vault};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -380,7 +381,9 @@ fn apply_entries(
     check: Option<&ApplyCheck>,
 ) -> io::Result<(Vec<Response>, StoredMembership)> {
     let mut responses = Vec::with_capacity(entries.len());
-    let mut vault = Vault::new(tables);
+    // The check looks at what each command wrote.
+    let mut recording = Recording::new(tables, check.is_some());
+    let mut vault = Vault::new(&mut recording);
     for entry in entries {
         let response = match &entry.payload {
             EntryPayload::Blank => Response::None,
@@ -390,9 +393,11 @@ fn apply_entries(
                     return Err(io::Error::other(e));
                 }
                 if let Some(check) = check {
+                    let touched = vault.tables().take_touched();
                     check(
                         entry.log_id.index,
-                        &Vault::new(vault.tables() as &dyn Tables),
+                        &Vault::new(&**vault.tables() as &dyn Tables),
+                        &touched,
                     );
                 }
                 r

@@ -194,6 +194,67 @@ impl<T: TablesMut + ?Sized> TablesMut for &mut T {
     }
 }
 
+/// Tables that note every key written through them, for a check that looks only at
+/// what one command changed (the simulation's per-command invariant check).
+/// With `record` false it only passes writes on.
+pub struct Recording<T> {
+    inner: T,
+    record: bool,
+    touched: std::cell::RefCell<Vec<(TableId, Vec<u8>)>>,
+}
+
+impl<T> Recording<T> {
+    pub fn new(inner: T, record: bool) -> Recording<T> {
+        Recording {
+            inner,
+            record,
+            touched: Default::default(),
+        }
+    }
+
+    /// The keys written (put or deleted) since the last call, in order, repeats kept.
+    pub fn take_touched(&self) -> Vec<(TableId, Vec<u8>)> {
+        std::mem::take(&mut *self.touched.borrow_mut())
+    }
+}
+
+impl<T: Tables> Tables for Recording<T> {
+    fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.get(table, key)
+    }
+    fn scan(
+        &self,
+        table: TableId,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) {
+        self.inner.scan(table, from, to, reverse, visit)
+    }
+    fn fail(&self, e: StorageError) {
+        self.inner.fail(e)
+    }
+    fn failure(&self) -> Option<StorageError> {
+        self.inner.failure()
+    }
+}
+
+impl<T: TablesMut> TablesMut for Recording<T> {
+    fn put(&mut self, table: TableId, key: &[u8], value: &[u8]) {
+        if self.record {
+            self.touched.borrow_mut().push((table, key.to_vec()));
+        }
+        self.inner.put(table, key, value)
+    }
+    fn delete(&mut self, table: TableId, key: &[u8]) {
+        if self.record {
+            self.touched.borrow_mut().push((table, key.to_vec()));
+        }
+        self.inner.delete(table, key)
+    }
+}
+
 /// A key whose encoding sorts as the key does.
 pub trait Key: Sized {
     /// Appends the encoding to `out`.
@@ -328,6 +389,12 @@ impl<K: Key, V: Serialize + DeserializeOwned> Table<K, V> {
             id,
             _types: PhantomData,
         }
+    }
+
+    /// The key `bytes` encode, if they encode exactly one.
+    pub fn decode_key(&self, bytes: &[u8]) -> Option<K> {
+        let mut rest = bytes;
+        K::decode(&mut rest).filter(|_| rest.is_empty())
     }
 
     fn decode_or_fail<S: Tables + ?Sized>(&self, s: &S, bytes: &[u8]) -> Option<V> {

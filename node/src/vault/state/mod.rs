@@ -1117,6 +1117,62 @@ mod tests {
     }
 
     #[test]
+    fn the_per_command_payment_check_looks_at_what_was_written_and_catches_it_broken() {
+        use crate::vault::tables::Recording;
+        let mut s = with_fingerprint_key();
+        s.apply(&one_time("a", "ott_1", 10, 1_000));
+        let mut rec = Recording::new(&mut s.tables, true);
+        let mut v = Vault::new(&mut rec);
+        assert!(matches!(
+            v.apply(&open_payment("a", "pay_1", "o1", "ott_1", 1_000, 20)),
+            Response::Payment(_)
+        ));
+        let touched = v.tables().take_touched();
+        for table in [
+            TableId::Payments,
+            TableId::Orders,
+            TableId::PaymentsByTime,
+            TableId::PendingPayments,
+        ] {
+            assert!(touched.iter().any(|(t, _)| *t == table), "{table:?}");
+        }
+        Vault::new(&rec)
+            .validate_payments_touched(&touched)
+            .unwrap();
+        // A write that left the payment out of the pending set...
+        PENDING.delete(&mut rec, &"pay_1".to_string());
+        let err = Vault::new(&rec)
+            .validate_payments_touched(&rec.take_touched())
+            .unwrap_err();
+        assert!(err.detail.contains("pending set disagrees"), "{err}");
+        PENDING.put(&mut rec, &"pay_1".to_string(), &());
+        rec.take_touched();
+        // ...an order index entry for no payment...
+        ORDERS.put(&mut rec, &("a".into(), "o9".into()), &"pay_9".to_string());
+        let err = Vault::new(&rec)
+            .validate_payments_touched(&rec.take_touched())
+            .unwrap_err();
+        assert!(err.detail.contains("names no such payment"), "{err}");
+        ORDERS.delete(&mut rec, &("a".into(), "o9".into()));
+        rec.take_touched();
+        // ...and a key that does not decode are caught.
+        rec.put(TableId::PaymentsByTime, b"\xff", b"");
+        let err = Vault::new(&rec)
+            .validate_payments_touched(&rec.take_touched())
+            .unwrap_err();
+        assert!(err.detail.contains("does not decode"), "{err}");
+        rec.delete(TableId::PaymentsByTime, b"\xff");
+        rec.take_touched();
+        // What no command wrote is left to the full check.
+        drop(rec);
+        s.validate().unwrap();
+        PAYMENTS_BY_TIME.delete(&mut s.tables, &("a".into(), 20, "pay_1".into()));
+        s.validate_payments_touched(&[]).unwrap();
+        let err = s.validate_payments().unwrap_err();
+        assert!(err.detail.contains("time index"), "{err}");
+    }
+
+    #[test]
     fn an_idempotency_key_acts_once_and_its_record_follows_the_payment() {
         let mut s = with_fingerprint_key();
         s.apply(&on_file("a", "m1", "tok_c", "f1", 10));

@@ -61,36 +61,10 @@ impl<S: Tables> Vault<S> {
             false,
             |id, p| {
                 payments += 1;
-                if let Err(v) = p.validate() {
+                if let Err(v) = self.validate_payment(&id, &p) {
                     return stop(&mut found, v);
                 }
-                let order = (p.merchant_id.clone(), p.order_id.clone());
-                if ORDERS.get(&self.tables, &order).as_ref() != Some(&id) {
-                    return stop(
-                        &mut found,
-                        Violation::new(format!("payment {id} is missing from the order index")),
-                    );
-                }
-                let by_time = (p.merchant_id.clone(), p.created_at_ms, id.clone());
-                if !PAYMENTS_BY_TIME.contains(&self.tables, &by_time) {
-                    return stop(
-                        &mut found,
-                        Violation::new(format!("payment {id} is missing from the time index")),
-                    );
-                }
-                if (p.state == PaymentState::Pending) != PENDING.contains(&self.tables, &id) {
-                    return stop(
-                        &mut found,
-                        Violation::new(format!("payment {id}: the pending set disagrees")),
-                    );
-                }
                 pending += u64::from(p.state == PaymentState::Pending);
-                if !MERCHANTS.contains(&self.tables, &p.merchant_id) {
-                    return stop(
-                        &mut found,
-                        Violation::new(format!("payment {id} belongs to an unknown merchant")),
-                    );
-                }
                 true
             },
         );
@@ -110,6 +84,114 @@ impl<S: Tables> Vault<S> {
         for (what, have, want) in counts {
             if have != want {
                 return Err(Violation::new(format!("{have} {what} for {want} payments")));
+            }
+        }
+        Ok(())
+    }
+
+    /// One payment and its index entries.
+    fn validate_payment(&self, id: &String, p: &Payment) -> Result<(), Violation> {
+        p.validate()?;
+        let order = (p.merchant_id.clone(), p.order_id.clone());
+        if ORDERS.get(&self.tables, &order).as_ref() != Some(id) {
+            return Err(Violation::new(format!(
+                "payment {id} is missing from the order index"
+            )));
+        }
+        let by_time = (p.merchant_id.clone(), p.created_at_ms, id.clone());
+        if !PAYMENTS_BY_TIME.contains(&self.tables, &by_time) {
+            return Err(Violation::new(format!(
+                "payment {id} is missing from the time index"
+            )));
+        }
+        if (p.state == PaymentState::Pending) != PENDING.contains(&self.tables, id) {
+            return Err(Violation::new(format!(
+                "payment {id}: the pending set disagrees"
+            )));
+        }
+        if !MERCHANTS.contains(&self.tables, &p.merchant_id) {
+            return Err(Violation::new(format!(
+                "payment {id} belongs to an unknown merchant"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The payment invariants of [`Self::validate_payments`] for what one command
+    /// changed: `touched` lists the keys it wrote ([`crate::vault::tables::Recording`]).
+    /// Each payment written is checked with its index entries, and each index entry
+    /// written is checked against its payment. Holding before the command, the full
+    /// check then holds after it, but for the counts (an index entry written for no
+    /// payment is caught; one left behind by a deleted payment the full check finds).
+    /// Costs what the command wrote, not what the vault holds.
+    pub fn validate_payments_touched(
+        &self,
+        touched: &[(TableId, Vec<u8>)],
+    ) -> Result<(), Violation> {
+        let r = self.validate_payments_touched_inner(touched);
+        match self.tables.failure() {
+            Some(e) => Err(Violation::new(e.to_string())),
+            None => r,
+        }
+    }
+
+    fn validate_payments_touched_inner(
+        &self,
+        touched: &[(TableId, Vec<u8>)],
+    ) -> Result<(), Violation> {
+        let undecodable = |table: TableId| {
+            Violation::new(format!("a key written to {} does not decode", table.name()))
+        };
+        let payment = |id: &String| PAYMENTS.get(&self.tables, id);
+        let mut ids = BTreeSet::new();
+        for (table, key) in touched {
+            let table = *table;
+            if table == PAYMENTS.id {
+                ids.insert(PAYMENTS.decode_key(key).ok_or_else(|| undecodable(table))?);
+            } else if table == PENDING.id {
+                ids.insert(PENDING.decode_key(key).ok_or_else(|| undecodable(table))?);
+            } else if table == ORDERS.id {
+                let order = ORDERS.decode_key(key).ok_or_else(|| undecodable(table))?;
+                if let Some(id) = ORDERS.get(&self.tables, &order) {
+                    match payment(&id) {
+                        Some(p)
+                            if (p.merchant_id.as_str(), p.order_id.as_str())
+                                == (order.0.as_str(), order.1.as_str()) => {}
+                        _ => {
+                            return Err(Violation::new(format!(
+                                "order index entry for payment {id} names no such payment"
+                            )))
+                        }
+                    }
+                    ids.insert(id);
+                }
+            } else if table == PAYMENTS_BY_TIME.id {
+                let entry = PAYMENTS_BY_TIME
+                    .decode_key(key)
+                    .ok_or_else(|| undecodable(table))?;
+                if PAYMENTS_BY_TIME.contains(&self.tables, &entry) {
+                    let (merchant, at, id) = entry;
+                    match payment(&id) {
+                        Some(p) if p.merchant_id == merchant && p.created_at_ms == at => {}
+                        _ => {
+                            return Err(Violation::new(format!(
+                                "time index entry for payment {id} names no such payment"
+                            )))
+                        }
+                    }
+                    ids.insert(id);
+                }
+            }
+        }
+        for id in ids {
+            match payment(&id) {
+                Some(p) => self.validate_payment(&id, &p)?,
+                None if PENDING.contains(&self.tables, &id) => {
+                    return Err(Violation::new(format!(
+                        "payment {id}: pending, but there is no such payment"
+                    )))
+                }
+                None => {}
             }
         }
         Ok(())
