@@ -155,6 +155,10 @@ pub struct NodeHealth {
     /// The key-encryption keys this node holds, its current one first (public ids).
     #[serde(default)]
     pub kek_ids: Vec<String>,
+    /// This node leads now. A follower counts its leader as present only while the
+    /// leader answers saying so: a restarted leader still answers, but no longer leads.
+    #[serde(default)]
+    pub leads: bool,
 }
 
 impl NodeHealth {
@@ -274,6 +278,7 @@ impl Health {
             checks: checks.values().cloned().collect(),
             last_log_index: None,
             kek_ids: Vec::new(),
+            leads: false,
         }
     }
 

@@ -61,6 +61,7 @@ impl Failover {
         NodeHealth {
             last_log_index: Some(self.cluster.last_log_index()),
             kek_ids: self.keys.kek().ids(),
+            leads: self.cluster.is_leader(),
             ..self.health.report(drained)
         }
     }
@@ -320,9 +321,11 @@ fn set_elect(st: &Failover, view: &View, d: &Decision) {
     }
 }
 
-/// How long (ms) this node has known no leader that answers its health polls; 0 while
-/// it leads or its leader answers. Measured every round, so that a node drained later
-/// starts from a current clock.
+/// How long (ms) this node has known no leader that answers its health polls saying
+/// it leads; 0 while it leads or its leader so answers. (A leader that crashed and
+/// came back answers, but as a follower or candidate: with only a node that may not
+/// lead holding the longer log, counting it as present kept the cluster leaderless.)
+/// Measured every round, so that a node drained later starts from a current clock.
 fn leaderless_for(st: &Failover) -> u64 {
     let now = (st.clock)();
     let reachable = match st.cluster.leader() {
@@ -333,7 +336,7 @@ fn leaderless_for(st: &Failover) -> u64 {
             .lock()
             .expect("health lock")
             .get(&id)
-            .is_some_and(|v| v.report.is_some()),
+            .is_some_and(|v| v.report.as_ref().is_some_and(|r| r.leads)),
         None => false,
     };
     let mut since = st.health.leaderless_since_ms.lock().expect("health lock");
