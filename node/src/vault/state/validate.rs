@@ -29,7 +29,12 @@ impl<S: Tables> Vault<S> {
     /// Checks the invariants that every reachable state satisfies. Returns the first
     /// violation (a storage failure is one).
     pub fn validate(&self) -> Result<(), Violation> {
-        let r = self.validate_inner();
+        self.unless_storage_failed(self.validate_inner())
+    }
+
+    /// `r`, unless the storage failed while it was found: then that failure, since
+    /// every answer after it is void.
+    fn unless_storage_failed(&self, r: Result<(), Violation>) -> Result<(), Violation> {
         match self.tables.failure() {
             Some(e) => Err(Violation::new(e.to_string())),
             None => r,
@@ -128,11 +133,7 @@ impl<S: Tables> Vault<S> {
         &self,
         touched: &[(TableId, Vec<u8>)],
     ) -> Result<(), Violation> {
-        let r = self.validate_payments_touched_inner(touched);
-        match self.tables.failure() {
-            Some(e) => Err(Violation::new(e.to_string())),
-            None => r,
-        }
+        self.unless_storage_failed(self.validate_payments_touched_inner(touched))
     }
 
     fn validate_payments_touched_inner(
