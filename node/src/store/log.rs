@@ -2,7 +2,9 @@
 
 use super::wal::range_start;
 use super::writer::{Done, Op};
-use super::{decode, encode, Store, KEY_COMMITTED, KEY_PURGED, KEY_VOTE};
+use super::{
+    decode, decode_entry, encode, encode_entry, Store, KEY_COMMITTED, KEY_PURGED, KEY_VOTE,
+};
 use crate::raft_types::{Entry, LogId, TypeConfig, Vote};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -26,7 +28,7 @@ impl LogStore {
     fn db_entries(&self, range: impl RangeBounds<u64>) -> io::Result<BTreeMap<u64, Entry>> {
         let rows = self.store.wal.lock().expect("log lock").read(range)?;
         rows.into_iter()
-            .map(|(i, bytes)| Ok((i, decode(&bytes)?)))
+            .map(|(i, bytes)| Ok((i, decode_entry(&bytes)?)))
             .collect()
     }
 
@@ -36,7 +38,9 @@ impl LogStore {
             return Ok(None);
         };
         let rows = wal.read(last..=last)?;
-        rows.first().map(|(_, bytes)| decode(bytes)).transpose()
+        rows.first()
+            .map(|(_, bytes)| decode_entry(bytes))
+            .transpose()
     }
 }
 
@@ -138,7 +142,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let rows = entries
             .iter()
-            .map(|e| (e.log_id.index, encode(e)))
+            .map(|e| (e.log_id.index, encode_entry(e)))
             .collect();
         let ids = entries.iter().map(|e| e.log_id).collect();
         {

@@ -4,7 +4,7 @@
 use super::sm::{apply_batch, VaultView};
 use super::vault_db::{self, VaultFiles};
 use super::wal::{self, FsDir, SegmentDir, Wal};
-use super::{decode, io_err, vault_path, KEY_COMMITTED, META};
+use super::{decode, decode_entry, io_err, vault_path, KEY_COMMITTED, META};
 use crate::raft_types::{Entry, LogId};
 use crate::vault::Vault;
 use redb::{Database, ReadableDatabase};
@@ -147,7 +147,7 @@ fn read(
         }
         let entries = rows
             .into_iter()
-            .map(|(_, b)| decode::<Entry>(&b))
+            .map(|(_, b)| decode_entry(&b))
             .collect::<io::Result<Vec<_>>>()?;
         replayed_entries = entries.len() as u64;
         last_log_id = entries.last().map(|e| e.log_id).or(last_log_id);

@@ -659,3 +659,55 @@ async fn every_read_sees_one_applied_state_while_applies_and_flushes_go_on() {
         crate::vault::tables::digest(vault_after(N).tables())
     );
 }
+
+#[test]
+fn log_entries_are_stored_in_msgpack_and_entries_in_json_still_read() {
+    let card = crate::vault::SealedCard {
+        brand: crate::vault::card::Brand::Visa,
+        last4: "4242".into(),
+        exp_month: 12,
+        exp_year: 2035,
+        key_version: 1,
+        nonce: vec![7; 12],
+        ciphertext: vec![3; 32],
+    };
+    let e = Entry {
+        log_id: log_id(3, 42),
+        payload: EntryPayload::Normal(Command::Tokenize {
+            merchant_id: "mer_1".into(),
+            token: "tok_1".into(),
+            kind: crate::vault::TokenKind::CardOnFile,
+            member_id: Some("member".into()),
+            card,
+            at_ms: 1,
+            expires_at_ms: None,
+            fingerprint: Some("ab".repeat(32)),
+            key_role: crate::vault::KeyRole::Secret,
+            cvc_supplied: false,
+        }),
+    };
+    let json = encode(&e);
+    let stored = encode_entry(&e);
+    assert_eq!(stored[0], ENTRY_MSGPACK);
+    // The ciphertext as its bytes, not hex.
+    assert!(stored.windows(32).any(|w| w == [3; 32]));
+    assert!(
+        stored.len() * 10 < json.len() * 9,
+        "{} vs {}",
+        stored.len(),
+        json.len()
+    );
+    let same = |a: &Entry, b: &Entry| assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    same(&decode_entry(&stored).unwrap(), &e);
+    same(&decode_entry(&json).unwrap(), &e);
+    // A membership entry too.
+    let m = Entry {
+        log_id: log_id(1, 1),
+        payload: EntryPayload::Membership(openraft::Membership::new_with_defaults(
+            vec![[1u64, 2, 3].into_iter().collect()],
+            [],
+        )),
+    };
+    same(&decode_entry(&encode_entry(&m)).unwrap(), &m);
+    assert!(decode_entry(&[ENTRY_MSGPACK, 0xc1]).is_err());
+}

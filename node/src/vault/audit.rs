@@ -20,14 +20,105 @@ use std::ops::Bound;
 pub const AUDIT_PAGE_RECORDS_MAX: usize = 1000;
 
 /// One audited action, as it sits in the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Readable formats (the API, exports) show it flat: `seq`, the entry's fields, `hash`
+/// in hex. Stored (a binary format) it is `[seq, entry by position, hash as 32 bytes]`,
+/// a third of the bytes of the named form, which still decodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     /// Position in the chain, from 0.
     pub seq: u64,
-    #[serde(flatten)]
     pub entry: AuditEntry,
     /// Hex SHA-256 chaining this record to the one before.
     pub hash: String,
+}
+
+/// [`AuditRecord`] in readable formats.
+#[derive(Serialize, Deserialize)]
+struct FlatRecord<E> {
+    seq: u64,
+    #[serde(flatten)]
+    entry: E,
+    hash: String,
+}
+
+impl Serialize for AuditRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return FlatRecord {
+                seq: self.seq,
+                entry: &self.entry,
+                hash: self.hash.clone(),
+            }
+            .serialize(s);
+        }
+        (self.seq, &self.entry, StoredHash(&self.hash)).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AuditRecord, D::Error> {
+        /// The stored form, or the named one written before it.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Compact(u64, AuditEntry, StoredHashOwned),
+            Named(FlatRecord<AuditEntry>),
+        }
+        let flat = if d.is_human_readable() {
+            FlatRecord::deserialize(d)?
+        } else {
+            match Stored::deserialize(d)? {
+                Stored::Compact(seq, entry, hash) => FlatRecord {
+                    seq,
+                    entry,
+                    hash: hash.0,
+                },
+                Stored::Named(flat) => flat,
+            }
+        };
+        Ok(AuditRecord {
+            seq: flat.seq,
+            entry: flat.entry,
+            hash: flat.hash,
+        })
+    }
+}
+
+/// A record's hash as stored: its 32 bytes (hex only if it is not a hash's hex, which
+/// only a damaged record holds; `verify` then names it).
+struct StoredHash<'a>(&'a str);
+
+impl Serialize for StoredHash<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = [0u8; 32];
+        match hex::decode_to_slice(self.0, &mut bytes) {
+            Ok(()) if hex::encode(bytes) == self.0 => s.serialize_bytes(&bytes),
+            _ => s.serialize_str(self.0),
+        }
+    }
+}
+
+/// What [`StoredHash`] wrote, back as hex.
+struct StoredHashOwned(String);
+
+impl<'de> Deserialize<'de> for StoredHashOwned {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StoredHashOwned, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StoredHashOwned;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a hash as bytes or hex")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<StoredHashOwned, E> {
+                Ok(StoredHashOwned(hex::encode(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StoredHashOwned, E> {
+                Ok(StoredHashOwned(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// What was done, by whom, to what, with what outcome. Never card data or keys.
@@ -359,6 +450,47 @@ impl<S: Tables> AuditLog<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_is_stored_by_position_and_shown_flat() {
+        let mut log: AuditLog = AuditLog::default();
+        log.append(entry(1));
+        let r = log.page(0, 1).remove(0);
+        // Shown flat, as before.
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["seq"], 0);
+        assert_eq!(json["action"], "token.create");
+        assert_eq!(json["hash"], r.hash.as_str());
+        assert_eq!(serde_json::from_value::<AuditRecord>(json).unwrap(), r);
+        // Stored by position with the hash as bytes, and read back.
+        let stored = crate::vault::tables::encode_value(&r);
+        let named = rmp_serde::to_vec_named(&FlatRecord {
+            seq: r.seq,
+            entry: &r.entry,
+            hash: r.hash.clone(),
+        })
+        .unwrap();
+        assert!(
+            stored.len() + 60 < named.len(),
+            "{} vs {}",
+            stored.len(),
+            named.len()
+        );
+        let back: AuditRecord = crate::vault::tables::decode_value(&stored).unwrap();
+        assert_eq!(back, r);
+        // A record stored with names (before) still reads.
+        let old: AuditRecord = crate::vault::tables::decode_value(&named).unwrap();
+        assert_eq!(old, r);
+        // A damaged hash (not a hash's hex) is kept as it is, for `verify` to name.
+        let damaged = AuditRecord {
+            hash: "xyz".into(),
+            ..r.clone()
+        };
+        let back: AuditRecord =
+            crate::vault::tables::decode_value(&crate::vault::tables::encode_value(&damaged))
+                .unwrap();
+        assert_eq!(back, damaged);
+    }
 
     fn entry(i: u64) -> AuditEntry {
         AuditEntry {

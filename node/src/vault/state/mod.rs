@@ -66,7 +66,7 @@ pub struct TokenRecord {
     pub cvc_supplied: bool,
     /// When a used or expired one-time token's sealed card was destroyed (PCI DSS
     /// 3.2.1: kept no longer than needed); its metadata stays.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub purged_at_ms: Option<u64>,
 }
 
@@ -112,7 +112,7 @@ pub struct DataKeyEntry {
     #[serde(with = "super::hex_bytes::option")]
     pub wrapped: Option<Vec<u8>>,
     /// The KEK that wrapped it (`None`: wrapped before KEK ids existed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub kek_id: Option<String>,
     pub installed_at_ms: u64,
     pub retired_at_ms: Option<u64>,
@@ -138,7 +138,7 @@ pub struct WrappedKey {
     #[serde(with = "super::hex_bytes")]
     pub wrapped: Vec<u8>,
     /// The KEK that wrapped it (`None`: wrapped before KEK ids existed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub kek_id: Option<String>,
     pub installed_at_ms: u64,
 }
