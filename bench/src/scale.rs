@@ -5,7 +5,7 @@
 use crate::harness::{self, Plan, Summary};
 use crate::report;
 use crate::systems::{tokenize_request, KuraTokenize};
-use kura_cluster_tests::procs::{files, ProcCluster, NAMES};
+use kura_cluster_tests::procs::{ProcCluster, NAMES};
 use kura_sdk::Client;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -76,11 +76,26 @@ async fn probe(client: &Client, rate: f64) -> Summary {
 }
 
 fn dir_bytes(c: &ProcCluster, i: usize) -> u64 {
-    files(&c.data_dir(i))
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum()
+    bytes_under(&c.data_dir(i))
+}
+
+/// Disk space under `path` (allocated blocks, as `du` counts: redb reserves file space
+/// it has not written yet, and a file's length would count that hole).
+fn bytes_under(path: &std::path::Path) -> u64 {
+    kura_node::files::disk_usage(path)
+}
+
+/// A data directory's parts, as `kura_store_data_bytes{part}` names them.
+const PARTS: [(&str, &str); 4] = [
+    ("log", "kura.wal"),
+    ("snapshots", "kura.snap"),
+    ("vault", "kura.vault"),
+    ("meta", "kura.redb"),
+];
+
+/// The size of each of [`PARTS`] in node `i`'s data directory.
+fn part_bytes(c: &ProcCluster, i: usize) -> [u64; 4] {
+    PARTS.map(|(_, name)| bytes_under(&c.data_dir(i).join(name)))
 }
 
 fn rss_bytes(c: &ProcCluster, i: usize) -> Option<u64> {
@@ -113,6 +128,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let empty = probe(&client, args.probe_rate).await;
     let empty_sizes: Vec<u64> = (0..3).map(|i| dir_bytes(&c, i)).collect();
     let empty_rss: Vec<Option<u64>> = (0..3).map(|i| rss_bytes(&c, i)).collect();
+    let parts_empty: Vec<[u64; 4]> = (0..3).map(|i| part_bytes(&c, i)).collect();
 
     eprintln!(
         "loading {} tokens with {} clients:",
@@ -126,6 +142,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let full = probe(&client, args.probe_rate).await;
     let sizes: Vec<u64> = (0..3).map(|i| dir_bytes(&c, i)).collect();
     let rss: Vec<Option<u64>> = (0..3).map(|i| rss_bytes(&c, i)).collect();
+    let parts: Vec<[u64; 4]> = (0..3).map(|i| part_bytes(&c, i)).collect();
 
     // Wipe a follower and time its catch-up: the leader's log is purged far past its
     // (empty) log, so it can only catch up from a snapshot.
@@ -161,8 +178,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     let _ = writeln!(
         t,
         "- Three `kura` processes on loopback (release build, defaults, fsync on). {ok} card-on-file tokens acknowledged ({failed} failed) by {} clients in {load_secs:.0} s ({:.0}/s on average).\n\
-         - Latency probe: tokenize, open loop at {:.0}/s over 16 connections, 2 s warm-up, 10 s measured.\n\n\
-         | node | data dir empty | data dir full | per token | RSS empty | RSS full |\n|---|---:|---:|---:|---:|---:|",
+         - Latency probe: tokenize, open loop at {:.0}/s over 16 connections, 2 s warm-up, 10 s measured.\n\
+         - Disk: space allocated on the filesystem (as `du` counts it), not file lengths.\n\n\
+         | node | disk empty | disk full | per token | RSS empty | RSS full |\n|---|---:|---:|---:|---:|---:|",
         args.clients,
         ok as f64 / load_secs,
         args.probe_rate
@@ -179,6 +197,19 @@ pub async fn run(args: Args) -> Result<(), String> {
             empty_rss[i].map_or_else(|| "?".into(), mib),
             rss[i].map_or_else(|| "?".into(), mib)
         );
+    }
+    let _ = write!(t, "\n| data dir part, per token |");
+    for name in NAMES {
+        let _ = write!(t, " {name} |");
+    }
+    let _ = writeln!(t, "\n|---|---:|---:|---:|");
+    for (p, (part, dir)) in PARTS.iter().enumerate() {
+        let _ = write!(t, "| {part} (`{dir}`) |");
+        for i in 0..3 {
+            let grown = parts[i][p].saturating_sub(parts_empty[i][p]);
+            let _ = write!(t, " {} B ({}) |", grown / ok.max(1), mib(parts[i][p]));
+        }
+        let _ = writeln!(t);
     }
     let _ = writeln!(
         t,

@@ -134,14 +134,17 @@ impl From<FileError> for String {
     }
 }
 
-/// Bytes in `path`: a file's length, or the sum over a directory's files (recursively);
-/// 0 for what does not exist or cannot be read.
+/// Bytes `path` takes on disk, as `du` counts them: a file's allocated blocks, or the
+/// sum over a directory's files (recursively); 0 for what does not exist or cannot be
+/// read. Not the files' lengths: a vault file's tail that redb has reserved but not yet
+/// written is a hole, and a log segment is preallocated in full.
 pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;
     };
     if !meta.is_dir() {
-        return meta.len();
+        return meta.blocks() * 512;
     }
     std::fs::read_dir(path).map_or(0, |entries| {
         entries
@@ -173,6 +176,18 @@ pub fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn disk_usage_counts_allocated_blocks_not_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(dir.path().join("sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        std::io::Write::write_all(&mut &f, &[1u8; 8192]).unwrap();
+        f.sync_all().unwrap();
+        let used = disk_usage(dir.path());
+        assert!((8192..1 << 20).contains(&used), "{used}");
+        assert_eq!(disk_usage(&dir.path().join("missing")), 0);
+    }
 
     #[test]
     fn a_secret_file_open_to_others_is_refused_naming_the_key() {

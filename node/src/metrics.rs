@@ -457,7 +457,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "store_data",
-            "Size of this node's data directory by part (log, vault, snapshots, meta)",
+            "Disk space (allocated blocks) of this node's data directory by part (log, vault, snapshots, meta)",
             Unit::Bytes,
             m.data_bytes.clone(),
         );
