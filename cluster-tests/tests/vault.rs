@@ -743,14 +743,20 @@ async fn audit_verify_names_the_first_tampered_record_in_a_copy_of_the_store() {
     let vaults = files(&copy.join("kura.vault"));
     assert_eq!(vaults.len(), 1, "one vault generation: {vaults:?}");
     let mut bytes = std::fs::read(&vaults[0]).unwrap();
-    // The record as stored (MessagePack with field names): the token, then its outcome.
+    // The record as stored (MessagePack by position): the token, then its outcome.
     let mut needle = victim.as_bytes().to_vec();
-    needle.extend_from_slice(b"\xa7outcome\xa2ok");
-    let at = bytes
+    needle.extend_from_slice(b"\xa2ok");
+    // Every copy: pages redb has freed may still hold an older one.
+    let found: Vec<usize> = bytes
         .windows(needle.len())
-        .position(|w| w == needle.as_slice())
-        .expect("the vault's file holds the record");
-    bytes[at + needle.len() - 2..at + needle.len()].copy_from_slice(b"OK");
+        .enumerate()
+        .filter(|(_, w)| *w == needle.as_slice())
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!found.is_empty(), "the vault's file holds the record");
+    for at in found {
+        bytes[at + needle.len() - 2..at + needle.len()].copy_from_slice(b"OK");
+    }
     std::fs::write(&vaults[0], &bytes).unwrap();
     let tampered = verify(&c);
     let text = String::from_utf8_lossy(&tampered.stdout).into_owned();
