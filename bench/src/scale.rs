@@ -217,7 +217,7 @@ pub async fn run(args: Args) -> Result<(), String> {
          | empty vault | {:.2} | {:.2} | {:.2} | {:.2} |\n\
          | {ok} tokens | {:.2} | {:.2} | {:.2} | {:.2} |\n\
          | full / empty | {} | {} | {} | |\n\n\
-         Wiped follower ({}): data directory deleted, node restarted; it reached the leader's applied index ({target}) by snapshot in **{:.1} s**; its data directory is then {}.",
+         Wiped follower ({}): data directory deleted, node restarted; it reached the leader's applied index ({target}) by snapshot in **{:.1} s** (the leader's snapshot holds {}: {:.0} MB/s of vault data); its data directory is then {}.",
         args.probe_rate,
         empty.ms(0.5),
         empty.ms(0.99),
@@ -232,6 +232,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         report::ratio(full.ms(0.999), empty.ms(0.999)),
         NAMES[f],
         catch_up.as_secs_f64(),
+        mib(parts[leader][1]),
+        parts[leader][1] as f64 / 1e6 / catch_up.as_secs_f64(),
         mib(caught_up_size)
     );
     report::publish(&args.results, "scale", &t)
