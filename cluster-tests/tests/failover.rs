@@ -107,7 +107,9 @@ impl Load {
     }
 }
 
-/// Every acknowledged token is readable through every node.
+/// Every acknowledged token is readable through every node. A node that cannot
+/// confirm a quorum for the moment (a 503, on a starved machine) is asked again for up
+/// to 20 s; any other answer, a 404 first of all, fails at once.
 async fn assert_all_readable(c: &ProcCluster, key: &str, tokens: &[String]) {
     for node in 0..3 {
         if !c.running(node) {
@@ -115,10 +117,19 @@ async fn assert_all_readable(c: &ProcCluster, key: &str, tokens: &[String]) {
         }
         let client = c.client(&[node], key);
         for t in tokens {
-            client
-                .get_token(t)
-                .await
-                .unwrap_or_else(|e| panic!("acknowledged {t} not readable via node {node}: {e}"));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match client.get_token(t).await {
+                    Ok(_) => break,
+                    Err(
+                        kura_sdk::Error::Api { status: 503, .. }
+                        | kura_sdk::Error::Unavailable { .. },
+                    ) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => panic!("acknowledged {t} not readable via node {node}: {e}"),
+                }
+            }
         }
     }
 }
