@@ -6,6 +6,8 @@ use crate::harness::{self, Plan, Summary};
 use crate::report;
 use crate::systems::{tokenize_request, KuraTokenize};
 use kura_cluster_tests::procs::{ProcCluster, NAMES};
+use kura_node::files::disk_usage;
+use kura_node::node::DATA_DIR_PARTS;
 use kura_sdk::Client;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -75,27 +77,16 @@ async fn probe(client: &Client, rate: f64) -> Summary {
     s
 }
 
+/// Disk space under node `i`'s data directory (allocated blocks, as `du` counts: redb
+/// reserves file space it has not written yet, and a file's length would count that
+/// hole).
 fn dir_bytes(c: &ProcCluster, i: usize) -> u64 {
-    bytes_under(&c.data_dir(i))
+    disk_usage(&c.data_dir(i))
 }
 
-/// Disk space under `path` (allocated blocks, as `du` counts: redb reserves file space
-/// it has not written yet, and a file's length would count that hole).
-fn bytes_under(path: &std::path::Path) -> u64 {
-    kura_node::files::disk_usage(path)
-}
-
-/// A data directory's parts, as `kura_store_data_bytes{part}` names them.
-const PARTS: [(&str, &str); 4] = [
-    ("log", "kura.wal"),
-    ("snapshots", "kura.snap"),
-    ("vault", "kura.vault"),
-    ("meta", "kura.redb"),
-];
-
-/// The size of each of [`PARTS`] in node `i`'s data directory.
+/// The disk space of each of [`DATA_DIR_PARTS`] in node `i`'s data directory.
 fn part_bytes(c: &ProcCluster, i: usize) -> [u64; 4] {
-    PARTS.map(|(_, name)| bytes_under(&c.data_dir(i).join(name)))
+    DATA_DIR_PARTS.map(|(_, name)| disk_usage(&c.data_dir(i).join(name)))
 }
 
 fn rss_bytes(c: &ProcCluster, i: usize) -> Option<u64> {
@@ -167,6 +158,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let catch_up = wiped.elapsed();
+    let snapshots = DATA_DIR_PARTS
+        .iter()
+        .position(|(part, _)| *part == "snapshots")
+        .expect("a snapshots part");
     let caught_up_size = dir_bytes(&c, f);
     eprintln!(
         "wiped {} caught up to index {target} in {:.1} s",
@@ -203,7 +198,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         let _ = write!(t, " {name} |");
     }
     let _ = writeln!(t, "\n|---|---:|---:|---:|");
-    for (p, (part, dir)) in PARTS.iter().enumerate() {
+    for (p, (part, dir)) in DATA_DIR_PARTS.iter().enumerate() {
         let _ = write!(t, "| {part} (`{dir}`) |");
         for i in 0..3 {
             let grown = parts[i][p].saturating_sub(parts_empty[i][p]);
@@ -232,8 +227,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         report::ratio(full.ms(0.999), empty.ms(0.999)),
         NAMES[f],
         catch_up.as_secs_f64(),
-        mib(parts[leader][1]),
-        parts[leader][1] as f64 / 1e6 / catch_up.as_secs_f64(),
+        mib(parts[leader][snapshots]),
+        parts[leader][snapshots] as f64 / 1e6 / catch_up.as_secs_f64(),
         mib(caught_up_size)
     );
     report::publish(&args.results, "scale", &t)

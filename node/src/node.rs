@@ -680,19 +680,22 @@ async fn update_metrics(st: Arc<Background>) {
 /// How often the data directory's size is measured.
 const DATA_DIR_MEASURE_S: u64 = 15;
 
+/// A data directory's parts: the `part` label of `kura_store_data_bytes`, and the file
+/// or directory it measures.
+pub const DATA_DIR_PARTS: [(&str, &str); 4] = [
+    ("meta", "kura.redb"),
+    ("log", "kura.wal"),
+    ("vault", "kura.vault"),
+    ("snapshots", "kura.snap"),
+];
+
 /// Measures the data directory's parts for `kura_store_data_bytes{part}`.
 async fn measure_data_dir(dir: std::path::PathBuf, metrics: Arc<Metrics>) {
-    let parts: [(&'static str, &str); 4] = [
-        ("meta", "kura.redb"),
-        ("log", "kura.wal"),
-        ("vault", "kura.vault"),
-        ("snapshots", "kura.snap"),
-    ];
     loop {
         let dir2 = dir.clone();
         let measured = tokio::task::spawn_blocking(move || {
-            let sizes =
-                parts.map(|(part, name)| (part, crate::files::disk_usage(&dir2.join(name))));
+            let sizes = DATA_DIR_PARTS
+                .map(|(part, name)| (part, crate::files::disk_usage(&dir2.join(name))));
             (sizes, crate::files::filesystem_space(&dir2))
         })
         .await;
