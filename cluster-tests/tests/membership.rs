@@ -4,7 +4,9 @@
 //! changes an operator must not make by accident are refused.
 
 use kura_cluster_tests::load::{missing, Writers};
-use kura_cluster_tests::procs::{tokenize_request, wait_for, ProcCluster};
+use kura_cluster_tests::procs::{
+    new_merchant, operator_config, tokenize_request, wait_for, ProcCluster,
+};
 use kura_sdk::{Error, ProblemCode};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -117,6 +119,32 @@ async fn bk_is_replaced_under_load_without_a_gap_or_a_lost_write_and_the_old_bk_
     // No acknowledged write lost, read through the new membership.
     let lost = missing(&c.client(&[0, 1, bk2], &key), done.tokens.clone()).await;
     assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
+
+    // The old bk, still running, still takes requests. An operator who asks it for a
+    // change gets a definite answer: the leader tells the old bk it is not a member
+    // before reading the request, so the old bk answers `not_leader` (nothing was
+    // done; ask the leader it names), never `outcome_unknown`.
+    let mut cfg = operator_config(vec![c.admin[2].clone()]);
+    cfg.attempts_max = 1;
+    let r = kura_sdk::Client::new(cfg)
+        .create_merchant(&new_merchant("via-old-bk"))
+        .await;
+    match &r {
+        Err(Error::Unavailable { last, .. })
+            if last.contains("not_leader") && last.contains("not count this node as a member") => {}
+        other => panic!("an admin write through the removed bk: {other:?}"),
+    }
+    let r = c.admin().merchant("via-old-bk").await;
+    assert!(
+        matches!(
+            &r,
+            Err(Error::Api {
+                code: ProblemCode::MerchantNotFound,
+                ..
+            })
+        ),
+        "the write refused through the old bk was done after all: {r:?}"
+    );
 
     // The old bk is stopped and comes back: the others refuse it; it cannot disturb
     // the cluster (no election it starts reaches anyone), and it learns nothing new.

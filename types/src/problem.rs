@@ -97,6 +97,9 @@ pub enum ProblemCode {
     MembershipChangeRefused,
     NotFormed,
     BackupFailed,
+    /// A node's certificate on a plane of a member that does not count it as a member
+    /// (removed, or added and not yet known there); nothing was done.
+    NotAMember,
     /// A code newer than this crate.
     Unknown,
 }
@@ -179,6 +182,7 @@ impl ProblemCode {
         ProblemCode::MembershipChangeRefused,
         ProblemCode::NotFormed,
         ProblemCode::BackupFailed,
+        ProblemCode::NotAMember,
     ];
 
     /// The wire form.
@@ -259,6 +263,7 @@ impl ProblemCode {
             ProblemCode::MembershipChangeRefused => "membership_change_refused",
             ProblemCode::NotFormed => "not_formed",
             ProblemCode::BackupFailed => "backup_failed",
+            ProblemCode::NotAMember => "not_a_member",
             ProblemCode::Unknown => "unknown",
         }
     }

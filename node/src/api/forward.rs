@@ -80,6 +80,12 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
                 }
             }
             Err(Unsent(p) | Sent(p)) => return p.into_response(),
+            // Named as the leader, so that the client goes there itself.
+            Err(NotAMember(p)) => {
+                let mut resp = p.into_response();
+                set_leader_header(&mut resp, &addr);
+                return resp;
+            }
         }
     }
 }
@@ -104,8 +110,12 @@ async fn serve_here(st: &AppState, req: Request, next: Next) -> Response {
 enum Failed {
     Unsent(Problem),
     Sent(Problem),
+    /// The leader does not count this node as a member (it was removed, or the leader
+    /// has not yet applied its addition): nothing was done, and asking again from this
+    /// node will not help.
+    NotAMember(Problem),
 }
-use Failed::{Sent, Unsent};
+use Failed::{NotAMember, Sent, Unsent};
 
 fn set_leader_header(resp: &mut Response, addr: &str) {
     if let Ok(v) = HeaderValue::from_str(addr) {
@@ -149,6 +159,10 @@ async fn proxy(
         })?;
     let timeout = Duration::from_millis(st.svc.settings().write_timeout_ms + 1_000);
     match st.pool.send(leader_addr, out, timeout).await {
+        Ok(resp) if is_not_a_member(&resp) => Err(NotAMember(Problem::not_leader(
+            "the leader does not count this node as a member (removed, or added and not yet \
+             known there); nothing was done; send the request to the leader or another member",
+        ))),
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(parts, Body::from(body)))
@@ -174,4 +188,12 @@ async fn proxy(
             ))))
         }
     }
+}
+
+/// The answer a member gives a node's certificate it does not count as a member's,
+/// before reading the request.
+fn is_not_a_member(resp: &http::Response<Bytes>) -> bool {
+    resp.status() == http::StatusCode::FORBIDDEN
+        && serde_json::from_slice::<kura_types::Problem>(resp.body())
+            .is_ok_and(|p| p.code == kura_types::ProblemCode::NotAMember.as_str())
 }

@@ -295,26 +295,63 @@ pub async fn serve(
             let activity = Arc::new(Activity::new());
             match tls {
                 None => serve_conn(io, router, peer, None, activity, &limits).await,
-                Some(tls) => {
-                    if let Some((stream, ident)) = handshake(io, &tls, &peer, &limits).await {
+                Some(tls) => match handshake(io, &tls, &peer, &limits).await {
+                    Handshake::Admitted(stream, ident) => {
                         serve_conn(stream, router, peer, ident, activity, &limits).await
                     }
-                }
+                    // A node that is not (or not yet) a member here gets an answer that
+                    // says nothing was done, where a closed connection would leave a
+                    // request it forwards in doubt.
+                    Handshake::NotAMember(stream) => {
+                        serve_conn(stream, not_a_member(), peer, None, activity, &limits).await
+                    }
+                    Handshake::Closed => {}
+                },
             }
         });
     }
 }
 
-/// Completes the TLS handshake and admits the client; `None` closes the connection.
-async fn handshake(
-    io: BoxIo,
-    tls: &ServeTls,
-    peer: &str,
-    limits: &ServeLimits,
-) -> Option<(
-    tokio_rustls::server::TlsStream<BoxIo>,
-    Option<tls::Identity>,
-)> {
+/// How a TLS handshake ended.
+enum Handshake {
+    Admitted(
+        tokio_rustls::server::TlsStream<BoxIo>,
+        Option<tls::Identity>,
+    ),
+    /// A node's certificate this plane does not admit: answered, never served.
+    NotAMember(tokio_rustls::server::TlsStream<BoxIo>),
+    Closed,
+}
+
+/// Answers every request `403 not_a_member` and closes the connection: what a node
+/// this member does not count as one (removed, or added and not yet known here) gets,
+/// so that it knows nothing was done.
+fn not_a_member() -> axum::Router {
+    use axum::response::IntoResponse;
+    axum::Router::new().fallback(|| async {
+        let body = kura_types::Problem {
+            kind: "urn:kura:problem:not_a_member".into(),
+            title: "Forbidden".into(),
+            status: 403,
+            code: kura_types::ProblemCode::NotAMember.as_str().into(),
+            detail: "this node does not count the calling node as a member of the cluster \
+                     (removed, or added and not yet known here); nothing was done"
+                .into(),
+        };
+        (
+            http::StatusCode::FORBIDDEN,
+            [
+                (http::header::CONTENT_TYPE, "application/problem+json"),
+                (http::header::CONNECTION, "close"),
+            ],
+            serde_json::to_vec(&body).expect("problem json"),
+        )
+            .into_response()
+    })
+}
+
+/// Completes the TLS handshake and admits the client.
+async fn handshake(io: BoxIo, tls: &ServeTls, peer: &str, limits: &ServeLimits) -> Handshake {
     let config = tls.config.read().expect("tls config lock").clone();
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
     let stream = match tokio::time::timeout(limits.header_read_timeout, accept).await {
@@ -337,12 +374,12 @@ async fn handshake(
                     f("bad_certificate", peer);
                 }
             }
-            return None;
+            return Handshake::Closed;
         }
         Err(_) => {
             limits.stats.timed_out.inc();
             tracing::debug!(peer, "TLS handshake timed out");
-            return None;
+            return Handshake::Closed;
         }
     };
     let ident = stream
@@ -360,10 +397,13 @@ async fn handshake(
             if let Some(f) = &tls.on_refused {
                 f("identity_not_admitted", peer);
             }
-            return None;
+            return match ident {
+                Some(tls::Identity::Node { .. }) => Handshake::NotAMember(stream),
+                _ => Handshake::Closed,
+            };
         }
     }
-    Some((stream, ident))
+    Handshake::Admitted(stream, ident)
 }
 
 async fn serve_conn<I: Io>(
