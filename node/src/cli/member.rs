@@ -248,14 +248,13 @@ async fn add(
     Ok(())
 }
 
-/// Removes `name`. An answer lost on the way (a node forwarding to a leader that
-/// refused it, say a member removed earlier and still running) is settled by looking:
-/// gone means done, still there means try again.
+/// Removes `name`. An answer lost on the way (the leader crashing mid-change, say) is
+/// settled by looking: gone means done, still there means try again.
 async fn remove(client: &Nodes, name: &str, force: bool) -> Result<(), String> {
     const ATTEMPTS: u32 = 5;
     for attempt in 1..=ATTEMPTS {
-        // Straight to the leader: forwarded through the member leaving, the answer is
-        // lost as soon as the leader stops admitting it.
+        // Straight to the leader: forwarded through the member leaving, the request
+        // is refused (`not_leader`) as soon as the leader stops admitting that member.
         let to = leader(client).await.unwrap_or(&client.all);
         let outcome = to.remove_member(name, force).await;
         let in_doubt = match outcome {
