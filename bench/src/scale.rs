@@ -181,6 +181,20 @@ pub async fn run(args: Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let catch_up = wiped.elapsed();
+    // Where the catch-up went: the follower's install (writing the received snapshot
+    // into a new vault file) against the rest (the leader noticing, sending, waiting).
+    let installs = c
+        .metric(
+            f,
+            "kura_raft_snapshot_duration_seconds_count{kind=\"install\"}",
+        )
+        .await;
+    let install_s = c
+        .metric(
+            f,
+            "kura_raft_snapshot_duration_seconds_sum{kind=\"install\"}",
+        )
+        .await;
     let snapshots = DATA_DIR_PARTS
         .iter()
         .position(|(part, _)| *part == "snapshots")
@@ -236,7 +250,7 @@ pub async fn run(args: Args) -> Result<(), String> {
          | {ok} tokens | {:.2} | {:.2} | {:.2} | {:.2} |\n\
          | full / empty | {} | {} | {} | |\n\n\
          p99 of each probe run, empty: {}; full: {}.\n\n\
-         Wiped follower ({}): data directory deleted, node restarted; it reached the leader's applied index ({target}) by snapshot in **{:.1} s** (the leader's snapshot holds {}: {:.0} MB/s of vault data); its data directory is then {}.",
+         Wiped follower ({}): data directory deleted, node restarted; it reached the leader's applied index ({target}) by snapshot in **{:.1} s** (the leader's snapshot holds {}: {:.0} MB/s of vault data); its data directory is then {}. Of that time, installing {} snapshot(s) took {:.1} s (writing the received file into a new vault); the rest ({:.1} s) is the leader noticing, building if it must, and sending.",
         args.probe_rate,
         empty.ms(0.5),
         empty.ms(0.99),
@@ -255,7 +269,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         catch_up.as_secs_f64(),
         mib(parts[leader][snapshots]),
         parts[leader][snapshots] as f64 / 1e6 / catch_up.as_secs_f64(),
-        mib(caught_up_size)
+        mib(caught_up_size),
+        installs,
+        install_s,
+        catch_up.as_secs_f64() - install_s
     );
     report::publish(&args.results, "scale", &t)
 }
