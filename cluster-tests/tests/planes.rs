@@ -7,6 +7,7 @@
 use kura_cluster_tests::procs::{
     client_tls_as, operator_config_as, tokenize_request, wait_for, ProcCluster,
 };
+use kura_node::cluster::Encoding;
 use kura_node::net::tls::{Identity, OperatorRole};
 use kura_node::raft_types::{SnapshotMeta, TypeConfig, Vote};
 use kura_sdk::tls::TlsConnector;
@@ -22,8 +23,36 @@ const FORGED_TERM: u64 = 99;
 /// The node the forged requests claim to come from.
 const CLAIMED: u64 = 3;
 
-/// Every peer route with a well-formed body claiming to come from node 3.
-fn forged_requests() -> Vec<(&'static str, Vec<u8>)> {
+/// Every peer route with a well-formed body claiming to come from node 3, and the Raft
+/// RPCs again in MessagePack (what members send each other).
+fn forged_requests() -> Vec<(&'static str, Option<&'static str>, Vec<u8>)> {
+    let mut all: Vec<_> = forged_json()
+        .into_iter()
+        .map(|(path, body)| (path, None, body))
+        .collect();
+    let msgpack = Encoding::MsgPack;
+    let vote = Vote::new_committed(FORGED_TERM, CLAIMED);
+    let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
+        vote,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![],
+    };
+    let ballot: VoteRequest<TypeConfig> = VoteRequest::new(Vote::new(FORGED_TERM, CLAIMED), None);
+    let transfer: TransferLeaderRequest<TypeConfig> =
+        TransferLeaderRequest::new(vote, CLAIMED, None);
+    for (path, body) in [
+        ("/raft/append", msgpack.encode(&append)),
+        ("/raft/vote", msgpack.encode(&ballot)),
+        ("/raft/pre-vote", msgpack.encode(&ballot)),
+        ("/raft/transfer-leader", msgpack.encode(&transfer)),
+    ] {
+        all.push((path, Some(msgpack.content_type()), body));
+    }
+    all
+}
+
+fn forged_json() -> Vec<(&'static str, Vec<u8>)> {
     let vote = Vote::new_committed(FORGED_TERM, CLAIMED);
     let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
         vote,
@@ -71,12 +100,16 @@ async fn post(
     path: &str,
     from: u64,
     cluster_id: &str,
-    body: Vec<u8>,
+    (content_type, body): (Option<&str>, Vec<u8>),
 ) -> Result<u16, WireError> {
-    let req = http::Request::post(path)
+    let mut req = http::Request::post(path)
         .header(http::header::HOST, addr)
         .header("kura-node-id", from)
-        .header("kura-cluster-id", cluster_id)
+        .header("kura-cluster-id", cluster_id);
+    if let Some(ct) = content_type {
+        req = req.header(http::header::CONTENT_TYPE, ct);
+    }
+    let req = req
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .unwrap();
     pool.send(addr, req, Duration::from_secs(5))
@@ -180,8 +213,8 @@ async fn the_peer_plane_admits_only_members_and_each_speaks_only_for_itself() {
     for (who, tls) in strangers {
         let pool = pool_as(tls);
         for node in 0..3 {
-            for (path, body) in forged_requests() {
-                let r = post(&pool, &c.raft[node], path, CLAIMED, &cluster_id, body).await;
+            for (path, ct, body) in forged_requests() {
+                let r = post(&pool, &c.raft[node], path, CLAIMED, &cluster_id, (ct, body)).await;
                 assert!(
                     r.is_err(),
                     "{who}: {path} on node {node} got an answer: {r:?}"
@@ -194,7 +227,7 @@ async fn the_peer_plane_admits_only_members_and_each_speaks_only_for_itself() {
     // request it forwards is known not to have been done — and nothing is done.
     let outsider = pool_as(client_tls_as(Some(&Identity::Node { id: 7 }), false));
     for node in 0..3 {
-        for (path, body) in forged_requests() {
+        for (path, body) in forged_json() {
             let req = http::Request::post(path)
                 .header(http::header::HOST, &c.raft[node])
                 .header("kura-node-id", 7)
@@ -217,19 +250,31 @@ async fn the_peer_plane_admits_only_members_and_each_speaks_only_for_itself() {
     // Node 2's own certificate cannot speak as node 3: neither by the header nor by the
     // vote inside the request.
     for node in 0..3 {
-        for (path, body) in forged_requests() {
-            let r = post(&node2, &c.raft[node], path, CLAIMED, &cluster_id, body).await;
-            assert_eq!(r.ok(), Some(403), "node 2 as node 3: {path} on node {node}");
-        }
-        for (path, body) in forged_requests()
-            .into_iter()
-            .filter(|(p, _)| p.starts_with("/raft/") && *p != "/raft/handoff-cause")
-        {
-            let r = post(&node2, &c.raft[node], path, 2, &cluster_id, body).await;
+        for (path, ct, body) in forged_requests() {
+            let r = post(
+                &node2,
+                &c.raft[node],
+                path,
+                CLAIMED,
+                &cluster_id,
+                (ct, body),
+            )
+            .await;
             assert_eq!(
                 r.ok(),
                 Some(403),
-                "node 2 with a vote for node 3: {path} on node {node}"
+                "node 2 as node 3: {path} ({ct:?}) on node {node}"
+            );
+        }
+        for (path, ct, body) in forged_requests()
+            .into_iter()
+            .filter(|(p, _, _)| p.starts_with("/raft/") && *p != "/raft/handoff-cause")
+        {
+            let r = post(&node2, &c.raft[node], path, 2, &cluster_id, (ct, body)).await;
+            assert_eq!(
+                r.ok(),
+                Some(403),
+                "node 2 with a vote for node 3: {path} ({ct:?}) on node {node}"
             );
         }
     }

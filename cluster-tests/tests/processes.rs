@@ -39,6 +39,8 @@ fn assert_no_pan_on_disk(c: &ProcCluster, pans: &[String]) {
 
 const SMALL_SNAPSHOTS: &str =
     "[raft]\nsnapshot_every_entries = 20\nlog_entries_kept_after_snapshot = 5\n";
+/// `snapshot_every_entries` in [`SMALL_SNAPSHOTS`].
+const SMALL_SNAPSHOT_ENTRIES: u64 = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_forwards_leader_sigkill_fails_over_and_old_leader_catches_up_by_snapshot() {
@@ -155,9 +157,6 @@ async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
         let t = everyone.tokenize(&tokenize_req(2_000 + i)).await;
         tokens.push(t.expect("write").token);
     }
-    let target = c.status(leader).await.unwrap()["applied_index"]
-        .as_u64()
-        .unwrap();
     // The disk of a follower is replaced: same id, same config, no data.
     let f = (leader + 1) % 3;
     // Force the path under test: whichever node leads once the follower is back (the
@@ -178,6 +177,22 @@ async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
         )
         .await;
     }
+    // Snapshots come as far apart as the vault is large (the default), so the leader's
+    // latest lags its applied state by more than `snapshot_every_entries` (20) after a
+    // few more writes: one the follower would install and then replay the rest after.
+    let mut i = 0;
+    let lag = |s: &serde_json::Value| {
+        s["applied_index"].as_u64().unwrap() - s["snapshot_index"].as_u64().unwrap_or(0)
+    };
+    while lag(&c.status(leader).await.unwrap()) <= SMALL_SNAPSHOT_ENTRIES {
+        let t = everyone.tokenize(&tokenize_req(3_000 + i)).await;
+        tokens.push(t.expect("write").token);
+        i += 1;
+        assert!(i < 500, "the leader's snapshot never fell behind");
+    }
+    let target = c.status(leader).await.unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
     c.kill(f);
     std::fs::remove_dir_all(c.data_dir(f)).unwrap();
     std::fs::create_dir_all(c.data_dir(f)).unwrap();
@@ -187,9 +202,11 @@ async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
     let s = c
         .wait_applied(f, target, "the wiped follower to catch up")
         .await;
+    // The snapshot it got was built for it, not the stale one: it covers the writes
+    // made before the wipe, less at most `snapshot_every_entries`.
     assert!(
-        s["snapshot_index"].as_u64().unwrap_or(0) > 0,
-        "caught up without a snapshot: {s}"
+        s["snapshot_index"].as_u64().unwrap_or(0) + SMALL_SNAPSHOT_ENTRIES >= target,
+        "caught up from a snapshot more than {SMALL_SNAPSHOT_ENTRIES} entries behind {target}: {s}"
     );
     let via_wiped = c.client(&[f], &key);
     for t in &tokens {

@@ -716,17 +716,27 @@ async fn measure_data_dir(dir: std::path::PathBuf, metrics: Arc<Metrics>) {
 /// `RaftSettings::snapshot_grows_with_vault`), one at a time.
 async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
     let second = std::time::Duration::from_secs(1);
-    // After a restart the vault's size stands in for the last snapshot's.
-    let mut last_tokens = cluster.vault().read(|v| v.token_count()).unwrap_or(0) as u64;
+    // After a restart the vault's size stands in for the last snapshot's; so it does
+    // after a snapshot this loop did not start (one installed from the leader: a wiped
+    // follower would otherwise count its vault as empty and build one of its own while
+    // it still catches up).
+    let tokens_now = || cluster.vault().read(|v| v.token_count()).unwrap_or(0) as u64;
+    let mut last_tokens = tokens_now();
+    let mut seen = cluster.status().snapshot_index;
     loop {
         crate::runtime::sleep(second).await;
         let before = cluster.status().snapshot_index;
+        if before != seen {
+            seen = before;
+            last_tokens = tokens_now();
+        }
         if let Some(tokens) = cluster.snapshot_if_due(every_entries, last_tokens).await {
             last_tokens = tokens;
             // Let it finish (the snapshot index moves) before judging again.
             for _ in 0..300 {
                 crate::runtime::sleep(second).await;
                 if cluster.status().snapshot_index != before {
+                    seen = cluster.status().snapshot_index;
                     break;
                 }
             }

@@ -18,7 +18,7 @@ pub use errors::{FormError, FrameError, NoticeError, TransferError};
 pub use membership::MembershipError;
 pub use status::{ClusterStatus, MemberStatus, StatusWatch};
 
-pub use network::{snapshot_chunk_path, SnapshotDone, SNAPSHOT_CHUNK_BYTES};
+pub use network::{snapshot_chunk_path, Encoding, SnapshotDone, SNAPSHOT_CHUNK_BYTES};
 pub use server::{admit_layer, router as raft_router, sender_matches_certificate};
 
 use crate::member::{Member, NodeId, Role};
@@ -241,15 +241,33 @@ impl Cluster {
             Arc::downgrade(&vault),
             store.mode(),
         ));
+        let (wanted, mut snapshot_wanted) = tokio::sync::mpsc::channel(1);
         let factory = network::NetworkFactory {
             self_id: id,
             pool: raft_pool,
             cluster_id: cluster_id.clone(),
             append_ttl_min: Duration::from_millis(settings.election_timeout_max_ms),
+            freshness: Arc::new(network::Freshness {
+                max_lag: settings.snapshot_every_entries,
+                vault: vault.clone(),
+                store: store.clone(),
+                wanted,
+            }),
         };
         let raft = Raft::new(id, config, factory, LogStore::new(store.clone()), sm)
             .await
             .map_err(|e| io::Error::other(format!("raft failed to start: {e}")))?;
+        // Builds a snapshot when a follower's needs a fresher one (see
+        // `network::Freshness`). Ends when Raft drops its network, and with it the
+        // senders.
+        let trigger = raft.clone();
+        crate::runtime::spawn(async move {
+            while snapshot_wanted.recv().await.is_some() {
+                if let Err(e) = trigger.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "cannot start a snapshot a follower needs");
+                }
+            }
+        });
         let election_window = Duration::from_millis(2 * settings.election_timeout_max_ms);
         Ok(Arc::new(Cluster {
             id,

@@ -17,6 +17,8 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -27,7 +29,33 @@ pub struct NetworkFactory {
     pub(super) cluster_id: Arc<RwLock<Option<String>>>,
     /// The least time an AppendEntries is given (see [`PeerClient::append_entries`]).
     pub(super) append_ttl_min: Duration,
+    pub(super) freshness: Arc<Freshness>,
 }
+
+/// How fresh a snapshot sent to a follower must be.
+///
+/// With snapshots as far apart as the vault is large (`snapshot_grows_with_vault`),
+/// the current one can be hundreds of thousands of entries behind: a follower that
+/// needs one (wiped, or back after the log it lacked was purged) would install it and
+/// then replay all of those entries one append at a time — at one million cards, 30 of
+/// its 36 seconds. Instead the leader builds a new snapshot first when the current one
+/// lags the applied state by more than `max_lag` entries: the build streams the vault
+/// once, a fraction of the replay's cost.
+pub(super) struct Freshness {
+    /// Entries the snapshot sent may lag the applied state (`raft.snapshot_every_entries`).
+    pub(super) max_lag: u64,
+    pub(super) vault: Arc<crate::store::SharedVault>,
+    pub(super) store: crate::store::Store,
+    /// Asks the cluster for a snapshot now (see `Cluster::start`).
+    pub(super) wanted: tokio::sync::mpsc::Sender<()>,
+}
+
+/// How long a follower's snapshot waits for a fresher one to be built, at most; after
+/// that the one there is is sent.
+const FRESH_SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
+/// After waiting once, a send of the same follower's snapshot does not wait again for
+/// this long (a build that cannot keep up with the writes is not chased).
+const FRESH_SNAPSHOT_WAIT_AGAIN: Duration = Duration::from_secs(60);
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
@@ -40,6 +68,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             pool: self.pool.clone(),
             cluster_id: self.cluster_id.clone(),
             append_ttl_min: self.append_ttl_min,
+            json_only: AtomicBool::new(false),
+            freshness: self.freshness.clone(),
+            waited_at: None,
         }
     }
 }
@@ -52,23 +83,112 @@ pub struct PeerClient {
     pool: Arc<HttpPool>,
     cluster_id: Arc<RwLock<Option<String>>>,
     append_ttl_min: Duration,
+    /// The peer refused MessagePack: send it JSON.
+    json_only: AtomicBool,
+    freshness: Arc<Freshness>,
+    /// When a snapshot for this peer last waited for a fresher one.
+    waited_at: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug)]
 enum Fail {
     Timeout(Duration),
     Unreachable(String),
+    /// The peer could not read the request's encoding (see [`Encoding::refused`]).
+    EncodingRefused,
 }
+
+/// How a Raft RPC's body is encoded, by its `content-type`.
+///
+/// MessagePack (with field names) is what nodes send each other: an AppendEntries of
+/// 300 tokenize entries is about 0.73 of its JSON (a sealed card's bytes are not hex),
+/// about 5× cheaper to encode and 2× cheaper to decode (0.12 ms and 0.36 ms against
+/// 0.57 ms and 0.82 ms, release build) — on the leader for every follower, on the
+/// follower for every entry it catches up on. JSON is still read and answered, for a
+/// peer that sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    MsgPack,
+}
+
+impl Encoding {
+    const MSGPACK: &'static str = "application/msgpack";
+
+    /// The encoding a message's `content-type` declares: JSON without one, `None` for
+    /// one kura does not read.
+    pub fn of(headers: &http::HeaderMap) -> Option<Encoding> {
+        let Some(v) = headers.get(http::header::CONTENT_TYPE) else {
+            return Some(Encoding::Json);
+        };
+        let essence = v
+            .as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default();
+        let essence = essence.trim_ascii();
+        [Encoding::MsgPack, Encoding::Json]
+            .into_iter()
+            .find(|e| essence.eq_ignore_ascii_case(e.content_type().as_bytes()))
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::MsgPack => Self::MSGPACK,
+        }
+    }
+
+    pub fn encode<T: Serialize>(self, v: &T) -> Vec<u8> {
+        match self {
+            Encoding::Json => serde_json::to_vec(v).expect("raft messages serialize"),
+            Encoding::MsgPack => rmp_serde::to_vec_named(v).expect("raft messages serialize"),
+        }
+    }
+
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> io::Result<T> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+        match self {
+            Encoding::Json => serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string())),
+            Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| invalid(e.to_string())),
+        }
+    }
+
+    /// Whether an answer says the peer could not read a MessagePack request: `415`
+    /// from a node that knows the header, or the `400 bad raft request` with which a
+    /// kura from before MessagePack answers a body that is not JSON.
+    fn refused(status: http::StatusCode, body: &[u8]) -> bool {
+        status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE
+            || (status == http::StatusCode::BAD_REQUEST && body.starts_with(BAD_REQUEST_PREFIX))
+    }
+}
+
+/// How a peer's `400` for an unreadable Raft request begins.
+pub(super) const BAD_REQUEST_PREFIX: &[u8] = b"bad raft request";
 
 impl PeerClient {
     async fn post(&self, path: &str, body: Bytes, ttl: Duration) -> Result<Bytes, Fail> {
+        self.post_as(path, body, None, ttl)
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// Posts `body`, of `content_type` if given (JSON otherwise); returns the answer's
+    /// encoding and body.
+    async fn post_as(
+        &self,
+        path: &str,
+        body: Bytes,
+        content_type: Option<&'static str>,
+        ttl: Duration,
+    ) -> Result<(Encoding, Bytes), Fail> {
         let cluster = self
             .cluster_id
             .read()
             .expect("cluster id lock")
             .clone()
             .unwrap_or_default();
-        let req = super::peer_request(
+        let mut req = super::peer_request(
             self.self_id,
             http::Method::POST,
             path,
@@ -76,6 +196,12 @@ impl PeerClient {
             &cluster,
             body,
         );
+        if let Some(ct) = content_type {
+            let value = http::HeaderValue::from_static(ct);
+            req.headers_mut()
+                .insert(http::header::CONTENT_TYPE, value.clone());
+            req.headers_mut().insert(http::header::ACCEPT, value);
+        }
         let result = self.pool.send(&self.addr, req, ttl).await;
         if result.is_err() {
             // A peer that crashed without closing its sockets leaves idle connections that
@@ -83,7 +209,15 @@ impl PeerClient {
             self.pool.forget(&self.addr);
         }
         match result {
-            Ok(resp) if resp.status().is_success() => Ok(resp.into_body()),
+            Ok(resp) if resp.status().is_success() => {
+                let enc = Encoding::of(resp.headers()).ok_or_else(|| {
+                    Fail::Unreachable(format!("{} answered in an unknown encoding", self.addr))
+                })?;
+                Ok((enc, resp.into_body()))
+            }
+            Ok(resp) if content_type.is_some() && Encoding::refused(resp.status(), resp.body()) => {
+                Err(Fail::EncodingRefused)
+            }
             Ok(resp) => Err(Fail::Unreachable(format!(
                 "{} answered {}: {}",
                 self.addr,
@@ -95,6 +229,8 @@ impl PeerClient {
         }
     }
 
+    /// One Raft RPC in MessagePack; in JSON to a peer that refused MessagePack (a kura
+    /// from before it), from then on.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         action: RPCTypes,
@@ -102,13 +238,31 @@ impl PeerClient {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        let body = Bytes::from(serde_json::to_vec(req).expect("raft messages serialize"));
-        match self.post(path, body, ttl).await {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                RPCError::Network(NetworkError::from_string(format!(
-                    "bad {action:?} response: {e}"
-                )))
-            }),
+        let bad = |e: io::Error| {
+            RPCError::Network(NetworkError::from_string(format!(
+                "bad {action:?} response: {e}"
+            )))
+        };
+        if !self.json_only.load(Ordering::Relaxed) {
+            let body = Bytes::from(Encoding::MsgPack.encode(req));
+            match self
+                .post_as(path, body, Some(Encoding::MsgPack.content_type()), ttl)
+                .await
+            {
+                Ok((enc, bytes)) => return enc.decode(&bytes).map_err(bad),
+                Err(Fail::EncodingRefused) => {
+                    tracing::warn!(
+                        target_node = self.target,
+                        "peer refused MessagePack Raft messages; sending it JSON"
+                    );
+                    self.json_only.store(true, Ordering::Relaxed);
+                }
+                Err(f) => return Err(self.rpc_error(action, f)),
+            }
+        }
+        let body = Bytes::from(Encoding::Json.encode(req));
+        match self.post_as(path, body, None, ttl).await {
+            Ok((enc, bytes)) => enc.decode(&bytes).map_err(bad),
             Err(f) => Err(self.rpc_error(action, f)),
         }
     }
@@ -122,6 +276,10 @@ impl PeerClient {
                 timeout,
             }),
             Fail::Unreachable(msg) => RPCError::Unreachable(Unreachable::from_string(msg)),
+            Fail::EncodingRefused => RPCError::Unreachable(Unreachable::from_string(format!(
+                "{} refused the request's encoding",
+                self.addr
+            ))),
         }
     }
 }
@@ -190,6 +348,55 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Whether the snapshot at `index` lags the applied state too far to send, and this
+    /// peer's sends have not waited for a fresher one lately.
+    fn should_wait_for_fresher(&self, index: u64) -> bool {
+        let lag = self.freshness.vault.applied_index().saturating_sub(index);
+        lag > self.freshness.max_lag
+            && self
+                .waited_at
+                .is_none_or(|at| at.elapsed() >= FRESH_SNAPSHOT_WAIT_AGAIN)
+    }
+
+    /// Asks for a new snapshot and waits until one later than `index` is current, or
+    /// [`FRESH_SNAPSHOT_WAIT`] has passed.
+    async fn wait_for_fresher(&self, index: u64) {
+        let started = tokio::time::Instant::now();
+        let applied = self.freshness.vault.applied_index();
+        tracing::info!(
+            target_node = self.target,
+            snapshot_index = index,
+            applied_index = applied,
+            "the snapshot a follower needs lags the vault: building a fresher one first"
+        );
+        // A full channel means a request is pending already: that one will do.
+        let _ = self.freshness.wanted.try_send(());
+        while started.elapsed() < FRESH_SNAPSHOT_WAIT {
+            crate::runtime::sleep(Duration::from_millis(50)).await;
+            let store = self.freshness.store.clone();
+            match self
+                .freshness
+                .store
+                .blocking(move || store.snapshot_index())
+                .await
+            {
+                Ok(Ok(now)) if now > index => return,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) | Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the current snapshot's index");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(
+            target_node = self.target,
+            snapshot_index = index,
+            "no fresher snapshot in time: sending the one there is"
+        );
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotData;
 
@@ -235,14 +442,37 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let bytes = snapshot.snapshot.len();
-        let send = self.send_snapshot(vote, &snapshot, option.hard_ttl());
-        futures::pin_mut!(send);
         let cancel = cancel.fuse();
         futures::pin_mut!(cancel);
-        let res = futures::select! {
-            closed = cancel => return Err(StreamingError::Closed(closed)),
-            r = send.fuse() => r,
+        let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
+        if self.should_wait_for_fresher(index) {
+            self.waited_at = Some(tokio::time::Instant::now());
+            let wait = self.wait_for_fresher(index);
+            futures::pin_mut!(wait);
+            futures::select! {
+                closed = cancel => return Err(StreamingError::Closed(closed)),
+                () = wait.fuse() => {}
+            };
+            // openraft reads the current snapshot again at once after a timeout (no
+            // back-off): that is the fresher one, or this one if none came in time.
+            return Err(StreamingError::Timeout(Timeout {
+                action: RPCTypes::InstallSnapshot,
+                id: self.self_id,
+                target: self.target,
+                timeout: FRESH_SNAPSHOT_WAIT,
+            }));
+        }
+        let res = {
+            let send = self.send_snapshot(vote, &snapshot, option.hard_ttl());
+            futures::pin_mut!(send);
+            futures::select! {
+                closed = cancel => return Err(StreamingError::Closed(closed)),
+                r = send.fuse() => r,
+            }
         };
+        if res.is_ok() {
+            self.waited_at = None;
+        }
         if let Err(e) = &res {
             // openraft retries quietly; a follower that never takes its snapshot never
             // catches up, so say so where operators look.
@@ -263,6 +493,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Err(Fail::Unreachable(msg)) => {
                 Err(StreamingError::Unreachable(Unreachable::from_string(msg)))
             }
+            Err(Fail::EncodingRefused) => Err(StreamingError::Unreachable(
+                Unreachable::from_string(format!("{} refused the snapshot's encoding", self.addr)),
+            )),
         }
     }
 
@@ -278,5 +511,172 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             option.hard_ttl(),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft_types::{Entry, LogId};
+    use crate::vault::Command;
+    use openraft::EntryPayload;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        openraft::LogId::new(
+            openraft::vote::leader_id_std::CommittedLeaderId::new(term),
+            index,
+        )
+    }
+
+    fn tokenize(index: u64) -> Entry {
+        let card = crate::vault::SealedCard {
+            brand: crate::vault::card::Brand::Visa,
+            last4: "4242".into(),
+            exp_month: 12,
+            exp_year: 2035,
+            key_version: 1,
+            nonce: vec![7; 12],
+            ciphertext: vec![3; 48],
+        };
+        Entry {
+            log_id: log_id(2, index),
+            payload: EntryPayload::Normal(Command::Tokenize {
+                merchant_id: "mer_1".into(),
+                token: format!("tok_{index}"),
+                kind: crate::vault::TokenKind::CardOnFile,
+                member_id: Some("member".into()),
+                card,
+                at_ms: index,
+                expires_at_ms: None,
+                fingerprint: Some("ab".repeat(32)),
+                key_role: crate::vault::KeyRole::Secret,
+                cvc_supplied: false,
+            }),
+        }
+    }
+
+    fn same<T: std::fmt::Debug>(a: &T, b: &T) {
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+
+    fn headers(content_type: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(ct) = content_type {
+            h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn raft_messages_round_trip_in_msgpack_smaller_than_their_json() {
+        let mut entries: Vec<Entry> = (10..40).map(tokenize).collect();
+        entries.push(Entry {
+            log_id: log_id(2, 40),
+            payload: EntryPayload::Membership(openraft::Membership::new_with_defaults(
+                vec![[1u64, 2, 3].into_iter().collect()],
+                [],
+            )),
+        });
+        entries.push(Entry {
+            log_id: log_id(2, 41),
+            payload: EntryPayload::Blank,
+        });
+        let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(log_id(2, 9)),
+            leader_commit: Some(log_id(2, 8)),
+            entries,
+        };
+        let packed = Encoding::MsgPack.encode(&append);
+        let json = Encoding::Json.encode(&append);
+        assert!(
+            packed.len() * 10 < json.len() * 8,
+            "msgpack {} bytes, json {}",
+            packed.len(),
+            json.len()
+        );
+        // A sealed card's bytes travel as bytes.
+        assert!(packed.windows(48).any(|w| w == [3; 48]));
+        same(
+            &Encoding::MsgPack
+                .decode::<AppendEntriesRequest<TypeConfig>>(&packed)
+                .unwrap(),
+            &append,
+        );
+        same(
+            &Encoding::Json
+                .decode::<AppendEntriesRequest<TypeConfig>>(&json)
+                .unwrap(),
+            &append,
+        );
+
+        let answers: Vec<AppendEntriesResponse<TypeConfig>> = vec![
+            AppendEntriesResponse::Success,
+            AppendEntriesResponse::PartialSuccess(Some(log_id(2, 20))),
+            AppendEntriesResponse::PartialSuccess(None),
+            AppendEntriesResponse::Conflict,
+            AppendEntriesResponse::HigherVote(Vote::new(3, 2)),
+        ];
+        for a in &answers {
+            let back: AppendEntriesResponse<TypeConfig> = Encoding::MsgPack
+                .decode(&Encoding::MsgPack.encode(a))
+                .unwrap();
+            same(&back, a);
+        }
+        let ballot: VoteRequest<TypeConfig> =
+            VoteRequest::new(Vote::new(4, 3), Some(log_id(2, 41)));
+        let back: VoteRequest<TypeConfig> = Encoding::MsgPack
+            .decode(&Encoding::MsgPack.encode(&ballot))
+            .unwrap();
+        same(&back, &ballot);
+        let answer: VoteResponse<TypeConfig> =
+            VoteResponse::new(Vote::new(4, 3), Some(log_id(2, 41)), true);
+        let back: VoteResponse<TypeConfig> = Encoding::MsgPack
+            .decode(&Encoding::MsgPack.encode(&answer))
+            .unwrap();
+        same(&back, &answer);
+        // A cut message is an error, not a panic or a half-read request.
+        assert!(Encoding::MsgPack
+            .decode::<AppendEntriesRequest<TypeConfig>>(&packed[..packed.len() / 2])
+            .is_err());
+    }
+
+    #[test]
+    fn the_encoding_is_read_from_the_content_type() {
+        assert_eq!(Encoding::of(&headers(None)), Some(Encoding::Json));
+        assert_eq!(
+            Encoding::of(&headers(Some("application/json"))),
+            Some(Encoding::Json)
+        );
+        assert_eq!(
+            Encoding::of(&headers(Some("Application/MsgPack"))),
+            Some(Encoding::MsgPack)
+        );
+        assert_eq!(
+            Encoding::of(&headers(Some("application/msgpack; charset=binary"))),
+            Some(Encoding::MsgPack)
+        );
+        assert_eq!(Encoding::of(&headers(Some("application/cbor"))), None);
+        assert_eq!(Encoding::of(&headers(Some("text/plain"))), None);
+    }
+
+    #[test]
+    fn a_peer_that_cannot_read_msgpack_is_told_apart_from_other_failures() {
+        use http::StatusCode;
+        assert!(Encoding::refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, b""));
+        // What a kura from before MessagePack answers a body that is not JSON.
+        assert!(Encoding::refused(
+            StatusCode::BAD_REQUEST,
+            b"bad raft request: expected value at line 1 column 1"
+        ));
+        assert!(!Encoding::refused(
+            StatusCode::BAD_REQUEST,
+            b"something else"
+        ));
+        assert!(!Encoding::refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            b"bad raft request"
+        ));
+        assert!(!Encoding::refused(StatusCode::FORBIDDEN, b""));
     }
 }

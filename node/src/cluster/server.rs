@@ -1,6 +1,6 @@
 //! The Raft RPC server: the peer side of [`network`](super::network).
 
-use super::network::{SnapshotDone, SNAPSHOT_CHUNK_BYTES};
+use super::network::{Encoding, SnapshotDone, BAD_REQUEST_PREFIX, SNAPSHOT_CHUNK_BYTES};
 use super::{Cluster, CLUSTER_ID_HEADER, NODE_ID_HEADER};
 use crate::member::NodeId;
 use crate::net::tls::Identity as CertIdentity;
@@ -113,8 +113,17 @@ fn voter(v: &crate::raft_types::Vote) -> NodeId {
 }
 
 fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Response {
+    reply_as(Encoding::Json, r)
+}
+
+/// Answers in `enc`, the encoding the request came in.
+fn reply_as<T: Serialize, E: std::fmt::Display>(enc: Encoding, r: Result<T, E>) -> Response {
     match r {
-        Ok(v) => axum::Json(v).into_response(),
+        Ok(v) => (
+            [(http::header::CONTENT_TYPE, enc.content_type())],
+            enc.encode(&v),
+        )
+            .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }
@@ -156,16 +165,25 @@ macro_rules! rpc_handler {
             if let Err(r) = admit(&c, &headers).await {
                 return r;
             }
-            match serde_json::from_slice(&body) {
+            let Some(enc) = Encoding::of(&headers) else {
+                return (
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "raft requests are application/msgpack or application/json",
+                )
+                    .into_response();
+            };
+            match enc.decode(&body) {
                 Ok(req) => {
                     if let Some(r) = sender_refusal(ident.as_deref(), $sender(&req)) {
                         return r;
                     }
-                    reply(c.raft.$method(req).await)
+                    reply_as(enc, c.raft.$method(req).await)
                 }
-                Err(e) => {
-                    (StatusCode::BAD_REQUEST, format!("bad raft request: {e}")).into_response()
-                }
+                Err(e) => (
+                    StatusCode::BAD_REQUEST,
+                    format!("{}: {e}", String::from_utf8_lossy(BAD_REQUEST_PREFIX)),
+                )
+                    .into_response(),
             }
         }
     };

@@ -477,6 +477,16 @@ impl Store {
         self.read_snapshot()
     }
 
+    /// The log index the current snapshot covers up to (0 without one).
+    pub fn snapshot_index(&self) -> io::Result<u64> {
+        Ok(self
+            .read_meta(KEY_SNAPSHOT_META)?
+            .map(|m| decode::<SnapshotMeta>(&m))
+            .transpose()?
+            .and_then(|m| m.last_log_id)
+            .map_or(0, |l| l.index))
+    }
+
     /// The current snapshot, if any.
     fn read_snapshot(&self) -> io::Result<Option<Snapshot>> {
         // A newer snapshot may be recorded, and this one's file removed, between reading
