@@ -279,6 +279,17 @@ async fn the_peer_plane_admits_only_members_and_each_speaks_only_for_itself() {
         }
     }
 
+    // A Raft request in an encoding kura does not read is refused as such.
+    let ballot: VoteRequest<TypeConfig> = VoteRequest::new(Vote::new(FORGED_TERM, 2), None);
+    for node in 0..3 {
+        let body = (
+            Some("application/cbor"),
+            serde_json::to_vec(&ballot).unwrap(),
+        );
+        let r = post(&node2, &c.raft[node], "/raft/vote", 2, &cluster_id, body).await;
+        assert_eq!(r.ok(), Some(415), "an unknown encoding on node {node}");
+    }
+
     // Nothing moved: same terms, leader, logs and state on every node.
     for (i, was) in before.iter().enumerate() {
         assert_eq!(
