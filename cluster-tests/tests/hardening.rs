@@ -210,7 +210,24 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
         .count();
     assert_eq!(still_open, 0, "idle connections of the flood left open: {still_open} ({not_connected} never connected; node: {refused} refused per address, {timeouts} timed out)");
 
-    assert!(refused >= 700.0, "refused per address: {refused}");
+    // Every connection is accounted for: refused at once over the cap, closed by the
+    // header timeout once admitted, or never connected (dropped by the kernel's
+    // backlog: it never reached the node). 400 slow clients and 1,000 flood
+    // connections, less a little for slow clients whose connect failed.
+    let accounted = refused + timeouts + not_connected as f64;
+    assert!(
+        accounted >= 1_390.0,
+        "{accounted} of 1,400 abusive connections refused, timed out or never connected \
+         ({refused} refused per address, {timeouts} timed out, {not_connected} never connected)"
+    );
+    // The cap refused the bulk of the flood. Not all of its 700 over-the-cap
+    // connections need be refused: on a loaded machine the 1,000 connects spread over
+    // more than a header timeout, and a late one is admitted into a slot that an early
+    // one's timeout freed (and is closed by the timeout in its turn).
+    assert!(
+        refused >= 400.0,
+        "refused per address: {refused} ({not_connected} never connected)"
+    );
     assert!(timeouts >= 500.0, "closed by timeouts: {timeouts}");
     eprintln!(
         "20 normal tokenizations in {served_in:?} under 400 slow clients and a 1,000-connection flood; \

@@ -23,48 +23,42 @@ const FORGED_TERM: u64 = 99;
 /// The node the forged requests claim to come from.
 const CLAIMED: u64 = 3;
 
+/// The Raft RPCs, each claiming to come from node 3, in `enc`.
+fn forged_rpcs(enc: Encoding) -> Vec<(&'static str, Vec<u8>)> {
+    let vote = Vote::new_committed(FORGED_TERM, CLAIMED);
+    let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
+        vote,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![],
+    };
+    let ballot: VoteRequest<TypeConfig> = VoteRequest::new(Vote::new(FORGED_TERM, CLAIMED), None);
+    let transfer: TransferLeaderRequest<TypeConfig> =
+        TransferLeaderRequest::new(vote, CLAIMED, None);
+    vec![
+        ("/raft/append", enc.encode(&append)),
+        ("/raft/vote", enc.encode(&ballot)),
+        ("/raft/pre-vote", enc.encode(&ballot)),
+        ("/raft/transfer-leader", enc.encode(&transfer)),
+    ]
+}
+
 /// Every peer route with a well-formed body claiming to come from node 3, and the Raft
 /// RPCs again in MessagePack (what members send each other).
 fn forged_requests() -> Vec<(&'static str, Option<&'static str>, Vec<u8>)> {
-    let mut all: Vec<_> = forged_json()
-        .into_iter()
-        .map(|(path, body)| (path, None, body))
-        .collect();
     let msgpack = Encoding::MsgPack;
-    let vote = Vote::new_committed(FORGED_TERM, CLAIMED);
-    let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
-        vote,
-        prev_log_id: None,
-        leader_commit: None,
-        entries: vec![],
-    };
-    let ballot: VoteRequest<TypeConfig> = VoteRequest::new(Vote::new(FORGED_TERM, CLAIMED), None);
-    let transfer: TransferLeaderRequest<TypeConfig> =
-        TransferLeaderRequest::new(vote, CLAIMED, None);
-    for (path, body) in [
-        ("/raft/append", msgpack.encode(&append)),
-        ("/raft/vote", msgpack.encode(&ballot)),
-        ("/raft/pre-vote", msgpack.encode(&ballot)),
-        ("/raft/transfer-leader", msgpack.encode(&transfer)),
-    ] {
-        all.push((path, Some(msgpack.content_type()), body));
-    }
-    all
+    let json = forged_json()
+        .into_iter()
+        .map(|(path, body)| (path, None, body));
+    let packed = forged_rpcs(msgpack)
+        .into_iter()
+        .map(|(path, body)| (path, Some(msgpack.content_type()), body));
+    json.chain(packed).collect()
 }
 
 fn forged_json() -> Vec<(&'static str, Vec<u8>)> {
-    let vote = Vote::new_committed(FORGED_TERM, CLAIMED);
-    let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
-        vote,
-        prev_log_id: None,
-        leader_commit: None,
-        entries: vec![],
-    };
-    let ballot: VoteRequest<TypeConfig> = VoteRequest::new(Vote::new(FORGED_TERM, CLAIMED), None);
-    let transfer: TransferLeaderRequest<TypeConfig> =
-        TransferLeaderRequest::new(vote, CLAIMED, None);
     let snapshot = kura_node::cluster::SnapshotDone {
-        vote,
+        vote: Vote::new_committed(FORGED_TERM, CLAIMED),
         meta: SnapshotMeta {
             last_log_id: None,
             last_membership: Default::default(),
@@ -72,14 +66,8 @@ fn forged_json() -> Vec<(&'static str, Vec<u8>)> {
         transfer: "3-1-0-0".into(),
         len: 0,
     };
-    vec![
-        ("/raft/append", serde_json::to_vec(&append).unwrap()),
-        ("/raft/vote", serde_json::to_vec(&ballot).unwrap()),
-        ("/raft/pre-vote", serde_json::to_vec(&ballot).unwrap()),
-        (
-            "/raft/transfer-leader",
-            serde_json::to_vec(&transfer).unwrap(),
-        ),
+    let mut all = forged_rpcs(Encoding::Json);
+    all.extend([
         (
             "/raft/snapshot/done",
             serde_json::to_vec(&snapshot).unwrap(),
@@ -89,7 +77,8 @@ fn forged_json() -> Vec<(&'static str, Vec<u8>)> {
             br#"{"token":"tok_forged","expires_at_ms":99999999999999,"sealed":"00"}"#.to_vec(),
         ),
         ("/raft/handoff-cause", b"storage 99".to_vec()),
-    ]
+    ]);
+    all
 }
 
 /// Posts `body` to `path` on `addr` as node `from`, with the cluster's id (as a member

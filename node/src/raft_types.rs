@@ -89,3 +89,46 @@ impl SnapshotData {
     }
 }
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// Log entries for tests.
+#[cfg(test)]
+pub(crate) mod test_entries {
+    use super::{Entry, LogId};
+    use crate::vault::Command;
+    use openraft::EntryPayload;
+
+    pub(crate) fn log_id(term: u64, index: u64) -> LogId {
+        openraft::LogId::new(
+            openraft::vote::leader_id_std::CommittedLeaderId::new(term),
+            index,
+        )
+    }
+
+    /// A card on file tokenized at `log_id`, its sealed card `ciphertext_len` bytes of 3.
+    pub(crate) fn tokenize(log_id: LogId, token: &str, ciphertext_len: usize) -> Entry {
+        let card = crate::vault::SealedCard {
+            brand: crate::vault::card::Brand::Visa,
+            last4: "4242".into(),
+            exp_month: 12,
+            exp_year: 2035,
+            key_version: 1,
+            nonce: vec![7; 12],
+            ciphertext: vec![3; ciphertext_len],
+        };
+        Entry {
+            log_id,
+            payload: EntryPayload::Normal(Command::Tokenize {
+                merchant_id: "mer_1".into(),
+                token: token.into(),
+                kind: crate::vault::TokenKind::CardOnFile,
+                member_id: Some("member".into()),
+                card,
+                at_ms: log_id.index,
+                expires_at_ms: None,
+                fingerprint: Some("ab".repeat(32)),
+                key_role: crate::vault::KeyRole::Secret,
+                cvc_supplied: false,
+            }),
+        }
+    }
+}

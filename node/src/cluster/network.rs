@@ -517,42 +517,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft_types::{Entry, LogId};
-    use crate::vault::Command;
+    use crate::raft_types::test_entries::{self, log_id};
+    use crate::raft_types::Entry;
     use openraft::EntryPayload;
 
-    fn log_id(term: u64, index: u64) -> LogId {
-        openraft::LogId::new(
-            openraft::vote::leader_id_std::CommittedLeaderId::new(term),
-            index,
-        )
-    }
-
     fn tokenize(index: u64) -> Entry {
-        let card = crate::vault::SealedCard {
-            brand: crate::vault::card::Brand::Visa,
-            last4: "4242".into(),
-            exp_month: 12,
-            exp_year: 2035,
-            key_version: 1,
-            nonce: vec![7; 12],
-            ciphertext: vec![3; 48],
-        };
-        Entry {
-            log_id: log_id(2, index),
-            payload: EntryPayload::Normal(Command::Tokenize {
-                merchant_id: "mer_1".into(),
-                token: format!("tok_{index}"),
-                kind: crate::vault::TokenKind::CardOnFile,
-                member_id: Some("member".into()),
-                card,
-                at_ms: index,
-                expires_at_ms: None,
-                fingerprint: Some("ab".repeat(32)),
-                key_role: crate::vault::KeyRole::Secret,
-                cvc_supplied: false,
-            }),
-        }
+        test_entries::tokenize(log_id(2, index), &format!("tok_{index}"), 48)
     }
 
     fn same<T: std::fmt::Debug>(a: &T, b: &T) {

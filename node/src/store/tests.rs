@@ -662,30 +662,7 @@ async fn every_read_sees_one_applied_state_while_applies_and_flushes_go_on() {
 
 #[test]
 fn log_entries_are_stored_in_msgpack_and_entries_in_json_still_read() {
-    let card = crate::vault::SealedCard {
-        brand: crate::vault::card::Brand::Visa,
-        last4: "4242".into(),
-        exp_month: 12,
-        exp_year: 2035,
-        key_version: 1,
-        nonce: vec![7; 12],
-        ciphertext: vec![3; 32],
-    };
-    let e = Entry {
-        log_id: log_id(3, 42),
-        payload: EntryPayload::Normal(Command::Tokenize {
-            merchant_id: "mer_1".into(),
-            token: "tok_1".into(),
-            kind: crate::vault::TokenKind::CardOnFile,
-            member_id: Some("member".into()),
-            card,
-            at_ms: 1,
-            expires_at_ms: None,
-            fingerprint: Some("ab".repeat(32)),
-            key_role: crate::vault::KeyRole::Secret,
-            cvc_supplied: false,
-        }),
-    };
+    let e = crate::raft_types::test_entries::tokenize(log_id(3, 42), "tok_1", 32);
     let json = encode(&e);
     let stored = encode_entry(&e);
     assert_eq!(stored[0], ENTRY_MSGPACK);
