@@ -735,8 +735,9 @@ async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
             // Let it finish (the snapshot index moves) before judging again.
             for _ in 0..300 {
                 crate::runtime::sleep(second).await;
-                if cluster.status().snapshot_index != before {
-                    seen = cluster.status().snapshot_index;
+                let now = cluster.status().snapshot_index;
+                if now != before {
+                    seen = now;
                     break;
                 }
             }

@@ -173,13 +173,13 @@ impl PeerClient {
             .map(|(_, body)| body)
     }
 
-    /// Posts `body`, of `content_type` if given (JSON otherwise); returns the answer's
-    /// encoding and body.
+    /// Posts `body`, labelled as `enc` if given; returns the answer's encoding and body.
+    /// Only a MessagePack request can fail with [`Fail::EncodingRefused`].
     async fn post_as(
         &self,
         path: &str,
         body: Bytes,
-        content_type: Option<&'static str>,
+        enc: Option<Encoding>,
         ttl: Duration,
     ) -> Result<(Encoding, Bytes), Fail> {
         let cluster = self
@@ -196,8 +196,8 @@ impl PeerClient {
             &cluster,
             body,
         );
-        if let Some(ct) = content_type {
-            let value = http::HeaderValue::from_static(ct);
+        if let Some(enc) = enc {
+            let value = http::HeaderValue::from_static(enc.content_type());
             req.headers_mut()
                 .insert(http::header::CONTENT_TYPE, value.clone());
             req.headers_mut().insert(http::header::ACCEPT, value);
@@ -215,7 +215,10 @@ impl PeerClient {
                 })?;
                 Ok((enc, resp.into_body()))
             }
-            Ok(resp) if content_type.is_some() && Encoding::refused(resp.status(), resp.body()) => {
+            Ok(resp)
+                if enc == Some(Encoding::MsgPack)
+                    && Encoding::refused(resp.status(), resp.body()) =>
+            {
                 Err(Fail::EncodingRefused)
             }
             Ok(resp) => Err(Fail::Unreachable(format!(
@@ -238,18 +241,21 @@ impl PeerClient {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        let bad = |e: io::Error| {
-            RPCError::Network(NetworkError::from_string(format!(
-                "bad {action:?} response: {e}"
-            )))
-        };
-        if !self.json_only.load(Ordering::Relaxed) {
-            let body = Bytes::from(Encoding::MsgPack.encode(req));
-            match self
-                .post_as(path, body, Some(Encoding::MsgPack.content_type()), ttl)
-                .await
-            {
-                Ok((enc, bytes)) => return enc.decode(&bytes).map_err(bad),
+        loop {
+            let enc = if self.json_only.load(Ordering::Relaxed) {
+                Encoding::Json
+            } else {
+                Encoding::MsgPack
+            };
+            let body = Bytes::from(enc.encode(req));
+            match self.post_as(path, body, Some(enc), ttl).await {
+                Ok((answer, bytes)) => {
+                    return answer.decode(&bytes).map_err(|e| {
+                        RPCError::Network(NetworkError::from_string(format!(
+                            "bad {action:?} response: {e}"
+                        )))
+                    })
+                }
                 Err(Fail::EncodingRefused) => {
                     tracing::warn!(
                         target_node = self.target,
@@ -259,11 +265,6 @@ impl PeerClient {
                 }
                 Err(f) => return Err(self.rpc_error(action, f)),
             }
-        }
-        let body = Bytes::from(Encoding::Json.encode(req));
-        match self.post_as(path, body, None, ttl).await {
-            Ok((enc, bytes)) => enc.decode(&bytes).map_err(bad),
-            Err(f) => Err(self.rpc_error(action, f)),
         }
     }
 

@@ -480,11 +480,16 @@ impl Store {
     /// The log index the current snapshot covers up to (0 without one).
     pub fn snapshot_index(&self) -> io::Result<u64> {
         Ok(self
-            .read_meta(KEY_SNAPSHOT_META)?
-            .map(|m| decode::<SnapshotMeta>(&m))
-            .transpose()?
+            .recorded_snapshot_meta()?
             .and_then(|m| m.last_log_id)
             .map_or(0, |l| l.index))
+    }
+
+    /// The current snapshot's meta as recorded, without opening its file.
+    fn recorded_snapshot_meta(&self) -> io::Result<Option<SnapshotMeta>> {
+        self.read_meta(KEY_SNAPSHOT_META)?
+            .map(|m| decode::<SnapshotMeta>(&m))
+            .transpose()
     }
 
     /// The current snapshot, if any.
@@ -535,10 +540,7 @@ impl Store {
     pub(super) async fn record_snapshot(&self, meta: &SnapshotMeta, file: u64) -> io::Result<()> {
         let _order = self.snapshot_order.lock().await;
         let index = |m: &SnapshotMeta| m.last_log_id.map(|l| l.index);
-        let current = self
-            .read_meta(KEY_SNAPSHOT_META)?
-            .map(|m| decode::<SnapshotMeta>(&m))
-            .transpose()?;
+        let current = self.recorded_snapshot_meta()?;
         if let Some(current) = current.filter(|c| index(c) > index(meta)) {
             self.snapshots.discard(file);
             tracing::info!(

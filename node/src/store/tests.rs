@@ -1,4 +1,5 @@
 use super::*;
+use crate::raft_types::test_entries::log_id;
 use crate::raft_types::{Entry, LogId, SnapshotMeta, TypeConfig};
 use crate::vault::Command;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftStateMachine};
@@ -6,13 +7,6 @@ use openraft::{EntryPayload, Vote};
 
 fn noop_fsync() -> FsyncObserver {
     Arc::new(|_| {})
-}
-
-fn log_id(term: u64, index: u64) -> LogId {
-    openraft::LogId::new(
-        openraft::vote::leader_id_std::CommittedLeaderId::new(term),
-        index,
-    )
 }
 
 fn entry(term: u64, index: u64) -> Entry {
