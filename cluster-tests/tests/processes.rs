@@ -208,6 +208,19 @@ async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
         s["snapshot_index"].as_u64().unwrap_or(0) + SMALL_SNAPSHOT_ENTRIES >= target,
         "caught up from a snapshot more than {SMALL_SNAPSHOT_ENTRIES} entries behind {target}: {s}"
     );
+    // It wrote its vault while the snapshot arrived, and installing took that vault.
+    let log = std::fs::read_to_string(c.log_path(f)).unwrap();
+    let installed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("snapshot installed"))
+        .collect();
+    assert!(
+        !installed.is_empty()
+            && installed
+                .iter()
+                .all(|l| l.contains("written_on_arrival=true")),
+        "{installed:?}"
+    );
     let via_wiped = c.client(&[f], &key);
     for t in &tokens {
         via_wiped.get_token(t).await.expect("readable through it");

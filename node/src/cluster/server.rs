@@ -270,7 +270,7 @@ async fn snapshot_chunk(
             "no snapshot upload stands at this offset; start again from 0",
         );
     };
-    if let Err(e) = up.file.append(&body) {
+    if let Err(e) = up.file.append(body).await {
         *incoming = None;
         tracing::warn!(error = %e, "cannot write a received snapshot");
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot");

@@ -13,6 +13,7 @@ pub mod backup;
 mod log;
 pub mod offline;
 mod overlay;
+mod prefill;
 mod sim_disk;
 mod sm;
 mod snapshot_files;
@@ -76,6 +77,8 @@ pub struct Store {
     durable_log: Arc<std::sync::atomic::AtomicU64>,
     /// Told of every snapshot built or installed (for the metrics), once set.
     snapshot_observer: Arc<std::sync::OnceLock<SnapshotObserver>>,
+    /// The vault generation written while the last snapshot upload arrived.
+    prefilled: prefill::Prefilled,
 }
 
 /// Called with `build` or `install`, how long it took and the snapshot's size in bytes.
@@ -220,6 +223,7 @@ impl Store {
             apply_check: None,
             durable_log,
             snapshot_observer: Arc::default(),
+            prefilled: prefill::Prefilled::default(),
             vault_files: Arc::new(vault_db::VaultFiles::new(
                 vault_dir,
                 sync == SyncPolicy::Fsync,

@@ -17,6 +17,7 @@
 //! batches and switches to it with one durable commit.
 
 use super::overlay::{self, Changes, Layered};
+use super::prefill::{Prefill, Prefilled};
 use super::snapshot_stream::{self, Encoder};
 use super::vault_db::{self, FileView, ReadTables, VaultDb, VaultFiles, WriteTables};
 use super::writer::{Done, Op};
@@ -527,11 +528,21 @@ impl Store {
         self.snapshots.open_file(id)
     }
 
-    /// A new snapshot file to receive one a chunk at a time.
+    /// A new snapshot file to receive one a chunk at a time — and, on a node that runs
+    /// threads, a new vault generation written from the chunks as they come
+    /// ([`super::prefill`]).
     pub fn receive_snapshot(&self) -> io::Result<SnapshotUpload> {
+        let prefill = match self.mode {
+            super::WriterMode::Threaded => Prefill::start(self.vault_files.clone())
+                .map_err(|e| tracing::warn!(error = %e, "cannot write the vault while a snapshot arrives; it will be written from the file"))
+                .ok(),
+            super::WriterMode::Task => None,
+        };
         Ok(SnapshotUpload {
             writer: self.snapshots.create()?,
             files: self.snapshots.clone(),
+            prefill,
+            prefilled: self.prefilled.clone(),
         })
     }
 
@@ -571,12 +582,19 @@ impl Store {
 pub struct SnapshotUpload {
     writer: super::snapshot_files::SnapshotWriter,
     files: Arc<super::snapshot_files::SnapshotFiles>,
+    prefill: Option<Prefill>,
+    prefilled: Prefilled,
 }
 
 impl SnapshotUpload {
-    /// Appends the next chunk.
-    pub fn append(&mut self, chunk: &[u8]) -> io::Result<()> {
-        self.writer.append(chunk)
+    /// Appends the next chunk to the file, and hands it to the vault being written
+    /// from it (waiting while that is behind).
+    pub async fn append(&mut self, chunk: bytes::Bytes) -> io::Result<()> {
+        self.writer.append(&chunk)?;
+        if let Some(p) = &mut self.prefill {
+            p.push(chunk).await;
+        }
+        Ok(())
     }
 
     /// Bytes received so far.
@@ -588,6 +606,9 @@ impl SnapshotUpload {
     /// recorded).
     pub fn finish(self) -> io::Result<SnapshotData> {
         let id = self.writer.finish()?;
+        if let Some(p) = self.prefill {
+            self.prefilled.keep(id, p);
+        }
         self.files.open_file(id)
     }
 }
@@ -749,13 +770,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let started = tokio::time::Instant::now();
         let files = self.files.clone();
-        let id = self.shared.state.lock().expect("vault lock").db.id + 1;
         let (records, applied) = (
             sm_records(&meta.last_log_id, &meta.last_membership),
             meta.last_log_id,
         );
-        let file = snapshot.clone();
-        let filled = self.store.blocking(move || fill(&files, id, &file)).await?;
+        let prefilled = self.store.prefilled.take(snapshot.id()).await;
+        let written_on_arrival = prefilled.is_some();
+        let filled = match prefilled {
+            Some(filled) => Ok(filled),
+            None => {
+                let file = snapshot.clone();
+                self.store
+                    .blocking(move || fill(&files, files.allocate()?, &file))
+                    .await?
+            }
+        };
         let (new, count) = match filled {
             Ok(x) => x,
             Err(e) => {
@@ -803,6 +832,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_log_id = ?meta.last_log_id,
             records = count,
             bytes = snapshot.len(),
+            written_on_arrival,
             ms = started.elapsed().as_millis() as u64,
             "snapshot installed"
         );
@@ -818,15 +848,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Writes the snapshot in `file` into a new vault generation `id`, a batch at a time
 /// (not yet complete).
 pub(super) fn fill(files: &VaultFiles, id: u64, file: &SnapshotData) -> io::Result<(VaultDb, u64)> {
+    fill_from(files, id, file.reader())
+}
+
+/// Writes the snapshot stream `read` gives into a new vault generation `id`, a batch
+/// at a time (not yet complete). On a failure the generation's file goes.
+pub(super) fn fill_from(
+    files: &VaultFiles,
+    id: u64,
+    read: impl FnMut(&mut [u8]) -> io::Result<()>,
+) -> io::Result<(VaultDb, u64)> {
     let new = files.create(id)?;
     let mut batch: Vec<(TableId, Vec<u8>, Vec<u8>)> = Vec::with_capacity(INSTALL_BATCH_RECORDS);
-    let count = snapshot_stream::decode(file.reader(), |t, k, v| {
+    let written = snapshot_stream::decode(read, |t, k, v| {
         batch.push((t, k.to_vec(), v.to_vec()));
         if batch.len() >= INSTALL_BATCH_RECORDS {
             vault_db::write_records(&new.db, &mut batch)?;
         }
         Ok(())
-    })?;
-    vault_db::write_records(&new.db, &mut batch)?;
-    Ok((new, count))
+    })
+    .and_then(|count| vault_db::write_records(&new.db, &mut batch).map(|()| count));
+    match written {
+        Ok(count) => Ok((new, count)),
+        Err(e) => {
+            new.retire();
+            Err(e)
+        }
+    }
 }

@@ -405,6 +405,99 @@ async fn a_damaged_snapshot_is_refused_and_the_vault_stays_as_it_was() {
     assert!(sm.get_current_snapshot().await.unwrap().is_none());
 }
 
+/// Uploads `data` as a peer's chunks of `chunk` bytes; the upload, finished.
+async fn upload(store: &Store, data: &[u8], chunk: usize) -> crate::raft_types::SnapshotData {
+    let mut up = store.receive_snapshot().unwrap();
+    for c in data.chunks(chunk) {
+        up.append(bytes::Bytes::copy_from_slice(c)).await.unwrap();
+    }
+    up.finish().unwrap()
+}
+
+/// Waits (a few seconds at most) until the vault directory holds `n` files.
+async fn vault_files_become(dir: &Path, n: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let names = file_names(&dir.join("k.vault"));
+        if names.len() == n {
+            return names;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    file_names(&dir.join("k.vault"))
+}
+
+#[tokio::test]
+async fn a_received_snapshot_is_written_into_a_new_vault_as_it_arrives() {
+    let (dir, store, _) = counting_store();
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
+    let current = file_names(&dir.path().join("k.vault"));
+    assert_eq!(current.len(), 1);
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(1, 40)),
+        last_membership: Default::default(),
+    };
+    let stream = snapshot_stream::encode_tables(vault_after(40).tables());
+    // Chunks that cut the stream's frames and records anywhere.
+    let data = upload(&store, &stream, 97).await;
+    // The new generation exists before the install is asked for...
+    let during = vault_files_become(dir.path(), 2).await;
+    let written: Vec<&String> = during.iter().filter(|n| !current.contains(n)).collect();
+    assert_eq!(written.len(), 1, "{during:?}");
+    let written = written[0].clone();
+    sm.install_snapshot(&meta, data).await.unwrap();
+    // ...and is the one installed, holding exactly the snapshot's vault.
+    assert_eq!(file_names(&dir.path().join("k.vault")), vec![written]);
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(40).tables())
+    );
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 40)));
+}
+
+#[tokio::test]
+async fn an_upload_given_up_or_damaged_leaves_no_vault_file_and_installs_from_its_file() {
+    let (dir, store, _) = counting_store();
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
+    let before = served(&sm);
+    let stream = snapshot_stream::encode_tables(vault_after(30).tables());
+
+    // Given up halfway (a new upload replaced it): its generation goes.
+    let mut up = store.receive_snapshot().unwrap();
+    up.append(bytes::Bytes::copy_from_slice(&stream[..stream.len() / 2]))
+        .await
+        .unwrap();
+    drop(up);
+    assert_eq!(vault_files_become(dir.path(), 1).await.len(), 1);
+
+    // Damaged: the generation written on arrival is refused and goes; installing
+    // reads the file, and refuses it too; the vault stays as it was.
+    let mut damaged = stream.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x40;
+    let data = upload(&store, &damaged, 64).await;
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(1, 30)),
+        last_membership: Default::default(),
+    };
+    let e = sm.install_snapshot(&meta, data).await.unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+    assert_eq!(served(&sm), before);
+    assert_eq!(vault_files_become(dir.path(), 1).await.len(), 1);
+
+    // Finished but never installed, then replaced by the next upload: only the
+    // installed generation stays.
+    let _unused = upload(&store, &stream, 1000).await;
+    let data = upload(&store, &stream, 1000).await;
+    sm.install_snapshot(&meta, data).await.unwrap();
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(30).tables())
+    );
+    assert_eq!(vault_files_become(dir.path(), 1).await.len(), 1);
+}
+
 #[tokio::test]
 async fn applies_are_durable_only_from_a_durable_commit_and_a_snapshot_makes_one() {
     let disk = SimDisk::new();

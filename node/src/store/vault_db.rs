@@ -89,6 +89,8 @@ pub(crate) struct VaultFiles {
     dir: Arc<dyn SegmentDir>,
     sync: bool,
     cache_bytes: usize,
+    /// The lowest generation id not yet handed out by [`VaultFiles::allocate`].
+    next: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One open generation. Once retired (replaced by a newer one), its file goes when the
@@ -143,6 +145,7 @@ impl VaultFiles {
             dir,
             sync,
             cache_bytes,
+            next: Arc::default(),
         }
     }
 
@@ -152,6 +155,26 @@ impl VaultFiles {
             dir: self.dir.clone(),
             sync: self.sync,
             cache_bytes: bytes,
+            next: self.next.clone(),
+        }
+    }
+
+    /// An id for a new generation: above every file in the directory (so above the
+    /// current generation) and never handed out twice, so that an install and a
+    /// snapshot written while it arrives never share a file.
+    pub(crate) fn allocate(&self) -> io::Result<u64> {
+        use std::sync::atomic::Ordering;
+        let floor = self.dir.list()?.into_iter().max().map_or(1, |m| m + 1);
+        let mut next = self.next.load(Ordering::Acquire);
+        loop {
+            let id = next.max(floor);
+            match self
+                .next
+                .compare_exchange(next, id + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(id),
+                Err(seen) => next = seen,
+            }
         }
     }
 
