@@ -187,8 +187,9 @@ pub async fn run(args: Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let catch_up = wiped.elapsed();
-    // Where the catch-up went: the follower's install (writing the received snapshot
-    // into a new vault file) against the rest (the leader noticing, sending, waiting).
+    // Where the catch-up went: the follower's install (after the last chunk: switching to
+    // the vault it wrote while the chunks arrived) against the rest (the leader noticing,
+    // sending while the follower writes, waiting).
     let installs = c
         .metric(
             f,
@@ -259,7 +260,7 @@ pub async fn run(args: Args) -> Result<(), String> {
          | {ok} tokens | {:.2} | {:.2} | {:.2} | {:.2} |\n\
          | full / empty | {} | {} | {} | |\n\n\
          p99 of each probe run, empty: {}; full: {}.\n\n\
-         Wiped follower ({}): data directory deleted, node restarted; it reached the leader's applied index ({target}) by snapshot in **{:.1} s** (the snapshot it installed holds {}: {:.0} MB/s of vault data); its data directory is then {}. Of that time, the leader built {} snapshot(s) in {:.1} s (a fresh one when its latest lagged the vault), the follower installed {} in {:.1} s (writing the received file into a new vault); the rest ({:.1} s) is noticing, sending and replaying the entries written meanwhile.",
+         Wiped follower ({}): data directory deleted, node restarted; it reached the leader's applied index ({target}) by snapshot in **{:.1} s** (the snapshot it installed holds {}: {:.0} MB/s of vault data); its data directory is then {}. Of that time, the leader built {} snapshot(s) in {:.1} s (a fresh one when its latest lagged the vault), the follower's install took {} call(s) and {:.1} s after the last chunk (switching to the vault it wrote while the chunks arrived); the rest ({:.1} s) is noticing, sending while writing that vault, and replaying the entries written meanwhile.",
         args.probe_rate,
         empty.ms(0.5),
         empty.ms(0.99),
