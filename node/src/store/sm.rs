@@ -97,13 +97,19 @@ struct Applied {
 }
 
 impl Applied {
+    /// The tables as applied: O(1) copies of the buffers over the file's read
+    /// transaction.
+    fn tables(&self) -> ViewTables {
+        Layered::new(
+            self.top.clone(),
+            self.below.clone(),
+            ReadTables::over(self.file.clone()),
+        )
+    }
+
     fn view(&self) -> View {
         View {
-            tables: Layered::new(
-                self.top.clone(),
-                self.below.clone(),
-                ReadTables::over(self.file.clone()),
-            ),
+            tables: self.tables(),
             last: self.last,
             membership: self.membership.clone(),
         }
@@ -152,7 +158,8 @@ impl SharedVault {
     /// Runs `f` on the vault as last applied. A storage failure voids whatever `f`
     /// came to.
     pub fn read<T>(&self, f: impl FnOnce(&VaultView) -> T) -> Result<T, StorageError> {
-        let view = Vault::new(self.view().tables);
+        // The tables only: a request's read needs no copy of the membership.
+        let view = Vault::new(self.state.lock().expect("vault lock").tables());
         let out = f(&view);
         match view.tables().failure() {
             Some(e) => Err(e),
