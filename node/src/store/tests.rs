@@ -384,11 +384,17 @@ async fn snapshots_live_in_their_own_files_and_an_older_one_never_replaces_a_new
     );
 }
 
-#[tokio::test]
-async fn a_damaged_snapshot_is_refused_and_the_vault_stays_as_it_was() {
-    let (_dir, store, _) = counting_store();
+/// A threaded store and its state machine, with the first two entries applied.
+async fn vault_with_two_entries() -> (tempfile::TempDir, Store, StateMachine) {
+    let (dir, store, _) = counting_store();
     let mut sm = StateMachine::open(store.clone()).unwrap();
     apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
+    (dir, store, sm)
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_is_refused_and_the_vault_stays_as_it_was() {
+    let (_dir, store, mut sm) = vault_with_two_entries().await;
     let before = served(&sm);
     let meta = SnapshotMeta {
         last_log_id: Some(log_id(1, 9)),
@@ -428,9 +434,7 @@ async fn vault_files_become(dir: &Path, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn a_received_snapshot_is_written_into_a_new_vault_as_it_arrives() {
-    let (dir, store, _) = counting_store();
-    let mut sm = StateMachine::open(store.clone()).unwrap();
-    apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
+    let (dir, store, mut sm) = vault_with_two_entries().await;
     let current = file_names(&dir.path().join("k.vault"));
     assert_eq!(current.len(), 1);
     let meta = SnapshotMeta {
@@ -457,9 +461,7 @@ async fn a_received_snapshot_is_written_into_a_new_vault_as_it_arrives() {
 
 #[tokio::test]
 async fn an_upload_given_up_or_damaged_leaves_no_vault_file_and_installs_from_its_file() {
-    let (dir, store, _) = counting_store();
-    let mut sm = StateMachine::open(store.clone()).unwrap();
-    apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
+    let (dir, store, mut sm) = vault_with_two_entries().await;
     let before = served(&sm);
     let stream = snapshot_stream::encode_tables(vault_after(30).tables());
 
