@@ -17,7 +17,7 @@
 //! batches and switches to it with one durable commit.
 
 use super::overlay::{self, Changes, Layered};
-use super::prefill::{Prefill, Prefilled};
+use super::prefill::{Filled, Prefill, Prefilled};
 use super::snapshot_stream::{self, Encoder};
 use super::vault_db::{self, FileView, ReadTables, VaultDb, VaultFiles, WriteTables};
 use super::writer::{Done, Op};
@@ -854,7 +854,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 /// Writes the snapshot in `file` into a new vault generation `id`, a batch at a time
 /// (not yet complete).
-pub(super) fn fill(files: &VaultFiles, id: u64, file: &SnapshotData) -> io::Result<(VaultDb, u64)> {
+pub(super) fn fill(files: &VaultFiles, id: u64, file: &SnapshotData) -> io::Result<Filled> {
     fill_from(files, id, file.reader())
 }
 
@@ -864,7 +864,7 @@ pub(super) fn fill_from(
     files: &VaultFiles,
     id: u64,
     read: impl FnMut(&mut [u8]) -> io::Result<()>,
-) -> io::Result<(VaultDb, u64)> {
+) -> io::Result<Filled> {
     let new = files.create(id)?;
     let mut batch: Vec<(TableId, Vec<u8>, Vec<u8>)> = Vec::with_capacity(INSTALL_BATCH_RECORDS);
     let written = snapshot_stream::decode(read, |t, k, v| {
