@@ -26,15 +26,20 @@ pub struct Args {
     pub results: PathBuf,
 }
 
-/// Tokenizes `n` cards on file with `clients` loaders; returns (acknowledged, failed).
-async fn load(client: &Client, n: u64, clients: u32) -> (u64, u64) {
+/// What the loaders have had answered so far.
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Tokenizes `n` cards on file with `clients` loaders, counting the answers in `counts`.
+async fn load(client: &Client, n: u64, clients: u32, counts: Arc<Counts>) {
     let next = Arc::new(AtomicU64::new(0));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|w| {
-            let (client, next, ok, failed) =
-                (client.clone(), next.clone(), ok.clone(), failed.clone());
+            let (client, next, counts) = (client.clone(), next.clone(), counts.clone());
             tokio::spawn(async move {
                 loop {
                     let seq = next.fetch_add(1, Ordering::Relaxed);
@@ -42,8 +47,8 @@ async fn load(client: &Client, n: u64, clients: u32) -> (u64, u64) {
                         return;
                     }
                     match client.tokenize(&tokenize_request(w, seq)).await {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => counts.ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => counts.failed.fetch_add(1, Ordering::Relaxed),
                     };
                     if seq > 0 && seq.is_multiple_of(50_000) {
                         eprintln!(
@@ -59,7 +64,77 @@ async fn load(client: &Client, n: u64, clients: u32) -> (u64, u64) {
     for t in tasks {
         t.await.expect("loader");
     }
-    (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+}
+
+/// The cluster as the vault grew: taken each time another tenth of the tokens is
+/// acknowledged.
+struct Grown {
+    tokens: u64,
+    secs: f64,
+    rss: Vec<Option<u64>>,
+    disk: Vec<u64>,
+}
+
+/// Samples the cluster at every tenth of `n` acknowledged tokens until the loaders are
+/// done: how the load rate, memory and disk move as the vault outgrows its caches.
+async fn watch_growth(c: &ProcCluster, n: u64, counts: &Counts) -> Vec<Grown> {
+    let started = Instant::now();
+    let mut grown = Vec::new();
+    let mut next = 1;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ok = counts.ok.load(Ordering::Relaxed);
+        let done = ok + counts.failed.load(Ordering::Relaxed) >= n;
+        let new = grown.last().is_none_or(|g: &Grown| g.tokens != ok);
+        if new && (ok >= n * next / 10 || done) {
+            let g = Grown {
+                tokens: ok,
+                secs: started.elapsed().as_secs_f64(),
+                rss: (0..3).map(|i| rss_bytes(c, i)).collect(),
+                disk: (0..3).map(|i| dir_bytes(c, i)).collect(),
+            };
+            eprintln!(
+                "  {ok} acknowledged at {:.0} s: RSS {}, disk {}",
+                g.secs,
+                per_node(&g.rss, |b| b.map_or_else(|| "?".into(), mib)),
+                per_node(&g.disk, |b| mib(*b))
+            );
+            grown.push(g);
+            while next <= 10 && ok >= n * next / 10 {
+                next += 1;
+            }
+        }
+        if done {
+            return grown;
+        }
+    }
+}
+
+/// `a / b / c`, one value per node.
+fn per_node<T>(v: &[T], show: impl Fn(&T) -> String) -> String {
+    v.iter().map(show).collect::<Vec<_>>().join(" / ")
+}
+
+/// The report's table of [`Grown`] samples.
+fn growth_table(grown: &[Grown]) -> String {
+    let mut t = String::from(
+        "\n## As the vault grew\n\nSampled during the load each time another tenth of the tokens was acknowledged; the rate is over the tenth that ends at the row.\n\n\
+         | tokens acknowledged | after | rate over the tenth | RSS main / dr / bk | disk main / dr / bk |\n|---:|---:|---:|---|---|\n",
+    );
+    let mut prev = (0u64, 0f64);
+    for g in grown {
+        let rate = (g.tokens - prev.0) as f64 / (g.secs - prev.1).max(1e-9);
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} s | {rate:.0}/s | {} | {} |",
+            g.tokens,
+            g.secs,
+            per_node(&g.rss, |b| b.map_or_else(|| "?".into(), mib)),
+            per_node(&g.disk, |b| mib(*b))
+        );
+        prev = (g.tokens, g.secs);
+    }
+    t
 }
 
 /// Latency probes per vault state: one 10-second run is at the mercy of a single
@@ -149,7 +224,15 @@ pub async fn run(args: Args) -> Result<(), String> {
         args.tokens, args.clients
     );
     let started = Instant::now();
-    let (ok, failed) = load(&client, args.tokens, args.clients).await;
+    let counts = Arc::new(Counts::default());
+    let ((), grown) = tokio::join!(
+        load(&client, args.tokens, args.clients, counts.clone()),
+        watch_growth(&c, args.tokens, &counts)
+    );
+    let (ok, failed) = (
+        counts.ok.load(Ordering::Relaxed),
+        counts.failed.load(Ordering::Relaxed),
+    );
     let load_secs = started.elapsed().as_secs_f64();
     eprintln!("  {ok} acknowledged, {failed} failed, {load_secs:.0} s");
     eprintln!("full vault:");
@@ -286,5 +369,6 @@ pub async fn run(args: Args) -> Result<(), String> {
         install_s,
         (catch_up.as_secs_f64() - install_s - build_s).max(0.0)
     );
+    t.push_str(&growth_table(&grown));
     report::publish(&args.results, "scale", &t)
 }
