@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TokenFormat {
-    /// `tok_` and 128 random bits in base62.
+    /// `tok_` and 22 base62 characters: the time the token was drawn (so ids sort by
+    /// it) and 80 random bits.
     #[default]
     Opaque,
     /// As long as the card number, keeps its last four digits, always fails Luhn.

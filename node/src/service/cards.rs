@@ -138,7 +138,7 @@ impl Service {
         let sealed = &record.card;
         let pan = self.open_card(merchant_id, one_time_token, sealed)?;
         let fingerprint = card_fingerprint(&self.fingerprint_key().await?, merchant_id, &pan);
-        let seal = self.seal_for_new_token(merchant_id, &pan).await?;
+        let seal = self.seal_for_new_token(merchant_id, &pan, now_ms).await?;
         let new_token = seal.token.clone();
         let expiry = Expiry {
             month: sealed.exp_month,

@@ -53,13 +53,15 @@ impl NewSeal {
 }
 
 impl Service {
-    /// Draws a new token id in the merchant's format and seals `digits` for it under the
-    /// current data key (the associated data binds merchant, token and key version),
-    /// creating the first data key if the vault has none.
+    /// Draws a new token id in the merchant's format (time-ordered from `now_ms` when
+    /// opaque) and seals `digits` for it under the current data key (the associated
+    /// data binds merchant, token and key version), creating the first data key if the
+    /// vault has none.
     pub(crate) async fn seal_for_new_token(
         &self,
         merchant_id: &str,
         digits: &str,
+        now_ms: u64,
     ) -> Result<NewSeal, SealError> {
         let (key_version, key) = self.current_data_key().await?;
         let format = self.read(|v| {
@@ -68,7 +70,7 @@ impl Service {
                 .unwrap_or_default()
         })?;
         let token = match format {
-            TokenFormat::Opaque => opaque_token_id(self.entropy.bytes()),
+            TokenFormat::Opaque => opaque_token_id(now_ms, self.entropy.bytes()),
             TokenFormat::Numeric => numeric_token_id(
                 self.entropy.bytes(),
                 digits.len(),

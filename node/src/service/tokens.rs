@@ -192,7 +192,9 @@ impl Service {
             TokenKind::CardOnFile => None,
         };
         for _ in 0..TOKEN_ID_ATTEMPTS {
-            let seal = self.seal_for_new_token(&merchant_id, pan.digits()).await?;
+            let seal = self
+                .seal_for_new_token(&merchant_id, pan.digits(), now_ms)
+                .await?;
             let token = seal.token.clone();
             let cmd = Command::Tokenize {
                 merchant_id: merchant_id.clone(),

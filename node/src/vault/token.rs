@@ -19,9 +19,24 @@ pub fn base62_u128(mut v: u128) -> String {
     String::from_utf8(out.to_vec()).expect("base62 alphabet is ASCII")
 }
 
-/// An opaque token id: `tok_` followed by 128 random bits in base62.
-pub fn opaque_token_id(random: [u8; 16]) -> String {
-    format!("tok_{}", base62_u128(u128::from_be_bytes(random)))
+/// Bits of a [`time_ordered`] id that hold its time; the other 80 are random.
+const TIME_BITS: u32 = 48;
+
+/// A 128-bit id that sorts by when it was drawn: the time in milliseconds since the
+/// Unix epoch in its top 48 bits (enough until the year 10889), 80 bits of `random`
+/// below. Tables keyed by such ids take each new one at their end, on a page already
+/// in memory, instead of on a random page of the whole table; 80 random bits keep it
+/// as unguessable as before, and only the time it was drawn shows.
+pub fn time_ordered(now_ms: u64, random: [u8; 16]) -> u128 {
+    let time = u128::from(now_ms) & ((1 << TIME_BITS) - 1);
+    let random = u128::from_be_bytes(random) & ((1 << (128 - TIME_BITS)) - 1);
+    time << (128 - TIME_BITS) | random
+}
+
+/// An opaque token id: `tok_` followed by a [`time_ordered`] value in base62 (the
+/// alphabet is in ASCII order, so ids sort as their values do).
+pub fn opaque_token_id(now_ms: u64, random: [u8; 16]) -> String {
+    format!("tok_{}", base62_u128(time_ordered(now_ms, random)))
 }
 
 /// A numeric token id for a PAN of `pan_len` digits ending in `last4`: as long as the PAN,
@@ -70,7 +85,7 @@ pub fn looks_like_token_id(s: &str) -> bool {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenFormat {
-    /// `tok_` and 128 random bits in base62.
+    /// `tok_` and 22 base62 characters: the time drawn and 80 random bits.
     #[default]
     Opaque,
     /// Digits, as long as the card number, keeping its last four, failing the Luhn check.
@@ -101,15 +116,18 @@ mod tests {
 
     #[test]
     fn opaque_ids_have_fixed_shape_and_differ_for_different_bytes() {
-        let a = opaque_token_id([0; 16]);
-        let b = opaque_token_id([255; 16]);
-        let c = opaque_token_id([1; 16]);
+        let a = opaque_token_id(0, [0; 16]);
+        let b = opaque_token_id(0, [255; 16]);
+        let c = opaque_token_id(0, [1; 16]);
         assert_eq!(a, "tok_0000000000000000000000");
         for id in [&a, &b, &c] {
             assert_eq!(id.len(), 4 + BASE62_U128_LEN);
             assert!(looks_like_token_id(id), "{id}");
         }
         assert_ne!(b, c);
+        let latest = opaque_token_id((1 << 48) - 1, [255; 16]);
+        assert_eq!(latest.len(), 4 + BASE62_U128_LEN);
+        assert!(looks_like_token_id(&latest), "{latest}");
         assert!(!looks_like_token_id("tok_short"));
         assert!(!looks_like_token_id("pm_0000000000000000000000"));
     }
@@ -138,6 +156,30 @@ mod tests {
             "a valid PAN is no token"
         );
         assert!(!looks_like_token_id("12345"));
+    }
+
+    #[test]
+    fn opaque_ids_sort_by_the_time_they_were_drawn_whatever_their_random_bits() {
+        // A day of milliseconds apart and one apart, with the random bits of the
+        // earlier id all ones and of the later all zeros.
+        let now = 1_796_000_000_000u64;
+        for later in [now + 1, now + 86_400_000] {
+            let (a, b) = (
+                opaque_token_id(now, [255; 16]),
+                opaque_token_id(later, [0; 16]),
+            );
+            assert!(a < b, "{a} drawn before {b} sorts after it");
+            assert!(time_ordered(now, [255; 16]) < time_ordered(later, [0; 16]));
+        }
+        // Within one millisecond the 80 random bits tell ids apart; the bits above
+        // them are the time's, not the random bytes'.
+        let (x, y) = ([0x12; 16], [0x34; 16]);
+        assert_ne!(opaque_token_id(now, x), opaque_token_id(now, y));
+        assert_eq!(time_ordered(now, x) >> 80, u128::from(now));
+        assert_eq!(
+            time_ordered(now, [255; 16]) & ((1 << 80) - 1),
+            (1 << 80) - 1
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::sealing::SealError;
 use super::Service;
 use crate::acquirer::protocol::AuthRequest;
 use crate::vault::payment::{Payment, PaymentState};
-use crate::vault::token::base62_u128;
+use crate::vault::token::{base62_u128, time_ordered};
 use crate::vault::{
     Command, Idempotency, IdempotencyRecord, PaymentChange, Refusal, Response, StoredOutcome,
 };
@@ -387,9 +387,10 @@ impl Service {
         let Some(first) = routes.first().cloned() else {
             return Err(AuthorizeError::RouteUnavailable);
         };
+        // Time-ordered like token ids: the payments table takes each new one at its end.
         let payment_id = format!(
             "pay_{}",
-            base62_u128(u128::from_be_bytes(self.entropy.bytes()))
+            base62_u128(time_ordered(now_ms, self.entropy.bytes()))
         );
         let txn_id = format!(
             "gw_{}",
