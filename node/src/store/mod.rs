@@ -196,7 +196,7 @@ impl Store {
             SnapshotFiles::open(snapshot_dir, sync == SyncPolicy::Fsync, snapshot_file)?;
         // Segments a purge had not yet deleted when the node stopped.
         if let Some(p) = purged {
-            wal.purge_upto(p.index)?;
+            wal.purge_upto(p.index).remove()?;
             wal.take_sync().sync()?;
         }
         let db = Arc::new(db);

@@ -49,6 +49,33 @@ pub(crate) trait SegmentDir: Send + Sync {
     fn sync(&self) -> io::Result<()>;
 }
 
+/// Segments a purge has forgotten, on disk until [`Purged::remove`] deletes them.
+///
+/// Their entries are below the log's floor, and the purge point is durable before a
+/// purge runs, so deleting them may wait and may happen on any thread: a node that
+/// crashes first deletes them when it opens the log again. Deleting a gigabyte of
+/// segments can take a second on some file systems, longer than a leader may go
+/// without a heartbeat, and openraft's core waits for the purge.
+#[must_use = "purged segments stay on disk until removed"]
+pub(crate) struct Purged {
+    dir: Arc<dyn SegmentDir>,
+    ids: Vec<u64>,
+}
+
+impl Purged {
+    /// Deletes the segments.
+    pub(crate) fn remove(self) -> io::Result<()> {
+        for id in self.ids {
+            self.dir.remove(id)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 /// One segment file.
 pub(crate) trait SegmentFile: Send + Sync {
     fn len(&self) -> io::Result<u64>;
@@ -328,12 +355,14 @@ impl Wal {
         Ok(())
     }
 
-    /// Forgets every entry `<= upto`, deleting each segment that held only such
-    /// entries. The caller records the purge point durably first (and again on every
-    /// open): entries up to it are never asked for again.
-    pub(crate) fn purge_upto(&mut self, upto: u64) -> io::Result<()> {
+    /// Forgets every entry `<= upto`, and every segment that held only such entries;
+    /// returns those segments for the caller to delete ([`Purged::remove`]). The caller
+    /// records the purge point durably first (and again on every open): entries up to
+    /// it are never asked for again.
+    pub(crate) fn purge_upto(&mut self, upto: u64) -> Purged {
         self.floor = self.floor.max(upto.saturating_add(1));
         let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        let mut ids = Vec::new();
         for (i, first) in firsts.iter().enumerate() {
             let last = match firsts.get(i + 1) {
                 Some(next) => next - 1,
@@ -344,10 +373,12 @@ impl Wal {
             }
             self.segments.remove(first);
             self.dirty.remove(first);
-            self.dir.remove(*first)?;
-            self.dir_dirty = true;
+            ids.push(*first);
         }
-        Ok(())
+        Purged {
+            dir: self.dir.clone(),
+            ids,
+        }
     }
 
     /// What the next sync must cover; clears it.
@@ -717,11 +748,11 @@ mod tests {
         let mut wal = open(&disk);
         wal.append(&entries(1..=40)).unwrap();
         let second = *wal.segments.keys().nth(1).unwrap();
-        wal.purge_upto(second).unwrap();
+        wal.purge_upto(second).remove().unwrap();
         // The segment holding `second` stays, as it has later entries, but reads skip it.
         assert_eq!(wal.first_index(), Some(second));
         assert_eq!(indexes(&wal, ..=second + 1), vec![second + 1]);
-        wal.purge_upto(40).unwrap();
+        wal.purge_upto(40).remove().unwrap();
         assert_eq!(wal.first_index(), None);
         wal.append(&entries(41..=41)).unwrap();
         wal.take_sync().sync().unwrap();
@@ -741,7 +772,7 @@ mod tests {
         drop(wal);
         let mut wal = Wal::open_with(fs(), true, 100).unwrap();
         assert_eq!(wal.read(..).unwrap(), entries(1..=27));
-        wal.purge_upto(27).unwrap();
+        wal.purge_upto(27).remove().unwrap();
         wal.take_sync().sync().unwrap();
         assert!(fs().list().unwrap().is_empty());
         // A new segment is preallocated on disk; the zeros after its records are kept
@@ -761,7 +792,7 @@ mod tests {
         drop(wal);
         let mut wal = Wal::open_with(fs(), true, seg_bytes).unwrap();
         assert_eq!(wal.read(..).unwrap(), entries(28..=31));
-        wal.purge_upto(31).unwrap();
+        wal.purge_upto(31).remove().unwrap();
         wal.take_sync().sync().unwrap();
         assert!(fs().list().unwrap().is_empty());
     }

@@ -228,6 +228,7 @@ impl Writer {
         let committer = Committer {
             db,
             wal,
+            mode,
             sync,
             fsync,
             durable_log,
@@ -286,6 +287,8 @@ impl Writer {
 struct Committer {
     db: Arc<Database>,
     wal: Arc<Mutex<Wal>>,
+    /// Whether the writer runs on a thread of its own (then it may start others).
+    mode: WriterMode,
     sync: SyncPolicy,
     fsync: FsyncObserver,
     /// The highest log index made durable so far (see `Store::durable_log_index`).
@@ -471,9 +474,38 @@ impl Committer {
             write_meta(&self.db, durability, batch, deferred)?;
         }
         if let Some(upto) = purge_upto {
-            self.wal.lock().expect("log lock").purge_upto(upto)?;
+            let purged = self.wal.lock().expect("log lock").purge_upto(upto);
+            self.remove_purged(purged);
         }
         Ok(())
+    }
+}
+
+impl Committer {
+    /// Deletes purged segments: on a thread of their own when the writer has one, so
+    /// that neither the writer's next commits nor openraft's core (which waits for the
+    /// purge) wait for the file system to free them. A deletion that fails leaves the
+    /// files to the next open.
+    fn remove_purged(&self, purged: super::wal::Purged) {
+        if purged.is_empty() {
+            return;
+        }
+        let remove = |purged: super::wal::Purged| {
+            if let Err(e) = purged.remove() {
+                tracing::warn!(error = %e, "could not delete purged log segments; the next start deletes them");
+            }
+        };
+        match self.mode {
+            WriterMode::Task => remove(purged),
+            WriterMode::Threaded => {
+                let spawned = std::thread::Builder::new()
+                    .name("kura-log-purge".into())
+                    .spawn(move || remove(purged));
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "could not start deleting purged log segments; the next start deletes them");
+                }
+            }
+        }
     }
 }
 
@@ -526,4 +558,98 @@ fn started_marker() -> u64 {
     // Any changing value works: the point is a real page write and fsync.
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::wal::{SegmentDir, SegmentFile};
+    use crate::store::SimDisk;
+
+    /// A segment directory whose deletions each wait for the test to let one go.
+    struct HeldRemoves {
+        inner: Arc<dyn SegmentDir>,
+        gate: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl SegmentDir for HeldRemoves {
+        fn list(&self) -> io::Result<Vec<u64>> {
+            self.inner.list()
+        }
+        fn open(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
+            self.inner.open(id)
+        }
+        fn open_existing(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
+            self.inner.open_existing(id)
+        }
+        fn remove(&self, id: u64) -> io::Result<()> {
+            let _ = self.gate.lock().expect("gate").recv();
+            self.inner.remove(id)
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.inner.sync()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purge_completes_without_waiting_for_its_segments_to_be_deleted() {
+        let disk = SimDisk::new();
+        let (release, gate) = mpsc::channel();
+        let dir: Arc<dyn SegmentDir> = Arc::new(HeldRemoves {
+            inner: disk.wal_dir(),
+            gate: Mutex::new(gate),
+        });
+        // Small segments, so forty entries span several.
+        let mut wal = Wal::open_with(dir.clone(), true, 100).unwrap();
+        let rows: Vec<(u64, Vec<u8>)> = (1..=40).map(|i| (i, vec![i as u8; 20])).collect();
+        wal.append(&rows).unwrap();
+        wal.take_sync().sync().unwrap();
+        let before = dir.list().unwrap().len();
+        assert!(before > 3, "{before} segments");
+        let wal = Arc::new(Mutex::new(wal));
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let writer = Writer::start(
+            Arc::new(db),
+            wal.clone(),
+            WriterMode::Threaded,
+            SyncPolicy::Fsync,
+            Arc::new(|_| {}),
+            Arc::new(std::sync::atomic::AtomicU64::new(40)),
+        )
+        .unwrap();
+
+        // Every deletion is held: the purge must still complete (openraft's core waits
+        // for it, and a leader that waits sends no heartbeats).
+        let (done, rx) = Done::oneshot();
+        writer.submit(Op::PurgeUpto {
+            upto: 35,
+            purged: encode(&35u64),
+            done,
+        });
+        let Ok(done) = tokio::time::timeout(Duration::from_secs(10), rx).await else {
+            // Let the writer go, or dropping it would wait for it for ever.
+            drop(release);
+            panic!("the purge waited for its deletions");
+        };
+        done.unwrap().unwrap();
+        assert_eq!(dir.list().unwrap().len(), before, "nothing deleted yet");
+        assert_eq!(wal.lock().unwrap().read(..=35).unwrap(), Vec::new());
+
+        // Let the deletions go: the segments holding only purged entries disappear.
+        for _ in 0..before {
+            let _ = release.send(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dir.list().unwrap().len() == before {
+            assert!(
+                Instant::now() < deadline,
+                "the purged segments were never deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // What is left still reads back whole.
+        assert_eq!(wal.lock().unwrap().read(36..).unwrap(), rows[35..].to_vec());
+    }
 }
