@@ -75,6 +75,16 @@ struct Grown {
     disk: Vec<u64>,
 }
 
+impl Grown {
+    /// `(RSS, disk)`, each as `main / dr / bk`.
+    fn cells(&self) -> (String, String) {
+        (
+            per_node(&self.rss, |b| b.map_or_else(|| "?".into(), mib)),
+            per_node(&self.disk, |b| mib(*b)),
+        )
+    }
+}
+
 /// Samples the cluster at every tenth of `n` acknowledged tokens until the loaders are
 /// done: how the load rate, memory and disk move as the vault outgrows its caches.
 async fn watch_growth(c: &ProcCluster, n: u64, counts: &Counts) -> Vec<Grown> {
@@ -93,11 +103,10 @@ async fn watch_growth(c: &ProcCluster, n: u64, counts: &Counts) -> Vec<Grown> {
                 rss: (0..3).map(|i| rss_bytes(c, i)).collect(),
                 disk: (0..3).map(|i| dir_bytes(c, i)).collect(),
             };
+            let (rss, disk) = g.cells();
             eprintln!(
-                "  {ok} acknowledged at {:.0} s: RSS {}, disk {}",
-                g.secs,
-                per_node(&g.rss, |b| b.map_or_else(|| "?".into(), mib)),
-                per_node(&g.disk, |b| mib(*b))
+                "  {ok} acknowledged at {:.0} s: RSS {rss}, disk {disk}",
+                g.secs
             );
             grown.push(g);
             while next <= 10 && ok >= n * next / 10 {
@@ -124,13 +133,11 @@ fn growth_table(grown: &[Grown]) -> String {
     let mut prev = (0u64, 0f64);
     for g in grown {
         let rate = (g.tokens - prev.0) as f64 / (g.secs - prev.1).max(1e-9);
+        let (rss, disk) = g.cells();
         let _ = writeln!(
             t,
-            "| {} | {:.0} s | {rate:.0}/s | {} | {} |",
-            g.tokens,
-            g.secs,
-            per_node(&g.rss, |b| b.map_or_else(|| "?".into(), mib)),
-            per_node(&g.disk, |b| mib(*b))
+            "| {} | {:.0} s | {rate:.0}/s | {rss} | {disk} |",
+            g.tokens, g.secs
         );
         prev = (g.tokens, g.secs);
     }
