@@ -66,6 +66,16 @@ async fn load(client: &Client, n: u64, clients: u32, counts: Arc<Counts>) {
     }
 }
 
+/// The count and sum of node `i`'s `kura_raft_snapshot_duration_seconds{kind}`.
+async fn snapshot_metrics(c: &ProcCluster, i: usize, kind: &str) -> (f64, f64) {
+    let name =
+        |part: &str| format!("kura_raft_snapshot_duration_seconds_{part}{{kind=\"{kind}\"}}");
+    (
+        c.metric(i, &name("count")).await,
+        c.metric(i, &name("sum")).await,
+    )
+}
+
 /// The cluster as the vault grew: taken each time another tenth of the tokens is
 /// acknowledged.
 struct Grown {
@@ -253,12 +263,12 @@ pub async fn run(args: Args) -> Result<(), String> {
     let leader = c.wait_leader().await;
     let f = (0..3).find(|&i| i != leader).expect("a follower");
     let target = applied(&c, leader).await.ok_or("leader status")?;
-    let build_sum = "kura_raft_snapshot_duration_seconds_sum{kind=\"build\"}";
-    let build_count = "kura_raft_snapshot_duration_seconds_count{kind=\"build\"}";
-    let builds_before = (
-        c.metric(leader, build_count).await,
-        c.metric(leader, build_sum).await,
-    );
+    // What the leader builds and sends meanwhile, as its metrics count them.
+    let snapshot_kinds = ["build", "send", "send_while_built"];
+    let mut before = Vec::new();
+    for kind in snapshot_kinds {
+        before.push(snapshot_metrics(&c, leader, kind).await);
+    }
     c.kill(f);
     std::fs::remove_dir_all(c.data_dir(f)).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(c.data_dir(f)).map_err(|e| e.to_string())?;
@@ -295,10 +305,23 @@ pub async fn run(args: Args) -> Result<(), String> {
     let installed_bytes = c
         .metric(f, "kura_raft_snapshot_size_bytes{kind=\"install\"}")
         .await;
-    // What the leader built meanwhile (a fresh snapshot for the follower, when its
-    // latest lagged the vault).
-    let builds = c.metric(leader, build_count).await - builds_before.0;
-    let build_s = c.metric(leader, build_sum).await - builds_before.1;
+    // What the leader built (a fresh snapshot for the follower, when its latest lagged
+    // the vault) and sent meanwhile.
+    let mut since = Vec::new();
+    for (kind, (count, sum)) in snapshot_kinds.into_iter().zip(before) {
+        let (count_now, sum_now) = snapshot_metrics(&c, leader, kind).await;
+        since.push((count_now - count, sum_now - sum));
+    }
+    let [(builds, build_s), (sends, send_s), (streamed, streamed_s)] = since[..] else {
+        unreachable!("three kinds");
+    };
+    // A snapshot sent as it is built overlaps its build; one sent whole follows it. A
+    // send lasts until the follower answers, its install included.
+    let busy = if streamed > 0.0 {
+        build_s.max(streamed_s) + send_s
+    } else {
+        build_s + send_s
+    };
     let caught_up_size = dir_bytes(&c, f);
     eprintln!(
         "wiped {} caught up to index {target} in {:.1} s",
@@ -350,7 +373,7 @@ pub async fn run(args: Args) -> Result<(), String> {
          | {ok} tokens | {:.2} | {:.2} | {:.2} | {:.2} |\n\
          | full / empty | {} | {} | {} | |\n\n\
          p99 of each probe run, empty: {}; full: {}.\n\n\
-         Wiped follower ({}): data directory deleted, node restarted; it reached the leader's applied index ({target}) by snapshot in **{:.1} s** (the snapshot it installed holds {}: {:.0} MB/s of vault data); its data directory is then {}. Of that time, the leader built {} snapshot(s) in {:.1} s (a fresh one when its latest lagged the vault), the follower's install took {} call(s) and {:.1} s after the last chunk (switching to the vault it wrote while the chunks arrived); the rest ({:.1} s) is noticing, sending while writing that vault, and replaying the entries written meanwhile.",
+         Wiped follower ({}): data directory deleted, node restarted; it reached the leader's applied index ({target}) by snapshot in **{:.1} s** (the snapshot it installed holds {}: {:.0} MB/s of vault data); its data directory is then {}. Of that time, the leader built {} snapshot(s) in {:.1} s (a fresh one when its latest lagged the vault); it sent {} snapshot(s) to the follower as they were built, in {:.1} s, and {} whole, in {:.1} s (a send lasts from its first chunk to the follower's answer, which comes after its install); the install took {} call(s) and {:.1} s after the last chunk (switching to the vault it wrote while the chunks arrived); the rest ({:.1} s) is noticing the follower and replaying the entries written meanwhile.",
         args.probe_rate,
         empty.ms(0.5),
         empty.ms(0.99),
@@ -372,9 +395,13 @@ pub async fn run(args: Args) -> Result<(), String> {
         mib(caught_up_size),
         builds,
         build_s,
+        streamed,
+        streamed_s,
+        sends,
+        send_s,
         installs,
         install_s,
-        (catch_up.as_secs_f64() - install_s - build_s).max(0.0)
+        (catch_up.as_secs_f64() - busy).max(0.0)
     );
     t.push_str(&growth_table(&grown));
     report::publish(&args.results, "scale", &t)

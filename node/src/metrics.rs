@@ -169,8 +169,9 @@ pub struct PeerLabels {
     pub peer: String,
 }
 
-/// Labels of snapshot metrics: `build` (this node made one) or `install` (it took one
-/// from the leader).
+/// Labels of snapshot metrics: `build` (this node made one), `install` (it took one
+/// from the leader), `send` or `send_while_built` (it sent one to a follower, whole or
+/// as it was built).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SnapshotLabels {
     pub kind: String,
@@ -485,13 +486,13 @@ impl Metrics {
         );
         registry.register_with_unit(
             "raft_snapshot_duration",
-            "Time to build a snapshot (kind=build) or install one sent by the leader (kind=install)",
+            "Time to build a snapshot (kind=build), install one sent by the leader (kind=install), or send one to a follower, from its first chunk to the follower's answer (kind=send; kind=send_while_built when it was sent as it was built)",
             Unit::Seconds,
             m.snapshot_duration.clone(),
         );
         registry.register_with_unit(
             "raft_snapshot_size",
-            "Size of the last snapshot this node built (kind=build) or installed (kind=install)",
+            "Size of the last snapshot this node built (kind=build), installed (kind=install) or sent (kind=send, send_while_built)",
             Unit::Bytes,
             m.snapshot_size.clone(),
         );
@@ -760,7 +761,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a snapshot built or installed (`kind`), how long it took and its size.
+    /// Records a snapshot built, installed or sent (`kind`), how long it took and its
+    /// size.
     pub fn snapshot(&self, kind: &'static str, elapsed: Duration, bytes: u64) {
         let l = SnapshotLabels {
             kind: kind.to_owned(),

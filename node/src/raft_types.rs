@@ -26,12 +26,16 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot's data: a stream of the vault's tables, read a piece at a time from
-/// wherever it is kept (a file in the snapshot directory, on a node).
+/// wherever it is kept (a file in the snapshot directory, on a node) — possibly while
+/// it is still being built, so that a follower receives a fresh snapshot as the leader
+/// writes it rather than after.
 #[derive(Clone)]
 pub struct SnapshotData {
     id: u64,
     len: u64,
     source: std::sync::Arc<dyn ReadAt>,
+    /// How far the data is written, while it is being built.
+    building: Option<tokio::sync::watch::Receiver<Built>>,
 }
 
 /// Where a snapshot's bytes are read from.
@@ -40,16 +44,49 @@ pub trait ReadAt: Send + Sync {
     fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()>;
 }
 
+/// How much of a snapshot being built is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Built {
+    /// This many bytes so far; more are coming.
+    Partly(u64),
+    /// All of it: this many bytes, durable.
+    Whole(u64),
+    /// The build stopped: the data will never be whole.
+    Failed,
+}
+
 impl std::fmt::Debug for SnapshotData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SnapshotData({}, {} bytes)", self.id, self.len)
+        match self.built() {
+            Built::Whole(len) => write!(f, "SnapshotData({}, {len} bytes)", self.id),
+            built => write!(f, "SnapshotData({}, building: {built:?})", self.id),
+        }
     }
 }
 
 impl SnapshotData {
     /// `len` bytes read from `source`, known by `id` where they are kept.
     pub fn new(id: u64, len: u64, source: std::sync::Arc<dyn ReadAt>) -> SnapshotData {
-        SnapshotData { id, len, source }
+        SnapshotData {
+            id,
+            len,
+            source,
+            building: None,
+        }
+    }
+
+    /// Data still being written to `source`, as far as `progress` says.
+    pub fn building(
+        id: u64,
+        source: std::sync::Arc<dyn ReadAt>,
+        progress: tokio::sync::watch::Receiver<Built>,
+    ) -> SnapshotData {
+        SnapshotData {
+            id,
+            len: 0,
+            source,
+            building: Some(progress),
+        }
     }
 
     /// Where the data is kept (the snapshot file's id).
@@ -57,19 +94,52 @@ impl SnapshotData {
         self.id
     }
 
-    /// Bytes of data.
+    /// How much of the data is written now.
+    pub fn built(&self) -> Built {
+        match &self.building {
+            None => Built::Whole(self.len),
+            Some(rx) => *rx.borrow(),
+        }
+    }
+
+    /// Bytes of data (so far, while it is being built).
     pub fn len(&self) -> u64 {
-        self.len
+        match self.built() {
+            Built::Partly(n) | Built::Whole(n) => n,
+            Built::Failed => 0,
+        }
     }
 
     /// True when there is no data.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// Reads `out.len()` bytes at `offset`.
+    /// Waits until at least `want` bytes are written or the data is whole: the bytes
+    /// there are then, and whether that is all of them. An error if the build stopped.
+    pub async fn written(&self, want: u64) -> std::io::Result<(u64, bool)> {
+        let stopped = || std::io::Error::other("the snapshot's build stopped");
+        let Some(rx) = &self.building else {
+            return Ok((self.len, true));
+        };
+        let mut rx = rx.clone();
+        let built = *rx
+            .wait_for(|b| match b {
+                Built::Partly(n) => *n >= want,
+                Built::Whole(_) | Built::Failed => true,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        match built {
+            Built::Partly(n) => Ok((n, false)),
+            Built::Whole(n) => Ok((n, true)),
+            Built::Failed => Err(stopped()),
+        }
+    }
+
+    /// Reads `out.len()` bytes at `offset` (of those written so far).
     pub fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        if offset + out.len() as u64 > self.len {
+        if offset + out.len() as u64 > self.len() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "read past the snapshot's data",

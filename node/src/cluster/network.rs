@@ -3,7 +3,7 @@
 
 use crate::member::{Member, NodeId};
 use crate::net::{HttpPool, WireError};
-use crate::raft_types::{Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use crate::raft_types::{Built, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use bytes::Bytes;
 use futures::FutureExt;
 use openraft::error::{
@@ -308,7 +308,9 @@ pub fn snapshot_chunk_path(transfer: &str, offset: u64, crc: u32) -> String {
 }
 
 impl PeerClient {
-    /// Sends `snapshot` a chunk at a time, then asks the peer to install it.
+    /// Sends `snapshot` a chunk at a time, then asks the peer to install it. A snapshot
+    /// still being built is sent as it is written: a chunk once there is a whole one
+    /// (or the rest, once the build is done).
     async fn send_snapshot(
         &self,
         vote: Vote,
@@ -317,34 +319,47 @@ impl PeerClient {
     ) -> Result<Bytes, Fail> {
         let data = &snapshot.snapshot;
         let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
+        // The file's id tells two uploads of one index apart (its length may not be
+        // known yet).
         let transfer = format!(
             "{}-{}-{}-{}",
             self.self_id,
             vote.leader_id().term,
             index,
-            data.len()
+            data.id()
         );
-        let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES.min(data.len() as usize)];
+        let unreadable = |e: io::Error| Fail::Unreachable(format!("cannot read the snapshot: {e}"));
+        let chunk = SNAPSHOT_CHUNK_BYTES as u64;
+        let most = match data.built() {
+            Built::Whole(len) => len.min(chunk),
+            _ => chunk,
+        };
+        let mut buf = vec![0u8; most as usize];
         let mut offset = 0u64;
-        while offset < data.len() {
-            let n = SNAPSHOT_CHUNK_BYTES.min((data.len() - offset) as usize);
-            data.read_at(offset, &mut buf[..n])
-                .map_err(|e| Fail::Unreachable(format!("cannot read the snapshot: {e}")))?;
-            let path = snapshot_chunk_path(&transfer, offset, crc32fast::hash(&buf[..n]));
-            self.post(&path, Bytes::copy_from_slice(&buf[..n]), ttl)
-                .await?;
-            offset += n as u64;
-        }
+        let len = loop {
+            let (written, whole) = data.written(offset + chunk).await.map_err(unreadable)?;
+            while written - offset >= chunk || (whole && offset < written) {
+                let n = chunk.min(written - offset) as usize;
+                data.read_at(offset, &mut buf[..n]).map_err(unreadable)?;
+                let path = snapshot_chunk_path(&transfer, offset, crc32fast::hash(&buf[..n]));
+                self.post(&path, Bytes::copy_from_slice(&buf[..n]), ttl)
+                    .await?;
+                offset += n as u64;
+            }
+            if whole {
+                break written;
+            }
+        };
         let done = SnapshotDone {
             vote,
             meta: snapshot.meta.clone(),
             transfer,
-            len: data.len(),
+            len,
         };
         let body = Bytes::from(serde_json::to_vec(&done).expect("snapshot meta serializes"));
         // Installing writes the whole vault into a new file: give it time by its size
         // (at 20 MB/s at least) on top of the usual deadline.
-        let install = ttl + Duration::from_secs(data.len() / (20 << 20));
+        let install = ttl + Duration::from_secs(len / (20 << 20));
         self.post("/raft/snapshot/done", body, install).await
     }
 }
@@ -360,8 +375,8 @@ impl PeerClient {
                 .is_none_or(|at| at.elapsed() >= FRESH_SNAPSHOT_WAIT_AGAIN)
     }
 
-    /// Asks for a new snapshot and waits until one later than `index` is current, or
-    /// [`FRESH_SNAPSHOT_WAIT`] has passed.
+    /// Asks for a new snapshot and waits until one later than `index` is current or
+    /// being built (it is sent as it is written), or [`FRESH_SNAPSHOT_WAIT`] has passed.
     async fn wait_for_fresher(&self, index: u64) {
         let started = tokio::time::Instant::now();
         let applied = self.freshness.vault.applied_index();
@@ -379,7 +394,7 @@ impl PeerClient {
             match self
                 .freshness
                 .store
-                .blocking(move || store.snapshot_index())
+                .blocking(move || store.latest_snapshot_index())
                 .await
             {
                 Ok(Ok(now)) if now > index => return,
@@ -463,6 +478,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 timeout: FRESH_SNAPSHOT_WAIT,
             }));
         }
+        let while_built = !matches!(snapshot.snapshot.built(), Built::Whole(_));
+        let started = tokio::time::Instant::now();
         let res = {
             let send = self.send_snapshot(vote, &snapshot, option.hard_ttl());
             futures::pin_mut!(send);
@@ -473,6 +490,21 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         };
         if res.is_ok() {
             self.waited_at = None;
+            let (bytes, took) = (snapshot.snapshot.len(), started.elapsed());
+            let kind = if while_built {
+                "send_while_built"
+            } else {
+                "send"
+            };
+            self.freshness.store.snapshot_done(kind, took, bytes);
+            tracing::info!(
+                target_node = self.target,
+                last_log_id = ?snapshot.meta.last_log_id,
+                bytes,
+                while_built,
+                ms = took.as_millis() as u64,
+                "snapshot sent"
+            );
         }
         if let Err(e) = &res {
             // openraft retries quietly; a follower that never takes its snapshot never

@@ -27,7 +27,7 @@ pub use sim_disk::SimDisk;
 pub use sm::{durable_loop, SharedVault, SnapshotUpload, StateMachine, VaultView};
 pub use writer::{FsyncObserver, SyncPolicy, WriterMode};
 
-use crate::raft_types::Entry;
+use crate::raft_types::{Entry, Snapshot};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use snapshot_files::SnapshotFiles;
 use std::collections::BTreeMap;
@@ -79,6 +79,10 @@ pub struct Store {
     snapshot_observer: Arc<std::sync::OnceLock<SnapshotObserver>>,
     /// The vault generation written while the last snapshot upload arrived.
     prefilled: prefill::Prefilled,
+    /// The snapshot being built, readable as far as it is written (see
+    /// [`sm::SnapshotBuilder`]): a follower that needs a fresh snapshot is sent this one
+    /// while it is built.
+    in_build: Arc<Mutex<Option<Snapshot>>>,
 }
 
 /// Called with `build` or `install`, how long it took and the snapshot's size in bytes.
@@ -224,6 +228,7 @@ impl Store {
             durable_log,
             snapshot_observer: Arc::default(),
             prefilled: prefill::Prefilled::default(),
+            in_build: Arc::default(),
             vault_files: Arc::new(vault_db::VaultFiles::new(
                 vault_dir,
                 sync == SyncPolicy::Fsync,

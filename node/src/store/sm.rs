@@ -493,6 +493,41 @@ impl Store {
             .map_or(0, |l| l.index))
     }
 
+    /// The log index of the latest snapshot, recorded or being built (0 without one).
+    pub fn latest_snapshot_index(&self) -> io::Result<u64> {
+        let building = self.in_build().map_or(0, |s| index_of(&s.meta));
+        Ok(self.snapshot_index()?.max(building))
+    }
+
+    /// The snapshot being built, if any (readable as far as it is written).
+    pub(super) fn in_build(&self) -> Option<Snapshot> {
+        self.in_build
+            .lock()
+            .expect("snapshot in build lock")
+            .clone()
+    }
+
+    /// The snapshot to send a follower: the one being built if it is later than the
+    /// current one (sent as it is written), else the current one.
+    fn snapshot_to_send(&self) -> io::Result<Option<Snapshot>> {
+        let recorded = self.read_snapshot()?;
+        let recorded_index = recorded.as_ref().map_or(0, |s| index_of(&s.meta));
+        match self.in_build() {
+            Some(b) if index_of(&b.meta) > recorded_index => Ok(Some(b)),
+            _ => Ok(recorded),
+        }
+    }
+
+    /// Shows `snapshot` as the one being built until the returned guard is dropped.
+    fn show_in_build(&self, snapshot: Snapshot) -> InBuild {
+        let id = snapshot.snapshot.id();
+        *self.in_build.lock().expect("snapshot in build lock") = Some(snapshot);
+        InBuild {
+            slot: self.in_build.clone(),
+            id,
+        }
+    }
+
     /// The current snapshot's meta as recorded, without opening its file.
     fn recorded_snapshot_meta(&self) -> io::Result<Option<SnapshotMeta>> {
         self.read_meta(KEY_SNAPSHOT_META)?
@@ -584,6 +619,25 @@ impl Store {
     }
 }
 
+fn index_of(meta: &SnapshotMeta) -> u64 {
+    meta.last_log_id.map_or(0, |l| l.index)
+}
+
+/// While held, a snapshot build is shown as the one being built.
+struct InBuild {
+    slot: Arc<std::sync::Mutex<Option<Snapshot>>>,
+    id: u64,
+}
+
+impl Drop for InBuild {
+    fn drop(&mut self) {
+        let mut slot = self.slot.lock().expect("snapshot in build lock");
+        if slot.as_ref().is_some_and(|s| s.snapshot.id() == self.id) {
+            *slot = None;
+        }
+    }
+}
+
 /// A snapshot being received: its file, written a chunk at a time. Dropped unfinished,
 /// the file goes.
 pub struct SnapshotUpload {
@@ -668,10 +722,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             waited += 10;
         }
         let store = self.store.clone();
-        let (file, records) = self
+        let shown_meta = meta.clone();
+        let (file, records, _shown) = self
             .store
             .blocking(move || {
                 let mut w = store.snapshots.create()?;
+                // A follower that needs a fresh snapshot gets this one as it is written,
+                // until it is recorded.
+                let shown = store.show_in_build(Snapshot {
+                    meta: shown_meta,
+                    snapshot: w.readable(),
+                });
                 let records = {
                     let mut enc = Encoder::new(|b: &[u8]| w.append(b))?;
                     let mut failed = None;
@@ -697,7 +758,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 // The read transaction ends here, before the file is finished.
                 drop(view);
                 let id = w.finish()?;
-                Ok::<_, io::Error>((store.snapshots.open_file(id)?, records))
+                Ok::<_, io::Error>((store.snapshots.open_file(id)?, records, shown))
             })
             .await??;
         self.store.record_snapshot(&meta, file.id()).await?;
@@ -846,9 +907,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The current snapshot — or the one being built, when it is later: openraft asks
+    /// for a snapshot to send a follower (and on start, when none is being built).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let store = self.store.clone();
-        self.store.blocking(move || store.read_snapshot()).await?
+        self.store
+            .blocking(move || store.snapshot_to_send())
+            .await?
     }
 }
 

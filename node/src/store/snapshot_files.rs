@@ -11,7 +11,7 @@
 //! every new record.
 
 use super::wal::SegmentDir;
-use crate::raft_types::{ReadAt, SnapshotData};
+use crate::raft_types::{Built, ReadAt, SnapshotData};
 use std::collections::BTreeSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +90,7 @@ impl SnapshotFiles {
             unsynced: 0,
             crc: crc32fast::Hasher::new(),
             done: false,
+            progress: None,
         })
     }
 
@@ -153,6 +154,8 @@ pub(crate) struct SnapshotWriter {
     unsynced: u64,
     crc: crc32fast::Hasher,
     done: bool,
+    /// Told how far the data is written, once [`SnapshotWriter::readable`] was asked.
+    progress: Option<tokio::sync::watch::Sender<Built>>,
 }
 
 impl SnapshotWriter {
@@ -161,11 +164,29 @@ impl SnapshotWriter {
         self.offset - HEADER_BYTES as u64
     }
 
+    /// The data as it is written: readable up to where it is written so far, and whole
+    /// once the file is finished (failed if the writer is dropped unfinished).
+    pub(crate) fn readable(&mut self) -> SnapshotData {
+        let written = Built::Partly(self.written());
+        let rx = match &self.progress {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = tokio::sync::watch::channel(written);
+                self.progress = Some(tx);
+                rx
+            }
+        };
+        SnapshotData::building(self.id, Arc::new(FileData(self.file.clone())), rx)
+    }
+
     /// Appends `data`.
     pub(crate) fn append(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_at(self.offset, data)?;
         self.crc.update(data);
         self.offset += data.len() as u64;
+        if let Some(tx) = &self.progress {
+            tx.send_replace(Built::Partly(self.written()));
+        }
         self.unsynced += data.len() as u64;
         if self.files.sync && self.unsynced >= WRITE_STEP_BYTES as u64 {
             self.file
@@ -188,6 +209,9 @@ impl SnapshotWriter {
             self.files.dir.sync()?;
         }
         self.done = true;
+        if let Some(tx) = &self.progress {
+            tx.send_replace(Built::Whole(len));
+        }
         Ok(self.id)
     }
 }
@@ -195,6 +219,9 @@ impl SnapshotWriter {
 impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         if !self.done {
+            if let Some(tx) = &self.progress {
+                tx.send_replace(Built::Failed);
+            }
             self.files.discard(self.id);
         }
     }
@@ -321,6 +348,48 @@ mod tests {
         SnapshotFiles::open(disk.snapshot_dir(), true, Some(new)).unwrap();
         assert_eq!(disk.snapshot_dir().list().unwrap(), vec![new]);
         assert!(read(disk.snapshot_dir().as_ref(), orphan).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_file_being_written_reads_as_far_as_it_is_written() {
+        let disk = SimDisk::new();
+        let files = Arc::new(SnapshotFiles::open(disk.snapshot_dir(), true, None).unwrap());
+        let mut w = files.create().unwrap();
+        let data = w.readable();
+        assert_eq!(data.built(), Built::Partly(0));
+        w.append(b"the va").unwrap();
+        assert_eq!(data.written(4).await.unwrap(), (6, false));
+        let mut out = [0u8; 6];
+        data.read_at(0, &mut out).unwrap();
+        assert_eq!(&out, b"the va");
+        assert_eq!(
+            data.read_at(0, &mut [0u8; 7]).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof,
+            "nothing past what is written is read"
+        );
+        // A reader waiting for more is woken by the next write, and told once it is
+        // all there.
+        let waiting = {
+            let data = data.clone();
+            tokio::spawn(async move { data.written(100).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        w.append(b"ult").unwrap();
+        let id = w.finish().unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap(), (9, true));
+        let mut all = [0u8; 9];
+        data.read_at(0, &mut all).unwrap();
+        assert_eq!(&all, b"the vault");
+        assert_eq!(files.read(id).unwrap(), b"the vault");
+
+        // A build given up is never whole: its readers are told so.
+        let mut w = files.create().unwrap();
+        let data = w.readable();
+        w.append(b"half").unwrap();
+        drop(w);
+        assert_eq!(data.built(), Built::Failed);
+        assert!(data.written(100).await.is_err());
     }
 
     #[test]

@@ -777,3 +777,174 @@ fn log_entries_are_stored_in_msgpack_and_entries_in_json_still_read() {
     same(&decode_entry(&encode_entry(&m)).unwrap(), &m);
     assert!(decode_entry(&[ENTRY_MSGPACK, 0xc1]).is_err());
 }
+
+/// Holds every write to a file but its first while set (a snapshot build caught after
+/// its stream's first bytes).
+#[derive(Default)]
+struct HeldWrites {
+    holding: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl HeldWrites {
+    fn hold(&self, on: bool) {
+        *self.holding.lock().unwrap() = on;
+        self.changed.notify_all();
+    }
+
+    /// Holds writes until the guard is dropped (also when a test fails, so that its
+    /// held build does not keep the runtime from shutting down).
+    fn holding(self: &Arc<Self>) -> impl Drop {
+        struct Release(Arc<HeldWrites>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.hold(false);
+            }
+        }
+        self.hold(true);
+        Release(self.clone())
+    }
+
+    fn wait(&self) {
+        let held = self.holding.lock().unwrap();
+        drop(self.changed.wait_while(held, |h| *h).unwrap());
+    }
+}
+
+struct HeldDir {
+    inner: Arc<dyn wal::SegmentDir>,
+    held: Arc<HeldWrites>,
+}
+
+impl wal::SegmentDir for HeldDir {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        self.inner.list()
+    }
+    fn open(&self, id: u64) -> io::Result<Arc<dyn wal::SegmentFile>> {
+        Ok(Arc::new(HeldFile {
+            inner: self.inner.open(id)?,
+            held: self.held.clone(),
+            writes: std::sync::atomic::AtomicUsize::new(0),
+        }))
+    }
+    fn open_existing(&self, id: u64) -> io::Result<Arc<dyn wal::SegmentFile>> {
+        self.inner.open_existing(id)
+    }
+    fn remove(&self, id: u64) -> io::Result<()> {
+        self.inner.remove(id)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+}
+
+struct HeldFile {
+    inner: Arc<dyn wal::SegmentFile>,
+    held: Arc<HeldWrites>,
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+impl wal::SegmentFile for HeldFile {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.inner.read_at(offset, out)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            self.held.wait();
+        }
+        self.inner.write_at(offset, data)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_being_built_is_the_one_sent_as_far_as_it_is_written() {
+    let disk = SimDisk::new();
+    let held = Arc::new(HeldWrites::default());
+    let db = redb::Database::builder()
+        .create_with_backend(disk.backend())
+        .unwrap();
+    let snapshot_dir: Arc<dyn wal::SegmentDir> = Arc::new(HeldDir {
+        inner: disk.snapshot_dir(),
+        held: held.clone(),
+    });
+    let store = Store::with_database(
+        db,
+        [disk.wal_dir(), snapshot_dir, disk.vault_dir()],
+        WriterMode::Threaded,
+        SyncPolicy::Fsync,
+        noop_fsync(),
+    )
+    .unwrap();
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    append(&mut log, (1..=4).map(|i| entry(1, i)).collect()).await;
+    apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
+    let mut builder = sm.get_snapshot_builder().await;
+    openraft::storage::RaftSnapshotBuilder::build_snapshot(&mut builder)
+        .await
+        .unwrap();
+    apply(&mut sm, (3..=4).map(|i| entry(1, i)).collect()).await;
+
+    // A build at 4, held after the first bytes of its stream.
+    let holding = held.holding();
+    let mut builder = sm.get_snapshot_builder().await;
+    let build = tokio::spawn(async move {
+        openraft::storage::RaftSnapshotBuilder::build_snapshot(&mut builder).await
+    });
+    let mut sending = None;
+    for _ in 0..500 {
+        let s = sm.get_current_snapshot().await.unwrap().unwrap();
+        if s.meta.last_log_id == Some(log_id(1, 4)) {
+            sending = Some(s);
+            break;
+        }
+        assert_eq!(s.meta.last_log_id, Some(log_id(1, 2)));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let sending = sending.expect("the snapshot being built is offered to send");
+    let data = sending.snapshot;
+    let crate::raft_types::Built::Partly(first) = data.built() else {
+        panic!("{:?}: not partly written", data.built());
+    };
+    assert!(first > 0, "the stream's first bytes are there");
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            data.written(first + 1)
+        )
+        .await
+        .is_err(),
+        "no more is there while the build is held"
+    );
+
+    // Let the build go: what was offered reads whole, byte for byte the snapshot built.
+    drop(holding);
+    let (len, whole) = data.written(u64::MAX).await.unwrap();
+    assert!(whole);
+    let built = build.await.unwrap().unwrap();
+    assert_eq!(built.meta, sending.meta);
+    assert_eq!(len, built.snapshot.len());
+    let (mut sent, mut kept) = (vec![0u8; len as usize], vec![0u8; len as usize]);
+    data.read_at(0, &mut sent).unwrap();
+    built.snapshot.read_at(0, &mut kept).unwrap();
+    assert_eq!(sent, kept);
+    // Recorded now, it is the current snapshot and nothing is being built.
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 4)));
+    assert_eq!(current.snapshot.id(), built.snapshot.id());
+    assert_eq!(store.latest_snapshot_index().unwrap(), 4);
+    assert!(store.in_build().is_none());
+}
