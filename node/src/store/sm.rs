@@ -487,10 +487,7 @@ impl Store {
 
     /// The log index the current snapshot covers up to (0 without one).
     pub fn snapshot_index(&self) -> io::Result<u64> {
-        Ok(self
-            .recorded_snapshot_meta()?
-            .and_then(|m| m.last_log_id)
-            .map_or(0, |l| l.index))
+        Ok(self.recorded_snapshot_meta()?.as_ref().map_or(0, index_of))
     }
 
     /// The log index of the latest snapshot, recorded or being built (0 without one).
@@ -619,6 +616,7 @@ impl Store {
     }
 }
 
+/// The log index a snapshot covers up to (0 for one of an empty log).
 fn index_of(meta: &SnapshotMeta) -> u64 {
     meta.last_log_id.map_or(0, |l| l.index)
 }
