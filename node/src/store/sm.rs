@@ -43,6 +43,14 @@ pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// ...or as soon as this many keys have changed since the last write (the buffer's
 /// bound: the apply that reaches it writes the buffer out itself).
 const FLUSH_KEYS: usize = 100_000;
+/// Most entries an apply batch may hold to be applied on the state machine's task
+/// rather than on the blocking pool ([`SharedVault::applies_in_place`]).
+const APPLY_IN_PLACE_ENTRIES: usize = 16;
+/// Keys one entry is taken to change, for telling whether a batch may fill the buffer;
+/// a tokenization changes about ten (token, card, fingerprint, member, audit). A rare
+/// command that changes more and fills the buffer still has it written out on the
+/// blocking pool.
+const KEYS_PER_ENTRY_MAX: usize = 64;
 /// A durable commit of the applied state follows at least this many entries...
 pub(super) const DURABLE_EVERY_ENTRIES: u64 = 10_000;
 /// ...or this long.
@@ -201,16 +209,46 @@ impl SharedVault {
         self.durable_log.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Applies `entries` into the buffer; readers see all of them or none.
+    /// Applies `entries` into the buffer; readers see all of them or none. When that
+    /// fills the buffer, writes it out (waiting for a flush already writing one), so
+    /// that memory stays bounded however fast entries come.
     fn apply_entries(
         &self,
         entries: &[crate::raft_types::Entry],
         check: Option<&ApplyCheck>,
     ) -> io::Result<Vec<Response>> {
+        let (responses, full) = self.apply_to_buffer(entries, check)?;
+        if full {
+            self.flush_full()?;
+        }
+        Ok(responses)
+    }
+
+    /// Whether `entries` may be applied on the calling async task: few enough that
+    /// applying them into the buffer is quick, and the buffer far enough from its bound
+    /// that they will not fill it (a full buffer is written out, on the blocking pool).
+    fn applies_in_place(&self, entries: &[crate::raft_types::Entry]) -> bool {
+        entries.len() <= APPLY_IN_PLACE_ENTRIES
+            && self.state.lock().expect("vault lock").top.len() + KEYS_PER_ENTRY_MAX * entries.len()
+                < self.flush_keys.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes out the buffer that an apply filled.
+    fn flush_full(&self) -> io::Result<()> {
+        let mut f = self.flush.lock().expect("vault flush lock");
+        self.flush_locked(&mut f)
+    }
+
+    /// Applies `entries` into the buffer; also whether the buffer is full now.
+    fn apply_to_buffer(
+        &self,
+        entries: &[crate::raft_types::Entry],
+        check: Option<&ApplyCheck>,
+    ) -> io::Result<(Vec<Response>, bool)> {
         let Some(last) = entries.last().map(|e| e.log_id) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
-        let (responses, full) = {
+        Ok({
             let _apply = self.apply.lock().expect("vault apply lock");
             let View {
                 mut tables,
@@ -228,14 +266,7 @@ impl SharedVault {
                 responses,
                 s.top.len() >= self.flush_keys.load(std::sync::atomic::Ordering::Relaxed),
             )
-        };
-        if full {
-            // The buffer is full: this apply writes it out (waiting for a flush already
-            // writing one), so that memory stays bounded however fast entries come.
-            let mut f = self.flush.lock().expect("vault flush lock");
-            self.flush_locked(&mut f)?;
-        }
-        Ok(responses)
+        })
     }
 
     /// Writes the buffered changes into the file in one transaction, without an fsync,
@@ -800,10 +831,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let shared = self.shared.clone();
         let check = self.store.apply_check.clone();
-        let responses = self
-            .store
-            .blocking(move || shared.apply_entries(&batch, check.as_ref()))
-            .await??;
+        // A few entries apply in place: handing them to the blocking pool and back costs
+        // two thread wake-ups per batch, more than applying them into memory. A large
+        // batch, or one that may fill the buffer and write it out, goes to the pool.
+        let responses = if shared.applies_in_place(&batch) {
+            let (responses, full) = shared.apply_to_buffer(&batch, check.as_ref())?;
+            if full {
+                let shared = shared.clone();
+                self.store.blocking(move || shared.flush_full()).await??;
+            }
+            responses
+        } else {
+            self.store
+                .blocking(move || shared.apply_entries(&batch, check.as_ref()))
+                .await??
+        };
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);

@@ -695,20 +695,22 @@ async fn applies_go_into_the_buffer_and_the_file_takes_them_a_flush_at_a_time() 
 
 #[tokio::test]
 async fn every_read_sees_one_applied_state_while_applies_and_flushes_go_on() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let (_dir, store, _) = counting_store();
     let mut log = LogStore::new(store.clone());
     let mut sm = StateMachine::open(store.clone()).unwrap();
     let shared = sm.shared();
+    // At least this many entries, one per apply; more until the reader and the flusher
+    // have each run often enough alongside (a small apply is fast, done in place).
     const N: u64 = 400;
-    append(&mut log, (1..=N).map(|i| entry(1, i)).collect()).await;
+    const AT_MOST: u64 = 50_000;
     let stop = Arc::new(AtomicBool::new(false));
+    let (reads, flushes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     // Each entry appends one audit record: a view whose record count is not its last
     // applied index, or whose chain does not hold, saw parts of two states.
     let reader = {
-        let (shared, stop) = (shared.clone(), stop.clone());
+        let (shared, stop, reads) = (shared.clone(), stop.clone(), reads.clone());
         std::thread::spawn(move || {
-            let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let sm::View { tables, last, .. } = shared.view();
                 let vault = crate::vault::Vault::new(tables);
@@ -718,34 +720,45 @@ async fn every_read_sees_one_applied_state_while_applies_and_flushes_go_on() {
                     "a read saw parts of two applied states"
                 );
                 vault.validate().unwrap();
-                reads += 1;
+                reads.fetch_add(1, Ordering::Relaxed);
             }
-            reads
         })
     };
     let flusher = {
-        let (shared, stop) = (shared.clone(), stop.clone());
+        let (shared, stop, flushes) = (shared.clone(), stop.clone(), flushes.clone());
         std::thread::spawn(move || {
-            let mut flushes = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 shared.make_durable(true).unwrap();
-                flushes += 1;
+                flushes.fetch_add(1, Ordering::Relaxed);
             }
-            flushes
         })
     };
-    for i in 1..=N {
-        apply(&mut sm, vec![entry(1, i)]).await;
+    let (mut appended, mut applied) = (0, 0);
+    let enough = || reads.load(Ordering::Relaxed) > 10 && flushes.load(Ordering::Relaxed) > 10;
+    while applied < N || (!enough() && applied < AT_MOST) {
+        if applied == appended {
+            append(
+                &mut log,
+                (appended + 1..=appended + N).map(|i| entry(1, i)).collect(),
+            )
+            .await;
+            appended += N;
+        }
+        applied += 1;
+        apply(&mut sm, vec![entry(1, applied)]).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let (reads, flushes) = (reader.join().unwrap(), flusher.join().unwrap());
+    reader.join().unwrap();
+    flusher.join().unwrap();
     assert!(
-        reads > 10 && flushes > 10,
-        "reads {reads}, flushes {flushes}"
+        enough(),
+        "reads {}, flushes {}",
+        reads.load(Ordering::Relaxed),
+        flushes.load(Ordering::Relaxed)
     );
     assert_eq!(
         served(&sm),
-        crate::vault::tables::digest(vault_after(N).tables())
+        crate::vault::tables::digest(vault_after(applied).tables())
     );
 }
 
