@@ -6,14 +6,18 @@ use crate::net::{HttpPool, WireError};
 use crate::raft_types::{Built, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use bytes::Bytes;
 use futures::FutureExt;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -72,6 +76,69 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             freshness: self.freshness.clone(),
             waited_at: None,
         }
+    }
+}
+
+/// How long a request that only tells a follower the new commit index waits for the
+/// next request with entries, which carries the same news.
+///
+/// openraft follows every commit with such a request to each follower. At one client,
+/// that doubled the Raft plane's traffic: each write was two round trips to each
+/// follower, where the next write's entries would have told it a moment later. A write
+/// that comes within the hold replaces the commit-only request: the follower learns the
+/// commit from the entries' request, and its answer acknowledges both (openraft counts
+/// an answer as acknowledging every request it sent up to the matched entry, and the
+/// later request's sending time is the one a lease or a read index can lean on). If
+/// none comes, the commit-only request goes out when the hold ends. Followers learn of
+/// commits that much later when writes stop; nothing waits on that but a follower's own
+/// applied state, and no safety property rests on it.
+pub const COMMIT_HOLD: Duration = Duration::from_millis(2);
+
+/// One stream of AppendEntries requests to a follower, being sent.
+struct AppendSession<'s, S> {
+    client: &'s mut PeerClient,
+    input: S,
+    option: RPCOption,
+    /// A request of this stream has succeeded: the follower matches the leader's log up
+    /// to what was sent, so an entry-less request after it only moves the commit index.
+    acked: bool,
+    /// The input ended while a request was being held: it is the last one.
+    ended: bool,
+}
+
+/// An answer of the stream: the follower's log matching up to an entry, or why not.
+type StreamAppendItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// The next request to send from `input`: the next one, unless it carries no entries
+/// after an acknowledged request (`acked`) — a commit index alone. That one waits up to
+/// [`COMMIT_HOLD`] for the request after it, which is sent in its place: it starts
+/// from the same entry (nothing was sent in between) and carries a commit index at
+/// least as new. `ended` is set when the input ends during the wait. A heartbeat is
+/// never held: it is the first request of a stream of its own.
+///
+/// Waiting on `input` is cancel-safe: the request being made stays in the stream (an
+/// `unfold`), to be returned by the next poll.
+async fn next_to_send<S>(
+    input: &mut S,
+    acked: bool,
+    ended: &mut bool,
+) -> Option<AppendEntriesRequest<TypeConfig>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    let req = input.next().await?;
+    if !(acked && req.entries.is_empty()) {
+        return Some(req);
+    }
+    tokio::select! {
+        later = input.next() => match later {
+            Some(later) => Some(later),
+            None => {
+                *ended = true;
+                Some(req)
+            }
+        },
+        () = crate::runtime::sleep(COMMIT_HOLD) => Some(req),
     }
 }
 
@@ -432,6 +499,50 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
     }
 
+    /// Sends the requests one at a time, as openraft's sequential default does, except
+    /// that an entry-less request that only carries a new commit index waits up to
+    /// [`COMMIT_HOLD`] for the next request, and is dropped for it when it comes (see
+    /// [`next_to_send`]).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamAppendItem>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let session = AppendSession {
+            client: self,
+            input,
+            option,
+            acked: false,
+            ended: false,
+        };
+        let responses = futures::stream::unfold(Some(session), |session| async move {
+            let mut s = session?;
+            let req = next_to_send(&mut s.input, s.acked, &mut s.ended).await?;
+            let prev = req.prev_log_id;
+            let last = req.entries.last().map(|e| e.log_id).or(prev);
+            match s.client.append_entries(req, s.option.clone()).await {
+                Ok(resp) => {
+                    // A partial success ends the stream, as in openraft's sequential one.
+                    let go_on = match &resp {
+                        AppendEntriesResponse::Success => true,
+                        AppendEntriesResponse::PartialSuccess(m) => *m == last,
+                        _ => false,
+                    };
+                    let result = resp.into_stream_result(prev, last);
+                    s.acked |= result.is_ok();
+                    let next = (go_on && result.is_ok() && !s.ended).then_some(s);
+                    Some((Ok(result), next))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let responses: BoxStream<'s, StreamAppendItem> = Box::pin(responses);
+        Box::pin(std::future::ready(Ok(responses)))
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
@@ -568,6 +679,60 @@ mod tests {
             h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
         }
         h
+    }
+
+    /// An AppendEntries after entry 5 carrying `entries` (their indexes), commit `commit`.
+    fn append(entries: &[u64], commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(log_id(2, 5)),
+            leader_commit: Some(log_id(2, commit)),
+            entries: entries.iter().map(|&i| tokenize(i)).collect(),
+        }
+    }
+
+    /// Runs [`next_to_send`] over `queued` (the input ends after them when `ends`).
+    async fn pick(
+        queued: Vec<AppendEntriesRequest<TypeConfig>>,
+        acked: bool,
+        ends: bool,
+    ) -> (AppendEntriesRequest<TypeConfig>, bool) {
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        for r in queued {
+            tx.unbounded_send(r).unwrap();
+        }
+        let _open = (!ends).then_some(tx);
+        let mut ended = false;
+        let req = next_to_send(&mut rx, acked, &mut ended).await.unwrap();
+        (req, ended)
+    }
+
+    #[tokio::test]
+    async fn a_commit_only_append_gives_way_to_the_next_request() {
+        // After an acknowledged request, a commit-only one is replaced by the next.
+        let (sent, ended) = pick(vec![append(&[], 5), append(&[6, 7], 5)], true, false).await;
+        same(&sent, &append(&[6, 7], 5));
+        assert!(!ended);
+        // With nothing after it, it goes out itself once the hold ends.
+        let started = std::time::Instant::now();
+        let (sent, ended) = pick(vec![append(&[], 5)], true, false).await;
+        same(&sent, &append(&[], 5));
+        assert!(started.elapsed() >= COMMIT_HOLD && !ended);
+        // Its stream ending during the hold, it goes out as the last request.
+        let (sent, ended) = pick(vec![append(&[], 5)], true, true).await;
+        same(&sent, &append(&[], 5));
+        assert!(ended);
+    }
+
+    #[tokio::test]
+    async fn entries_and_a_streams_first_request_are_never_held() {
+        // Entries go out at once.
+        let (sent, _) = pick(vec![append(&[6], 5), append(&[7], 6)], true, false).await;
+        same(&sent, &append(&[6], 5));
+        // So does an entry-less first request (a heartbeat's, or a probe for the
+        // follower's log): nothing has been acknowledged that it could merely update.
+        let (sent, _) = pick(vec![append(&[], 5), append(&[6], 5)], false, false).await;
+        same(&sent, &append(&[], 5));
     }
 
     #[test]
