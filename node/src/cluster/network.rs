@@ -5,17 +5,15 @@ use crate::member::{Member, NodeId};
 use crate::net::{HttpPool, WireError};
 use crate::raft_types::{Built, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use bytes::Bytes;
-use futures::FutureExt;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::StreamAppendResult;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
@@ -525,7 +523,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let last = req.entries.last().map(|e| e.log_id).or(prev);
             match s.client.append_entries(req, s.option.clone()).await {
                 Ok(resp) => {
-                    // A partial success ends the stream, as in openraft's sequential one.
+                    // Only a whole success goes on, as in openraft's sequential stream: a
+                    // partial one, a conflict or a higher vote ends it.
                     let go_on = match &resp {
                         AppendEntriesResponse::Success => true,
                         AppendEntriesResponse::PartialSuccess(m) => *m == last,
@@ -533,7 +532,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     };
                     let result = resp.into_stream_result(prev, last);
                     s.acked |= result.is_ok();
-                    let next = (go_on && result.is_ok() && !s.ended).then_some(s);
+                    let next = (go_on && !s.ended).then_some(s);
                     Some((Ok(result), next))
                 }
                 Err(e) => Some((Err(e), None)),

@@ -837,7 +837,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let responses = if shared.applies_in_place(&batch) {
             let (responses, full) = shared.apply_to_buffer(&batch, check.as_ref())?;
             if full {
-                let shared = shared.clone();
                 self.store.blocking(move || shared.flush_full()).await??;
             }
             responses
