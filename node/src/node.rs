@@ -729,18 +729,18 @@ async fn snapshot_when_due(cluster: Arc<Cluster>, every_entries: u64) {
     // after a snapshot this loop did not start (one installed from the leader: a wiped
     // follower would otherwise count its vault as empty and build one of its own while
     // it still catches up).
-    let tokens_now = || cluster.vault().read(|v| v.token_count()).unwrap_or(0) as u64;
-    let mut last_tokens = tokens_now();
+    let rows_now = || cluster.vault().rows().unwrap_or(0);
+    let mut last_rows = rows_now();
     let mut seen = cluster.status().snapshot_index;
     loop {
         crate::runtime::sleep(second).await;
         let before = cluster.status().snapshot_index;
         if before != seen {
             seen = before;
-            last_tokens = tokens_now();
+            last_rows = rows_now();
         }
-        if let Some(tokens) = cluster.snapshot_if_due(every_entries, last_tokens).await {
-            last_tokens = tokens;
+        if let Some(rows) = cluster.snapshot_if_due(every_entries, last_rows).await {
+            last_rows = rows;
             // Let it finish (the snapshot index moves) before judging again.
             for _ in 0..300 {
                 crate::runtime::sleep(second).await;

@@ -47,6 +47,12 @@ pub const CLUSTER_ID_HEADER: &str = "kura-cluster-id";
 /// must be the node its certificate names.
 pub const NODE_ID_HEADER: &str = "kura-node-id";
 
+/// A snapshot is due once the entries since the last one reach `every_entries` or the
+/// rows the vault held then (`last_rows`), whichever is more.
+fn snapshot_due(since: u64, every_entries: u64, last_rows: u64) -> bool {
+    since >= every_entries.max(last_rows)
+}
+
 /// Raft timing and log retention.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,10 +62,10 @@ pub struct RaftSettings {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_every_entries: u64,
-    /// Wait instead for at least as many entries as the vault held tokens at the last
-    /// snapshot, when that is more. A snapshot serialises the whole vault, so this keeps
-    /// its cost per write bounded as the vault grows (a fixed interval makes it grow
-    /// with the vault), at the price of a log about as long as the vault is large.
+    /// Wait instead for at least as many entries as the vault's tables held rows at the
+    /// last snapshot, when that is more. A snapshot copies every row, so this keeps its
+    /// cost per write bounded as the vault grows (a fixed interval makes it grow with
+    /// the vault), at the price of a log about as long as the vault is large.
     pub snapshot_grows_with_vault: bool,
     /// Entries kept in the log behind a snapshot, for followers that lag a little.
     pub log_entries_kept_after_snapshot: u64,
@@ -370,20 +376,21 @@ impl Cluster {
     }
 
     /// With `snapshot_grows_with_vault`, starts a snapshot once the entries applied since
-    /// the last one reach `snapshot_every_entries` or `last_tokens` (the vault's token
-    /// count at the last snapshot), whichever is more: the interval doubles as long as
-    /// the vault does, so snapshot work per write stays bounded. Returns the token count
-    /// at this snapshot when it started one.
-    pub async fn snapshot_if_due(&self, every_entries: u64, last_tokens: u64) -> Option<u64> {
+    /// the last one reach `snapshot_every_entries` or `last_rows` (the rows in the
+    /// vault's tables at the last snapshot), whichever is more. A snapshot copies every
+    /// row, so this copies at most about one row per entry applied however large the
+    /// vault grows, and keeps a log about as long as the vault is large. Returns the
+    /// vault's rows at this snapshot when it started one.
+    pub async fn snapshot_if_due(&self, every_entries: u64, last_rows: u64) -> Option<u64> {
         let s = self.status();
         let since = s
             .applied_index
             .saturating_sub(s.snapshot_index.unwrap_or(0));
-        if since < every_entries.max(last_tokens) {
+        if !snapshot_due(since, every_entries, last_rows) {
             return None;
         }
-        let tokens = self.vault().read(|v| v.token_count()).ok()? as u64;
-        self.raft.trigger().snapshot().await.ok().map(|()| tokens)
+        let rows = self.vault().rows().ok()?;
+        self.raft.trigger().snapshot().await.ok().map(|()| rows)
     }
 
     /// The leader this node knows of, other than `not`, waiting for an election to bring

@@ -182,6 +182,13 @@ impl SharedVault {
         self.state.lock().expect("vault lock").view()
     }
 
+    /// Rows in the vault's file: the vault's size as a snapshot copies it, give or take
+    /// the buffer not yet written out (at most `flush_keys` changes).
+    pub fn rows(&self) -> Result<u64, StorageError> {
+        let file = self.state.lock().expect("vault lock").file.clone();
+        file.rows()
+    }
+
     /// Index of the last applied log entry (0 before any).
     pub fn applied_index(&self) -> u64 {
         self.state

@@ -300,6 +300,24 @@ fn vault_after(keys: u64) -> crate::vault::VaultState {
     vault
 }
 
+/// Rows in all of `tables`.
+fn rows(tables: &impl crate::vault::Tables) -> u64 {
+    let mut n = 0;
+    for t in crate::vault::TableId::ALL {
+        tables.scan(
+            t,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            false,
+            &mut |_, _| {
+                n += 1;
+                true
+            },
+        );
+    }
+    n
+}
+
 /// The digest of the vault `sm` serves.
 fn served(sm: &StateMachine) -> String {
     sm.shared()
@@ -654,12 +672,16 @@ async fn applies_go_into_the_buffer_and_the_file_takes_them_a_flush_at_a_time() 
         crate::vault::tables::digest(vault_after(3).tables())
     );
     assert_eq!(shared.file_applied(), None);
+    // The file's rows (the snapshot interval's measure) count only what it holds.
+    assert_eq!(shared.rows().unwrap(), 0);
     // A snapshot's view taken now stays as it is while later entries are applied and
     // written out.
     let mut builder = sm.get_snapshot_builder().await;
     apply(&mut sm, vec![entry(1, 4)]).await;
     assert_eq!(shared.make_durable(false).unwrap(), sm::Durability::Durable);
     assert_eq!(shared.file_applied(), Some(log_id(1, 4)));
+    assert_eq!(shared.rows().unwrap(), rows(vault_after(4).tables()));
+    assert!(shared.rows().unwrap() > 4);
     assert_eq!(
         served(&sm),
         crate::vault::tables::digest(vault_after(4).tables())

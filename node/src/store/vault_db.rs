@@ -15,8 +15,8 @@ use super::io_err;
 use super::wal::{SegmentDir, SegmentFile};
 use crate::vault::{StorageError, TableId, Tables, TablesMut};
 use redb::{
-    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
-    TableDefinition, WriteTransaction,
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, StorageBackend, TableDefinition, WriteTransaction,
 };
 use std::cell::RefCell;
 use std::fmt;
@@ -481,6 +481,15 @@ impl FileView {
             txn,
             _db: db,
         })
+    }
+
+    /// Rows in all the tables (each table's length is in its root: O(1) per table).
+    pub(crate) fn rows(&self) -> Result<u64, StorageError> {
+        let mut rows = 0;
+        for t in TableId::ALL {
+            rows += self.table(t)?.len().map_err(failed)?;
+        }
+        Ok(rows)
     }
 
     fn table(&self, t: TableId) -> Result<&ReadOnlyTable<Bytes, Bytes>, StorageError> {
