@@ -47,12 +47,6 @@ pub const CLUSTER_ID_HEADER: &str = "kura-cluster-id";
 /// must be the node its certificate names.
 pub const NODE_ID_HEADER: &str = "kura-node-id";
 
-/// A snapshot is due once the entries since the last one reach `every_entries` or the
-/// rows the vault held then (`last_rows`), whichever is more.
-fn snapshot_due(since: u64, every_entries: u64, last_rows: u64) -> bool {
-    since >= every_entries.max(last_rows)
-}
-
 /// Raft timing and log retention.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -386,7 +380,7 @@ impl Cluster {
         let since = s
             .applied_index
             .saturating_sub(s.snapshot_index.unwrap_or(0));
-        if !snapshot_due(since, every_entries, last_rows) {
+        if since < every_entries.max(last_rows) {
             return None;
         }
         let rows = self.vault().rows().ok()?;
