@@ -122,14 +122,20 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
     // the 400 handshakes can outlast the header timeout on a loaded machine, and the
     // first ones are closed before the last arrive.)
     let loris = std::sync::Arc::new(tls_from(Ipv4Addr::new(127, 0, 0, 2)));
+    let burst = Instant::now();
     let slow: Vec<_> = (0..400)
         .map(|_| {
             let (loris, api) = (loris.clone(), api.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
-                match loris.connect(&api).await {
-                    Ok(io) => Some(dribble_until_closed(io, started, HEADER_TIMEOUT * 4).await),
-                    Err(_) => None,
+                let io = loris.connect(&api).await;
+                let answered = burst.elapsed();
+                match io {
+                    Ok(io) => {
+                        let closed = dribble_until_closed(io, started, HEADER_TIMEOUT * 4).await;
+                        (answered, Some(closed.map(|c| (c, started + c - burst))))
+                    }
+                    Err(_) => (answered, None),
                 }
             })
         })
@@ -167,15 +173,29 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
     // Connections over the per-address cap (300) never got a handshake; the rest were
     // closed by the header timeout, not by anything sooner.
     let (mut refused_at_handshake, mut closed_after) = (0, Vec::new());
+    let (mut last_answered, mut first_closed) = (Duration::ZERO, Duration::MAX);
     for h in slow {
-        match h.await.unwrap() {
+        let (answered, held) = h.await.unwrap();
+        last_answered = last_answered.max(answered);
+        match held {
             None => refused_at_handshake += 1,
-            Some(closed) => closed_after.push(closed.expect("a slow client was never closed")),
+            Some(closed) => {
+                let (after, at) = closed.expect("a slow client was never closed");
+                closed_after.push(after);
+                first_closed = first_closed.min(at);
+            }
         }
     }
+    // The cap admits 300 and refuses the rest at once. When the burst's 400 handshakes
+    // took longer than a header timeout (a loaded machine: the test's own process makes
+    // them), the first admitted were closed before the last connected, and those took
+    // their freed slots: fewer refused, but some still (the cap was reached).
+    let burst_in_one_timeout = last_answered < first_closed;
+    let expected = if burst_in_one_timeout { 90..=110 } else { 1..=110 };
     assert!(
-        (90..=110).contains(&refused_at_handshake),
-        "{refused_at_handshake} of 400 slow clients refused at once (cap 300)"
+        expected.contains(&refused_at_handshake),
+        "{refused_at_handshake} of 400 slow clients refused at once (cap 300; the burst \
+         was answered within {last_answered:?}, the first admitted closed at {first_closed:?})"
     );
     let earliest = closed_after.iter().min().unwrap();
     let latest = closed_after.iter().max().unwrap();
@@ -231,7 +251,8 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
     assert!(timeouts >= 500.0, "closed by timeouts: {timeouts}");
     eprintln!(
         "20 normal tokenizations in {served_in:?} under 400 slow clients and a 1,000-connection flood; \
-         slow clients closed after {earliest:?}..{latest:?}; {refused} refused per address, {timeouts} timed out, \
+         {refused_at_handshake} slow clients refused at once (burst answered in {last_answered:?}), \
+         the rest closed after {earliest:?}..{latest:?}; {refused} refused per address, {timeouts} timed out, \
          {not_connected} flood connections never connected"
     );
 }
