@@ -172,12 +172,12 @@ impl Scripts {
             .stderr(Stdio::piped());
         let pids = pids.to_vec();
         tokio::task::spawn_blocking(move || {
-            let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+            let before = cpu_seconds_of(&pids);
             let child = cmd
                 .spawn()
                 .map_err(|e| format!("cannot start wrk (is it installed?): {e}"))?;
             let (out, wrk_cpu_s) = wait_with_rusage(child)?;
-            let after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+            let after = cpu_seconds_of(&pids);
             let mut cell = parse(&out)?;
             cell.wrk_cpu_s = wrk_cpu_s;
             cell.system_cpu_s = (after - before).max(0.0);
@@ -217,6 +217,11 @@ fn wait_with_rusage(mut child: std::process::Child) -> Result<(String, f64), Str
 }
 
 /// CPU seconds (user + system) process `pid` has used so far; 0 if it is gone.
+/// CPU seconds `pids` have used together so far.
+pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
 pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;

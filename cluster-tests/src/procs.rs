@@ -839,6 +839,11 @@ impl AcquirerSim {
         s
     }
 
+    /// The simulator's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts it again on the same address (its memory starts empty).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none());
