@@ -191,7 +191,11 @@ async fn slow_clients_and_a_connection_flood_leave_the_api_answering_normal_clie
     // them), the first admitted were closed before the last connected, and those took
     // their freed slots: fewer refused, but some still (the cap was reached).
     let burst_in_one_timeout = last_answered < first_closed;
-    let expected = if burst_in_one_timeout { 90..=110 } else { 1..=110 };
+    let expected = if burst_in_one_timeout {
+        90..=110
+    } else {
+        1..=110
+    };
     assert!(
         expected.contains(&refused_at_handshake),
         "{refused_at_handshake} of 400 slow clients refused at once (cap 300; the burst \
