@@ -35,7 +35,15 @@ pub fn pan(n: u64) -> String {
 /// sequence number is split by a letter, because a run of 12 or more digits that
 /// passes Luhn would be refused as a card number in the wrong field (`pan_in_field`).
 pub fn tokenize_request(client: u32, seq: u64) -> TokenizeRequest {
-    card_on_file(client, seq, pan(card_number(client, seq)))
+    card_on_file("bench", client, seq, pan(card_number(client, seq)))
+}
+
+/// The card a payments run `run` tokenizes for client `client`'s `seq`-th flow: a card
+/// the simulator approves, on file for a member of that run only. A card already on
+/// file for the member would come back as it is, without a write; so would a flow
+/// whose order and idempotency keys an earlier run used (a replay): neither is a flow.
+pub fn pay_card(run: &str, client: u32, seq: u64) -> TokenizeRequest {
+    card_on_file(run, client, seq, approved_pan(card_number(client, seq)))
 }
 
 /// Client `client`'s `seq`-th card number (before [`pan`] makes it a card's).
@@ -43,9 +51,10 @@ fn card_number(client: u32, seq: u64) -> u64 {
     u64::from(client) * 10_000_000 + seq
 }
 
-fn card_on_file(client: u32, seq: u64, pan: String) -> TokenizeRequest {
+/// Client `client`'s `seq`-th card, on file for a member of `family`.
+fn card_on_file(family: &str, client: u32, seq: u64, pan: String) -> TokenizeRequest {
     let member = format!(
-        "bench-{client:04}-s{:06}s{:06}-",
+        "{family}-{client:04}-s{:06}s{:06}-",
         seq / 1_000_000,
         seq % 1_000_000
     );
@@ -112,7 +121,8 @@ impl Op for KuraRead {
 #[derive(Clone)]
 pub struct KuraPay {
     pub client: Client,
-    /// Makes order ids and idempotency keys unique across runs on one cluster.
+    /// Makes members, order ids and idempotency keys unique across runs on one
+    /// cluster: each run needs its own (letters first, at most 20 characters).
     pub run: String,
 }
 
@@ -121,11 +131,7 @@ impl Op for KuraPay {
         let err = |e: kura_sdk::Error| e.to_string();
         let token = self
             .client
-            .tokenize(&card_on_file(
-                client,
-                seq,
-                approved_pan(card_number(client, seq)),
-            ))
+            .tokenize(&pay_card(&self.run, client, seq))
             .await
             .map_err(err)?
             .token;
@@ -468,6 +474,22 @@ impl Drop for EtcdCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(r: &TokenizeRequest) -> String {
+        serde_json::to_value(r).unwrap()["member_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn each_payments_run_tokenizes_for_members_of_its_own() {
+        let (a, b) = (pay_card("b123-16", 3, 7), pay_card("b123-64", 3, 7));
+        assert_ne!(member(&a), member(&b));
+        assert_ne!(member(&a), member(&tokenize_request(3, 7)));
+        assert_eq!(member(&a), member(&pay_card("b123-16", 3, 7)));
+        assert_eq!(member(&a).len(), 64);
+    }
 
     #[test]
     fn the_payments_workload_never_uses_a_simulator_test_card() {

@@ -328,10 +328,6 @@ pub async fn run(args: Args) -> Result<(), String> {
         write_rate,
         read_rate,
     };
-    let pay = KuraPay {
-        client,
-        run: format!("b{}", std::process::id()),
-    };
     let sim_pids: Vec<u32> = [cafis.pid(), cardnet.pid()].into_iter().flatten().collect();
     let mut pays = Vec::new();
     for n in [16, 64] {
@@ -339,7 +335,12 @@ pub async fn run(args: Args) -> Result<(), String> {
             wrk::cpu_seconds_of(&kura_pids),
             wrk::cpu_seconds_of(&sim_pids),
         );
-        let m = measure("tokenize+auth+capture", pay.clone(), n, &args, None).await;
+        // A run of its own: new members, orders and keys (no replays of the run before).
+        let pay = KuraPay {
+            client: client.clone(),
+            run: format!("b{}-{n}", std::process::id()),
+        };
+        let m = measure("tokenize+auth+capture", pay, n, &args, None).await;
         // The harness's warm-up is in the CPU times but not in the flows it counts: spread
         // over the whole run's time at the measured rate.
         let run_s = (args.warmup + args.measure).as_secs_f64();
