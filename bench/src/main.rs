@@ -209,7 +209,7 @@ async fn load(
     let s = match workload {
         Workload::Tokenize => harness::run(systems::KuraTokenize(client), plan).await,
         Workload::Pay => {
-            let run = format!("load{}", std::process::id());
+            let run = format!("load{}p", std::process::id());
             harness::run(systems::KuraPay { client, run }, plan).await
         }
     };

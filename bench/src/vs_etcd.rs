@@ -338,7 +338,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         // A run of its own: new members, orders and keys (no replays of the run before).
         let pay = KuraPay {
             client: client.clone(),
-            run: format!("b{}-{n}", std::process::id()),
+            run: format!("b{}n{n}", std::process::id()),
         };
         let m = measure("tokenize+auth+capture", pay, n, &args, None).await;
         // The harness's warm-up is in the CPU times but not in the flows it counts: spread
