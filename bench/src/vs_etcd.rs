@@ -493,8 +493,9 @@ fn render_tls_cost(t: &mut String, cost: &TlsCost) {
         t,
         "\n## What TLS costs kura (fresh clusters, wrk, TLS and insecure alternating)\n\nwrk speaks TLS too in the TLS cells, on the same two cores; its CPU and kura's CPU per request (the three nodes' CPU time over the cell, per successful request) are shown for both modes.\n\n| round | clients | TLS ops/s | insecure ops/s | TLS/insecure | TLS p99 ms | insecure p99 ms | wrk CPU TLS / insecure | kura CPU per request TLS / insecure (ms) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    let cpu_per_request =
-        |c: &Cell| 1000.0 * c.system_cpu_s / (c.throughput() * c.seconds).max(1e-9);
+    // kura's CPU seconds and the requests it served in a cell.
+    let spent = |c: &Cell| (c.system_cpu_s, c.throughput() * c.seconds);
+    let ms_per_request = |(cpu, requests): (f64, f64)| 1000.0 * cpu / requests.max(1e-9);
     for (round, n, tls, plain) in &cost.pairs {
         let _ = writeln!(
             t,
@@ -506,8 +507,8 @@ fn render_tls_cost(t: &mut String, cost: &TlsCost) {
             plain.ms(plain.p99_us),
             100.0 * tls.wrk_share(),
             100.0 * plain.wrk_share(),
-            cpu_per_request(tls),
-            cpu_per_request(plain),
+            ms_per_request(spent(tls)),
+            ms_per_request(spent(plain)),
         );
     }
     let hi = cost.pairs.iter().map(|p| p.1).max().unwrap_or(0);
@@ -524,8 +525,7 @@ fn render_tls_cost(t: &mut String, cost: &TlsCost) {
         "\n| target | measured | |\n|---|---:|---|\n| TLS costs ≤ 15% of throughput at {hi} clients | {cost_pct:.1}% | {} |",
         if cost_pct <= 15.0 { "met" } else { "**not met**" }
     );
-    // CPU seconds and requests served, summed over the rounds' cells at `hi` clients.
-    let spent = |c: &Cell| (c.system_cpu_s, c.throughput() * c.seconds);
+    // Summed over the rounds' cells at `hi` clients.
     let (tls_cpu, tls_ops, plain_cpu, plain_ops) =
         cost.pairs
             .iter()
@@ -534,7 +534,9 @@ fn render_tls_cost(t: &mut String, cost: &TlsCost) {
                 let ((tc, to), (pc, po)) = (spent(&p.2), spent(&p.3));
                 (a + tc, b + to, c + pc, d + po)
             });
-    let more = tls_cpu / tls_ops.max(1e-9) / (plain_cpu / plain_ops.max(1e-9)).max(1e-12) - 1.0;
+    let more = ms_per_request((tls_cpu, tls_ops))
+        / ms_per_request((plain_cpu, plain_ops)).max(1e-12)
+        - 1.0;
     let _ = writeln!(
         t,
         "\nkura's own CPU per request at {hi} clients, over the rounds: {:.1}% more with TLS than without (not a target; the throughput cost above also holds wrk's TLS, which shares the cores).",

@@ -216,12 +216,12 @@ fn wait_with_rusage(mut child: std::process::Child) -> Result<(String, f64), Str
     Ok((out, secs(usage.ru_utime) + secs(usage.ru_stime)))
 }
 
-/// CPU seconds (user + system) process `pid` has used so far; 0 if it is gone.
 /// CPU seconds `pids` have used together so far.
 pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
     pids.iter().map(|p| cpu_seconds(*p)).sum()
 }
 
+/// CPU seconds (user + system) process `pid` has used so far; 0 if it is gone.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
