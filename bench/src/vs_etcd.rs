@@ -419,16 +419,29 @@ struct Probes {
 }
 
 /// kura with TLS against the same build in its insecure mode: fresh clusters, the
-/// lowest and highest client counts, driven by wrk, the two modes alternating (TLS,
-/// insecure, TLS, insecure) so that drift on the machine falls on both.
+/// lowest and highest client counts, driven by wrk, the two modes alternating in an
+/// ABBA order (TLS first in odd rounds, insecure first in even ones) so that drift on
+/// the machine during the comparison falls on both alike.
 struct TlsCost {
     /// (round, clients, TLS, insecure)
     pairs: Vec<(u32, u32, Cell, Cell)>,
 }
 
-/// Rounds of the TLS-cost comparison (a 256-client cell varies by ±5–10% from run to
-/// run on the two-core machine; with two rounds the cost read 8.9–21.4%).
-const TLS_COST_ROUNDS: u32 = 3;
+/// Rounds of the TLS-cost comparison: even, so that each mode goes first equally
+/// often. A 256-client cell varies by ±5–10% from run to run on the two-core machine;
+/// with two rounds the cost read 8.9–21.4%, and with three, TLS always first, 4.8–18.6%
+/// over five runs, while back-to-back `kura up` pairs read anything from TLS 12%
+/// slower to TLS 11% faster.
+const TLS_COST_ROUNDS: u32 = 4;
+
+/// The modes of a round in the order they run (`true`: insecure).
+fn tls_cost_order(round: u32) -> [bool; 2] {
+    if round % 2 == 1 {
+        [false, true]
+    } else {
+        [true, false]
+    }
+}
 
 async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<TlsCost, String> {
     let counts = [
@@ -440,7 +453,7 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<Tl
     for round in 1..=TLS_COST_ROUNDS {
         let mut tls = Vec::new();
         let mut plain = Vec::new();
-        for insecure in [false, true] {
+        for insecure in tls_cost_order(round) {
             let label = if insecure { "insecure" } else { "TLS" };
             eprintln!("kura {label} (TLS cost, round {round}):");
             let c = if insecure {
@@ -491,7 +504,7 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<Tl
 fn render_tls_cost(t: &mut String, cost: &TlsCost) {
     let _ = writeln!(
         t,
-        "\n## What TLS costs kura (fresh clusters, wrk, TLS and insecure alternating)\n\nwrk speaks TLS too in the TLS cells, on the same two cores; its CPU and kura's CPU per request (the three nodes' CPU time over the cell, per successful request) are shown for both modes.\n\n| round | clients | TLS ops/s | insecure ops/s | TLS/insecure | TLS p99 ms | insecure p99 ms | wrk CPU TLS / insecure | kura CPU per request TLS / insecure (ms) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "\n## What TLS costs kura (fresh clusters, wrk, TLS and insecure alternating, each first in every other round)\n\nwrk speaks TLS too in the TLS cells, on the same two cores; its CPU and kura's CPU per request (the three nodes' CPU time over the cell, per successful request) are shown for both modes.\n\n| round | clients | TLS ops/s | insecure ops/s | TLS/insecure | TLS p99 ms | insecure p99 ms | wrk CPU TLS / insecure | kura CPU per request TLS / insecure (ms) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     // kura's CPU seconds and the requests it served in a cell.
     let spent = |c: &Cell| (c.system_cpu_s, c.throughput() * c.seconds);
@@ -703,4 +716,24 @@ fn render(
         verdict(pay_rate >= 2000.0 && pay_p99 <= 50.0),
     );
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_tls_cost_round_runs_both_modes_and_each_goes_first_equally_often() {
+        let firsts: Vec<bool> = (1..=TLS_COST_ROUNDS)
+            .map(|round| {
+                let order = tls_cost_order(round);
+                assert_ne!(order[0], order[1], "round {round} runs both modes");
+                order[0]
+            })
+            .collect();
+        let insecure_first = firsts.iter().filter(|f| **f).count();
+        assert_eq!(2 * insecure_first, firsts.len(), "{firsts:?}");
+        // Consecutive rounds swap the order (ABBA), so linear drift cancels.
+        assert!(firsts.windows(2).all(|w| w[0] != w[1]), "{firsts:?}");
+    }
 }
