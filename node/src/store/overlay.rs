@@ -287,9 +287,7 @@ impl<B: Tables> Tables for Batch<B> {
             return self.under.scan(table, from, to, reverse, visit);
         }
         let (lo, hi) = change_range(table, from, to);
-        let r = self
-            .changes
-            .range::<Bytes, _>((lo.as_ref(), hi.as_ref()));
+        let r = self.changes.range::<Bytes, _>((lo.as_ref(), hi.as_ref()));
         if reverse {
             scan_over(r.rev(), &self.under, table, (from, to), reverse, visit)
         } else {
