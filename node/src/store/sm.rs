@@ -48,7 +48,7 @@ const FLUSH_KEYS: usize = 100_000;
 const APPLY_IN_PLACE_ENTRIES: usize = 16;
 /// Most changed keys a batch may merge into the buffer while holding the lock every
 /// read takes (about 0.3 µs a key); a larger batch is merged into a copy outside it.
-const MERGE_IN_PLACE_KEYS: usize = 1024;
+pub(super) const MERGE_IN_PLACE_KEYS: usize = 1024;
 /// Keys one entry is taken to change, for telling whether a batch may fill the buffer;
 /// a tokenization changes about ten (token, card, fingerprint, member, audit). A rare
 /// command that changes more and fills the buffer still has it written out on the
@@ -325,9 +325,9 @@ impl SharedVault {
         })();
         // Reads from now on see the file with the changes in it.
         let written = written.and_then(|()| FileView::begin(&db).map_err(io::Error::other));
-        let mut s = self.state.lock().expect("vault lock");
         match written {
             Ok(file) => {
+                let mut s = self.state.lock().expect("vault lock");
                 s.below = Changes::new();
                 s.file = file;
                 drop(s);
@@ -337,7 +337,11 @@ impl SharedVault {
             }
             Err(e) => {
                 // Nothing written: the changes go back into the buffer, under any
-                // applied since.
+                // applied since. Under the apply lock as well, since only its holder
+                // may change the buffer: an apply merging a large batch into a copy
+                // of it would otherwise store that copy over this.
+                let _apply = self.apply.lock().expect("vault apply lock");
+                let mut s = self.state.lock().expect("vault lock");
                 let below = std::mem::take(&mut s.below);
                 s.top = std::mem::take(&mut s.top).union(below);
                 s.entries += entries;

@@ -716,6 +716,37 @@ async fn applies_go_into_the_buffer_and_the_file_takes_them_a_flush_at_a_time() 
 }
 
 #[tokio::test]
+async fn a_batch_too_large_to_merge_under_the_lock_reads_as_if_applied_in_place() {
+    let disk = SimDisk::new();
+    let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    append(&mut log, (1..=610).map(|i| entry(1, i)).collect()).await;
+    // One batch that changes more keys than are merged under the lock: merged into a
+    // copy of the buffer instead.
+    assert!(rows(vault_after(600).tables()) > sm::MERGE_IN_PLACE_KEYS as u64);
+    apply(&mut sm, (1..=600).map(|i| entry(1, i)).collect()).await;
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(600).tables())
+    );
+    // Small batches after it merge in place, over it.
+    apply(&mut sm, (601..=605).map(|i| entry(1, i)).collect()).await;
+    apply(&mut sm, (606..=610).map(|i| entry(1, i)).collect()).await;
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(610).tables())
+    );
+    // And the file takes all of it.
+    assert_eq!(
+        sm.shared().make_durable(false).unwrap(),
+        sm::Durability::Durable
+    );
+    assert_eq!(sm.shared().file_applied(), Some(log_id(1, 610)));
+    assert_eq!(sm.shared().rows().unwrap(), rows(vault_after(610).tables()));
+}
+
+#[tokio::test]
 async fn every_read_sees_one_applied_state_while_applies_and_flushes_go_on() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let (_dir, store, _) = counting_store();
