@@ -128,12 +128,6 @@ impl<B: Tables> Layered<B> {
         Layered { top, below, base }
     }
 
-    /// The changes written into this view, over what it was made with.
-    #[cfg(test)]
-    pub(crate) fn into_top(self) -> Changes {
-        self.top
-    }
-
     fn change(&self, table: TableId, key: &[u8]) -> Option<&Option<Bytes>> {
         let k = change_key(table, key);
         self.top.get(&k).or_else(|| self.below.get(&k))
@@ -177,17 +171,6 @@ impl<B: Tables> Tables for Layered<B> {
 
     fn failure(&self) -> Option<StorageError> {
         self.base.failure()
-    }
-}
-
-impl<B: Tables> TablesMut for Layered<B> {
-    fn put(&mut self, table: TableId, key: &[u8], value: &[u8]) {
-        self.top
-            .insert(change_key(table, key), Some(Bytes::copy_from_slice(value)));
-    }
-
-    fn delete(&mut self, table: TableId, key: &[u8]) {
-        self.top.insert(change_key(table, key), None);
     }
 }
 
@@ -391,64 +374,11 @@ mod tests {
 
     proptest! {
         /// Whatever was buffered, frozen or flushed, the layers read as one map that
-        /// took every change directly.
+        /// took every change directly; so does a batch of further changes over them,
+        /// and the layers once the batch is merged into the top one.
         #[test]
-        fn layers_read_as_the_changes_applied_in_place(
+        fn layers_and_a_batch_over_them_read_as_the_changes_applied_in_place(
             ops in proptest::collection::vec(op(), 0..60),
-            scans in proptest::collection::vec(
-                (0..3usize, proptest::option::of((any::<bool>(), 0..13u8)),
-                 proptest::option::of((any::<bool>(), 0..13u8)), any::<bool>(), 1..20usize),
-                1..8),
-        ) {
-            let mut model = MemTables::default();
-            let (mut base, mut top, mut below) =
-                (MemTables::default(), Changes::new(), Changes::new());
-            for op in ops {
-                match op {
-                    Op::Put(t, k, v) => {
-                        model.put(TABLES[t], &[k], &[v]);
-                        let mut l = Layered::new(top, below.clone(), &base);
-                        l.put(TABLES[t], &[k], &[v]);
-                        top = l.into_top();
-                    }
-                    Op::Delete(t, k) => {
-                        model.delete(TABLES[t], &[k]);
-                        let mut l = Layered::new(top, below.clone(), &base);
-                        l.delete(TABLES[t], &[k]);
-                        top = l.into_top();
-                    }
-                    Op::Freeze if below.is_empty() => below = std::mem::take(&mut top),
-                    Op::Freeze => {}
-                    Op::Flush => {
-                        write_changes(&below, &mut base).unwrap();
-                        below = Changes::new();
-                    }
-                }
-            }
-            let layered = Layered::new(top, below, &base);
-            for t in TABLES {
-                for k in 0..13u8 {
-                    prop_assert_eq!(layered.get(t, &[k]), model.get(t, &[k]));
-                }
-            }
-            for (t, from, to, reverse, limit) in scans {
-                let (from, to) = (bound(from), bound(to));
-                prop_assert_eq!(
-                    scanned(&layered, TABLES[t], &from, &to, reverse, limit),
-                    scanned(&model, TABLES[t], &from, &to, reverse, limit)
-                );
-            }
-            prop_assert_eq!(
-                crate::vault::tables::digest(&layered),
-                crate::vault::tables::digest(&model)
-            );
-        }
-
-        /// A batch's changes read over the layers as if applied to them in place, and
-        /// merged into the top layer they leave the layers reading the same.
-        #[test]
-        fn a_batch_reads_as_its_changes_applied_in_place_and_merges_into_the_top(
-            before in proptest::collection::vec(op(), 0..40),
             batch in proptest::collection::vec(op(), 0..30),
             scans in proptest::collection::vec(
                 (0..3usize, proptest::option::of((any::<bool>(), 0..13u8)),
@@ -458,7 +388,7 @@ mod tests {
             let mut model = MemTables::default();
             let (mut base, mut top, mut below) =
                 (MemTables::default(), Changes::new(), Changes::new());
-            for op in before {
+            for op in ops {
                 match op {
                     Op::Put(t, k, v) => {
                         model.put(TABLES[t], &[k], &[v]);
@@ -476,7 +406,9 @@ mod tests {
                     }
                 }
             }
-            let mut b = Batch::new(Layered::new(top.clone(), below.clone(), &base));
+            let layered = Layered::new(top.clone(), below.clone(), &base);
+            reads_as(&layered, &model, &scans)?;
+            let mut b = Batch::new(layered);
             for op in batch {
                 match op {
                     Op::Put(t, k, v) => {
@@ -490,28 +422,33 @@ mod tests {
                     Op::Freeze | Op::Flush => {}
                 }
             }
-            for t in TABLES {
-                for k in 0..13u8 {
-                    prop_assert_eq!(b.get(t, &[k]), model.get(t, &[k]));
-                }
-            }
-            for (t, from, to, reverse, limit) in &scans {
-                let (from, to) = (bound(*from), bound(*to));
-                prop_assert_eq!(
-                    scanned(&b, TABLES[*t], &from, &to, *reverse, *limit),
-                    scanned(&model, TABLES[*t], &from, &to, *reverse, *limit)
-                );
-            }
-            prop_assert_eq!(
-                crate::vault::tables::digest(&b),
-                crate::vault::tables::digest(&model)
-            );
+            reads_as(&b, &model, &scans)?;
             top.extend(b.into_changes());
-            let merged = Layered::new(top, below, &base);
+            reads_as(&Layered::new(top, below, &base), &model, &scans)?;
+        }
+    }
+
+    /// A scan to compare: table, lower and upper bound (inclusive?, key), reverse, limit.
+    type Scan = (usize, Option<(bool, u8)>, Option<(bool, u8)>, bool, usize);
+
+    /// Every get, each of `scans` and the digest of `t` against `model`'s.
+    fn reads_as(t: &impl Tables, model: &MemTables, scans: &[Scan]) -> Result<(), TestCaseError> {
+        for table in TABLES {
+            for k in 0..13u8 {
+                prop_assert_eq!(t.get(table, &[k]), model.get(table, &[k]));
+            }
+        }
+        for (i, from, to, reverse, limit) in scans {
+            let (from, to) = (bound(*from), bound(*to));
             prop_assert_eq!(
-                crate::vault::tables::digest(&merged),
-                crate::vault::tables::digest(&model)
+                scanned(t, TABLES[*i], &from, &to, *reverse, *limit),
+                scanned(model, TABLES[*i], &from, &to, *reverse, *limit)
             );
         }
+        prop_assert_eq!(
+            crate::vault::tables::digest(t),
+            crate::vault::tables::digest(model)
+        );
+        Ok(())
     }
 }
