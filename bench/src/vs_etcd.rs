@@ -91,9 +91,7 @@ impl Pairs {
     }
 
     fn median(&self, f: impl Fn(&(Cell, Cell)) -> f64) -> f64 {
-        let mut v: Vec<f64> = self.cells.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        median_spread(self.cells.iter().map(f).collect()).0
     }
 }
 
