@@ -255,23 +255,28 @@ impl<T: TablesMut> TablesMut for Recording<T> {
     }
 }
 
+/// An encoded key: on the stack up to 64 bytes (a token id, a merchant and an order id,
+/// a sequence number), on the heap beyond.
+pub type KeyBytes = smallvec::SmallVec<[u8; 64]>;
+
 /// A key whose encoding sorts as the key does.
 pub trait Key: Sized {
     /// Appends the encoding to `out`.
-    fn encode(&self, out: &mut Vec<u8>);
+    fn encode(&self, out: &mut KeyBytes);
     /// Reads one key from the front of `bytes`, advancing it.
     fn decode(bytes: &mut &[u8]) -> Option<Self>;
 
-    /// The encoding alone.
-    fn to_key(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32);
+    /// The encoding alone. Every read and write of a row encodes its key: most keys fit
+    /// [`KeyBytes`]' inline space, so this allocates nothing.
+    fn to_key(&self) -> KeyBytes {
+        let mut out = KeyBytes::new();
         self.encode(&mut out);
         out
     }
 }
 
 impl Key for u64 {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut KeyBytes) {
         out.extend_from_slice(&self.to_be_bytes());
     }
     fn decode(bytes: &mut &[u8]) -> Option<u64> {
@@ -282,7 +287,7 @@ impl Key for u64 {
 }
 
 impl Key for u32 {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut KeyBytes) {
         out.extend_from_slice(&self.to_be_bytes());
     }
     fn decode(bytes: &mut &[u8]) -> Option<u32> {
@@ -295,7 +300,7 @@ impl Key for u32 {
 /// A string as `0x00 0xFF` for each zero byte, the other bytes as they are, then
 /// `0x00 0x01`: order-preserving, and no encoded string is a prefix of another's.
 impl Key for String {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut KeyBytes) {
         for &b in self.as_bytes() {
             out.push(b);
             if b == 0 {
@@ -327,7 +332,7 @@ impl Key for String {
 }
 
 impl<A: Key, B: Key> Key for (A, B) {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut KeyBytes) {
         self.0.encode(out);
         self.1.encode(out);
     }
@@ -337,7 +342,7 @@ impl<A: Key, B: Key> Key for (A, B) {
 }
 
 impl<A: Key, B: Key, C: Key> Key for (A, B, C) {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut KeyBytes) {
         self.0.encode(out);
         self.1.encode(out);
         self.2.encode(out);
@@ -357,7 +362,11 @@ impl<A: Key, B: Key, C: Key> Key for (A, B, C) {
 /// written with names). Values written with field names (before kura stored by
 /// position) still decode: the decoder takes a map for a struct as well as an array.
 pub fn encode_value<V: Serialize + ?Sized>(v: &V) -> Vec<u8> {
-    rmp_serde::to_vec(v).expect("vault values serialize")
+    // Sized for most rows at once (a payment, a token and its sealed card), instead of
+    // growing from nothing by doubling.
+    let mut out = Vec::with_capacity(256);
+    rmp_serde::encode::write(&mut out, v).expect("vault values serialize");
+    out
 }
 
 /// Decodes a stored value.
@@ -540,7 +549,7 @@ pub fn digest(s: &(impl Tables + ?Sized)) -> String {
     hex::encode(h.finalize())
 }
 
-fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+fn as_ref(b: &Bound<KeyBytes>) -> Bound<&[u8]> {
     match b {
         Bound::Included(v) => Bound::Included(v.as_slice()),
         Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
