@@ -5,21 +5,26 @@
 //! origins (`tokens::create`). Every other route sends no CORS headers, so browsers
 //! refuse to call them cross-origin.
 
-use super::{Problem, St};
-use axum::extract::{Request, State};
+use super::{AppState, Problem};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::future::Future;
 
 /// The only path browsers may call.
 const BROWSER_PATH: &str = "/v1/tokens";
 /// How long a browser may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_S: &str = "600";
 
-/// Answers preflights and adds `Access-Control-Allow-Origin` for allowed origins.
-pub async fn layer(State(st): St, req: Request, next: Next) -> Response {
+/// Answers preflights, runs the rest through `next`, and adds
+/// `Access-Control-Allow-Origin` for allowed origins.
+pub async fn around<F, Fut>(st: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if req.uri().path() != BROWSER_PATH {
-        return next.run(req).await;
+        return next(req).await;
     }
     let origin = req
         .headers()
@@ -33,7 +38,7 @@ pub async fn layer(State(st): St, req: Request, next: Next) -> Response {
     if req.method() == Method::OPTIONS {
         return preflight(allowed, &req);
     }
-    let mut resp = next.run(req).await;
+    let mut resp = next(req).await;
     if let Some(o) = allowed {
         let h = resp.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);

@@ -18,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
+use std::future::Future;
 
 /// JSON fields that carry card data on purpose (dotted paths).
 const CARD_FIELDS: [&str; 2] = ["card.number", "card.cvc"];
@@ -130,8 +131,17 @@ fn first_pan(v: &Value, path: &mut Vec<String>) -> Option<String> {
 
 /// Refuses a request that carries a card number anywhere but the card fields.
 pub async fn guard(State(st): St, req: Request, next: Next) -> Response {
-    match inspect(&st, req).await {
-        Ok(req) => next.run(req).await,
+    guard_around(&st, req, |req| next.run(req)).await
+}
+
+/// [`guard`], running a request that passes through `next`.
+pub async fn guard_around<F, Fut>(st: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    match inspect(st, req).await {
+        Ok(req) => next(req).await,
         Err(p) => p.into_response(),
     }
 }

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use kura_sdk::LEADER_HEADER;
+use std::future::Future;
 use std::time::Duration;
 
 /// Header set on forwarded requests; a node never forwards a request twice.
@@ -21,8 +22,17 @@ pub const FORWARDED_HEADER: &str = "kura-forwarded-by";
 /// ended yet), it waits for the election rather than bouncing the client, which would
 /// back off and come later than the new leader.
 pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
+    to_leader_around(&st, req, |req| next.run(req)).await
+}
+
+/// [`to_leader`], running the request through `next` when it is served here.
+pub async fn to_leader_around<F, Fut>(st: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if st.svc.is_leader() {
-        return serve_here(&st, req, next).await;
+        return serve_here(st, req, next).await;
     }
     if req.headers().contains_key(FORWARDED_HEADER) {
         return Problem::not_leader("this node is no longer the leader; nothing was done; retry")
@@ -64,10 +74,10 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
     loop {
         if target.0 == st.svc.me().0 {
             let req = Request::from_parts(parts, Body::from(body));
-            return serve_here(&st, req, next).await;
+            return serve_here(st, req, next).await;
         }
         let addr = addr_of(&target.1);
-        match proxy(&st, &parts, body.clone(), &addr, operator.as_ref(), &source).await {
+        match proxy(st, &parts, body.clone(), &addr, operator.as_ref(), &source).await {
             Ok(mut resp) => {
                 set_leader_header(&mut resp, &addr);
                 return resp;
@@ -91,7 +101,11 @@ pub async fn to_leader(State(st): St, req: Request, next: Next) -> Response {
 }
 
 /// Runs a leader-only request on this node, the leader, once it has caught up.
-async fn serve_here(st: &AppState, req: Request, next: Next) -> Response {
+async fn serve_here<F, Fut>(st: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if let Err(e) = st.svc.ready_to_serve().await {
         return Problem::from(e).into_response();
     }
@@ -100,7 +114,7 @@ async fn serve_here(st: &AppState, req: Request, next: Next) -> Response {
         Some(_) => &me.admin_addr,
         None => &me.api_addr,
     };
-    let mut resp = next.run(req).await;
+    let mut resp = next(req).await;
     set_leader_header(&mut resp, addr);
     resp
 }

@@ -3,15 +3,15 @@
 //! design, so it must not let anyone grow the vault at will). A refused request is a
 //! `429 rate_limited` problem with `Retry-After`; nothing was done.
 
-use super::{bearer, AppState, Problem, St};
+use super::{bearer, AppState, Problem};
 use crate::limits::{LimitSettings, Rate, RateLimiter};
 use crate::net::{ClientAddr, ClientIdentity};
 use crate::service::auth::Caller;
 use crate::vault::KeyRole;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::future::Future;
 use std::time::Duration;
 
 /// Set by a node forwarding a request to the leader: the address the client connected
@@ -83,12 +83,16 @@ pub fn ip_of(addr: &str) -> String {
         .map_or_else(|_| addr.to_owned(), |a| a.ip().to_string())
 }
 
-/// Applies the rates to a request served on this node.
+/// Applies the rates to a request served on this node, then runs it through `next`.
 /// Also counts the failed authentications of the requests it lets through (with the
 /// source address), for the metrics and the audit trail.
-pub async fn layer(State(st): St, mut req: Request, next: Next) -> Response {
+pub async fn around<F, Fut>(st: &AppState, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let src = source_address(&req);
-    let key = match check(&st, &req, &src) {
+    let key = match check(st, &req, &src) {
         Ok(k) => k,
         Err(p) => return p.into_response(),
     };
@@ -97,7 +101,7 @@ pub async fn layer(State(st): St, mut req: Request, next: Next) -> Response {
     if let KeySeen::Known(c) = &key {
         req.extensions_mut().insert(c.clone());
     }
-    let resp = next.run(req).await;
+    let resp = next(req).await;
     if resp.status() == StatusCode::UNAUTHORIZED {
         let reason = match key {
             KeySeen::Missing => "missing_key",
