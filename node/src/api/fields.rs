@@ -18,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::future::Future;
 
 /// JSON fields that carry card data on purpose (dotted paths).
@@ -36,12 +37,17 @@ pub fn holds_pan(s: &str) -> bool {
             i += 1;
             continue;
         }
-        // A run: digits, with single separators between two digits.
-        let mut digits = String::new();
+        // A run: digits, with single separators between two digits. Only a run of
+        // up to 19 digits can be a card number, so only that many are kept.
+        let mut digits = [0u8; 20];
+        let mut n = 0;
         let mut j = i;
         while j < b.len() {
             if b[j].is_ascii_digit() {
-                digits.push(char::from(b[j]));
+                if n < digits.len() {
+                    digits[n] = b[j];
+                }
+                n += 1;
                 j += 1;
             } else if (b[j] == b' ' || b[j] == b'-')
                 && j + 1 < b.len()
@@ -53,7 +59,8 @@ pub fn holds_pan(s: &str) -> bool {
                 break;
             }
         }
-        if pan_in_run(&digits) {
+        // ASCII digits: always UTF-8.
+        if n <= 19 && pan_in_run(std::str::from_utf8(&digits[..n]).unwrap_or_default()) {
             return true;
         }
         i = j.max(i + 1);
@@ -99,24 +106,23 @@ pub fn check(field: &str, value: &str) -> Result<(), Problem> {
 
 /// Walks a JSON body; returns the path of the first string (or number) that holds a
 /// card number outside the card fields.
-fn first_pan(v: &Value, path: &mut Vec<String>) -> Option<String> {
+fn first_pan<'a>(v: &'a Value, path: &mut Vec<Cow<'a, str>>) -> Option<String> {
     match v {
-        Value::String(s) => {
-            let here = path.join(".");
-            (!CARD_FIELDS.contains(&here.as_str()) && holds_pan(s)).then_some(here)
-        }
-        Value::Number(n) => {
-            let here = path.join(".");
-            (!CARD_FIELDS.contains(&here.as_str()) && holds_pan(&n.to_string())).then_some(here)
-        }
+        // The path is joined only for a value that holds a card number: nearly none.
+        Value::String(s) => holds_pan(s)
+            .then(|| path.join("."))
+            .filter(|here| !CARD_FIELDS.contains(&here.as_str())),
+        Value::Number(n) => holds_pan(&n.to_string())
+            .then(|| path.join("."))
+            .filter(|here| !CARD_FIELDS.contains(&here.as_str())),
         Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
-            path.push(i.to_string());
+            path.push(i.to_string().into());
             let found = first_pan(item, path);
             path.pop();
             found
         }),
         Value::Object(map) => map.iter().find_map(|(k, item)| {
-            path.push(k.clone());
+            path.push(k.as_str().into());
             let found = if holds_pan(k) {
                 Some(path.join("."))
             } else {
@@ -194,7 +200,10 @@ async fn inspect(st: &AppState, req: Request) -> Result<Request, Problem> {
 }
 
 /// `%XX` escapes decoded (so `4242%204242…` is seen as typed); anything else kept.
-fn percent_decoded(s: &str) -> String {
+fn percent_decoded(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return s.into();
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -210,7 +219,7 @@ fn percent_decoded(s: &str) -> String {
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 #[cfg(test)]
