@@ -29,6 +29,15 @@ fn change_key(table: TableId, key: &[u8]) -> Bytes {
     k.into()
 }
 
+/// `key` of `table` as a key to look up in [`Changes`] (or a batch's changes), on the
+/// stack: a point read looks in up to three maps, and allocated nothing for it.
+fn lookup_key(table: TableId, key: &[u8]) -> smallvec::SmallVec<[u8; 80]> {
+    let mut k = smallvec::SmallVec::with_capacity(key.len() + 1);
+    k.push(table as u8);
+    k.extend_from_slice(key);
+    k
+}
+
 /// A change's table and key.
 pub(crate) fn split_key(k: &[u8]) -> Option<(TableId, &[u8])> {
     let (&t, key) = k.split_first()?;
@@ -129,8 +138,10 @@ impl<B: Tables> Layered<B> {
     }
 
     fn change(&self, table: TableId, key: &[u8]) -> Option<&Option<Bytes>> {
-        let k = change_key(table, key);
-        self.top.get(&k).or_else(|| self.below.get(&k))
+        let k = lookup_key(table, key);
+        self.top
+            .get(k.as_slice())
+            .or_else(|| self.below.get(k.as_slice()))
     }
 }
 
@@ -249,7 +260,7 @@ impl<B: Tables> Batch<B> {
 
 impl<B: Tables> Tables for Batch<B> {
     fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>> {
-        match self.changes.get(change_key(table, key).as_ref()) {
+        match self.changes.get(lookup_key(table, key).as_slice()) {
             Some(v) => v.as_ref().map(|v| v.to_vec()),
             None => self.under.get(table, key),
         }
