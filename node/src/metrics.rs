@@ -15,8 +15,8 @@ use std::time::Duration;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub endpoint: String,
-    pub method: String,
-    pub status_class: String,
+    pub method: &'static str,
+    pub status_class: &'static str,
 }
 
 fn snapshot_histogram() -> Histogram {
@@ -105,6 +105,19 @@ pub struct RefusedLabels {
 const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
 ];
+
+/// `2xx` for 200–299, and so on; anything outside 100–599 (which hyper never sends) is
+/// `other`.
+fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "other",
+    }
+}
 
 fn method_label(method: &str) -> &'static str {
     METHODS
@@ -880,8 +893,8 @@ impl Metrics {
     pub fn observe_request(&self, endpoint: &str, method: &str, status: u16, elapsed: Duration) {
         let labels = RequestLabels {
             endpoint: endpoint.to_owned(),
-            method: method_label(method).to_owned(),
-            status_class: format!("{}xx", status / 100),
+            method: method_label(method),
+            status_class: status_class(status),
         };
         self.api_requests.get_or_create(&labels).inc();
         self.api_request_duration

@@ -204,17 +204,14 @@ async fn leader_checks(State(st): St, req: Request, next: Next) -> axum::respons
 
 /// Counts and times every request by route template.
 async fn observe(State(st): St, req: Request, next: Next) -> axum::response::Response {
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let method = req.method().as_str().to_owned();
+    // Kept by reference count (a route's template, a standard method), not copied.
+    let endpoint = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let started = tokio::time::Instant::now();
     let resp = next.run(req).await;
     st.svc.metrics().observe_request(
-        &endpoint,
-        &method,
+        endpoint.as_ref().map_or("unmatched", |p| p.as_str()),
+        method.as_str(),
         resp.status().as_u16(),
         started.elapsed(),
     );
