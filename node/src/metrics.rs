@@ -106,8 +106,8 @@ const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
 ];
 
-/// `2xx` for 200–299, and so on; anything outside 100–599 (which hyper never sends) is
-/// `other`.
+/// `2xx` for 200–299, and so on; a status outside 100–599 is `other`, so the label
+/// set stays fixed.
 fn status_class(status: u16) -> &'static str {
     match status / 100 {
         1 => "1xx",
