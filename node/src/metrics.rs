@@ -1100,6 +1100,10 @@ mod tests {
         for invented in ["BREW", "X-ATTACK-1", "X-ATTACK-2"] {
             m.observe_request("unmatched", invented, 404, Duration::from_millis(1));
         }
+        for status in [99, 600, 999] {
+            m.observe_request("/v1/tokens", "GET", status, Duration::from_millis(1));
+        }
+        m.observe_request("/v1/tokens", "GET", 503, Duration::from_millis(1));
         let text = m.encode();
         for needle in [
             "# HELP kura_raft_term Current Raft term",
@@ -1110,6 +1114,9 @@ mod tests {
             "kura_api_requests_total{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"} 1",
             "kura_api_request_duration_seconds_count{endpoint=\"/v1/tokens\",method=\"POST\",status_class=\"2xx\"} 1",
             "kura_api_requests_total{endpoint=\"unmatched\",method=\"other\",status_class=\"4xx\"} 3",
+            "kura_api_requests_total{endpoint=\"/v1/tokens\",method=\"GET\",status_class=\"5xx\"} 1",
+            // No status outside 100-599 adds a label value of its own.
+            "kura_api_requests_total{endpoint=\"/v1/tokens\",method=\"GET\",status_class=\"other\"} 3",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
