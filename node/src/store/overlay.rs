@@ -23,14 +23,11 @@ pub(crate) type Changes = imbl::OrdMap<Bytes, Option<Bytes>>;
 
 /// `key` of `table` as a key of [`Changes`].
 fn change_key(table: TableId, key: &[u8]) -> Bytes {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(table as u8);
-    k.extend_from_slice(key);
-    k.into()
+    Bytes::copy_from_slice(&lookup_key(table, key))
 }
 
 /// `key` of `table` as a key to look up in [`Changes`] (or a batch's changes), on the
-/// stack: a point read looks in up to three maps, and allocated nothing for it.
+/// stack: a point read looks in up to three maps, and allocates nothing for it.
 fn lookup_key(table: TableId, key: &[u8]) -> smallvec::SmallVec<[u8; 80]> {
     let mut k = smallvec::SmallVec::with_capacity(key.len() + 1);
     k.push(table as u8);
