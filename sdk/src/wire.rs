@@ -224,21 +224,36 @@ impl HttpPool {
         Ok(Response::from_parts(parts, body.to_bytes()))
     }
 
-    async fn connect(&self, addr: &str) -> Result<Pooled, WireError> {
+    /// Opens a stream to `addr` with the pool's connector (TLS included, if it has it),
+    /// within its connect timeout, for a protocol of the caller's own over it. The
+    /// stream is the caller's: the pool neither keeps nor reuses it.
+    pub async fn connect_stream(&self, addr: &str) -> Result<BoxIo, WireError> {
         let connect_err = |source| WireError::Connect {
             addr: addr.to_owned(),
             source,
         };
-        let io =
-            match tokio::time::timeout(self.connect_timeout, self.connector.connect(addr)).await {
-                Ok(r) => r.map_err(connect_err)?,
-                Err(_) => {
-                    return Err(connect_err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    )))
-                }
-            };
+        match tokio::time::timeout(self.connect_timeout, self.connector.connect(addr)).await {
+            Ok(r) => r.map_err(connect_err),
+            Err(_) => Err(connect_err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))),
+        }
+    }
+
+    /// How old a connection may grow before it is retired (see [`HttpPool::with_max_age`]).
+    pub fn max_age(&self) -> Option<Duration> {
+        self.max_age
+    }
+
+    /// How long a connection may sit idle before it is dropped instead of reused (see
+    /// [`HttpPool::with_idle_max`]).
+    pub fn idle_max(&self) -> Duration {
+        self.idle_max
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Pooled, WireError> {
+        let io = self.connect_stream(addr).await?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| WireError::Connect {

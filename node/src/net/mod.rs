@@ -257,15 +257,42 @@ impl Drop for Slot {
     }
 }
 
+/// A protocol a listener speaks beside HTTP/1: a connection whose first bytes are
+/// `preface` is handed to `serve` — with the client certificate's identity and the
+/// client's address — in place of HTTP, once those bytes have been read. HTTP/1 never
+/// starts with it if it starts with a byte no request line starts with (a NUL, say), as
+/// HTTP/2's preface does.
+#[derive(Clone)]
+pub struct Alternate {
+    pub preface: &'static [u8],
+    pub serve: AlternateServe,
+}
+
+/// Serves one connection of an [`Alternate`] protocol, from just after its preface.
+pub type AlternateServe =
+    Arc<dyn Fn(BoxIo, Option<tls::Identity>, String) -> BoxFut<'static, ()> + Send + Sync>;
+
 /// Serves `router` on `listener` until the listener fails: HTTP/1 with keep-alive,
 /// one task per connection, spawned through the Raft runtime; over TLS when `tls` is
 /// given (the handshake runs in the connection's task, never in the accept loop).
 /// A connection over `limits` is closed as soon as it is accepted.
 pub async fn serve(
+    listener: Box<dyn Listener>,
+    router: axum::Router,
+    tls: Option<ServeTls>,
+    limits: ServeLimits,
+) -> io::Result<()> {
+    serve_with(listener, router, tls, limits, None).await
+}
+
+/// [`serve`], and on connections that open with its preface, `alternate`. A connection
+/// counts against `limits` whichever protocol it speaks.
+pub async fn serve_with(
     mut listener: Box<dyn Listener>,
     router: axum::Router,
     tls: Option<ServeTls>,
     limits: ServeLimits,
+    alternate: Option<Alternate>,
 ) -> io::Result<()> {
     loop {
         let (io, peer) = match listener.accept().await {
@@ -288,16 +315,18 @@ pub async fn serve(
         let router = router.clone();
         let tls = tls.clone();
         let limits = limits.clone();
+        let alternate = alternate.clone();
         crate::runtime::spawn(async move {
             let _slot = slot;
             // The first request's head is due within the header-read timeout of the
             // accept, the TLS handshake included.
             let activity = Arc::new(Activity::new());
+            let alt = alternate.as_ref();
             match tls {
-                None => serve_conn(io, router, peer, None, activity, &limits).await,
+                None => serve_either(io, router, peer, None, activity, &limits, alt).await,
                 Some(tls) => match handshake(io, &tls, &peer, &limits).await {
                     Handshake::Admitted(stream, ident) => {
-                        serve_conn(stream, router, peer, ident, activity, &limits).await
+                        serve_either(stream, router, peer, ident, activity, &limits, alt).await
                     }
                     // A node that is not (or not yet) a member here gets an answer that
                     // says nothing was done, where a closed connection would leave a
@@ -404,6 +433,131 @@ async fn handshake(io: BoxIo, tls: &ServeTls, peer: &str, limits: &ServeLimits) 
         }
     }
     Handshake::Admitted(stream, ident)
+}
+
+/// Serves a connection in HTTP/1, or in `alternate`'s protocol if it opens with its
+/// preface.
+async fn serve_either<I: Io>(
+    io: I,
+    router: axum::Router,
+    peer: String,
+    ident: Option<tls::Identity>,
+    activity: Arc<Activity>,
+    limits: &ServeLimits,
+    alternate: Option<&Alternate>,
+) {
+    let Some(alt) = alternate else {
+        return serve_conn(io, router, peer, ident, activity, limits).await;
+    };
+    let mut io = io;
+    let mut head = Vec::with_capacity(alt.preface.len());
+    let sniffed = tokio::time::timeout(
+        limits.header_read_timeout,
+        read_preface(&mut io, alt.preface, &mut head),
+    )
+    .await;
+    match sniffed {
+        Ok(Ok(Some(true))) => (alt.serve)(Box::new(io), ident, peer).await,
+        Ok(Ok(Some(false))) => {
+            let io = Rewind {
+                head,
+                at: 0,
+                inner: io,
+            };
+            serve_conn(io, router, peer, ident, activity, limits).await
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => {}
+        Err(_) => {
+            limits.stats.timed_out.inc();
+            tracing::debug!(peer, "closing a connection that sent nothing in time");
+        }
+    }
+}
+
+/// Reads a connection's first bytes into `head` for as long as they agree with
+/// `preface`: `Some(true)` once all of it came, `Some(false)` at the first byte that
+/// differs (the bytes read are in `head`), `None` if the connection closed first.
+async fn read_preface<I: Io>(
+    io: &mut I,
+    preface: &[u8],
+    head: &mut Vec<u8>,
+) -> io::Result<Option<bool>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    loop {
+        let want = (preface.len() - head.len()).min(buf.len());
+        let n = io.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+        if !preface.starts_with(head) {
+            return Ok(Some(false));
+        }
+        if head.len() == preface.len() {
+            return Ok(Some(true));
+        }
+    }
+}
+
+/// A stream whose first bytes, already read, are read again before the rest.
+struct Rewind<I> {
+    head: Vec<u8>,
+    at: usize,
+    inner: I,
+}
+
+impl<I: Io> tokio::io::AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.at < self.head.len() {
+            let n = (self.head.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.head[at..at + n]);
+            self.at += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: Io> tokio::io::AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn serve_conn<I: Io>(
@@ -583,4 +737,92 @@ pub fn spawner() -> Spawner {
     Arc::new(|f| {
         crate::runtime::spawn(f);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const PREFACE: &[u8] = b"\0test-frames\r\n";
+
+    /// A listener on loopback serving `GET /which` in HTTP and, after [`PREFACE`], an
+    /// echo that answers `alt:` and the four bytes it reads.
+    async fn listener() -> String {
+        let l = TokioBinder.bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let router = axum::Router::new().route("/which", axum::routing::get(|| async { "http" }));
+        let alt = Alternate {
+            preface: PREFACE,
+            serve: Arc::new(|mut io, _ident, _peer| {
+                Box::pin(async move {
+                    let mut b = [0u8; 4];
+                    if io.read_exact(&mut b).await.is_ok() {
+                        let _ = io.write_all(&[b"alt:".as_slice(), &b].concat()).await;
+                    }
+                })
+            }),
+        };
+        let serving = serve_with(l, router, None, ServeLimits::unexported("test"), Some(alt));
+        tokio::spawn(crate::runtime::Rt::scope(1, serving));
+        addr
+    }
+
+    #[tokio::test]
+    async fn http_is_served_beside_the_alternate_with_its_first_bytes_read_again() {
+        let addr = listener().await;
+        let pool = HttpPool::new(
+            Arc::new(TcpConnector),
+            kura_sdk::wire::tokio_spawner(),
+            1 << 10,
+        );
+        for _ in 0..2 {
+            let req = http::Request::get("/which")
+                .header(http::header::HOST, &addr)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let resp = pool.send(&addr, req, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.body().as_ref(), b"http");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_opens_with_the_preface_goes_to_the_alternate_however_it_arrives() {
+        let addr = listener().await;
+        // All at once, and a byte at a time.
+        for split in [false, true] {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let sent = [PREFACE, b"ping"].concat();
+            if split {
+                for b in &sent {
+                    s.write_all(&[*b]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            } else {
+                s.write_all(&sent).await.unwrap();
+            }
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"alt:ping");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_strays_from_the_preface_is_http() {
+        let addr = listener().await;
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // The preface's first byte, then not the rest of it: HTTP, which refuses it.
+        s.write_all(b"\0GET /which HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 400"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
 }
