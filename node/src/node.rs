@@ -404,8 +404,16 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         lim.admin_connections_max,
         lim.admin_connections_max,
     );
+    let frames = cluster::frames_alternate(cluster.clone(), lim.header_read_timeout());
     consensus.spawn(async move {
-        if let Err(e) = net::serve(raft_listener, raft_routes, planes.peer, peer_limits).await {
+        let serving = net::serve_with(
+            raft_listener,
+            raft_routes,
+            planes.peer,
+            peer_limits,
+            Some(frames),
+        );
+        if let Err(e) = serving.await {
             tracing::error!(error = %e, "raft listener stopped");
         }
     });

@@ -6,6 +6,7 @@
 
 mod errors;
 mod formation;
+mod frames;
 mod handoff;
 mod membership;
 mod network;
@@ -19,7 +20,9 @@ pub use membership::MembershipError;
 pub use status::{ClusterStatus, MemberStatus, StatusWatch};
 
 pub use network::{snapshot_chunk_path, Encoding, SnapshotDone, SNAPSHOT_CHUNK_BYTES};
-pub use server::{admit_layer, router as raft_router, sender_matches_certificate};
+pub use server::{
+    admit_layer, frames_alternate, router as raft_router, sender_matches_certificate,
+};
 
 use crate::member::{Member, NodeId, Role};
 use crate::net::HttpPool;

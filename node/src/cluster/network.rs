@@ -73,6 +73,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             json_only: AtomicBool::new(false),
             freshness: self.freshness.clone(),
             waited_at: None,
+            frames: std::sync::Mutex::new(None),
+            frames_refused_at: None,
         }
     }
 }
@@ -153,6 +155,25 @@ pub struct PeerClient {
     freshness: Arc<Freshness>,
     /// When a snapshot for this peer last waited for a fresher one.
     waited_at: Option<tokio::time::Instant>,
+    /// The framed connection AppendEntries go over (see [`frames`](super::frames)),
+    /// once opened. Only ever reached through `&mut self` (`Mutex::get_mut`, no
+    /// locking): the mutex makes the client `Sync`, as openraft wants, over a stream
+    /// that is only `Send`.
+    frames: std::sync::Mutex<Option<super::frames::Conn>>,
+    /// When the peer last would not speak frames: AppendEntries go over HTTP until
+    /// [`FRAMES_RETRY`] after it.
+    frames_refused_at: Option<tokio::time::Instant>,
+}
+
+/// How long a peer that would not speak frames (a kura from before them, or one that
+/// refused the hello) is sent AppendEntries over HTTP before frames are tried again.
+pub const FRAMES_RETRY: Duration = Duration::from_secs(30);
+
+/// How a framed AppendEntries failed.
+enum FramedFail {
+    /// The peer does not speak frames now: send it over HTTP.
+    Refused(String),
+    Failed(String),
 }
 
 #[derive(Debug)]
@@ -333,6 +354,58 @@ impl PeerClient {
         }
     }
 
+    /// Sends `rpc` over the framed connection, opening it first if there is none (or
+    /// the one there is has retired). A reused connection that fails is replaced once:
+    /// the follower may have closed it, and an AppendEntries may be sent twice.
+    async fn append_framed(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<super::frames::Answer, FramedFail> {
+        use super::frames::{Conn, Hello, OpenFail};
+        let (idle_max, max_age) = (self.pool.idle_max(), self.pool.max_age());
+        let frames = self.frames.get_mut().expect("frames lock");
+        if frames
+            .as_ref()
+            .is_some_and(|c| c.retired(idle_max, max_age))
+        {
+            *frames = None;
+        }
+        loop {
+            let reused = frames.is_some();
+            let conn = match frames {
+                Some(c) => c,
+                None => {
+                    let hello = Hello {
+                        node: self.self_id,
+                        cluster: self
+                            .cluster_id
+                            .read()
+                            .expect("cluster id lock")
+                            .clone()
+                            .unwrap_or_default(),
+                    };
+                    let opened = Conn::open(&self.pool, &self.addr, &hello).await;
+                    frames.insert(opened.map_err(|f| match f {
+                        OpenFail::Connect(why) => FramedFail::Failed(why),
+                        OpenFail::Refused(why) => FramedFail::Refused(why),
+                    })?)
+                }
+            };
+            match conn.call(rpc).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    *frames = None;
+                    if !reused {
+                        return Err(FramedFail::Failed(format!(
+                            "framed connection to {} failed: {e}",
+                            self.addr
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
     fn rpc_error(&self, action: RPCTypes, f: Fail) -> RPCError<TypeConfig> {
         match f {
             Fail::Timeout(timeout) => RPCError::Timeout(Timeout {
@@ -487,12 +560,42 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     /// the entries again, and a follower with a slow disk falls behind for good. Entries
     /// get at least `append_ttl_min` (the longest election timeout); heartbeats stay
     /// bounded by openraft's own timer.
+    ///
+    /// They go over the peer's framed connection (see [`frames`](super::frames)), and
+    /// over HTTP to a peer that does not speak frames.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let ttl = option.hard_ttl().max(self.append_ttl_min);
+        let framed_ok = self
+            .frames_refused_at
+            .is_none_or(|at| at.elapsed() >= FRAMES_RETRY);
+        if framed_ok {
+            match tokio::time::timeout(ttl, self.append_framed(&rpc)).await {
+                Ok(Ok(Ok(resp))) => return Ok(resp),
+                Ok(Ok(Err(why))) => {
+                    return Err(self.rpc_error(RPCTypes::AppendEntries, Fail::Unreachable(why)))
+                }
+                Ok(Err(FramedFail::Failed(why))) => {
+                    return Err(self.rpc_error(RPCTypes::AppendEntries, Fail::Unreachable(why)))
+                }
+                Ok(Err(FramedFail::Refused(why))) => {
+                    tracing::info!(
+                        target_node = self.target,
+                        why,
+                        "peer does not speak framed AppendEntries; using HTTP"
+                    );
+                    self.frames_refused_at = Some(tokio::time::Instant::now());
+                }
+                Err(_) => {
+                    // The answer may still come: the connection is out of step.
+                    *self.frames.get_mut().expect("frames lock") = None;
+                    return Err(self.rpc_error(RPCTypes::AppendEntries, Fail::Timeout(ttl)));
+                }
+            }
+        }
         self.call(RPCTypes::AppendEntries, "/raft/append", &rpc, ttl)
             .await
     }

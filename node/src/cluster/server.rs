@@ -108,7 +108,7 @@ pub async fn admit_layer(
 }
 
 /// The node a vote speaks for.
-fn voter(v: &crate::raft_types::Vote) -> NodeId {
+pub(super) fn voter(v: &crate::raft_types::Vote) -> NodeId {
     v.leader_id().voted_for
 }
 
@@ -136,21 +136,21 @@ pub(crate) async fn admit(c: &Cluster, headers: &HeaderMap) -> Result<(), Respon
         .get(CLUSTER_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    admit_cluster(c, theirs)
+        .await
+        .map_err(|why| (StatusCode::CONFLICT, why).into_response())
+}
+
+/// [`admit`] for a sender in cluster `theirs`: why not, if not.
+pub(super) async fn admit_cluster(c: &Cluster, theirs: &str) -> Result<(), String> {
     let ours = c.cluster_id();
     match ours.as_deref() {
         Some(ours) if ours == theirs => Ok(()),
-        Some(ours) => Err((
-            StatusCode::CONFLICT,
-            format!("cluster id mismatch: this node is in {ours}, sender in {theirs:?}"),
-        )
-            .into_response()),
-        None if theirs.is_empty() => {
-            Err((StatusCode::CONFLICT, "sender has no cluster id").into_response())
-        }
-        None => c
-            .adopt_cluster_id(theirs)
-            .await
-            .map_err(|e| (StatusCode::CONFLICT, e.to_string()).into_response()),
+        Some(ours) => Err(format!(
+            "cluster id mismatch: this node is in {ours}, sender in {theirs:?}"
+        )),
+        None if theirs.is_empty() => Err("sender has no cluster id".into()),
+        None => c.adopt_cluster_id(theirs).await.map_err(|e| e.to_string()),
     }
 }
 
@@ -361,5 +361,39 @@ async fn handoff_cause(State(c): State<Arc<Cluster>>, headers: HeaderMap, body: 
     match c.note_incoming_cause(&cause) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+impl super::frames::Follower for Cluster {
+    fn admit(&self, cluster: &str) -> crate::net::BoxFut<'_, Result<(), String>> {
+        let cluster = cluster.to_owned();
+        Box::pin(async move { admit_cluster(self, &cluster).await })
+    }
+
+    fn append(
+        &self,
+        req: AppendEntriesRequest<TypeConfig>,
+    ) -> crate::net::BoxFut<'_, super::frames::Answer> {
+        Box::pin(async move {
+            self.raft
+                .append_entries(req)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The peer listener's second protocol: framed AppendEntries (see
+/// [`frames`](super::frames)), each connection closed once idle for `idle_max`.
+pub fn frames_alternate(
+    cluster: Arc<Cluster>,
+    idle_max: std::time::Duration,
+) -> crate::net::Alternate {
+    crate::net::Alternate {
+        preface: super::frames::PREFACE,
+        serve: Arc::new(move |io, ident, _peer| {
+            let c = cluster.clone();
+            Box::pin(async move { super::frames::serve(&*c, io, ident, idle_max).await })
+        }),
     }
 }
