@@ -7,16 +7,17 @@
 use kura_cluster_tests::procs::{
     client_tls_as, operator_config_as, tokenize_request, wait_for, ProcCluster,
 };
-use kura_node::cluster::Encoding;
+use kura_node::cluster::{frames, Encoding};
 use kura_node::net::tls::{Identity, OperatorRole};
 use kura_node::raft_types::{SnapshotMeta, TypeConfig, Vote};
 use kura_sdk::tls::TlsConnector;
-use kura_sdk::wire::{tokio_spawner, HttpPool, TcpConnector, WireError};
+use kura_sdk::wire::{tokio_spawner, Connector, HttpPool, TcpConnector, WireError};
 use kura_sdk::{Client, ClientConfig, Error};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// A term far beyond the cluster's: a node that accepted any of these would move to it.
 const FORGED_TERM: u64 = 99;
@@ -264,6 +265,48 @@ async fn the_peer_plane_admits_only_members_and_each_speaks_only_for_itself() {
                 r.ok(),
                 Some(403),
                 "node 2 with a vote for node 3: {path} ({ct:?}) on node {node}"
+            );
+        }
+    }
+
+    // The same over framed AppendEntries: the hello must name the certificate's node,
+    // and every request's vote too; either refusal ends the connection.
+    let node2_tls = TlsConnector::fixed(
+        Arc::new(TcpConnector),
+        client_tls_as(Some(&Identity::Node { id: 2 }), false),
+    );
+    for node in 0..3 {
+        let addr = &c.raft[node];
+        for (hello_as, vote_as) in [(CLAIMED, CLAIMED), (2, CLAIMED)] {
+            let mut io = node2_tls.connect(addr).await.unwrap();
+            io.write_all(frames::PREFACE).await.unwrap();
+            let hello = frames::Hello {
+                node: hello_as,
+                cluster: cluster_id.clone(),
+            };
+            frames::write_frame(&mut io, &hello).await.unwrap();
+            let admitted: Result<(), String> =
+                frames::read_frame(&mut io, frames::ANSWER_BYTES_MAX)
+                    .await
+                    .unwrap();
+            if hello_as == CLAIMED {
+                assert!(admitted.is_err(), "a framed hello as node 3 on node {node}");
+                continue;
+            }
+            admitted.unwrap_or_else(|e| panic!("node 2's framed hello on node {node}: {e}"));
+            let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
+                vote: Vote::new_committed(FORGED_TERM, vote_as),
+                prev_log_id: None,
+                leader_commit: None,
+                entries: vec![],
+            };
+            frames::write_frame(&mut io, &append).await.unwrap();
+            let answer: frames::Answer = frames::read_frame(&mut io, frames::ANSWER_BYTES_MAX)
+                .await
+                .unwrap();
+            assert!(
+                answer.is_err(),
+                "a framed append for node 3 on node {node}: {answer:?}"
             );
         }
     }

@@ -35,7 +35,7 @@ pub const PREFACE: &[u8] = b"\0kura-raft-frames/1\r\n";
 
 /// Largest answer a leader reads: an AppendEntries answer or a refusal, a few dozen
 /// bytes in practice.
-pub(super) const ANSWER_BYTES_MAX: usize = 64 << 10;
+pub const ANSWER_BYTES_MAX: usize = 64 << 10;
 
 /// Largest hello a follower reads.
 const HELLO_BYTES_MAX: usize = 4 << 10;
@@ -51,7 +51,7 @@ pub struct Hello {
 pub type Answer = Result<AppendEntriesResponse<TypeConfig>, String>;
 
 /// Writes `v` as one frame, and flushes it.
-pub(super) async fn write_frame<W, T>(w: &mut W, v: &T) -> io::Result<()>
+pub async fn write_frame<W, T>(w: &mut W, v: &T) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
     T: Serialize,
@@ -69,7 +69,7 @@ where
 /// Reads one frame of at most `max` bytes and decodes it. A longer frame, or one that
 /// does not decode, is `InvalidData`; a connection closed before a frame begins is
 /// `UnexpectedEof`.
-pub(super) async fn read_frame<R, T>(r: &mut R, max: usize) -> io::Result<T>
+pub async fn read_frame<R, T>(r: &mut R, max: usize) -> io::Result<T>
 where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,

@@ -6,7 +6,7 @@
 
 mod errors;
 mod formation;
-mod frames;
+pub mod frames;
 mod handoff;
 mod membership;
 mod network;
