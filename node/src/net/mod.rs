@@ -332,7 +332,9 @@ pub async fn serve_with(
                     // says nothing was done, where a closed connection would leave a
                     // request it forwards in doubt.
                     Handshake::NotAMember(stream) => {
-                        serve_conn(stream, not_a_member(), peer, None, activity, &limits).await
+                        let head = Vec::new();
+                        serve_conn(stream, head, not_a_member(), peer, None, activity, &limits)
+                            .await
                     }
                     Handshake::Closed => {}
                 },
@@ -447,7 +449,7 @@ async fn serve_either<I: Io>(
     alternate: Option<&Alternate>,
 ) {
     let Some(alt) = alternate else {
-        return serve_conn(io, router, peer, ident, activity, limits).await;
+        return serve_conn(io, Vec::new(), router, peer, ident, activity, limits).await;
     };
     let mut io = io;
     let mut head = Vec::with_capacity(alt.preface.len());
@@ -458,14 +460,7 @@ async fn serve_either<I: Io>(
     .await;
     match sniffed {
         Ok(Ok(Some(true))) => (alt.serve)(Box::new(io), ident, peer).await,
-        Ok(Ok(Some(false))) => {
-            let io = Rewind {
-                head,
-                at: 0,
-                inner: io,
-            };
-            serve_conn(io, router, peer, ident, activity, limits).await
-        }
+        Ok(Ok(Some(false))) => serve_conn(io, head, router, peer, ident, activity, limits).await,
         Ok(Ok(None)) | Ok(Err(_)) => {}
         Err(_) => {
             limits.stats.timed_out.inc();
@@ -500,68 +495,10 @@ async fn read_preface<I: Io>(
     }
 }
 
-/// A stream whose first bytes, already read, are read again before the rest.
-struct Rewind<I> {
-    head: Vec<u8>,
-    at: usize,
-    inner: I,
-}
-
-impl<I: Io> tokio::io::AsyncRead for Rewind<I> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        if self.at < self.head.len() {
-            let n = (self.head.len() - self.at).min(buf.remaining());
-            let at = self.at;
-            buf.put_slice(&self.head[at..at + n]);
-            self.at += n;
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<I: Io> tokio::io::AsyncWrite for Rewind<I> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
+/// Serves HTTP/1 on `io`, whose first bytes, already read, are `head`.
 async fn serve_conn<I: Io>(
     io: I,
+    head: Vec<u8>,
     router: axum::Router,
     peer: String,
     ident: Option<tls::Identity>,
@@ -588,6 +525,8 @@ async fn serve_conn<I: Io>(
     let io = ActivityIo {
         inner: io,
         activity: activity.clone(),
+        head,
+        head_read: 0,
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -662,10 +601,13 @@ impl Activity {
     }
 }
 
-/// A connection's stream, noting its writes in its [`Activity`].
+/// A connection's stream, noting its writes in its [`Activity`]; its first bytes, read
+/// before HTTP took it (see [`serve_either`]), are read again first.
 struct ActivityIo<I> {
     inner: I,
     activity: Arc<Activity>,
+    head: Vec<u8>,
+    head_read: usize,
 }
 
 impl<I: Io> tokio::io::AsyncRead for ActivityIo<I> {
@@ -674,6 +616,13 @@ impl<I: Io> tokio::io::AsyncRead for ActivityIo<I> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
+        let at = self.head_read;
+        if at < self.head.len() {
+            let n = (self.head.len() - at).min(buf.remaining());
+            buf.put_slice(&self.head[at..at + n]);
+            self.head_read += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
