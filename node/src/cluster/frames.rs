@@ -20,6 +20,7 @@
 //! A kura from before frames reads the preface as a bad HTTP request and answers
 //! `400` or closes; the sender then goes on in HTTP (see `PeerClient`).
 
+use super::server::speaks_for_itself;
 use crate::member::NodeId;
 use crate::net::tls::Identity;
 use crate::raft_types::TypeConfig;
@@ -94,16 +95,6 @@ pub(super) trait Follower: Send + Sync + 'static {
     fn admit(&self, cluster: &str) -> crate::net::BoxFut<'_, Result<(), String>>;
     /// Appends, as the HTTP route would.
     fn append(&self, req: AppendEntriesRequest<TypeConfig>) -> crate::net::BoxFut<'_, Answer>;
-}
-
-/// Whether a request that speaks for `claimed` may come over a connection whose client
-/// certificate names `ident` (always, without TLS).
-fn speaks_for_itself(ident: Option<&Identity>, claimed: NodeId) -> bool {
-    match ident {
-        None => true,
-        Some(Identity::Node { id }) => *id == claimed,
-        Some(_) => false,
-    }
 }
 
 /// Serves one framed connection, from just after its preface, until it closes, sends

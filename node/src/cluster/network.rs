@@ -575,10 +575,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         if framed_ok {
             match tokio::time::timeout(ttl, self.append_framed(&rpc)).await {
                 Ok(Ok(Ok(resp))) => return Ok(resp),
-                Ok(Ok(Err(why))) => {
-                    return Err(self.rpc_error(RPCTypes::AppendEntries, Fail::Unreachable(why)))
-                }
-                Ok(Err(FramedFail::Failed(why))) => {
+                // The follower's own refusal, or no answer from it.
+                Ok(Ok(Err(why))) | Ok(Err(FramedFail::Failed(why))) => {
                     return Err(self.rpc_error(RPCTypes::AppendEntries, Fail::Unreachable(why)))
                 }
                 Ok(Err(FramedFail::Refused(why))) => {

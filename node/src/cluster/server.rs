@@ -54,19 +54,28 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
 /// send a snapshot as node 3. Without TLS (the insecure mode) there is no identity.
 /// Returns the refusal to send, if any.
 fn sender_refusal(ident: Option<&ClientIdentity>, claimed: NodeId) -> Option<Response> {
+    let who = ident.map(|ClientIdentity(who)| who)?;
+    if speaks_for_itself(Some(who), claimed) {
+        return None;
+    }
+    tracing::warn!(certificate = %who, claimed, "peer RPC refused: it speaks for another node");
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            format!("{who} may not speak for node {claimed}"),
+        )
+            .into_response(),
+    )
+}
+
+/// Whether what speaks for `claimed` may come over a connection whose client
+/// certificate names `ident`: only that node's, and anything without TLS (no identity).
+/// Judges HTTP requests ([`sender_refusal`]) and framed connections alike.
+pub(super) fn speaks_for_itself(ident: Option<&CertIdentity>, claimed: NodeId) -> bool {
     match ident {
-        None => None,
-        Some(ClientIdentity(CertIdentity::Node { id })) if *id == claimed => None,
-        Some(ClientIdentity(who)) => {
-            tracing::warn!(certificate = %who, claimed, "peer RPC refused: it speaks for another node");
-            Some(
-                (
-                    StatusCode::FORBIDDEN,
-                    format!("{who} may not speak for node {claimed}"),
-                )
-                    .into_response(),
-            )
-        }
+        None => true,
+        Some(CertIdentity::Node { id }) => *id == claimed,
+        Some(_) => false,
     }
 }
 
