@@ -82,12 +82,23 @@ pub type VaultView = Vault<ViewTables>;
 /// only to copy or swap the maps).
 pub struct SharedVault {
     state: std::sync::Mutex<Applied>,
-    apply: std::sync::Mutex<()>,
+    /// Held by the one apply (or flush) that may change the buffer; keeps what the last
+    /// apply learnt about the vault for the next.
+    apply: std::sync::Mutex<ApplyHint>,
     flush: std::sync::Mutex<Flushed>,
     /// The highest log index durable in this node's log (see `Store::durable_log_index`).
     durable_log: Arc<std::sync::atomic::AtomicU64>,
     /// The buffer's bound in changed keys ([`FLUSH_KEYS`]).
     flush_keys: std::sync::atomic::AtomicUsize,
+}
+
+/// What an apply learnt about the vault, for the next apply to the same state.
+#[derive(Default)]
+struct ApplyHint {
+    /// The last entry that apply applied; the hint holds only over the state it left.
+    after: Option<LogId>,
+    /// See [`Vault::idempotency_floor_ms`].
+    idempotency_floor_ms: u64,
 }
 
 /// What has been applied.
@@ -259,12 +270,25 @@ impl SharedVault {
             return Ok((Vec::new(), false));
         };
         Ok({
-            let _apply = self.apply.lock().expect("vault apply lock");
+            let mut hint = self.apply.lock().expect("vault apply lock");
             let View {
-                tables, membership, ..
+                tables,
+                membership,
+                last: before,
             } = self.view();
+            // A snapshot installed since the last apply leaves another state under it.
+            let floor = if hint.after.is_some() && hint.after == before {
+                hint.idempotency_floor_ms
+            } else {
+                0
+            };
             let mut batch = overlay::Batch::new(tables);
-            let (responses, membership) = apply_entries(&mut batch, entries, membership, check)?;
+            let (responses, membership, floor) =
+                apply_entries(&mut batch, entries, membership, floor, check)?;
+            *hint = ApplyHint {
+                after: Some(last),
+                idempotency_floor_ms: floor,
+            };
             // The view's copies of the buffer are gone with it: merged under the lock,
             // a small batch changes the buffer's nodes in place (no reader can copy the
             // buffer meanwhile). A large one is merged into a copy outside the lock, so
@@ -440,16 +464,20 @@ pub(super) fn sm_records(
 }
 
 /// Applies `entries` to `tables`; a storage failure voids the whole batch.
+/// Applies `entries` to `tables`, whose idempotency records were all made at or after
+/// `idempotency_floor_ms` (0: not known); the responses, the membership after, and the
+/// floor after.
 fn apply_entries(
     tables: &mut impl TablesMut,
     entries: &[crate::raft_types::Entry],
     mut membership: StoredMembership,
+    idempotency_floor_ms: u64,
     check: Option<&ApplyCheck>,
-) -> io::Result<(Vec<Response>, StoredMembership)> {
+) -> io::Result<(Vec<Response>, StoredMembership, u64)> {
     let mut responses = Vec::with_capacity(entries.len());
     // The check looks at what each command wrote.
     let mut recording = Recording::new(tables, check.is_some());
-    let mut vault = Vault::new(&mut recording);
+    let mut vault = Vault::with_idempotency_floor(&mut recording, idempotency_floor_ms);
     for entry in entries {
         let response = match &entry.payload {
             EntryPayload::Blank => Response::None,
@@ -475,7 +503,7 @@ fn apply_entries(
         };
         responses.push(response);
     }
-    Ok((responses, membership))
+    Ok((responses, membership, vault.idempotency_floor_ms()))
 }
 
 /// Applies `entries` to `db` directly, in one write transaction without an fsync (the
@@ -487,11 +515,12 @@ pub(super) fn apply_batch(
 ) -> io::Result<(Vec<Response>, StoredMembership)> {
     let mut txn = db.begin_write().map_err(io_err)?;
     txn.set_durability(redb::Durability::None).map_err(io_err)?;
-    let r = apply_entries(&mut WriteTables::open(&txn)?, entries, membership, None)?;
+    let (responses, membership, _) =
+        apply_entries(&mut WriteTables::open(&txn)?, entries, membership, 0, None)?;
     let last = entries.last().map(|e| e.log_id);
-    vault_db::put_sm_meta(&txn, &sm_records(&last, &r.1))?;
+    vault_db::put_sm_meta(&txn, &sm_records(&last, &membership))?;
     txn.commit().map_err(io_err)?;
-    Ok(r)
+    Ok((responses, membership))
 }
 
 /// Makes every commit so far durable.
@@ -520,7 +549,7 @@ impl StateMachine {
                     membership,
                     entries: 0,
                 }),
-                apply: std::sync::Mutex::new(()),
+                apply: std::sync::Mutex::new(ApplyHint::default()),
                 flush: std::sync::Mutex::new(Flushed::durable(applied)),
                 durable_log: store.durable_log.clone(),
                 flush_keys: FLUSH_KEYS.into(),

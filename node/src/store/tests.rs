@@ -1014,3 +1014,63 @@ async fn a_snapshot_being_built_is_the_one_sent_as_far_as_it_is_written() {
     assert_eq!(store.latest_snapshot_index().unwrap(), 4);
     assert!(store.in_build().is_none());
 }
+
+/// A keyed authorisation (refused here: no such merchant), which keeps its key all the
+/// same: an idempotency record made at `at_ms`.
+fn keyed_open(n: u64, at_ms: u64) -> Command {
+    Command::OpenPayment {
+        payment_id: format!("pay_{n}"),
+        merchant_id: "m".into(),
+        order_id: format!("o{n}"),
+        token: "tok_none".into(),
+        amount: 1,
+        currency: "JPY".into(),
+        capture: false,
+        gateway_txn_id: format!("gw_{n}"),
+        route: "cafis".into(),
+        idempotency: Some(crate::vault::Idempotency {
+            key: format!("k{n}"),
+            body_sha256: "h".into(),
+        }),
+        at_ms,
+    }
+}
+
+fn entry_of(index: u64, cmd: Command) -> Entry {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(cmd),
+    }
+}
+
+#[tokio::test]
+async fn what_an_apply_learnt_about_idempotency_keys_is_forgotten_when_a_snapshot_replaces_the_vault(
+) {
+    const DAY: u64 = crate::vault::state::IDEMPOTENCY_KEEP_MS;
+    // The snapshot holds a key made at 1,000.
+    let mut old = crate::vault::VaultState::default();
+    old.apply(&keyed_open(1, 1_000));
+    assert!(old.idempotency("m", "k1").is_some());
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(1, 50)),
+        last_membership: Default::default(),
+    };
+    let data = snapshot_stream::encode_tables(old.tables());
+    // This node's vault learns that no key of its own is older than ten days.
+    let (_dir, store, mut sm) = vault_with_two_entries().await;
+    apply(&mut sm, vec![entry_of(3, keyed_open(2, 10 * DAY))]).await;
+    sm.install_snapshot(&meta, store.snapshot_from_bytes(&data).unwrap())
+        .await
+        .unwrap();
+    let held = |sm: &StateMachine| sm.shared().read(|v| v.idempotency("m", "k1")).unwrap();
+    assert!(held(&sm).is_some());
+    // A day and a moment after the snapshot's key was made, it is dropped.
+    let tick = Command::RecordAdminAction {
+        by: None,
+        action: "tick".into(),
+        detail: String::new(),
+        at_ms: 1_001 + DAY,
+    };
+    apply(&mut sm, vec![entry_of(51, tick)]).await;
+    assert!(held(&sm).is_none(), "the snapshot's old key expires");
+}

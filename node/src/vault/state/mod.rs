@@ -199,6 +199,10 @@ fn spent_from(r: &TokenRecord) -> Option<u64> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Vault<S> {
     tables: S,
+    /// No idempotency record was made before this time (0: not known). Kept by the
+    /// caller between batches so that an apply skips the look for expired keys until
+    /// the oldest can have expired; never part of the state.
+    idempotency_floor_ms: u64,
 }
 
 /// The vault in memory: unit and property tests, offline tools.
@@ -207,7 +211,26 @@ pub type VaultState = Vault<MemTables>;
 impl<S> Vault<S> {
     /// The vault kept in `tables`.
     pub fn new(tables: S) -> Vault<S> {
-        Vault { tables }
+        Vault {
+            tables,
+            idempotency_floor_ms: 0,
+        }
+    }
+
+    /// The vault kept in `tables`, where no idempotency record was made before
+    /// `floor_ms` (as [`Vault::idempotency_floor_ms`] said after the last apply to these
+    /// same tables; 0 when not known).
+    pub fn with_idempotency_floor(tables: S, floor_ms: u64) -> Vault<S> {
+        Vault {
+            tables,
+            idempotency_floor_ms: floor_ms,
+        }
+    }
+
+    /// A time before which no idempotency record was made (0 when not known): the
+    /// floor to hand the next [`Vault::with_idempotency_floor`] over these tables.
+    pub fn idempotency_floor_ms(&self) -> u64 {
+        self.idempotency_floor_ms
     }
 
     /// The tables underneath.
@@ -235,8 +258,8 @@ impl<S: TablesMut> Vault<S> {
         let response = self.apply_inner(cmd);
         self.remember_idempotent(cmd, &response);
         self.audit_mut().append(audit_entry(cmd, &response));
-        self.advance_clock(cmd.at_ms());
-        self.expire_idempotency_keys();
+        let clock = self.advance_clock(cmd.at_ms());
+        self.expire_idempotency_keys(clock);
         response
     }
 
@@ -244,11 +267,14 @@ impl<S: TablesMut> Vault<S> {
         AuditLog::new(&mut self.tables)
     }
 
-    fn advance_clock(&mut self, at_ms: u64) {
+    /// Moves the replicated clock up to `at_ms`; the clock after.
+    fn advance_clock(&mut self, at_ms: u64) -> u64 {
         let clock = self.clock_ms();
         if at_ms > clock {
             meta_put(&mut self.tables, meta::CLOCK_MS, &at_ms);
+            return at_ms;
         }
+        clock
     }
 
     /// Records what a keyed command came to, and keeps a keyed authorisation's record up
@@ -272,13 +298,10 @@ impl<S: TablesMut> Vault<S> {
                 outcome,
                 created_at_ms: cmd.at_ms(),
             };
+            // The key was free when the command began (`apply` answers a taken key
+            // before getting here), and nothing else writes it: no record to replace.
             let key = (merchant_id.to_owned(), idem.key.clone());
-            if let Some(old) = IDEMPOTENCY.get(&self.tables, &key) {
-                IDEMPOTENCY_BY_TIME.delete(
-                    &mut self.tables,
-                    &(old.created_at_ms, key.0.clone(), key.1.clone()),
-                );
-            }
+            self.idempotency_floor_ms = self.idempotency_floor_ms.min(record.created_at_ms);
             IDEMPOTENCY_BY_TIME.put(
                 &mut self.tables,
                 &(record.created_at_ms, key.0.clone(), key.1.clone()),
@@ -304,22 +327,33 @@ impl<S: TablesMut> Vault<S> {
 
     /// Drops a bounded number of idempotency keys older than the retention: the oldest
     /// first, read from the index by time (no scan of the keys still kept).
-    fn expire_idempotency_keys(&mut self) {
-        let Some(cutoff) = self.clock_ms().checked_sub(IDEMPOTENCY_KEEP_MS) else {
+    fn expire_idempotency_keys(&mut self, clock_ms: u64) {
+        let Some(cutoff) = clock_ms.checked_sub(IDEMPOTENCY_KEEP_MS) else {
             return;
         };
+        if cutoff <= self.idempotency_floor_ms {
+            return;
+        }
         let mut old = Vec::new();
-        let end = (cutoff, String::new(), String::new());
+        // The oldest record kept, once the expired ones are read.
+        let mut oldest_kept = None;
         IDEMPOTENCY_BY_TIME.scan(
             &self.tables,
             Bound::Unbounded,
-            Bound::Excluded(&end),
+            Bound::Unbounded,
             false,
-            |k, ()| {
+            |k: (u64, String, String), ()| {
+                if k.0 >= cutoff || old.len() == IDEMPOTENCY_EXPIRE_PER_APPLY {
+                    oldest_kept = Some(k.0);
+                    return false;
+                }
                 old.push(k);
-                old.len() < IDEMPOTENCY_EXPIRE_PER_APPLY
+                true
             },
         );
+        // Every record left was made at `oldest_kept` or later; with none left, any
+        // floor holds until a record is made (which lowers it).
+        self.idempotency_floor_ms = oldest_kept.unwrap_or(u64::MAX);
         for k in old {
             IDEMPOTENCY_BY_TIME.delete(&mut self.tables, &k);
             IDEMPOTENCY.delete(&mut self.tables, &(k.1, k.2));
@@ -1267,6 +1301,78 @@ mod tests {
         assert!(s.idempotency("a", "k1").is_none(), "dropped after 24 hours");
         assert!(s.payment_for("a", "pay_1").is_some(), "the payment stays");
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn idempotency_keys_expire_alike_whether_the_floor_is_carried_or_not() {
+        // Payments whose leader times arrive out of order, around the 24-hour edge:
+        // a vault carried from apply to apply (keeping its floor) and one made anew
+        // over the same tables for every command (floor unknown) keep the same keys.
+        let keyed_open = |n: u32, at_ms: u64| {
+            let mut open = open_payment(
+                "a",
+                &format!("pay_{n}"),
+                &format!("o{n}"),
+                "tok_c",
+                1_000,
+                at_ms,
+            );
+            if let Command::OpenPayment { idempotency, .. } = &mut open {
+                *idempotency = Some(Idempotency {
+                    key: format!("k{n}"),
+                    body_sha256: "h".into(),
+                });
+            }
+            open
+        };
+        let tick = |at_ms| Command::RecordAdminAction {
+            by: None,
+            action: "tick".into(),
+            detail: String::new(),
+            at_ms,
+        };
+        let t = IDEMPOTENCY_KEEP_MS;
+        let steps = [
+            keyed_open(1, 1_000),
+            keyed_open(2, 5_000),
+            tick(1_000 + t),
+            keyed_open(3, 800),
+            tick(1_001 + t),
+            keyed_open(4, 3_000),
+            tick(3_001 + t),
+            tick(5_001 + t),
+        ];
+        let mut carried = with_fingerprint_key();
+        carried.apply(&on_file("a", "m1", "tok_c", "f1", 10));
+        let mut fresh = Vault::new(carried.tables().clone());
+        let kept = |v: &VaultState| {
+            (1..=4)
+                .filter(|n| v.idempotency("a", &format!("k{n}")).is_some())
+                .collect::<Vec<_>>()
+        };
+        let mut seen = Vec::new();
+        for cmd in &steps {
+            carried.apply(cmd);
+            fresh.apply(cmd);
+            assert!(carried.tables() == fresh.tables(), "after {cmd:?}");
+            seen.push(kept(&carried));
+            fresh = Vault::new(fresh.into_tables());
+        }
+        assert_eq!(
+            seen,
+            [
+                vec![1],
+                vec![1, 2],
+                vec![1, 2],
+                vec![1, 2],
+                vec![2],
+                vec![2, 4],
+                vec![2],
+                vec![],
+            ],
+            "each key dropped once 24 hours older than the replicated clock"
+        );
+        carried.validate().unwrap();
     }
 
     #[test]
