@@ -463,10 +463,9 @@ pub(super) fn sm_records(
     ]
 }
 
-/// Applies `entries` to `tables`; a storage failure voids the whole batch.
 /// Applies `entries` to `tables`, whose idempotency records were all made at or after
 /// `idempotency_floor_ms` (0: not known); the responses, the membership after, and the
-/// floor after.
+/// floor after. A storage failure voids the whole batch.
 fn apply_entries(
     tables: &mut impl TablesMut,
     entries: &[crate::raft_types::Entry],
