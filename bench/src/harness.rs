@@ -33,6 +33,18 @@ pub struct Summary {
     pub first_error: Option<String>,
     pub seconds: f64,
     pub latency_us: Histogram<u64>,
+    /// Every answered request's latency (µs) by the second of the window it started
+    /// in: whether a tail is spread over the run or comes from a few seconds of it.
+    pub by_second: Vec<Vec<u32>>,
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Second {
+    /// Requests started in it and answered.
+    pub ok: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 impl Summary {
@@ -47,6 +59,57 @@ impl Summary {
 
     pub fn max_ms(&self) -> f64 {
         self.latency_us.max() as f64 / 1000.0
+    }
+
+    /// The run second by second (seconds in which nothing started and was answered are
+    /// left out).
+    pub fn seconds(&self) -> Vec<Second> {
+        self.by_second
+            .iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                let mut v = v.clone();
+                v.sort_unstable();
+                // Nearest rank: the least value at or under which a share `q` falls.
+                let at = |q: f64| {
+                    let rank = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+                    v[rank - 1] as f64 / 1000.0
+                };
+                Second {
+                    ok: v.len(),
+                    p50_ms: at(0.5),
+                    p99_ms: at(0.99),
+                }
+            })
+            .collect()
+    }
+
+    /// The median and the largest of the seconds' p99s: far apart when a few seconds
+    /// hold the run's tail (a stall), close when the tail is spread over the run.
+    pub fn second_p99s(&self) -> Option<(f64, f64)> {
+        let mut p99s: Vec<f64> = self.seconds().iter().map(|s| s.p99_ms).collect();
+        if p99s.is_empty() {
+            return None;
+        }
+        p99s.sort_by(f64::total_cmp);
+        Some((p99s[p99s.len() / 2], p99s[p99s.len() - 1]))
+    }
+
+    /// One line per second.
+    pub fn timeline(&self) -> String {
+        self.seconds()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                format!(
+                    "second {:>3}  {:>7} started  p50 {:>7.2} ms  p99 {:>7.2} ms\n",
+                    i + 1,
+                    s.ok,
+                    s.p50_ms,
+                    s.p99_ms
+                )
+            })
+            .collect()
     }
 
     /// One human line.
@@ -104,6 +167,7 @@ pub async fn run<O: Op>(op: O, plan: Plan) -> Summary {
         first_error: None,
         seconds: plan.measure.as_secs_f64(),
         latency_us: histogram(),
+        by_second: Vec::new(),
     };
     for t in tasks {
         let part = t.await.expect("client task");
@@ -111,6 +175,12 @@ pub async fn run<O: Op>(op: O, plan: Plan) -> Summary {
         all.errors += part.errors;
         all.first_error = all.first_error.or(part.first_error);
         all.latency_us.add(&part.latency_us).expect("same bounds");
+        if all.by_second.len() < part.by_second.len() {
+            all.by_second.resize(part.by_second.len(), Vec::new());
+        }
+        for (to, from) in all.by_second.iter_mut().zip(part.by_second) {
+            to.extend(from);
+        }
     }
     all
 }
@@ -122,6 +192,7 @@ fn empty() -> Summary {
         first_error: None,
         seconds: 0.0,
         latency_us: histogram(),
+        by_second: Vec::new(),
     }
 }
 
@@ -133,7 +204,13 @@ impl Summary {
         match r {
             Ok(()) => {
                 self.ok += 1;
-                record(&mut self.latency_us, started.elapsed());
+                let took = started.elapsed();
+                record(&mut self.latency_us, took);
+                let second = (started - measure_from).as_secs() as usize;
+                if self.by_second.len() <= second {
+                    self.by_second.resize(second + 1, Vec::new());
+                }
+                self.by_second[second].push(took.as_micros().min(u32::MAX as u128) as u32);
             }
             Err(e) => {
                 self.errors += 1;
@@ -220,6 +297,33 @@ mod tests {
             tokio::time::sleep(d).await;
             Ok(())
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_shows_in_the_second_it_happened_not_in_the_others() {
+        // 10 ms a request, one client: 100 a second; the 400th and the 800th take 300 ms
+        // (in the fifth second and the ninth).
+        let op = Sleepy {
+            delay: Duration::from_millis(10),
+            stall: Duration::from_millis(300),
+            stall_every: 400,
+        };
+        let s = run(op, plan(None)).await;
+        let seconds = s.seconds();
+        assert_eq!(seconds.len(), 10, "{}", s.timeline());
+        for (i, sec) in seconds.iter().enumerate() {
+            if i == 4 || i == 8 {
+                assert!(sec.p99_ms >= 300.0, "second {i}: {}", s.timeline());
+                assert!(sec.ok < 80, "second {i}: {}", s.timeline());
+            } else {
+                assert!(sec.p99_ms < 11.0, "second {i}: {}", s.timeline());
+            }
+        }
+        let (median, worst) = s.second_p99s().unwrap();
+        assert!(median < 11.0 && worst >= 300.0, "{median} {worst}");
+        // Every answered request is in one second or another.
+        let counted: usize = seconds.iter().map(|s| s.ok).sum();
+        assert_eq!(counted as u64, s.ok);
     }
 
     fn plan(rate: Option<f64>) -> Plan {

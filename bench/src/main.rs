@@ -98,6 +98,9 @@ enum Cmd {
         /// Plain HTTP, for a cluster in the insecure mode (`kura up --insecure`).
         #[arg(long)]
         insecure: bool,
+        /// Also print the run second by second (requests started, p50, p99).
+        #[arg(long)]
+        timeline: bool,
     },
     /// The fsync latency of the disk holding DIR: the floor of one durable write.
     Fsync {
@@ -170,6 +173,7 @@ async fn main() {
             rate,
             ca_file,
             insecure,
+            timeline,
         } => {
             let cfg = ClientConfig::new(endpoints, key);
             let cfg = if insecure {
@@ -178,7 +182,17 @@ async fn main() {
                 cfg.with_ca_file(&ca_file).map_err(|e| e.0)
             };
             match cfg {
-                Ok(cfg) => load(Client::new(cfg), workload, clients, duration_s, rate).await,
+                Ok(cfg) => {
+                    load(
+                        Client::new(cfg),
+                        workload,
+                        clients,
+                        duration_s,
+                        rate,
+                        timeline,
+                    )
+                    .await
+                }
                 Err(e) => Err(e),
             }
         }
@@ -199,6 +213,7 @@ async fn load(
     clients: u32,
     duration_s: u64,
     rate: Option<f64>,
+    timeline: bool,
 ) -> Result<(), String> {
     let plan = Plan {
         clients,
@@ -214,5 +229,8 @@ async fn load(
         }
     };
     println!("{}", s.line());
+    if timeline {
+        print!("{}", s.timeline());
+    }
     Ok(())
 }

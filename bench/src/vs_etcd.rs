@@ -673,20 +673,23 @@ fn render(
     }
     let _ = writeln!(
         t,
-        "\n## Payments (kura only, kura-bench: tokenize, authorise through the acquirer simulator, capture)\n\nA flow is four Raft writes (the token, the payment's intent, the acquirer's answer, the capture), three API requests and one call to the acquirer. The nodes' CPU is their processes' CPU time over the run (warm-up included) per flow at the measured rate; the machine has {:.0} cores for the three nodes, kura-bench and the two simulators together. The 16- and 64-client runs alternate, {PAY_ROUNDS} rounds, each run with members, orders and keys of its own.\n\n| round | clients | flows/s | p50 ms | p99 ms | p99.9 ms | errors | node CPU per flow (ms, three nodes) | kura-bench CPU | acquirer simulators CPU |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "\n## Payments (kura only, kura-bench: tokenize, authorise through the acquirer simulator, capture)\n\nA flow is four Raft writes (the token, the payment's intent, the acquirer's answer, the capture), three API requests and one call to the acquirer. The nodes' CPU is their processes' CPU time over the run (warm-up included) per flow at the measured rate; the machine has {:.0} cores for the three nodes, kura-bench and the two simulators together. The 16- and 64-client runs alternate, {PAY_ROUNDS} rounds, each run with members, orders and keys of its own. *p99 by second* takes the p99 of the flows started in each second of the run: its median over the seconds, and the worst second. Far apart, the run's tail comes from a few seconds of it (a stall); close, it is spread over the run.\n\n| round | clients | flows/s | p50 ms | p99 ms | p99.9 ms | p99 by second: median / worst (ms) | errors | node CPU per flow (ms, three nodes) | kura-bench CPU | acquirer simulators CPU |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         wrk::cores()
     );
     for p in pays {
         let s = &p.run.summary;
         let _ = writeln!(
             t,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.0}% | {:.0}% |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {:.0}% | {:.0}% |",
             p.round,
             p.clients,
             s.throughput(),
             s.ms(0.5),
             s.ms(0.99),
             s.ms(0.999),
+            s.second_p99s()
+                .map(|(m, w)| format!("{m:.1} / {w:.1}"))
+                .unwrap_or_else(|| "–".into()),
             s.errors,
             p.node_cpu_ms_per_flow,
             100.0 * p.run.bench_share,
