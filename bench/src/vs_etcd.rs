@@ -11,7 +11,7 @@ use crate::systems::{
 };
 use crate::wrk::{self, Cell, Script, Scripts};
 use base64::Engine as _;
-use kura_cluster_tests::procs::{acquirer_toml, AcquirerSim, ProcCluster};
+use kura_cluster_tests::procs::{acquirer_toml, AcquirerSim, ProcCluster, NAMES};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -341,6 +341,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             wrk::cpu_seconds_of(&kura_pids),
             wrk::cpu_seconds_of(&sim_pids),
         );
+        let events = NodeEvents::of(&c).await;
         // A run of its own: new members, orders and keys (no replays of a run before).
         let pay = KuraPay {
             client: client.clone(),
@@ -358,6 +359,7 @@ pub async fn run(args: Args) -> Result<(), String> {
                 / flows.max(1.0),
             sims_share: (wrk::cpu_seconds_of(&sim_pids) - sims) / (run_s * wrk::cores()),
             run: m,
+            events: NodeEvents::of(&c).await.since(&events),
         });
     }
     drop(c);
@@ -403,6 +405,52 @@ struct PayRun {
     node_cpu_ms_per_flow: f64,
     /// The simulators' share of the machine's CPU.
     sims_share: f64,
+    /// What the nodes did besides the flows meanwhile.
+    events: NodeEvents,
+}
+
+/// Events that stall or slow a node, as the three nodes' metrics count them: snapshots
+/// built and installed (and the seconds they took) and leader changes.
+#[derive(Debug, Clone, Copy, Default)]
+struct NodeEvents {
+    builds: f64,
+    build_s: f64,
+    installs: f64,
+    leader_changes: f64,
+}
+
+impl NodeEvents {
+    async fn of(c: &ProcCluster) -> NodeEvents {
+        let snap = |part: &str, kind: &str| {
+            format!("kura_raft_snapshot_duration_seconds_{part}{{kind=\"{kind}\"}}")
+        };
+        let mut e = NodeEvents::default();
+        for i in 0..NAMES.len() {
+            e.builds += c.metric(i, &snap("count", "build")).await;
+            e.build_s += c.metric(i, &snap("sum", "build")).await;
+            e.installs += c.metric(i, &snap("count", "install")).await;
+        }
+        // Every node counts the changes it sees; main's count stands for the cluster's.
+        e.leader_changes = c.metric(0, "kura_raft_leader_changes_total").await;
+        e
+    }
+
+    fn since(&self, before: &NodeEvents) -> NodeEvents {
+        NodeEvents {
+            builds: self.builds - before.builds,
+            build_s: self.build_s - before.build_s,
+            installs: self.installs - before.installs,
+            leader_changes: self.leader_changes - before.leader_changes,
+        }
+    }
+
+    /// The cell: snapshots built (their seconds), installed, leader changes.
+    fn cell(&self) -> String {
+        format!(
+            "{:.0} ({:.1} s) / {:.0} / {:.0}",
+            self.builds, self.build_s, self.installs, self.leader_changes
+        )
+    }
 }
 
 /// A kura-bench run with its own CPU share.
@@ -673,14 +721,14 @@ fn render(
     }
     let _ = writeln!(
         t,
-        "\n## Payments (kura only, kura-bench: tokenize, authorise through the acquirer simulator, capture)\n\nA flow is four Raft writes (the token, the payment's intent, the acquirer's answer, the capture), three API requests and one call to the acquirer. The nodes' CPU is their processes' CPU time over the run (warm-up included) per flow at the measured rate; the machine has {:.0} cores for the three nodes, kura-bench and the two simulators together. The 16- and 64-client runs alternate, {PAY_ROUNDS} rounds, each run with members, orders and keys of its own. *p99 by second* takes the p99 of the flows started in each second of the run: its median over the seconds, and the worst second. Far apart, the run's tail comes from a few seconds of it (a stall); close, it is spread over the run.\n\n| round | clients | flows/s | p50 ms | p99 ms | p99.9 ms | p99 by second: median / worst (ms) | errors | node CPU per flow (ms, three nodes) | kura-bench CPU | acquirer simulators CPU |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "\n## Payments (kura only, kura-bench: tokenize, authorise through the acquirer simulator, capture)\n\nA flow is four Raft writes (the token, the payment's intent, the acquirer's answer, the capture), three API requests and one call to the acquirer. The nodes' CPU is their processes' CPU time over the run (warm-up included) per flow at the measured rate; the machine has {:.0} cores for the three nodes, kura-bench and the two simulators together. The 16- and 64-client runs alternate, {PAY_ROUNDS} rounds, each run with members, orders and keys of its own. *p99 by second* takes the p99 of the flows started in each second of the run: its median over the seconds, and the worst second. Far apart, the run's tail comes from a few seconds of it (a stall); close, it is spread over the run. *Node events* are what the three nodes' metrics counted during the run: snapshots built (with the seconds their builds took, summed over the nodes), snapshots installed, and leader changes.\n\n| round | clients | flows/s | p50 ms | p99 ms | p99.9 ms | p99 by second: median / worst (ms) | errors | node CPU per flow (ms, three nodes) | node events: built (s) / installed / leader changes | kura-bench CPU | acquirer simulators CPU |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         wrk::cores()
     );
     for p in pays {
         let s = &p.run.summary;
         let _ = writeln!(
             t,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {:.0}% | {:.0}% |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {:.0}% | {:.0}% |",
             p.round,
             p.clients,
             s.throughput(),
@@ -692,6 +740,7 @@ fn render(
                 .unwrap_or_else(|| "–".into()),
             s.errors,
             p.node_cpu_ms_per_flow,
+            p.events.cell(),
             100.0 * p.run.bench_share,
             100.0 * p.sims_share
         );
