@@ -67,7 +67,7 @@ async fn load(client: &Client, n: u64, clients: u32, counts: Arc<Counts>) {
 }
 
 /// The count and sum of node `i`'s `kura_raft_snapshot_duration_seconds{kind}`.
-async fn snapshot_metrics(c: &ProcCluster, i: usize, kind: &str) -> (f64, f64) {
+pub(crate) async fn snapshot_metrics(c: &ProcCluster, i: usize, kind: &str) -> (f64, f64) {
     let name =
         |part: &str| format!("kura_raft_snapshot_duration_seconds_{part}{{kind=\"{kind}\"}}");
     (

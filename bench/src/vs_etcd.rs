@@ -6,6 +6,7 @@
 
 use crate::harness::{self, Op, Plan, Summary};
 use crate::report::{self, ratio};
+use crate::scale::snapshot_metrics;
 use crate::systems::{
     tokenize_body_bytes, EtcdCluster, EtcdPut, EtcdRange, KuraPay, KuraRead, KuraTokenize,
 };
@@ -421,14 +422,12 @@ struct NodeEvents {
 
 impl NodeEvents {
     async fn of(c: &ProcCluster) -> NodeEvents {
-        let snap = |part: &str, kind: &str| {
-            format!("kura_raft_snapshot_duration_seconds_{part}{{kind=\"{kind}\"}}")
-        };
         let mut e = NodeEvents::default();
         for i in 0..NAMES.len() {
-            e.builds += c.metric(i, &snap("count", "build")).await;
-            e.build_s += c.metric(i, &snap("sum", "build")).await;
-            e.installs += c.metric(i, &snap("count", "install")).await;
+            let (builds, build_s) = snapshot_metrics(c, i, "build").await;
+            e.builds += builds;
+            e.build_s += build_s;
+            e.installs += snapshot_metrics(c, i, "install").await.0;
         }
         // Every node counts the changes it sees; main's count stands for the cluster's.
         e.leader_changes = c.metric(0, "kura_raft_leader_changes_total").await;
