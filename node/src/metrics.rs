@@ -499,13 +499,13 @@ impl Metrics {
         );
         registry.register_with_unit(
             "raft_snapshot_duration",
-            "Time to build a snapshot (kind=build), install one sent by the leader (kind=install), or send one to a follower, from its first chunk to the follower's answer (kind=send; kind=send_while_built when it was sent as it was built)",
+            "Time to build a snapshot file (kind=build), record a log compaction mark, which needs no file since the vault is durable beyond it (kind=mark: the vault made durable and the mark recorded), install one sent by the leader (kind=install), or send one to a follower, from its first chunk to the follower's answer (kind=send; kind=send_while_built when it was sent as it was built)",
             Unit::Seconds,
             m.snapshot_duration.clone(),
         );
         registry.register_with_unit(
             "raft_snapshot_size",
-            "Size of the last snapshot this node built (kind=build), installed (kind=install) or sent (kind=send, send_while_built)",
+            "Size of the last snapshot this node built (kind=build; kind=mark is always 0), installed (kind=install) or sent (kind=send, send_while_built)",
             Unit::Bytes,
             m.snapshot_size.clone(),
         );

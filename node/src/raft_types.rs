@@ -36,6 +36,20 @@ pub struct SnapshotData {
     source: std::sync::Arc<dyn ReadAt>,
     /// How far the data is written, while it is being built.
     building: Option<tokio::sync::watch::Receiver<Built>>,
+    /// No data: the vault's own durable file stands for the snapshot (see
+    /// [`SnapshotData::mark`]).
+    mark: bool,
+}
+
+/// The source of a mark, which has no bytes.
+struct NoBytes;
+
+impl ReadAt for NoBytes {
+    fn read_at(&self, _offset: u64, _out: &mut [u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other(
+            "a compaction mark has no data to read; a snapshot file must be built",
+        ))
+    }
 }
 
 /// Where a snapshot's bytes are read from.
@@ -58,6 +72,7 @@ pub enum Built {
 impl std::fmt::Debug for SnapshotData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.built() {
+            _ if self.mark => write!(f, "SnapshotData(mark)"),
             Built::Whole(len) => write!(f, "SnapshotData({}, {len} bytes)", self.id),
             built => write!(f, "SnapshotData({}, building: {built:?})", self.id),
         }
@@ -72,7 +87,26 @@ impl SnapshotData {
             len,
             source,
             building: None,
+            mark: false,
         }
+    }
+
+    /// The data of a compaction mark: none. The log is compacted up to the mark because
+    /// the vault's file is durable beyond it; a follower that needs a snapshot is sent
+    /// a file built then, never a mark.
+    pub fn mark() -> SnapshotData {
+        SnapshotData {
+            id: 0,
+            len: 0,
+            source: std::sync::Arc::new(NoBytes),
+            building: None,
+            mark: true,
+        }
+    }
+
+    /// True for a compaction mark (no data; see [`SnapshotData::mark`]).
+    pub fn is_mark(&self) -> bool {
+        self.mark
     }
 
     /// Data still being written to `source`, as far as `progress` says.
@@ -86,6 +120,7 @@ impl SnapshotData {
             len: 0,
             source,
             building: Some(progress),
+            mark: false,
         }
     }
 

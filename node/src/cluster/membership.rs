@@ -87,17 +87,29 @@ impl Cluster {
         crate::raft_types::SnapshotData,
     )> {
         let target = self.status().applied_index;
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut asked_at: Option<tokio::time::Instant> = None;
         let snapshot = loop {
             let current = self.store.current_snapshot()?;
-            if let Some(s) = current.filter(|s| s.meta.last_log_id.map_or(0, |l| l.index) >= target)
-            {
+            // A compaction mark has no data: a backup needs a file.
+            if let Some(s) = current.filter(|s| {
+                !s.snapshot.is_mark() && s.meta.last_log_id.map_or(0, |l| l.index) >= target
+            }) {
                 break s;
+            }
+            // Asked again while no file is being built: openraft ignores the request
+            // while a build runs, and that build may record a mark or cover less than
+            // the target.
+            if asked_at.is_none_or(|at| at.elapsed() >= super::network::FILE_ASK_AGAIN)
+                && !self.store.building_a_file()
+            {
+                self.store.want_snapshot_file();
+                self.raft
+                    .trigger()
+                    .snapshot()
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                asked_at = Some(tokio::time::Instant::now());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(io::Error::new(

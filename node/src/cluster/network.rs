@@ -59,6 +59,11 @@ const FRESH_SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 /// this long (a build that cannot keep up with the writes is not chased).
 const FRESH_SNAPSHOT_WAIT_AGAIN: Duration = Duration::from_secs(60);
 
+/// How often a send that found a compaction mark asks again for a snapshot file while
+/// none is being built: openraft ignores a request while a build runs, and a running
+/// build may be recording a mark (a durable commit's time).
+pub(super) const FILE_ASK_AGAIN: Duration = Duration::from_millis(200);
+
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
@@ -515,27 +520,59 @@ impl PeerClient {
 
     /// Asks for a new snapshot and waits until one later than `index` is current or
     /// being built (it is sent as it is written), or [`FRESH_SNAPSHOT_WAIT`] has passed.
-    async fn wait_for_fresher(&self, index: u64) {
+    /// For a compaction `mark` (no data), until a snapshot file at least as late is.
+    async fn wait_for_fresher(&self, index: u64, mark: bool) {
         let started = tokio::time::Instant::now();
         let applied = self.freshness.vault.applied_index();
-        tracing::info!(
-            target_node = self.target,
-            snapshot_index = index,
-            applied_index = applied,
-            "the snapshot a follower needs lags the vault: building a fresher one first"
-        );
-        // A full channel means a request is pending already: that one will do.
-        let _ = self.freshness.wanted.try_send(());
+        if mark {
+            tracing::info!(
+                target_node = self.target,
+                mark_index = index,
+                applied_index = applied,
+                "a follower needs a snapshot and the log is compacted by a mark: building one"
+            );
+        } else {
+            tracing::info!(
+                target_node = self.target,
+                snapshot_index = index,
+                applied_index = applied,
+                "the snapshot a follower needs lags the vault: building a fresher one first"
+            );
+        }
+        let mut asked_at: Option<tokio::time::Instant> = None;
         while started.elapsed() < FRESH_SNAPSHOT_WAIT {
+            // A build already running when asked is not the file asked for when it
+            // records a mark: ask again while no file is being built.
+            let ask = match asked_at {
+                None => true,
+                Some(at) => {
+                    mark && at.elapsed() >= FILE_ASK_AGAIN
+                        && !self.freshness.store.building_a_file()
+                }
+            };
+            if ask {
+                if mark {
+                    self.freshness.store.want_snapshot_file();
+                }
+                // A full channel means a request is pending already: that one will do.
+                let _ = self.freshness.wanted.try_send(());
+                asked_at = Some(tokio::time::Instant::now());
+            }
             crate::runtime::sleep(Duration::from_millis(50)).await;
             let store = self.freshness.store.clone();
             match self
                 .freshness
                 .store
-                .blocking(move || store.latest_snapshot_index())
+                .blocking(move || {
+                    if mark {
+                        store.latest_file_snapshot_index()
+                    } else {
+                        store.latest_snapshot_index()
+                    }
+                })
                 .await
             {
-                Ok(Ok(now)) if now > index => return,
+                Ok(Ok(now)) if now > index || (mark && now == index && now > 0) => return,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) | Err(e) => {
                     tracing::warn!(error = %e, "cannot read the current snapshot's index");
@@ -672,9 +709,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let cancel = cancel.fuse();
         futures::pin_mut!(cancel);
         let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
-        if self.should_wait_for_fresher(index) {
+        // A compaction mark has no data to send: a file is built first, whenever asked.
+        let mark = snapshot.snapshot.is_mark();
+        if mark || self.should_wait_for_fresher(index) {
             self.waited_at = Some(tokio::time::Instant::now());
-            let wait = self.wait_for_fresher(index);
+            let wait = self.wait_for_fresher(index, mark);
             futures::pin_mut!(wait);
             futures::select! {
                 closed = cancel => return Err(StreamingError::Closed(closed)),

@@ -83,6 +83,13 @@ pub struct Store {
     /// [`sm::SnapshotBuilder`]): a follower that needs a fresh snapshot is sent this one
     /// while it is built.
     in_build: Arc<Mutex<Option<Snapshot>>>,
+    /// Whether a scheduled snapshot may be a compaction mark instead of a file: only
+    /// when a durable commit is durable (`SyncPolicy::Fsync`), since the vault's file
+    /// then stands for the snapshot.
+    marks: bool,
+    /// Set when a follower, a backup or a new member needs a snapshot file: the next
+    /// build writes one.
+    file_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Called with `build` or `install`, how long it took and the snapshot's size in bytes.
@@ -229,6 +236,8 @@ impl Store {
             snapshot_observer: Arc::default(),
             prefilled: prefill::Prefilled::default(),
             in_build: Arc::default(),
+            marks: sync == SyncPolicy::Fsync,
+            file_wanted: Arc::default(),
             vault_files: Arc::new(vault_db::VaultFiles::new(
                 vault_dir,
                 sync == SyncPolicy::Fsync,
@@ -241,6 +250,21 @@ impl Store {
     /// observer set stays).
     pub fn observe_snapshots(&self, observer: SnapshotObserver) {
         let _ = self.snapshot_observer.set(observer);
+    }
+
+    /// Asks that the next snapshot build write a file rather than record a compaction
+    /// mark: something needs the snapshot's data (a follower, a backup).
+    pub fn want_snapshot_file(&self) {
+        self.file_wanted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the build starting now writes a file (and takes the request for one).
+    fn take_file_wanted(&self) -> bool {
+        let wanted = self
+            .file_wanted
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        wanted || !self.marks
     }
 
     pub(crate) fn snapshot_done(&self, kind: &'static str, elapsed: Duration, bytes: u64) {

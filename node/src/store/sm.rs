@@ -582,6 +582,22 @@ impl Store {
         Ok(self.snapshot_index()?.max(building))
     }
 
+    /// The log index of the latest snapshot with a file, recorded or being built (0
+    /// without one): a compaction mark has none.
+    pub fn latest_file_snapshot_index(&self) -> io::Result<u64> {
+        let building = self.in_build().map_or(0, |s| index_of(&s.meta));
+        let recorded = self
+            .read_snapshot()?
+            .filter(|s| !s.snapshot.is_mark())
+            .map_or(0, |s| index_of(&s.meta));
+        Ok(recorded.max(building))
+    }
+
+    /// Whether a snapshot file is being built now.
+    pub fn building_a_file(&self) -> bool {
+        self.in_build().is_some()
+    }
+
     /// The snapshot being built, if any (readable as far as it is written).
     pub(super) fn in_build(&self) -> Option<Snapshot> {
         self.in_build
@@ -636,12 +652,16 @@ impl Store {
         // One transaction: a record landing between two reads would pair this meta with
         // another snapshot's file.
         let [meta, file] = read_meta_keys(&self.db, [KEY_SNAPSHOT_META, KEY_SNAPSHOT_FILE])?;
-        let (Some(meta), Some(id)) = (meta, file) else {
+        let Some(meta) = meta else {
             return Ok(None);
+        };
+        let snapshot = match file {
+            Some(id) => self.snapshots.open_file(decode(&id)?)?,
+            None => SnapshotData::mark(),
         };
         Ok(Some(Snapshot {
             meta: decode(&meta)?,
-            snapshot: self.snapshots.open_file(decode(&id)?)?,
+            snapshot,
         }))
     }
 
@@ -674,11 +694,24 @@ impl Store {
     /// Makes snapshot file `file` current with `meta` — unless a later snapshot is
     /// current already, when the file is given up.
     pub(super) async fn record_snapshot(&self, meta: &SnapshotMeta, file: u64) -> io::Result<()> {
+        self.record(meta, Some(file)).await
+    }
+
+    /// Makes a compaction mark at `meta` current: the vault's file, durable beyond it,
+    /// stands for the snapshot, and the snapshot file there was goes. Unless a later
+    /// snapshot is current already.
+    pub(super) async fn record_mark(&self, meta: &SnapshotMeta) -> io::Result<()> {
+        self.record(meta, None).await
+    }
+
+    async fn record(&self, meta: &SnapshotMeta, file: Option<u64>) -> io::Result<()> {
         let _order = self.snapshot_order.lock().await;
         let index = |m: &SnapshotMeta| m.last_log_id.map(|l| l.index);
         let current = self.recorded_snapshot_meta()?;
         if let Some(current) = current.filter(|c| index(c) > index(meta)) {
-            self.snapshots.discard(file);
+            if let Some(file) = file {
+                self.snapshots.discard(file);
+            }
             tracing::info!(
                 snapshot = ?meta.last_log_id,
                 current = ?current.last_log_id,
@@ -697,7 +730,11 @@ impl Store {
         rx.await
             .unwrap_or_else(|_| Err(io::Error::other("storage writer stopped")))?;
         let files = self.snapshots.clone();
-        self.blocking(move || files.recorded(file)).await?;
+        self.blocking(move || match file {
+            Some(file) => files.recorded(file),
+            None => files.recorded_none(),
+        })
+        .await?;
         Ok(())
     }
 }
@@ -784,6 +821,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
         };
+        // Only a follower, a backup or a new member needs a snapshot's data; for
+        // compacting the log the vault's own file, durable beyond the mark, is the
+        // snapshot, and copying every row into a file on every node each interval is
+        // not needed.
+        let file_wanted = self.store.take_file_wanted();
+        let view = file_wanted.then_some(view);
         // The vault is made durable first (a snapshot is never ahead of the durable
         // vault), but never ahead of this node's log: wait for the log if it must.
         let mut waited = 0;
@@ -798,6 +841,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 break;
             }
             if waited >= SNAPSHOT_LOG_WAIT_MS {
+                if file_wanted {
+                    // Still wanted: the next build writes the file.
+                    self.store.want_snapshot_file();
+                }
                 return Err(io::Error::other(
                     "the log did not become durable up to the applied state",
                 ));
@@ -805,6 +852,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             crate::runtime::sleep(Duration::from_millis(10)).await;
             waited += 10;
         }
+        let Some(view) = view else {
+            self.store.record_mark(&meta).await?;
+            self.store.snapshot_done("mark", started.elapsed(), 0);
+            tracing::info!(
+                seq = self.seq,
+                last_log_id = ?self.last_applied,
+                ms = started.elapsed().as_millis() as u64,
+                "log compaction mark recorded: the vault is durable beyond it"
+            );
+            return Ok(Snapshot {
+                meta,
+                snapshot: SnapshotData::mark(),
+            });
+        };
         let store = self.store.clone();
         let shown_meta = meta.clone();
         let (file, records, _shown) = self
@@ -930,6 +991,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
+        if snapshot.is_mark() {
+            // Only openraft's restore on start installs the current snapshot it is not
+            // sent; a mark is recorded once the vault is durable beyond it, so the
+            // vault is never behind one unless durable commits were not durable.
+            return Err(io::Error::other(format!(
+                "the vault is behind its log compaction mark {:?} and there is no \
+                 snapshot file to restore it from; restore this node from a backup or \
+                 wipe it so that it is sent a snapshot",
+                meta.last_log_id
+            )));
+        }
         let started = tokio::time::Instant::now();
         let files = self.files.clone();
         let (records, applied) = (

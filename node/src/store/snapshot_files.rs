@@ -117,6 +117,13 @@ impl SnapshotFiles {
         }
     }
 
+    /// No file is recorded now (a compaction mark is): every file not in progress goes.
+    pub(crate) fn recorded_none(&self) {
+        if let Err(e) = self.remove_stale(None) {
+            tracing::warn!(error = %e, "could not remove old snapshot files");
+        }
+    }
+
     /// Gives file `id` up (a newer snapshot was recorded first, or writing it failed).
     pub(crate) fn discard(&self, id: u64) {
         self.writing

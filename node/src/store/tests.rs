@@ -686,6 +686,7 @@ async fn applies_go_into_the_buffer_and_the_file_takes_them_a_flush_at_a_time() 
         served(&sm),
         crate::vault::tables::digest(vault_after(4).tables())
     );
+    store.want_snapshot_file();
     let snap = openraft::storage::RaftSnapshotBuilder::build_snapshot(&mut builder)
         .await
         .unwrap();
@@ -964,7 +965,9 @@ async fn a_snapshot_being_built_is_the_one_sent_as_far_as_it_is_written() {
         .unwrap();
     apply(&mut sm, (3..=4).map(|i| entry(1, i)).collect()).await;
 
-    // A build at 4, held after the first bytes of its stream.
+    // A build at 4 (of a file: a follower needs it), held after the first bytes of
+    // its stream.
+    store.want_snapshot_file();
     let holding = held.holding();
     let mut builder = sm.get_snapshot_builder().await;
     let build = tokio::spawn(async move {
@@ -1073,4 +1076,101 @@ async fn what_an_apply_learnt_about_idempotency_keys_is_forgotten_when_a_snapsho
     };
     apply(&mut sm, vec![entry_of(51, tick)]).await;
     assert!(held(&sm).is_none(), "the snapshot's old key expires");
+}
+
+/// The snapshot files on `disk`.
+fn snapshot_files_on(disk: &SimDisk) -> Vec<u64> {
+    disk.snapshot_dir().list().unwrap()
+}
+
+async fn build(sm: &mut StateMachine) -> crate::raft_types::Snapshot {
+    let mut builder = sm.get_snapshot_builder().await;
+    openraft::storage::RaftSnapshotBuilder::build_snapshot(&mut builder)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_scheduled_snapshot_is_a_mark_and_only_one_asked_for_is_a_file() {
+    let disk = SimDisk::new();
+    let open = |disk: &SimDisk| {
+        let store = Store::open_sim(disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+        let log = LogStore::new(store.clone());
+        (StateMachine::open(store.clone()).unwrap(), log, store)
+    };
+    let (mut sm, mut log, store) = open(&disk);
+    append(&mut log, (1..=6).map(|i| entry(1, i)).collect()).await;
+    apply(&mut sm, (1..=3).map(|i| entry(1, i)).collect()).await;
+
+    // For compaction: a mark, no file; the vault is durable beyond it.
+    let mark = build(&mut sm).await;
+    assert!(mark.snapshot.is_mark());
+    assert_eq!(mark.meta.last_log_id, Some(log_id(1, 3)));
+    assert_eq!(sm.shared().file_applied(), Some(log_id(1, 3)));
+    assert!(snapshot_files_on(&disk).is_empty());
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert!(current.snapshot.is_mark());
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 3)));
+    assert_eq!(store.snapshot_index().unwrap(), 3);
+    assert_eq!(store.latest_file_snapshot_index().unwrap(), 0);
+
+    // Asked for (a follower, a backup): a file, holding the vault as applied.
+    apply(&mut sm, vec![entry(1, 4)]).await;
+    store.want_snapshot_file();
+    let file = build(&mut sm).await;
+    assert!(!file.snapshot.is_mark());
+    assert_eq!(file.meta.last_log_id, Some(log_id(1, 4)));
+    assert_eq!(snapshot_files_on(&disk), vec![file.snapshot.id()]);
+    let mut restored = crate::vault::MemTables::default();
+    snapshot_stream::decode(file.snapshot.reader(), |t, k, v| {
+        crate::vault::TablesMut::put(&mut restored, t, k, v);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        crate::vault::tables::digest(&restored),
+        crate::vault::tables::digest(vault_after(4).tables())
+    );
+    assert_eq!(store.latest_file_snapshot_index().unwrap(), 4);
+    // The request is taken: the next scheduled one is a mark again, and the file goes.
+    apply(&mut sm, vec![entry(1, 5)]).await;
+    let mark = build(&mut sm).await;
+    assert!(mark.snapshot.is_mark());
+    assert!(snapshot_files_on(&disk).is_empty());
+    assert_eq!(store.latest_file_snapshot_index().unwrap(), 0);
+
+    // A power cut after the mark: the vault is not behind it, so nothing is missing.
+    apply(&mut sm, vec![entry(1, 6)]).await;
+    disk.crash();
+    drop((sm, log, store));
+    let (mut sm, _log, _store) = open(&disk);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 5)));
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(5).tables())
+    );
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert!(current.snapshot.is_mark());
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 5)));
+    // A mark is never installed: a vault behind one has nothing to be restored from.
+    let err = sm
+        .install_snapshot(&current.meta, current.snapshot)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("compaction mark"), "{err}");
+}
+
+#[tokio::test]
+async fn without_fsync_every_snapshot_is_a_file() {
+    // Durable commits are not durable then: the vault's file cannot stand for a
+    // snapshot.
+    let disk = SimDisk::new();
+    let store = Store::open_sim(&disk, SyncPolicy::UnsafeNoFsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    append(&mut log, (1..=2).map(|i| entry(1, i)).collect()).await;
+    apply(&mut sm, (1..=2).map(|i| entry(1, i)).collect()).await;
+    let snap = build(&mut sm).await;
+    assert!(!snap.snapshot.is_mark());
+    assert_eq!(snapshot_files_on(&disk), vec![snap.snapshot.id()]);
 }

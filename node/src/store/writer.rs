@@ -129,9 +129,11 @@ pub(crate) enum Op {
         done: Done,
     },
     /// Makes a written snapshot file the current snapshot, with its meta.
+    /// Records the current snapshot: its meta and its file, or no file for a
+    /// compaction mark (the vault's own file stands for it).
     RecordSnapshot {
         meta: Vec<u8>,
-        file: u64,
+        file: Option<u64>,
         done: Done,
     },
     /// A tiny durable write that exercises the commit path (storage health check).
@@ -540,8 +542,13 @@ fn write_meta(
                 Op::RecordSnapshot { meta: m, file, .. } => {
                     meta.insert(super::KEY_SNAPSHOT_META, m.as_slice())
                         .map_err(io_err)?;
-                    meta.insert(super::KEY_SNAPSHOT_FILE, encode(file).as_slice())
-                        .map_err(io_err)?;
+                    match file {
+                        Some(file) => meta
+                            .insert(super::KEY_SNAPSHOT_FILE, encode(file).as_slice())
+                            .map(|_| ()),
+                        None => meta.remove(super::KEY_SNAPSHOT_FILE).map(|_| ()),
+                    }
+                    .map_err(io_err)?;
                     meta.remove(super::KEY_SNAPSHOT_DATA).map_err(io_err)?;
                 }
                 Op::Canary { .. } => {
