@@ -416,6 +416,7 @@ struct PayRun {
 struct NodeEvents {
     builds: f64,
     build_s: f64,
+    marks: f64,
     installs: f64,
     leader_changes: f64,
 }
@@ -427,6 +428,7 @@ impl NodeEvents {
             let (builds, build_s) = snapshot_metrics(c, i, "build").await;
             e.builds += builds;
             e.build_s += build_s;
+            e.marks += snapshot_metrics(c, i, "mark").await.0;
             e.installs += snapshot_metrics(c, i, "install").await.0;
         }
         // Every node counts the changes it sees; main's count stands for the cluster's.
@@ -438,16 +440,18 @@ impl NodeEvents {
         NodeEvents {
             builds: self.builds - before.builds,
             build_s: self.build_s - before.build_s,
+            marks: self.marks - before.marks,
             installs: self.installs - before.installs,
             leader_changes: self.leader_changes - before.leader_changes,
         }
     }
 
-    /// The cell: snapshots built (their seconds), installed, leader changes.
+    /// The cell: snapshot files built (their seconds), compaction marks, snapshots
+    /// installed, leader changes.
     fn cell(&self) -> String {
         format!(
-            "{:.0} ({:.1} s) / {:.0} / {:.0}",
-            self.builds, self.build_s, self.installs, self.leader_changes
+            "{:.0} ({:.1} s) / {:.0} / {:.0} / {:.0}",
+            self.builds, self.build_s, self.marks, self.installs, self.leader_changes
         )
     }
 }
@@ -720,7 +724,7 @@ fn render(
     }
     let _ = writeln!(
         t,
-        "\n## Payments (kura only, kura-bench: tokenize, authorise through the acquirer simulator, capture)\n\nA flow is four Raft writes (the token, the payment's intent, the acquirer's answer, the capture), three API requests and one call to the acquirer. The nodes' CPU is their processes' CPU time over the run (warm-up included) per flow at the measured rate; the machine has {:.0} cores for the three nodes, kura-bench and the two simulators together. The 16- and 64-client runs alternate, {PAY_ROUNDS} rounds, each run with members, orders and keys of its own. *p99 by second* takes the p99 of the flows started in each second of the run: its median over the seconds, and the worst second. Far apart, the run's tail comes from a few seconds of it (a stall); close, it is spread over the run. *Node events* are what the three nodes' metrics counted during the run: snapshots built (with the seconds their builds took, summed over the nodes), snapshots installed, and leader changes.\n\n| round | clients | flows/s | p50 ms | p99 ms | p99.9 ms | p99 by second: median / worst (ms) | errors | node CPU per flow (ms, three nodes) | node events: built (s) / installed / leader changes | kura-bench CPU | acquirer simulators CPU |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "\n## Payments (kura only, kura-bench: tokenize, authorise through the acquirer simulator, capture)\n\nA flow is four Raft writes (the token, the payment's intent, the acquirer's answer, the capture), three API requests and one call to the acquirer. The nodes' CPU is their processes' CPU time over the run (warm-up included) per flow at the measured rate; the machine has {:.0} cores for the three nodes, kura-bench and the two simulators together. The 16- and 64-client runs alternate, {PAY_ROUNDS} rounds, each run with members, orders and keys of its own. *p99 by second* takes the p99 of the flows started in each second of the run: its median over the seconds, and the worst second. Far apart, the run's tail comes from a few seconds of it (a stall); close, it is spread over the run. *Node events* are what the three nodes' metrics counted during the run: snapshot files built (with the seconds their builds took, summed over the nodes), log compaction marks recorded (a scheduled snapshot that copies nothing, decision 0020), snapshots installed, and leader changes.\n\n| round | clients | flows/s | p50 ms | p99 ms | p99.9 ms | p99 by second: median / worst (ms) | errors | node CPU per flow (ms, three nodes) | node events: built (s) / marks / installed / leader changes | kura-bench CPU | acquirer simulators CPU |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         wrk::cores()
     );
     for p in pays {
