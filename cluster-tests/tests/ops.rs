@@ -279,7 +279,7 @@ fn sample_names(text: &str) -> BTreeSet<String> {
 }
 
 /// A cluster with both acquirer routes, small snapshots (so snapshot metrics exist),
-/// one payment made and every node having built a snapshot.
+/// one payment made and every node having taken a snapshot (a compaction mark).
 async fn busy_cluster(cafis: &AcquirerSim, cardnet: &AcquirerSim) -> ProcCluster {
     let c = ProcCluster::start(&format!(
         "{}\n[raft]\nsnapshot_every_entries = 20\nlog_entries_kept_after_snapshot = 5\n",
@@ -311,10 +311,16 @@ async fn busy_cluster(cafis: &AcquirerSim, cardnet: &AcquirerSim) -> ProcCluster
     };
     client.authorize(&pay, "ops-1").await.expect("authorise");
     for i in 0..3 {
+        // A scheduled snapshot is a compaction mark (decision 0020): timed like a
+        // build, with a size of 0.
         wait_for(
-            "every node to build a snapshot",
+            "every node to take a snapshot",
             Duration::from_secs(30),
-            || async { c.metric(i, "kura_raft_snapshot_size_bytes").await > 0.0 },
+            || async {
+                c.metric(i, "kura_raft_snapshot_duration_seconds_count")
+                    .await
+                    > 0.0
+            },
         )
         .await;
     }

@@ -691,14 +691,8 @@ async fn applies_go_into_the_buffer_and_the_file_takes_them_a_flush_at_a_time() 
         .await
         .unwrap();
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 3)));
-    let mut restored = crate::vault::MemTables::default();
-    snapshot_stream::decode(snap.snapshot.reader(), |t, k, v| {
-        crate::vault::TablesMut::put(&mut restored, t, k, v);
-        Ok(())
-    })
-    .unwrap();
     assert_eq!(
-        crate::vault::tables::digest(&restored),
+        stream_digest(&snap.snapshot),
         crate::vault::tables::digest(vault_after(3).tables())
     );
     // A full buffer is written out by the apply that fills it, without the loop.
@@ -1078,6 +1072,17 @@ async fn what_an_apply_learnt_about_idempotency_keys_is_forgotten_when_a_snapsho
     assert!(held(&sm).is_none(), "the snapshot's old key expires");
 }
 
+/// The digest of the tables a snapshot's stream holds.
+fn stream_digest(data: &crate::raft_types::SnapshotData) -> String {
+    let mut restored = crate::vault::MemTables::default();
+    snapshot_stream::decode(data.reader(), |t, k, v| {
+        crate::vault::TablesMut::put(&mut restored, t, k, v);
+        Ok(())
+    })
+    .unwrap();
+    crate::vault::tables::digest(&restored)
+}
+
 /// The snapshot files on `disk`.
 fn snapshot_files_on(disk: &SimDisk) -> Vec<u64> {
     disk.snapshot_dir().list().unwrap()
@@ -1121,14 +1126,8 @@ async fn a_scheduled_snapshot_is_a_mark_and_only_one_asked_for_is_a_file() {
     assert!(!file.snapshot.is_mark());
     assert_eq!(file.meta.last_log_id, Some(log_id(1, 4)));
     assert_eq!(snapshot_files_on(&disk), vec![file.snapshot.id()]);
-    let mut restored = crate::vault::MemTables::default();
-    snapshot_stream::decode(file.snapshot.reader(), |t, k, v| {
-        crate::vault::TablesMut::put(&mut restored, t, k, v);
-        Ok(())
-    })
-    .unwrap();
     assert_eq!(
-        crate::vault::tables::digest(&restored),
+        stream_digest(&file.snapshot),
         crate::vault::tables::digest(vault_after(4).tables())
     );
     assert_eq!(store.latest_file_snapshot_index().unwrap(), 4);
