@@ -88,7 +88,7 @@ impl Cluster {
     )> {
         let target = self.status().applied_index;
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut asked_at: Option<tokio::time::Instant> = None;
+        let mut ask = crate::store::FileAsk::default();
         let snapshot = loop {
             let current = self.store.current_snapshot()?;
             // A compaction mark has no data: a backup needs a file.
@@ -97,19 +97,13 @@ impl Cluster {
             }) {
                 break s;
             }
-            // Asked again while no file is being built: openraft ignores the request
-            // while a build runs, and that build may record a mark or cover less than
-            // the target.
-            if asked_at.is_none_or(|at| at.elapsed() >= super::network::FILE_ASK_AGAIN)
-                && !self.store.building_a_file()
-            {
-                self.store.want_snapshot_file();
+            // A build already running may record a mark or cover less than the target.
+            if ask.now(&self.store) {
                 self.raft
                     .trigger()
                     .snapshot()
                     .await
                     .map_err(|e| io::Error::other(e.to_string()))?;
-                asked_at = Some(tokio::time::Instant::now());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(io::Error::new(

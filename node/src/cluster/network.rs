@@ -59,11 +59,6 @@ const FRESH_SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 /// this long (a build that cannot keep up with the writes is not chased).
 const FRESH_SNAPSHOT_WAIT_AGAIN: Duration = Duration::from_secs(60);
 
-/// How often a send that found a compaction mark asks again for a snapshot file while
-/// none is being built: openraft ignores a request while a build runs, and a running
-/// build may be recording a mark (a durable commit's time).
-pub(super) const FILE_ASK_AGAIN: Duration = Duration::from_millis(200);
-
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
@@ -539,24 +534,14 @@ impl PeerClient {
                 "the snapshot a follower needs lags the vault: building a fresher one first"
             );
         }
-        let mut asked_at: Option<tokio::time::Instant> = None;
+        let mut file = crate::store::FileAsk::default();
+        // A full channel means a request is pending already: that one will do.
+        if !mark {
+            let _ = self.freshness.wanted.try_send(());
+        }
         while started.elapsed() < FRESH_SNAPSHOT_WAIT {
-            // A build already running when asked is not the file asked for when it
-            // records a mark: ask again while no file is being built.
-            let ask = match asked_at {
-                None => true,
-                Some(at) => {
-                    mark && at.elapsed() >= FILE_ASK_AGAIN
-                        && !self.freshness.store.building_a_file()
-                }
-            };
-            if ask {
-                if mark {
-                    self.freshness.store.want_snapshot_file();
-                }
-                // A full channel means a request is pending already: that one will do.
+            if mark && file.now(&self.freshness.store) {
                 let _ = self.freshness.wanted.try_send(());
-                asked_at = Some(tokio::time::Instant::now());
             }
             crate::runtime::sleep(Duration::from_millis(50)).await;
             let store = self.freshness.store.clone();
@@ -572,6 +557,7 @@ impl PeerClient {
                 })
                 .await
             {
+                // A file at the mark itself will do; a snapshot at `index` would not.
                 Ok(Ok(now)) if now > index || (mark && now == index && now > 0) => return,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) | Err(e) => {

@@ -583,19 +583,15 @@ impl Store {
     }
 
     /// The log index of the latest snapshot with a file, recorded or being built (0
-    /// without one): a compaction mark has none.
+    /// without one): a compaction mark has none. Reads the record, not the file.
     pub fn latest_file_snapshot_index(&self) -> io::Result<u64> {
         let building = self.in_build().map_or(0, |s| index_of(&s.meta));
-        let recorded = self
-            .read_snapshot()?
-            .filter(|s| !s.snapshot.is_mark())
-            .map_or(0, |s| index_of(&s.meta));
+        let [meta, file] = read_meta_keys(&self.db, [KEY_SNAPSHOT_META, KEY_SNAPSHOT_FILE])?;
+        let recorded = match (meta, file) {
+            (Some(meta), Some(_)) => index_of(&decode(&meta)?),
+            _ => 0,
+        };
         Ok(recorded.max(building))
-    }
-
-    /// Whether a snapshot file is being built now.
-    pub fn building_a_file(&self) -> bool {
-        self.in_build().is_some()
     }
 
     /// The snapshot being built, if any (readable as far as it is written).
@@ -736,6 +732,34 @@ impl Store {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// How often a wait for a snapshot file asks again while none is being built.
+/// openraft ignores a request while a build runs, and a running build may be recording
+/// a mark (a durable commit's time), so one request is not enough.
+const FILE_ASK_AGAIN: Duration = Duration::from_millis(200);
+
+/// The requests for a snapshot file of one wait for it (a follower's send that found a
+/// mark, a backup).
+#[derive(Default)]
+pub struct FileAsk {
+    asked_at: Option<tokio::time::Instant>,
+}
+
+impl FileAsk {
+    /// Whether to ask openraft for a build now — the first time, then every
+    /// [`FILE_ASK_AGAIN`] while no file is being built — with the next build marked
+    /// to write a file when it is.
+    pub fn now(&mut self, store: &Store) -> bool {
+        let due = self
+            .asked_at
+            .is_none_or(|at| at.elapsed() >= FILE_ASK_AGAIN && store.in_build().is_none());
+        if due {
+            store.want_snapshot_file();
+            self.asked_at = Some(tokio::time::Instant::now());
+        }
+        due
     }
 }
 

@@ -128,7 +128,6 @@ pub(crate) enum Op {
         pairs: Vec<(&'static str, Vec<u8>)>,
         done: Done,
     },
-    /// Makes a written snapshot file the current snapshot, with its meta.
     /// Records the current snapshot: its meta and its file, or no file for a
     /// compaction mark (the vault's own file stands for it).
     RecordSnapshot {
