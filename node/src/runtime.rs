@@ -28,9 +28,9 @@ pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 /// through the Raft core, the replication tasks, their peer connections and the state
 /// machine's worker, and on one worker each hand-off is a task switch instead of a
 /// wake-up of another thread. Log writes go to the store's writer thread, and snapshot
-/// builds, large applies and the vault's write-outs to the blocking pool; what still
-/// waits on the disk here is a small apply's read of a vault page not in the page
-/// cache, and a read of log entries older than the in-memory tail (a follower far
+/// builds, what an apply leaves past its time budget and the vault's write-outs to the
+/// blocking pool; what still waits on the disk here is an apply's read of a vault page
+/// not in the page cache, and a read of log entries older than the in-memory tail (a follower far
 /// behind). At one client, two workers cost 2.75–2.92 ms of CPU per write across the
 /// three nodes and one worker (with small applies in place, `store::sm`) 2.27–2.40 ms.
 pub const CONSENSUS_WORKERS: usize = 1;

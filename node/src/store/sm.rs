@@ -43,9 +43,14 @@ pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// ...or as soon as this many keys have changed since the last write (the buffer's
 /// bound: the apply that reaches it writes the buffer out itself).
 const FLUSH_KEYS: usize = 100_000;
-/// Most entries an apply batch may hold to be applied on the state machine's task
-/// rather than on the blocking pool ([`SharedVault::applies_in_place`]).
-const APPLY_IN_PLACE_ENTRIES: usize = 16;
+/// Entries applied in place, on the state machine's task, at a time
+/// ([`SharedVault::applies_in_place`]); between two such steps the apply checks its
+/// budget.
+pub(super) const APPLY_IN_PLACE_ENTRIES: usize = 64;
+/// How long one apply may hold the consensus worker applying in place; the rest of its
+/// batch then goes to the blocking pool. Keeps a batch that reads many vault pages from
+/// the disk (a cold cache at ten million cards) from holding heartbeats for long.
+const APPLY_IN_PLACE_BUDGET: Duration = Duration::from_millis(4);
 /// Most changed keys a batch may merge into the buffer while holding the lock every
 /// read takes (about 0.3 µs a key); a larger batch is merged into a copy outside it.
 pub(super) const MERGE_IN_PLACE_KEYS: usize = 1024;
@@ -53,7 +58,7 @@ pub(super) const MERGE_IN_PLACE_KEYS: usize = 1024;
 /// a tokenization changes about ten (token, card, fingerprint, member, audit). A rare
 /// command that changes more and fills the buffer still has it written out on the
 /// blocking pool.
-const KEYS_PER_ENTRY_MAX: usize = 64;
+pub(super) const KEYS_PER_ENTRY_MAX: usize = 64;
 /// A durable commit of the applied state follows at least this many entries...
 pub(super) const DURABLE_EVERY_ENTRIES: u64 = 10_000;
 /// ...or this long.
@@ -971,20 +976,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let shared = self.shared.clone();
         let check = self.store.apply_check.clone();
-        // A few entries apply in place: handing them to the blocking pool and back costs
-        // two thread wake-ups per batch, more than applying them into memory. A large
-        // batch, or one that may fill the buffer and write it out, goes to the pool.
-        let responses = if shared.applies_in_place(&batch) {
-            let (responses, full) = shared.apply_to_buffer(&batch, check.as_ref())?;
+        // Entries apply in place, on this task, a step at a time: handing a batch to the
+        // blocking pool and back costs two thread wake-ups, and its entries' data moves
+        // to another core and back: at 64 clients' payments and 256 clients' tokenizing,
+        // about a tenth of the nodes' CPU per write (docs/decisions/0021). Past the
+        // budget, or for a step that may fill the
+        // buffer and so write it out, the rest goes to the pool. A simulated host runs
+        // the pool in place anyway, and its steps must not depend on the wall clock.
+        let budget = (self.store.mode() == super::WriterMode::Threaded)
+            .then(|| std::time::Instant::now() + APPLY_IN_PLACE_BUDGET);
+        let mut responses = Vec::with_capacity(batch.len());
+        let mut done = 0;
+        while done < batch.len() {
+            let step = &batch[done..batch.len().min(done + APPLY_IN_PLACE_ENTRIES)];
+            let spent = done > 0 && budget.is_some_and(|b| std::time::Instant::now() >= b);
+            if spent || !shared.applies_in_place(step) {
+                break;
+            }
+            let (applied, full) = shared.apply_to_buffer(step, check.as_ref())?;
+            responses.extend(applied);
+            done += step.len();
             if full {
+                let shared = shared.clone();
                 self.store.blocking(move || shared.flush_full()).await??;
             }
-            responses
-        } else {
-            self.store
-                .blocking(move || shared.apply_entries(&batch, check.as_ref()))
-                .await??
-        };
+        }
+        if done < batch.len() {
+            let rest = batch.split_off(done);
+            responses.extend(
+                self.store
+                    .blocking(move || shared.apply_entries(&rest, check.as_ref()))
+                    .await??,
+            );
+        }
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);

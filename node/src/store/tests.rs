@@ -717,9 +717,16 @@ async fn a_batch_too_large_to_merge_under_the_lock_reads_as_if_applied_in_place(
     let mut log = LogStore::new(store.clone());
     let mut sm = StateMachine::open(store.clone()).unwrap();
     append(&mut log, (1..=610).map(|i| entry(1, i)).collect()).await;
-    // One batch that changes more keys than are merged under the lock: merged into a
-    // copy of the buffer instead.
+    // A buffer bound no in-place step fits under sends the whole batch to the pool's
+    // apply, which merges it in one piece: more keys than are merged under the lock,
+    // so into a copy of the buffer instead.
+    let step_keys = sm::APPLY_IN_PLACE_ENTRIES * sm::KEYS_PER_ENTRY_MAX;
+    sm.shared().set_flush_keys(step_keys);
     assert!(rows(vault_after(600).tables()) > sm::MERGE_IN_PLACE_KEYS as u64);
+    assert!(
+        rows(vault_after(610).tables()) < step_keys as u64,
+        "no write-out"
+    );
     apply(&mut sm, (1..=600).map(|i| entry(1, i)).collect()).await;
     assert_eq!(
         served(&sm),
@@ -739,6 +746,39 @@ async fn a_batch_too_large_to_merge_under_the_lock_reads_as_if_applied_in_place(
     );
     assert_eq!(sm.shared().file_applied(), Some(log_id(1, 610)));
     assert_eq!(sm.shared().rows().unwrap(), rows(vault_after(610).tables()));
+}
+
+/// One batch of `n` entries through the state machine of `store`: the vault then reads
+/// as each applied once, in order, and the file takes all of them.
+async fn a_long_batch_applies_each_entry_once(store: Store) {
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    let n = 3 * sm::APPLY_IN_PLACE_ENTRIES as u64 + 5;
+    append(&mut log, (1..=n).map(|i| entry(1, i)).collect()).await;
+    apply(&mut sm, (1..=n).map(|i| entry(1, i)).collect()).await;
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(n).tables())
+    );
+    assert_eq!(
+        sm.shared().make_durable(false).unwrap(),
+        sm::Durability::Durable
+    );
+    assert_eq!(sm.shared().file_applied(), Some(log_id(1, n)));
+    assert_eq!(sm.shared().rows().unwrap(), rows(vault_after(n).tables()));
+}
+
+#[tokio::test]
+async fn a_batch_longer_than_one_in_place_step_applies_each_entry_once_in_order() {
+    // Simulated: every step in place (no time budget on a simulated host).
+    let disk = SimDisk::new();
+    a_long_batch_applies_each_entry_once(
+        Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap(),
+    )
+    .await;
+    // On threads: steps in place until the budget is spent, the rest on the pool.
+    let (_dir, store, _) = counting_store();
+    a_long_batch_applies_each_entry_once(store).await;
 }
 
 #[tokio::test]
