@@ -979,10 +979,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Entries apply in place, on this task, a step at a time: handing a batch to the
         // blocking pool and back costs two thread wake-ups, and its entries' data moves
         // to another core and back: at 64 clients' payments and 256 clients' tokenizing,
-        // about a tenth of the nodes' CPU per write (docs/decisions/0021). Past the
-        // budget, or for a step that may fill the
-        // buffer and so write it out, the rest goes to the pool. A simulated host runs
-        // the pool in place anyway, and its steps must not depend on the wall clock.
+        // about a tenth of the nodes' CPU per write (docs/decisions/0021). Once the
+        // budget is spent, or for a step that may fill the buffer (and so write it out),
+        // the rest goes to the pool. A simulated host runs the pool in place anyway, and
+        // its steps must not depend on the wall clock.
         let budget = (self.store.mode() == super::WriterMode::Threaded)
             .then(|| std::time::Instant::now() + APPLY_IN_PLACE_BUDGET);
         let mut responses = Vec::with_capacity(batch.len());
