@@ -17,7 +17,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// arenas, and a fault on one zeroes 2 MiB at once: at 64 clients' payments those
 /// faults took about 4% of the nodes' CPU, and the thread that met one waited while
 /// the rest of the write path queued behind it. Without them, payments' p99 fell from
-/// 55–68 ms to 47–51 ms in interleaved runs (docs/decisions/0021). Best effort: a
+/// 63–78 ms to 47–54 ms in interleaved runs (docs/decisions/0021). Best effort: a
 /// kernel without the switch keeps its default.
 fn no_transparent_huge_pages() {
     // SAFETY: a plain system call on this process with valid arguments.
