@@ -76,11 +76,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if matches!(cli.cmd, Cmd::Node { .. }) {
-        // A node's main runtime serves the API; consensus has its own runtime, which
-        // keeps the default priority (see `runtime::API_NICE_ABOVE_CONSENSUS`).
-        builder.on_thread_start(kura_node::runtime::lower_this_thread);
-    }
     let rt = builder.build().expect("tokio runtime");
     let result = rt.block_on(async {
         match cli.cmd {

@@ -42,6 +42,14 @@ pub const CONSENSUS_WORKERS: usize = 1;
 /// are polled in turn on a worker, and 300 handshakes ahead of the heartbeat task held
 /// it for longer than an election timeout (hardening test, term 1 → 2 in most runs).
 ///
+/// Both runtimes' threads keep the same scheduling priority (decision 0022). A thread
+/// of its own is what keeps consensus timely under a flood: it needs a small part of
+/// the CPU, the kernel's fair share of one thread among the API's few is well above
+/// that, and a thread that mostly sleeps is run soon after it wakes. Running the API
+/// threads at nice +5, as kura once did, cost saturated payments about a tenth of
+/// their throughput (1,931–2,066 against 2,233–2,364 flows/s at 64 clients): the
+/// leader's API threads, which hold a third of its work, queued behind consensus.
+///
 /// Production only: a simulated host runs every task on its one turmoil runtime.
 pub struct Dedicated(Option<tokio::runtime::Runtime>);
 
@@ -67,33 +75,6 @@ impl Dedicated {
             .as_ref()
             .expect("runtime is running")
             .spawn(Rt::scope(seed, fut))
-    }
-}
-
-/// How much lower than consensus the main runtime's threads (API and admin
-/// connections, TLS handshakes, handlers) are scheduled: a nice value this much
-/// higher. When the machine is short of CPU — a flood of handshakes at the leader —
-/// the kernel gives the consensus threads about three times the API threads' share, so
-/// heartbeats go out on time and the flood slows only the API.
-pub const API_NICE_ABOVE_CONSENSUS: i32 = 5;
-
-/// Lowers the calling thread's scheduling priority by [`API_NICE_ABOVE_CONSENSUS`]
-/// (Linux schedules threads one by one, so this touches no other thread). Raising a
-/// nice value needs no privilege; if it fails anyway the thread keeps its priority.
-pub fn lower_this_thread() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread.
-    unsafe {
-        let tid = libc::gettid() as libc::id_t;
-        *libc::__errno_location() = 0;
-        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
-        if *libc::__errno_location() == 0 {
-            let _ = libc::setpriority(
-                libc::PRIO_PROCESS,
-                tid,
-                (now + API_NICE_ABOVE_CONSENSUS).min(19),
-            );
-        }
     }
 }
 
