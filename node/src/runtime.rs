@@ -30,9 +30,10 @@ pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 /// wake-up of another thread. Log writes go to the store's writer thread, and snapshot
 /// builds, what an apply leaves past its time budget and the vault's write-outs to the
 /// blocking pool; what still waits on the disk here is an apply's read of a vault page
-/// not in the page cache, and a read of log entries older than the in-memory tail (a follower far
-/// behind). At one client, two workers cost 2.75–2.92 ms of CPU per write across the
-/// three nodes and one worker (with small applies in place, `store::sm`) 2.27–2.40 ms.
+/// not in the page cache, and a read of log entries older than the in-memory tail (a
+/// follower far behind). At one client, two workers cost 2.75–2.92 ms of CPU per write
+/// across the three nodes and one worker (with small applies in place, `store::sm`)
+/// 2.27–2.40 ms.
 pub const CONSENSUS_WORKERS: usize = 1;
 
 /// A runtime of its own for consensus: the Raft core, replication, the state machine's
