@@ -91,11 +91,7 @@ struct StoredHash<'a>(&'a str);
 
 impl Serialize for StoredHash<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = [0u8; 32];
-        match hex::decode_to_slice(self.0, &mut bytes) {
-            Ok(()) if hex::encode(bytes) == self.0 => s.serialize_bytes(&bytes),
-            _ => s.serialize_str(self.0),
-        }
+        super::hex_bytes::text::serialize(self.0, s)
     }
 }
 
@@ -104,20 +100,7 @@ struct StoredHashOwned(String);
 
 impl<'de> Deserialize<'de> for StoredHashOwned {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StoredHashOwned, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = StoredHashOwned;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a hash as bytes or hex")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<StoredHashOwned, E> {
-                Ok(StoredHashOwned(hex::encode(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StoredHashOwned, E> {
-                Ok(StoredHashOwned(v.to_owned()))
-            }
-        }
-        d.deserialize_any(V)
+        super::hex_bytes::text::deserialize(d).map(StoredHashOwned)
     }
 }
 

@@ -61,6 +61,54 @@ pub mod option {
     }
 }
 
+/// A string that is normally lower-case hex, such as a digest: binary formats store its
+/// bytes (half the size), readable ones the string. Any other string is written as a
+/// string in both, so every string reads back as it was.
+pub mod text {
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    /// Writes `text` as bytes (binary formats, when it is lower-case hex) or a string.
+    pub fn serialize<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            if let Ok(bytes) = hex::decode(text) {
+                if hex::encode(&bytes) == text {
+                    return s.serialize_bytes(&bytes);
+                }
+            }
+        }
+        s.serialize_str(text)
+    }
+
+    /// Reads a string, or bytes back as their lower-case hex.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        d.deserialize_any(TextVisitor)
+    }
+
+    struct TextVisitor;
+
+    impl Visitor<'_> for TextVisitor {
+        type Value = String;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string, or bytes written for hex")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+
+        fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<String, E> {
+            Ok(hex::encode(v))
+        }
+    }
+}
+
 struct BytesVisitor;
 
 impl<'de> Visitor<'de> for BytesVisitor {
@@ -129,6 +177,36 @@ mod tests {
         );
         let old: Retirable = serde_json::from_str(r#"{"wrapped":[222,173]}"#).unwrap();
         assert_eq!(old.wrapped, Some(vec![0xde, 0xad]));
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Digest {
+        #[serde(with = "super::text")]
+        sha256: String,
+    }
+
+    #[test]
+    fn hex_text_is_stored_as_its_bytes_and_any_other_text_as_text() {
+        let digest = Digest {
+            sha256: "00ff".repeat(16),
+        };
+        let packed = rmp_serde::to_vec(&digest).unwrap();
+        let as_text = rmp_serde::to_vec(&("00ff".repeat(16),)).unwrap();
+        assert!(packed.len() < as_text.len() - 30, "{packed:?}");
+        assert_eq!(rmp_serde::from_slice::<Digest>(&packed).unwrap(), digest);
+        // What was stored as text before reads the same.
+        assert_eq!(rmp_serde::from_slice::<Digest>(&as_text).unwrap(), digest);
+        for text in ["", "h", "ABCD", "abc", "0g", "tok_1"] {
+            let d = Digest {
+                sha256: text.into(),
+            };
+            let back: Digest = rmp_serde::from_slice(&rmp_serde::to_vec(&d).unwrap()).unwrap();
+            assert_eq!(back, d, "{text}");
+        }
+        assert_eq!(
+            serde_json::to_string(&digest).unwrap(),
+            format!(r#"{{"sha256":"{}"}}"#, "00ff".repeat(16))
+        );
     }
 
     #[test]

@@ -109,6 +109,22 @@ pub struct Payment {
     pub idempotency_key: Option<String>,
 }
 
+/// Where a request left a payment: the fields a transition changes, and how many
+/// events its history held. A payment's other fields never change after it is opened
+/// and its history only grows, so this and the payment as it is now give back the
+/// payment as it was ([`Payment::as_at`]). An idempotency record keeps this instead of
+/// a copy of the payment (decision 0023).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentAt {
+    pub state: PaymentState,
+    pub route: String,
+    pub authorized_amount: u64,
+    pub captured_amount: u64,
+    pub refunded_amount: u64,
+    /// Events in the history then.
+    pub events: u32,
+}
+
 /// Why a payment transition was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -140,6 +156,45 @@ impl Payment {
             amount,
             detail,
         });
+    }
+
+    /// Where the payment is now, to give it back later with [`Payment::as_at`].
+    pub fn at(&self) -> PaymentAt {
+        PaymentAt {
+            state: self.state,
+            route: self.route.clone(),
+            authorized_amount: self.authorized_amount,
+            captured_amount: self.captured_amount,
+            refunded_amount: self.refunded_amount,
+            events: u32::try_from(self.history.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The payment as it was when [`Payment::at`] returned `at`; `None` if its history
+    /// is shorter than `at` says (not a later version of that payment).
+    pub fn as_at(&self, at: &PaymentAt) -> Option<Payment> {
+        let events = usize::try_from(at.events).ok()?;
+        if events > self.history.len() {
+            return None;
+        }
+        Some(Payment {
+            id: self.id.clone(),
+            merchant_id: self.merchant_id.clone(),
+            order_id: self.order_id.clone(),
+            token: self.token.clone(),
+            amount: self.amount,
+            currency: self.currency.clone(),
+            capture_on_approval: self.capture_on_approval,
+            state: at.state,
+            gateway_txn_id: self.gateway_txn_id.clone(),
+            route: at.route.clone(),
+            authorized_amount: at.authorized_amount,
+            captured_amount: at.captured_amount,
+            refunded_amount: at.refunded_amount,
+            created_at_ms: self.created_at_ms,
+            history: self.history[..events].to_vec(),
+            idempotency_key: self.idempotency_key.clone(),
+        })
     }
 
     /// A new pending payment.
@@ -449,6 +504,7 @@ mod tests {
         Capture(u64),
         Void,
         Refund(u64),
+        Reroute,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -457,16 +513,18 @@ mod tests {
             (0u64..1_200).prop_map(Step::Capture),
             Just(Step::Void),
             (0u64..1_200).prop_map(Step::Refund),
+            Just(Step::Reroute),
         ]
     }
 
     proptest! {
         #[test]
-        fn validate_holds_after_every_step_and_final_states_stay_final(
+        fn validate_holds_after_every_step_final_states_stay_final_and_each_version_comes_back(
             capture in any::<bool>(),
             steps in proptest::collection::vec(step(), 0..30),
         ) {
             let mut p = pending(capture);
+            let mut seen = vec![(p.at(), p.clone())];
             for (i, s) in steps.iter().enumerate() {
                 let before = p.clone();
                 let at = 10 + i as u64;
@@ -477,6 +535,7 @@ mod tests {
                     Step::Capture(a) => p.capture(*a, at),
                     Step::Void => p.void(at),
                     Step::Refund(a) => p.refund(*a, at),
+                    Step::Reroute => p.reroute("cardnet", at),
                 };
                 prop_assert!(p.validate().is_ok(), "{s:?}: {:?}", p.validate());
                 if r.is_err() {
@@ -485,7 +544,16 @@ mod tests {
                 if before.state.is_final() {
                     prop_assert_eq!(p.state, before.state, "left a final state");
                 }
+                seen.push((p.at(), p.clone()));
             }
+            // Every earlier version comes back from the payment as it ended and the
+            // mark taken then; a mark that runs past the history gives nothing.
+            for (at, then) in &seen {
+                prop_assert_eq!(p.as_at(at), Some(then.clone()));
+            }
+            let mut past = p.at();
+            past.events += 1;
+            prop_assert!(p.as_at(&past).is_none());
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod apply;
 mod audit_entry;
+mod idempotency;
 mod reads;
 mod validate;
 
@@ -157,7 +158,8 @@ const PAYMENTS: Table<String, Payment> = Table::new(TableId::Payments);
 const ORDERS: Table<(String, String), String> = Table::new(TableId::Orders);
 const PAYMENTS_BY_TIME: Table<(String, u64, String), ()> = Table::new(TableId::PaymentsByTime);
 const PENDING: Table<String, ()> = Table::new(TableId::PendingPayments);
-const IDEMPOTENCY: Table<(String, String), IdempotencyRecord> = Table::new(TableId::Idempotency);
+const IDEMPOTENCY: Table<(String, String), idempotency::StoredIdempotency> =
+    Table::new(TableId::Idempotency);
 const IDEMPOTENCY_BY_TIME: Table<(u64, String, String), ()> =
     Table::new(TableId::IdempotencyByTime);
 
@@ -284,89 +286,6 @@ impl<S: TablesMut> Vault<S> {
         clock
     }
 
-    /// Records what a keyed command came to, and keeps a keyed authorisation's record up
-    /// to date when its payment is settled or rerouted.
-    fn remember_idempotent(&mut self, cmd: &Command, response: &Response) {
-        let outcome = match response {
-            Response::Payment(p) => StoredOutcome::Payment(p.clone()),
-            Response::Refused(r) => StoredOutcome::Refused(r.code().to_owned()),
-            _ => return,
-        };
-        if let Some((merchant_id, idem)) = keyed(cmd) {
-            let payment_id = match cmd {
-                Command::OpenPayment { payment_id, .. }
-                | Command::ChangePayment { payment_id, .. } => Some(payment_id.clone()),
-                _ => None,
-            };
-            let record = IdempotencyRecord {
-                body_sha256: idem.body_sha256.clone(),
-                action: cmd.action().to_owned(),
-                payment_id,
-                outcome,
-                created_at_ms: cmd.at_ms(),
-            };
-            // The key was free when the command began (`apply` answers a taken key
-            // before getting here), and nothing else writes it: no record to replace.
-            let key = (merchant_id.to_owned(), idem.key.clone());
-            self.idempotency_floor_ms = self.idempotency_floor_ms.min(record.created_at_ms);
-            IDEMPOTENCY_BY_TIME.put(
-                &mut self.tables,
-                &(record.created_at_ms, key.0.clone(), key.1.clone()),
-                &(),
-            );
-            IDEMPOTENCY.put(&mut self.tables, &key, &record);
-            return;
-        }
-        if let (
-            Command::SettlePayment { .. } | Command::ReroutePayment { .. },
-            Response::Payment(p),
-        ) = (cmd, response)
-        {
-            if let Some(key) = &p.idempotency_key {
-                let key = (p.merchant_id.clone(), key.clone());
-                if let Some(mut r) = IDEMPOTENCY.get(&self.tables, &key) {
-                    r.outcome = StoredOutcome::Payment(p.clone());
-                    IDEMPOTENCY.put(&mut self.tables, &key, &r);
-                }
-            }
-        }
-    }
-
-    /// Drops a bounded number of idempotency keys older than the retention: the oldest
-    /// first, read from the index by time (no scan of the keys still kept).
-    fn expire_idempotency_keys(&mut self, clock_ms: u64) {
-        let Some(cutoff) = clock_ms.checked_sub(IDEMPOTENCY_KEEP_MS) else {
-            return;
-        };
-        if cutoff <= self.idempotency_floor_ms {
-            return;
-        }
-        let mut old = Vec::new();
-        // The oldest record kept, once the expired ones are read.
-        let mut oldest_kept = None;
-        IDEMPOTENCY_BY_TIME.scan(
-            &self.tables,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            false,
-            |k: (u64, String, String), ()| {
-                if k.0 >= cutoff || old.len() == IDEMPOTENCY_EXPIRE_PER_APPLY {
-                    oldest_kept = Some(k.0);
-                    return false;
-                }
-                old.push(k);
-                true
-            },
-        );
-        // Every record left was made at `oldest_kept` or later; with none left, any
-        // floor holds until a record is made (which lowers it).
-        self.idempotency_floor_ms = oldest_kept.unwrap_or(u64::MAX);
-        for k in old {
-            IDEMPOTENCY_BY_TIME.delete(&mut self.tables, &k);
-            IDEMPOTENCY.delete(&mut self.tables, &(k.1, k.2));
-        }
-    }
-
     /// Stores `new` as token `token` (replacing `old`, as read before), keeping the
     /// card index, the key and spend indexes, the key usage counts and the token count
     /// with it.
@@ -450,31 +369,6 @@ impl<S: TablesMut> Vault<S> {
             _ => {}
         }
         PAYMENTS.put(&mut self.tables, &p.id, p);
-    }
-}
-
-impl<S: Tables> Vault<S> {
-    /// The existing record, if `cmd` carries an idempotency key that is taken.
-    fn idempotency_taken(&self, cmd: &Command) -> Option<IdempotencyRecord> {
-        let (merchant_id, idem) = keyed(cmd)?;
-        IDEMPOTENCY.get(&self.tables, &(merchant_id.to_owned(), idem.key.clone()))
-    }
-}
-
-/// The merchant and idempotency key of a keyed command.
-fn keyed(cmd: &Command) -> Option<(&str, &Idempotency)> {
-    match cmd {
-        Command::OpenPayment {
-            merchant_id,
-            idempotency: Some(i),
-            ..
-        }
-        | Command::ChangePayment {
-            merchant_id,
-            idempotency: Some(i),
-            ..
-        } => Some((merchant_id, i)),
-        _ => None,
     }
 }
 
@@ -1261,10 +1155,30 @@ mod tests {
         assert!(
             matches!(&r.outcome, StoredOutcome::Payment(p) if p.state == PaymentState::Authorized)
         );
+        let authorized = s.payment_for("a", "pay_1").unwrap();
+        let capture = Command::ChangePayment {
+            merchant_id: "a".into(),
+            payment_id: "pay_1".into(),
+            change: PaymentChange::Capture { amount: 600 },
+            idempotency: idem("k3", "h3"),
+            at_ms: 23,
+        };
+        let Response::Payment(captured) = s.apply(&capture) else {
+            panic!("capture refused")
+        };
+        // Each key answers with the payment as its own request left it, though the
+        // payment has moved on since.
+        let r = s.idempotency("a", "k1").unwrap();
+        assert_eq!(r.outcome, StoredOutcome::Payment(Box::new(authorized)));
+        let r = s.idempotency("a", "k3").unwrap();
+        assert_eq!(r.outcome, StoredOutcome::Payment(captured.clone()));
+        assert_eq!(r.payment_id.as_deref(), Some("pay_1"));
+        assert_eq!(r.action, "payment.capture");
+        assert_eq!(r.body_sha256, "h3");
         let refund = Command::ChangePayment {
             merchant_id: "a".into(),
             payment_id: "pay_1".into(),
-            change: PaymentChange::Refund { amount: 5 },
+            change: PaymentChange::Refund { amount: 601 },
             idempotency: idem("k2", "h2"),
             at_ms: 22,
         };
@@ -1273,12 +1187,87 @@ mod tests {
             Response::Refused(Refusal::Payment(_))
         ));
         let r = s.idempotency("a", "k2").unwrap();
-        assert_eq!(
-            r.outcome,
-            StoredOutcome::Refused("payment_state_conflict".into())
-        );
+        assert_eq!(r.outcome, StoredOutcome::Refused("amount_invalid".into()));
         assert!(s.idempotency("b", "k1").is_none(), "keys are per merchant");
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_record_keeps_where_its_request_left_the_payment_not_a_copy() {
+        let mut s = with_fingerprint_key();
+        s.apply(&on_file("a", "m1", "tok_c", "f1", 10));
+        s.apply(&keyed_open(1, 20));
+        let key = ("a".to_owned(), "k1".to_owned());
+        let stored = IDEMPOTENCY.get(&s.tables, &key).unwrap();
+        let payment = s.payment_for("a", "pay_1").unwrap();
+        assert_eq!(
+            stored.outcome,
+            idempotency::StoredAnswer::PaymentAt(payment.at())
+        );
+        let bytes = s
+            .tables
+            .get(
+                TableId::Idempotency,
+                &crate::vault::tables::Key::to_key(&key),
+            )
+            .unwrap();
+        let mut copied = stored.clone();
+        copied.outcome = idempotency::StoredAnswer::Payment(Box::new(payment.clone()));
+        let copy = crate::vault::tables::encode_value(&copied);
+        let payment_bytes = crate::vault::tables::encode_value(&payment).len();
+        // What the copy's place holds instead is a few numbers and the route.
+        assert!(
+            bytes.len() + payment_bytes <= copy.len() + 24,
+            "{} bytes stored, {} as a copy of a payment of {payment_bytes}",
+            bytes.len(),
+            copy.len(),
+        );
+        // The body's digest is stored as its 32 bytes.
+        let digest = "ab".repeat(32);
+        let mut hashed = stored.clone();
+        hashed.body_sha256 = digest.clone();
+        let hashed_bytes = crate::vault::tables::encode_value(&hashed);
+        assert!(hashed_bytes.len() <= bytes.len() + 34, "{hashed_bytes:?}");
+        assert_eq!(
+            crate::vault::tables::decode_value::<idempotency::StoredIdempotency>(&hashed_bytes)
+                .unwrap()
+                .body_sha256,
+            digest
+        );
+
+        // A record written as a copy of the payment (before decision 0023) answers
+        // with that copy, and survives a settle that brings it up to date.
+        IDEMPOTENCY.put(&mut s.tables, &key, &copied);
+        let r = s.idempotency("a", "k1").unwrap();
+        assert_eq!(r.outcome, StoredOutcome::Payment(Box::new(payment)));
+        s.apply(&Command::SettlePayment {
+            payment_id: "pay_1".into(),
+            outcome: AuthOutcome::Declined { reason: "x".into() },
+            at_ms: 21,
+        });
+        let r = s.idempotency("a", "k1").unwrap();
+        assert!(
+            matches!(&r.outcome, StoredOutcome::Payment(p) if p.state == PaymentState::Declined)
+        );
+        assert!(s.tables.failure().is_none());
+
+        s.validate().unwrap();
+        // A record naming a later point than its payment reached is damage: the
+        // answer is void, and validation names it.
+        let mut ahead = IDEMPOTENCY.get(&s.tables, &key).unwrap();
+        if let idempotency::StoredAnswer::PaymentAt(at) = &mut ahead.outcome {
+            at.events += 5;
+        }
+        IDEMPOTENCY.put(&mut s.tables, &key, &ahead);
+        let err = s.validate().unwrap_err();
+        assert!(
+            err.detail.contains("idempotency key of a names a payment"),
+            "{err}"
+        );
+        assert!(s.tables.failure().is_none());
+        s.idempotency("a", "k1");
+        let err = s.tables.failure().expect("a damaged record fails the read");
+        assert!(err.to_string().contains("idempotency record"), "{err}");
     }
 
     /// Payment `pay_{n}` for order `o{n}` on `tok_c` at `at_ms`, with idempotency key

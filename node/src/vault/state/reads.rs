@@ -284,11 +284,6 @@ impl<S: Tables> Vault<S> {
         self.any_payment(&id)
     }
 
-    /// A merchant's idempotency record for `key`.
-    pub fn idempotency(&self, merchant_id: &str, key: &str) -> Option<IdempotencyRecord> {
-        IDEMPOTENCY.get(&self.tables, &(merchant_id.to_owned(), key.to_owned()))
-    }
-
     /// A merchant's payments created in `[from_ms, to_ms)`, oldest first (at most
     /// `limit`), read from the index by merchant and time.
     pub fn payments_between(

@@ -389,6 +389,22 @@ impl<S: Tables> Vault<S> {
                         )),
                     );
                 }
+                if let idempotency::StoredAnswer::PaymentAt(at) = &r.outcome {
+                    let then = r
+                        .payment_id
+                        .as_ref()
+                        .and_then(|id| PAYMENTS.get(&self.tables, id))
+                        .and_then(|p| p.as_at(at));
+                    if then.is_none() {
+                        return stop(
+                            &mut found,
+                            Violation::new(format!(
+                                "an idempotency key of {m} names a payment the vault does not \
+                                 hold as recorded"
+                            )),
+                        );
+                    }
+                }
                 true
             },
         );
