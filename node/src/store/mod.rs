@@ -196,6 +196,8 @@ impl Store {
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
+        // A paced removal the node stopped in the middle of: out of the log already.
+        log_dir.remove_leftovers()?;
         let mut wal = Wal::open(log_dir, true)?;
         move_log_table_into(&db, &mut wal)?;
         let [purged, snapshot_file] = read_meta_keys(&db, [KEY_PURGED, KEY_SNAPSHOT_FILE])?;

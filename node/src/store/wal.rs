@@ -25,6 +25,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Bytes before a record's payload.
 const HEADER_BYTES: usize = 16;
@@ -45,9 +46,26 @@ pub(crate) trait SegmentDir: Send + Sync {
     fn open_existing(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>>;
     /// Deletes segment `id`.
     fn remove(&self, id: u64) -> io::Result<()>;
+    /// Deletes segment `id` without freeing all of its cached pages at once: out of the
+    /// log first (so a crash never finds it cut short among the live segments), then
+    /// cut `step` bytes at a time with `pause` after each cut, then removed. By default
+    /// [`SegmentDir::remove`].
+    fn remove_paced(&self, id: u64, step: u64, pause: Duration) -> io::Result<()> {
+        let _ = (step, pause);
+        self.remove(id)
+    }
+    /// Deletes what a paced removal left when the node stopped in the middle of it.
+    fn remove_leftovers(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Makes every creation and removal so far durable.
     fn sync(&self) -> io::Result<()>;
 }
+
+/// How much of a purged segment a paced removal cuts at a time.
+pub(crate) const PURGE_STEP_BYTES: u64 = 8 << 20;
+/// The pause after each cut: at most 200 MiB of a node's cached log freed a second.
+pub(crate) const PURGE_PAUSE: Duration = Duration::from_millis(40);
 
 /// Segments a purge has forgotten, on disk until [`Purged::remove`] deletes them.
 ///
@@ -67,6 +85,16 @@ impl Purged {
     pub(crate) fn remove(self) -> io::Result<()> {
         for id in self.ids {
             self.dir.remove(id)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the segments a piece at a time ([`SegmentDir::remove_paced`]): at most
+    /// [`PURGE_STEP_BYTES`] of cached pages freed per [`PURGE_PAUSE`]. Freeing a large
+    /// purge's pages in one go stalled every node on the machine (decision 0024).
+    pub(crate) fn remove_paced(self) -> io::Result<()> {
+        for id in self.ids {
+            self.dir.remove_paced(id, PURGE_STEP_BYTES, PURGE_PAUSE)?;
         }
         Ok(())
     }
@@ -484,7 +512,16 @@ impl FsDir {
     fn file(&self, id: u64) -> PathBuf {
         self.path.join(format!("{id:020}.{}", self.ext))
     }
+
+    /// Where a paced removal keeps segment `id` while it cuts it: a name
+    /// [`SegmentDir::list`] does not see.
+    fn removing(&self, id: u64) -> PathBuf {
+        self.path.join(format!("{id:020}.{}.{REMOVING}", self.ext))
+    }
 }
+
+/// The suffix of a segment being removed a piece at a time.
+const REMOVING: &str = "removing";
 
 impl SegmentDir for FsDir {
     fn list(&self) -> io::Result<Vec<u64>> {
@@ -528,6 +565,39 @@ impl SegmentDir for FsDir {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    fn remove_paced(&self, id: u64, step: u64, pause: Duration) -> io::Result<()> {
+        let removing = self.removing(id);
+        match std::fs::rename(self.file(id), &removing) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            r => r?,
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(&removing)?;
+        let mut len = file.metadata()?.len();
+        while len > step {
+            len -= step;
+            file.set_len(len)?;
+            std::thread::sleep(pause);
+        }
+        drop(file);
+        std::fs::remove_file(&removing)
+    }
+
+    fn remove_leftovers(&self) -> io::Result<()> {
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let suffix = format!(".{}.{REMOVING}", self.ext);
+        for e in entries {
+            let e = e?;
+            if e.file_name().to_string_lossy().ends_with(&suffix) {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -795,5 +865,57 @@ mod tests {
         wal.purge_upto(31).remove().unwrap();
         wal.take_sync().sync().unwrap();
         assert!(fs().list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_paced_removal_takes_the_segment_out_of_the_log_before_cutting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = || -> Arc<dyn SegmentDir> {
+            Arc::new(FsDir::create(dir.path().join("log"), EXT).unwrap())
+        };
+        let mut wal = Wal::open_with(fs(), true, 100).unwrap();
+        wal.append(&entries(1..=30)).unwrap();
+        wal.take_sync().sync().unwrap();
+        let segments = fs().list().unwrap().len();
+        assert!(segments > 2, "{segments}");
+        let second = *wal.segments.keys().nth(1).unwrap();
+        wal.purge_upto(second - 1).remove_paced().unwrap();
+        drop(wal);
+        assert_eq!(fs().list().unwrap().len(), segments - 1);
+        let wal = Wal::open_with(fs(), true, 100).unwrap();
+        assert_eq!(wal.read(..).unwrap(), entries(second..=30));
+        drop(wal);
+
+        // Stopped while cutting: the segment is already out of the log, so a reopen
+        // reads the live segments whole (a cut one among them would end the log there),
+        // and the leftover goes at the next start.
+        let log = dir.path().join("log");
+        let first = format!("{second:020}.{EXT}");
+        std::fs::rename(log.join(&first), log.join(format!("{first}.{REMOVING}"))).unwrap();
+        let cut = std::fs::OpenOptions::new()
+            .write(true)
+            .open(log.join(format!("{first}.{REMOVING}")))
+            .unwrap();
+        cut.set_len(7).unwrap();
+        drop(cut);
+        let wal = Wal::open_with(fs(), true, 100).unwrap();
+        assert_eq!(wal.first_index(), fs().list().unwrap().into_iter().min());
+        assert_eq!(wal.last_index(), Some(30));
+        drop(wal);
+        fs().remove_leftovers().unwrap();
+        let left: Vec<_> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(REMOVING))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(fs().list().unwrap().len(), segments - 2);
+        // Gone already: nothing to do.
+        fs().remove_paced(second, 8, Duration::ZERO).unwrap();
+        // Cut 8 bytes at a time, then gone.
+        let oldest = fs().list().unwrap().into_iter().min().unwrap();
+        fs().remove_paced(oldest, 8, Duration::ZERO).unwrap();
+        assert!(!fs().list().unwrap().contains(&oldest));
+        assert_eq!(std::fs::read_dir(&log).unwrap().count(), segments - 3);
     }
 }

@@ -485,23 +485,24 @@ impl Committer {
 impl Committer {
     /// Deletes purged segments: on a thread of their own when the writer has one, so
     /// that neither the writer's next commits nor openraft's core (which waits for the
-    /// purge) wait for the file system to free them. A deletion that fails leaves the
+    /// purge) wait for the file system to free them, and there a piece at a time. A deletion that fails leaves the
     /// files to the next open.
     fn remove_purged(&self, purged: super::wal::Purged) {
         if purged.is_empty() {
             return;
         }
-        let remove = |purged: super::wal::Purged| {
-            if let Err(e) = purged.remove() {
+        let report = |r: io::Result<()>| {
+            if let Err(e) = r {
                 tracing::warn!(error = %e, "could not delete purged log segments; the next start deletes them");
             }
         };
         match self.mode {
-            WriterMode::Task => remove(purged),
+            WriterMode::Task => report(purged.remove()),
+            // A piece at a time: a thread nothing waits for (decision 0024).
             WriterMode::Threaded => {
                 let spawned = std::thread::Builder::new()
                     .name("kura-log-purge".into())
-                    .spawn(move || remove(purged));
+                    .spawn(move || report(purged.remove_paced()));
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "could not start deleting purged log segments; the next start deletes them");
                 }
