@@ -829,12 +829,15 @@ mod tests {
         assert_eq!(open(&disk).read(..).unwrap(), entries(41..=41));
     }
 
+    /// The log directory `log` in `dir`, on disk.
+    fn on_disk(dir: &tempfile::TempDir) -> Arc<dyn SegmentDir> {
+        Arc::new(FsDir::create(dir.path().join("log"), EXT).unwrap())
+    }
+
     #[test]
     fn files_on_disk_behave_as_the_simulated_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = || -> Arc<dyn SegmentDir> {
-            Arc::new(FsDir::create(dir.path().join("log"), EXT).unwrap())
-        };
+        let fs = || on_disk(&dir);
         let mut wal = Wal::open_with(fs(), true, 100).unwrap();
         wal.append(&entries(1..=30)).unwrap();
         wal.truncate_from(28).unwrap();
@@ -870,9 +873,7 @@ mod tests {
     #[test]
     fn a_paced_removal_takes_the_segment_out_of_the_log_before_cutting_it() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = || -> Arc<dyn SegmentDir> {
-            Arc::new(FsDir::create(dir.path().join("log"), EXT).unwrap())
-        };
+        let fs = || on_disk(&dir);
         let mut wal = Wal::open_with(fs(), true, 100).unwrap();
         wal.append(&entries(1..=30)).unwrap();
         wal.take_sync().sync().unwrap();

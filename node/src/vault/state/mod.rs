@@ -1156,13 +1156,15 @@ mod tests {
             matches!(&r.outcome, StoredOutcome::Payment(p) if p.state == PaymentState::Authorized)
         );
         let authorized = s.payment_for("a", "pay_1").unwrap();
-        let capture = Command::ChangePayment {
-            merchant_id: "a".into(),
-            payment_id: "pay_1".into(),
-            change: PaymentChange::Capture { amount: 600 },
-            idempotency: idem("k3", "h3"),
-            at_ms: 23,
-        };
+        let change =
+            |change: PaymentChange, key: &str, hash: &str, at_ms: u64| Command::ChangePayment {
+                merchant_id: "a".into(),
+                payment_id: "pay_1".into(),
+                change,
+                idempotency: idem(key, hash),
+                at_ms,
+            };
+        let capture = change(PaymentChange::Capture { amount: 600 }, "k3", "h3", 23);
         let Response::Payment(captured) = s.apply(&capture) else {
             panic!("capture refused")
         };
@@ -1171,17 +1173,11 @@ mod tests {
         let r = s.idempotency("a", "k1").unwrap();
         assert_eq!(r.outcome, StoredOutcome::Payment(Box::new(authorized)));
         let r = s.idempotency("a", "k3").unwrap();
-        assert_eq!(r.outcome, StoredOutcome::Payment(captured.clone()));
+        assert_eq!(r.outcome, StoredOutcome::Payment(captured));
         assert_eq!(r.payment_id.as_deref(), Some("pay_1"));
         assert_eq!(r.action, "payment.capture");
         assert_eq!(r.body_sha256, "h3");
-        let refund = Command::ChangePayment {
-            merchant_id: "a".into(),
-            payment_id: "pay_1".into(),
-            change: PaymentChange::Refund { amount: 601 },
-            idempotency: idem("k2", "h2"),
-            at_ms: 22,
-        };
+        let refund = change(PaymentChange::Refund { amount: 601 }, "k2", "h2", 24);
         assert!(matches!(
             s.apply(&refund),
             Response::Refused(Refusal::Payment(_))
