@@ -485,8 +485,8 @@ impl Committer {
 impl Committer {
     /// Deletes purged segments: on a thread of their own when the writer has one, so
     /// that neither the writer's next commits nor openraft's core (which waits for the
-    /// purge) wait for the file system to free them, and there a piece at a time. A deletion that fails leaves the
-    /// files to the next open.
+    /// purge) wait for the file system to free them, and there a piece at a time. A
+    /// deletion that fails leaves the files to the next open.
     fn remove_purged(&self, purged: super::wal::Purged) {
         if purged.is_empty() {
             return;

@@ -128,6 +128,18 @@ impl<S: Tables> Vault<S> {
         self.idempotency(merchant_id, &idem.key)
     }
 
+    /// The payment `payment_id` as it was at `at`: `None` if the vault lacks it or it
+    /// never reached `at` (damage, since payments are kept for good).
+    pub(super) fn payment_as_recorded(
+        &self,
+        payment_id: Option<&str>,
+        at: &PaymentAt,
+    ) -> Option<Payment> {
+        PAYMENTS
+            .get(&self.tables, &payment_id?.to_owned())?
+            .as_at(at)
+    }
+
     /// A merchant's idempotency record for `key`, its payment as the request left it.
     pub fn idempotency(&self, merchant_id: &str, key: &str) -> Option<IdempotencyRecord> {
         let r = IDEMPOTENCY.get(&self.tables, &(merchant_id.to_owned(), key.to_owned()))?;
@@ -135,12 +147,7 @@ impl<S: Tables> Vault<S> {
             StoredAnswer::Payment(p) => StoredOutcome::Payment(p),
             StoredAnswer::Refused(code) => StoredOutcome::Refused(code),
             StoredAnswer::PaymentAt(at) => {
-                let then = r
-                    .payment_id
-                    .as_ref()
-                    .and_then(|id| PAYMENTS.get(&self.tables, id))
-                    .and_then(|p| p.as_at(&at));
-                match then {
+                match self.payment_as_recorded(r.payment_id.as_deref(), &at) {
                     Some(p) => StoredOutcome::Payment(Box::new(p)),
                     None => {
                         // The payment is kept for good: a record that names one the

@@ -390,12 +390,10 @@ impl<S: Tables> Vault<S> {
                     );
                 }
                 if let idempotency::StoredAnswer::PaymentAt(at) = &r.outcome {
-                    let then = r
-                        .payment_id
-                        .as_ref()
-                        .and_then(|id| PAYMENTS.get(&self.tables, id))
-                        .and_then(|p| p.as_at(at));
-                    if then.is_none() {
+                    if self
+                        .payment_as_recorded(r.payment_id.as_deref(), at)
+                        .is_none()
+                    {
                         return stop(
                             &mut found,
                             Violation::new(format!(
