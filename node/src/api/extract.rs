@@ -93,7 +93,7 @@ pub struct HashedOptionalJson<T> {
 
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(b))
+    crate::vault::hex_bytes::lower(&Sha256::digest(b))
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for HashedJson<T> {

@@ -255,7 +255,7 @@ impl<S: TablesMut> AuditLog<S> {
     pub fn append(&mut self, e: AuditEntry) {
         let head = self.stored_head();
         let seq = head.records;
-        let hash = hex::encode(chain(&head_bytes(&head.hash), seq, &e));
+        let hash = super::hex_bytes::lower(&chain(&head_bytes(&head.hash), seq, &e));
         let head = AuditHead {
             records: seq + 1,
             hash: hash.clone(),
@@ -299,7 +299,7 @@ impl<S: Tables> AuditLog<S> {
 
     /// The newest record's hash (the genesis hash when empty), hex.
     pub fn head(&self) -> String {
-        hex::encode(head_bytes(&self.stored_head().hash))
+        super::hex_bytes::lower(&head_bytes(&self.stored_head().hash))
     }
 
     /// Up to `limit` (at most [`AUDIT_PAGE_RECORDS_MAX`]) records from `from_seq` on.
@@ -343,7 +343,7 @@ impl<S: Tables> AuditLog<S> {
                     return false;
                 }
                 let want = chain(&prev, seq, &r.entry);
-                if r.hash != hex::encode(want) {
+                if r.hash != super::hex_bytes::lower(&want) {
                     broken = Some(AuditBreak {
                         seq,
                         reason: "its hash does not match its contents and the record before it"

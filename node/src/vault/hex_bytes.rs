@@ -12,10 +12,46 @@ use std::fmt;
 /// Writes `bytes` as hex (human-readable formats) or as bytes.
 pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
     if s.is_human_readable() {
-        s.serialize_str(&hex::encode(bytes))
+        s.serialize_str(&lower(bytes))
     } else {
         s.serialize_bytes(bytes)
     }
+}
+
+/// `bytes` as lower-case hex. The same string as `hex::encode`, which builds it a
+/// character at a time: on the apply path (audit hashes, stored digests) that was
+/// most of the cost of a hash.
+pub fn lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// The bytes that [`lower`] writes as `text`, into `out` (half its length); false, with
+/// `out` partly written, when `text` is not such a string.
+fn decode_lower(text: &str, out: &mut [u8]) -> bool {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let text = text.as_bytes();
+    if text.len() != out.len() * 2 {
+        return false;
+    }
+    for (pair, o) in text.chunks_exact(2).zip(out) {
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(hi), Some(lo)) => *o = hi << 4 | lo,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Reads hex, bytes, or an array of numbers (the form before hex).
@@ -71,11 +107,18 @@ pub mod text {
 
     /// Writes `text` as bytes (binary formats, when it is lower-case hex) or a string.
     pub fn serialize<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
-        if !s.is_human_readable() {
-            if let Ok(bytes) = hex::decode(text) {
-                if hex::encode(&bytes) == text {
-                    return s.serialize_bytes(&bytes);
+        if !s.is_human_readable() && text.len().is_multiple_of(2) {
+            // A digest's bytes fit on the stack; anything longer is decoded into a Vec.
+            let (mut small, mut large) = ([0u8; 64], Vec::new());
+            let out = match small.get_mut(..text.len() / 2) {
+                Some(out) => out,
+                None => {
+                    large.resize(text.len() / 2, 0);
+                    &mut large
                 }
+            };
+            if super::decode_lower(text, out) {
+                return s.serialize_bytes(out);
             }
         }
         s.serialize_str(text)
@@ -104,7 +147,7 @@ pub mod text {
         }
 
         fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<String, E> {
-            Ok(hex::encode(v))
+            Ok(super::lower(v))
         }
     }
 }
@@ -207,6 +250,32 @@ mod tests {
             serde_json::to_string(&digest).unwrap(),
             format!(r#"{{"sha256":"{}"}}"#, "00ff".repeat(16))
         );
+    }
+
+    #[test]
+    fn lower_hex_is_the_hex_crates_and_only_it_is_stored_as_bytes() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::lower(&all), hex::encode(&all));
+        assert_eq!(super::lower(&[]), "");
+        // Exactly the strings that decode and encode back to themselves count as hex,
+        // at a digest's length and past the 64 bytes decoded on the stack.
+        let long = "0a".repeat(65);
+        for text in ["", "0", "00", "0f", "0F", "fg", "abcdef0123456789", &long] {
+            let round_trips = hex::decode(text).is_ok_and(|b| hex::encode(b) == text);
+            let mut out = vec![0; text.len() / 2];
+            let decoded = text.len() % 2 == 0 && super::decode_lower(text, &mut out);
+            assert_eq!(decoded, round_trips, "{text}");
+            if decoded {
+                assert_eq!(hex::decode(text).unwrap(), out);
+            }
+            let d = Digest {
+                sha256: text.to_owned(),
+            };
+            let packed = rmp_serde::to_vec(&d).unwrap();
+            assert_eq!(rmp_serde::from_slice::<Digest>(&packed).unwrap(), d);
+            let as_text = rmp_serde::to_vec(&(text,)).unwrap();
+            assert_eq!(packed != as_text, round_trips, "{text}");
+        }
     }
 
     #[test]
