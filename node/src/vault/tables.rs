@@ -301,12 +301,14 @@ impl Key for u32 {
 /// `0x00 0x01`: order-preserving, and no encoded string is a prefix of another's.
 impl Key for String {
     fn encode(&self, out: &mut KeyBytes) {
-        for &b in self.as_bytes() {
-            out.push(b);
-            if b == 0 {
-                out.push(0xFF);
-            }
+        // Ids and keys hold no zero byte: copied at once, not pushed a byte at a time.
+        let mut rest = self.as_bytes();
+        while let Some(at) = rest.iter().position(|&b| b == 0) {
+            out.extend_from_slice(&rest[..=at]);
+            out.push(0xFF);
+            rest = &rest[at + 1..];
         }
+        out.extend_from_slice(rest);
         out.extend_from_slice(&[0, 1]);
     }
     fn decode(bytes: &mut &[u8]) -> Option<String> {
@@ -693,6 +695,19 @@ mod tests {
             let mut rest = bytes.as_slice();
             prop_assert_eq!(<(String, u64, String)>::decode(&mut rest), Some(a));
             prop_assert_eq!(rest, b"tail");
+        }
+    }
+
+    #[test]
+    fn a_string_key_escapes_its_zero_bytes_and_ends_in_zero_one() {
+        // The stored form: a vault written before must read back under the same keys.
+        for (s, want) in [
+            ("", &b"\x00\x01"[..]),
+            ("ab", b"ab\x00\x01"),
+            ("\0", b"\x00\xff\x00\x01"),
+            ("a\0\0b\0", b"a\x00\xff\x00\xffb\x00\xff\x00\x01"),
+        ] {
+            assert_eq!(s.to_owned().to_key().as_slice(), want, "{s:?}");
         }
     }
 
