@@ -513,6 +513,16 @@ impl FsDir {
         self.path.join(format!("{id:020}.{}", self.ext))
     }
 
+    /// The names of the directory's files; none when it is absent.
+    fn names(&self) -> io::Result<Vec<std::ffi::OsString>> {
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        entries.map(|e| Ok(e?.file_name())).collect()
+    }
+
     /// Where a paced removal keeps segment `id` while it cuts it: a name
     /// [`SegmentDir::list`] does not see.
     fn removing(&self, id: u64) -> PathBuf {
@@ -525,14 +535,8 @@ const REMOVING: &str = "removing";
 
 impl SegmentDir for FsDir {
     fn list(&self) -> io::Result<Vec<u64>> {
-        let entries = match std::fs::read_dir(&self.path) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
         let mut ids = Vec::new();
-        for e in entries {
-            let name = e?.file_name();
+        for name in self.names()? {
             let name = name.to_string_lossy();
             let id = name
                 .strip_suffix(self.ext)
@@ -585,16 +589,10 @@ impl SegmentDir for FsDir {
     }
 
     fn remove_leftovers(&self) -> io::Result<()> {
-        let entries = match std::fs::read_dir(&self.path) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
         let suffix = format!(".{}.{REMOVING}", self.ext);
-        for e in entries {
-            let e = e?;
-            if e.file_name().to_string_lossy().ends_with(&suffix) {
-                std::fs::remove_file(e.path())?;
+        for name in self.names()? {
+            if name.to_string_lossy().ends_with(&suffix) {
+                std::fs::remove_file(self.path.join(name))?;
             }
         }
         Ok(())
