@@ -26,13 +26,14 @@ chaos-replay SEED *ARGS:
     ./scripts/chaos replay {{SEED}} {{ARGS}}
 
 # kura against etcd 3.4 (installed from Debian when missing) on this machine: throughput
-# at 1/16/64/256 clients, latency at 50% of etcd's saturation, the fsync floor. Writes
-# bench/results/vs-etcd-<date>.md. About 6 minutes.
+# at 1/16/64/256 clients (wrk), latency at 50% of etcd's saturation, payments, the fsync
+# floor, what TLS costs and what the disk adds at one client. Writes
+# bench/results/vs-etcd-<date>.md. About 20 minutes.
 bench-vs-etcd *ARGS:
     ./scripts/bench vs-etcd {{ARGS}}
 
 # Failover under a steady write load: 30 leader SIGKILLs, 30 stalled leader storages, 30
-# drains; client-observed write gaps; every acknowledged write read back. About 10 minutes.
+# drains; client-observed write gaps; every acknowledged write read back. About 6 minutes.
 bench-failover *ARGS:
     ./scripts/bench failover {{ARGS}}
 

@@ -367,13 +367,15 @@ pub async fn run(args: Args) -> Result<(), String> {
     drop(etcd);
 
     let tls_cost = tls_cost(&args, &scripts, &seqs).await?;
+    let disk = disk_share(&args, &scripts, &seqs).await?;
+    let probes = Probes {
+        fsync,
+        rtt_ms,
+        wrk: wrk_version,
+    };
     let mut text = render(
         &args,
-        &Probes {
-            fsync,
-            rtt_ms,
-            wrk: wrk_version,
-        },
+        &probes,
         value_bytes,
         &writes,
         &reads,
@@ -382,6 +384,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         dir.path(),
     );
     render_tls_cost(&mut text, &tls_cost);
+    render_disk_share(&mut text, &disk, probes.floor_ms());
     report::publish(&args.results, "vs-etcd", &text)
 }
 
@@ -477,6 +480,14 @@ struct Probes {
     wrk: String,
 }
 
+impl Probes {
+    /// About the fastest a replicated durable write can be: the disk's fsync and one
+    /// loopback round trip.
+    fn floor_ms(&self) -> f64 {
+        self.fsync.p50_ms + self.rtt_ms
+    }
+}
+
 /// kura with TLS against the same build in its insecure mode: fresh clusters, the
 /// lowest and highest client counts, driven by wrk, the two modes alternating in an
 /// ABBA order (TLS first in odd rounds, insecure first in even ones) so that drift on
@@ -493,8 +504,9 @@ struct TlsCost {
 /// slower to TLS 11% faster.
 const TLS_COST_ROUNDS: u32 = 4;
 
-/// The modes of a round in the order they run (`true`: insecure).
-fn tls_cost_order(round: u32) -> [bool; 2] {
+/// The two modes of a round in the order they run (`true`: the changed one — insecure,
+/// or fsync off): each goes first in every other round.
+fn alternating(round: u32) -> [bool; 2] {
     if round % 2 == 1 {
         [false, true]
     } else {
@@ -512,7 +524,7 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<Tl
     for round in 1..=TLS_COST_ROUNDS {
         let mut tls = Vec::new();
         let mut plain = Vec::new();
-        for insecure in tls_cost_order(round) {
+        for insecure in alternating(round) {
             let label = if insecure { "insecure" } else { "TLS" };
             eprintln!("kura {label} (TLS cost, round {round}):");
             let c = if insecure {
@@ -616,6 +628,103 @@ fn render_tls_cost(t: &mut String, cost: &TlsCost) {
     );
 }
 
+/// Rounds of the one-client comparison of fsync on and off: odd, so that the median is
+/// a round's own figure; the mode that goes first alternates.
+const DISK_ROUNDS: u32 = 3;
+
+/// One client's writes on fresh clusters with fsync on and off (`unsafe_no_fsync`).
+struct DiskShare {
+    clients: u32,
+    /// (round, fsync on, fsync off)
+    pairs: Vec<(u32, Cell, Cell)>,
+}
+
+/// What the disk adds to a write at the lowest client count: the same wrk cell on fresh
+/// clusters with fsync on and with it off, alternating. Without the disk what is left is
+/// the write's path — TLS, HTTP, the Raft round trip and the thread and process
+/// hand-offs on either side — which no disk makes faster.
+async fn disk_share(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<DiskShare, String> {
+    let clients = *args.clients.first().unwrap_or(&1);
+    let (head, mid, tail) = tokenize_template();
+    let mut pairs = Vec::new();
+    for round in 1..=DISK_ROUNDS {
+        let (mut on, mut off) = (None, None);
+        for no_fsync in alternating(round) {
+            let label = if no_fsync { "fsync off" } else { "fsync on" };
+            eprintln!("kura {label} (the disk's share, round {round}):");
+            let storage = if no_fsync {
+                "[storage]\nunsafe_no_fsync = true\n"
+            } else {
+                ""
+            };
+            let c = ProcCluster::start(&format!("{}{storage}", crate::harness::BENCH_LIMITS));
+            c.init().await;
+            let leader = c.wait_leader().await;
+            let key = c.merchant("bench").await;
+            let url = format!("https://{}", c.api[leader]);
+            let pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
+            let cell = wrk_cell(
+                scripts,
+                &format!("kura tokenize, {label}"),
+                Script::KuraTokenize,
+                &Target {
+                    url: &url,
+                    pids: &pids,
+                },
+                clients,
+                args,
+                &[
+                    key.clone(),
+                    seqs.next(),
+                    head.clone(),
+                    mid.clone(),
+                    tail.clone(),
+                ],
+            )
+            .await?;
+            if no_fsync {
+                off = Some(cell);
+            } else {
+                on = Some(cell);
+            }
+        }
+        if let (Some(on), Some(off)) = (on, off) {
+            pairs.push((round, on, off));
+        }
+    }
+    Ok(DiskShare { clients, pairs })
+}
+
+fn render_disk_share(t: &mut String, d: &DiskShare, floor_ms: f64) {
+    let n = d.clients;
+    let _ = writeln!(
+        t,
+        "\n## What the disk adds at {n} client (fresh clusters, wrk, fsync on and off alternating)\n\nThe same tokenize cell on a fresh cluster with fsync on, and on one with `[storage] unsafe_no_fsync = true`; each goes first in every other round. With fsync off a write still crosses TLS, HTTP, the Raft round trip to a follower and every thread and process hand-off on both nodes: that p50 is what the write's path costs without any disk.\n\n| round | p50 fsync on (ms) | p50 fsync off (ms) | the disk's share | ops/s on / off |\n|---:|---:|---:|---:|---:|"
+    );
+    for (round, on, off) in &d.pairs {
+        let (a, b) = (on.ms(on.p50_us), off.ms(off.p50_us));
+        let _ = writeln!(
+            t,
+            "| {round} | {a:.2} | {b:.2} | {:.2} ms | {:.0} / {:.0} |",
+            a - b,
+            on.throughput(),
+            off.throughput()
+        );
+    }
+    let (on, _, _) = median_spread(d.pairs.iter().map(|p| p.1.ms(p.1.p50_us)).collect());
+    let (off, lo, hi) = median_spread(d.pairs.iter().map(|p| p.2.ms(p.2.p50_us)).collect());
+    let target = 1.5 * floor_ms;
+    let _ = writeln!(
+        t,
+        "\nMedian p50 {on:.2} ms with fsync on and **{off:.2} ms with it off** ({lo:.2}–{hi:.2}); the one-client target above is {target:.2} ms. {}",
+        if off > target {
+            "The path alone, without any disk, is slower than the target: no disk, and no change to how kura writes to it, can meet it on this machine; only a shorter path can."
+        } else {
+            "The path alone is within the target: the disk's share decides it."
+        }
+    );
+}
+
 #[allow(clippy::too_many_arguments)]
 fn render(
     args: &Args,
@@ -628,7 +737,7 @@ fn render(
     dir: &std::path::Path,
 ) -> String {
     let mut t = report::header("kura vs etcd", dir);
-    let floor = probes.fsync.p50_ms + probes.rtt_ms;
+    let floor = probes.floor_ms();
     let _ = writeln!(
         t,
         "- etcd: {}, three members on loopback, defaults (fsync on), TLS on client and peer links, client certificates required on the peer links, authentication on (simple tokens: a token on every client request); kura: three nodes on loopback, release build, defaults (fsync on), TLS 1.3 on every plane (mutual on the peer plane), a bearer key on every API request.\n\
@@ -814,10 +923,10 @@ mod tests {
     }
 
     #[test]
-    fn each_tls_cost_round_runs_both_modes_and_each_goes_first_equally_often() {
+    fn each_alternating_round_runs_both_modes_and_each_goes_first_equally_often() {
         let firsts: Vec<bool> = (1..=TLS_COST_ROUNDS)
             .map(|round| {
-                let order = tls_cost_order(round);
+                let order = alternating(round);
                 assert_ne!(order[0], order[1], "round {round} runs both modes");
                 order[0]
             })
@@ -826,5 +935,46 @@ mod tests {
         assert_eq!(2 * insecure_first, firsts.len(), "{firsts:?}");
         // Consecutive rounds swap the order (ABBA), so linear drift cancels.
         assert!(firsts.windows(2).all(|w| w[0] != w[1]), "{firsts:?}");
+    }
+
+    fn cell_with_p50(p50_us: u64) -> Cell {
+        Cell {
+            requests: 1000,
+            errors: 0,
+            seconds: 1.0,
+            p50_us,
+            p99_us: 2 * p50_us,
+            p999_us: 3 * p50_us,
+            max_us: 4 * p50_us,
+            wrk_cpu_s: 0.1,
+            system_cpu_s: 0.5,
+        }
+    }
+
+    #[test]
+    fn the_disk_share_reports_the_median_path_and_whether_it_alone_misses_the_target() {
+        let d = DiskShare {
+            clients: 1,
+            pairs: vec![
+                (1, cell_with_p50(800), cell_with_p50(550)),
+                (2, cell_with_p50(900), cell_with_p50(600)),
+                (3, cell_with_p50(850), cell_with_p50(500)),
+            ],
+        };
+        let mut slow = String::new();
+        render_disk_share(&mut slow, &d, 0.25);
+        assert!(slow.contains("| 2 | 0.90 | 0.60 | 0.30 ms |"), "{slow}");
+        assert!(
+            slow.contains(
+                "Median p50 0.85 ms with fsync on and **0.55 ms with it off** (0.50–0.60)"
+            ),
+            "{slow}"
+        );
+        assert!(slow.contains("target above is 0.38 ms"), "{slow}");
+        assert!(slow.contains("slower than the target"), "{slow}");
+        let mut fast = String::new();
+        render_disk_share(&mut fast, &d, 0.5);
+        assert!(fast.contains("within the target"), "{fast}");
+        assert!(!fast.contains("slower than the target"), "{fast}");
     }
 }
