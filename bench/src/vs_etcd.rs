@@ -519,7 +519,6 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<Tl
         *args.clients.first().unwrap_or(&1),
         *args.clients.last().unwrap_or(&256),
     ];
-    let (head, mid, tail) = tokenize_template();
     let mut pairs = Vec::new();
     for round in 1..=TLS_COST_ROUNDS {
         let mut tls = Vec::new();
@@ -527,42 +526,24 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<Tl
         for insecure in alternating(round) {
             let label = if insecure { "insecure" } else { "TLS" };
             eprintln!("kura {label} (TLS cost, round {round}):");
-            let c = if insecure {
-                ProcCluster::start_insecure(crate::harness::BENCH_LIMITS)
-            } else {
-                ProcCluster::start(crate::harness::BENCH_LIMITS)
-            };
-            c.init().await;
-            let leader = c.wait_leader().await;
-            let key = c.merchant("bench").await;
-            let scheme = if insecure { "http" } else { "https" };
-            let url = format!("{scheme}://{}", c.api[leader]);
-            let pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
-            for n in counts {
-                let cell = wrk_cell(
-                    scripts,
-                    "kura tokenize",
-                    Script::KuraTokenize,
-                    &Target {
-                        url: &url,
-                        pids: &pids,
-                    },
-                    n,
-                    args,
-                    &[
-                        key.clone(),
-                        seqs.next(),
-                        head.clone(),
-                        mid.clone(),
-                        tail.clone(),
-                    ],
-                )
-                .await?;
-                if insecure {
-                    plain.push(cell);
-                } else {
-                    tls.push(cell);
+            let fresh = if insecure {
+                Fresh {
+                    cluster: ProcCluster::start_insecure(crate::harness::BENCH_LIMITS),
+                    scheme: "http",
                 }
+            } else {
+                Fresh {
+                    cluster: ProcCluster::start(crate::harness::BENCH_LIMITS),
+                    scheme: "https",
+                }
+            };
+            let cells = fresh
+                .tokenize_cells("kura tokenize", &counts, args, scripts, seqs)
+                .await?;
+            if insecure {
+                plain = cells;
+            } else {
+                tls = cells;
             }
         }
         for ((n, t), p) in counts.iter().zip(tls).zip(plain) {
@@ -570,6 +551,59 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<Tl
         }
     }
     Ok(TlsCost { pairs })
+}
+
+/// A cluster started for one comparison cell or two, and the scheme its API speaks.
+struct Fresh {
+    cluster: ProcCluster,
+    scheme: &'static str,
+}
+
+impl Fresh {
+    /// The tokenize cell at each of `counts` clients against the leader, with a
+    /// merchant of its own; the cluster stops when they are done.
+    async fn tokenize_cells(
+        self,
+        label: &str,
+        counts: &[u32],
+        args: &Args,
+        scripts: &Scripts,
+        seqs: &Sequences,
+    ) -> Result<Vec<Cell>, String> {
+        let c = self.cluster;
+        c.init().await;
+        let leader = c.wait_leader().await;
+        let key = c.merchant("bench").await;
+        let url = format!("{}://{}", self.scheme, c.api[leader]);
+        let pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
+        let (head, mid, tail) = tokenize_template();
+        let mut cells = Vec::new();
+        for &n in counts {
+            let script_args = [
+                key.clone(),
+                seqs.next(),
+                head.clone(),
+                mid.clone(),
+                tail.clone(),
+            ];
+            let target = Target {
+                url: &url,
+                pids: &pids,
+            };
+            let cell = wrk_cell(
+                scripts,
+                label,
+                Script::KuraTokenize,
+                &target,
+                n,
+                args,
+                &script_args,
+            )
+            .await?;
+            cells.push(cell);
+        }
+        Ok(cells)
+    }
 }
 
 fn render_tls_cost(t: &mut String, cost: &TlsCost) {
@@ -645,7 +679,6 @@ struct DiskShare {
 /// hand-offs on either side — which no disk makes faster.
 async fn disk_share(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<DiskShare, String> {
     let clients = *args.clients.first().unwrap_or(&1);
-    let (head, mid, tail) = tokenize_template();
     let mut pairs = Vec::new();
     for round in 1..=DISK_ROUNDS {
         let (mut on, mut off) = (None, None);
@@ -657,35 +690,24 @@ async fn disk_share(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<
             } else {
                 ""
             };
-            let c = ProcCluster::start(&format!("{}{storage}", crate::harness::BENCH_LIMITS));
-            c.init().await;
-            let leader = c.wait_leader().await;
-            let key = c.merchant("bench").await;
-            let url = format!("https://{}", c.api[leader]);
-            let pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
-            let cell = wrk_cell(
-                scripts,
-                &format!("kura tokenize, {label}"),
-                Script::KuraTokenize,
-                &Target {
-                    url: &url,
-                    pids: &pids,
-                },
-                clients,
-                args,
-                &[
-                    key.clone(),
-                    seqs.next(),
-                    head.clone(),
-                    mid.clone(),
-                    tail.clone(),
-                ],
-            )
-            .await?;
+            let fresh = Fresh {
+                cluster: ProcCluster::start(&format!("{}{storage}", crate::harness::BENCH_LIMITS)),
+                scheme: "https",
+            };
+            let cell = fresh
+                .tokenize_cells(
+                    &format!("kura tokenize, {label}"),
+                    &[clients],
+                    args,
+                    scripts,
+                    seqs,
+                )
+                .await?
+                .pop();
             if no_fsync {
-                off = Some(cell);
+                off = cell;
             } else {
-                on = Some(cell);
+                on = cell;
             }
         }
         if let (Some(on), Some(off)) = (on, off) {
