@@ -542,6 +542,35 @@ async fn bad_input_gets_a_problem_with_a_stable_code_and_writes_nothing() {
         .expect("the node still serves");
 }
 
+/// A body far over the limit is refused before it has all arrived; the client, still
+/// sending, must get the refusal and not a connection reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_its_problem_while_the_client_is_still_sending_it() {
+    let c = ProcCluster::start("");
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let key = c.merchant("shop").await;
+    let follower = (leader + 1) % 3;
+    for node in [leader, follower] {
+        for _ in 0..5 {
+            let (got, ct, problem) = raw_tokenize(&c.api[node], &key, vec![b' '; 4 << 20]).await;
+            assert_eq!(
+                (got, ct.as_str()),
+                (413, "application/problem+json"),
+                "node {node}"
+            );
+            assert_eq!(
+                problem["code"], "request_too_large",
+                "node {node}: {problem}"
+            );
+        }
+    }
+    c.client(&[follower], &key)
+        .tokenize(&tokenize_req(3))
+        .await
+        .expect("the node still serves");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_on_file_is_registered_once_per_member_listed_and_deleted_by_its_merchant_only() {
     let c = ProcCluster::start("");

@@ -530,7 +530,8 @@ async fn serve_conn<I: Io>(
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc))
+        .without_shutdown();
     tokio::pin!(conn);
     // A connection with no request in hand — waiting for a head, still reading one a
     // byte at a time, or idle between requests — is closed once it has been so for the
@@ -540,8 +541,9 @@ async fn serve_conn<I: Io>(
     loop {
         tokio::select! {
             r = &mut conn => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "connection closed with error");
+                match r {
+                    Ok(parts) => linger(parts.io.into_inner()).await,
+                    Err(e) => tracing::debug!(error = %e, "connection closed with error"),
                 }
                 return;
             }
@@ -554,6 +556,35 @@ async fn serve_conn<I: Io>(
             }
         }
     }
+}
+
+/// How long a closing connection reads and drops what its client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much of it a closing connection reads at most.
+const LINGER_BYTES: usize = 16 << 20;
+
+/// Closes a connection whose last response is written. A request refused before its
+/// body had all arrived (413) leaves the rest of the body on its way: closing the socket
+/// with it unread makes the kernel reset the connection, and a client still sending
+/// then sees the reset instead of the refusal. So the connection is half-closed first,
+/// and what still comes is read and dropped — for at most [`LINGER`] and
+/// [`LINGER_BYTES`] (nginx's lingering close) — until the client closes its side.
+async fn linger<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: T) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 8192];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Whether a connection has a request in hand, and since when it has not.
