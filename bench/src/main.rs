@@ -27,7 +27,8 @@ struct Cli {
 enum Cmd {
     /// kura and etcd on this machine: closed-loop throughput at each client count (wrk,
     /// the two interleaved pair by pair), open-loop latency at 50% of etcd's
-    /// saturation, payments, the fsync floor, what TLS costs; writes a Markdown report.
+    /// saturation, payments, the fsync floor, what TLS costs and what the disk adds at
+    /// one client; writes a Markdown report.
     VsEtcd {
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
         clients: Vec<u32>,
