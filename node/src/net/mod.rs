@@ -748,6 +748,51 @@ mod tests {
         addr
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_connection_shuts_its_side_then_drains_its_client_until_it_closes() {
+        let (server, mut client) = tokio::io::duplex(64 << 10);
+        let lingering = tokio::spawn(linger(server));
+        // The client sees the end of the answers first, while it still sends.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty());
+        // 1 MiB more than the duplex holds goes through: the server reads it.
+        for _ in 0..16 {
+            client.write_all(&[7u8; 64 << 10]).await.unwrap();
+        }
+        drop(client);
+        let started = tokio::time::Instant::now();
+        lingering.await.unwrap();
+        assert!(started.elapsed() < LINGER, "it ends when the client closes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_connection_lingers_no_longer_than_its_bound() {
+        let (server, client) = tokio::io::duplex(64 << 10);
+        let started = tokio::time::Instant::now();
+        // The client neither sends nor closes.
+        linger(server).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= LINGER && waited < LINGER + Duration::from_millis(10),
+            "{waited:?}"
+        );
+        drop(client);
+        // Nor past its byte bound while the client keeps sending.
+        let (server, mut client) = tokio::io::duplex(64 << 10);
+        let lingering = tokio::spawn(linger(server));
+        let mut sent = 0;
+        while client.write_all(&[7u8; 64 << 10]).await.is_ok() {
+            sent += 64 << 10;
+            assert!(
+                sent <= LINGER_BYTES + (128 << 10),
+                "read past its bound: {sent}"
+            );
+        }
+        lingering.await.unwrap();
+        assert!(sent >= LINGER_BYTES, "stopped early: {sent}");
+    }
+
     #[tokio::test]
     async fn http_is_served_beside_the_alternate_with_its_first_bytes_read_again() {
         let addr = listener().await;
