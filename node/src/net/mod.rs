@@ -770,8 +770,11 @@ mod tests {
     async fn a_closing_connection_lingers_no_longer_than_its_bound() {
         let (server, client) = tokio::io::duplex(64 << 10);
         let started = tokio::time::Instant::now();
-        // The client neither sends nor closes.
-        linger(server).await;
+        // The client neither sends nor closes (and a linger without its bound would wait
+        // for ever: the outer timeout turns that into a failure).
+        tokio::time::timeout(LINGER * 2, linger(server))
+            .await
+            .expect("the linger ends by itself");
         let waited = started.elapsed();
         assert!(
             waited >= LINGER && waited < LINGER + Duration::from_millis(10),
