@@ -228,7 +228,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let leader = c.wait_leader().await;
     let key = c.merchant("bench").await;
     let client = c.client(&[0, 1, 2], &key);
-    let kura_url = format!("https://{}", c.api[leader]);
+    let kura_url = c.api_url(leader);
     let kura_pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
     let kura = Target {
         url: &kura_url,
@@ -526,20 +526,12 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<Tl
         for insecure in alternating(round) {
             let label = if insecure { "insecure" } else { "TLS" };
             eprintln!("kura {label} (TLS cost, round {round}):");
-            let fresh = if insecure {
-                Fresh {
-                    cluster: ProcCluster::start_insecure(crate::harness::BENCH_LIMITS),
-                    scheme: "http",
-                }
+            let c = if insecure {
+                ProcCluster::start_insecure(crate::harness::BENCH_LIMITS)
             } else {
-                Fresh {
-                    cluster: ProcCluster::start(crate::harness::BENCH_LIMITS),
-                    scheme: "https",
-                }
+                ProcCluster::start(crate::harness::BENCH_LIMITS)
             };
-            let cells = fresh
-                .tokenize_cells("kura tokenize", &counts, args, scripts, seqs)
-                .await?;
+            let cells = tokenize_cells(c, "kura tokenize", &counts, args, scripts, seqs).await?;
             if insecure {
                 plain = cells;
             } else {
@@ -553,57 +545,48 @@ async fn tls_cost(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<Tl
     Ok(TlsCost { pairs })
 }
 
-/// A cluster started for one comparison cell or two, and the scheme its API speaks.
-struct Fresh {
-    cluster: ProcCluster,
-    scheme: &'static str,
-}
-
-impl Fresh {
-    /// The tokenize cell at each of `counts` clients against the leader, with a
-    /// merchant of its own; the cluster stops when they are done.
-    async fn tokenize_cells(
-        self,
-        label: &str,
-        counts: &[u32],
-        args: &Args,
-        scripts: &Scripts,
-        seqs: &Sequences,
-    ) -> Result<Vec<Cell>, String> {
-        let c = self.cluster;
-        c.init().await;
-        let leader = c.wait_leader().await;
-        let key = c.merchant("bench").await;
-        let url = format!("{}://{}", self.scheme, c.api[leader]);
-        let pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
-        let (head, mid, tail) = tokenize_template();
-        let mut cells = Vec::new();
-        for &n in counts {
-            let script_args = [
-                key.clone(),
-                seqs.next(),
-                head.clone(),
-                mid.clone(),
-                tail.clone(),
-            ];
-            let target = Target {
-                url: &url,
-                pids: &pids,
-            };
-            let cell = wrk_cell(
-                scripts,
-                label,
-                Script::KuraTokenize,
-                &target,
-                n,
-                args,
-                &script_args,
-            )
-            .await?;
-            cells.push(cell);
-        }
-        Ok(cells)
+/// The tokenize cell at each of `counts` clients against the leader of the fresh
+/// cluster `c`, with a merchant of its own; the cluster stops when they are done.
+async fn tokenize_cells(
+    c: ProcCluster,
+    label: &str,
+    counts: &[u32],
+    args: &Args,
+    scripts: &Scripts,
+    seqs: &Sequences,
+) -> Result<Vec<Cell>, String> {
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let key = c.merchant("bench").await;
+    let url = c.api_url(leader);
+    let pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
+    let (head, mid, tail) = tokenize_template();
+    let mut cells = Vec::new();
+    for &n in counts {
+        let script_args = [
+            key.clone(),
+            seqs.next(),
+            head.clone(),
+            mid.clone(),
+            tail.clone(),
+        ];
+        let target = Target {
+            url: &url,
+            pids: &pids,
+        };
+        let cell = wrk_cell(
+            scripts,
+            label,
+            Script::KuraTokenize,
+            &target,
+            n,
+            args,
+            &script_args,
+        )
+        .await?;
+        cells.push(cell);
     }
+    Ok(cells)
 }
 
 fn render_tls_cost(t: &mut String, cost: &TlsCost) {
@@ -690,20 +673,17 @@ async fn disk_share(args: &Args, scripts: &Scripts, seqs: &Sequences) -> Result<
             } else {
                 ""
             };
-            let fresh = Fresh {
-                cluster: ProcCluster::start(&format!("{}{storage}", crate::harness::BENCH_LIMITS)),
-                scheme: "https",
-            };
-            let cell = fresh
-                .tokenize_cells(
-                    &format!("kura tokenize, {label}"),
-                    &[clients],
-                    args,
-                    scripts,
-                    seqs,
-                )
-                .await?
-                .pop();
+            let c = ProcCluster::start(&format!("{}{storage}", crate::harness::BENCH_LIMITS));
+            let cell = tokenize_cells(
+                c,
+                &format!("kura tokenize, {label}"),
+                &[clients],
+                args,
+                scripts,
+                seqs,
+            )
+            .await?
+            .pop();
             if no_fsync {
                 off = cell;
             } else {

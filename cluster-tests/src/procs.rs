@@ -344,6 +344,12 @@ impl ProcCluster {
         c
     }
 
+    /// The base URL of node `i`'s client API: `https`, or `http` in the insecure mode.
+    pub fn api_url(&self, i: usize) -> String {
+        let scheme = if self.insecure { "http" } else { "https" };
+        format!("{scheme}://{}", self.api[i])
+    }
+
     /// Client settings for this cluster's client API.
     fn client_cfg(&self, endpoints: Vec<String>, bearer: &str) -> ClientConfig {
         if self.insecure {
