@@ -6,6 +6,7 @@ mod failover;
 mod harness;
 mod report;
 mod scale;
+mod skeleton;
 mod systems;
 mod vs_etcd;
 mod wrk;
@@ -103,10 +104,20 @@ enum Cmd {
         #[arg(long)]
         timeline: bool,
     },
-    /// The fsync latency of the disk holding DIR: the floor of one durable write.
+    /// The fsync latency of the disk holding DIR and the replication skeleton writing
+    /// there: the floors of one durable write and of one replicated durable write.
     Fsync {
         #[arg(default_value = ".")]
         dir: PathBuf,
+    },
+    /// One role of the replication skeleton, in its own process (`vs-etcd` starts them).
+    #[command(hide = true)]
+    Skeleton {
+        /// `follower` (ARG: its file) or `leader` (ARG: the followers' addresses).
+        role: String,
+        arg: String,
+        #[arg(long)]
+        no_fsync: bool,
     },
 }
 
@@ -197,9 +208,17 @@ async fn main() {
                 Err(e) => Err(e),
             }
         }
+        Cmd::Skeleton {
+            role,
+            arg,
+            no_fsync,
+        } => skeleton::serve(&role, &arg, no_fsync),
         Cmd::Fsync { dir } => report::fsync_floor(&dir)
-            .map(|f| println!("{}", f.line()))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                println!("{}", f.line());
+                skeleton::measure(&dir).map(|s| println!("{}", s.line()))
+            }),
     };
     if let Err(e) = result {
         eprintln!("kura-bench: {e}");
