@@ -234,8 +234,20 @@ impl Cluster {
         raft_pool: Arc<HttpPool>,
     ) -> io::Result<Arc<Cluster>> {
         let mut config = settings.to_openraft().map_err(io::Error::other)?;
-        // A never-lead member never starts an election; it still votes.
-        config.enable_elect = !members.get(&id).is_some_and(|m| m.never_lead);
+        // A never-lead member never starts an election; it still votes. A member with a
+        // more preferred one that may lead starts with elections off too: the failover
+        // controller turns them on after its start-up wait (`failover::decide`), so that
+        // a cluster started again is led by main from its first election.
+        config.enable_elect = members.get(&id).is_none_or(|me| {
+            !me.never_lead
+                && !crate::failover::decide::yields_at_start(
+                    me.role,
+                    members
+                        .iter()
+                        .filter(|(other, _)| **other != id)
+                        .map(|(_, m)| (m.role, m.never_lead)),
+                )
+        });
         let config = Arc::new(config);
         let cluster_id = Arc::new(RwLock::new(store.cluster_id()?));
         let sm = StateMachine::open(store.clone())?;

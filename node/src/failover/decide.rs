@@ -53,8 +53,11 @@ pub struct View {
     pub is_leader: bool,
     /// How long this node has known no leader that answers its polls (0 if it leads).
     pub leaderless_ms: u64,
-    /// How long a node that may not lead waits leaderless before it stands anyway.
+    /// How long a node that may not lead waits leaderless before it stands anyway, and
+    /// how long a node just started leaves elections to a more preferred one.
     pub standby_after_ms: u64,
+    /// How long this node's controller has been running.
+    pub uptime_ms: u64,
     /// The current term's leader change is in the log (a leader hands over only then,
     /// but for a failing disk, which can record nothing).
     pub change_on_record: bool,
@@ -115,7 +118,15 @@ pub fn decide(v: &View) -> Decision {
     // election timeouts, it stands; once it leads, it hands over as soon as an
     // electable node has caught up.
     let standby = !may_lead && v.leaderless_ms >= v.standby_after_ms;
-    let elect = (may_lead && (fit || pick_target(v, None).is_none())) || standby;
+    // Just started, a node leaves elections to a more preferred one for as long as a
+    // node that may not lead waits: a cluster started again as a whole (every node at
+    // once, or main last) is then led by main from its first election, instead of by dr
+    // or bk until failback moves leadership to main ten seconds later. A more preferred
+    // node that does not come up costs that wait once. Transfers (handoffs, failback,
+    // drains) are not elections and are not held back.
+    let yields = v.uptime_ms < v.standby_after_ms
+        && yields_at_start(me.role, v.peers.iter().map(|p| (p.role, p.never_lead)));
+    let elect = (may_lead && !yields && (fit || pick_target(v, None).is_none())) || standby;
     let leadership = if v.is_leader {
         lead(v, cut_off)
     } else {
@@ -162,6 +173,16 @@ fn lead(v: &View, cut_off: bool) -> Leadership {
         }
     }
     Leadership::Keep
+}
+
+/// Whether a node of `role` leaves the first elections after it starts to the others:
+/// one of them (`(role, never_lead)`) is more preferred and may lead. Raft starts with
+/// elections off on such a node, and the controller keeps them off for its first
+/// `standby_after_ms`.
+pub fn yields_at_start(role: Role, others: impl IntoIterator<Item = (Role, bool)>) -> bool {
+    others
+        .into_iter()
+        .any(|(r, never_lead)| rank(r) < rank(role) && !never_lead)
 }
 
 /// The best node to lead instead of this one: eligible (healthy, not drained, caught up,
@@ -248,6 +269,7 @@ mod tests {
             is_leader: true,
             leaderless_ms: 0,
             standby_after_ms: 900,
+            uptime_ms: 60_000,
             change_on_record: true,
             failback: Failback::Auto,
             failback_stabilization_ms: 10_000,
@@ -441,5 +463,60 @@ mod tests {
         // A follower never moves leadership.
         let v = unhealthy(following(MAIN), C::UnhealthyStorage);
         assert_eq!(decide(&v).leadership, Leadership::Keep);
+    }
+
+    #[test]
+    fn a_node_just_started_leaves_elections_to_a_more_preferred_one_for_a_while() {
+        let started = |id: NodeId, uptime_ms: u64| {
+            let mut v = following(id);
+            v.uptime_ms = uptime_ms;
+            v.leaderless_ms = uptime_ms;
+            for p in &mut v.peers {
+                p.never_lead = false;
+            }
+            v
+        };
+        // dr and bk wait for main (and bk for dr) for the standby time; main never waits.
+        assert!(decide(&started(MAIN, 0)).elect);
+        let mut bk = started(BK, 0);
+        bk.me.never_lead = false;
+        for (v, who) in [(started(DR, 0), "dr"), (bk.clone(), "bk")] {
+            assert!(!decide(&v).elect, "{who} just started");
+            let mut later = v.clone();
+            later.uptime_ms = v.standby_after_ms - 1;
+            assert!(!decide(&later).elect, "{who} within the wait");
+            later.uptime_ms = v.standby_after_ms;
+            assert!(decide(&later).elect, "{who} after the wait");
+        }
+        // A more preferred node that may not lead is not waited for.
+        let mut v = started(DR, 0);
+        v.peers.retain(|p| p.id != MAIN);
+        assert!(decide(&v).elect, "dr alone with bk");
+        let mut v = started(DR, 0);
+        for p in v.peers.iter_mut().filter(|p| p.id == MAIN) {
+            p.never_lead = true;
+        }
+        assert!(decide(&v).elect, "main may not lead");
+        // The start-up wait holds no handover back: a just-started leader still hands over.
+        let mut v = unhealthy(started(DR, 0), C::UnhealthyStorage);
+        v.is_leader = true;
+        assert_eq!(decide(&v).leadership, hand_off(MAIN, C::UnhealthyStorage));
+        // Raft's own start-up setting agrees.
+        assert!(!yields_at_start(
+            Role::Main,
+            [(Role::Dr, false), (Role::Bk, false)]
+        ));
+        assert!(yields_at_start(
+            Role::Dr,
+            [(Role::Main, false), (Role::Bk, false)]
+        ));
+        assert!(yields_at_start(
+            Role::Bk,
+            [(Role::Main, true), (Role::Dr, false)]
+        ));
+        assert!(!yields_at_start(
+            Role::Dr,
+            [(Role::Main, true), (Role::Bk, false)]
+        ));
     }
 }

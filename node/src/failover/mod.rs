@@ -70,11 +70,12 @@ impl Failover {
 /// Runs the checks and the leadership controller for the node's lifetime.
 pub async fn run(st: Arc<Failover>) {
     let interval = Duration::from_millis(st.health.settings.check_interval_ms);
+    let started_ms = (st.clock)();
     loop {
         crate::runtime::sleep(interval).await;
         run_checks(&st).await;
         poll_peers(&st, interval).await;
-        control(&st).await;
+        control(&st, started_ms).await;
     }
 }
 
@@ -229,8 +230,8 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
 }
 
 /// Gathers the view, decides, and acts: sets election participation, starts a handoff.
-async fn control(st: &Arc<Failover>) {
-    let view = observe(st);
+async fn control(st: &Arc<Failover>, started_ms: u64) {
+    let view = observe(st, started_ms);
     let d = decide::decide(&view);
     set_elect(st, &view, &d);
     match d.leadership {
@@ -243,8 +244,9 @@ async fn control(st: &Arc<Failover>) {
     }
 }
 
-/// This round's view: this node's checks, its view of the others, and the cluster.
-fn observe(st: &Failover) -> View {
+/// This round's view: this node's checks, its view of the others, and the cluster;
+/// `started_ms` is when the controller started.
+fn observe(st: &Failover, started_ms: u64) -> View {
     let me = st.cluster.me().clone();
     let drained = st
         .cluster
@@ -283,8 +285,10 @@ fn observe(st: &Failover) -> View {
             })
             .collect()
     };
+    let now_ms = (st.clock)();
     View {
-        now_ms: (st.clock)(),
+        now_ms,
+        uptime_ms: now_ms.saturating_sub(started_ms),
         me: Me {
             id: st.cluster.id(),
             role: me.role,
