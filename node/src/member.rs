@@ -30,6 +30,27 @@ impl fmt::Display for Role {
     }
 }
 
+impl Role {
+    /// Leadership's preference among the roles, lowest first: main, then dr, then bk.
+    pub fn preference(self) -> u8 {
+        match self {
+            Role::Main => 0,
+            Role::Dr => 1,
+            Role::Bk => 2,
+        }
+    }
+}
+
+/// Whether a member of `role` leaves the first elections after it starts to the others:
+/// one of them (`(role, never_lead)`) is more preferred and may lead. Raft starts with
+/// elections off on such a node, and the failover controller keeps them off for its
+/// first `3 × raft.election_timeout_max_ms` (`failover::decide`).
+pub fn yields_at_start(role: Role, others: impl IntoIterator<Item = (Role, bool)>) -> bool {
+    others
+        .into_iter()
+        .any(|(r, never_lead)| r.preference() < role.preference() && !never_lead)
+}
+
 /// What the cluster knows of a member: its name, role and addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

@@ -90,15 +90,6 @@ pub enum Leadership {
     },
 }
 
-/// Leadership prefers main, then dr, then bk.
-pub fn rank(role: Role) -> u8 {
-    match role {
-        Role::Main => 0,
-        Role::Dr => 1,
-        Role::Bk => 2,
-    }
-}
-
 /// Decides this round's election participation and leadership move.
 pub fn decide(v: &View) -> Decision {
     let me = &v.me;
@@ -125,7 +116,7 @@ pub fn decide(v: &View) -> Decision {
     // node that does not come up costs that wait once. Transfers (handoffs, failback,
     // drains) are not elections and are not held back.
     let yields = v.uptime_ms < v.standby_after_ms
-        && yields_at_start(me.role, v.peers.iter().map(|p| (p.role, p.never_lead)));
+        && crate::member::yields_at_start(me.role, v.peers.iter().map(|p| (p.role, p.never_lead)));
     let elect = (may_lead && !yields && (fit || pick_target(v, None).is_none())) || standby;
     let leadership = if v.is_leader {
         lead(v, cut_off)
@@ -164,7 +155,7 @@ fn lead(v: &View, cut_off: bool) -> Leadership {
         };
     }
     if v.failback == Failback::Auto {
-        let better = (rank(me.role), v.failback_stabilization_ms);
+        let better = (me.role.preference(), v.failback_stabilization_ms);
         if let Some(to) = pick_target(v, Some(better)) {
             return Leadership::HandOff {
                 to,
@@ -173,16 +164,6 @@ fn lead(v: &View, cut_off: bool) -> Leadership {
         }
     }
     Leadership::Keep
-}
-
-/// Whether a node of `role` leaves the first elections after it starts to the others:
-/// one of them (`(role, never_lead)`) is more preferred and may lead. Raft starts with
-/// elections off on such a node, and the controller keeps them off for its first
-/// `standby_after_ms`.
-pub fn yields_at_start(role: Role, others: impl IntoIterator<Item = (Role, bool)>) -> bool {
-    others
-        .into_iter()
-        .any(|(r, never_lead)| rank(r) < rank(role) && !never_lead)
 }
 
 /// The best node to lead instead of this one: eligible (healthy, not drained, caught up,
@@ -202,10 +183,10 @@ fn pick_target(v: &View, better_than: Option<(u8, u64)>) -> Option<NodeId> {
         .filter_map(|p| {
             let since = p.eligible_since_ms?;
             match better_than {
-                Some((my_rank, stable_ms)) => (rank(p.role) < my_rank
+                Some((my_rank, stable_ms)) => (p.role.preference() < my_rank
                     && v.now_ms.saturating_sub(since) >= stable_ms)
-                    .then_some((rank(p.role), p.id)),
-                None => Some((rank(p.role), p.id)),
+                    .then_some((p.role.preference(), p.id)),
+                None => Some((p.role.preference(), p.id)),
             }
         })
         .min()
@@ -502,19 +483,19 @@ mod tests {
         v.is_leader = true;
         assert_eq!(decide(&v).leadership, hand_off(MAIN, C::UnhealthyStorage));
         // Raft's own start-up setting agrees.
-        assert!(!yields_at_start(
+        assert!(!crate::member::yields_at_start(
             Role::Main,
             [(Role::Dr, false), (Role::Bk, false)]
         ));
-        assert!(yields_at_start(
+        assert!(crate::member::yields_at_start(
             Role::Dr,
             [(Role::Main, false), (Role::Bk, false)]
         ));
-        assert!(yields_at_start(
+        assert!(crate::member::yields_at_start(
             Role::Bk,
             [(Role::Main, true), (Role::Dr, false)]
         ));
-        assert!(!yields_at_start(
+        assert!(!crate::member::yields_at_start(
             Role::Dr,
             [(Role::Main, true), (Role::Bk, false)]
         ));
