@@ -236,8 +236,8 @@ impl Cluster {
         let mut config = settings.to_openraft().map_err(io::Error::other)?;
         // A never-lead member never starts an election; it still votes. A member with a
         // more preferred one that may lead starts with elections off too: the failover
-        // controller turns them on after its start-up wait, so that
-        // a cluster started again is led by main from its first election.
+        // controller turns them on after its start-up wait, so that a cluster started
+        // again is led by main from its first election.
         config.enable_elect = members.get(&id).is_none_or(|me| {
             !me.never_lead
                 && !crate::member::yields_at_start(
