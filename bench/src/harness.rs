@@ -54,7 +54,7 @@ impl Summary {
 
     /// Latency at quantile `q` in milliseconds.
     pub fn ms(&self, q: f64) -> f64 {
-        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+        quantile_ms(&self.latency_us, q)
     }
 
     pub fn max_ms(&self) -> f64 {
@@ -135,8 +135,14 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-fn record(h: &mut Histogram<u64>, d: Duration) {
+/// Records `d` in a histogram of [`histogram`]'s bounds, in microseconds.
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(d.as_micros().clamp(1, 60_000_000) as u64);
+}
+
+/// The value at quantile `q` of a histogram in microseconds, in milliseconds.
+pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// Runs `op` with `plan` and merges every client's histogram.

@@ -64,15 +64,15 @@ pub fn fsync_floor(dir: &Path) -> std::io::Result<Fsync> {
         let t = Instant::now();
         f.write_all(&block)?;
         f.sync_data()?;
-        h.saturating_record(t.elapsed().as_micros().max(1) as u64);
+        crate::harness::record(&mut h, t.elapsed());
         n += 1;
     }
     let secs = started.elapsed().as_secs_f64();
     drop(f);
     std::fs::remove_file(&path)?;
     Ok(Fsync {
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        p50_ms: crate::harness::quantile_ms(&h, 0.5),
+        p99_ms: crate::harness::quantile_ms(&h, 0.99),
         per_second: f64::from(n) / secs,
     })
 }
@@ -138,9 +138,9 @@ pub fn loopback_rtt_ms() -> std::io::Result<f64> {
         let t = Instant::now();
         s.write_all(&buf)?;
         s.read_exact(&mut buf)?;
-        h.saturating_record(t.elapsed().as_micros().max(1) as u64);
+        crate::harness::record(&mut h, t.elapsed());
     }
     drop(s);
     let _ = echo.join();
-    Ok(h.value_at_quantile(0.5) as f64 / 1000.0)
+    Ok(crate::harness::quantile_ms(&h, 0.5))
 }

@@ -108,8 +108,8 @@ fn run_processes(dir: &Path, fsync: bool) -> Result<(f64, f64), String> {
         let _ = std::fs::remove_file(dir.join(format!("skeleton-follower-{i}")));
     }
     Ok((
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
+        crate::harness::quantile_ms(&h, 0.5),
+        crate::harness::quantile_ms(&h, 0.99),
     ))
 }
 
@@ -228,7 +228,7 @@ fn client(
         s.write_all(&entry)?;
         s.read_exact(&mut answer)?;
         if i >= warmup {
-            h.saturating_record(t.elapsed().as_micros().max(1) as u64);
+            crate::harness::record(&mut h, t.elapsed());
         }
     }
     Ok(h)
