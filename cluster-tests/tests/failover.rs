@@ -480,7 +480,12 @@ async fn first_leader(c: &ProcCluster, within: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_started_again_is_led_by_main_from_its_first_election() {
-    let mut c = ProcCluster::start("");
+    // Election timeouts of 0.6–1.2 s make the start-up wait (three of the longest) 3.6 s,
+    // so main still comes up within it when the machine is loaded and a debug build
+    // starts slowly; with the 150–300 ms defaults it flaked under the full suite's load.
+    let mut c = ProcCluster::start(
+        "[raft]\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\n",
+    );
     c.init().await;
     let key = c.merchant("again").await;
     wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
@@ -489,12 +494,12 @@ async fn a_cluster_started_again_is_led_by_main_from_its_first_election() {
         for i in 0..3 {
             c.kill(i);
         }
-        // dr and bk first, main a moment later: their election timeouts run out before
-        // main's, so without their start-up wait one of them wins and main leads only
-        // after failback, ten seconds on.
+        // dr and bk first, main 300 ms later: their election timeouts mostly run out
+        // before main's, so without their start-up wait one of them wins and main leads
+        // only after failback, ten seconds on.
         c.restart(1);
         c.restart(2);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         c.restart(0);
         let first = first_leader(&c, Duration::from_secs(30)).await;
         assert_eq!(
