@@ -23,4 +23,5 @@ pub mod setting;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;
+pub mod timeline;
 pub mod vault;

@@ -42,10 +42,15 @@ async fn run_node(
     config: std::path::PathBuf,
     log_format: Option<LogFormat>,
     enable_fault_injection: bool,
+    timeline: Option<std::path::PathBuf>,
 ) -> Result<(), String> {
     no_transparent_huge_pages();
     kura_node::files::harden_process()?;
     let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+    if let Some(dir) = timeline {
+        kura_node::timeline::start(&dir, cfg.node_id)
+            .map_err(|e| format!("--timeline {}: {e}", dir.display()))?;
+    }
     init_logging(log_format.unwrap_or(cfg.log.format), &cfg.log.level);
     let mut env = kura_node::node::production_env(&cfg).map_err(|e| e.to_string())?;
     env.fault_injection = enable_fault_injection;
@@ -83,7 +88,8 @@ fn main() -> ExitCode {
                 config,
                 log_format,
                 enable_fault_injection,
-            } => run_node(config, log_format, enable_fault_injection).await,
+                timeline,
+            } => run_node(config, log_format, enable_fault_injection, timeline).await,
             Cmd::Init { config } => cli::init(&config).await,
             Cmd::Status {
                 config,

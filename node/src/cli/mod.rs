@@ -63,6 +63,10 @@ pub enum Cmd {
         /// `[faults] enabled = true`).
         #[arg(long)]
         enable_fault_injection: bool,
+        /// Record wall-clock marks along each write's path into DIR/<node id>.tl (a build
+        /// with the `timeline` feature only; `kura-bench timeline`).
+        #[arg(long, value_name = "DIR", hide = true)]
+        timeline: Option<PathBuf>,
     },
     /// Form the cluster from the config's peers, once. Idempotent; refuses if any peer
     /// already belongs to a cluster or holds data.

@@ -161,7 +161,11 @@ pub(super) async fn serve<F, S>(
             let _ = write_frame(&mut io, &why).await;
             return;
         }
+        use crate::timeline::{mark, Stage};
+        let last = req.entries.last().map_or(0, |e| e.log_id.index);
+        mark(Stage::FollowerReceive, last, req.entries.len() as u64);
         let answer = follower.append(req).await;
+        mark(Stage::FollowerAnswer, last, 0);
         if write_frame(&mut io, &answer).await.is_err() {
             return;
         }

@@ -531,8 +531,14 @@ impl Cluster {
 
     /// Proposes `cmd` and waits until it is committed and applied here.
     pub async fn write(&self, cmd: Command) -> Result<Response, WriteError> {
+        use crate::timeline::{mark, mark_at, started, Stage};
+        let proposed = started();
         match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
+            Ok(r) => {
+                mark_at(Stage::Propose, r.log_id.index, 0, proposed);
+                mark(Stage::Proposed, r.log_id.index, 0);
+                Ok(r.data)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(WriteError::NotLeader {
                     leader: f.leader_node,

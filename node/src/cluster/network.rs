@@ -391,8 +391,14 @@ impl PeerClient {
                     })?)
                 }
             };
+            use crate::timeline::{mark, Stage};
+            let last = rpc.entries.last().map_or(0, |e| e.log_id.index);
+            mark(Stage::ReplicaSend, last, self.target);
             match conn.call(rpc).await {
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    mark(Stage::ReplicaAck, last, self.target);
+                    return Ok(answer);
+                }
                 Err(e) => {
                     *frames = None;
                     if !reused {

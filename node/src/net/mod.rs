@@ -512,6 +512,7 @@ async fn serve_conn<I: Io>(
     let svc = router
         .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
             starts.request_started();
+            crate::timeline::mark(crate::timeline::Stage::Request, 0, 0);
             if let Some(id) = &ident {
                 req.extensions_mut().insert(ClientIdentity(id.clone()));
             }
@@ -520,6 +521,7 @@ async fn serve_conn<I: Io>(
         })
         .map_response(move |resp| {
             ends.request_ended();
+            crate::timeline::mark(crate::timeline::Stage::Response, 0, 0);
             resp
         });
     let io = ActivityIo {

@@ -140,6 +140,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            use crate::timeline::{mark, Stage};
+            mark(Stage::LogAppend, last.log_id.index, first.log_id.index);
+        }
         let rows = entries
             .iter()
             .map(|e| (e.log_id.index, encode_entry(e)))

@@ -971,9 +971,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.push(entry);
             responders.push(responder);
         }
-        if batch.is_empty() {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             return Ok(());
-        }
+        };
+        let (first, last) = (first.log_id.index, last.log_id.index);
+        crate::timeline::mark(crate::timeline::Stage::ApplyStart, last, first);
         let shared = self.shared.clone();
         let check = self.store.apply_check.clone();
         // Entries apply in place, on this task, a step at a time: handing a batch to the
@@ -1009,6 +1011,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .await??,
             );
         }
+        crate::timeline::mark(crate::timeline::Stage::ApplyEnd, last, first);
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);

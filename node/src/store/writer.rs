@@ -387,6 +387,16 @@ impl Committer {
         } else {
             Vec::new()
         };
+        let appended_upto = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Append { ids, .. } => ids.iter().map(|id| id.index).max(),
+                _ => None,
+            })
+            .max();
+        if let Some(top) = appended_upto {
+            crate::timeline::mark(crate::timeline::Stage::WriterStart, top, ops.len() as u64);
+        }
         let result = self
             .write_all(self.sync.durability(), &ops, deferred)
             .map_err(|e| CommitFailed {
@@ -395,11 +405,8 @@ impl Committer {
             });
         if result.is_ok() {
             (self.fsync)(started.elapsed());
-            let appended = ops.iter().filter_map(|op| match op {
-                Op::Append { ids, .. } => ids.iter().map(|id| id.index).max(),
-                _ => None,
-            });
-            if let Some(top) = appended.max() {
+            if let Some(top) = appended_upto {
+                crate::timeline::mark(crate::timeline::Stage::WriterSynced, top, 0);
                 self.durable_log
                     .fetch_max(top, std::sync::atomic::Ordering::AcqRel);
             }
