@@ -41,3 +41,9 @@ bench-failover *ARGS:
 # a wiped follower's catch-up by snapshot.
 bench-scale *ARGS:
     ./scripts/bench scale {{ARGS}}
+
+# Where one write's time goes: one client against a cluster whose nodes mark each step of
+# a write's path (a second kura built with the `timeline` feature, in target/timeline),
+# lined up across the nodes. Writes bench/results/timeline-<date>.md.
+bench-timeline *ARGS:
+    ./scripts/bench timeline {{ARGS}}

@@ -8,6 +8,7 @@ mod report;
 mod scale;
 mod skeleton;
 mod systems;
+mod timeline;
 mod vs_etcd;
 mod wrk;
 
@@ -110,6 +111,18 @@ enum Cmd {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Where one write's time goes: one client (wrk) against a fresh cluster whose nodes
+    /// record marks along each write's path, lined up step by step across the nodes.
+    /// KURA_BIN must be built with kura-node's `timeline` feature (`scripts/bench
+    /// timeline` builds one); writes a Markdown report.
+    Timeline {
+        #[arg(long, default_value_t = 2)]
+        warmup_s: u64,
+        #[arg(long, default_value_t = 8)]
+        measure_s: u64,
+        #[arg(long, default_value = "bench/results")]
+        results: PathBuf,
+    },
     /// One role of the replication skeleton, in its own process (`vs-etcd` starts them).
     #[command(hide = true)]
     Skeleton {
@@ -207,6 +220,18 @@ async fn main() {
                 }
                 Err(e) => Err(e),
             }
+        }
+        Cmd::Timeline {
+            warmup_s,
+            measure_s,
+            results,
+        } => {
+            timeline::run(timeline::Args {
+                warmup: Duration::from_secs(warmup_s),
+                measure: Duration::from_secs(measure_s),
+                results,
+            })
+            .await
         }
         Cmd::Skeleton {
             role,

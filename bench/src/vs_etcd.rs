@@ -392,7 +392,7 @@ pub async fn run(args: Args) -> Result<(), String> {
 }
 
 /// The tokenize body with the card number and member id cut out, for the wrk script.
-fn tokenize_template() -> (String, String, String) {
+pub(crate) fn tokenize_template() -> (String, String, String) {
     let body = serde_json::to_string(&kura_sdk::TokenizeIn::card_on_file(
         kura_sdk::CardIn::new("@PAN@", 12, 2035),
         "@MEMBER@",
