@@ -39,6 +39,12 @@ pub enum ProblemCode {
     InvalidBody,
     InvalidQuery,
     RequestTooLarge,
+    /// The request's line and headers are too large, or too many (431).
+    HeadersTooLarge,
+    /// The request is not HTTP/1.1 (400).
+    InvalidHttp,
+    /// Another HTTP version than the listener speaks (505).
+    HttpVersionNotSupported,
     RouteNotFound,
     Internal,
     CardNumberNotDigits,
@@ -124,6 +130,9 @@ impl ProblemCode {
         ProblemCode::InvalidBody,
         ProblemCode::InvalidQuery,
         ProblemCode::RequestTooLarge,
+        ProblemCode::HeadersTooLarge,
+        ProblemCode::InvalidHttp,
+        ProblemCode::HttpVersionNotSupported,
         ProblemCode::RouteNotFound,
         ProblemCode::Internal,
         ProblemCode::CardNumberNotDigits,
@@ -205,6 +214,9 @@ impl ProblemCode {
             ProblemCode::InvalidBody => "invalid_body",
             ProblemCode::InvalidQuery => "invalid_query",
             ProblemCode::RequestTooLarge => "request_too_large",
+            ProblemCode::HeadersTooLarge => "headers_too_large",
+            ProblemCode::InvalidHttp => "invalid_http",
+            ProblemCode::HttpVersionNotSupported => "http_version_not_supported",
             ProblemCode::RouteNotFound => "route_not_found",
             ProblemCode::Internal => "internal",
             ProblemCode::CardNumberNotDigits => "card_number_not_digits",

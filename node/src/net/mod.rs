@@ -525,10 +525,11 @@ async fn serve_conn<I: Io>(
             resp
         });
     let io = ActivityIo {
-        inner: io,
+        inner: Some(io),
         activity: activity.clone(),
         head,
         head_read: 0,
+        refused: None,
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -544,7 +545,7 @@ async fn serve_conn<I: Io>(
         tokio::select! {
             r = &mut conn => {
                 match r {
-                    Ok(parts) => linger(parts.io.into_inner()).await,
+                    Ok(parts) => parts.io.into_inner().close().await,
                     Err(e) => tracing::debug!(error = %e, "connection closed with error"),
                 }
                 return;
@@ -636,11 +637,113 @@ impl Activity {
 
 /// A connection's stream, noting its writes in its [`Activity`]; its first bytes, read
 /// before HTTP took it (see [`serve_either`]), are read again first.
-struct ActivityIo<I> {
-    inner: I,
+struct ActivityIo<I: Io> {
+    /// Always there until the connection closes (see [`ActivityIo::close`]).
+    inner: Option<I>,
     activity: Arc<Activity>,
     head: Vec<u8>,
     head_read: usize,
+    /// hyper's own refusal of a request it could not parse, held back (see
+    /// [`hyper_refusal`]): its status.
+    refused: Option<u16>,
+}
+
+/// The status of `head` if it is hyper's own refusal of a request it could not parse.
+///
+/// hyper answers such a request itself, before any service sees it — a head too large
+/// or with too many headers (`431`), a request that is not HTTP/1 (`400`), another
+/// version (`505`) — with an empty body and `connection: close`, then ends the
+/// connection with an error and drops it: a client reads no problem with a code, and
+/// one still sending the rest of a huge head gets a reset. The node holds that
+/// response back and sends a problem in its place, then closes the way every other
+/// connection closes ([`linger`]). Only a write that is one whole such head is held:
+/// every response of the node's own has a body, and none of them is `431` or `505`.
+fn hyper_refusal(head: &[u8]) -> Option<u16> {
+    fn has(head: &[u8], line: &[u8]) -> bool {
+        head.windows(line.len()).any(|w| w == line)
+    }
+    let status = head.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+    let status: u16 = std::str::from_utf8(status).ok()?.parse().ok()?;
+    let refusal = matches!(status, 400 | 431 | 505)
+        && head.len() <= 512
+        && head.ends_with(b"\r\n\r\n")
+        && has(head, b"\r\nconnection: close\r\n")
+        && has(head, b"\r\ncontent-length: 0\r\n");
+    refusal.then_some(status)
+}
+
+/// The problem sent in place of hyper's own refusal with `status`.
+fn refusal_response(status: u16) -> Vec<u8> {
+    use kura_types::ProblemCode;
+    let (code, title, detail) = match status {
+        431 => (
+            ProblemCode::HeadersTooLarge,
+            "Request Header Fields Too Large",
+            "the request's line and headers are too large, or there are too many headers",
+        ),
+        505 => (
+            ProblemCode::HttpVersionNotSupported,
+            "HTTP Version Not Supported",
+            "this listener speaks HTTP/1.1",
+        ),
+        _ => (
+            ProblemCode::InvalidHttp,
+            "Bad Request",
+            "the request is not valid HTTP/1.1",
+        ),
+    };
+    let body = serde_json::json!({
+        "type": format!("urn:kura:problem:{code}"),
+        "title": title,
+        "status": status,
+        "code": code.as_str(),
+        "detail": detail,
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl<I: Io> ActivityIo<I> {
+    fn inner(&mut self) -> std::pin::Pin<&mut I> {
+        std::pin::Pin::new(self.inner.as_mut().expect("connection open"))
+    }
+
+    /// Closes the connection: sends the problem for a refusal held back, then
+    /// [`linger`]s.
+    async fn close(mut self) {
+        let (Some(io), refused) = (self.inner.take(), self.refused.take()) else {
+            return;
+        };
+        close(io, refused).await;
+    }
+}
+
+async fn close<I: Io>(mut io: I, refused: Option<u16>) {
+    use tokio::io::AsyncWriteExt;
+    if let Some(status) = refused {
+        let sent = async {
+            io.write_all(&refusal_response(status)).await?;
+            io.flush().await
+        };
+        if tokio::time::timeout(LINGER, sent).await.is_err() {
+            return;
+        }
+    }
+    linger(io).await;
+}
+
+/// hyper drops the connection after its own refusal (the connection ends with an
+/// error, not handing the IO back): the problem goes out on a task of its own.
+impl<I: Io> Drop for ActivityIo<I> {
+    fn drop(&mut self) {
+        if let (Some(status), Some(io)) = (self.refused.take(), self.inner.take()) {
+            crate::runtime::spawn(close(io, Some(status)));
+        }
+    }
 }
 
 impl<I: Io> tokio::io::AsyncRead for ActivityIo<I> {
@@ -656,7 +759,7 @@ impl<I: Io> tokio::io::AsyncRead for ActivityIo<I> {
             self.head_read += n;
             return std::task::Poll::Ready(Ok(()));
         }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        self.inner().poll_read(cx, buf)
     }
 }
 
@@ -666,7 +769,11 @@ impl<I: Io> tokio::io::AsyncWrite for ActivityIo<I> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Some(status) = hyper_refusal(buf) {
+            self.refused = Some(status);
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        let r = self.inner().poll_write(cx, buf);
         if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
             self.activity.wrote();
         }
@@ -678,7 +785,14 @@ impl<I: Io> tokio::io::AsyncWrite for ActivityIo<I> {
         cx: &mut std::task::Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> std::task::Poll<io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next()) {
+            if let Some(status) = hyper_refusal(only) {
+                self.refused = Some(status);
+                return std::task::Poll::Ready(Ok(only.len()));
+            }
+        }
+        let r = self.inner().poll_write_vectored(cx, bufs);
         if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
             self.activity.wrote();
         }
@@ -686,21 +800,21 @@ impl<I: Io> tokio::io::AsyncWrite for ActivityIo<I> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        self.inner().poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.inner().poll_shutdown(cx)
     }
 }
 
@@ -748,6 +862,131 @@ mod tests {
         let serving = serve_with(l, router, None, ServeLimits::unexported("test"), Some(alt));
         tokio::spawn(crate::runtime::Rt::scope(1, serving));
         addr
+    }
+
+    /// Sends `request` in one piece on a new connection to `addr` (while reading, so a
+    /// request larger than the socket buffers still goes out) and returns all it reads.
+    async fn exchange(addr: &str, request: Vec<u8>) -> io::Result<Vec<u8>> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        let (mut r, mut w) = s.into_split();
+        let sending = tokio::spawn(async move {
+            // Refused midway, the rest may not go out: that is the server's choice.
+            let _ = w.write_all(&request).await;
+            w
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await?;
+        drop(sending.await);
+        Ok(got)
+    }
+
+    /// The status line and the problem's code of an answer.
+    fn status_and_code(answer: &[u8]) -> (String, String) {
+        let text = String::from_utf8_lossy(answer);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        assert!(
+            head.contains("\r\ncontent-type: application/problem+json\r\n"),
+            "{head}"
+        );
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let status = head.lines().next().unwrap_or_default().to_owned();
+        (
+            status,
+            problem["code"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_hyper_cannot_parse_gets_a_problem_with_a_code() {
+        let addr = listener().await;
+        let big = |n: usize| {
+            let mut r = b"GET /which HTTP/1.1\r\nhost: a\r\nx-big: ".to_vec();
+            r.resize(r.len() + n, b'a');
+            r
+        };
+        let many: Vec<u8> = (0..200)
+            .flat_map(|i| format!("x-{i}: 1\r\n").into_bytes())
+            .collect();
+        let cases: [(Vec<u8>, &str, &str); 5] = [
+            (
+                [big(600 << 10), b"\r\n\r\n".to_vec()].concat(),
+                "HTTP/1.1 431 Request Header Fields Too Large",
+                "headers_too_large",
+            ),
+            // Still sending 8 MiB of head when refused: the refusal, not a reset.
+            (
+                big(8 << 20),
+                "HTTP/1.1 431 Request Header Fields Too Large",
+                "headers_too_large",
+            ),
+            (
+                [b"GET /which HTTP/1.1\r\n".as_slice(), &many, b"\r\n"].concat(),
+                "HTTP/1.1 431 Request Header Fields Too Large",
+                "headers_too_large",
+            ),
+            (
+                b"GET /which HTTP/1.1\r\nho st: a\r\n\r\n".to_vec(),
+                "HTTP/1.1 400 Bad Request",
+                "invalid_http",
+            ),
+            (
+                b"GET /which HTTP/1.1 extra\r\n\r\n".to_vec(),
+                "HTTP/1.1 400 Bad Request",
+                "invalid_http",
+            ),
+        ];
+        for (request, status, code) in cases {
+            let answer = exchange(&addr, request)
+                .await
+                .expect("an answer, not a reset");
+            assert_eq!(
+                status_and_code(&answer),
+                (status.to_owned(), code.to_owned())
+            );
+        }
+        // A good request is untouched, and the connection stays open for the next.
+        let answer = exchange(
+            &addr,
+            b"GET /which HTTP/1.1\r\nhost: a\r\n\r\nGET /which HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn only_hypers_own_empty_refusal_is_held_back() {
+        let refusal = |status: &str| {
+            format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sat, 05 Dec 2026 18:44:56 GMT\r\n\r\n")
+        };
+        assert_eq!(
+            hyper_refusal(refusal("431 Request Header Fields Too Large").as_bytes()),
+            Some(431)
+        );
+        assert_eq!(
+            hyper_refusal(refusal("400 Bad Request").as_bytes()),
+            Some(400)
+        );
+        assert_eq!(
+            hyper_refusal(refusal("505 HTTP Version Not Supported").as_bytes()),
+            Some(505)
+        );
+        // The node's own answers: other statuses, a body, a connection kept open.
+        assert_eq!(hyper_refusal(refusal("404 Not Found").as_bytes()), None);
+        assert_eq!(hyper_refusal(refusal("200 OK").as_bytes()), None);
+        let with_body = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+        assert_eq!(hyper_refusal(with_body.as_bytes()), None);
+        let kept_open = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hyper_refusal(kept_open.as_bytes()), None);
+        // What is sent instead parses as the problem.
+        assert_eq!(
+            status_and_code(&refusal_response(431)),
+            (
+                "HTTP/1.1 431 Request Header Fields Too Large".to_owned(),
+                "headers_too_large".to_owned()
+            )
+        );
     }
 
     #[tokio::test(start_paused = true)]
