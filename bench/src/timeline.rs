@@ -10,6 +10,7 @@
 use crate::report;
 use crate::wrk::{Cell, Script, Scripts};
 use kura_cluster_tests::procs::ProcCluster;
+use kura_node::timeline::{now_ns, Stage};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,45 +19,6 @@ pub struct Args {
     pub warmup: Duration,
     pub measure: Duration,
     pub results: PathBuf,
-}
-
-/// A point of a write's path, as the nodes name it (`kura_node::timeline::Stage`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Stage {
-    Request,
-    Propose,
-    LogAppend,
-    WriterStart,
-    WriterSynced,
-    ReplicaSend,
-    ReplicaAck,
-    FollowerReceive,
-    FollowerAnswer,
-    ApplyStart,
-    ApplyEnd,
-    Proposed,
-    Response,
-}
-
-impl Stage {
-    fn parse(s: &str) -> Option<Stage> {
-        Some(match s {
-            "request" => Stage::Request,
-            "propose" => Stage::Propose,
-            "log_append" => Stage::LogAppend,
-            "writer_start" => Stage::WriterStart,
-            "writer_synced" => Stage::WriterSynced,
-            "replica_send" => Stage::ReplicaSend,
-            "replica_ack" => Stage::ReplicaAck,
-            "follower_receive" => Stage::FollowerReceive,
-            "follower_answer" => Stage::FollowerAnswer,
-            "apply_start" => Stage::ApplyStart,
-            "apply_end" => Stage::ApplyEnd,
-            "proposed" => Stage::Proposed,
-            "response" => Stage::Response,
-            _ => return None,
-        })
-    }
 }
 
 /// One node's marks.
@@ -406,36 +368,25 @@ pub async fn run(args: Args) -> Result<(), String> {
     let pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
     let scripts = Scripts::write(probe_dir.path())?;
     let (head, mid, tail) = crate::vs_etcd::tokenize_template();
-    let script_args = |seq: &str| {
-        [
+    // Each run its own cards (the script numbers them from its second argument).
+    let one_client = |seq: &'static str, duration: Duration| {
+        let script_args = [
             key.clone(),
             seq.to_owned(),
             head.clone(),
             mid.clone(),
             tail.clone(),
-        ]
+        ];
+        let (scripts, url, pids) = (&scripts, &url, &pids);
+        async move {
+            scripts
+                .run(Script::KuraTokenize, url, 1, duration, &script_args, pids)
+                .await
+        }
     };
-    scripts
-        .run(
-            Script::KuraTokenize,
-            &url,
-            1,
-            args.warmup,
-            &script_args("10000000"),
-            &pids,
-        )
-        .await?;
+    one_client("10000000", args.warmup).await?;
     let from = now_ns();
-    let cell = scripts
-        .run(
-            Script::KuraTokenize,
-            &url,
-            1,
-            args.measure,
-            &script_args("20000000"),
-            &pids,
-        )
-        .await?;
+    let cell = one_client("20000000", args.measure).await?;
     let to = now_ns();
     eprintln!("  one client  {}", cell.line());
     // The nodes write their marks out every 200 ms.
@@ -446,17 +397,6 @@ pub async fn run(args: Args) -> Result<(), String> {
     text.push_str(&render(&p, &cell, fsync.p50_ms, rtt_ms, &skeleton));
     drop(c);
     report::publish(&args.results, "timeline", &text)
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the nodes' clock for their marks.
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a plain system call writing into a timespec this function owns.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! recorded: no request data.
 
 /// A point on a write's path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {
     /// The API plane has a request's head (index 0: not known yet).
     Request,
@@ -41,6 +41,27 @@ pub enum Stage {
 }
 
 impl Stage {
+    pub const ALL: [Stage; 13] = [
+        Stage::Request,
+        Stage::Propose,
+        Stage::LogAppend,
+        Stage::WriterStart,
+        Stage::WriterSynced,
+        Stage::ReplicaSend,
+        Stage::ReplicaAck,
+        Stage::FollowerReceive,
+        Stage::FollowerAnswer,
+        Stage::ApplyStart,
+        Stage::ApplyEnd,
+        Stage::Proposed,
+        Stage::Response,
+    ];
+
+    /// The stage named `name` in the files.
+    pub fn parse(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     /// The stage's name in the files.
     pub fn name(self) -> &'static str {
         match self {
