@@ -814,6 +814,10 @@ impl<I: Io> tokio::io::AsyncWrite for ActivityIo<I> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
+        // With a refusal held back, the side closes after the problem is sent (`close`).
+        if self.refused.is_some() {
+            return std::task::Poll::Ready(Ok(()));
+        }
         self.inner().poll_shutdown(cx)
     }
 }
