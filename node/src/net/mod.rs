@@ -674,7 +674,7 @@ fn hyper_refusal(head: &[u8]) -> Option<u16> {
 
 /// The problem sent in place of hyper's own refusal with `status`.
 fn refusal_response(status: u16) -> Vec<u8> {
-    use kura_types::ProblemCode;
+    use kura_types::{Problem, ProblemCode};
     let (code, title, detail) = match status {
         431 => (
             ProblemCode::HeadersTooLarge,
@@ -692,14 +692,14 @@ fn refusal_response(status: u16) -> Vec<u8> {
             "the request is not valid HTTP/1.1",
         ),
     };
-    let body = serde_json::json!({
-        "type": format!("urn:kura:problem:{code}"),
-        "title": title,
-        "status": status,
-        "code": code.as_str(),
-        "detail": detail,
+    let body = serde_json::to_string(&Problem {
+        kind: format!("urn:kura:problem:{code}"),
+        title: title.into(),
+        status,
+        code: code.as_str().into(),
+        detail: detail.into(),
     })
-    .to_string();
+    .expect("a problem serializes");
     format!(
         "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -708,6 +708,15 @@ fn refusal_response(status: u16) -> Vec<u8> {
 }
 
 impl<I: Io> ActivityIo<I> {
+    /// Holds `write` back if it is hyper's own refusal ([`hyper_refusal`]).
+    fn holds_back(&mut self, write: &[u8]) -> bool {
+        let Some(status) = hyper_refusal(write) else {
+            return false;
+        };
+        self.refused = Some(status);
+        true
+    }
+
     fn inner(&mut self) -> std::pin::Pin<&mut I> {
         std::pin::Pin::new(self.inner.as_mut().expect("connection open"))
     }
@@ -769,8 +778,7 @@ impl<I: Io> tokio::io::AsyncWrite for ActivityIo<I> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        if let Some(status) = hyper_refusal(buf) {
-            self.refused = Some(status);
+        if self.holds_back(buf) {
             return std::task::Poll::Ready(Ok(buf.len()));
         }
         let r = self.inner().poll_write(cx, buf);
@@ -787,8 +795,7 @@ impl<I: Io> tokio::io::AsyncWrite for ActivityIo<I> {
     ) -> std::task::Poll<io::Result<usize>> {
         let mut filled = bufs.iter().filter(|b| !b.is_empty());
         if let (Some(only), None) = (filled.next(), filled.next()) {
-            if let Some(status) = hyper_refusal(only) {
-                self.refused = Some(status);
+            if self.holds_back(only) {
                 return std::task::Poll::Ready(Ok(only.len()));
             }
         }
