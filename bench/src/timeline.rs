@@ -29,8 +29,9 @@ struct Node {
     /// The first mark of each (stage, peer) at each log index; peer 0 where the stage
     /// has none.
     indexed: BTreeMap<(Stage, u64), BTreeMap<u64, u64>>,
-    /// Apply batches: (last index, first index, ns) of `ApplyStart` and `ApplyEnd`.
-    applies: BTreeMap<Stage, Vec<(u64, u64, u64)>>,
+    /// Apply batches of `ApplyStart` and `ApplyEnd`: by last index, the first index and
+    /// the first mark's time.
+    applies: BTreeMap<Stage, BTreeMap<u64, (u64, u64)>>,
 }
 
 impl Node {
@@ -60,11 +61,13 @@ impl Node {
     fn add(&mut self, stage: Stage, index: u64, peer: u64, ns: u64) {
         match stage {
             Stage::Request | Stage::Response => self.unindexed.entry(stage).or_default().push(ns),
-            Stage::ApplyStart | Stage::ApplyEnd => self
-                .applies
-                .entry(stage)
-                .or_default()
-                .push((index, peer, ns)),
+            Stage::ApplyStart | Stage::ApplyEnd => {
+                self.applies
+                    .entry(stage)
+                    .or_default()
+                    .entry(index)
+                    .or_insert((peer, ns));
+            }
             _ => {
                 // Only the peer of a replica's stages tells marks apart; the others'
                 // is a count.
@@ -92,22 +95,21 @@ impl Node {
             .map(|(_, &ns)| ns)
     }
 
-    /// When the apply batch holding `index` began (`ApplyStart`) or ended.
+    /// When the apply batch holding `index` began (`ApplyStart`) or ended: the batch
+    /// ending first at or after it, if it starts at or before it.
     fn apply(&self, stage: Stage, index: u64) -> Option<u64> {
-        self.applies
-            .get(&stage)?
-            .iter()
-            .find(|&&(last, first, _)| first <= index && index <= last)
-            .map(|&(_, _, ns)| ns)
+        let (_, &(first, ns)) = self.applies.get(&stage)?.range(index..).next()?;
+        (first <= index).then_some(ns)
     }
 
-    /// The last unindexed `stage` at or before `ns`, or the first at or after it.
+    /// The last unindexed `stage` at or before `ns`.
     fn before(&self, stage: Stage, ns: u64) -> Option<u64> {
         let v = self.unindexed.get(&stage)?;
         let k = v.partition_point(|&t| t <= ns);
         k.checked_sub(1).map(|k| v[k])
     }
 
+    /// The first unindexed `stage` at or after `ns`.
     fn after(&self, stage: Stage, ns: u64) -> Option<u64> {
         let v = self.unindexed.get(&stage)?;
         v.get(v.partition_point(|&t| t < ns)).copied()
