@@ -251,17 +251,21 @@ pub struct ProcCluster {
     insecure: bool,
 }
 
+/// Client-side logs for debugging, once per process: RUST_LOG=kura_sdk=debug.
+fn client_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// The admin token of an insecure test cluster (its only admin credential).
 const INSECURE_ADMIN_TOKEN: &str = "adm_insecure_test_token_0001";
 
 impl ProcCluster {
     /// Writes configs (with `extra_toml` appended to each, e.g. a `[raft]` table) and starts all three.
     pub fn start(extra_toml: &str) -> ProcCluster {
-        // Client-side logs for debugging: RUST_LOG=kura_sdk=debug.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
+        client_logs();
         let mut c = ProcCluster::prepare(extra_toml);
         for i in 0..3 {
             c.restart(i);
@@ -442,6 +446,7 @@ impl ProcCluster {
     /// Starts three nodes with fault injection enabled (flag and config), `extra_toml`
     /// appended to each config.
     pub fn start_with_faults(extra_toml: &str, never_lead: &[usize]) -> ProcCluster {
+        client_logs();
         let mut c = ProcCluster::prepare_opts(
             &format!("{extra_toml}\n[faults]\nenabled = true\n"),
             never_lead,
@@ -528,6 +533,14 @@ impl ProcCluster {
     /// A merchant client over the given nodes.
     pub fn client(&self, nodes: &[usize], key: &str) -> Client {
         Client::new(self.client_cfg(nodes.iter().map(|&i| self.api[i].clone()).collect(), key))
+    }
+
+    /// A merchant client of node `i` alone that makes one attempt per call: what that
+    /// node answers, unretried.
+    pub fn client_once(&self, i: usize, key: &str) -> Client {
+        let mut cfg = self.client_cfg(vec![self.api[i].clone()], key);
+        cfg.attempts_max = 1;
+        Client::new(cfg)
     }
 
     /// `/v1/cluster/status` of node `i`, if it answers.

@@ -282,6 +282,62 @@ async fn a_leader_whose_storage_stalls_hands_over_and_gets_it_back_once_healthy(
     .await;
 }
 
+/// A leader whose storage stalls hands over, and the next leader's vote request leaves
+/// its Raft core stuck saving that vote, still reporting itself the leader. It turns
+/// requests away (`not_leader`, nothing proposed) while the save is pending, rather than
+/// taking them into its stuck core until that has been silent for an election window
+/// (8 s here) and answering them `outcome_unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stuck_saving_the_next_leaders_vote_turns_requests_away_at_once() {
+    let c = ProcCluster::start_with_faults(
+        "[raft]\nelection_timeout_min_ms = 3000\nelection_timeout_max_ms = 4000\n",
+        &[],
+    );
+    c.init().await;
+    let key = c.merchant("vote").await;
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    c.client(&[0], &key)
+        .tokenize(&request(0, 0))
+        .await
+        .expect("main serves while healthy");
+
+    c.faults(
+        0,
+        Faults {
+            storage_stalled: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    wait_for("another node to lead", Duration::from_secs(20), || async {
+        matches!(leader_seen_by(&c, 1).await, Some(l) if l != 0)
+    })
+    .await;
+    assert_eq!(
+        c.status(0).await.expect("main answers")["state"],
+        "leader",
+        "main's core is stuck: its published state still says it leads"
+    );
+    for seq in 1..=3 {
+        let asked = Instant::now();
+        let answer = c.client_once(0, &key).tokenize(&request(0, seq)).await;
+        let took = asked.elapsed();
+        // A retryable refusal, and the only attempt: reported as unavailable, with it.
+        match answer {
+            Err(kura_sdk::Error::Unavailable { last, .. })
+                if last.starts_with("503 not_leader: this node is saving a vote") => {}
+            other => panic!("expected not_leader from the stuck node, got {other:?}"),
+        }
+        assert!(took < Duration::from_secs(1), "turned away after {took:?}");
+    }
+
+    c.faults(0, Faults::default()).await;
+    c.client(&[0], &key)
+        .tokenize(&request(0, 4))
+        .await
+        .expect("main serves again (forwarding) once its disk is back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_kek_provider_fails_hands_over_and_gets_it_back_once_healthy() {
     gray_failure_hands_over_and_fails_back(

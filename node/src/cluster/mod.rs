@@ -459,6 +459,14 @@ impl Cluster {
         self.core_seen_at.lock().expect("core lock").elapsed() > self.election_window
     }
 
+    /// True while this node's Raft core is saving a vote (see `store::LogStore`). Its
+    /// vote changes only with the term — a leader stepping down for another, a
+    /// candidate, a node granting its vote, a candidate that won — so meanwhile it is not
+    /// a leader ready to serve, whatever it last published.
+    pub fn saving_vote(&self) -> bool {
+        self.store.saving_vote()
+    }
+
     /// Notes that the Raft core just published its state (see [`Self::core_frozen`]).
     pub fn core_seen(&self) {
         *self.core_seen_at.lock().expect("core lock") = tokio::time::Instant::now();

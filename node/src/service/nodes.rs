@@ -86,6 +86,10 @@ pub struct StatusView {
 pub enum ServeHere {
     #[error("this node's Raft core is stuck on its storage and may no longer lead; nothing was done; retry")]
     CoreFrozen,
+    #[error(
+        "this node is saving a vote for a new term and may no longer lead; nothing was done; retry"
+    )]
+    VoteChanging,
     #[error("leadership moved before the request ran; nothing was done; retry")]
     NotLeader,
     #[error("the cluster has no leader right now; nothing was done; retry shortly")]
@@ -94,6 +98,7 @@ pub enum ServeHere {
 
 service_error!(ServeHere {
     ServeHere::CoreFrozen => ("not_leader", Unavailable),
+    ServeHere::VoteChanging => ("not_leader", Unavailable),
     ServeHere::NotLeader => ("not_leader", Unavailable),
     ServeHere::NoLeader => ("no_leader", Unavailable),
 } delegate {});
@@ -281,10 +286,16 @@ impl Service {
     }
 
     /// Whether this node, the leader, may serve a leader-only request now: its Raft core
-    /// answers and it has applied everything committed before its term.
+    /// answers, its term is not changing, and it has applied everything committed
+    /// before its term.
     pub async fn ready_to_serve(&self) -> Result<(), ServeHere> {
         if self.cluster.core_frozen() {
             return Err(ServeHere::CoreFrozen);
+        }
+        // Not sent into a core whose term is changing: were its disk stalled, the
+        // request would wait there until the core counted as frozen, and end unknown.
+        if self.cluster.saving_vote() {
+            return Err(ServeHere::VoteChanging);
         }
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         match self.cluster.leader_caught_up(timeout).await {

@@ -12,11 +12,44 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The Raft log (in the log's own files), vote and committed index (in redb).
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+}
+
+/// Set while the Raft core saves a vote.
+///
+/// openraft saves a vote on its core's own task and waits for it: while the disk
+/// stalls, the core answers nothing, and what it last published still stands. A leader
+/// whose storage stalls hands over, and the next leader's vote request then leaves its
+/// core stuck saving that vote, still reporting itself the leader: a request sent into
+/// that core would wait there until the core had been silent for an election window
+/// (`Cluster::core_frozen`), and end with its outcome unknown. Checked before a leader
+/// serves, the flag turns such requests away at once (`Cluster::saving_vote`).
+#[derive(Debug, Default)]
+pub(crate) struct VoteSave(AtomicBool);
+
+impl VoteSave {
+    pub(crate) fn pending(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Marks a save pending until the guard drops.
+    fn begin(&self) -> VoteSaveGuard<'_> {
+        self.0.store(true, Ordering::Release);
+        VoteSaveGuard(self)
+    }
+}
+
+struct VoteSaveGuard<'a>(&'a VoteSave);
+
+impl Drop for VoteSaveGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.store(false, Ordering::Release);
+    }
 }
 
 impl LogStore {
@@ -109,6 +142,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let _pending = self.store.vote_save.begin();
         self.store.put_meta(vec![(KEY_VOTE, encode(vote))]).await
     }
 

@@ -90,6 +90,8 @@ pub struct Store {
     /// Set when a follower, a backup or a new member needs a snapshot file: the next
     /// build writes one.
     file_wanted: Arc<std::sync::atomic::AtomicBool>,
+    /// The vote the Raft core is saving, while it waits on it (see [`log::VoteSave`]).
+    vote_save: Arc<log::VoteSave>,
 }
 
 /// Called with `build` or `install`, how long it took and the snapshot's size in bytes.
@@ -240,6 +242,7 @@ impl Store {
             in_build: Arc::default(),
             marks: sync == SyncPolicy::Fsync,
             file_wanted: Arc::default(),
+            vote_save: Arc::default(),
             vault_files: Arc::new(vault_db::VaultFiles::new(
                 vault_dir,
                 sync == SyncPolicy::Fsync,
@@ -338,6 +341,11 @@ impl Store {
             return Ok(true);
         }
         Ok(self.wal.lock().expect("log lock").last_index().is_some())
+    }
+
+    /// True while the Raft core saves a vote (see [`log::VoteSave`]).
+    pub fn saving_vote(&self) -> bool {
+        self.vote_save.pending()
     }
 
     /// The switches that stall or slow this store's commits (fault injection).

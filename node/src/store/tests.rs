@@ -189,6 +189,30 @@ async fn fresh_store_has_no_raft_state_and_canary_commits() {
 }
 
 #[tokio::test]
+async fn a_vote_held_up_by_a_stalled_disk_shows_as_being_saved_until_it_is() {
+    let (_dir, store, _) = counting_store();
+    let mut log = LogStore::new(store.clone());
+    assert!(!store.saving_vote());
+    log.save_vote(&Vote::new(1, 1)).await.unwrap();
+    assert!(!store.saving_vote(), "a saved vote is not being saved");
+
+    let stalled = crate::faults::FaultState {
+        storage_stalled: true,
+        ..Default::default()
+    };
+    store.faults().set(&stalled);
+    let mut saving = log.clone();
+    let save = tokio::spawn(async move { saving.save_vote(&Vote::new(2, 3)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(store.saving_vote(), "the vote waits on the disk");
+    assert!(!save.is_finished());
+    store.faults().set(&Default::default());
+    save.await.unwrap().unwrap();
+    assert!(!store.saving_vote());
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 3)));
+}
+
+#[tokio::test]
 async fn concurrent_appends_are_group_committed() {
     let (_dir, store, commits) = counting_store();
     let mut log = LogStore::new(store);
