@@ -78,7 +78,8 @@ pub struct ClientConfig {
     pub down_cooldown: Duration,
     /// Upper bound on attempts for one call.
     pub attempts_max: u32,
-    /// Pause between attempts after `no_leader` (doubles, up to 8x).
+    /// Pause after every node has refused in a row (`not_leader`, `no_leader`), and
+    /// between attempts whose idempotency key is in flight (doubles, up to 8x).
     pub backoff: Duration,
     /// TLS to every endpoint (see [`ClientConfig::with_ca_file`]); `None` speaks plain
     /// HTTP, which only a cluster in its explicit insecure mode accepts.
@@ -228,6 +229,8 @@ impl Client {
         // A keyed call whose attempt may have reached a node, and which never got an
         // answer, ends in doubt rather than as "not acted on".
         let mut in_doubt: Option<WireError> = None;
+        // Refusals without a leader named elsewhere, one after another.
+        let mut refused_in_a_row = 0;
         for attempt in 1..=self.inner.cfg.attempts_max {
             let idx = self.pick();
             let addr = self.inner.cfg.endpoints[idx].clone();
@@ -240,17 +243,27 @@ impl Client {
                         return Ok(ApiResponse { status, body });
                     }
                     let err = problem(status, &body);
-                    let retry = matches!(&err, Error::Api { code, .. }
-                        if code.retryable()
-                            || (key.is_some() && *code == ProblemCode::IdempotencyKeyInFlight));
+                    let in_flight = matches!(&err, Error::Api { code, .. }
+                        if key.is_some() && *code == ProblemCode::IdempotencyKeyInFlight);
+                    let retry =
+                        in_flight || matches!(&err, Error::Api { code, .. } if code.retryable());
                     if !retry {
                         return Err(err);
                     }
                     last = err.to_string();
                     tracing::debug!(%addr, attempt, error = %last, "kura node refused; will retry");
-                    if !self.moved_to_hinted_leader(idx) {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
+                    if self.moved_to_hinted_leader(idx) {
+                        refused_in_a_row = 0;
+                    } else {
+                        // Another node may know the leader (a leader whose core is stuck,
+                        // or one shutting down, cannot name it): try it at once, and pause
+                        // once every node has refused in a row. A call whose key is in
+                        // flight waits for that request to finish wherever it is sent.
+                        refused_in_a_row += 1;
+                        if in_flight || refused_in_a_row % n == 0 {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
+                        }
                         self.rotate(idx);
                     }
                 }
@@ -473,6 +486,51 @@ mod tests {
             seen.load(Ordering::SeqCst),
             5,
             "four refusals, then success, on the only live node"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_naming_no_leader_moves_to_the_next_node_at_once() {
+        let (refusing, refused) = fake_node(u32::MAX).await;
+        let (live, served) = fake_node(0).await;
+        let mut cfg = config(vec![refusing, live], 5);
+        cfg.backoff = Duration::from_secs(30);
+        let client = Client::new(cfg);
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.call(Method::POST, "/v1/tokens", Some(serde_json::json!({}))),
+        )
+        .await
+        .expect("no pause before the next node")
+        .unwrap();
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(
+            (
+                refused.load(Ordering::SeqCst),
+                served.load(Ordering::SeqCst)
+            ),
+            (1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn once_every_node_has_refused_the_client_pauses_before_the_next_lap() {
+        let (a, _) = fake_node(u32::MAX).await;
+        let (b, _) = fake_node(u32::MAX).await;
+        let mut cfg = config(vec![a, b], 3);
+        cfg.backoff = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        let r = Client::new(cfg)
+            .call(Method::POST, "/v1/tokens", Some(serde_json::json!({})))
+            .await;
+        assert!(
+            matches!(r, Err(Error::Unavailable { attempts: 3, .. })),
+            "{r:?}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300),
+            "no pause after a lap: {took:?}"
         );
     }
 
