@@ -78,8 +78,9 @@ pub struct ClientConfig {
     pub down_cooldown: Duration,
     /// Upper bound on attempts for one call.
     pub attempts_max: u32,
-    /// Pause after every node has refused in a row (`not_leader`, `no_leader`), and
-    /// between attempts whose idempotency key is in flight (doubles, up to 8x).
+    /// Pause before retrying after the second and every later refusal of a call
+    /// (`not_leader`, `no_leader`), and after every refusal whose idempotency key is in
+    /// flight (doubles, up to 8x).
     pub backoff: Duration,
     /// TLS to every endpoint (see [`ClientConfig::with_ca_file`]); `None` speaks plain
     /// HTTP, which only a cluster in its explicit insecure mode accepts.
@@ -229,7 +230,7 @@ impl Client {
         // A keyed call whose attempt may have reached a node, and which never got an
         // answer, ends in doubt rather than as "not acted on".
         let mut in_doubt: Option<WireError> = None;
-        // Refusals without a leader named elsewhere, one after another.
+        // Refusals so far (not_leader, no_leader, a key in flight).
         let mut refused_in_a_row = 0;
         for attempt in 1..=self.inner.cfg.attempts_max {
             let idx = self.pick();
@@ -252,19 +253,20 @@ impl Client {
                     }
                     last = err.to_string();
                     tracing::debug!(%addr, attempt, error = %last, "kura node refused; will retry");
-                    if self.moved_to_hinted_leader(idx) {
-                        refused_in_a_row = 0;
-                    } else {
-                        // Another node may know the leader (a leader whose core is stuck,
-                        // or one shutting down, cannot name it): try it at once, and pause
-                        // once every node has refused in a row. A call whose key is in
-                        // flight waits for that request to finish wherever it is sent.
-                        refused_in_a_row += 1;
-                        if in_flight || refused_in_a_row % n == 0 {
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
-                        }
+                    // The first refusal goes on at once, to the leader it names or to
+                    // the next node (a leader whose core is stuck, or one shutting down,
+                    // cannot name the next). Every later one pauses first, named leader
+                    // or not, so that a call rides out an election within its attempts
+                    // and two nodes naming each other during a handoff are not tried in
+                    // a tight loop. A call whose key is in flight waits for that request
+                    // to finish wherever it is sent.
+                    refused_in_a_row += 1;
+                    if !self.moved_to_hinted_leader(idx) {
                         self.rotate(idx);
+                    }
+                    if in_flight || refused_in_a_row > 1 {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
                     }
                 }
                 Err(e) if e.never_sent() || idempotent => {
@@ -514,7 +516,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn once_every_node_has_refused_the_client_pauses_before_the_next_lap() {
+    async fn a_second_refusal_in_a_row_is_followed_by_a_pause() {
         let (a, _) = fake_node(u32::MAX).await;
         let (b, _) = fake_node(u32::MAX).await;
         let mut cfg = config(vec![a, b], 3);
@@ -532,6 +534,65 @@ mod tests {
             took >= Duration::from_millis(300),
             "no pause after a lap: {took:?}"
         );
+    }
+
+    /// A node that refuses every request with `503 not_leader`, naming `leader`.
+    fn refusing_node_naming(listener: std::net::TcpListener, leader: String) -> Arc<AtomicU32> {
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let seen = Arc::new(AtomicU32::new(0));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let (seen, leader) = (seen2.clone(), leader.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        let body = r#"{"code":"not_leader","detail":"x"}"#;
+                        let resp = format!(
+                            "HTTP/1.1 503 Service Unavailable\r\n{LEADER_HEADER}: {leader}\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        s.write_all(resp.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        seen
+    }
+
+    #[tokio::test]
+    async fn two_nodes_naming_each_other_the_leader_are_not_tried_in_a_tight_loop() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a_addr, b_addr) = (
+            a.local_addr().unwrap().to_string(),
+            b.local_addr().unwrap().to_string(),
+        );
+        let seen_a = refusing_node_naming(a, b_addr.clone());
+        let seen_b = refusing_node_naming(b, a_addr.clone());
+        let mut cfg = config(vec![a_addr, b_addr], 6);
+        cfg.backoff = Duration::from_millis(20);
+        let started = std::time::Instant::now();
+        let r = Client::new(cfg)
+            .call(Method::GET, "/v1/tokens/x", None)
+            .await;
+        assert!(
+            matches!(r, Err(Error::Unavailable { attempts: 6, .. })),
+            "{r:?}"
+        );
+        assert_eq!(
+            seen_a.load(Ordering::SeqCst) + seen_b.load(Ordering::SeqCst),
+            6
+        );
+        // Five retries, the first at once: 20 + 40 + 80 + 160 ms of pauses at least.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
     }
 
     #[tokio::test]
