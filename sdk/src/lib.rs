@@ -232,7 +232,10 @@ impl Client {
         let mut in_doubt: Option<WireError> = None;
         // Refusals so far (not_leader, no_leader, a key in flight).
         let mut refusals = 0;
-        for attempt in 1..=self.inner.cfg.attempts_max {
+        // Pauses come before a retry, never after the last attempt: a call that has
+        // run out of attempts returns its error at once.
+        let attempts_max = self.inner.cfg.attempts_max;
+        for attempt in 1..=attempts_max {
             let idx = self.pick();
             let addr = self.inner.cfg.endpoints[idx].clone();
             match self.attempt(&addr, &method, path, body.clone(), key).await {
@@ -264,7 +267,7 @@ impl Client {
                     if !self.moved_to_hinted_leader(idx) {
                         self.rotate(idx);
                     }
-                    if in_flight || refusals > 1 {
+                    if (in_flight || refusals > 1) && attempt < attempts_max {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
                     }
@@ -283,7 +286,7 @@ impl Client {
                         in_doubt = Some(e);
                     }
                     self.rotate(idx);
-                    if attempt % n as u32 == 0 {
+                    if attempt % n as u32 == 0 && attempt < attempts_max {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
                     }
@@ -304,7 +307,7 @@ impl Client {
         match in_doubt {
             Some(e) => Err(Error::Ambiguous(e)),
             None => Err(Error::Unavailable {
-                attempts: self.inner.cfg.attempts_max,
+                attempts: attempts_max,
                 last,
             }),
         }
@@ -544,6 +547,39 @@ mod tests {
         );
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(300), "no pause: {took:?}");
+    }
+
+    #[tokio::test]
+    async fn the_last_attempts_refusal_is_returned_without_a_pause() {
+        let (a, _) = fake_node(u32::MAX).await;
+        let mut cfg = config(vec![a], 2);
+        cfg.backoff = Duration::from_secs(30);
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::new(cfg).call(Method::POST, "/v1/tokens", Some(serde_json::json!({}))),
+        )
+        .await
+        .expect("the call paused after its last attempt");
+        assert!(
+            matches!(r, Err(Error::Unavailable { attempts: 2, .. })),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_attempts_failed_connection_is_returned_without_a_pause() {
+        let mut cfg = config(vec![dead_addr()], 1);
+        cfg.backoff = Duration::from_secs(30);
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::new(cfg).call(Method::GET, "/v1/tokens/x", None),
+        )
+        .await
+        .expect("the call paused after its last attempt");
+        assert!(
+            matches!(r, Err(Error::Unavailable { attempts: 1, .. })),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]
