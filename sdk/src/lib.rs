@@ -549,37 +549,33 @@ mod tests {
         assert!(took >= Duration::from_millis(300), "no pause: {took:?}");
     }
 
-    #[tokio::test]
-    async fn the_last_attempts_refusal_is_returned_without_a_pause() {
-        let (a, _) = fake_node(u32::MAX).await;
-        let mut cfg = config(vec![a], 2);
+    /// Calls `endpoint` with `attempts` attempts and a 30-s backoff; the call must give
+    /// up as unavailable after its last attempt without pausing after it.
+    async fn gives_up_at_once(endpoint: String, attempts: u32, method: Method) {
+        let mut cfg = config(vec![endpoint], attempts);
         cfg.backoff = Duration::from_secs(30);
+        let body = (method == Method::POST).then(|| serde_json::json!({}));
         let r = tokio::time::timeout(
             Duration::from_secs(10),
-            Client::new(cfg).call(Method::POST, "/v1/tokens", Some(serde_json::json!({}))),
+            Client::new(cfg).call(method, "/v1/tokens", body),
         )
         .await
         .expect("the call paused after its last attempt");
         assert!(
-            matches!(r, Err(Error::Unavailable { attempts: 2, .. })),
+            matches!(r, Err(Error::Unavailable { attempts: a, .. }) if a == attempts),
             "{r:?}"
         );
     }
 
     #[tokio::test]
+    async fn the_last_attempts_refusal_is_returned_without_a_pause() {
+        let (a, _) = fake_node(u32::MAX).await;
+        gives_up_at_once(a, 2, Method::POST).await;
+    }
+
+    #[tokio::test]
     async fn the_last_attempts_failed_connection_is_returned_without_a_pause() {
-        let mut cfg = config(vec![dead_addr()], 1);
-        cfg.backoff = Duration::from_secs(30);
-        let r = tokio::time::timeout(
-            Duration::from_secs(10),
-            Client::new(cfg).call(Method::GET, "/v1/tokens/x", None),
-        )
-        .await
-        .expect("the call paused after its last attempt");
-        assert!(
-            matches!(r, Err(Error::Unavailable { attempts: 1, .. })),
-            "{r:?}"
-        );
+        gives_up_at_once(dead_addr(), 1, Method::GET).await;
     }
 
     #[tokio::test]
