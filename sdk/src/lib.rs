@@ -79,8 +79,9 @@ pub struct ClientConfig {
     /// Upper bound on attempts for one call.
     pub attempts_max: u32,
     /// Pause before retrying after the second and every later refusal of a call
-    /// (`not_leader`, `no_leader`), and after every refusal whose idempotency key is in
-    /// flight (doubles, up to 8x).
+    /// (`not_leader`, `no_leader`), after every refusal whose idempotency key is in
+    /// flight, and after each round of the endpoints that could not be reached
+    /// (doubles, up to 8x); never after a call's last attempt.
     pub backoff: Duration,
     /// TLS to every endpoint (see [`ClientConfig::with_ca_file`]); `None` speaks plain
     /// HTTP, which only a cluster in its explicit insecure mode accepts.
@@ -232,13 +233,12 @@ impl Client {
         let mut in_doubt: Option<WireError> = None;
         // Refusals so far (not_leader, no_leader, a key in flight).
         let mut refusals = 0;
-        // Pauses come before a retry, never after the last attempt: a call that has
-        // run out of attempts returns its error at once.
         let attempts_max = self.inner.cfg.attempts_max;
         for attempt in 1..=attempts_max {
             let idx = self.pick();
             let addr = self.inner.cfg.endpoints[idx].clone();
-            match self.attempt(&addr, &method, path, body.clone(), key).await {
+            // Whether the next attempt waits for the backoff first.
+            let pause = match self.attempt(&addr, &method, path, body.clone(), key).await {
                 Ok(resp) => {
                     self.mark(idx, None);
                     self.follow_leader_hint(&resp);
@@ -267,10 +267,7 @@ impl Client {
                     if !self.moved_to_hinted_leader(idx) {
                         self.rotate(idx);
                     }
-                    if (in_flight || refusals > 1) && attempt < attempts_max {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
-                    }
+                    in_flight || refusals > 1
                 }
                 Err(e) if e.never_sent() || idempotent => {
                     tracing::debug!(%addr, attempt, error = %e, "kura node unavailable, trying the next");
@@ -286,10 +283,8 @@ impl Client {
                         in_doubt = Some(e);
                     }
                     self.rotate(idx);
-                    if attempt % n as u32 == 0 && attempt < attempts_max {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
-                    }
+                    // Every node tried once more: wait before the next round.
+                    attempt % n as u32 == 0
                 }
                 Err(e) => {
                     // A node that took the request and never answered is hung or cut off:
@@ -302,6 +297,12 @@ impl Client {
                     self.rotate(idx);
                     return Err(Error::Ambiguous(e));
                 }
+            };
+            // Pauses come before a retry, never after the last attempt: a call that has
+            // run out of attempts returns its error at once.
+            if pause && attempt < attempts_max {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(self.inner.cfg.backoff * 8);
             }
         }
         match in_doubt {
