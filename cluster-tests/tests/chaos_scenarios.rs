@@ -347,6 +347,38 @@ fn replacing_members_even_the_leader_through_a_leader_crash_loses_nothing() {
     assert_leadership_left_the_node_hit(&r, 3_000);
 }
 
+/// The leader, main, replaced as an operator does it: drained, handed over, removed,
+/// and a new machine of the same name added and promoted. The old member's drain flag
+/// goes with it, so the new main stands for election and leads again by failback
+/// (left drained, it never would, and failback would keep handing it leadership it never
+/// takes).
+#[test]
+fn a_replaced_main_is_not_left_drained_and_leads_again() {
+    let r = clean(
+        10_000,
+        vec![(
+            1_000,
+            Fault::Replace {
+                node: Target::Leader,
+            },
+        )],
+    );
+    assert_eq!(r.fired[0].2, Some(1), "the fault replaced main, the leader");
+    assert_eq!(r.replacements.len(), 1, "{:?}", r.replacements);
+    let new_main = r.final_ids[0];
+    assert!(
+        r.replacements[0].promoted_ms.is_some() && new_main > 3,
+        "{:?}",
+        r.replacements
+    );
+    let last = r.final_leadership.as_ref().expect("a leader at the end");
+    assert_eq!(
+        last.leader, new_main,
+        "the new main leads at the end: {:?}",
+        r.terms
+    );
+}
+
 /// The oracle bites: the same power loss with `storage.unsafe_no_fsync` loses writes
 /// the cluster acknowledged, and the oracle reports them.
 #[test]

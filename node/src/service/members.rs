@@ -338,7 +338,11 @@ impl Service {
             })
     }
 
-    /// Clears a drain flag left on `name` (the member is gone, or comes back new).
+    /// Clears a drain flag left on `name` (the member is gone, or comes back new). The
+    /// name is no member at either point, so the flag is written without that check: a
+    /// flag left behind would keep a new machine of the same name out of every election
+    /// (a new main would never lead, and failback would hand it leadership it never
+    /// takes).
     async fn clear_drained(&self, op: &Operator, name: &str) {
         let drained = self
             .cluster
@@ -346,7 +350,7 @@ impl Service {
             .read(|v| v.is_drained(name))
             .unwrap_or(false);
         if drained {
-            if let Err(e) = self.set_drained_for_membership(op, name, false).await {
+            if let Err(e) = self.write_drained(op, name, false).await {
                 tracing::warn!(name, error = %e, "a drain flag left by a removed member was not cleared");
             }
         }

@@ -176,6 +176,17 @@ impl Service {
         if self.cluster.member_id(name).is_none() {
             return Err(DrainError::MemberNotFound);
         }
+        self.write_drained(op, name, drained).await
+    }
+
+    /// Records `name`'s drain flag, member or not: a removed member's flag is cleared
+    /// after it has left (see `members::clear_drained`).
+    pub(super) async fn write_drained(
+        &self,
+        op: &Operator,
+        name: &str,
+        drained: bool,
+    ) -> Result<(), DrainError> {
         let cmd = Command::SetDrained {
             node: name.to_owned(),
             drained,
