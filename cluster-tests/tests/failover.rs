@@ -368,6 +368,65 @@ async fn a_handoff_declined_by_a_slow_target_still_records_its_cause() {
     .await;
 }
 
+/// A handoff whose target never takes over: openraft keeps the old leader transferring
+/// for the rest of its term, taking no writes and sending no heartbeats. Here the target,
+/// dr, has a stalled disk (its log cannot catch up, nor can it save a vote) and bk may
+/// not lead. The old leader stops answering that it leads, so bk stands as it does when
+/// no leader answers, wins with main's vote and hands back to main: writes go on while
+/// dr is still stalled, instead of waiting for dr's disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_the_target_never_takes_does_not_leave_the_cluster_unwritable() {
+    let c = ProcCluster::start_with_faults("[failover]\nfailback = \"manual\"\n", &[2]);
+    c.init().await;
+    let key = c.merchant("orphan").await;
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let stalled = Faults {
+        storage_stalled: true,
+        ..Faults::default()
+    };
+    c.faults(1, stalled).await;
+    // Committed by main and bk alone: dr's log falls behind, so it cannot take over.
+    c.client(&[0], &key)
+        .tokenize(&request(0, 0))
+        .await
+        .expect("a write without dr");
+    let admin = c.admin();
+    let transfer = tokio::spawn(async move { admin.transfer_leader("dr").await });
+    wait_for(
+        "main to turn writes away while it hands over",
+        Duration::from_secs(10),
+        || async {
+            matches!(
+                c.client_once(0, &key).tokenize(&request(0, 1)).await,
+                Err(kura_sdk::Error::Unavailable { last, .. }) if last.starts_with("503 not_leader")
+            )
+        },
+    )
+    .await;
+    let asked = Instant::now();
+    let deadline = asked + Duration::from_secs(30);
+    let mut seq = 2;
+    let written = loop {
+        match c.client(&[0, 2], &key).tokenize(&request(0, seq)).await {
+            Ok(t) => break t,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no write for 30 s after the handoff dr never took: {e}"
+            ),
+        }
+        seq += 1;
+    };
+    eprintln!(
+        "writable again {:?} after the handoff began",
+        asked.elapsed()
+    );
+    let leader = c.wait_leader().await;
+    assert_ne!(leader, 1, "dr, still stalled, does not lead");
+    transfer.abort();
+    c.faults(1, Faults::default()).await;
+    assert_all_readable(&c, &key, &[written.token]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_both_routes_hands_over_and_gets_it_back_once_healthy() {
     let (cafis, cardnet) = (AcquirerSim::start().await, AcquirerSim::start().await);

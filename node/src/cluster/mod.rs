@@ -198,6 +198,9 @@ pub struct Cluster {
     election_window: Duration,
     /// When the Raft core last published its state (see [`Cluster::core_frozen`]).
     core_seen_at: std::sync::Mutex<tokio::time::Instant>,
+    /// The term in which this node, leading, last started a leader transfer (0: none;
+    /// see [`Cluster::handing_over`]).
+    transfer_term: std::sync::atomic::AtomicU64,
     /// The snapshot being received, a chunk at a time (see `server`).
     pub(crate) incoming_snapshot: tokio::sync::Mutex<Option<server::Upload>>,
 }
@@ -297,6 +300,7 @@ impl Cluster {
             incoming_snapshot: tokio::sync::Mutex::new(None),
             election_window,
             core_seen_at: std::sync::Mutex::new(tokio::time::Instant::now()),
+            transfer_term: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -438,6 +442,23 @@ impl Cluster {
     /// True when this node currently believes it leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// True when this node leads a term in which it has started a leader transfer.
+    /// openraft keeps such a leader transferring for the rest of its term: it takes no
+    /// writes and sends no heartbeats, waiting for the target's election. A target that
+    /// never stands (its log could not catch up in time, the request was lost, it is
+    /// drained) leaves it so, and only another node's election ends that term.
+    pub fn handing_over(&self) -> bool {
+        let (leads, term) = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow_watched();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        let transfer_term = self
+            .transfer_term
+            .load(std::sync::atomic::Ordering::Acquire);
+        leads && term == transfer_term
     }
 
     /// The index of the last entry in this node's log (0 when empty).

@@ -89,6 +89,8 @@ impl Cluster {
         // that change is still the handoff's doing.
         self.note_incoming_cause(&String::from_utf8_lossy(&notice))?;
         let mut watch = self.watch();
+        self.transfer_term
+            .store(from_term, std::sync::atomic::Ordering::Release);
         self.raft
             .trigger()
             .transfer_leader(to)

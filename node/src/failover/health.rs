@@ -155,8 +155,10 @@ pub struct NodeHealth {
     /// The key-encryption keys this node holds, its current one first (public ids).
     #[serde(default)]
     pub kek_ids: Vec<String>,
-    /// This node leads now. A follower counts its leader as present only while the
-    /// leader answers saying so: a restarted leader still answers, but no longer leads.
+    /// This node leads now, and is not handing leadership over. A follower counts its
+    /// leader as present only while the leader answers saying so: a restarted leader
+    /// still answers, but no longer leads; a leader whose handoff the target never took
+    /// answers, but serves nothing until another node's election ends its term.
     #[serde(default)]
     pub leads: bool,
 }

@@ -61,7 +61,10 @@ impl Failover {
         NodeHealth {
             last_log_index: Some(self.cluster.last_log_index()),
             kek_ids: self.keys.kek().ids(),
-            leads: self.cluster.is_leader(),
+            // A leader handing over takes no writes and sends no heartbeats until another
+            // node's election ends its term: the others count it as gone, so that a node
+            // that may not lead stands when the target never does.
+            leads: self.cluster.is_leader() && !self.cluster.handing_over(),
             ..self.health.report(drained)
         }
     }
