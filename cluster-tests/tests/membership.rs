@@ -217,6 +217,73 @@ async fn bk_is_replaced_under_load_without_a_gap_or_a_lost_write_and_the_old_bk_
         .expect("writes go on with dr and bk2");
 }
 
+/// A learner the leader can only bring back with the vault's snapshot is not caught up,
+/// however few entries the log holds: it is not promoted (nor offered leadership) until
+/// the snapshot has arrived. Here the new member never runs at all, so the snapshot
+/// never arrives, while the whole log is far inside the entry bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_still_owed_the_snapshot_is_not_promoted() {
+    let c = ProcCluster::start(SMALL_SNAPSHOTS);
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let key = c.merchant("owed").await;
+    let client = c.client(&[0, 1, 2], &key);
+    for seq in 0..250 {
+        client.tokenize(&request(20, seq)).await.expect("a write");
+    }
+    let leader = c.wait_leader().await.max(leader);
+    wait_for(
+        "the leader to purge its log",
+        Duration::from_secs(30),
+        || async {
+            c.status(leader)
+                .await
+                .is_some_and(|s| s["purged_index"].as_u64().unwrap_or(0) > 0)
+        },
+    )
+    .await;
+    let admin = c.admin();
+    admin
+        .add_member(&kura_sdk::AddMemberIn {
+            name: "dr2".into(),
+            id: None,
+            role: kura_sdk::Role::Dr,
+            api_addr: "127.0.0.1:9".into(),
+            raft_addr: "127.0.0.1:9".into(),
+            admin_addr: String::new(),
+            never_lead: false,
+        })
+        .await
+        .expect("added as a learner");
+    let s = c.status(c.wait_leader().await).await.unwrap();
+    let lag = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "dr2")
+        .and_then(|m| m["lag_entries"].as_u64())
+        .expect("the leader's view of dr2");
+    assert!(lag <= 1_000, "the entry bound alone would pass dr2: {s}");
+    let r = admin.promote_member("dr2").await;
+    assert!(
+        matches!(
+            &r,
+            Err(Error::Api { status: 409, code: ProblemCode::MemberNotCaughtUp, detail })
+                if detail.contains("snapshot")
+        ),
+        "{r:?}"
+    );
+    let s = c.status(c.wait_leader().await).await.unwrap();
+    let dr2 = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "dr2")
+        .cloned()
+        .unwrap();
+    assert_eq!(dr2["voter"], false, "dr2 stays a learner: {s}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_that_would_leave_no_quorum_or_no_leader_are_refused_unless_forced() {
     // dr and bk never lead: main is the only node that may.

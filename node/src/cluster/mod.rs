@@ -17,7 +17,7 @@ mod transfer;
 
 pub use errors::{FormError, FrameError, NoticeError, TransferError};
 pub use membership::MembershipError;
-pub use status::{ClusterStatus, MemberStatus, StatusWatch};
+pub use status::{Behind, ClusterStatus, MemberStatus, StatusWatch};
 
 pub use network::{snapshot_chunk_path, Encoding, SnapshotDone, SNAPSHOT_CHUNK_BYTES};
 pub use server::{

@@ -39,6 +39,37 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// How far a member is behind the leader's log, as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behind {
+    /// This many entries, all still in the leader's log.
+    Entries(u64),
+    /// Past what the log holds: the leader purged the entry after the member's last
+    /// (`matched`), so the member needs the vault's snapshot first, however few entries
+    /// it lacks after that.
+    Snapshot { matched: u64, purged: u64 },
+}
+
+impl Behind {
+    /// Caught up: the log can bring it within `max` entries of the leader's end.
+    pub fn within(self, max: u64) -> bool {
+        matches!(self, Behind::Entries(n) if n <= max)
+    }
+}
+
+impl ClusterStatus {
+    /// How far member `id` is behind; known only on the leader (`None` elsewhere, and
+    /// for an id that is not a member).
+    pub fn behind(&self, id: NodeId) -> Option<Behind> {
+        let m = self.members.iter().find(|m| m.id == id)?;
+        let matched = m.matched_index?;
+        Some(match self.purged_index {
+            Some(purged) if matched < purged => Behind::Snapshot { matched, purged },
+            _ => Behind::Entries(self.last_log_index.saturating_sub(matched)),
+        })
+    }
+}
+
 /// Wakes when this node's Raft status changes. Hold one; do not create one per wait.
 pub struct StatusWatch {
     rx: openraft::type_config::alias::WatchReceiverOf<
@@ -117,5 +148,75 @@ impl Cluster {
         // or the first `changed()` — and every one after — would return at once.
         let _ = rx.borrow_and_update();
         StatusWatch { rx }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(last: u64, purged: Option<u64>, matched: &[(NodeId, Option<u64>)]) -> ClusterStatus {
+        let members = matched
+            .iter()
+            .map(|&(id, matched_index)| MemberStatus {
+                id,
+                name: format!("n{id}"),
+                role: Role::Dr,
+                api_addr: String::new(),
+                raft_addr: String::new(),
+                admin_addr: String::new(),
+                voter: true,
+                never_lead: false,
+                matched_index,
+                lag_entries: matched_index.map(|m| last - m),
+            })
+            .collect();
+        ClusterStatus {
+            node_id: 1,
+            name: "n1".into(),
+            role: Role::Main,
+            cluster_id: None,
+            state: "leader".into(),
+            leader_id: Some(1),
+            leader_name: Some("n1".into()),
+            term: 2,
+            last_log_index: last,
+            committed_index: last,
+            applied_index: last,
+            snapshot_index: purged,
+            purged_index: purged,
+            members,
+        }
+    }
+
+    #[test]
+    fn a_member_behind_the_purged_log_needs_the_snapshot_however_short_the_log() {
+        // A replaced member, empty, 300 entries behind a leader whose log starts after 250:
+        // within the entry bound, but only a snapshot can bring it back.
+        let s = status(
+            300,
+            Some(250),
+            &[(1, Some(300)), (4, Some(0)), (3, Some(250))],
+        );
+        assert_eq!(
+            s.behind(4),
+            Some(Behind::Snapshot {
+                matched: 0,
+                purged: 250
+            })
+        );
+        assert!(!s.behind(4).unwrap().within(1_000));
+        // The entry after 250 is still in the log: 50 entries, caught up.
+        assert_eq!(s.behind(3), Some(Behind::Entries(50)));
+        assert!(s.behind(3).unwrap().within(1_000));
+        assert!(!s.behind(3).unwrap().within(49));
+        assert_eq!(s.behind(1), Some(Behind::Entries(0)));
+        // Nothing purged: the whole log can be sent.
+        let s = status(300, None, &[(4, Some(0))]);
+        assert_eq!(s.behind(4), Some(Behind::Entries(300)));
+        // A follower's view knows no member's progress; nor is a non-member known.
+        let s = status(300, Some(250), &[(4, None)]);
+        assert_eq!(s.behind(4), None);
+        assert_eq!(s.behind(9), None);
     }
 }

@@ -180,11 +180,6 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
     let reports = st.cluster.get_from_peers(HEALTH_PATH, timeout).await;
     let now = (st.clock)();
     let status = st.cluster.status();
-    let lags: BTreeMap<NodeId, Option<u64>> = status
-        .members
-        .iter()
-        .map(|m| (m.id, m.lag_entries))
-        .collect();
     let matched: BTreeMap<NodeId, u64> = status
         .members
         .iter()
@@ -202,11 +197,11 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
             .any(NodeHealth::routes_up);
     let mut peers = st.health.peers.lock().expect("health lock");
     for (id, report) in reports {
-        let caught_up = lags
-            .get(&id)
-            .copied()
-            .flatten()
-            .is_none_or(|lag| lag <= st.health.settings.ready_lag_entries_max);
+        // Only the leader knows; a member that still needs the snapshot is not caught up
+        // however short the log is (a transfer to it would wait for its vault in vain).
+        let caught_up = status
+            .behind(id)
+            .is_none_or(|b| b.within(st.health.settings.ready_lag_entries_max));
         let eligible = report
             .as_ref()
             .is_some_and(|r| r.healthy && !r.drained && !(r.routes_cut && routes_up_somewhere))

@@ -7,7 +7,7 @@
 use super::auth::Operator;
 use super::error::{service_error, Replication};
 use super::Service;
-use crate::cluster::{Cluster, MembershipError};
+use crate::cluster::{Behind, Cluster, MembershipError};
 use crate::member::{Member, NodeId, Role};
 use crate::vault::LeaderChangeCause;
 use std::sync::Arc;
@@ -37,6 +37,12 @@ pub enum MemberChangeError {
     NotFound,
     #[error("{name} is {lag} entries behind the leader (at most {max} to be promoted); wait for it to catch up")]
     NotCaughtUp { name: String, lag: u64, max: u64 },
+    #[error("{name} still needs the vault's snapshot: its log ends at entry {matched} and the leader's log now starts after {purged}; wait for the snapshot to arrive")]
+    AwaitsSnapshot {
+        name: String,
+        matched: u64,
+        purged: u64,
+    },
     #[error("without {name} the voters would be {voters}, of which {reachable} answer now: fewer than the {quorum} a quorum needs (force to do it anyway)")]
     WouldLoseQuorum {
         name: String,
@@ -61,6 +67,7 @@ service_error!(MemberChangeError {
     MemberChangeError::Exists(_) => ("member_exists", Conflict),
     MemberChangeError::NotFound => ("member_not_found", NotFound),
     MemberChangeError::NotCaughtUp { .. } => ("member_not_caught_up", Conflict),
+    MemberChangeError::AwaitsSnapshot { .. } => ("member_not_caught_up", Conflict),
     MemberChangeError::WouldLoseQuorum { .. } => ("membership_would_lose_quorum", Conflict),
     MemberChangeError::NoLeaderCandidate(_) => ("membership_without_leader_candidate", Conflict),
     MemberChangeError::InProgress => ("membership_change_in_progress", Conflict),
@@ -179,20 +186,27 @@ impl Service {
         if self.cluster.membership().voters.contains(&id) {
             return Ok(());
         }
-        let status = self.cluster.status();
-        let lag = status
-            .members
-            .iter()
-            .find(|m| m.id == id)
-            .and_then(|m| m.lag_entries)
-            .unwrap_or(u64::MAX);
         let max = self.failover.health.settings.ready_lag_entries_max;
-        if lag > max {
-            return Err(MemberChangeError::NotCaughtUp {
-                name: name.to_owned(),
-                lag,
-                max,
-            });
+        match self.cluster.status().behind(id) {
+            Some(b) if b.within(max) => {}
+            Some(Behind::Snapshot { matched, purged }) => {
+                return Err(MemberChangeError::AwaitsSnapshot {
+                    name: name.to_owned(),
+                    matched,
+                    purged,
+                })
+            }
+            other => {
+                let lag = match other {
+                    Some(Behind::Entries(n)) => n,
+                    _ => u64::MAX,
+                };
+                return Err(MemberChangeError::NotCaughtUp {
+                    name: name.to_owned(),
+                    lag,
+                    max,
+                });
+            }
         }
         self.bounded(move |c| async move { c.promote(id).await })
             .await?;
