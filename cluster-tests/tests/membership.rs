@@ -255,13 +255,19 @@ async fn a_learner_still_owed_the_snapshot_is_not_promoted() {
         })
         .await
         .expect("added as a learner");
+    // dr2 as the leader sees it.
+    let dr2 = |s: &serde_json::Value| {
+        s["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == "dr2")
+            .cloned()
+            .unwrap_or_default()
+    };
     let s = c.status(c.wait_leader().await).await.unwrap();
-    let lag = s["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "dr2")
-        .and_then(|m| m["lag_entries"].as_u64())
+    let lag = dr2(&s)["lag_entries"]
+        .as_u64()
         .expect("the leader's view of dr2");
     assert!(lag <= 1_000, "the entry bound alone would pass dr2: {s}");
     let r = admin.promote_member("dr2").await;
@@ -274,14 +280,7 @@ async fn a_learner_still_owed_the_snapshot_is_not_promoted() {
         "{r:?}"
     );
     let s = c.status(c.wait_leader().await).await.unwrap();
-    let dr2 = s["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "dr2")
-        .cloned()
-        .unwrap();
-    assert_eq!(dr2["voter"], false, "dr2 stays a learner: {s}");
+    assert_eq!(dr2(&s)["voter"], false, "dr2 stays a learner: {s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
