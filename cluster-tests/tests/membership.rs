@@ -217,13 +217,13 @@ async fn bk_is_replaced_under_load_without_a_gap_or_a_lost_write_and_the_old_bk_
         .expect("writes go on with dr and bk2");
 }
 
-/// A learner the leader can only bring back with the vault's snapshot is not caught up,
-/// however few entries the log holds: it is not promoted (nor offered leadership) until
-/// the snapshot has arrived. Here the new member never runs at all, so the snapshot
-/// never arrives, while the whole log is far inside the entry bound.
+/// A learner that has acknowledged nothing to the leader is not caught up, however few
+/// entries the log holds: it is not promoted (nor offered leadership). Here the new
+/// member is not running when it is added; once started it catches up by snapshot and
+/// is promoted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_learner_still_owed_the_snapshot_is_not_promoted() {
-    let c = ProcCluster::start(SMALL_SNAPSHOTS);
+async fn a_learner_that_has_acknowledged_nothing_is_not_promoted_until_it_catches_up() {
+    let mut c = ProcCluster::start(SMALL_SNAPSHOTS);
     c.init().await;
     let leader = c.wait_leader().await;
     let key = c.merchant("owed").await;
@@ -231,7 +231,6 @@ async fn a_learner_still_owed_the_snapshot_is_not_promoted() {
     for seq in 0..250 {
         client.tokenize(&request(20, seq)).await.expect("a write");
     }
-    let leader = c.wait_leader().await.max(leader);
     wait_for(
         "the leader to purge its log",
         Duration::from_secs(30),
@@ -242,21 +241,24 @@ async fn a_learner_still_owed_the_snapshot_is_not_promoted() {
         },
     )
     .await;
+    // dr2's machine, stopped before it is a member.
+    let dr2 = c.add_node("dr2", "dr", false);
+    c.kill(dr2);
     let admin = c.admin();
     admin
         .add_member(&kura_sdk::AddMemberIn {
             name: "dr2".into(),
-            id: None,
+            id: Some(dr2 as u64 + 1),
             role: kura_sdk::Role::Dr,
-            api_addr: "127.0.0.1:9".into(),
-            raft_addr: "127.0.0.1:9".into(),
-            admin_addr: String::new(),
+            api_addr: c.api[dr2].clone(),
+            raft_addr: c.raft[dr2].clone(),
+            admin_addr: c.admin[dr2].clone(),
             never_lead: false,
         })
         .await
         .expect("added as a learner");
     // dr2 as the leader sees it.
-    let dr2 = |s: &serde_json::Value| {
+    let dr2_in = |s: &serde_json::Value| {
         s["members"]
             .as_array()
             .into_iter()
@@ -266,21 +268,34 @@ async fn a_learner_still_owed_the_snapshot_is_not_promoted() {
             .unwrap_or_default()
     };
     let s = c.status(c.wait_leader().await).await.unwrap();
-    let lag = dr2(&s)["lag_entries"]
-        .as_u64()
-        .expect("the leader's view of dr2");
-    assert!(lag <= 1_000, "the entry bound alone would pass dr2: {s}");
+    assert!(
+        s["last_log_index"].as_u64().unwrap() <= 1_000,
+        "the whole log is inside the entry bound: {s}"
+    );
+    assert!(dr2_in(&s)["lag_entries"].is_null(), "{s}");
     let r = admin.promote_member("dr2").await;
     assert!(
         matches!(
             &r,
             Err(Error::Api { status: 409, code: ProblemCode::MemberNotCaughtUp, detail })
-                if detail.contains("snapshot")
+                if detail.contains("acknowledged nothing")
         ),
         "{r:?}"
     );
     let s = c.status(c.wait_leader().await).await.unwrap();
-    assert_eq!(dr2(&s)["voter"], false, "dr2 stays a learner: {s}");
+    assert_eq!(dr2_in(&s)["voter"], false, "dr2 stays a learner: {s}");
+
+    // Started, it catches up by snapshot and the promotion goes through.
+    c.restart(dr2);
+    wait_for("dr2 to be promoted", Duration::from_secs(30), || async {
+        admin.promote_member("dr2").await.is_ok()
+    })
+    .await;
+    let s = c.wait_applied(dr2, 250, "dr2 to apply the vault").await;
+    assert!(
+        s["snapshot_index"].as_u64().unwrap_or(0) > 0,
+        "dr2 caught up without a snapshot: {s}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

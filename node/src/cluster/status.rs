@@ -14,9 +14,10 @@ pub struct MemberStatus {
     /// Votes (false: a learner).
     pub voter: bool,
     pub never_lead: bool,
-    /// Last log index known replicated to this member (leader's view only).
+    /// Last log index known replicated to this member (leader's view only; none while
+    /// it has acknowledged nothing to this leader).
     pub matched_index: Option<u64>,
-    /// Entries this member is behind the leader's last log (leader's view only).
+    /// Entries this member is behind the leader's last log (as `matched_index`).
     pub lag_entries: Option<u64>,
 }
 
@@ -42,6 +43,9 @@ pub struct ClusterStatus {
 /// How far a member is behind the leader's log, as the leader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behind {
+    /// It has acknowledged nothing to this leader: not running, not reachable, or not
+    /// yet answered.
+    Unacknowledged,
     /// This many entries, all still in the leader's log.
     Entries(u64),
     /// Past what the log holds: the leader purged the entry after the member's last
@@ -61,8 +65,13 @@ impl ClusterStatus {
     /// How far member `id` is behind; known only on the leader (`None` elsewhere, and
     /// for an id that is not a member).
     pub fn behind(&self, id: NodeId) -> Option<Behind> {
+        if self.leader_id != Some(self.node_id) {
+            return None;
+        }
         let m = self.members.iter().find(|m| m.id == id)?;
-        let matched = m.matched_index?;
+        let Some(matched) = m.matched_index else {
+            return Some(Behind::Unacknowledged);
+        };
         Some(match self.purged_index {
             Some(purged) if matched < purged => Behind::Snapshot { matched, purged },
             _ => Behind::Entries(self.last_log_index.saturating_sub(matched)),
@@ -100,7 +109,7 @@ impl Cluster {
                     .replication
                     .as_ref()
                     .and_then(|r| r.get(&id))
-                    .map(|l| l.map_or(0, |l| l.index));
+                    .and_then(|l| l.as_ref().map(|l| l.index));
                 let matched = if id == self.id && m.state == ServerState::Leader {
                     Some(last)
                 } else {
@@ -214,9 +223,15 @@ mod tests {
         // Nothing purged: the whole log can be sent.
         let s = status(300, None, &[(4, Some(0))]);
         assert_eq!(s.behind(4), Some(Behind::Entries(300)));
+        // A member that has acknowledged nothing (not running, unreachable) is not caught
+        // up, however short the log.
+        let s = status(3, None, &[(1, Some(3)), (4, None)]);
+        assert_eq!(s.behind(4), Some(Behind::Unacknowledged));
+        assert!(!s.behind(4).unwrap().within(1_000));
         // A follower's view knows no member's progress; nor is a non-member known.
-        let s = status(300, Some(250), &[(4, None)]);
-        assert_eq!(s.behind(4), None);
+        let mut s = status(300, Some(250), &[(4, Some(300))]);
         assert_eq!(s.behind(9), None);
+        s.leader_id = Some(2);
+        assert_eq!(s.behind(4), None);
     }
 }

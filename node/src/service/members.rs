@@ -43,6 +43,8 @@ pub enum MemberChangeError {
         matched: u64,
         purged: u64,
     },
+    #[error("{name} has acknowledged nothing from the leader yet: check that it runs and that the leader reaches its raft address")]
+    Unacknowledged { name: String },
     #[error("without {name} the voters would be {voters}, of which {reachable} answer now: fewer than the {quorum} a quorum needs (force to do it anyway)")]
     WouldLoseQuorum {
         name: String,
@@ -68,6 +70,7 @@ service_error!(MemberChangeError {
     MemberChangeError::NotFound => ("member_not_found", NotFound),
     MemberChangeError::NotCaughtUp { .. } => ("member_not_caught_up", Conflict),
     MemberChangeError::AwaitsSnapshot { .. } => ("member_not_caught_up", Conflict),
+    MemberChangeError::Unacknowledged { .. } => ("member_not_caught_up", Conflict),
     MemberChangeError::WouldLoseQuorum { .. } => ("membership_would_lose_quorum", Conflict),
     MemberChangeError::NoLeaderCandidate(_) => ("membership_without_leader_candidate", Conflict),
     MemberChangeError::InProgress => ("membership_change_in_progress", Conflict),
@@ -189,6 +192,11 @@ impl Service {
         let max = self.failover.health.settings.ready_lag_entries_max;
         match self.cluster.status().behind(id) {
             Some(b) if b.within(max) => {}
+            Some(Behind::Unacknowledged) => {
+                return Err(MemberChangeError::Unacknowledged {
+                    name: name.to_owned(),
+                })
+            }
             Some(Behind::Snapshot { matched, purged }) => {
                 return Err(MemberChangeError::AwaitsSnapshot {
                     name: name.to_owned(),
