@@ -197,8 +197,9 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
             .any(NodeHealth::routes_up);
     let mut peers = st.health.peers.lock().expect("health lock");
     for (id, report) in reports {
-        // Only the leader knows; a member that still needs the snapshot is not caught up
-        // however short the log is (a transfer to it would wait for its vault in vain).
+        // Only the leader knows; a member that has acknowledged nothing, or still needs
+        // the snapshot, is not caught up however short the log is (a transfer to it would
+        // wait for its log in vain).
         let caught_up = status
             .behind(id)
             .is_none_or(|b| b.within(st.health.settings.ready_lag_entries_max));

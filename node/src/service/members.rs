@@ -204,17 +204,19 @@ impl Service {
                     purged,
                 })
             }
-            other => {
-                let lag = match other {
-                    Some(Behind::Entries(n)) => n,
-                    _ => u64::MAX,
-                };
+            Some(Behind::Entries(lag)) => {
                 return Err(MemberChangeError::NotCaughtUp {
                     name: name.to_owned(),
                     lag,
                     max,
-                });
+                })
             }
+            // Only a leader knows a member's progress; requests reach the leader, so this
+            // one lost its leadership meanwhile.
+            None => return Err(Replication::NotLeader(
+                "leadership moved before the member's progress was read; nothing was done; retry",
+            )
+            .into()),
         }
         self.bounded(move |c| async move { c.promote(id).await })
             .await?;
