@@ -584,6 +584,16 @@ impl ProcCluster {
         self.status(i).await.expect("status")
     }
 
+    /// Waits up to 30 s until node `i` has purged its log past `index`.
+    pub async fn wait_purged(&self, i: usize, index: u64, what: &str) {
+        wait_for(what, Duration::from_secs(30), || async {
+            self.status(i)
+                .await
+                .is_some_and(|s| s["purged_index"].as_u64().unwrap_or(0) > index)
+        })
+        .await;
+    }
+
     /// Waits until every running node has applied everything the leader had committed
     /// when called: what a node answers from its own state then reflects every write
     /// acknowledged before.

@@ -231,16 +231,8 @@ async fn a_learner_that_has_acknowledged_nothing_is_not_promoted_until_it_catche
     for seq in 0..250 {
         client.tokenize(&request(20, seq)).await.expect("a write");
     }
-    wait_for(
-        "the leader to purge its log",
-        Duration::from_secs(30),
-        || async {
-            c.status(leader)
-                .await
-                .is_some_and(|s| s["purged_index"].as_u64().unwrap_or(0) > 0)
-        },
-    )
-    .await;
+    c.wait_purged(leader, 0, "the leader to purge its log")
+        .await;
     // dr2's machine, stopped before it is a member.
     let dr2 = c.add_node("dr2", "dr", false);
     c.kill(dr2);

@@ -109,14 +109,10 @@ async fn follower_forwards_leader_sigkill_fails_over_and_old_leader_catches_up_b
         pans.push(pan(i));
     }
     let old_last = 14; // blank + membership + data key + 2 merchants + 10 tokens, at most
-    wait_for(
+    c.wait_purged(
+        new_leader,
+        old_last,
         "the new leader to snapshot and purge past the old leader's log",
-        Duration::from_secs(30),
-        || async {
-            c.status(new_leader)
-                .await
-                .is_some_and(|s| s["purged_index"].as_u64().unwrap_or(0) > old_last)
-        },
     )
     .await;
     let target = c.status(new_leader).await.unwrap()["applied_index"]
@@ -163,19 +159,11 @@ async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
     // leadership may move meanwhile), it no longer holds the log's first entries, so the
     // wiped follower can only catch up from a snapshot.
     for other in (0..3).filter(|&i| i != f) {
-        wait_for(
-            &format!(
-                "{} to snapshot and purge its log's first entries",
-                NAMES[other]
-            ),
-            Duration::from_secs(30),
-            || async {
-                c.status(other)
-                    .await
-                    .is_some_and(|s| s["purged_index"].as_u64().unwrap_or(0) > 0)
-            },
-        )
-        .await;
+        let what = format!(
+            "{} to snapshot and purge its log's first entries",
+            NAMES[other]
+        );
+        c.wait_purged(other, 0, &what).await;
     }
     // Snapshots come as far apart as the vault is large (the default), so the leader's
     // latest lags its applied state by more than `snapshot_every_entries` (20) after a
