@@ -427,6 +427,94 @@ async fn a_handoff_the_target_never_takes_does_not_leave_the_cluster_unwritable(
     assert_all_readable(&c, &key, &[written.token]).await;
 }
 
+/// A member too far behind to take over is not handed leadership: an operator's
+/// transfer to it is refused with the reason, and so is the removal of the leader when
+/// it is the only other voter that may lead. Leadership stays, in the same term, writes
+/// go on at once, and the refused removal does not leave the leader drained. Handed
+/// leadership, the target would wait for its log in vain and the leader would turn
+/// writes away until another node stood (the test above). Once it has caught up, the
+/// transfer goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_is_behind_is_not_handed_leadership_and_writes_go_on() {
+    let c = ProcCluster::start_with_faults(
+        "[failover]\nfailback = \"manual\"\n[health]\nready_lag_entries_max = 20\n",
+        &[2],
+    );
+    c.init().await;
+    let key = c.merchant("behind").await;
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let stalled = Faults {
+        storage_stalled: true,
+        ..Faults::default()
+    };
+    c.faults(1, stalled).await;
+    // Committed by main and bk: dr's log stops where it was.
+    for seq in 0..40 {
+        c.client(&[0], &key)
+            .tokenize(&request(0, seq))
+            .await
+            .expect("a write without dr");
+    }
+    let term = c.status(0).await.unwrap()["term"].as_u64().unwrap();
+    let admin = c.admin();
+    let asked = Instant::now();
+    let r = admin.transfer_leader("dr").await;
+    assert!(
+        matches!(
+            &r,
+            Err(kura_sdk::Error::Api { status: 409, code: kura_sdk::ProblemCode::MemberNotCaughtUp, detail })
+                if detail.starts_with("dr is ") && detail.contains("entries behind the leader (at most 20)")
+        ),
+        "{r:?}"
+    );
+    eprintln!("transfer refused after {:?}", asked.elapsed());
+    let written = c
+        .client_once(0, &key)
+        .tokenize(&request(0, 100))
+        .await
+        .expect("main takes writes right after the refused transfer");
+    let s = c.status(0).await.unwrap();
+    assert_eq!(
+        (&s["state"], s["term"].as_u64()),
+        (&json!("leader"), Some(term)),
+        "{s}"
+    );
+
+    // main leaving: dr is the only other voter that may lead (bk never leads).
+    let r = admin.remove_member("main", false).await;
+    assert!(
+        matches!(
+            &r,
+            Err(kura_sdk::Error::Api { status: 409, detail, .. })
+                if detail.contains("no other voter that may lead is ready") && detail.contains("dr is ")
+        ),
+        "{r:?}"
+    );
+    let s = c.status(0).await.unwrap();
+    assert_eq!(
+        (&s["state"], s["term"].as_u64()),
+        (&json!("leader"), Some(term)),
+        "{s}"
+    );
+    assert_eq!(
+        s["health"]["drained"], false,
+        "the refused removal took its drain back: {s}"
+    );
+    c.client_once(0, &key)
+        .tokenize(&request(0, 101))
+        .await
+        .expect("main takes writes after the refused removal");
+
+    // dr's disk back: it catches up, and the transfer lands on it.
+    c.faults(1, Faults::default()).await;
+    wait_for("the transfer to dr", Duration::from_secs(30), || async {
+        admin.transfer_leader("dr").await.is_ok()
+    })
+    .await;
+    assert_eq!(c.wait_leader().await, 1);
+    assert_all_readable(&c, &key, &[written.token]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_both_routes_hands_over_and_gets_it_back_once_healthy() {
     let (cafis, cardnet) = (AcquirerSim::start().await, AcquirerSim::start().await);

@@ -25,6 +25,33 @@ pub struct NewMember {
     pub never_lead: bool,
 }
 
+/// Why a member is not close enough to the leader's log to be promoted to voter or
+/// handed leadership: a transfer to it would wait for its log in vain (openraft's
+/// target waits an election timeout at most), and a voter that is not there yet
+/// counts toward the quorum without helping it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotCaughtUp {
+    #[error("{name} is {lag} entries behind the leader (at most {max}); wait for it to catch up")]
+    Entries { name: String, lag: u64, max: u64 },
+    #[error("{name} still needs the vault's snapshot: its log ends at entry {matched} and the leader's log now starts after {purged}; wait for the snapshot to arrive")]
+    AwaitsSnapshot {
+        name: String,
+        matched: u64,
+        purged: u64,
+    },
+    #[error("{name} has acknowledged nothing from the leader yet: check that it runs and that the leader reaches its raft address")]
+    Unacknowledged { name: String },
+    #[error("{name} does not answer this node's health checks: check that it runs and that this node reaches its raft address")]
+    Unreachable { name: String },
+}
+
+/// How long a leader waits for the member it would hand leadership to to be caught
+/// up before it refuses: long enough for a leader elected a moment ago to hear from
+/// its followers and for a restarted member to answer a health check, and well
+/// inside an admin client's attempt timeout.
+pub(super) const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
 /// Why a membership change was not made.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -35,16 +62,8 @@ pub enum MemberChangeError {
     Exists(String),
     #[error("no member with this name")]
     NotFound,
-    #[error("{name} is {lag} entries behind the leader (at most {max} to be promoted); wait for it to catch up")]
-    NotCaughtUp { name: String, lag: u64, max: u64 },
-    #[error("{name} still needs the vault's snapshot: its log ends at entry {matched} and the leader's log now starts after {purged}; wait for the snapshot to arrive")]
-    AwaitsSnapshot {
-        name: String,
-        matched: u64,
-        purged: u64,
-    },
-    #[error("{name} has acknowledged nothing from the leader yet: check that it runs and that the leader reaches its raft address")]
-    Unacknowledged { name: String },
+    #[error(transparent)]
+    NotCaughtUp(#[from] NotCaughtUp),
     #[error("without {name} the voters would be {voters}, of which {reachable} answer now: fewer than the {quorum} a quorum needs (force to do it anyway)")]
     WouldLoseQuorum {
         name: String,
@@ -68,9 +87,7 @@ service_error!(MemberChangeError {
     MemberChangeError::Invalid(_) => ("member_invalid", Invalid),
     MemberChangeError::Exists(_) => ("member_exists", Conflict),
     MemberChangeError::NotFound => ("member_not_found", NotFound),
-    MemberChangeError::NotCaughtUp { .. } => ("member_not_caught_up", Conflict),
-    MemberChangeError::AwaitsSnapshot { .. } => ("member_not_caught_up", Conflict),
-    MemberChangeError::Unacknowledged { .. } => ("member_not_caught_up", Conflict),
+    MemberChangeError::NotCaughtUp(_) => ("member_not_caught_up", Conflict),
     MemberChangeError::WouldLoseQuorum { .. } => ("membership_would_lose_quorum", Conflict),
     MemberChangeError::NoLeaderCandidate(_) => ("membership_without_leader_candidate", Conflict),
     MemberChangeError::InProgress => ("membership_change_in_progress", Conflict),
@@ -189,28 +206,9 @@ impl Service {
         if self.cluster.membership().voters.contains(&id) {
             return Ok(());
         }
-        let max = self.failover.health.settings.ready_lag_entries_max;
-        match self.cluster.status().behind(id) {
-            Some(b) if b.within(max) => {}
-            Some(Behind::Unacknowledged) => {
-                return Err(MemberChangeError::Unacknowledged {
-                    name: name.to_owned(),
-                })
-            }
-            Some(Behind::Snapshot { matched, purged }) => {
-                return Err(MemberChangeError::AwaitsSnapshot {
-                    name: name.to_owned(),
-                    matched,
-                    purged,
-                })
-            }
-            Some(Behind::Entries(lag)) => {
-                return Err(MemberChangeError::NotCaughtUp {
-                    name: name.to_owned(),
-                    lag,
-                    max,
-                })
-            }
+        match self.caught_up(id, name) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e.into()),
             // Only a leader knows a member's progress; requests reach the leader, so this
             // one lost its leadership meanwhile.
             None => return Err(Replication::NotLeader(
@@ -245,8 +243,20 @@ impl Service {
         if id == self.cluster.id() {
             // Drained first: the node leaving must not take leadership back (failback
             // prefers main) before the removal, retried on the new leader, is made.
+            let drained_before = self
+                .cluster
+                .vault()
+                .read(|v| v.is_drained(name))
+                .unwrap_or(false);
             self.set_drained_for_membership(op, name, true).await?;
-            self.hand_leadership_away().await?;
+            if let Err(e) = self.hand_leadership_away().await {
+                // Refused before any transfer began: the drain this request set is taken
+                // back, so a refused removal leaves the node as it found it.
+                if matches!(e, HandAway::NoReadyVoter(_)) && !drained_before {
+                    self.clear_drained(op, name).await;
+                }
+                return Err(e.into());
+            }
             return Err(Replication::NotLeader(
                 "this node was the leader and handed leadership away before leaving; retry",
             )
@@ -295,30 +305,75 @@ impl Service {
         Ok(())
     }
 
-    /// Moves leadership to the best other voter: one that may lead, answering, by role
-    /// (main, then dr, then bk).
-    async fn hand_leadership_away(&self) -> Result<(), MemberChangeError> {
-        let membership = self.cluster.membership();
-        let reports = self.failover.health.peer_reports();
+    /// Moves leadership to the best other voter: one that may lead, answers and is
+    /// caught up (`ready_to_lead`), by role (main, then dr, then bk) then id. Waits up to
+    /// `CATCH_UP_WAIT` for one to be ready.
+    async fn hand_leadership_away(&self) -> Result<(), HandAway> {
         let me = self.cluster.id();
-        let to = membership
-            .voters
-            .iter()
-            .filter(|v| **v != me && reports.get(v).is_some_and(Option::is_some))
-            .filter_map(|v| membership.nodes.get(v).map(|m| (*v, m)))
-            .filter(|(_, m)| !m.never_lead)
-            .min_by_key(|(v, m)| (m.role, *v))
-            .map(|(v, _)| v)
-            .ok_or_else(|| {
-                MemberChangeError::Refused(
-                    "no other voter that may lead answers; cannot hand leadership away".into(),
-                )
-            })?;
+        let pick = || {
+            let membership = self.cluster.membership();
+            let candidates = membership
+                .voters
+                .iter()
+                .filter(|v| **v != me)
+                .filter_map(|v| membership.nodes.get(v).map(|m| (*v, m)))
+                .filter(|(_, m)| !m.never_lead)
+                .map(|(v, m)| (v, m.role, m.name.clone()));
+            best_ready(candidates, |id, name| self.ready_to_lead(id, name))
+        };
+        let to = match poll_until_ok(CATCH_UP_WAIT, pick).await {
+            Some(Ok(to)) => to,
+            Some(Err(why)) => return Err(HandAway::NoReadyVoter(why)),
+            None => {
+                return Err(HandAway::Failed(MemberChangeError::Replication(
+                    Replication::NotLeader(
+                        "leadership moved before it was handed away; nothing was done; retry",
+                    ),
+                )))
+            }
+        };
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         self.cluster
             .transfer_leader(to, LeaderChangeCause::Operator, timeout)
             .await
-            .map_err(|e| MemberChangeError::Refused(e.to_string()))
+            .map_err(|e| HandAway::Failed(MemberChangeError::Refused(e.to_string())))
+    }
+
+    /// Whether member `id` (named `name`) is caught up with this leader's log: within
+    /// `health.ready_lag_entries_max` entries, none of them purged (`Behind::within`).
+    /// `None`: this node does not lead, so does not know.
+    pub(super) fn caught_up(&self, id: NodeId, name: &str) -> Option<Result<(), NotCaughtUp>> {
+        let max = self.failover.health.settings.ready_lag_entries_max;
+        let name = name.to_owned();
+        Some(match self.cluster.status().behind(id)? {
+            b if b.within(max) => Ok(()),
+            Behind::Unacknowledged => Err(NotCaughtUp::Unacknowledged { name }),
+            Behind::Snapshot { matched, purged } => Err(NotCaughtUp::AwaitsSnapshot {
+                name,
+                matched,
+                purged,
+            }),
+            Behind::Entries(lag) => Err(NotCaughtUp::Entries { name, lag, max }),
+        })
+    }
+
+    /// Whether member `id` could take leadership from this leader now: it answered this
+    /// node's last health check and is caught up. `None`: this node does not lead.
+    pub(super) fn ready_to_lead(&self, id: NodeId, name: &str) -> Option<Result<(), NotCaughtUp>> {
+        let caught_up = self.caught_up(id, name)?;
+        let answers = self
+            .failover
+            .health
+            .peer_reports()
+            .get(&id)
+            .is_some_and(Option::is_some);
+        Some(caught_up.and_then(|()| {
+            answers
+                .then_some(())
+                .ok_or_else(|| NotCaughtUp::Unreachable {
+                    name: name.to_owned(),
+                })
+        }))
     }
 
     /// A membership change bounded by two write timeouts (it commits up to two
@@ -392,6 +447,68 @@ impl Service {
     }
 }
 
+/// Why the leader leaving did not hand leadership away.
+#[derive(Debug)]
+enum HandAway {
+    /// No other voter that may lead was ready to (each one's reason); no transfer began.
+    NoReadyVoter(Vec<NotCaughtUp>),
+    Failed(MemberChangeError),
+}
+
+impl From<HandAway> for MemberChangeError {
+    fn from(e: HandAway) -> Self {
+        match e {
+            HandAway::NoReadyVoter(why) if why.is_empty() => MemberChangeError::Refused(
+                "no other voter may lead; cannot hand leadership away".into(),
+            ),
+            HandAway::NoReadyVoter(why) => MemberChangeError::Refused(format!(
+                "no other voter that may lead is ready to; cannot hand leadership away: {}",
+                why.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            HandAway::Failed(e) => e,
+        }
+    }
+}
+
+/// The first of `candidates` (id, role, name) by role then id that `ready` accepts, or
+/// every candidate's reason. `None` when `ready` does not know (this node stopped
+/// leading).
+fn best_ready(
+    candidates: impl Iterator<Item = (NodeId, Role, String)>,
+    ready: impl Fn(NodeId, &str) -> Option<Result<(), NotCaughtUp>>,
+) -> Option<Result<NodeId, Vec<NotCaughtUp>>> {
+    let mut candidates: Vec<_> = candidates.collect();
+    candidates.sort_by_key(|(id, role, _)| (*role, *id));
+    let mut refused = Vec::new();
+    for (id, _, name) in candidates {
+        match ready(id, &name)? {
+            Ok(()) => return Some(Ok(id)),
+            Err(why) => refused.push(why),
+        }
+    }
+    Some(Err(refused))
+}
+
+/// Calls `check` until it answers anything but an error, or `wait` has passed (then
+/// its last answer), every 50 ms.
+pub(super) async fn poll_until_ok<T, E>(
+    wait: Duration,
+    mut check: impl FnMut() -> Option<Result<T, E>>,
+) -> Option<Result<T, E>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match check() {
+            Some(Err(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +521,75 @@ mod tests {
         assert!(valid_addr("10.0.0.1:7001") && valid_addr("[::1]:7001") && valid_addr("host:1"));
         assert!(!valid_addr("nowhere") && !valid_addr(":7001") && !valid_addr("h:0"));
         assert!(!valid_addr("h:70000"));
+    }
+
+    #[test]
+    fn leadership_goes_to_the_most_preferred_voter_that_is_ready() {
+        let candidates = || {
+            [
+                (3, Role::Bk, "bk"),
+                (2, Role::Dr, "dr"),
+                (4, Role::Dr, "dr2"),
+            ]
+            .map(|(id, role, name)| (id, role, name.to_owned()))
+            .into_iter()
+        };
+        let lagging = |name: &str| NotCaughtUp::Entries {
+            name: name.to_owned(),
+            lag: 5_000,
+            max: 1_000,
+        };
+        // Every one ready: dr, the most preferred role with the lowest id.
+        assert!(matches!(
+            best_ready(candidates(), |_, _| Some(Ok(()))),
+            Some(Ok(2))
+        ));
+        // dr behind: the next dr, not bk.
+        let r = best_ready(candidates(), |id, name| {
+            Some(if id == 2 { Err(lagging(name)) } else { Ok(()) })
+        });
+        assert!(matches!(r, Some(Ok(4))), "{r:?}");
+        // Only bk ready: bk.
+        let r = best_ready(candidates(), |id, name| {
+            Some(if id == 3 { Ok(()) } else { Err(lagging(name)) })
+        });
+        assert!(matches!(r, Some(Ok(3))), "{r:?}");
+        // None ready: every reason, by preference.
+        let r = best_ready(candidates(), |_, name| Some(Err(lagging(name))));
+        let Some(Err(why)) = r else { panic!("{r:?}") };
+        let names: Vec<String> = why.iter().map(|w| w.to_string()).collect();
+        assert_eq!(names.len(), 3);
+        assert!(
+            names[0].starts_with("dr is 5000 entries behind"),
+            "{names:?}"
+        );
+        assert!(names[2].starts_with("bk "), "{names:?}");
+        let refused = MemberChangeError::from(HandAway::NoReadyVoter(why)).to_string();
+        assert!(refused.contains("dr2 is 5000"), "{refused}");
+        // This node stopped leading: nothing is picked.
+        assert!(best_ready(candidates(), |_, _| None).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_is_polled_until_it_holds_or_the_wait_is_over() {
+        let mut calls = 0;
+        let r: Option<Result<u32, &str>> = poll_until_ok(Duration::from_secs(2), || {
+            calls += 1;
+            Some(if calls < 5 { Err("not yet") } else { Ok(calls) })
+        })
+        .await;
+        assert_eq!(r, Some(Ok(5)));
+        let started = tokio::time::Instant::now();
+        let r: Option<Result<(), &str>> =
+            poll_until_ok(Duration::from_secs(2), || Some(Err("never"))).await;
+        assert_eq!(r, Some(Err("never")));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_millis(2_100),
+            "{waited:?}"
+        );
+        // An answer that is not an error ends the wait at once.
+        let r: Option<Result<(), &str>> = poll_until_ok(Duration::from_secs(2), || None).await;
+        assert_eq!(r, None);
     }
 }

@@ -35,6 +35,8 @@ pub enum TransferLeaderError {
     #[error("no member with this name")]
     MemberNotFound,
     #[error(transparent)]
+    NotCaughtUp(#[from] super::members::NotCaughtUp),
+    #[error(transparent)]
     Failed(#[from] crate::cluster::TransferError),
     #[error(transparent)]
     Replication(#[from] Replication),
@@ -42,6 +44,7 @@ pub enum TransferLeaderError {
 
 service_error!(TransferLeaderError {
     TransferLeaderError::MemberNotFound => ("member_not_found", NotFound),
+    TransferLeaderError::NotCaughtUp(_) => ("member_not_caught_up", Conflict),
     TransferLeaderError::Failed(_) => ("transfer_failed", Unavailable),
 } delegate { Replication });
 
@@ -128,6 +131,24 @@ impl Service {
             .ok_or(TransferLeaderError::MemberNotFound)?;
         if id == self.cluster.id() {
             return Ok(());
+        }
+        // A target that is down, or too far behind to take over, is refused here: handed
+        // leadership, it would wait for its log in vain and leave this leader refusing
+        // writes until another node stands (decision 0027).
+        let ready = super::members::poll_until_ok(super::members::CATCH_UP_WAIT, || {
+            self.ready_to_lead(id, to)
+        })
+        .await;
+        match ready {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e.into()),
+            // Not the leader (any more): the client retries `not_leader` on the new one.
+            None => {
+                return Err(Replication::NotLeader(
+                    "this node does not lead; retry, and the request reaches the leader",
+                )
+                .into())
+            }
         }
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         match self
