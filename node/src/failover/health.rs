@@ -284,6 +284,15 @@ impl Health {
         }
     }
 
+    /// Whether node `id` answered this node's last health check of it.
+    pub fn answered(&self, id: NodeId) -> bool {
+        self.peers
+            .lock()
+            .expect("health lock")
+            .get(&id)
+            .is_some_and(|v| v.report.is_some())
+    }
+
     /// The last health each other node reported (None: it did not answer).
     pub fn peer_reports(&self) -> BTreeMap<NodeId, Option<NodeHealth>> {
         self.peers

@@ -243,11 +243,7 @@ impl Service {
         if id == self.cluster.id() {
             // Drained first: the node leaving must not take leadership back (failback
             // prefers main) before the removal, retried on the new leader, is made.
-            let drained_before = self
-                .cluster
-                .vault()
-                .read(|v| v.is_drained(name))
-                .unwrap_or(false);
+            let drained_before = self.drained(name);
             self.set_drained_for_membership(op, name, true).await?;
             if let Err(e) = self.hand_leadership_away().await {
                 // Refused before any transfer began: the drain this request set is taken
@@ -287,11 +283,10 @@ impl Service {
         if !can_lead {
             return Err(MemberChangeError::NoLeaderCandidate(name.to_owned()));
         }
-        let reports = self.failover.health.peer_reports();
         let me = self.cluster.id();
         let reachable = rest
             .iter()
-            .filter(|v| **v == me || reports.get(v).is_some_and(Option::is_some))
+            .filter(|v| **v == me || self.failover.health.answered(**v))
             .count();
         let quorum = rest.len() / 2 + 1;
         if rest.is_empty() || reachable < quorum {
@@ -361,14 +356,10 @@ impl Service {
     /// node's last health check and is caught up. `None`: this node does not lead.
     pub(super) fn ready_to_lead(&self, id: NodeId, name: &str) -> Option<Result<(), NotCaughtUp>> {
         let caught_up = self.caught_up(id, name)?;
-        let answers = self
-            .failover
-            .health
-            .peer_reports()
-            .get(&id)
-            .is_some_and(Option::is_some);
         Some(caught_up.and_then(|()| {
-            answers
+            self.failover
+                .health
+                .answered(id)
                 .then_some(())
                 .ok_or_else(|| NotCaughtUp::Unreachable {
                     name: name.to_owned(),
@@ -417,18 +408,21 @@ impl Service {
             })
     }
 
+    /// Whether `name` carries a drain flag (false when the vault cannot be read).
+    fn drained(&self, name: &str) -> bool {
+        self.cluster
+            .vault()
+            .read(|v| v.is_drained(name))
+            .unwrap_or(false)
+    }
+
     /// Clears a drain flag left on `name` (the member is gone, or comes back new). The
     /// name is no member at either point, so the flag is written without that check: a
     /// flag left behind would keep a new machine of the same name out of every election
     /// (a new main would never lead, and failback would hand it leadership it never
     /// takes).
     async fn clear_drained(&self, op: &Operator, name: &str) {
-        let drained = self
-            .cluster
-            .vault()
-            .read(|v| v.is_drained(name))
-            .unwrap_or(false);
-        if drained {
+        if self.drained(name) {
             if let Err(e) = self.write_drained(op, name, false).await {
                 tracing::warn!(name, error = %e, "a drain flag left by a removed member was not cleared");
             }
