@@ -41,11 +41,13 @@ fn conforms(doc: &Value, path: &str, method: &str, status: u16, body: &Value) {
     }
 }
 
-/// The documented example of `method path`'s request body.
+/// The documented example of `method path`'s request body (an optional body is
+/// described as `null` or its schema).
 fn example(doc: &Value, path: &str, method: &str) -> Value {
     let s = &doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"];
-    let name = s["$ref"]
-        .as_str()
+    let any_of = s["oneOf"].as_array().into_iter().flatten();
+    let name = (s["$ref"].as_str())
+        .or_else(|| any_of.filter_map(|o| o["$ref"].as_str()).next())
         .and_then(|r| r.strip_prefix("#/components/schemas/"))
         .unwrap_or_else(|| panic!("{method} {path}: no request schema"));
     doc["components"]["schemas"][name]["example"].clone()

@@ -28,6 +28,31 @@ pub enum KeyRole {
     Publishable,
 }
 
+/// A browser origin a merchant allows, as the description states it: `https://` and a
+/// host name or IPv4 address, or `http://localhost` or `http://127.0.0.1`, then an
+/// optional port; at most 200 characters. On the wire it is a plain string; this type
+/// only carries its schema.
+#[cfg(feature = "openapi")]
+pub struct AllowedOrigin;
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for AllowedOrigin {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(
+                r"^(https://[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*|http://(localhost|127\.0\.0\.1))(:[0-9]{1,5})?$",
+            ))
+            .max_length(Some(200))
+            .examples(["https://shop.example"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for AllowedOrigin {}
+
 /// `POST /admin/v1/merchants`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -37,12 +62,15 @@ pub enum KeyRole {
 #[serde(deny_unknown_fields)]
 pub struct CreateMerchantIn {
     /// 1-64 of A-Z a-z 0-9 - _
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub merchant_id: String,
     /// 1-200 characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: String,
     /// Browser origins allowed to use the publishable key: `https://host[:port]`
     /// (`http://` only for localhost), at most 20.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<AllowedOrigin>, max_items = 20))]
     pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub token_format: TokenFormat,
@@ -57,6 +85,7 @@ pub struct CreateMerchantIn {
 #[serde(deny_unknown_fields)]
 pub struct UpdateMerchantIn {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<AllowedOrigin>>, max_items = 20))]
     pub allowed_origins: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_format: Option<TokenFormat>,

@@ -58,10 +58,16 @@ pub struct ThreeDs {
 pub struct AuthorizeIn {
     pub token: String,
     /// In minor units, 1 to 10^12.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000_000_000_u64)
+    )]
     pub amount: u64,
     /// ISO 4217, e.g. `JPY`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z]{3}$"))]
     pub currency: String,
     /// Unique per merchant: 1-64 of A-Z a-z 0-9 - _ .
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,64}$"))]
     pub order_id: String,
     #[serde(default)]
     pub capture: bool,
@@ -76,7 +82,12 @@ pub struct AuthorizeIn {
 #[cfg_attr(feature = "openapi", schema(example = json!({"amount": 1000})))]
 #[serde(deny_unknown_fields)]
 pub struct AmountIn {
+    /// In minor units, 1 to 10^12.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000_000_000_u64)
+    )]
     pub amount: Option<u64>,
 }
 

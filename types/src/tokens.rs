@@ -63,14 +63,17 @@ pub enum CvcState {
 #[serde(deny_unknown_fields)]
 pub struct CardIn {
     /// 12-19 digits, no spaces.
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9]{12,19}$"))]
     pub number: Zeroizing<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 12))]
     pub exp_month: u32,
+    /// Four digits.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 9999))]
     pub exp_year: u32,
     /// One-time tokens only: 3 digits (4 for American Express); held in memory, never
     /// stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, pattern = "^[0-9]{3,4}$"))]
     pub cvc: Option<Zeroizing<String>>,
 }
 
@@ -145,6 +148,7 @@ pub struct TokenizeIn {
     pub kind: TokenKind,
     /// Card-on-file tokens only: the merchant's member (1-64 of A-Z a-z 0-9 - _ .).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,64}$"))]
     pub member_id: Option<String>,
 }
 

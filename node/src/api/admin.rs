@@ -71,8 +71,8 @@ pub async fn create_merchant(
 /// Issues a new key of the kind asked (default the secret key); the old one stops
 /// working at once.
 #[utoipa::path(post, path = "/admin/v1/merchants/{id}/rotate-key", tag = "merchants",
-    params(("id" = String, Path, description = "a merchant id")),
-    request_body(content = RotateKeyIn, description = "optional; default the secret key"),
+    params(("id" = String, Path, description = "a merchant id: 1-64 of A-Z a-z 0-9 - _", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = Option<RotateKeyIn>, description = "optional; default the secret key"),
     responses(
         (status = 200, description = "the merchant with its new key", body = Merchant),
         (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
@@ -94,7 +94,7 @@ pub async fn rotate_key(
 
 /// One merchant (never its keys). Audited.
 #[utoipa::path(get, path = "/admin/v1/merchants/{id}", tag = "merchants",
-    params(("id" = String, Path, description = "a merchant id")),
+    params(("id" = String, Path, description = "a merchant id: 1-64 of A-Z a-z 0-9 - _", pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "the merchant", body = Merchant),
         (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
@@ -112,7 +112,7 @@ pub async fn get_merchant(
 /// Changes `allowed_origins`, `token_format` and/or `require_three_d_secure` (a new
 /// format applies to new tokens only).
 #[utoipa::path(patch, path = "/admin/v1/merchants/{id}", tag = "merchants",
-    params(("id" = String, Path, description = "a merchant id")),
+    params(("id" = String, Path, description = "a merchant id: 1-64 of A-Z a-z 0-9 - _", pattern = "^[A-Za-z0-9_-]{1,64}$")),
     request_body = UpdateMerchantIn,
     responses(
         (status = 200, description = "the merchant as changed", body = Merchant),

@@ -4,7 +4,7 @@
 //! exported signed head).
 
 use super::dto::{self, wire};
-use super::extract::OptionalJson;
+use super::extract::{query_int64, OptionalJson};
 use super::{Problem, St};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -17,7 +17,7 @@ type Out<T> = Result<axum::Json<T>, Problem>;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "query_int64")]
     from_seq: u64,
     #[serde(default)]
     limit: Option<usize>,
@@ -28,7 +28,7 @@ pub struct PageQuery {
 #[utoipa::path(get, path = "/admin/v1/audit", tag = "audit",
     params(
         ("from_seq" = Option<u64>, Query, description = "first sequence number"),
-        ("limit" = Option<u32>, Query, description = "records per page, 1-1000"),
+        ("limit" = Option<u32>, Query, description = "records per page, 1-1000", minimum = 1, maximum = 1000),
     ),
     responses(
         (status = 200, description = "a page of the trail", body = AuditPage),
@@ -63,8 +63,8 @@ pub async fn signed_head(State(st): St) -> Out<SignedHeadNow> {
 
 /// Recomputes the whole chain on the leader and checks every signature in it (and an
 /// exported signed head, when given).
-#[utoipa::path(post, path = "/admin/v1/audit/verify", tag = "audit",
-    request_body(content = AuditVerifyIn, description = "optional"),
+#[utoipa::path(post, path = "/admin/v1/audit/verify", tag = "audit", operation_id = "verify_audit",
+    request_body(content = Option<AuditVerifyIn>, description = "optional"),
     responses(
         (status = 200, description = "what the check found (see `ok`)", body = AuditVerification),
         (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),

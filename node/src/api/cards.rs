@@ -12,7 +12,7 @@ use kura_types::{MemberCards, RegisterCardIn, Token};
 
 /// The member's card-on-file tokens (linearizable). Unknown members have none.
 #[utoipa::path(get, path = "/v1/members/{member_id}/cards", tag = "cards",
-    params(("member_id" = String, Path, description = "the merchant's member")),
+    params(("member_id" = String, Path, description = "the merchant's member: 1-64 of A-Z a-z 0-9 - _ .", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     responses(
         (status = 200, description = "the member's cards", body = MemberCards),
         (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
@@ -35,7 +35,7 @@ pub async fn list(
 /// merchant's and member's card.
 #[utoipa::path(delete, path = "/v1/members/{member_id}/cards/{token}", tag = "cards",
     params(
-        ("member_id" = String, Path, description = "the merchant's member"),
+        ("member_id" = String, Path, description = "the merchant's member: 1-64 of A-Z a-z 0-9 - _ .", pattern = "^[A-Za-z0-9._-]{1,64}$"),
         ("token" = String, Path, description = "a card-on-file token"),
     ),
     responses(
@@ -56,7 +56,7 @@ pub async fn delete(
 /// Uses a one-time token, exactly once, to put its card on file for the member: `201`
 /// with a new card-on-file token, or `200` with the one already on file for this card.
 #[utoipa::path(post, path = "/v1/members/{member_id}/cards", tag = "cards",
-    params(("member_id" = String, Path, description = "the merchant's member")),
+    params(("member_id" = String, Path, description = "the merchant's member: 1-64 of A-Z a-z 0-9 - _ .", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     request_body = RegisterCardIn,
     responses(
         (status = 201, description = "a new card-on-file token", body = Token),

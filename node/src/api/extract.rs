@@ -32,6 +32,17 @@ impl FromRequestParts<Arc<AppState>> for Merchant {
     }
 }
 
+/// A query parameter that the description calls a non-negative `int64` (as utoipa
+/// describes a `u64`): one above `i64::MAX` is refused, as [`super::strict_json`]
+/// refuses it in a body. For `#[serde(deserialize_with = "…")]`.
+pub fn query_int64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = <u64 as serde::Deserialize>::deserialize(d)?;
+    if i64::try_from(v).is_err() {
+        return Err(serde::de::Error::custom("above 2^63 - 1"));
+    }
+    Ok(v)
+}
+
 /// A JSON body of `T` (see [`OptionalJson`] for bodies that may be empty).
 pub struct Json<T>(pub T);
 
@@ -69,12 +80,13 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     }
 }
 
-/// `body` as JSON of `T`, or `T::default()` when it is empty.
+/// `body` as JSON of `T`, or `T::default()` when it is empty or `null` (the API's
+/// description calls such a body optional, and `null` is how JSON says "none").
 fn parse_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Problem> {
     if body.is_empty() {
         Ok(T::default())
     } else {
-        parse_json(body)
+        Ok(parse_json::<Option<T>>(body)?.unwrap_or_default())
     }
 }
 
@@ -117,5 +129,37 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for HashedOpt
             value: parse_or_default(&body)?,
             sha256: sha256_hex(&body),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Amount {
+        amount: Option<u64>,
+    }
+
+    #[test]
+    fn an_optional_body_may_be_empty_or_null_but_not_another_shape() {
+        for empty in [&b""[..], b"null", b" null \n", b"{}"] {
+            assert_eq!(
+                parse_or_default::<Amount>(empty).unwrap(),
+                Amount::default()
+            );
+        }
+        let given = parse_or_default::<Amount>(br#"{"amount": 5}"#).unwrap();
+        assert_eq!(given, Amount { amount: Some(5) });
+        for body in [&b"[5]"[..], b"5", b"\"5\"", b"{}{}", b"nul"] {
+            let e = parse_or_default::<Amount>(body).unwrap_err();
+            assert_eq!(
+                e.code,
+                "invalid_json",
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

@@ -77,7 +77,7 @@ pub async fn retire(
 }
 
 /// Opens every stored card under its key on the leader (a scrub). Audited first.
-#[utoipa::path(post, path = "/admin/v1/keys/verify", tag = "keys",
+#[utoipa::path(post, path = "/admin/v1/keys/verify", tag = "keys", operation_id = "verify_keys",
     responses(
         (status = 200, description = "what opening every card found", body = KeyVerification),
         (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),

@@ -25,6 +25,7 @@ pub mod operator;
 mod payments;
 pub mod peer;
 pub mod problem;
+mod strict_json;
 mod tokens;
 
 pub use crate::service::ApiSettings;
@@ -111,10 +112,10 @@ fn admin_local_routes() -> OpenApiRouter<Arc<AppState>> {
 /// Where the API's description is served (on the client API; it is not part of it).
 pub const OPENAPI_PATH: &str = "/openapi.json";
 
-/// The API's OpenAPI 3.1 description, generated from the handlers and the wire types:
-/// every route of both planes (`/admin/` paths are on the admin plane), and only
-/// those.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The API's OpenAPI 3.1 description as served, generated from the handlers and the
+/// wire types: every route of both planes (`/admin/` paths are on the admin plane),
+/// and only those.
+pub fn openapi() -> serde_json::Value {
     let mut doc = <openapi::ApiDoc as utoipa::OpenApi>::openapi();
     for routes in [
         client_leader_routes(),
@@ -124,7 +125,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ] {
         doc.merge(routes.split_for_parts().1);
     }
-    doc
+    let mut json = serde_json::to_value(&doc).expect("the description serializes");
+    openapi::camel_case_links(&mut json);
+    json
 }
 
 /// The client API: merchants' routes, health, metrics and the API's description.

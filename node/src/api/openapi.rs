@@ -55,6 +55,38 @@ impl Modify for Security {
     }
 }
 
+/// Renames a response link's fields to what OpenAPI calls them (`operationId`,
+/// `operationRef`, `requestBody`): utoipa 5.5 writes them in snake_case, and a tool
+/// reading the description (a client generator, schemathesis following links) then
+/// finds no target operation.
+pub(super) fn camel_case_links(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let operations = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut());
+    let responses = operations
+        .filter_map(|op| op.get_mut("responses").and_then(|r| r.as_object_mut()))
+        .flat_map(|r| r.values_mut());
+    let links = responses
+        .filter_map(|r| r.get_mut("links").and_then(|l| l.as_object_mut()))
+        .flat_map(|l| l.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (from, to) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(v) = link.remove(from) {
+                link.insert(to.to_owned(), v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -95,5 +127,60 @@ mod tests {
             serde_json::json!([])
         );
         assert!(tokenize["responses"]["201"].is_object());
+    }
+
+    #[test]
+    fn links_name_operations_that_exist_as_openapi_spells_it() {
+        let json = super::super::openapi();
+        let ids: Vec<&str> = json["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|op| op["operationId"].as_str())
+            .collect();
+        let mut links = 0;
+        for (path, item) in json["paths"].as_object().unwrap() {
+            for op in item.as_object().unwrap().values() {
+                for response in op["responses"].as_object().unwrap().values() {
+                    let Some(ls) = response.get("links") else {
+                        continue;
+                    };
+                    for (name, link) in ls.as_object().unwrap() {
+                        links += 1;
+                        let target = link["operationId"].as_str();
+                        assert!(
+                            target.is_some_and(|t| ids.contains(&t)),
+                            "{path} link {name} has no known operationId: {link}"
+                        );
+                        assert!(link.get("operation_id").is_none(), "{link}");
+                        assert!(link.get("request_body").is_none(), "{link}");
+                    }
+                }
+            }
+        }
+        // Tokenize → its token and a payment; a payment and each change → the
+        // payment, its capture, void and refund.
+        assert_eq!(links, 2 + 4 + 3 * 4);
+        let pay = &json["paths"]["/v1/tokens"]["post"]["responses"]["201"]["links"]["pay"];
+        assert_eq!(pay["requestBody"]["token"], "$response.body#/token");
+    }
+
+    #[test]
+    fn every_operation_has_an_id_of_its_own() {
+        // OpenAPI requires it, and a client generated from the description names its
+        // methods by it: two `create`s would collide.
+        let json = serde_json::to_value(super::super::openapi()).unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        for (path, ops) in json["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+                assert!(!id.is_empty(), "{method} {path} has no operationId");
+                if let Some(other) = seen.insert(id.clone(), format!("{method} {path}")) {
+                    panic!("{method} {path} and {other} share the operationId {id}");
+                }
+            }
+        }
+        assert_eq!(seen.len(), 42);
     }
 }

@@ -3,7 +3,7 @@
 //! `GET /v1/payments?order_id=`, `GET /v1/reports/payments?from=&to=`.
 
 use super::dto::{self, wire};
-use super::extract::{HashedJson, HashedOptionalJson, Merchant};
+use super::extract::{query_int64, HashedJson, HashedOptionalJson, Merchant};
 use super::{Problem, St};
 use crate::service::payments::{
     AuthorizeRequest, ChangeKind, IdempotencyKey, PaymentOutcome, ThreeDs,
@@ -42,11 +42,16 @@ fn outcome(o: PaymentOutcome) -> Response {
 
 /// Authorises a payment with a token (and captures it if asked), exactly once per
 /// `Idempotency-Key`: a retry with the same key and body answers the same.
-#[utoipa::path(post, path = "/v1/payments", tag = "payments",
-    params(("Idempotency-Key" = String, Header, description = "1-255 characters; one per payment")),
+#[utoipa::path(post, path = "/v1/payments", tag = "payments", operation_id = "create_payment",
+    params(("Idempotency-Key" = String, Header, description = "1-255 characters; one per payment", pattern = "^[!-~]([ -~]{0,253}[!-~])?$")),
     request_body = AuthorizeIn,
     responses(
-        (status = 201, description = "authorised, captured, declined or failed", body = Payment),
+        (status = 201, description = "authorised, captured, declined or failed", body = Payment, links(
+            ("get" = (operation_id = "get_payment", parameters(("id" = "$response.body#/id")))),
+            ("capture" = (operation_id = "capture", parameters(("id" = "$response.body#/id")))),
+            ("void" = (operation_id = "void", parameters(("id" = "$response.body#/id")))),
+            ("refund" = (operation_id = "refund", parameters(("id" = "$response.body#/id")))),
+        )),
         (status = 202, description = "pending: in doubt at the acquirer; retry with the same key", body = Payment),
         (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
@@ -98,11 +103,16 @@ macro_rules! change_route {
         #[utoipa::path(post, path = $path, tag = "payments",
             params(
                 ("id" = String, Path, description = "a payment id"),
-                ("Idempotency-Key" = String, Header, description = "1-255 characters; one per change"),
+                ("Idempotency-Key" = String, Header, description = "1-255 characters; one per change", pattern = "^[!-~]([ -~]{0,253}[!-~])?$"),
             ),
-            request_body(content = AmountIn, description = "optional; an empty body takes the default amount"),
+            request_body(content = Option<AmountIn>, description = "optional; an empty body takes the default amount"),
             responses(
-                (status = 200, description = "the payment after the change", body = Payment),
+                (status = 200, description = "the payment after the change", body = Payment, links(
+                    ("get" = (operation_id = "get_payment", parameters(("id" = "$response.body#/id")))),
+                    ("capture" = (operation_id = "capture", parameters(("id" = "$response.body#/id")))),
+                    ("void" = (operation_id = "void", parameters(("id" = "$response.body#/id")))),
+                    ("refund" = (operation_id = "refund", parameters(("id" = "$response.body#/id")))),
+                )),
                 (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
                 (status = "5XX", description = "not done or outcome unknown", body = kura_types::Problem, content_type = "application/problem+json"),
             ),
@@ -131,7 +141,7 @@ change_route!(refund, "/v1/payments/{id}/refund", ChangeKind::Refund,
     "Refunds a captured payment: `amount` (default what is left); several refunds, never more than captured.");
 
 /// One of the merchant's payments, its state and history (linearizable).
-#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments",
+#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", operation_id = "get_payment",
     params(("id" = String, Path, description = "a payment id")),
     responses(
         (status = 200, description = "the payment", body = Payment),
@@ -180,7 +190,9 @@ pub async fn by_order(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RangeQuery {
+    #[serde(deserialize_with = "query_int64")]
     from: u64,
+    #[serde(deserialize_with = "query_int64")]
     to: u64,
 }
 

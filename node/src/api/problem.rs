@@ -1,5 +1,6 @@
 //! `application/problem+json` errors (RFC 9457) with a stable `code`.
 
+use super::strict_json::Strict;
 use crate::service::{Kind, ServiceError};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -113,11 +114,13 @@ impl IntoResponse for Problem {
     }
 }
 
-/// Parses a JSON body, turning every failure into a `400 invalid_json` problem that
-/// names the field without echoing its value.
+/// Parses a JSON body as the API's description reads it ([`Strict`]: objects are
+/// objects, `12.0` is an integer), with nothing after the value but whitespace,
+/// turning every failure into a `400 invalid_json` problem that names the field
+/// without echoing its value.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(Strict(&mut de)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let what = match inner.classify() {
@@ -132,7 +135,11 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
             format!(" at `{path}`")
         };
         Problem::bad_request("invalid_json", format!("{what}{at}"))
-    })
+    })?;
+    de.end().map_err(|_| {
+        Problem::bad_request("invalid_json", "the body has more after its JSON value")
+    })?;
+    Ok(value)
 }
 
 /// serde messages can quote input values (`invalid type: string "4242..."`); keep only
@@ -168,6 +175,30 @@ mod tests {
         assert!(!err.detail.contains("4242"), "{}", err.detail);
         let err = parse_json::<Card>(b"{not json").unwrap_err();
         assert_eq!(err.detail, "the body is not valid JSON");
+    }
+
+    #[test]
+    fn a_body_is_one_json_object_read_strictly() {
+        let card = parse_json::<Card>(b" {\"number\": \"1\", \"exp_month\": 12.0}\n").unwrap();
+        assert_eq!((card.number.as_str(), card.exp_month), ("1", 12));
+        for (body, detail) in [
+            (
+                &br#"["4242424242424242", 12]"#[..],
+                "invalid type: sequence, expected a JSON object",
+            ),
+            (
+                br#"{"number": "1", "exp_month": 12} {"number": "2"}"#,
+                "the body has more after its JSON value",
+            ),
+            (
+                br#"{"number": "1", "exp_month": 12}]"#,
+                "the body has more after its JSON value",
+            ),
+        ] {
+            let err = parse_json::<Card>(body).unwrap_err();
+            assert_eq!((err.code, err.detail.as_str()), ("invalid_json", detail));
+            assert!(!err.detail.contains("4242"), "{}", err.detail);
+        }
     }
 
     #[test]

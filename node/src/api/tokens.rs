@@ -12,10 +12,15 @@ use kura_types::{Token, TokenizeIn};
 /// Tokenize a card: `201` with a new token, or `200` with the card-on-file token the
 /// member already has for this card. A publishable key may create one-time tokens
 /// only, from an allowed origin.
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", operation_id = "create_token",
     request_body = TokenizeIn,
     responses(
-        (status = 201, description = "a new token", body = Token),
+        (status = 201, description = "a new token", body = Token, links(
+            ("get" = (operation_id = "get_token", parameters(("token" = "$response.body#/token")))),
+            ("pay" = (operation_id = "create_payment", request_body = json!({
+                "token": "$response.body#/token", "amount": 1000, "currency": "JPY",
+                "order_id": "$response.body#/token", "capture": false}))),
+        )),
         (status = 200, description = "the card was already on file for this member", body = Token),
         (status = "4XX", description = "refused", body = kura_types::Problem, content_type = "application/problem+json"),
         (status = "5XX", description = "not done (503) or outcome unknown (504)", body = kura_types::Problem, content_type = "application/problem+json"),
@@ -49,7 +54,7 @@ pub(super) fn tokenized(t: Tokenized) -> Response {
 }
 
 /// A token's metadata, linearizable, to its owner only (`404` to anyone else).
-#[utoipa::path(get, path = "/v1/tokens/{token}", tag = "tokens",
+#[utoipa::path(get, path = "/v1/tokens/{token}", tag = "tokens", operation_id = "get_token",
     params(("token" = String, Path, description = "a token id")),
     responses(
         (status = 200, description = "the token", body = Token),

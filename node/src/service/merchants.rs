@@ -145,28 +145,43 @@ fn check_origins(origins: &[String]) -> Result<(), OriginInvalid> {
             "at most {ALLOWED_ORIGINS_MAX} allowed_origins per merchant"
         )));
     }
-    for o in origins {
-        let host_port = o
-            .strip_prefix("https://")
-            .or_else(|| o.strip_prefix("http://").filter(|h| is_local(h)));
-        let ok = o.len() <= ORIGIN_CHARS_MAX
-            && host_port.is_some_and(|h| {
-                !h.is_empty()
-                    && h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-            });
-        if !ok {
-            return Err(OriginInvalid(
-                "each allowed origin must look like https://shop.example or https://shop.example:8443 (http:// only for localhost or 127.0.0.1), without a path".into(),
-            ));
-        }
+    if !origins.iter().all(|o| origin_ok(o)) {
+        return Err(OriginInvalid(
+            "each allowed origin must look like https://shop.example or https://shop.example:8443 (http:// only for localhost or 127.0.0.1), without a path".into(),
+        ));
     }
     Ok(())
 }
 
-fn is_local(host_port: &str) -> bool {
-    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
-    host == "localhost" || host == "127.0.0.1"
+/// The rule the API's description states as `AllowedOrigin`'s pattern: `https://` and
+/// a host name or IPv4 address (dot-separated labels of 1-63 letters, digits and `-`),
+/// or `http://localhost` or `http://127.0.0.1`; then an optional port of 1-5 digits;
+/// at most [`ORIGIN_CHARS_MAX`] in all.
+fn origin_ok(origin: &str) -> bool {
+    let (host_port, local_only) = match origin.strip_prefix("https://") {
+        Some(rest) => (rest, false),
+        None => match origin.strip_prefix("http://") {
+            Some(rest) => (rest, true),
+            None => return false,
+        },
+    };
+    let (host, port) = match host_port.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (host_port, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    let host_ok = if local_only {
+        host == "localhost" || host == "127.0.0.1"
+    } else {
+        host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+    };
+    origin.len() <= ORIGIN_CHARS_MAX && port_ok && host_ok
 }
 
 impl Service {
@@ -187,7 +202,7 @@ impl Service {
         m: NewMerchant,
     ) -> Result<WithKeys, CreateMerchantError> {
         check_merchant_id(&m.merchant_id)?;
-        if m.name.is_empty() || m.name.len() > MERCHANT_NAME_CHARS_MAX {
+        if m.name.is_empty() || m.name.chars().count() > MERCHANT_NAME_CHARS_MAX {
             return Err(CreateMerchantError::NameInvalid);
         }
         check_origins(&m.allowed_origins)?;
@@ -324,6 +339,26 @@ mod tests {
         assert!(!ok("http://shop.example"));
         assert!(!ok("https://shop.example/pay"));
         assert!(!ok("https://"));
+        assert!(ok("https://192.0.2.7:443"));
+        // What the looser rule before took: brackets and colons anywhere, an empty
+        // label, a port that is not a number, a second colon.
+        for bad in [
+            "https://[",
+            "https://:::",
+            "https://shop..example",
+            "https://shop.example:",
+            "https://shop.example:https",
+            "https://shop.example:443:1",
+            "http://localhost:80:90",
+            "http://localhost.evil.example",
+            "https://shop.example:123456",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
+        let at_limit = format!("https://{}ab", "a.".repeat(95));
+        assert_eq!(at_limit.len(), ORIGIN_CHARS_MAX);
+        assert!(ok(&at_limit));
+        assert!(!ok(&format!("{at_limit}c")));
         let many: Vec<String> = (0..=ALLOWED_ORIGINS_MAX)
             .map(|i| format!("https://s{i}.example"))
             .collect();
