@@ -9,6 +9,11 @@ up:
 test:
     ./scripts/test
 
+# The HTTP API against its own OpenAPI description (schemathesis), as the test command
+# runs it; another seed explores more: just api-fuzz SEED=7
+api-fuzz SEED="1":
+    cargo build -p kura-node --bin kura && KURA_API_FUZZ_SEED={{SEED}} ./scripts/api-fuzz target/debug/kura
+
 # The named fault scenarios of the turmoil simulation (each fault alone, and fsync off).
 sim:
     RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target-sim cargo test --profile sim -p kura-cluster-tests --features sim --lib --test chaos_scenarios -- --nocapture
