@@ -105,11 +105,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let visitor = Wrap {
-            inner: visitor,
-            shape: Shape::Struct,
-        };
-        self.0.deserialize_struct(name, fields, visitor)
+        self.0
+            .deserialize_struct(name, fields, Wrap::object(visitor))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -139,6 +136,14 @@ impl<V> Wrap<V> {
         Wrap {
             inner,
             shape: Shape::Other,
+        }
+    }
+
+    /// For a struct: an object, never an array.
+    fn object(inner: V) -> Wrap<V> {
+        Wrap {
+            inner,
+            shape: Shape::Struct,
         }
     }
 }
@@ -329,11 +334,7 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Variant<A> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, A::Error> {
-        let visitor = Wrap {
-            inner: visitor,
-            shape: Shape::Struct,
-        };
-        self.0.struct_variant(fields, visitor)
+        self.0.struct_variant(fields, Wrap::object(visitor))
     }
 }
 

@@ -340,8 +340,9 @@ mod tests {
         assert!(!ok("https://shop.example/pay"));
         assert!(!ok("https://"));
         assert!(ok("https://192.0.2.7:443"));
-        // What the looser rule before took: brackets and colons anywhere, an empty
-        // label, a port that is not a number, a second colon.
+        // Not origins: brackets and colons in the host, an empty label, an empty or
+        // non-numeric port, a second colon, a lookalike of localhost, a port of six
+        // digits. (The rule before this one took every one of them over https://.)
         for bad in [
             "https://[",
             "https://:::",
