@@ -553,6 +553,10 @@ fn the_systemd_unit_is_hardened_and_verifies() {
     };
     for (key, value) in [
         ("User", "kura"),
+        // A node whose storage failed exits (status 74) to be started again until the
+        // storage is sound: restarted on failure, and never given up on.
+        ("Restart", "on-failure"),
+        ("StartLimitIntervalSec", "0"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
         ("LimitCORE", "0"),

@@ -60,7 +60,19 @@ async fn run_node(
         let node = kura_node::node::start(&cfg, env)
             .await
             .map_err(|e| e.to_string())?;
-        shutdown_signal().await;
+        tokio::select! {
+            () = shutdown_signal() => {}
+            why = node.cluster.stopped() => {
+                // Crash-only: what is durable is the log and the vault's last durable
+                // commit, and a start replays the one over the other. Exiting at once,
+                // rather than shutting down, also leaves no task waiting on the storage
+                // that failed.
+                tracing::error!(
+                    "this node stops: {why}. Start it again once its storage is sound (free space, a healthy disk); it replays its log and catches up. The other nodes go on without it"
+                );
+                std::process::exit(kura_node::node::EXIT_STORAGE_FAILED);
+            }
+        }
         tracing::info!("shutting down");
         node.cluster.shutdown().await;
         Ok(())

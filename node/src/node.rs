@@ -200,6 +200,11 @@ impl OnConsensus {
     }
 }
 
+/// The exit status of a node that stopped itself because its storage failed
+/// (`EX_IOERR` of sysexits.h): see `Cluster::stopped`. A supervisor should start it
+/// again (the systemd unit does, `Restart=on-failure`).
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+
 /// Starts Raft and both listeners. Returns once the listeners are bound; serving
 /// continues in background tasks until the runtime stops.
 pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
@@ -336,6 +341,8 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         metrics: env.metrics.clone(),
         clock: env.clock.clone(),
         transfer_timeout: std::time::Duration::from_millis(cfg.api.write_timeout_ms),
+        // On real disks only (a simulation's nodes share a simulated one).
+        data_dir: env.consensus.is_some().then(|| cfg.data_dir.clone()),
     });
     let cvc = Arc::new(CvcStore::new(
         cfg.api.cvc_entries_max,

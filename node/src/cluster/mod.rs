@@ -439,6 +439,34 @@ impl Cluster {
         Some((id, member))
     }
 
+    /// Waits until this node can no longer do its part and says why: its Raft core
+    /// stopped (openraft ends the core at a storage error: a log append, a vote, an
+    /// apply or a snapshot that failed), or the vault's file could not be written (redb
+    /// takes no write after an I/O error until the database is opened again). Neither
+    /// mends while the process runs; started again, the node replays its log from its
+    /// last durable state. Never returns while the node is sound.
+    pub async fn stopped(&self) -> String {
+        let mut core = self.raft.metrics();
+        let mut vault = self.vault.failure();
+        loop {
+            if let Err(e) = &core.borrow_watched().running_state {
+                return format!("its Raft core stopped: {e}");
+            }
+            if let Some(e) = vault.borrow_and_update().clone() {
+                return format!("its vault could not be written: {e}");
+            }
+            tokio::select! {
+                changed = core.changed() => {
+                    if changed.is_err() {
+                        return "its Raft core is gone".into();
+                    }
+                }
+                // The vault's sender lives as long as the vault: never closed before.
+                _ = vault.changed() => {}
+            }
+        }
+    }
+
     /// True when this node currently believes it leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader

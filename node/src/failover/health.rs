@@ -20,6 +20,10 @@ pub struct HealthSettings {
     pub storage_canary_latency_ms_max: u64,
     /// A node further behind than this many entries is not ready.
     pub ready_lag_entries_max: u64,
+    /// Free space below this on the data directory's filesystem fails the
+    /// `disk_space` check, which counts as a storage failure: a leader hands over
+    /// before its disk fills, and the node does not stand for election. 0: no check.
+    pub storage_min_free_bytes: u64,
 }
 
 impl Default for HealthSettings {
@@ -29,7 +33,37 @@ impl Default for HealthSettings {
             unhealthy_threshold: 3,
             storage_canary_latency_ms_max: 500,
             ready_lag_entries_max: 1_000,
+            storage_min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
+    }
+}
+
+/// The default `storage_min_free_bytes`: 256 MiB, four of the log's 64 MiB segments
+/// (a new segment takes its whole size at once), with room left for the vault's file
+/// to grow by its write buffer and for a snapshot's chunk.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
+
+/// The `disk_space` check's outcome for `avail` bytes free (`None`: the filesystem
+/// could not be measured) against `floor`.
+pub(super) fn disk_space_check(avail: Option<u64>, floor: u64) -> (CheckStatus, String) {
+    const MIB: u64 = 1 << 20;
+    match avail {
+        Some(free) if free >= floor => (
+            CheckStatus::Pass,
+            format!("{} MiB free on the data directory's filesystem", free / MIB),
+        ),
+        Some(free) => (
+            CheckStatus::Fail,
+            format!(
+                "{} MiB free on the data directory's filesystem, under health.storage_min_free_bytes ({} MiB)",
+                free / MIB,
+                floor / MIB
+            ),
+        ),
+        None => (
+            CheckStatus::Fail,
+            "the data directory's filesystem could not be measured".into(),
+        ),
     }
 }
 
@@ -138,7 +172,8 @@ pub struct Check {
 /// A node's health as it reports it to operators and to the other nodes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeHealth {
-    /// Storage and keys have not failed `unhealthy_threshold` times in a row.
+    /// Storage (its canary and the disk's free space) and keys have not failed
+    /// `unhealthy_threshold` times in a row.
     pub healthy: bool,
     /// Can serve client requests now: healthy, knows a leader, caught up, not drained.
     pub ready: bool,
@@ -203,6 +238,7 @@ pub(super) const STORAGE: &str = "storage";
 pub(super) const KEYS: &str = "kek_provider";
 pub(super) const ROUTES: &str = "acquirer_routes";
 pub(super) const RAFT: &str = "raft";
+pub(super) const DISK_SPACE: &str = "disk_space";
 
 impl Health {
     /// No checks run yet: unhealthy and not ready until the first round.
@@ -258,7 +294,7 @@ impl Health {
                 .get(name)
                 .is_none_or(|c| c.consecutive_failures >= self.settings.unhealthy_threshold)
         };
-        let unhealthy_cause = if failed(STORAGE) {
+        let unhealthy_cause = if failed(STORAGE) || failed(DISK_SPACE) {
             Some(LeaderChangeCause::UnhealthyStorage)
         } else if failed(KEYS) {
             Some(LeaderChangeCause::UnhealthyKeys)
@@ -334,6 +370,11 @@ mod tests {
         h.record(STORAGE, CheckStatus::Pass, None, String::new());
         h.record(KEYS, CheckStatus::Pass, None, String::new());
         h.record(RAFT, CheckStatus::Pass, None, String::new());
+        assert!(
+            !h.report(false).healthy,
+            "the disk's space is not known yet"
+        );
+        h.record(DISK_SPACE, CheckStatus::NotConfigured, None, String::new());
         assert!(h.report(false).ready);
         assert!(!h.report(true).ready, "drained");
         for _ in 0..2 {
@@ -349,5 +390,35 @@ mod tests {
         assert_eq!(r.unhealthy_cause, Some(LeaderChangeCause::UnhealthyStorage));
         h.record(STORAGE, CheckStatus::Pass, None, String::new());
         assert!(h.report(false).healthy, "one pass resets");
+    }
+
+    #[test]
+    fn a_disk_under_its_floor_is_a_storage_failure() {
+        let floor = 256 << 20;
+        let (ok, message) = disk_space_check(Some(floor), floor);
+        assert_eq!(ok, CheckStatus::Pass, "{message}");
+        assert_eq!(message, "256 MiB free on the data directory's filesystem");
+        let (low, message) = disk_space_check(Some(floor - 1), floor);
+        assert_eq!(low, CheckStatus::Fail);
+        assert!(message.contains("255 MiB free"), "{message}");
+        assert!(
+            message.contains("health.storage_min_free_bytes (256 MiB)"),
+            "{message}"
+        );
+        assert_eq!(disk_space_check(None, floor).0, CheckStatus::Fail);
+
+        let h = Health::new(HealthSettings::default(), FailoverSettings::default(), 300);
+        for name in [STORAGE, KEYS, RAFT, DISK_SPACE] {
+            h.record(name, CheckStatus::Pass, None, String::new());
+        }
+        assert!(h.report(false).ready);
+        for _ in 0..h.settings.unhealthy_threshold {
+            h.record(DISK_SPACE, low, None, message.clone());
+        }
+        let r = h.report(false);
+        assert_eq!((r.healthy, r.ready), (false, false));
+        assert_eq!(r.unhealthy_cause, Some(LeaderChangeCause::UnhealthyStorage));
+        h.record(DISK_SPACE, CheckStatus::Pass, None, String::new());
+        assert!(h.report(false).ready, "space freed: healthy again");
     }
 }

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::runtime::Clock;
 use crate::vault::LeaderChangeCause;
 use decide::{Decision, Leadership, Me, Peer, PeerReport, View};
-use health::{KEYS, RAFT, ROUTES, STORAGE};
+use health::{disk_space_check, DISK_SPACE, KEYS, RAFT, ROUTES, STORAGE};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,9 @@ pub struct Failover {
     pub clock: Clock,
     /// How long a handoff may take.
     pub transfer_timeout: Duration,
+    /// The data directory, whose filesystem's free space is checked (`None` in a
+    /// simulation, whose nodes share a simulated disk).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Failover {
@@ -111,6 +114,29 @@ async fn run_checks(st: &Failover) {
                 "canary write did not commit within {} ms",
                 bound.as_millis()
             ),
+        ),
+    }
+    let floor = h.settings.storage_min_free_bytes;
+    match st.data_dir.clone().filter(|_| floor > 0) {
+        Some(dir) => {
+            // statvfs reads no data; off the runtime all the same, and bounded like the
+            // canary, in case the filesystem hangs.
+            let started = Instant::now();
+            let measured = tokio::time::timeout(
+                bound,
+                tokio::task::spawn_blocking(move || crate::files::filesystem_space(&dir)),
+            )
+            .await;
+            let avail = measured.ok().and_then(Result::ok).flatten().map(|s| s.0);
+            let (status, message) = disk_space_check(avail, floor);
+            h.record(DISK_SPACE, status, Some(started.elapsed()), message);
+        }
+        None => h.record(
+            DISK_SPACE,
+            CheckStatus::NotConfigured,
+            None,
+            "free space is not checked (health.storage_min_free_bytes = 0, or a simulated disk)"
+                .into(),
         ),
     }
     let started = Instant::now();

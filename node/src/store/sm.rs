@@ -95,6 +95,9 @@ pub struct SharedVault {
     durable_log: Arc<std::sync::atomic::AtomicU64>,
     /// The buffer's bound in changed keys ([`FLUSH_KEYS`]).
     flush_keys: std::sync::atomic::AtomicUsize,
+    /// The first failure to write the vault's file, once there was one (see
+    /// [`SharedVault::failure`]).
+    failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// What an apply learnt about the vault, for the next apply to the same state.
@@ -231,6 +234,25 @@ impl SharedVault {
         read_applied(&db.db).expect("readable").0
     }
 
+    /// Tells of the first failure to write the vault's file (`None` until one). redb
+    /// refuses every write after an I/O error until the database is opened again, so
+    /// the vault then keeps only what its buffer holds, and the node must start again
+    /// (replaying its log from the last durable commit) to write anything more.
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failure.subscribe()
+    }
+
+    /// Notes `e` as the vault's failure, unless one is noted already.
+    fn failed(&self, e: &io::Error) {
+        self.failure.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(e.to_string());
+            }
+            first
+        });
+    }
+
     fn durable_log_index(&self) -> u64 {
         self.durable_log.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -365,6 +387,7 @@ impl SharedVault {
                 Ok(())
             }
             Err(e) => {
+                self.failed(&e);
                 // Nothing written: the changes go back into the buffer, under any
                 // applied since. Under the apply lock as well, since only its holder
                 // may change the buffer: an apply merging a large batch into a copy
@@ -395,7 +418,7 @@ impl SharedVault {
         if f.last.map_or(0, |l| l.index) > self.durable_log_index() {
             return Ok(Durability::LogBehind);
         }
-        durable_commit(&db.db)?;
+        durable_commit(&db.db).inspect_err(|e| self.failed(e))?;
         *f = Flushed::durable(f.last);
         Ok(Durability::Durable)
     }
@@ -417,7 +440,9 @@ pub(super) enum Durability {
 /// [`DURABLE_EVERY_ENTRIES`]); applies never write the file themselves (unless the
 /// buffer is full), so none waits for its pages or its fsync. When this node's log is
 /// not yet durable up to the applied state it tries again shortly: the log's writer
-/// syncs continuously, so it catches up within a sync or two.
+/// syncs continuously, so it catches up within a sync or two. It ends at the first
+/// failure to write the file, which nothing but a restart mends
+/// ([`SharedVault::failure`]).
 pub async fn durable_loop(vault: std::sync::Weak<SharedVault>, mode: super::WriterMode) {
     let mut retry = false;
     loop {
@@ -429,8 +454,11 @@ pub async fn durable_loop(vault: std::sync::Weak<SharedVault>, mode: super::Writ
         {
             Ok(d) => retry = d == Durability::LogBehind,
             Err(e) => {
-                retry = false;
+                // Nothing more can be written (see `SharedVault::failure`): the node
+                // stops on it (`Cluster::stopped`); trying again would only log the
+                // same refusal every round.
                 tracing::error!(error = %e, "the vault could not be written or made durable");
+                return;
             }
         }
     }
@@ -557,6 +585,7 @@ impl StateMachine {
                 flush: std::sync::Mutex::new(Flushed::durable(applied)),
                 durable_log: store.durable_log.clone(),
                 flush_keys: FLUSH_KEYS.into(),
+                failure: tokio::sync::watch::Sender::new(None),
             }),
             store,
             files,
