@@ -505,6 +505,24 @@ impl ProcCluster {
         self.children[i] = Some(child);
     }
 
+    /// Waits up to `within` for node `i` to exit by itself; its exit status. The node
+    /// counts as stopped after (it can be started again).
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.children[i].as_mut().expect("node is running");
+            if let Some(status) = child.try_wait().expect("wait for node") {
+                self.children[i] = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} still runs after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILLs node `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
@@ -712,6 +730,76 @@ impl ProcCluster {
             .await
             .secret_key
             .expect("secret key")
+    }
+}
+
+/// A tmpfs of a fixed size mounted on a directory (a disk that can fill), unmounted
+/// when dropped.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `mib` MiB on `dir` (created). `None` unless this process runs
+    /// as root, which mounting needs; a failed mount as root panics.
+    pub fn mount(dir: &Path, mib: u64) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount a tmpfs on {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Tmpfs {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Bytes free on it.
+    pub fn free(&self) -> u64 {
+        kura_node::files::filesystem_space(&self.dir)
+            .expect("statvfs")
+            .0
+    }
+
+    /// Writes zeros into `name` on it until `leave` bytes are free, or until it is
+    /// full (`leave` 0).
+    pub fn fill(&self, name: &str, leave: u64) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.join(name)).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        loop {
+            let free = self.free();
+            if free <= leave {
+                return;
+            }
+            let n = chunk.len().min((free - leave) as usize);
+            if f.write_all(&chunk[..n]).is_err() {
+                return; // full
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: a node may still hold files open on it.
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 

@@ -3,12 +3,13 @@
 //! back until healthy, after which main gets it back (failback); a SIGSTOPped leader is
 //! replaced (never by a `never_lead` node) and rejoins as a follower without serving a
 //! stale read; a rolling restart with drain loses nothing; a cluster started again is
-//! led by main from its first election. Each records how long the failover took and
+//! led by main from its first election; a leader whose disk fills hands over under its
+//! free-space floor, stops itself once full, and catches up when started again. Each records how long the failover took and
 //! the longest gap between successful writes a client saw.
 
 use kura_cluster_tests::load::Writers;
 use kura_cluster_tests::procs::{
-    acquirer_toml, tokenize_request, wait_for, AcquirerSim, ProcCluster,
+    acquirer_toml, tokenize_request, wait_for, AcquirerSim, ProcCluster, Tmpfs,
 };
 use kura_node::vault::card::luhn_check_digit;
 use kura_sdk::Faults;
@@ -250,6 +251,82 @@ async fn gray_failure_hands_over_and_fails_back(
         "leader change labelled failback"
     );
     assert!(ready(&c, 0).await["status"] == "ready");
+}
+
+/// main's data directory on a 192 MiB tmpfs, under writes through every node. Filled to
+/// under its free-space floor (64 MiB here), main fails its `disk_space` check and hands
+/// leadership over (`unhealthy_storage`). Filled to the last byte, it can no longer
+/// write its vault and stops itself with status 74 rather than stay up with a store
+/// that refuses every write (redb after an I/O error). With the space freed and main
+/// started again, it replays its log, catches up, leads again by failback, and serves
+/// every acknowledged write. Needs root (to mount); skipped without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fills_hands_over_stops_when_full_and_catches_up_once_freed() {
+    let mut c = ProcCluster::prepare(&format!(
+        "{FAST_FAILBACK}[health]\nstorage_min_free_bytes = {}\n",
+        64 << 20
+    ));
+    let Some(disk) = Tmpfs::mount(&c.data_dir(0), 192) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.init().await;
+    let key = c.merchant("disk").await;
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let load = Load::start(&c, &key, 3);
+    load.wait_for_more(30).await;
+    assert!(disk.free() > 64 << 20, "room above the floor to start with");
+
+    disk.fill("filler-1", 32 << 20);
+    wait_for("another node to lead", Duration::from_secs(20), || async {
+        matches!(leader_seen_by(&c, 1).await, Some(l) if l != 0)
+    })
+    .await;
+    assert_eq!(
+        c.metric(0, "kura_health_check_passing{check=\"disk_space\"}")
+            .await,
+        0.0,
+        "main fails its disk_space check"
+    );
+    assert_eq!(ready(&c, 0).await["status_code"], 503, "main is not ready");
+    load.wait_for_more(30).await;
+
+    disk.fill("filler-2", 0);
+    let status = c.wait_exit(0, Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(74), "main stops itself: {status}");
+    let log = std::fs::read_to_string(c.log_path(0)).unwrap();
+    assert!(
+        log.contains("this node stops: its vault could not be written")
+            || log.contains("this node stops: its Raft core stopped"),
+        "main says why it stopped"
+    );
+    load.wait_for_more(30).await;
+
+    std::fs::remove_file(c.data_dir(0).join("filler-1")).unwrap();
+    std::fs::remove_file(c.data_dir(0).join("filler-2")).unwrap();
+    c.restart(0);
+    wait_for_leader(&c, 0, 1, Duration::from_secs(60)).await;
+    load.wait_for_more(20).await;
+    let (acked, gap) = load.finish().await;
+    eprintln!(
+        "disk full: {} writes acknowledged; longest gap {gap:?}",
+        acked.len()
+    );
+    assert_all_readable(&c, &key, &acked).await;
+    assert!(
+        c.metric(
+            1,
+            "kura_raft_leader_changes_total{cause=\"unhealthy_storage\"}"
+        )
+        .await
+            >= 1.0,
+        "the handover is labelled unhealthy_storage"
+    );
+    drop(c);
+    drop(disk);
 }
 
 fn cause_label(cause: &str) -> &'static str {
