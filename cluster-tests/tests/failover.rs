@@ -4,7 +4,8 @@
 //! replaced (never by a `never_lead` node) and rejoins as a follower without serving a
 //! stale read; a rolling restart with drain loses nothing; a cluster started again is
 //! led by main from its first election; a leader whose disk fills hands over under its
-//! free-space floor, stops itself once full, and catches up when started again. Each records how long the failover took and
+//! free-space floor, stops itself once full, and catches up when started again; with
+//! every disk short, the leader takes no new cards but serves the rest. Each records how long the failover took and
 //! the longest gap between successful writes a client saw.
 
 use kura_cluster_tests::load::Writers;
@@ -327,6 +328,95 @@ async fn a_leader_whose_disk_fills_hands_over_stops_when_full_and_catches_up_onc
     );
     drop(c);
     drop(disk);
+}
+
+/// Every node's data directory on a tmpfs of its own, each filled to under half its
+/// free-space floor: no node has room to take over, so the leader keeps leading and
+/// keeps its reserve. New cards are refused (`insufficient_storage`, nothing stored);
+/// cards on file are still read and deleted. With the space freed, new cards are taken
+/// again, on their own. Needs root (to mount); skipped without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_disk_short_the_leader_takes_no_new_cards_and_serves_the_rest() {
+    let mut c = ProcCluster::prepare(&format!(
+        "[health]\nstorage_min_free_bytes = {}\n",
+        64 << 20
+    ));
+    let mut disks = Vec::new();
+    for i in 0..3 {
+        match Tmpfs::mount(&c.data_dir(i), 160) {
+            Some(d) => disks.push(d),
+            None => {
+                eprintln!("skipped: mounting a tmpfs needs root");
+                return;
+            }
+        }
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.init().await;
+    let key = c.merchant("short").await;
+    let client = c.client(&[0, 1, 2], &key);
+    let kept = client
+        .tokenize(&tokenize_request(&pan(1), Some("m-1")))
+        .await
+        .unwrap();
+    let deleted = client
+        .tokenize(&tokenize_request(&pan(2), Some("m-2")))
+        .await
+        .unwrap();
+
+    for d in &disks {
+        d.fill("filler", 16 << 20);
+    }
+    let mut n = 10;
+    let refused = loop {
+        n += 1;
+        match client
+            .tokenize(&tokenize_request(&pan(n), Some("m-3")))
+            .await
+        {
+            Ok(_) => {
+                assert!(n < 200, "new cards still taken with every disk short");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&refused, kura_sdk::Error::Api { status: 503, code, .. } if *code == kura_sdk::ProblemCode::InsufficientStorage),
+        "{refused}"
+    );
+    eprintln!(
+        "every disk short: {} new cards taken before the refusal: {refused}",
+        n - 11
+    );
+    // Nothing was stored: the member has no card from the refused request.
+    let cards = client.member_cards("m-3").await.unwrap();
+    assert_eq!(
+        cards.cards.len() as u32,
+        n - 11,
+        "only the cards taken before"
+    );
+    assert_eq!(
+        client.get_token(&kept.token).await.unwrap().last4,
+        kept.last4
+    );
+    client.delete_card("m-2", &deleted.token).await.unwrap();
+    assert!(client.get_token(&deleted.token).await.is_err(), "deleted");
+
+    for i in 0..3 {
+        std::fs::remove_file(c.data_dir(i).join("filler")).unwrap();
+    }
+    wait_for("new cards taken again", Duration::from_secs(20), || async {
+        client
+            .tokenize(&tokenize_request(&pan(500), Some("m-4")))
+            .await
+            .is_ok()
+    })
+    .await;
+    drop(c);
+    drop(disks);
 }
 
 fn cause_label(cause: &str) -> &'static str {

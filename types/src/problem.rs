@@ -27,6 +27,9 @@ pub enum ProblemCode {
     OutcomeUnknown,
     ReplicationUnavailable,
     StorageUnavailable,
+    /// The leader's disk is under its reserve: it takes no new cards or payments until
+    /// space is freed (503); nothing was done.
+    InsufficientStorage,
     ShuttingDown,
     Unauthorized,
     SecretKeyRequired,
@@ -118,6 +121,7 @@ impl ProblemCode {
         ProblemCode::OutcomeUnknown,
         ProblemCode::ReplicationUnavailable,
         ProblemCode::StorageUnavailable,
+        ProblemCode::InsufficientStorage,
         ProblemCode::ShuttingDown,
         ProblemCode::Unauthorized,
         ProblemCode::SecretKeyRequired,
@@ -202,6 +206,7 @@ impl ProblemCode {
             ProblemCode::OutcomeUnknown => "outcome_unknown",
             ProblemCode::ReplicationUnavailable => "replication_unavailable",
             ProblemCode::StorageUnavailable => "storage_unavailable",
+            ProblemCode::InsufficientStorage => "insufficient_storage",
             ProblemCode::ShuttingDown => "shutting_down",
             ProblemCode::Unauthorized => "unauthorized",
             ProblemCode::SecretKeyRequired => "secret_key_required",

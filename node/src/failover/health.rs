@@ -232,6 +232,9 @@ pub struct Health {
     pub(super) standby_after_ms: u64,
     /// A handoff is under way (it runs beside the checks, which must go on meanwhile).
     pub(super) handing_over: std::sync::atomic::AtomicBool,
+    /// Bytes free on the data directory's filesystem at the last check (`u64::MAX`:
+    /// not measured).
+    pub(super) free_bytes: std::sync::atomic::AtomicU64,
 }
 
 pub(super) const STORAGE: &str = "storage";
@@ -258,7 +261,18 @@ impl Health {
             leaderless_since_ms: Mutex::new(None),
             standby_after_ms: 3 * election_timeout_max_ms,
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            free_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Whether the data directory's filesystem had less than half of
+    /// `storage_min_free_bytes` free at the last check: the reserve a leader keeps by
+    /// refusing new cards and payments. Under the floor itself a leader hands over;
+    /// it still leads under half of it only when no other node could take over (every
+    /// disk is short).
+    pub fn below_reserve(&self) -> bool {
+        let free = self.free_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        free < self.settings.storage_min_free_bytes / 2
     }
 
     pub(super) fn record(
@@ -420,5 +434,36 @@ mod tests {
         assert_eq!(r.unhealthy_cause, Some(LeaderChangeCause::UnhealthyStorage));
         h.record(DISK_SPACE, CheckStatus::Pass, None, String::new());
         assert!(h.report(false).ready, "space freed: healthy again");
+    }
+
+    #[test]
+    fn the_reserve_is_half_the_floor_and_unmeasured_space_is_not_short() {
+        let settings = HealthSettings {
+            storage_min_free_bytes: 100,
+            ..HealthSettings::default()
+        };
+        let h = Health::new(settings.clone(), FailoverSettings::default(), 300);
+        assert!(!h.below_reserve(), "not measured yet");
+        let set = |free: u64| {
+            h.free_bytes
+                .store(free, std::sync::atomic::Ordering::Relaxed)
+        };
+        set(60);
+        assert!(!h.below_reserve(), "under the floor, above the reserve");
+        set(50);
+        assert!(!h.below_reserve());
+        set(49);
+        assert!(h.below_reserve());
+        let off = Health::new(
+            HealthSettings {
+                storage_min_free_bytes: 0,
+                ..settings
+            },
+            FailoverSettings::default(),
+            300,
+        );
+        off.free_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        assert!(!off.below_reserve(), "no floor, no reserve");
     }
 }

@@ -128,6 +128,10 @@ async fn run_checks(st: &Failover) {
             )
             .await;
             let avail = measured.ok().and_then(Result::ok).flatten().map(|s| s.0);
+            h.free_bytes.store(
+                avail.unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let (status, message) = disk_space_check(avail, floor);
             h.record(DISK_SPACE, status, Some(started.elapsed()), message);
         }

@@ -57,6 +57,9 @@ pub enum Replication {
     /// This node cannot read its own copy of the vault; nothing was done.
     #[error("this node cannot read its vault storage; nothing was done; retry on another node")]
     Storage,
+    /// The leader's disk is under its reserve; nothing was done.
+    #[error("the leader's disk is under its reserve (half of health.storage_min_free_bytes): it takes no new cards or payments until space is freed; payments already open still complete; nothing was done")]
+    InsufficientStorage,
 }
 
 impl ServiceError for Replication {
@@ -67,6 +70,7 @@ impl ServiceError for Replication {
             Replication::OutcomeUnknown(_) => "outcome_unknown",
             Replication::Unavailable(_) => "replication_unavailable",
             Replication::Storage => "storage_unavailable",
+            Replication::InsufficientStorage => "insufficient_storage",
         }
     }
 

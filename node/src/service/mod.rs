@@ -213,6 +213,13 @@ impl Service {
     /// Proposes `cmd`, bounded by the write timeout. Gives up early, outcome unknown, if
     /// this node's Raft core gets stuck meanwhile.
     pub(crate) async fn write(&self, cmd: Command) -> Result<Response, Replication> {
+        // Every node's disk short (or this one's filled faster than it could hand
+        // over): keep what is left for what is already open. Proposals start on the
+        // leader only (followers forward), so this is the leader's own disk.
+        if cmd.starts_new() && self.failover.health.below_reserve() {
+            self.metrics.proposal_failed("insufficient_storage");
+            return Err(Replication::InsufficientStorage);
+        }
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         let write = tokio::time::timeout(timeout, self.cluster.write(cmd));
         self.metrics.proposals.inc();

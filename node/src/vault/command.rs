@@ -335,6 +335,35 @@ impl Command {
         }
     }
 
+    /// Whether the command starts something new that the vault keeps — a card, a
+    /// payment — rather than changing, completing or removing what it holds. A leader
+    /// short of disk refuses these and still takes the rest, so that payments already
+    /// open complete and leadership, keys and deletions keep working.
+    pub fn starts_new(&self) -> bool {
+        match self {
+            Command::Tokenize { .. }
+            | Command::UseOneTimeForCard { .. }
+            | Command::OpenPayment { .. } => true,
+            Command::InstallDataKey { .. }
+            | Command::CreateMerchant { .. }
+            | Command::RotateMerchantKey { .. }
+            | Command::UpdateMerchant { .. }
+            | Command::InstallFingerprintKey { .. }
+            | Command::RewrapKeys { .. }
+            | Command::SignAuditHead { .. }
+            | Command::PurgeCards { .. }
+            | Command::DeleteCard { .. }
+            | Command::ResealCards { .. }
+            | Command::RetireDataKey { .. }
+            | Command::RecordLeaderChange { .. }
+            | Command::SetDrained { .. }
+            | Command::SettlePayment { .. }
+            | Command::ReroutePayment { .. }
+            | Command::ChangePayment { .. }
+            | Command::RecordAdminAction { .. } => false,
+        }
+    }
+
     /// A short name of the action, as the audit trail records it.
     pub fn action(&self) -> &'static str {
         match self {
