@@ -58,7 +58,7 @@ pub enum Replication {
     #[error("this node cannot read its vault storage; nothing was done; retry on another node")]
     Storage,
     /// The leader's disk is under its reserve; nothing was done.
-    #[error("the leader's disk is under its reserve (half of health.storage_min_free_bytes): it takes no new cards or payments until space is freed; payments already open still complete; nothing was done")]
+    #[error("the vault's storage is nearly full: no new cards or payments are taken until its operators free space; payments already open still complete; nothing was done")]
     InsufficientStorage,
 }
 
