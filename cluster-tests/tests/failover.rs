@@ -254,6 +254,33 @@ async fn gray_failure_hands_over_and_fails_back(
     assert!(ready(&c, 0).await["status"] == "ready");
 }
 
+/// A cluster formed with a free-space floor of 64 MiB and `extra_toml`, the data
+/// directories of the nodes `on_tmpfs` each on a tmpfs of `mib` MiB; `None`, said,
+/// without root (which mounting needs).
+async fn formed_on_tmpfs(
+    extra_toml: &str,
+    on_tmpfs: &[usize],
+    mib: u64,
+) -> Option<(ProcCluster, Vec<Tmpfs>)> {
+    let mut c = ProcCluster::prepare(&format!(
+        "{extra_toml}[health]\nstorage_min_free_bytes = {}\n",
+        64 << 20
+    ));
+    let mut disks = Vec::new();
+    for &i in on_tmpfs {
+        let Some(d) = Tmpfs::mount(&c.data_dir(i), mib) else {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        };
+        disks.push(d);
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.init().await;
+    Some((c, disks))
+}
+
 /// main's data directory on a 192 MiB tmpfs, under writes through every node. Filled to
 /// under its free-space floor (64 MiB here), main fails its `disk_space` check and hands
 /// leadership over (`unhealthy_storage`). Filled to the last byte, it can no longer
@@ -263,18 +290,10 @@ async fn gray_failure_hands_over_and_fails_back(
 /// every acknowledged write. Needs root (to mount); skipped without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_disk_fills_hands_over_stops_when_full_and_catches_up_once_freed() {
-    let mut c = ProcCluster::prepare(&format!(
-        "{FAST_FAILBACK}[health]\nstorage_min_free_bytes = {}\n",
-        64 << 20
-    ));
-    let Some(disk) = Tmpfs::mount(&c.data_dir(0), 192) else {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some((mut c, mut disks)) = formed_on_tmpfs(FAST_FAILBACK, &[0], 192).await else {
         return;
     };
-    for i in 0..3 {
-        c.restart(i);
-    }
-    c.init().await;
+    let disk = disks.pop().unwrap();
     let key = c.merchant("disk").await;
     wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
     let load = Load::start(&c, &key, 3);
@@ -337,24 +356,9 @@ async fn a_leader_whose_disk_fills_hands_over_stops_when_full_and_catches_up_onc
 /// again, on their own. Needs root (to mount); skipped without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_disk_short_the_leader_takes_no_new_cards_and_serves_the_rest() {
-    let mut c = ProcCluster::prepare(&format!(
-        "[health]\nstorage_min_free_bytes = {}\n",
-        64 << 20
-    ));
-    let mut disks = Vec::new();
-    for i in 0..3 {
-        match Tmpfs::mount(&c.data_dir(i), 160) {
-            Some(d) => disks.push(d),
-            None => {
-                eprintln!("skipped: mounting a tmpfs needs root");
-                return;
-            }
-        }
-    }
-    for i in 0..3 {
-        c.restart(i);
-    }
-    c.init().await;
+    let Some((c, disks)) = formed_on_tmpfs("", &[0, 1, 2], 160).await else {
+        return;
+    };
     let key = c.merchant("short").await;
     let client = c.client(&[0, 1, 2], &key);
     let kept = client
