@@ -224,6 +224,9 @@ pub(crate) fn peer_request(
         .expect("valid peer request")
 }
 
+/// How often [`Cluster::stopped`] looks at the Raft core's state.
+const STOPPED_POLL: Duration = Duration::from_millis(250);
+
 impl Cluster {
     /// Opens the Raft node over `store`: Raft's messages go through `raft_pool`, the
     /// rest of what it asks peers (status, health, transfers) through `pool`.
@@ -445,22 +448,21 @@ impl Cluster {
     /// takes no write after an I/O error until the database is opened again). Neither
     /// mends while the process runs; started again, the node replays its log from its
     /// last durable state. Never returns while the node is sound.
+    ///
+    /// The core's state is polled every [`STOPPED_POLL`]: the core publishes its
+    /// metrics several times per write, and a task woken on each would add a thread
+    /// wake-up to every write.
     pub async fn stopped(&self) -> String {
-        let mut core = self.raft.metrics();
         let mut vault = self.vault.failure();
         loop {
-            if let Err(e) = &core.borrow_watched().running_state {
+            if let Err(e) = &self.raft.metrics().borrow_watched().running_state {
                 return format!("its Raft core stopped: {e}");
             }
             if let Some(e) = vault.borrow_and_update().clone() {
                 return format!("its vault could not be written: {e}");
             }
             tokio::select! {
-                changed = core.changed() => {
-                    if changed.is_err() {
-                        return "its Raft core is gone".into();
-                    }
-                }
+                () = crate::runtime::sleep(STOPPED_POLL) => {}
                 // The vault's sender lives as long as the vault: never closed before.
                 _ = vault.changed() => {}
             }
