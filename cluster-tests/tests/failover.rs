@@ -113,7 +113,8 @@ impl Load {
 /// Every acknowledged token is readable through every node. A node that cannot
 /// confirm a quorum for the moment (a 503, on a starved machine) is asked again for up
 /// to 20 s; any other answer, a 404 first of all, fails at once.
-async fn assert_all_readable(c: &ProcCluster, key: &str, tokens: &[String]) {
+async fn assert_all_readable(c: &ProcCluster, key: &str, tokens: &[String]) -> u64 {
+    let mut newest = 0;
     for node in 0..3 {
         if !c.running(node) {
             continue;
@@ -123,7 +124,10 @@ async fn assert_all_readable(c: &ProcCluster, key: &str, tokens: &[String]) {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 match client.get_token(t).await {
-                    Ok(_) => break,
+                    Ok(token) => {
+                        newest = newest.max(token.created_at);
+                        break;
+                    }
                     Err(
                         kura_sdk::Error::Api { status: 503, .. }
                         | kura_sdk::Error::Unavailable { .. },
@@ -135,6 +139,15 @@ async fn assert_all_readable(c: &ProcCluster, key: &str, tokens: &[String]) {
             }
         }
     }
+    newest
+}
+
+/// Unix seconds by this machine's clock.
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// The index of the leader according to node `asked`, if it knows one.
@@ -175,7 +188,7 @@ async fn gray_failure_hands_over_and_fails_back(
     cause: &str,
     extra_toml: &str,
     slow_disks: bool,
-) {
+) -> (ProcCluster, String) {
     let c = ProcCluster::start_with_faults(&format!("{FAST_FAILBACK}{extra_toml}"), &[]);
     c.init().await;
     let key = c.merchant("gray").await;
@@ -232,7 +245,14 @@ async fn gray_failure_hands_over_and_fails_back(
         "{cause}: {} writes acknowledged; longest gap {gap:?}",
         acked.len()
     );
-    assert_all_readable(&c, &key, &acked).await;
+    let newest = assert_all_readable(&c, &key, &acked).await;
+    // Whatever failed, no write was stamped with a time still to come.
+    let now = unix_now_s();
+    assert!(
+        newest <= now + 1,
+        "a token created at {newest}, {} s ahead of the clock",
+        newest.saturating_sub(now)
+    );
     let by_cause = |cause: &'static str| {
         let c = &c;
         async move {
@@ -252,6 +272,7 @@ async fn gray_failure_hands_over_and_fails_back(
         "leader change labelled failback"
     );
     assert!(ready(&c, 0).await["status"] == "ready");
+    (c, key)
 }
 
 /// A cluster formed with a free-space floor of 64 MiB and `extra_toml`, the data
@@ -427,6 +448,7 @@ fn cause_label(cause: &str) -> &'static str {
     match cause {
         "unhealthy_storage" => "unhealthy_storage",
         "unhealthy_routes" => "unhealthy_routes",
+        "unhealthy_clock" => "unhealthy_clock",
         _ => "unhealthy_keys",
     }
 }
@@ -521,6 +543,34 @@ async fn a_leader_whose_kek_provider_fails_hands_over_and_gets_it_back_once_heal
         false,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_clock_steps_forty_days_ahead_stamps_true_time_and_hands_over() {
+    // A bad time source steps main's wall clock while it leads under load. Until it
+    // hands over, the writes it stamps take the other nodes' time (the helper checks
+    // that no acknowledged token is dated ahead of now); then it leads again once its
+    // clock is back.
+    let (c, key) = gray_failure_hands_over_and_fails_back(
+        Faults {
+            clock_offset_ms: 40 * 86_400_000,
+            ..Faults::default()
+        },
+        "unhealthy_clock",
+        "",
+        false,
+    )
+    .await;
+    // The replicated clock did not move ahead: a card that expires this month is still
+    // taken (forty days ahead, it is past its expiry).
+    let (year, month) = kura_node::vault::card::year_month_of_ms(unix_now_s() * 1000);
+    let card = kura_sdk::CardIn::new(&pan(4_000_001), month, year);
+    let token = c
+        .client(&[0, 1, 2], &key)
+        .tokenize(&kura_sdk::TokenizeIn::card_on_file(card, "this-month"))
+        .await
+        .expect("a card valid this month is taken");
+    assert!(token.created_at <= unix_now_s() + 1, "{token:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

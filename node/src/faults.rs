@@ -1,9 +1,9 @@
 //! Fault switches for tests: stall or slow storage writes, fail the KEK provider, block
-//! the acquirer routes on one node. Off unless the node was started with
+//! the acquirer routes on one node, step its wall clock. Off unless the node was started with
 //! `--enable-fault-injection` *and* its config sets `[faults] enabled = true`; the admin
 //! endpoint that flips them answers `403 fault_injection_disabled` otherwise.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often a stalled writer looks whether the stall was lifted.
@@ -16,6 +16,7 @@ pub struct FaultSwitches {
     storage_delay_ms: AtomicU64,
     kek_failing: AtomicBool,
     routes_blocked: AtomicBool,
+    clock_offset_ms: AtomicI64,
 }
 
 /// The switches as the admin endpoint shows and sets them.
@@ -30,6 +31,8 @@ pub struct FaultState {
     pub kek_failing: bool,
     /// Calls to the acquirer routes fail as unreachable.
     pub routes_blocked: bool,
+    /// The node's wall clock reads this far ahead (negative: behind), as after a step.
+    pub clock_offset_ms: i64,
 }
 
 impl FaultSwitches {
@@ -42,6 +45,8 @@ impl FaultSwitches {
         self.kek_failing.store(s.kek_failing, Ordering::Relaxed);
         self.routes_blocked
             .store(s.routes_blocked, Ordering::Relaxed);
+        self.clock_offset_ms
+            .store(s.clock_offset_ms, Ordering::Relaxed);
     }
 
     /// The current switches.
@@ -51,6 +56,7 @@ impl FaultSwitches {
             storage_delay_ms: self.storage_delay_ms.load(Ordering::Relaxed),
             kek_failing: self.kek_failing.load(Ordering::Relaxed),
             routes_blocked: self.routes_blocked.load(Ordering::Relaxed),
+            clock_offset_ms: self.clock_offset_ms.load(Ordering::Relaxed),
         }
     }
 
@@ -80,6 +86,11 @@ impl FaultSwitches {
     /// True while the KEK provider should fail.
     pub fn kek_failing(&self) -> bool {
         self.kek_failing.load(Ordering::Relaxed)
+    }
+
+    /// How far the node's wall clock is stepped (ms).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms.load(Ordering::Relaxed)
     }
 
     /// True while the acquirer routes should be unreachable.

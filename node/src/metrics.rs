@@ -73,6 +73,7 @@ pub struct Metrics {
     pub node_ready: Gauge,
     pub node_healthy: Gauge,
     pub peer_up: Family<PeerLabels, Gauge>,
+    pub clock_offset: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub tls_cert_expiry: Family<PlaneLabels, Gauge>,
     pub admin_auth_failures: Family<ReasonLabels, Counter>,
     pub admin_break_glass: Counter,
@@ -280,6 +281,7 @@ impl Metrics {
             node_ready: Gauge::default(),
             node_healthy: Gauge::default(),
             peer_up: Family::default(),
+            clock_offset: Family::default(),
             tls_cert_expiry: Family::default(),
             admin_auth_failures: Family::default(),
             admin_break_glass: Counter::default(),
@@ -325,7 +327,7 @@ impl Metrics {
         );
         registry.register(
             "raft_leader_changes",
-            "Leader changes this node has observed, by cause (formation, crash_or_partition, unhealthy_storage, unhealthy_keys, unhealthy_routes, failback, operator, never_lead, follower_lost_log)",
+            "Leader changes this node has observed, by cause (formation, crash_or_partition, unhealthy_storage, unhealthy_keys, unhealthy_clock, unhealthy_routes, failback, operator, never_lead, follower_lost_log)",
             m.raft_leader_changes.clone(),
         );
         registry.register_with_unit(
@@ -557,13 +559,19 @@ impl Metrics {
         );
         registry.register(
             "node_healthy",
-            "1 if this node's storage and keys have not failed their threshold in a row, else 0",
+            "1 if this node's storage, keys and clock have not failed their threshold in a row, else 0",
             m.node_healthy.clone(),
         );
         registry.register(
             "peer_up",
             "1 if the peer answered this node's last health poll, else 0",
             m.peer_up.clone(),
+        );
+        registry.register_with_unit(
+            "health_clock_offset",
+            "The peer's wall clock minus this node's, as last measured from its health report",
+            Unit::Seconds,
+            m.clock_offset.clone(),
         );
         root.register_with_unit(
             "process_resident_memory",
@@ -817,6 +825,15 @@ impl Metrics {
                 peer: peer.to_owned(),
             })
             .set(up as i64);
+    }
+
+    /// Records the peer's wall clock minus this node's.
+    pub fn set_clock_offset(&self, peer: &str, seconds: f64) {
+        self.clock_offset
+            .get_or_create(&PeerLabels {
+                peer: peer.to_owned(),
+            })
+            .set(seconds);
     }
 
     /// Records the size of one part of the data directory.

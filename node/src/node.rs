@@ -296,6 +296,24 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         );
     }
     let faults = env.store.faults();
+    // The node's wall clock (a fault switch steps it in tests), and the time commands are
+    // stamped with: that clock, unless it is out of bounds of the other nodes' (decision
+    // 0030). Measurements of the others go stale after twenty check rounds.
+    let wall: Clock = if faults_on {
+        let (inner, f) = (env.clock.clone(), faults.clone());
+        Arc::new(move || inner().saturating_add_signed(f.clock_offset_ms()))
+    } else {
+        env.clock.clone()
+    };
+    let clocks = Arc::new(crate::failover::PeerClocks::new(
+        wall.clone(),
+        cfg.health.max_clock_offset_ms,
+        std::time::Duration::from_millis(20 * cfg.health.check_interval_ms),
+    ));
+    let stamp: Clock = {
+        let c = clocks.clone();
+        Arc::new(move || c.stamp_ms())
+    };
     let cluster = {
         let (id, members, raft, store) = (
             cfg.node_id,
@@ -339,7 +357,8 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         keys: keys.clone(),
         entropy: env.entropy.clone(),
         metrics: env.metrics.clone(),
-        clock: env.clock.clone(),
+        clock: crate::runtime::monotonic_clock(),
+        clocks: clocks.clone(),
         transfer_timeout: std::time::Duration::from_millis(cfg.api.write_timeout_ms),
         // On real disks only (a simulation's nodes share a simulated one).
         data_dir: env.consensus.is_some().then(|| cfg.data_dir.clone()),
@@ -352,7 +371,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         cluster: cluster.clone(),
         keys,
         entropy: env.entropy,
-        clock: env.clock.clone(),
+        clock: stamp.clone(),
         metrics: env.metrics.clone(),
         settings: cfg.api.clone(),
         admin_token_sha256: env.admin_token.as_deref().map(api_key_hash),
@@ -369,7 +388,8 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     let bg = Arc::new(Background {
         cluster: cluster.clone(),
         metrics: env.metrics.clone(),
-        clock: env.clock.clone(),
+        clock: stamp,
+        clocks,
         cvc,
         router,
     });
@@ -536,7 +556,9 @@ fn refused_on(plane: &'static str, svc: &Arc<Service>) -> net::OnRefused {
 struct Background {
     cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
+    /// The time commands are stamped with (see `PeerClocks::stamp_ms`).
     clock: Clock,
+    clocks: Arc<crate::failover::PeerClocks>,
     cvc: Arc<CvcStore>,
     router: Arc<crate::acquirer::router::Router>,
 }
@@ -811,6 +833,10 @@ async fn record_leader_change(
         } else {
             cause
         };
+        // Stamped once this node has measured the others' clocks (see `Service::now_ms`).
+        st.clocks
+            .wait_judged(std::time::Duration::from_millis(1_000))
+            .await;
         let err = match ready {
             Ok(()) => match st.cluster.write(command(cause)).await {
                 Ok(_) => return,

@@ -24,6 +24,13 @@ pub fn sleep(d: std::time::Duration) -> impl std::future::Future<Output = ()> {
 /// simulations.
 pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// Milliseconds of monotonic time since this call, for timing what lasts: no step of
+/// the wall clock moves it (simulated time on simulated hosts).
+pub fn monotonic_clock() -> Clock {
+    let origin = tokio::time::Instant::now();
+    std::sync::Arc::new(move || origin.elapsed().as_millis() as u64)
+}
+
 /// Workers of the consensus runtime. One: an entry passes from the API's proposal
 /// through the Raft core, the replication tasks, their peer connections and the state
 /// machine's worker, and on one worker each hand-off is a task switch instead of a

@@ -42,7 +42,7 @@ pub struct NodeHealth {
     /// Can serve client requests now: healthy, knows a leader, caught up, not drained.
     pub ready: bool,
     pub drained: bool,
-    /// `unhealthy_storage` or `unhealthy_keys`.
+    /// `unhealthy_storage`, `unhealthy_keys` or `unhealthy_clock`.
     pub unhealthy_cause: Option<String>,
     #[serde(default)]
     pub routes_cut: bool,
@@ -211,6 +211,8 @@ pub struct Faults {
     pub storage_delay_ms: u64,
     pub kek_failing: bool,
     pub routes_blocked: bool,
+    /// The node's wall clock reads this many ms ahead (negative: behind).
+    pub clock_offset_ms: i64,
 }
 
 fn yes() -> bool {

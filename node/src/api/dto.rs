@@ -374,6 +374,7 @@ pub fn faults_in(f: wire::Faults) -> crate::faults::FaultState {
         storage_delay_ms: f.storage_delay_ms,
         kek_failing: f.kek_failing,
         routes_blocked: f.routes_blocked,
+        clock_offset_ms: f.clock_offset_ms,
     }
 }
 
@@ -384,5 +385,6 @@ pub fn faults_out(f: crate::faults::FaultState) -> wire::Faults {
         storage_delay_ms: f.storage_delay_ms,
         kek_failing: f.kek_failing,
         routes_blocked: f.routes_blocked,
+        clock_offset_ms: f.clock_offset_ms,
     }
 }

@@ -240,20 +240,23 @@ impl Cluster {
         raft_pool: Arc<HttpPool>,
     ) -> io::Result<Arc<Cluster>> {
         let mut config = settings.to_openraft().map_err(io::Error::other)?;
-        // A never-lead member never starts an election; it still votes. A member with a
-        // more preferred one that may lead starts with elections off too: the failover
-        // controller turns them on after its start-up wait, so that a cluster started
-        // again is led by main from its first election.
-        config.enable_elect = members.get(&id).is_none_or(|me| {
-            !me.never_lead
-                && !crate::member::yields_at_start(
-                    me.role,
-                    members
-                        .iter()
-                        .filter(|(other, _)| **other != id)
-                        .map(|(_, m)| (m.role, m.never_lead)),
-                )
-        });
+        // A member of a cluster of more than one node starts with elections off: the
+        // failover controller turns them on once its first round has measured this
+        // node's clock against the others' (decision 0030) and, on a member with a more
+        // preferred one that may lead, once its start-up wait is over, so that a cluster
+        // started again is led by main from its first election. A never-lead member
+        // never starts an election; it still votes.
+        config.enable_elect = members.len() <= 1
+            && members.get(&id).is_none_or(|me| {
+                !me.never_lead
+                    && !crate::member::yields_at_start(
+                        me.role,
+                        members
+                            .iter()
+                            .filter(|(other, _)| **other != id)
+                            .map(|(_, m)| (m.role, m.never_lead)),
+                    )
+            });
         let config = Arc::new(config);
         let cluster_id = Arc::new(RwLock::new(store.cluster_id()?));
         let sm = StateMachine::open(store.clone())?;

@@ -73,12 +73,13 @@ impl Cluster {
     }
 
     /// GETs `path` from every other member's peer listener in parallel, each bounded by
-    /// `timeout`: the body of each success, `None` for each failure.
+    /// `timeout`: the body of each success, `None` for each failure, and when each
+    /// answer came.
     pub async fn get_from_peers(
         &self,
         path: &str,
         timeout: Duration,
-    ) -> Vec<(NodeId, Option<bytes::Bytes>)> {
+    ) -> Vec<(NodeId, Option<bytes::Bytes>, tokio::time::Instant)> {
         let cluster = self.cluster_id().unwrap_or_default();
         let members = self.members();
         let gets = members
@@ -103,7 +104,7 @@ impl Cluster {
                             None
                         }
                     };
-                    (*id, body)
+                    (*id, body, tokio::time::Instant::now())
                 }
             });
         futures::future::join_all(gets).await

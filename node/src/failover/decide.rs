@@ -15,12 +15,15 @@ pub struct Me {
     pub role: Role,
     pub never_lead: bool,
     pub drained: bool,
-    /// Storage and keys have not failed `unhealthy_threshold` times in a row.
+    /// Storage, keys and clock have not failed `unhealthy_threshold` times in a row.
     pub healthy: bool,
     /// Which check made it unhealthy.
     pub unhealthy_cause: Option<LeaderChangeCause>,
     /// Every acquirer route has failed from here `unhealthy_threshold` times in a row.
     pub routes_cut: bool,
+    /// Its clock has been measured against the others' since it started (or needs no
+    /// measuring): until then it has nothing to check its stamps against.
+    pub clock_judged: bool,
 }
 
 /// Another member as this node sees it.
@@ -47,6 +50,7 @@ pub struct PeerReport {
 /// Everything a decision depends on.
 #[derive(Debug, Clone)]
 pub struct View {
+    /// Monotonic ms (a step of the wall clock does not move it).
     pub now_ms: u64,
     pub me: Me,
     pub peers: Vec<Peer>,
@@ -117,7 +121,10 @@ pub fn decide(v: &View) -> Decision {
     // drains) are not elections and are not held back.
     let yields = v.uptime_ms < v.standby_after_ms
         && crate::member::yields_at_start(me.role, v.peers.iter().map(|p| (p.role, p.never_lead)));
-    let elect = (may_lead && !yields && (fit || pick_target(v, None).is_none())) || standby;
+    // Nor does a node stand whose clock has not yet been measured against the others'
+    // (decision 0030): its first stamps would go unchecked.
+    let elect = (may_lead && !yields && me.clock_judged && (fit || pick_target(v, None).is_none()))
+        || standby;
     let leadership = if v.is_leader {
         lead(v, cut_off)
     } else {
@@ -211,6 +218,7 @@ mod tests {
             healthy: true,
             unhealthy_cause: None,
             routes_cut: false,
+            clock_judged: true,
         }
     }
 
@@ -306,6 +314,11 @@ mod tests {
                 "KEK failure: main to dr",
                 unhealthy(leading(MAIN), C::UnhealthyKeys),
                 hand_off(DR, C::UnhealthyKeys),
+            ),
+            (
+                "clock out of bounds: main to dr",
+                unhealthy(leading(MAIN), C::UnhealthyClock),
+                hand_off(DR, C::UnhealthyClock),
             ),
             (
                 "routes cut at main while dr reaches one",
@@ -457,8 +470,18 @@ mod tests {
             }
             v
         };
-        // dr and bk wait for main (and bk for dr) for the standby time; main never waits.
+        // dr and bk wait for main (and bk for dr) for the standby time; main never waits,
+        // once its clock has been measured against the others'.
         assert!(decide(&started(MAIN, 0)).elect);
+        let mut unmeasured = started(MAIN, 0);
+        unmeasured.me.clock_judged = false;
+        assert!(!decide(&unmeasured).elect, "main with its clock unmeasured");
+        unmeasured.leaderless_ms = 10_000;
+        unmeasured.peers.clear();
+        assert!(
+            !decide(&unmeasured).elect,
+            "not even alone: it stands once it has measured someone"
+        );
         let mut bk = started(BK, 0);
         bk.me.never_lead = false;
         for (v, who) in [(started(DR, 0), "dr"), (bk.clone(), "bk")] {

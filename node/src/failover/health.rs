@@ -24,6 +24,10 @@ pub struct HealthSettings {
     /// `disk_space` check, which counts as a storage failure: a leader hands over
     /// before its disk fills, and the node does not stand for election. 0: no check.
     pub storage_min_free_bytes: u64,
+    /// A node whose wall clock is further than this from the other nodes' (enough of
+    /// them to make a majority with it) fails the `clock` check: it does not lead, and
+    /// while it still does, it stamps commands with the others' time. 0: no check.
+    pub max_clock_offset_ms: u64,
 }
 
 impl Default for HealthSettings {
@@ -34,6 +38,7 @@ impl Default for HealthSettings {
             storage_canary_latency_ms_max: 500,
             ready_lag_entries_max: 1_000,
             storage_min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
         }
     }
 }
@@ -42,6 +47,11 @@ impl Default for HealthSettings {
 /// (a new segment takes its whole size at once), with room left for the vault's file
 /// to grow by its write buffer and for a snapshot's chunk.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
+
+/// The default `max_clock_offset_ms`: clocks kept by NTP differ by milliseconds; half
+/// a second is far from that, and far below anything the vault's times are used for
+/// (one-time tokens live minutes, idempotency records a day).
+pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 500;
 
 /// The `disk_space` check's outcome for `avail` bytes free (`None`: the filesystem
 /// could not be measured) against `floor`.
@@ -122,6 +132,12 @@ impl HealthSettings {
                 "must be greater than 0",
             ));
         }
+        if self.max_clock_offset_ms > 3_600_000 {
+            return Err(InvalidSetting::new(
+                "health.max_clock_offset_ms",
+                "must be at most 3600000 (an hour); 0 turns the clock check off",
+            ));
+        }
         if failover.failover_deadline_s == 0 {
             return Err(InvalidSetting::new(
                 "failover.failover_deadline_s",
@@ -172,13 +188,14 @@ pub struct Check {
 /// A node's health as it reports it to operators and to the other nodes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeHealth {
-    /// Storage (its canary and the disk's free space) and keys have not failed
-    /// `unhealthy_threshold` times in a row.
+    /// Storage (its canary and the disk's free space), keys and the clock have not
+    /// failed `unhealthy_threshold` times in a row.
     pub healthy: bool,
     /// Can serve client requests now: healthy, knows a leader, caught up, not drained.
     pub ready: bool,
     pub drained: bool,
-    /// Why the node is unhealthy (`unhealthy_storage`, `unhealthy_keys`).
+    /// Why the node is unhealthy (`unhealthy_storage`, `unhealthy_keys`,
+    /// `unhealthy_clock`).
     pub unhealthy_cause: Option<LeaderChangeCause>,
     /// Every acquirer route has failed from this node `unhealthy_threshold` times in a row.
     #[serde(default)]
@@ -196,6 +213,10 @@ pub struct NodeHealth {
     /// answers, but serves nothing until another node's election ends its term.
     #[serde(default)]
     pub leads: bool,
+    /// The node's wall clock (Unix ms) when it made this report, for the others to
+    /// measure their clocks against.
+    #[serde(default)]
+    pub clock_ms: Option<u64>,
 }
 
 impl NodeHealth {
@@ -210,7 +231,8 @@ impl NodeHealth {
 #[derive(Debug, Default)]
 pub(super) struct PeerView {
     pub(super) report: Option<NodeHealth>,
-    /// Simulated or wall time (ms) since when the peer has been eligible to lead.
+    /// Monotonic time (ms, the controller's clock) since when the peer has been eligible
+    /// to lead.
     pub(super) eligible_since_ms: Option<u64>,
     /// Polls in a row in which the peer reported an empty log although this leader had
     /// replicated entries to it: it lost its data (a wiped disk).
@@ -242,6 +264,7 @@ pub(super) const KEYS: &str = "kek_provider";
 pub(super) const ROUTES: &str = "acquirer_routes";
 pub(super) const RAFT: &str = "raft";
 pub(super) const DISK_SPACE: &str = "disk_space";
+pub(super) const CLOCK: &str = "clock";
 
 impl Health {
     /// No checks run yet: unhealthy and not ready until the first round.
@@ -312,6 +335,8 @@ impl Health {
             Some(LeaderChangeCause::UnhealthyStorage)
         } else if failed(KEYS) {
             Some(LeaderChangeCause::UnhealthyKeys)
+        } else if failed(CLOCK) {
+            Some(LeaderChangeCause::UnhealthyClock)
         } else {
             None
         };
@@ -331,6 +356,7 @@ impl Health {
             last_log_index: None,
             kek_ids: Vec::new(),
             leads: false,
+            clock_ms: None,
         }
     }
 
@@ -389,6 +415,11 @@ mod tests {
             "the disk's space is not known yet"
         );
         h.record(DISK_SPACE, CheckStatus::NotConfigured, None, String::new());
+        assert!(
+            !h.report(false).healthy,
+            "the clock has not been judged yet"
+        );
+        h.record(CLOCK, CheckStatus::NotConfigured, None, String::new());
         assert!(h.report(false).ready);
         assert!(!h.report(true).ready, "drained");
         for _ in 0..2 {
@@ -422,7 +453,7 @@ mod tests {
         assert_eq!(disk_space_check(None, floor).0, CheckStatus::Fail);
 
         let h = Health::new(HealthSettings::default(), FailoverSettings::default(), 300);
-        for name in [STORAGE, KEYS, RAFT, DISK_SPACE] {
+        for name in [STORAGE, KEYS, RAFT, DISK_SPACE, CLOCK] {
             h.record(name, CheckStatus::Pass, None, String::new());
         }
         assert!(h.report(false).ready);
@@ -434,6 +465,28 @@ mod tests {
         assert_eq!(r.unhealthy_cause, Some(LeaderChangeCause::UnhealthyStorage));
         h.record(DISK_SPACE, CheckStatus::Pass, None, String::new());
         assert!(h.report(false).ready, "space freed: healthy again");
+    }
+
+    #[test]
+    fn a_clock_out_of_bounds_makes_the_node_unhealthy_for_its_clock() {
+        let h = Health::new(HealthSettings::default(), FailoverSettings::default(), 300);
+        for name in [STORAGE, KEYS, RAFT, DISK_SPACE, CLOCK] {
+            h.record(name, CheckStatus::Pass, None, String::new());
+        }
+        for _ in 0..h.settings.unhealthy_threshold {
+            h.record(CLOCK, CheckStatus::Fail, None, String::new());
+        }
+        let r = h.report(false);
+        assert_eq!((r.healthy, r.ready), (false, false));
+        assert_eq!(r.unhealthy_cause, Some(LeaderChangeCause::UnhealthyClock));
+        h.record(CLOCK, CheckStatus::Pass, None, String::new());
+        assert!(h.report(false).ready, "back in bounds: healthy again");
+        let wide = HealthSettings {
+            max_clock_offset_ms: 3_600_001,
+            ..HealthSettings::default()
+        };
+        let err = wide.validate(&FailoverSettings::default(), 300).unwrap_err();
+        assert_eq!(err.key, "health.max_clock_offset_ms");
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //! hold the only complete log; it then leads only until an electable node has caught up.
 //! This module gathers the view, runs the checks and carries the decision out.
 
+mod clock;
 pub mod decide;
 mod health;
 
+pub use clock::{PeerClocks, Verdict};
 pub use health::{
     Check, CheckStatus, Failback, FailoverSettings, Health, HealthSettings, NodeHealth,
 };
@@ -27,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::runtime::Clock;
 use crate::vault::LeaderChangeCause;
 use decide::{Decision, Leadership, Me, Peer, PeerReport, View};
-use health::{disk_space_check, DISK_SPACE, KEYS, RAFT, ROUTES, STORAGE};
+use health::{disk_space_check, CLOCK, DISK_SPACE, KEYS, RAFT, ROUTES, STORAGE};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +47,11 @@ pub struct Failover {
     pub keys: Arc<KeyRing>,
     pub entropy: Arc<Entropy>,
     pub metrics: Arc<Metrics>,
+    /// Monotonic ms for the controller's timing (how long a peer has been eligible,
+    /// uptime, leaderless time): a step of the wall clock must not move them.
     pub clock: Clock,
+    /// The other nodes' clocks as measured against this one's.
+    pub clocks: Arc<PeerClocks>,
     /// How long a handoff may take.
     pub transfer_timeout: Duration,
     /// The data directory, whose filesystem's free space is checked (`None` in a
@@ -68,6 +74,7 @@ impl Failover {
             // node's election ends its term: the others count it as gone, so that a node
             // that may not lead stands when the target never does.
             leads: self.cluster.is_leader() && !self.cluster.handing_over(),
+            clock_ms: Some(self.clocks.raw_ms()),
             ..self.health.report(drained)
         }
     }
@@ -81,6 +88,7 @@ pub async fn run(st: Arc<Failover>) {
         crate::runtime::sleep(interval).await;
         run_checks(&st).await;
         poll_peers(&st, interval).await;
+        check_clock(&st);
         control(&st, started_ms).await;
     }
 }
@@ -207,9 +215,16 @@ async fn run_checks(st: &Failover) {
 
 /// Asks every other node for its health, all at once, each bounded by `timeout`.
 async fn poll_peers(st: &Failover, timeout: Duration) {
+    let sent = Instant::now();
     let reports = st.cluster.get_from_peers(HEALTH_PATH, timeout).await;
     let now = (st.clock)();
     let status = st.cluster.status();
+    let voters = status.members.iter().filter(|m| m.voter).count();
+    let self_votes = status
+        .members
+        .iter()
+        .any(|m| m.voter && m.id == st.cluster.id());
+    st.clocks.set_voters(voters, self_votes);
     let matched: BTreeMap<NodeId, u64> = status
         .members
         .iter()
@@ -217,7 +232,14 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
         .collect();
     let reports: Vec<(NodeId, Option<NodeHealth>)> = reports
         .into_iter()
-        .map(|(id, body)| (id, body.and_then(|b| serde_json::from_slice(&b).ok())))
+        .map(|(id, body, received)| {
+            let report: Option<NodeHealth> =
+                body.and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(wall) = report.as_ref().and_then(|r| r.clock_ms) {
+                st.clocks.observe(id, sent, received, wall);
+            }
+            (id, report)
+        })
         .collect();
     // A node cut off from every route is not eligible while some node reaches one.
     let routes_up_somewhere = st.health.report(false).routes_up()
@@ -256,6 +278,59 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
         };
         view.report = report;
     }
+}
+
+/// Judges this node's clock against the others' just measured: the `clock` check.
+fn check_clock(st: &Failover) {
+    let (verdict, offsets) = st.clocks.judge();
+    let names = st.cluster.members();
+    let name = |id: &NodeId| names.get(id).map_or_else(|| id.to_string(), |m| m.name.clone());
+    for (id, offset_ms) in &offsets {
+        st.metrics.set_clock_offset(&name(id), *offset_ms as f64 / 1000.0);
+    }
+    let bound = st.health.settings.max_clock_offset_ms;
+    let (status, message) = match verdict {
+        Verdict::Unjudged if bound == 0 => (
+            CheckStatus::NotConfigured,
+            "clocks are not compared (health.max_clock_offset_ms = 0)".to_owned(),
+        ),
+        Verdict::Unjudged => (
+            CheckStatus::NotConfigured,
+            "too few other nodes answered recently to judge this node's clock by".to_owned(),
+        ),
+        Verdict::Agrees { peers } => {
+            let largest = offsets.values().map(|o| o.abs()).max().unwrap_or(0);
+            (
+                CheckStatus::Pass,
+                format!(
+                    "within {bound} ms of {peers} other node(s)' clocks (largest offset measured {largest} ms)"
+                ),
+            )
+        }
+        Verdict::Disagrees { ahead_ms, .. } => {
+            let listed: Vec<String> = offsets
+                .iter()
+                .map(|(id, o)| format!("{} {:+} ms", name(id), o))
+                .collect();
+            (
+                CheckStatus::Fail,
+                format!(
+                    "this node's clock is {} ms {} the other nodes' (bound health.max_clock_offset_ms = {bound}; theirs minus this one: {}); commands it stamps take their time",
+                    ahead_ms.abs(),
+                    if ahead_ms > 0 { "ahead of" } else { "behind" },
+                    listed.join(", ")
+                ),
+            )
+        }
+        Verdict::Stepped { ahead_ms, .. } => (
+            CheckStatus::Fail,
+            format!(
+                "this node's clock stepped {ahead_ms:+} ms against monotonic time since it last agreed with the other nodes' (bound health.max_clock_offset_ms = {bound}; none answered recently); commands it stamps take the time it would read unstepped"
+            ),
+        ),
+    };
+    st.health.record(CLOCK, status, None, message);
+    st.metrics.set_check(CLOCK, status == CheckStatus::Pass);
 }
 
 /// Gathers the view, decides, and acts: sets election participation, starts a handoff.
@@ -324,6 +399,7 @@ fn observe(st: &Failover, started_ms: u64) -> View {
             never_lead: me.never_lead,
             drained,
             healthy: report.healthy,
+            clock_judged: st.clocks.judged(),
             unhealthy_cause: report.unhealthy_cause,
             routes_cut: report.routes_cut,
         },

@@ -199,7 +199,7 @@ impl Service {
             let cmd = Command::RecordAdminAction {
                 action: action.to_owned(),
                 detail,
-                at_ms: self.now_ms(),
+                at_ms: self.now_ms().await,
                 by,
             };
             return match self.write(cmd).await? {
@@ -298,7 +298,7 @@ impl Service {
             .map_err(|e| KeyUnavailable::of("audit signing key", e))?;
         Ok(SignedHeadNow {
             signed_head: signed,
-            signed_at_ms: self.now_ms(),
+            signed_at_ms: self.now_ms().await,
         })
     }
 
@@ -311,7 +311,7 @@ impl Service {
         exported: Option<SignedHead>,
     ) -> Result<AuditCheck, ReadError> {
         self.linearize().await?;
-        let now_ms = self.now_ms();
+        let now_ms = self.now_ms().await;
         let stale_after_ms = 3 * self.settings.audit_sign_interval_s * 1000;
         let kek = self.keys.kek();
         Ok(self.read(|v| {
@@ -428,7 +428,7 @@ pub async fn sign_loop(svc: Arc<Service>) {
         };
         let cmd = Command::SignAuditHead {
             signed,
-            at_ms: svc.now_ms(),
+            at_ms: svc.now_ms().await,
         };
         match svc.write(cmd).await {
             Ok(Response::Recorded) => {}

@@ -34,7 +34,7 @@ impl Service {
         }
         let (header, data) = self
             .cluster
-            .backup_snapshot(BACKUP_BUILD_TIMEOUT, self.now_ms())
+            .backup_snapshot(BACKUP_BUILD_TIMEOUT, self.now_ms().await)
             .await
             .map_err(|e| BackupError::Failed(e.to_string()))?;
         tracing::info!(

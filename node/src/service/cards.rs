@@ -84,7 +84,7 @@ impl Service {
         let merchant_id = caller.secret()?;
         check_member_id(TokenKind::CardOnFile, Some(member_id))?;
         let record = self.one_time_record(&merchant_id, one_time_token)?;
-        let now_ms = self.now_ms();
+        let now_ms = self.now_ms().await;
         // A fast answer; `apply` makes the authoritative check atomically.
         record
             .usable_at(now_ms)
@@ -189,7 +189,7 @@ impl Service {
             merchant_id,
             member_id: member_id.to_owned(),
             token: token.to_owned(),
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
         };
         match self.write(cmd).await? {
             Response::CardDeleted => Ok(()),

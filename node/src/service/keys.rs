@@ -240,7 +240,7 @@ impl Service {
             version: next,
             wrapped,
             kek_id: Some(kek_id),
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
             by_admin: true,
             by: Some(op.actor()),
         };
@@ -264,7 +264,7 @@ impl Service {
     ) -> Result<KeyStatus, RetireDataKeyError> {
         let cmd = Command::RetireDataKey {
             version,
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
             by: Some(op.actor()),
         };
         match self.write(cmd).await? {
@@ -354,7 +354,7 @@ impl Service {
             kek_id: target.clone(),
             keys: rewrapped,
             fingerprint,
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
             by: Some(op.actor()),
         };
         match self.write(cmd).await? {
@@ -450,7 +450,7 @@ impl Service {
             let cmd = Command::ResealCards {
                 to_version: current,
                 cards,
-                at_ms: self.now_ms(),
+                at_ms: self.now_ms().await,
             };
             match self.write(cmd).await? {
                 Response::Resealed { moved: m, .. } => {

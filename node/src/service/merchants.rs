@@ -218,7 +218,7 @@ impl Service {
                 token_format: m.token_format,
                 require_three_d_secure: m.require_three_d_secure,
             },
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
             by: Some(op.actor()),
         };
         match self.write(cmd).await? {
@@ -245,7 +245,7 @@ impl Service {
             merchant_id: merchant_id.to_owned(),
             role,
             key_sha256: api_key_hash(&key),
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
             by: Some(op.actor()),
         };
         match self.write(cmd).await? {
@@ -314,7 +314,7 @@ impl Service {
         let cmd = Command::UpdateMerchant {
             merchant_id: id.to_owned(),
             settings,
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
             by: Some(op.actor()),
         };
         match self.write(cmd).await? {

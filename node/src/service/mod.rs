@@ -193,8 +193,13 @@ impl Service {
         &self.metrics
     }
 
-    /// Leader-stamped time for a new command.
-    pub(crate) fn now_ms(&self) -> u64 {
+    /// Leader-stamped time for a new command. A node that has not yet measured the
+    /// other nodes' clocks (just started, or just formed the cluster) first waits a few
+    /// check rounds for it to do so: its own clock could have stepped, and the time in
+    /// the log never goes back (decision 0030).
+    pub(crate) async fn now_ms(&self) -> u64 {
+        let rounds = Duration::from_millis(4 * self.failover.health.settings.check_interval_ms);
+        self.failover.clocks.wait_judged(rounds).await;
         let wall = (self.clock)();
         // Unreadable, the wall clock stands in: apply never moves the clock back, and
         // the write this stamps fails on the same storage anyway.

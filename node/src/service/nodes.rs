@@ -211,7 +211,7 @@ impl Service {
         let cmd = Command::SetDrained {
             node: name.to_owned(),
             drained,
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
             by: Some(op.actor()),
         };
         match self.write(cmd).await? {

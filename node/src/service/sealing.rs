@@ -111,7 +111,7 @@ impl Service {
                 version: 1,
                 wrapped,
                 kek_id: Some(kek_id),
-                at_ms: self.now_ms(),
+                at_ms: self.now_ms().await,
                 by_admin: false,
                 by: None,
             };
@@ -145,7 +145,7 @@ impl Service {
             let cmd = Command::InstallFingerprintKey {
                 wrapped,
                 kek_id: Some(kek_id),
-                at_ms: self.now_ms(),
+                at_ms: self.now_ms().await,
             };
             match self.write(cmd).await? {
                 Response::FingerprintKeyInstalled

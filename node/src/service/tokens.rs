@@ -163,7 +163,7 @@ impl Service {
     ) -> Result<Tokenized, TokenizeError> {
         self.check_publishable(&caller, req.kind, req.origin.as_deref())?;
         check_member_id(req.kind, req.member_id.as_deref())?;
-        let now_ms = self.now_ms();
+        let now_ms = self.now_ms().await;
         let pan = Pan::parse(&req.card.number).map_err(TokenizeError::Card)?;
         let expiry = Expiry::new(
             req.card.exp_month,
@@ -330,7 +330,7 @@ pub async fn purge_loop(svc: std::sync::Arc<Service>) {
         if !svc.cluster.is_leader() {
             continue;
         }
-        let now_ms = svc.now_ms();
+        let now_ms = svc.now_ms().await;
         let limit = svc.settings.rewrap_batch_cards;
         let Ok(found) = svc.read(|v| v.purgeable(limit, now_ms)) else {
             continue;

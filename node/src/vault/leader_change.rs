@@ -27,11 +27,13 @@ pub enum LeaderChangeCause {
     NeverLead,
     /// The cluster's first leader: nothing had been recorded before it.
     Formation,
+    /// The leader's wall clock was out of bounds of the other nodes'.
+    UnhealthyClock,
 }
 
 impl LeaderChangeCause {
     /// Every cause, for labels and tests.
-    pub const ALL: [LeaderChangeCause; 9] = [
+    pub const ALL: [LeaderChangeCause; 10] = [
         LeaderChangeCause::CrashOrPartition,
         LeaderChangeCause::Operator,
         LeaderChangeCause::Failback,
@@ -41,6 +43,7 @@ impl LeaderChangeCause {
         LeaderChangeCause::FollowerLostLog,
         LeaderChangeCause::NeverLead,
         LeaderChangeCause::Formation,
+        LeaderChangeCause::UnhealthyClock,
     ];
 
     /// The snake_case name (wire form, metric label).
@@ -55,6 +58,7 @@ impl LeaderChangeCause {
             LeaderChangeCause::FollowerLostLog => "follower_lost_log",
             LeaderChangeCause::NeverLead => "never_lead",
             LeaderChangeCause::Formation => "formation",
+            LeaderChangeCause::UnhealthyClock => "unhealthy_clock",
         }
     }
 

@@ -376,7 +376,7 @@ impl Service {
         let record = self
             .read(|v| v.record_for(&merchant_id, &req.token))?
             .ok_or(PaymentRefused::TokenNotFound)?;
-        let now_ms = self.now_ms();
+        let now_ms = self.now_ms().await;
         record
             .usable_at(now_ms)
             .map_err(|r| PaymentRefused::of_refusal(&r))?;
@@ -512,7 +512,7 @@ impl Service {
             payment_id: payment_id.to_owned(),
             change,
             idempotency: Some(idem.clone()),
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
         };
         match self.write(cmd).await? {
             Response::Payment(p) => Ok(PaymentOutcome {

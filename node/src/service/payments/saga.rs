@@ -73,7 +73,7 @@ impl Service {
                 let cmd = Command::ReroutePayment {
                     payment_id: payment.id.clone(),
                     route: route.clone(),
-                    at_ms: self.now_ms(),
+                    at_ms: self.now_ms().await,
                 };
                 self.write(cmd).await?;
             }
@@ -110,7 +110,7 @@ impl Service {
         let cmd = Command::SettlePayment {
             payment_id: payment_id.to_owned(),
             outcome,
-            at_ms: self.now_ms(),
+            at_ms: self.now_ms().await,
         };
         match self.write(cmd).await? {
             Response::Payment(p) => Ok(*p),
@@ -146,7 +146,7 @@ pub async fn resolver_loop(svc: Arc<Service>) {
         if !svc.cluster.is_leader() || !svc.router.configured() {
             continue;
         }
-        let now = svc.now_ms();
+        let now = svc.now_ms().await;
         let Ok(pending) = svc.read(|v| {
             v.pending_payments()
                 .into_iter()
