@@ -236,10 +236,48 @@ fn gray_failures_on_the_leader_hand_leadership_over() {
             node: Target::Leader,
             ms: 5_000,
         },
+        Fault::ClockStep {
+            node: Target::Leader,
+            offset_ms: FORTY_DAYS_MS,
+            ms: 5_000,
+        },
+        Fault::ClockStep {
+            node: Target::Leader,
+            offset_ms: -FORTY_DAYS_MS,
+            ms: 5_000,
+        },
     ] {
         let r = clean(9_000, vec![(2_000, fault)]);
         assert_leadership_left_the_node_hit(&r, 5_000);
     }
+}
+
+const FORTY_DAYS_MS: i64 = 40 * 86_400_000;
+
+/// The oracle bites: with the clock check off (`health.max_clock_offset_ms = 0`), a
+/// leader whose clock steps forty days ahead stamps that time, the replicated clock
+/// follows it, and the oracle reports it.
+#[test]
+fn without_the_clock_check_a_stepped_leader_moves_time_ahead_and_the_oracle_sees_it() {
+    let schedule = vec![Scheduled {
+        at_ms: 2_000,
+        fault: Fault::ClockStep {
+            node: Target::Leader,
+            offset_ms: FORTY_DAYS_MS,
+            ms: 3_000,
+        },
+    }];
+    let mut p = Params::with_faults(SEED, 8_000, schedule);
+    p.max_clock_offset_ms = 0;
+    let r = chaos::run(p);
+    println!("{}", r.describe_failure());
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.property == "invariants" && v.detail.contains("replicated clock")),
+        "the oracle missed the clock running ahead: {:?}",
+        r.violations
+    );
 }
 
 #[test]

@@ -877,13 +877,21 @@ impl Metrics {
             .set(not_after_unix_s);
     }
 
-    /// Records a health check's last result.
-    pub fn set_check(&self, check: &str, passing: bool) {
-        self.health_check_passing
-            .get_or_create(&CheckLabels {
-                check: check.to_owned(),
-            })
-            .set(passing as i64);
+    /// Records a health check's last result: passed, failed, or `None` for a check
+    /// that does not apply (not configured, or nothing to judge by), which exports no
+    /// series rather than a failure an alert would take for one.
+    pub fn set_check(&self, check: &str, passing: Option<bool>) {
+        let labels = CheckLabels {
+            check: check.to_owned(),
+        };
+        match passing {
+            Some(p) => {
+                self.health_check_passing.get_or_create(&labels).set(p as i64);
+            }
+            None => {
+                self.health_check_passing.remove(&labels);
+            }
+        }
     }
 
     /// Records how many other nodes took a copy of one CVC.

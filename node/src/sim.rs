@@ -330,6 +330,10 @@ impl Probe {
     }
 }
 
+/// How far beyond `health.max_clock_offset_ms` the replicated clock may run ahead of
+/// simulated time: a measurement's round trip is bounded by the health poll's timeout.
+const CLOCK_SLACK_MS: u64 = 1_000;
+
 /// How often (in log entries) the per-command payment check scans every payment.
 const FULL_PAYMENT_CHECK_EVERY: u64 = 64;
 
@@ -355,8 +359,28 @@ pub async fn run_node(
         let slot = host_slot(&host).ok_or("the node's host is not main, dr or bk")?;
         let metrics = Arc::new(Metrics::new());
         let p2 = probe.clone();
+        // Stamps come from a clock within the bound of the others' (or their time):
+        // whatever a node's clock did, the replicated clock never runs ahead of
+        // simulated time by more than the bound and a second for the round trips.
+        let clock_slack_ms = cfg.health.max_clock_offset_ms + CLOCK_SLACK_MS;
+        let clock_reported = std::sync::atomic::AtomicBool::new(false);
         let store = Store::open_sim(&disk, cfg.storage.sync_policy(), fsync_observer(&metrics))?
             .with_apply_check(Arc::new(move |index, vault, touched| {
+                let now = turmoil::since_epoch().map_or(u64::MAX, |d| d.as_millis() as u64);
+                let clock = vault.clock_ms();
+                // Once per boot: every later apply would say the same.
+                if clock > now.saturating_add(clock_slack_ms)
+                    && !clock_reported.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    p2.report(
+                        slot,
+                        index,
+                        format!(
+                            "the replicated clock reads {} ms ahead of simulated time",
+                            clock - now
+                        ),
+                    );
+                }
                 // What each command wrote, every time; the whole payment table (its
                 // counts too) every `FULL_PAYMENT_CHECK_EVERY` entries. A full scan
                 // after every command made the sweep's cost grow with the square of

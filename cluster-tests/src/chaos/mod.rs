@@ -271,6 +271,16 @@ impl Driver {
             | Fault::KekFail { node, .. }
             | Fault::BlockRoutes { node, .. }
             | Fault::Replace { node } => Some(self.resolve(node)),
+            // One node's clock at a time: a step while another's is stepped hits that one.
+            Fault::ClockStep { node, .. } => Some(
+                (1..=3)
+                    .find(|id| {
+                        self.probe
+                            .faults(*id)
+                            .is_some_and(|f| f.get().clock_offset_ms != 0)
+                    })
+                    .unwrap_or_else(|| self.resolve(node)),
+            ),
             _ => None,
         };
         self.fired.push((now, fault, hit));
@@ -346,6 +356,11 @@ impl Driver {
             Fault::BlockRoutes { ms, .. } => {
                 let id = hit.expect("a route block hits a node");
                 self.set_fault(id, |s| s.routes_blocked = true);
+                self.undo.push((until(ms), Undo::ClearFaults(id)));
+            }
+            Fault::ClockStep { offset_ms, ms, .. } => {
+                let id = hit.expect("a clock step hits a node");
+                self.set_fault(id, |s| s.clock_offset_ms = offset_ms);
                 self.undo.push((until(ms), Undo::ClearFaults(id)));
             }
             Fault::AcquirerCrash { route, down_ms } => {
@@ -596,6 +611,7 @@ fn node_config(p: &Params, slot: u64, ids: [u64; 3]) -> kura_node::config::NodeC
     cfg.raft.log_entries_kept_after_snapshot = p.log_kept_after_snapshot;
     cfg.raft.snapshot_send_timeout_ms = p.snapshot_send_timeout_ms;
     cfg.storage.unsafe_no_fsync = p.unsafe_no_fsync;
+    cfg.health.max_clock_offset_ms = p.max_clock_offset_ms;
     cfg.failover.failback_stabilization_s = 2;
     for peer in &mut cfg.peers {
         let host = peer.id;

@@ -33,6 +33,9 @@ pub struct Params {
     pub recovery_bound_ms: u64,
     /// A node configured `never_lead` (bk, as in production), or none.
     pub never_lead: Option<u64>,
+    /// `health.max_clock_offset_ms`; 0 turns the clock check off, and the oracle must
+    /// notice a stepped leader's stamps.
+    pub max_clock_offset_ms: u64,
 }
 
 impl Params {
@@ -75,6 +78,7 @@ impl Params {
             unsafe_no_fsync: false,
             recovery_bound_ms: 30_000,
             never_lead: None,
+            max_clock_offset_ms: kura_node::failover::HealthSettings::default().max_clock_offset_ms,
         }
     }
 

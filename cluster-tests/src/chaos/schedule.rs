@@ -48,6 +48,13 @@ pub enum Fault {
     KekFail { node: Target, ms: u64 },
     /// Every acquirer route is unreachable from the node.
     BlockRoutes { node: Target, ms: u64 },
+    /// The node's wall clock steps `offset_ms` (a bad time source, a resumed virtual
+    /// machine); one node's at a time, so that the others are a majority of good clocks.
+    ClockStep {
+        node: Target,
+        offset_ms: i64,
+        ms: u64,
+    },
     /// An acquirer's host crashes (its books survive) and restarts after `down_ms`.
     AcquirerCrash { route: usize, down_ms: u64 },
     /// The node's machine is replaced, as an operator does it: the member is removed
@@ -126,6 +133,11 @@ impl fmt::Display for Fault {
             Fault::BlockRoutes { node, ms } => {
                 write!(f, "block acquirer routes from {node} for {ms} ms")
             }
+            Fault::ClockStep {
+                node,
+                offset_ms,
+                ms,
+            } => write!(f, "step {node}'s clock {offset_ms:+} ms for {ms} ms"),
             Fault::AcquirerCrash { route, down_ms } => write!(
                 f,
                 "crash acquirer {}, restart after {down_ms} ms",
@@ -236,14 +248,35 @@ fn random_fault(rng: &mut Rng) -> Fault {
             node: target(rng),
             ms,
         },
-        88..=93 => Fault::BlockRoutes {
+        88..=91 => Fault::BlockRoutes {
             node: target(rng),
+            ms,
+        },
+        92..=95 => Fault::ClockStep {
+            node: target(rng),
+            offset_ms: clock_step(rng),
             ms,
         },
         _ => Fault::AcquirerCrash {
             route: rng.range(0, 1) as usize,
             down_ms: rng.range(300, 4_000),
         },
+    }
+}
+
+/// A step of a wall clock: mostly hours to weeks (ahead more often than behind), at
+/// times seconds to minutes, just past the bound or well past it.
+fn clock_step(rng: &mut Rng) -> i64 {
+    const HOUR: u64 = 3_600_000;
+    let size = if rng.percent(30) {
+        rng.range(2_000, 600_000)
+    } else {
+        rng.range(HOUR, 40 * 24 * HOUR)
+    } as i64;
+    if rng.percent(70) {
+        size
+    } else {
+        -size
     }
 }
 
@@ -260,6 +293,6 @@ mod tests {
                 assert!(s.at_ms < 14_000);
             }
         }
-        assert_eq!(kinds.len(), 13);
+        assert_eq!(kinds.len(), 14);
     }
 }

@@ -175,6 +175,17 @@ pub enum CheckStatus {
     NotConfigured,
 }
 
+impl CheckStatus {
+    /// Whether the check passed; `None` when it does not apply.
+    pub fn passing(self) -> Option<bool> {
+        match self {
+            CheckStatus::Pass => Some(true),
+            CheckStatus::Fail => Some(false),
+            CheckStatus::NotConfigured => None,
+        }
+    }
+}
+
 /// One check as `/health/ready` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {

@@ -209,7 +209,7 @@ async fn run_checks(st: &Failover) {
     };
     h.record(RAFT, status, None, message);
     for c in h.report(false).checks {
-        st.metrics.set_check(&c.name, c.status == CheckStatus::Pass);
+        st.metrics.set_check(&c.name, c.status.passing());
     }
 }
 
@@ -330,7 +330,7 @@ fn check_clock(st: &Failover) {
         ),
     };
     st.health.record(CLOCK, status, None, message);
-    st.metrics.set_check(CLOCK, status == CheckStatus::Pass);
+    st.metrics.set_check(CLOCK, status.passing());
 }
 
 /// Gathers the view, decides, and acts: sets election participation, starts a handoff.
