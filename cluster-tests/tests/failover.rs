@@ -564,7 +564,7 @@ async fn a_leader_whose_clock_steps_forty_days_ahead_stamps_true_time_and_hands_
     // The replicated clock did not move ahead: a card that expires this month is still
     // taken (forty days ahead, it is past its expiry).
     let (year, month) = kura_node::vault::card::year_month_of_ms(unix_now_s() * 1000);
-    let card = kura_sdk::CardIn::new(&pan(4_000_001), month, year);
+    let card = kura_sdk::CardIn::new(pan(4_000_001), month, year);
     let token = c
         .client(&[0, 1, 2], &key)
         .tokenize(&kura_sdk::TokenizeIn::card_on_file(card, "this-month"))

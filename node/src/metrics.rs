@@ -886,7 +886,9 @@ impl Metrics {
         };
         match passing {
             Some(p) => {
-                self.health_check_passing.get_or_create(&labels).set(p as i64);
+                self.health_check_passing
+                    .get_or_create(&labels)
+                    .set(p as i64);
             }
             None => {
                 self.health_check_passing.remove(&labels);

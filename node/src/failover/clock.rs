@@ -34,6 +34,9 @@ struct Sample {
     hi: i64,
 }
 
+/// The range (ms, both ends included) a peer's clock reads in.
+type Range = (i64, i64);
+
 /// How often a stamp waiting for the first measurement looks again.
 const JUDGED_POLL: Duration = Duration::from_millis(10);
 
@@ -193,7 +196,10 @@ impl PeerClocks {
     /// The time a leader stamps on a new command: its own clock, unless that is out of
     /// bounds of the others', in which case their time.
     pub fn stamp_ms(&self) -> u64 {
-        self.judge().0.estimate_ms().unwrap_or_else(|| self.raw_ms())
+        self.judge()
+            .0
+            .estimate_ms()
+            .unwrap_or_else(|| self.raw_ms())
     }
 }
 
@@ -202,13 +208,8 @@ impl PeerClocks {
 /// voters; out of bounds when more than that many disagree — the others, on their
 /// own, a majority. Between the two (one other measured of three voters, and it
 /// disagrees), two clocks cannot say which is wrong: unjudged.
-fn verdict(
-    own: i64,
-    peers: impl Iterator<Item = (i64, i64)>,
-    need: usize,
-    max: i64,
-) -> Verdict {
-    let (agree, against): (Vec<(i64, i64)>, Vec<(i64, i64)>) = peers
+fn verdict(own: i64, peers: impl Iterator<Item = (i64, i64)>, need: usize, max: i64) -> Verdict {
+    let (agree, against): (Vec<Range>, Vec<Range>) = peers
         .into_iter()
         .partition(|(lo, hi)| own >= lo - max && own <= hi + max);
     if agree.len() >= need {
@@ -255,7 +256,12 @@ mod tests {
             Verdict::Agrees { peers: 1 }
         );
         assert!(matches!(
-            verdict(t, [(t - 1_000, t - 501), (t - 700, t - 600)].into_iter(), 1, 500),
+            verdict(
+                t,
+                [(t - 1_000, t - 501), (t - 700, t - 600)].into_iter(),
+                1,
+                500
+            ),
             Verdict::Disagrees { .. }
         ));
         // A single node needs no one.
@@ -293,7 +299,12 @@ mod tests {
         );
         // Five voters: two others must agree; three against are a majority.
         assert_eq!(
-            verdict(t, [(t, t), (ahead, ahead), (ahead, ahead)].into_iter(), 2, 500),
+            verdict(
+                t,
+                [(t, t), (ahead, ahead), (ahead, ahead)].into_iter(),
+                2,
+                500
+            ),
             Verdict::Unjudged
         );
         assert!(matches!(
@@ -332,7 +343,10 @@ mod tests {
         assert_eq!(clocks.judge().0, Verdict::Unjudged, "voters not known yet");
         clocks.set_voters(3, true);
         assert_eq!(clocks.judge().0, Verdict::Unjudged, "no one measured");
-        assert!(!clocks.judged(), "a node that measured no one does not stand");
+        assert!(
+            !clocks.judged(),
+            "a node that measured no one does not stand"
+        );
         step.store(DAY, Ordering::Relaxed);
         assert_eq!(
             clocks.judge().0,

@@ -496,7 +496,9 @@ mod tests {
             max_clock_offset_ms: 3_600_001,
             ..HealthSettings::default()
         };
-        let err = wide.validate(&FailoverSettings::default(), 300).unwrap_err();
+        let err = wide
+            .validate(&FailoverSettings::default(), 300)
+            .unwrap_err();
         assert_eq!(err.key, "health.max_clock_offset_ms");
     }
 

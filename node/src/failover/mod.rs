@@ -233,8 +233,7 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
     let reports: Vec<(NodeId, Option<NodeHealth>)> = reports
         .into_iter()
         .map(|(id, body, received)| {
-            let report: Option<NodeHealth> =
-                body.and_then(|b| serde_json::from_slice(&b).ok());
+            let report: Option<NodeHealth> = body.and_then(|b| serde_json::from_slice(&b).ok());
             if let Some(wall) = report.as_ref().and_then(|r| r.clock_ms) {
                 st.clocks.observe(id, sent, received, wall);
             }
@@ -284,9 +283,14 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
 fn check_clock(st: &Failover) {
     let (verdict, offsets) = st.clocks.judge();
     let names = st.cluster.members();
-    let name = |id: &NodeId| names.get(id).map_or_else(|| id.to_string(), |m| m.name.clone());
+    let name = |id: &NodeId| {
+        names
+            .get(id)
+            .map_or_else(|| id.to_string(), |m| m.name.clone())
+    };
     for (id, offset_ms) in &offsets {
-        st.metrics.set_clock_offset(&name(id), *offset_ms as f64 / 1000.0);
+        st.metrics
+            .set_clock_offset(&name(id), *offset_ms as f64 / 1000.0);
     }
     let bound = st.health.settings.max_clock_offset_ms;
     let (status, message) = match verdict {
