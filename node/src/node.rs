@@ -298,7 +298,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     let faults = env.store.faults();
     // The node's wall clock (a fault switch steps it in tests), and the time commands are
     // stamped with: that clock, unless it is out of bounds of the other nodes' (decision
-    // 0030). Measurements of the others go stale after twenty check rounds.
+    // 0030). Measurements of the others go stale after twelve check rounds.
     let wall: Clock = if faults_on {
         let (inner, f) = (env.clock.clone(), faults.clone());
         Arc::new(move || inner().saturating_add_signed(f.clock_offset_ms()))
@@ -308,7 +308,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     let clocks = Arc::new(crate::failover::PeerClocks::new(
         wall.clone(),
         cfg.health.max_clock_offset_ms,
-        std::time::Duration::from_millis(20 * cfg.health.check_interval_ms),
+        std::time::Duration::from_millis(12 * cfg.health.check_interval_ms),
     ));
     let stamp: Clock = {
         let c = clocks.clone();

@@ -205,22 +205,36 @@ impl PeerClocks {
 
 /// The verdict on clock `own`, given the ranges other nodes' clocks read now: trusted
 /// when `need` of them agree within `max` (ms) — with this node, a majority of the
-/// voters; out of bounds when more than that many disagree — the others, on their
-/// own, a majority. Between the two (one other measured of three voters, and it
-/// disagrees), two clocks cannot say which is wrong: unjudged.
-fn verdict(own: i64, peers: impl Iterator<Item = (i64, i64)>, need: usize, max: i64) -> Verdict {
-    let (agree, against): (Vec<Range>, Vec<Range>) = peers
-        .into_iter()
-        .partition(|(lo, hi)| own >= lo - max && own <= hi + max);
+/// voters; out of bounds when more than that many disagree with it *and agree with one
+/// another* — the others, on their own, a majority of consistent clocks. Anything else
+/// is unjudged: two clocks apart with the third unmeasured cannot say which is wrong,
+/// and neither can three that all disagree (two stepped, or one stepped and one
+/// measured while it was).
+fn verdict(own: i64, peers: impl Iterator<Item = Range>, need: usize, max: i64) -> Verdict {
+    let within = |a: Range, b: Range| a.0 - max <= b.1 && b.0 <= a.1 + max;
+    let (agree, against): (Vec<Range>, Vec<Range>) =
+        peers.into_iter().partition(|p| within((own, own), *p));
     if agree.len() >= need {
         return Verdict::Agrees { peers: agree.len() };
     }
-    if against.len() <= need {
+    // The largest group of the others that agree with one another.
+    let group: Vec<Range> = against
+        .iter()
+        .map(|a| {
+            against
+                .iter()
+                .copied()
+                .filter(|b| within(*a, *b))
+                .collect::<Vec<Range>>()
+        })
+        .max_by_key(Vec::len)
+        .unwrap_or_default();
+    if group.len() <= need || !group.iter().all(|a| group.iter().all(|b| within(*a, *b))) {
         return Verdict::Unjudged;
     }
-    // The lower middle of the others' times: with two, the one further behind, so that
+    // The lower middle of the group's times: with two, the one further behind, so that
     // the estimate never runs ahead of both.
-    let mut mids: Vec<i64> = against.iter().map(|(lo, hi)| (lo + hi) / 2).collect();
+    let mut mids: Vec<i64> = group.iter().map(|(lo, hi)| (lo + hi) / 2).collect();
     mids.sort_unstable();
     let estimate = mids[(mids.len() - 1) / 2];
     Verdict::Disagrees {
@@ -316,6 +330,12 @@ mod tests {
             ),
             Verdict::Disagrees { .. }
         ));
+        // Both others disagree with this clock, but also with each other (one stepped,
+        // or measured while it was): no majority says which is right.
+        assert_eq!(
+            verdict(t, [(ahead, ahead), (t + DAY, t + DAY)].into_iter(), 1, 500),
+            Verdict::Unjudged
+        );
         // Nothing measured: nothing to judge by.
         assert_eq!(
             verdict(ahead, std::iter::empty(), 1, 500),
