@@ -333,6 +333,19 @@ fn check_clock(st: &Failover) {
             ),
         ),
     };
+    let was = st
+        .health
+        .checks
+        .lock()
+        .expect("health lock")
+        .get(CLOCK)
+        .map(|c| c.status);
+    match (was, status) {
+        (Some(CheckStatus::Fail), CheckStatus::Fail) => {}
+        (_, CheckStatus::Fail) => tracing::warn!("clock out of bounds: {message}"),
+        (Some(CheckStatus::Fail), _) => tracing::info!("clock back within bounds: {message}"),
+        _ => {}
+    }
     st.health.record(CLOCK, status, None, message);
     st.metrics.set_check(CLOCK, status.passing());
 }
