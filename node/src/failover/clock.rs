@@ -14,9 +14,11 @@
 //! time its node read just before answering) against its own monotonic clock, which no
 //! step moves. A node's own clock is trusted while it is within
 //! `health.max_clock_offset_ms` of enough other nodes' that, with its own, they make a
-//! majority of the voters. A leader whose clock is not trusted stamps the other nodes'
-//! time instead, at once (a step is seen at the next stamp, not the next check), and its
-//! `clock` check fails, so it hands over and does not stand for election.
+//! majority of the voters, and out of bounds when the clocks it is not within the bound
+//! of are a majority on their own and agree with one another. A leader whose clock is
+//! out of bounds stamps the other nodes' time instead, at once (a step is seen at the
+//! next stamp, not the next check), and its `clock` check fails, so it hands over and
+//! does not stand for election.
 
 use crate::member::NodeId;
 use crate::runtime::Clock;
@@ -43,15 +45,17 @@ const JUDGED_POLL: Duration = Duration::from_millis(10);
 /// What the measurements say of this node's clock now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// No bound is set, or too few other nodes' clocks were measured recently to judge.
+    /// No bound is set, or too few other nodes' clocks were measured recently to judge
+    /// by, or those that disagree with this one do not agree with one another either.
     Unjudged,
     /// Within the bound of `peers` other nodes' clocks, enough for a majority.
     Agrees { peers: usize },
-    /// Outside the bound of too many of the others: `ahead_ms` ahead of their time
-    /// (negative: behind), which is `estimate_ms` now.
+    /// Outside the bound of other clocks that agree with one another and are a
+    /// majority on their own: `ahead_ms` ahead of their time (negative: behind), which
+    /// is `estimate_ms` now.
     Disagrees { ahead_ms: i64, estimate_ms: u64 },
-    /// Too few others measured recently, but the clock moved by more than the bound
-    /// against monotonic time since it last agreed with them: `ahead_ms` ahead of the
+    /// Unjudged by the others, but the clock moved by more than the bound against
+    /// monotonic time since it last agreed with them: `ahead_ms` ahead of the
     /// time it would read had it not stepped, `estimate_ms`.
     Stepped { ahead_ms: i64, estimate_ms: u64 },
 }
@@ -194,7 +198,8 @@ impl PeerClocks {
     }
 
     /// The time a leader stamps on a new command: its own clock, unless that is out of
-    /// bounds of the others', in which case their time.
+    /// bounds of the others' (their time) or stepped since it last agreed with them
+    /// (the time it would read unstepped).
     pub fn stamp_ms(&self) -> u64 {
         self.judge()
             .0
