@@ -162,19 +162,45 @@ impl PeerClocks {
         let own = self.raw_ms() as i64;
         let mono = self.mono_ms(now);
         let mut s = self.state.lock().expect("clock lock");
-        let fresh: BTreeMap<NodeId, (i64, i64)> = s
+        let offsets = s
             .samples
             .iter()
-            .filter(|(_, x)| now.saturating_duration_since(x.at) <= self.stale)
-            .map(|(id, x)| (*id, (mono + x.lo, mono + x.hi)))
+            .filter(|(_, x)| self.fresh(x, now))
+            .map(|(id, x)| (*id, mono + (x.lo + x.hi) / 2 - own))
             .collect();
-        let offsets = fresh
-            .iter()
-            .map(|(id, (lo, hi))| (*id, (lo + hi) / 2 - own))
-            .collect();
+        (self.evaluate(&mut s, now, own, mono), offsets)
+    }
+
+    /// The time a leader stamps on a new command: its own clock, unless that is out of
+    /// bounds of the others' (their time) or stepped since it last agreed with them
+    /// (the time it would read unstepped).
+    pub fn stamp_ms(&self) -> u64 {
+        let now = Instant::now();
+        let own = self.raw_ms();
+        let mono = self.mono_ms(now);
+        let mut s = self.state.lock().expect("clock lock");
+        self.evaluate(&mut s, now, own as i64, mono)
+            .estimate_ms()
+            .unwrap_or(own)
+    }
+
+    fn fresh(&self, x: &Sample, now: Instant) -> bool {
+        now.saturating_duration_since(x.at) <= self.stale
+    }
+
+    /// The verdict on clock `own` at `now` (`mono` on this node's monotonic clock),
+    /// keeping the anchor and whether a verdict was ever reached.
+    fn evaluate(&self, s: &mut State, now: Instant, own: i64, mono: i64) -> Verdict {
         let max = self.max_offset_ms as i64;
         let verdict = match s.need {
-            Some(need) if max > 0 => verdict(own, fresh.values().copied(), need, max),
+            Some(need) if max > 0 => {
+                let fresh = s
+                    .samples
+                    .values()
+                    .filter(|x| self.fresh(x, now))
+                    .map(|x| (mono + x.lo, mono + x.hi));
+                verdict(own, fresh, need, max)
+            }
             _ => Verdict::Unjudged,
         };
         let verdict = match (verdict, s.anchor) {
@@ -182,7 +208,7 @@ impl PeerClocks {
                 s.anchor = Some(own - mono);
                 Verdict::Agrees { peers }
             }
-            // No one to ask: monotonic time since the clock last agreed shows a step.
+            // No one to judge by: monotonic time since the clock last agreed shows a step.
             (Verdict::Unjudged, Some(anchor)) if max > 0 && (own - (mono + anchor)).abs() > max => {
                 Verdict::Stepped {
                     ahead_ms: own - (mono + anchor),
@@ -194,17 +220,7 @@ impl PeerClocks {
         if verdict != Verdict::Unjudged {
             s.judged = true;
         }
-        (verdict, offsets)
-    }
-
-    /// The time a leader stamps on a new command: its own clock, unless that is out of
-    /// bounds of the others' (their time) or stepped since it last agreed with them
-    /// (the time it would read unstepped).
-    pub fn stamp_ms(&self) -> u64 {
-        self.judge()
-            .0
-            .estimate_ms()
-            .unwrap_or_else(|| self.raw_ms())
+        verdict
     }
 }
 
