@@ -377,7 +377,20 @@ async fn a_leader_whose_disk_fills_hands_over_stops_when_full_and_catches_up_onc
 /// again, on their own. Needs root (to mount); skipped without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_disk_short_the_leader_takes_no_new_cards_and_serves_the_rest() {
-    let Some((c, disks)) = formed_on_tmpfs("", &[0, 1, 2], 160).await else {
+    keeps_the_reserve(&[0, 1, 2], "every disk short").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_both_followers_short_the_leader_takes_no_new_cards_and_serves_the_rest() {
+    // main has room and leads; a write must reach one of the followers' disks too.
+    keeps_the_reserve(&[1, 2], "both followers short").await;
+}
+
+/// The nodes `short` on tmpfs filled to 16 MiB free (under half the 64 MiB floor): the
+/// leader refuses the first new card `insufficient_storage`, stores nothing of it, still
+/// reads and deletes cards, and takes new cards again once space is freed.
+async fn keeps_the_reserve(short: &[usize], what: &str) {
+    let Some((c, disks)) = formed_on_tmpfs("", short, 160).await else {
         return;
     };
     let key = c.merchant("short").await;
@@ -402,7 +415,7 @@ async fn with_every_disk_short_the_leader_takes_no_new_cards_and_serves_the_rest
             .await
         {
             Ok(_) => {
-                assert!(n < 200, "new cards still taken with every disk short");
+                assert!(n < 200, "new cards still taken with {what}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => break e,
@@ -413,7 +426,7 @@ async fn with_every_disk_short_the_leader_takes_no_new_cards_and_serves_the_rest
         "{refused}"
     );
     eprintln!(
-        "every disk short: {} new cards taken before the refusal: {refused}",
+        "{what}: {} new cards taken before the refusal: {refused}",
         n - 11
     );
     // Nothing was stored: the member has no card from the refused request.
@@ -430,7 +443,7 @@ async fn with_every_disk_short_the_leader_takes_no_new_cards_and_serves_the_rest
     client.delete_card("m-2", &deleted.token).await.unwrap();
     assert!(client.get_token(&deleted.token).await.is_err(), "deleted");
 
-    for i in 0..3 {
+    for &i in short {
         std::fs::remove_file(c.data_dir(i).join("filler")).unwrap();
     }
     wait_for("new cards taken again", Duration::from_secs(20), || async {

@@ -228,6 +228,9 @@ pub struct NodeHealth {
     /// measure their clocks against.
     #[serde(default)]
     pub clock_ms: Option<u64>,
+    /// Under half its free-space floor (see [`Health::below_reserve`]).
+    #[serde(default)]
+    pub below_reserve: bool,
 }
 
 impl NodeHealth {
@@ -268,6 +271,9 @@ pub struct Health {
     /// Bytes free on the data directory's filesystem at the last check (`u64::MAX`:
     /// not measured).
     pub(super) free_bytes: std::sync::atomic::AtomicU64,
+    /// At the last poll, so many voters were under their reserve that those with room
+    /// were fewer than a quorum.
+    pub(super) quorum_short: std::sync::atomic::AtomicBool,
 }
 
 pub(super) const STORAGE: &str = "storage";
@@ -296,6 +302,7 @@ impl Health {
             standby_after_ms: 3 * election_timeout_max_ms,
             handing_over: std::sync::atomic::AtomicBool::new(false),
             free_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
+            quorum_short: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -307,6 +314,14 @@ impl Health {
     pub fn below_reserve(&self) -> bool {
         let free = self.free_bytes.load(std::sync::atomic::Ordering::Relaxed);
         free < self.settings.storage_min_free_bytes / 2
+    }
+
+    /// Whether a leader keeps the reserve, refusing what starts something new: its own
+    /// disk is under it, or at the last poll the voters known to be under theirs left
+    /// fewer than a quorum with room (a write must reach a quorum's disks; followers
+    /// that filled would stop, and the cluster with them).
+    pub fn keeps_reserve(&self) -> bool {
+        self.below_reserve() || self.quorum_short.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(super) fn record(
@@ -368,6 +383,7 @@ impl Health {
             kek_ids: Vec::new(),
             leads: false,
             clock_ms: None,
+            below_reserve: self.below_reserve(),
         }
     }
 

@@ -246,6 +246,26 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
             .iter()
             .filter_map(|(_, r)| r.as_ref())
             .any(NodeHealth::routes_up);
+    // Voters known to be under their reserve, this node among them: with fewer than a
+    // quorum left with room, a leader keeps the reserve.
+    let short = status
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .filter(|m| {
+            if m.id == st.cluster.id() {
+                st.health.below_reserve()
+            } else {
+                reports
+                    .iter()
+                    .any(|(id, r)| *id == m.id && r.as_ref().is_some_and(|r| r.below_reserve))
+            }
+        })
+        .count();
+    st.health.quorum_short.store(
+        voters > 0 && voters - short < voters / 2 + 1,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let mut peers = st.health.peers.lock().expect("health lock");
     for (id, report) in reports {
         // Only the leader knows; a member that has acknowledged nothing, or still needs

@@ -221,7 +221,7 @@ impl Service {
         // Every node's disk short (or this one's filled faster than it could hand
         // over): keep what is left for what is already open. Proposals start on the
         // leader only (followers forward), so this is the leader's own disk.
-        if cmd.starts_new() && self.failover.health.below_reserve() {
+        if cmd.starts_new() && self.failover.health.keeps_reserve() {
             self.metrics.proposal_failed("insufficient_storage");
             return Err(Replication::InsufficientStorage);
         }
