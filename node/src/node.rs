@@ -298,7 +298,8 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     let faults = env.store.faults();
     // The node's wall clock (a fault switch steps it in tests), and the time commands are
     // stamped with: that clock, unless it is out of bounds of the other nodes' (decision
-    // 0030). Measurements of the others go stale after twelve check rounds.
+    // 0030). Measurements of the others go stale after twelve check rounds; a first stamp
+    // waits up to four for the first verdict.
     let wall: Clock = if faults_on {
         let (inner, f) = (env.clock.clone(), faults.clone());
         Arc::new(move || inner().saturating_add_signed(f.clock_offset_ms()))
@@ -309,6 +310,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         wall.clone(),
         cfg.health.max_clock_offset_ms,
         std::time::Duration::from_millis(12 * cfg.health.check_interval_ms),
+        std::time::Duration::from_millis(4 * cfg.health.check_interval_ms),
     ));
     let stamp: Clock = {
         let c = clocks.clone();
@@ -834,9 +836,7 @@ async fn record_leader_change(
             cause
         };
         // Stamped once this node has measured the others' clocks (see `Service::now_ms`).
-        st.clocks
-            .wait_judged(std::time::Duration::from_millis(1_000))
-            .await;
+        st.clocks.wait_judged().await;
         let err = match ready {
             Ok(()) => match st.cluster.write(command(cause)).await {
                 Ok(_) => return,

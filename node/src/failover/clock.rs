@@ -77,6 +77,8 @@ pub struct PeerClocks {
     raw: Clock,
     max_offset_ms: u64,
     stale: Duration,
+    /// How long a first stamp waits for the first verdict.
+    first_wait: Duration,
     origin: Instant,
     state: Mutex<State>,
 }
@@ -96,12 +98,19 @@ struct State {
 
 impl PeerClocks {
     /// `raw` is this node's wall clock; `max_offset_ms` 0 turns the check off;
-    /// measurements older than `stale` do not count.
-    pub fn new(raw: Clock, max_offset_ms: u64, stale: Duration) -> PeerClocks {
+    /// measurements older than `stale` do not count; a first stamp waits up to
+    /// `first_wait` for the first verdict.
+    pub fn new(
+        raw: Clock,
+        max_offset_ms: u64,
+        stale: Duration,
+        first_wait: Duration,
+    ) -> PeerClocks {
         PeerClocks {
             raw,
             max_offset_ms,
             stale,
+            first_wait,
             origin: Instant::now(),
             state: Mutex::new(State::default()),
         }
@@ -145,12 +154,13 @@ impl PeerClocks {
         self.max_offset_ms == 0 || s.need == Some(0) || s.judged
     }
 
-    /// Waits, up to `bound`, until this node's clock has been judged; how it ends is
-    /// [`Self::judged`] (a node whose peers never answer stamps its own clock: it cannot
-    /// commit anything without them anyway).
-    pub async fn wait_judged(&self, bound: Duration) {
+    /// Waits, up to the first wait set at construction, until this node's clock has
+    /// been judged; how it ends is [`Self::judged`] (a node whose peers never answer
+    /// stamps its own clock: it cannot commit anything without them anyway). Every
+    /// stamp of a new command comes after it.
+    pub async fn wait_judged(&self) {
         let started = Instant::now();
-        while !self.judged() && started.elapsed() < bound {
+        while !self.judged() && started.elapsed() < self.first_wait {
             crate::runtime::sleep(JUDGED_POLL).await;
         }
     }
@@ -380,7 +390,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_step_is_seen_at_the_next_stamp_and_measurements_go_stale() {
         let (step, clock) = stepped();
-        let clocks = PeerClocks::new(clock.clone(), 500, Duration::from_secs(5));
+        let clocks = PeerClocks::new(clock.clone(), 500, Duration::from_secs(5), Duration::ZERO);
         assert_eq!(clocks.judge().0, Verdict::Unjudged, "voters not known yet");
         clocks.set_voters(3, true);
         assert_eq!(clocks.judge().0, Verdict::Unjudged, "no one measured");
@@ -450,12 +460,12 @@ mod tests {
         step.store(300, Ordering::Relaxed);
         assert_eq!(clocks.judge().0, Verdict::Unjudged, "within the bound");
 
-        let off = PeerClocks::new(clock.clone(), 0, Duration::from_secs(5));
+        let off = PeerClocks::new(clock.clone(), 0, Duration::from_secs(5), Duration::ZERO);
         off.set_voters(3, true);
         off.observe(2, Instant::now(), Instant::now(), 0);
         assert_eq!(off.judge().0, Verdict::Unjudged, "bound 0: not checked");
         assert!(off.judged(), "and nothing to wait for");
-        let alone = PeerClocks::new(clock, 500, Duration::from_secs(5));
+        let alone = PeerClocks::new(clock, 500, Duration::from_secs(5), Duration::ZERO);
         alone.set_voters(1, true);
         assert_eq!(alone.judge().0, Verdict::Agrees { peers: 0 });
         assert!(alone.judged());

@@ -198,8 +198,7 @@ impl Service {
     /// check rounds for it to do so: its own clock could have stepped, and the time in
     /// the log never goes back (decision 0030).
     pub(crate) async fn now_ms(&self) -> u64 {
-        let rounds = Duration::from_millis(4 * self.failover.health.settings.check_interval_ms);
-        self.failover.clocks.wait_judged(rounds).await;
+        self.failover.clocks.wait_judged().await;
         let wall = (self.clock)();
         // Unreadable, the wall clock stands in: apply never moves the clock back, and
         // the write this stamps fails on the same storage anyway.
