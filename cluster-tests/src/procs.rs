@@ -780,18 +780,24 @@ impl Tmpfs {
     /// Writes zeros into `name` on it until `leave` bytes are free, or until it is
     /// full (`leave` 0).
     pub fn fill(&self, name: &str, leave: u64) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.dir.join(name)).unwrap();
-        let chunk = vec![0u8; 1 << 20];
-        loop {
-            let free = self.free();
-            if free <= leave {
-                return;
-            }
-            let n = chunk.len().min((free - leave) as usize);
-            if f.write_all(&chunk[..n]).is_err() {
-                return; // full
-            }
+        fill(&self.dir, name, leave);
+    }
+}
+
+/// Writes zeros into `dir/name` until the file system holding `dir` has `leave` bytes
+/// free, or until it is full (`leave` 0).
+fn fill(dir: &Path, name: &str, leave: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join(name)).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    loop {
+        let free = kura_node::files::filesystem_space(dir).expect("statvfs").0;
+        if free <= leave {
+            return;
+        }
+        let n = chunk.len().min((free - leave) as usize);
+        if f.write_all(&chunk[..n]).is_err() {
+            return; // full
         }
     }
 }
@@ -800,6 +806,111 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazily: a node may still hold files open on it.
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Runs `cmd` with `args`; panics with its stderr unless it succeeds.
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// An ext4 file system on a block device that can start failing, mounted on a
+/// directory: a loop device over a sparse image kept on a tmpfs of its own. Filling
+/// that tmpfs (`fail`) leaves the image no room for the blocks the file system has not
+/// written yet, so the device answers those writes with I/O errors, as a dying disk
+/// does: `fdatasync` reports the error and ext4 aborts its journal, leaving the file
+/// system read-only. `repair` frees the room, checks the file system (replaying its
+/// journal) and mounts it again: what survives is what reached the device.
+pub struct LoopDisk {
+    dir: PathBuf,
+    backing: PathBuf,
+    device: String,
+}
+
+impl LoopDisk {
+    /// Makes a file system on a sparse image of twice `mib` MiB kept on a tmpfs of `mib`
+    /// MiB (room for what the test writes) and mounts it on `dir` (created, mode 0700). `None` unless this process runs as root
+    /// on a kernel with loop devices; a failure past that panics.
+    pub fn mount(dir: &Path, mib: u64) -> Option<LoopDisk> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/loop-control").exists() {
+            return None;
+        }
+        let backing = dir.with_extension("device");
+        let tmpfs = Tmpfs::mount(&backing, mib)?;
+        std::mem::forget(tmpfs); // unmounted by this disk's drop, after the loop device
+        let image = backing.join("disk.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len((2 * mib) << 20))
+            .unwrap();
+        run(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), image.as_os_str()],
+        );
+        let device = run(
+            "losetup",
+            &["-f".as_ref(), "--show".as_ref(), image.as_os_str()],
+        );
+        let disk = LoopDisk {
+            dir: dir.to_owned(),
+            backing,
+            device,
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        disk.mount_fs();
+        Some(disk)
+    }
+
+    fn mount_fs(&self) {
+        run("mount", &[self.device.as_ref(), self.dir.as_os_str()]);
+        let _ = std::fs::remove_dir(self.dir.join("lost+found"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    /// From now on the device fails every write to a block the file system has not
+    /// written before.
+    pub fn fail(&self) {
+        fill(&self.backing, "no-room", 0);
+    }
+
+    /// The device works again: the room freed, the file system unmounted (nothing may
+    /// hold it open), checked and repaired (`e2fsck -fy`: the journal replayed) and
+    /// mounted again.
+    pub fn repair(&self) {
+        run("umount", &[self.dir.as_os_str()]);
+        std::fs::remove_file(self.backing.join("no-room")).unwrap();
+        // e2fsck exits 1 when it corrected the file system: not a failure here.
+        let status = Command::new("e2fsck")
+            .args(["-f", "-y", &self.device])
+            .output()
+            .expect("run e2fsck");
+        assert!(
+            matches!(status.status.code(), Some(0 | 1)),
+            "e2fsck could not repair {}: {}",
+            self.device,
+            String::from_utf8_lossy(&status.stdout)
+        );
+        self.mount_fs();
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+        drop(Tmpfs {
+            dir: self.backing.clone(),
+        });
     }
 }
 

@@ -4,13 +4,14 @@
 //! replaced (never by a `never_lead` node) and rejoins as a follower without serving a
 //! stale read; a rolling restart with drain loses nothing; a cluster started again is
 //! led by main from its first election; a leader whose disk fills hands over under its
-//! free-space floor, stops itself once full, and catches up when started again; with
-//! every disk short, the leader takes no new cards but serves the rest. Each records how long the failover took and
+//! free-space floor, stops itself once full, and catches up when started again; a
+//! leader whose disk answers I/O errors stops itself and catches up once the disk is
+//! repaired; with every disk short, the leader takes no new cards but serves the rest. Each records how long the failover took and
 //! the longest gap between successful writes a client saw.
 
 use kura_cluster_tests::load::Writers;
 use kura_cluster_tests::procs::{
-    acquirer_toml, tokenize_request, wait_for, AcquirerSim, ProcCluster, Tmpfs,
+    acquirer_toml, tokenize_request, wait_for, AcquirerSim, LoopDisk, ProcCluster, Tmpfs,
 };
 use kura_node::vault::card::luhn_check_digit;
 use kura_sdk::Faults;
@@ -375,6 +376,72 @@ async fn a_leader_whose_disk_fills_hands_over_stops_when_full_and_catches_up_onc
 /// keeps its reserve. New cards are refused (`insufficient_storage`, nothing stored);
 /// cards on file are still read and deleted. With the space freed, new cards are taken
 /// again, on their own. Needs root (to mount); skipped without.
+/// main leading, its data directory on an ext4 file system whose device starts failing
+/// writes under load (a [`LoopDisk`]): its `fdatasync` reports the error, ext4 aborts
+/// its journal. main acknowledges nothing it could not make durable, stops itself with
+/// status 74 and another node leads. Started again on the failed disk it refuses to
+/// serve, saying why, and without a panic. With the disk repaired (its journal
+/// replayed: only what reached the device survives) main catches up, leads again by
+/// failback, and every acknowledged write reads back through every node. Needs root
+/// and loop devices; skipped without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fails_stops_and_catches_up_once_repaired() {
+    let mut c = ProcCluster::prepare(FAST_FAILBACK);
+    let Some(disk) = LoopDisk::mount(&c.data_dir(0), 256) else {
+        eprintln!("skipped: a loop device needs root and the loop driver");
+        return;
+    };
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.init().await;
+    let key = c.merchant("eio").await;
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let load = Load::start(&c, &key, 3);
+    load.wait_for_more(30).await;
+
+    let failed_at = Instant::now();
+    disk.fail();
+    let status = c.wait_exit(0, Duration::from_secs(30)).await;
+    let stopped_after = failed_at.elapsed();
+    assert_eq!(status.code(), Some(74), "main stops itself: {status}");
+    let log = std::fs::read_to_string(c.log_path(0)).unwrap();
+    assert!(
+        log.contains("this node stops:") && log.contains("Input/output error"),
+        "main says why it stopped"
+    );
+    wait_for("another node to lead", Duration::from_secs(20), || async {
+        matches!(leader_seen_by(&c, 1).await, Some(l) if l != 0)
+    })
+    .await;
+    load.wait_for_more(30).await;
+
+    // Started again on the failed disk (ext4 has made it read-only): a clear refusal.
+    let before = log.len();
+    c.restart(0);
+    let status = c.wait_exit(0, Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(c.log_path(0)).unwrap();
+    let said = &log[before..];
+    assert!(!status.success(), "main does not start on a failed disk");
+    assert!(
+        said.contains("cannot open database") && !said.contains("panicked"),
+        "main says why it cannot start, without a panic: {said}"
+    );
+
+    disk.repair();
+    c.restart(0);
+    wait_for_leader(&c, 0, 1, Duration::from_secs(60)).await;
+    load.wait_for_more(20).await;
+    let (acked, gap) = load.finish().await;
+    eprintln!(
+        "disk failed: main stopped {stopped_after:?} after; {} writes acknowledged; longest gap {gap:?}",
+        acked.len()
+    );
+    assert_all_readable(&c, &key, &acked).await;
+    drop(c);
+    drop(disk);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_disk_short_the_leader_takes_no_new_cards_and_serves_the_rest() {
     keeps_the_reserve(&[0, 1, 2], "every disk short").await;
