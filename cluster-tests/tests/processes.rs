@@ -1,6 +1,6 @@
 //! Three real `kura` processes on loopback: forwarding, SIGKILL failover, catch-up by
-//! snapshot, whole-cluster crash with no acknowledged write lost, the init guard, and
-//! no card number anywhere on disk or in the logs.
+//! snapshot, whole-cluster crash with no acknowledged write lost, a corrupt log refused
+//! at start, the init guard, and no card number anywhere on disk or in the logs.
 
 use kura_cluster_tests::procs::{
     copy_dir, files, first_needle_in, tls_connector, tokenize_request, wait_for, ProcCluster, NAMES,
@@ -212,6 +212,95 @@ async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
     let via_wiped = c.client(&[f], &key);
     for t in &tokens {
         via_wiped.get_token(t).await.expect("readable through it");
+    }
+}
+
+/// Flips one bit in the payload of the middle record of the Raft log segment `seg`
+/// (records: `len u32 | crc u32 | index u64 | payload`, little-endian, then zeros).
+fn flip_a_bit_mid_log(seg: &std::path::Path) {
+    let mut bytes = std::fs::read(seg).unwrap();
+    let mut starts = Vec::new();
+    let mut pos = 0;
+    while pos + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        starts.push(pos);
+        pos += 16 + len;
+    }
+    assert!(
+        starts.len() > 20,
+        "{} records in {}",
+        starts.len(),
+        seg.display()
+    );
+    bytes[starts[starts.len() / 2] + 16 + 1] ^= 0x08;
+    std::fs::write(seg, &bytes).unwrap();
+}
+
+/// A follower's Raft log changed on disk after it was written (one bit, in an entry
+/// it made durable and acknowledged): started again, it refuses to start, says that
+/// its log is corrupt and what to do, and changes nothing (cutting the log there
+/// would drop entries a quorum counted on). Started with an empty data directory, as
+/// the message says, it catches up and serves every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_log_is_corrupt_refuses_to_start_and_catches_up_started_empty() {
+    let mut c = ProcCluster::start("");
+    c.init().await;
+    let leader = c.wait_leader().await;
+    let key = c.merchant("bitrot").await;
+    let everyone = c.client(&[0, 1, 2], &key);
+    let mut tokens = Vec::new();
+    for i in 0..80 {
+        let t = everyone.tokenize(&tokenize_req(5_000 + i)).await;
+        tokens.push(t.expect("write").token);
+    }
+    c.wait_all_applied().await;
+    let f = (leader + 1) % 3;
+    c.kill(f);
+    let wal = c.data_dir(f).join("kura.wal");
+    let mut segments: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    flip_a_bit_mid_log(&segments[0]);
+    let before: Vec<Vec<u8>> = segments.iter().map(|p| std::fs::read(p).unwrap()).collect();
+
+    let logged = std::fs::metadata(c.log_path(f)).unwrap().len() as usize;
+    c.restart(f);
+    let status = c.wait_exit(f, Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(c.log_path(f)).unwrap();
+    let said = &log[logged..];
+    assert!(
+        !status.success(),
+        "{} starts on a corrupt log: {said}",
+        NAMES[f]
+    );
+    assert!(
+        said.contains("raft log:")
+            && said.contains("the log is corrupt")
+            && said.contains("start the node again with an empty one")
+            && !said.contains("panicked"),
+        "it says why, without a panic: {said}"
+    );
+    let after: Vec<Vec<u8>> = segments.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(before == after, "its log is left as it was");
+
+    // What the message says to do: its data directory moved aside, started empty.
+    let aside = c.data_dir(f).with_extension("corrupt");
+    std::fs::rename(c.data_dir(f), &aside).unwrap();
+    std::fs::create_dir_all(c.data_dir(f)).unwrap();
+    c.restart(f);
+    let target = c.status(leader).await.unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    c.wait_applied(f, target, "the follower started empty to catch up")
+        .await;
+    let via_it = c.client(&[f], &key);
+    for t in &tokens {
+        via_it.get_token(t).await.expect("readable through it");
     }
 }
 

@@ -248,8 +248,12 @@ impl Driver {
         if let Some(s) = self.probe.status(id) {
             self.crashed_at_index.push((id, s.last_log_index));
         }
-        // The power goes before the process lets go of its database.
-        self.disks[(id - 1) as usize].crash();
+        // The power goes before the process lets go of its database, with part of
+        // what the node wrote to its log since its last sync on the disk.
+        let torn = Rng::new(self.params.seed)
+            .fork(0x7042 + self.crashed_at_index.len() as u64 * 7 + id)
+            .next_u64();
+        self.disks[(id - 1) as usize].crash_torn(torn);
         self.probe.forget(id);
         sim.crash(name(id));
     }

@@ -200,12 +200,43 @@ impl Store {
         txn.commit().map_err(io_err)?;
         // A paced removal the node stopped in the middle of: out of the log already.
         log_dir.remove_leftovers()?;
-        let mut wal = Wal::open(log_dir, true)?;
-        move_log_table_into(&db, &mut wal)?;
-        let [purged, snapshot_file] = read_meta_keys(&db, [KEY_PURGED, KEY_SNAPSHOT_FILE])?;
+        let [purged, snapshot_file, snapshot_meta] =
+            read_meta_keys(&db, [KEY_PURGED, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META])?;
         let purged = purged
             .map(|v| decode::<crate::raft_types::LogId>(&v))
             .transpose()?;
+        let snapshot_index = snapshot_meta
+            .map(|v| decode::<crate::raft_types::SnapshotMeta>(&v))
+            .transpose()?
+            .and_then(|m| m.last_log_id)
+            .map_or(0, |l| l.index);
+        // The vault is made durable only as far as this node's log is (or a snapshot or
+        // purge covers): the log must still reach its last durable apply.
+        let applied = {
+            let files =
+                vault_db::VaultFiles::new(vault_dir.clone(), sync == SyncPolicy::Fsync, 1 << 20);
+            let current = files.open_current()?;
+            sm::read_applied(&current.db)?.0.map_or(0, |l| l.index)
+        };
+        // (A log from before the log files, still in the database, counts too.)
+        let log_table_last = {
+            let txn = db.begin_read().map_err(io_err)?;
+            let log = txn.open_table(LOG).map_err(io_err)?;
+            let last = log.last().map_err(io_err)?.map_or(0, |(k, _)| k.value());
+            last
+        };
+        let covered = purged
+            .map_or(0, |p| p.index)
+            .max(snapshot_index)
+            .max(log_table_last);
+        // (Without fsync nothing is known durable.)
+        let durable = if applied > covered && sync == SyncPolicy::Fsync {
+            applied
+        } else {
+            0
+        };
+        let mut wal = Wal::open_with(log_dir, true, wal::SEGMENT_BYTES, durable)?;
+        move_log_table_into(&db, &mut wal)?;
         let snapshot_file = snapshot_file.map(|v| decode::<u64>(&v)).transpose()?;
         let snapshots =
             SnapshotFiles::open(snapshot_dir, sync == SyncPolicy::Fsync, snapshot_file)?;

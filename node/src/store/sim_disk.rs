@@ -60,6 +60,30 @@ impl Bytes {
         self.unsynced.clear();
     }
 
+    /// A crash after part of what was written since the last sync reached the disk: a
+    /// prefix of the changes, and of the write after it some of its sectors (a disk
+    /// writes a sector whole or not at all, in no particular order).
+    fn crash_torn(&mut self, rng: &mut SplitMix) {
+        let n = self.unsynced.len();
+        let landed = (rng.next() % (n as u64 + 1)) as usize;
+        for change in &self.unsynced[..landed] {
+            apply(&mut self.durable, change);
+        }
+        if let Some(Change::Write(offset, data)) = self.unsynced.get(landed) {
+            let (start, end) = (*offset as usize, *offset as usize + data.len());
+            let mut at = start;
+            while at < end {
+                let to = ((at / SECTOR_BYTES + 1) * SECTOR_BYTES).min(end);
+                if rng.next() & 1 == 0 {
+                    let part = Change::Write(at as u64, data[at - start..to - start].to_vec());
+                    apply(&mut self.durable, &part);
+                }
+                at = to;
+            }
+        }
+        self.crash();
+    }
+
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let start = offset as usize;
         let src = self
@@ -68,6 +92,22 @@ impl Bytes {
             .ok_or_else(range_err)?;
         out.copy_from_slice(src);
         Ok(())
+    }
+}
+
+/// The unit a simulated disk writes whole.
+const SECTOR_BYTES: usize = 512;
+
+/// A small deterministic generator (SplitMix64) for which writes a torn crash keeps.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 }
 
@@ -114,6 +154,23 @@ impl SimDisk {
             s.exists = true;
         }
         d.generation += 1;
+    }
+
+    /// A power cut, as [`SimDisk::crash`], except that in the Raft log's segments and
+    /// the snapshot files part of what was written since their last sync reached the
+    /// disk first (see `Bytes::crash_torn`), chosen by `seed`: a record may be left
+    /// cut short. The database files lose all of it, as in a crash.
+    pub fn crash_torn(&self, seed: u64) {
+        let mut rng = SplitMix(seed);
+        {
+            let mut d = self.inner.lock().expect("disk lock");
+            for ((dir, _), s) in d.segments.iter_mut() {
+                if matches!(*dir, "wal" | "snap") {
+                    s.bytes.crash_torn(&mut rng);
+                }
+            }
+        }
+        self.crash();
     }
 
     /// The host's machine is replaced: the disk comes back empty. Handles opened before
@@ -365,6 +422,43 @@ mod tests {
         let mut out = [0u8; 7];
         be.read(0, &mut out).unwrap();
         assert_eq!(&out, b"durable");
+    }
+
+    #[test]
+    fn a_torn_crash_keeps_a_prefix_of_the_unsynced_writes_and_whole_sectors_of_the_next() {
+        let mut seen_torn = false;
+        for seed in 0..64 {
+            let disk = SimDisk::new();
+            let dir = disk.wal_dir();
+            let f = dir.open(1).unwrap();
+            f.write_at(0, &[1; 100]).unwrap();
+            f.sync().unwrap();
+            dir.sync().unwrap();
+            f.write_at(100, &[2; 1000]).unwrap(); // up to byte 1100: sectors 0, 1, 2
+            f.write_at(1100, &[3; 100]).unwrap();
+            disk.crash_torn(seed);
+            let f = disk.wal_dir().open_existing(1).unwrap();
+            let mut out = vec![0; f.len().unwrap() as usize];
+            f.read_at(0, &mut out).unwrap();
+            assert_eq!(&out[..100], &[1; 100], "synced bytes stay");
+            // Of the first unsynced write, each sector's part is whole or zeros.
+            for (from, to) in [(100, 512), (512, 1024), (1024, 1100)] {
+                if let Some(part) = out.get(from..to.min(out.len())) {
+                    assert!(
+                        part.iter().all(|b| *b == 2) || part.iter().all(|b| *b == 0),
+                        "seed {seed}: bytes {from}..{to} mixed"
+                    );
+                }
+            }
+            // The second write landed only if the first did in whole.
+            if out.get(1100).is_some_and(|b| *b == 3) {
+                assert!(out[100..1100].iter().all(|b| *b == 2), "seed {seed}");
+            }
+            seen_torn |= out
+                .get(100..1100)
+                .is_some_and(|p| p.contains(&0) && p.contains(&2));
+        }
+        assert!(seen_torn, "some seed leaves the first write in part");
     }
 
     #[test]

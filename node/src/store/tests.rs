@@ -608,6 +608,60 @@ async fn applies_are_durable_only_from_a_durable_commit_and_a_snapshot_makes_one
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 6)));
 }
 
+/// Where each record in a log segment's `bytes` ends (`len u32 | crc u32 | index u64
+/// | payload`), up to the zeros after the last.
+fn record_ends(bytes: &[u8]) -> Vec<usize> {
+    let (mut ends, mut pos) = (Vec::new(), 0);
+    while pos + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        pos += 16 + len;
+        ends.push(pos);
+    }
+    ends
+}
+
+#[tokio::test]
+async fn a_log_that_no_longer_reaches_the_vaults_durable_apply_is_refused_at_open() {
+    let disk = SimDisk::new();
+    let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store).unwrap();
+    append(&mut log, (1..=6).map(|i| entry(1, i)).collect()).await;
+    tokio::time::sleep(sm::DURABLE_EVERY).await;
+    apply(&mut sm, (1..=6).map(|i| entry(1, i)).collect()).await;
+    assert_eq!(
+        sm.shared().make_durable(true).unwrap(),
+        sm::Durability::Durable
+    );
+    disk.crash();
+    drop((sm, log));
+    // Entry 6's record lost from the disk (zeros where it was): a crash never does
+    // that to an entry the vault applied durably, which waits for the log.
+    let dir = disk.wal_dir();
+    let seg = dir.open_existing(dir.list().unwrap()[0]).unwrap();
+    let mut bytes = vec![0; seg.len().unwrap() as usize];
+    seg.read_at(0, &mut bytes).unwrap();
+    let ends = record_ends(&bytes);
+    assert_eq!(ends.len(), 6);
+    seg.write_at(ends[4] as u64, &vec![0; ends[5] - ends[4]])
+        .unwrap();
+    seg.sync().unwrap();
+    let e = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync())
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string().contains("ends at entry 5 (zeros follow)")
+            && e.to_string().contains("durable up to entry 6"),
+        "{e}"
+    );
+    // Without fsync nothing is known durable: it opens, with what is left.
+    let store = Store::open_sim(&disk, SyncPolicy::UnsafeNoFsync, noop_fsync()).unwrap();
+    assert_eq!(store.wal.lock().unwrap().last_index(), Some(5));
+}
+
 #[tokio::test]
 async fn the_committed_marker_waits_for_the_next_transaction_or_a_second() {
     let disk = SimDisk::new();

@@ -180,6 +180,43 @@ fn encode_record(out: &mut Vec<u8>, index: u64, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// The unit a disk writes whole: a crash leaves each sector as it was or as written.
+const SECTOR_BYTES: usize = 512;
+
+/// Whether the record at `pos` in a segment's `bytes`, which fails its check, can be
+/// a write that a crash cut short. The space a record is written to held zeros
+/// before (a segment is preallocated with zeros, and one cut shorter grows with
+/// zeros), and a crash leaves each sector either as it was or as written; so a torn
+/// record runs past the end of the file, or has a sector, or the part of one that it
+/// covers, still all zeros. A record that fails its check with no such part was
+/// written whole and changed since: corruption, not a crash.
+fn torn_write(bytes: &[u8], pos: usize) -> bool {
+    let rest = &bytes[pos..];
+    let Some(head) = rest.get(..HEADER_BYTES) else {
+        return true;
+    };
+    let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
+    let end = if len > PAYLOAD_BYTES_MAX {
+        // The length itself is garbage: judge by the header alone.
+        pos + HEADER_BYTES
+    } else {
+        pos + HEADER_BYTES + len
+    };
+    if end > bytes.len() {
+        return true;
+    }
+    let mut at = pos;
+    while at < end {
+        let sector_end = ((at / SECTOR_BYTES) + 1) * SECTOR_BYTES;
+        let part = &bytes[at..sector_end.min(end)];
+        if part.iter().all(|b| *b == 0) {
+            return true;
+        }
+        at = sector_end;
+    }
+    false
+}
+
 /// Reads the record at the start of `bytes`: its index, payload and length in bytes, or
 /// `None` if it is cut short or fails its check.
 fn decode_record(bytes: &[u8]) -> Option<(u64, &[u8], usize)> {
@@ -197,18 +234,35 @@ fn decode_record(bytes: &[u8]) -> Option<(u64, &[u8], usize)> {
     (check.finalize() == crc).then_some((index, payload, HEADER_BYTES + len))
 }
 
+/// A cut that opening would make: how the log ends, and what is dropped after it.
+struct Cut {
+    /// The first entry that is not kept.
+    index: u64,
+    /// The record there fails its check in a way no crash leaves it (`torn_write`).
+    corrupt: Option<String>,
+    /// Segments dropped whole, and the segments cut short (with where), in order.
+    removed: Vec<u64>,
+    shortened: Vec<(u64, Arc<dyn SegmentFile>, u64, u64)>,
+}
+
 impl Wal {
-    /// Opens the log in `dir`. With `repair`, a torn or corrupt tail is cut off and
-    /// whatever follows a gap is deleted; without, they are only left unread (for
+    /// Opens the log in `dir`. With `repair`, a tail that a crash cut short is cut off
+    /// and whatever follows a gap is deleted; without, they are only left unread (for
     /// reading a stopped node's files).
     pub(crate) fn open(dir: Arc<dyn SegmentDir>, repair: bool) -> io::Result<Wal> {
-        Wal::open_with(dir, repair, SEGMENT_BYTES)
+        Wal::open_with(dir, repair, SEGMENT_BYTES, 0)
     }
 
+    /// [`Wal::open`] with segments of `segment_bytes`. With `repair`, the log must keep
+    /// every entry up to `durable`, which this node is known to have made durable (the
+    /// vault's last durable apply, which is never ahead of the synced log): a cut below
+    /// it, as one that is not a crash's, is corruption, and the open fails with nothing
+    /// changed. Cutting such entries would drop what a quorum counted on.
     pub(crate) fn open_with(
         dir: Arc<dyn SegmentDir>,
         repair: bool,
         segment_bytes: u64,
+        durable: u64,
     ) -> io::Result<Wal> {
         let mut ids = dir.list()?;
         ids.sort_unstable();
@@ -220,15 +274,20 @@ impl Wal {
             dir_dirty: false,
             floor: 0,
         };
-        let mut cut = false;
+        let mut cut: Option<Cut> = None;
         for id in ids {
             // Past a cut, or after a gap, nothing more belongs to the log.
-            if cut || wal.next_index().is_some_and(|n| n != id) {
-                cut = true;
-                if repair {
-                    wal.dir.remove(id)?;
-                    wal.dir_dirty = true;
-                }
+            if let Some(c) = cut.as_mut() {
+                c.removed.push(id);
+                continue;
+            }
+            if let Some(next) = wal.next_index().filter(|n| *n != id) {
+                cut = Some(Cut {
+                    index: next,
+                    corrupt: None,
+                    removed: vec![id],
+                    shortened: Vec::new(),
+                });
                 continue;
             }
             let file = wal.dir.open(id)?;
@@ -243,24 +302,32 @@ impl Wal {
                 offsets.push(pos as u64);
                 pos += n;
             }
+            let expected = id + offsets.len() as u64;
             // Zeros after the last record are preallocated space.
             if pos as u64 != len && bytes[pos..].iter().any(|b| *b != 0) {
-                cut = true;
-                if repair {
-                    tracing::warn!(
-                        segment = id,
-                        kept_entries = offsets.len(),
-                        cut_bytes = len - pos as u64,
-                        "raft log: cutting a torn or corrupt tail"
-                    );
-                    file.set_len(pos as u64)?;
-                    file.sync()?;
-                }
+                let corrupt = (!torn_write(&bytes, pos)).then(|| {
+                    format!(
+                        "the record of entry {expected} (segment {id:020}.{EXT}, byte {pos}) \
+                         fails its check and is not a write a crash cut short (that leaves \
+                         zeros where it did not land)"
+                    )
+                });
+                cut = Some(Cut {
+                    index: expected,
+                    corrupt,
+                    removed: Vec::new(),
+                    shortened: vec![(id, file.clone(), pos as u64, len - pos as u64)],
+                });
             }
             if offsets.is_empty() {
-                if repair {
-                    wal.dir.remove(id)?;
-                    wal.dir_dirty = true;
+                match cut.as_mut() {
+                    Some(c) => c.removed.push(id),
+                    None if repair => {
+                        // All zeros: a segment created just before a crash.
+                        wal.dir.remove(id)?;
+                        wal.dir_dirty = true;
+                    }
+                    None => {}
                 }
                 continue;
             }
@@ -272,6 +339,49 @@ impl Wal {
                     end: pos as u64,
                 },
             );
+        }
+        let kept_upto = cut
+            .as_ref()
+            .map_or(wal.last_index().unwrap_or(0), |c| c.index - 1);
+        let why = match &cut {
+            Some(Cut {
+                corrupt: Some(why), ..
+            }) => Some(why.clone()),
+            _ if kept_upto < durable => Some(format!(
+                "it ends at entry {kept_upto} ({}), but this node had made it durable up to \
+                 entry {durable} at least",
+                match &cut {
+                    None => "zeros follow".to_owned(),
+                    Some(c) if c.shortened.is_empty() => "a segment is missing".to_owned(),
+                    Some(c) => format!("the record of entry {} fails its check", c.index),
+                }
+            )),
+            _ => None,
+        };
+        if let (true, Some(why)) = (repair, why) {
+            return Err(corrupt(format!(
+                "raft log: {why}: the log is corrupt, and the entries from there on, which \
+                 this node made durable and may have acknowledged, cannot be read. Nothing \
+                 was changed. The disk may be failing: check it; then move this node's data \
+                 directory aside and start the node again with an empty one, and the leader \
+                 catches it up (never run `kura init` on it)"
+            )));
+        }
+        if let (true, Some(c)) = (repair, cut) {
+            for (id, file, pos, cut_bytes) in c.shortened {
+                tracing::warn!(
+                    segment = id,
+                    first_cut = c.index,
+                    cut_bytes,
+                    "raft log: cutting a record a crash left unfinished, and what follows it"
+                );
+                file.set_len(pos)?;
+                file.sync()?;
+            }
+            for id in c.removed {
+                wal.dir.remove(id)?;
+                wal.dir_dirty = true;
+            }
         }
         if wal.dir_dirty {
             wal.dir.sync()?;
@@ -684,7 +794,7 @@ mod tests {
 
     /// Small segments, so a few entries span several.
     fn open(disk: &SimDisk) -> Wal {
-        Wal::open_with(disk.wal_dir(), true, 100).unwrap()
+        Wal::open_with(disk.wal_dir(), true, 100, 0).unwrap()
     }
 
     #[test]
@@ -730,31 +840,152 @@ mod tests {
         assert_eq!(wal.last_index(), Some(22));
     }
 
+    /// Writes `bytes` at `at` in the last segment and syncs it.
+    fn overwrite_last(wal: &mut Wal, at: u64, bytes: &[u8]) {
+        let seg = wal.segments.values().next_back().unwrap();
+        seg.file.write_at(at, bytes).unwrap();
+        wal.take_sync().sync().unwrap();
+    }
+
     #[test]
-    fn a_torn_or_corrupt_tail_is_cut_off() {
+    fn a_write_a_crash_cut_short_is_cut_off() {
+        // Each case: entries 1..=10, then entry 11 over four sectors with some of its
+        // sectors (or of the part it covers of one) never landed: still zeros.
+        let torn = |lost: &dyn Fn(usize, usize) -> (usize, usize)| {
+            let disk = SimDisk::new();
+            let mut wal = Wal::open_with(disk.wal_dir(), true, 1 << 20, 0).unwrap();
+            wal.append(&entries(1..=10)).unwrap();
+            wal.append(&[(11, vec![b'p'; 3 * SECTOR_BYTES])]).unwrap();
+            wal.take_sync().sync().unwrap();
+            let seg = wal.segments.values().next_back().unwrap();
+            let (start, end) = (*seg.offsets.last().unwrap() as usize, seg.end as usize);
+            let (from, to) = lost(start, end);
+            overwrite_last(&mut wal, from as u64, &vec![0; to - from]);
+            let wal = Wal::open_with(disk.wal_dir(), true, 1 << 20, 0).unwrap();
+            assert_eq!(wal.read(..).unwrap(), entries(1..=10));
+            // And it goes on from there.
+            let mut wal = wal;
+            wal.append(&entries(11..=12)).unwrap();
+            assert_eq!(wal.last_index(), Some(12));
+        };
+        let sector_after = |at: usize| (at / SECTOR_BYTES + 1) * SECTOR_BYTES;
+        // Only its first sector landed.
+        torn(&|start, end| (sector_after(start), end));
+        // A middle sector did not.
+        torn(&|start, _| {
+            let mid = sector_after(sector_after(start));
+            (mid, mid + SECTOR_BYTES)
+        });
+        // Its first sector, holding its header, did not; the rest did.
+        torn(&|start, _| (start, sector_after(start)));
+        // Only its last sector did not.
+        torn(&|_, end| ((end - 1) / SECTOR_BYTES * SECTOR_BYTES, end));
+    }
+
+    #[test]
+    fn a_record_changed_after_it_was_written_stops_the_open_and_changes_nothing() {
         let disk = SimDisk::new();
         let mut wal = open(&disk);
-        wal.append(&entries(1..=10)).unwrap();
-        let seg = wal.segments.values().next_back().unwrap();
-        let end = seg.end;
-        // Half a record, as a crash mid-write leaves it.
-        let mut rec = Vec::new();
-        encode_record(&mut rec, 11, &payload(11));
-        seg.file.write_at(end, &rec[..rec.len() / 2]).unwrap();
+        wal.append(&entries(1..=40)).unwrap();
         wal.take_sync().sync().unwrap();
+        let segments = wal.segments.len();
+        // One flipped bit in entry 12's payload, in a segment with others after it.
+        let (&first, seg) = wal.segments.range(..=12).next_back().unwrap();
+        let at = seg.offsets[(12 - first) as usize] + HEADER_BYTES as u64 + 2;
+        let mut byte = [0];
+        seg.file.read_at(at, &mut byte).unwrap();
+        seg.file.write_at(at, &[byte[0] ^ 0x10]).unwrap();
+        wal.take_sync().sync().unwrap();
+        let sizes = |disk: &SimDisk| {
+            let dir = disk.wal_dir();
+            let mut ids = dir.list().unwrap();
+            ids.sort_unstable();
+            ids.iter()
+                .map(|id| dir.open_existing(*id).unwrap().len().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let before = sizes(&disk);
+        assert_eq!(before.len(), segments);
+        let e = Wal::open_with(disk.wal_dir(), true, 100, 0)
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let msg = e.to_string();
+        assert!(msg.contains("entry 12") && msg.contains("corrupt"), "{msg}");
+        assert_eq!(sizes(&disk), before, "nothing cut, nothing deleted");
+        // A reader without repair sees the entries before it.
+        let ro = Wal::open_with(disk.wal_dir(), false, 100, 0).unwrap();
+        assert_eq!(ro.read(..).unwrap(), entries(1..=11));
+
+        // The same in the very last record, and in the header of one. (A length
+        // changed to run into the zeros past the last record cannot be told from a
+        // record a crash cut short: see `torn_write`.)
+        let disk = SimDisk::new();
         let mut wal = open(&disk);
-        assert_eq!(wal.last_index(), Some(10));
-        wal.append(&entries(11..=12)).unwrap();
+        wal.append(&entries(1..=12)).unwrap();
+        let end = wal.segments.values().next_back().unwrap().end;
+        overwrite_last(&mut wal, end - 1, b"?");
+        assert!(Wal::open_with(disk.wal_dir(), true, 100, 0).is_err());
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(1..=12)).unwrap();
+        let last = *wal
+            .segments
+            .values()
+            .next_back()
+            .unwrap()
+            .offsets
+            .last()
+            .unwrap();
+        overwrite_last(&mut wal, last + 9, &[0x7f]); // its index
+        assert!(Wal::open_with(disk.wal_dir(), true, 100, 0).is_err());
+    }
+
+    #[test]
+    fn a_cut_below_what_the_node_made_durable_stops_the_open_and_changes_nothing() {
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(1..=20)).unwrap();
         wal.take_sync().sync().unwrap();
-        // A flipped byte in the last record's payload.
-        let seg = &wal.segments[&wal.segments.keys().next_back().copied().unwrap()];
-        seg.file.write_at(seg.end - 1, b"?").unwrap();
+        // Entry 20's record zeroed, as if never written (a lost write).
+        let seg = wal.segments.values().next_back().unwrap();
+        let (last, end) = (*seg.offsets.last().unwrap(), seg.end);
+        overwrite_last(&mut wal, last, &vec![0; (end - last) as usize]);
+        // The vault had applied entry 20 durably: the log must reach it.
+        let e = Wal::open_with(disk.wal_dir(), true, 100, 20)
+            .err()
+            .expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ends at entry 19 (zeros follow)") && msg.contains("up to entry 20"),
+            "{msg}"
+        );
+        // Made durable only up to 19: a crash's cut, made.
+        let wal = Wal::open_with(disk.wal_dir(), true, 100, 19).unwrap();
+        assert_eq!(wal.read(..).unwrap(), entries(1..=19));
+
+        // A segment gone from the middle: everything after it would be dropped.
+        let disk = SimDisk::new();
+        let mut wal = open(&disk);
+        wal.append(&entries(1..=40)).unwrap();
         wal.take_sync().sync().unwrap();
-        let wal = open(&disk);
-        assert_eq!(wal.last_index(), Some(11));
-        // Without repair a reader sees the same entries and changes nothing.
-        let ro = Wal::open_with(disk.wal_dir(), false, 100).unwrap();
-        assert_eq!(ro.read(..).unwrap(), wal.read(..).unwrap());
+        let ids: Vec<u64> = wal.segments.keys().copied().collect();
+        let gone = ids[ids.len() / 2];
+        disk.wal_dir().remove(gone).unwrap();
+        disk.wal_dir().sync().unwrap();
+        let e = Wal::open_with(disk.wal_dir(), true, 100, 40)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("a segment is missing"), "{e}");
+        assert_eq!(
+            disk.wal_dir().list().unwrap().len(),
+            ids.len() - 1,
+            "none deleted"
+        );
+        // Known durable only before the gap: the rest is dropped, as a crash's.
+        let wal = Wal::open_with(disk.wal_dir(), true, 100, gone - 1).unwrap();
+        assert_eq!(wal.last_index(), Some(gone - 1));
+        assert_eq!(disk.wal_dir().list().unwrap().len(), ids.len() / 2);
     }
 
     #[test]
@@ -779,13 +1010,12 @@ mod tests {
         wal.take_sync().sync().unwrap();
         assert_eq!(file.len().unwrap(), 100);
         assert_eq!(open(&disk).read(..).unwrap(), entries(1..=3));
-        // A byte that is not zero past the last record is a torn tail: cut.
+        // A stray byte past the last record is no part of any write a crash cut short
+        // (that leaves a record's sectors as written or zeros): refused.
         let end = open(&disk).segments[&1].end;
         file.write_at(end + 10, &[7]).unwrap();
         file.sync().unwrap();
-        let wal = open(&disk);
-        assert_eq!(wal.read(..).unwrap(), entries(1..=3));
-        assert_eq!(wal.segments[&1].file.len().unwrap(), end);
+        assert!(Wal::open_with(disk.wal_dir(), true, 100, 0).is_err());
     }
 
     #[test]
@@ -836,12 +1066,12 @@ mod tests {
     fn files_on_disk_behave_as_the_simulated_ones() {
         let dir = tempfile::tempdir().unwrap();
         let fs = || on_disk(&dir);
-        let mut wal = Wal::open_with(fs(), true, 100).unwrap();
+        let mut wal = Wal::open_with(fs(), true, 100, 0).unwrap();
         wal.append(&entries(1..=30)).unwrap();
         wal.truncate_from(28).unwrap();
         wal.take_sync().sync().unwrap();
         drop(wal);
-        let mut wal = Wal::open_with(fs(), true, 100).unwrap();
+        let mut wal = Wal::open_with(fs(), true, 100, 0).unwrap();
         assert_eq!(wal.read(..).unwrap(), entries(1..=27));
         wal.purge_upto(27).remove().unwrap();
         wal.take_sync().sync().unwrap();
@@ -849,19 +1079,19 @@ mod tests {
         // A new segment is preallocated on disk; the zeros after its records are kept
         // across a reopen and overwritten by the next appends.
         let seg_bytes = 4096;
-        let mut wal = Wal::open_with(fs(), true, seg_bytes).unwrap();
+        let mut wal = Wal::open_with(fs(), true, seg_bytes, 0).unwrap();
         wal.append(&entries(28..=30)).unwrap();
         wal.take_sync().sync().unwrap();
         let path = dir.path().join("log").join(format!("{:020}.{EXT}", 28));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), seg_bytes);
         drop(wal);
-        let mut wal = Wal::open_with(fs(), true, seg_bytes).unwrap();
+        let mut wal = Wal::open_with(fs(), true, seg_bytes, 0).unwrap();
         assert_eq!(wal.read(..).unwrap(), entries(28..=30));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), seg_bytes);
         wal.append(&entries(31..=31)).unwrap();
         wal.take_sync().sync().unwrap();
         drop(wal);
-        let mut wal = Wal::open_with(fs(), true, seg_bytes).unwrap();
+        let mut wal = Wal::open_with(fs(), true, seg_bytes, 0).unwrap();
         assert_eq!(wal.read(..).unwrap(), entries(28..=31));
         wal.purge_upto(31).remove().unwrap();
         wal.take_sync().sync().unwrap();
@@ -872,7 +1102,7 @@ mod tests {
     fn a_paced_removal_takes_the_segment_out_of_the_log_before_cutting_it() {
         let dir = tempfile::tempdir().unwrap();
         let fs = || on_disk(&dir);
-        let mut wal = Wal::open_with(fs(), true, 100).unwrap();
+        let mut wal = Wal::open_with(fs(), true, 100, 0).unwrap();
         wal.append(&entries(1..=30)).unwrap();
         wal.take_sync().sync().unwrap();
         let segments = fs().list().unwrap().len();
@@ -881,7 +1111,7 @@ mod tests {
         wal.purge_upto(second - 1).remove_paced().unwrap();
         drop(wal);
         assert_eq!(fs().list().unwrap().len(), segments - 1);
-        let wal = Wal::open_with(fs(), true, 100).unwrap();
+        let wal = Wal::open_with(fs(), true, 100, 0).unwrap();
         assert_eq!(wal.read(..).unwrap(), entries(second..=30));
         drop(wal);
 
@@ -897,7 +1127,7 @@ mod tests {
             .unwrap();
         cut.set_len(7).unwrap();
         drop(cut);
-        let wal = Wal::open_with(fs(), true, 100).unwrap();
+        let wal = Wal::open_with(fs(), true, 100, 0).unwrap();
         assert_eq!(wal.first_index(), fs().list().unwrap().into_iter().min());
         assert_eq!(wal.last_index(), Some(30));
         drop(wal);

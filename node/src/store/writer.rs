@@ -614,7 +614,7 @@ mod tests {
             gate: Mutex::new(gate),
         });
         // Small segments, so forty entries span several.
-        let mut wal = Wal::open_with(dir.clone(), true, 100).unwrap();
+        let mut wal = Wal::open_with(dir.clone(), true, 100, 0).unwrap();
         let rows: Vec<(u64, Vec<u8>)> = (1..=40).map(|i| (i, vec![i as u8; 20])).collect();
         wal.append(&rows).unwrap();
         wal.take_sync().sync().unwrap();
