@@ -8,6 +8,12 @@ use std::fmt;
 /// A node's id in the Raft group (and in configuration files).
 pub type NodeId = u64;
 
+/// How many of `voters` make a majority: a write, an election, a judgement of the
+/// clocks or of the disks' room needs that many.
+pub fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
 /// A data centre role. Leadership prefers `main`, then `dr`; `bk` keeps a copy.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

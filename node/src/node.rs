@@ -800,15 +800,12 @@ async fn record_leader_change(
     cause: crate::vault::LeaderChangeCause,
 ) {
     let me = st.cluster.me();
-    let command = |cause| crate::vault::Command::RecordLeaderChange {
+    let command = |cause, at_ms| crate::vault::Command::RecordLeaderChange {
         leader_node: st.cluster.id(),
         leader_name: me.name.clone(),
         term,
         cause,
-        at_ms: {
-            let wall = (st.clock)();
-            st.cluster.vault().read(|v| v.stamp(wall)).unwrap_or(wall)
-        },
+        at_ms,
     };
     // A new leader accepts writes only once it has committed an entry of its term. It
     // keeps trying for as long as it leads that term: it hands leadership on only once
@@ -835,10 +832,9 @@ async fn record_leader_change(
         } else {
             cause
         };
-        // Stamped once this node has measured the others' clocks (see `Service::now_ms`).
-        st.clocks.wait_judged().await;
+        let at_ms = crate::service::leader_stamp(&st.clocks, &st.clock, &st.cluster).await;
         let err = match ready {
-            Ok(()) => match st.cluster.write(command(cause)).await {
+            Ok(()) => match st.cluster.write(command(cause, at_ms)).await {
                 Ok(_) => return,
                 Err(e) => e.to_string(),
             },

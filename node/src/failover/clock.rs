@@ -140,7 +140,7 @@ impl PeerClocks {
 
     /// Sets how many voters the cluster has, this node among them or not.
     pub fn set_voters(&self, voters: usize, self_votes: bool) {
-        let quorum = voters / 2 + 1;
+        let quorum = crate::member::quorum(voters);
         let need = quorum.saturating_sub(usize::from(self_votes));
         self.state.lock().expect("clock lock").need = Some(need);
     }

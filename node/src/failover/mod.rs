@@ -263,7 +263,7 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
         })
         .count();
     st.health.quorum_short.store(
-        voters > 0 && voters - short < voters / 2 + 1,
+        voters > 0 && voters - short < crate::member::quorum(voters),
         std::sync::atomic::Ordering::Relaxed,
     );
     let mut peers = st.health.peers.lock().expect("health lock");

@@ -288,7 +288,7 @@ impl Service {
             .iter()
             .filter(|v| **v == me || self.failover.health.answered(**v))
             .count();
-        let quorum = rest.len() / 2 + 1;
+        let quorum = crate::member::quorum(rest.len());
         if rest.is_empty() || reachable < quorum {
             return Err(MemberChangeError::WouldLoseQuorum {
                 name: name.to_owned(),

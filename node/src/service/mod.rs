@@ -163,6 +163,23 @@ pub struct Parts {
     pub router: Arc<Router>,
 }
 
+/// Leader-stamped time for a new command: `clock` (the time the other nodes' clocks
+/// agree with, `PeerClocks::stamp_ms`), never before the replicated clock. A node
+/// that has not yet measured the other nodes' clocks (just started, or just formed
+/// the cluster) first waits a few check rounds for it to do so: its own clock could
+/// have stepped, and the time in the log never goes back (decision 0030).
+pub(crate) async fn leader_stamp(
+    clocks: &crate::failover::PeerClocks,
+    clock: &Clock,
+    cluster: &Cluster,
+) -> u64 {
+    clocks.wait_judged().await;
+    let wall = clock();
+    // Unreadable, the wall clock stands in: apply never moves the clock back, and the
+    // write this stamps fails on the same storage anyway.
+    cluster.vault().read(|v| v.stamp(wall)).unwrap_or(wall)
+}
+
 impl Service {
     pub fn new(p: Parts) -> Service {
         Service {
@@ -193,16 +210,9 @@ impl Service {
         &self.metrics
     }
 
-    /// Leader-stamped time for a new command. A node that has not yet measured the
-    /// other nodes' clocks (just started, or just formed the cluster) first waits a few
-    /// check rounds for it to do so: its own clock could have stepped, and the time in
-    /// the log never goes back (decision 0030).
+    /// Leader-stamped time for a new command ([`leader_stamp`]).
     pub(crate) async fn now_ms(&self) -> u64 {
-        self.failover.clocks.wait_judged().await;
-        let wall = (self.clock)();
-        // Unreadable, the wall clock stands in: apply never moves the clock back, and
-        // the write this stamps fails on the same storage anyway.
-        self.read(|v| v.stamp(wall)).unwrap_or(wall)
+        leader_stamp(&self.failover.clocks, &self.clock, &self.cluster).await
     }
 
     /// Reads the local vault in one read transaction; a storage failure is
