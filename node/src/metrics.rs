@@ -82,6 +82,7 @@ pub struct Metrics {
     pub listener_connections: Family<PlaneLabels, Gauge>,
     pub listener_refused: Family<RefusedLabels, Counter>,
     pub listener_timeouts: Family<PlaneLabels, Counter>,
+    pub listener_accept_failures: Family<PlaneLabels, Counter>,
     pub cvc_refused: Family<ReasonLabels, Counter>,
     pub purged_cards: Counter,
     pub vault_scrubs: Family<OutcomeLabels, Counter>,
@@ -290,6 +291,7 @@ impl Metrics {
             listener_connections: Family::default(),
             listener_refused: Family::default(),
             listener_timeouts: Family::default(),
+            listener_accept_failures: Family::default(),
             cvc_refused: Family::default(),
             purged_cards: Counter::default(),
             vault_scrubs: Family::default(),
@@ -423,6 +425,11 @@ impl Metrics {
             "listener_timeouts",
             "Connections closed because a TLS handshake, a request head or the next request did not arrive in time, by plane",
             m.listener_timeouts.clone(),
+        );
+        registry.register(
+            "listener_accept_failures",
+            "Accepts that failed and were retried, by plane: a connection reset or aborted before it was taken, or the process or machine short of file descriptors or memory",
+            m.listener_accept_failures.clone(),
         );
         registry.register(
             "vault_purged_cards",
@@ -713,6 +720,7 @@ impl Metrics {
             refused("full"),
             refused("per_address"),
             self.listener_timeouts.get_or_create(&p).clone(),
+            self.listener_accept_failures.get_or_create(&p).clone(),
         ))
     }
 

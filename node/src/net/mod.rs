@@ -95,7 +95,9 @@ impl Listener for TokioListener {
     fn accept(&mut self) -> BoxFut<'_, io::Result<(BoxIo, String)>> {
         Box::pin(async move {
             let (s, peer) = self.0.accept().await?;
-            s.set_nodelay(true)?;
+            // Only a latency hint: a connection that cannot take it (already reset) is
+            // served, or fails, on its own.
+            let _ = s.set_nodelay(true);
             Ok((Box::new(s) as BoxIo, peer.to_string()))
         })
     }
@@ -167,6 +169,7 @@ impl ServeLimits {
                 Counter::default(),
                 Counter::default(),
                 Counter::default(),
+                Counter::default(),
             )),
         }
     }
@@ -183,6 +186,8 @@ pub struct ListenerStats {
     pub refused_per_address: Counter,
     /// Connections closed because the handshake or a request head did not arrive in time.
     pub timed_out: Counter,
+    /// Accepts that failed (see `accept_failure`): each is retried.
+    pub accept_failed: Counter,
     per_address: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -195,12 +200,14 @@ impl ListenerStats {
         refused_full: Counter,
         refused_per_address: Counter,
         timed_out: Counter,
+        accept_failed: Counter,
     ) -> ListenerStats {
         ListenerStats {
             open,
             refused_full,
             refused_per_address,
             timed_out,
+            accept_failed,
             per_address: Mutex::default(),
         }
     }
@@ -294,15 +301,35 @@ pub async fn serve_with(
     limits: ServeLimits,
     alternate: Option<Alternate>,
 ) -> io::Result<()> {
+    let mut failures = 0u32;
     loop {
         let (io, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) if is_transient_accept_error(&e) => {
-                tracing::warn!(error = %e, "accept failed; continuing");
-                crate::runtime::sleep(std::time::Duration::from_millis(10)).await;
+            Ok(c) => {
+                if failures > 0 {
+                    tracing::info!(
+                        plane = limits.plane,
+                        failures,
+                        "accepting connections again"
+                    );
+                    failures = 0;
+                }
+                c
+            }
+            Err(e) => {
+                let failure = accept_failure(&e);
+                if failure == AcceptFailure::Listener {
+                    return Err(e);
+                }
+                limits.stats.accept_failed.inc();
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    tracing::warn!(plane = limits.plane, error = %e, "accept failed; retrying");
+                }
+                if let Some(pause) = accept_pause(failure, failures) {
+                    crate::runtime::sleep(pause).await;
+                }
                 continue;
             }
-            Err(e) => return Err(e),
         };
         let slot = match limits.stats.admit(&peer, &limits) {
             Ok(s) => s,
@@ -829,14 +856,42 @@ impl<I: Io> tokio::io::AsyncWrite for ActivityIo<I> {
     }
 }
 
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    ) || e.raw_os_error() == Some(24) // EMFILE: too many open files; back off and retry
+/// What a failed accept says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptFailure {
+    /// One connection failed (reset or aborted before it was taken, or a network
+    /// error Linux hands to `accept` for the connection: accept(2) says to retry).
+    Connection,
+    /// The process or the machine is short of file descriptors or memory: the next
+    /// accept may work once some are freed.
+    Resources,
+    /// The listening socket itself is unusable: nothing to retry.
+    Listener,
+}
+
+/// Sorts a failed accept. Only a broken listening socket ends a listener: a plane that
+/// stopped accepting while its node stayed up would be a node that only looks alive.
+fn accept_failure(e: &io::Error) -> AcceptFailure {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+            AcceptFailure::Resources
+        }
+        Some(libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EFAULT) => AcceptFailure::Listener,
+        _ => AcceptFailure::Connection,
+    }
+}
+
+/// How long to wait before the next accept after `failures` in a row: short of
+/// resources, long enough for some to be freed; after one connection's failure, not
+/// at all, unless failures repeat (then doubling from 1 ms, up to a second), so that
+/// an error that keeps coming never spins a core.
+fn accept_pause(failure: AcceptFailure, failures: u32) -> Option<Duration> {
+    let backoff = Duration::from_millis(1 << failures.saturating_sub(2).min(10));
+    match failure {
+        AcceptFailure::Resources => Some(backoff.max(Duration::from_millis(100))),
+        AcceptFailure::Connection if failures >= 2 => Some(backoff),
+        _ => None,
+    }
 }
 
 /// A spawner that runs connection drivers through the Raft runtime.
@@ -905,6 +960,99 @@ mod tests {
             status,
             problem["code"].as_str().unwrap_or_default().to_owned(),
         )
+    }
+
+    /// A listener whose first accepts fail with `errors` (raw OS error numbers), then
+    /// accepts for real.
+    struct Flaky {
+        errors: std::collections::VecDeque<i32>,
+        inner: Box<dyn Listener>,
+    }
+
+    impl Listener for Flaky {
+        fn accept(&mut self) -> BoxFut<'_, io::Result<(BoxIo, String)>> {
+            match self.errors.pop_front() {
+                Some(e) => Box::pin(async move { Err(io::Error::from_raw_os_error(e)) }),
+                None => self.inner.accept(),
+            }
+        }
+
+        fn local_addr(&self) -> io::Result<String> {
+            self.inner.local_addr()
+        }
+    }
+
+    async fn serve_flaky(
+        errors: &[i32],
+    ) -> (
+        String,
+        Arc<ListenerStats>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let inner = TokioBinder.bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let limits = ServeLimits::unexported("test");
+        let stats = limits.stats.clone();
+        let router = axum::Router::new().route("/which", axum::routing::get(|| async { "http" }));
+        let flaky = Flaky {
+            errors: errors.iter().copied().collect(),
+            inner,
+        };
+        let serving = tokio::spawn(crate::runtime::Rt::scope(
+            1,
+            serve(Box::new(flaky), router, None, limits),
+        ));
+        (addr, stats, serving)
+    }
+
+    #[tokio::test]
+    async fn a_failed_accept_is_retried_and_only_a_broken_listening_socket_ends_the_listener() {
+        // A connection reset or aborted before it was taken, the network errors Linux
+        // hands to accept (accept(2): retry them), and a process or machine short of
+        // descriptors or memory: none may stop a plane while its node stays up.
+        let passing = [
+            libc::ECONNABORTED,
+            libc::EPROTO,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::EPERM,
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+        ];
+        let (addr, stats, serving) = serve_flaky(&passing).await;
+        let answer = exchange(
+            &addr,
+            b"GET /which HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            String::from_utf8_lossy(&answer).ends_with("http"),
+            "served after them"
+        );
+        assert_eq!(stats.accept_failed.get(), passing.len() as u64);
+        assert!(!serving.is_finished());
+        serving.abort();
+        // A listening socket that is not one (any more) ends it, with the error.
+        let (_, _, serving) = serve_flaky(&[libc::EBADF]).await;
+        let ended = serving.await.unwrap().expect_err("ended");
+        assert_eq!(ended.raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn failed_accepts_pause_only_when_short_of_resources_or_when_they_repeat() {
+        let (c, r) = (AcceptFailure::Connection, AcceptFailure::Resources);
+        assert_eq!(
+            accept_pause(c, 1),
+            None,
+            "one connection's failure: at once"
+        );
+        assert_eq!(accept_pause(c, 2), Some(Duration::from_millis(1)));
+        assert_eq!(accept_pause(c, 5), Some(Duration::from_millis(8)));
+        assert_eq!(accept_pause(c, 1_000), Some(Duration::from_millis(1024)));
+        assert_eq!(accept_pause(r, 1), Some(Duration::from_millis(100)));
+        assert_eq!(accept_pause(r, 1_000), Some(Duration::from_millis(1024)));
     }
 
     #[tokio::test]
