@@ -154,6 +154,16 @@ pub fn disk_usage(path: &Path) -> u64 {
     })
 }
 
+/// This process's open-files limit (the soft one, which the kernel enforces).
+pub fn open_files_limit() -> Option<u64> {
+    let mut files = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } == 0).then_some(files.rlim_cur)
+}
+
 /// The filesystem holding `path`: (bytes an unprivileged writer may still use, size).
 pub fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;

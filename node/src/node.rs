@@ -224,6 +224,23 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
              and a crash loses them"
         );
     }
+    // Descriptors beyond the planes' connection caps: the log, vault and snapshot files,
+    // the connections to peers and acquirers, the runtime's own.
+    const FILES_BESIDES_CONNECTIONS: u64 = 512;
+    let lim = &cfg.limits;
+    let wanted = (lim.api_connections_max + lim.peer_connections_max + lim.admin_connections_max)
+        as u64
+        + FILES_BESIDES_CONNECTIONS;
+    if let Some(have) = crate::files::open_files_limit().filter(|have| *have < wanted) {
+        tracing::warn!(
+            open_files_limit = have,
+            wanted,
+            "the open-files limit is below the planes' connection caps (limits.*_connections_max) \
+             and the node's own files: a flood of connections could leave it no descriptor for \
+             its storage, and a storage write that fails stops the node; raise the limit \
+             (LimitNOFILE) or lower the caps"
+        );
+    }
     if cfg.tls.insecure {
         tracing::warn!(
             "tls.insecure is set: every plane speaks plain HTTP (card numbers and keys in \

@@ -301,17 +301,19 @@ pub async fn serve_with(
     limits: ServeLimits,
     alternate: Option<Alternate>,
 ) -> io::Result<()> {
-    let mut failures = 0u32;
+    // Failures in a row (for the pause), and since the last warning, which goes out at
+    // most every `ACCEPT_WARN_EVERY`: a node short of descriptors fails an accept for
+    // every connection that frees one and is taken.
+    let (mut failures, mut unreported) = (0u32, 0u64);
+    let mut warned: Option<tokio::time::Instant> = None;
+    let mut recovered_said = true;
     loop {
         let (io, peer) = match listener.accept().await {
             Ok(c) => {
-                if failures > 0 {
-                    tracing::info!(
-                        plane = limits.plane,
-                        failures,
-                        "accepting connections again"
-                    );
-                    failures = 0;
+                failures = 0;
+                if !recovered_said {
+                    tracing::info!(plane = limits.plane, "accepting connections again");
+                    recovered_said = true;
                 }
                 c
             }
@@ -322,8 +324,17 @@ pub async fn serve_with(
                 }
                 limits.stats.accept_failed.inc();
                 failures = failures.saturating_add(1);
-                if failures == 1 {
-                    tracing::warn!(plane = limits.plane, error = %e, "accept failed; retrying");
+                unreported += 1;
+                if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                    tracing::warn!(
+                        plane = limits.plane,
+                        error = %e,
+                        failures = unreported,
+                        "accept failed; retrying (failures: since the last such warning)"
+                    );
+                    warned = Some(tokio::time::Instant::now());
+                    unreported = 0;
+                    recovered_said = false;
                 }
                 if let Some(pause) = accept_pause(failure, failures) {
                     crate::runtime::sleep(pause).await;
@@ -855,6 +866,9 @@ impl<I: Io> tokio::io::AsyncWrite for ActivityIo<I> {
         self.inner().poll_shutdown(cx)
     }
 }
+
+/// At most one warning of failed accepts per listener this often.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What a failed accept says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
