@@ -275,6 +275,8 @@ impl Wal {
             floor: 0,
         };
         let mut cut: Option<Cut> = None;
+        // Segments holding nothing but zeros (created just before a crash).
+        let mut empty = Vec::new();
         for id in ids {
             // Past a cut, or after a gap, nothing more belongs to the log.
             if let Some(c) = cut.as_mut() {
@@ -322,12 +324,7 @@ impl Wal {
             if offsets.is_empty() {
                 match cut.as_mut() {
                     Some(c) => c.removed.push(id),
-                    None if repair => {
-                        // All zeros: a segment created just before a crash.
-                        wal.dir.remove(id)?;
-                        wal.dir_dirty = true;
-                    }
-                    None => {}
+                    None => empty.push(id),
                 }
                 continue;
             }
@@ -366,6 +363,12 @@ impl Wal {
                  directory aside and start the node again with an empty one, and the leader \
                  catches it up (never run `kura init` on it)"
             )));
+        }
+        if repair {
+            for id in empty {
+                wal.dir.remove(id)?;
+                wal.dir_dirty = true;
+            }
         }
         if let (true, Some(c)) = (repair, cut) {
             for (id, file, pos, cut_bytes) in c.shortened {
