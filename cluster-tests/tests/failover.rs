@@ -276,6 +276,33 @@ async fn gray_failure_hands_over_and_fails_back(
     (c, key)
 }
 
+/// Waits for main, whose storage failed, to stop itself with status 74 within `within`;
+/// its log.
+async fn main_stops_itself(c: &mut ProcCluster, within: Duration) -> String {
+    let status = c.wait_exit(0, within).await;
+    assert_eq!(status.code(), Some(74), "main stops itself: {status}");
+    let log = std::fs::read_to_string(c.log_path(0)).unwrap();
+    assert!(
+        log.contains("this node stops: "),
+        "main says why it stopped"
+    );
+    log
+}
+
+/// main started again once its storage is sound: it leads again by failback, and every
+/// write `load` saw acknowledged reads back through every node.
+async fn main_back_and_nothing_lost(c: &mut ProcCluster, load: Load, key: &str, what: &str) {
+    c.restart(0);
+    wait_for_leader(c, 0, 1, Duration::from_secs(60)).await;
+    load.wait_for_more(20).await;
+    let (acked, gap) = load.finish().await;
+    eprintln!(
+        "{what}: {} writes acknowledged; longest gap {gap:?}",
+        acked.len()
+    );
+    assert_all_readable(c, key, &acked).await;
+}
+
 /// A cluster formed with a free-space floor of 64 MiB and `extra_toml`, the data
 /// directories of the nodes `on_tmpfs` each on a tmpfs of `mib` MiB; `None`, said,
 /// without root (which mounting needs).
@@ -337,9 +364,7 @@ async fn a_leader_whose_disk_fills_hands_over_stops_when_full_and_catches_up_onc
     load.wait_for_more(30).await;
 
     disk.fill("filler-2", 0);
-    let status = c.wait_exit(0, Duration::from_secs(60)).await;
-    assert_eq!(status.code(), Some(74), "main stops itself: {status}");
-    let log = std::fs::read_to_string(c.log_path(0)).unwrap();
+    let log = main_stops_itself(&mut c, Duration::from_secs(60)).await;
     assert!(
         log.contains("this node stops: its vault could not be written")
             || log.contains("this node stops: its Raft core stopped"),
@@ -349,15 +374,7 @@ async fn a_leader_whose_disk_fills_hands_over_stops_when_full_and_catches_up_onc
 
     std::fs::remove_file(c.data_dir(0).join("filler-1")).unwrap();
     std::fs::remove_file(c.data_dir(0).join("filler-2")).unwrap();
-    c.restart(0);
-    wait_for_leader(&c, 0, 1, Duration::from_secs(60)).await;
-    load.wait_for_more(20).await;
-    let (acked, gap) = load.finish().await;
-    eprintln!(
-        "disk full: {} writes acknowledged; longest gap {gap:?}",
-        acked.len()
-    );
-    assert_all_readable(&c, &key, &acked).await;
+    main_back_and_nothing_lost(&mut c, load, &key, "disk full").await;
     assert!(
         c.metric(
             1,
@@ -402,14 +419,9 @@ async fn a_leader_whose_disk_fails_stops_and_catches_up_once_repaired() {
 
     let failed_at = Instant::now();
     disk.fail();
-    let status = c.wait_exit(0, Duration::from_secs(30)).await;
+    let log = main_stops_itself(&mut c, Duration::from_secs(30)).await;
     let stopped_after = failed_at.elapsed();
-    assert_eq!(status.code(), Some(74), "main stops itself: {status}");
-    let log = std::fs::read_to_string(c.log_path(0)).unwrap();
-    assert!(
-        log.contains("this node stops:") && log.contains("Input/output error"),
-        "main says why it stopped"
-    );
+    assert!(log.contains("Input/output error"), "main names the error");
     wait_for("another node to lead", Duration::from_secs(20), || async {
         matches!(leader_seen_by(&c, 1).await, Some(l) if l != 0)
     })
@@ -429,15 +441,8 @@ async fn a_leader_whose_disk_fails_stops_and_catches_up_once_repaired() {
     );
 
     disk.repair();
-    c.restart(0);
-    wait_for_leader(&c, 0, 1, Duration::from_secs(60)).await;
-    load.wait_for_more(20).await;
-    let (acked, gap) = load.finish().await;
-    eprintln!(
-        "disk failed: main stopped {stopped_after:?} after; {} writes acknowledged; longest gap {gap:?}",
-        acked.len()
-    );
-    assert_all_readable(&c, &key, &acked).await;
+    let what = format!("disk failed (main stopped {stopped_after:?} after)");
+    main_back_and_nothing_lost(&mut c, load, &key, &what).await;
     drop(c);
     drop(disk);
 }
