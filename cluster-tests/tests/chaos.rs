@@ -69,6 +69,8 @@ fn child(seed: u64, unsafe_no_fsync: bool) -> ExitCode {
         "sim_ms": r.sim_ms,
         "replaced": replaced.len(),
         "replaced_through_crash": through_crash,
+        "log_unsynced_at_crash": r.log_unsynced_at_crash,
+        "log_torn_at_crash": r.log_torn_at_crash,
     });
     println!("RESULT {line}");
     ExitCode::SUCCESS
@@ -175,6 +177,7 @@ fn sweep(opts: &Opts) -> bool {
     drop(tx);
     let (mut done, mut gaps, mut failures, mut ops) = (0u64, Vec::new(), Vec::new(), 0u64);
     let (mut replaced, mut through_crash) = (0u64, 0u64);
+    let (mut unsynced_at_crash, mut torn_at_crash) = (0u64, 0u64);
     let mut slowest: Vec<(u64, u64)> = Vec::new();
     // (wall ms, seed, simulated ms): what the sweep's time goes to.
     let mut longest: Vec<(u64, u64, u64)> = Vec::new();
@@ -189,6 +192,8 @@ fn sweep(opts: &Opts) -> bool {
         ops += r["ops"].as_u64().unwrap_or(0);
         replaced += r["replaced"].as_u64().unwrap_or(0);
         through_crash += r["replaced_through_crash"].as_u64().unwrap_or(0);
+        unsynced_at_crash += r["log_unsynced_at_crash"].as_u64().unwrap_or(0);
+        torn_at_crash += r["log_torn_at_crash"].as_u64().unwrap_or(0);
         let seed = r["seed"].as_u64().unwrap_or(0);
         for g in r["failover_ms"]
             .as_array()
@@ -236,6 +241,10 @@ fn sweep(opts: &Opts) -> bool {
     println!(
         "membership: {replaced} machines replaced (remove, new machine, add, promote), \
          {through_crash} of them while a node crashed"
+    );
+    println!(
+        "power cuts: {unsynced_at_crash} found log writes not yet synced, {torn_at_crash} left \
+         one in part (a record the next open had to judge: cut, not refused)"
     );
     longest.sort_unstable_by(|a, b| b.cmp(a));
     let mut walls: Vec<u64> = longest.iter().map(|l| l.0).collect();
@@ -288,6 +297,10 @@ fn single(seed: u64, unsafe_no_fsync: bool, show_trace: bool) -> ExitCode {
     println!(
         "seed {seed}: {} operations ({} acknowledged writes), {} ms simulated, trace {}",
         r.ops, r.acked_writes, r.sim_ms, r.trace_hash
+    );
+    println!(
+        "power cuts: {} found log writes not yet synced, {} left one in part",
+        r.log_unsynced_at_crash, r.log_torn_at_crash
     );
     println!("fault schedule:\n{}", r.params.describe_schedule());
     println!("{}", failover_line(&r.failover_ms));

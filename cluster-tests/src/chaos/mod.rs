@@ -136,6 +136,10 @@ pub struct Report {
     pub final_purged: Vec<Option<u64>>,
     /// Every machine replaced.
     pub replacements: Vec<Replacement>,
+    /// Crashes that found log writes not yet synced, and that left one in part (a
+    /// record the next open had to judge).
+    pub log_unsynced_at_crash: u64,
+    pub log_torn_at_crash: u64,
     /// Each host's node id at the end (main, dr, bk).
     pub final_ids: [u64; 3],
     /// The voters in the final leader's membership, and all its members' ids.
@@ -213,6 +217,9 @@ struct Driver {
     fired: Vec<(u64, Fault, Option<u64>)>,
     invariant_reports: Vec<String>,
     converge_detail: String,
+    /// Crashes that found log writes not yet synced, and that left one in part.
+    log_unsynced_at_crash: u64,
+    log_torn_at_crash: u64,
 }
 
 impl Driver {
@@ -253,7 +260,9 @@ impl Driver {
         let torn = Rng::new(self.params.seed)
             .fork(0x7042 + self.crashed_at_index.len() as u64 * 7 + id)
             .next_u64();
-        self.disks[(id - 1) as usize].crash_torn(torn);
+        let found = self.disks[(id - 1) as usize].crash_torn(torn);
+        self.log_unsynced_at_crash += u64::from(found.log_files_unsynced > 0);
+        self.log_torn_at_crash += u64::from(found.log_writes_torn > 0);
         self.probe.forget(id);
         sim.crash(name(id));
     }
@@ -727,6 +736,8 @@ pub fn run(params: Params) -> Report {
         fired: Vec::new(),
         invariant_reports: Vec::new(),
         converge_detail: String::new(),
+        log_unsynced_at_crash: 0,
+        log_torn_at_crash: 0,
     };
     let mut harness_error = None;
     loop {
@@ -848,6 +859,8 @@ pub fn run(params: Params) -> Report {
         final_leadership,
         final_purged,
         replacements: std::mem::take(&mut w.replacements),
+        log_unsynced_at_crash: driver.log_unsynced_at_crash,
+        log_torn_at_crash: driver.log_torn_at_crash,
         final_ids: w.ids,
         final_voters: final_status.as_ref().map_or_else(Vec::new, |s| {
             s.members.iter().filter(|m| m.voter).map(|m| m.id).collect()

@@ -23,7 +23,7 @@ mod wal;
 mod writer;
 
 pub use log::LogStore;
-pub use sim_disk::SimDisk;
+pub use sim_disk::{SimDisk, TornCrash};
 pub use sm::{durable_loop, FileAsk, SharedVault, SnapshotUpload, StateMachine, VaultView};
 pub use writer::{FsyncObserver, SyncPolicy, WriterMode};
 

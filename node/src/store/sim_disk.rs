@@ -63,7 +63,9 @@ impl Bytes {
     /// A crash after part of what was written since the last sync reached the disk: a
     /// prefix of the changes, and of the write after it some of its sectors (a disk
     /// writes a sector whole or not at all, in no particular order).
-    fn crash_torn(&mut self, rng: &mut SplitMix) {
+    /// Whether a write was left in part (some of its sectors landed, some not).
+    fn crash_torn(&mut self, rng: &mut SplitMix) -> bool {
+        let mut torn = false;
         let n = self.unsynced.len();
         let landed = (rng.next() % (n as u64 + 1)) as usize;
         for change in &self.unsynced[..landed] {
@@ -71,17 +73,22 @@ impl Bytes {
         }
         if let Some(Change::Write(offset, data)) = self.unsynced.get(landed) {
             let (start, end) = (*offset as usize, *offset as usize + data.len());
-            let mut at = start;
+            let (mut at, mut kept, mut dropped) = (start, false, false);
             while at < end {
                 let to = ((at / SECTOR_BYTES + 1) * SECTOR_BYTES).min(end);
                 if rng.next() & 1 == 0 {
                     let part = Change::Write(at as u64, data[at - start..to - start].to_vec());
                     apply(&mut self.durable, &part);
+                    kept = true;
+                } else {
+                    dropped = true;
                 }
                 at = to;
             }
+            torn = kept && dropped;
         }
         self.crash();
+        torn
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
@@ -93,6 +100,15 @@ impl Bytes {
         out.copy_from_slice(src);
         Ok(())
     }
+}
+
+/// What a torn crash found in the Raft log's files.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TornCrash {
+    /// Log files with writes not yet synced.
+    pub log_files_unsynced: u32,
+    /// Writes to them left in part: some sectors on the disk, some not.
+    pub log_writes_torn: u32,
 }
 
 /// The unit a simulated disk writes whole.
@@ -160,17 +176,24 @@ impl SimDisk {
     /// the snapshot files part of what was written since their last sync reached the
     /// disk first (see `Bytes::crash_torn`), chosen by `seed`: a record may be left
     /// cut short. The database files lose all of it, as in a crash.
-    pub fn crash_torn(&self, seed: u64) {
+    pub fn crash_torn(&self, seed: u64) -> TornCrash {
         let mut rng = SplitMix(seed);
+        let mut found = TornCrash::default();
         {
             let mut d = self.inner.lock().expect("disk lock");
             for ((dir, _), s) in d.segments.iter_mut() {
                 if matches!(*dir, "wal" | "snap") {
-                    s.bytes.crash_torn(&mut rng);
+                    let unsynced = !s.bytes.unsynced.is_empty();
+                    let torn = s.bytes.crash_torn(&mut rng);
+                    if *dir == "wal" {
+                        found.log_files_unsynced += u32::from(unsynced);
+                        found.log_writes_torn += u32::from(torn);
+                    }
                 }
             }
         }
         self.crash();
+        found
     }
 
     /// The host's machine is replaced: the disk comes back empty. Handles opened before

@@ -140,6 +140,11 @@ pub(crate) struct SyncSet {
 }
 
 impl SyncSet {
+    /// Whether there is nothing to sync.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.dir.is_none()
+    }
+
     /// Syncs the touched segments, then the directory if segments came or went.
     pub(crate) fn sync(self) -> io::Result<()> {
         for f in &self.files {

@@ -327,7 +327,16 @@ async fn run_task(
         match tokio::time::timeout(committer.flush_wait(), rx.recv()).await {
             Ok(Some(first)) => {
                 faults.before_storage_commit_async().await;
-                committer.commit(batch(first, || rx.try_recv().ok()));
+                let Some(pending) = committer.commit_start(batch(first, || rx.try_recv().ok()))
+                else {
+                    continue;
+                };
+                // The sync takes time, as on a real disk: a crash can come while the
+                // log's writes are in the page cache only (and tear them).
+                if pending.syncs_log() && committer.sync == SyncPolicy::Fsync {
+                    crate::runtime::sleep(TASK_SYNC_TIME).await;
+                }
+                committer.commit_finish(pending);
             }
             Err(_) if committer.has_deferred() => {
                 faults.before_storage_commit_async().await;
@@ -361,6 +370,14 @@ impl Committer {
     /// append — for a marker whose loss only means replaying a little more after a
     /// crash.
     fn commit(&mut self, batch: Vec<Op>) {
+        if let Some(pending) = self.commit_start(batch) {
+            self.commit_finish(pending);
+        }
+    }
+
+    /// The first half of [`Committer::commit`]: the batch's log changes written, not
+    /// yet synced (`None`: nothing to finish).
+    fn commit_start(&mut self, batch: Vec<Op>) -> Option<Pending> {
         let mut ops = Vec::with_capacity(batch.len());
         for op in batch {
             match op {
@@ -378,7 +395,7 @@ impl Committer {
             if self.flush_wait().is_zero() {
                 self.flush_deferred();
             }
-            return;
+            return None;
         }
         let started = Instant::now();
         // A database transaction is coming anyway: the deferred metadata goes with it.
@@ -397,15 +414,28 @@ impl Committer {
         if let Some(top) = appended_upto {
             crate::timeline::mark(crate::timeline::Stage::WriterStart, top, ops.len() as u64);
         }
-        let result = self
-            .write_all(self.sync.durability(), &ops, deferred)
+        let written = self.write_log(&ops, !deferred.is_empty());
+        Some(Pending {
+            ops,
+            started,
+            appended_upto,
+            deferred,
+            written,
+        })
+    }
+
+    /// The second half: the log synced, the rest written, every operation completed.
+    fn commit_finish(&mut self, p: Pending) {
+        let result = p
+            .written
+            .and_then(|w| self.finish_write(self.sync.durability(), &p.ops, p.deferred, w))
             .map_err(|e| CommitFailed {
                 kind: e.kind(),
                 message: e.to_string(),
             });
         if result.is_ok() {
-            (self.fsync)(started.elapsed());
-            if let Some(top) = appended_upto {
+            (self.fsync)(p.started.elapsed());
+            if let Some(top) = p.appended_upto {
                 crate::timeline::mark(crate::timeline::Stage::WriterSynced, top, 0);
                 self.durable_log
                     .fetch_max(top, std::sync::atomic::Ordering::AcqRel);
@@ -413,7 +443,7 @@ impl Committer {
         } else if let Err(e) = &result {
             tracing::error!(error = %e.message, "storage commit failed");
         }
-        for op in ops {
+        for op in p.ops {
             op.into_done(result.is_ok()).complete(&result);
         }
     }
@@ -447,46 +477,78 @@ impl Committer {
 }
 
 impl Committer {
-    /// Log changes go to the log's files (synced unless syncing is off), the rest to one
-    /// redb transaction. A purge deletes segments only after the purge point is durable,
-    /// so that a crash in between never leaves a gap below the log's first entry.
-    fn write_all(
+    /// Writes the batch's log changes to the log's files, not yet synced; what the
+    /// rest of the commit needs.
+    fn write_log(&self, batch: &[Op], deferred: bool) -> io::Result<Written> {
+        let mut purge_upto = None;
+        let mut meta = deferred;
+        let mut wal = self.wal.lock().expect("log lock");
+        for op in batch {
+            match op {
+                Op::Append { rows, .. } => wal.append(rows)?,
+                Op::TruncateFrom { from, .. } => wal.truncate_from(*from)?,
+                Op::PurgeUpto { upto, .. } => {
+                    purge_upto = purge_upto.max(Some(*upto));
+                    meta = true;
+                }
+                Op::PutMeta { .. } | Op::RecordSnapshot { .. } | Op::Canary { .. } => meta = true,
+            }
+        }
+        Ok(Written {
+            to_sync: wal.take_sync(),
+            purge_upto,
+            meta,
+        })
+    }
+
+    /// Syncs the log's files (unless syncing is off), writes the rest in one redb
+    /// transaction. A purge deletes segments only after the purge point is durable, so
+    /// that a crash in between never leaves a gap below the log's first entry.
+    fn finish_write(
         &self,
         durability: Durability,
         batch: &[Op],
         deferred: Vec<(&'static str, Vec<u8>)>,
+        w: Written,
     ) -> io::Result<()> {
-        let mut purge_upto = None;
-        let mut meta = !deferred.is_empty();
-        let to_sync = {
-            let mut wal = self.wal.lock().expect("log lock");
-            for op in batch {
-                match op {
-                    Op::Append { rows, .. } => wal.append(rows)?,
-                    Op::TruncateFrom { from, .. } => wal.truncate_from(*from)?,
-                    Op::PurgeUpto { upto, .. } => {
-                        purge_upto = purge_upto.max(Some(*upto));
-                        meta = true;
-                    }
-                    Op::PutMeta { .. } | Op::RecordSnapshot { .. } | Op::Canary { .. } => {
-                        meta = true
-                    }
-                }
-            }
-            wal.take_sync()
-        };
         if self.sync == SyncPolicy::Fsync {
-            to_sync.sync()?;
+            w.to_sync.sync()?;
         }
-        if meta {
+        if w.meta {
             write_meta(&self.db, durability, batch, deferred)?;
         }
-        if let Some(upto) = purge_upto {
+        if let Some(upto) = w.purge_upto {
             let purged = self.wal.lock().expect("log lock").purge_upto(upto);
             self.remove_purged(purged);
         }
         Ok(())
     }
+}
+
+/// A commit between its two halves.
+struct Pending {
+    ops: Vec<Op>,
+    started: Instant,
+    appended_upto: Option<u64>,
+    deferred: Vec<(&'static str, Vec<u8>)>,
+    written: io::Result<Written>,
+}
+
+impl Pending {
+    /// Whether the second half syncs log files.
+    fn syncs_log(&self) -> bool {
+        self.written.as_ref().is_ok_and(|w| !w.to_sync.is_empty())
+    }
+}
+
+/// How long a writer on a task (a simulated host) takes to sync the log's files.
+const TASK_SYNC_TIME: Duration = Duration::from_micros(200);
+
+/// What writing a batch's log changes leaves to do.
+struct Written {
+    to_sync: super::wal::SyncSet,
+    purge_upto: Option<u64>,
+    meta: bool,
 }
 
 impl Committer {
