@@ -441,6 +441,13 @@ impl Metrics {
             "Full checks of this node's vault (admin scrub), by outcome (passed, failed)",
             m.vault_scrubs.clone(),
         );
+        // Both outcomes exported from the start, at 0: a series that first appears at 1
+        // has no increase, and `KuraVaultScrubFailed` would miss the first failure.
+        for outcome in ["passed", "failed"] {
+            let _ = m.vault_scrubs.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            });
+        }
         registry.register_with_unit(
             "vault_scrub_duration",
             "How long this node's last vault scrub took",
@@ -914,7 +921,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one API request.
     /// A finished vault scrub.
     pub fn observe_scrub(&self, outcome: &str, seconds: f64) {
         self.vault_scrubs
@@ -925,6 +931,7 @@ impl Metrics {
         self.vault_scrub_duration.set(seconds);
     }
 
+    /// Records one API request.
     pub fn observe_request(&self, endpoint: &str, method: &str, status: u16, elapsed: Duration) {
         let labels = RequestLabels {
             endpoint: endpoint.to_owned(),
