@@ -158,6 +158,7 @@ fn main() -> ExitCode {
             }
             Cmd::Undrain { name, config } => cli::drain(&config, &name, false).await,
             Cmd::Scrub { name, config } => cli::scrub(&config, name.as_deref()).await,
+            Cmd::Compare { config } => cli::compare(&config).await,
             Cmd::Certs { cmd } => kura_node::cli::certs::run(cmd).map_err(|e| e.to_string()),
             Cmd::Audit { cmd } => match cli::audit(cmd).await {
                 Ok(true) => Ok(()),

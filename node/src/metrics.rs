@@ -87,6 +87,8 @@ pub struct Metrics {
     pub purged_cards: Counter,
     pub vault_scrubs: Family<OutcomeLabels, Counter>,
     pub vault_scrub_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub vault_compares: Family<OutcomeLabels, Counter>,
+    pub vault_digest_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// Labels of requests refused by a rate limit: which limit.
@@ -296,6 +298,8 @@ impl Metrics {
             purged_cards: Counter::default(),
             vault_scrubs: Family::default(),
             vault_scrub_duration: Gauge::default(),
+            vault_compares: Family::default(),
+            vault_digest_duration: Gauge::default(),
         };
         registry.register(
             "raft_term",
@@ -453,6 +457,24 @@ impl Metrics {
             "How long this node's last vault scrub took",
             Unit::Seconds,
             m.vault_scrub_duration.clone(),
+        );
+        registry.register(
+            "vault_compares",
+            "Comparisons of the members' vaults this node ran (`kura compare`, and the \
+             leader's schedule), by outcome (agreed, differed, incomplete)",
+            m.vault_compares.clone(),
+        );
+        // Every outcome exported from the start, at 0, as the scrubs' are.
+        for outcome in ["agreed", "differed", "incomplete"] {
+            let _ = m.vault_compares.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            });
+        }
+        registry.register_with_unit(
+            "vault_digest_duration",
+            "How long this node last took to hash its whole vault for a comparison",
+            Unit::Seconds,
+            m.vault_digest_duration.clone(),
         );
         registry.register(
             "cvc_refused",
@@ -929,6 +951,15 @@ impl Metrics {
             })
             .inc();
         self.vault_scrub_duration.set(seconds);
+    }
+
+    /// A finished comparison of the members' vaults.
+    pub fn observe_compare(&self, outcome: &str) {
+        self.vault_compares
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Records one API request.

@@ -426,6 +426,8 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     crate::runtime::spawn(service::audit::sign_loop(svc.clone()));
     crate::runtime::spawn(service::tokens::purge_loop(svc.clone()));
     crate::runtime::spawn(service::audit::flush_loop(svc.clone()));
+    crate::runtime::spawn(service::compare::hash_loop(svc.clone()));
+    crate::runtime::spawn(service::compare::compare_loop(svc.clone()));
     crate::runtime::spawn(service::payments::resolver_loop(svc.clone()));
     crate::runtime::spawn(crate::failover::run(failover));
     crate::runtime::spawn(sweep_cvcs(bg.clone()));

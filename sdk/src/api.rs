@@ -338,4 +338,16 @@ impl Client {
         self.send_as::<_, ()>(Method::POST, "/admin/v1/scrub", None)
             .await
     }
+
+    /// The leader's last comparison of the members' vaults, or the one running.
+    pub async fn compare(&self) -> Result<Compare, Error> {
+        self.get_as("/admin/v1/compare").await
+    }
+
+    /// Starts a comparison of the members' vaults on the leader; poll [`Self::compare`]
+    /// for the outcome. `409 compare_running` while one runs.
+    pub async fn start_compare(&self) -> Result<Compare, Error> {
+        self.send_as::<_, ()>(Method::POST, "/admin/v1/compare", None)
+            .await
+    }
 }

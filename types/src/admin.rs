@@ -324,3 +324,87 @@ pub struct Scrub {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violation: Option<String>,
 }
+
+/// How a comparison of the members' vaults came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CompareState {
+    /// None has run on this node since it started.
+    Never,
+    Running,
+    /// Every member hashed its vault at the marker, and every hash is the same.
+    Agreed,
+    /// At least one member's vault differs from the rest (`differs` marks it).
+    Differed,
+    /// The hashes that came agree, but not every member's came (`detail` says why).
+    Incomplete,
+}
+
+/// What one member answered in a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MemberDigestState {
+    /// Its vault is hashed at the marker.
+    Hashed,
+    /// It has not applied the marker yet, or is hashing.
+    Pending,
+    /// It has applied past the marker without hashing there: it installed a snapshot
+    /// beyond it, restarted after it, or a newer comparison's marker came first.
+    Missed,
+    /// Its vault could not be read to hash (its storage failed).
+    Unreadable,
+    /// It did not answer.
+    Unreachable,
+}
+
+/// One member's part in a comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MemberDigest {
+    pub node_id: u64,
+    pub name: String,
+    pub state: MemberDigestState,
+    /// SHA-256 over every table's rows in order, when hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Rows hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// How long the member took to hash its vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// True when its hash is not the one most members have.
+    #[serde(default)]
+    pub differs: bool,
+}
+
+/// `GET`/`POST /admin/v1/compare`: a comparison of the members' vaults. A marker entry
+/// goes through the log; every member hashes its whole vault as it stands just after
+/// applying it, so equal vaults give equal hashes whatever each node's timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "check": "5f0c1e2d3a4b6978", "state": "agreed", "started_at_ms": 1764633600000_u64,
+    "finished_at_ms": 1764633604200_u64, "index": 120443, "members": [
+        {"node_id": 1, "name": "main", "state": "hashed", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "rows": 1204, "seconds": 0.012, "differs": false}
+    ]})))]
+pub struct Compare {
+    /// The comparison's id (hex), as the audit trail records its marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    pub state: CompareState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// The marker's log index: every hash is of the vault just after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    #[serde(default)]
+    pub members: Vec<MemberDigest>,
+    /// Why a comparison is incomplete, or which members differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::StreamExt;
 use kura_types::{
-    AddMemberIn, CreateMerchantIn, Drained, Faults, InitOutcome, Leader, MemberOut, Merchant,
-    Merchants, RotateKeyIn, Scrub, TransferIn, UpdateMerchantIn,
+    AddMemberIn, Compare, CreateMerchantIn, Drained, Faults, InitOutcome, Leader, MemberOut,
+    Merchant, Merchants, RotateKeyIn, Scrub, TransferIn, UpdateMerchantIn,
 };
 
 type Out<T> = Result<axum::Json<T>, Problem>;
@@ -264,6 +264,31 @@ pub async fn start_scrub(
 ) -> Result<Response, Problem> {
     let s = st.svc.start_scrub(&op)?;
     Ok((StatusCode::ACCEPTED, axum::Json(s)).into_response())
+}
+
+/// The last comparison of the members' vaults this leader ran, or the one running.
+#[utoipa::path(get, path = "/admin/v1/compare", tag = "cluster",
+    responses((status = 200, description = "the last comparison", body = Compare)),
+    security(("operator" = [])))]
+pub async fn get_compare(State(st): St) -> axum::Json<Compare> {
+    axum::Json(st.svc.compare_status())
+}
+
+/// Compares the members' vaults: writes a marker through the log, and every member
+/// hashes its whole vault as it stands just after applying it; any member whose hash
+/// differs from the rest is named. `202`; poll `GET /admin/v1/compare` for the outcome.
+#[utoipa::path(post, path = "/admin/v1/compare", tag = "cluster",
+    responses(
+        (status = 202, description = "started", body = Compare),
+        (status = 409, description = "a comparison is running already", body = kura_types::Problem, content_type = "application/problem+json"),
+    ),
+    security(("operator" = [])))]
+pub async fn start_compare(
+    State(st): St,
+    Extension(op): Extension<Operator>,
+) -> Result<Response, Problem> {
+    let c = st.svc.start_compare(Some(&op))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(c)).into_response())
 }
 
 /// Adds a member as a learner: the leader starts replicating to it (by snapshot if

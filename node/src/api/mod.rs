@@ -97,6 +97,7 @@ fn admin_leader_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(audit::page))
         .routes(routes!(audit::verify))
         .routes(routes!(audit::signed_head))
+        .routes(routes!(admin::get_compare, admin::start_compare))
 }
 
 /// The admin plane's routes every node answers itself.

@@ -96,10 +96,10 @@ mod tests {
         assert_eq!(json["openapi"], "3.1.0");
         let paths = json["paths"].as_object().unwrap();
         let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        // 12 merchant operations, 4 of health and status, 26 on the admin plane.
+        // 12 merchant operations, 4 of health and status, 28 on the admin plane.
         assert_eq!(
             operations,
-            42,
+            44,
             "{:?}",
             paths
                 .iter()
@@ -116,6 +116,8 @@ mod tests {
             "ClusterStatus",
             "Scrub",
             "ScrubState",
+            "Compare",
+            "CompareState",
             "AddMemberIn",
             "MemberOut",
         ] {

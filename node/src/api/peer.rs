@@ -23,6 +23,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(CVC_PATH, post(take_copy))
         .route(EVENT_PATH, post(take_event))
         .route(crate::failover::HEALTH_PATH, get(health))
+        .route(
+            &format!("{}/{{check}}", crate::service::compare::DIGEST_PATH),
+            get(vault_digest),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -56,4 +60,27 @@ async fn take_event(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     axum::Json(st.svc.own_health()).into_response()
+}
+
+/// Which comparison's marker the leader asks about.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DigestQuery {
+    index: u64,
+}
+
+/// This node's hash of its vault at a comparison's marker, or why it has none (yet).
+async fn vault_digest(
+    State(st): State<Arc<AppState>>,
+    path: Result<axum::extract::Path<u64>, axum::extract::rejection::PathRejection>,
+    query: Result<axum::extract::Query<DigestQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let (Ok(axum::extract::Path(check)), Ok(axum::extract::Query(q))) = (path, query) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "not a comparison and its marker's index",
+        )
+            .into_response();
+    };
+    axum::Json(st.svc.digest_answer(check, q.index)).into_response()
 }

@@ -176,6 +176,14 @@ pub enum Cmd {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Compare the members' vaults: a marker goes through the log, every member hashes
+    /// its whole vault as it stands just after it, and any member whose hash differs
+    /// from the rest is named. Waits for the outcome; exits non-zero unless every
+    /// member's vault is the same.
+    Compare {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Run a standalone acquirer simulator (test cards, latency and failure injection;
     /// see docs/operations.md).
     AcquirerSim {
@@ -744,6 +752,83 @@ fn render_status(statuses: &[(String, Option<Value>)]) -> String {
         );
     }
     out
+}
+
+/// How often `kura compare` asks for the outcome.
+const COMPARE_POLL: Duration = Duration::from_millis(500);
+
+/// `kura compare`: starts a comparison of the members' vaults on the leader (or follows
+/// the one running), waits for its outcome and prints each member's hash.
+pub async fn compare(config: &Path) -> Result<(), String> {
+    use kura_types::{CompareState, MemberDigestState};
+    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let client = admin_client(&cfg, config)?;
+    let check = match client.start_compare().await {
+        Ok(c) => {
+            println!(
+                "comparing the members' vaults (comparison {})",
+                c.check.as_deref().unwrap_or("?")
+            );
+            c.check
+        }
+        Err(kura_sdk::Error::Api {
+            code: kura_types::ProblemCode::CompareRunning,
+            ..
+        }) => {
+            println!("a comparison is running already; waiting for it");
+            None
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let c = loop {
+        tokio::time::sleep(COMPARE_POLL).await;
+        let c = client.compare().await.map_err(|e| e.to_string())?;
+        if check.is_some() && c.check != check {
+            return Err(
+                "the comparison was lost with a change of leader; run kura compare again".into(),
+            );
+        }
+        if c.state != CompareState::Running {
+            break c;
+        }
+    };
+    println!("marker at log index {}", c.index.unwrap_or(0));
+    println!(
+        "{:<8} {:<12} {:>10} {:>8}  sha256",
+        "member", "state", "rows", "seconds"
+    );
+    for m in &c.members {
+        let state = match m.state {
+            MemberDigestState::Hashed if m.differs => "DIFFERS",
+            MemberDigestState::Hashed => "hashed",
+            MemberDigestState::Pending => "pending",
+            MemberDigestState::Missed => "missed",
+            MemberDigestState::Unreadable => "unreadable",
+            MemberDigestState::Unreachable => "unreachable",
+        };
+        println!(
+            "{:<8} {:<12} {:>10} {:>8}  {}",
+            m.name,
+            state,
+            m.rows.map_or("-".into(), |r| r.to_string()),
+            m.seconds.map_or("-".into(), |s| format!("{s:.2}")),
+            m.sha256.as_deref().unwrap_or("-")
+        );
+    }
+    match c.state {
+        CompareState::Agreed => {
+            println!("every member's vault is the same");
+            Ok(())
+        }
+        CompareState::Differed => Err(format!(
+            "the members' vaults DIFFER: {} (see docs/runbook.md, KuraVaultsDiffer)",
+            c.detail.as_deref().unwrap_or("(no detail)")
+        )),
+        _ => Err(format!(
+            "the comparison is incomplete: {}",
+            c.detail.as_deref().unwrap_or("(no detail)")
+        )),
+    }
 }
 
 /// How often `kura scrub` asks for the outcome.

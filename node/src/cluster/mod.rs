@@ -328,6 +328,24 @@ impl Cluster {
             .map_err(|e| crate::vault::StorageError::new(e.to_string()))?
     }
 
+    /// Hashes the vault as a comparison marker left it — every row of every table, in
+    /// order — off the async workers: its SHA-256 (hex) and how many rows.
+    pub async fn hash_mark(
+        &self,
+        mark: crate::store::Mark,
+    ) -> Result<(String, u64), crate::vault::StorageError> {
+        self.store
+            .blocking(move || {
+                let hashed = crate::vault::tables::digest_rows(&mark.tables);
+                match crate::vault::Tables::failure(&mark.tables) {
+                    Some(e) => Err(e),
+                    None => Ok(hashed),
+                }
+            })
+            .await
+            .map_err(|e| crate::vault::StorageError::new(e.to_string()))?
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id

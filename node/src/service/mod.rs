@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod cards;
+pub mod compare;
 pub mod error;
 pub mod keys;
 pub mod members;
@@ -57,6 +58,9 @@ pub struct ApiSettings {
     pub rewrap_batch_cards: usize,
     /// How often the leader signs the audit trail's head (when it has grown).
     pub audit_sign_interval_s: u64,
+    /// How often the leader compares the members' vaults (`kura compare`); 0: only
+    /// when an operator asks. Each comparison reads every member's whole vault.
+    pub compare_interval_s: u64,
 }
 
 impl Default for ApiSettings {
@@ -69,6 +73,7 @@ impl Default for ApiSettings {
             cvc_replication_timeout_ms: 250,
             rewrap_batch_cards: 256,
             audit_sign_interval_s: 60,
+            compare_interval_s: 3_600,
         }
     }
 }
@@ -118,6 +123,12 @@ impl ApiSettings {
                 "must be between 1 and 3600",
             ));
         }
+        if self.compare_interval_s != 0 && !(60..=604_800).contains(&self.compare_interval_s) {
+            return Err(InvalidSetting::new(
+                "api.compare_interval_s",
+                "must be 0 (never) or between 60 and 604800",
+            ));
+        }
         Ok(())
     }
 }
@@ -146,6 +157,8 @@ pub struct Service {
     auth_failures: audit::AuthFailures,
     /// This node's last vault scrub.
     scrubs: scrub::Scrubs,
+    /// This node's hashes for comparisons, and the last comparison it ran.
+    compares: compare::Compares,
 }
 
 /// The parts a [`Service`] is built from.
@@ -196,6 +209,7 @@ impl Service {
             payments_in_flight: Mutex::default(),
             auth_failures: audit::AuthFailures::default(),
             scrubs: scrub::Scrubs::new(&p.cluster.me().name),
+            compares: compare::Compares::new(),
             cluster: p.cluster,
         }
     }

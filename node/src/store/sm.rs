@@ -98,6 +98,31 @@ pub struct SharedVault {
     /// The first failure to write the vault's file, once there was one (see
     /// [`SharedVault::failure`]).
     failure: tokio::sync::watch::Sender<Option<String>>,
+    /// The vault as it stood just after the last comparison marker applied, until the
+    /// service takes it to hash ([`SharedVault::take_mark`]). Taken after `state`.
+    mark: std::sync::Mutex<Option<Mark>>,
+    marked: tokio::sync::Notify,
+}
+
+/// The vault as it stood just after a [`crate::vault::Command::CompareVaults`] entry
+/// applied: every member's tables at that index are the same, or one differs.
+pub struct Mark {
+    /// The comparison's id.
+    pub check: u64,
+    /// The marker entry's index.
+    pub index: u64,
+    /// The tables then: O(1) copies of the buffer over one read transaction of the
+    /// file. Holding them keeps that transaction's pages from reuse, as a snapshot
+    /// build's view does.
+    pub tables: ViewTables,
+}
+
+/// The comparison an entry marks, if it is a marker.
+fn compare_mark(entry: &crate::raft_types::Entry) -> Option<u64> {
+    match &entry.payload {
+        EntryPayload::Normal(crate::vault::Command::CompareVaults { check, .. }) => Some(*check),
+        _ => None,
+    }
 }
 
 /// What an apply learnt about the vault, for the next apply to the same state.
@@ -257,6 +282,24 @@ impl SharedVault {
         self.durable_log.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Takes the vault as it stood just after the last comparison marker applied, if
+    /// not taken yet. A marker applied before the last was taken replaces it: one
+    /// comparison is hashed at a time, and the older one is missed.
+    pub fn take_mark(&self) -> Option<Mark> {
+        self.mark.lock().expect("vault mark lock").take()
+    }
+
+    /// Waits until a comparison marker may have applied since the last call.
+    pub async fn marked(&self) {
+        self.marked.notified().await;
+    }
+
+    /// The comparison marked and not yet taken, and its index.
+    pub fn waiting_mark(&self) -> Option<(u64, u64)> {
+        let m = self.mark.lock().expect("vault mark lock");
+        m.as_ref().map(|m| (m.check, m.index))
+    }
+
     /// Applies `entries` into the buffer; readers see all of them or none. When that
     /// fills the buffer, writes it out (waiting for a flush already writing one), so
     /// that memory stays bounded however fast entries come.
@@ -287,8 +330,36 @@ impl SharedVault {
         self.flush_locked(&mut f)
     }
 
-    /// Applies `entries` into the buffer; also whether the buffer is full now.
+    /// Applies `entries` into the buffer; also whether the buffer is full now. A
+    /// comparison marker among them ends a run: the vault as it stands just after it is
+    /// kept for [`SharedVault::take_mark`] before the next entry applies.
     fn apply_to_buffer(
+        &self,
+        entries: &[crate::raft_types::Entry],
+        check: Option<&ApplyCheck>,
+    ) -> io::Result<(Vec<Response>, bool)> {
+        if !entries.iter().any(|e| compare_mark(e).is_some()) {
+            return self.apply_run(entries, check);
+        }
+        let (mut responses, mut full) = (Vec::with_capacity(entries.len()), false);
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let end = rest
+                .iter()
+                .position(|e| compare_mark(e).is_some())
+                .map_or(rest.len(), |i| i + 1);
+            let (run, after) = rest.split_at(end);
+            let (applied, filled) = self.apply_run(run, check)?;
+            responses.extend(applied);
+            full |= filled;
+            rest = after;
+        }
+        Ok((responses, full))
+    }
+
+    /// Applies `entries` into the buffer as one run; also whether the buffer is full
+    /// now.
+    fn apply_run(
         &self,
         entries: &[crate::raft_types::Entry],
         check: Option<&ApplyCheck>,
@@ -336,6 +407,17 @@ impl SharedVault {
             s.last = Some(last);
             s.membership = membership;
             s.entries += entries.len() as u64;
+            // A marker ends its run (`apply_to_buffer`): this is the state just after
+            // it, kept before anyone can see it applied, so that a node that has
+            // applied a marker has its state in hand.
+            if let Some(check) = entries.last().and_then(compare_mark) {
+                *self.mark.lock().expect("vault mark lock") = Some(Mark {
+                    check,
+                    index: last.index,
+                    tables: s.tables(),
+                });
+                self.marked.notify_one();
+            }
             (
                 responses,
                 s.top.len() >= self.flush_keys.load(std::sync::atomic::Ordering::Relaxed),
@@ -586,6 +668,8 @@ impl StateMachine {
                 durable_log: store.durable_log.clone(),
                 flush_keys: FLUSH_KEYS.into(),
                 failure: tokio::sync::watch::Sender::new(None),
+                mark: std::sync::Mutex::new(None),
+                marked: tokio::sync::Notify::new(),
             }),
             store,
             files,

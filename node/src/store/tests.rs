@@ -1291,3 +1291,85 @@ async fn without_fsync_every_snapshot_is_a_file() {
     assert!(!snap.snapshot.is_mark());
     assert_eq!(snapshot_files_on(&disk), vec![snap.snapshot.id()]);
 }
+
+/// Entries 1..=n, those at `marks` comparison markers (their index as the check id).
+fn entries_marked(n: u64, marks: &[u64]) -> Vec<Entry> {
+    (1..=n)
+        .map(|i| match marks.contains(&i) {
+            true => Entry {
+                log_id: log_id(1, i),
+                payload: EntryPayload::Normal(Command::CompareVaults {
+                    check: i,
+                    at_ms: i,
+                    by: None,
+                }),
+            },
+            false => entry(1, i),
+        })
+        .collect()
+}
+
+/// The digest of a vault that applied `entries` one by one.
+fn digest_of(entries: &[Entry]) -> String {
+    let mut vault = crate::vault::VaultState::default();
+    for e in entries {
+        if let EntryPayload::Normal(cmd) = &e.payload {
+            vault.apply(cmd);
+        }
+    }
+    crate::vault::tables::digest(vault.tables())
+}
+
+/// Applies `entries` in one batch through the state machine of `store`, the log
+/// holding them first.
+async fn one_batch(store: &Store, entries: &[Entry]) -> StateMachine {
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    append(&mut log, entries.to_vec()).await;
+    apply(&mut sm, entries.to_vec()).await;
+    sm
+}
+
+async fn a_marker_keeps_the_vault_as_it_stood_just_after_it(store: Store) {
+    // One marker inside a batch, away from any in-place step's edge: the state kept is
+    // that of entries 1..=70 exactly, however the batch was cut.
+    let n = 3 * sm::APPLY_IN_PLACE_ENTRIES as u64 + 5;
+    let entries = entries_marked(n, &[70]);
+    let sm = one_batch(&store, &entries).await;
+    assert_eq!(served(&sm), digest_of(&entries), "the whole batch applied");
+    // A flush and a durable commit since do not change what the mark holds.
+    sm.shared().make_durable(false).unwrap();
+    let mark = sm.shared().take_mark().expect("the marker applied");
+    assert_eq!((mark.check, mark.index), (70, 70));
+    assert_eq!(
+        crate::vault::tables::digest(&mark.tables),
+        digest_of(&entries[..70])
+    );
+    assert_ne!(digest_of(&entries[..70]), digest_of(&entries[..71]));
+    assert!(sm.shared().take_mark().is_none(), "taken once");
+}
+
+#[tokio::test]
+async fn a_comparison_marker_keeps_the_vault_as_it_stood_just_after_it() {
+    let disk = SimDisk::new();
+    a_marker_keeps_the_vault_as_it_stood_just_after_it(
+        Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap(),
+    )
+    .await;
+    let (_dir, store, _) = counting_store();
+    a_marker_keeps_the_vault_as_it_stood_just_after_it(store).await;
+}
+
+#[tokio::test]
+async fn a_newer_marker_replaces_one_not_yet_taken() {
+    let (_dir, store, _) = counting_store();
+    let entries = entries_marked(150, &[20, 130]);
+    let sm = one_batch(&store, &entries).await;
+    let mark = sm.shared().take_mark().unwrap();
+    assert_eq!((mark.check, mark.index), (130, 130));
+    assert_eq!(
+        crate::vault::tables::digest(&mark.tables),
+        digest_of(&entries[..130])
+    );
+    assert_eq!(sm.shared().waiting_mark(), None);
+}

@@ -306,6 +306,16 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
     },
+    /// Marks the point in the log at which every member hashes its whole vault, to
+    /// compare them (`kura compare`). Changes nothing but the audit trail.
+    CompareVaults {
+        /// The comparison's id, chosen by whoever started it.
+        check: u64,
+        at_ms: u64,
+        /// `operator:<name>`, or absent when the leader's schedule started it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
 }
 
 impl Command {
@@ -331,7 +341,8 @@ impl Command {
             | Command::SettlePayment { at_ms, .. }
             | Command::ReroutePayment { at_ms, .. }
             | Command::ChangePayment { at_ms, .. }
-            | Command::RecordAdminAction { at_ms, .. } => *at_ms,
+            | Command::RecordAdminAction { at_ms, .. }
+            | Command::CompareVaults { at_ms, .. } => *at_ms,
         }
     }
 
@@ -360,7 +371,8 @@ impl Command {
             | Command::SettlePayment { .. }
             | Command::ReroutePayment { .. }
             | Command::ChangePayment { .. }
-            | Command::RecordAdminAction { .. } => false,
+            | Command::RecordAdminAction { .. }
+            | Command::CompareVaults { .. } => false,
         }
     }
 
@@ -400,6 +412,7 @@ impl Command {
                 ..
             } => "payment.refund",
             Command::RecordAdminAction { .. } => "admin.action",
+            Command::CompareVaults { .. } => "vault.compare",
         }
     }
 }
@@ -452,6 +465,7 @@ impl fmt::Display for Command {
                 write!(f, "{}({payment_id})", self.action())
             }
             Command::RecordAdminAction { action, .. } => write!(f, "admin_action({action})"),
+            Command::CompareVaults { check, .. } => write!(f, "compare_vaults({check:016x})"),
         }
     }
 }

@@ -536,8 +536,14 @@ impl<K: Key, V: Serialize + DeserializeOwned> Table<K, V> {
 /// SHA-256 over every table's entries in order, hex: equal for equal vaults, whatever
 /// holds them.
 pub fn digest(s: &(impl Tables + ?Sized)) -> String {
+    digest_rows(s).0
+}
+
+/// [`digest`], and how many rows it hashed.
+pub fn digest_rows(s: &(impl Tables + ?Sized)) -> (String, u64) {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
+    let mut rows = 0;
     for t in TableId::ALL {
         s.scan(t, Bound::Unbounded, Bound::Unbounded, false, &mut |k, v| {
             h.update([t as u8]);
@@ -545,10 +551,11 @@ pub fn digest(s: &(impl Tables + ?Sized)) -> String {
             h.update(k);
             h.update((v.len() as u64).to_be_bytes());
             h.update(v);
+            rows += 1;
             true
         });
     }
-    hex::encode(h.finalize())
+    (hex::encode(h.finalize()), rows)
 }
 
 fn as_ref(b: &Bound<KeyBytes>) -> Bound<&[u8]> {

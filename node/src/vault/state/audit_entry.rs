@@ -197,6 +197,12 @@ pub(super) fn audit_entry(cmd: &Command, response: &Response) -> AuditEntry {
             Command::RecordAdminAction {
                 action, detail, by, ..
             } => (admin(by), None, None, format!("{action}: {detail}")),
+            Command::CompareVaults { check, by, .. } => (
+                by.clone().unwrap_or_else(system),
+                None,
+                None,
+                format!("comparison {check:016x}"),
+            ),
         };
     AuditEntry {
         at_ms: cmd.at_ms(),
