@@ -800,3 +800,105 @@ async fn audit_verify_names_the_first_tampered_record_in_a_copy_of_the_store() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_changed_on_disk_passes_its_own_scrub_and_kura_compare_names_it() {
+    let mut c = ProcCluster::start("");
+    c.init().await;
+    let mut shop = new_merchant("ledger");
+    shop.name = "Ledger Lane Stores".into();
+    let sk = c.merchant_with(&shop).await.secret_key.unwrap();
+    for i in 0..20 {
+        tokenize(
+            &c,
+            (i % 3) as usize,
+            &sk,
+            on_file(&pan(4000 + i), &format!("m{i}")),
+        )
+        .await;
+    }
+    let name = |i: usize| ["main", "dr", "bk"][i];
+    let config = c.config(0).to_str().unwrap().to_owned();
+    let compare = |c: &ProcCluster| {
+        let out = c.kura(&["compare", "--config", &config]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = compare(&c);
+    assert!(
+        ok && text.contains("every member's vault is the same"),
+        "{text}"
+    );
+    assert_eq!(text.matches(" hashed ").count(), 3, "{text}");
+
+    // One letter of the merchant's name changed in a follower's vault file, as a
+    // failing disk or a stray write could: the row still decodes.
+    let leader = c.wait_leader().await;
+    let node = (leader + 1) % 3;
+    c.wait_all_applied().await;
+    // Applied state reaches the vault's file within about a second of quiet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.kill(node);
+    let vaults = files(&c.data_dir(node).join("kura.vault"));
+    assert_eq!(vaults.len(), 1, "one vault generation: {vaults:?}");
+    let mut bytes = std::fs::read(&vaults[0]).unwrap();
+    let needle = b"Ledger Lane Stores";
+    let found: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!found.is_empty(), "the vault's file holds the name");
+    for at in found {
+        bytes[at + needle.len() - 3] = b'l';
+    }
+    std::fs::write(&vaults[0], &bytes).unwrap();
+    c.restart(node);
+    c.wait_live(node).await;
+    c.wait_all_applied().await;
+
+    // Its own scrub cannot see it: the vault is consistent with itself.
+    let scrub = c.kura(&["scrub", name(node), "--config", &config]);
+    assert!(
+        scrub.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&scrub.stdout),
+        String::from_utf8_lossy(&scrub.stderr)
+    );
+    // The comparison names it, and the leader counts it.
+    let (ok, text) = compare(&c);
+    assert!(!ok, "the comparison must fail: {text}");
+    assert!(
+        text.contains("DIFFER") && text.contains(&format!("the vault of {} differs", name(node))),
+        "{text}"
+    );
+    let odd = text
+        .lines()
+        .find(|l| l.starts_with(name(node)))
+        .expect("its line");
+    assert!(odd.contains("DIFFERS"), "{text}");
+    assert_eq!(text.matches(" hashed ").count(), 2, "{text}");
+    assert_eq!(
+        c.metric(leader, "kura_vault_compares_total{outcome=\"differed\"}")
+            .await,
+        1.0
+    );
+
+    // What the runbook says to do: its data directory moved aside, started empty.
+    c.kill(node);
+    std::fs::rename(c.data_dir(node), c.data_dir(node).with_extension("differs")).unwrap();
+    std::fs::create_dir_all(c.data_dir(node)).unwrap();
+    c.restart(node);
+    c.wait_live(node).await;
+    c.wait_all_applied().await;
+    let (ok, text) = compare(&c);
+    assert!(
+        ok && text.contains("every member's vault is the same"),
+        "{text}"
+    );
+}

@@ -68,7 +68,7 @@ async fn run_node(
                 // rather than shutting down, also leaves no task waiting on the storage
                 // that failed.
                 tracing::error!(
-                    "this node stops: {why}. Start it again once its storage is sound (free space, a healthy disk); it replays its log and catches up. The other nodes go on without it"
+                    "this node stops: {why}. Start it again (once its storage is sound, if storage failed: free space, a healthy disk); it replays its log and catches up. The other nodes go on without it"
                 );
                 std::process::exit(kura_node::node::EXIT_STORAGE_FAILED);
             }

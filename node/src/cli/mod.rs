@@ -757,12 +757,13 @@ fn render_status(statuses: &[(String, Option<Value>)]) -> String {
 /// How often `kura compare` asks for the outcome.
 const COMPARE_POLL: Duration = Duration::from_millis(500);
 
-/// `kura compare`: starts a comparison of the members' vaults on the leader (or follows
-/// the one running), waits for its outcome and prints each member's hash.
-pub async fn compare(config: &Path) -> Result<(), String> {
-    use kura_types::{CompareState, MemberDigestState};
-    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
-    let client = admin_client(&cfg, config)?;
+/// Comparisons `kura compare` starts before it gives up on a leadership that keeps
+/// moving.
+const COMPARE_ATTEMPTS: u32 = 3;
+
+/// Starts a comparison on the leader (or follows the one running) and waits for its
+/// outcome; `None` when leadership moved meanwhile (the new leader does not know it).
+async fn compare_once(client: &kura_sdk::Client) -> Result<Option<kura_types::Compare>, String> {
     let check = match client.start_compare().await {
         Ok(c) => {
             println!(
@@ -780,16 +781,37 @@ pub async fn compare(config: &Path) -> Result<(), String> {
         }
         Err(e) => return Err(e.to_string()),
     };
-    let c = loop {
+    loop {
         tokio::time::sleep(COMPARE_POLL).await;
         let c = client.compare().await.map_err(|e| e.to_string())?;
-        if check.is_some() && c.check != check {
-            return Err(
-                "the comparison was lost with a change of leader; run kura compare again".into(),
-            );
+        if (check.is_some() && c.check != check) || c.state == kura_types::CompareState::Never {
+            return Ok(None);
         }
-        if c.state != CompareState::Running {
-            break c;
+        if c.state != kura_types::CompareState::Running {
+            return Ok(Some(c));
+        }
+    }
+}
+
+/// `kura compare`: starts a comparison of the members' vaults on the leader (or follows
+/// the one running), waits for its outcome and prints each member's hash.
+pub async fn compare(config: &Path) -> Result<(), String> {
+    use kura_types::{CompareState, MemberDigestState};
+    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let client = admin_client(&cfg, config)?;
+    let mut attempts = 0;
+    let c = loop {
+        attempts += 1;
+        match compare_once(&client).await? {
+            Some(c) => break c,
+            None if attempts < COMPARE_ATTEMPTS => {
+                println!("leadership moved during the comparison; starting it again")
+            }
+            None => {
+                return Err(format!(
+                    "leadership moved during each of {COMPARE_ATTEMPTS} comparisons; run kura compare again"
+                ))
+            }
         }
     };
     println!("marker at log index {}", c.index.unwrap_or(0));

@@ -136,6 +136,17 @@ impl RaftSettings {
             // comes back with a shorter log and overwrites committed entries. The chaos
             // sweep found this (storage stall on the leader, then a crash).
             enable_leader_restore: Some(false),
+            // A follower started again with an empty data directory under its old id
+            // (a replaced disk; the runbook's answer to a corrupt log or vault) answers
+            // the leader's next append with a conflict below what it had matched. By
+            // default openraft takes that for a broken log store and panics the
+            // leader's Raft core, and the leader is lost with it. Allowed, the leader
+            // starts that follower's replication afresh and catches it up (by snapshot
+            // when its log no longer reaches back). The leader still hands over when
+            // it sees the empty log in the follower's health reports
+            // (`follower_lost_log`), as it did before openraft checked this; a wipe
+            // that replication meets first no longer takes the leader down.
+            allow_log_reversion: Some(true),
             ..Default::default()
         };
         cfg.validate()
@@ -475,9 +486,15 @@ impl Cluster {
     /// wake-up to every write.
     pub async fn stopped(&self) -> String {
         let mut vault = self.vault.failure();
+        let mut core = self.raft.metrics();
         loop {
-            if let Err(e) = &self.raft.metrics().borrow_watched().running_state {
+            if let Err(e) = &core.borrow_watched().running_state {
                 return format!("its Raft core stopped: {e}");
+            }
+            // A core that panicked publishes nothing more: its sender is gone with it,
+            // and the last state it published still reads as running.
+            if let Some(Err(_)) = futures::FutureExt::now_or_never(core.changed()) {
+                return "its Raft core stopped: it panicked, a defect in kura or openraft (keep this log, the panic above included, for a report)".into();
             }
             if let Some(e) = vault.borrow_and_update().clone() {
                 return format!("its vault could not be written: {e}");
