@@ -183,6 +183,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen.len(), 42);
+        assert_eq!(seen.len(), 44);
     }
 }
