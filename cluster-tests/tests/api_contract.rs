@@ -142,7 +142,7 @@ async fn the_description_matches_the_routes_and_what_the_handlers_answer() {
             );
         }
     }
-    assert_eq!(operations, 42);
+    assert_eq!(operations, 44);
     // And the probe tells: a path nobody routes, a method a path does not take.
     let none = raw(&c.api[0], Method::GET, "/v1/nothing", &[], None).await;
     assert_eq!(

@@ -77,7 +77,12 @@ pub fn config(id: u64) -> NodeConfig {
         admin_token_file: None,
         peers: members(),
         raft: Default::default(),
-        api: Default::default(),
+        // The leader compares the members' vaults every 2 s of the run, through every
+        // fault: a comparison that finds them different is a violation (the probe's).
+        api: crate::service::ApiSettings {
+            compare_interval_s: 2,
+            ..Default::default()
+        },
         log: Default::default(),
         health: Default::default(),
         failover: Default::default(),
@@ -247,8 +252,19 @@ pub struct Probe {
 
 #[derive(Default)]
 struct ProbeInner {
-    nodes: BTreeMap<u64, (Arc<Cluster>, Arc<FaultSwitches>)>,
+    nodes: BTreeMap<u64, (Arc<Cluster>, Arc<FaultSwitches>, Arc<Metrics>)>,
     violations: Vec<String>,
+    /// Comparisons that found the members' vaults different, by nodes since forgotten.
+    differed_before: BTreeMap<u64, u64>,
+}
+
+/// Comparisons node `m` ran that found the members' vaults different.
+fn differed(m: &Metrics) -> u64 {
+    m.vault_compares
+        .get_or_create(&crate::metrics::OutcomeLabels {
+            outcome: "differed".into(),
+        })
+        .get()
 }
 
 /// One node's applied state, for comparing replicas.
@@ -266,7 +282,10 @@ impl Probe {
 
     /// Forgets node `id` (call when its host crashes: the node is gone).
     pub fn forget(&self, id: u64) {
-        self.lock().nodes.remove(&id);
+        let mut p = self.lock();
+        if let Some((_, _, m)) = p.nodes.remove(&id) {
+            *p.differed_before.entry(id).or_default() += differed(&m);
+        }
     }
 
     /// The Raft view of node `id`, if it is running.
@@ -314,13 +333,33 @@ impl Probe {
         Some(self.lock().nodes.get(&id)?.1.clone())
     }
 
-    /// Every invariant violation found so far, as `node <id> index <i>: <what>`.
+    /// Every invariant violation found so far, as `node <id> index <i>: <what>`, and
+    /// every comparison of the members' vaults that found them different.
     pub fn violations(&self) -> Vec<String> {
-        self.lock().violations.clone()
+        let p = self.lock();
+        let mut out = p.violations.clone();
+        let mut differed_by = p.differed_before.clone();
+        for (id, (_, _, m)) in &p.nodes {
+            *differed_by.entry(*id).or_default() += differed(m);
+        }
+        for (id, n) in differed_by {
+            if n > 0 {
+                out.push(format!(
+                    "node {id}: {n} comparison(s) of the members' vaults found them different"
+                ));
+            }
+        }
+        out
     }
 
-    fn register(&self, id: u64, cluster: Arc<Cluster>, faults: Arc<FaultSwitches>) {
-        self.lock().nodes.insert(id, (cluster, faults));
+    fn register(
+        &self,
+        id: u64,
+        cluster: Arc<Cluster>,
+        faults: Arc<FaultSwitches>,
+        metrics: Arc<Metrics>,
+    ) {
+        self.lock().nodes.insert(id, (cluster, faults, metrics));
     }
 
     fn report(&self, id: u64, index: u64, what: String) {
@@ -404,13 +443,13 @@ pub async fn run_node(
             kek: crate::crypto::KekSet::new(Kek::from_bytes([7u8; 32]), Vec::new()),
             fault_injection: cfg.faults.enabled,
             admin_token: None,
-            metrics,
+            metrics: metrics.clone(),
             tls: Some(Arc::new(pki.node_tls(id, &host))),
             acquirer_tls: Some(pki.client()),
             consensus: None,
         };
         let node = crate::node::start(&cfg, env).await?;
-        probe.register(slot, node.cluster.clone(), faults);
+        probe.register(slot, node.cluster.clone(), faults, metrics);
         std::future::pending::<()>().await;
         Ok(())
     })

@@ -123,10 +123,10 @@ impl ApiSettings {
                 "must be between 1 and 3600",
             ));
         }
-        if self.compare_interval_s != 0 && !(60..=604_800).contains(&self.compare_interval_s) {
+        if self.compare_interval_s > 604_800 {
             return Err(InvalidSetting::new(
                 "api.compare_interval_s",
-                "must be 0 (never) or between 60 and 604800",
+                "must be 0 (never) or at most 604800",
             ));
         }
         Ok(())
