@@ -351,7 +351,7 @@ pub enum MemberDigestState {
     /// It has not applied the marker yet, or is hashing.
     Pending,
     /// It has applied past the marker without hashing there: it installed a snapshot
-    /// beyond it, restarted after it, or a newer comparison's marker came first.
+    /// beyond it, restarted after it, or more newer markers came than it keeps waiting.
     Missed,
     /// Its vault could not be read to hash (its storage failed).
     Unreadable,

@@ -7,7 +7,8 @@
 //! `api.compare_interval_s`) writes a marker entry ([`Command::CompareVaults`]) through
 //! the log. Every member, as it applies the marker, keeps its vault as it stands just
 //! after it (`store::Mark`: O(1) copies of the buffer over one read transaction) and
-//! hashes every row of every table in order in the background ([`hash_loop`]). Equal
+//! hashes every row of every table in order in the background ([`hash_loop`]), one
+//! marker at a time, oldest first. Equal
 //! vaults give equal hashes whatever each node's timing; the leader asks each member
 //! for its hash over the peer plane ([`DIGEST_PATH`]) and names any that differs from
 //! the rest.
@@ -242,8 +243,8 @@ impl Service {
                 },
             };
         }
-        let waiting = self.cluster.vault().waiting_mark().map(|(c, _)| c);
-        if h.hashing == Some(check) || waiting == Some(check) || applied_index < index {
+        let waiting = self.cluster.vault().mark_waits(check);
+        if h.hashing == Some(check) || waiting || applied_index < index {
             DigestAnswer::Pending { applied_index }
         } else {
             DigestAnswer::Missed { applied_index }

@@ -98,9 +98,10 @@ pub struct SharedVault {
     /// The first failure to write the vault's file, once there was one (see
     /// [`SharedVault::failure`]).
     failure: tokio::sync::watch::Sender<Option<String>>,
-    /// The vault as it stood just after the last comparison marker applied, until the
-    /// service takes it to hash ([`SharedVault::take_mark`]). Taken after `state`.
-    mark: std::sync::Mutex<Option<Mark>>,
+    /// The vault as it stood just after each of the last comparison markers applied
+    /// (at most [`MARKS_KEPT`], oldest first), until the service takes them to hash
+    /// ([`SharedVault::take_mark`]). Taken after `state`.
+    mark: std::sync::Mutex<std::collections::VecDeque<Mark>>,
     marked: tokio::sync::Notify,
 }
 
@@ -116,6 +117,10 @@ pub struct Mark {
     /// build's view does.
     pub tables: ViewTables,
 }
+
+/// Marks kept for hashing at most: a node catching up applies several markers in one
+/// batch, faster than it hashes. Each holds its read transaction's pages.
+const MARKS_KEPT: usize = 4;
 
 /// The comparison an entry marks, if it is a marker.
 fn compare_mark(entry: &crate::raft_types::Entry) -> Option<u64> {
@@ -282,11 +287,11 @@ impl SharedVault {
         self.durable_log.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Takes the vault as it stood just after the last comparison marker applied, if
-    /// not taken yet. A marker applied before the last was taken replaces it: one
-    /// comparison is hashed at a time, and the older one is missed.
+    /// Takes the vault as it stood just after the oldest comparison marker applied and
+    /// not taken yet. Beyond [`MARKS_KEPT`] waiting, the oldest is dropped (that
+    /// comparison is missed here).
     pub fn take_mark(&self) -> Option<Mark> {
-        self.mark.lock().expect("vault mark lock").take()
+        self.mark.lock().expect("vault mark lock").pop_front()
     }
 
     /// Waits until a comparison marker may have applied since the last call.
@@ -294,10 +299,10 @@ impl SharedVault {
         self.marked.notified().await;
     }
 
-    /// The comparison marked and not yet taken, and its index.
-    pub fn waiting_mark(&self) -> Option<(u64, u64)> {
+    /// True when comparison `check`'s mark waits to be taken.
+    pub fn mark_waits(&self, check: u64) -> bool {
         let m = self.mark.lock().expect("vault mark lock");
-        m.as_ref().map(|m| (m.check, m.index))
+        m.iter().any(|m| m.check == check)
     }
 
     /// Applies `entries` into the buffer; readers see all of them or none. When that
@@ -411,11 +416,15 @@ impl SharedVault {
             // it, kept before anyone can see it applied, so that a node that has
             // applied a marker has its state in hand.
             if let Some(check) = entries.last().and_then(compare_mark) {
-                *self.mark.lock().expect("vault mark lock") = Some(Mark {
+                let mut marks = self.mark.lock().expect("vault mark lock");
+                marks.push_back(Mark {
                     check,
                     index: last.index,
                     tables: s.tables(),
                 });
+                if marks.len() > MARKS_KEPT {
+                    marks.pop_front();
+                }
                 self.marked.notify_one();
             }
             (
@@ -668,7 +677,7 @@ impl StateMachine {
                 durable_log: store.durable_log.clone(),
                 flush_keys: FLUSH_KEYS.into(),
                 failure: tokio::sync::watch::Sender::new(None),
-                mark: std::sync::Mutex::new(None),
+                mark: std::sync::Mutex::default(),
                 marked: tokio::sync::Notify::new(),
             }),
             store,

@@ -1361,15 +1361,21 @@ async fn a_comparison_marker_keeps_the_vault_as_it_stood_just_after_it() {
 }
 
 #[tokio::test]
-async fn a_newer_marker_replaces_one_not_yet_taken() {
+async fn marks_wait_oldest_first_and_beyond_four_the_oldest_goes() {
     let (_dir, store, _) = counting_store();
-    let entries = entries_marked(150, &[20, 130]);
+    let marks = [20, 40, 60, 80, 100, 130];
+    let entries = entries_marked(150, &marks);
     let sm = one_batch(&store, &entries).await;
-    let mark = sm.shared().take_mark().unwrap();
-    assert_eq!((mark.check, mark.index), (130, 130));
-    assert_eq!(
-        crate::vault::tables::digest(&mark.tables),
-        digest_of(&entries[..130])
-    );
-    assert_eq!(sm.shared().waiting_mark(), None);
+    assert!(!sm.shared().mark_waits(20), "the oldest of six went");
+    assert!(!sm.shared().mark_waits(40));
+    for m in [60, 80, 100, 130] {
+        assert!(sm.shared().mark_waits(m));
+        let mark = sm.shared().take_mark().unwrap();
+        assert_eq!((mark.check, mark.index), (m, m));
+        assert_eq!(
+            crate::vault::tables::digest(&mark.tables),
+            digest_of(&entries[..m as usize])
+        );
+    }
+    assert!(sm.shared().take_mark().is_none());
 }
