@@ -71,6 +71,8 @@ fn child(seed: u64, unsafe_no_fsync: bool) -> ExitCode {
         "replaced_through_crash": through_crash,
         "log_unsynced_at_crash": r.log_unsynced_at_crash,
         "log_torn_at_crash": r.log_torn_at_crash,
+        "compares_agreed": r.compares_agreed,
+        "compares_incomplete": r.compares_incomplete,
     });
     println!("RESULT {line}");
     ExitCode::SUCCESS
@@ -178,6 +180,7 @@ fn sweep(opts: &Opts) -> bool {
     let (mut done, mut gaps, mut failures, mut ops) = (0u64, Vec::new(), Vec::new(), 0u64);
     let (mut replaced, mut through_crash) = (0u64, 0u64);
     let (mut unsynced_at_crash, mut torn_at_crash) = (0u64, 0u64);
+    let (mut agreed, mut incomplete) = (0u64, 0u64);
     let mut slowest: Vec<(u64, u64)> = Vec::new();
     // (wall ms, seed, simulated ms): what the sweep's time goes to.
     let mut longest: Vec<(u64, u64, u64)> = Vec::new();
@@ -194,6 +197,8 @@ fn sweep(opts: &Opts) -> bool {
         through_crash += r["replaced_through_crash"].as_u64().unwrap_or(0);
         unsynced_at_crash += r["log_unsynced_at_crash"].as_u64().unwrap_or(0);
         torn_at_crash += r["log_torn_at_crash"].as_u64().unwrap_or(0);
+        agreed += r["compares_agreed"].as_u64().unwrap_or(0);
+        incomplete += r["compares_incomplete"].as_u64().unwrap_or(0);
         let seed = r["seed"].as_u64().unwrap_or(0);
         for g in r["failover_ms"]
             .as_array()
@@ -245,6 +250,10 @@ fn sweep(opts: &Opts) -> bool {
     println!(
         "power cuts: {unsynced_at_crash} found log writes not yet synced, {torn_at_crash} left \
          one in part (a record the next open had to judge: cut, not refused)"
+    );
+    println!(
+        "vault comparisons: {agreed} agreed, {incomplete} incomplete (a member not heard); \
+         one that finds the vaults different is a violation"
     );
     longest.sort_unstable_by(|a, b| b.cmp(a));
     let mut walls: Vec<u64> = longest.iter().map(|l| l.0).collect();
@@ -301,6 +310,10 @@ fn single(seed: u64, unsafe_no_fsync: bool, show_trace: bool) -> ExitCode {
     println!(
         "power cuts: {} found log writes not yet synced, {} left one in part",
         r.log_unsynced_at_crash, r.log_torn_at_crash
+    );
+    println!(
+        "vault comparisons: {} agreed, {} incomplete",
+        r.compares_agreed, r.compares_incomplete
     );
     println!("fault schedule:\n{}", r.params.describe_schedule());
     println!("{}", failover_line(&r.failover_ms));

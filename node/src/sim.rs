@@ -254,17 +254,34 @@ pub struct Probe {
 struct ProbeInner {
     nodes: BTreeMap<u64, (Arc<Cluster>, Arc<FaultSwitches>, Arc<Metrics>)>,
     violations: Vec<String>,
-    /// Comparisons that found the members' vaults different, by nodes since forgotten.
-    differed_before: BTreeMap<u64, u64>,
+    /// Comparisons of the members' vaults run by nodes since forgotten, by node and
+    /// outcome.
+    compared_before: BTreeMap<(u64, &'static str), u64>,
 }
 
-/// Comparisons node `m` ran that found the members' vaults different.
-fn differed(m: &Metrics) -> u64 {
+/// How a comparison of the members' vaults can end.
+const COMPARE_OUTCOMES: [&str; 3] = ["agreed", "differed", "incomplete"];
+
+/// Comparisons node `m` ran that ended `outcome`.
+fn compared(m: &Metrics, outcome: &str) -> u64 {
     m.vault_compares
         .get_or_create(&crate::metrics::OutcomeLabels {
-            outcome: "differed".into(),
+            outcome: outcome.into(),
         })
         .get()
+}
+
+impl ProbeInner {
+    /// Comparisons every node has run (those forgotten too), by node and outcome.
+    fn compared(&self) -> BTreeMap<(u64, &'static str), u64> {
+        let mut out = self.compared_before.clone();
+        for (id, (_, _, m)) in &self.nodes {
+            for o in COMPARE_OUTCOMES {
+                *out.entry((*id, o)).or_default() += compared(m, o);
+            }
+        }
+        out
+    }
 }
 
 /// One node's applied state, for comparing replicas.
@@ -284,7 +301,9 @@ impl Probe {
     pub fn forget(&self, id: u64) {
         let mut p = self.lock();
         if let Some((_, _, m)) = p.nodes.remove(&id) {
-            *p.differed_before.entry(id).or_default() += differed(&m);
+            for o in COMPARE_OUTCOMES {
+                *p.compared_before.entry((id, o)).or_default() += compared(&m, o);
+            }
         }
     }
 
@@ -338,18 +357,25 @@ impl Probe {
     pub fn violations(&self) -> Vec<String> {
         let p = self.lock();
         let mut out = p.violations.clone();
-        let mut differed_by = p.differed_before.clone();
-        for (id, (_, _, m)) in &p.nodes {
-            *differed_by.entry(*id).or_default() += differed(m);
-        }
-        for (id, n) in differed_by {
-            if n > 0 {
+        for ((id, outcome), n) in p.compared() {
+            if outcome == "differed" && n > 0 {
                 out.push(format!(
                     "node {id}: {n} comparison(s) of the members' vaults found them different"
                 ));
             }
         }
         out
+    }
+
+    /// Comparisons of the members' vaults every node has run that ended `outcome`
+    /// (`agreed`, `differed`, `incomplete`).
+    pub fn comparisons(&self, outcome: &str) -> u64 {
+        self.lock()
+            .compared()
+            .into_iter()
+            .filter(|((_, o), _)| *o == outcome)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn register(

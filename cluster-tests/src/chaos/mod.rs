@@ -140,6 +140,10 @@ pub struct Report {
     /// record the next open had to judge).
     pub log_unsynced_at_crash: u64,
     pub log_torn_at_crash: u64,
+    /// Comparisons of the members' vaults that agreed, and that could not hear every
+    /// member (one that differed is a violation).
+    pub compares_agreed: u64,
+    pub compares_incomplete: u64,
     /// Each host's node id at the end (main, dr, bk).
     pub final_ids: [u64; 3],
     /// The voters in the final leader's membership, and all its members' ids.
@@ -861,6 +865,8 @@ pub fn run(params: Params) -> Report {
         replacements: std::mem::take(&mut w.replacements),
         log_unsynced_at_crash: driver.log_unsynced_at_crash,
         log_torn_at_crash: driver.log_torn_at_crash,
+        compares_agreed: driver.probe.comparisons("agreed"),
+        compares_incomplete: driver.probe.comparisons("incomplete"),
         final_ids: w.ids,
         final_voters: final_status.as_ref().map_or_else(Vec::new, |s| {
             s.members.iter().filter(|m| m.voter).map(|m| m.id).collect()
