@@ -250,9 +250,12 @@ pub struct Probe {
     inner: Arc<Mutex<ProbeInner>>,
 }
 
+/// What the probe holds of one running node.
+type Seen = (Arc<Cluster>, Arc<FaultSwitches>, Arc<Metrics>);
+
 #[derive(Default)]
 struct ProbeInner {
-    nodes: BTreeMap<u64, (Arc<Cluster>, Arc<FaultSwitches>, Arc<Metrics>)>,
+    nodes: BTreeMap<u64, Seen>,
     violations: Vec<String>,
     /// Comparisons of the members' vaults run by nodes since forgotten, by node and
     /// outcome.
