@@ -814,7 +814,9 @@ pub async fn compare(config: &Path) -> Result<(), String> {
             }
         }
     };
-    println!("marker at log index {}", c.index.unwrap_or(0));
+    if let Some(index) = c.index {
+        println!("marker at log index {index}");
+    }
     println!(
         "{:<8} {:<12} {:>10} {:>8}  sha256",
         "member", "state", "rows", "seconds"

@@ -339,10 +339,16 @@ impl Service {
                 DigestAnswer::Pending { .. } if tokio::time::Instant::now() < deadline => {
                     crate::runtime::sleep(POLL_EVERY).await;
                 }
-                other => {
+                DigestAnswer::Unreadable { detail } => {
                     return (
                         CompareState::Incomplete,
-                        Some(format!("this node could not hash its own vault: {other:?}")),
+                        Some(format!("this node could not read its own vault: {detail}")),
+                    )
+                }
+                DigestAnswer::Pending { .. } | DigestAnswer::Missed { .. } => {
+                    return (
+                        CompareState::Incomplete,
+                        Some("this node did not hash its own vault at the marker".into()),
                     )
                 }
             }
