@@ -219,16 +219,11 @@ async fn a_wiped_follower_catches_up_by_snapshot_with_no_write_to_prompt_it() {
 /// (records: `len u32 | crc u32 | index u64 | payload`, little-endian, then zeros).
 fn flip_a_bit_mid_log(seg: &std::path::Path) {
     let mut bytes = std::fs::read(seg).unwrap();
-    let mut starts = Vec::new();
-    let mut pos = 0;
-    while pos + 16 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        if len == 0 {
-            break;
-        }
-        starts.push(pos);
-        pos += 16 + len;
-    }
+    let ends = kura_node::store::record_ends(&bytes);
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(ends.iter().copied())
+        .take(ends.len())
+        .collect();
     assert!(
         starts.len() > 20,
         "{} records in {}",

@@ -25,6 +25,7 @@ mod writer;
 pub use log::LogStore;
 pub use sim_disk::{SimDisk, TornCrash};
 pub use sm::{durable_loop, FileAsk, Mark, SharedVault, SnapshotUpload, StateMachine, VaultView};
+pub use wal::record_ends;
 pub use writer::{FsyncObserver, SyncPolicy, WriterMode};
 
 use crate::raft_types::{Entry, Snapshot};

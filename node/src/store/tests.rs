@@ -608,21 +608,6 @@ async fn applies_are_durable_only_from_a_durable_commit_and_a_snapshot_makes_one
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 6)));
 }
 
-/// Where each record in a log segment's `bytes` ends (`len u32 | crc u32 | index u64
-/// | payload`), up to the zeros after the last.
-fn record_ends(bytes: &[u8]) -> Vec<usize> {
-    let (mut ends, mut pos) = (Vec::new(), 0);
-    while pos + 16 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        if len == 0 {
-            break;
-        }
-        pos += 16 + len;
-        ends.push(pos);
-    }
-    ends
-}
-
 #[tokio::test]
 async fn a_log_that_no_longer_reaches_the_vaults_durable_apply_is_refused_at_open() {
     let disk = SimDisk::new();
@@ -644,7 +629,7 @@ async fn a_log_that_no_longer_reaches_the_vaults_durable_apply_is_refused_at_ope
     let seg = dir.open_existing(dir.list().unwrap()[0]).unwrap();
     let mut bytes = vec![0; seg.len().unwrap() as usize];
     seg.read_at(0, &mut bytes).unwrap();
-    let ends = record_ends(&bytes);
+    let ends = wal::record_ends(&bytes);
     assert_eq!(ends.len(), 6);
     seg.write_at(ends[4] as u64, &vec![0; ends[5] - ends[4]])
         .unwrap();

@@ -593,6 +593,22 @@ impl Wal {
     }
 }
 
+/// Where each record in a log segment's `bytes` ends (`len u32 | crc u32 | index u64 |
+/// payload`, little-endian), up to the zeros after the last: for tests and tools that
+/// look into a segment. Nothing is checked.
+pub fn record_ends(bytes: &[u8]) -> Vec<usize> {
+    let (mut ends, mut pos) = (Vec::new(), 0);
+    while pos + HEADER_BYTES <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            break;
+        }
+        pos += HEADER_BYTES + len;
+        ends.push(pos);
+    }
+    ends
+}
+
 /// The lowest index `range` takes in.
 pub(crate) fn range_start(range: &impl RangeBounds<u64>) -> u64 {
     match range.start_bound() {
