@@ -84,6 +84,32 @@ fn a_long_outage_is_caught_up_by_snapshot() {
     );
 }
 
+/// A follower that comes back with an empty disk under its old id (a replaced disk, or
+/// the runbook's answer to a corrupt log or vault) answers the leader's next append
+/// far below what it had matched. openraft's default took that for a broken log store
+/// and panicked the leader's Raft core (this scenario failed so); now the leader starts
+/// that follower over and catches it up (by snapshot where its log no longer reaches
+/// back), and the run converges with nothing lost.
+#[test]
+fn a_follower_wiped_under_its_old_id_is_caught_up_and_the_leader_carries_on() {
+    let r = clean(
+        10_000,
+        vec![(
+            4_000,
+            Fault::Wipe {
+                node: Target::Node(2),
+                down_ms: 500,
+            },
+        )],
+    );
+    let (_, at_index) = r.crashed_at_index[0];
+    assert!(at_index > 50, "dr held {at_index} entries before its wipe");
+    // Main led before the wipe and leads at the end: its core survived meeting the
+    // empty log (a node whose core panics stops, and the run would not converge).
+    assert_eq!(r.terms.first().map(|t| t.1), Some(1), "{:?}", r.terms);
+    assert_eq!(r.terms.last().map(|t| t.1), Some(1), "{:?}", r.terms);
+}
+
 #[test]
 fn isolating_main_moves_leadership_to_the_majority() {
     let r = clean(

@@ -287,7 +287,8 @@ impl Driver {
             | Fault::StallStorage { node, .. }
             | Fault::KekFail { node, .. }
             | Fault::BlockRoutes { node, .. }
-            | Fault::Replace { node } => Some(self.resolve(node)),
+            | Fault::Replace { node }
+            | Fault::Wipe { node, .. } => Some(self.resolve(node)),
             // One node's clock at a time: a step while another's is stepped hits that one.
             Fault::ClockStep { node, .. } => Some(
                 (1..=3)
@@ -309,6 +310,12 @@ impl Driver {
             Fault::Crash { down_ms, .. } => {
                 let id = hit.expect("a crash hits a node");
                 self.crash(sim, now, id, true);
+                self.undo.push((until(down_ms), Undo::Restart(id)));
+            }
+            Fault::Wipe { down_ms, .. } => {
+                let id = hit.expect("a wipe hits a node");
+                self.crash(sim, now, id, true);
+                self.disks[(id - 1) as usize].replace();
                 self.undo.push((until(down_ms), Undo::Restart(id)));
             }
             Fault::CrashTwo { a, b, down_ms } => {

@@ -105,7 +105,10 @@ impl Params {
         self.schedule.iter().any(|s| {
             matches!(
                 s.fault,
-                Fault::Crash { .. } | Fault::CrashTwo { .. } | Fault::PowerLoss { .. }
+                Fault::Crash { .. }
+                    | Fault::CrashTwo { .. }
+                    | Fault::PowerLoss { .. }
+                    | Fault::Wipe { .. }
             )
         })
     }

@@ -62,6 +62,12 @@ pub enum Fault {
     /// node id, is added as a learner, catches up and is promoted to voter. The
     /// operator retries each step until it holds, through whatever else is failing.
     Replace { node: Target },
+    /// The node's host crashes and comes back with an empty disk under its old id (a
+    /// replaced disk, the runbook's answer to a corrupt log or vault). Named scenarios
+    /// only: Raft counts on a node keeping what it acknowledged, so wiping one while
+    /// it is part of the only quorum that holds an entry loses that entry, and the
+    /// random schedule does not know when that is.
+    Wipe { node: Target, down_ms: u64 },
 }
 
 /// A fault and when it fires, relative to the start of the fault phase.
@@ -144,6 +150,9 @@ impl fmt::Display for Fault {
                 kura_node::sim::ROUTES[route]
             ),
             Fault::Replace { node } => write!(f, "replace {node} with a new member"),
+            Fault::Wipe { node, down_ms } => {
+                write!(f, "wipe {node}'s disk, restart it empty after {down_ms} ms")
+            }
         }
     }
 }
