@@ -267,7 +267,9 @@ impl Store {
                 Ok::<_, io::Error>((w.finish()?, records))
             })
             .await??;
-        // The vault from the snapshot file, complete with its applied state.
+        // The vault from the snapshot file, complete with its applied state, written
+        // over the empty generation the store's open made (closed first).
+        self.close_opened_vault();
         let (files, file) = (self.vault_files.clone(), self.snapshots.open_file(file_id)?);
         let sm = sm_records(&Some(last), &stored);
         self.blocking(move || {

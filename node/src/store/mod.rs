@@ -74,6 +74,9 @@ pub struct Store {
     apply_check: Option<ApplyCheck>,
     /// The vault's tables, one redb file per generation (`kura.vault/`).
     vault_files: Arc<vault_db::VaultFiles>,
+    /// The current generation as the store's open read it (for the log's durable
+    /// floor), kept for the state machine to take instead of opening it again.
+    vault_opened: Arc<Mutex<Option<vault_db::VaultDb>>>,
     /// The highest log index on disk for good (every entry up to it was synced).
     durable_log: Arc<std::sync::atomic::AtomicU64>,
     /// Told of every snapshot built or installed (for the metrics), once set.
@@ -213,12 +216,13 @@ impl Store {
             .map_or(0, |l| l.index);
         // The vault is made durable only as far as this node's log is (or a snapshot or
         // purge covers): the log must still reach its last durable apply.
-        let applied = {
-            let files =
-                vault_db::VaultFiles::new(vault_dir.clone(), sync == SyncPolicy::Fsync, 1 << 20);
-            let current = files.open_current()?;
-            sm::read_applied(&current.db)?.0.map_or(0, |l| l.index)
-        };
+        let vault_files = Arc::new(vault_db::VaultFiles::new(
+            vault_dir,
+            sync == SyncPolicy::Fsync,
+            VAULT_CACHE_BYTES_DEFAULT,
+        ));
+        let vault_opened = vault_files.open_current()?;
+        let applied = sm::read_applied(&vault_opened.db)?.0.map_or(0, |l| l.index);
         // (A log from before the log files, still in the database, counts too.)
         let log_table_last = {
             let txn = db.begin_read().map_err(io_err)?;
@@ -275,11 +279,8 @@ impl Store {
             marks: sync == SyncPolicy::Fsync,
             file_wanted: Arc::default(),
             vote_save: Arc::default(),
-            vault_files: Arc::new(vault_db::VaultFiles::new(
-                vault_dir,
-                sync == SyncPolicy::Fsync,
-                VAULT_CACHE_BYTES_DEFAULT,
-            )),
+            vault_files,
+            vault_opened: Arc::new(Mutex::new(Some(vault_opened))),
         })
     }
 
@@ -324,8 +325,25 @@ impl Store {
 
     /// Gives the vault a page cache of `bytes` (before the state machine opens it).
     pub fn with_vault_cache(mut self, bytes: usize) -> Store {
+        // Opened with the default cache: the state machine opens it again with this.
+        self.close_opened_vault();
         self.vault_files = Arc::new(self.vault_files.with_cache(bytes));
         self
+    }
+
+    /// Closes the generation the store's open kept, before anything rewrites the
+    /// vault's files under it (a restore).
+    pub(crate) fn close_opened_vault(&self) {
+        self.vault_opened.lock().expect("vault opened lock").take();
+    }
+
+    /// The vault's current generation: as the store's open left it, the first time;
+    /// opened afresh after that.
+    pub(crate) fn open_vault(&self) -> io::Result<vault_db::VaultDb> {
+        match self.vault_opened.lock().expect("vault opened lock").take() {
+            Some(db) => Ok(db),
+            None => self.vault_files.open_current(),
+        }
     }
 
     /// Runs `check` after every command the state machine applies.

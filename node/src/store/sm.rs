@@ -657,7 +657,7 @@ impl StateMachine {
     /// Opens the vault's newest complete generation in `store`.
     pub fn open(store: Store) -> io::Result<StateMachine> {
         let files = store.vault_files.clone();
-        let current = files.open_current()?;
+        let current = store.open_vault()?;
         let (applied, membership) = read_applied(&current.db)?;
         let db = Arc::new(current);
         let file = FileView::begin(&db).map_err(io::Error::other)?;
