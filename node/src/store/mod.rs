@@ -323,14 +323,6 @@ impl Store {
         self.mode
     }
 
-    /// Gives the vault a page cache of `bytes` (before the state machine opens it).
-    pub fn with_vault_cache(mut self, bytes: usize) -> Store {
-        // Opened with the default cache: the state machine opens it again with this.
-        self.close_opened_vault();
-        self.vault_files = Arc::new(self.vault_files.with_cache(bytes));
-        self
-    }
-
     /// Closes the generation the store's open kept, before anything rewrites the
     /// vault's files under it (a restore).
     pub(crate) fn close_opened_vault(&self) {

@@ -149,16 +149,6 @@ impl VaultFiles {
         }
     }
 
-    /// The same generations with a page cache of `bytes`.
-    pub(crate) fn with_cache(&self, bytes: usize) -> VaultFiles {
-        VaultFiles {
-            dir: self.dir.clone(),
-            sync: self.sync,
-            cache_bytes: bytes,
-            next: self.next.clone(),
-        }
-    }
-
     /// An id for a new generation: above every file in the directory (so above the
     /// current generation) and never handed out twice, so that an install and a
     /// snapshot written while it arrives never share a file.
