@@ -1187,6 +1187,18 @@ pub fn first_needle_in<'a>(
     })
 }
 
+/// Where every copy of `needle` in `bytes` starts: a store's file may hold several (redb
+/// keeps older pages until they are reused), and a test that edits a value on disk
+/// must edit each.
+pub fn needle_offsets(bytes: &[u8], needle: &[u8]) -> Vec<usize> {
+    bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(at, _)| at)
+        .collect()
+}
+
 /// Copies the directory tree at `from` to `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -5,8 +5,8 @@
 
 use http::Method;
 use kura_cluster_tests::procs::{
-    copy_dir, files, first_needle_in, new_merchant, raw, tokenize_request, wait_for, ProcCluster,
-    RawResponse,
+    copy_dir, files, first_needle_in, needle_offsets, new_merchant, raw, tokenize_request,
+    wait_for, ProcCluster, RawResponse,
 };
 use kura_node::vault::card::{luhn_check_digit, luhn_valid};
 use kura_sdk::{CardIn, CreateMerchantIn, KeyRole, TokenFormat, TokenizeIn, UpdateMerchantIn};
@@ -747,12 +747,7 @@ async fn audit_verify_names_the_first_tampered_record_in_a_copy_of_the_store() {
     let mut needle = victim.as_bytes().to_vec();
     needle.extend_from_slice(b"\xa2ok");
     // Every copy: pages redb has freed may still hold an older one.
-    let found: Vec<usize> = bytes
-        .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| *w == needle.as_slice())
-        .map(|(at, _)| at)
-        .collect();
+    let found = needle_offsets(&bytes, &needle);
     assert!(!found.is_empty(), "the vault's file holds the record");
     for at in found {
         bytes[at + needle.len() - 2..at + needle.len()].copy_from_slice(b"OK");
@@ -847,12 +842,7 @@ async fn a_vault_changed_on_disk_passes_its_own_scrub_and_kura_compare_names_it(
     assert_eq!(vaults.len(), 1, "one vault generation: {vaults:?}");
     let mut bytes = std::fs::read(&vaults[0]).unwrap();
     let needle = b"Ledger Lane Stores";
-    let found: Vec<usize> = bytes
-        .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| *w == needle)
-        .map(|(at, _)| at)
-        .collect();
+    let found = needle_offsets(&bytes, needle);
     assert!(!found.is_empty(), "the vault's file holds the name");
     for at in found {
         bytes[at + needle.len() - 3] = b'l';

@@ -91,6 +91,9 @@ pub struct Metrics {
     pub vault_digest_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
+/// How a comparison of the members' vaults can end (`kura_vault_compares_total`).
+pub const COMPARE_OUTCOMES: [&str; 3] = ["agreed", "differed", "incomplete"];
+
 /// Labels of requests refused by a rate limit: which limit.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
@@ -465,7 +468,7 @@ impl Metrics {
             m.vault_compares.clone(),
         );
         // Every outcome exported from the start, at 0, as the scrubs' are.
-        for outcome in ["agreed", "differed", "incomplete"] {
+        for outcome in COMPARE_OUTCOMES {
             let _ = m.vault_compares.get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             });

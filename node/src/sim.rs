@@ -262,9 +262,6 @@ struct ProbeInner {
     compared_before: BTreeMap<(u64, &'static str), u64>,
 }
 
-/// How a comparison of the members' vaults can end.
-const COMPARE_OUTCOMES: [&str; 3] = ["agreed", "differed", "incomplete"];
-
 /// Comparisons node `m` ran that ended `outcome`.
 fn compared(m: &Metrics, outcome: &str) -> u64 {
     m.vault_compares
@@ -279,7 +276,7 @@ impl ProbeInner {
     fn compared(&self) -> BTreeMap<(u64, &'static str), u64> {
         let mut out = self.compared_before.clone();
         for (id, (_, _, m)) in &self.nodes {
-            for o in COMPARE_OUTCOMES {
+            for o in crate::metrics::COMPARE_OUTCOMES {
                 *out.entry((*id, o)).or_default() += compared(m, o);
             }
         }
@@ -304,7 +301,7 @@ impl Probe {
     pub fn forget(&self, id: u64) {
         let mut p = self.lock();
         if let Some((_, _, m)) = p.nodes.remove(&id) {
-            for o in COMPARE_OUTCOMES {
+            for o in crate::metrics::COMPARE_OUTCOMES {
                 *p.compared_before.entry((id, o)).or_default() += compared(&m, o);
             }
         }
