@@ -71,6 +71,10 @@ fn child(seed: u64, unsafe_no_fsync: bool) -> ExitCode {
         "replaced_through_crash": through_crash,
         "log_unsynced_at_crash": r.log_unsynced_at_crash,
         "log_torn_at_crash": r.log_torn_at_crash,
+        "db_unsynced_at_crash": r.db_unsynced_at_crash,
+        "db_mixed_at_crash": r.db_mixed_at_crash,
+        "cuts_in_metadata_sync": r.cuts_in_metadata_sync,
+        "cuts_in_vault_sync": r.cuts_in_vault_sync,
         "compares_agreed": r.compares_agreed,
         "compares_incomplete": r.compares_incomplete,
     });
@@ -180,6 +184,8 @@ fn sweep(opts: &Opts) -> bool {
     let (mut done, mut gaps, mut failures, mut ops) = (0u64, Vec::new(), Vec::new(), 0u64);
     let (mut replaced, mut through_crash) = (0u64, 0u64);
     let (mut unsynced_at_crash, mut torn_at_crash) = (0u64, 0u64);
+    let (mut db_unsynced_at_crash, mut db_mixed_at_crash) = (0u64, 0u64);
+    let (mut cuts_in_metadata_sync, mut cuts_in_vault_sync) = (0u64, 0u64);
     let (mut agreed, mut incomplete) = (0u64, 0u64);
     let mut slowest: Vec<(u64, u64)> = Vec::new();
     // (wall ms, seed, simulated ms): what the sweep's time goes to.
@@ -197,6 +203,10 @@ fn sweep(opts: &Opts) -> bool {
         through_crash += r["replaced_through_crash"].as_u64().unwrap_or(0);
         unsynced_at_crash += r["log_unsynced_at_crash"].as_u64().unwrap_or(0);
         torn_at_crash += r["log_torn_at_crash"].as_u64().unwrap_or(0);
+        db_unsynced_at_crash += r["db_unsynced_at_crash"].as_u64().unwrap_or(0);
+        db_mixed_at_crash += r["db_mixed_at_crash"].as_u64().unwrap_or(0);
+        cuts_in_metadata_sync += r["cuts_in_metadata_sync"].as_u64().unwrap_or(0);
+        cuts_in_vault_sync += r["cuts_in_vault_sync"].as_u64().unwrap_or(0);
         agreed += r["compares_agreed"].as_u64().unwrap_or(0);
         incomplete += r["compares_incomplete"].as_u64().unwrap_or(0);
         let seed = r["seed"].as_u64().unwrap_or(0);
@@ -249,7 +259,11 @@ fn sweep(opts: &Opts) -> bool {
     );
     println!(
         "power cuts: {unsynced_at_crash} found log writes not yet synced, {torn_at_crash} left \
-         one in part (a record the next open had to judge: cut, not refused)"
+         one in part (a record the next open had to judge: cut, not refused); \
+         {cuts_in_vault_sync} came during a durable commit of the vault and \
+         {cuts_in_metadata_sync} during a save of a node's metadata, {db_unsynced_at_crash} found \
+         database writes not yet synced, {db_mixed_at_crash} left a database file with some \
+         of its changed sectors on the disk and some not"
     );
     println!(
         "vault comparisons: {agreed} agreed, {incomplete} incomplete (a member not heard); \
@@ -308,8 +322,15 @@ fn single(seed: u64, unsafe_no_fsync: bool, show_trace: bool) -> ExitCode {
         r.ops, r.acked_writes, r.sim_ms, r.trace_hash
     );
     println!(
-        "power cuts: {} found log writes not yet synced, {} left one in part",
-        r.log_unsynced_at_crash, r.log_torn_at_crash
+        "power cuts: {} found log writes not yet synced, {} left one in part; {} came during \
+         a durable commit of the vault and {} during a save of a node's metadata, {} found \
+         database writes not yet synced, {} left a database file mixed",
+        r.log_unsynced_at_crash,
+        r.log_torn_at_crash,
+        r.cuts_in_vault_sync,
+        r.cuts_in_metadata_sync,
+        r.db_unsynced_at_crash,
+        r.db_mixed_at_crash
     );
     println!(
         "vault comparisons: {} agreed, {} incomplete",

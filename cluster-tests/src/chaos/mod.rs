@@ -18,7 +18,7 @@ use kura_node::acquirer::sim::Ledger;
 use kura_node::faults::FaultState;
 use kura_node::runtime::Rt;
 use kura_node::sim::{self, Probe};
-use kura_node::store::SimDisk;
+use kura_node::store::{DatabaseFile, SimDisk};
 use schedule::name;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
@@ -140,6 +140,16 @@ pub struct Report {
     /// record the next open had to judge).
     pub log_unsynced_at_crash: u64,
     pub log_torn_at_crash: u64,
+    /// Crashes that found database writes (the metadata, the vault) not yet synced,
+    /// and that left a database file mixed (some changed sectors on the disk, some
+    /// not, for redb's commit slots to judge).
+    pub db_unsynced_at_crash: u64,
+    pub db_mixed_at_crash: u64,
+    /// Crashes that came as a database file was being synced: the node's metadata (a
+    /// save of its vote or its log's bounds) or the vault (a durable commit), cut off
+    /// midway.
+    pub cuts_in_metadata_sync: u64,
+    pub cuts_in_vault_sync: u64,
     /// Comparisons of the members' vaults that agreed, and that could not hear every
     /// member (one that differed is a violation).
     pub compares_agreed: u64,
@@ -224,7 +234,25 @@ struct Driver {
     /// Crashes that found log writes not yet synced, and that left one in part.
     log_unsynced_at_crash: u64,
     log_torn_at_crash: u64,
+    db_unsynced_at_crash: u64,
+    db_mixed_at_crash: u64,
+    cuts_in_metadata_sync: u64,
+    cuts_in_vault_sync: u64,
+    /// Crashes waiting for their node's next database sync (see [`Driver::arm_cut`]).
+    armed: Vec<ArmedCut>,
 }
+
+/// A crash that comes at its node's next sync of a database file, or at `deadline`.
+#[derive(Debug, Clone, Copy)]
+struct ArmedCut {
+    id: u64,
+    deadline: u64,
+    down_ms: u64,
+}
+
+/// How long an armed crash waits for its node's next database sync (a leader under
+/// load makes the vault durable every 250 ms) before it comes anyway.
+const CUT_WAIT_MS: u64 = 1_000;
 
 impl Driver {
     fn trace(&self, now: u64, line: String) {
@@ -264,11 +292,90 @@ impl Driver {
         let torn = Rng::new(self.params.seed)
             .fork(0x7042 + self.crashed_at_index.len() as u64 * 7 + id)
             .next_u64();
-        let found = self.disks[(id - 1) as usize].crash_torn(torn);
+        let disk = &self.disks[(id - 1) as usize];
+        let found = match disk.take_cut() {
+            Some(found) => {
+                // The power went at the sync: nothing written since reaches the disk.
+                disk.crash();
+                found
+            }
+            None => disk.crash_torn(torn),
+        };
+        match found.in_database_sync {
+            Some(DatabaseFile::Metadata) => self.cuts_in_metadata_sync += 1,
+            Some(DatabaseFile::Vault) => self.cuts_in_vault_sync += 1,
+            None => {}
+        }
         self.log_unsynced_at_crash += u64::from(found.log_files_unsynced > 0);
         self.log_torn_at_crash += u64::from(found.log_writes_torn > 0);
+        self.db_unsynced_at_crash += u64::from(found.db_files_unsynced > 0);
+        self.db_mixed_at_crash += u64::from(found.db_files_mixed > 0);
         self.probe.forget(id);
         sim.crash(name(id));
+    }
+
+    /// Arms a crash of node `id` at its next sync of a database file (see
+    /// [`SimDisk::arm_cut_at_database_sync`]); [`Driver::fire_cuts`] crashes the host
+    /// once the power has gone, or at the deadline.
+    fn arm_cut(&mut self, now: u64, id: u64, down_ms: u64, seed: u64) {
+        let file = if seed & 1 == 0 {
+            DatabaseFile::Vault
+        } else {
+            DatabaseFile::Metadata
+        };
+        self.disks[(id - 1) as usize].arm_cut_at_database_sync(file, seed >> 1);
+        self.armed.push(ArmedCut {
+            id,
+            deadline: now + CUT_WAIT_MS,
+            down_ms,
+        });
+        self.trace(
+            now,
+            format!(
+                "{}: the power goes at its next sync of its {}",
+                name(id),
+                match file {
+                    DatabaseFile::Vault => "vault (a durable commit)",
+                    DatabaseFile::Metadata => "metadata",
+                }
+            ),
+        );
+    }
+
+    /// Crashes the hosts whose armed cut went off, or whose deadline passed; `healing`:
+    /// the fault phase ends, and every armed crash comes now (restarting at once).
+    fn fire_cuts(&mut self, sim: &mut turmoil::Sim<'_>, now: u64, healing: bool) {
+        for a in std::mem::take(&mut self.armed) {
+            let disk = &self.disks[(a.id - 1) as usize];
+            let went = disk.has_cut();
+            if !went && !disk.cut_armed() {
+                // Another fault crashed or replaced the host first, disarming it.
+                continue;
+            }
+            if !went && !healing && now < a.deadline {
+                self.armed.push(a);
+                continue;
+            }
+            disk.disarm_cut();
+            self.trace(
+                now,
+                format!(
+                    "{} crashes ({})",
+                    name(a.id),
+                    if went {
+                        "the power went at a database sync"
+                    } else {
+                        "no database sync came"
+                    }
+                ),
+            );
+            self.crash(sim, now, a.id, true);
+            if healing {
+                sim.bounce(name(a.id));
+            } else {
+                self.undo.push((now + a.down_ms, Undo::Restart(a.id)));
+            }
+        }
     }
 
     fn set_fault(&self, id: u64, f: impl FnOnce(&mut FaultState)) {
@@ -309,8 +416,17 @@ impl Driver {
         match fault {
             Fault::Crash { down_ms, .. } => {
                 let id = hit.expect("a crash hits a node");
-                self.crash(sim, now, id, true);
-                self.undo.push((until(down_ms), Undo::Restart(id)));
+                // Half the lone crashes wait for the node's next database sync, so that
+                // redb's commit is cut off midway with part of its pages on the disk.
+                let coin = Rng::new(self.params.seed)
+                    .fork(0xC0_7700 + self.fired.len() as u64)
+                    .next_u64();
+                if coin & 1 == 0 && sim.is_host_running(name(id)) {
+                    self.arm_cut(now, id, down_ms, coin >> 1);
+                } else {
+                    self.crash(sim, now, id, true);
+                    self.undo.push((until(down_ms), Undo::Restart(id)));
+                }
             }
             Fault::Wipe { down_ms, .. } => {
                 let id = hit.expect("a wipe hits a node");
@@ -562,6 +678,7 @@ impl Driver {
             return;
         };
         if self.healed_at.is_none() {
+            self.fire_cuts(sim, now, false);
             while let Some(s) = self.params.schedule.get(self.next_fault) {
                 if start + s.at_ms > now {
                     break;
@@ -580,6 +697,7 @@ impl Driver {
                 self.revert(sim, now, u);
             }
             if now >= start + self.params.fault_phase_ms {
+                self.fire_cuts(sim, now, true);
                 for (_, u) in std::mem::take(&mut self.undo) {
                     self.revert(sim, now, u);
                 }
@@ -749,6 +867,11 @@ pub fn run(params: Params) -> Report {
         converge_detail: String::new(),
         log_unsynced_at_crash: 0,
         log_torn_at_crash: 0,
+        db_unsynced_at_crash: 0,
+        db_mixed_at_crash: 0,
+        cuts_in_metadata_sync: 0,
+        cuts_in_vault_sync: 0,
+        armed: Vec::new(),
     };
     let mut harness_error = None;
     loop {
@@ -872,6 +995,10 @@ pub fn run(params: Params) -> Report {
         replacements: std::mem::take(&mut w.replacements),
         log_unsynced_at_crash: driver.log_unsynced_at_crash,
         log_torn_at_crash: driver.log_torn_at_crash,
+        db_unsynced_at_crash: driver.db_unsynced_at_crash,
+        db_mixed_at_crash: driver.db_mixed_at_crash,
+        cuts_in_metadata_sync: driver.cuts_in_metadata_sync,
+        cuts_in_vault_sync: driver.cuts_in_vault_sync,
         compares_agreed: driver.probe.comparisons("agreed"),
         compares_incomplete: driver.probe.comparisons("incomplete"),
         final_ids: w.ids,

@@ -23,7 +23,7 @@ mod wal;
 mod writer;
 
 pub use log::LogStore;
-pub use sim_disk::{SimDisk, TornCrash};
+pub use sim_disk::{DatabaseFile, SimDisk, TornCrash};
 pub use sm::{durable_loop, FileAsk, Mark, SharedVault, SnapshotUpload, StateMachine, VaultView};
 pub use wal::record_ends;
 pub use writer::{FsyncObserver, SyncPolicy, WriterMode};

@@ -20,6 +20,68 @@ struct Disk {
     segments: BTreeMap<(&'static str, u64), SimSegment>,
     /// Bumped by every crash; handles of an earlier generation are cut off.
     generation: u64,
+    /// Armed by [`SimDisk::arm_cut_at_database_sync`]: the power goes at the next sync
+    /// of this database file, with this seed choosing what of its writes landed.
+    cut_armed: Option<(DatabaseFile, u64)>,
+    /// What that cut found, until the host's crash takes it.
+    cut: Option<TornCrash>,
+}
+
+impl Disk {
+    /// Forgets everything written since the last sync and cuts off every open handle.
+    fn crash(&mut self) {
+        self.db.crash();
+        self.segments.retain(|_, s| s.durable_exists);
+        for s in self.segments.values_mut() {
+            s.bytes.crash();
+            s.exists = true;
+        }
+        self.generation += 1;
+        self.cut_armed = None;
+    }
+
+    /// The power goes with part of each file's unsynced writes on the disk (see
+    /// [`SimDisk::crash_torn`]).
+    fn crash_torn(&mut self, seed: u64) -> TornCrash {
+        let mut rng = SplitMix(seed);
+        let mut found = TornCrash::default();
+        let (unsynced, mixed) = self.db.crash_scattered(&mut rng);
+        found.db_files_unsynced += u32::from(unsynced);
+        found.db_files_mixed += u32::from(mixed);
+        for ((dir, _), s) in self.segments.iter_mut() {
+            if *dir == "vault" {
+                let (unsynced, mixed) = s.bytes.crash_scattered(&mut rng);
+                found.db_files_unsynced += u32::from(unsynced);
+                found.db_files_mixed += u32::from(mixed);
+                continue;
+            }
+            let unsynced = !s.bytes.unsynced.is_empty();
+            let torn = s.bytes.crash_torn(&mut rng);
+            if *dir == "wal" {
+                found.log_files_unsynced += u32::from(unsynced);
+                found.log_writes_torn += u32::from(torn);
+            }
+        }
+        self.crash();
+        found
+    }
+
+    /// At a database file's sync: if a cut is armed, the power goes now, before the
+    /// sync, and the sync fails (as every later call through an old handle does).
+    fn cut_if_armed(&mut self, file: DatabaseFile) -> io::Result<()> {
+        let seed = match self.cut_armed {
+            Some((armed, seed)) if armed == file => seed,
+            _ => return Ok(()),
+        };
+        self.cut_armed = None;
+        let mut found = self.crash_torn(seed);
+        found.in_database_sync = Some(file);
+        self.cut = Some(found);
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the simulated host lost power",
+        ))
+    }
 }
 
 /// One file in a directory (a log segment or a snapshot).
@@ -91,6 +153,69 @@ impl Bytes {
         torn
     }
 
+    /// A crash after the page cache wrote back some of the file's dirty sectors, in no
+    /// particular order: each sector changed since the last sync holds either what the
+    /// disk had at that sync or what was written to it last, and the file's length is
+    /// either of the two. This is what a database's own commit protocol (redb's
+    /// checksummed commit slots) must survive. Returns whether anything was unsynced,
+    /// and whether the cut left the file mixed (some changed sectors landed, some not).
+    fn crash_scattered(&mut self, rng: &mut SplitMix) -> (bool, bool) {
+        if self.unsynced.is_empty() {
+            self.crash();
+            return (false, false);
+        }
+        // The sectors any unsynced change touched (a length change, every sector
+        // between the lengths the file has had since the sync).
+        let (mut lo_len, mut hi_len) = (self.durable.len(), self.durable.len());
+        let mut dirty = std::collections::BTreeSet::new();
+        for change in &self.unsynced {
+            match change {
+                Change::Write(offset, data) => {
+                    let (start, end) = (*offset as usize, *offset as usize + data.len());
+                    dirty.extend(start / SECTOR_BYTES..end.div_ceil(SECTOR_BYTES));
+                    hi_len = hi_len.max(end);
+                }
+                Change::SetLen(len) => {
+                    lo_len = lo_len.min(*len as usize);
+                    hi_len = hi_len.max(*len as usize);
+                }
+            }
+        }
+        dirty.extend(lo_len / SECTOR_BYTES..hi_len.div_ceil(SECTOR_BYTES));
+        let len = if rng.next() & 1 == 0 {
+            self.durable.len()
+        } else {
+            self.current.len()
+        };
+        let mut disk = std::mem::take(&mut self.durable);
+        disk.resize(len, 0);
+        let (mut landed, mut stayed) = (false, false);
+        for sector in dirty {
+            let start = sector * SECTOR_BYTES;
+            if start >= len {
+                break;
+            }
+            let end = (start + SECTOR_BYTES).min(len);
+            let mut now = [0u8; SECTOR_BYTES];
+            if let Some(src) = self.current.get(start..end.min(self.current.len())) {
+                now[..src.len()].copy_from_slice(src);
+            }
+            let now = &now[..end - start];
+            if disk[start..end] == *now {
+                continue;
+            }
+            if rng.next() & 1 == 0 {
+                disk[start..end].copy_from_slice(now);
+                landed = true;
+            } else {
+                stayed = true;
+            }
+        }
+        self.durable = disk;
+        self.crash();
+        (true, landed && stayed)
+    }
+
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let start = offset as usize;
         let src = self
@@ -102,13 +227,29 @@ impl Bytes {
     }
 }
 
-/// What a torn crash found in the Raft log's files.
+/// What a torn crash found on the disk.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TornCrash {
     /// Log files with writes not yet synced.
     pub log_files_unsynced: u32,
     /// Writes to them left in part: some sectors on the disk, some not.
     pub log_writes_torn: u32,
+    /// Database files (the metadata and the vault's generations) with writes not yet
+    /// synced.
+    pub db_files_unsynced: u32,
+    /// Of those, files left mixed: some of the sectors changed since their last sync
+    /// on the disk, some not.
+    pub db_files_mixed: u32,
+    /// The power went as a database file was being synced (an armed cut): the node's
+    /// metadata (its vote, the log's bounds) or a vault generation (a durable commit).
+    pub in_database_sync: Option<DatabaseFile>,
+}
+
+/// Which of a node's database files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseFile {
+    Metadata,
+    Vault,
 }
 
 /// The unit a simulated disk writes whole.
@@ -162,38 +303,46 @@ impl SimDisk {
     /// Forgets everything written since the last sync and cuts off every open backend.
     /// Call it when the host crashes, before the host's runtime is dropped.
     pub fn crash(&self) {
-        let mut d = self.inner.lock().expect("disk lock");
-        d.db.crash();
-        d.segments.retain(|_, s| s.durable_exists);
-        for s in d.segments.values_mut() {
-            s.bytes.crash();
-            s.exists = true;
-        }
-        d.generation += 1;
+        self.inner.lock().expect("disk lock").crash();
     }
 
-    /// A power cut, as [`SimDisk::crash`], except that in the Raft log's segments and
-    /// the snapshot files part of what was written since their last sync reached the
-    /// disk first (see `Bytes::crash_torn`), chosen by `seed`: a record may be left
-    /// cut short. The database files lose all of it, as in a crash.
+    /// A power cut, as [`SimDisk::crash`], except that part of what was written since
+    /// each file's last sync reached the disk first, chosen by `seed`. The Raft log's
+    /// segments and the snapshot files, written in order, keep a prefix of their writes
+    /// and whole sectors of the next (see `Bytes::crash_torn`): a record may be left
+    /// cut short. The database files (the metadata and the vault's generations), which
+    /// redb writes page by page, keep any of their changed sectors (see
+    /// `Bytes::crash_scattered`).
     pub fn crash_torn(&self, seed: u64) -> TornCrash {
-        let mut rng = SplitMix(seed);
-        let mut found = TornCrash::default();
-        {
-            let mut d = self.inner.lock().expect("disk lock");
-            for ((dir, _), s) in d.segments.iter_mut() {
-                if matches!(*dir, "wal" | "snap") {
-                    let unsynced = !s.bytes.unsynced.is_empty();
-                    let torn = s.bytes.crash_torn(&mut rng);
-                    if *dir == "wal" {
-                        found.log_files_unsynced += u32::from(unsynced);
-                        found.log_writes_torn += u32::from(torn);
-                    }
-                }
-            }
-        }
-        self.crash();
-        found
+        self.inner.lock().expect("disk lock").crash_torn(seed)
+    }
+
+    /// Arms a power cut at the next sync of `file` (the metadata, or a vault
+    /// generation: a durable commit): what redb wrote for that commit is on the disk in
+    /// part, as [`SimDisk::crash_torn`] leaves it, and the sync fails. A crash disarms
+    /// it. The host must then be crashed: see [`SimDisk::take_cut`].
+    pub fn arm_cut_at_database_sync(&self, file: DatabaseFile, seed: u64) {
+        self.inner.lock().expect("disk lock").cut_armed = Some((file, seed));
+    }
+
+    /// What an armed cut found, once it has gone off (the host has lost its power).
+    pub fn take_cut(&self) -> Option<TornCrash> {
+        self.inner.lock().expect("disk lock").cut.take()
+    }
+
+    /// Whether an armed cut has gone off (and not yet been taken).
+    pub fn has_cut(&self) -> bool {
+        self.inner.lock().expect("disk lock").cut.is_some()
+    }
+
+    /// Whether a cut is armed and has not gone off.
+    pub fn cut_armed(&self) -> bool {
+        self.inner.lock().expect("disk lock").cut_armed.is_some()
+    }
+
+    /// Disarms a cut that has not gone off.
+    pub fn disarm_cut(&self) {
+        self.inner.lock().expect("disk lock").cut_armed = None;
     }
 
     /// The host's machine is replaced: the disk comes back empty. Handles opened before
@@ -282,7 +431,9 @@ impl StorageBackend for SimBackend {
     }
 
     fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.disk()?.db.sync();
+        let mut d = self.disk()?;
+        d.cut_if_armed(DatabaseFile::Metadata)?;
+        d.db.sync();
         Ok(())
     }
 
@@ -401,6 +552,9 @@ impl SegmentFile for SimSegmentFile {
     }
 
     fn sync(&self) -> io::Result<()> {
+        if self.key.0 == "vault" {
+            self.handle.disk()?.cut_if_armed(DatabaseFile::Vault)?;
+        }
         self.with(|b| {
             b.sync();
             Ok(())
@@ -482,6 +636,107 @@ mod tests {
                 .is_some_and(|p| p.contains(&0) && p.contains(&2));
         }
         assert!(seen_torn, "some seed leaves the first write in part");
+    }
+
+    #[test]
+    fn a_torn_crash_leaves_each_changed_database_sector_old_or_new() {
+        let (mut seen_mixed, mut seen_lengths) = (false, [false; 2]);
+        for seed in 0..64 {
+            let disk = SimDisk::new();
+            let be = disk.backend();
+            be.write(0, &[1; 2048]).unwrap();
+            be.sync_data().unwrap();
+            // Unsynced: sector 0 written twice, sectors 1 and 2 once, sector 3 not at
+            // all, the file grown by two sectors of which the first is written.
+            be.write(0, &[2; 512]).unwrap();
+            be.write(512, &[3; 1024]).unwrap();
+            be.write(0, &[4; 512]).unwrap();
+            be.set_len(3072).unwrap();
+            be.write(2048, &[5; 512]).unwrap();
+            let found = disk.crash_torn(seed);
+            assert_eq!(found.db_files_unsynced, 1, "seed {seed}");
+            let be = disk.backend();
+            let len = be.len().unwrap() as usize;
+            assert!(len == 2048 || len == 3072, "seed {seed}: length {len}");
+            seen_lengths[usize::from(len == 3072)] = true;
+            let mut out = vec![0; len];
+            be.read(0, &mut out).unwrap();
+            // Each sector: as synced, or as last written; never an earlier unsynced
+            // value, never part of one.
+            let choices: [&[u8]; 6] = [&[1, 4], &[1, 3], &[1, 3], &[1], &[0, 5], &[0]];
+            let mut landed = [false; 2];
+            for (i, sector) in out.chunks(512).enumerate() {
+                assert!(
+                    choices[i].iter().any(|b| sector.iter().all(|x| x == b)),
+                    "seed {seed}: sector {i} is {:?}…",
+                    &sector[..4]
+                );
+                if choices[i].len() == 2 {
+                    landed[usize::from(sector[0] == choices[i][1])] = true;
+                }
+            }
+            assert_eq!(
+                found.db_files_mixed == 1,
+                landed[0] && landed[1],
+                "seed {seed}"
+            );
+            seen_mixed |= found.db_files_mixed == 1;
+        }
+        assert!(seen_mixed, "some seed lands some sectors and not others");
+        assert_eq!(seen_lengths, [true; 2], "both lengths come back");
+    }
+
+    #[test]
+    fn an_armed_cut_goes_off_at_the_next_database_sync_only() {
+        let disk = SimDisk::new();
+        let be = disk.backend();
+        be.write(0, &[1; 512]).unwrap();
+        be.sync_data().unwrap();
+        disk.arm_cut_at_database_sync(DatabaseFile::Metadata, 3);
+        // Neither a log sync nor a vault's sets it off.
+        let wal = disk.wal_dir();
+        let f = wal.open(1).unwrap();
+        f.write_at(0, b"record").unwrap();
+        f.sync().unwrap();
+        wal.sync().unwrap();
+        let vaults = disk.vault_dir();
+        let vault = vaults.open(1).unwrap();
+        vault.write_at(0, b"vault").unwrap();
+        vault.sync().unwrap();
+        vaults.sync().unwrap();
+        assert!(disk.cut_armed() && !disk.has_cut());
+        // The database's does, and fails; nothing through an old handle works after.
+        be.write(0, &[2; 1024]).unwrap();
+        assert!(be.sync_data().is_err());
+        assert!(be.write(0, b"x").is_err() && f.write_at(0, b"x").is_err());
+        assert!(!disk.cut_armed() && disk.has_cut());
+        let found = disk.take_cut().expect("the cut went off");
+        assert_eq!(found.in_database_sync, Some(DatabaseFile::Metadata));
+        assert_eq!(found.db_files_unsynced, 1);
+        assert!(disk.take_cut().is_none());
+        // The synced log record stays; the database holds each sector old or new.
+        let f = disk.wal_dir().open_existing(1).unwrap();
+        let mut out = [0u8; 6];
+        f.read_at(0, &mut out).unwrap();
+        assert_eq!(&out, b"record");
+        let be = disk.backend();
+        let mut out = vec![0u8; be.len().unwrap() as usize];
+        be.read(0, &mut out).unwrap();
+        assert!(out[..512].iter().all(|b| *b == 1) || out[..512].iter().all(|b| *b == 2));
+        // Armed for a vault generation, a vault's sync sets it off.
+        disk.arm_cut_at_database_sync(DatabaseFile::Vault, 5);
+        be.sync_data().unwrap();
+        let vault = disk.vault_dir().open_existing(1).unwrap();
+        vault.write_at(0, b"VAULT").unwrap();
+        assert!(vault.sync().is_err());
+        let found = disk.take_cut().expect("the cut went off");
+        assert_eq!(found.in_database_sync, Some(DatabaseFile::Vault));
+        // A crash disarms a cut that has not gone off.
+        disk.arm_cut_at_database_sync(DatabaseFile::Metadata, 4);
+        disk.crash();
+        assert!(!disk.cut_armed());
+        disk.backend().sync_data().unwrap();
+        assert!(!disk.has_cut());
     }
 
     #[test]
