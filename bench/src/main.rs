@@ -58,7 +58,8 @@ enum Cmd {
         results: PathBuf,
     },
     /// Load TOKENS cards on file; database size and memory per node, tokenize latency
-    /// against the empty vault, and a wiped follower's catch-up by snapshot.
+    /// against the empty vault, a comparison of the members' vaults (with tokenize
+    /// latency while they hash), and a wiped follower's catch-up by snapshot.
     Scale {
         #[arg(long, default_value_t = 1_000_000)]
         tokens: u64,

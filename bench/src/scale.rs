@@ -1,6 +1,7 @@
 //! `kura-bench scale`: load a large number of card-on-file tokens, then report what they
 //! cost — database size and resident memory per node, tokenize latency against the empty
-//! vault — and how long a wiped follower takes to catch up by snapshot.
+//! vault, what a comparison of the members' vaults takes and does to that latency — and
+//! how long a wiped follower takes to catch up by snapshot.
 
 use crate::harness::{self, Plan, Summary};
 use crate::report;
@@ -198,6 +199,103 @@ fn part_bytes(c: &ProcCluster, i: usize) -> [u64; 4] {
     DATA_DIR_PARTS.map(|(_, name)| disk_usage(&c.data_dir(i).join(name)))
 }
 
+/// A comparison of the members' vaults on the full vault, with the latency probe
+/// running while the members hash: what the hourly check costs at this size.
+struct Compared {
+    outcome: kura_sdk::types::Compare,
+    /// From the request to the leader's verdict.
+    secs: f64,
+    /// The probe runs from the request on, one after another until the verdict: the
+    /// run with the median p99, and every run's p99.
+    during: Summary,
+    during_p99s: Vec<f64>,
+}
+
+impl Compared {
+    /// The report's paragraph.
+    fn text(&self, rate: f64, full_p99: f64) -> String {
+        let members: Vec<String> = self
+            .outcome
+            .members
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {}{}{}",
+                    m.name,
+                    format!("{:?}", m.state).to_lowercase(),
+                    m.rows.map_or_else(String::new, |r| format!(", {r} rows")),
+                    m.seconds
+                        .map_or_else(String::new, |s| format!(" in {s:.1} s")),
+                )
+            })
+            .collect();
+        format!(
+            "Comparison of the members' vaults (`kura compare`, hourly by default) on the full vault: **{}** in {:.1} s from the request to the leader's verdict ({}). The tokenize probe at {rate:.0}/s ran from the request on, run after run until the verdict ({} runs, p99 {}): the median run p50 {:.2} ms, p99 **{:.2} ms** ({} the full vault's median p99 without it), max {:.2} ms.",
+            format!("{:?}", self.outcome.state).to_lowercase(),
+            self.secs,
+            members.join("; "),
+            self.during_p99s.len(),
+            ms_list(&self.during_p99s),
+            self.during.ms(0.5),
+            self.during.ms(0.99),
+            report::ratio(self.during.ms(0.99), full_p99),
+            self.during.max_ms(),
+        )
+    }
+}
+
+/// Starts a comparison of the members' vaults and waits for its verdict, probing
+/// tokenize latency meanwhile.
+async fn compare_under_probe(
+    admin: &Client,
+    client: &Client,
+    rate: f64,
+) -> Result<Compared, String> {
+    let started = Instant::now();
+    let first = admin
+        .start_compare()
+        .await
+        .map_err(|e| format!("start a comparison: {e}"))?;
+    let check = first.check.clone();
+    let decided = std::sync::atomic::AtomicBool::new(false);
+    let wait = async {
+        let deadline = started + Duration::from_secs(1800);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match admin.compare().await {
+                Ok(c) if c.check == check && c.state != kura_sdk::types::CompareState::Running => {
+                    decided.store(true, Ordering::Relaxed);
+                    return Ok((c, started.elapsed().as_secs_f64()));
+                }
+                Ok(_) | Err(_) if Instant::now() > deadline => {
+                    decided.store(true, Ordering::Relaxed);
+                    return Err("no verdict within 30 minutes".to_string());
+                }
+                _ => {}
+            }
+        }
+    };
+    let probes = async {
+        let mut runs = Vec::new();
+        while runs.is_empty() || !decided.load(Ordering::Relaxed) {
+            runs.push(probe(client, rate).await);
+        }
+        runs
+    };
+    let (verdict, mut runs) = tokio::join!(wait, probes);
+    let (outcome, secs) = verdict?;
+    eprintln!("  compared in {secs:.1} s: {:?}", outcome.state);
+    let during_p99s: Vec<f64> = runs.iter().map(|s| s.ms(0.99)).collect();
+    runs.sort_by(|a, b| a.ms(0.99).total_cmp(&b.ms(0.99)));
+    let during = runs.swap_remove(runs.len() / 2);
+    Ok(Compared {
+        outcome,
+        secs,
+        during,
+        during_p99s,
+    })
+}
+
 fn rss_bytes(c: &ProcCluster, i: usize) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid(i)?)).ok()?;
     let kib: u64 = status
@@ -257,6 +355,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     let sizes: Vec<u64> = (0..3).map(|i| dir_bytes(&c, i)).collect();
     let rss: Vec<Option<u64>> = (0..3).map(|i| rss_bytes(&c, i)).collect();
     let parts: Vec<[u64; 4]> = (0..3).map(|i| part_bytes(&c, i)).collect();
+    eprintln!("comparing the members' vaults:");
+    let compared = compare_under_probe(&c.admin(), &client, args.probe_rate).await?;
 
     // Wipe a follower and time its catch-up: the leader's log is purged far past its
     // (empty) log, so it can only catch up from a snapshot.
@@ -403,6 +503,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         install_s,
         (catch_up.as_secs_f64() - busy).max(0.0)
     );
+    let _ = writeln!(t, "\n\n{}", compared.text(args.probe_rate, full.ms(0.99)));
     t.push_str(&growth_table(&grown));
     report::publish(&args.results, "scale", &t)
 }
