@@ -447,6 +447,51 @@ async fn a_leader_whose_disk_fails_stops_and_catches_up_once_repaired() {
     drop(disk);
 }
 
+/// main leading under writes through every node, its Raft core panics (fault
+/// injection: its next log append panics on the core's task, as one of openraft's own
+/// assertions does on a defect). The process must not stay up without a core — it would
+/// still answer its API and health while failing every Raft message, as a leader did
+/// when a follower was wiped under its old id before `allow_log_reversion` — so main
+/// stops itself with status 74, saying its core panicked; another node leads; started
+/// again, main catches up, leads again by failback, and every acknowledged write reads
+/// back through every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_raft_core_panics_stops_and_the_others_carry_on() {
+    let mut c = ProcCluster::start_with_faults(FAST_FAILBACK, &[]);
+    c.init().await;
+    let key = c.merchant("panic").await;
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let load = Load::start(&c, &key, 3);
+    load.wait_for_more(30).await;
+
+    let panicked_at = Instant::now();
+    c.faults(
+        0,
+        Faults {
+            raft_core_panics: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let log = main_stops_itself(&mut c, Duration::from_secs(30)).await;
+    let stopped_after = panicked_at.elapsed();
+    assert!(
+        log.contains("fault injection: the Raft core panics"),
+        "the panic is in main's log"
+    );
+    assert!(
+        log.contains("its Raft core stopped: it panicked"),
+        "main says its core panicked"
+    );
+    wait_for("another node to lead", Duration::from_secs(20), || async {
+        matches!(leader_seen_by(&c, 1).await, Some(l) if l != 0)
+    })
+    .await;
+    load.wait_for_more(30).await;
+    let what = format!("core panicked (main stopped {stopped_after:?} after)");
+    main_back_and_nothing_lost(&mut c, load, &key, &what).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_disk_short_the_leader_takes_no_new_cards_and_serves_the_rest() {
     keeps_the_reserve(&[0, 1, 2], "every disk short").await;

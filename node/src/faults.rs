@@ -1,5 +1,5 @@
 //! Fault switches for tests: stall or slow storage writes, fail the KEK provider, block
-//! the acquirer routes on one node, step its wall clock. Off unless the node was started with
+//! the acquirer routes on one node, step its wall clock, panic its Raft core. Off unless the node was started with
 //! `--enable-fault-injection` *and* its config sets `[faults] enabled = true`; the admin
 //! endpoint that flips them answers `403 fault_injection_disabled` otherwise.
 
@@ -17,6 +17,7 @@ pub struct FaultSwitches {
     kek_failing: AtomicBool,
     routes_blocked: AtomicBool,
     clock_offset_ms: AtomicI64,
+    raft_core_panics: AtomicBool,
 }
 
 /// The switches as the admin endpoint shows and sets them.
@@ -33,6 +34,9 @@ pub struct FaultState {
     pub routes_blocked: bool,
     /// The node's wall clock reads this far ahead (negative: behind), as after a step.
     pub clock_offset_ms: i64,
+    /// The next Raft log append panics inside the Raft core (see
+    /// [`FaultSwitches::panic_raft_core_if_set`]).
+    pub raft_core_panics: bool,
 }
 
 impl FaultSwitches {
@@ -47,6 +51,8 @@ impl FaultSwitches {
             .store(s.routes_blocked, Ordering::Relaxed);
         self.clock_offset_ms
             .store(s.clock_offset_ms, Ordering::Relaxed);
+        self.raft_core_panics
+            .store(s.raft_core_panics, Ordering::Relaxed);
     }
 
     /// The current switches.
@@ -57,6 +63,21 @@ impl FaultSwitches {
             kek_failing: self.kek_failing.load(Ordering::Relaxed),
             routes_blocked: self.routes_blocked.load(Ordering::Relaxed),
             clock_offset_ms: self.clock_offset_ms.load(Ordering::Relaxed),
+            raft_core_panics: self.raft_core_panics.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Panics when the switch is set: called by the Raft log's append, which openraft's
+    /// core runs on its own task, so the core dies as it does on one of openraft's
+    /// assertions — the path [`crate::cluster::Cluster::stopped`] must turn into the
+    /// node stopping. The switch clears first, so a core that somehow went on would not
+    /// panic again.
+    pub fn panic_raft_core_if_set(&self) {
+        // A load first: this runs on every append, and the switch is almost never set.
+        if self.raft_core_panics.load(Ordering::Relaxed)
+            && self.raft_core_panics.swap(false, Ordering::Relaxed)
+        {
+            panic!("fault injection: the Raft core panics at a log append");
         }
     }
 

@@ -213,6 +213,9 @@ pub struct Faults {
     pub routes_blocked: bool,
     /// The node's wall clock reads this many ms ahead (negative: behind).
     pub clock_offset_ms: i64,
+    /// The node's next Raft log append panics inside its Raft core, as one of
+    /// openraft's own assertions does on a defect: the node must stop (status 74).
+    pub raft_core_panics: bool,
 }
 
 fn yes() -> bool {

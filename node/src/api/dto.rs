@@ -375,6 +375,7 @@ pub fn faults_in(f: wire::Faults) -> crate::faults::FaultState {
         kek_failing: f.kek_failing,
         routes_blocked: f.routes_blocked,
         clock_offset_ms: f.clock_offset_ms,
+        raft_core_panics: f.raft_core_panics,
     }
 }
 
@@ -386,5 +387,6 @@ pub fn faults_out(f: crate::faults::FaultState) -> wire::Faults {
         kek_failing: f.kek_failing,
         routes_blocked: f.routes_blocked,
         clock_offset_ms: f.clock_offset_ms,
+        raft_core_panics: f.raft_core_panics,
     }
 }

@@ -476,7 +476,9 @@ impl Cluster {
 
     /// Waits until this node can no longer do its part and says why: its Raft core
     /// stopped (openraft ends the core at a storage error: a log append, a vote, an
-    /// apply or a snapshot that failed), or the vault's file could not be written (redb
+    /// apply or a snapshot that failed), its core panicked (its metrics channel closed,
+    /// while the last state it published still reads as running), or the vault's file
+    /// could not be written (redb
     /// takes no write after an I/O error until the database is opened again). Neither
     /// mends while the process runs; started again, the node replays its log from its
     /// last durable state. Never returns while the node is sound.

@@ -173,6 +173,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.store.writer.fault_switches().panic_raft_core_if_set();
         let entries: Vec<Entry> = entries.into_iter().collect();
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             use crate::timeline::{mark, Stage};

@@ -263,6 +263,11 @@ impl Writer {
         self.inner.faults.clone()
     }
 
+    /// The node's fault switches, borrowed (for the log's append, on every write).
+    pub(crate) fn fault_switches(&self) -> &FaultSwitches {
+        &self.inner.faults
+    }
+
     /// Queues an operation for the writer thread or task.
     pub(crate) fn submit(&self, op: Op) {
         let refused = match &self.inner.tx {
