@@ -94,3 +94,55 @@ impl Drop for Dedicated {
         }
     }
 }
+
+/// Puts the calling thread at the lowest CPU priority (nice 19) and in the idle I/O
+/// class, for good: for a thread of its own doing long background work (reading the
+/// whole vault to hash it), which should take only the CPU and disk time the node's
+/// requests leave. A thread cannot raise its priority back without privilege, so never
+/// call it on a pooled thread. Best effort: a kernel or I/O scheduler without idle
+/// I/O priorities leaves the disk shared as before.
+pub fn lowest_priority_for_this_thread() {
+    /// `IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT` (linux/ioprio.h).
+    const IOPRIO_IDLE: libc::c_long = 3 << 13;
+    /// `IOPRIO_WHO_PROCESS`: a thread id names the one thread.
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    // SAFETY: syscalls that take integers only, naming this thread.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            libc::c_long::from(tid),
+            IOPRIO_IDLE,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_background_thread_runs_at_the_lowest_priority_and_leaves_others_alone() {
+        /// `IOPRIO_WHO_PROCESS`, and the class in an I/O priority's top bits.
+        const WHO: libc::c_long = 1;
+        let read = || {
+            // SAFETY: integer-only syscalls naming this thread.
+            unsafe {
+                let tid = libc::gettid();
+                *libc::__errno_location() = 0;
+                let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                let io = libc::syscall(libc::SYS_ioprio_get, WHO, libc::c_long::from(tid));
+                (nice, io >> 13)
+            }
+        };
+        let before = read();
+        let lowered = std::thread::spawn(move || {
+            super::lowest_priority_for_this_thread();
+            read()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, (19, 3), "nice 19, idle I/O class");
+        assert_eq!(read(), before, "the calling thread keeps its priority");
+    }
+}

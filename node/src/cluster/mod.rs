@@ -346,7 +346,7 @@ impl Cluster {
         mark: crate::store::Mark,
     ) -> Result<(String, u64), crate::vault::StorageError> {
         self.store
-            .blocking(move || {
+            .background("kura-hash", move || {
                 let hashed = crate::vault::tables::digest_rows(&mark.tables);
                 match crate::vault::Tables::failure(&mark.tables) {
                     Some(e) => Err(e),
