@@ -90,6 +90,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // entry trimmed from memory between the two reads is durable by then.
         let (recent, first_recent): (Vec<(u64, Entry)>, Option<u64>) = {
             let r = self.store.recent.lock().expect("recent log lock");
+            // Under the lock the failed append's writer sets it under.
+            if self
+                .store
+                .log_failed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Err(io::Error::other(
+                    "an append to the log failed: the log no longer holds every entry",
+                ));
+            }
             let rows = r
                 .range(owned_range(&range))
                 .map(|(k, v)| (*k, v.clone()))
@@ -195,6 +205,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             rows,
             ids,
             recent,
+            failed: self.store.log_failed.clone(),
             done: Done::Flushed(callback),
         });
         Ok(())

@@ -70,6 +70,12 @@ pub struct Store {
     /// and after that the last [`RECENT_ENTRIES`] durable ones, so that replicating
     /// recent entries neither reads the log's files nor decodes what it just encoded.
     recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// Set when an append failed: its entries were taken out of `recent`, and the log no
+    /// longer holds every entry openraft handed it, so every read of the log fails from
+    /// then on rather than come back short (openraft reads committed entries back to
+    /// apply them, and a short read would count entries applied that were not). The
+    /// node stops on the failure (`Cluster::stopped`) and replays its log when started.
+    log_failed: Arc<std::sync::atomic::AtomicBool>,
     /// Called after every applied command (simulations check invariants here).
     apply_check: Option<ApplyCheck>,
     /// The vault's tables, one redb file per generation (`kura.vault/`).
@@ -271,6 +277,7 @@ impl Store {
             snapshots: Arc::new(snapshots),
             snapshot_order: Arc::new(tokio::sync::Mutex::new(())),
             recent: Arc::new(Mutex::new(BTreeMap::new())),
+            log_failed: Arc::default(),
             apply_check: None,
             durable_log,
             snapshot_observer: Arc::default(),

@@ -152,6 +152,13 @@ async fn entries_whose_append_failed_are_not_read_back() {
     assert!(rx.await.unwrap().is_err(), "the append reports its failure");
     let ids: Vec<u64> = store.recent.lock().unwrap().keys().copied().collect();
     assert_eq!(ids, vec![1, 2, 3], "entries that never reached the files");
+    // openraft handed the log entries 4 and 5, and may read them back to apply them
+    // (the other nodes may have committed them): a read must fail, not come back with
+    // 1..=3 as if that were the whole range.
+    assert!(
+        log.try_get_log_entries(1..6).await.is_err(),
+        "a read after a failed append fails rather than come back short"
+    );
 }
 
 fn counting_store() -> (

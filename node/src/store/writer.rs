@@ -113,6 +113,8 @@ pub(crate) enum Op {
         rows: Vec<(u64, Vec<u8>)>,
         ids: Vec<LogId>,
         recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
+        /// Set if the append fails (see `Store::log_failed`).
+        failed: Arc<std::sync::atomic::AtomicBool>,
         done: Done,
     },
     /// Deletes every log entry with index `>= from`.
@@ -149,10 +151,17 @@ impl Op {
     fn into_done(self, durable: bool) -> Done {
         match self {
             Op::Append {
-                ids, recent, done, ..
+                ids,
+                recent,
+                failed,
+                done,
+                ..
             } => {
                 let mut r = recent.lock().expect("recent log lock");
                 if !durable {
+                    // Set under the lock, before the entries go: a reader that finds
+                    // them gone finds the flag set.
+                    failed.store(true, std::sync::atomic::Ordering::Release);
                     // Not in the files: readers must not see these entries either.
                     for id in ids {
                         if r.get(&id.index).is_some_and(|e| e.log_id == id) {
