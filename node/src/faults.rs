@@ -1,7 +1,8 @@
 //! Fault switches for tests: stall or slow storage writes, fail the KEK provider, block
-//! the acquirer routes on one node, step its wall clock, panic its Raft core. Off unless the node was started with
-//! `--enable-fault-injection` *and* its config sets `[faults] enabled = true`; the admin
-//! endpoint that flips them answers `403 fault_injection_disabled` otherwise.
+//! the acquirer routes on one node, step its wall clock, panic its Raft core. Off unless
+//! the node was started with `--enable-fault-injection` *and* its config sets
+//! `[faults] enabled = true`; the admin endpoint that flips them answers
+//! `403 fault_injection_disabled` otherwise.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
