@@ -1,5 +1,6 @@
 //! openraft's log storage on top of [`Store`].
 
+use super::tail::TailRead;
 use super::wal::range_start;
 use super::writer::{Done, Op};
 use super::{
@@ -11,7 +12,7 @@ use openraft::OptionalSend;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The Raft log (in the log's own files), vote and committed index (in redb).
@@ -77,10 +78,6 @@ impl LogStore {
     }
 }
 
-fn owned_range(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
-    (range.start_bound().cloned(), range.end_bound().cloned())
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -88,29 +85,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, io::Error> {
         // Memory first, then the files for whatever lies below the tail in memory. An
         // entry trimmed from memory between the two reads is durable by then.
-        let (recent, first_recent): (Vec<(u64, Entry)>, Option<u64>) = {
-            let r = self.store.recent.lock().expect("recent log lock");
-            // Under the lock the failed append's writer sets it under.
-            if self
-                .store
-                .log_failed
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                return Err(io::Error::other(
-                    "an append to the log failed: the log no longer holds every entry",
-                ));
-            }
-            let rows = r
-                .range(owned_range(&range))
-                .map(|(k, v)| (*k, v.clone()))
-                .collect();
-            (rows, r.first_key_value().map(|(k, _)| *k))
-        };
-        if first_recent.is_some_and(|first| range_start(&range) >= first) {
-            return Ok(recent.into_iter().map(|(_, e)| e).collect());
+        let TailRead { rows, first_held } = self.store.tail.read(&range)?;
+        if first_held.is_some_and(|first| range_start(&range) >= first) {
+            return Ok(rows.into_iter().map(|(_, e)| e).collect());
         }
         let mut all = self.db_entries(range)?;
-        all.extend(recent);
+        all.extend(rows);
         Ok(all.into_values().collect())
     }
 
@@ -131,16 +111,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .read_meta(KEY_PURGED)?
             .map(|b| decode(&b))
             .transpose()?;
-        let recent_last = self
-            .store
-            .recent
-            .lock()
-            .expect("recent log lock")
-            .values()
-            .next_back()
-            .map(|e| e.log_id);
+        let tail_last = self.store.tail.last_log_id();
         let db_last = self.last_db_entry()?.map(|e| e.log_id);
-        let last_log_id = recent_last.or(db_last).or(last_purged_log_id);
+        let last_log_id = tail_last.or(db_last).or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -194,18 +167,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.log_id.index, encode_entry(e)))
             .collect();
         let ids = entries.iter().map(|e| e.log_id).collect();
-        {
-            let mut r = self.store.recent.lock().expect("recent log lock");
-            for e in entries {
-                r.insert(e.log_id.index, e);
-            }
-        }
-        let recent = self.store.recent.clone();
+        self.store.tail.extend(entries);
         self.store.writer.submit(Op::Append {
             rows,
             ids,
-            recent,
-            failed: self.store.log_failed.clone(),
+            tail: self.store.tail.clone(),
             done: Done::Flushed(callback),
         });
         Ok(())
@@ -213,11 +179,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        self.store
-            .recent
-            .lock()
-            .expect("recent log lock")
-            .retain(|k, _| *k < from);
+        self.store.tail.retain(|i| i < from);
         let (done, rx) = Done::oneshot();
         self.store.writer.submit(Op::TruncateFrom { from, done });
         rx.await
@@ -225,11 +187,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.store
-            .recent
-            .lock()
-            .expect("recent log lock")
-            .retain(|k, _| *k > log_id.index);
+        self.store.tail.retain(|i| i > log_id.index);
         let (done, rx) = Done::oneshot();
         self.store.writer.submit(Op::PurgeUpto {
             upto: log_id.index,

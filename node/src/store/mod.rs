@@ -18,6 +18,7 @@ mod sim_disk;
 mod sm;
 mod snapshot_files;
 mod snapshot_stream;
+mod tail;
 mod vault_db;
 mod wal;
 mod writer;
@@ -31,11 +32,13 @@ pub use writer::{FsyncObserver, SyncPolicy, WriterMode};
 use crate::raft_types::{Entry, Snapshot};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use snapshot_files::SnapshotFiles;
-use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tail::Tail;
+#[cfg(test)]
+use tail::RECENT_ENTRIES;
 use wal::{FsDir, SegmentDir, Wal};
 use writer::{Done, Op, Writer};
 
@@ -48,8 +51,6 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "purged";
 const KEY_CLUSTER_ID: &str = "cluster_id";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
-/// How many durable entries the log keeps in memory for its readers (~1 KiB each).
-const RECENT_ENTRIES: usize = 8192;
 /// The id of the current snapshot's file in [`snapshot_files`].
 const KEY_SNAPSHOT_FILE: &str = "snapshot_file";
 /// Where a snapshot's data lived before snapshots had files; removed by the next one.
@@ -66,16 +67,8 @@ pub struct Store {
     snapshots: Arc<SnapshotFiles>,
     /// Held while a snapshot is recorded, so that an older one never replaces a newer.
     snapshot_order: Arc<tokio::sync::Mutex<()>>,
-    /// The log's tail in memory: every entry handed to the writer and not yet durable,
-    /// and after that the last [`RECENT_ENTRIES`] durable ones, so that replicating
-    /// recent entries neither reads the log's files nor decodes what it just encoded.
-    recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
-    /// Set when an append failed: its entries were taken out of `recent`, and the log no
-    /// longer holds every entry openraft handed it, so every read of the log fails from
-    /// then on rather than come back short (openraft reads committed entries back to
-    /// apply them, and a short read would count entries applied that were not). The
-    /// node stops on the failure (`Cluster::stopped`) and replays its log when started.
-    log_failed: Arc<std::sync::atomic::AtomicBool>,
+    /// The log's tail in memory, and whether an append failed (see [`Tail`]).
+    tail: Tail,
     /// Called after every applied command (simulations check invariants here).
     apply_check: Option<ApplyCheck>,
     /// The vault's tables, one redb file per generation (`kura.vault/`).
@@ -276,8 +269,7 @@ impl Store {
             mode,
             snapshots: Arc::new(snapshots),
             snapshot_order: Arc::new(tokio::sync::Mutex::new(())),
-            recent: Arc::new(Mutex::new(BTreeMap::new())),
-            log_failed: Arc::default(),
+            tail: Tail::default(),
             apply_check: None,
             durable_log,
             snapshot_observer: Arc::default(),

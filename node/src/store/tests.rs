@@ -97,10 +97,10 @@ async fn the_logs_tail_stays_in_memory_within_its_bound_and_reads_span_memory_an
         for first in (1..=total).step_by(100) {
             let last = (first + 99).min(total);
             append(&mut log, (first..=last).map(|i| entry(1, i)).collect()).await;
-            let held = store.recent.lock().unwrap().len();
+            let held = store.tail.indexes().len();
             assert!(held <= RECENT_ENTRIES, "{held} entries held in memory");
         }
-        assert_eq!(store.recent.lock().unwrap().len(), RECENT_ENTRIES);
+        assert_eq!(store.tail.indexes().len(), RECENT_ENTRIES);
         // All of it: the oldest 700 from the files, the rest from memory, in order.
         let all = ids_of(log.try_get_log_entries(1..=total).await.unwrap());
         assert_eq!(all, (1..=total).map(|i| log_id(1, i)).collect::<Vec<_>>());
@@ -126,7 +126,7 @@ async fn the_logs_tail_stays_in_memory_within_its_bound_and_reads_span_memory_an
     }
     // The files alone hold the same log.
     let store = Store::open(&path, WriterMode::Threaded, SyncPolicy::Fsync, noop_fsync()).unwrap();
-    assert!(store.recent.lock().unwrap().is_empty());
+    assert!(store.tail.indexes().is_empty());
     let mut log = LogStore::new(store);
     let tail = ids_of(log.try_get_log_entries(total - 6..).await.unwrap());
     assert_eq!(tail.first(), Some(&log_id(1, total - 6)));
@@ -150,7 +150,7 @@ async fn entries_whose_append_failed_are_not_read_back() {
     .await
     .unwrap();
     assert!(rx.await.unwrap().is_err(), "the append reports its failure");
-    let ids: Vec<u64> = store.recent.lock().unwrap().keys().copied().collect();
+    let ids = store.tail.indexes();
     assert_eq!(ids, vec![1, 2, 3], "entries that never reached the files");
     // openraft handed the log entries 4 and 5, and may read them back to apply them
     // (the other nodes may have committed them): a read must fail, not come back with

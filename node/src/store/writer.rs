@@ -15,8 +15,9 @@
 //! a crash loses acknowledged writes. It exists for benchmarks and to prove that the
 //! chaos oracle notices lost writes; never use it for data you keep.
 
+use super::tail::Tail;
 use super::wal::Wal;
-use super::{encode, io_err, Entry, META, RECENT_ENTRIES};
+use super::{encode, io_err, META};
 use crate::faults::FaultSwitches;
 use crate::raft_types::{LogId, TypeConfig};
 use openraft::storage::IOFlushed;
@@ -108,13 +109,11 @@ impl Done {
 /// One durable change.
 pub(crate) enum Op {
     /// Appends serialized entries; once they are durable, `ids` lets the writer trim
-    /// the in-memory copy of the log's tail (`recent`) back to its bound.
+    /// the in-memory copy of the log's tail back to its bound.
     Append {
         rows: Vec<(u64, Vec<u8>)>,
         ids: Vec<LogId>,
-        recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
-        /// Set if the append fails (see `Store::log_failed`).
-        failed: Arc<std::sync::atomic::AtomicBool>,
+        tail: Tail,
         done: Done,
     },
     /// Deletes every log entry with index `>= from`.
@@ -151,37 +150,14 @@ impl Op {
     fn into_done(self, durable: bool) -> Done {
         match self {
             Op::Append {
-                ids,
-                recent,
-                failed,
-                done,
-                ..
+                ids, tail, done, ..
             } => {
-                let mut r = recent.lock().expect("recent log lock");
-                if !durable {
-                    // Set under the lock, before the entries go: a reader that finds
-                    // them gone finds the flag set.
-                    failed.store(true, std::sync::atomic::Ordering::Release);
-                    // Not in the files: readers must not see these entries either.
-                    for id in ids {
-                        if r.get(&id.index).is_some_and(|e| e.log_id == id) {
-                            r.remove(&id.index);
-                        }
+                if durable {
+                    if let Some(upto) = ids.iter().map(|id| id.index).max() {
+                        tail.durable_upto(upto);
                     }
-                    return done;
-                }
-                // Every entry at or below the last index of this append is durable now: a
-                // later entry at such an index can only come after a truncation, which
-                // openraft awaits (and the writer runs in order) before appending it.
-                if let Some(upto) = ids.iter().map(|id| id.index).max() {
-                    while r.len() > RECENT_ENTRIES {
-                        match r.first_key_value() {
-                            Some((&i, _)) if i <= upto => {
-                                r.pop_first();
-                            }
-                            _ => break,
-                        }
-                    }
+                } else {
+                    tail.append_failed(&ids);
                 }
                 done
             }
