@@ -89,6 +89,7 @@ pub struct Metrics {
     pub vault_scrub_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub vault_compares: Family<OutcomeLabels, Counter>,
     pub vault_digest_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub vault_digests_given_up: Counter,
 }
 
 /// How a comparison of the members' vaults can end (`kura_vault_compares_total`).
@@ -303,6 +304,7 @@ impl Metrics {
             vault_scrub_duration: Gauge::default(),
             vault_compares: Family::default(),
             vault_digest_duration: Gauge::default(),
+            vault_digests_given_up: Counter::default(),
         };
         registry.register(
             "raft_term",
@@ -478,6 +480,12 @@ impl Metrics {
             "How long this node last took to hash its whole vault for a comparison",
             Unit::Seconds,
             m.vault_digest_duration.clone(),
+        );
+        registry.register(
+            "vault_digests_given_up",
+            "Hashes of this node's vault for a comparison given up after an hour (no \
+             comparison waits longer), which let go of the read they held open",
+            m.vault_digests_given_up.clone(),
         );
         registry.register(
             "cvc_refused",

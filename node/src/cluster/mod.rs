@@ -340,14 +340,16 @@ impl Cluster {
     }
 
     /// Hashes the vault as a comparison marker left it — every row of every table, in
-    /// order — off the async workers: its SHA-256 (hex) and how many rows.
+    /// order — off the async workers: its SHA-256 (hex) and how many rows, or `None` if
+    /// `stop` was raised first (the hash lets go of the marker's read transaction then).
     pub async fn hash_mark(
         &self,
         mark: crate::store::Mark,
-    ) -> Result<(String, u64), crate::vault::StorageError> {
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Option<(String, u64)>, crate::vault::StorageError> {
         self.store
             .background("kura-hash", move || {
-                let hashed = crate::vault::tables::digest_rows(&mark.tables);
+                let hashed = crate::vault::tables::digest_rows_unless(&mark.tables, &stop);
                 match crate::vault::Tables::failure(&mark.tables) {
                     Some(e) => Err(e),
                     None => Ok(hashed),

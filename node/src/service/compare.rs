@@ -31,6 +31,12 @@ pub const DIGEST_PATH: &str = "/peer/v1/vault-digest";
 /// cache, so ten million cards take tens of seconds, more from a cold disk), and a
 /// member may be catching up first.
 const COMPARE_WAIT: Duration = Duration::from_secs(3600);
+/// How long a member may hash one marker before it gives up. No comparison waits longer
+/// than [`COMPARE_WAIT`] for it, and the hash holds a read transaction open all the
+/// while, in which redb cannot reuse a page freed since: at the lowest priority
+/// (decision 0033) under sustained load a hash could otherwise hold it for ever and
+/// let the vault's file grow by everything written meanwhile.
+const HASH_LIMIT: Duration = COMPARE_WAIT;
 /// A member that has not answered for this long is left out, as unreachable.
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
 /// How often the comparison asks the members that have not answered yet.
@@ -438,13 +444,30 @@ pub async fn hash_loop(svc: Arc<Service>) {
         };
         let (check, index) = (mark.check, mark.index);
         let t = tokio::time::Instant::now();
-        let hashed = svc.cluster.hash_mark(mark).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hashing = svc.cluster.hash_mark(mark, stop.clone());
+        tokio::pin!(hashing);
+        let hashed = tokio::select! {
+            hashed = &mut hashing => hashed,
+            () = crate::runtime::sleep(HASH_LIMIT) => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                hashing.await
+            }
+        };
         let seconds = t.elapsed().as_secs_f64();
         let mut h = svc.compares.hashes();
         h.hashing = None;
         let check_hex = format!("{check:016x}");
         match hashed {
-            Ok((sha256, rows)) => {
+            Ok(None) => {
+                tracing::warn!(check = %check_hex, index, seconds, "gave up hashing the vault for a comparison: no comparison waits this long");
+                svc.metrics.vault_digests_given_up.inc();
+                h.done.push_back(Err((
+                    check,
+                    format!("gave up hashing after {} s", HASH_LIMIT.as_secs()),
+                )));
+            }
+            Ok(Some((sha256, rows))) => {
                 tracing::info!(check = %check_hex, index, rows, seconds, "vault hashed for a comparison");
                 svc.metrics.vault_digest_duration.set(seconds);
                 h.done.push_back(Ok(Digest {

@@ -19,6 +19,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Every table the vault keeps. The discriminant is the table's id in snapshots: never
 /// reuse one.
@@ -541,11 +542,22 @@ pub fn digest(s: &(impl Tables + ?Sized)) -> String {
 
 /// [`digest`], and how many rows it hashed.
 pub fn digest_rows(s: &(impl Tables + ?Sized)) -> (String, u64) {
+    digest_rows_unless(s, &AtomicBool::new(false)).expect("a hash nothing stops ends")
+}
+
+/// [`digest_rows`], given up (`None`) as soon as `stop` is set, between two rows: a
+/// hash that has waited past any use lets go of the read it holds open.
+pub fn digest_rows_unless(s: &(impl Tables + ?Sized), stop: &AtomicBool) -> Option<(String, u64)> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let mut rows = 0;
+    let mut stopped = false;
     for t in TableId::ALL {
         s.scan(t, Bound::Unbounded, Bound::Unbounded, false, &mut |k, v| {
+            if stop.load(Ordering::Relaxed) {
+                stopped = true;
+                return false;
+            }
             h.update([t as u8]);
             h.update((k.len() as u64).to_be_bytes());
             h.update(k);
@@ -554,8 +566,11 @@ pub fn digest_rows(s: &(impl Tables + ?Sized)) -> (String, u64) {
             rows += 1;
             true
         });
+        if stopped {
+            return None;
+        }
     }
-    (hex::encode(h.finalize()), rows)
+    Some((hex::encode(h.finalize()), rows))
 }
 
 fn as_ref(b: &Bound<KeyBytes>) -> Bound<&[u8]> {
@@ -716,6 +731,71 @@ mod tests {
         ] {
             assert_eq!(s.to_owned().to_key().as_slice(), want, "{s:?}");
         }
+    }
+
+    /// Tables that raise `stop` once `after` rows have been read (the hash's time limit
+    /// going off in the middle of it), counting every row read.
+    struct StopAfter<'a> {
+        inner: MemTables,
+        stop: &'a AtomicBool,
+        after: u64,
+        read: std::cell::Cell<u64>,
+    }
+
+    impl Tables for StopAfter<'_> {
+        fn get(&self, table: TableId, key: &[u8]) -> Option<Vec<u8>> {
+            self.inner.get(table, key)
+        }
+        fn scan(
+            &self,
+            table: TableId,
+            from: Bound<&[u8]>,
+            to: Bound<&[u8]>,
+            reverse: bool,
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) {
+            self.inner.scan(table, from, to, reverse, &mut |k, v| {
+                self.read.set(self.read.get() + 1);
+                if self.read.get() > self.after {
+                    self.stop.store(true, Ordering::Relaxed);
+                }
+                visit(k, v)
+            })
+        }
+        fn fail(&self, e: StorageError) {
+            self.inner.fail(e)
+        }
+        fn failure(&self) -> Option<StorageError> {
+            self.inner.failure()
+        }
+    }
+
+    #[test]
+    fn a_hash_stops_at_the_next_row_once_told_and_gives_no_answer() {
+        let mut inner = MemTables::default();
+        for t in [TableId::Meta, TableId::Orders, TableId::Audit] {
+            for i in 0..10u64 {
+                inner.put(t, &i.to_be_bytes(), b"v");
+            }
+        }
+        let (want, rows) = digest_rows(&inner);
+        assert_eq!(rows, 30);
+        let unstopped = AtomicBool::new(false);
+        assert_eq!(
+            digest_rows_unless(&inner, &unstopped),
+            Some((want, rows)),
+            "a hash nothing stops is the plain hash"
+        );
+        let stop = AtomicBool::new(false);
+        let tables = StopAfter {
+            inner,
+            stop: &stop,
+            after: 4,
+            read: Default::default(),
+        };
+        assert_eq!(digest_rows_unless(&tables, &stop), None);
+        // The row that raised the flag was the last one read: no other table was scanned.
+        assert_eq!(tables.read.get(), 5);
     }
 
     const T: Table<(String, String), u64> = Table::new(TableId::Orders);
