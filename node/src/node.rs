@@ -382,6 +382,13 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         // On real disks only (a simulation's nodes share a simulated one).
         data_dir: env.consensus.is_some().then(|| cfg.data_dir.clone()),
     });
+    if let Some(dir) = failover.data_dir.clone() {
+        if cfg.health.storage_min_free_bytes > 0 {
+            cluster
+                .store
+                .keep_room(dir, cfg.health.storage_min_free_bytes / 2);
+        }
+    }
     let cvc = Arc::new(CvcStore::new(
         cfg.api.cvc_entries_max,
         cfg.limits.cvc_share_per_merchant_percent,

@@ -58,6 +58,15 @@ const FRESH_SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 /// After waiting once, a send of the same follower's snapshot does not wait again for
 /// this long (a build that cannot keep up with the writes is not chased).
 const FRESH_SNAPSHOT_WAIT_AGAIN: Duration = Duration::from_secs(60);
+/// A follower that had no room for its snapshot (it answered 507) is sent it again
+/// after this pause, doubled after each such answer up to [`NO_ROOM_PAUSE_MAX`]
+/// (decision 0034): openraft would send it again about once a second, each time
+/// building or reading the snapshot for nothing until the follower's operator frees
+/// space.
+const NO_ROOM_PAUSE_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause before a snapshot goes again to a follower that had no room: how
+/// long a follower whose operator has freed space may wait for it.
+const NO_ROOM_PAUSE_MAX: Duration = Duration::from_secs(60);
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
@@ -73,6 +82,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             json_only: AtomicBool::new(false),
             freshness: self.freshness.clone(),
             waited_at: None,
+            no_room: None,
             frames: std::sync::Mutex::new(None),
             frames_refused_at: None,
         }
@@ -155,6 +165,9 @@ pub struct PeerClient {
     freshness: Arc<Freshness>,
     /// When a snapshot for this peer last waited for a fresher one.
     waited_at: Option<tokio::time::Instant>,
+    /// The peer had no room for the last snapshot sent to it: the pause that followed,
+    /// and when the next send may start.
+    no_room: Option<(Duration, tokio::time::Instant)>,
     /// The framed connection AppendEntries go over (see [`frames`](super::frames)),
     /// once opened. Only ever reached through `&mut self` (`Mutex::get_mut`, no
     /// locking): the mutex makes the client `Sync`, as openraft wants, over a stream
@@ -182,6 +195,8 @@ enum Fail {
     Unreachable(String),
     /// The peer could not read the request's encoding (see [`Encoding::refused`]).
     EncodingRefused,
+    /// The peer has no room for what was sent (it answered 507).
+    NoRoom(String),
 }
 
 /// How a Raft RPC's body is encoded, by its `content-type`.
@@ -307,6 +322,14 @@ impl PeerClient {
             {
                 Err(Fail::EncodingRefused)
             }
+            Ok(resp) if resp.status() == http::StatusCode::INSUFFICIENT_STORAGE => {
+                Err(Fail::NoRoom(format!(
+                    "{} answered {}: {}",
+                    self.addr,
+                    resp.status(),
+                    String::from_utf8_lossy(resp.body())
+                )))
+            }
             Ok(resp) => Err(Fail::Unreachable(format!(
                 "{} answered {}: {}",
                 self.addr,
@@ -420,7 +443,9 @@ impl PeerClient {
                 target: self.target,
                 timeout,
             }),
-            Fail::Unreachable(msg) => RPCError::Unreachable(Unreachable::from_string(msg)),
+            Fail::Unreachable(msg) | Fail::NoRoom(msg) => {
+                RPCError::Unreachable(Unreachable::from_string(msg))
+            }
             Fail::EncodingRefused => RPCError::Unreachable(Unreachable::from_string(format!(
                 "{} refused the request's encoding",
                 self.addr
@@ -720,6 +745,23 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 timeout: FRESH_SNAPSHOT_WAIT,
             }));
         }
+        let now = tokio::time::Instant::now();
+        if let Some((pause, until)) = self.no_room.filter(|(_, until)| *until > now) {
+            let wait = crate::runtime::sleep(until - now);
+            futures::pin_mut!(wait);
+            futures::select! {
+                closed = cancel => return Err(StreamingError::Closed(closed)),
+                () = wait.fuse() => {}
+            };
+            // As after waiting for a fresher one: openraft reads the current snapshot
+            // again, which may be a later one by now.
+            return Err(StreamingError::Timeout(Timeout {
+                action: RPCTypes::InstallSnapshot,
+                id: self.self_id,
+                target: self.target,
+                timeout: pause,
+            }));
+        }
         let while_built = !matches!(snapshot.snapshot.built(), Built::Whole(_));
         let started = tokio::time::Instant::now();
         let res = {
@@ -730,8 +772,21 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 r = send.fuse() => r,
             }
         };
+        if let Err(Fail::NoRoom(_)) = &res {
+            let pause = self
+                .no_room
+                .map_or(NO_ROOM_PAUSE_FIRST, |(p, _)| (p * 2).min(NO_ROOM_PAUSE_MAX));
+            self.no_room = Some((pause, tokio::time::Instant::now() + pause));
+            tracing::warn!(
+                target_node = self.target,
+                bytes,
+                pause_ms = pause.as_millis() as u64,
+                "a follower has no room for its snapshot: sending it again after a pause"
+            );
+        }
         if res.is_ok() {
             self.waited_at = None;
+            self.no_room = None;
             let (bytes, took) = (snapshot.snapshot.len(), started.elapsed());
             let kind = if while_built {
                 "send_while_built"
@@ -765,7 +820,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 target: self.target,
                 timeout,
             })),
-            Err(Fail::Unreachable(msg)) => {
+            Err(Fail::Unreachable(msg) | Fail::NoRoom(msg)) => {
                 Err(StreamingError::Unreachable(Unreachable::from_string(msg)))
             }
             Err(Fail::EncodingRefused) => Err(StreamingError::Unreachable(

@@ -238,6 +238,27 @@ fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
     (status, why.into()).into_response()
 }
 
+/// Refuses a snapshot this node could not keep: `507 Insufficient Storage` when it has
+/// no room (its disk is full, or the snapshot would eat into the reserve:
+/// `Store::room_for`), which tells the leader to wait before it sends the snapshot
+/// again (see `PeerClient::no_room` in [`super::network`]), and 503 otherwise.
+fn cannot_keep(what: &str, e: &std::io::Error) -> Response {
+    tracing::warn!(error = %e, "{what}");
+    if no_room(e) {
+        refuse(StatusCode::INSUFFICIENT_STORAGE, "no room for the snapshot")
+    } else {
+        refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot")
+    }
+}
+
+/// True when `e` says the disk (or this node's quota on it) is full.
+fn no_room(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// One chunk of a snapshot: appended to the upload's file once its checksum holds, if
 /// it comes where the upload stands (a chunk at offset 0 starts a new upload, replacing
 /// any other).
@@ -255,6 +276,11 @@ async fn snapshot_chunk(
     }
     let from = sender(&headers);
     let mut incoming = c.incoming_snapshot.lock().await;
+    // Before anything is written: an upload that would eat into the reserve goes.
+    if let Err(e) = c.store.room_for(body.len() as u64) {
+        *incoming = None;
+        return cannot_keep("no room for a received snapshot", &e);
+    }
     if q.offset == 0 {
         match c.store.receive_snapshot() {
             Ok(file) => {
@@ -264,10 +290,7 @@ async fn snapshot_chunk(
                     file,
                 })
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot keep a received snapshot");
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot");
-            }
+            Err(e) => return cannot_keep("cannot keep a received snapshot", &e),
         }
     }
     let Some(up) = incoming
@@ -281,8 +304,7 @@ async fn snapshot_chunk(
     };
     if let Err(e) = up.file.append(body).await {
         *incoming = None;
-        tracing::warn!(error = %e, "cannot write a received snapshot");
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot");
+        return cannot_keep("cannot write a received snapshot", &e);
     }
     StatusCode::OK.into_response()
 }
@@ -332,11 +354,11 @@ async fn snapshot_done(
     }
     let snapshot = match up.file.finish() {
         Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot keep a received snapshot");
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot");
-        }
+        Err(e) => return cannot_keep("cannot keep a received snapshot", &e),
     };
+    if let Err(e) = c.store.write_received(&snapshot).await {
+        return cannot_keep("cannot write the vault from a received snapshot", &e);
+    }
     let snap = Snapshot {
         meta: done.meta,
         snapshot,

@@ -95,6 +95,15 @@ pub struct Store {
     file_wanted: Arc<std::sync::atomic::AtomicBool>,
     /// The vote the Raft core is saving, while it waits on it (see [`log::VoteSave`]).
     vote_save: Arc<log::VoteSave>,
+    /// What a received snapshot must leave free, once set ([`Store::keep_room`]).
+    room: Arc<std::sync::OnceLock<Room>>,
+}
+
+/// The data directory, and the bytes a received snapshot must leave free on its
+/// filesystem.
+struct Room {
+    dir: PathBuf,
+    reserve: u64,
 }
 
 /// Called with `build` or `install`, how long it took and the snapshot's size in bytes.
@@ -278,6 +287,7 @@ impl Store {
             marks: sync == SyncPolicy::Fsync,
             file_wanted: Arc::default(),
             vote_save: Arc::default(),
+            room: Arc::default(),
             vault_files,
             vault_opened: Arc::new(Mutex::new(Some(vault_opened))),
         })
@@ -429,6 +439,39 @@ impl Store {
             }
             WriterMode::Task => Ok(f()),
         }
+    }
+
+    /// Makes a received snapshot leave `reserve` bytes free on the filesystem of `dir`
+    /// (the data directory): half the free-space floor, the reserve a leader keeps too.
+    /// A snapshot that would eat into it is refused ([`Store::room_for`]) before it
+    /// fills the disk, so that the node's own small writes — its vote, the snapshot's
+    /// record, its vault's commits — still have room. Unset (a simulated disk, or no
+    /// floor configured), only a full disk refuses one.
+    pub fn keep_room(&self, dir: PathBuf, reserve: u64) {
+        let _ = self.room.set(Room { dir, reserve });
+    }
+
+    /// `Ok` if `bytes` more leave the reserve free ([`Store::keep_room`]); else an error
+    /// of kind `StorageFull` that says how much is free.
+    pub fn room_for(&self, bytes: u64) -> io::Result<()> {
+        let Some(room) = self.room.get() else {
+            return Ok(());
+        };
+        let Some((free, _)) = crate::files::filesystem_space(&room.dir) else {
+            return Ok(());
+        };
+        if free >= bytes.saturating_add(room.reserve) {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "{} MiB free on the data directory's filesystem: a snapshot must leave {} MiB \
+                 (half of health.storage_min_free_bytes)",
+                free >> 20,
+                room.reserve >> 20
+            ),
+        ))
     }
 
     /// A small durable write through the same path as log appends; returns when synced.

@@ -97,32 +97,50 @@ impl Prefill {
 /// The generation written for the last finished upload, by its snapshot file's id,
 /// until installing takes it (shared by the peer server and the state machine).
 #[derive(Clone, Default)]
-pub(crate) struct Prefilled(Arc<Mutex<Option<(u64, Outcome)>>>);
+pub(crate) struct Prefilled(Arc<Mutex<Option<(u64, Kept)>>>);
+
+/// A generation for a received snapshot: still being written as the chunks came, or
+/// written (and not yet installed), as the chunks came or not.
+enum Kept {
+    Writing(Outcome),
+    Written { filled: Filled, on_arrival: bool },
+}
 
 impl Prefilled {
     /// Keeps `prefill`'s outcome for the snapshot file `file`, replacing any other.
     pub(crate) fn keep(&self, file: u64, prefill: Prefill) {
-        let old = self
-            .0
-            .lock()
-            .expect("prefilled lock")
-            .replace((file, prefill.finish()));
-        if let Some((_, outcome)) = old {
-            give_up(outcome);
+        self.put(file, Kept::Writing(prefill.finish()));
+    }
+
+    /// Keeps the generation written from snapshot file `file` (as its chunks arrived, or
+    /// not), replacing any other.
+    pub(crate) fn keep_written(&self, file: u64, filled: Filled, on_arrival: bool) {
+        self.put(file, Kept::Written { filled, on_arrival });
+    }
+
+    fn put(&self, file: u64, kept: Kept) {
+        let old = self.0.lock().expect("prefilled lock").replace((file, kept));
+        if let Some((_, old)) = old {
+            give_up(old);
         }
     }
 
-    /// The generation written from snapshot file `file`, once written: `None` when
-    /// there is none (or it failed: then installing writes it from the file).
-    pub(crate) async fn take(&self, file: u64) -> Option<Filled> {
+    /// The generation written from snapshot file `file`, once written, and whether it
+    /// was written as the chunks arrived: `None` when there is none (or it failed: then
+    /// it is written from the file).
+    pub(crate) async fn take(&self, file: u64) -> Option<(Filled, bool)> {
         let kept = self.0.lock().expect("prefilled lock").take();
-        let (id, outcome) = kept?;
+        let (id, kept) = kept?;
         if id != file {
-            give_up(outcome);
+            give_up(kept);
             return None;
         }
+        let outcome = match kept {
+            Kept::Written { filled, on_arrival } => return Some((filled, on_arrival)),
+            Kept::Writing(outcome) => outcome,
+        };
         match outcome.await {
-            Ok(Ok(filled)) => Some(filled),
+            Ok(Ok(filled)) => Some((filled, true)),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "the vault written while the snapshot arrived is unusable; writing it from the file");
                 None
@@ -132,11 +150,18 @@ impl Prefilled {
     }
 }
 
-/// Drops an outcome nobody will use, removing its generation's file if it is written.
-fn give_up(mut outcome: Outcome) {
-    // Closed, a thread still writing removes the file itself when it ends.
-    outcome.close();
-    if let Ok(Ok((db, _))) = outcome.try_recv() {
-        db.retire();
+/// Drops a generation nobody will use, removing its file once written.
+fn give_up(kept: Kept) {
+    match kept {
+        Kept::Written {
+            filled: (db, _), ..
+        } => db.retire(),
+        Kept::Writing(mut outcome) => {
+            // Closed, a thread still writing removes the file itself when it ends.
+            outcome.close();
+            if let Ok(Ok((db, _))) = outcome.try_recv() {
+                db.retire();
+            }
+        }
     }
 }

@@ -814,6 +814,44 @@ impl Store {
         })
     }
 
+    /// Writes the vault generation a received snapshot installs, before the snapshot
+    /// is handed to openraft: taken from what was written as its chunks arrived, or
+    /// written from its file now, leaving the reserve free ([`Store::room_for`]).
+    /// Written here, a disk too full for it fails this request only, and the node
+    /// answers the leader that it has no room; written in openraft's install, the
+    /// failure would be a storage error that ends the node's Raft core. On a failure
+    /// the snapshot's file and the generation go.
+    pub async fn write_received(&self, snapshot: &SnapshotData) -> io::Result<()> {
+        let (filled, on_arrival) = match self.prefilled.take(snapshot.id()).await {
+            Some((filled, on_arrival)) => (Ok(filled), on_arrival),
+            None => {
+                let (files, file) = (self.vault_files.clone(), snapshot.clone());
+                let filled = self
+                    .blocking(move || fill(&files, files.allocate()?, &file))
+                    .await?;
+                (filled, false)
+            }
+        };
+        let filled = filled.and_then(|filled| match self.room_for(0) {
+            Ok(()) => Ok(filled),
+            Err(e) => {
+                filled.0.retire();
+                Err(e)
+            }
+        });
+        match filled {
+            Ok(filled) => {
+                self.prefilled
+                    .keep_written(snapshot.id(), filled, on_arrival);
+                Ok(())
+            }
+            Err(e) => {
+                self.snapshots.discard(snapshot.id());
+                Err(e)
+            }
+        }
+    }
+
     /// Makes snapshot file `file` current with `meta` — unless a later snapshot is
     /// current already, when the file is given up.
     pub(super) async fn record_snapshot(&self, meta: &SnapshotMeta, file: u64) -> io::Result<()> {
@@ -1181,10 +1219,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             sm_records(&meta.last_log_id, &meta.last_membership),
             meta.last_log_id,
         );
+        // A snapshot sent to this node was written before it came here
+        // (`Store::write_received`); openraft's restore on start writes it here.
         let prefilled = self.store.prefilled.take(snapshot.id()).await;
-        let written_on_arrival = prefilled.is_some();
+        let written_on_arrival = prefilled.as_ref().is_some_and(|(_, a)| *a);
         let filled = match prefilled {
-            Some(filled) => Ok(filled),
+            Some((filled, _)) => Ok(filled),
             None => {
                 let file = snapshot.clone();
                 self.store

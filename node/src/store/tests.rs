@@ -549,6 +549,64 @@ async fn an_upload_given_up_or_damaged_leaves_no_vault_file_and_installs_from_it
     assert_eq!(vault_files_become(dir.path(), 1).await.len(), 1);
 }
 
+/// What the peer server does with a finished upload before openraft installs it.
+#[tokio::test]
+async fn a_received_snapshots_vault_is_written_before_its_install_and_a_bad_one_leaves_nothing() {
+    let (dir, store, mut sm) = vault_with_two_entries().await;
+    let before = served(&sm);
+    let snap_files = || file_names(&dir.path().join("k.snap"));
+    let stream = snapshot_stream::encode_tables(vault_after(30).tables());
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(1, 30)),
+        last_membership: Default::default(),
+    };
+
+    // Damaged: the generation written on arrival is refused, and writing it from the
+    // file fails too; neither the generation nor the snapshot's file stays.
+    let mut damaged = stream.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x40;
+    let data = upload(&store, &damaged, 64).await;
+    let e = store.write_received(&data).await.unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+    assert_eq!(vault_files_become(dir.path(), 1).await.len(), 1);
+    assert!(snap_files().is_empty(), "{:?}", snap_files());
+    assert_eq!(served(&sm), before);
+
+    // Sound: written before the install, which only switches to it.
+    let data = upload(&store, &stream, 1000).await;
+    store.write_received(&data).await.unwrap();
+    assert_eq!(file_names(&dir.path().join("k.vault")).len(), 2);
+    sm.install_snapshot(&meta, data).await.unwrap();
+    assert_eq!(
+        served(&sm),
+        crate::vault::tables::digest(vault_after(30).tables())
+    );
+    assert_eq!(vault_files_become(dir.path(), 1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_received_snapshot_that_would_eat_into_the_reserve_is_refused_and_leaves_nothing() {
+    let (dir, store, sm) = vault_with_two_entries().await;
+    let before = served(&sm);
+    let stream = snapshot_stream::encode_tables(vault_after(30).tables());
+    let data = upload(&store, &stream, 1000).await;
+    assert!(store.room_for(1 << 20).is_ok(), "no reserve kept yet");
+    // A reserve no filesystem here has free.
+    store.keep_room(dir.path().to_owned(), u64::MAX / 2);
+    let e = store.room_for(0).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+    let e = store.write_received(&data).await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+    assert!(
+        e.to_string().contains("health.storage_min_free_bytes"),
+        "{e}"
+    );
+    assert_eq!(vault_files_become(dir.path(), 1).await.len(), 1);
+    assert!(file_names(&dir.path().join("k.snap")).is_empty());
+    assert_eq!(served(&sm), before);
+}
+
 #[tokio::test]
 async fn applies_are_durable_only_from_a_durable_commit_and_a_snapshot_makes_one() {
     let disk = SimDisk::new();
