@@ -534,6 +534,27 @@ impl PeerClient {
 }
 
 impl PeerClient {
+    /// Waits for `wait` (or the end of the replication, `cancel`), then has openraft
+    /// read the current snapshot again: it does so at once after a timeout (no
+    /// back-off), and finds the one there is then, which may be a later one.
+    async fn then_read_again<F: Future<Output = ReplicationClosed>>(
+        &self,
+        wait: impl Future<Output = ()>,
+        mut cancel: std::pin::Pin<&mut futures::future::Fuse<F>>,
+        waited: Duration,
+    ) -> StreamingError<TypeConfig> {
+        futures::pin_mut!(wait);
+        futures::select! {
+            closed = cancel => StreamingError::Closed(closed),
+            () = wait.fuse() => StreamingError::Timeout(Timeout {
+                action: RPCTypes::InstallSnapshot,
+                id: self.self_id,
+                target: self.target,
+                timeout: waited,
+            }),
+        }
+    }
+
     /// Whether the snapshot at `index` lags the applied state too far to send, and this
     /// peer's sends have not waited for a fresher one lately.
     fn should_wait_for_fresher(&self, index: u64) -> bool {
@@ -731,36 +752,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         if mark || self.should_wait_for_fresher(index) {
             self.waited_at = Some(tokio::time::Instant::now());
             let wait = self.wait_for_fresher(index, mark);
-            futures::pin_mut!(wait);
-            futures::select! {
-                closed = cancel => return Err(StreamingError::Closed(closed)),
-                () = wait.fuse() => {}
-            };
-            // openraft reads the current snapshot again at once after a timeout (no
-            // back-off): that is the fresher one, or this one if none came in time.
-            return Err(StreamingError::Timeout(Timeout {
-                action: RPCTypes::InstallSnapshot,
-                id: self.self_id,
-                target: self.target,
-                timeout: FRESH_SNAPSHOT_WAIT,
-            }));
+            return Err(self
+                .then_read_again(wait, cancel, FRESH_SNAPSHOT_WAIT)
+                .await);
         }
         let now = tokio::time::Instant::now();
         if let Some((pause, until)) = self.no_room.filter(|(_, until)| *until > now) {
             let wait = crate::runtime::sleep(until - now);
-            futures::pin_mut!(wait);
-            futures::select! {
-                closed = cancel => return Err(StreamingError::Closed(closed)),
-                () = wait.fuse() => {}
-            };
-            // As after waiting for a fresher one: openraft reads the current snapshot
-            // again, which may be a later one by now.
-            return Err(StreamingError::Timeout(Timeout {
-                action: RPCTypes::InstallSnapshot,
-                id: self.self_id,
-                target: self.target,
-                timeout: pause,
-            }));
+            return Err(self.then_read_again(wait, cancel, pause).await);
         }
         let while_built = !matches!(snapshot.snapshot.built(), Built::Whole(_));
         let started = tokio::time::Instant::now();
