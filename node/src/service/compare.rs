@@ -448,6 +448,7 @@ pub async fn hash_loop(svc: Arc<Service>) {
         let hashing = svc.cluster.hash_mark(mark, stop.clone());
         tokio::pin!(hashing);
         let hashed = tokio::select! {
+            biased;
             hashed = &mut hashing => hashed,
             () = crate::runtime::sleep(HASH_LIMIT) => {
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
