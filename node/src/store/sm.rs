@@ -815,36 +815,37 @@ impl Store {
     }
 
     /// Writes the vault generation a received snapshot installs, before the snapshot
-    /// is handed to openraft: taken from what was written as its chunks arrived, or
-    /// written from its file now, leaving the reserve free ([`Store::room_for`]).
-    /// Written here, a disk too full for it fails this request only, and the node
-    /// answers the leader that it has no room; written in openraft's install, the
-    /// failure would be a storage error that ends the node's Raft core. On a failure
-    /// the snapshot's file and the generation go.
+    /// is handed to openraft ([`Store::written_vault`]), leaving the reserve free
+    /// ([`Store::room_for`]). Written here, a disk too full for it fails this request
+    /// only, and the node answers the leader that it has no room; written in openraft's
+    /// install, the failure would be a storage error that ends the node's Raft core. On
+    /// a failure the snapshot's file and the generation go.
     pub async fn write_received(&self, snapshot: &SnapshotData) -> io::Result<()> {
-        let (filled, on_arrival) = match self.prefilled.take(snapshot.id()).await {
-            Some((filled, on_arrival)) => (Ok(filled), on_arrival),
-            None => {
-                let (files, file) = (self.vault_files.clone(), snapshot.clone());
-                let filled = self
-                    .blocking(move || fill(&files, files.allocate()?, &file))
-                    .await?;
-                (filled, false)
-            }
-        };
-        let filled = filled.and_then(|filled| match self.room_for(0) {
-            Ok(()) => Ok(filled),
-            Err(e) => {
-                filled.0.retire();
-                Err(e)
-            }
-        });
-        match filled {
-            Ok(filled) => {
-                self.prefilled
-                    .keep_written(snapshot.id(), filled, on_arrival);
-                Ok(())
-            }
+        let (filled, on_arrival) = self.written_vault(snapshot).await?;
+        if let Err(e) = self.room_for(0) {
+            filled.0.retire();
+            self.snapshots.discard(snapshot.id());
+            return Err(e);
+        }
+        self.prefilled
+            .keep_written(snapshot.id(), filled, on_arrival);
+        Ok(())
+    }
+
+    /// The vault generation for snapshot file `snapshot`: the one written for it (as its
+    /// chunks arrived, or by [`Store::write_received`]) or else one written from the
+    /// file now, and whether it was written as the chunks arrived. If it cannot be
+    /// written, the snapshot's file goes.
+    async fn written_vault(&self, snapshot: &SnapshotData) -> io::Result<(Filled, bool)> {
+        if let Some(kept) = self.prefilled.take(snapshot.id()).await {
+            return Ok(kept);
+        }
+        let (files, file) = (self.vault_files.clone(), snapshot.clone());
+        match self
+            .blocking(move || fill(&files, files.allocate()?, &file))
+            .await?
+        {
+            Ok(filled) => Ok((filled, false)),
             Err(e) => {
                 self.snapshots.discard(snapshot.id());
                 Err(e)
@@ -1214,31 +1215,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )));
         }
         let started = tokio::time::Instant::now();
-        let files = self.files.clone();
         let (records, applied) = (
             sm_records(&meta.last_log_id, &meta.last_membership),
             meta.last_log_id,
         );
         // A snapshot sent to this node was written before it came here
         // (`Store::write_received`); openraft's restore on start writes it here.
-        let prefilled = self.store.prefilled.take(snapshot.id()).await;
-        let written_on_arrival = prefilled.as_ref().is_some_and(|(_, a)| *a);
-        let filled = match prefilled {
-            Some((filled, _)) => Ok(filled),
-            None => {
-                let file = snapshot.clone();
-                self.store
-                    .blocking(move || fill(&files, files.allocate()?, &file))
-                    .await?
-            }
-        };
-        let (new, count) = match filled {
-            Ok(x) => x,
-            Err(e) => {
-                self.store.snapshots.discard(snapshot.id());
-                return Err(e);
-            }
-        };
+        let ((new, count), written_on_arrival) = self.store.written_vault(&snapshot).await?;
         // The snapshot is recorded before the new generation counts: after a crash in
         // between, the vault is behind the recorded snapshot and is restored from it,
         // never ahead of it (openraft would cut the log back to the vault and past the
