@@ -322,20 +322,19 @@ impl PeerClient {
             {
                 Err(Fail::EncodingRefused)
             }
-            Ok(resp) if resp.status() == http::StatusCode::INSUFFICIENT_STORAGE => {
-                Err(Fail::NoRoom(format!(
+            Ok(resp) => {
+                let answered = format!(
                     "{} answered {}: {}",
                     self.addr,
                     resp.status(),
                     String::from_utf8_lossy(resp.body())
-                )))
+                );
+                if resp.status() == http::StatusCode::INSUFFICIENT_STORAGE {
+                    Err(Fail::NoRoom(answered))
+                } else {
+                    Err(Fail::Unreachable(answered))
+                }
             }
-            Ok(resp) => Err(Fail::Unreachable(format!(
-                "{} answered {}: {}",
-                self.addr,
-                resp.status(),
-                String::from_utf8_lossy(resp.body())
-            ))),
             Err(WireError::Timeout { timeout, .. }) => Err(Fail::Timeout(timeout)),
             Err(e) => Err(Fail::Unreachable(e.to_string())),
         }
