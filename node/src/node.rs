@@ -384,9 +384,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
     });
     if let Some(dir) = failover.data_dir.clone() {
         if cfg.health.storage_min_free_bytes > 0 {
-            cluster
-                .store
-                .keep_room(dir, cfg.health.storage_min_free_bytes / 2);
+            cluster.store.keep_room(dir, cfg.health.reserve_bytes());
         }
     }
     let cvc = Arc::new(CvcStore::new(

@@ -43,6 +43,14 @@ impl Default for HealthSettings {
     }
 }
 
+impl HealthSettings {
+    /// Half the free-space floor: the reserve a leader keeps by refusing what starts
+    /// something new, and that a received snapshot must leave free.
+    pub fn reserve_bytes(&self) -> u64 {
+        self.storage_min_free_bytes / 2
+    }
+}
+
 /// The default `storage_min_free_bytes`: 256 MiB, four of the log's 64 MiB segments
 /// (a new segment takes its whole size at once), with room left for the vault's file
 /// to grow by its write buffer and for a snapshot's chunk.
@@ -313,7 +321,7 @@ impl Health {
     /// disk is short).
     pub fn below_reserve(&self) -> bool {
         let free = self.free_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        free < self.settings.storage_min_free_bytes / 2
+        free < self.settings.reserve_bytes()
     }
 
     /// Whether a leader keeps the reserve, refusing what starts something new: its own
