@@ -182,6 +182,15 @@ pub fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
     Some((st.f_bavail * frsize, st.f_blocks * frsize))
 }
 
+/// True when `e` says the disk (or this process's quota on it) is full — or that what
+/// was to be written would eat into a reserve kept free (`StorageFull` too).
+pub fn no_room(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

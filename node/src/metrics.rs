@@ -190,9 +190,10 @@ pub struct PeerLabels {
     pub peer: String,
 }
 
-/// Labels of snapshot metrics: `build` (this node made one), `install` (it took one
-/// from the leader), `send` or `send_while_built` (it sent one to a follower, whole or
-/// as it was built).
+/// Labels of snapshot metrics: `build` (this node made one), `mark` (it recorded a
+/// compaction mark), `install` (it took one from the leader), `send` or
+/// `send_while_built` (it sent one to a follower, whole or as it was built), `no_room`
+/// (it gave a file up for want of room).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SnapshotLabels {
     pub kind: String,
@@ -548,13 +549,13 @@ impl Metrics {
         );
         registry.register_with_unit(
             "raft_snapshot_duration",
-            "Time to build a snapshot file (kind=build), record a log compaction mark, which needs no file since the vault is durable beyond it (kind=mark: the vault made durable and the mark recorded), install one sent by the leader (kind=install), or send one to a follower, from its first chunk to the follower's answer (kind=send; kind=send_while_built when it was sent as it was built)",
+            "Time to build a snapshot file (kind=build), record a log compaction mark, which needs no file since the vault is durable beyond it (kind=mark: the vault made durable and the mark recorded), install one sent by the leader (kind=install), send one to a follower, from its first chunk to the follower's answer (kind=send; kind=send_while_built when it was sent as it was built), or give a snapshot file up for want of room, a compaction mark recorded instead (kind=no_room)",
             Unit::Seconds,
             m.snapshot_duration.clone(),
         );
         registry.register_with_unit(
             "raft_snapshot_size",
-            "Size of the last snapshot this node built (kind=build; kind=mark is always 0), installed (kind=install) or sent (kind=send, send_while_built)",
+            "Size of the last snapshot this node built (kind=build; kind=mark is always 0), installed (kind=install) or sent (kind=send, send_while_built), or of what a snapshot file given up for want of room had written (kind=no_room)",
             Unit::Bytes,
             m.snapshot_size.clone(),
         );

@@ -244,19 +244,11 @@ fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
 /// again (see `PeerClient::no_room` in [`super::network`]), and 503 otherwise.
 fn cannot_keep(what: &str, e: &std::io::Error) -> Response {
     tracing::warn!(error = %e, "{what}");
-    if no_room(e) {
+    if crate::files::no_room(e) {
         refuse(StatusCode::INSUFFICIENT_STORAGE, "no room for the snapshot")
     } else {
         refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot keep the snapshot")
     }
-}
-
-/// True when `e` says the disk (or this node's quota on it) is full.
-fn no_room(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
 }
 
 /// One chunk of a snapshot: appended to the upload's file once its checksum holds, if

@@ -97,13 +97,31 @@ pub struct Store {
     vote_save: Arc<log::VoteSave>,
     /// What a received snapshot must leave free, once set ([`Store::keep_room`]).
     room: Arc<std::sync::OnceLock<Room>>,
+    /// Snapshot files given up for want of room ([`Store::room_for_file`]).
+    files_short: Arc<FilesShort>,
 }
+
+/// Snapshot files this node gave up building for want of room.
+#[derive(Default)]
+struct FilesShort {
+    /// How many, since the node started.
+    given_up: std::sync::atomic::AtomicU64,
+    /// The bytes the last one had written when it was given up: the next needs at least
+    /// as many. 0 once a file is built.
+    needed: std::sync::atomic::AtomicU64,
+}
+
+/// Bytes of a snapshot file built here between two checks of the room left
+/// ([`Store::room_for`]).
+const FILE_ROOM_STEP: u64 = 1 << 20;
 
 /// The data directory, and the bytes a received snapshot must leave free on its
 /// filesystem.
 struct Room {
     dir: PathBuf,
     reserve: u64,
+    /// Measures the filesystem (tests measure a made-up one).
+    space: fn(&Path) -> Option<(u64, u64)>,
 }
 
 /// Called with `build` or `install`, how long it took and the snapshot's size in bytes.
@@ -288,6 +306,7 @@ impl Store {
             file_wanted: Arc::default(),
             vote_save: Arc::default(),
             room: Arc::default(),
+            files_short: Arc::default(),
             vault_files,
             vault_opened: Arc::new(Mutex::new(Some(vault_opened))),
         })
@@ -448,7 +467,20 @@ impl Store {
     /// record, its vault's commits — still have room. Unset (a simulated disk, or no
     /// floor configured), only a full disk refuses one.
     pub fn keep_room(&self, dir: PathBuf, reserve: u64) {
-        let _ = self.room.set(Room { dir, reserve });
+        self.keep_room_measured_by(dir, reserve, crate::files::filesystem_space);
+    }
+
+    fn keep_room_measured_by(
+        &self,
+        dir: PathBuf,
+        reserve: u64,
+        space: fn(&Path) -> Option<(u64, u64)>,
+    ) {
+        let _ = self.room.set(Room {
+            dir,
+            reserve,
+            space,
+        });
     }
 
     /// `Ok` if `bytes` more leave the reserve free ([`Store::keep_room`]); else an error
@@ -457,7 +489,7 @@ impl Store {
         let Some(room) = self.room.get() else {
             return Ok(());
         };
-        let Some((free, _)) = crate::files::filesystem_space(&room.dir) else {
+        let Some((free, _)) = (room.space)(&room.dir) else {
             return Ok(());
         };
         if free >= bytes.saturating_add(room.reserve) {
@@ -472,6 +504,43 @@ impl Store {
                 room.reserve >> 20
             ),
         ))
+    }
+
+    /// `Ok` if a snapshot file may be started here: the part of it known to be needed —
+    /// what the last one given up for want of room had written, and a step more — leaves
+    /// the reserve free ([`Store::room_for`]). Without that check, a disk that had no
+    /// room for a file would have the same gigabytes written and removed again at every
+    /// ask.
+    fn room_for_file(&self) -> io::Result<()> {
+        let needed = self
+            .files_short
+            .needed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.room_for(needed.saturating_add(FILE_ROOM_STEP))
+    }
+
+    /// A snapshot file was given up for want of room once `written` bytes of it were.
+    fn file_given_up(&self, written: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let needed = &self.files_short.needed;
+        needed.store(needed.load(Relaxed).max(written), Relaxed);
+        self.files_short.given_up.fetch_add(1, Relaxed);
+    }
+
+    /// A snapshot file was built: nothing more is known to be needed.
+    fn file_built(&self) {
+        self.files_short
+            .needed
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many snapshot files this node gave up building for want of room (a
+    /// compaction mark was recorded instead): a wait for a file that sees this grow
+    /// knows it will not come.
+    pub fn files_given_up(&self) -> u64 {
+        self.files_short
+            .given_up
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A small durable write through the same path as log appends; returns when synced.

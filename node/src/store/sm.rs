@@ -22,7 +22,8 @@ use super::snapshot_stream::{self, Encoder};
 use super::vault_db::{self, FileView, ReadTables, VaultDb, VaultFiles, WriteTables};
 use super::writer::{Done, Op};
 use super::{
-    decode, encode, io_err, read_meta_keys, ApplyCheck, Store, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_META,
+    decode, encode, io_err, read_meta_keys, ApplyCheck, Store, FILE_ROOM_STEP, KEY_SNAPSHOT_FILE,
+    KEY_SNAPSHOT_META,
 };
 use crate::raft_types::{
     LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
@@ -1042,34 +1043,105 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             crate::runtime::sleep(Duration::from_millis(10)).await;
             waited += 10;
         }
-        let Some(view) = view else {
-            self.store.record_mark(&meta).await?;
-            self.store.snapshot_done("mark", started.elapsed(), 0);
-            tracing::info!(
-                seq = self.seq,
-                last_log_id = ?self.last_applied,
-                ms = started.elapsed().as_millis() as u64,
-                "log compaction mark recorded: the vault is durable beyond it"
-            );
-            return Ok(Snapshot {
-                meta,
-                snapshot: SnapshotData::mark(),
-            });
+        // A file that would eat into the reserve is not started ([`Store::room_for_file`])
+        // and is given up once it would. A compaction mark is recorded instead, as for a
+        // scheduled snapshot (the vault is durable beyond it), and whoever waits for the
+        // file sees it given up ([`Store::files_given_up`]) instead of waiting for it.
+        let built = match view {
+            None => None,
+            Some(view) => Some(match self.store.room_for_file() {
+                Ok(()) => self.write_file(view, &meta).await?,
+                Err(e) => Err((e, 0)),
+            }),
         };
+        match built {
+            Some(Ok((file, records, _shown))) => {
+                self.store.record_snapshot(&meta, file.id()).await?;
+                self.store.file_built();
+                self.store
+                    .snapshot_done("build", started.elapsed(), file.len());
+                tracing::info!(
+                    seq = self.seq,
+                    last_log_id = ?self.last_applied,
+                    records,
+                    bytes = file.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "snapshot built"
+                );
+                return Ok(Snapshot {
+                    meta,
+                    snapshot: file,
+                });
+            }
+            Some(Err((e, written))) => {
+                // Without marks (no fsync) nothing can stand for the snapshot.
+                if !crate::files::no_room(&e) || !self.store.marks {
+                    return Err(e);
+                }
+                self.store.file_given_up(written);
+                self.store
+                    .snapshot_done("no_room", started.elapsed(), written);
+                tracing::warn!(
+                    seq = self.seq,
+                    last_log_id = ?self.last_applied,
+                    written,
+                    error = %e,
+                    "no room for a snapshot file: a compaction mark is recorded instead, \
+                     and the follower or backup that wanted the file goes without it until \
+                     space is freed"
+                );
+            }
+            None => {}
+        }
+        self.store.record_mark(&meta).await?;
+        self.store.snapshot_done("mark", started.elapsed(), 0);
+        tracing::info!(
+            seq = self.seq,
+            last_log_id = ?self.last_applied,
+            ms = started.elapsed().as_millis() as u64,
+            "log compaction mark recorded: the vault is durable beyond it"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotData::mark(),
+        })
+    }
+}
+
+impl SnapshotBuilder {
+    /// Writes every row of `view` into a new snapshot file, shown as the one being built
+    /// while it is written (a follower that needs a fresh snapshot is sent it as it is
+    /// written, until the returned guard goes), checking every [`FILE_ROOM_STEP`] that
+    /// the disk's reserve stays free. The outer error is the blocking task's; the inner
+    /// one comes with the bytes written before it, the file gone.
+    async fn write_file(
+        &self,
+        view: ViewTables,
+        meta: &SnapshotMeta,
+    ) -> io::Result<Result<(SnapshotData, u64, InBuild), (io::Error, u64)>> {
         let store = self.store.clone();
         let shown_meta = meta.clone();
-        let (file, records, _shown) = self
-            .store
+        self.store
             .blocking(move || {
-                let mut w = store.snapshots.create()?;
-                // A follower that needs a fresh snapshot gets this one as it is written,
-                // until it is recorded.
+                let mut w = store.snapshots.create().map_err(|e| (e, 0))?;
                 let shown = store.show_in_build(Snapshot {
                     meta: shown_meta,
                     snapshot: w.readable(),
                 });
-                let records = {
-                    let mut enc = Encoder::new(|b: &[u8]| w.append(b))?;
+                let written = std::cell::Cell::new(0);
+                let records = (|| {
+                    let mut room_until = 0;
+                    let mut enc = Encoder::new(|b: &[u8]| {
+                        let at = written.get();
+                        if at + b.len() as u64 > room_until {
+                            let step = FILE_ROOM_STEP.max(b.len() as u64);
+                            store.room_for(step)?;
+                            room_until = at + step;
+                        }
+                        w.append(b)?;
+                        written.set(at + b.len() as u64);
+                        Ok(())
+                    })?;
                     let mut failed = None;
                     for t in TableId::ALL {
                         view.scan(t, Bound::Unbounded, Bound::Unbounded, false, &mut |k, v| {
@@ -1088,29 +1160,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                             return Err(io::Error::other(e));
                         }
                     }
-                    enc.finish()?
-                };
+                    enc.finish()
+                })()
+                .map_err(|e| (e, written.get()))?;
                 // The read transaction ends here, before the file is finished.
                 drop(view);
-                let id = w.finish()?;
-                Ok::<_, io::Error>((store.snapshots.open_file(id)?, records, shown))
+                let file = w
+                    .finish()
+                    .and_then(|id| store.snapshots.open_file(id))
+                    .map_err(|e| (e, written.get()))?;
+                Ok((file, records, shown))
             })
-            .await??;
-        self.store.record_snapshot(&meta, file.id()).await?;
-        self.store
-            .snapshot_done("build", started.elapsed(), file.len());
-        tracing::info!(
-            seq = self.seq,
-            last_log_id = ?self.last_applied,
-            records,
-            bytes = file.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot built"
-        );
-        Ok(Snapshot {
-            meta,
-            snapshot: file,
-        })
+            .await
     }
 }
 

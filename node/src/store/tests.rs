@@ -1429,3 +1429,131 @@ async fn marks_wait_oldest_first_and_beyond_four_the_oldest_goes() {
     }
     assert!(sm.shared().take_mark().is_none());
 }
+
+/// A data key of `bytes` bytes, installed at log index `index`.
+fn big_key(index: u64, bytes: usize) -> Entry {
+    entry_of(
+        index,
+        Command::InstallDataKey {
+            by: None,
+            kek_id: None,
+            version: index as u32,
+            wrapped: vec![index as u8; bytes],
+            at_ms: index,
+            by_admin: false,
+        },
+    )
+}
+
+/// The free space a made-up filesystem reports: the first of [`FREE`]'s values, taken
+/// off while more follow; and how often it was asked ([`ASKED`]).
+static FREE: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn made_up_space(_: &Path) -> Option<(u64, u64)> {
+    ASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut free = FREE.lock().unwrap();
+    let now = if free.len() > 1 {
+        free.remove(0)
+    } else {
+        free[0]
+    };
+    Some((now, 1 << 40))
+}
+
+fn free_space_is(values: &[u64]) -> u64 {
+    *FREE.lock().unwrap() = values.to_vec();
+    ASKED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn a_snapshot_file_with_no_room_is_given_up_for_a_mark_and_not_begun_again_until_space_grows()
+{
+    const MIB: u64 = 1 << 20;
+    const RESERVE: u64 = 64 * MIB;
+    let disk = SimDisk::new();
+    let store = Store::open_sim(&disk, SyncPolicy::Fsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    // About 2.5 MiB of rows: a file of more than two room steps.
+    let entries: Vec<Entry> = (1..=25).map(|i| big_key(i, 100_000)).collect();
+    let mut vault = crate::vault::VaultState::default();
+    for e in &entries {
+        if let EntryPayload::Normal(cmd) = &e.payload {
+            vault.apply(cmd);
+        }
+    }
+    append(&mut log, entries.clone()).await;
+    apply(&mut sm, entries).await;
+    store.keep_room_measured_by(PathBuf::from("/made-up"), RESERVE, made_up_space);
+
+    // Room to begin it (a step more than the reserve), for its stream's head and its
+    // first frame, not for its second: the file goes, a mark stands for the snapshot,
+    // and the file's waiters are told.
+    free_space_is(&[
+        RESERVE + 3 * MIB,
+        RESERVE + 3 * MIB,
+        RESERVE + 2 * MIB,
+        RESERVE + MIB / 2,
+    ]);
+    store.want_snapshot_file();
+    let snap = build(&mut sm).await;
+    assert!(snap.snapshot.is_mark());
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 25)));
+    assert_eq!(store.files_given_up(), 1);
+    assert!(snapshot_files_on(&disk).is_empty());
+    assert!(sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .unwrap()
+        .snapshot
+        .is_mark());
+    assert_eq!(store.latest_file_snapshot_index().unwrap(), 0);
+
+    // With no more room than when it was begun less what it wrote, the next file is not
+    // even begun: what the last one wrote (about a step) is known to be needed.
+    let asked = free_space_is(&[RESERVE + 3 * MIB / 2]);
+    store.want_snapshot_file();
+    assert!(build(&mut sm).await.snapshot.is_mark());
+    assert_eq!(store.files_given_up(), 2);
+    assert_eq!(
+        ASKED.load(std::sync::atomic::Ordering::SeqCst) - asked,
+        1,
+        "measured once, before beginning"
+    );
+    assert!(snapshot_files_on(&disk).is_empty());
+
+    // Space freed: the file is built whole, and nothing more is known to be needed.
+    free_space_is(&[RESERVE + 100 * MIB]);
+    store.want_snapshot_file();
+    let file = build(&mut sm).await;
+    assert!(!file.snapshot.is_mark());
+    assert_eq!(snapshot_files_on(&disk), vec![file.snapshot.id()]);
+    assert_eq!(
+        stream_digest(&file.snapshot),
+        crate::vault::tables::digest(vault.tables())
+    );
+    assert_eq!(store.files_given_up(), 2);
+    free_space_is(&[RESERVE + 3 * MIB / 2]);
+    assert!(store.room_for_file().is_ok());
+}
+
+#[tokio::test]
+async fn without_fsync_a_snapshot_with_no_room_for_its_file_is_a_storage_error() {
+    // Nothing durable can stand for the snapshot: there is no mark to fall back on.
+    let disk = SimDisk::new();
+    let store = Store::open_sim(&disk, SyncPolicy::UnsafeNoFsync, noop_fsync()).unwrap();
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store.clone()).unwrap();
+    append(&mut log, (1..=3).map(|i| entry(1, i)).collect()).await;
+    apply(&mut sm, (1..=3).map(|i| entry(1, i)).collect()).await;
+    store.keep_room_measured_by(PathBuf::from("/made-up"), 1 << 20, |_| Some((0, 1 << 40)));
+    let mut builder = sm.get_snapshot_builder().await;
+    let e = openraft::storage::RaftSnapshotBuilder::build_snapshot(&mut builder)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+    assert!(snapshot_files_on(&disk).is_empty());
+    assert_eq!(store.files_given_up(), 0);
+}
