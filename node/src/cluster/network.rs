@@ -62,7 +62,7 @@ const FRESH_SNAPSHOT_WAIT_AGAIN: Duration = Duration::from_secs(60);
 /// after this pause, doubled after each such answer up to [`NO_ROOM_PAUSE_MAX`]
 /// (decision 0034): openraft would send it again about once a second, each time
 /// building or reading the snapshot for nothing until the follower's operator frees
-/// space.
+/// space. The same when this node had no room to build the file (decision 0035).
 const NO_ROOM_PAUSE_FIRST: Duration = Duration::from_secs(1);
 /// The longest pause before a snapshot goes again to a follower that had no room: how
 /// long a follower whose operator has freed space may wait for it.
@@ -165,8 +165,8 @@ pub struct PeerClient {
     freshness: Arc<Freshness>,
     /// When a snapshot for this peer last waited for a fresher one.
     waited_at: Option<tokio::time::Instant>,
-    /// The peer had no room for the last snapshot sent to it: the pause that followed,
-    /// and when the next send may start.
+    /// The peer had no room for the last snapshot sent to it, or this node none to
+    /// build it: the pause that followed, and when the next send may start.
     no_room: Option<(Duration, tokio::time::Instant)>,
     /// The framed connection AppendEntries go over (see [`frames`](super::frames)),
     /// once opened. Only ever reached through `&mut self` (`Mutex::get_mut`, no
@@ -181,6 +181,15 @@ pub struct PeerClient {
 /// How long a peer that would not speak frames (a kura from before them, or one that
 /// refused the hello) is sent AppendEntries over HTTP before frames are tried again.
 pub const FRAMES_RETRY: Duration = Duration::from_secs(30);
+
+/// How a wait for a fresher snapshot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fresher {
+    /// One is there, or being built, or the wait is over: read the current one again.
+    Ready,
+    /// The file it needed was given up for want of room on this node.
+    NoRoom,
+}
 
 /// How a framed AppendEntries failed.
 enum FramedFail {
@@ -545,13 +554,19 @@ impl PeerClient {
         futures::pin_mut!(wait);
         futures::select! {
             closed = cancel => StreamingError::Closed(closed),
-            () = wait.fuse() => StreamingError::Timeout(Timeout {
-                action: RPCTypes::InstallSnapshot,
-                id: self.self_id,
-                target: self.target,
-                timeout: waited,
-            }),
+            () = wait.fuse() => self.timed_out(waited),
         }
+    }
+
+    /// A snapshot's send that ends after `waited` without the follower's answer: openraft
+    /// calls again at once, and reads the current snapshot again first.
+    fn timed_out(&self, waited: Duration) -> StreamingError<TypeConfig> {
+        StreamingError::Timeout(Timeout {
+            action: RPCTypes::InstallSnapshot,
+            id: self.self_id,
+            target: self.target,
+            timeout: waited,
+        })
     }
 
     /// Whether the snapshot at `index` lags the applied state too far to send, and this
@@ -566,9 +581,11 @@ impl PeerClient {
 
     /// Asks for a new snapshot and waits until one later than `index` is current or
     /// being built (it is sent as it is written), or [`FRESH_SNAPSHOT_WAIT`] has passed.
-    /// For a compaction `mark` (no data), until a snapshot file at least as late is.
-    async fn wait_for_fresher(&self, index: u64, mark: bool) {
+    /// For a compaction `mark` (no data), until a snapshot file at least as late is —
+    /// or until a file is given up for want of room here, which it says.
+    async fn wait_for_fresher(&self, index: u64, mark: bool) -> Fresher {
         let started = tokio::time::Instant::now();
+        let given_up = self.freshness.store.files_given_up();
         let applied = self.freshness.vault.applied_index();
         if mark {
             tracing::info!(
@@ -595,6 +612,9 @@ impl PeerClient {
                 let _ = self.freshness.wanted.try_send(());
             }
             crate::runtime::sleep(Duration::from_millis(50)).await;
+            if self.freshness.store.files_given_up() > given_up {
+                return Fresher::NoRoom;
+            }
             let store = self.freshness.store.clone();
             match self
                 .freshness
@@ -609,11 +629,13 @@ impl PeerClient {
                 .await
             {
                 // A file at the mark itself will do; a snapshot at `index` would not.
-                Ok(Ok(now)) if now > index || (mark && now == index && now > 0) => return,
+                Ok(Ok(now)) if now > index || (mark && now == index && now > 0) => {
+                    return Fresher::Ready
+                }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) | Err(e) => {
                     tracing::warn!(error = %e, "cannot read the current snapshot's index");
-                    return;
+                    return Fresher::Ready;
                 }
             }
         }
@@ -622,6 +644,18 @@ impl PeerClient {
             snapshot_index = index,
             "no fresher snapshot in time: sending the one there is"
         );
+        Fresher::Ready
+    }
+
+    /// The pause before this peer's snapshot is tried again after one that could not
+    /// be kept for want of room — on the peer, or here — from now: 1 s, then twice the
+    /// last, up to [`NO_ROOM_PAUSE_MAX`].
+    fn pause_for_no_room(&mut self) -> Duration {
+        let pause = self
+            .no_room
+            .map_or(NO_ROOM_PAUSE_FIRST, |(p, _)| (p * 2).min(NO_ROOM_PAUSE_MAX));
+        self.no_room = Some((pause, tokio::time::Instant::now() + pause));
+        pause
     }
 }
 
@@ -748,17 +782,32 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
         // A compaction mark has no data to send: a file is built first, whenever asked.
         let mark = snapshot.snapshot.is_mark();
-        if mark || self.should_wait_for_fresher(index) {
-            self.waited_at = Some(tokio::time::Instant::now());
-            let wait = self.wait_for_fresher(index, mark);
-            return Err(self
-                .then_read_again(wait, cancel, FRESH_SNAPSHOT_WAIT)
-                .await);
-        }
+        // (Before anything is built or sent: the file too may have had no room.)
         let now = tokio::time::Instant::now();
         if let Some((pause, until)) = self.no_room.filter(|(_, until)| *until > now) {
             let wait = crate::runtime::sleep(until - now);
             return Err(self.then_read_again(wait, cancel, pause).await);
+        }
+        if mark || self.should_wait_for_fresher(index) {
+            self.waited_at = Some(tokio::time::Instant::now());
+            let waited = {
+                let wait = self.wait_for_fresher(index, mark);
+                futures::pin_mut!(wait);
+                futures::select! {
+                    closed = cancel => return Err(StreamingError::Closed(closed)),
+                    w = wait.fuse() => w,
+                }
+            };
+            if waited == Fresher::NoRoom {
+                let pause = self.pause_for_no_room();
+                tracing::warn!(
+                    target_node = self.target,
+                    pause_ms = pause.as_millis() as u64,
+                    "no room here to build the snapshot file a follower needs: building it \
+                     again after a pause"
+                );
+            }
+            return Err(self.timed_out(FRESH_SNAPSHOT_WAIT));
         }
         let while_built = !matches!(snapshot.snapshot.built(), Built::Whole(_));
         let started = tokio::time::Instant::now();
@@ -771,10 +820,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             }
         };
         if let Err(Fail::NoRoom(_)) = &res {
-            let pause = self
-                .no_room
-                .map_or(NO_ROOM_PAUSE_FIRST, |(p, _)| (p * 2).min(NO_ROOM_PAUSE_MAX));
-            self.no_room = Some((pause, tokio::time::Instant::now() + pause));
+            let pause = self.pause_for_no_room();
             tracing::warn!(
                 target_node = self.target,
                 bytes,
@@ -812,12 +858,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     "bad snapshot response: {e}"
                 )))
             }),
-            Err(Fail::Timeout(timeout)) => Err(StreamingError::Timeout(Timeout {
-                action: RPCTypes::InstallSnapshot,
-                id: self.self_id,
-                target: self.target,
-                timeout,
-            })),
+            Err(Fail::Timeout(timeout)) => Err(self.timed_out(timeout)),
             Err(Fail::Unreachable(msg) | Fail::NoRoom(msg)) => {
                 Err(StreamingError::Unreachable(Unreachable::from_string(msg)))
             }
