@@ -89,7 +89,16 @@ impl Cluster {
         let target = self.status().applied_index;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut ask = crate::store::FileAsk::default();
+        let given_up = self.store.files_given_up();
         let snapshot = loop {
+            if self.store.files_given_up() > given_up {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no room on this node's disk for the snapshot file a backup is \
+                     written from (it must leave half of health.storage_min_free_bytes \
+                     free): free space here, or take the backup from another node",
+                ));
+            }
             let current = self.store.current_snapshot()?;
             // A compaction mark has no data: a backup needs a file.
             if let Some(s) = current.filter(|s| {

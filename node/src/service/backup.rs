@@ -19,11 +19,14 @@ pub enum BackupError {
     NotFormed,
     #[error("no snapshot could be taken: {0}")]
     Failed(String),
+    #[error("{0}")]
+    NoRoom(String),
 }
 
 service_error!(BackupError {
     BackupError::NotFormed => ("not_formed", Conflict),
     BackupError::Failed(_) => ("backup_failed", Unavailable),
+    BackupError::NoRoom(_) => ("insufficient_storage", Unavailable),
 } delegate {});
 
 impl Service {
@@ -36,7 +39,13 @@ impl Service {
             .cluster
             .backup_snapshot(BACKUP_BUILD_TIMEOUT, self.now_ms().await)
             .await
-            .map_err(|e| BackupError::Failed(e.to_string()))?;
+            .map_err(|e| {
+                if crate::files::no_room(&e) {
+                    BackupError::NoRoom(e.to_string())
+                } else {
+                    BackupError::Failed(e.to_string())
+                }
+            })?;
         tracing::info!(
             index = header.last_log_id.index,
             bytes = header.snapshot_bytes,
