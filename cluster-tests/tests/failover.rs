@@ -572,6 +572,31 @@ async fn a_leader_with_no_room_for_a_snapshot_file_keeps_leading_and_builds_it_o
         bk_at < committed,
         "bk has not caught up without its snapshot"
     );
+    // A backup asks main first, which needs the same file: refused at once, saying
+    // why; the backup is taken from dr.
+    let backup = tempfile::tempdir().unwrap();
+    let file = backup.path().join("vault.kbak");
+    let out = c.kura(&[
+        "snapshot",
+        "save",
+        file.to_str().unwrap(),
+        "--config",
+        c.config(0).to_str().unwrap(),
+    ]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.contains("insufficient_storage"),
+        "a backup from main is refused for want of room, and taken elsewhere: {said}"
+    );
+    let dr_log = std::fs::read_to_string(c.log_path(1)).unwrap();
+    assert!(
+        dr_log.contains("backup snapshot served"),
+        "dr gave the backup"
+    );
 
     std::fs::remove_file(c.data_dir(0).join("filler")).unwrap();
     wait_for("bk to catch up", Duration::from_secs(90), || async {

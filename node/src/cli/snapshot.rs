@@ -91,7 +91,13 @@ async fn save(file: &Path, config: &Path) -> Result<(), String> {
     for addr in &endpoints {
         match download(&*connector, addr, &client.bearer, file).await {
             Ok(()) => return Ok(()),
-            Err(e) => last_err = format!("{addr}: {e}"),
+            Err(e) => {
+                // Said, not only kept: a node with no room for the snapshot's file
+                // (`insufficient_storage`) is something to mend even if another
+                // node gives the backup.
+                eprintln!("  {addr}: {e}");
+                last_err = format!("{addr}: {e}");
+            }
         }
     }
     Err(last_err)
