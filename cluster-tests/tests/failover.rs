@@ -481,7 +481,7 @@ async fn a_follower_with_no_room_for_its_snapshot_is_sent_it_again_after_growing
 }
 
 /// main leading, its data directory on a tmpfs, 25,000 cards written, the log compacted
-/// by marks (no snapshot file). main's disk is then filled to 1 MiB above its free-space
+/// by marks (no snapshot file). main's disk is then filled to 2 MiB above its free-space
 /// floor (2 MiB): it still leads, but a snapshot file (about 13 MB) would eat into its
 /// reserve (half the floor). bk wiped and started again needs one: main gives the file
 /// up a step before the reserve, begins it again only after growing pauses, and stays
@@ -510,7 +510,7 @@ async fn a_leader_with_no_room_for_a_snapshot_file_keeps_leading_and_builds_it_o
         .unwrap();
     c.wait_applied(2, written, "bk to apply").await;
 
-    disk.fill("filler", 3 << 20);
+    disk.fill("filler", 4 << 20);
     let log_from = std::fs::metadata(c.log_path(0)).unwrap().len() as usize;
     let said = |c: &ProcCluster| {
         let log = std::fs::read_to_string(c.log_path(0)).unwrap_or_default();

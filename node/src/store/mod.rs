@@ -498,10 +498,12 @@ impl Store {
         Err(io::Error::new(
             io::ErrorKind::StorageFull,
             format!(
-                "{} MiB free on the data directory's filesystem: a snapshot must leave {} MiB \
-                 (half of health.storage_min_free_bytes)",
-                free >> 20,
-                room.reserve >> 20
+                "{:.1} MiB free on the data directory's filesystem: {:.1} MiB more of a \
+                 snapshot would leave less than the {:.1} MiB it must leave (half of \
+                 health.storage_min_free_bytes)",
+                mib(free),
+                mib(bytes),
+                mib(room.reserve)
             ),
         ))
     }
@@ -550,6 +552,11 @@ impl Store {
         rx.await
             .map_err(|_| io::Error::other("storage writer stopped"))?
     }
+}
+
+/// `bytes` in MiB, for messages.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
 }
 
 /// Runs `f` off the async workers (on the blocking pool), or in place on a simulated
