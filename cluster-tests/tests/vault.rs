@@ -892,3 +892,67 @@ async fn a_vault_changed_on_disk_passes_its_own_scrub_and_kura_compare_names_it(
         "{text}"
     );
 }
+
+/// bk reports command level 1, as a build from before the comparison marker would (a
+/// fault switch, set before the cluster forms): a rolling upgrade not finished. The
+/// leader does not propose the marker (level 2), which bk could not apply: `kura
+/// compare` ends incomplete, the marker not written, saying why (the write was
+/// refused `cluster_upgrading`), while cards are still taken.
+/// Once bk reports its own build's level, the next health poll raises the cluster's,
+/// and the comparison runs and agrees (decision 0036).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_waits_until_every_member_runs_a_build_that_applies_it() {
+    let c = ProcCluster::start_with_faults("", &[]);
+    let older = kura_sdk::Faults {
+        command_level: 1,
+        ..Default::default()
+    };
+    wait_for("bk to listen", Duration::from_secs(20), || async {
+        c.status(2).await.is_some()
+    })
+    .await;
+    c.faults(2, older).await;
+    c.init().await;
+    c.wait_leader().await;
+    let sk = c.merchant("upgrade").await;
+    for i in 0..3 {
+        tokenize(&c, i, &sk, on_file(&pan(7000 + i as u32), &format!("m{i}"))).await;
+    }
+    let config = c.config(0).to_str().unwrap().to_owned();
+    let compare = |c: &ProcCluster| {
+        let out = c.kura(&["compare", "--config", &config]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // Long enough for every member to be heard many times over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, text) = compare(&c);
+    assert!(
+        !ok && text.contains("the marker was not written")
+            && text.contains("a build that applies command level 2"),
+        "{text}"
+    );
+    tokenize(&c, 1, &sk, on_file(&pan(7010), "m10")).await;
+    let status = c.kura(&["status", "--config", &config]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("command levels differ (main 2, dr 2, bk 1)"),
+        "kura status shows the upgrade under way: {status}"
+    );
+
+    c.faults(2, kura_sdk::Faults::default()).await;
+    let mut last = String::new();
+    wait_for("the comparison to run", Duration::from_secs(10), || {
+        let (ok, text) = compare(&c);
+        last = text;
+        async move { ok }
+    })
+    .await;
+    assert!(last.contains("every member's vault is the same"), "{last}");
+    let status = c.kura(&["status", "--config", &config]);
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("command levels differ"));
+}

@@ -4,7 +4,7 @@
 //! `[faults] enabled = true`; the admin endpoint that flips them answers
 //! `403 fault_injection_disabled` otherwise.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often a stalled writer looks whether the stall was lifted.
@@ -19,6 +19,7 @@ pub struct FaultSwitches {
     routes_blocked: AtomicBool,
     clock_offset_ms: AtomicI64,
     raft_core_panics: AtomicBool,
+    command_level: AtomicU32,
 }
 
 /// The switches as the admin endpoint shows and sets them.
@@ -38,6 +39,9 @@ pub struct FaultState {
     /// The next Raft log append panics inside the Raft core (see
     /// [`FaultSwitches::panic_raft_core_if_set`]).
     pub raft_core_panics: bool,
+    /// The command level the node reports to the others (0: its own), as a node still
+    /// running an older build would (see [`crate::vault::COMMAND_LEVEL`]).
+    pub command_level: u32,
 }
 
 impl FaultSwitches {
@@ -54,6 +58,7 @@ impl FaultSwitches {
             .store(s.clock_offset_ms, Ordering::Relaxed);
         self.raft_core_panics
             .store(s.raft_core_panics, Ordering::Relaxed);
+        self.command_level.store(s.command_level, Ordering::Relaxed);
     }
 
     /// The current switches.
@@ -65,6 +70,15 @@ impl FaultSwitches {
             routes_blocked: self.routes_blocked.load(Ordering::Relaxed),
             clock_offset_ms: self.clock_offset_ms.load(Ordering::Relaxed),
             raft_core_panics: self.raft_core_panics.load(Ordering::Relaxed),
+            command_level: self.command_level.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The command level the node reports: its build's, unless a switch fakes an older.
+    pub fn command_level(&self) -> u32 {
+        match self.command_level.load(Ordering::Relaxed) {
+            0 => crate::vault::COMMAND_LEVEL,
+            faked => faked,
         }
     }
 

@@ -566,7 +566,7 @@ impl Metrics {
         );
         registry.register(
             "raft_proposals_failed",
-            "Proposals that did not commit, by reason (not_leader, discarded, unavailable, timeout, core_frozen)",
+            "Proposals that did not commit, by reason (not_leader, discarded, unavailable, timeout, core_frozen; refused before proposing: insufficient_storage, cluster_upgrading)",
             m.proposals_failed.clone(),
         );
         registry.register(

@@ -381,6 +381,7 @@ pub async fn start(cfg: &NodeConfig, env: NodeEnv) -> io::Result<Node> {
         transfer_timeout: std::time::Duration::from_millis(cfg.api.write_timeout_ms),
         // On real disks only (a simulation's nodes share a simulated one).
         data_dir: env.consensus.is_some().then(|| cfg.data_dir.clone()),
+        faults: faults_on.then_some(faults.clone()),
     });
     if let Some(dir) = failover.data_dir.clone() {
         if cfg.health.storage_min_free_bytes > 0 {

@@ -52,6 +52,10 @@ pub struct NodeHealth {
     /// The key-encryption keys the node holds, its current one first.
     #[serde(default)]
     pub kek_ids: Vec<String>,
+    /// The highest command level the node's build applies: a rolling upgrade is done
+    /// when every member shows the same.
+    #[serde(default)]
+    pub command_level: u32,
 }
 
 /// `GET /health/live`.
@@ -130,6 +134,10 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     pub health: NodeHealth,
     pub acquirer_routes: Vec<RouteStatus>,
+    /// The highest command level every member is known (to this node) to apply: the
+    /// leader proposes no command of a higher level.
+    #[serde(default)]
+    pub cluster_command_level: u32,
 }
 
 /// `POST /admin/v1/init`.
@@ -216,6 +224,9 @@ pub struct Faults {
     /// The node's next Raft log append panics inside its Raft core, as one of
     /// openraft's own assertions does on a defect: the node must stop (status 74).
     pub raft_core_panics: bool,
+    /// The command level the node reports to the others, as a build that applies
+    /// commands only up to it would (0: its own).
+    pub command_level: u32,
 }
 
 fn yes() -> bool {

@@ -30,6 +30,9 @@ pub enum ProblemCode {
     /// The leader's disk is under its reserve: it takes no new cards or payments until
     /// space is freed (503); nothing was done.
     InsufficientStorage,
+    /// A member of the cluster runs a build that cannot apply what was asked (an
+    /// upgrade not finished on every node); nothing was done (503).
+    ClusterUpgrading,
     ShuttingDown,
     Unauthorized,
     SecretKeyRequired,
@@ -123,6 +126,7 @@ impl ProblemCode {
         ProblemCode::ReplicationUnavailable,
         ProblemCode::StorageUnavailable,
         ProblemCode::InsufficientStorage,
+        ProblemCode::ClusterUpgrading,
         ProblemCode::ShuttingDown,
         ProblemCode::Unauthorized,
         ProblemCode::SecretKeyRequired,
@@ -209,6 +213,7 @@ impl ProblemCode {
             ProblemCode::ReplicationUnavailable => "replication_unavailable",
             ProblemCode::StorageUnavailable => "storage_unavailable",
             ProblemCode::InsufficientStorage => "insufficient_storage",
+            ProblemCode::ClusterUpgrading => "cluster_upgrading",
             ProblemCode::ShuttingDown => "shutting_down",
             ProblemCode::Unauthorized => "unauthorized",
             ProblemCode::SecretKeyRequired => "secret_key_required",

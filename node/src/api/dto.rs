@@ -307,6 +307,7 @@ impl From<crate::failover::NodeHealth> for Wire<wire::NodeHealth> {
                 .collect(),
             last_log_index: h.last_log_index,
             kek_ids: h.kek_ids,
+            command_level: h.command_level,
         })
     }
 }
@@ -364,6 +365,7 @@ pub fn cluster_status(v: service::nodes::StatusView, with_id: bool) -> wire::Clu
                 errors: r.errors,
             })
             .collect(),
+        cluster_command_level: v.cluster_command_level,
     }
 }
 
@@ -375,6 +377,7 @@ pub fn faults_in(f: wire::Faults) -> crate::faults::FaultState {
         kek_failing: f.kek_failing,
         routes_blocked: f.routes_blocked,
         clock_offset_ms: f.clock_offset_ms,
+        command_level: f.command_level,
         raft_core_panics: f.raft_core_panics,
     }
 }
@@ -387,6 +390,7 @@ pub fn faults_out(f: crate::faults::FaultState) -> wire::Faults {
         kek_failing: f.kek_failing,
         routes_blocked: f.routes_blocked,
         clock_offset_ms: f.clock_offset_ms,
+        command_level: f.command_level,
         raft_core_panics: f.raft_core_panics,
     }
 }

@@ -751,7 +751,34 @@ fn render_status(statuses: &[(String, Option<Value>)]) -> String {
             health_cell(&s["health"])
         );
     }
+    out += &levels_note(statuses);
     out
+}
+
+/// A line when the nodes' builds apply different command levels (a rolling upgrade
+/// under way): what each applies, and that newer commands wait (decision 0036).
+fn levels_note(statuses: &[(String, Option<Value>)]) -> String {
+    let levels: Vec<(String, u64)> = statuses
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or("?").to_owned(),
+                s["health"]["command_level"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let lowest = levels.iter().map(|(_, l)| *l).min();
+    let highest = levels.iter().map(|(_, l)| *l).max();
+    if lowest == highest {
+        return String::new();
+    }
+    let each: Vec<String> = levels.iter().map(|(n, l)| format!("{n} {l}")).collect();
+    format!(
+        "command levels differ ({}): commands of a level some member does not apply wait \
+         until every member runs a build that does (an upgrade under way)\n",
+        each.join(", ")
+    )
 }
 
 /// How often `kura compare` asks for the outcome.

@@ -239,6 +239,32 @@ pub struct NodeHealth {
     /// Under half its free-space floor (see [`Health::below_reserve`]).
     #[serde(default)]
     pub below_reserve: bool,
+    /// The highest command level the node's build applies
+    /// ([`crate::vault::COMMAND_LEVEL`]); 0 from a build from before levels, which
+    /// counts as 1.
+    #[serde(default)]
+    pub command_level: u32,
+}
+
+/// The command level every member applies, if every member has said: the lowest of
+/// this node's own level (`own`, when it is a member) and the levels in the other
+/// members' reports (`others`; learners apply the log too). `None` while a member is
+/// unheard: one that is down may come back on any build, and the level stays where it
+/// was. A report without a level is a build's from before levels: 1.
+pub fn agreed_level(
+    own: Option<u32>,
+    others: &[crate::member::NodeId],
+    reports: &[(crate::member::NodeId, Option<NodeHealth>)],
+) -> Option<u32> {
+    let mut level = own.unwrap_or(u32::MAX);
+    for v in others {
+        let report = reports
+            .iter()
+            .find(|(id, _)| id == v)
+            .and_then(|(_, r)| r.as_ref())?;
+        level = level.min(report.command_level.max(1));
+    }
+    (level != u32::MAX).then_some(level)
 }
 
 impl NodeHealth {
@@ -282,6 +308,9 @@ pub struct Health {
     /// At the last poll, so many voters were under their reserve that those with room
     /// were fewer than a quorum.
     pub(super) quorum_short: std::sync::atomic::AtomicBool,
+    /// The highest command level every member has reported (see [`agreed_level`]):
+    /// only ever raised, and 1 until every member has been heard.
+    pub(super) cluster_level: std::sync::atomic::AtomicU32,
 }
 
 pub(super) const STORAGE: &str = "storage";
@@ -311,7 +340,22 @@ impl Health {
             handing_over: std::sync::atomic::AtomicBool::new(false),
             free_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
             quorum_short: std::sync::atomic::AtomicBool::new(false),
+            cluster_level: std::sync::atomic::AtomicU32::new(1),
         }
+    }
+
+    /// The highest command level every member's build applies, as far as this node has
+    /// heard: the leader proposes no command of a higher level (decision 0036).
+    pub fn cluster_level(&self) -> u32 {
+        self.cluster_level
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Raises the cluster's command level to `level` (never lowers it); true if it rose.
+    pub(super) fn raise_cluster_level(&self, level: u32) -> bool {
+        self.cluster_level
+            .fetch_max(level, std::sync::atomic::Ordering::Relaxed)
+            < level
     }
 
     /// Whether the data directory's filesystem had less than half of
@@ -392,6 +436,7 @@ impl Health {
             leads: false,
             clock_ms: None,
             below_reserve: self.below_reserve(),
+            command_level: crate::vault::COMMAND_LEVEL,
         }
     }
 
@@ -555,5 +600,56 @@ mod tests {
         off.free_bytes
             .store(0, std::sync::atomic::Ordering::Relaxed);
         assert!(!off.below_reserve(), "no floor, no reserve");
+    }
+
+    #[test]
+    fn the_cluster_level_is_the_lowest_every_member_reports_and_never_falls() {
+        let at = |level: u32| {
+            Some(NodeHealth {
+                command_level: level,
+                ..Health::new(HealthSettings::default(), FailoverSettings::default(), 300)
+                    .report(false)
+            })
+        };
+        let others = [2, 3];
+        // Every member heard: the lowest level; a build from before levels counts as 1.
+        assert_eq!(
+            agreed_level(Some(2), &others, &[(2, at(2)), (3, at(2))]),
+            Some(2)
+        );
+        assert_eq!(
+            agreed_level(Some(2), &others, &[(2, at(2)), (3, at(1))]),
+            Some(1)
+        );
+        assert_eq!(
+            agreed_level(Some(1), &others, &[(2, at(2)), (3, at(2))]),
+            Some(1)
+        );
+        assert_eq!(
+            agreed_level(Some(2), &others, &[(2, at(0)), (3, at(2))]),
+            Some(1)
+        );
+        // One unheard, or not answering: nothing is known.
+        assert_eq!(agreed_level(Some(2), &others, &[(2, at(2))]), None);
+        assert_eq!(
+            agreed_level(Some(2), &others, &[(2, at(2)), (3, None)]),
+            None
+        );
+        // Not a member itself (a node being added): the members' levels alone.
+        assert_eq!(
+            agreed_level(None, &others, &[(2, at(2)), (3, at(2))]),
+            Some(2)
+        );
+        assert_eq!(agreed_level(None, &[], &[]), None);
+
+        let h = Health::new(HealthSettings::default(), FailoverSettings::default(), 300);
+        assert_eq!(h.cluster_level(), 1, "until every member is heard");
+        assert!(h.raise_cluster_level(2));
+        assert!(
+            !h.raise_cluster_level(1),
+            "a member that goes quiet lowers nothing"
+        );
+        assert!(!h.raise_cluster_level(2));
+        assert_eq!(h.cluster_level(), 2);
     }
 }

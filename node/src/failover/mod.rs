@@ -57,6 +57,9 @@ pub struct Failover {
     /// The data directory, whose filesystem's free space is checked (`None` in a
     /// simulation, whose nodes share a simulated disk).
     pub data_dir: Option<std::path::PathBuf>,
+    /// The fault switches, when fault injection is on (one fakes an older build's
+    /// command level).
+    pub faults: Option<Arc<crate::faults::FaultSwitches>>,
 }
 
 impl Failover {
@@ -75,8 +78,17 @@ impl Failover {
             // that may not lead stands when the target never does.
             leads: self.cluster.is_leader() && !self.cluster.handing_over(),
             clock_ms: Some(self.clocks.raw_ms()),
+            command_level: self.command_level(),
             ..self.health.report(drained)
         }
+    }
+
+    /// The command level this node reports: its build's, unless a fault switch fakes
+    /// an older build's.
+    fn command_level(&self) -> u32 {
+        self.faults
+            .as_ref()
+            .map_or(crate::vault::COMMAND_LEVEL, |f| f.command_level())
     }
 }
 
@@ -266,6 +278,27 @@ async fn poll_peers(st: &Failover, timeout: Duration) {
         voters > 0 && voters - short < crate::member::quorum(voters),
         std::sync::atomic::Ordering::Relaxed,
     );
+    // Every member heard (learners apply the log too): the commands their builds all
+    // apply may be proposed.
+    let others: Vec<NodeId> = status
+        .members
+        .iter()
+        .filter(|m| m.id != st.cluster.id())
+        .map(|m| m.id)
+        .collect();
+    let own = status
+        .members
+        .iter()
+        .any(|m| m.id == st.cluster.id())
+        .then(|| st.command_level());
+    if let Some(level) = health::agreed_level(own, &others, &reports) {
+        if st.health.raise_cluster_level(level) {
+            tracing::info!(
+                level,
+                "every member applies commands of this level: they are proposed from now on"
+            );
+        }
+    }
     let mut peers = st.health.peers.lock().expect("health lock");
     for (id, report) in reports {
         // Only the leader knows; a member that has acknowledged nothing, or still needs

@@ -60,6 +60,10 @@ pub enum Replication {
     /// The leader's disk is under its reserve; nothing was done.
     #[error("the vault's storage is nearly full: no new cards or payments are taken until its operators free space; payments already open still complete; nothing was done")]
     InsufficientStorage,
+    /// A member runs a build that cannot apply the command (a rolling upgrade not
+    /// finished, or a member not heard from since it started); nothing was done.
+    #[error("this needs every member of the cluster to run a build that applies command level {needed}, and they are known to apply level {agreed} only (an upgrade not finished on every node, or a member not heard from since this node started); nothing was done")]
+    Upgrading { needed: u32, agreed: u32 },
 }
 
 impl ServiceError for Replication {
@@ -71,6 +75,7 @@ impl ServiceError for Replication {
             Replication::Unavailable(_) => "replication_unavailable",
             Replication::Storage => "storage_unavailable",
             Replication::InsufficientStorage => "insufficient_storage",
+            Replication::Upgrading { .. } => "cluster_upgrading",
         }
     }
 

@@ -248,6 +248,16 @@ impl Service {
             self.metrics.proposal_failed("insufficient_storage");
             return Err(Replication::InsufficientStorage);
         }
+        // A member whose build cannot apply the command would stop at its entry
+        // (decision 0036): it waits until every member runs a build that can.
+        let agreed = self.failover.health.cluster_level();
+        if cmd.level() > agreed {
+            self.metrics.proposal_failed("cluster_upgrading");
+            return Err(Replication::Upgrading {
+                needed: cmd.level(),
+                agreed,
+            });
+        }
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         let write = tokio::time::timeout(timeout, self.cluster.write(cmd));
         self.metrics.proposals.inc();

@@ -82,6 +82,8 @@ pub struct StatusView {
     pub routes: Vec<RouteStatus>,
     /// The last report of each other node (`None`: it did not answer).
     pub peers: BTreeMap<NodeId, Option<NodeHealth>>,
+    /// The command level every member is known to apply.
+    pub cluster_command_level: u32,
 }
 
 /// Whether this node may serve a leader-only request now.
@@ -260,6 +262,7 @@ impl Service {
             health: self.own_health(),
             routes: self.router.statuses(),
             peers: self.failover.health.peer_reports(),
+            cluster_command_level: self.failover.health.cluster_level(),
         }
     }
 

@@ -101,6 +101,15 @@ pub struct RewrappedKey {
     pub wrapped: Vec<u8>,
 }
 
+/// The highest command level this build applies (see [`Command::level`]). A build that
+/// adds a command, or changes how one is encoded or applied, gives it the next level and
+/// raises this: the leader proposes a command only once every voter reports a level at
+/// least as high, so that a cluster upgraded one node at a time never replicates an
+/// entry that a member still running the older build cannot apply (decision 0036).
+/// - 1: every command up to the comparison marker.
+/// - 2: [`Command::CompareVaults`] (decision 0032).
+pub const COMMAND_LEVEL: u32 = 2;
+
 /// A state change proposed by the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -373,6 +382,35 @@ impl Command {
             | Command::ChangePayment { .. }
             | Command::RecordAdminAction { .. }
             | Command::CompareVaults { .. } => false,
+        }
+    }
+
+    /// The lowest command level (see [`COMMAND_LEVEL`]) a build must have to apply this
+    /// command: the leader proposes it only when every voter has that level.
+    pub fn level(&self) -> u32 {
+        // Every command named, so that a new one cannot take a level by default.
+        match self {
+            Command::InstallDataKey { .. }
+            | Command::CreateMerchant { .. }
+            | Command::RotateMerchantKey { .. }
+            | Command::UpdateMerchant { .. }
+            | Command::InstallFingerprintKey { .. }
+            | Command::RewrapKeys { .. }
+            | Command::SignAuditHead { .. }
+            | Command::PurgeCards { .. }
+            | Command::Tokenize { .. }
+            | Command::UseOneTimeForCard { .. }
+            | Command::OpenPayment { .. }
+            | Command::DeleteCard { .. }
+            | Command::ResealCards { .. }
+            | Command::RetireDataKey { .. }
+            | Command::RecordLeaderChange { .. }
+            | Command::SetDrained { .. }
+            | Command::SettlePayment { .. }
+            | Command::ReroutePayment { .. }
+            | Command::ChangePayment { .. }
+            | Command::RecordAdminAction { .. } => 1,
+            Command::CompareVaults { .. } => 2,
         }
     }
 

@@ -18,7 +18,7 @@ pub mod violation;
 pub use card::{Brand, CardError, Cvc, Expiry, Pan};
 pub use command::{
     Command, Idempotency, IdempotencyRecord, KeyRole, MerchantInfo, MerchantSettings,
-    PaymentChange, Refusal, Reseal, Response, SealedCard, StoredOutcome, TokenMeta,
+    PaymentChange, Refusal, Reseal, Response, SealedCard, StoredOutcome, TokenMeta, COMMAND_LEVEL,
 };
 pub use leader_change::{LeaderChange, LeaderChangeCause};
 pub use state::{Vault, VaultState};
