@@ -68,6 +68,17 @@ async fn call(
 }
 
 /// Creates a token through `node` and returns its id.
+/// `kura compare` with `config`: whether it succeeded, and what it printed.
+fn kura_compare(c: &ProcCluster, config: &str) -> (bool, String) {
+    let out = c.kura(&["compare", "--config", config]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 async fn tokenize(c: &ProcCluster, node: usize, key: &str, body: Value) -> String {
     let r = call(c, node, key, Method::POST, "/v1/tokens", Some(body)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -814,15 +825,7 @@ async fn a_vault_changed_on_disk_passes_its_own_scrub_and_kura_compare_names_it(
     }
     let name = |i: usize| ["main", "dr", "bk"][i];
     let config = c.config(0).to_str().unwrap().to_owned();
-    let compare = |c: &ProcCluster| {
-        let out = c.kura(&["compare", "--config", &config]);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let compare = |c: &ProcCluster| kura_compare(c, &config);
     let (ok, text) = compare(&c);
     assert!(
         ok && text.contains("every member's vault is the same"),
@@ -919,15 +922,7 @@ async fn a_command_waits_until_every_member_runs_a_build_that_applies_it() {
         tokenize(&c, i, &sk, on_file(&pan(7000 + i as u32), &format!("m{i}"))).await;
     }
     let config = c.config(0).to_str().unwrap().to_owned();
-    let compare = |c: &ProcCluster| {
-        let out = c.kura(&["compare", "--config", &config]);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let compare = |c: &ProcCluster| kura_compare(c, &config);
     // Long enough for every member to be heard many times over.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (ok, text) = compare(&c);
