@@ -86,13 +86,18 @@ impl Fsync {
     }
 }
 
-/// Writes `text` to `<results_dir>/<name>-<date>.md` and `<name>-latest.md`, prints it,
-/// and says where it went.
+/// Writes `text` to `<results_dir>/<name>-<date>.md` (`<name>-<date>-<HHMM>.md` when a
+/// report of that day is there already: an earlier run's report is never overwritten)
+/// and `<name>-latest.md`, prints it, and says where it went.
 pub fn publish(results_dir: &Path, name: &str, text: &str) -> Result<(), String> {
     let save = || -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(results_dir)?;
         let date = run("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "undated".into());
-        let dated = results_dir.join(format!("{name}-{date}.md"));
+        let mut dated = results_dir.join(format!("{name}-{date}.md"));
+        if dated.exists() {
+            let time = run("date", &["-u", "+%H%M"]).unwrap_or_else(|| "later".into());
+            dated = results_dir.join(format!("{name}-{date}-{time}.md"));
+        }
         std::fs::write(&dated, text)?;
         std::fs::write(results_dir.join(format!("{name}-latest.md")), text)?;
         Ok(dated)
