@@ -524,8 +524,7 @@ impl Store {
     /// A snapshot file was given up for want of room once `written` bytes of it were.
     fn file_given_up(&self, written: u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        let needed = &self.files_short.needed;
-        needed.store(needed.load(Relaxed).max(written), Relaxed);
+        self.files_short.needed.fetch_max(written, Relaxed);
         self.files_short.given_up.fetch_add(1, Relaxed);
     }
 
