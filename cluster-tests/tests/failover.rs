@@ -313,19 +313,29 @@ async fn formed_on_tmpfs(
     on_tmpfs: &[usize],
     mib: u64,
 ) -> Option<(ProcCluster, Vec<Tmpfs>)> {
-    formed_on_tmpfs_with_floor(extra_toml, on_tmpfs, mib, 64 << 20).await
+    formed_on_tmpfs_with_floor(extra_toml, on_tmpfs, mib, 64 << 20, false).await
 }
 
-/// As [`formed_on_tmpfs`], with a free-space floor of `floor` bytes.
+/// As [`formed_on_tmpfs`], with a free-space floor of `floor` bytes, and with fault
+/// injection enabled when `faults`.
 async fn formed_on_tmpfs_with_floor(
     extra_toml: &str,
     on_tmpfs: &[usize],
     mib: u64,
     floor: u64,
+    faults: bool,
 ) -> Option<(ProcCluster, Vec<Tmpfs>)> {
+    let faults_toml = if faults {
+        "[faults]\nenabled = true\n"
+    } else {
+        ""
+    };
     let mut c = ProcCluster::prepare(&format!(
-        "{extra_toml}[health]\nstorage_min_free_bytes = {floor}\n"
+        "{extra_toml}{faults_toml}[health]\nstorage_min_free_bytes = {floor}\n"
     ));
+    if faults {
+        c.node_args = vec!["--enable-fault-injection".into()];
+    }
     let mut disks = Vec::new();
     for &i in on_tmpfs {
         let Some(d) = Tmpfs::mount(&c.data_dir(i), mib) else {
@@ -492,7 +502,8 @@ async fn a_follower_with_no_room_for_its_snapshot_is_sent_it_again_after_growing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_with_no_room_for_a_snapshot_file_keeps_leading_and_builds_it_once_freed() {
     let compact = "[raft]\nsnapshot_every_entries = 50\nlog_entries_kept_after_snapshot = 10\n";
-    let Some((mut c, mut disks)) = formed_on_tmpfs_with_floor(compact, &[0], 160, 2 << 20).await
+    let Some((mut c, mut disks)) =
+        formed_on_tmpfs_with_floor(compact, &[0], 160, 2 << 20, false).await
     else {
         return;
     };
@@ -606,6 +617,142 @@ async fn a_leader_with_no_room_for_a_snapshot_file_keeps_leading_and_builds_it_o
     })
     .await;
     assert!(c.running(0), "main still runs");
+    drop(c);
+    drop(disk);
+}
+
+/// main leading, its data directory on a tmpfs with a 16 MiB floor, filled to about
+/// 24 MiB above it. A comparison's hash is held open on main (fault switch `hash_paused`)
+/// while cards are written: redb cannot reuse a page freed while the hash's read is
+/// open, so main's vault file grows by every page written. Once half the room main had
+/// above its floor is gone, main lets go of the hash (decision 0037): the comparison
+/// ends incomplete, naming main and why, and main never reaches its floor — it stays
+/// ready and leading. Without the check the hash is held until the disk reaches the
+/// floor and main hands over. With the switch cleared, the next comparison agrees.
+/// Needs root (to mount); skipped without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comparisons_hash_lets_go_of_its_read_before_the_disk_reaches_its_floor() {
+    const MIB: u64 = 1 << 20;
+    let floor = 16 * MIB;
+    let Some((c, mut disks)) = formed_on_tmpfs_with_floor("", &[0], 160, floor, true).await else {
+        return;
+    };
+    let disk = disks.pop().unwrap();
+    let key = c.merchant("hash-room").await;
+    wait_for_leader(&c, 0, 1, Duration::from_secs(30)).await;
+    let writers = Writers::start(&c.client(&[0, 1, 2], &key), 4, Duration::ZERO, request);
+    wait_for("2,000 cards written", Duration::from_secs(120), || async {
+        writers.count() >= 2_000
+    })
+    .await;
+    writers.finish().await;
+    disk.fill("filler", floor + 28 * MIB);
+    // What a card takes on main's disk with no hash held, for the comparison below.
+    let free_before = disk.free();
+    let writers = Writers::start(&c.client(&[0, 1, 2], &key), 4, Duration::ZERO, request);
+    wait_for(
+        "3,000 more cards written",
+        Duration::from_secs(120),
+        || async { writers.count() >= 3_000 },
+    )
+    .await;
+    let unpinned = writers.count();
+    writers.finish().await;
+    // The health check measures the room every 250 ms: let it see this before the hash
+    // begins, so the hash's budget is half of the room left (about 24 MiB).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let unpinned_per_card = free_before.saturating_sub(disk.free()) / unpinned as u64;
+
+    c.faults(
+        0,
+        Faults {
+            hash_paused: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let admin = c.admin();
+    admin.start_compare().await.expect("a comparison starts");
+    let log_from = std::fs::metadata(c.log_path(0)).unwrap().len() as usize;
+    let said = || {
+        let log = std::fs::read_to_string(c.log_path(0)).unwrap_or_default();
+        log[log_from.min(log.len())..].to_owned()
+    };
+    let free_at_hash = disk.free();
+    let writers = Writers::start(&c.client(&[0, 1, 2], &key), 4, Duration::ZERO, request);
+    let mut lowest = disk.free();
+    wait_for(
+        "main to let go of its hash, or its disk to reach its floor",
+        Duration::from_secs(180),
+        || {
+            lowest = lowest.min(disk.free());
+            let done =
+                said().contains("gave up hashing the vault for a comparison") || lowest < floor;
+            async move { done }
+        },
+    )
+    .await;
+    let written = writers.count();
+    writers.finish().await;
+    lowest = lowest.min(disk.free());
+    let main_said = said();
+    eprintln!(
+        "hash held on main: {written} cards written, {} B of main's disk a card ({} B a \
+         card with no hash held, over {unpinned}); lowest free {:.1} MiB (floor {:.1} MiB)",
+        free_at_hash.saturating_sub(lowest) / written.max(1) as u64,
+        unpinned_per_card,
+        lowest as f64 / MIB as f64,
+        floor as f64 / MIB as f64
+    );
+    assert!(
+        main_said.contains("lets go before the disk reaches its floor"),
+        "main let go of the hash for want of room: {}",
+        main_said
+            .lines()
+            .filter(|l| l.contains("hash"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        lowest >= floor,
+        "main's disk reached its floor while the hash held its read"
+    );
+    assert!(c.running(0), "main still runs");
+    assert_eq!(leader_seen_by(&c, 1).await, Some(0), "main still leads");
+
+    let compared = loop {
+        let s = admin.compare().await.expect("the comparison's state");
+        if s.state != kura_sdk::types::CompareState::Running {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let detail = compared.detail.clone().unwrap_or_default();
+    assert_eq!(
+        compared.state,
+        kura_sdk::types::CompareState::Incomplete,
+        "the comparison ends incomplete: {detail}"
+    );
+    assert!(
+        detail.contains("main") && detail.contains("gave up hashing"),
+        "the comparison names main and why: {detail}"
+    );
+
+    c.faults(0, Faults::default()).await;
+    admin.start_compare().await.expect("a comparison starts");
+    let again = loop {
+        let s = admin.compare().await.expect("the comparison's state");
+        if s.state != kura_sdk::types::CompareState::Running {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        again.state,
+        kura_sdk::types::CompareState::Agreed,
+        "with the hash no longer held, the members agree: {:?}",
+        again.detail
+    );
     drop(c);
     drop(disk);
 }

@@ -1,7 +1,8 @@
 //! Fault switches for tests: stall or slow storage writes, fail the KEK provider, block
-//! the acquirer routes on one node, step its wall clock, panic its Raft core. Off unless
-//! the node was started with `--enable-fault-injection` *and* its config sets
-//! `[faults] enabled = true`; the admin endpoint that flips them answers
+//! the acquirer routes on one node, step its wall clock, panic its Raft core, hold a
+//! comparison's hash open. Off unless the node was started with
+//! `--enable-fault-injection` *and* its config sets `[faults] enabled = true`; the
+//! admin endpoint that flips them answers
 //! `403 fault_injection_disabled` otherwise.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -20,6 +21,7 @@ pub struct FaultSwitches {
     clock_offset_ms: AtomicI64,
     raft_core_panics: AtomicBool,
     command_level: AtomicU32,
+    hash_paused: AtomicBool,
 }
 
 /// The switches as the admin endpoint shows and sets them.
@@ -42,6 +44,9 @@ pub struct FaultState {
     /// The command level the node reports to the others (0: its own), as a node still
     /// running an older build would (see [`crate::vault::COMMAND_LEVEL`]).
     pub command_level: u32,
+    /// A comparison's hash of this node's vault waits, its read held open, until this is
+    /// cleared (or the hash is given up).
+    pub hash_paused: bool,
 }
 
 impl FaultSwitches {
@@ -59,6 +64,7 @@ impl FaultSwitches {
         self.raft_core_panics
             .store(s.raft_core_panics, Ordering::Relaxed);
         self.command_level.store(s.command_level, Ordering::Relaxed);
+        self.hash_paused.store(s.hash_paused, Ordering::Relaxed);
     }
 
     /// The current switches.
@@ -71,6 +77,7 @@ impl FaultSwitches {
             clock_offset_ms: self.clock_offset_ms.load(Ordering::Relaxed),
             raft_core_panics: self.raft_core_panics.load(Ordering::Relaxed),
             command_level: self.command_level.load(Ordering::Relaxed),
+            hash_paused: self.hash_paused.load(Ordering::Relaxed),
         }
     }
 
@@ -116,6 +123,14 @@ impl FaultSwitches {
         }
         while self.storage_stalled.load(Ordering::Relaxed) {
             crate::runtime::sleep(Duration::from_millis(STALL_POLL_MS)).await;
+        }
+    }
+
+    /// Blocks the calling (hashing) thread while a comparison's hash is paused, until
+    /// the switch is cleared or `stop` is set (the hash given up).
+    pub fn while_hash_paused(&self, stop: &AtomicBool) {
+        while self.hash_paused.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(STALL_POLL_MS));
         }
     }
 

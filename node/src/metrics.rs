@@ -89,7 +89,7 @@ pub struct Metrics {
     pub vault_scrub_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub vault_compares: Family<OutcomeLabels, Counter>,
     pub vault_digest_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
-    pub vault_digests_given_up: Counter,
+    pub vault_digests_given_up: Family<ReasonLabels, Counter>,
 }
 
 /// How a comparison of the members' vaults can end (`kura_vault_compares_total`).
@@ -305,7 +305,7 @@ impl Metrics {
             vault_scrub_duration: Gauge::default(),
             vault_compares: Family::default(),
             vault_digest_duration: Gauge::default(),
-            vault_digests_given_up: Counter::default(),
+            vault_digests_given_up: Family::default(),
         };
         registry.register(
             "raft_term",
@@ -484,8 +484,10 @@ impl Metrics {
         );
         registry.register(
             "vault_digests_given_up",
-            "Hashes of this node's vault for a comparison given up after an hour (no \
-             comparison waits longer), which let go of the read they held open",
+            "Hashes of this node's vault for a comparison given up, which let go of the \
+             read they held open, by reason (time: after an hour, longer than any \
+             comparison waits; room: the disk lost half its room above the free-space \
+             floor)",
             m.vault_digests_given_up.clone(),
         );
         registry.register(
@@ -678,6 +680,13 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
+        for reason in ["time", "room"] {
+            m.vault_digests_given_up
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_owned(),
+                })
+                .inc_by(0);
+        }
         for reason in ["missing_key", "unknown_key", "revoked_key"] {
             m.api_auth_failures
                 .get_or_create(&ReasonLabels {
@@ -779,6 +788,15 @@ impl Metrics {
         self.api_rate_limited
             .get_or_create(&LimitLabels {
                 limit: limit.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a comparison's hash this node gave up, for `reason` (`time`, `room`).
+    pub fn digest_given_up(&self, reason: &'static str) {
+        self.vault_digests_given_up
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
             })
             .inc();
     }

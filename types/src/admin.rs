@@ -378,6 +378,10 @@ pub struct MemberDigest {
     /// True when its hash is not the one most members have.
     #[serde(default)]
     pub differs: bool,
+    /// Why it did not hash its vault, when it says (`unreadable`: a read that failed,
+    /// or a hash it gave up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `GET`/`POST /admin/v1/compare`: a comparison of the members' vaults. A marker entry

@@ -227,6 +227,9 @@ pub struct Faults {
     /// The command level the node reports to the others, as a build that applies
     /// commands only up to it would (0: its own).
     pub command_level: u32,
+    /// A comparison's hash of the node's vault waits, holding its read open, until this
+    /// is cleared or the node gives the hash up.
+    pub hash_paused: bool,
 }
 
 fn yes() -> bool {

@@ -379,6 +379,7 @@ pub fn faults_in(f: wire::Faults) -> crate::faults::FaultState {
         clock_offset_ms: f.clock_offset_ms,
         command_level: f.command_level,
         raft_core_panics: f.raft_core_panics,
+        hash_paused: f.hash_paused,
     }
 }
 
@@ -392,5 +393,6 @@ pub fn faults_out(f: crate::faults::FaultState) -> wire::Faults {
         clock_offset_ms: f.clock_offset_ms,
         command_level: f.command_level,
         raft_core_panics: f.raft_core_panics,
+        hash_paused: f.hash_paused,
     }
 }

@@ -866,6 +866,11 @@ pub async fn compare(config: &Path) -> Result<(), String> {
             m.sha256.as_deref().unwrap_or("-")
         );
     }
+    for m in &c.members {
+        if let Some(d) = &m.detail {
+            println!("{}: {d}", m.name);
+        }
+    }
     match c.state {
         CompareState::Agreed => {
             println!("every member's vault is the same");

@@ -342,13 +342,18 @@ impl Cluster {
     /// Hashes the vault as a comparison marker left it — every row of every table, in
     /// order — off the async workers: its SHA-256 (hex) and how many rows, or `None` if
     /// `stop` was raised first (the hash lets go of the marker's read transaction then).
+    /// With fault switches, the hash first waits while `hash_paused` is set.
     pub async fn hash_mark(
         &self,
         mark: crate::store::Mark,
         stop: Arc<std::sync::atomic::AtomicBool>,
+        faults: Option<Arc<crate::faults::FaultSwitches>>,
     ) -> Result<Option<(String, u64)>, crate::vault::StorageError> {
         self.store
             .background("kura-hash", move || {
+                if let Some(f) = &faults {
+                    f.while_hash_paused(&stop);
+                }
                 let hashed = crate::vault::tables::digest_rows_unless(&mark.tables, &stop);
                 match crate::vault::Tables::failure(&mark.tables) {
                     Some(e) => Err(e),

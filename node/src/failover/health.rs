@@ -368,6 +368,15 @@ impl Health {
         free < self.settings.reserve_bytes()
     }
 
+    /// Bytes free on the data directory's filesystem above `storage_min_free_bytes` at
+    /// the last check (0 under it); `None` when free space is not measured (no floor
+    /// configured, a simulated disk, no check run yet).
+    pub fn room_above_floor(&self) -> Option<u64> {
+        let free = self.free_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        (free != u64::MAX && self.settings.storage_min_free_bytes > 0)
+            .then(|| free.saturating_sub(self.settings.storage_min_free_bytes))
+    }
+
     /// Whether a leader keeps the reserve, refusing what starts something new: its own
     /// disk is under it, or at the last poll the voters known to be under theirs left
     /// fewer than a quorum with room (a write must reach a quorum's disks; followers

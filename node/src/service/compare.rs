@@ -37,6 +37,8 @@ const COMPARE_WAIT: Duration = Duration::from_secs(3600);
 /// (decision 0033) under sustained load a hash could otherwise hold it for ever and
 /// let the vault's file grow by everything written meanwhile.
 const HASH_LIMIT: Duration = COMPARE_WAIT;
+/// How often a hash under way looks at the room left on its node's disk.
+const ROOM_EVERY: Duration = Duration::from_millis(250);
 /// A member that has not answered for this long is left out, as unreachable.
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
 /// How often the comparison asks the members that have not answered yet.
@@ -186,7 +188,10 @@ fn verdict(members: &mut [MemberDigest], own: Option<&str>) -> (CompareState, Op
     let out: Vec<String> = members
         .iter()
         .filter(|m| m.state != MemberDigestState::Hashed)
-        .map(|m| format!("{} {}", m.name, state_name(m.state)))
+        .map(|m| match &m.detail {
+            Some(d) => format!("{} {} ({d})", m.name, state_name(m.state)),
+            None => format!("{} {}", m.name, state_name(m.state)),
+        })
         .collect();
     if out.is_empty() {
         (CompareState::Agreed, None)
@@ -206,7 +211,7 @@ fn state_name(s: MemberDigestState) -> &'static str {
         MemberDigestState::Hashed => "hashed",
         MemberDigestState::Pending => "still pending",
         MemberDigestState::Missed => "missed the marker",
-        MemberDigestState::Unreadable => "could not read its vault",
+        MemberDigestState::Unreadable => "did not hash its vault",
         MemberDigestState::Unreachable => "unreachable",
     }
 }
@@ -222,7 +227,10 @@ fn member_part(m: &mut MemberDigest, answer: &DigestAnswer) {
         }
         DigestAnswer::Pending { .. } => m.state = MemberDigestState::Pending,
         DigestAnswer::Missed { .. } => m.state = MemberDigestState::Missed,
-        DigestAnswer::Unreadable { .. } => m.state = MemberDigestState::Unreadable,
+        DigestAnswer::Unreadable { detail } => {
+            m.state = MemberDigestState::Unreadable;
+            m.detail = Some(detail.clone());
+        }
     }
 }
 
@@ -348,7 +356,10 @@ impl Service {
                 DigestAnswer::Unreadable { detail } => {
                     return (
                         CompareState::Incomplete,
-                        Some(format!("this node could not read its own vault: {detail}")),
+                        Some(format!(
+                            "this node ({}) did not hash its own vault: {detail}",
+                            self.cluster.me().name
+                        )),
                     )
                 }
                 DigestAnswer::Pending { .. } | DigestAnswer::Missed { .. } => {
@@ -373,6 +384,7 @@ impl Service {
                         rows: None,
                         seconds: None,
                         differs: false,
+                        detail: None,
                     },
                 )
             })
@@ -426,6 +438,75 @@ impl Service {
     }
 }
 
+/// Why a member let go of a hash before it was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GiveUp {
+    /// It ran for [`HASH_LIMIT`]: no comparison waits longer for it.
+    Time,
+    /// The disk lost half the room it had above its floor when the hash began (bytes
+    /// above the floor then and now).
+    Room { at_start: u64, now: u64 },
+}
+
+impl GiveUp {
+    /// The metric's label.
+    fn reason(self) -> &'static str {
+        match self {
+            GiveUp::Time => "time",
+            GiveUp::Room { .. } => "room",
+        }
+    }
+}
+
+impl std::fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        match self {
+            GiveUp::Time => write!(
+                f,
+                "it ran for {} s, longer than any comparison waits",
+                HASH_LIMIT.as_secs()
+            ),
+            GiveUp::Room { at_start, now } => write!(
+                f,
+                "the data directory's filesystem had {:.1} MiB free above \
+                 health.storage_min_free_bytes when the hash began and {:.1} MiB now; its \
+                 read keeps the vault's file from reusing pages, so it lets go before \
+                 the disk reaches its floor",
+                mib(*at_start),
+                mib(*now)
+            ),
+        }
+    }
+}
+
+/// Whether a hash begun with `at_start` bytes free above the disk's floor must let go
+/// of its read now that `now` are: half of that room is gone (or none is left). While
+/// the read is held, redb cannot reuse a page freed since, so the vault's file grows by
+/// every page written meanwhile; a comparison is not worth taking a node to its floor,
+/// where it stops being ready and a leader hands over (decision 0037).
+fn room_taken(at_start: u64, now: u64) -> bool {
+    now == 0 || now < at_start / 2
+}
+
+/// Resolves once the node's disk has lost half the room it had above its floor when it
+/// was first called ([`room_taken`]), with the room then and now; never when free space
+/// is not measured (no floor configured, or a simulated disk).
+async fn room_lost(health: &crate::failover::Health) -> (u64, u64) {
+    let Some(at_start) = health.room_above_floor() else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Some(now) = health
+            .room_above_floor()
+            .filter(|&n| room_taken(at_start, n))
+        {
+            return (at_start, now);
+        }
+        crate::runtime::sleep(ROOM_EVERY).await;
+    }
+}
+
 /// Runs for the node's lifetime on every node: hashes the vault as each comparison
 /// marker left it, one at a time, and keeps the last few hashes for the leader to ask
 /// for.
@@ -445,14 +526,21 @@ pub async fn hash_loop(svc: Arc<Service>) {
         let (check, index) = (mark.check, mark.index);
         let t = tokio::time::Instant::now();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let hashing = svc.cluster.hash_mark(mark, stop.clone());
+        let hashing = svc
+            .cluster
+            .hash_mark(mark, stop.clone(), svc.faults.clone());
         tokio::pin!(hashing);
-        let hashed = tokio::select! {
+        let give_up = || stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (hashed, why) = tokio::select! {
             biased;
-            hashed = &mut hashing => hashed,
+            hashed = &mut hashing => (hashed, None),
             () = crate::runtime::sleep(HASH_LIMIT) => {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                hashing.await
+                give_up();
+                (hashing.await, Some(GiveUp::Time))
+            }
+            (at_start, now) = room_lost(&svc.failover.health) => {
+                give_up();
+                (hashing.await, Some(GiveUp::Room { at_start, now }))
             }
         };
         let seconds = t.elapsed().as_secs_f64();
@@ -461,12 +549,12 @@ pub async fn hash_loop(svc: Arc<Service>) {
         let check_hex = format!("{check:016x}");
         match hashed {
             Ok(None) => {
-                tracing::warn!(check = %check_hex, index, seconds, "gave up hashing the vault for a comparison: no comparison waits this long");
-                svc.metrics.vault_digests_given_up.inc();
-                h.done.push_back(Err((
-                    check,
-                    format!("gave up hashing after {} s", HASH_LIMIT.as_secs()),
-                )));
+                let why = why.unwrap_or(GiveUp::Time);
+                let said = why.to_string();
+                tracing::warn!(check = %check_hex, index, seconds, reason = why.reason(), "gave up hashing the vault for a comparison: {said}");
+                svc.metrics.digest_given_up(why.reason());
+                h.done
+                    .push_back(Err((check, format!("gave up hashing: {said}"))));
             }
             Ok(Some((sha256, rows))) => {
                 tracing::info!(check = %check_hex, index, rows, seconds, "vault hashed for a comparison");
@@ -519,6 +607,7 @@ mod tests {
             rows: sha.map(|_| 10),
             seconds: None,
             differs: false,
+            detail: None,
         }
     }
 
@@ -579,6 +668,24 @@ mod tests {
             detail.as_deref(),
             Some("not every member hashed its vault: dr missed the marker")
         );
+        // A member that says why it did not hash is quoted.
+        let mut member_said = vec![
+            member(1, "main", Some("aa"), Hashed),
+            member(2, "dr", Some("aa"), Hashed),
+            member(3, "bk", None, Unreadable),
+        ];
+        member_part(
+            &mut member_said[2],
+            &DigestAnswer::Unreadable {
+                detail: "gave up hashing: the disk".into(),
+            },
+        );
+        let (state, detail) = verdict(&mut member_said, Some("aa"));
+        assert_eq!(state, CompareState::Incomplete);
+        assert_eq!(
+            detail.as_deref(),
+            Some("not every member hashed its vault: bk did not hash its vault (gave up hashing: the disk)")
+        );
     }
 
     #[test]
@@ -603,5 +710,30 @@ mod tests {
             let json = serde_json::to_vec(&a).unwrap();
             assert_eq!(serde_json::from_slice::<DigestAnswer>(&json).unwrap(), a);
         }
+    }
+
+    #[test]
+    fn a_hash_lets_go_once_half_the_room_above_the_floor_is_gone() {
+        const MIB: u64 = 1 << 20;
+        // 100 MiB above the floor when the hash began: held down to 50 MiB, let go under.
+        assert!(!room_taken(100 * MIB, 100 * MIB));
+        assert!(!room_taken(100 * MIB, 50 * MIB));
+        assert!(room_taken(100 * MIB, 50 * MIB - 1));
+        // Room that grew meanwhile (space freed) is no reason to let go.
+        assert!(!room_taken(100 * MIB, 400 * MIB));
+        // At or under the floor, a hash lets go at once, however little it began with.
+        assert!(room_taken(1, 0));
+        assert!(room_taken(0, 0));
+        let said = GiveUp::Room {
+            at_start: 100 * MIB,
+            now: 49 * MIB,
+        }
+        .to_string();
+        assert!(
+            said.contains("100.0 MiB free above health.storage_min_free_bytes")
+                && said.contains("49.0 MiB now"),
+            "{said}"
+        );
+        assert_eq!(GiveUp::Time.reason(), "time");
     }
 }
