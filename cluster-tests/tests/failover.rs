@@ -621,6 +621,17 @@ async fn a_leader_with_no_room_for_a_snapshot_file_keeps_leading_and_builds_it_o
     drop(disk);
 }
 
+/// The leader's comparison once it is no longer running.
+async fn compare_finished(admin: &kura_sdk::Client) -> kura_sdk::types::Compare {
+    loop {
+        let s = admin.compare().await.expect("the comparison's state");
+        if s.state != kura_sdk::types::CompareState::Running {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// main leading, its data directory on a tmpfs with a 16 MiB floor, filled to about
 /// 24 MiB above it. A comparison's hash is held open on main (fault switch `hash_paused`)
 /// while cards are written: redb cannot reuse a page freed while the hash's read is
@@ -720,13 +731,7 @@ async fn a_comparisons_hash_lets_go_of_its_read_before_the_disk_reaches_its_floo
     assert!(c.running(0), "main still runs");
     assert_eq!(leader_seen_by(&c, 1).await, Some(0), "main still leads");
 
-    let compared = loop {
-        let s = admin.compare().await.expect("the comparison's state");
-        if s.state != kura_sdk::types::CompareState::Running {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let compared = compare_finished(&admin).await;
     let detail = compared.detail.clone().unwrap_or_default();
     assert_eq!(
         compared.state,
@@ -740,13 +745,7 @@ async fn a_comparisons_hash_lets_go_of_its_read_before_the_disk_reaches_its_floo
 
     c.faults(0, Faults::default()).await;
     admin.start_compare().await.expect("a comparison starts");
-    let again = loop {
-        let s = admin.compare().await.expect("the comparison's state");
-        if s.state != kura_sdk::types::CompareState::Running {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let again = compare_finished(&admin).await;
     assert_eq!(
         again.state,
         kura_sdk::types::CompareState::Agreed,
