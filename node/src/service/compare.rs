@@ -460,7 +460,7 @@ impl GiveUp {
 
 impl std::fmt::Display for GiveUp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        use crate::store::mib;
         match self {
             GiveUp::Time => write!(
                 f,

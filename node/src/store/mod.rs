@@ -554,7 +554,7 @@ impl Store {
 }
 
 /// `bytes` in MiB, for messages.
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
